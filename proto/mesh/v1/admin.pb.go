@@ -434,7 +434,9 @@ type Certificate struct {
 	// "bootstrap", "renew" or "internal".
 	IssuedBy string `protobuf:"bytes,5,opt,name=issued_by,json=issuedBy,proto3" json:"issued_by,omitempty"`
 	// The join token a bootstrap used.
-	TokenId       string `protobuf:"bytes,6,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	TokenId string `protobuf:"bytes,6,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// The proxy instance the certificate was issued to, when known.
+	InstanceId    string `protobuf:"bytes,7,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -507,6 +509,13 @@ func (x *Certificate) GetIssuedBy() string {
 func (x *Certificate) GetTokenId() string {
 	if x != nil {
 		return x.TokenId
+	}
+	return ""
+}
+
+func (x *Certificate) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
 	}
 	return ""
 }
@@ -819,7 +828,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x12.mesh.v1.JoinTokenR\x06tokens\"(\n" +
 	"\x16RevokeJoinTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x19\n" +
-	"\x17RevokeJoinTokenResponse\"\xee\x01\n" +
+	"\x17RevokeJoinTokenResponse\"\x8f\x02\n" +
 	"\vCertificate\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x129\n" +
@@ -827,7 +836,9 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x1b\n" +
 	"\tissued_by\x18\x05 \x01(\tR\bissuedBy\x12\x19\n" +
-	"\btoken_id\x18\x06 \x01(\tR\atokenId\"8\n" +
+	"\btoken_id\x18\x06 \x01(\tR\atokenId\x12\x1f\n" +
+	"\vinstance_id\x18\a \x01(\tR\n" +
+	"instanceId\"8\n" +
 	"\x17ListCertificatesRequest\x12\x1d\n" +
 	"\n" +
 	"valid_only\x18\x01 \x01(\bR\tvalidOnly\"T\n" +

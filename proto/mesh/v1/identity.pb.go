@@ -28,7 +28,9 @@ type BootstrapRequest struct {
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// A PKCS#10 certificate request, DER, whose only URI SAN is the token's
 	// SPIFFE ID.
-	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// The proxy instance asking, recorded with the certificate.
+	InstanceId    string `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -75,6 +77,13 @@ func (x *BootstrapRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *BootstrapRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
 }
 
 type BootstrapResponse struct {
@@ -124,7 +133,9 @@ func (x *BootstrapResponse) GetSvid() *X509SVID {
 type RenewRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A PKCS#10 certificate request, DER, for the caller's own SPIFFE ID.
-	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// The proxy instance asking, recorded with the certificate.
+	InstanceId    string `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +175,13 @@ func (x *RenewRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *RenewRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
 }
 
 type RenewResponse struct {
@@ -286,14 +304,18 @@ var File_mesh_v1_identity_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_identity_proto_rawDesc = "" +
 	"\n" +
-	"\x16mesh/v1/identity.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n" +
+	"\x16mesh/v1/identity.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n" +
 	"\x10BootstrapRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
-	"\x03csr\x18\x02 \x01(\fR\x03csr\":\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vinstance_id\x18\x03 \x01(\tR\n" +
+	"instanceId\":\n" +
 	"\x11BootstrapResponse\x12%\n" +
-	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\" \n" +
+	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\"A\n" +
 	"\fRenewRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"6\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\"6\n" +
 	"\rRenewResponse\x12%\n" +
 	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\"\xa4\x01\n" +
 	"\bX509SVID\x12\x1b\n" +
