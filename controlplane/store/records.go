@@ -1,0 +1,72 @@
+package store
+
+import "time"
+
+// Table names.
+const (
+	TableTokens       = "tokens"
+	TableCertificates = "certificates"
+	TableProxies      = "proxies"
+)
+
+// Record is a value kept in a table. Key is its primary key.
+type Record interface {
+	Key() string
+}
+
+// Token is a join token. Only a hash of its secret is kept.
+type Token struct {
+	ID             string    `json:"id"`
+	SecretHash     []byte    `json:"secret_hash"`
+	Namespace      string    `json:"namespace"`
+	ServiceAccount string    `json:"service_account"`
+	SPIFFEID       string    `json:"spiffe_id"`
+	CreatedAt      time.Time `json:"created_at"`
+	ExpiresAt      time.Time `json:"expires_at"`
+	Uses           uint32    `json:"uses"`
+	UsesLeft       uint32    `json:"uses_left"`
+	Revoked        bool      `json:"revoked"`
+	// Issued maps the SHA-256 of a bootstrapped public key (hex) to what
+	// was issued for it, so a Bootstrap repeated after a lost reply gets the
+	// same SVID back without using the token again.
+	Issued map[string]Issuance `json:"issued,omitempty"`
+}
+
+// Issuance is one SVID issued against a token.
+type Issuance struct {
+	Serial string   `json:"serial"`
+	Chain  [][]byte `json:"chain"`
+}
+
+// Key implements Record.
+func (t *Token) Key() string { return t.ID }
+
+// Certificate records an SVID meshd issued.
+type Certificate struct {
+	Serial     string    `json:"serial"`
+	SPIFFEID   string    `json:"spiffe_id"`
+	NotBefore  time.Time `json:"not_before"`
+	NotAfter   time.Time `json:"not_after"`
+	IssuedBy   string    `json:"issued_by"`
+	TokenID    string    `json:"token_id,omitempty"`
+	InstanceID string    `json:"instance_id,omitempty"`
+}
+
+// Key implements Record.
+func (c *Certificate) Key() string { return c.Serial }
+
+// Proxy is a registered proxy instance.
+type Proxy struct {
+	InstanceID    string    `json:"instance_id"`
+	SPIFFEID      string    `json:"spiffe_id"`
+	Service       string    `json:"service"`
+	Address       string    `json:"address"`
+	Version       string    `json:"version"`
+	Connected     bool      `json:"connected"`
+	ConnectedAt   time.Time `json:"connected_at"`
+	LastSeen      time.Time `json:"last_seen"`
+	SVIDExpiresAt time.Time `json:"svid_expires_at"`
+}
+
+// Key implements Record.
+func (p *Proxy) Key() string { return p.InstanceID }
