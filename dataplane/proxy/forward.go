@@ -1,0 +1,252 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Limits bound every phase of a proxied exchange. Zero fields take the
+// defaults given beside them.
+type Limits struct {
+	Handshake      time.Duration // TLS handshake on accept or dial; 10s
+	ReadHeader     time.Duration // reading a request's headers; 10s
+	Idle           time.Duration // keep-alive idle time, both sides; 120s
+	Dial           time.Duration // TCP connect to the app or remote proxy; 5s
+	ResponseHeader time.Duration // waiting for the upstream's response headers; 60s
+	Drain          time.Duration // graceful shutdown before connections are cut; 10s
+	MaxHeaderBytes int           // request header size; 64 KiB
+	// MaxIdleConnsPerHost sizes the pool of idle connections to the app
+	// (the default of net/http, 2, leaves thousands of sockets in
+	// TIME_WAIT under load); 256.
+	MaxIdleConnsPerHost int
+	// MaxPendingHandshakes bounds TLS handshakes in flight per listener;
+	// further connections wait in the kernel's accept queue; 1024.
+	MaxPendingHandshakes int
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&l.Handshake, 10*time.Second)
+	def(&l.ReadHeader, 10*time.Second)
+	def(&l.Idle, 120*time.Second)
+	def(&l.Dial, 5*time.Second)
+	def(&l.ResponseHeader, 60*time.Second)
+	def(&l.Drain, 10*time.Second)
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = 64 << 10
+	}
+	if l.MaxIdleConnsPerHost <= 0 {
+		l.MaxIdleConnsPerHost = 256
+	}
+	if l.MaxPendingHandshakes <= 0 {
+		l.MaxPendingHandshakes = 1024
+	}
+	return l
+}
+
+// appTransport is the pool towards the local app: plain HTTP/1.1 on
+// loopback, sized for load, never through a proxy from the environment, and
+// without transparent compression (a proxy passes bodies through as they are).
+func appTransport(lim Limits) *http.Transport {
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            (&net.Dialer{Timeout: lim.Dial, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:           4 * lim.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:    lim.MaxIdleConnsPerHost,
+		IdleConnTimeout:        lim.Idle,
+		ResponseHeaderTimeout:  lim.ResponseHeader,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true,
+	}
+}
+
+// stripMeshHeaders deletes every header a caller could use to impersonate
+// the mesh: X-Mesh-* (the proxy alone sets X-Mesh-Peer-Id) and
+// X-Forwarded-Client-Cert. Keys are compared case-insensitively because a
+// non-token key is not canonicalised by net/http.
+func stripMeshHeaders(h http.Header) {
+	for k := range h {
+		if hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") {
+			delete(h, k)
+		}
+	}
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// forwarder is a ReverseProxy plus the per-listener bookkeeping every part
+// shares: metrics, the status recorder and error responses.
+type forwarder struct {
+	name    string
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *listenerMetrics
+	rp      *httputil.ReverseProxy
+}
+
+func newForwarder(name string, log *slog.Logger, now func() time.Time, m *Metrics, rt http.RoundTripper, rewrite func(*httputil.ProxyRequest)) *forwarder {
+	f := &forwarder{name: name, log: log, now: now, metrics: m.listener(name)}
+	f.rp = &httputil.ReverseProxy{
+		Rewrite:      rewrite,
+		Transport:    rt,
+		BufferPool:   bufferPool{},
+		ErrorHandler: f.errorHandler,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return f
+}
+
+// ServeHTTP forwards one request and records its class and latency.
+func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := f.now()
+	rec := recorderPool.Get().(*recorder)
+	rec.ResponseWriter, rec.code = w, 0
+	f.rp.ServeHTTP(rec, r)
+	code := rec.code
+	if code == 0 {
+		code = http.StatusOK // a handler that wrote nothing answered 200
+	}
+	rec.ResponseWriter = nil
+	recorderPool.Put(rec)
+	f.metrics.observe(code, f.now().Sub(start).Seconds())
+}
+
+// errorHandler answers 502 (504 on an upstream timeout) with a short body
+// and logs why. A client that went away is logged at debug level only.
+func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	code, body := http.StatusBadGateway, "bad gateway\n"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		code, body = http.StatusGatewayTimeout, "gateway timeout\n"
+	}
+	level := slog.LevelWarn
+	if r.Context().Err() != nil {
+		level = slog.LevelDebug
+	}
+	f.log.LogAttrs(r.Context(), level, "proxy: upstream failed",
+		slog.String("listener", f.name), slog.String("method", r.Method),
+		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", err.Error()))
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(body))
+}
+
+// recorder remembers the final status code. It unwraps so that
+// http.ResponseController (used by ReverseProxy to flush and hijack for
+// upgrades) reaches the real writer.
+type recorder struct {
+	http.ResponseWriter
+	code int
+}
+
+var recorderPool = sync.Pool{New: func() any { return new(recorder) }}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 && code >= 200 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// bufferPool recycles ReverseProxy's 32 KiB copy buffers through a bounded
+// free list; unlike sync.Pool it does not allocate to box a slice on Put.
+type bufferPool struct{}
+
+var freeBuffers = make(chan []byte, 512)
+
+func (bufferPool) Get() []byte {
+	select {
+	case b := <-freeBuffers:
+		return b
+	default:
+		return make([]byte, 32<<10)
+	}
+}
+
+func (bufferPool) Put(b []byte) {
+	if cap(b) != 32<<10 {
+		return
+	}
+	select {
+	case freeBuffers <- b[:cap(b)]:
+	default:
+	}
+}
+
+// serve runs srv on ln until ctx is cancelled, then shuts it down: it stops
+// accepting, lets requests in flight finish for up to drain, and then cuts
+// what is left.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener, drain time.Duration, log *slog.Logger) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("proxy: serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		_ = srv.Close()
+	}
+	<-errc
+	if err != nil {
+		// Not an error of the part: shutting down was asked for and done.
+		log.Warn("proxy: drain timed out, remaining connections closed",
+			slog.String("addr", ln.Addr().String()), slog.Duration("drain", drain))
+	}
+	return nil
+}
+
+// newServer is an http.Server with the limits every listener needs.
+func newServer(h http.Handler, lim Limits, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeader,
+		IdleTimeout:       lim.Idle,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 250,
+			MaxReadFrameSize:     1 << 20,
+		},
+	}
+}
+
+func listen(ln net.Listener, addr string) (net.Listener, error) {
+	if ln != nil {
+		return ln, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: listen: %w", err)
+	}
+	return l, nil
+}

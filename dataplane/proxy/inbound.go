@@ -1,0 +1,228 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"minimesh/certs"
+)
+
+// HeaderPeerID carries the caller's SPIFFE ID from the inbound to the app.
+// Only the inbound sets it, from the verified peer certificate; any value a
+// client sends is removed first.
+const HeaderPeerID = "X-Mesh-Peer-Id"
+
+// InboundConfig configures an Inbound.
+type InboundConfig struct {
+	// Listener, when set, is served as is (and closed by Run); otherwise
+	// Run listens on Addr. One of the two is required.
+	Listener net.Listener
+	Addr     string
+	// App is the host:port of the application, e.g. "127.0.0.1:8080".
+	App string
+	// SVID is read at every handshake, so a rotation (a new SVID in the
+	// source) never rebuilds the listener nor cuts live connections, and
+	// an expired SVID refuses new handshakes. Required.
+	SVID x509svid.Source
+	// Bundle verifies peers. Required.
+	Bundle x509bundle.Source
+	// TrustDomain admits peers of this trust domain only. Zero means the
+	// trust domain of our own SVID, read at each handshake.
+	TrustDomain spiffeid.TrustDomain
+	Limits      Limits
+	Logger      *slog.Logger // slog.Default() if nil
+	Clock       certs.Clock  // the system clock if nil
+	Metrics     *Metrics     // unregistered metrics if nil
+}
+
+// Validate reports whether the config can be used.
+func (c InboundConfig) Validate() error {
+	if c.Listener == nil && c.Addr == "" {
+		return fmt.Errorf("%w: inbound: Listener or Addr is required", ErrInvalidConfig)
+	}
+	if err := validateHostPort("App", c.App); err != nil {
+		return fmt.Errorf("%w: inbound: %w", ErrInvalidConfig, err)
+	}
+	if c.SVID == nil || c.Bundle == nil {
+		return fmt.Errorf("%w: inbound: SVID and Bundle sources are required", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Inbound terminates mTLS from other proxies of the trust domain and
+// forwards their requests (HTTP/1.1 or HTTP/2) to the app, telling the app
+// who called in the X-Mesh-Peer-Id header.
+type Inbound struct {
+	cfg       InboundConfig
+	log       *slog.Logger
+	metrics   *Metrics
+	tlsConfig *tls.Config
+	transport *http.Transport
+	fwd       *forwarder
+}
+
+// NewInbound checks cfg and builds an Inbound; Run starts it.
+func NewInbound(cfg InboundConfig) (*Inbound, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
+	var err error
+	if cfg.Logger, cfg.Clock, cfg.Metrics, err = defaults(cfg.Logger, cfg.Clock, cfg.Metrics); err != nil {
+		return nil, err
+	}
+	in := &Inbound{cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerInbound)), metrics: cfg.Metrics}
+
+	in.tlsConfig = certs.MTLSServerConfig(ownSource(cfg.SVID), cfg.Bundle, in.authorize,
+		certs.TLSOptions{Clock: cfg.Clock})
+	in.tlsConfig.MinVersion = tls.VersionTLS13
+	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
+
+	in.transport = appTransport(cfg.Limits)
+	app := cfg.App
+	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport,
+		func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = app
+			stripMeshHeaders(pr.Out.Header)
+			if p, ok := peerFrom(pr.In.Context()); ok {
+				pr.Out.Header[HeaderPeerID] = p.header
+			}
+		})
+	return in, nil
+}
+
+// authorize admits members of the configured trust domain, or of our own.
+func (in *Inbound) authorize(id spiffeid.ID) error {
+	td := in.cfg.TrustDomain
+	if td.IsZero() {
+		svid, err := in.cfg.SVID.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrNoSVID, err)
+		}
+		td = svid.ID.TrustDomain()
+	}
+	return certs.AuthorizeMemberOf(td)(id)
+}
+
+// ServeHTTP forwards a request whose connection carried a verified SPIFFE
+// ID; anything else is refused with 403.
+func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, ok := peerFrom(r.Context()); !ok {
+		in.log.Warn("proxy: request without peer identity refused", slog.String("remote", r.RemoteAddr))
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
+	in.fwd.ServeHTTP(w, r)
+}
+
+// Run serves until ctx is cancelled, then drains (Limits.Drain) and
+// returns nil. It closes the listener.
+func (in *Inbound) Run(ctx context.Context) error {
+	ln, err := listen(in.cfg.Listener, in.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	lim := in.cfg.Limits
+	tl := newTLSListener(ln, in.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
+		handshakeFailed(in.log, in.metrics.listener(ListenerInbound)))
+	srv := newServer(in, lim, in.log)
+	srv.ConnContext = withPeer
+	in.log.Info("proxy: inbound listening", slog.String("addr", ln.Addr().String()), slog.String("app", in.cfg.App))
+	defer in.transport.CloseIdleConnections()
+	return serve(ctx, srv, tl, lim.Drain, in.log)
+}
+
+// peer is the verified identity of a connection, with the header value
+// precomputed once per connection rather than per request.
+type peer struct {
+	id     spiffeid.ID
+	header []string
+}
+
+type peerKey struct{}
+
+// withPeer is the http.Server's ConnContext: the handshake is already done
+// (tlsListener), so the peer's SPIFFE ID is read once per connection.
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return ctx
+	}
+	st := tc.ConnectionState()
+	if !st.HandshakeComplete || len(st.PeerCertificates) == 0 {
+		return ctx
+	}
+	id, err := x509svid.IDFromCert(st.PeerCertificates[0])
+	if err != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, &peer{id: id, header: []string{id.String()}})
+}
+
+func peerFrom(ctx context.Context) (*peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(*peer)
+	return p, ok
+}
+
+// PeerID returns the verified SPIFFE ID of the caller of a request served
+// by an Inbound (from the request's context).
+func PeerID(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peerFrom(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	return p.id, true
+}
+
+// handshakeFailed counts a failed handshake and logs it: refusals at info,
+// peers that simply went away at debug.
+func handshakeFailed(log *slog.Logger, lm *listenerMetrics) func(net.Conn, error) {
+	return func(c net.Conn, err error) {
+		reason := classify(err)
+		lm.handshakeFailed(reason)
+		level := slog.LevelInfo
+		if reason == ReasonClosed || reason == ReasonTimeout {
+			level = slog.LevelDebug
+		}
+		log.LogAttrs(context.Background(), level, "proxy: handshake refused",
+			slog.String("remote", c.RemoteAddr().String()), slog.String("reason", reason),
+			slog.String("error", err.Error()))
+	}
+}
+
+func validateHostPort(field, hp string) error {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", field, hp, err)
+	}
+	if host == "" || port == "" {
+		return fmt.Errorf("%s %q: host and port are required", field, hp)
+	}
+	return nil
+}
+
+func defaults(log *slog.Logger, clock certs.Clock, m *Metrics) (*slog.Logger, certs.Clock, *Metrics, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if clock == nil {
+		clock = certs.SystemClock
+	}
+	if m == nil {
+		var err error
+		if m, err = NewMetrics(nil); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return log, clock, m, nil
+}

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+
+	"golang.org/x/sync/errgroup"
+
+	"minimesh/certs"
+)
+
+// CertificateSource gives the certificate for each TLS handshake; a
+// *certs.FileCertificate is one.
+type CertificateSource interface {
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// PublicConfig configures a Public listener.
+type PublicConfig struct {
+	// Listener, when set, is served as is (and closed by Run); otherwise
+	// Run listens on Addr. One of the two is required.
+	Listener net.Listener
+	Addr     string
+	// App is the host:port of the application, e.g. "127.0.0.1:8080".
+	App string
+	// Certificate is asked at every handshake, so a reloaded certificate
+	// is served from the next handshake on without touching live
+	// connections. If it also has a Run(ctx) error method (as
+	// *certs.FileCertificate does, to watch its files), Public.Run runs it
+	// for as long as the listener runs: do not run it elsewhere. Required.
+	Certificate CertificateSource
+	Limits      Limits
+	Logger      *slog.Logger // slog.Default() if nil
+	Clock       certs.Clock  // the system clock if nil
+	Metrics     *Metrics     // unregistered metrics if nil
+}
+
+// Validate reports whether the config can be used.
+func (c PublicConfig) Validate() error {
+	if c.Listener == nil && c.Addr == "" {
+		return fmt.Errorf("%w: public: Listener or Addr is required", ErrInvalidConfig)
+	}
+	if err := validateHostPort("App", c.App); err != nil {
+		return fmt.Errorf("%w: public: %w", ErrInvalidConfig, err)
+	}
+	if c.Certificate == nil {
+		return fmt.Errorf("%w: public: Certificate is required", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Public serves HTTPS without client certificates to clients outside the
+// mesh and forwards to the app: an unmodified app gets HTTPS. Callers can
+// set no mesh header (X-Mesh-* and X-Forwarded-Client-Cert are removed);
+// the app gets X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto.
+type Public struct {
+	cfg       PublicConfig
+	log       *slog.Logger
+	tlsConfig *tls.Config
+	transport *http.Transport
+	fwd       *forwarder
+}
+
+// NewPublic checks cfg and builds a Public; Run starts it.
+func NewPublic(cfg PublicConfig) (*Public, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
+	var err error
+	if cfg.Logger, cfg.Clock, cfg.Metrics, err = defaults(cfg.Logger, cfg.Clock, cfg.Metrics); err != nil {
+		return nil, err
+	}
+	p := &Public{cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerPublic))}
+	p.tlsConfig = &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		NextProtos:     []string{"h2", "http/1.1"},
+		GetCertificate: cfg.Certificate.GetCertificate,
+		Time:           cfg.Clock.Now,
+	}
+	p.transport = appTransport(cfg.Limits)
+	app := cfg.App
+	p.fwd = newForwarder(ListenerPublic, p.log, cfg.Clock.Now, cfg.Metrics, p.transport,
+		func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = app
+			stripMeshHeaders(pr.Out.Header)
+			pr.SetXForwarded()
+		})
+	return p, nil
+}
+
+// ServeHTTP forwards one request to the app.
+func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.fwd.ServeHTTP(w, r) }
+
+// Run serves until ctx is cancelled, then drains (Limits.Drain) and
+// returns nil. It closes the listener.
+func (p *Public) Run(ctx context.Context) error {
+	ln, err := listen(p.cfg.Listener, p.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	lim := p.cfg.Limits
+	tl := newTLSListener(ln, p.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
+		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic)))
+	srv := newServer(p, lim, p.log)
+	p.log.Info("proxy: public listening", slog.String("addr", ln.Addr().String()), slog.String("app", p.cfg.App))
+	defer p.transport.CloseIdleConnections()
+
+	g, gctx := errgroup.WithContext(ctx)
+	if r, ok := p.cfg.Certificate.(interface{ Run(context.Context) error }); ok {
+		g.Go(func() error { return r.Run(gctx) })
+	}
+	g.Go(func() error { return serve(gctx, srv, tl, lim.Drain, p.log) })
+	return g.Wait()
+}
