@@ -1,0 +1,23 @@
+// Package admin is mesh-proxy's admin HTTP server, on loopback by default:
+//
+//	GET /healthz  200 "ok" while the process serves
+//	GET /ready    200 "ready" when Config.Ready returns nil, else 503 and the reason
+//	GET /metrics  Prometheus exposition of Config.Registry
+//	GET /certs    JSON: the current SVID (SPIFFE ID, serial, validity,
+//	              expires_in) and the bundle's roots (subject, validity)
+//
+// More handlers are added with Handle before Run.
+//
+//	srv, err := admin.New(admin.Config{
+//		Addr:     "127.0.0.1:15000",
+//		Ready:    agent.Ready,
+//		SVID:     svids,
+//		Bundle:   bundles,
+//		Registry: reg,
+//	})
+//	if err != nil {
+//		return err
+//	}
+//	srv.Handle("GET /config", configHandler)
+//	return srv.Run(ctx)
+package admin
