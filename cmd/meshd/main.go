@@ -1,0 +1,59 @@
+// Command meshd is minimesh's control plane: the certificate authority,
+// the store of mesh resources and the config push to every proxy.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"minimesh/controlplane"
+	"minimesh/internal/version"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		cfg      controlplane.Config
+		logLevel slog.Level
+	)
+	flag.StringVar(&cfg.DataDir, "data-dir", "", "directory for the data file and the operator credential (required)")
+	flag.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:15010", "gRPC listen address")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
+	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
+	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.Version)
+		return nil
+	}
+	if cfg.DataDir == "" {
+		return fmt.Errorf("--data-dir is required")
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+
+	srv, err := controlplane.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(ctx) })
+	return g.Wait()
+}

@@ -1,0 +1,166 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"minimesh/controlplane/identity"
+	"minimesh/controlplane/store"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// Config configures the admin server.
+type Config struct {
+	Store     *store.Store
+	Authority *identity.Authority
+	// CAPin is the root CA's pin, returned with every new token.
+	CAPin  func() string
+	Logger *slog.Logger
+}
+
+// Server implements meshv1.AdminServiceServer.
+type Server struct {
+	meshv1.UnimplementedAdminServiceServer
+	cfg Config
+}
+
+var _ meshv1.AdminServiceServer = (*Server)(nil)
+
+// New builds the admin server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Authority == nil || cfg.CAPin == nil {
+		return nil, errors.New("admin: Config.Store, Authority and CAPin are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// CreateJoinToken implements meshv1.AdminServiceServer.
+func (s *Server) CreateJoinToken(_ context.Context, req *meshv1.CreateJoinTokenRequest) (*meshv1.CreateJoinTokenResponse, error) {
+	tok, secret, err := s.cfg.Authority.CreateToken(identity.TokenRequest{
+		Namespace:      req.GetNamespace(),
+		ServiceAccount: req.GetServiceAccount(),
+		TTL:            req.GetTtl().AsDuration(),
+		Uses:           req.GetUses(),
+	})
+	if err != nil {
+		return nil, identity.Status(err)
+	}
+	return &meshv1.CreateJoinTokenResponse{Token: tokenProto(tok), Secret: secret, CaPin: s.cfg.CAPin()}, nil
+}
+
+// ListJoinTokens implements meshv1.AdminServiceServer.
+func (s *Server) ListJoinTokens(context.Context, *meshv1.ListJoinTokensRequest) (*meshv1.ListJoinTokensResponse, error) {
+	toks, err := s.cfg.Authority.ListTokens()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	out := &meshv1.ListJoinTokensResponse{}
+	for _, t := range toks {
+		out.Tokens = append(out.Tokens, tokenProto(t))
+	}
+	return out, nil
+}
+
+// RevokeJoinToken implements meshv1.AdminServiceServer.
+func (s *Server) RevokeJoinToken(_ context.Context, req *meshv1.RevokeJoinTokenRequest) (*meshv1.RevokeJoinTokenResponse, error) {
+	if req.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "id: required")
+	}
+	if err := s.cfg.Authority.RevokeToken(req.GetId()); err != nil {
+		return nil, identity.Status(err)
+	}
+	return &meshv1.RevokeJoinTokenResponse{}, nil
+}
+
+// ListCertificates implements meshv1.AdminServiceServer.
+func (s *Server) ListCertificates(_ context.Context, req *meshv1.ListCertificatesRequest) (*meshv1.ListCertificatesResponse, error) {
+	certs, err := s.cfg.Authority.ListCertificates(req.GetValidOnly())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	out := &meshv1.ListCertificatesResponse{}
+	for _, c := range certs {
+		out.Certificates = append(out.Certificates, &meshv1.Certificate{
+			SpiffeId:   c.SPIFFEID,
+			Serial:     c.Serial,
+			NotBefore:  timestamppb.New(c.NotBefore),
+			NotAfter:   timestamppb.New(c.NotAfter),
+			IssuedBy:   c.IssuedBy,
+			TokenId:    c.TokenID,
+			InstanceId: c.InstanceID,
+		})
+	}
+	return out, nil
+}
+
+// ListProxies implements meshv1.AdminServiceServer.
+func (s *Server) ListProxies(context.Context, *meshv1.ListProxiesRequest) (*meshv1.ListProxiesResponse, error) {
+	var proxies []*store.Proxy
+	err := s.cfg.Store.View(func(r *store.Reader) error {
+		recs, err := r.List(store.TableProxies, "id")
+		for _, rec := range recs {
+			proxies = append(proxies, rec.(*store.Proxy))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	sort.Slice(proxies, func(i, j int) bool {
+		if proxies[i].Service != proxies[j].Service {
+			return proxies[i].Service < proxies[j].Service
+		}
+		return proxies[i].InstanceID < proxies[j].InstanceID
+	})
+	out := &meshv1.ListProxiesResponse{}
+	for _, p := range proxies {
+		out.Proxies = append(out.Proxies, ProxyProto(p))
+	}
+	return out, nil
+}
+
+// ProxyProto converts a stored proxy record.
+func ProxyProto(p *store.Proxy) *meshv1.Proxy {
+	return &meshv1.Proxy{
+		InstanceId:    p.InstanceID,
+		SpiffeId:      p.SPIFFEID,
+		Service:       p.Service,
+		Address:       p.Address,
+		Version:       p.Version,
+		Connected:     p.Connected,
+		LastSeen:      ts(p.LastSeen),
+		SvidExpiresAt: ts(p.SVIDExpiresAt),
+		ConnectedAt:   ts(p.ConnectedAt),
+	}
+}
+
+func tokenProto(t *store.Token) *meshv1.JoinToken {
+	return &meshv1.JoinToken{
+		Id:             t.ID,
+		Namespace:      t.Namespace,
+		ServiceAccount: t.ServiceAccount,
+		SpiffeId:       t.SPIFFEID,
+		CreatedAt:      timestamppb.New(t.CreatedAt),
+		ExpiresAt:      timestamppb.New(t.ExpiresAt),
+		Uses:           t.Uses,
+		UsesLeft:       t.UsesLeft,
+		Revoked:        t.Revoked,
+	}
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}

@@ -1,0 +1,198 @@
+package identity
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"minimesh/certs"
+	"minimesh/controlplane/authn"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// HandlerConfig configures the gRPC handler.
+type HandlerConfig struct {
+	Authority *Authority
+	// BootstrapRate and BootstrapBurst limit Bootstrap attempts per source
+	// IP. Defaults: 1/s, burst 10.
+	BootstrapRate  rate.Limit
+	BootstrapBurst int
+	// MaxSources bounds the per-source limiter table (LRU). Default 4096.
+	MaxSources int
+	Clock      certs.Clock
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Handler implements meshv1.IdentityServiceServer.
+type Handler struct {
+	meshv1.UnimplementedIdentityServiceServer
+	cfg HandlerConfig
+
+	mu       sync.Mutex
+	limiters *lru.LRU
+
+	issued  *prometheus.CounterVec
+	refused *prometheus.CounterVec
+}
+
+var _ meshv1.IdentityServiceServer = (*Handler)(nil)
+
+// NewHandler builds the handler.
+func NewHandler(cfg HandlerConfig) *Handler {
+	if cfg.BootstrapRate == 0 {
+		cfg.BootstrapRate = 1
+	}
+	if cfg.BootstrapBurst == 0 {
+		cfg.BootstrapBurst = 10
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = 4096
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	l, _ := lru.NewLRU(cfg.MaxSources, nil)
+	h := &Handler{
+		cfg:      cfg,
+		limiters: l,
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_meshd_svids_issued_total",
+			Help: "X509-SVIDs issued, by method.",
+		}, []string{"method"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_meshd_identity_refused_total",
+			Help: "Bootstrap and Renew requests refused, by method and reason.",
+		}, []string{"method", "reason"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(h.issued, h.refused)
+	}
+	return h
+}
+
+// Bootstrap implements meshv1.IdentityServiceServer.
+func (h *Handler) Bootstrap(ctx context.Context, req *meshv1.BootstrapRequest) (*meshv1.BootstrapResponse, error) {
+	caller, _ := authn.CallerFrom(ctx)
+	if !h.allow(caller.Addr) {
+		return nil, h.refuse("bootstrap", caller, "rate_limited", status.Error(codes.ResourceExhausted, "too many bootstrap attempts from this address; retry later"))
+	}
+	issued, err := h.cfg.Authority.Bootstrap(req.GetToken(), req.GetCsr(), req.GetInstanceId())
+	if err != nil {
+		reason, st := toStatus(err)
+		return nil, h.refuse("bootstrap", caller, reason, st)
+	}
+	h.issued.WithLabelValues("bootstrap").Inc()
+	return &meshv1.BootstrapResponse{Svid: toProto(issued)}, nil
+}
+
+// Renew implements meshv1.IdentityServiceServer.
+func (h *Handler) Renew(ctx context.Context, req *meshv1.RenewRequest) (*meshv1.RenewResponse, error) {
+	caller, ok := authn.CallerFrom(ctx)
+	if !ok || caller.ID.IsZero() {
+		return nil, h.refuse("renew", caller, "no_identity", status.Error(codes.Unauthenticated, "renew needs a valid SVID as client certificate"))
+	}
+	issued, err := h.cfg.Authority.Renew(caller.ID, req.GetCsr(), req.GetInstanceId())
+	if err != nil {
+		reason, st := toStatus(err)
+		return nil, h.refuse("renew", caller, reason, st)
+	}
+	h.issued.WithLabelValues("renew").Inc()
+	return &meshv1.RenewResponse{Svid: toProto(issued)}, nil
+}
+
+func (h *Handler) refuse(method string, caller authn.Caller, reason string, err error) error {
+	h.refused.WithLabelValues(method, reason).Inc()
+	attrs := []any{"method", method, "peer", caller.Addr, "reason", reason, "error", err}
+	if !caller.ID.IsZero() {
+		attrs = append(attrs, "caller", caller.ID.String())
+	}
+	h.cfg.Logger.Warn("identity request refused", attrs...)
+	return err
+}
+
+// allow applies the per-source-address Bootstrap limit.
+func (h *Handler) allow(addr string) bool {
+	host := hostOf(addr)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.limiters.Get(host)
+	if !ok {
+		v = rate.NewLimiter(h.cfg.BootstrapRate, h.cfg.BootstrapBurst)
+		h.limiters.Add(host, v)
+	}
+	return v.(*rate.Limiter).AllowN(h.cfg.Clock.Now(), 1)
+}
+
+func hostOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[:i]
+		}
+	}
+	return addr
+}
+
+// toStatus maps the package's errors to gRPC statuses and a metric reason.
+func toStatus(err error) (string, error) {
+	switch {
+	case errors.Is(err, ErrTokenMalformed):
+		return "token_malformed", status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrTokenInvalid):
+		return "token_invalid", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrTokenExpired):
+		return "token_expired", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrTokenRevoked):
+		return "token_revoked", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrTokenUsedUp):
+		return "token_used_up", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrReservedIdentity):
+		return "reserved_identity", status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrCSR):
+		return "csr", status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrBadRequest):
+		return "bad_request", status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrNotFound):
+		return "not_found", status.Error(codes.NotFound, err.Error())
+	default:
+		return "internal", status.Error(codes.Internal, "internal error")
+	}
+}
+
+// Status maps an Authority error to a gRPC status error; for other handlers.
+func Status(err error) error {
+	_, st := toStatus(err)
+	return st
+}
+
+func toProto(is *Issued) *meshv1.X509SVID {
+	out := &meshv1.X509SVID{
+		SpiffeId:  is.ID.String(),
+		ExpiresAt: timestamppb.New(is.Chain[0].NotAfter),
+	}
+	for _, c := range is.Chain {
+		out.CertChain = append(out.CertChain, c.Raw)
+	}
+	out.TrustBundle = rawCerts(is.Bundle.X509Authorities())
+	return out
+}
+
+func rawCerts(cs []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(cs))
+	for i, c := range cs {
+		out[i] = c.Raw
+	}
+	return out
+}

@@ -1,0 +1,359 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"minimesh/certs"
+	"minimesh/controlplane/admin"
+	"minimesh/controlplane/authn"
+	"minimesh/controlplane/identity"
+	"minimesh/controlplane/push"
+	"minimesh/controlplane/store"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+const (
+	caMetaKey = "ca"
+	// OperatorDir is where the operator credential is written under the data dir.
+	OperatorDir = "operator"
+	dataFile    = "meshd.db"
+	// MaxMessageSize caps every gRPC message meshd receives.
+	MaxMessageSize = 4 << 20
+)
+
+// Config configures meshd.
+type Config struct {
+	// DataDir holds the bbolt data file and the operator credential. Required.
+	DataDir string
+	// ListenAddr is the gRPC address (default 127.0.0.1:15010); Listener,
+	// when set, is used instead.
+	ListenAddr  string
+	Listener    net.Listener
+	TrustDomain string
+	// SVIDTTL is the lifetime of workload SVIDs (default 1h).
+	SVIDTTL time.Duration
+	// ServingTTL is the lifetime of meshd's own certificate, renewed at
+	// half of it (default 24h).
+	ServingTTL time.Duration
+	// OperatorTTL is the operator credential's lifetime; it is re-issued at
+	// start when less than half of it is left (default 30 days).
+	OperatorTTL time.Duration
+	// BootstrapRate and BootstrapBurst limit Bootstrap per source address.
+	BootstrapRate  rate.Limit
+	BootstrapBurst int
+	Clock          certs.Clock
+	Logger         *slog.Logger
+	Registry       *prometheus.Registry
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("controlplane: Config.DataDir is required")
+	}
+	if c.ListenAddr == "" {
+		c.ListenAddr = "127.0.0.1:15010"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "minimesh.local"
+	}
+	if c.SVIDTTL == 0 {
+		c.SVIDTTL = certs.DefaultSVIDTTL
+	}
+	if c.ServingTTL == 0 {
+		c.ServingTTL = 24 * time.Hour
+	}
+	if c.OperatorTTL == 0 {
+		c.OperatorTTL = 30 * 24 * time.Hour
+	}
+	if c.Clock == nil {
+		c.Clock = certs.SystemClock
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	return nil
+}
+
+// Server is meshd.
+type Server struct {
+	cfg       Config
+	td        spiffeid.TrustDomain
+	store     *store.Store
+	ca        *certs.CA
+	authority *identity.Authority
+	serving   *certs.SVIDSource
+	bundle    *certs.BundleSource
+	grpc      *grpc.Server
+	lis       net.Listener
+
+	closeOnce sync.Once
+}
+
+// New opens the data dir (creating the CA and operator credential on first
+// start) and builds the gRPC server. Nothing is served until Run.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	if err := store.CheckDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(store.Config{Path: filepath.Join(cfg.DataDir, dataFile), Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, td: td, store: st}
+	if err := s.init(); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) init() error {
+	cfg := s.cfg
+	ca, err := s.loadOrCreateCA()
+	if err != nil {
+		return err
+	}
+	s.ca = ca
+	s.bundle = certs.NewBundleSource(ca.Bundle())
+	s.authority, err = identity.New(identity.Config{Store: s.store, CA: ca, SVIDTTL: cfg.SVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
+	if err != nil {
+		return err
+	}
+	if err := s.ensureOperatorCredential(); err != nil {
+		return err
+	}
+	s.serving = certs.NewSVIDSource(cfg.Clock)
+	if err := s.rotateServing(); err != nil {
+		return err
+	}
+	pushSrv, err := push.New(push.Config{Store: s.store, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	if err != nil {
+		return err
+	}
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Logger: cfg.Logger.With("component", "admin")})
+	if err != nil {
+		return err
+	}
+	auth := authn.New(authn.Config{
+		TrustDomain: s.td,
+		Bundle:      s.bundle,
+		Rules:       MethodRules(),
+		Clock:       cfg.Clock,
+		Logger:      cfg.Logger.With("component", "authn"),
+		Registerer:  cfg.Registry,
+	})
+	idHandler := identity.NewHandler(identity.HandlerConfig{
+		Authority:      s.authority,
+		BootstrapRate:  cfg.BootstrapRate,
+		BootstrapBurst: cfg.BootstrapBurst,
+		Clock:          cfg.Clock,
+		Logger:         cfg.Logger.With("component", "identity"),
+		Registerer:     cfg.Registry,
+	})
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(certs.OptionalClientServerConfig(s.serving))),
+		grpc.UnaryInterceptor(auth.Unary),
+		grpc.StreamInterceptor(auth.Stream),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxConcurrentStreams(1000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true),
+	)
+	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
+	meshv1.RegisterAdminServiceServer(s.grpc, adminSrv)
+	meshv1.RegisterConfigServiceServer(s.grpc, pushSrv)
+	if err := MethodRules().Check(Services()...); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Services lists every gRPC service meshd serves.
+func Services() []grpc.ServiceDesc {
+	return []grpc.ServiceDesc{meshv1.IdentityService_ServiceDesc, meshv1.AdminService_ServiceDesc, meshv1.ConfigService_ServiceDesc}
+}
+
+// MethodRules is who may call each method. A method missing here is
+// refused (and New fails, so it cannot ship unnoticed).
+func MethodRules() authn.Rules {
+	return authn.Rules{
+		meshv1.IdentityService_Bootstrap_FullMethodName:     authn.Public,
+		meshv1.IdentityService_Renew_FullMethodName:         authn.Workload,
+		meshv1.ConfigService_Stream_FullMethodName:          authn.Workload,
+		meshv1.AdminService_CreateJoinToken_FullMethodName:  authn.Operator,
+		meshv1.AdminService_ListJoinTokens_FullMethodName:   authn.Operator,
+		meshv1.AdminService_RevokeJoinToken_FullMethodName:  authn.Operator,
+		meshv1.AdminService_ListCertificates_FullMethodName: authn.Operator,
+		meshv1.AdminService_ListProxies_FullMethodName:      authn.Operator,
+	}
+}
+
+func (s *Server) loadOrCreateCA() (*certs.CA, error) {
+	caCfg := certs.CAConfig{TrustDomain: s.td, Clock: s.cfg.Clock, SVIDTTL: s.cfg.SVIDTTL}
+	state, err := s.store.Meta(caMetaKey)
+	if err != nil {
+		return nil, err
+	}
+	if state != nil {
+		ca, err := certs.LoadCA(caCfg, state)
+		if err != nil {
+			return nil, fmt.Errorf("controlplane: stored CA: %w", err)
+		}
+		return ca, nil
+	}
+	ca, err := certs.NewCA(caCfg)
+	if err != nil {
+		return nil, err
+	}
+	state, err = ca.MarshalState()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.Update(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, state) }); err != nil {
+		return nil, err
+	}
+	s.cfg.Logger.Info("created a new certificate authority", "trust_domain", s.td.String(), "root_pin", ca.RootPin())
+	return ca, nil
+}
+
+// ensureOperatorCredential writes DIR/operator/ when it is missing, from
+// another root, or past half its life.
+func (s *Server) ensureOperatorCredential() error {
+	dir := filepath.Join(s.cfg.DataDir, OperatorDir)
+	if svid, _, err := certs.LoadSVID(dir, s.td); err == nil {
+		leaf := svid.Certificates[0]
+		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		_, _, verr := certs.VerifyPeerCertificates(svid.Certificates, s.ca.Bundle(), s.cfg.Clock.Now())
+		if verr == nil && svid.ID == certs.OperatorID(s.td) && s.cfg.Clock.Now().Before(half) {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("controlplane: operator dir: %w", err)
+	}
+	svid, err := s.ca.IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
+	if err != nil {
+		return err
+	}
+	if err := certs.WriteSVID(dir, svid, s.ca.Bundle()); err != nil {
+		return err
+	}
+	if err := s.authority.RecordInternal(svid.Certificates[0], svid.ID); err != nil {
+		return err
+	}
+	s.cfg.Logger.Info("wrote operator credential", "dir", dir, "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+func (s *Server) rotateServing() error {
+	svid, err := s.ca.IssueServingSVID(certs.MeshdID(s.td), s.cfg.ServingTTL)
+	if err != nil {
+		return err
+	}
+	s.serving.Set(svid)
+	return nil
+}
+
+// Run serves until ctx is cancelled, then stops gracefully (bounded) and
+// closes the store.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.close()
+	lis := s.cfg.Listener
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", s.cfg.ListenAddr); err != nil {
+			return fmt.Errorf("controlplane: listen: %w", err)
+		}
+	}
+	s.cfg.Logger.Info("meshd serving", "addr", lis.Addr().String(), "trust_domain", s.td.String(), "root_pin", s.ca.RootPin())
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(lis) }()
+
+	rotate := time.NewTimer(s.servingRefreshIn())
+	defer rotate.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("controlplane: serve: %w", err)
+		case <-rotate.C:
+			if err := s.rotateServing(); err != nil {
+				s.cfg.Logger.Error("could not rotate meshd's serving certificate", "error", err)
+			}
+			rotate.Reset(s.servingRefreshIn())
+		case <-ctx.Done():
+			stopped := make(chan struct{})
+			go func() { s.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				s.grpc.Stop()
+				<-stopped
+			}
+			return nil
+		}
+	}
+}
+
+func (s *Server) servingRefreshIn() time.Duration {
+	svid := s.serving.Current()
+	leaf := svid.Certificates[0]
+	d := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2).Sub(s.cfg.Clock.Now())
+	if d < time.Second {
+		d = time.Second
+	}
+	return d
+}
+
+func (s *Server) close() {
+	s.closeOnce.Do(func() {
+		if err := s.store.Close(); err != nil {
+			s.cfg.Logger.Warn("closing store", "error", err)
+		}
+	})
+}
+
+// Close releases the store when Run is never called.
+func (s *Server) Close() { s.close() }
+
+// RootPin is the pin of the CA's root public key.
+func (s *Server) RootPin() string { return s.ca.RootPin() }
+
+// TrustDomain is the mesh's trust domain.
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// OperatorCredentialDir is where meshctl's credential is.
+func (s *Server) OperatorCredentialDir() string { return filepath.Join(s.cfg.DataDir, OperatorDir) }
+
+// Authority is the identity authority (tests and embedding).
+func (s *Server) Authority() *identity.Authority { return s.authority }
+
+// CA is the certificate authority.
+func (s *Server) CA() *certs.CA { return s.ca }
