@@ -155,7 +155,7 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Logger: cfg.Logger.With("component", "admin")})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,14 +22,16 @@ type Config struct {
 	Store     *store.Store
 	Authority *identity.Authority
 	// CAPin is the root CA's pin, returned with every new token.
-	CAPin  func() string
-	Logger *slog.Logger
+	CAPin      func() string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Server implements meshv1.AdminServiceServer.
 type Server struct {
 	meshv1.UnimplementedAdminServiceServer
-	cfg Config
+	cfg     Config
+	refused *prometheus.CounterVec
 }
 
 var _ meshv1.AdminServiceServer = (*Server)(nil)
@@ -41,7 +44,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg}, nil
+	s := &Server{cfg: cfg, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "minimesh_meshd_admin_refused_total",
+		Help: "Admin requests refused by a handler, by method and gRPC code.",
+	}, []string{"method", "code"})}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.refused)
+	}
+	return s, nil
+}
+
+// refuse logs and counts a refused request and returns its status error.
+func (s *Server) refuse(method string, err error) error {
+	st := status.Convert(err)
+	s.refused.WithLabelValues(method, st.Code().String()).Inc()
+	s.cfg.Logger.Warn("admin request refused", "method", method, "code", st.Code().String(), "error", st.Message())
+	return err
 }
 
 // CreateJoinToken implements meshv1.AdminServiceServer.
@@ -53,7 +71,7 @@ func (s *Server) CreateJoinToken(_ context.Context, req *meshv1.CreateJoinTokenR
 		Uses:           req.GetUses(),
 	})
 	if err != nil {
-		return nil, identity.Status(err)
+		return nil, s.refuse("CreateJoinToken", identity.Status(err))
 	}
 	return &meshv1.CreateJoinTokenResponse{Token: tokenProto(tok), Secret: secret, CaPin: s.cfg.CAPin()}, nil
 }
@@ -74,10 +92,10 @@ func (s *Server) ListJoinTokens(context.Context, *meshv1.ListJoinTokensRequest) 
 // RevokeJoinToken implements meshv1.AdminServiceServer.
 func (s *Server) RevokeJoinToken(_ context.Context, req *meshv1.RevokeJoinTokenRequest) (*meshv1.RevokeJoinTokenResponse, error) {
 	if req.GetId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "id: required")
+		return nil, s.refuse("RevokeJoinToken", status.Error(codes.InvalidArgument, "id: required"))
 	}
 	if err := s.cfg.Authority.RevokeToken(req.GetId()); err != nil {
-		return nil, identity.Status(err)
+		return nil, s.refuse("RevokeJoinToken", identity.Status(err))
 	}
 	return &meshv1.RevokeJoinTokenResponse{}, nil
 }
