@@ -266,6 +266,12 @@ func (s *Server) ensureOperatorCredential() error {
 	if err := certs.WriteSVID(dir, svid, s.ca.Bundle()); err != nil {
 		return err
 	}
+	// The whole credential is the operator's: keep every file 0600.
+	for _, f := range []string{certs.SVIDFile, certs.SVIDKeyFile, certs.BundleFile} {
+		if err := os.Chmod(filepath.Join(dir, f), 0o600); err != nil {
+			return fmt.Errorf("controlplane: operator credential: %w", err)
+		}
+	}
 	if err := s.authority.RecordInternal(svid.Certificates[0], svid.ID); err != nil {
 		return err
 	}
