@@ -97,6 +97,9 @@ type forwarder struct {
 	now     func() time.Time
 	metrics *listenerMetrics
 	rp      *httputil.ReverseProxy
+	// inflight lets Run wait for handlers cut by a drain timeout before it
+	// closes the idle pool, so no connection returns to it afterwards.
+	inflight sync.WaitGroup
 }
 
 func newForwarder(name string, log *slog.Logger, now func() time.Time, m *Metrics, rt http.RoundTripper, rewrite func(*httputil.ProxyRequest)) *forwarder {
@@ -113,6 +116,8 @@ func newForwarder(name string, log *slog.Logger, now func() time.Time, m *Metric
 
 // ServeHTTP forwards one request and records its class and latency.
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.inflight.Add(1)
+	defer f.inflight.Done()
 	start := f.now()
 	rec := recorderPool.Get().(*recorder)
 	rec.ResponseWriter, rec.code = w, 0
@@ -197,6 +202,13 @@ func (bufferPool) Put(b []byte) {
 	case freeBuffers <- b[:cap(b)]:
 	default:
 	}
+}
+
+// closeIdle waits for handlers still running after a shutdown and then
+// closes the transport's idle connections, ending their goroutines.
+func (f *forwarder) closeIdle(t *http.Transport) {
+	f.inflight.Wait()
+	t.CloseIdleConnections()
 }
 
 // serve runs srv on ln until ctx is cancelled, then shuts it down: it stops

@@ -91,9 +91,10 @@ func (l *tlsListener) handshake(c net.Conn) {
 	tc := tls.Server(c, l.config)
 	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
 	err := tc.HandshakeContext(ctx)
+	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
-		if ctx.Err() != nil && l.ctx.Err() == nil {
+		if timedOut {
 			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 		}
 		if l.ctx.Err() == nil {

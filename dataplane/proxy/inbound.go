@@ -138,7 +138,7 @@ func (in *Inbound) Run(ctx context.Context) error {
 	srv := newServer(in, lim, in.log)
 	srv.ConnContext = withPeer
 	in.log.Info("proxy: inbound listening", slog.String("addr", ln.Addr().String()), slog.String("app", in.cfg.App))
-	defer in.transport.CloseIdleConnections()
+	defer in.fwd.closeIdle(in.transport)
 	return serve(ctx, srv, tl, lim.Drain, in.log)
 }
 

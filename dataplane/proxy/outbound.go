@@ -154,7 +154,7 @@ func (o *Outbound) newUpstream(u Upstream) *upstream {
 	tlsConfig := certs.MTLSClientConfig(ownSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(u.ID),
 		certs.TLSOptions{Clock: cfg.Clock})
 	tlsConfig.MinVersion = tls.VersionTLS13
-	tlsConfig.NextProtos = []string{"h2"}
+	tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 	if host, _, err := net.SplitHostPort(u.Remote); err == nil && net.ParseIP(host) == nil {
 		tlsConfig.ServerName = host
 	}
@@ -230,7 +230,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 		up.log.Info("proxy: outbound listening", slog.String("addr", ln.Addr().String()),
 			slog.String("remote", up.Remote), slog.String("id", up.ID.String()))
 		g.Go(func() error {
-			defer up.transport.CloseIdleConnections()
+			defer up.fwd.closeIdle(up.transport)
 			return serve(gctx, srv, ln, o.cfg.Limits.Drain, up.log)
 		})
 	}

@@ -110,7 +110,7 @@ func (p *Public) Run(ctx context.Context) error {
 		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic)))
 	srv := newServer(p, lim, p.log)
 	p.log.Info("proxy: public listening", slog.String("addr", ln.Addr().String()), slog.String("app", p.cfg.App))
-	defer p.transport.CloseIdleConnections()
+	defer p.fwd.closeIdle(p.transport)
 
 	g, gctx := errgroup.WithContext(ctx)
 	if r, ok := p.cfg.Certificate.(interface{ Run(context.Context) error }); ok {
