@@ -1,0 +1,92 @@
+// Command mesh-proxy is minimesh's sidecar: it gets and renews the pod's
+// identity from meshd, terminates mTLS (and plain TLS for outside clients)
+// in front of the app, and carries the app's outbound calls over mTLS.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"minimesh/dataplane/proxy"
+	"minimesh/dataplane/sidecar"
+	"minimesh/internal/version"
+)
+
+type upstreams []proxy.Upstream
+
+func (u *upstreams) String() string { return fmt.Sprint(len(*u)) }
+func (u *upstreams) Set(s string) error {
+	up, err := proxy.ParseUpstream(s)
+	if err != nil {
+		return err
+	}
+	*u = append(*u, up)
+	return nil
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-proxy:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		cfg       sidecar.Config
+		ups       upstreams
+		tokenFile string
+		logLevel  slog.Level
+	)
+	flag.StringVar(&cfg.ControlPlane, "control-plane", "127.0.0.1:15010", "meshd address")
+	flag.StringVar(&cfg.Token, "token", os.Getenv("MESH_PROXY_TOKEN"), "join token id.secret, needed only to bootstrap (env MESH_PROXY_TOKEN)")
+	flag.StringVar(&tokenFile, "token-file", "", "file holding the join token (a mounted Secret)")
+	flag.StringVar(&cfg.CAPin, "ca-pin", os.Getenv("MESH_PROXY_CA_PIN"), "sha256:<hex> pin of meshd's root CA, to authenticate meshd when bootstrapping (env MESH_PROXY_CA_PIN)")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
+	flag.StringVar(&cfg.Namespace, "namespace", "default", "namespace of this proxy's identity")
+	flag.StringVar(&cfg.ServiceAccount, "service-account", "", "service account of this proxy's identity (default: --service)")
+	flag.StringVar(&cfg.Service, "service", "", "the service this proxy serves (required)")
+	flag.StringVar(&cfg.App, "app", "", "the app's address, 127.0.0.1:PORT (required)")
+	flag.StringVar(&cfg.Inbound, "inbound", "127.0.0.1:15006", "mTLS listener for other proxies")
+	flag.StringVar(&cfg.Advertise, "advertise", "", "host:port other proxies use to reach --inbound (default: --inbound)")
+	flag.StringVar(&cfg.Admin, "admin", "127.0.0.1:15000", "admin listener: /ready, /metrics, /certs")
+	flag.StringVar(&cfg.StateDir, "state-dir", "", "directory for the key, SVID and instance ID (required)")
+	flag.Var(&ups, "upstream", "NAME=LOCALADDR=REMOTEADDR=SPIFFEID: a local port carried over mTLS to a remote proxy (repeatable)")
+	flag.StringVar(&cfg.Public, "public", "", "plain TLS listener for clients outside the mesh")
+	flag.StringVar(&cfg.PublicCert, "public-cert", "", "certificate file for --public (reloaded when it changes)")
+	flag.StringVar(&cfg.PublicKey, "public-key", "", "key file for --public")
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.Version)
+		return nil
+	}
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return err
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+	}
+	if cfg.Service == "" || cfg.StateDir == "" {
+		return fmt.Errorf("--service and --state-dir are required")
+	}
+	cfg.Upstreams = ups
+	cfg.Version = version.Version
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})).With("service", cfg.Service)
+
+	sc, err := sidecar.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return sc.Run(ctx)
+}

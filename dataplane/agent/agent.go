@@ -1,0 +1,414 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// ControlPlane is meshd's host:port. Required.
+	ControlPlane string
+	// TrustDomain of the mesh. Default minimesh.local.
+	TrustDomain spiffeid.TrustDomain
+	// Token is the join token "<id>.<secret>"; needed only to bootstrap.
+	Token string
+	// CAPin ("sha256:<hex>") authenticates meshd before the agent holds a
+	// trust bundle. Required with Token.
+	CAPin string
+	// Namespace and ServiceAccount name the identity to bootstrap
+	// (spiffe://<td>/ns/<ns>/sa/<sa>); they must match the token's binding.
+	// Defaults: "default" and Service.
+	Namespace      string
+	ServiceAccount string
+	// Service, Advertise and Version are sent in the registration Hello.
+	Service   string
+	Advertise string
+	Version   string
+	// StateDir keeps the key, SVID, bundle and instance ID. Required.
+	StateDir string
+	// CallTimeout bounds each call to meshd. Default 10s.
+	CallTimeout time.Duration
+	// BackoffMin and BackoffMax bound the retry delay. Defaults 500ms, 30s.
+	BackoffMin, BackoffMax time.Duration
+	Clock                  certs.Clock
+	Logger                 *slog.Logger
+	Registerer             prometheus.Registerer
+}
+
+// Agent keeps the proxy's identity and its registration with meshd.
+type Agent struct {
+	cfg        Config
+	instanceID string
+	svid       *certs.SVIDSource
+	bundle     *certs.BundleSource
+
+	mu        sync.Mutex
+	lastErr   error     // last renewal/bootstrap failure
+	renewAt   time.Time // next planned renewal
+	notReady  error     // a reason that overrides the SVID check (token used up)
+	connected bool      // registration stream up
+	rotated   chan struct{}
+
+	renewals *prometheus.CounterVec
+	expiry   prometheus.GaugeFunc
+}
+
+// New loads the state dir. It never talks to meshd: Run does.
+func New(cfg Config) (*Agent, error) {
+	if cfg.ControlPlane == "" || cfg.StateDir == "" || cfg.Service == "" {
+		return nil, errors.New("agent: Config.ControlPlane, StateDir and Service are required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("minimesh.local")
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if cfg.ServiceAccount == "" {
+		cfg.ServiceAccount = cfg.Service
+	}
+	if _, err := certs.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount); err != nil {
+		return nil, fmt.Errorf("agent: identity: %w", err)
+	}
+	if cfg.Token != "" && cfg.CAPin == "" {
+		return nil, errors.New("agent: a join token needs the CA pin (--ca-pin) to authenticate meshd")
+	}
+	if cfg.CAPin != "" {
+		if _, err := certs.ParsePin(cfg.CAPin); err != nil {
+			return nil, fmt.Errorf("agent: ca pin: %w", err)
+		}
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Second
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 500 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: state dir: %w", err)
+	}
+	id, err := loadOrCreateInstanceID(cfg.StateDir, cfg.Service)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:        cfg,
+		instanceID: id,
+		svid:       certs.NewSVIDSource(cfg.Clock),
+		bundle:     certs.NewBundleSource(x509bundle.New(cfg.TrustDomain)),
+		rotated:    make(chan struct{}, 1),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_proxy_svid_renewals_total",
+			Help: "SVID renewals and bootstraps, by kind and result.",
+		}, []string{"kind", "result"}),
+	}
+	a.expiry = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "minimesh_proxy_svid_expiry_seconds",
+		Help: "Seconds until the current SVID expires (negative when expired, 0 when none).",
+	}, a.secondsLeft)
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(a.renewals, a.expiry)
+	}
+	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
+		a.svid.Set(svid)
+		a.bundle.Set(bundle)
+		cfg.Logger.Info("loaded identity from state dir", "spiffe_id", svid.ID.String(), "serial", svid.Certificates[0].SerialNumber.Text(16), "expires", svid.Certificates[0].NotAfter)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		cfg.Logger.Warn("state dir holds no usable SVID; will bootstrap", "error", err)
+	}
+	return a, nil
+}
+
+// InstanceID is this proxy's generated, persistent instance ID.
+func (a *Agent) InstanceID() string { return a.instanceID }
+
+// SVIDSource is the proxy's current SVID, swapped in place on rotation.
+func (a *Agent) SVIDSource() *certs.SVIDSource { return a.svid }
+
+// BundleSource is the trust bundle, swapped in place when meshd sends a new one.
+func (a *Agent) BundleSource() *certs.BundleSource { return a.bundle }
+
+// Rotated receives a value after each new SVID (buffered, latest only).
+func (a *Agent) Rotated() <-chan struct{} { return a.rotated }
+
+// Ready is nil once the agent holds a valid SVID; otherwise it says why not.
+func (a *Agent) Ready() error {
+	a.mu.Lock()
+	notReady, lastErr := a.notReady, a.lastErr
+	a.mu.Unlock()
+	if _, err := a.svid.GetX509SVID(); err != nil {
+		switch {
+		case notReady != nil:
+			return notReady
+		case lastErr != nil:
+			return fmt.Errorf("%w: %v; last attempt: %v", ErrNoIdentity, err, lastErr)
+		default:
+			return fmt.Errorf("%w: %v", ErrNoIdentity, err)
+		}
+	}
+	return nil
+}
+
+// Connected reports whether the registration stream is up.
+func (a *Agent) Connected() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.connected
+}
+
+func (a *Agent) secondsLeft() float64 {
+	cur := a.svid.Current()
+	if cur == nil {
+		return 0
+	}
+	return cur.Certificates[0].NotAfter.Sub(a.cfg.Clock.Now()).Seconds()
+}
+
+// Run keeps the identity fresh and the registration stream up until ctx
+// is cancelled.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.registerLoop(ctx)
+	}()
+	a.identityLoop(ctx)
+	wg.Wait()
+	return nil
+}
+
+// identityLoop renews or bootstraps, then sleeps until the next renewal.
+func (a *Agent) identityLoop(ctx context.Context) {
+	// A restart with a valid SVID renews at once: the state on disk may be
+	// old, and a renewal proves meshd still knows us.
+	backoff := a.cfg.BackoffMin
+	for {
+		err := a.refresh(ctx)
+		var wait time.Duration
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.setErr(err)
+			wait = jitter(backoff, 0.2)
+			backoff = min(backoff*2, a.cfg.BackoffMax)
+			a.cfg.Logger.Warn("identity refresh failed; keeping the current SVID and retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+		} else {
+			a.setErr(nil)
+			backoff = a.cfg.BackoffMin
+			wait = a.renewIn()
+		}
+		// Never sleep past expiry without trying again.
+		if cur := a.svid.Current(); cur != nil {
+			if left := cur.Certificates[0].NotAfter.Sub(a.cfg.Clock.Now()); left > 0 && wait > left {
+				wait = left
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) setErr(err error) {
+	a.mu.Lock()
+	a.lastErr = err
+	if err == nil {
+		a.notReady = nil
+	}
+	a.mu.Unlock()
+}
+
+// renewIn is half the current SVID's remaining life, ±10 %.
+func (a *Agent) renewIn() time.Duration {
+	a.mu.Lock()
+	at := a.renewAt
+	a.mu.Unlock()
+	d := at.Sub(a.cfg.Clock.Now())
+	if d < 0 {
+		d = 0
+	}
+	return d
+}
+
+// refresh renews with a valid SVID, or bootstraps with the token.
+func (a *Agent) refresh(ctx context.Context) error {
+	if _, err := a.svid.GetX509SVID(); err == nil {
+		return a.renew(ctx)
+	}
+	return a.bootstrap(ctx)
+}
+
+func (a *Agent) renew(ctx context.Context) error {
+	key, err := certs.GenerateKey()
+	if err != nil {
+		return err
+	}
+	id := a.svid.Current().ID
+	csr, err := certs.NewCSR(key, id)
+	if err != nil {
+		return err
+	}
+	// A fresh connection per renewal: a long-lived one would still present
+	// the certificate it was opened with, which may have expired.
+	tc := certs.MTLSClientConfig(a.svid, a.bundle, certs.AuthorizeID(certs.MeshdID(a.cfg.TrustDomain)), certs.TLSOptions{Clock: a.cfg.Clock})
+	var resp *meshv1.RenewResponse
+	err = a.call(ctx, tc, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = meshv1.NewIdentityServiceClient(conn).Renew(ctx, &meshv1.RenewRequest{Csr: csr, InstanceId: a.instanceID})
+		return err
+	})
+	if err != nil {
+		a.renewals.WithLabelValues("renew", "error").Inc()
+		return fmt.Errorf("agent: renew: %w", err)
+	}
+	if err := a.install(resp.GetSvid(), key); err != nil {
+		a.renewals.WithLabelValues("renew", "error").Inc()
+		return err
+	}
+	a.renewals.WithLabelValues("renew", "ok").Inc()
+	return nil
+}
+
+func (a *Agent) bootstrap(ctx context.Context) error {
+	if a.cfg.Token == "" {
+		err := fmt.Errorf("%w: the SVID is missing or expired and no --token was given", ErrNoToken)
+		a.setNotReady(err)
+		return err
+	}
+	id, err := certs.WorkloadID(a.cfg.TrustDomain, a.cfg.Namespace, a.cfg.ServiceAccount)
+	if err != nil {
+		return err
+	}
+	key, err := pendingKey(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	csr, err := certs.NewCSR(key, id)
+	if err != nil {
+		return err
+	}
+	tc, err := certs.PinnedClientConfig(a.cfg.CAPin, certs.MeshdID(a.cfg.TrustDomain), certs.TLSOptions{Clock: a.cfg.Clock})
+	if err != nil {
+		return err
+	}
+	var resp *meshv1.BootstrapResponse
+	err = a.call(ctx, tc, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: a.cfg.Token, Csr: csr, InstanceId: a.instanceID})
+		return err
+	})
+	if err != nil {
+		a.renewals.WithLabelValues("bootstrap", "error").Inc()
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.InvalidArgument || c == codes.PermissionDenied {
+			a.setNotReady(fmt.Errorf("%w: bootstrap refused by meshd: %s", ErrNoIdentity, status.Convert(err).Message()))
+		}
+		return fmt.Errorf("agent: bootstrap: %w", err)
+	}
+	if err := a.install(resp.GetSvid(), key); err != nil {
+		a.renewals.WithLabelValues("bootstrap", "error").Inc()
+		return err
+	}
+	dropPendingKey(a.cfg.StateDir)
+	a.renewals.WithLabelValues("bootstrap", "ok").Inc()
+	return nil
+}
+
+func (a *Agent) setNotReady(err error) {
+	a.mu.Lock()
+	a.notReady = err
+	a.mu.Unlock()
+}
+
+// call dials meshd with tc, runs fn with a bounded context and closes.
+func (a *Agent) call(ctx context.Context, tc *tls.Config, fn func(context.Context, *grpc.ClientConn) error) error {
+	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// install verifies and keeps a signed SVID: in memory first (new
+// handshakes use it at once), then in the state dir.
+func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer) error {
+	chain, err := certs.ParseCertsDER(p.GetCertChain())
+	if err != nil {
+		return fmt.Errorf("agent: SVID from meshd: %w", err)
+	}
+	roots, err := certs.ParseCertsDER(p.GetTrustBundle())
+	if err != nil || len(roots) == 0 {
+		return fmt.Errorf("agent: trust bundle from meshd: %v", err)
+	}
+	bundle := x509bundle.FromX509Authorities(a.cfg.TrustDomain, roots)
+	svid := &x509svid.SVID{Certificates: chain, PrivateKey: key}
+	id, _, err := certs.VerifyPeerCertificates(chain, bundle, a.cfg.Clock.Now())
+	if err != nil {
+		return fmt.Errorf("agent: SVID from meshd does not verify: %w", err)
+	}
+	svid.ID = id
+	if cur := a.svid.Current(); cur != nil && cur.ID != id {
+		return fmt.Errorf("agent: meshd issued %s but this proxy is %s", id, cur.ID)
+	}
+	a.bundle.Set(bundle)
+	a.svid.Set(svid)
+	if err := certs.WriteSVID(a.cfg.StateDir, svid, bundle); err != nil {
+		a.cfg.Logger.Warn("could not persist the SVID; it is in use but a restart will need to renew", "error", err)
+	}
+	leaf := chain[0]
+	now := a.cfg.Clock.Now()
+	half := leaf.NotAfter.Sub(now) / 2
+	a.mu.Lock()
+	a.renewAt = now.Add(jitter(half, 0.1))
+	a.notReady = nil
+	a.mu.Unlock()
+	select {
+	case a.rotated <- struct{}{}:
+	default:
+	}
+	a.cfg.Logger.Info("new SVID in use", "spiffe_id", id.String(), "serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter, "renew_in", half.Round(time.Millisecond))
+	return nil
+}
+
+// jitter returns d ± frac·d, uniformly.
+func jitter(d time.Duration, frac float64) time.Duration {
+	return time.Duration(float64(d) * (1 + frac*(2*rand.Float64()-1)))
+}

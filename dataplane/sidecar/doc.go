@@ -1,0 +1,11 @@
+// Package sidecar assembles mesh-proxy from its parts: the agent (identity
+// and registration with meshd), the inbound mTLS listener, the optional
+// public HTTPS listener, the outbound upstream listeners and the admin
+// server, each a Run(ctx) error task under one errgroup. cmd/mesh-proxy
+// parses flags into a Config; tests run the very same Sidecar in-process.
+//
+//	sc, err := sidecar.New(sidecar.Config{ControlPlane: "127.0.0.1:15010", Token: tok, CAPin: pin,
+//		Service: "api", App: "127.0.0.1:8080", Inbound: "127.0.0.1:15006",
+//		Advertise: "127.0.0.1:15006", Admin: "127.0.0.1:15000", StateDir: dir})
+//	err = sc.Run(ctx)
+package sidecar

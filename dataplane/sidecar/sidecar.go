@@ -1,0 +1,197 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"minimesh/certs"
+	"minimesh/dataplane/admin"
+	"minimesh/dataplane/agent"
+	"minimesh/dataplane/proxy"
+)
+
+// Config is everything mesh-proxy is told.
+type Config struct {
+	ControlPlane   string
+	TrustDomain    string // default minimesh.local
+	Token          string
+	CAPin          string
+	Namespace      string // default "default"
+	ServiceAccount string // default Service
+	Service        string
+	Version        string
+
+	// App is the application's host:port on loopback.
+	App string
+	// Inbound is where other proxies connect over mTLS; Advertise is how
+	// they reach it (default: Inbound).
+	Inbound   string
+	Advertise string
+	// Admin serves /ready, /metrics, /certs (default 127.0.0.1:15000).
+	Admin    string
+	StateDir string
+
+	Upstreams []proxy.Upstream
+
+	// Public, PublicCert and PublicKey enable plain TLS for clients outside
+	// the mesh.
+	Public     string
+	PublicCert string
+	PublicKey  string
+
+	// Pre-opened listeners, for tests; each overrides its address.
+	InboundListener, AdminListener, PublicListener net.Listener
+
+	Clock  certs.Clock
+	Logger *slog.Logger
+	// Registry collects every metric; default a new one with Go and
+	// process collectors.
+	Registry *prometheus.Registry
+	// AgentBackoffMax bounds the agent's retry delay (default 30s).
+	AgentBackoffMax time.Duration
+}
+
+// Sidecar is a running mesh-proxy's parts.
+type Sidecar struct {
+	cfg   Config
+	Agent *agent.Agent
+	tasks []task
+}
+
+type task struct {
+	name string
+	run  func(context.Context) error
+}
+
+// New builds every part; nothing listens until Run.
+func New(cfg Config) (*Sidecar, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = "minimesh.local"
+	}
+	if cfg.Admin == "" {
+		cfg.Admin = "127.0.0.1:15000"
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Inbound
+		if cfg.InboundListener != nil {
+			cfg.Advertise = cfg.InboundListener.Addr().String()
+		}
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if cfg.App == "" {
+		return nil, errors.New("sidecar: --app is required")
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: trust domain: %w", err)
+	}
+	log := cfg.Logger
+	ag, err := agent.New(agent.Config{
+		ControlPlane:   cfg.ControlPlane,
+		TrustDomain:    td,
+		Token:          cfg.Token,
+		CAPin:          cfg.CAPin,
+		Namespace:      cfg.Namespace,
+		ServiceAccount: cfg.ServiceAccount,
+		Service:        cfg.Service,
+		Advertise:      cfg.Advertise,
+		Version:        cfg.Version,
+		StateDir:       cfg.StateDir,
+		BackoffMax:     cfg.AgentBackoffMax,
+		Clock:          cfg.Clock,
+		Logger:         log.With("component", "agent"),
+		Registerer:     cfg.Registry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := proxy.NewMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sidecar{cfg: cfg, Agent: ag}
+	s.add("agent", ag.Run)
+
+	in, err := proxy.NewInbound(proxy.InboundConfig{
+		Listener: cfg.InboundListener, Addr: cfg.Inbound, App: cfg.App,
+		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), TrustDomain: td,
+		Logger: log.With("component", "inbound"), Clock: cfg.Clock, Metrics: metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.add("inbound", in.Run)
+
+	if cfg.Public != "" || cfg.PublicListener != nil {
+		fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: cfg.PublicCert, KeyFile: cfg.PublicKey, Clock: cfg.Clock, Logger: log.With("component", "public-cert")})
+		if err != nil {
+			return nil, err
+		}
+		pub, err := proxy.NewPublic(proxy.PublicConfig{
+			Listener: cfg.PublicListener, Addr: cfg.Public, App: cfg.App, Certificate: fc,
+			Logger: log.With("component", "public"), Clock: cfg.Clock, Metrics: metrics,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.add("public", pub.Run)
+	}
+
+	if len(cfg.Upstreams) > 0 {
+		out, err := proxy.NewOutbound(proxy.OutboundConfig{
+			Upstreams: cfg.Upstreams, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
+			Logger: log.With("component", "outbound"), Clock: cfg.Clock, Metrics: metrics,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.add("outbound", out.Run)
+	}
+
+	adm, err := admin.New(admin.Config{
+		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: ag.Ready,
+		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Registry: cfg.Registry,
+		Logger: log.With("component", "admin"), Clock: cfg.Clock,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.add("admin", adm.Run)
+	return s, nil
+}
+
+func (s *Sidecar) add(name string, run func(context.Context) error) {
+	s.tasks = append(s.tasks, task{name, run})
+}
+
+// Run runs every part until ctx is cancelled or one fails; then all stop.
+func (s *Sidecar) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, t := range s.tasks {
+		g.Go(func() error {
+			if err := t.run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
