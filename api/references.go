@@ -190,3 +190,46 @@ func ValidateReferences(objs []Object, stored Lookup) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Index is a Lookup over objects held in memory: the objects of a snapshot,
+// or of a set of files checked without meshd (meshctl apply --dry-run
+// --offline). It is not safe for concurrent writes.
+type Index struct {
+	byKey     map[Key]Object
+	byService map[Key][]Object // Key{kind, namespace, service}
+}
+
+var _ Lookup = (*Index)(nil)
+
+// NewIndex indexes objs; a later object replaces an earlier one with its
+// key.
+func NewIndex(objs ...Object) *Index {
+	ix := &Index{byKey: map[Key]Object{}, byService: map[Key][]Object{}}
+	for _, o := range objs {
+		ix.Put(o)
+	}
+	return ix
+}
+
+// Put adds o, replacing the object with its key.
+func (ix *Index) Put(o Object) {
+	k := KeyOf(o)
+	if old, ok := ix.byKey[k]; ok {
+		sk := Key{Kind: k.Kind, Namespace: k.Namespace, Name: old.ServiceName()}
+		ix.byService[sk] = slices.DeleteFunc(ix.byService[sk], func(x Object) bool { return KeyOf(x) == k })
+	}
+	ix.byKey[k] = o
+	sk := Key{Kind: k.Kind, Namespace: k.Namespace, Name: o.ServiceName()}
+	ix.byService[sk] = append(ix.byService[sk], o)
+}
+
+// Get implements Lookup.
+func (ix *Index) Get(k Key) (Object, bool) {
+	o, ok := ix.byKey[k]
+	return o, ok
+}
+
+// ByService implements Lookup.
+func (ix *Index) ByService(kind Kind, namespace, service string) []Object {
+	return slices.Clone(ix.byService[Key{Kind: kind, Namespace: namespace, Name: service}])
+}

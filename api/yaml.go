@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"regexp"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	yamlv2 "go.yaml.in/yaml/v2"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 )
 
@@ -82,7 +84,7 @@ func Decode(source string, r io.Reader) ([]Document, error) {
 		line := ch.line + firstContentLine(ch.text)
 		if err != nil {
 			errs = append(errs, &DocumentError{Source: source, Index: index, Line: line,
-				Err: fmt.Errorf("%w: %s", ErrSyntax, relocateLines(err.Error(), ch.line))})
+				Err: fmt.Errorf("%w: %s", ErrSyntax, oneLine(relocateLines(err.Error(), ch.line)))})
 			continue
 		}
 		o, err := decodeObject(j)
@@ -161,6 +163,13 @@ func firstContentLine(text []byte) int {
 		n++
 	}
 	return 0
+}
+
+// oneLine folds a multi-line message (yaml's "unmarshal errors:\n  line
+// 9: ...") into one line.
+func oneLine(msg string) string {
+	msg = strings.ReplaceAll(msg, ":\n", ": ")
+	return strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " ")
 }
 
 var lineRef = regexp.MustCompile(`line (\d+)`)
@@ -504,9 +513,10 @@ func Encode(w io.Writer, objs ...Object) error {
 	return nil
 }
 
-// MarshalYAML returns one object as a YAML document.
+// MarshalYAML returns one object as a YAML document. Durations are written
+// as Go durations ("2.5s", "1h30m0s").
 func MarshalYAML(o Object) ([]byte, error) {
-	doc, err := document(o)
+	doc, err := document(o, true)
 	if err != nil {
 		return nil, err
 	}
@@ -518,9 +528,10 @@ func MarshalYAML(o Object) ([]byte, error) {
 }
 
 // MarshalJSON returns one object as a JSON document with the same
-// structure and key order as MarshalYAML's.
+// structure and key order as MarshalYAML's, but durations in protojson's
+// form ("2.500s") so that its spec is the kind's protojson.
 func MarshalJSON(o Object) ([]byte, error) {
-	doc, err := document(o)
+	doc, err := document(o, false)
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +543,7 @@ func MarshalJSON(o Object) ([]byte, error) {
 }
 
 // document builds o's ordered tree.
-func document(o Object) (yamlv2.MapSlice, error) {
+func document(o Object, goDurations bool) (yamlv2.MapSlice, error) {
 	m := o.Meta()
 	meta := yamlv2.MapSlice{{Key: "name", Value: m.Name}, {Key: "namespace", Value: m.Namespace}}
 	if m.Revision != 0 {
@@ -556,13 +567,20 @@ func document(o Object) (yamlv2.MapSlice, error) {
 		{Key: "apiVersion", Value: APIVersion},
 		{Key: "kind", Value: string(o.Kind())},
 		{Key: "metadata", Value: meta},
-		{Key: "spec", Value: orderMessage(msg.ProtoReflect().Descriptor(), spec)},
+		{Key: "spec", Value: treeBuilder{goDurations}.message(msg.ProtoReflect().Descriptor(), spec)},
 	}, nil
 }
 
-// orderMessage turns protojson output into a tree whose mappings follow
+// treeBuilder turns protojson output into a tree whose mappings follow
 // the message's field order, with enum short names and Go numbers.
-func orderMessage(md protoreflect.MessageDescriptor, v any) any {
+type treeBuilder struct {
+	goDurations bool
+}
+
+func (tb treeBuilder) message(md protoreflect.MessageDescriptor, v any) any {
+	if s, ok := v.(string); ok && tb.goDurations && md.FullName() == durationName {
+		return goDuration(s)
+	}
 	obj, ok := v.(map[string]any)
 	if !ok || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
 		return plainValue(v)
@@ -578,22 +596,22 @@ func orderMessage(md protoreflect.MessageDescriptor, v any) any {
 		if list, isList := val.([]any); isList && fd.IsList() {
 			items := make([]any, len(list))
 			for i, e := range list {
-				items[i] = orderValue(fd, e)
+				items[i] = tb.value(fd, e)
 			}
 			val = items
 		} else {
-			val = orderValue(fd, val)
+			val = tb.value(fd, val)
 		}
 		out = append(out, yamlv2.MapItem{Key: fd.JSONName(), Value: val})
 	}
 	return out
 }
 
-func orderValue(fd protoreflect.FieldDescriptor, v any) any {
+func (tb treeBuilder) value(fd protoreflect.FieldDescriptor, v any) any {
 	switch fd.Kind() {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
 		if !fd.IsMap() {
-			return orderMessage(fd.Message(), v)
+			return tb.message(fd.Message(), v)
 		}
 	case protoreflect.EnumKind:
 		if s, ok := v.(string); ok {
@@ -603,6 +621,20 @@ func orderValue(fd protoreflect.FieldDescriptor, v any) any {
 		}
 	}
 	return plainValue(v)
+}
+
+// goDuration rewrites a protojson duration as a Go duration when it fits
+// in one.
+func goDuration(s string) string {
+	var d durationpb.Duration
+	if err := protojson.Unmarshal([]byte(strconv.Quote(s)), &d); err != nil || d.CheckValid() != nil {
+		return s
+	}
+	const maxSeconds = math.MaxInt64/int64(time.Second) - 1
+	if d.GetSeconds() > maxSeconds || d.GetSeconds() < -maxSeconds {
+		return s
+	}
+	return d.AsDuration().String()
 }
 
 // plainValue converts json.Numbers (anywhere in v) to Go numbers.
