@@ -84,7 +84,7 @@ type app struct {
 	hits atomic.Int64
 }
 
-func newApp(t *testing.T) *app {
+func newApp(t testing.TB) *app {
 	t.Helper()
 	a := &app{}
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -99,7 +99,7 @@ func newApp(t *testing.T) *app {
 
 func (a *app) addr() string { return a.Listener.Addr().String() }
 
-func listenLocal(t *testing.T) net.Listener {
+func listenLocal(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -109,7 +109,7 @@ func listenLocal(t *testing.T) net.Listener {
 }
 
 // run starts part.Run and, at cleanup, cancels it and checks it returned nil.
-func run(t *testing.T, part interface{ Run(context.Context) error }) {
+func run(t testing.TB, part interface{ Run(context.Context) error }) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -131,7 +131,7 @@ type mesh struct {
 	api    *certs.SVIDSource
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	t.Helper()
 	clock := certstest.NewClock(time.Now())
 	ca, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local"), Clock: clock})
@@ -148,7 +148,7 @@ func newMesh(t *testing.T) *mesh {
 // expiredSVID issues an SVID for id that expired an hour ago, from the
 // mesh's own CA, and a source whose clock still considers it valid (so a
 // client presents it).
-func (m *mesh) expiredSVID(t *testing.T, id string) *certs.SVIDSource {
+func (m *mesh) expiredSVID(t testing.TB, id string) *certs.SVIDSource {
 	t.Helper()
 	now := m.clock.Now()
 	m.clock.Set(now.Add(-2 * time.Hour))
@@ -162,7 +162,7 @@ func (m *mesh) expiredSVID(t *testing.T, id string) *certs.SVIDSource {
 	return src
 }
 
-func newMetrics(t *testing.T) *Metrics {
+func newMetrics(t testing.TB) *Metrics {
 	t.Helper()
 	m, err := NewMetrics(nil)
 	if err != nil {
@@ -172,7 +172,7 @@ func newMetrics(t *testing.T) *Metrics {
 }
 
 // startInbound runs an Inbound for api in front of a.
-func startInbound(t *testing.T, m *mesh, a *app, metrics *Metrics, ln net.Listener) *Inbound {
+func startInbound(t testing.TB, m *mesh, a *app, metrics *Metrics, ln net.Listener) *Inbound {
 	t.Helper()
 	log, _ := newLogger()
 	in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: m.bundle,
@@ -186,13 +186,13 @@ func startInbound(t *testing.T, m *mesh, a *app, metrics *Metrics, ln net.Listen
 
 // mtlsClient is an HTTP client speaking mTLS as svid to a server that must
 // be want. protos picks HTTP/1.1 or HTTP/2.
-func mtlsClient(t *testing.T, svid x509svid.Source, bundle x509bundle.Source, want string, h2 bool) *http.Client {
+func mtlsClient(t testing.TB, svid x509svid.Source, bundle x509bundle.Source, want string, h2 bool) *http.Client {
 	t.Helper()
 	cfg := certs.MTLSClientConfig(svid, bundle, certs.AuthorizeID(spiffeid.RequireFromString(want)), certs.TLSOptions{})
 	return tlsClient(t, cfg, h2)
 }
 
-func tlsClient(t *testing.T, cfg *tls.Config, h2 bool) *http.Client {
+func tlsClient(t testing.TB, cfg *tls.Config, h2 bool) *http.Client {
 	t.Helper()
 	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: h2}
 	if !h2 {
@@ -202,7 +202,7 @@ func tlsClient(t *testing.T, cfg *tls.Config, h2 bool) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
-func plainClient(t *testing.T) *http.Client {
+func plainClient(t testing.TB) *http.Client {
 	t.Helper()
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -210,7 +210,7 @@ func plainClient(t *testing.T) *http.Client {
 }
 
 // get sends a GET with extra headers and decodes the app's echo.
-func get(t *testing.T, c *http.Client, url string, header http.Header) (*http.Response, seen) {
+func get(t testing.TB, c *http.Client, url string, header http.Header) (*http.Response, seen) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
@@ -246,7 +246,7 @@ type keepAlive struct {
 	r    *bufio.Reader
 }
 
-func dialKeepAlive(t *testing.T, addr string, cfg *tls.Config) *keepAlive {
+func dialKeepAlive(t testing.TB, addr string, cfg *tls.Config) *keepAlive {
 	t.Helper()
 	cfg = cfg.Clone()
 	cfg.NextProtos = []string{"http/1.1"}
@@ -258,7 +258,7 @@ func dialKeepAlive(t *testing.T, addr string, cfg *tls.Config) *keepAlive {
 	return &keepAlive{conn: c, r: bufio.NewReader(c)}
 }
 
-func (k *keepAlive) do(t *testing.T, path string) (int, seen) {
+func (k *keepAlive) do(t testing.TB, path string) (int, seen) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, "https://api"+path, nil)
 	if err := req.Write(k.conn); err != nil {
@@ -299,7 +299,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func handshakeFailures(t *testing.T, m *Metrics, listener, reason string) float64 {
+func handshakeFailures(t testing.TB, m *Metrics, listener, reason string) float64 {
 	t.Helper()
 	var d dto.Metric
 	if err := m.handshakeFailures.WithLabelValues(listener, reason).Write(&d); err != nil {
@@ -308,7 +308,7 @@ func handshakeFailures(t *testing.T, m *Metrics, listener, reason string) float6
 	return d.GetCounter().GetValue()
 }
 
-func requests(t *testing.T, m *Metrics, listener, class string) float64 {
+func requests(t testing.TB, m *Metrics, listener, class string) float64 {
 	t.Helper()
 	var d dto.Metric
 	if err := m.requests.WithLabelValues(listener, class).Write(&d); err != nil {
@@ -319,7 +319,7 @@ func requests(t *testing.T, m *Metrics, listener, class string) float64 {
 
 // selfSigned makes a self-signed certificate for 127.0.0.1 and returns it
 // with its PEM certificate and key.
-func selfSigned(t *testing.T) (*x509.Certificate, []byte, []byte) {
+func selfSigned(t testing.TB) (*x509.Certificate, []byte, []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -352,7 +352,7 @@ func selfSigned(t *testing.T) (*x509.Certificate, []byte, []byte) {
 }
 
 // writeCert writes a certificate and key (0600) into dir, each atomically.
-func writeCert(t *testing.T, dir string, certPEM, keyPEM []byte) (certFile, keyFile string) {
+func writeCert(t testing.TB, dir string, certPEM, keyPEM []byte) (certFile, keyFile string) {
 	t.Helper()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if err := certs.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
@@ -366,7 +366,7 @@ func writeCert(t *testing.T, dir string, certPEM, keyPEM []byte) (certFile, keyF
 
 // eventually polls cond until it holds; the bound is generous because it
 // only stops a broken test, it measures nothing.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {

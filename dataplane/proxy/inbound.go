@@ -82,7 +82,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	}
 	in := &Inbound{cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerInbound)), metrics: cfg.Metrics}
 
-	in.tlsConfig = certs.MTLSServerConfig(ownSource(cfg.SVID), cfg.Bundle, in.authorize,
+	in.tlsConfig = certs.MTLSServerConfig(ownSource(cfg.SVID), cfg.Bundle, in.authorizer(),
 		certs.TLSOptions{Clock: cfg.Clock})
 	in.tlsConfig.MinVersion = tls.VersionTLS13
 	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
@@ -101,17 +101,19 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	return in, nil
 }
 
-// authorize admits members of the configured trust domain, or of our own.
-func (in *Inbound) authorize(id spiffeid.ID) error {
-	td := in.cfg.TrustDomain
-	if td.IsZero() {
+// authorizer admits members of the configured trust domain or, when none
+// is configured, of our own SVID's.
+func (in *Inbound) authorizer() func(spiffeid.ID) error {
+	if td := in.cfg.TrustDomain; !td.IsZero() {
+		return certs.AuthorizeMemberOf(td)
+	}
+	return func(id spiffeid.ID) error {
 		svid, err := in.cfg.SVID.GetX509SVID()
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrNoSVID, err)
 		}
-		td = svid.ID.TrustDomain()
+		return certs.AuthorizeMemberOf(svid.ID.TrustDomain())(id)
 	}
-	return certs.AuthorizeMemberOf(td)(id)
 }
 
 // ServeHTTP forwards a request whose connection carried a verified SPIFFE
@@ -134,7 +136,7 @@ func (in *Inbound) Run(ctx context.Context) error {
 	}
 	lim := in.cfg.Limits
 	tl := newTLSListener(ln, in.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(in.log, in.metrics.listener(ListenerInbound)))
+		handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo))
 	srv := newServer(in, lim, in.log)
 	srv.ConnContext = withPeer
 	in.log.Info("proxy: inbound listening", slog.String("addr", ln.Addr().String()), slog.String("app", in.cfg.App))
@@ -184,13 +186,13 @@ func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 	return p.id, true
 }
 
-// handshakeFailed counts a failed handshake and logs it: refusals at info,
-// peers that simply went away at debug.
-func handshakeFailed(log *slog.Logger, lm *listenerMetrics) func(net.Conn, error) {
+// handshakeFailed counts a failed handshake and logs it: refusals at
+// refusalLevel, peers that simply went away or stalled at debug.
+func handshakeFailed(log *slog.Logger, lm *listenerMetrics, refusalLevel slog.Level) func(net.Conn, error) {
 	return func(c net.Conn, err error) {
 		reason := classify(err)
 		lm.handshakeFailed(reason)
-		level := slog.LevelInfo
+		level := refusalLevel
 		if reason == ReasonClosed || reason == ReasonTimeout {
 			level = slog.LevelDebug
 		}

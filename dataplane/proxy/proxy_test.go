@@ -22,7 +22,7 @@ import (
 	"minimesh/certs/certstest"
 )
 
-func startOutbound(t *testing.T, m *mesh, remote string, id string, metrics *Metrics) (net.Listener, *logBuffer) {
+func startOutbound(t testing.TB, m *mesh, remote string, id string, metrics *Metrics) (net.Listener, *logBuffer) {
 	t.Helper()
 	log, logs := newLogger()
 	ln := listenLocal(t)

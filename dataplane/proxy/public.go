@@ -58,6 +58,8 @@ func (c PublicConfig) Validate() error {
 // mesh and forwards to the app: an unmodified app gets HTTPS. Callers can
 // set no mesh header (X-Mesh-* and X-Forwarded-Client-Cert are removed);
 // the app gets X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto.
+// Handshake failures are logged at debug level only (the port faces
+// scanners); the metrics count them by reason.
 type Public struct {
 	cfg       PublicConfig
 	log       *slog.Logger
@@ -107,7 +109,7 @@ func (p *Public) Run(ctx context.Context) error {
 	}
 	lim := p.cfg.Limits
 	tl := newTLSListener(ln, p.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic)))
+		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic), slog.LevelDebug))
 	srv := newServer(p, lim, p.log)
 	p.log.Info("proxy: public listening", slog.String("addr", ln.Addr().String()), slog.String("app", p.cfg.App))
 	defer p.fwd.closeIdle(p.transport)
