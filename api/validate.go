@@ -282,6 +282,9 @@ func (c *checker) regex(field, expr string) {
 func (o *Service) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.ServiceSpec{}
+	}
 	c.count("spec.ports", len(s.GetPorts()), 1, MaxServicePorts)
 	numbers := map[uint32]int{}
 	names := map[string]int{}
@@ -322,6 +325,9 @@ func (o *Service) Validate() error {
 func (o *Route) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.RouteSpec{}
+	}
 	c.label("spec.service", s.GetService(), true)
 
 	c.count("spec.matches", len(s.GetMatches()), 0, MaxRouteMatches)
@@ -460,6 +466,9 @@ func isToken(s string) bool {
 func (o *RateLimit) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.RateLimitSpec{}
+	}
 	c.label("spec.service", s.GetService(), true)
 	c.label("spec.route", s.GetRoute(), false)
 	c.rate("spec.requestsPerSecond", s.GetRequestsPerSecond())
@@ -484,6 +493,9 @@ func (o *RateLimit) Validate() error {
 func (o *AccessLog) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.AccessLogSpec{}
+	}
 	c.label("spec.service", s.GetService(), true)
 	seen := map[string]int{}
 	for i, name := range s.GetFields() {
@@ -511,6 +523,9 @@ func (o *AccessLog) Validate() error {
 func (o *AuthorizationPolicy) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.AuthorizationPolicySpec{}
+	}
 	c.label("spec.service", s.GetService(), true)
 	c.count("spec.rules", len(s.GetRules()), 1, MaxRules)
 	ed := meshv1.AuthorizationAction(0).Descriptor()
@@ -539,6 +554,9 @@ func (o *AuthorizationPolicy) Validate() error {
 func (o *ConfigFile) Validate() error {
 	c := newChecker(o)
 	s := o.Spec
+	if s == nil {
+		s = &meshv1.ConfigFileSpec{}
+	}
 	c.label("spec.service", s.GetService(), true)
 	if err := checkRelativePath(s.GetPath()); err != nil {
 		c.addf("spec.path", "%v", err)
