@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +176,24 @@ func TestRunFailsOnBusyAddress(t *testing.T) {
 	}
 	if err := in.Run(context.Background()); err == nil || !strings.HasPrefix(err.Error(), "proxy: ") {
 		t.Fatalf("Run on a busy address: %v", err)
+	}
+}
+
+func TestInboundRefusesRequestWithoutPeerIdentity(t *testing.T) {
+	checkLeaks(t)
+	m, a := newMesh(t), newApp(t)
+	log, _ := newLogger()
+	in, err := NewInbound(InboundConfig{Addr: "127.0.0.1:0", App: a.addr(), SVID: m.api, Bundle: m.bundle, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Served outside its TLS listener (no verified peer), the handler
+	// must not forward.
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set(HeaderPeerID, webID)
+	in.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden || a.hits.Load() != 0 {
+		t.Fatalf("got %d with %d app hits, want 403 and none", rec.Code, a.hits.Load())
 	}
 }
