@@ -68,6 +68,8 @@ type Server struct {
 	mux *http.ServeMux
 }
 
+var _ http.Handler = (*Server)(nil)
+
 // New checks cfg and builds a Server with /healthz, /ready, /metrics and
 // /certs; Handle adds more before Run.
 func New(cfg Config) (*Server, error) {

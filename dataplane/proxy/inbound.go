@@ -70,6 +70,8 @@ type Inbound struct {
 	fwd       *forwarder
 }
 
+var _ http.Handler = (*Inbound)(nil)
+
 // NewInbound checks cfg and builds an Inbound; Run starts it.
 func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	if err := cfg.Validate(); err != nil {

@@ -68,6 +68,8 @@ type Public struct {
 	fwd       *forwarder
 }
 
+var _ http.Handler = (*Public)(nil)
+
 // NewPublic checks cfg and builds a Public; Run starts it.
 func NewPublic(cfg PublicConfig) (*Public, error) {
 	if err := cfg.Validate(); err != nil {
