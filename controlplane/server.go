@@ -102,7 +102,7 @@ type Server struct {
 	serving   *certs.SVIDSource
 	bundle    *certs.BundleSource
 	grpc      *grpc.Server
-	lis       net.Listener
+	push      *push.Server
 
 	closeOnce sync.Once
 }
@@ -151,7 +151,7 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	pushSrv, err := push.New(push.Config{Store: s.store, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	s.push, err = push.New(push.Config{Store: s.store, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
 	if err != nil {
 		return err
 	}
@@ -189,7 +189,7 @@ func (s *Server) init() error {
 	)
 	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
 	meshv1.RegisterAdminServiceServer(s.grpc, adminSrv)
-	meshv1.RegisterConfigServiceServer(s.grpc, pushSrv)
+	meshv1.RegisterConfigServiceServer(s.grpc, s.push)
 	if err := MethodRules().Check(Services()...); err != nil {
 		return err
 	}
@@ -315,6 +315,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			rotate.Reset(s.servingRefreshIn())
 		case <-ctx.Done():
+			s.push.Shutdown()
 			stopped := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(stopped) }()
 			select {

@@ -52,8 +52,9 @@ type Server struct {
 	meshv1.UnimplementedConfigServiceServer
 	cfg Config
 
-	mu     sync.Mutex
-	active map[string]*session // by instance ID
+	mu       sync.Mutex
+	active   map[string]*session // by instance ID
+	shutdown bool
 }
 
 var _ meshv1.ConfigServiceServer = (*Server)(nil)
@@ -158,7 +159,7 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	select {
 	case <-ctx.Done():
 		if stream.Context().Err() == nil {
-			return status.Error(codes.Aborted, "replaced by a newer stream for the same instance")
+			return status.Error(codes.Unavailable, "stream closed by meshd (shutdown, or replaced by a newer stream for the same instance)")
 		}
 		return nil
 	case <-recvErr:
@@ -229,12 +230,28 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 		return err
 	}
 	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return status.Error(codes.Unavailable, "meshd is shutting down")
+	}
 	if old, ok := s.active[h.GetInstanceId()]; ok {
 		old.cancel()
 	}
 	s.active[h.GetInstanceId()] = sess
 	s.mu.Unlock()
 	return nil
+}
+
+// Shutdown ends every stream (each marks its proxy disconnected) and
+// refuses new ones, so a graceful gRPC stop does not wait on streams that
+// would otherwise live forever.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shutdown = true
+	for _, sess := range s.active {
+		sess.cancel()
+	}
 }
 
 func (s *Server) unregister(instanceID string, sess *session) {
