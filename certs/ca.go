@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -85,15 +84,23 @@ func (c CAConfig) withDefaults() CAConfig {
 }
 
 // CA is a two-level SPIFFE certificate authority: a self-signed root and an
-// intermediate signed by it that signs the X509-SVIDs. It is safe for
-// concurrent use; its state never changes after construction.
+// intermediate signed by it that signs the X509-SVIDs. A CA value never
+// changes, so it is safe for concurrent use; rotations (rotate.go) return a
+// new CA to swap in and persist.
 type CA struct {
-	cfg      CAConfig
+	cfg     CAConfig
+	active  authority           // signs
+	next    *authority          // prepared by PrepareRootRotation, trusted, not signing
+	retired []*x509.Certificate // former roots, still trusted until DropRetiredRoots
+	bundle  *x509bundle.Bundle  // active root, next root, retired roots
+}
+
+// authority is a root and the intermediate it signed, with their keys.
+type authority struct {
 	root     *x509.Certificate
 	rootKey  crypto.Signer
 	inter    *x509.Certificate
 	interKey crypto.Signer
-	bundle   *x509bundle.Bundle
 }
 
 // NewCA makes a fresh CA: an ECDSA P-256 self-signed root (URI SAN
@@ -107,15 +114,23 @@ func NewCA(cfg CAConfig) (*CA, error) {
 		return nil, fmt.Errorf("%w: TrustDomain is required", ErrInvalidConfig)
 	}
 	cfg = cfg.withDefaults()
-	now := cfg.Clock.Now()
-
-	rootKey, err := GenerateKey()
+	a, err := newAuthority(cfg, cfg.Clock.Now())
 	if err != nil {
 		return nil, err
 	}
+	cfg.Logger.Info("certs: new CA", "trust_domain", cfg.TrustDomain.Name(), "root_pin", SPKIPin(a.root), "root_not_after", a.root.NotAfter)
+	return newCA(cfg, a, nil, nil), nil
+}
+
+// newAuthority makes a fresh root and intermediate.
+func newAuthority(cfg CAConfig, now time.Time) (authority, error) {
+	rootKey, err := GenerateKey()
+	if err != nil {
+		return authority{}, err
+	}
 	serial, err := randomSerial()
 	if err != nil {
-		return nil, err
+		return authority{}, err
 	}
 	rootTmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -131,14 +146,13 @@ func NewCA(cfg CAConfig) (*CA, error) {
 	}
 	root, err := createCert(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
 	if err != nil {
-		return nil, err
+		return authority{}, err
 	}
 	interKey, inter, err := newIntermediate(cfg, now, root, rootKey)
 	if err != nil {
-		return nil, err
+		return authority{}, err
 	}
-	cfg.Logger.Info("certs: new CA", "trust_domain", cfg.TrustDomain.Name(), "root_pin", SPKIPin(root), "root_not_after", root.NotAfter)
-	return newCA(cfg, root, rootKey, inter, interKey), nil
+	return authority{root: root, rootKey: rootKey, inter: inter, interKey: interKey}, nil
 }
 
 func newIntermediate(cfg CAConfig, now time.Time, root *x509.Certificate, rootKey crypto.Signer) (crypto.Signer, *x509.Certificate, error) {
@@ -176,144 +190,36 @@ func newIntermediate(cfg CAConfig, now time.Time, root *x509.Certificate, rootKe
 	return key, cert, nil
 }
 
-func newCA(cfg CAConfig, root *x509.Certificate, rootKey crypto.Signer, inter *x509.Certificate, interKey crypto.Signer) *CA {
+func newCA(cfg CAConfig, active authority, next *authority, retired []*x509.Certificate) *CA {
+	roots := []*x509.Certificate{active.root}
+	if next != nil {
+		roots = append(roots, next.root)
+	}
+	roots = append(roots, retired...)
 	return &CA{
-		cfg:      cfg,
-		root:     root,
-		rootKey:  rootKey,
-		inter:    inter,
-		interKey: interKey,
-		bundle:   x509bundle.FromX509Authorities(cfg.TrustDomain, []*x509.Certificate{root}),
+		cfg:     cfg,
+		active:  active,
+		next:    next,
+		retired: retired,
+		bundle:  x509bundle.FromX509Authorities(cfg.TrustDomain, roots),
 	}
-}
-
-const (
-	pemCertificate = "CERTIFICATE"
-	pemPrivateKey  = "PRIVATE KEY"
-)
-
-// MarshalState serializes the CA as four PEM blocks: root certificate, root
-// key, intermediate certificate, intermediate key (keys PKCS#8). The result
-// holds private keys: store it 0600 and never log it.
-func (ca *CA) MarshalState() ([]byte, error) {
-	rootKey, err := x509.MarshalPKCS8PrivateKey(ca.rootKey)
-	if err != nil {
-		return nil, fmt.Errorf("certs: marshal root key: %w", err)
-	}
-	interKey, err := x509.MarshalPKCS8PrivateKey(ca.interKey)
-	if err != nil {
-		return nil, fmt.Errorf("certs: marshal intermediate key: %w", err)
-	}
-	var out []byte
-	for _, b := range []*pem.Block{
-		{Type: pemCertificate, Bytes: ca.root.Raw},
-		{Type: pemPrivateKey, Bytes: rootKey},
-		{Type: pemCertificate, Bytes: ca.inter.Raw},
-		{Type: pemPrivateKey, Bytes: interKey},
-	} {
-		out = append(out, pem.EncodeToMemory(b)...)
-	}
-	return out, nil
-}
-
-// LoadCA restores a CA from MarshalState output. It checks that each key
-// matches its certificate, that the root is a self-signed CA of the trust
-// domain, and that the intermediate is a CA signed by the root. Errors wrap
-// ErrInvalidCAState. Validity periods are not checked here: SignCSR refuses
-// once the intermediate has expired.
-func LoadCA(cfg CAConfig, state []byte) (*CA, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	cfg = cfg.withDefaults()
-	var blocks []*pem.Block
-	rest := state
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		blocks = append(blocks, b)
-	}
-	if len(blocks) != 4 {
-		return nil, fmt.Errorf("%w: want 4 PEM blocks, got %d", ErrInvalidCAState, len(blocks))
-	}
-	for i, want := range []string{pemCertificate, pemPrivateKey, pemCertificate, pemPrivateKey} {
-		if blocks[i].Type != want {
-			return nil, fmt.Errorf("%w: PEM block %d is %q, want %q", ErrInvalidCAState, i, blocks[i].Type, want)
-		}
-	}
-	root, rootKey, err := parseCertAndKey("root", blocks[0].Bytes, blocks[1].Bytes)
-	if err != nil {
-		return nil, err
-	}
-	inter, interKey, err := parseCertAndKey("intermediate", blocks[2].Bytes, blocks[3].Bytes)
-	if err != nil {
-		return nil, err
-	}
-	if !root.IsCA || !inter.IsCA {
-		return nil, fmt.Errorf("%w: root and intermediate must both be CA certificates", ErrInvalidCAState)
-	}
-	if err := root.CheckSignatureFrom(root); err != nil {
-		return nil, fmt.Errorf("%w: root is not self-signed: %w", ErrInvalidCAState, err)
-	}
-	if err := inter.CheckSignatureFrom(root); err != nil {
-		return nil, fmt.Errorf("%w: intermediate is not signed by root: %w", ErrInvalidCAState, err)
-	}
-	if len(root.URIs) != 1 {
-		return nil, fmt.Errorf("%w: root must have exactly one URI SAN", ErrInvalidCAState)
-	}
-	rootTD, err := spiffeid.TrustDomainFromURI(root.URIs[0])
-	if err != nil {
-		return nil, fmt.Errorf("%w: root URI SAN: %w", ErrInvalidCAState, err)
-	}
-	if cfg.TrustDomain.IsZero() {
-		cfg.TrustDomain = rootTD
-	} else if rootTD != cfg.TrustDomain {
-		return nil, fmt.Errorf("%w: root is for trust domain %q, want %q", ErrInvalidCAState, rootTD.Name(), cfg.TrustDomain.Name())
-	}
-	return newCA(cfg, root, rootKey, inter, interKey), nil
-}
-
-func parseCertAndKey(what string, certDER, keyDER []byte) (*x509.Certificate, crypto.Signer, error) {
-	cert, err := x509.ParseCertificate(certDER)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %s certificate: %w", ErrInvalidCAState, what, err)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(keyDER)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %s key: %w", ErrInvalidCAState, what, err)
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, nil, fmt.Errorf("%w: %s key of type %T cannot sign", ErrInvalidCAState, what, k)
-	}
-	if !publicKeysEqual(signer.Public(), cert.PublicKey) {
-		return nil, nil, fmt.Errorf("%w: %s key does not match its certificate", ErrInvalidCAState, what)
-	}
-	return cert, signer, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ea.Equal(b)
 }
 
 // TrustDomain is the CA's trust domain.
 func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.cfg.TrustDomain }
 
 // Root is the root certificate. Do not modify it.
-func (ca *CA) Root() *x509.Certificate { return ca.root }
+func (ca *CA) Root() *x509.Certificate { return ca.active.root }
 
 // Intermediate is the signing certificate. Do not modify it.
-func (ca *CA) Intermediate() *x509.Certificate { return ca.inter }
+func (ca *CA) Intermediate() *x509.Certificate { return ca.active.inter }
 
-// Bundle is the trust bundle (the roots). It is a fresh copy, safe to modify.
+// Bundle is the trust bundle: the active root, plus during a root rotation
+// the next or the retired roots. It is a fresh copy, safe to modify.
 func (ca *CA) Bundle() *x509bundle.Bundle { return ca.bundle.Clone() }
 
 // RootPin is "sha256:<hex of sha256(root SubjectPublicKeyInfo)>".
-func (ca *CA) RootPin() string { return SPKIPin(ca.root) }
+func (ca *CA) RootPin() string { return SPKIPin(ca.active.root) }
 
 // SPKIPin is "sha256:<hex of sha256(cert's SubjectPublicKeyInfo)>", the form
 // ParsePin and PinnedClientConfig accept.
@@ -338,7 +244,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509
 	if err != nil {
 		return nil, err
 	}
-	return []*x509.Certificate{leaf, ca.inter}, nil
+	return []*x509.Certificate{leaf, ca.active.inter}, nil
 }
 
 // IssueSVID generates a P-256 key and signs an SVID for id with it (meshd's
@@ -356,7 +262,7 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 	if err != nil {
 		return nil, err
 	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf, ca.inter}, PrivateKey: key}, nil
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf, ca.active.inter}, PrivateKey: key}, nil
 }
 
 // IssueServingSVID is IssueSVID with the root appended to the chain
@@ -367,7 +273,7 @@ func (ca *CA) IssueServingSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVI
 	if err != nil {
 		return nil, err
 	}
-	svid.Certificates = append(svid.Certificates, ca.root)
+	svid.Certificates = append(svid.Certificates, ca.active.root)
 	return svid, nil
 }
 
@@ -392,11 +298,11 @@ func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x
 	}
 	now := ca.cfg.Clock.Now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.inter.NotAfter) {
-		notAfter = ca.inter.NotAfter
+	if notAfter.After(ca.active.inter.NotAfter) {
+		notAfter = ca.active.inter.NotAfter
 	}
 	if !notAfter.After(now) {
-		return nil, fmt.Errorf("%w: intermediate expired at %s", ErrCAExpired, ca.inter.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("%w: intermediate expired at %s", ErrCAExpired, ca.active.inter.NotAfter.UTC().Format(time.RFC3339))
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -414,7 +320,7 @@ func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x
 		URIs:                  []*url.URL{id.URL()},
 		SubjectKeyId:          subjectKeyID(pub),
 	}
-	leaf, err := createCert(tmpl, ca.inter, pub, ca.interKey)
+	leaf, err := createCert(tmpl, ca.active.inter, pub, ca.active.interKey)
 	if err != nil {
 		return nil, err
 	}

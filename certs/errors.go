@@ -11,6 +11,8 @@ var (
 	ErrInvalidConfig = errors.New("certs: invalid config")
 	// ErrInvalidCAState: LoadCA could not use the serialized state.
 	ErrInvalidCAState = errors.New("certs: invalid CA state")
+	// ErrRotation: a rotation step is not possible in the CA's current phase.
+	ErrRotation = errors.New("certs: rotation not possible")
 	// ErrCAExpired: the intermediate CA can no longer sign a useful certificate.
 	ErrCAExpired = errors.New("certs: CA expired")
 
