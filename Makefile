@@ -26,6 +26,14 @@ help: ## Show the targets.
 build: ## Build meshd, mesh-proxy and meshctl into bin/.
 	$(GO) build -o bin/ ./cmd/...
 
+.PHONY: demo
+demo: build ## The whole mesh on this machine; Ctrl-C stops it.
+	deploy/local/demo.sh
+
+.PHONY: demo-check
+demo-check: build ## Run the demo once, non-interactively, and exit.
+	DEMO_ONCE=1 deploy/local/demo.sh
+
 .PHONY: test
 test: ## Run every test (with -race unless RACE= is given).
 	$(GO) vet $(PKGS)

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The whole mesh on this machine: meshd, two sample apps (web calls api),
+# each behind its own mesh-proxy, traffic over mTLS, and meshctl showing it.
+# Ctrl-C stops everything. DEMO_ONCE=1 prints and exits (CI); DEMO_PORT_BASE
+# moves every port (default 17000).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN="$ROOT/bin"
+BASE=${DEMO_PORT_BASE:-17000}
+ONCE=${DEMO_ONCE:-0}
+WORK=$(mktemp -d -t minimesh-demo.XXXXXX)
+chmod 700 "$WORK"
+
+MESHD=127.0.0.1:$((BASE + 10))
+API_APP=127.0.0.1:$((BASE + 81))
+WEB_APP=127.0.0.1:$((BASE + 80))
+API_IN=127.0.0.1:$((BASE + 106))
+API_ADMIN=127.0.0.1:$((BASE + 100))
+API_PUBLIC=127.0.0.1:$((BASE + 443))
+WEB_IN=127.0.0.1:$((BASE + 206))
+WEB_ADMIN=127.0.0.1:$((BASE + 200))
+WEB_TO_API=127.0.0.1:$((BASE + 201))
+
+pids=()
+cleanup() {
+	trap - EXIT INT TERM
+	echo
+	echo "== stopping (logs were in $WORK)"
+	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # name command...
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	pids+=($!)
+}
+
+wait_ok() { # what command...
+	local what=$1
+	shift
+	for _ in $(seq 1 100); do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep 0.1
+	done
+	echo "demo: $what did not come up; its log:" >&2
+	tail -n 20 "$WORK"/*.log >&2 || true
+	exit 1
+}
+
+export MESHCTL_SERVER=$MESHD MESHCTL_CREDENTIALS=$WORK/meshd/operator
+meshctl() { "$BIN/meshctl" "$@"; }
+
+echo "== meshd on $MESHD (data in $WORK/meshd)"
+start meshd "$BIN/meshd" --data-dir "$WORK/meshd" --listen "$MESHD"
+wait_ok meshd meshctl proxies
+
+echo "== join tokens (one use each, bound to default/web and default/api)"
+api_out=$(meshctl token create --ns default --sa api)
+web_out=$(meshctl token create --ns default --sa web)
+PIN=$(awk '/^ca-pin:/{print $2}' <<<"$api_out")
+API_TOKEN=$(awk '/^token:/{print $2}' <<<"$api_out")
+WEB_TOKEN=$(awk '/^token:/{print $2}' <<<"$web_out")
+echo "ca-pin: $PIN"
+
+echo "== apps: api on $API_APP, web on $WEB_APP (web calls api at $WEB_TO_API, its sidecar's upstream port)"
+start api-app "$BIN/demo-app" serve --name api --listen "$API_APP"
+start web-app "$BIN/demo-app" serve --name web --listen "$WEB_APP" --call "http://$WEB_TO_API/hello"
+"$BIN/demo-app" gencert --cert "$WORK/public.crt" --key "$WORK/public.key"
+
+echo "== sidecars: api (mTLS in on $API_IN, public HTTPS on $API_PUBLIC), web (upstream api on $WEB_TO_API)"
+start api-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$API_TOKEN" --ca-pin "$PIN" \
+	--service api --app "$API_APP" --inbound "$API_IN" --admin "$API_ADMIN" --state-dir "$WORK/api-proxy" \
+	--public "$API_PUBLIC" --public-cert "$WORK/public.crt" --public-key "$WORK/public.key"
+start web-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$WEB_TOKEN" --ca-pin "$PIN" \
+	--service web --app "$WEB_APP" --inbound "$WEB_IN" --admin "$WEB_ADMIN" --state-dir "$WORK/web-proxy" \
+	--upstream "api=$WEB_TO_API=$API_IN=spiffe://minimesh.local/ns/default/sa/api"
+wait_ok api-proxy "$BIN/demo-app" get "http://$API_ADMIN/ready"
+wait_ok web-proxy "$BIN/demo-app" get "http://$WEB_ADMIN/ready"
+
+echo
+echo "== web -> web's mesh-proxy -> mTLS -> api's mesh-proxy -> api, and back"
+echo "\$ demo-app get http://$WEB_APP/call"
+"$BIN/demo-app" get "http://$WEB_APP/call"
+echo
+echo "== an outside client -> api's public HTTPS port -> api"
+echo "\$ demo-app get --cacert public.crt https://$API_PUBLIC/public"
+"$BIN/demo-app" get --cacert "$WORK/public.crt" "https://$API_PUBLIC/public"
+echo
+echo "== meshctl proxies"
+meshctl proxies
+echo
+echo "== meshctl certs"
+meshctl certs
+echo
+echo "== the api sidecar's certificate (http://$API_ADMIN/certs)"
+"$BIN/demo-app" get "http://$API_ADMIN/certs"
+
+if [ "$ONCE" = 1 ]; then
+	exit 0
+fi
+echo
+echo "The mesh is running. Try: MESHCTL_SERVER=$MESHD MESHCTL_CREDENTIALS=$WORK/meshd/operator bin/meshctl proxies"
+echo "Press Ctrl-C to stop everything."
+wait
