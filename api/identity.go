@@ -134,7 +134,7 @@ func (p IdentityPattern) Match(id string) bool {
 	}
 	// The id has more segments; only "**" takes them, one or more,
 	// none empty.
-	if !p.rest || rest == "" || rest[len(rest)-1] == '/' || strings.Contains(rest, "//") {
+	if !p.rest || rest == "" || rest[0] == '/' || rest[len(rest)-1] == '/' || strings.Contains(rest, "//") {
 		return false
 	}
 	return true
