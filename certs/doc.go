@@ -22,6 +22,23 @@
 //	// Renewal: svids.Set(newSVID). Root rotation: bundles.Set(newBundle).
 //	// Neither rebuilds a listener nor cuts a live connection.
 //
+// Rotation returns new CA values (persist MarshalState, then swap):
+//
+//	if ca.IntermediateNeedsRotation() { ca, err = ca.RotateIntermediate() }
+//	ca, err = ca.PrepareRootRotation() // 1: bundle gains the next root
+//	ca, err = ca.ActivateNextRoot()    // 2: next root signs, old one retired
+//	ca, err = ca.DropRetiredRoots()    // 3: bundle holds the new root only
+//
+// Bootstrap before a proxy holds a bundle: meshd serves a chain including its
+// root (CA.IssueServingSVID, OptionalClientServerConfig) and the proxy checks
+// it against the root pin (PinnedClientConfig(ca.RootPin(), MeshdID(td), ...)).
+//
+// Public HTTPS certificates from files, reloaded in place:
+//
+//	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: crt, KeyFile: key})
+//	cfg := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: fc.GetCertificate}
+//	go fc.Run(ctx)
+//
 // All TLS configs require TLS 1.3. SVIDs have exactly one URI SAN, are not
 // CAs, have DigitalSignature key usage and ServerAuth+ClientAuth extended
 // key usages, a random 128-bit serial and a SubjectKeyId.
