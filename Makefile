@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-STATICCHECK_VERSION := v0.7.0
+STATICCHECK_VERSION := v0.8.2
 
 # -race where it fits; RACE= turns it off.
 RACE ?= -race

@@ -283,7 +283,7 @@ func TestExpiryWhileMeshdDownThenRebootstrap(t *testing.T) {
 		t.Fatal("a proxy with an expired SVID accepted a handshake")
 	}
 
-	meshd = meshd.Restart(t)
+	_ = meshd.Restart(t)
 	web.waitReady(t)
 	eventually(t, 15*time.Second, "api says why it cannot re-bootstrap", func() error {
 		err := api.Agent.Ready()

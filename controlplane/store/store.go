@@ -14,6 +14,7 @@ import (
 
 	memdb "github.com/hashicorp/go-memdb"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 const (
@@ -56,9 +57,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	db, err := bolt.Open(cfg.Path, defaultFileMode, &bolt.Options{Timeout: cfg.LockTimeout})
 	switch {
-	case errors.Is(err, bolt.ErrTimeout):
+	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s", ErrLocked, cfg.Path)
-	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrChecksum), errors.Is(err, bolt.ErrVersionMismatch):
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, cfg.Path, err)
 	case err != nil:
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
