@@ -448,3 +448,30 @@ func TestSources(t *testing.T) {
 	}
 	var _ x509bundle.Source = b
 }
+
+func TestServersDoNotResumeSessions(t *testing.T) {
+	// Every connection is a full handshake, so the client's current SVID is
+	// checked against the current bundle and clock each time.
+	ca := certstest.NewCA(t, "example.org")
+	svid := certstest.SVID(t, ca, "spiffe://example.org/ns/shop/sa/db")
+	for name, srvCfg := range map[string]*tls.Config{
+		"MTLSServerConfig":           certs.MTLSServerConfig(svid, ca.Bundle(), nil, certs.TLSOptions{}),
+		"OptionalClientServerConfig": certs.OptionalClientServerConfig(svid),
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := startTLSServer(t, srvCfg)
+			cli := certs.MTLSClientConfig(svid, ca.Bundle(), nil, certs.TLSOptions{})
+			cli.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+			for i := range 3 {
+				c, err := dial(t, srv.addr(), cli)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.ConnectionState().DidResume {
+					t.Fatalf("connection %d resumed a session", i)
+				}
+				_ = c.Close()
+			}
+		})
+	}
+}
