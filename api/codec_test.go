@@ -71,7 +71,8 @@ func wire(t testing.TB, o api.Object) api.Object {
 
 func sameObject(t testing.TB, got, want api.Object) {
 	t.Helper()
-	if got.Kind() != want.Kind() || *got.Meta() != *want.Meta() {
+	g, w := *got.Meta(), *want.Meta()
+	if got.Kind() != want.Kind() || g.Name != w.Name || g.Namespace != w.Namespace || g.Revision != w.Revision || !g.UpdateTime.Equal(w.UpdateTime) {
 		t.Fatalf("object %v %+v, want %v %+v", got.Kind(), *got.Meta(), want.Kind(), *want.Meta())
 	}
 	if !proto.Equal(got.SpecMessage(), want.SpecMessage()) {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -272,6 +274,38 @@ func (c *checker) httpPath(field, p string) {
 	}
 }
 
+// unknownFields reports fields the binary encoding carried that this
+// version's protos do not know, such as those a newer meshctl sent: applying
+// the rest would silently drop part of what was asked for.
+func (c *checker) unknownFields(field string, m protoreflect.Message) {
+	if raw := m.GetUnknown(); len(raw) > 0 {
+		var nums []string
+		for len(raw) > 0 {
+			num, _, n := protowire.ConsumeField(raw)
+			if n < 0 {
+				break
+			}
+			nums = append(nums, strconv.Itoa(int(num)))
+			raw = raw[n:]
+		}
+		c.addf(field, "has fields this version does not know (numbers %s)", strings.Join(nums, ", "))
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Message() == nil || fd.IsMap() {
+			return true
+		}
+		name := field + "." + fd.JSONName()
+		if fd.IsList() {
+			for i := range v.List().Len() {
+				c.unknownFields(idx(name, i), v.List().Get(i).Message())
+			}
+		} else {
+			c.unknownFields(name, v.Message())
+		}
+		return true
+	})
+}
+
 func (c *checker) regex(field, expr string) {
 	if _, err := CompileRegex(expr); err != nil {
 		c.addf(field, "invalid regex: %v", err)
@@ -285,6 +319,7 @@ func (o *Service) Validate() error {
 	if s == nil {
 		s = &meshv1.ServiceSpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.count("spec.ports", len(s.GetPorts()), 1, MaxServicePorts)
 	numbers := map[uint32]int{}
 	names := map[string]int{}
@@ -328,6 +363,7 @@ func (o *Route) Validate() error {
 	if s == nil {
 		s = &meshv1.RouteSpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.label("spec.service", s.GetService(), true)
 
 	c.count("spec.matches", len(s.GetMatches()), 0, MaxRouteMatches)
@@ -469,6 +505,7 @@ func (o *RateLimit) Validate() error {
 	if s == nil {
 		s = &meshv1.RateLimitSpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.label("spec.service", s.GetService(), true)
 	c.label("spec.route", s.GetRoute(), false)
 	c.rate("spec.requestsPerSecond", s.GetRequestsPerSecond())
@@ -496,6 +533,7 @@ func (o *AccessLog) Validate() error {
 	if s == nil {
 		s = &meshv1.AccessLogSpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.label("spec.service", s.GetService(), true)
 	seen := map[string]int{}
 	for i, name := range s.GetFields() {
@@ -526,6 +564,7 @@ func (o *AuthorizationPolicy) Validate() error {
 	if s == nil {
 		s = &meshv1.AuthorizationPolicySpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.label("spec.service", s.GetService(), true)
 	c.count("spec.rules", len(s.GetRules()), 1, MaxRules)
 	ed := meshv1.AuthorizationAction(0).Descriptor()
@@ -557,6 +596,7 @@ func (o *ConfigFile) Validate() error {
 	if s == nil {
 		s = &meshv1.ConfigFileSpec{}
 	}
+	c.unknownFields("spec", s.ProtoReflect())
 	c.label("spec.service", s.GetService(), true)
 	if err := checkRelativePath(s.GetPath()); err != nil {
 		c.addf("spec.path", "%v", err)

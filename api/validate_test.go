@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -190,6 +191,11 @@ func TestValidateErrors(t *testing.T) {
 		{"budget percent over 100", api.KindRoute, func(o api.Object) { route(o).Retries.Budget.Percent = 100.5 }, "spec.retries.budget.percent", "got 100.5"},
 		{"budget min retries", api.KindRoute, func(o api.Object) { route(o).Retries.Budget.MinRetriesPerSecond = 10001 }, "spec.retries.budget.minRetriesPerSecond", "must be at most 10000"},
 		{"retry body too large", api.KindRoute, func(o api.Object) { route(o).Retries.MaxBodyBytes = 1<<20 + 1 }, "spec.retries.maxBodyBytes", "must be at most 1048576"},
+
+		{"unknown wire field", api.KindRoute, func(o api.Object) {
+			b := protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1)
+			route(o).Matches[1].ProtoReflect().SetUnknown(b)
+		}, "spec.matches[1]", "has fields this version does not know (numbers 99)"},
 
 		// RateLimit
 		{"rate limit service required", api.KindRateLimit, func(o api.Object) { rl(o).Service = "" }, "spec.service", "required"},

@@ -254,7 +254,7 @@ func decodeObject(j []byte) (Object, error) {
 			if err != nil {
 				d.addf("metadata.updateTime", "%q is not an RFC 3339 time", ts)
 			}
-			m.UpdateTime = t
+			m.UpdateTime = t.UTC()
 		}
 	}
 
