@@ -350,7 +350,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"string for a double", "apiVersion: minimesh.io/v1alpha1\nkind: RateLimit\nmetadata: {name: l}\nspec: {service: web, requestsPerSecond: lots}\n",
 			[]string{`RateLimit "default/l": spec: `}},
 		{"two members of a oneof", validRoute + "  matches: [{path: {exact: /a, prefix: /b}}]\n",
-			[]string{`Route "prod/r1": spec: `, `oneof`}},
+			[]string{`Route "prod/r1": spec.matches[0].path: exact and prefix are both set; set only one of exact, prefix, regex`}},
 		{"invalid after decoding", validRoute + "  timeout: -1s\n",
 			[]string{`test.yaml: document 1 (line 1): Route "prod/r1": spec.timeout: must be positive, got -1s`}},
 	}

@@ -20,6 +20,9 @@ var (
 	ErrConflict = errors.New("api: conflict")
 	// ErrTooLarge: the input exceeds MaxInputBytes or MaxDocuments.
 	ErrTooLarge = errors.New("api: input too large")
+	// ErrInvalidPattern: an identity pattern or a regular expression does
+	// not parse or exceeds its limits.
+	ErrInvalidPattern = errors.New("api: invalid pattern")
 	// ErrSyntax: the input is not well-formed YAML.
 	ErrSyntax = errors.New("api: syntax error")
 )

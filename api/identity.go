@@ -40,8 +40,18 @@ type IdentityPattern struct {
 	rest   bool     // a final "**" follows segs
 }
 
-// ParseIdentityPattern parses a pattern; see IdentityPattern.
+// ParseIdentityPattern parses a pattern; see IdentityPattern. Its errors
+// wrap ErrInvalidPattern.
 func ParseIdentityPattern(s string) (IdentityPattern, error) {
+	p, err := parseIdentityPattern(s)
+	if err != nil {
+		return IdentityPattern{}, fmt.Errorf("%w: identity: %v", ErrInvalidPattern, err)
+	}
+	return p, nil
+}
+
+// parseIdentityPattern's errors are reasons for a FieldError.
+func parseIdentityPattern(s string) (IdentityPattern, error) {
 	p := IdentityPattern{raw: s}
 	if s == "*" {
 		p.any = true
@@ -165,6 +175,19 @@ func matchSegment(p, s string) bool {
 		pi++
 	}
 	return pi == len(p)
+}
+
+// ParseIdentityPatterns parses each of patterns.
+func ParseIdentityPatterns(patterns []string) ([]IdentityPattern, error) {
+	out := make([]IdentityPattern, len(patterns))
+	for i, s := range patterns {
+		p, err := parseIdentityPattern(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: identity %d: %v", ErrInvalidPattern, i, err)
+		}
+		out[i] = p
+	}
+	return out, nil
 }
 
 // MatchAny reports whether id matches any of patterns.

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -187,4 +188,21 @@ func FuzzIdentityPattern(f *testing.F) {
 			t.Fatalf("exact %q.Match(%q) = %v", pattern, id, got)
 		}
 	})
+}
+
+func TestParseIdentityPatterns(t *testing.T) {
+	ps, err := api.ParseIdentityPatterns([]string{"*", "spiffe://td/a"})
+	if err != nil || len(ps) != 2 || !ps[1].IsExact() {
+		t.Fatalf("ParseIdentityPatterns = %v, %v", ps, err)
+	}
+	_, err = api.ParseIdentityPatterns([]string{"*", "web"})
+	if !errors.Is(err, api.ErrInvalidPattern) || !strings.HasPrefix(err.Error(), `api: invalid pattern: identity 1: "web"`) {
+		t.Errorf("ParseIdentityPatterns = %v", err)
+	}
+	if _, err := api.ParseIdentityPattern("web"); !errors.Is(err, api.ErrInvalidPattern) || !strings.HasPrefix(err.Error(), "api: invalid pattern: identity: ") {
+		t.Errorf("ParseIdentityPattern = %v", err)
+	}
+	if _, err := api.CompileRegex("(a"); !errors.Is(err, api.ErrInvalidPattern) || !strings.HasPrefix(err.Error(), "api: invalid pattern: regex: ") {
+		t.Errorf("CompileRegex = %v", err)
+	}
 }

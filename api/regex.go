@@ -18,8 +18,18 @@ const (
 
 // CompileRegex compiles a route's regular expression with Go's RE2 syntax
 // (linear-time matching, no backreferences). The result matches only whole
-// strings, as if the expression were written ^(?:expr)$.
+// strings, as if the expression were written ^(?:expr)$. Its errors wrap
+// ErrInvalidPattern.
 func CompileRegex(expr string) (*regexp.Regexp, error) {
+	re, err := compileRegex(expr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: regex: %v", ErrInvalidPattern, err)
+	}
+	return re, nil
+}
+
+// compileRegex's errors are reasons for a FieldError.
+func compileRegex(expr string) (*regexp.Regexp, error) {
 	if expr == "" {
 		return nil, errors.New("must not be empty")
 	}

@@ -167,7 +167,7 @@ func (c *checker) patterns(field string, list []string, lo, hi int) {
 	seen := make(map[string]int, len(list))
 	for i, s := range list {
 		f := idx(field, i)
-		if _, err := ParseIdentityPattern(s); err != nil {
+		if _, err := parseIdentityPattern(s); err != nil {
 			c.addf(f, "invalid identity pattern: %v", err)
 			continue
 		}
@@ -307,7 +307,7 @@ func (c *checker) unknownFields(field string, m protoreflect.Message) {
 }
 
 func (c *checker) regex(field, expr string) {
-	if _, err := CompileRegex(expr); err != nil {
+	if _, err := compileRegex(expr); err != nil {
 		c.addf(field, "invalid regex: %v", err)
 	}
 }
@@ -514,7 +514,7 @@ func (o *RateLimit) Validate() error {
 	seen := map[string]int{}
 	for i, ov := range s.GetOverrides() {
 		f := idx("spec.overrides", i)
-		if _, err := ParseIdentityPattern(ov.GetIdentity()); err != nil {
+		if _, err := parseIdentityPattern(ov.GetIdentity()); err != nil {
 			c.addf(f+".identity", "invalid identity pattern: %v", err)
 		} else if j, dup := seen[ov.GetIdentity()]; dup {
 			c.addErr(f+".identity", ErrConflict, "duplicates spec.overrides[%d]", j)

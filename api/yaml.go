@@ -211,7 +211,7 @@ func decodeObject(j []byte) (Object, error) {
 		d.addf("", "a document must be a mapping with apiVersion, kind, metadata and spec")
 		return nil, d.err()
 	}
-	unknownKeys(d, "", top, "apiVersion", "kind", "metadata", "spec")
+	unknownKeys(d, "", "the document", top, "apiVersion", "kind", "metadata", "spec")
 
 	var apiVersion, kindName string
 	stringField(d, "apiVersion", top["apiVersion"], &apiVersion, true)
@@ -242,7 +242,7 @@ func decodeObject(j []byte) (Object, error) {
 			m.Namespace = DefaultNamespace
 		}
 		d.key.Namespace = m.Namespace
-		unknownKeys(d, "metadata.", meta, "name", "namespace", "revision", "updateTime")
+		unknownKeys(d, "metadata.", "metadata", meta, "name", "namespace", "revision", "updateTime")
 		if raw, ok := meta["revision"]; ok && string(raw) != "null" {
 			if err := json.Unmarshal(raw, &m.Revision); err != nil {
 				d.addf("metadata.revision", "must be a non-negative integer")
@@ -298,7 +298,7 @@ func protojsonReason(err error) string {
 	return protojsonPrefix.ReplaceAllString(err.Error(), "")
 }
 
-func unknownKeys(d *docErrors, prefix string, m map[string]json.RawMessage, known ...string) {
+func unknownKeys(d *docErrors, prefix, where string, m map[string]json.RawMessage, known ...string) {
 	var unknown []string
 	for k := range m {
 		if !slices.Contains(known, k) {
@@ -307,15 +307,8 @@ func unknownKeys(d *docErrors, prefix string, m map[string]json.RawMessage, know
 	}
 	slices.Sort(unknown)
 	for _, k := range unknown {
-		d.addf(prefix+k, "unknown field; %s has only %s", strings.TrimSuffix(prefix, ".")+orTop(prefix), strings.Join(known, ", "))
+		d.addf(prefix+k, "unknown field; %s has only %s", where, strings.Join(known, ", "))
 	}
-}
-
-func orTop(prefix string) string {
-	if prefix == "" {
-		return "the document"
-	}
-	return ""
 }
 
 // stringField decodes raw (which may be absent) into *dst and reports
@@ -373,6 +366,7 @@ func normalizeMessage(d *docErrors, md protoreflect.MessageDescriptor, v any, pa
 	slices.Sort(keys)
 	fields := md.Fields()
 	out := make(map[string]any, len(obj))
+	oneofs := map[protoreflect.Name]string{} // oneof → the member set
 	for _, k := range keys {
 		fd := fields.ByJSONName(k)
 		if fd == nil {
@@ -384,6 +378,13 @@ func normalizeMessage(d *docErrors, md protoreflect.MessageDescriptor, v any, pa
 		}
 		fpath := path + "." + fd.JSONName()
 		val := obj[k]
+		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() && val != nil {
+			if other, dup := oneofs[od.Name()]; dup {
+				d.addf(path, "%s and %s are both set; set only one of %s", other, fd.JSONName(), oneofMembers(od))
+				continue
+			}
+			oneofs[od.Name()] = fd.JSONName()
+		}
 		switch {
 		case val == nil:
 		case fd.IsMap():
@@ -402,6 +403,15 @@ func normalizeMessage(d *docErrors, md protoreflect.MessageDescriptor, v any, pa
 		out[k] = val
 	}
 	return out
+}
+
+func oneofMembers(od protoreflect.OneofDescriptor) string {
+	fields := od.Fields()
+	names := make([]string, fields.Len())
+	for i := range names {
+		names[i] = fields.Get(i).JSONName()
+	}
+	return strings.Join(names, ", ")
 }
 
 func fieldList(md protoreflect.MessageDescriptor) string {
