@@ -417,10 +417,18 @@ func TestDecodeLimits(t *testing.T) {
 		}
 	})
 	t.Run("documents", func(t *testing.T) {
-		many := strings.Repeat("---\n{a: 1}\n", api.MaxDocuments+1)
+		many := strings.Repeat("---\n"+validRoute, api.MaxDocuments+1)
 		_, err := api.Decode("many.yaml", strings.NewReader(many))
 		if !errors.Is(err, api.ErrTooLarge) {
 			t.Fatalf("err = %v, want ErrTooLarge", err)
+		}
+	})
+	t.Run("errors", func(t *testing.T) {
+		many := strings.Repeat("---\n[1]\n", 200)
+		_, err := api.Decode("bad.yaml", strings.NewReader(many))
+		lines := strings.Split(err.Error(), "\n")
+		if len(lines) != 51 || lines[50] != "api: invalid: bad.yaml: too many invalid documents; stopped after document 50" {
+			t.Fatalf("got %d lines, the last %q", len(lines), lines[len(lines)-1])
 		}
 	})
 	t.Run("config file content", func(t *testing.T) {

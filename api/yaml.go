@@ -73,6 +73,10 @@ func Decode(source string, r io.Reader) ([]Document, error) {
 	)
 	index := 0
 	for _, ch := range chunks {
+		if len(errs) == maxErrors {
+			errs = append(errs, fmt.Errorf("%w: %s: too many invalid documents; stopped after document %d", ErrInvalid, source, index))
+			break
+		}
 		j, err := yaml.YAMLToJSONStrict(ch.text)
 		if err == nil && (len(j) == 0 || string(j) == "null") {
 			continue // empty: only comments or whitespace
