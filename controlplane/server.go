@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"minimesh/api"
 	"minimesh/certs"
 	"minimesh/controlplane/admin"
 	"minimesh/controlplane/authn"
@@ -151,11 +152,11 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	s.push, err = push.New(push.Config{Store: s.store, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}
@@ -196,6 +197,37 @@ func (s *Server) init() error {
 	return nil
 }
 
+// mayServe decides whether id may register as serving service: the
+// Service resource of the identity's namespace names its serving
+// identities; without one, the service account must equal the service name.
+func (s *Server) mayServe(id spiffeid.ID, service string) error {
+	ns, _, err := certs.ParseWorkloadID(id)
+	if err != nil {
+		return err
+	}
+	var svc *api.Service
+	err = s.store.View(func(r *store.Reader) error {
+		o, ok, err := r.Object(api.Key{Kind: api.KindService, Namespace: ns, Name: service})
+		if ok {
+			svc = o.(*api.Service)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if svc == nil {
+		return push.SameServiceAccount(id, service)
+	}
+	for _, p := range svc.Spec.GetServingIdentities() {
+		pat, err := api.ParseIdentityPattern(p)
+		if err == nil && pat.Match(id.String()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: Service %q does not list %s among its serving identities", push.ErrNotAllowed, ns+"/"+service, id)
+}
+
 // Services lists every gRPC service meshd serves.
 func Services() []grpc.ServiceDesc {
 	return []grpc.ServiceDesc{meshv1.IdentityService_ServiceDesc, meshv1.AdminService_ServiceDesc, meshv1.ConfigService_ServiceDesc}
@@ -213,6 +245,9 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_RevokeJoinToken_FullMethodName:  authn.Operator,
 		meshv1.AdminService_ListCertificates_FullMethodName: authn.Operator,
 		meshv1.AdminService_ListProxies_FullMethodName:      authn.Operator,
+		meshv1.AdminService_Apply_FullMethodName:            authn.Operator,
+		meshv1.AdminService_GetResources_FullMethodName:     authn.Operator,
+		meshv1.AdminService_DeleteResource_FullMethodName:   authn.Operator,
 	}
 }
 

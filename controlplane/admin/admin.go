@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"minimesh/certs"
 	"minimesh/controlplane/identity"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -22,7 +23,10 @@ type Config struct {
 	Store     *store.Store
 	Authority *identity.Authority
 	// CAPin is the root CA's pin, returned with every new token.
-	CAPin      func() string
+	CAPin func() string
+	// OnChange is called after every committed change of resources.
+	OnChange   func()
+	Clock      certs.Clock
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -43,6 +47,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
 	}
 	s := &Server{cfg: cfg, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "minimesh_meshd_admin_refused_total",

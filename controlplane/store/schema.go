@@ -50,6 +50,22 @@ var tables = map[string]table{
 		},
 		decode: decodeJSON[Certificate],
 	},
+	TableResources: {
+		schema: &memdb.TableSchema{
+			Name: TableResources,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"kind": {Name: "kind", Indexer: &memdb.StringFieldIndex{Field: "Kind"}},
+				"namespace": {Name: "namespace", Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
+					&memdb.StringFieldIndex{Field: "Kind"}, &memdb.StringFieldIndex{Field: "Namespace"},
+				}}},
+				"service": {Name: "service", Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
+					&memdb.StringFieldIndex{Field: "Kind"}, &memdb.StringFieldIndex{Field: "Namespace"}, &memdb.StringFieldIndex{Field: "Service"},
+				}}},
+			},
+		},
+		decode: decodeJSON[Resource],
+	},
 	TableProxies: {
 		schema: &memdb.TableSchema{
 			Name: TableProxies,

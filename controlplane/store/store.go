@@ -351,3 +351,47 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// CheckConsistency compares every table in memdb with bbolt, record by
+// record: after a restart or a crash they must agree.
+func (s *Store) CheckConsistency() error {
+	mtx := s.mem.Txn(false)
+	defer mtx.Abort()
+	return s.db.View(func(tx *bolt.Tx) error {
+		for name := range tables {
+			inBolt := 0
+			err := tx.Bucket([]byte(name)).ForEach(func(k, v []byte) error {
+				inBolt++
+				raw, err := mtx.First(name, "id", string(k))
+				if err != nil || raw == nil {
+					return fmt.Errorf("store: %s/%s is in bbolt but not in memdb", name, k)
+				}
+				b, err := json.Marshal(raw)
+				if err != nil {
+					return err
+				}
+				if string(b) != string(v) {
+					return fmt.Errorf("store: %s/%s differs between bbolt and memdb", name, k)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			it, err := mtx.Get(name, "id")
+			if err != nil {
+				return err
+			}
+			inMem := 0
+			for raw := it.Next(); raw != nil; raw = it.Next() {
+				inMem++
+			}
+			if inMem != inBolt {
+				return fmt.Errorf("store: table %s has %d records in memdb and %d in bbolt", name, inMem, inBolt)
+			}
+		}
+		return nil
+	})
+}

@@ -33,8 +33,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return g.printJSON(resp)
+				if g.output != "table" {
+					return g.print(resp)
 				}
 				t := resp.GetToken()
 				fmt.Fprintf(g.io.Out, "token:     %s\nca-pin:    %s\nidentity:  %s\nexpires:   %s\nuses:      %d\n",
@@ -60,8 +60,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return g.printJSON(resp)
+				if g.output != "table" {
+					return g.print(resp)
 				}
 				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "ID\tIDENTITY\tUSES LEFT\tEXPIRES\tSTATE")
@@ -92,8 +92,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return g.printJSON(resp)
+				if g.output != "table" {
+					return g.print(resp)
 				}
 				fmt.Fprintf(g.io.Out, "token %s revoked\n", args[0])
 				return nil
@@ -116,8 +116,8 @@ func newCertsCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return g.printJSON(resp)
+				if g.output != "table" {
+					return g.print(resp)
 				}
 				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "IDENTITY\tSERIAL\tISSUED BY\tINSTANCE\tEXPIRES\tIN")
@@ -148,8 +148,8 @@ func newProxiesCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return g.printJSON(resp)
+				if g.output != "table" {
+					return g.print(resp)
 				}
 				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN")

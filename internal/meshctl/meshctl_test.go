@@ -92,7 +92,7 @@ func TestClearErrors(t *testing.T) {
 	if _, err := run(t, m, "token", "create", "--ns", "minimesh-system", "--sa", "operator"); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("reserved identity: %v", err)
 	}
-	if _, err := run(t, m, "certs", "-o", "yaml"); err == nil {
+	if _, err := run(t, m, "certs", "-o", "xml"); err == nil {
 		t.Error("unknown output format accepted")
 	}
 }

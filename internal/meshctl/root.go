@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
 
 	"minimesh/certs"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -51,9 +52,9 @@ func NewRoot(stdio IO) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.server, "server", envOr("MESHCTL_SERVER", "127.0.0.1:15010"), "meshd address (env MESHCTL_SERVER)")
 	pf.StringVar(&g.credentials, "credentials", os.Getenv("MESHCTL_CREDENTIALS"), "directory with the operator credential: svid.pem, svid_key.pem, bundle.pem (env MESHCTL_CREDENTIALS)")
-	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each call to meshd")
-	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g))
+	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDeleteCmd(g))
 	return root
 }
 
@@ -106,8 +107,8 @@ func trustDomainOf(dir string) (spiffeid.TrustDomain, error) {
 
 // admin runs fn with an admin client and a bounded context.
 func (g *globals) admin(fn func(ctx context.Context, c meshv1.AdminServiceClient) error) error {
-	if g.output != "table" && g.output != "json" {
-		return fmt.Errorf("--output: must be table or json, got %q", g.output)
+	if g.output != "table" && g.output != "json" && g.output != "yaml" {
+		return fmt.Errorf("--output: must be table, json or yaml, got %q", g.output)
 	}
 	conn, err := g.dial()
 	if err != nil {
@@ -117,6 +118,23 @@ func (g *globals) admin(fn func(ctx context.Context, c meshv1.AdminServiceClient
 	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	defer cancel()
 	return fn(ctx, meshv1.NewAdminServiceClient(conn))
+}
+
+// print writes m as JSON or YAML, as --output says.
+func (g *globals) print(m proto.Message) error {
+	if g.output == "yaml" {
+		b, err := protojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		_, err = g.io.Out.Write(y)
+		return err
+	}
+	return g.printJSON(m)
 }
 
 func (g *globals) printJSON(m proto.Message) error {

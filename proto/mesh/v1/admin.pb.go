@@ -797,11 +797,402 @@ func (x *ListProxiesResponse) GetProxies() []*Proxy {
 	return nil
 }
 
+type ApplyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resources     []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	DryRun        bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyRequest) Reset() {
+	*x = ApplyRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyRequest) ProtoMessage() {}
+
+func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
+func (*ApplyRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ApplyRequest) GetResources() []*Resource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *ApplyRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ApplyResult struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Kind      string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// "created", "configured" or "unchanged".
+	Action        string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyResult) Reset() {
+	*x = ApplyResult{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyResult) ProtoMessage() {}
+
+func (x *ApplyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
+func (*ApplyResult) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ApplyResult) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ApplyResult) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ApplyResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApplyResult) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+type ApplyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision the apply was stored under (unchanged for a dry run or
+	// when nothing changed).
+	Revision      uint64         `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Results       []*ApplyResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyResponse) Reset() {
+	*x = ApplyResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyResponse) ProtoMessage() {}
+
+func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
+func (*ApplyResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ApplyResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ApplyResponse) GetResults() []*ApplyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type GetResourcesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace     string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResourcesRequest) Reset() {
+	*x = GetResourcesRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResourcesRequest) ProtoMessage() {}
+
+func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResourcesRequest.ProtoReflect.Descriptor instead.
+func (*GetResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetResourcesRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetResourcesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resources     []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResourcesResponse) Reset() {
+	*x = GetResourcesResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResourcesResponse) ProtoMessage() {}
+
+func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResourcesResponse.ProtoReflect.Descriptor instead.
+func (*GetResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetResourcesResponse) GetResources() []*Resource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *GetResourcesResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type DeleteResourceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace     string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteResourceRequest) Reset() {
+	*x = DeleteResourceRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteResourceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteResourceRequest) ProtoMessage() {}
+
+func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteResourceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteResourceRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeleteResourceRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DeleteResourceRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DeleteResourceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteResourceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteResourceResponse) Reset() {
+	*x = DeleteResourceResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteResourceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteResourceResponse) ProtoMessage() {}
+
+func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteResourceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteResourceResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeleteResourceResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x02\n" +
+	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xc0\x02\n" +
 	"\tJoinToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -857,13 +1248,40 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\fconnected_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"\x14\n" +
 	"\x12ListProxiesRequest\"?\n" +
 	"\x13ListProxiesResponse\x12(\n" +
-	"\aproxies\x18\x01 \x03(\v2\x0e.mesh.v1.ProxyR\aproxies2\xb0\x03\n" +
+	"\aproxies\x18\x01 \x03(\v2\x0e.mesh.v1.ProxyR\aproxies\"X\n" +
+	"\fApplyRequest\x12/\n" +
+	"\tresources\x18\x01 \x03(\v2\x11.mesh.v1.ResourceR\tresources\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"k\n" +
+	"\vApplyResult\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\"[\n" +
+	"\rApplyResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12.\n" +
+	"\aresults\x18\x02 \x03(\v2\x14.mesh.v1.ApplyResultR\aresults\"[\n" +
+	"\x13GetResourcesRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"c\n" +
+	"\x14GetResourcesResponse\x12/\n" +
+	"\tresources\x18\x01 \x03(\v2\x11.mesh.v1.ResourceR\tresources\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"]\n" +
+	"\x15DeleteResourceRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"4\n" +
+	"\x16DeleteResourceResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision2\x88\x05\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
 	"\x0fRevokeJoinToken\x12\x1f.mesh.v1.RevokeJoinTokenRequest\x1a .mesh.v1.RevokeJoinTokenResponse\x12W\n" +
 	"\x10ListCertificates\x12 .mesh.v1.ListCertificatesRequest\x1a!.mesh.v1.ListCertificatesResponse\x12H\n" +
-	"\vListProxies\x12\x1b.mesh.v1.ListProxiesRequest\x1a\x1c.mesh.v1.ListProxiesResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"\vListProxies\x12\x1b.mesh.v1.ListProxiesRequest\x1a\x1c.mesh.v1.ListProxiesResponse\x126\n" +
+	"\x05Apply\x12\x15.mesh.v1.ApplyRequest\x1a\x16.mesh.v1.ApplyResponse\x12K\n" +
+	"\fGetResources\x12\x1c.mesh.v1.GetResourcesRequest\x1a\x1d.mesh.v1.GetResourcesResponse\x12Q\n" +
+	"\x0eDeleteResource\x12\x1e.mesh.v1.DeleteResourceRequest\x1a\x1f.mesh.v1.DeleteResourceResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_admin_proto_rawDescOnce sync.Once
@@ -877,7 +1295,7 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_admin_proto_rawDescData
 }
 
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(*JoinToken)(nil),                // 0: mesh.v1.JoinToken
 	(*CreateJoinTokenRequest)(nil),   // 1: mesh.v1.CreateJoinTokenRequest
@@ -892,37 +1310,54 @@ var file_mesh_v1_admin_proto_goTypes = []any{
 	(*Proxy)(nil),                    // 10: mesh.v1.Proxy
 	(*ListProxiesRequest)(nil),       // 11: mesh.v1.ListProxiesRequest
 	(*ListProxiesResponse)(nil),      // 12: mesh.v1.ListProxiesResponse
-	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 14: google.protobuf.Duration
+	(*ApplyRequest)(nil),             // 13: mesh.v1.ApplyRequest
+	(*ApplyResult)(nil),              // 14: mesh.v1.ApplyResult
+	(*ApplyResponse)(nil),            // 15: mesh.v1.ApplyResponse
+	(*GetResourcesRequest)(nil),      // 16: mesh.v1.GetResourcesRequest
+	(*GetResourcesResponse)(nil),     // 17: mesh.v1.GetResourcesResponse
+	(*DeleteResourceRequest)(nil),    // 18: mesh.v1.DeleteResourceRequest
+	(*DeleteResourceResponse)(nil),   // 19: mesh.v1.DeleteResourceResponse
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
+	(*Resource)(nil),                 // 22: mesh.v1.Resource
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	13, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	13, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	20, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	20, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
 	0,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
 	0,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	13, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	13, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	20, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	20, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	7,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	13, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	13, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	20, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	20, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	20, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
 	10, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	1,  // 12: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	3,  // 13: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	5,  // 14: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	8,  // 15: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	11, // 16: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	2,  // 17: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	4,  // 18: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	6,  // 19: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	9,  // 20: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	12, // 21: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	22, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	14, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	22, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	1,  // 15: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	3,  // 16: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	5,  // 17: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	8,  // 18: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	11, // 19: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	13, // 20: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	16, // 21: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	18, // 22: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	2,  // 23: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	4,  // 24: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	6,  // 25: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	9,  // 26: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	12, // 27: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	15, // 28: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	17, // 29: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	19, // 30: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	23, // [23:31] is the sub-list for method output_type
+	15, // [15:23] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -930,13 +1365,14 @@ func file_mesh_v1_admin_proto_init() {
 	if File_mesh_v1_admin_proto != nil {
 		return
 	}
+	file_mesh_v1_resources_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
