@@ -152,11 +152,11 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Push: s.push, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}
@@ -195,6 +195,15 @@ func (s *Server) init() error {
 		return err
 	}
 	return nil
+}
+
+// bundleDER is the trust bundle's roots, for snapshots.
+func (s *Server) bundleDER() [][]byte {
+	var out [][]byte
+	for _, c := range s.bundle.Bundle().X509Authorities() {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 // mayServe decides whether id may register as serving service: the
@@ -248,6 +257,9 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_Apply_FullMethodName:            authn.Operator,
 		meshv1.AdminService_GetResources_FullMethodName:     authn.Operator,
 		meshv1.AdminService_DeleteResource_FullMethodName:   authn.Operator,
+		meshv1.AdminService_ProxyStatus_FullMethodName:      authn.Operator,
+		meshv1.AdminService_ProxyConfig_FullMethodName:      authn.Operator,
+		meshv1.AdminService_ProxyQuery_FullMethodName:       authn.Operator,
 	}
 }
 
@@ -337,6 +349,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.cfg.Logger.Info("meshd serving", "addr", lis.Addr().String(), "trust_domain", s.td.String(), "root_pin", s.ca.RootPin())
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
+	pushCtx, stopPush := context.WithCancel(context.Background())
+	pushDone := make(chan struct{})
+	go func() { defer close(pushDone); _ = s.push.Run(pushCtx) }()
+	defer func() { stopPush(); <-pushDone }()
 
 	rotate := time.NewTimer(s.servingRefreshIn())
 	defer rotate.Stop()

@@ -24,11 +24,20 @@ type Config struct {
 	Authority *identity.Authority
 	// CAPin is the root CA's pin, returned with every new token.
 	CAPin func() string
+	// Push answers the sync-status, proxy-config and query calls.
+	Push Push
 	// OnChange is called after every committed change of resources.
 	OnChange   func()
 	Clock      certs.Clock
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+}
+
+// Push is what admin needs of the push server.
+type Push interface {
+	Sync() ([]*meshv1.ProxySync, error)
+	Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync, error)
+	Query(ctx context.Context, instanceID string, req *meshv1.Request) (*meshv1.Reply, error)
 }
 
 // Server implements meshv1.AdminServiceServer.
@@ -42,8 +51,8 @@ var _ meshv1.AdminServiceServer = (*Server)(nil)
 
 // New builds the admin server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Authority == nil || cfg.CAPin == nil {
-		return nil, errors.New("admin: Config.Store, Authority and CAPin are required")
+	if cfg.Store == nil || cfg.Authority == nil || cfg.CAPin == nil || cfg.Push == nil {
+		return nil, errors.New("admin: Config.Store, Authority, CAPin and Push are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

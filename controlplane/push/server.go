@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"sort"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"minimesh/certs"
 	"minimesh/controlplane/authn"
@@ -41,26 +44,59 @@ func SameServiceAccount(id spiffeid.ID, service string) error {
 type Config struct {
 	Store    *store.Store
 	MayServe MayServe // default SameServiceAccount
+	// Bundle returns the trust bundle's roots (DER) to put in snapshots.
+	Bundle func() [][]byte
 	// HelloTimeout bounds the wait for the first message. Default 10s.
 	HelloTimeout time.Duration
+	// Debounce is the quiet time after a change before snapshots are
+	// recomputed (default 100ms); MaxDelay bounds the wait under a stream
+	// of changes (default 1s).
+	Debounce, MaxDelay time.Duration
+	// QueryTimeout bounds an operator query to a proxy. Default 10s.
+	QueryTimeout time.Duration
 	Clock        certs.Clock
 	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
 }
 
-// Server implements meshv1.ConfigServiceServer.
+// Server implements meshv1.ConfigServiceServer: registration, snapshots
+// with ACK/NACK, and operator queries to proxies.
 type Server struct {
 	meshv1.UnimplementedConfigServiceServer
 	cfg Config
 
+	trigger chan struct{}
+
 	mu       sync.Mutex
 	active   map[string]*session // by instance ID
+	status   map[string]*instance
+	current  map[group]*meshv1.Snapshot
+	members  map[string]group
 	shutdown bool
+	dirty    map[string]bool // instances whose ack state is not in the store yet
+	nextID   uint64
+
+	pushes  prometheus.Counter
+	acks    *prometheus.CounterVec
+	connect prometheus.Gauge
 }
 
 var _ meshv1.ConfigServiceServer = (*Server)(nil)
 
+// instance is meshd's view of one proxy's sync state.
+type instance struct {
+	acked, nacked, reason string
+	ackedSnap             *meshv1.Snapshot
+	lastMessage           time.Time
+	files                 []*meshv1.FileStatus
+}
+
 type session struct {
-	cancel context.CancelFunc
+	cancel  context.CancelFunc
+	updates chan *meshv1.Snapshot // latest wins
+	queries chan *meshv1.Request  // bounded
+	replies map[uint64]chan *meshv1.Reply
+	sent    string
 }
 
 // New builds the server and marks every stored proxy disconnected: a meshd
@@ -72,8 +108,20 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MayServe == nil {
 		cfg.MayServe = SameServiceAccount
 	}
+	if cfg.Bundle == nil {
+		cfg.Bundle = func() [][]byte { return nil }
+	}
 	if cfg.HelloTimeout <= 0 {
 		cfg.HelloTimeout = 10 * time.Second
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.MaxDelay <= 0 {
+		cfg.MaxDelay = time.Second
+	}
+	if cfg.QueryTimeout <= 0 {
+		cfg.QueryTimeout = 10 * time.Second
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = certs.SystemClock
@@ -81,13 +129,30 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	s := &Server{
+		cfg:     cfg,
+		trigger: make(chan struct{}, 1),
+		active:  map[string]*session{},
+		status:  map[string]*instance{},
+		current: map[group]*meshv1.Snapshot{},
+		members: map[string]group{},
+		dirty:   map[string]bool{},
+		pushes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_snapshot_pushes_total", Help: "Snapshots sent to proxies."}),
+		acks:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_meshd_snapshot_replies_total", Help: "ACKs and NACKs received, by kind."}, []string{"kind"}),
+		connect: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_connected_proxies", Help: "Proxies with an open stream."}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect)
+	}
 	err := cfg.Store.Update(func(tx *store.Txn) error {
 		recs, err := tx.List(store.TableProxies, "id")
 		if err != nil {
 			return err
 		}
 		for _, rec := range recs {
-			if p := *rec.(*store.Proxy); p.Connected {
+			p := *rec.(*store.Proxy)
+			s.status[p.InstanceID] = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}
+			if p.Connected {
 				p.Connected = false
 				if err := tx.Put(store.TableProxies, &p); err != nil {
 					return err
@@ -99,7 +164,96 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, active: map[string]*session{}}, nil
+	if err := s.recompute(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Trigger asks for the snapshots to be recomputed (debounced).
+func (s *Server) Trigger() {
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run recomputes snapshots after changes, debounced, and flushes ACK state
+// to the store, until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	flush := time.NewTicker(time.Second)
+	defer flush.Stop()
+	defer s.flush()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-flush.C:
+			s.flush()
+			continue
+		case <-s.trigger:
+		}
+		// Debounce: wait for Debounce of quiet, at most MaxDelay in all.
+		deadline := time.Now().Add(s.cfg.MaxDelay)
+		timer := time.NewTimer(s.cfg.Debounce)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return nil
+			case <-s.trigger:
+				timer.Stop()
+				d := min(s.cfg.Debounce, time.Until(deadline))
+				if d <= 0 {
+					break wait
+				}
+				timer.Reset(d)
+			case <-timer.C:
+				break wait
+			}
+		}
+		if err := s.recompute(); err != nil {
+			s.cfg.Logger.Error("could not compute snapshots", "error", err)
+		}
+	}
+}
+
+// recompute builds every group's snapshot and pushes it to each connected
+// proxy whose snapshot changed.
+func (s *Server) recompute() error {
+	var snaps map[group]*meshv1.Snapshot
+	var members map[string]group
+	err := s.cfg.Store.View(func(r *store.Reader) error {
+		var err error
+		snaps, members, err = snapshots(r, s.cfg.Bundle())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.current, s.members = snaps, members
+	for id, sess := range s.active {
+		s.pushLocked(id, sess)
+	}
+	return nil
+}
+
+// pushLocked queues the instance's current snapshot when it differs from
+// what was last sent.
+func (s *Server) pushLocked(id string, sess *session) {
+	snap := s.current[s.members[id]]
+	if snap == nil || snap.Version == sess.sent {
+		return
+	}
+	sess.sent = snap.Version
+	select {
+	case <-sess.updates: // drop a stale pending one: latest wins
+	default:
+	}
+	sess.updates <- snap
 }
 
 var (
@@ -136,36 +290,102 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	sess := &session{cancel: cancel}
+	id := hello.GetInstanceId()
+	sess := &session{
+		cancel:  cancel,
+		updates: make(chan *meshv1.Snapshot, 1),
+		queries: make(chan *meshv1.Request, 8),
+		replies: map[uint64]chan *meshv1.Reply{},
+	}
 	if err := s.register(caller, hello, sess); err != nil {
-		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "instance_id", hello.GetInstanceId(), "service", hello.GetService(), "error", err)
+		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "instance_id", id, "service", hello.GetService(), "error", err)
 		return err
 	}
-	s.cfg.Logger.Info("proxy registered", "instance_id", hello.GetInstanceId(), "spiffe_id", caller.ID.String(), "service", hello.GetService(), "address", hello.GetAdvertiseAddress(), "version", hello.GetProxyVersion())
-	defer s.unregister(hello.GetInstanceId(), sess)
+	s.cfg.Logger.Info("proxy registered", "instance_id", id, "spiffe_id", caller.ID.String(), "service", hello.GetService(), "address", hello.GetAdvertiseAddress(), "version", hello.GetProxyVersion())
+	defer s.unregister(id, sess)
+	s.Trigger() // its endpoint changes every snapshot
 
 	if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Registered{Registered: &meshv1.Registered{SpiffeId: caller.ID.String()}}}); err != nil {
 		return err
 	}
 	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := stream.Recv(); err != nil {
-				recvErr <- err
-				return
+	go func() { recvErr <- s.receive(stream, id, sess) }()
+	for {
+		select {
+		case <-ctx.Done():
+			if stream.Context().Err() == nil {
+				return status.Error(codes.Unavailable, "stream closed by meshd (shutdown, or replaced by a newer stream for the same instance)")
+			}
+			return nil
+		case <-recvErr:
+			// The proxy closed the stream or the connection broke.
+			return nil
+		case snap := <-sess.updates:
+			if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Snapshot{Snapshot: snap}}); err != nil {
+				return err
+			}
+			s.pushes.Inc()
+			s.cfg.Logger.Debug("snapshot sent", "instance_id", id, "version", snap.GetVersion())
+		case q := <-sess.queries:
+			if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Request{Request: q}}); err != nil {
+				return err
 			}
 		}
-	}()
-	select {
-	case <-ctx.Done():
-		if stream.Context().Err() == nil {
-			return status.Error(codes.Unavailable, "stream closed by meshd (shutdown, or replaced by a newer stream for the same instance)")
-		}
-		return nil
-	case <-recvErr:
-		// The proxy closed the stream or the connection broke.
-		return nil
 	}
+}
+
+// receive handles ACK, NACK and replies until the stream breaks.
+func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, sess *session) error {
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		now := s.cfg.Clock.Now()
+		s.mu.Lock()
+		st := s.state(id)
+		st.lastMessage = now
+		switch m := msg.GetMessage().(type) {
+		case *meshv1.StreamRequest_Ack:
+			s.acks.WithLabelValues("ack").Inc()
+			st.acked = m.Ack.GetVersion()
+			st.files = m.Ack.GetFiles()
+			if snap := s.current[s.members[id]]; snap != nil && snap.Version == st.acked {
+				st.ackedSnap = snap
+			}
+			if st.nacked == st.acked {
+				st.nacked, st.reason = "", ""
+			}
+			s.dirty[id] = true
+		case *meshv1.StreamRequest_Nack:
+			s.acks.WithLabelValues("nack").Inc()
+			st.nacked, st.reason = m.Nack.GetVersion(), truncate(m.Nack.GetReason(), 1024)
+			s.dirty[id] = true
+			s.cfg.Logger.Warn("proxy refused a snapshot", "instance_id", id, "version", st.nacked, "reason", st.reason)
+		case *meshv1.StreamRequest_Reply:
+			if ch, ok := sess.replies[m.Reply.GetId()]; ok {
+				delete(sess.replies, m.Reply.GetId())
+				ch <- m.Reply
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func (s *Server) state(id string) *instance {
+	st, ok := s.status[id]
+	if !ok {
+		st = &instance{}
+		s.status[id] = st
+	}
+	return st
 }
 
 func (s *Server) recvHello(stream meshv1.ConfigService_StreamServer) (*meshv1.Hello, error) {
@@ -230,15 +450,19 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 		return err
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.shutdown {
-		s.mu.Unlock()
 		return status.Error(codes.Unavailable, "meshd is shutting down")
 	}
 	if old, ok := s.active[h.GetInstanceId()]; ok {
 		old.cancel()
 	}
 	s.active[h.GetInstanceId()] = sess
-	s.mu.Unlock()
+	s.connect.Set(float64(len(s.active)))
+	s.state(h.GetInstanceId()).lastMessage = now
+	// A (re)connected proxy gets its current snapshot at once, if its group
+	// already has one; new groups get theirs on the recompute it triggers.
+	s.pushLocked(h.GetInstanceId(), sess)
 	return nil
 }
 
@@ -261,10 +485,16 @@ func (s *Server) unregister(instanceID string, sess *session) {
 		delete(s.active, instanceID)
 		mine = true
 	}
+	s.connect.Set(float64(len(s.active)))
+	for id, ch := range sess.replies {
+		close(ch)
+		delete(sess.replies, id)
+	}
 	s.mu.Unlock()
 	if !mine {
 		return // a newer stream for this instance took over
 	}
+	s.flush()
 	now := s.cfg.Clock.Now()
 	err := s.cfg.Store.Update(func(tx *store.Txn) error {
 		rec, err := tx.Get(store.TableProxies, instanceID)
@@ -280,4 +510,186 @@ func (s *Server) unregister(instanceID string, sess *session) {
 		s.cfg.Logger.Warn("could not record proxy disconnect", "instance_id", instanceID, "error", err)
 	}
 	s.cfg.Logger.Info("proxy disconnected", "instance_id", instanceID)
+	s.Trigger()
+}
+
+// flush writes the ACK state of changed instances to the store, in one
+// transaction (ACKs come in bursts after a change; one fsync serves all).
+func (s *Server) flush() {
+	s.mu.Lock()
+	if len(s.dirty) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	type upd struct {
+		id                    string
+		acked, nacked, reason string
+		last                  time.Time
+	}
+	var ups []upd
+	for id := range s.dirty {
+		st := s.status[id]
+		ups = append(ups, upd{id, st.acked, st.nacked, st.reason, st.lastMessage})
+	}
+	s.dirty = map[string]bool{}
+	s.mu.Unlock()
+	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+		for _, u := range ups {
+			rec, err := tx.Get(store.TableProxies, u.id)
+			if err != nil {
+				continue
+			}
+			p := *rec.(*store.Proxy)
+			p.AckedVersion, p.NackedVersion, p.NackReason = u.acked, u.nacked, u.reason
+			if u.last.After(p.LastSeen) {
+				p.LastSeen = u.last
+			}
+			if err := tx.Put(store.TableProxies, &p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.cfg.Logger.Warn("could not persist ACK state", "error", err)
+	}
+}
+
+// Sync returns every stored proxy's sync state, by service and instance.
+func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
+	var proxies []*store.Proxy
+	err := s.cfg.Store.View(func(r *store.Reader) error {
+		recs, err := r.List(store.TableProxies, "id")
+		for _, rec := range recs {
+			proxies = append(proxies, rec.(*store.Proxy))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(proxies, func(i, j int) bool {
+		if proxies[i].Service != proxies[j].Service {
+			return proxies[i].Service < proxies[j].Service
+		}
+		return proxies[i].InstanceID < proxies[j].InstanceID
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*meshv1.ProxySync, 0, len(proxies))
+	for _, p := range proxies {
+		out = append(out, s.syncLocked(p))
+	}
+	return out, nil
+}
+
+func (s *Server) syncLocked(p *store.Proxy) *meshv1.ProxySync {
+	st := s.state(p.InstanceID)
+	ps := &meshv1.ProxySync{
+		Proxy:         ProxyProto(p),
+		AckedVersion:  st.acked,
+		NackedVersion: st.nacked,
+		NackReason:    st.reason,
+		Files:         st.files,
+	}
+	if !st.lastMessage.IsZero() {
+		ps.LastMessage = timestamppb.New(st.lastMessage)
+	}
+	if snap := s.current[s.members[p.InstanceID]]; snap != nil {
+		ps.CurrentVersion = snap.Version
+	}
+	_, connected := s.active[p.InstanceID]
+	ps.Proxy.Connected = connected
+	switch {
+	case !connected:
+		ps.State = meshv1.SyncState_SYNC_STATE_DISCONNECTED
+	case ps.CurrentVersion != "" && st.acked == ps.CurrentVersion:
+		ps.State = meshv1.SyncState_SYNC_STATE_SYNCED
+	case st.nacked != "" && st.nacked == ps.CurrentVersion:
+		ps.State = meshv1.SyncState_SYNC_STATE_NACKED
+	default:
+		ps.State = meshv1.SyncState_SYNC_STATE_STALE
+	}
+	return ps
+}
+
+// Applied returns the snapshot the instance ACKed last (nil when meshd does
+// not hold it, e.g. after a restart before the next ACK) and its status.
+func (s *Server) Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync, error) {
+	var p *store.Proxy
+	err := s.cfg.Store.View(func(r *store.Reader) error {
+		rec, err := r.Get(store.TableProxies, instanceID)
+		if err != nil {
+			return err
+		}
+		p = rec.(*store.Proxy)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state(instanceID).ackedSnap, s.syncLocked(p), nil
+}
+
+// Query sends an operator request to a connected proxy and waits for its
+// reply.
+func (s *Server) Query(ctx context.Context, instanceID string, req *meshv1.Request) (*meshv1.Reply, error) {
+	s.mu.Lock()
+	sess, ok := s.active[instanceID]
+	if !ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrNotConnected, instanceID)
+	}
+	s.nextID++
+	req.Id = s.nextID
+	ch := make(chan *meshv1.Reply, 1)
+	sess.replies[req.Id] = ch
+	s.mu.Unlock()
+	forget := func() {
+		s.mu.Lock()
+		delete(sess.replies, req.Id)
+		s.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	select {
+	case sess.queries <- req:
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("push: query to %s: %w", instanceID, ctx.Err())
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return nil, fmt.Errorf("%w: %s disconnected", ErrNotConnected, instanceID)
+		}
+		return r, nil
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("push: query to %s: %w", instanceID, ctx.Err())
+	}
+}
+
+// ProxyProto converts a stored proxy record.
+func ProxyProto(p *store.Proxy) *meshv1.Proxy {
+	out := &meshv1.Proxy{
+		InstanceId: p.InstanceID,
+		SpiffeId:   p.SPIFFEID,
+		Service:    p.Service,
+		Address:    p.Address,
+		Version:    p.Version,
+		Connected:  p.Connected,
+	}
+	if !p.LastSeen.IsZero() {
+		out.LastSeen = timestamppb.New(p.LastSeen)
+	}
+	if !p.SVIDExpiresAt.IsZero() {
+		out.SvidExpiresAt = timestamppb.New(p.SVIDExpiresAt)
+	}
+	if !p.ConnectedAt.IsZero() {
+		out.ConnectedAt = timestamppb.New(p.ConnectedAt)
+	}
+	return out
 }

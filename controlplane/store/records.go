@@ -66,6 +66,10 @@ type Proxy struct {
 	ConnectedAt   time.Time `json:"connected_at"`
 	LastSeen      time.Time `json:"last_seen"`
 	SVIDExpiresAt time.Time `json:"svid_expires_at"`
+	// Sync state, persisted in batches by the push server.
+	AckedVersion  string `json:"acked_version,omitempty"`
+	NackedVersion string `json:"nacked_version,omitempty"`
+	NackReason    string `json:"nack_reason,omitempty"`
 }
 
 // Key implements Record.

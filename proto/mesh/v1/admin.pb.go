@@ -23,6 +23,66 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SyncState is where a proxy stands against the snapshot meshd computes for it.
+type SyncState int32
+
+const (
+	SyncState_SYNC_STATE_UNSPECIFIED SyncState = 0
+	// It ACKed exactly the snapshot meshd now computes for it.
+	SyncState_SYNC_STATE_SYNCED SyncState = 1
+	// Connected, but it has not ACKed the current snapshot yet.
+	SyncState_SYNC_STATE_STALE SyncState = 2
+	// It refused the current snapshot; see nack_reason.
+	SyncState_SYNC_STATE_NACKED SyncState = 3
+	// Not connected.
+	SyncState_SYNC_STATE_DISCONNECTED SyncState = 4
+)
+
+// Enum value maps for SyncState.
+var (
+	SyncState_name = map[int32]string{
+		0: "SYNC_STATE_UNSPECIFIED",
+		1: "SYNC_STATE_SYNCED",
+		2: "SYNC_STATE_STALE",
+		3: "SYNC_STATE_NACKED",
+		4: "SYNC_STATE_DISCONNECTED",
+	}
+	SyncState_value = map[string]int32{
+		"SYNC_STATE_UNSPECIFIED":  0,
+		"SYNC_STATE_SYNCED":       1,
+		"SYNC_STATE_STALE":        2,
+		"SYNC_STATE_NACKED":       3,
+		"SYNC_STATE_DISCONNECTED": 4,
+	}
+)
+
+func (x SyncState) Enum() *SyncState {
+	p := new(SyncState)
+	*p = x
+	return p
+}
+
+func (x SyncState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SyncState) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (SyncState) Type() protoreflect.EnumType {
+	return &file_mesh_v1_admin_proto_enumTypes[0]
+}
+
+func (x SyncState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SyncState.Descriptor instead.
+func (SyncState) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 type JoinToken struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1188,11 +1248,385 @@ func (x *DeleteResourceResponse) GetRevision() uint64 {
 	return 0
 }
 
+type ProxySync struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Proxy *Proxy                 `protobuf:"bytes,1,opt,name=proxy,proto3" json:"proxy,omitempty"`
+	State SyncState              `protobuf:"varint,2,opt,name=state,proto3,enum=mesh.v1.SyncState" json:"state,omitempty"`
+	// The version meshd computes for the proxy now.
+	CurrentVersion string                 `protobuf:"bytes,3,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	AckedVersion   string                 `protobuf:"bytes,4,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
+	NackedVersion  string                 `protobuf:"bytes,5,opt,name=nacked_version,json=nackedVersion,proto3" json:"nacked_version,omitempty"`
+	NackReason     string                 `protobuf:"bytes,6,opt,name=nack_reason,json=nackReason,proto3" json:"nack_reason,omitempty"`
+	LastMessage    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_message,json=lastMessage,proto3" json:"last_message,omitempty"`
+	Files          []*FileStatus          `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ProxySync) Reset() {
+	*x = ProxySync{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxySync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxySync) ProtoMessage() {}
+
+func (x *ProxySync) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxySync.ProtoReflect.Descriptor instead.
+func (*ProxySync) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ProxySync) GetProxy() *Proxy {
+	if x != nil {
+		return x.Proxy
+	}
+	return nil
+}
+
+func (x *ProxySync) GetState() SyncState {
+	if x != nil {
+		return x.State
+	}
+	return SyncState_SYNC_STATE_UNSPECIFIED
+}
+
+func (x *ProxySync) GetCurrentVersion() string {
+	if x != nil {
+		return x.CurrentVersion
+	}
+	return ""
+}
+
+func (x *ProxySync) GetAckedVersion() string {
+	if x != nil {
+		return x.AckedVersion
+	}
+	return ""
+}
+
+func (x *ProxySync) GetNackedVersion() string {
+	if x != nil {
+		return x.NackedVersion
+	}
+	return ""
+}
+
+func (x *ProxySync) GetNackReason() string {
+	if x != nil {
+		return x.NackReason
+	}
+	return ""
+}
+
+func (x *ProxySync) GetLastMessage() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastMessage
+	}
+	return nil
+}
+
+func (x *ProxySync) GetFiles() []*FileStatus {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type ProxyStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyStatusRequest) Reset() {
+	*x = ProxyStatusRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyStatusRequest) ProtoMessage() {}
+
+func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyStatusRequest.ProtoReflect.Descriptor instead.
+func (*ProxyStatusRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type ProxyStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Proxies       []*ProxySync           `protobuf:"bytes,1,rep,name=proxies,proto3" json:"proxies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyStatusResponse) Reset() {
+	*x = ProxyStatusResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyStatusResponse) ProtoMessage() {}
+
+func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyStatusResponse.ProtoReflect.Descriptor instead.
+func (*ProxyStatusResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ProxyStatusResponse) GetProxies() []*ProxySync {
+	if x != nil {
+		return x.Proxies
+	}
+	return nil
+}
+
+type ProxyConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyConfigRequest) Reset() {
+	*x = ProxyConfigRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyConfigRequest) ProtoMessage() {}
+
+func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyConfigRequest.ProtoReflect.Descriptor instead.
+func (*ProxyConfigRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProxyConfigRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+type ProxyConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The snapshot the proxy ACKed last (empty when none).
+	Applied       *Snapshot  `protobuf:"bytes,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	Status        *ProxySync `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyConfigResponse) Reset() {
+	*x = ProxyConfigResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyConfigResponse) ProtoMessage() {}
+
+func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyConfigResponse.ProtoReflect.Descriptor instead.
+func (*ProxyConfigResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ProxyConfigResponse) GetApplied() *Snapshot {
+	if x != nil {
+		return x.Applied
+	}
+	return nil
+}
+
+func (x *ProxyConfigResponse) GetStatus() *ProxySync {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type ProxyQueryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Request       *Request               `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyQueryRequest) Reset() {
+	*x = ProxyQueryRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyQueryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyQueryRequest) ProtoMessage() {}
+
+func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyQueryRequest.ProtoReflect.Descriptor instead.
+func (*ProxyQueryRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ProxyQueryRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *ProxyQueryRequest) GetRequest() *Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type ProxyQueryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyQueryResponse) Reset() {
+	*x = ProxyQueryResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyQueryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyQueryResponse) ProtoMessage() {}
+
+func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyQueryResponse.ProtoReflect.Descriptor instead.
+func (*ProxyQueryResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ProxyQueryResponse) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
 var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xc0\x02\n" +
+	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"\xc0\x02\n" +
 	"\tJoinToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -1272,7 +1706,38 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\"4\n" +
 	"\x16DeleteResourceResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision2\x88\x05\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xdb\x02\n" +
+	"\tProxySync\x12$\n" +
+	"\x05proxy\x18\x01 \x01(\v2\x0e.mesh.v1.ProxyR\x05proxy\x12(\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x12.mesh.v1.SyncStateR\x05state\x12'\n" +
+	"\x0fcurrent_version\x18\x03 \x01(\tR\x0ecurrentVersion\x12#\n" +
+	"\racked_version\x18\x04 \x01(\tR\fackedVersion\x12%\n" +
+	"\x0enacked_version\x18\x05 \x01(\tR\rnackedVersion\x12\x1f\n" +
+	"\vnack_reason\x18\x06 \x01(\tR\n" +
+	"nackReason\x12=\n" +
+	"\flast_message\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastMessage\x12)\n" +
+	"\x05files\x18\b \x03(\v2\x13.mesh.v1.FileStatusR\x05files\"\x14\n" +
+	"\x12ProxyStatusRequest\"C\n" +
+	"\x13ProxyStatusResponse\x12,\n" +
+	"\aproxies\x18\x01 \x03(\v2\x12.mesh.v1.ProxySyncR\aproxies\"5\n" +
+	"\x12ProxyConfigRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"n\n" +
+	"\x13ProxyConfigResponse\x12+\n" +
+	"\aapplied\x18\x01 \x01(\v2\x11.mesh.v1.SnapshotR\aapplied\x12*\n" +
+	"\x06status\x18\x02 \x01(\v2\x12.mesh.v1.ProxySyncR\x06status\"`\n" +
+	"\x11ProxyQueryRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12*\n" +
+	"\arequest\x18\x02 \x01(\v2\x10.mesh.v1.RequestR\arequest\"(\n" +
+	"\x12ProxyQueryResponse\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json*\x88\x01\n" +
+	"\tSyncState\x12\x1a\n" +
+	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
+	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
+	"\x11SYNC_STATE_NACKED\x10\x03\x12\x1b\n" +
+	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xe3\x06\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
@@ -1281,7 +1746,11 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vListProxies\x12\x1b.mesh.v1.ListProxiesRequest\x1a\x1c.mesh.v1.ListProxiesResponse\x126\n" +
 	"\x05Apply\x12\x15.mesh.v1.ApplyRequest\x1a\x16.mesh.v1.ApplyResponse\x12K\n" +
 	"\fGetResources\x12\x1c.mesh.v1.GetResourcesRequest\x1a\x1d.mesh.v1.GetResourcesResponse\x12Q\n" +
-	"\x0eDeleteResource\x12\x1e.mesh.v1.DeleteResourceRequest\x1a\x1f.mesh.v1.DeleteResourceResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"\x0eDeleteResource\x12\x1e.mesh.v1.DeleteResourceRequest\x1a\x1f.mesh.v1.DeleteResourceResponse\x12H\n" +
+	"\vProxyStatus\x12\x1b.mesh.v1.ProxyStatusRequest\x1a\x1c.mesh.v1.ProxyStatusResponse\x12H\n" +
+	"\vProxyConfig\x12\x1b.mesh.v1.ProxyConfigRequest\x1a\x1c.mesh.v1.ProxyConfigResponse\x12E\n" +
+	"\n" +
+	"ProxyQuery\x12\x1a.mesh.v1.ProxyQueryRequest\x1a\x1b.mesh.v1.ProxyQueryResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_admin_proto_rawDescOnce sync.Once
@@ -1295,69 +1764,95 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_admin_proto_rawDescData
 }
 
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_mesh_v1_admin_proto_goTypes = []any{
-	(*JoinToken)(nil),                // 0: mesh.v1.JoinToken
-	(*CreateJoinTokenRequest)(nil),   // 1: mesh.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 2: mesh.v1.CreateJoinTokenResponse
-	(*ListJoinTokensRequest)(nil),    // 3: mesh.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 4: mesh.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 5: mesh.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 6: mesh.v1.RevokeJoinTokenResponse
-	(*Certificate)(nil),              // 7: mesh.v1.Certificate
-	(*ListCertificatesRequest)(nil),  // 8: mesh.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil), // 9: mesh.v1.ListCertificatesResponse
-	(*Proxy)(nil),                    // 10: mesh.v1.Proxy
-	(*ListProxiesRequest)(nil),       // 11: mesh.v1.ListProxiesRequest
-	(*ListProxiesResponse)(nil),      // 12: mesh.v1.ListProxiesResponse
-	(*ApplyRequest)(nil),             // 13: mesh.v1.ApplyRequest
-	(*ApplyResult)(nil),              // 14: mesh.v1.ApplyResult
-	(*ApplyResponse)(nil),            // 15: mesh.v1.ApplyResponse
-	(*GetResourcesRequest)(nil),      // 16: mesh.v1.GetResourcesRequest
-	(*GetResourcesResponse)(nil),     // 17: mesh.v1.GetResourcesResponse
-	(*DeleteResourceRequest)(nil),    // 18: mesh.v1.DeleteResourceRequest
-	(*DeleteResourceResponse)(nil),   // 19: mesh.v1.DeleteResourceResponse
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
-	(*Resource)(nil),                 // 22: mesh.v1.Resource
+	(SyncState)(0),                   // 0: mesh.v1.SyncState
+	(*JoinToken)(nil),                // 1: mesh.v1.JoinToken
+	(*CreateJoinTokenRequest)(nil),   // 2: mesh.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 3: mesh.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 4: mesh.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 5: mesh.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 6: mesh.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 7: mesh.v1.RevokeJoinTokenResponse
+	(*Certificate)(nil),              // 8: mesh.v1.Certificate
+	(*ListCertificatesRequest)(nil),  // 9: mesh.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil), // 10: mesh.v1.ListCertificatesResponse
+	(*Proxy)(nil),                    // 11: mesh.v1.Proxy
+	(*ListProxiesRequest)(nil),       // 12: mesh.v1.ListProxiesRequest
+	(*ListProxiesResponse)(nil),      // 13: mesh.v1.ListProxiesResponse
+	(*ApplyRequest)(nil),             // 14: mesh.v1.ApplyRequest
+	(*ApplyResult)(nil),              // 15: mesh.v1.ApplyResult
+	(*ApplyResponse)(nil),            // 16: mesh.v1.ApplyResponse
+	(*GetResourcesRequest)(nil),      // 17: mesh.v1.GetResourcesRequest
+	(*GetResourcesResponse)(nil),     // 18: mesh.v1.GetResourcesResponse
+	(*DeleteResourceRequest)(nil),    // 19: mesh.v1.DeleteResourceRequest
+	(*DeleteResourceResponse)(nil),   // 20: mesh.v1.DeleteResourceResponse
+	(*ProxySync)(nil),                // 21: mesh.v1.ProxySync
+	(*ProxyStatusRequest)(nil),       // 22: mesh.v1.ProxyStatusRequest
+	(*ProxyStatusResponse)(nil),      // 23: mesh.v1.ProxyStatusResponse
+	(*ProxyConfigRequest)(nil),       // 24: mesh.v1.ProxyConfigRequest
+	(*ProxyConfigResponse)(nil),      // 25: mesh.v1.ProxyConfigResponse
+	(*ProxyQueryRequest)(nil),        // 26: mesh.v1.ProxyQueryRequest
+	(*ProxyQueryResponse)(nil),       // 27: mesh.v1.ProxyQueryResponse
+	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 29: google.protobuf.Duration
+	(*Resource)(nil),                 // 30: mesh.v1.Resource
+	(*FileStatus)(nil),               // 31: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 32: mesh.v1.Snapshot
+	(*Request)(nil),                  // 33: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	20, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	20, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	0,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
-	0,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	20, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	20, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	7,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	20, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	20, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
-	10, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	22, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
-	14, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	22, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
-	1,  // 15: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	3,  // 16: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	5,  // 17: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	8,  // 18: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	11, // 19: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	13, // 20: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	16, // 21: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	18, // 22: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	2,  // 23: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	4,  // 24: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	6,  // 25: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	9,  // 26: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	12, // 27: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	15, // 28: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	17, // 29: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	19, // 30: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	28, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	1,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
+	1,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
+	28, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	28, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	8,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
+	28, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	28, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	28, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	11, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
+	30, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	15, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	30, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	11, // 15: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
+	0,  // 16: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
+	28, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	31, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	21, // 19: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
+	32, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	21, // 21: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
+	33, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	2,  // 23: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	4,  // 24: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	6,  // 25: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	9,  // 26: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	12, // 27: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	14, // 28: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	17, // 29: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	19, // 30: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	22, // 31: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	24, // 32: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	26, // 33: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	3,  // 34: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	5,  // 35: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	7,  // 36: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	10, // 37: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	13, // 38: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	16, // 39: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	18, // 40: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	20, // 41: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	23, // 42: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	25, // 43: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	27, // 44: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	34, // [34:45] is the sub-list for method output_type
+	23, // [23:34] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -1365,19 +1860,21 @@ func file_mesh_v1_admin_proto_init() {
 	if File_mesh_v1_admin_proto != nil {
 		return
 	}
+	file_mesh_v1_config_proto_init()
 	file_mesh_v1_resources_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   20,
+			NumEnums:      1,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_mesh_v1_admin_proto_goTypes,
 		DependencyIndexes: file_mesh_v1_admin_proto_depIdxs,
+		EnumInfos:         file_mesh_v1_admin_proto_enumTypes,
 		MessageInfos:      file_mesh_v1_admin_proto_msgTypes,
 	}.Build()
 	File_mesh_v1_admin_proto = out.File

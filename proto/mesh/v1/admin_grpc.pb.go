@@ -27,6 +27,9 @@ const (
 	AdminService_Apply_FullMethodName            = "/mesh.v1.AdminService/Apply"
 	AdminService_GetResources_FullMethodName     = "/mesh.v1.AdminService/GetResources"
 	AdminService_DeleteResource_FullMethodName   = "/mesh.v1.AdminService/DeleteResource"
+	AdminService_ProxyStatus_FullMethodName      = "/mesh.v1.AdminService/ProxyStatus"
+	AdminService_ProxyConfig_FullMethodName      = "/mesh.v1.AdminService/ProxyConfig"
+	AdminService_ProxyQuery_FullMethodName       = "/mesh.v1.AdminService/ProxyQuery"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -55,6 +58,13 @@ type AdminServiceClient interface {
 	GetResources(ctx context.Context, in *GetResourcesRequest, opts ...grpc.CallOption) (*GetResourcesResponse, error)
 	// DeleteResource deletes one resource; refused while others refer to it.
 	DeleteResource(ctx context.Context, in *DeleteResourceRequest, opts ...grpc.CallOption) (*DeleteResourceResponse, error)
+	// ProxyStatus shows each proxy's sync state.
+	ProxyStatus(ctx context.Context, in *ProxyStatusRequest, opts ...grpc.CallOption) (*ProxyStatusResponse, error)
+	// ProxyConfig shows the snapshot a proxy has applied.
+	ProxyConfig(ctx context.Context, in *ProxyConfigRequest, opts ...grpc.CallOption) (*ProxyConfigResponse, error)
+	// ProxyQuery asks a connected proxy something over its stream (topz,
+	// procz).
+	ProxyQuery(ctx context.Context, in *ProxyQueryRequest, opts ...grpc.CallOption) (*ProxyQueryResponse, error)
 }
 
 type adminServiceClient struct {
@@ -145,6 +155,36 @@ func (c *adminServiceClient) DeleteResource(ctx context.Context, in *DeleteResou
 	return out, nil
 }
 
+func (c *adminServiceClient) ProxyStatus(ctx context.Context, in *ProxyStatusRequest, opts ...grpc.CallOption) (*ProxyStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProxyStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_ProxyStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ProxyConfig(ctx context.Context, in *ProxyConfigRequest, opts ...grpc.CallOption) (*ProxyConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProxyConfigResponse)
+	err := c.cc.Invoke(ctx, AdminService_ProxyConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ProxyQuery(ctx context.Context, in *ProxyQueryRequest, opts ...grpc.CallOption) (*ProxyQueryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProxyQueryResponse)
+	err := c.cc.Invoke(ctx, AdminService_ProxyQuery_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -171,6 +211,13 @@ type AdminServiceServer interface {
 	GetResources(context.Context, *GetResourcesRequest) (*GetResourcesResponse, error)
 	// DeleteResource deletes one resource; refused while others refer to it.
 	DeleteResource(context.Context, *DeleteResourceRequest) (*DeleteResourceResponse, error)
+	// ProxyStatus shows each proxy's sync state.
+	ProxyStatus(context.Context, *ProxyStatusRequest) (*ProxyStatusResponse, error)
+	// ProxyConfig shows the snapshot a proxy has applied.
+	ProxyConfig(context.Context, *ProxyConfigRequest) (*ProxyConfigResponse, error)
+	// ProxyQuery asks a connected proxy something over its stream (topz,
+	// procz).
+	ProxyQuery(context.Context, *ProxyQueryRequest) (*ProxyQueryResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -204,6 +251,15 @@ func (UnimplementedAdminServiceServer) GetResources(context.Context, *GetResourc
 }
 func (UnimplementedAdminServiceServer) DeleteResource(context.Context, *DeleteResourceRequest) (*DeleteResourceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteResource not implemented")
+}
+func (UnimplementedAdminServiceServer) ProxyStatus(context.Context, *ProxyStatusRequest) (*ProxyStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProxyStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) ProxyConfig(context.Context, *ProxyConfigRequest) (*ProxyConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProxyConfig not implemented")
+}
+func (UnimplementedAdminServiceServer) ProxyQuery(context.Context, *ProxyQueryRequest) (*ProxyQueryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProxyQuery not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -370,6 +426,60 @@ func _AdminService_DeleteResource_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ProxyStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProxyStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ProxyStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ProxyStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ProxyStatus(ctx, req.(*ProxyStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ProxyConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProxyConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ProxyConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ProxyConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ProxyConfig(ctx, req.(*ProxyConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ProxyQuery_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProxyQueryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ProxyQuery(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ProxyQuery_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ProxyQuery(ctx, req.(*ProxyQueryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -408,6 +518,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteResource",
 			Handler:    _AdminService_DeleteResource_Handler,
+		},
+		{
+			MethodName: "ProxyStatus",
+			Handler:    _AdminService_ProxyStatus_Handler,
+		},
+		{
+			MethodName: "ProxyConfig",
+			Handler:    _AdminService_ProxyConfig_Handler,
+		},
+		{
+			MethodName: "ProxyQuery",
+			Handler:    _AdminService_ProxyQuery_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

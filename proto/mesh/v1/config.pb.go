@@ -9,6 +9,7 @@ package meshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -26,6 +27,9 @@ type StreamRequest struct {
 	// Types that are valid to be assigned to Message:
 	//
 	//	*StreamRequest_Hello
+	//	*StreamRequest_Ack
+	//	*StreamRequest_Nack
+	//	*StreamRequest_Reply
 	Message       isStreamRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -77,6 +81,33 @@ func (x *StreamRequest) GetHello() *Hello {
 	return nil
 }
 
+func (x *StreamRequest) GetAck() *Ack {
+	if x != nil {
+		if x, ok := x.Message.(*StreamRequest_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
+func (x *StreamRequest) GetNack() *Nack {
+	if x != nil {
+		if x, ok := x.Message.(*StreamRequest_Nack); ok {
+			return x.Nack
+		}
+	}
+	return nil
+}
+
+func (x *StreamRequest) GetReply() *Reply {
+	if x != nil {
+		if x, ok := x.Message.(*StreamRequest_Reply); ok {
+			return x.Reply
+		}
+	}
+	return nil
+}
+
 type isStreamRequest_Message interface {
 	isStreamRequest_Message()
 }
@@ -85,7 +116,427 @@ type StreamRequest_Hello struct {
 	Hello *Hello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
 }
 
+type StreamRequest_Ack struct {
+	Ack *Ack `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
+}
+
+type StreamRequest_Nack struct {
+	Nack *Nack `protobuf:"bytes,3,opt,name=nack,proto3,oneof"`
+}
+
+type StreamRequest_Reply struct {
+	Reply *Reply `protobuf:"bytes,4,opt,name=reply,proto3,oneof"`
+}
+
 func (*StreamRequest_Hello) isStreamRequest_Message() {}
+
+func (*StreamRequest_Ack) isStreamRequest_Message() {}
+
+func (*StreamRequest_Nack) isStreamRequest_Message() {}
+
+func (*StreamRequest_Reply) isStreamRequest_Message() {}
+
+// Ack says the proxy applied the snapshot of this version.
+type Ack struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The files the proxy wrote into its shared directory for this snapshot.
+	Files         []*FileStatus `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Ack) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Ack) GetFiles() []*FileStatus {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+// Nack says the proxy could not apply the snapshot of this version and
+// stays on its previous one.
+type Nack struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Nack) Reset() {
+	*x = Nack{}
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Nack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Nack) ProtoMessage() {}
+
+func (x *Nack) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Nack.ProtoReflect.Descriptor instead.
+func (*Nack) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Nack) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Nack) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// FileStatus is one file a ConfigFile resource put in the shared dir.
+type FileStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	WrittenAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=written_at,json=writtenAt,proto3" json:"written_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileStatus) Reset() {
+	*x = FileStatus{}
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileStatus) ProtoMessage() {}
+
+func (x *FileStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileStatus.ProtoReflect.Descriptor instead.
+func (*FileStatus) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FileStatus) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileStatus) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FileStatus) GetWrittenAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WrittenAt
+	}
+	return nil
+}
+
+// Request is something the operator asks of a proxy, through meshd.
+type Request struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Query:
+	//
+	//	*Request_Topz
+	//	*Request_Procz
+	Query         isRequest_Query `protobuf_oneof:"query"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Request) Reset() {
+	*x = Request{}
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Request) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Request) ProtoMessage() {}
+
+func (x *Request) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Request.ProtoReflect.Descriptor instead.
+func (*Request) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Request) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Request) GetQuery() isRequest_Query {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+func (x *Request) GetTopz() *TopzQuery {
+	if x != nil {
+		if x, ok := x.Query.(*Request_Topz); ok {
+			return x.Topz
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetProcz() *ProczQuery {
+	if x != nil {
+		if x, ok := x.Query.(*Request_Procz); ok {
+			return x.Procz
+		}
+	}
+	return nil
+}
+
+type isRequest_Query interface {
+	isRequest_Query()
+}
+
+type Request_Topz struct {
+	Topz *TopzQuery `protobuf:"bytes,2,opt,name=topz,proto3,oneof"`
+}
+
+type Request_Procz struct {
+	Procz *ProczQuery `protobuf:"bytes,3,opt,name=procz,proto3,oneof"`
+}
+
+func (*Request_Topz) isRequest_Query() {}
+
+func (*Request_Procz) isRequest_Query() {}
+
+type TopzQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopzQuery) Reset() {
+	*x = TopzQuery{}
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopzQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopzQuery) ProtoMessage() {}
+
+func (x *TopzQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopzQuery.ProtoReflect.Descriptor instead.
+func (*TopzQuery) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+type ProczQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProczQuery) Reset() {
+	*x = ProczQuery{}
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProczQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProczQuery) ProtoMessage() {}
+
+func (x *ProczQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProczQuery.ProtoReflect.Descriptor instead.
+func (*ProczQuery) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ProczQuery) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+// Reply answers the Request with the same id.
+type Reply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// JSON of the answer.
+	Json          []byte `protobuf:"bytes,2,opt,name=json,proto3" json:"json,omitempty"`
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Reply) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Reply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+func (x *Reply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
 
 // Hello registers a proxy instance.
 type Hello struct {
@@ -104,7 +555,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +567,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +580,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Hello) GetInstanceId() string {
@@ -165,6 +616,8 @@ type StreamResponse struct {
 	// Types that are valid to be assigned to Message:
 	//
 	//	*StreamResponse_Registered
+	//	*StreamResponse_Snapshot
+	//	*StreamResponse_Request
 	Message       isStreamResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -172,7 +625,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +637,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +650,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StreamResponse) GetMessage() isStreamResponse_Message {
@@ -216,6 +669,24 @@ func (x *StreamResponse) GetRegistered() *Registered {
 	return nil
 }
 
+func (x *StreamResponse) GetSnapshot() *Snapshot {
+	if x != nil {
+		if x, ok := x.Message.(*StreamResponse_Snapshot); ok {
+			return x.Snapshot
+		}
+	}
+	return nil
+}
+
+func (x *StreamResponse) GetRequest() *Request {
+	if x != nil {
+		if x, ok := x.Message.(*StreamResponse_Request); ok {
+			return x.Request
+		}
+	}
+	return nil
+}
+
 type isStreamResponse_Message interface {
 	isStreamResponse_Message()
 }
@@ -224,7 +695,172 @@ type StreamResponse_Registered struct {
 	Registered *Registered `protobuf:"bytes,1,opt,name=registered,proto3,oneof"`
 }
 
+type StreamResponse_Snapshot struct {
+	Snapshot *Snapshot `protobuf:"bytes,2,opt,name=snapshot,proto3,oneof"`
+}
+
+type StreamResponse_Request struct {
+	Request *Request `protobuf:"bytes,3,opt,name=request,proto3,oneof"`
+}
+
 func (*StreamResponse_Registered) isStreamResponse_Message() {}
+
+func (*StreamResponse_Snapshot) isStreamResponse_Message() {}
+
+func (*StreamResponse_Request) isStreamResponse_Message() {}
+
+// Snapshot is everything one proxy needs, whole and immutable. Its version
+// is a hash of its content: equal versions mean equal content.
+type Snapshot struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The resources that concern the proxy: its own service's Service,
+	// RateLimits, AccessLogs, AuthorizationPolicies and ConfigFiles, and the
+	// Services and Routes of every service it may call.
+	Resources []*Resource `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
+	// Where each service is served.
+	Endpoints []*Endpoint `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// DER root certificates of the trust domain.
+	TrustBundle   [][]byte `protobuf:"bytes,4,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Snapshot) Reset() {
+	*x = Snapshot{}
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Snapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Snapshot) ProtoMessage() {}
+
+func (x *Snapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
+func (*Snapshot) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Snapshot) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Snapshot) GetResources() []*Resource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *Snapshot) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *Snapshot) GetTrustBundle() [][]byte {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return nil
+}
+
+// Endpoint is a registered, connected proxy allowed to serve its service.
+type Endpoint struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Namespace  string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service    string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	InstanceId string                 `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// host:port of the proxy's inbound listener.
+	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	SpiffeId      string `protobuf:"bytes,5,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Endpoint) Reset() {
+	*x = Endpoint{}
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Endpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Endpoint) ProtoMessage() {}
+
+func (x *Endpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
+func (*Endpoint) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Endpoint) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Endpoint) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Endpoint) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *Endpoint) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Endpoint) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
 
 // Registered acknowledges a Hello.
 type Registered struct {
@@ -236,7 +872,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +884,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +897,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Registered) GetSpiffeId() string {
@@ -275,21 +911,63 @@ var File_mesh_v1_config_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14mesh/v1/config.proto\x12\amesh.v1\"B\n" +
+	"\x14mesh/v1/config.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xb1\x01\n" +
 	"\rStreamRequest\x12&\n" +
-	"\x05hello\x18\x01 \x01(\v2\x0e.mesh.v1.HelloH\x00R\x05helloB\t\n" +
-	"\amessage\"\x94\x01\n" +
+	"\x05hello\x18\x01 \x01(\v2\x0e.mesh.v1.HelloH\x00R\x05hello\x12 \n" +
+	"\x03ack\x18\x02 \x01(\v2\f.mesh.v1.AckH\x00R\x03ack\x12#\n" +
+	"\x04nack\x18\x03 \x01(\v2\r.mesh.v1.NackH\x00R\x04nack\x12&\n" +
+	"\x05reply\x18\x04 \x01(\v2\x0e.mesh.v1.ReplyH\x00R\x05replyB\t\n" +
+	"\amessage\"J\n" +
+	"\x03Ack\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
+	"\x05files\x18\x02 \x03(\v2\x13.mesh.v1.FileStatusR\x05files\"8\n" +
+	"\x04Nack\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"s\n" +
+	"\n" +
+	"FileStatus\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x129\n" +
+	"\n" +
+	"written_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\twrittenAt\"y\n" +
+	"\aRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12(\n" +
+	"\x04topz\x18\x02 \x01(\v2\x12.mesh.v1.TopzQueryH\x00R\x04topz\x12+\n" +
+	"\x05procz\x18\x03 \x01(\v2\x13.mesh.v1.ProczQueryH\x00R\x05proczB\a\n" +
+	"\x05query\"\v\n" +
+	"\tTopzQuery\"\x1e\n" +
+	"\n" +
+	"ProczQuery\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\"A\n" +
+	"\x05Reply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04json\x18\x02 \x01(\fR\x04json\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x94\x01\n" +
 	"\x05Hello\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12+\n" +
 	"\x11advertise_address\x18\x03 \x01(\tR\x10advertiseAddress\x12#\n" +
-	"\rproxy_version\x18\x04 \x01(\tR\fproxyVersion\"R\n" +
+	"\rproxy_version\x18\x04 \x01(\tR\fproxyVersion\"\xb1\x01\n" +
 	"\x0eStreamResponse\x125\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x13.mesh.v1.RegisteredH\x00R\n" +
-	"registeredB\t\n" +
-	"\amessage\")\n" +
+	"registered\x12/\n" +
+	"\bsnapshot\x18\x02 \x01(\v2\x11.mesh.v1.SnapshotH\x00R\bsnapshot\x12,\n" +
+	"\arequest\x18\x03 \x01(\v2\x10.mesh.v1.RequestH\x00R\arequestB\t\n" +
+	"\amessage\"\xa9\x01\n" +
+	"\bSnapshot\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12/\n" +
+	"\tresources\x18\x02 \x03(\v2\x11.mesh.v1.ResourceR\tresources\x12/\n" +
+	"\tendpoints\x18\x03 \x03(\v2\x11.mesh.v1.EndpointR\tendpoints\x12!\n" +
+	"\ftrust_bundle\x18\x04 \x03(\fR\vtrustBundle\"\x9a\x01\n" +
+	"\bEndpoint\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1f\n" +
+	"\vinstance_id\x18\x03 \x01(\tR\n" +
+	"instanceId\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1b\n" +
+	"\tspiffe_id\x18\x05 \x01(\tR\bspiffeId\")\n" +
 	"\n" +
 	"Registered\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId2N\n" +
@@ -308,23 +986,45 @@ func file_mesh_v1_config_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_config_proto_rawDescData
 }
 
-var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_mesh_v1_config_proto_goTypes = []any{
-	(*StreamRequest)(nil),  // 0: mesh.v1.StreamRequest
-	(*Hello)(nil),          // 1: mesh.v1.Hello
-	(*StreamResponse)(nil), // 2: mesh.v1.StreamResponse
-	(*Registered)(nil),     // 3: mesh.v1.Registered
+	(*StreamRequest)(nil),         // 0: mesh.v1.StreamRequest
+	(*Ack)(nil),                   // 1: mesh.v1.Ack
+	(*Nack)(nil),                  // 2: mesh.v1.Nack
+	(*FileStatus)(nil),            // 3: mesh.v1.FileStatus
+	(*Request)(nil),               // 4: mesh.v1.Request
+	(*TopzQuery)(nil),             // 5: mesh.v1.TopzQuery
+	(*ProczQuery)(nil),            // 6: mesh.v1.ProczQuery
+	(*Reply)(nil),                 // 7: mesh.v1.Reply
+	(*Hello)(nil),                 // 8: mesh.v1.Hello
+	(*StreamResponse)(nil),        // 9: mesh.v1.StreamResponse
+	(*Snapshot)(nil),              // 10: mesh.v1.Snapshot
+	(*Endpoint)(nil),              // 11: mesh.v1.Endpoint
+	(*Registered)(nil),            // 12: mesh.v1.Registered
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Resource)(nil),              // 14: mesh.v1.Resource
 }
 var file_mesh_v1_config_proto_depIdxs = []int32{
-	1, // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
-	3, // 1: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
-	0, // 2: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
-	2, // 3: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8,  // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
+	1,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
+	2,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
+	7,  // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
+	3,  // 4: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
+	13, // 5: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
+	5,  // 6: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
+	6,  // 7: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
+	12, // 8: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
+	10, // 9: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
+	4,  // 10: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
+	14, // 11: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
+	11, // 12: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
+	0,  // 13: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
+	9,  // 14: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
+	14, // [14:15] is the sub-list for method output_type
+	13, // [13:14] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_config_proto_init() }
@@ -332,11 +1032,21 @@ func file_mesh_v1_config_proto_init() {
 	if File_mesh_v1_config_proto != nil {
 		return
 	}
+	file_mesh_v1_resources_proto_init()
 	file_mesh_v1_config_proto_msgTypes[0].OneofWrappers = []any{
 		(*StreamRequest_Hello)(nil),
+		(*StreamRequest_Ack)(nil),
+		(*StreamRequest_Nack)(nil),
+		(*StreamRequest_Reply)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[2].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[4].OneofWrappers = []any{
+		(*Request_Topz)(nil),
+		(*Request_Procz)(nil),
+	}
+	file_mesh_v1_config_proto_msgTypes[9].OneofWrappers = []any{
 		(*StreamResponse_Registered)(nil),
+		(*StreamResponse_Snapshot)(nil),
+		(*StreamResponse_Request)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -344,7 +1054,7 @@ func file_mesh_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_config_proto_rawDesc), len(file_mesh_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

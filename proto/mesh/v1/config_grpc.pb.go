@@ -28,9 +28,18 @@ const (
 //
 // ConfigService is the one long-lived stream between a proxy and meshd. The
 // proxy's identity comes from its mTLS certificate, never from a message.
+//
+// proxy                         meshd
+//
+//	Hello ───────────────────────►   registers the instance
+//	◄──────────────────── Registered
+//	◄──────────── Snapshot(version)   whenever its snapshot changes
+//	Ack(version) | Nack(version, reason) ─►
+//	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
+//	Reply(id, ...) ──────────────►
 type ConfigServiceClient interface {
-	// Stream registers the proxy (its first message must be a Hello); later
-	// issues send configuration down it.
+	// Stream registers the proxy (its first message must be a Hello), then
+	// carries snapshots down and ACK/NACKs up.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error)
 }
 
@@ -61,9 +70,18 @@ type ConfigService_StreamClient = grpc.BidiStreamingClient[StreamRequest, Stream
 //
 // ConfigService is the one long-lived stream between a proxy and meshd. The
 // proxy's identity comes from its mTLS certificate, never from a message.
+//
+// proxy                         meshd
+//
+//	Hello ───────────────────────►   registers the instance
+//	◄──────────────────── Registered
+//	◄──────────── Snapshot(version)   whenever its snapshot changes
+//	Ack(version) | Nack(version, reason) ─►
+//	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
+//	Reply(id, ...) ──────────────►
 type ConfigServiceServer interface {
-	// Stream registers the proxy (its first message must be a Hello); later
-	// issues send configuration down it.
+	// Stream registers the proxy (its first message must be a Hello), then
+	// carries snapshots down and ACK/NACKs up.
 	Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error
 	mustEmbedUnimplementedConfigServiceServer()
 }

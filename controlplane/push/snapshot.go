@@ -1,0 +1,130 @@
+package push
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"sort"
+
+	"google.golang.org/protobuf/proto"
+
+	"minimesh/api"
+	"minimesh/certs"
+	"minimesh/controlplane/store"
+	meshv1 "minimesh/proto/mesh/v1"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// group is the set of proxies that get the same snapshot: those serving
+// the same service in the same namespace.
+type group struct{ namespace, service string }
+
+// snapshots computes the snapshot of every group that has a registered
+// proxy. The part every proxy shares (Services, Routes, endpoints, trust
+// bundle) is built once; each group adds its own service's inbound
+// resources. Proxies of one group share one immutable snapshot value.
+func snapshots(r *store.Reader, bundle [][]byte) (map[group]*meshv1.Snapshot, map[string]group, error) {
+	services, err := r.Objects(api.KindService, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	routes, err := r.Objects(api.KindRoute, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	recs, err := r.List(store.TableProxies, "id")
+	if err != nil {
+		return nil, nil, err
+	}
+	byKey := map[group]*api.Service{}
+	for _, o := range services {
+		s := o.(*api.Service)
+		byKey[group{s.Namespace, s.Name}] = s
+	}
+
+	var shared []*meshv1.Resource
+	for _, o := range services {
+		shared = append(shared, api.ToProto(o))
+	}
+	for _, o := range routes {
+		shared = append(shared, api.ToProto(o))
+	}
+	var endpoints []*meshv1.Endpoint
+	members := map[string]group{}
+	groups := map[group]bool{}
+	for _, rec := range recs {
+		p := rec.(*store.Proxy)
+		id, err := spiffeid.FromString(p.SPIFFEID)
+		if err != nil {
+			continue
+		}
+		ns, _, err := certs.ParseWorkloadID(id)
+		if err != nil {
+			continue
+		}
+		g := group{ns, p.Service}
+		members[p.InstanceID] = g
+		groups[g] = true
+		if !p.Connected || !allowed(byKey[g], id, p.Service) {
+			continue
+		}
+		endpoints = append(endpoints, &meshv1.Endpoint{
+			Namespace: ns, Service: p.Service, InstanceId: p.InstanceID, Address: p.Address, SpiffeId: p.SPIFFEID,
+		})
+	}
+	sort.Slice(endpoints, func(i, j int) bool {
+		a, b := endpoints[i], endpoints[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.InstanceId < b.InstanceId
+	})
+
+	out := make(map[group]*meshv1.Snapshot, len(groups))
+	lookup := r.Lookup()
+	for g := range groups {
+		snap := &meshv1.Snapshot{Endpoints: endpoints, TrustBundle: bundle}
+		snap.Resources = append(snap.Resources, shared...)
+		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile} {
+			objs := lookup.ByService(kind, g.namespace, g.service)
+			sort.Slice(objs, func(i, j int) bool { return objs[i].Meta().Name < objs[j].Meta().Name })
+			for _, o := range objs {
+				snap.Resources = append(snap.Resources, api.ToProto(o))
+			}
+		}
+		snap.Version = Version(snap)
+		out[g] = snap
+	}
+	return out, members, nil
+}
+
+// allowed reports whether id may serve service: by the Service's serving
+// identities when it exists, else by the service-account convention.
+func allowed(svc *api.Service, id spiffeid.ID, service string) bool {
+	if svc == nil {
+		return SameServiceAccount(id, service) == nil
+	}
+	for _, p := range svc.Spec.GetServingIdentities() {
+		if pat, err := api.ParseIdentityPattern(p); err == nil && pat.Match(id.String()) {
+			return true
+		}
+	}
+	return false
+}
+
+// Version is the hash of a snapshot's content (its version field aside).
+// Resources carry their revision, so a re-applied but unchanged resource
+// keeps the version too.
+func Version(s *meshv1.Snapshot) string {
+	c := proto.Clone(s).(*meshv1.Snapshot)
+	c.Version = ""
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
