@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,9 +52,13 @@ type Config struct {
 	CallTimeout time.Duration
 	// BackoffMin and BackoffMax bound the retry delay. Defaults 500ms, 30s.
 	BackoffMin, BackoffMax time.Duration
-	Clock                  certs.Clock
-	Logger                 *slog.Logger
-	Registerer             prometheus.Registerer
+	// Applier applies snapshots from meshd; nil accepts them as they come.
+	Applier Applier
+	// Querier answers operator requests; nil refuses them.
+	Querier    Querier
+	Clock      certs.Clock
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Agent keeps the proxy's identity and its registration with meshd.
@@ -70,8 +75,12 @@ type Agent struct {
 	connected bool      // registration stream up
 	rotated   chan struct{}
 
-	renewals *prometheus.CounterVec
-	expiry   prometheus.GaugeFunc
+	applied atomic.Pointer[meshv1.Snapshot]
+	files   []*meshv1.FileStatus // of the applied snapshot; touched by the stream goroutine only
+
+	renewals  *prometheus.CounterVec
+	snapshots *prometheus.CounterVec
+	expiry    prometheus.GaugeFunc
 }
 
 // New loads the state dir. It never talks to meshd: Run does.
@@ -132,12 +141,16 @@ func New(cfg Config) (*Agent, error) {
 			Help: "SVID renewals and bootstraps, by kind and result.",
 		}, []string{"kind", "result"}),
 	}
+	a.snapshots = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "minimesh_proxy_snapshots_total",
+		Help: "Snapshots received from meshd, by result (ack, nack).",
+	}, []string{"result"})
 	a.expiry = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "minimesh_proxy_svid_expiry_seconds",
 		Help: "Seconds until the current SVID expires (negative when expired, 0 when none).",
 	}, a.secondsLeft)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.renewals, a.expiry)
+		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.expiry)
 	}
 	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
 		a.svid.Set(svid)
@@ -197,6 +210,7 @@ func (a *Agent) secondsLeft() float64 {
 // Run keeps the identity fresh and the registration stream up until ctx
 // is cancelled.
 func (a *Agent) Run(ctx context.Context) error {
+	a.loadLastGood()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

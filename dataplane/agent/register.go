@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -99,14 +100,91 @@ func (a *Agent) stream(ctx context.Context) error {
 	}
 	a.setConnected(true)
 	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instanceID, "service", a.cfg.Service, "advertise", a.cfg.Advertise)
+
+	// One goroutine receives; this one sends (gRPC streams allow one of
+	// each). Query answers come back through replies.
+	msgs := make(chan *meshv1.StreamResponse)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	replies := make(chan *meshv1.Reply, 8)
+	var queries sync.WaitGroup
+	defer queries.Wait()
+	defer cancel()
 	for {
-		if _, err := st.Recv(); err != nil {
+		var out *meshv1.StreamRequest
+		select {
+		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return errors.New("agent: meshd closed the stream")
 			}
 			return err
+		case r := <-replies:
+			out = &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Reply{Reply: r}}
+		case m := <-msgs:
+			switch msg := m.GetMessage().(type) {
+			case *meshv1.StreamResponse_Snapshot:
+				out = a.onSnapshot(msg.Snapshot)
+			case *meshv1.StreamResponse_Request:
+				queries.Add(1)
+				go func() {
+					defer queries.Done()
+					r := a.answer(ctx, msg.Request)
+					select {
+					case replies <- r:
+					case <-ctx.Done():
+					}
+				}()
+			}
+		}
+		if out != nil {
+			if err := st.Send(out); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// onSnapshot applies a snapshot and returns the ACK or NACK to send.
+func (a *Agent) onSnapshot(snap *meshv1.Snapshot) *meshv1.StreamRequest {
+	files, err := a.apply(snap, true)
+	if err != nil {
+		a.snapshots.WithLabelValues("nack").Inc()
+		a.cfg.Logger.Warn("snapshot refused; keeping the previous one", "version", snap.GetVersion(), "error", err)
+		return &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Nack{Nack: &meshv1.Nack{Version: snap.GetVersion(), Reason: err.Error()}}}
+	}
+	a.snapshots.WithLabelValues("ack").Inc()
+	return &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Ack{Ack: &meshv1.Ack{Version: snap.GetVersion(), Files: files}}}
+}
+
+// answer runs an operator query with a bounded time.
+func (a *Agent) answer(ctx context.Context, req *meshv1.Request) *meshv1.Reply {
+	r := &meshv1.Reply{Id: req.GetId()}
+	if a.cfg.Querier == nil {
+		r.Error = "this proxy answers no queries"
+		return r
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+	defer cancel()
+	b, err := a.cfg.Querier(ctx, req)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	r.Json = b
+	return r
 }
 
 func (a *Agent) setConnected(v bool) {

@@ -1,0 +1,118 @@
+package meshctl
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"minimesh/api"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+func syncState(s meshv1.SyncState, reason string) string {
+	name := strings.TrimPrefix(s.String(), "SYNC_STATE_")
+	if s == meshv1.SyncState_SYNC_STATE_NACKED && reason != "" {
+		return name + " (" + reason + ")"
+	}
+	return name
+}
+
+func newProxyStatusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "proxy-status",
+		Short: "Each proxy's sync state: SYNCED, STALE, NACKED (reason) or DISCONNECTED",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
+				resp, err := c.ProxyStatus(ctx, &meshv1.ProxyStatusRequest{})
+				if err != nil {
+					return err
+				}
+				if g.output != "table" {
+					return g.print(resp)
+				}
+				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tSTATUS\tVERSION\tFILES\tSVID EXPIRES IN")
+				for _, ps := range resp.GetProxies() {
+					p := ps.GetProxy()
+					version := ps.GetAckedVersion()
+					if version == "" {
+						version = "-"
+					}
+					files := "-"
+					if n := len(ps.GetFiles()); n > 0 {
+						last := ps.GetFiles()[0].GetWrittenAt().AsTime()
+						for _, f := range ps.GetFiles() {
+							if t := f.GetWrittenAt().AsTime(); t.After(last) {
+								last = t
+							}
+						}
+						files = fmt.Sprintf("%d (last written %s)", n, last.UTC().Format("15:04:05Z"))
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(),
+						syncState(ps.GetState(), ps.GetNackReason()), version, files, until(p.GetSvidExpiresAt().AsTime()))
+				}
+				return w.Flush()
+			})
+		},
+	}
+}
+
+func newProxyConfigCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "proxy-config INSTANCE",
+		Short: "What a proxy has applied: its snapshot's resources as YAML, and endpoints",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
+				resp, err := c.ProxyConfig(ctx, &meshv1.ProxyConfigRequest{InstanceId: args[0]})
+				if err != nil {
+					return err
+				}
+				if g.output == "json" {
+					return g.printJSON(resp)
+				}
+				snap := resp.GetApplied()
+				st := resp.GetStatus()
+				fmt.Fprintf(g.io.Out, "# instance %s, status %s, applied version %s\n", args[0], syncState(st.GetState(), st.GetNackReason()), orDash(st.GetAckedVersion()))
+				if snap == nil {
+					fmt.Fprintln(g.io.Out, "# meshd holds no copy of the applied snapshot yet (it keeps the last one ACKed since it started)")
+					return nil
+				}
+				var objs []api.Object
+				for _, r := range snap.GetResources() {
+					o, err := api.FromProto(r)
+					if err != nil {
+						return err
+					}
+					objs = append(objs, o)
+				}
+				if err := api.Encode(g.io.Out, objs...); err != nil {
+					return err
+				}
+				eps, err := protojson.Marshal(&meshv1.Snapshot{Endpoints: snap.GetEndpoints()})
+				if err != nil {
+					return err
+				}
+				y, err := yaml.JSONToYAML(eps)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.io.Out, "---\n# endpoints\n%s", y)
+				return nil
+			})
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
