@@ -1,0 +1,277 @@
+package proxy
+
+// The transparent listener is the receiving end of `mesh-proxy redirect`:
+// connections the pod's iptables rules redirected to it are relayed, as
+// plain TCP, to where they were going. It is the seed of transparent
+// outbound routing; until discovery maps a destination to a mesh upstream,
+// it relays bytes and adds neither mTLS nor HTTP handling.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"minimesh/dataplane/redirect"
+)
+
+// DefaultTransparentAddr is where a Transparent listens by default: the
+// OUTPUT chain's REDIRECT sends the app's connections to 127.0.0.1.
+const DefaultTransparentAddr = "127.0.0.1:15001"
+
+// Results of a transparent connection, the "result" label of
+// minimesh_proxy_transparent_connections_total.
+const (
+	TransparentRelayed       = "relayed"        // relayed to its original destination
+	TransparentNotRedirected = "not_redirected" // reached the listener directly; refused
+	TransparentDialFailed    = "dial_failed"    // the original destination did not answer
+	TransparentOverLimit     = "over_limit"     // MaxConns connections were already open
+)
+
+// TransparentConfig configures a Transparent listener.
+type TransparentConfig struct {
+	// Listener, when set, is served as is (and closed by Run); otherwise
+	// Run listens on Addr (DefaultTransparentAddr if empty). To receive
+	// redirected inbound traffic, listen on the pod's address or 0.0.0.0.
+	Listener net.Listener
+	Addr     string
+	// OriginalDst finds where a connection was going; default
+	// redirect.OriginalDst (SO_ORIGINAL_DST).
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// Limits: Dial bounds the connect to the original destination, Idle
+	// closes a relay with no byte either way for that long, Drain bounds
+	// shutdown. Other fields are unused.
+	Limits Limits
+	// MaxConns bounds the connections relayed at once (default 1024);
+	// further ones are closed at accept.
+	MaxConns int
+	// Registerer, if set, gets minimesh_proxy_transparent_connections_total{result}.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // discards if nil
+}
+
+// Validate reports whether the config can be used.
+func (c TransparentConfig) Validate() error {
+	if c.Listener == nil && c.Addr != "" {
+		if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+			return fmt.Errorf("%w: transparent Addr %q: %w", ErrInvalidConfig, c.Addr, err)
+		}
+	}
+	if c.MaxConns < 0 {
+		return fmt.Errorf("%w: transparent MaxConns %d is negative", ErrInvalidConfig, c.MaxConns)
+	}
+	return nil
+}
+
+// Transparent relays redirected TCP connections to their original
+// destination.
+type Transparent struct {
+	cfg     TransparentConfig
+	lim     Limits
+	results *prometheus.CounterVec
+	slots   chan struct{}
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewTransparent checks cfg and builds a Transparent; nothing listens
+// until Run.
+func NewTransparent(cfg TransparentConfig) (*Transparent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = DefaultTransparentAddr
+	}
+	if cfg.OriginalDst == nil {
+		cfg.OriginalDst = redirect.OriginalDst
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 1024
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Transparent{
+		cfg:   cfg,
+		lim:   cfg.Limits.withDefaults(),
+		slots: make(chan struct{}, cfg.MaxConns),
+		conns: map[net.Conn]struct{}{},
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_proxy_transparent_connections_total",
+			Help: "Connections accepted by the transparent listener, by result.",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit} {
+		t.results.WithLabelValues(r)
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(t.results); err != nil {
+			return nil, fmt.Errorf("proxy: transparent metrics: %w", err)
+		}
+	}
+	return t, nil
+}
+
+// Run accepts until ctx is cancelled, then stops accepting, lets relays
+// finish for up to Limits.Drain and cuts what is left. It closes the
+// listener and returns once every relay has ended.
+func (t *Transparent) Run(ctx context.Context) error {
+	ln := t.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", t.cfg.Addr); err != nil {
+			return fmt.Errorf("proxy: transparent listen: %w", err)
+		}
+	}
+	t.cfg.Logger.Info("transparent: listening", slog.String("addr", ln.Addr().String()))
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	var err error
+	for {
+		var c net.Conn
+		c, err = ln.Accept()
+		if err != nil {
+			break
+		}
+		select {
+		case t.slots <- struct{}{}:
+		default:
+			t.results.WithLabelValues(TransparentOverLimit).Inc()
+			_ = c.Close()
+			continue
+		}
+		t.track(c, true)
+		t.wg.Go(func() {
+			defer func() { <-t.slots }()
+			defer t.track(c, false)
+			t.relay(ctx, c)
+		})
+	}
+	_ = ln.Close()
+	t.drain()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("proxy: transparent accept: %w", err)
+}
+
+// drain waits for relays for up to Limits.Drain, then closes them all.
+func (t *Transparent) drain() {
+	done := make(chan struct{})
+	go func() { t.wg.Wait(); close(done) }()
+	timer := time.NewTimer(t.lim.Drain)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	t.mu.Lock()
+	for c := range t.conns {
+		_ = c.Close()
+	}
+	t.mu.Unlock()
+	<-done
+}
+
+func (t *Transparent) track(c net.Conn, add bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if add {
+		t.conns[c] = struct{}{}
+	} else {
+		delete(t.conns, c)
+	}
+}
+
+// relay finds c's original destination and copies bytes both ways.
+func (t *Transparent) relay(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	log := t.cfg.Logger
+	dst, err := t.cfg.OriginalDst(c)
+	local, _ := c.LocalAddr().(*net.TCPAddr)
+	// A connection made straight to this listener has no other original
+	// destination than the listener itself; relaying it would connect the
+	// listener to itself, so it is refused.
+	if err != nil || (local != nil && dst == local.AddrPort()) {
+		t.results.WithLabelValues(TransparentNotRedirected).Inc()
+		log.Debug("transparent: refused a connection that was not redirected",
+			slog.String("src", c.RemoteAddr().String()), slog.Any("error", err))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, t.lim.Dial)
+	up, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(dctx, "tcp", dst.String())
+	cancel()
+	if err != nil {
+		t.results.WithLabelValues(TransparentDialFailed).Inc()
+		log.Warn("transparent: original destination unreachable",
+			slog.String("src", c.RemoteAddr().String()), slog.String("original_dst", dst.String()), slog.Any("error", err))
+		return
+	}
+	t.track(up, true)
+	defer t.track(up, false)
+	defer up.Close()
+	t.results.WithLabelValues(TransparentRelayed).Inc()
+	log.Debug("transparent: relaying",
+		slog.String("src", c.RemoteAddr().String()), slog.String("original_dst", dst.String()),
+		slog.String("via", up.LocalAddr().String()))
+
+	var last atomic.Int64 // unix nanoseconds of the last byte either way
+	last.Store(time.Now().UnixNano())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t.pipe(up, c, &last)
+	}()
+	t.pipe(c, up, &last)
+	<-done
+}
+
+// pipe copies src to dst until src ends, then half-closes dst so the other
+// side sees the end too while the reverse direction may still run. When no
+// byte went either way for Limits.Idle (last is shared by both directions,
+// so a long download behind a quiet request is not idle), or on any error,
+// both connections are cut.
+func (t *Transparent) pipe(dst, src net.Conn, last *atomic.Int64) {
+	buf := bufferPool{}.Get()
+	defer bufferPool{}.Put(buf)
+	for {
+		_ = src.SetReadDeadline(time.Unix(0, last.Load()).Add(t.lim.Idle))
+		n, err := src.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) && n == 0 && time.Since(time.Unix(0, last.Load())) < t.lim.Idle {
+			continue // the other direction was busy
+		}
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+			_ = dst.SetWriteDeadline(time.Now().Add(t.lim.Idle))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				_ = src.Close()
+				_ = dst.Close()
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+					_ = cw.CloseWrite()
+					return
+				}
+			}
+			_ = src.Close()
+			_ = dst.Close()
+			return
+		}
+	}
+}
