@@ -65,6 +65,13 @@ $(BIN)/protoc-gen-go-grpc:
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+.PHONY: bench
+bench: bench-fanout ## Every benchmark; prints tables (see bench/RESULTS.md).
+
+.PHONY: bench-fanout
+bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.
+	$(GO) run ./bench/fanout -n 100,1000,2000
+
 .PHONY: clean
 clean: ## Remove built binaries.
 	rm -rf bin

@@ -187,6 +187,7 @@ func (s *Server) init() error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WaitForHandlers(true),
+		grpc.ForceServerCodecV2(push.Codec()),
 	)
 	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
 	meshv1.RegisterAdminServiceServer(s.grpc, adminSrv)

@@ -70,7 +70,7 @@ type Server struct {
 	mu       sync.Mutex
 	active   map[string]*session // by instance ID
 	status   map[string]*instance
-	current  map[group]*meshv1.Snapshot
+	current  map[group]*groupSnapshot
 	members  map[string]group
 	shutdown bool
 	dirty    map[string]bool // instances whose ack state is not in the store yet
@@ -91,10 +91,16 @@ type instance struct {
 	files                 []*meshv1.FileStatus
 }
 
+// groupSnapshot is a group's snapshot and its wire form, encoded once.
+type groupSnapshot struct {
+	snap *meshv1.Snapshot
+	enc  *encoded
+}
+
 type session struct {
 	cancel  context.CancelFunc
-	updates chan *meshv1.Snapshot // latest wins
-	queries chan *meshv1.Request  // bounded
+	updates chan *groupSnapshot  // latest wins
+	queries chan *meshv1.Request // bounded
 	replies map[uint64]chan *meshv1.Reply
 	sent    string
 }
@@ -134,7 +140,7 @@ func New(cfg Config) (*Server, error) {
 		trigger: make(chan struct{}, 1),
 		active:  map[string]*session{},
 		status:  map[string]*instance{},
-		current: map[group]*meshv1.Snapshot{},
+		current: map[group]*groupSnapshot{},
 		members: map[string]group{},
 		dirty:   map[string]bool{},
 		pushes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_snapshot_pushes_total", Help: "Snapshots sent to proxies."}),
@@ -232,28 +238,47 @@ func (s *Server) recompute() error {
 	if err != nil {
 		return err
 	}
+	current := make(map[group]*groupSnapshot, len(snaps))
+	for g, snap := range snaps {
+		// Unchanged groups keep their encoding.
+		if prev := s.snapshotOf(g); prev != nil && prev.snap.Version == snap.Version {
+			current[g] = prev
+			continue
+		}
+		enc, err := encodeSnapshot(snap)
+		if err != nil {
+			return err
+		}
+		current[g] = &groupSnapshot{snap: snap, enc: enc}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.current, s.members = snaps, members
+	s.current, s.members = current, members
 	for id, sess := range s.active {
 		s.pushLocked(id, sess)
 	}
 	return nil
 }
 
+func (s *Server) snapshotOf(g group) *groupSnapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current[g]
+}
+
 // pushLocked queues the instance's current snapshot when it differs from
 // what was last sent.
 func (s *Server) pushLocked(id string, sess *session) {
-	snap := s.current[s.members[id]]
-	if snap == nil || snap.Version == sess.sent {
+	gs := s.current[s.members[id]]
+	if gs == nil || gs.snap.Version == sess.sent {
 		return
 	}
-	sess.sent = snap.Version
+	sess.sent = gs.snap.Version
 	select {
 	case <-sess.updates: // drop a stale pending one: latest wins
 	default:
 	}
-	sess.updates <- snap
+	sess.updates <- gs
 }
 
 var (
@@ -293,7 +318,7 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	id := hello.GetInstanceId()
 	sess := &session{
 		cancel:  cancel,
-		updates: make(chan *meshv1.Snapshot, 1),
+		updates: make(chan *groupSnapshot, 1),
 		queries: make(chan *meshv1.Request, 8),
 		replies: map[uint64]chan *meshv1.Reply{},
 	}
@@ -320,12 +345,12 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 		case <-recvErr:
 			// The proxy closed the stream or the connection broke.
 			return nil
-		case snap := <-sess.updates:
-			if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Snapshot{Snapshot: snap}}); err != nil {
+		case gs := <-sess.updates:
+			if err := stream.SendMsg(gs.enc); err != nil {
 				return err
 			}
 			s.pushes.Inc()
-			s.cfg.Logger.Debug("snapshot sent", "instance_id", id, "version", snap.GetVersion())
+			s.cfg.Logger.Debug("snapshot sent", "instance_id", id, "version", gs.snap.GetVersion())
 		case q := <-sess.queries:
 			if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Request{Request: q}}); err != nil {
 				return err
@@ -350,8 +375,8 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 			s.acks.WithLabelValues("ack").Inc()
 			st.acked = m.Ack.GetVersion()
 			st.files = m.Ack.GetFiles()
-			if snap := s.current[s.members[id]]; snap != nil && snap.Version == st.acked {
-				st.ackedSnap = snap
+			if gs := s.current[s.members[id]]; gs != nil && gs.snap.Version == st.acked {
+				st.ackedSnap = gs.snap
 			}
 			if st.nacked == st.acked {
 				st.nacked, st.reason = "", ""
@@ -595,8 +620,8 @@ func (s *Server) syncLocked(p *store.Proxy) *meshv1.ProxySync {
 	if !st.lastMessage.IsZero() {
 		ps.LastMessage = timestamppb.New(st.lastMessage)
 	}
-	if snap := s.current[s.members[p.InstanceID]]; snap != nil {
-		ps.CurrentVersion = snap.Version
+	if gs := s.current[s.members[p.InstanceID]]; gs != nil {
+		ps.CurrentVersion = gs.snap.Version
 	}
 	_, connected := s.active[p.InstanceID]
 	ps.Proxy.Connected = connected

@@ -1,0 +1,393 @@
+// Command fanout measures config push fan-out: N proxies as real gRPC
+// streams over mTLS to a real meshd (a subprocess, so its CPU time and heap
+// are measured apart from the simulated proxies), one Apply, and the time
+// until every proxy has ACKed the new snapshot. Set-up is not timed.
+//
+//	go run ./bench/fanout -n 100,1000,2000
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+func main() {
+	sizes := flag.String("n", "100,1000,2000", "numbers of proxies, comma-separated")
+	rounds := flag.Int("rounds", 3, "applies per size (the table shows the median)")
+	flag.Parse()
+	if err := run(*sizes, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "fanout:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	n             int
+	converge      time.Duration
+	meshdCPU      time.Duration
+	heapMB, rssMB float64
+	target        string
+}
+
+func run(sizes string, rounds int) error {
+	work, err := os.MkdirTemp("", "fanout")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin := filepath.Join(work, "meshd")
+	if out, err := exec.Command("go", "build", "-o", bin, "minimesh/cmd/meshd").CombinedOutput(); err != nil {
+		return fmt.Errorf("build meshd: %v\n%s", err, out)
+	}
+	addr, metrics := freeAddr(), freeAddr()
+	data := filepath.Join(work, "data")
+	cmd := exec.Command(bin, "--data-dir", data, "--listen", addr, "--metrics", metrics, "--log-level", "error")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+
+	td := spiffeid.RequireTrustDomainFromString("minimesh.local")
+	admin, err := operator(data, addr, td)
+	if err != nil {
+		return err
+	}
+	svid, bundle, err := bootstrap(admin, addr, td)
+	if err != nil {
+		return err
+	}
+	if _, err := apply(admin, 0); err != nil {
+		return err
+	}
+
+	var results []result
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return err
+		}
+		r, err := fanout(admin, addr, td, svid, bundle, cmd.Process.Pid, metrics, n, rounds)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "proxies\tall ACKed after\tmeshd CPU\tmeshd heap MB\tmeshd RSS MB\ttarget (2000 < 1s)\t")
+	for _, r := range results {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%.1f\t%.1f\t%s\t\n", r.n, r.converge.Round(time.Millisecond), r.meshdCPU.Round(time.Millisecond), r.heapMB, r.rssMB, r.target)
+	}
+	return w.Flush()
+}
+
+// proxy is one simulated proxy: it ACKs every snapshot at once.
+type proxy struct {
+	conn    *grpc.ClientConn
+	cancel  context.CancelFunc
+	version atomic.Value // string
+	acked   chan string
+}
+
+func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, svid *x509svid.SVID, bundle *certs.BundleSource, pid int, metrics string, n, rounds int) (result, error) {
+	src := certs.NewSVIDSource(nil)
+	src.Set(svid)
+	tc := certs.MTLSClientConfig(src, bundle, certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
+	proxies := make([]*proxy, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 64) // bound concurrent handshakes during set-up
+	for i := range proxies {
+		p := &proxy{acked: make(chan string, 16)}
+		p.version.Store("")
+		proxies[i] = p
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sem <- struct{}{}
+			err := p.start(addr, tc, fmt.Sprintf("bench-%05d", i))
+			<-sem
+			if err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	defer func() {
+		for _, p := range proxies {
+			p.cancel()
+			p.conn.Close()
+		}
+	}()
+	select {
+	case err := <-errs:
+		return result{}, err
+	default:
+	}
+	// Every proxy holds its first snapshot before the clock starts.
+	for _, p := range proxies {
+		if err := p.waitAny(30 * time.Second); err != nil {
+			return result{}, err
+		}
+	}
+	var times []time.Duration
+	var cpu time.Duration
+	for r := 0; r < rounds; r++ {
+		for _, p := range proxies {
+			for len(p.acked) > 0 {
+				<-p.acked
+			}
+		}
+		cpu0 := cpuTime(pid)
+		start := time.Now()
+		if _, err := apply(admin, n*100+r+1); err != nil {
+			return result{}, err
+		}
+		want := ""
+		for _, p := range proxies {
+			v, err := p.waitChange(want, 30*time.Second)
+			if err != nil {
+				return result{}, err
+			}
+			want = v // all proxies share one group: one version
+		}
+		times = append(times, time.Since(start))
+		cpu += cpuTime(pid) - cpu0
+	}
+	med := median(times)
+	heap, rss := scrape(metrics)
+	res := result{n: n, converge: med, meshdCPU: cpu / time.Duration(rounds), heapMB: heap / (1 << 20), rssMB: rss / (1 << 20), target: "-"}
+	if n >= 2000 {
+		res.target = "missed"
+		if med < time.Second {
+			res.target = "met"
+		}
+	}
+	return res, nil
+}
+
+func (p *proxy) start(addr string, tc *tls.Config, id string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return err
+	}
+	p.conn = conn
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	st, err := meshv1.NewConfigServiceClient(conn).Stream(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
+		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout",
+	}}}); err != nil {
+		return err
+	}
+	go func() {
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return
+			}
+			if snap := m.GetSnapshot(); snap != nil {
+				if st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Ack{Ack: &meshv1.Ack{Version: snap.GetVersion()}}}) != nil {
+					return
+				}
+				p.version.Store(snap.GetVersion())
+				select {
+				case p.acked <- snap.GetVersion():
+				default:
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (p *proxy) waitAny(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for p.version.Load().(string) == "" {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("a proxy got no snapshot in %s", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// waitChange waits for an ACK of want ("" = any new version).
+func (p *proxy) waitChange(want string, d time.Duration) (string, error) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case v := <-p.acked:
+			if want == "" || v == want {
+				return v, nil
+			}
+		case <-timer.C:
+			return "", fmt.Errorf("a proxy did not ACK %q in %s", want, d)
+		}
+	}
+}
+
+func apply(admin meshv1.AdminServiceClient, gen int) (*meshv1.ApplyResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return admin.Apply(ctx, &meshv1.ApplyRequest{Resources: []*meshv1.Resource{
+		{ApiVersion: "minimesh.io/v1alpha1", Kind: "Service", Name: "bench", Namespace: "bench", Spec: &meshv1.Resource_Service{Service: &meshv1.ServiceSpec{
+			Ports:             []*meshv1.ServicePort{{Name: "http", Port: 8080, Protocol: meshv1.Protocol_PROTOCOL_HTTP}},
+			ServingIdentities: []string{"spiffe://minimesh.local/ns/bench/sa/bench"},
+		}}},
+		{ApiVersion: "minimesh.io/v1alpha1", Kind: "Route", Name: "bench", Namespace: "bench", Spec: &meshv1.Resource_Route{Route: &meshv1.RouteSpec{
+			Service:  "bench",
+			Matches:  []*meshv1.RouteMatch{{Path: &meshv1.PathMatch{Kind: &meshv1.PathMatch_Prefix{Prefix: fmt.Sprintf("/gen-%d/", gen)}}}},
+			Backends: []*meshv1.RouteBackend{{Service: "bench"}},
+		}}},
+	}})
+}
+
+func operator(data, addr string, td spiffeid.TrustDomain) (meshv1.AdminServiceClient, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		svid, bundle, err := certs.LoadSVID(filepath.Join(data, "operator"), td)
+		if err == nil {
+			src := certs.NewSVIDSource(nil)
+			src.Set(svid)
+			tc := certs.MTLSClientConfig(src, certs.NewBundleSource(bundle), certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+			if err == nil {
+				c := meshv1.NewAdminServiceClient(conn)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, err = c.ListProxies(ctx, &meshv1.ListProxiesRequest{})
+				cancel()
+				if err == nil {
+					return c, nil
+				}
+				conn.Close()
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("meshd on %s did not answer", addr)
+}
+
+// bootstrap gets one SVID for spiffe://td/ns/bench/sa/bench: the simulated
+// proxies are replicas of one Deployment and share the identity.
+func bootstrap(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain) (*x509svid.SVID, *certs.BundleSource, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tok, err := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{Namespace: "bench", ServiceAccount: "bench"})
+	if err != nil {
+		return nil, nil, err
+	}
+	id := spiffeid.RequireFromPath(td, "/ns/bench/sa/bench")
+	key, err := certs.GenerateKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := certs.NewCSR(key, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc, err := certs.PinnedClientConfig(tok.CaPin, certs.MeshdID(td), certs.TLSOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	resp, err := meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr})
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := certs.ParseCertsDER(resp.Svid.CertChain)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots, err := certs.ParseCertsDER(resp.Svid.TrustBundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	b := certs.NewBundleSource(x509bundle.FromX509Authorities(td, roots))
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, b, nil
+}
+
+// cpuTime is the process's user+system CPU time from /proc/<pid>/stat.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ is 100 on Linux
+}
+
+// scrape reads meshd's heap in use and RSS from its /metrics.
+func scrape(addr string) (heap, rss float64) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+			heap, _ = strconv.ParseFloat(v, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+			rss, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return heap, rss
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
