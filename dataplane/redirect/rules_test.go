@@ -180,7 +180,7 @@ func TestParseFlags(t *testing.T) {
 				want := Config{ProxyUID: 2000, ProxyGID: 2001, InboundPort: 16006, CaptureAllInbound: true,
 					ExcludeInboundPorts: []int{22, 15020}, OutboundPort: 16001, ExcludeOutboundPorts: []int{53},
 					ExcludeOutboundCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("169.254.169.254/32")},
-					Iptables: "iptables-legacy"}
+					Iptables:             "iptables-legacy"}
 				if c.withDefaults().script(nil) != want.withDefaults().script(nil) || m != ModeDryRun || c.Iptables != want.Iptables {
 					t.Errorf("got %+v mode %v", c, m)
 				}
