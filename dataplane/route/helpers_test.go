@@ -1,0 +1,96 @@
+package route
+
+import (
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"minimesh/api"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func mkRoute(name string, matches []*meshv1.RouteMatch, backends ...*meshv1.RouteBackend) *api.Route {
+	if len(backends) == 0 {
+		backends = []*meshv1.RouteBackend{{Service: "api"}}
+	}
+	return &api.Route{
+		Metadata: api.Metadata{Name: name, Namespace: "prod"},
+		Spec:     &meshv1.RouteSpec{Service: "api", Matches: matches, Backends: backends},
+	}
+}
+
+type matchOpt func(*meshv1.RouteMatch)
+
+func m(opts ...matchOpt) *meshv1.RouteMatch {
+	rm := &meshv1.RouteMatch{}
+	for _, o := range opts {
+		o(rm)
+	}
+	return rm
+}
+
+func exact(p string) matchOpt {
+	return func(m *meshv1.RouteMatch) { m.Path = &meshv1.PathMatch{Kind: &meshv1.PathMatch_Exact{Exact: p}} }
+}
+
+func prefix(p string) matchOpt {
+	return func(m *meshv1.RouteMatch) { m.Path = &meshv1.PathMatch{Kind: &meshv1.PathMatch_Prefix{Prefix: p}} }
+}
+
+func regex(p string) matchOpt {
+	return func(m *meshv1.RouteMatch) { m.Path = &meshv1.PathMatch{Kind: &meshv1.PathMatch_Regex{Regex: p}} }
+}
+
+func methods(ms ...string) matchOpt {
+	return func(m *meshv1.RouteMatch) { m.Methods = append(m.Methods, ms...) }
+}
+
+func hExact(name, v string) matchOpt {
+	return func(m *meshv1.RouteMatch) {
+		m.Headers = append(m.Headers, &meshv1.HeaderMatch{Name: name, Match: &meshv1.HeaderMatch_Exact{Exact: v}})
+	}
+}
+
+func hPrefix(name, v string) matchOpt {
+	return func(m *meshv1.RouteMatch) {
+		m.Headers = append(m.Headers, &meshv1.HeaderMatch{Name: name, Match: &meshv1.HeaderMatch_Prefix{Prefix: v}})
+	}
+}
+
+func hRegex(name, v string) matchOpt {
+	return func(m *meshv1.RouteMatch) {
+		m.Headers = append(m.Headers, &meshv1.HeaderMatch{Name: name, Match: &meshv1.HeaderMatch_Regex{Regex: v}})
+	}
+}
+
+func hPresent(name string, present bool) matchOpt {
+	return func(m *meshv1.RouteMatch) {
+		m.Headers = append(m.Headers, &meshv1.HeaderMatch{Name: name, Match: &meshv1.HeaderMatch_Present{Present: present}})
+	}
+}
+
+func backend(svc, subset string, weight uint32) *meshv1.RouteBackend {
+	return &meshv1.RouteBackend{Service: svc, Subset: subset, Weight: &weight}
+}
+
+func dur(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
