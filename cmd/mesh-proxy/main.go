@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"minimesh/dataplane/admin"
 	"minimesh/dataplane/proxy"
 	"minimesh/dataplane/sidecar"
 	"minimesh/internal/version"
@@ -31,6 +32,10 @@ func (u *upstreams) Set(s string) error {
 }
 
 func main() {
+	run := run
+	if len(os.Args) > 1 && os.Args[1] == "redirect" {
+		run = runRedirect // the init container's traffic capture
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "mesh-proxy:", err)
 		os.Exit(1)
@@ -61,6 +66,7 @@ func run() error {
 	flag.StringVar(&cfg.Public, "public", "", "plain TLS listener for clients outside the mesh")
 	flag.StringVar(&cfg.PublicCert, "public-cert", "", "certificate file for --public (reloaded when it changes)")
 	flag.StringVar(&cfg.PublicKey, "public-key", "", "key file for --public")
+	appProbes := flag.String("app-probes", os.Getenv("MESH_APP_PROBES"), "JSON of the app's probes served on the admin port under /app-health/ (env MESH_APP_PROBES, set by meshctl inject)")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -78,6 +84,11 @@ func run() error {
 	if cfg.Service == "" || cfg.StateDir == "" {
 		return fmt.Errorf("--service and --state-dir are required")
 	}
+	probes, err := admin.ParseAppProbes(*appProbes)
+	if err != nil {
+		return err
+	}
+	cfg.AppProbes = probes
 	cfg.Upstreams = ups
 	cfg.Version = version.Version
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})).With("service", cfg.Service)

@@ -40,6 +40,10 @@ type Config struct {
 	Admin    string
 	StateDir string
 
+	// AppProbes are the app's kubelet probes that `meshctl inject` moved
+	// to the admin port, under /app-health/; empty serves none.
+	AppProbes admin.AppProbes
+
 	Upstreams []proxy.Upstream
 
 	// Public, PublicCert and PublicKey enable plain TLS for clients outside
@@ -173,6 +177,13 @@ func New(cfg Config) (*Sidecar, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.AppProbes) > 0 {
+		probes, err := admin.NewProbeHandler(admin.ProbeConfig{Probes: cfg.AppProbes, Logger: log.With("component", "app-probes")})
+		if err != nil {
+			return nil, err
+		}
+		adm.Handle("GET "+admin.AppHealthPrefix, probes)
 	}
 	s.add("admin", adm.Run)
 	return s, nil
