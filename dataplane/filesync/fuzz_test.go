@@ -1,0 +1,45 @@
+package filesync
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// FuzzCleanPath: an accepted path is relative, has no ".." component,
+// stays beneath any directory it is joined to, and is its own clean form;
+// a refused one says why with a *PathError.
+func FuzzCleanPath(f *testing.F) {
+	for _, s := range []string{"a", "a/b/c.conf", "./a//b", "../x", "/etc/passwd", "a/../b", "..", ".", "", "a\x00", ".minimesh-filesync.json", "x/.minimesh-filesync-tmp-1", "....", "a/..b/c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		got, err := CleanPath(p)
+		if err != nil {
+			var pe *PathError
+			if !errors.As(err, &pe) || pe.Path != p || pe.Reason == "" {
+				t.Fatalf("CleanPath(%q) error %v is not a *PathError naming the path", p, err)
+			}
+			if !errors.Is(err, ErrUnsafePath) && !errors.Is(err, ErrInvalidFile) {
+				t.Fatalf("CleanPath(%q) error %v wraps no sentinel", p, err)
+			}
+			return
+		}
+		if got == "" || strings.HasPrefix(got, "/") || strings.Contains(got, "\x00") {
+			t.Fatalf("CleanPath(%q) = %q", p, got)
+		}
+		for _, c := range strings.Split(got, "/") {
+			if c == ".." || c == "." || c == "" {
+				t.Fatalf("CleanPath(%q) = %q has component %q", p, got, c)
+			}
+		}
+		const base = "/shared/dir"
+		if j := filepath.Join(base, got); !strings.HasPrefix(j, base+"/") {
+			t.Fatalf("CleanPath(%q) = %q escapes: %q", p, got, j)
+		}
+		if again, err := CleanPath(got); err != nil || again != got {
+			t.Fatalf("CleanPath(%q) = %q, %v; not idempotent", got, again, err)
+		}
+	})
+}
