@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"minimesh/dataplane/balancer"
 )
 
 func TestParseUpstream(t *testing.T) {
@@ -20,15 +22,31 @@ func TestParseUpstream(t *testing.T) {
 		want Upstream
 		err  string
 	}{
+		{in: "api=127.0.0.1:15001",
+			want: Upstream{Name: "api", Service: "api", Listen: "127.0.0.1:15001"}},
+		{in: "api.prod=127.0.0.1:15001",
+			want: Upstream{Name: "api.prod", Service: "api", Namespace: "prod", Listen: "127.0.0.1:15001"}},
+		{in: "db:5432=127.0.0.1:15432",
+			want: Upstream{Name: "db:5432", Service: "db", Port: 5432, Listen: "127.0.0.1:15432"}},
+		{in: "db.prod:5432=localhost:15432",
+			want: Upstream{Name: "db.prod:5432", Service: "db", Namespace: "prod", Port: 5432, Listen: "localhost:15432"}},
 		{in: "api=127.0.0.1:15001=10.0.0.7:15006=" + apiID,
-			want: Upstream{Name: "api", Listen: "127.0.0.1:15001", Remote: "10.0.0.7:15006", ID: api}},
+			want: Upstream{Name: "api", Service: "api", Listen: "127.0.0.1:15001", Remote: "10.0.0.7:15006", ID: api}},
 		{in: "api=localhost:15001=api.default.svc:15006=" + apiID,
-			want: Upstream{Name: "api", Listen: "localhost:15001", Remote: "api.default.svc:15006", ID: api}},
+			want: Upstream{Name: "api", Service: "api", Listen: "localhost:15001", Remote: "api.default.svc:15006", ID: api}},
 		{in: "api=[::1]:15001=[fd00::7]:15006=" + apiID,
-			want: Upstream{Name: "api", Listen: "[::1]:15001", Remote: "[fd00::7]:15006", ID: api}},
-		{in: "api=127.0.0.1:15001=10.0.0.7:15006", err: "want NAME=LISTEN=REMOTE=SPIFFEID"},
-		{in: "api=127.0.0.1:15001=10.0.0.7:15006=" + apiID + "=x", err: "want NAME=LISTEN=REMOTE=SPIFFEID"},
+			want: Upstream{Name: "api", Service: "api", Listen: "[::1]:15001", Remote: "[fd00::7]:15006", ID: api}},
+		{in: "api=127.0.0.1:15001=10.0.0.7:15006", err: "want NAME=LISTEN or NAME=LISTEN=REMOTE=SPIFFEID"},
+		{in: "api", err: "want NAME=LISTEN or NAME=LISTEN=REMOTE=SPIFFEID"},
+		{in: "api=127.0.0.1:15001=10.0.0.7:15006=" + apiID + "=x", err: "want NAME=LISTEN or NAME=LISTEN=REMOTE=SPIFFEID"},
 		{in: "=127.0.0.1:15001=10.0.0.7:15006=" + apiID, err: "Name is required"},
+		{in: "=127.0.0.1:15001", err: "Name is required"},
+		{in: "API=127.0.0.1:15001", err: "DNS labels"},
+		{in: "api.prod.svc=127.0.0.1:15001", err: "DNS labels"},
+		{in: "api:0=127.0.0.1:15001", err: "port must be"},
+		{in: "api:65536=127.0.0.1:15001", err: "port must be"},
+		{in: "api:http=127.0.0.1:15001", err: "port must be"},
+		{in: "api=0.0.0.0:15001", err: "not a loopback address"},
 		{in: "api=0.0.0.0:15001=10.0.0.7:15006=" + apiID, err: "not a loopback address"},
 		{in: "api=10.0.0.8:15001=10.0.0.7:15006=" + apiID, err: "not a loopback address"},
 		{in: "api=127.0.0.1=10.0.0.7:15006=" + apiID, err: "Listen"},
@@ -53,6 +71,7 @@ func TestParseUpstream(t *testing.T) {
 
 func FuzzParseUpstream(f *testing.F) {
 	f.Add("api=127.0.0.1:15001=10.0.0.7:15006=" + apiID)
+	f.Add("api.prod:8080=127.0.0.1:15001")
 	f.Add("a=localhost:1=h:2=spiffe://td/p")
 	f.Add("===")
 	f.Add("api=[::1]:1=[::1]:2=spiffe://x/y=")
@@ -68,7 +87,11 @@ func FuzzParseUpstream(f *testing.F) {
 			t.Fatalf("parsed %q but Validate: %v", s, err)
 		}
 		// The parts round-trip.
-		again, err := ParseUpstream(strings.Join([]string{u.Name, u.Listen, u.Remote, u.ID.String()}, "="))
+		parts := []string{u.Name, u.Listen}
+		if u.Remote != "" {
+			parts = append(parts, u.Remote, u.ID.String())
+		}
+		again, err := ParseUpstream(strings.Join(parts, "="))
 		if err != nil || again != u {
 			t.Fatalf("round trip of %q: %+v, %v", s, again, err)
 		}
@@ -126,9 +149,23 @@ func TestConfigValidate(t *testing.T) {
 			_, err := NewOutbound(OutboundConfig{})
 			return err
 		}()},
-		{"outbound with a duplicate name", func() error {
-			u := Upstream{Name: "api", Listen: "127.0.0.1:0", Remote: "h:1", ID: spiffeid.RequireFromString(apiID)}
-			_, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{u, u}, SVID: m.web, Bundle: m.bundle})
+		{"outbound with one local port for two upstreams", func() error {
+			u := Upstream{Name: "api", Listen: "127.0.0.1:15001", Remote: "h:1", ID: spiffeid.RequireFromString(apiID)}
+			v := Upstream{Name: "web", Listen: "127.0.0.1:15001"}
+			_, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{u, v}, SVID: m.web, Bundle: m.bundle})
+			return err
+		}()},
+		{"outbound with a remote but no ID", func() error {
+			u := Upstream{Name: "api", Listen: "127.0.0.1:0", Remote: "h:1"}
+			_, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{u}, SVID: m.web, Bundle: m.bundle})
+			return err
+		}()},
+		{"outbound HTTP port beyond loopback", func() error {
+			_, err := NewOutbound(OutboundConfig{HTTPAddr: "0.0.0.0:15080", SVID: m.web, Bundle: m.bundle})
+			return err
+		}()},
+		{"outbound with more than half ejectable", func() error {
+			_, err := NewOutbound(OutboundConfig{SVID: m.web, Bundle: m.bundle, Outlier: balancer.Config{MaxEjectedPercent: 60}})
 			return err
 		}()},
 	} {

@@ -21,7 +21,7 @@ func ExampleParseUpstream() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(up.Name, up.Listen, up.Remote, up.ID)
+	fmt.Println(up.Service, up.Listen, up.Remote, up.ID)
 
 	_, err = proxy.ParseUpstream("api=0.0.0.0:15001=10.0.0.7:15006=spiffe://minimesh.local/ns/default/sa/api")
 	fmt.Println(err)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // Limits bound every phase of a proxied exchange. Zero fields take the
@@ -23,6 +25,11 @@ type Limits struct {
 	ResponseHeader time.Duration // waiting for the upstream's response headers; 60s
 	Drain          time.Duration // graceful shutdown before connections are cut; 10s
 	MaxHeaderBytes int           // request header size; 64 KiB
+	// MaxRequestBodyBytes bounds an HTTP request body: a larger
+	// Content-Length is answered 413 at once, a body of unknown length is
+	// cut at the limit. gRPC streams are exempt (their messages are
+	// bounded by gRPC itself). 64 MiB; negative: no limit.
+	MaxRequestBodyBytes int64
 	// MaxIdleConnsPerHost sizes the pool of idle connections to the app
 	// (the default of net/http, 2, leaves thousands of sockets in
 	// TIME_WAIT under load); 256.
@@ -46,6 +53,9 @@ func (l Limits) withDefaults() Limits {
 	def(&l.Drain, 10*time.Second)
 	if l.MaxHeaderBytes <= 0 {
 		l.MaxHeaderBytes = 64 << 10
+	}
+	if l.MaxRequestBodyBytes == 0 {
+		l.MaxRequestBodyBytes = 64 << 20
 	}
 	if l.MaxIdleConnsPerHost <= 0 {
 		l.MaxIdleConnsPerHost = 256
@@ -97,13 +107,14 @@ type forwarder struct {
 	now     func() time.Time
 	metrics *listenerMetrics
 	rp      *httputil.ReverseProxy
+	maxBody int64 // Limits.MaxRequestBodyBytes
 	// inflight lets Run wait for handlers cut by a drain timeout before it
 	// closes the idle pool, so no connection returns to it afterwards.
 	inflight sync.WaitGroup
 }
 
 func newForwarder(name string, log *slog.Logger, now func() time.Time, m *Metrics, rt http.RoundTripper, rewrite func(*httputil.ProxyRequest)) *forwarder {
-	f := &forwarder{name: name, log: log, now: now, metrics: m.listener(name)}
+	f := &forwarder{name: name, log: log, now: now, metrics: m.listener(name), maxBody: 64 << 20}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
 		Transport:    rt,
@@ -131,13 +142,17 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.metrics.observe(code, f.now().Sub(start).Seconds())
 }
 
-// errorHandler answers 502 (504 on an upstream timeout) with a short body
-// and logs why. A client that went away is logged at debug level only.
+// errorHandler answers 502 (504 on an upstream timeout, 503 when there is
+// no endpoint) with a short body and logs why. A client that went away is
+// logged at debug level only.
 func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	code, body := http.StatusBadGateway, "bad gateway\n"
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
 		code, body = http.StatusGatewayTimeout, "gateway timeout\n"
+	case errors.Is(err, ErrNoEndpoint):
+		code, body = http.StatusServiceUnavailable, "no endpoint available\n"
 	}
 	level := slog.LevelWarn
 	if r.Context().Err() != nil {
@@ -151,6 +166,42 @@ func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err err
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	_, _ = w.Write([]byte(body))
+}
+
+// refuse answers a request the proxy will not forward, counts it and logs
+// why (at debug level when the client went away).
+func (f *forwarder) refuse(w http.ResponseWriter, r *http.Request, code int, body string, why error) {
+	level := slog.LevelWarn
+	if code < 500 || r.Context().Err() != nil {
+		level = slog.LevelInfo
+	}
+	f.log.LogAttrs(r.Context(), level, "proxy: request refused",
+		slog.String("listener", f.name), slog.String("method", r.Method),
+		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", why.Error()))
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(body))
+	f.metrics.observe(code, 0)
+}
+
+// admitBody enforces Limits.MaxRequestBodyBytes: false means the request
+// was answered 413. A gRPC stream is exempt.
+func (f *forwarder) admitBody(w http.ResponseWriter, r *http.Request, sp *svcPort) bool {
+	if f.maxBody < 0 || r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	if r.ContentLength > f.maxBody {
+		f.refuse(w, r, http.StatusRequestEntityTooLarge, "request body too large\n",
+			fmt.Errorf("proxy: Content-Length %d over the limit of %d", r.ContentLength, f.maxBody))
+		return false
+	}
+	if r.ContentLength < 0 && !(sp != nil && sp.proto == meshv1.Protocol_PROTOCOL_GRPC) &&
+		!strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		r.Body = http.MaxBytesReader(w, r.Body, f.maxBody)
+	}
+	return true
 }
 
 // recorder remembers the final status code. It unwraps so that

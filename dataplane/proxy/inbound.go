@@ -4,16 +4,20 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // HeaderPeerID carries the caller's SPIFFE ID from the inbound to the app.
@@ -61,13 +65,34 @@ func (c InboundConfig) Validate() error {
 // Inbound terminates mTLS from other proxies of the trust domain and
 // forwards their requests (HTTP/1.1 or HTTP/2) to the app, telling the app
 // who called in the X-Mesh-Peer-Id header.
+//
+// Other proxies say which app port and protocol a request is for in
+// HeaderTarget: the port must be one the Service of this proxy's service
+// declares (or the app's own), and the request goes to it on the app's
+// host in that protocol: HTTP/1.1, h2c for http2 and grpc, and a byte
+// stream for tcp (an HTTP/2 CONNECT stream). Without HeaderTarget it goes
+// to App in HTTP/1.1.
 type Inbound struct {
 	cfg       InboundConfig
 	log       *slog.Logger
 	metrics   *Metrics
 	tlsConfig *tls.Config
-	transport *http.Transport
+	transport *http.Transport // HTTP/1.1 to the app
+	h2c       *http.Transport // h2c to the app (http2, grpc)
 	fwd       *forwarder
+	fwdH2C    *forwarder
+
+	appHost string
+	appPort uint32
+	ports   atomic.Pointer[inboundPorts]
+}
+
+// inboundPorts is the app's ports from the table in force.
+type inboundPorts map[uint32]inboundPort
+
+type inboundPort struct {
+	proto meshv1.Protocol
+	addr  string // host:port of the app
 }
 
 var _ http.Handler = (*Inbound)(nil)
@@ -90,17 +115,63 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 
 	in.transport = appTransport(cfg.Limits)
-	app := cfg.App
-	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport,
-		func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = app
-			stripMeshHeaders(pr.Out.Header)
-			if p, ok := peerFrom(pr.In.Context()); ok {
-				pr.Out.Header[HeaderPeerID] = p.header
-			}
-		})
+	in.h2c = appTransport(cfg.Limits)
+	in.h2c.Protocols = new(http.Protocols)
+	in.h2c.Protocols.SetUnencryptedHTTP2(true)
+	in.h2c.HTTP2 = &http.HTTP2Config{MaxReadFrameSize: 1 << 20}
+	host, port, _ := net.SplitHostPort(cfg.App)
+	in.appHost = host
+	if p, ok := parsePort(port); ok {
+		in.appPort = p
+	}
+	in.SetTable(nil)
+	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
+	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
+	in.fwd.maxBody, in.fwdH2C.maxBody = cfg.Limits.MaxRequestBodyBytes, cfg.Limits.MaxRequestBodyBytes
 	return in, nil
+}
+
+// SetTable makes the ports of t's Service for this proxy's service the
+// ones other proxies may reach, from the next request on. The app's own
+// port (App) is always reachable, in HTTP/1.1 unless the Service says
+// otherwise. A nil t leaves only the app's port.
+func (in *Inbound) SetTable(t *Table) {
+	ports := inboundPorts{}
+	if in.appPort != 0 {
+		ports[in.appPort] = inboundPort{proto: meshv1.Protocol_PROTOCOL_HTTP, addr: in.cfg.App}
+	}
+	if t != nil {
+		for p, proto := range t.own {
+			ports[p] = inboundPort{proto: proto, addr: net.JoinHostPort(in.appHost, strconv.FormatUint(uint64(p), 10))}
+		}
+	}
+	in.ports.Store(&ports)
+}
+
+// target returns where a request goes: the app's port HeaderTarget names
+// (ok false when it names one this proxy does not serve), or App.
+func (in *Inbound) target(h http.Header) (inboundPort, bool, error) {
+	v := h[HeaderTarget]
+	if len(v) == 0 {
+		return inboundPort{proto: meshv1.Protocol_PROTOCOL_HTTP, addr: in.cfg.App}, true, nil
+	}
+	tg, err := ParseTarget(v[0])
+	if err != nil {
+		return inboundPort{}, false, err
+	}
+	p, ok := (*in.ports.Load())[tg.Port]
+	return p, ok, nil
+}
+
+func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
+	p, _, _ := in.target(pr.In.Header) // checked in ServeHTTP
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = p.addr
+	stripMeshHeaders(pr.Out.Header)
+	if p, ok := peerFrom(pr.In.Context()); ok {
+		pr.Out.Header[HeaderPeerID] = p.header
+	}
+	ensureRequestID(pr.Out.Header)
 }
 
 // authorizer admits members of the configured trust domain or, when none
@@ -126,8 +197,66 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}
-	in.fwd.ServeHTTP(w, r)
+	p, ok, err := in.target(r.Header)
+	switch {
+	case err != nil:
+		in.fwd.refuse(w, r, http.StatusBadRequest, "bad "+HeaderTarget+"\n", err)
+		return
+	case !ok:
+		in.fwd.refuse(w, r, http.StatusMisdirectedRequest, "port not served here\n",
+			fmt.Errorf("proxy: %s %q names a port this service does not declare", HeaderTarget, r.Header.Get(HeaderTarget)))
+		return
+	case r.Method == http.MethodConnect:
+		if p.proto != meshv1.Protocol_PROTOCOL_TCP || r.ProtoMajor != 2 {
+			in.fwd.refuse(w, r, http.StatusMisdirectedRequest, "not a TCP port\n",
+				fmt.Errorf("proxy: CONNECT over HTTP/%d for %s port %s", r.ProtoMajor, protocolNames[p.proto], p.addr))
+			return
+		}
+		in.tunnel(w, r, p.addr)
+		return
+	case p.proto == meshv1.Protocol_PROTOCOL_TCP:
+		in.fwd.refuse(w, r, http.StatusMisdirectedRequest, "TCP port\n",
+			fmt.Errorf("proxy: HTTP request for TCP port %s", p.addr))
+		return
+	}
+	fwd := in.fwd
+	if (p.proto == meshv1.Protocol_PROTOCOL_HTTP2 || p.proto == meshv1.Protocol_PROTOCOL_GRPC) && r.Header.Get("Upgrade") == "" {
+		fwd = in.fwdH2C
+	}
+	if !fwd.admitBody(w, r, &svcPort{proto: p.proto}) {
+		return
+	}
+	fwd.ServeHTTP(w, r)
 }
+
+// tunnel relays an HTTP/2 CONNECT stream to a TCP port of the app.
+func (in *Inbound) tunnel(w http.ResponseWriter, r *http.Request, addr string) {
+	in.fwd.inflight.Add(1)
+	defer in.fwd.inflight.Done()
+	start := in.cfg.Clock.Now()
+	d := net.Dialer{Timeout: in.cfg.Limits.Dial}
+	app, err := d.DialContext(r.Context(), "tcp", addr)
+	if err != nil {
+		in.fwd.refuse(w, r, http.StatusBadGateway, "app port unreachable\n", fmt.Errorf("proxy: dial app %s: %w", addr, err))
+		return
+	}
+	stop := context.AfterFunc(r.Context(), func() { _ = app.Close() })
+	defer stop()
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		_ = app.Close()
+		return
+	}
+	pipe(app, &streamConn{r: r.Body, w: nopWriteCloser{w}, flush: rc.Flush}, in.cfg.Limits.Idle, nil)
+	in.fwd.metrics.observe(http.StatusOK, in.cfg.Clock.Now().Sub(start).Seconds())
+}
+
+// nopWriteCloser: an HTTP/2 handler's response ends when it returns, not
+// before; a half-close of the app's side is passed on then.
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
 // returns nil. It closes the listener.
@@ -142,6 +271,7 @@ func (in *Inbound) Run(ctx context.Context) error {
 	srv := newServer(in, lim, in.log)
 	srv.ConnContext = withPeer
 	in.log.Info("proxy: inbound listening", slog.String("addr", ln.Addr().String()), slog.String("app", in.cfg.App))
+	defer in.fwdH2C.closeIdle(in.h2c)
 	defer in.fwd.closeIdle(in.transport)
 	return serve(ctx, srv, tl, lim.Drain, in.log)
 }

@@ -42,14 +42,18 @@ type Metrics struct {
 	requests          *prometheus.CounterVec
 	duration          *prometheus.HistogramVec
 	handshakeFailures *prometheus.CounterVec
+	retries           *prometheus.CounterVec
+	overflows         *prometheus.CounterVec
 
 	listeners map[string]*listenerMetrics
 }
 
 type listenerMetrics struct {
-	classes  [len(responseClasses)]prometheus.Counter
-	duration prometheus.Observer
-	failures map[string]prometheus.Counter
+	classes   [len(responseClasses)]prometheus.Counter
+	duration  prometheus.Observer
+	failures  map[string]prometheus.Counter
+	retries   prometheus.Counter
+	overflows prometheus.Counter
 }
 
 // NewMetrics creates the proxy's collectors and registers them on reg (a
@@ -59,6 +63,8 @@ type listenerMetrics struct {
 //	minimesh_proxy_requests_total{listener,class}
 //	minimesh_proxy_request_duration_seconds{listener}
 //	minimesh_proxy_handshake_failures_total{listener,reason}
+//	minimesh_proxy_retries_total{listener}
+//	minimesh_proxy_overflows_total{listener}
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -74,12 +80,22 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "minimesh", Subsystem: "proxy", Name: "handshake_failures_total",
 			Help: "TLS handshakes that failed, by listener and reason.",
 		}, []string{"listener", "reason"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "retries_total",
+			Help: "Requests tried again after a failed try, by listener.",
+		}, []string{"listener"}),
+		overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "overflows_total",
+			Help: "Requests answered 503 at once because their service had its maximum in flight, by listener.",
+		}, []string{"listener"}),
 		listeners: make(map[string]*listenerMetrics, len(listenerNames)),
 	}
 	for _, l := range listenerNames {
 		lm := &listenerMetrics{
-			duration: m.duration.WithLabelValues(l),
-			failures: make(map[string]prometheus.Counter, len(handshakeReason)),
+			duration:  m.duration.WithLabelValues(l),
+			failures:  make(map[string]prometheus.Counter, len(handshakeReason)),
+			retries:   m.retries.WithLabelValues(l),
+			overflows: m.overflows.WithLabelValues(l),
 		}
 		for i, c := range responseClasses {
 			lm.classes[i] = m.requests.WithLabelValues(l, c)
@@ -90,7 +106,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.listeners[l] = lm
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}
@@ -117,3 +133,6 @@ func (lm *listenerMetrics) handshakeFailed(reason string) {
 	}
 	c.Inc()
 }
+
+func (lm *listenerMetrics) retried()  { lm.retries.Inc() }
+func (lm *listenerMetrics) overflow() { lm.overflows.Inc() }

@@ -2,61 +2,122 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/sync/errgroup"
 
 	"minimesh/certs"
+	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/pathnorm"
+	"minimesh/dataplane/route"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
-// Upstream is one remote service reached through a local plain-HTTP port.
+// Upstream is a local port the app calls for one service of the mesh.
 type Upstream struct {
-	// Name labels logs; it is not a metric label.
+	// Name is the service, as the flag names it: "api", "api.prod" (in
+	// namespace prod) or either with ":PORT" for one of its ports.
 	Name string
+	// Service and Namespace are the parts of Name (Namespace empty: the
+	// proxy's own). Port selects one of the service's ports; 0: the
+	// first (for HTTP, the first that is not TCP). A TCP port makes the
+	// local port a TCP relay; any other protocol makes it HTTP.
+	Service, Namespace string
+	Port               uint32
 	// Listen is the local address the app calls, e.g. "127.0.0.1:15001".
 	// It must be a loopback address: anyone who can reach it speaks with
 	// our identity.
 	Listen string
 	// Listener, when set, is served instead of listening on Listen.
 	Listener net.Listener
-	// Remote is the host:port of the remote proxy's inbound.
+	// Remote and ID, when set, are a static endpoint used while discovery
+	// knows no endpoint of the service (the flag's 4-field form): the
+	// remote proxy's inbound and the SPIFFE ID it must present.
 	Remote string
-	// ID is the SPIFFE ID the remote must present; any other is refused.
-	ID spiffeid.ID
+	ID     spiffeid.ID
 }
 
-// ParseUpstream parses the mesh-proxy flag form NAME=LISTEN=REMOTE=SPIFFEID,
-// e.g. "api=127.0.0.1:15001=10.0.0.7:15006=spiffe://minimesh.local/ns/default/sa/api".
+// ParseUpstream parses the mesh-proxy flag forms NAME=LISTEN (endpoints
+// from discovery) and NAME=LISTEN=REMOTE=SPIFFEID (a static endpoint as
+// well), where NAME is SERVICE[.NAMESPACE][:PORT], e.g. "api=127.0.0.1:15001"
+// or "api=127.0.0.1:15001=10.0.0.7:15006=spiffe://minimesh.local/ns/default/sa/api".
 func ParseUpstream(s string) (Upstream, error) {
 	parts := strings.Split(s, "=")
-	if len(parts) != 4 {
-		return Upstream{}, fmt.Errorf("%w: upstream %q: want NAME=LISTEN=REMOTE=SPIFFEID", ErrInvalidConfig, s)
+	if len(parts) != 2 && len(parts) != 4 {
+		return Upstream{}, fmt.Errorf("%w: upstream %q: want NAME=LISTEN or NAME=LISTEN=REMOTE=SPIFFEID", ErrInvalidConfig, s)
 	}
-	id, err := spiffeid.FromString(parts[3])
-	if err != nil {
+	u := Upstream{Name: parts[0], Listen: parts[1]}
+	var err error
+	if u.Service, u.Namespace, u.Port, err = parseUpstreamName(u.Name); err != nil {
 		return Upstream{}, fmt.Errorf("%w: upstream %q: %w", ErrInvalidConfig, s, err)
 	}
-	u := Upstream{Name: parts[0], Listen: parts[1], Remote: parts[2], ID: id}
+	if len(parts) == 4 {
+		id, err := spiffeid.FromString(parts[3])
+		if err != nil {
+			return Upstream{}, fmt.Errorf("%w: upstream %q: %w", ErrInvalidConfig, s, err)
+		}
+		u.Remote, u.ID = parts[2], id
+	}
 	if err := u.Validate(); err != nil {
 		return Upstream{}, err
 	}
 	return u, nil
 }
 
+func parseUpstreamName(n string) (svc, ns string, port uint32, err error) {
+	if n == "" {
+		return "", "", 0, errors.New("Name is required")
+	}
+	if i := strings.LastIndexByte(n, ':'); i >= 0 {
+		p, ok := parsePort(n[i+1:])
+		if !ok {
+			return "", "", 0, fmt.Errorf("Name %q: port must be 1 to 65535", n)
+		}
+		n, port = n[:i], p
+	}
+	svc, ns, _ = strings.Cut(n, ".")
+	if !isDNSLabel(svc) || (ns != "" && !isDNSLabel(ns)) {
+		return "", "", 0, fmt.Errorf("Name %q: want SERVICE[.NAMESPACE][:PORT] of DNS labels", n)
+	}
+	return svc, ns, port, nil
+}
+
+func isDNSLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // Validate reports whether the upstream can be used.
 func (u Upstream) Validate() error {
 	if u.Name == "" {
 		return fmt.Errorf("%w: upstream: Name is required", ErrInvalidConfig)
+	}
+	if u.Service == "" {
+		_, ns, port, err := parseUpstreamName(u.Name)
+		if err != nil {
+			return fmt.Errorf("%w: upstream: %w", ErrInvalidConfig, err)
+		}
+		if (u.Namespace != "" && u.Namespace != ns) || (u.Port != 0 && u.Port != port) {
+			return fmt.Errorf("%w: upstream %s: Namespace or Port disagree with Name", ErrInvalidConfig, u.Name)
+		}
 	}
 	if u.Listener == nil {
 		if err := validateHostPort("Listen", u.Listen); err != nil {
@@ -67,23 +128,51 @@ func (u Upstream) Validate() error {
 			return fmt.Errorf("%w: upstream %s: Listen %q is not a loopback address", ErrInvalidConfig, u.Name, u.Listen)
 		}
 	}
-	if err := validateHostPort("Remote", u.Remote); err != nil {
-		return fmt.Errorf("%w: upstream %s: %w", ErrInvalidConfig, u.Name, err)
-	}
-	if u.ID.IsZero() {
-		return fmt.Errorf("%w: upstream %s: ID is required", ErrInvalidConfig, u.Name)
+	if u.Remote != "" || !u.ID.IsZero() {
+		if err := validateHostPort("Remote", u.Remote); err != nil {
+			return fmt.Errorf("%w: upstream %s: %w", ErrInvalidConfig, u.Name, err)
+		}
+		if u.ID.IsZero() {
+			return fmt.Errorf("%w: upstream %s: ID is required with Remote", ErrInvalidConfig, u.Name)
+		}
 	}
 	return nil
 }
 
+// normalized fills Service, Namespace and Port from Name.
+func (u Upstream) normalized() Upstream {
+	if u.Service == "" {
+		u.Service, u.Namespace, u.Port, _ = parseUpstreamName(u.Name)
+	}
+	return u
+}
+
 // OutboundConfig configures an Outbound.
 type OutboundConfig struct {
+	// Upstreams are local ports, one per upstream service.
 	Upstreams []Upstream
+	// HTTPAddr (or HTTPListener) is one local plain-HTTP port for every
+	// service: the Host header names the service ("api", "api.ns",
+	// "api.ns.svc", with an optional ":port"). Optional; it must be a
+	// loopback address.
+	HTTPAddr     string
+	HTTPListener net.Listener
+	// Namespace of this proxy, where bare service names are looked up.
+	// Default "default".
+	Namespace string
 	// SVID is our client certificate, read at every handshake. Required.
 	SVID x509svid.Source
 	// Bundle verifies the remote proxies. Required.
 	Bundle x509bundle.Source
-	Limits Limits
+	// Outlier configures each service's balancer (power of two choices
+	// over least outstanding requests, outlier ejection). Its Clock
+	// defaults to Clock.
+	Outlier balancer.Config
+	// MaxRequestsPerService is how many requests to one service may be in
+	// flight from this proxy; more are answered 503 at once (a circuit
+	// breaker). Default 1024.
+	MaxRequestsPerService int
+	Limits                Limits
 	// KeepAlive is how long the HTTP/2 connection to a remote may stay
 	// silent before it is checked with a ping; 30s.
 	KeepAlive time.Duration
@@ -97,36 +186,68 @@ func (c OutboundConfig) Validate() error {
 	if c.SVID == nil || c.Bundle == nil {
 		return fmt.Errorf("%w: outbound: SVID and Bundle sources are required", ErrInvalidConfig)
 	}
-	names := make(map[string]bool, len(c.Upstreams))
+	addrs := make(map[string]bool, len(c.Upstreams))
 	for _, u := range c.Upstreams {
 		if err := u.Validate(); err != nil {
 			return err
 		}
-		if names[u.Name] {
-			return fmt.Errorf("%w: outbound: upstream %q given twice", ErrInvalidConfig, u.Name)
+		if u.Listener == nil {
+			if addrs[u.Listen] {
+				return fmt.Errorf("%w: outbound: %s is the local port of two upstreams", ErrInvalidConfig, u.Listen)
+			}
+			addrs[u.Listen] = true
 		}
-		names[u.Name] = true
+	}
+	if c.HTTPListener == nil && c.HTTPAddr != "" {
+		if err := validateHostPort("HTTPAddr", c.HTTPAddr); err != nil {
+			return fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
+		}
+		host, _, _ := net.SplitHostPort(c.HTTPAddr)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%w: outbound: HTTPAddr %q is not a loopback address", ErrInvalidConfig, c.HTTPAddr)
+		}
+	}
+	if err := c.Outlier.Validate(); err != nil {
+		return fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }
 
-// Outbound gives the app one local plain-HTTP port per upstream and carries
-// its requests to the remote proxy over mTLS, refusing a remote whose
-// SPIFFE ID is not the configured one (the app gets 502). Each upstream has
-// one http.Transport speaking HTTP/2, so requests multiplex over a
-// long-lived connection and no request pays a handshake.
+// Outbound is the app's way out: local plain ports (one per upstream
+// service, and one that routes by Host) whose requests are routed by the
+// pushed Routes, balanced over the service's endpoints, retried and timed
+// out as the route says, and carried over mTLS HTTP/2 to the remote
+// proxies, one long-lived connection per remote that every request shares.
+// A destination that is not a service of the mesh gets 502 and nothing is
+// sent. Ports declared "tcp" are relayed as byte streams (one HTTP/2
+// CONNECT stream each, over the same connection).
 type Outbound struct {
 	cfg       OutboundConfig
 	log       *slog.Logger
+	metrics   *listenerMetrics
 	upstreams []*upstream
+	fwd       *forwarder
+
+	table atomic.Pointer[Table]
+
+	mu        sync.Mutex // installs and remote creation
+	balancers map[string]*balancer.Balancer
+	remotes   atomic.Pointer[map[balancer.Target]*remote]
+	static    map[balancer.Target]*remote // never pruned
+	retired   []*remote
+
+	tunnels tunnelSet
 }
 
 type upstream struct {
 	Upstream
-	log       *slog.Logger
-	transport *http.Transport
-	fwd       *forwarder
+	log *slog.Logger
+	// static stands in for the service while discovery knows no endpoint
+	// of it; nil without a static endpoint.
+	static *service
 }
+
+var _ http.Handler = (*Outbound)(nil)
 
 // NewOutbound checks cfg and builds an Outbound; Run starts it.
 func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
@@ -137,102 +258,431 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = 30 * time.Second
 	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if cfg.MaxRequestsPerService <= 0 {
+		cfg.MaxRequestsPerService = 1024
+	}
 	var err error
 	if cfg.Logger, cfg.Clock, cfg.Metrics, err = defaults(cfg.Logger, cfg.Clock, cfg.Metrics); err != nil {
 		return nil, err
 	}
-	o := &Outbound{cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerOutbound))}
+	if cfg.Outlier.Clock == nil {
+		cfg.Outlier.Clock = cfg.Clock
+	}
+	o := &Outbound{
+		cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerOutbound)),
+		metrics:   cfg.Metrics.listener(ListenerOutbound),
+		balancers: map[string]*balancer.Balancer{},
+		static:    map[balancer.Target]*remote{},
+	}
+	empty := map[balancer.Target]*remote{}
+	o.remotes.Store(&empty)
+	o.fwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, roundTripper{o}, o.rewrite)
+	o.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	for _, u := range cfg.Upstreams {
-		o.upstreams = append(o.upstreams, o.newUpstream(u))
+		u = u.normalized()
+		if u.Namespace == "" {
+			u.Namespace = cfg.Namespace
+		}
+		up := &upstream{Upstream: u, log: o.log.With(slog.String("upstream", u.Name))}
+		if u.Remote != "" {
+			tg := balancer.Target{Addr: u.Remote, Identity: u.ID.String()}
+			b, err := balancer.New(cfg.Outlier)
+			if err != nil {
+				return nil, fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
+			}
+			b.SetTargets([]balancer.Target{tg})
+			if o.static[tg] == nil {
+				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+				if err != nil {
+					return nil, fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
+				}
+				o.static[tg] = rm
+			}
+			up.static = &service{key: svcKey{u.Namespace, u.Service}, label: u.Service + "." + u.Namespace,
+				targets: []balancer.Target{tg}, bal: b}
+		}
+		o.upstreams = append(o.upstreams, up)
 	}
 	return o, nil
 }
 
-func (o *Outbound) newUpstream(u Upstream) *upstream {
-	cfg := o.cfg
-	up := &upstream{Upstream: u, log: o.log.With(slog.String("upstream", u.Name))}
-	tlsConfig := certs.MTLSClientConfig(ownSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(u.ID),
-		certs.TLSOptions{Clock: cfg.Clock})
-	tlsConfig.MinVersion = tls.VersionTLS13
-	tlsConfig.NextProtos = []string{"h2", "http/1.1"}
-	if host, _, err := net.SplitHostPort(u.Remote); err == nil && net.ParseIP(host) == nil {
-		tlsConfig.ServerName = host
+// Install makes t the table in force, from the next request on (also on
+// connections already open). Each service's balancer keeps its endpoints'
+// load and ejection state across tables. A Table is installed once.
+func (o *Outbound) Install(t *Table) {
+	if t == nil || !t.installed.CompareAndSwap(false, true) {
+		return
 	}
-	failed := cfg.Metrics.listener(ListenerOutbound)
-	dialer := &net.Dialer{Timeout: cfg.Limits.Dial, KeepAlive: 30 * time.Second}
-	// The handshake is done here rather than by the Transport so that
-	// failures are counted and logged by reason, like the listeners'.
-	dialTLS := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: dial upstream %s: %w", u.Name, err)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	// 1. Remotes for every endpoint, before any balancer can pick one.
+	old := *o.remotes.Load()
+	next := make(map[balancer.Target]*remote, t.nEps)
+	for _, s := range t.services {
+		for _, tg := range s.targets {
+			if rm := old[tg]; rm != nil {
+				next[tg] = rm
+			} else if next[tg] == nil {
+				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+				if err != nil { // the table's identities are parsed; not reached
+					o.log.Error("proxy: endpoint left out", slog.String("addr", tg.Addr), slog.String("error", err.Error()))
+					continue
+				}
+				next[tg] = rm
+			}
 		}
-		tc := tls.Client(c, tlsConfig)
-		hctx, cancel := context.WithTimeout(ctx, cfg.Limits.Handshake)
-		err = tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			_ = c.Close()
-			reason := classify(err)
-			failed.handshakeFailed(reason)
-			up.log.Warn("proxy: handshake with upstream failed", slog.String("remote", addr),
-				slog.String("reason", reason), slog.String("error", err.Error()))
-			return nil, fmt.Errorf("proxy: handshake with upstream %s: %w", u.Name, err)
+	}
+	o.remotes.Store(&next)
+	// 2. Balancers, found again by service (and subset).
+	balancers := make(map[string]*balancer.Balancer, len(t.services))
+	bal := func(key string, targets []balancer.Target) *balancer.Balancer {
+		b := o.balancers[key]
+		if b == nil {
+			b, _ = balancer.New(o.cfg.Outlier) // validated in NewOutbound
 		}
-		return tc, nil
+		b.SetTargets(targets)
+		balancers[key] = b
+		return b
 	}
-	up.transport = &http.Transport{
-		Proxy:                  nil,
-		DialTLSContext:         dialTLS,
-		ForceAttemptHTTP2:      true,
-		MaxIdleConnsPerHost:    cfg.Limits.MaxIdleConnsPerHost,
-		IdleConnTimeout:        cfg.Limits.Idle,
-		ResponseHeaderTimeout:  cfg.Limits.ResponseHeader,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: cfg.KeepAlive,
-			PingTimeout:     cfg.Limits.Handshake,
-		},
+	for _, s := range t.services {
+		key := s.key.ns + "/" + s.key.name
+		s.bal = bal(key, s.targets)
+		for name, sub := range s.subsets {
+			if s.subsetBal == nil {
+				s.subsetBal = map[string]*balancer.Balancer{}
+			}
+			s.subsetBal[name] = bal(key+"/"+name, sub)
+		}
 	}
-	remote := u.Remote
-	up.fwd = newForwarder(ListenerOutbound, up.log, cfg.Clock.Now, cfg.Metrics, up.transport,
-		func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "https"
-			pr.Out.URL.Host = remote
-			// The remote inbound sets the mesh headers; nothing the app
-			// sends may pose as them.
-			stripMeshHeaders(pr.Out.Header)
-		})
-	return up
+	o.balancers = balancers
+	// 3. The table itself.
+	o.table.Store(t)
+	// 4. Connections to endpoints that are gone are closed once idle.
+	keep := o.retired[:0]
+	for _, rm := range o.retired {
+		rm.closeIdle()
+		keep = append(keep, rm) // a transport with a request in flight still holds a connection
+	}
+	o.retired = keep
+	for tg, rm := range old {
+		if next[tg] == nil {
+			rm.closeIdle()
+			o.retired = append(o.retired, rm)
+		}
+	}
+	if len(o.retired) > 256 {
+		o.retired = o.retired[len(o.retired)-256:]
+	}
+	for _, r := range t.rejected {
+		o.log.Warn("proxy: endpoint refused: its identity may not serve the service", slog.String("endpoint", r))
+	}
 }
 
-// Run serves every upstream's local port until ctx is cancelled, then
-// drains (Limits.Drain), closes the connections to the remotes and returns
-// nil. It closes the listeners.
+// remoteFor returns the transports to an endpoint, making them if a
+// request picked an endpoint that a concurrent Install just removed.
+func (o *Outbound) remoteFor(tg balancer.Target) (*remote, error) {
+	if rm := (*o.remotes.Load())[tg]; rm != nil {
+		return rm, nil
+	}
+	if rm := o.static[tg]; rm != nil {
+		return rm, nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if rm := (*o.remotes.Load())[tg]; rm != nil {
+		return rm, nil
+	}
+	rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+	if err != nil {
+		return nil, err
+	}
+	o.retired = append(o.retired, rm) // closed at the next Install or at shutdown
+	return rm, nil
+}
+
+// service returns the service an upstream's port calls: from the table,
+// or its static endpoint while the table has no endpoint for it.
+func (up *upstream) service(t *Table) *service {
+	s := t.lookup(up.Namespace, up.Service)
+	if up.static != nil && (s == nil || len(s.targets) == 0) {
+		return up.static
+	}
+	return s
+}
+
+// call is what the handler decided for one request, for the rewrite and
+// the round trip.
+type call struct {
+	ctx   context.Context // the request's, with the route timeout
+	dst   *service
+	bal   *balancer.Balancer
+	port  *svcPort
+	route *route.Route
+}
+
+type callKey struct{}
+type upstreamKey struct{}
+
+// ServeHTTP routes one request from the app.
+func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t := o.table.Load()
+	var svc *service
+	var port uint32
+	up, _ := r.Context().Value(upstreamKey{}).(*upstream)
+	if up != nil {
+		svc, port = up.service(t), up.Port
+	} else {
+		svc, port = t.lookupHost(r.Host)
+	}
+	if svc == nil {
+		dest := r.Host
+		if up != nil {
+			dest = up.Service + "." + up.Namespace
+		}
+		o.fwd.refuse(w, r, http.StatusBadGateway, fmt.Sprintf("minimesh: %q is not a service of the mesh; nothing was sent (traffic leaves the mesh only where configured)\n", dest),
+			fmt.Errorf("%w: %q", ErrUnknownService, dest))
+		return
+	}
+	c := &call{dst: svc}
+	subset := ""
+	if svc.routes != nil {
+		path, err := pathnorm.Normalize(r.URL.EscapedPath())
+		if err != nil {
+			path = r.URL.Path // no route names a path that does not normalize
+		}
+		if c.route = svc.routes.Match(route.Request{Method: r.Method, Path: path, Host: r.Host, Header: r.Header}); c.route != nil {
+			b := c.route.PickBackend()
+			if c.dst = t.lookup(svc.key.ns, b.Service); c.dst == nil {
+				o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: route %s: service %s.%s has no endpoints\n", c.route.Name, b.Service, svc.key.ns),
+					fmt.Errorf("%w: %s.%s", ErrNoEndpoint, b.Service, svc.key.ns))
+				return
+			}
+			subset = b.Subset
+			if b.Port != 0 {
+				port = b.Port
+			}
+		}
+	}
+	if c.port = c.dst.port(port, true); c.port != nil && c.port.proto == meshv1.Protocol_PROTOCOL_TCP {
+		o.fwd.refuse(w, r, http.StatusBadGateway, fmt.Sprintf("minimesh: port %d of %s is TCP; call it through an upstream port of its own\n", c.port.port, c.dst.label),
+			fmt.Errorf("%w: HTTP request for TCP port %d of %s", ErrInvalidConfig, c.port.port, c.dst.label))
+		return
+	}
+	if c.bal = c.dst.balancerFor(subset); c.bal == nil {
+		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has no endpoints\n", c.dst.label),
+			fmt.Errorf("%w: %s", ErrNoEndpoint, c.dst.label))
+		return
+	}
+	if n := c.dst.inflight.Add(1); n > int64(o.cfg.MaxRequestsPerService) {
+		c.dst.inflight.Add(-1)
+		o.fwd.metrics.overflow()
+		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has %d requests in flight already\n", c.dst.label, o.cfg.MaxRequestsPerService),
+			fmt.Errorf("%w: %s", ErrOverloaded, c.dst.label))
+		return
+	}
+	defer c.dst.inflight.Add(-1)
+	if !o.fwd.admitBody(w, r, c.port) {
+		return
+	}
+	ctx := r.Context()
+	if c.route != nil && c.route.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.route.Timeout)
+		defer cancel()
+	}
+	c.ctx = ctx
+	o.fwd.ServeHTTP(w, r.WithContext(context.WithValue(ctx, callKey{}, c)))
+}
+
+// rewrite prepares the request for the remote inbound. The URL's host is
+// the service's name: each endpoint's transport dials its own address.
+func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
+	c := pr.In.Context().Value(callKey{}).(*call)
+	pr.Out.URL.Scheme = "https"
+	pr.Out.URL.Host = c.dst.label
+	// The remote inbound sets the mesh headers; nothing the app sends may
+	// pose as them.
+	stripMeshHeaders(pr.Out.Header)
+	if c.port != nil {
+		pr.Out.Header[HeaderTarget] = c.port.header
+	}
+	ensureRequestID(pr.Out.Header)
+}
+
+// Run serves every local port until ctx is cancelled, then drains
+// (Limits.Drain), closes the connections to the remotes and returns nil.
+// It closes the listeners.
 func (o *Outbound) Run(ctx context.Context) error {
-	lns := make([]net.Listener, len(o.upstreams))
-	for i, up := range o.upstreams {
+	type port struct {
+		ln net.Listener
+		up *upstream // nil: the Host-routed port
+	}
+	var ports []port
+	closeAll := func() {
+		for _, p := range ports {
+			_ = p.ln.Close()
+		}
+	}
+	for _, up := range o.upstreams {
 		ln, err := listen(up.Listener, up.Listen)
 		if err != nil {
-			for _, l := range lns[:i] {
-				_ = l.Close()
-			}
+			closeAll()
 			return fmt.Errorf("proxy: upstream %s: %w", up.Name, err)
 		}
-		lns[i] = ln
+		ports = append(ports, port{ln, up})
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	for i, up := range o.upstreams {
-		srv := newServer(up.fwd, o.cfg.Limits, up.log)
-		ln := lns[i]
-		up.log.Info("proxy: outbound listening", slog.String("addr", ln.Addr().String()),
-			slog.String("remote", up.Remote), slog.String("id", up.ID.String()))
-		g.Go(func() error {
-			defer up.fwd.closeIdle(up.transport)
-			return serve(gctx, srv, ln, o.cfg.Limits.Drain, up.log)
-		})
+	if o.cfg.HTTPListener != nil || o.cfg.HTTPAddr != "" {
+		ln, err := listen(o.cfg.HTTPListener, o.cfg.HTTPAddr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("proxy: outbound HTTP port: %w", err)
+		}
+		ports = append(ports, port{ln, nil})
 	}
-	return g.Wait()
+	if len(ports) == 0 {
+		<-ctx.Done()
+		o.closeRemotes()
+		return nil
+	}
+	// Every local port's HTTP connections go to one server (HTTP/1.1 and
+	// h2c, for gRPC apps); the accept loops decide per connection, from
+	// the table in force, whether a port is HTTP or a TCP relay.
+	conns := newConnQueue(ports[0].ln.Addr())
+	srv := newServer(o, o.cfg.Limits, o.log)
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if uc, ok := c.(*upstreamConn); ok {
+			return context.WithValue(ctx, upstreamKey{}, uc.up)
+		}
+		return ctx
+	}
+	actx, stopAccept := context.WithCancel(ctx)
+	var accepting sync.WaitGroup
+	for _, p := range ports {
+		if p.up != nil {
+			p.up.log.Info("proxy: outbound listening", slog.String("addr", p.ln.Addr().String()),
+				slog.String("service", p.up.Service+"."+p.up.Namespace), slog.Any("port", p.up.Port))
+		} else {
+			o.log.Info("proxy: outbound HTTP port listening (routes by Host)", slog.String("addr", p.ln.Addr().String()))
+		}
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			o.accept(actx, p.ln, p.up, conns)
+		}()
+	}
+	err := serve(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
+	stopAccept()
+	closeAll()
+	accepting.Wait()
+	o.tunnels.drain(o.cfg.Limits.Drain)
+	o.fwd.inflight.Wait()
+	o.closeRemotes()
+	return err
 }
+
+func (o *Outbound) closeRemotes() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, rm := range *o.remotes.Load() {
+		rm.closeIdle()
+	}
+	for _, rm := range o.static {
+		rm.closeIdle()
+	}
+	for _, rm := range o.retired {
+		rm.closeIdle()
+	}
+}
+
+// accept takes the connections of one local port: a TCP port's are
+// relayed, the others handed to the HTTP server.
+func (o *Outbound) accept(ctx context.Context, ln net.Listener, up *upstream, conns *connQueue) {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and the like: back off as http.Server does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			o.log.Warn("proxy: accept failed", slog.String("addr", ln.Addr().String()), slog.String("error", err.Error()))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		if up == nil {
+			if !conns.put(ctx, c) {
+				return
+			}
+			continue
+		}
+		if svc := up.service(o.table.Load()); svc != nil {
+			if sp := svc.port(up.Port, false); sp != nil && sp.proto == meshv1.Protocol_PROTOCOL_TCP {
+				o.tunnels.start(ctx, c, func(ctx context.Context) { o.relay(ctx, c, svc, sp) })
+				continue
+			}
+		}
+		if !conns.put(ctx, &upstreamConn{Conn: c, up: up}) {
+			return
+		}
+	}
+}
+
+// upstreamConn tags a connection with the upstream port it came in on.
+type upstreamConn struct {
+	net.Conn
+	up *upstream
+}
+
+// connQueue is the listener the HTTP server serves: connections that the
+// accept loops hand over.
+type connQueue struct {
+	addr  net.Addr
+	ch    chan net.Conn
+	done  chan struct{}
+	close sync.Once
+}
+
+var _ net.Listener = (*connQueue)(nil)
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) put(ctx context.Context, c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+	case <-ctx.Done():
+	}
+	_ = c.Close()
+	return false
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.close.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }

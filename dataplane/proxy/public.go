@@ -95,12 +95,18 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 			pr.Out.URL.Host = app
 			stripMeshHeaders(pr.Out.Header)
 			pr.SetXForwarded()
+			ensureRequestID(pr.Out.Header)
 		})
+	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	return p, nil
 }
 
 // ServeHTTP forwards one request to the app.
-func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.fwd.ServeHTTP(w, r) }
+func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.fwd.admitBody(w, r, nil) {
+		p.fwd.ServeHTTP(w, r)
+	}
+}
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
 // returns nil. It closes the listener.

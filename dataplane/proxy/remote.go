@@ -1,0 +1,109 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"minimesh/certs"
+	"minimesh/dataplane/balancer"
+)
+
+// errConnect marks a failure to reach a remote proxy (TCP connect or TLS
+// handshake), which retry policies and outlier detection tell apart from a
+// reset.
+var errConnect = errors.New("proxy: connect failed")
+
+// remote is the way to one remote proxy (an endpoint: an address and the
+// SPIFFE ID it must present). Its HTTP/2 transport keeps one long-lived
+// mTLS connection that every request to that proxy shares as a stream;
+// when the connection fails (a dead peer is found by pings) the next
+// request dials a new one. Upgrades (WebSocket) need HTTP/1.1 and get a
+// connection of their own from the h1 transport.
+type remote struct {
+	target balancer.Target
+	h2     *http.Transport
+	h1     *http.Transport
+}
+
+func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger) (*remote, error) {
+	id, err := spiffeid.FromString(target.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: endpoint %s: %w", target.Addr, err)
+	}
+	r := &remote{target: target}
+	base := certs.MTLSClientConfig(ownSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(id), certs.TLSOptions{Clock: cfg.Clock})
+	base.MinVersion = tls.VersionTLS13
+	if host, _, err := net.SplitHostPort(target.Addr); err == nil && net.ParseIP(host) == nil {
+		base.ServerName = host
+	}
+	h2Config, h1Config := base.Clone(), base.Clone()
+	h2Config.NextProtos = []string{"h2"}
+	h1Config.NextProtos = []string{"http/1.1"}
+	dialer := &net.Dialer{Timeout: cfg.Limits.Dial, KeepAlive: 30 * time.Second}
+	// Every transport of a remote dials that remote's address, whatever
+	// the request URL says, and does the handshake itself so that failures
+	// are counted and logged by reason, like the listeners'.
+	dial := func(tc *tls.Config) func(context.Context, string, string) (net.Conn, error) {
+		return func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, "tcp", target.Addr)
+			if err != nil {
+				return nil, fmt.Errorf("%w: dial %s: %w", errConnect, target.Addr, err)
+			}
+			conn := tls.Client(c, tc)
+			hctx, cancel := context.WithTimeout(ctx, cfg.Limits.Handshake)
+			err = conn.HandshakeContext(hctx)
+			cancel()
+			if err != nil {
+				_ = c.Close()
+				reason := classify(err)
+				failed.handshakeFailed(reason)
+				log.Warn("proxy: handshake with upstream failed", slog.String("remote", target.Addr),
+					slog.String("id", target.Identity), slog.String("reason", reason), slog.String("error", err.Error()))
+				return nil, fmt.Errorf("%w: handshake with %s: %w", errConnect, target.Addr, err)
+			}
+			return conn, nil
+		}
+	}
+	r.h2 = &http.Transport{
+		Proxy:                  nil,
+		DialTLSContext:         dial(h2Config),
+		ForceAttemptHTTP2:      true,
+		MaxIdleConnsPerHost:    cfg.Limits.MaxIdleConnsPerHost,
+		IdleConnTimeout:        cfg.Limits.Idle,
+		ResponseHeaderTimeout:  cfg.Limits.ResponseHeader,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout:  cfg.KeepAlive,
+			PingTimeout:      cfg.Limits.Handshake,
+			MaxReadFrameSize: 1 << 20,
+		},
+	}
+	r.h1 = &http.Transport{
+		Proxy:                  nil,
+		DialTLSContext:         dial(h1Config),
+		MaxIdleConnsPerHost:    8,
+		IdleConnTimeout:        cfg.Limits.Idle,
+		ResponseHeaderTimeout:  cfg.Limits.ResponseHeader,
+		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true,
+	}
+	// Without this the h1 transport would also offer h2 (it has a
+	// DialTLSContext and no TLSNextProto entry would stop it).
+	r.h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	return r, nil
+}
+
+func (r *remote) closeIdle() {
+	r.h2.CloseIdleConnections()
+	r.h1.CloseIdleConnections()
+}
