@@ -60,7 +60,8 @@ type RetryPolicy struct {
 	// MaxBodyBytes: a request whose body is larger is not retried (the
 	// proxy buffers at most this much of a body for retries).
 	MaxBodyBytes int64
-	// Budget limits retries across the route's requests.
+	// Budget limits retries across the route's requests; nil (only when
+	// Attempts is 0) limits nothing.
 	Budget *Budget
 }
 

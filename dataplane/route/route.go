@@ -57,7 +57,8 @@ type Route struct {
 	// Timeout is the time for the whole request, retries included; 0: no
 	// route timeout.
 	Timeout time.Duration
-	// Retry is nil when the route does not retry.
+	// Retry is never nil: a route without a retry policy has one with no
+	// Attempts and no Budget, which retries nothing.
 	Retry *RetryPolicy
 
 	matches []match
@@ -168,6 +169,7 @@ func compileRoute(cfg Config, r *api.Route) (*Route, error) {
 		cr.total += w
 		cr.cum = append(cr.cum, cr.total)
 	}
+	cr.Retry = &RetryPolicy{}
 	if rp := s.GetRetries(); rp != nil {
 		cr.Retry = compileRetry(cfg, rp)
 	}

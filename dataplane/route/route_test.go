@@ -150,8 +150,13 @@ func TestCompiledValues(t *testing.T) {
 	if p.Budget == nil || p.Budget.deposit != 500 || p.Budget.floor != nil {
 		t.Errorf("budget %+v", p.Budget)
 	}
-	if pl := got["plain"]; pl.Timeout != 0 || pl.Retry != nil || pl.Backends[0].Weight != 1 {
+	if pl := got["plain"]; pl.Timeout != 0 || pl.Retry == nil || pl.Retry.Attempts != 0 || pl.Retry.Budget != nil || pl.Backends[0].Weight != 1 {
 		t.Errorf("plain: %+v", pl)
+	} else {
+		pl.Retry.Budget.Request() // nil-safe
+		if pl.Retry.Retry(Attempt{Method: "GET", Failure: FailureConnect}) {
+			t.Error("a route without a retry policy retried")
+		}
 	}
 	d := got["defaults"].Retry
 	if d.On != RetryOnConnectFailure|RetryOnReset|RetryOnGatewayError || d.MaxBodyBytes != api.DefaultRetryBodyBytes || d.PerTryTimeout != 0 || d.NonIdempotent {
