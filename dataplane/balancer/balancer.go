@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -37,6 +38,9 @@ type Config struct {
 	MaxEjectedPercent int
 	// Clock tells the time of ejections. Default certs.SystemClock.
 	Clock certs.Clock
+	// Logger reports ejections and returns (at Info). Default
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Validate reports a Config that does not make sense (after defaults).
@@ -69,6 +73,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Clock == nil {
 		c.Clock = certs.SystemClock
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
 }
 
@@ -164,6 +171,7 @@ func (b *Balancer) publish(all []*Endpoint, now time.Time) *state {
 		if !e.ejectedUntil.IsZero() && !now.Before(e.ejectedUntil) {
 			e.returnedAt, e.ejectedUntil = e.ejectedUntil, time.Time{}
 			e.failures.Store(0)
+			b.cfg.Logger.Info("endpoint returned after ejection", "addr", e.Addr, "identity", e.Identity)
 		}
 		if e.ejectedUntil.IsZero() {
 			s.avail = append(s.avail, e)
@@ -254,6 +262,8 @@ func (b *Balancer) eject(e *Endpoint) {
 		d = b.cfg.MaxEjection
 	}
 	e.ejectedUntil = now.Add(d)
+	b.cfg.Logger.Info("endpoint ejected", "addr", e.Addr, "identity", e.Identity,
+		"consecutive_failures", e.failures.Load(), "for", d, "ejections", e.ejections)
 	b.publish(s.all, now)
 }
 

@@ -1,9 +1,12 @@
 package balancer
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +48,9 @@ func newBalancer(t *testing.T, cfg Config, n int) (*Balancer, *fakeClock) {
 	clock := newClock()
 	if cfg.Clock == nil {
 		cfg.Clock = clock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	b, err := New(cfg)
 	if err != nil {
@@ -140,7 +146,9 @@ func TestP2CSpreadsEvenLoad(t *testing.T) {
 }
 
 func TestEjectionAndReturn(t *testing.T) {
-	b, clock := newBalancer(t, Config{ConsecutiveFailures: 3, BaseEjection: 10 * time.Second, MaxEjection: 25 * time.Second}, 4)
+	var logs bytes.Buffer
+	b, clock := newBalancer(t, Config{ConsecutiveFailures: 3, BaseEjection: 10 * time.Second, MaxEjection: 25 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, 4)
 	bad := endpoint(t, b, "10.0.0.1:15006")
 	fail := func(n int) {
 		for range n {
@@ -176,6 +184,11 @@ func TestEjectionAndReturn(t *testing.T) {
 	}
 	if st := status(b, bad.Addr); st.Ejected || st.ConsecutiveFailures != 0 {
 		t.Fatalf("returned: %+v", st)
+	}
+	for _, want := range []string{`msg="endpoint ejected" addr=10.0.0.1:15006`, "for=10s", `msg="endpoint returned after ejection" addr=10.0.0.1:15006`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
 	}
 
 	// The second ejection lasts twice as long, the third is capped.
@@ -284,7 +297,7 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if b.cfg.ConsecutiveFailures != DefaultConsecutiveFailures || b.cfg.BaseEjection != DefaultBaseEjection ||
-		b.cfg.MaxEjection != DefaultMaxEjection || b.cfg.MaxEjectedPercent != DefaultMaxEjectedPercent || b.cfg.Clock == nil {
+		b.cfg.MaxEjection != DefaultMaxEjection || b.cfg.MaxEjectedPercent != DefaultMaxEjectedPercent || b.cfg.Clock == nil || b.cfg.Logger == nil {
 		t.Errorf("defaults: %+v", b.cfg)
 	}
 	if _, err := b.Pick(); !errors.Is(err, ErrNoEndpoints) {
