@@ -471,8 +471,12 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Errorf("%w: HTTP request for TCP port %d of %s", ErrInvalidConfig, c.port.port, c.dst.label))
 		return
 	}
-	if c.bal = c.dst.balancerFor(subset); c.bal == nil {
-		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has no endpoints\n", c.dst.label),
+	if c.bal = c.dst.balancerFor(subset); c.bal == nil || c.dst.endpoints(subset) == 0 {
+		what := c.dst.label
+		if subset != "" {
+			what = "subset " + subset + " of " + what
+		}
+		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has no endpoints\n", what),
 			fmt.Errorf("%w: %s", ErrNoEndpoint, c.dst.label))
 		return
 	}

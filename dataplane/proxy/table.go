@@ -297,3 +297,11 @@ func (s *service) balancerFor(subset string) *balancer.Balancer {
 	}
 	return s.subsetBal[subset]
 }
+
+// endpoints counts the endpoints of s, or of one of its subsets.
+func (s *service) endpoints(subset string) int {
+	if subset == "" {
+		return len(s.targets)
+	}
+	return len(s.subsets[subset])
+}
