@@ -264,7 +264,7 @@ func injectDoc(doc []byte, opts InjectOptions) ([]byte, error) {
 // decodeStrict decodes a YAML document the way the API server does: case
 // sensitive, and an unknown or duplicate field is an error naming its path.
 func decodeStrict(doc []byte, obj any) error {
-	j, err := yaml.YAMLToJSON(doc)
+	j, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
 		return err
 	}

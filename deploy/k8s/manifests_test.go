@@ -1,0 +1,334 @@
+// Package k8s_test checks the Kubernetes manifests offline: every YAML file
+// and every kustomize build (run in-process) is decoded strictly into the
+// k8s.io/api types, as the API server would, so a typo or a misplaced field
+// fails `make test` without a cluster or schemas from the internet.
+package k8s_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
+	"sigs.k8s.io/kustomize/api/krusty"
+	kusttypes "sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+
+	"minimesh/internal/meshctl"
+)
+
+// object is one decoded manifest.
+type object struct {
+	file string
+	kind string
+	name string
+	ns   string
+	obj  any
+}
+
+// kinds are the types the manifests may hold.
+var kinds = map[string]func() any{
+	"v1 Namespace":             func() any { return &corev1.Namespace{} },
+	"v1 ServiceAccount":        func() any { return &corev1.ServiceAccount{} },
+	"v1 Service":               func() any { return &corev1.Service{} },
+	"v1 PersistentVolumeClaim": func() any { return &corev1.PersistentVolumeClaim{} },
+	"v1 Secret":                func() any { return &corev1.Secret{} },
+	"v1 ConfigMap":             func() any { return &corev1.ConfigMap{} },
+	"v1 Pod":                   func() any { return &corev1.Pod{} },
+	"apps/v1 Deployment":       func() any { return &appsv1.Deployment{} },
+	"apps/v1 StatefulSet":      func() any { return &appsv1.StatefulSet{} },
+	"apps/v1 DaemonSet":        func() any { return &appsv1.DaemonSet{} },
+	"batch/v1 Job":             func() any { return &batchv1.Job{} },
+}
+
+// decodeStrict decodes a YAML stream strictly: unknown, duplicate or
+// mis-cased fields are errors naming their path.
+func decodeStrict(file string, data []byte) ([]object, error) {
+	var out []object
+	for i, doc := range splitDocs(data) {
+		j, err := yaml.YAMLToJSONStrict(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+		}
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(j, &tm); err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+		}
+		if tm.Kind == "Kustomization" {
+			var k kusttypes.Kustomization
+			if err := strictInto(j, &k); err != nil {
+				return nil, fmt.Errorf("%s: %w", file, err)
+			}
+			continue
+		}
+		newObj, ok := kinds[tm.APIVersion+" "+tm.Kind]
+		if !ok {
+			return nil, fmt.Errorf("%s: document %d: unexpected %s %s", file, i+1, tm.APIVersion, tm.Kind)
+		}
+		o := newObj()
+		if err := strictInto(j, o); err != nil {
+			return nil, fmt.Errorf("%s: document %d (%s): %w", file, i+1, tm.Kind, err)
+		}
+		meta := o.(metav1.Object)
+		out = append(out, object{file: file, kind: tm.Kind, name: meta.GetName(), ns: meta.GetNamespace(), obj: o})
+	}
+	return out, nil
+}
+
+func strictInto(j []byte, o any) error {
+	strict, err := sigsjson.UnmarshalStrict(j, o)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
+}
+
+func splitDocs(data []byte) [][]byte {
+	var docs [][]byte
+	for _, d := range bytes.Split(append([]byte("\n"), data...), []byte("\n---")) {
+		var v any
+		if yaml.Unmarshal(d, &v) == nil && v != nil {
+			docs = append(docs, d)
+		}
+	}
+	return docs
+}
+
+// Every YAML file under deploy/k8s decodes strictly.
+func TestEveryManifestDecodesStrictly(t *testing.T) {
+	n := 0
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if _, err := decodeStrict(path, b); err != nil {
+			t.Error(err)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 10 {
+		t.Fatalf("only %d manifests found", n)
+	}
+}
+
+// The decoder is strict: the checks above would catch a typo.
+func TestStrictDecodingCatchesMistakes(t *testing.T) {
+	for _, bad := range []string{
+		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replica: 1\n",
+		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  Replicas: 1\n",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports:\n  - port: 80\n    port: 81\n",
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: a\n    image: b\n    securityContext:\n      runAsNonRoot: \"yes\"\n",
+		"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresource:\n- a.yaml\n",
+		"apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n",
+	} {
+		if _, err := decodeStrict("bad.yaml", []byte(bad)); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+}
+
+// build runs kustomize in-process on dir and decodes its output strictly.
+func build(t *testing.T, fsys filesys.FileSystem, dir string) []object {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	m, err := k.Run(fsys, dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	y, err := m.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeStrict("kustomize build "+dir, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func find[T any](t *testing.T, objs []object, kind, name string) T {
+	t.Helper()
+	for _, o := range objs {
+		if o.kind == kind && o.name == name {
+			return o.obj.(T)
+		}
+	}
+	t.Fatalf("no %s %s in %v", kind, name, objs)
+	var zero T
+	return zero
+}
+
+func TestBaseBuildsMeshd(t *testing.T) {
+	objs := build(t, filesys.MakeFsOnDisk(), "base")
+	for _, o := range objs {
+		if o.kind != "Namespace" && o.ns != "minimesh-system" {
+			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.ns)
+		}
+	}
+	find[*corev1.Namespace](t, objs, "Namespace", "minimesh-system")
+	sa := find[*corev1.ServiceAccount](t, objs, "ServiceAccount", "meshd")
+	pvc := find[*corev1.PersistentVolumeClaim](t, objs, "PersistentVolumeClaim", "meshd-data")
+	svc := find[*corev1.Service](t, objs, "Service", "meshd")
+	dep := find[*appsv1.Deployment](t, objs, "Deployment", "meshd")
+
+	if !slices.Equal(pvc.Spec.AccessModes, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}) {
+		t.Errorf("PVC access modes %v", pvc.Spec.AccessModes)
+	}
+	// ReadWriteOnce and bbolt's lock: never two meshd pods at once.
+	if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || dep.Spec.Replicas == nil || *dep.Spec.Replicas != 1 {
+		t.Errorf("meshd strategy %v replicas %v: want Recreate and 1", dep.Spec.Strategy.Type, dep.Spec.Replicas)
+	}
+	pod := dep.Spec.Template.Spec
+	if pod.ServiceAccountName != sa.Name || pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Errorf("service account %q, automount %v", pod.ServiceAccountName, pod.AutomountServiceAccountToken)
+	}
+	if len(pod.Volumes) != 1 || pod.Volumes[0].PersistentVolumeClaim == nil || pod.Volumes[0].PersistentVolumeClaim.ClaimName != pvc.Name {
+		t.Fatalf("volumes %+v: want the PVC", pod.Volumes)
+	}
+	c := pod.Containers[0]
+	var mount string
+	for _, m := range c.VolumeMounts {
+		if m.Name == pod.Volumes[0].Name {
+			mount = m.MountPath
+		}
+	}
+	var dataDir string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--data-dir="); ok {
+			dataDir = v
+		}
+	}
+	if mount == "" || !strings.HasPrefix(dataDir, mount+"/") {
+		t.Errorf("data dir %q is not a directory inside the volume mounted at %q", dataDir, mount)
+	}
+	if !slices.Contains(c.Args, "--listen=0.0.0.0:15010") {
+		t.Errorf("meshd args %v: it must listen on the pod's address", c.Args)
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15010 || svc.Spec.Selector["app.kubernetes.io/name"] != dep.Spec.Template.Labels["app.kubernetes.io/name"] {
+		t.Errorf("service %+v does not select meshd on 15010", svc.Spec)
+	}
+	if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.FSGroup == nil {
+		t.Errorf("pod security context %+v", pod.SecurityContext)
+	}
+	if sc := c.SecurityContext; sc == nil || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation {
+		t.Errorf("container security context %+v", c.SecurityContext)
+	}
+}
+
+// The operator overlay makes the Secret from the files fetch-credential.sh
+// copies out of meshd's pod; here, from stand-ins in a copy of the dir.
+func TestOperatorBuildsSecretAndMeshctlPod(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"kustomization.yaml", "meshctl.yaml"} {
+		b, err := os.ReadFile(filepath.Join("operator", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "credential"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"svid.pem", "svid_key.pem", "bundle.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, "credential", f), []byte("stand-in "+f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objs := build(t, filesys.MakeFsOnDisk(), dir)
+	sec := find[*corev1.Secret](t, objs, "Secret", "meshctl-operator")
+	for _, f := range []string{"svid.pem", "svid_key.pem", "bundle.pem"} {
+		if string(sec.Data[f]) != "stand-in "+f {
+			t.Errorf("secret key %s = %q", f, sec.Data[f])
+		}
+	}
+	pod := find[*corev1.Pod](t, objs, "Pod", "meshctl")
+	v := pod.Spec.Volumes[0]
+	if v.Secret == nil || v.Secret.SecretName != sec.Name || *v.Secret.DefaultMode&0o007 != 0 {
+		t.Errorf("meshctl pod volume %+v: want the Secret, not readable by others", v)
+	}
+	if sec.Namespace != "minimesh-system" || pod.Namespace != "minimesh-system" {
+		t.Errorf("namespaces %q %q", sec.Namespace, pod.Namespace)
+	}
+}
+
+// exampleInjections are how the example's workloads are injected; the
+// outputs are committed (UPDATE_GOLDEN=1 rewrites them).
+var exampleInjections = map[string]meshctl.InjectOptions{
+	"api": {Image: "minimesh/minimesh:dev"},
+	"web": {Image: "minimesh/minimesh:dev", Upstreams: []string{"api=127.0.0.1:18081=api.demo.svc:15006=spiffe://minimesh.local/ns/demo/sa/api"}},
+}
+
+func TestExampleIsInjectedAndBuilds(t *testing.T) {
+	for name, opts := range exampleInjections {
+		src, err := os.ReadFile(filepath.Join("example", "app", name+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := meshctl.Inject(src, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden := filepath.Join("example", name+".injected.yaml")
+		header := []byte("# Generated by meshctl inject from app/" + name + ".yaml (make test checks it; UPDATE_GOLDEN=1 go test ./deploy/k8s rewrites it).\n")
+		got = append(header, got...)
+		if os.Getenv("UPDATE_GOLDEN") == "1" {
+			if err := os.WriteFile(golden, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s is stale: run UPDATE_GOLDEN=1 go test ./deploy/k8s", golden)
+		}
+	}
+
+	objs := build(t, filesys.MakeFsOnDisk(), "example")
+	for _, o := range objs {
+		if o.kind != "Namespace" && o.ns != "demo" {
+			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.ns)
+		}
+	}
+	svc := find[*corev1.Service](t, objs, "Service", "api")
+	for _, name := range []string{"api", "web"} {
+		dep := find[*appsv1.Deployment](t, objs, "Deployment", name)
+		pod := dep.Spec.Template.Spec
+		if len(pod.InitContainers) < 2 || pod.InitContainers[1].Name != meshctl.ProxyContainer {
+			t.Fatalf("%s is not injected", name)
+		}
+		find[*corev1.ServiceAccount](t, objs, "ServiceAccount", pod.ServiceAccountName)
+		if name == "api" {
+			for k, v := range svc.Spec.Selector {
+				if dep.Spec.Template.Labels[k] != v {
+					t.Errorf("service api does not select the api pods (%s=%s)", k, v)
+				}
+			}
+			if svc.Spec.Ports[0].TargetPort.StrVal != pod.InitContainers[1].Ports[0].Name {
+				t.Errorf("service api targets %v, the proxy's inbound port is %q", svc.Spec.Ports[0].TargetPort, pod.InitContainers[1].Ports[0].Name)
+			}
+		}
+	}
+}
