@@ -72,6 +72,28 @@ bench: bench-fanout ## Every benchmark; prints tables (see bench/RESULTS.md).
 bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.
 	$(GO) run ./bench/fanout -n 100,1000,2000
 
+# Kubernetes: manifests checked offline, the redirect proven in network
+# namespaces (root, iproute2 and iptables), the image.
+IMAGE ?= minimesh/minimesh:dev
+
+.PHONY: manifests-check
+manifests-check: ## Decode every manifest, kustomize build and inject output strictly (offline).
+	$(GO) test -count=1 ./deploy/k8s
+	$(GO) test -count=1 -run 'Inject' ./internal/meshctl
+
+.PHONY: manifests-golden
+manifests-golden: ## Rewrite the injected example and inject's golden files after a change.
+	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'Example' ./deploy/k8s
+	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'InjectGolden' ./internal/meshctl
+
+.PHONY: test-netns
+test-netns: ## The iptables redirect in two network namespaces (needs root; CI=true fails instead of skipping).
+	$(GO) test $(RACE) -count=1 -v -run 'TestRedirectInNetworkNamespaces' ./dataplane/redirect
+
+.PHONY: image
+image: ## Build the one image (meshd, mesh-proxy with iptables, meshctl, demo-app) with docker.
+	docker build -f deploy/k8s/Dockerfile --build-arg VERSION=$$(git describe --always --dirty) -t $(IMAGE) .
+
 .PHONY: clean
 clean: ## Remove built binaries.
 	rm -rf bin

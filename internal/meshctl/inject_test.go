@@ -266,7 +266,7 @@ func TestInjectRefusals(t *testing.T) {
 		{"empty", "# nothing\n---\n", InjectOptions{}, "no Kubernetes object"},
 		{"not yaml", "apiVersion: v1\nkind: Pod\n  bad: [\n", InjectOptions{}, "document 1"},
 		{"unknown field", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: 80\n        pth: /x\n"), InjectOptions{}, `unknown field "spec.containers[0].livenessProbe.httpGet.pth"`},
-		{"duplicate field", pod(app + "    ports:\n    - containerPort: 80\n    image: y\n"), InjectOptions{}, "duplicate"},
+		{"duplicate field", pod(app + "    ports:\n    - containerPort: 80\n    image: y\n"), InjectOptions{}, `key "image" already set`},
 		{"host network", pod("  hostNetwork: true\n" + app), InjectOptions{}, "hostNetwork"},
 		{"no service account", pod("  containers:\n  - name: app\n    image: x\n    ports:\n    - containerPort: 80\n"), InjectOptions{}, "no serviceAccountName"},
 		{"no containers", pod("  serviceAccountName: p\n"), InjectOptions{}, "no containers"},
