@@ -54,6 +54,9 @@ type Config struct {
 	// OperatorTTL is the operator credential's lifetime; it is re-issued at
 	// start when less than half of it is left (default 30 days).
 	OperatorTTL time.Duration
+	// RotationCheck is how often a root rotation's progress and the
+	// intermediate's age are checked (default 1s).
+	RotationCheck time.Duration
 	// BootstrapRate and BootstrapBurst limit Bootstrap per source address.
 	BootstrapRate  rate.Limit
 	BootstrapBurst int
@@ -84,6 +87,9 @@ func (c *Config) setDefaults() error {
 	if c.Clock == nil {
 		c.Clock = certs.SystemClock
 	}
+	if c.RotationCheck <= 0 {
+		c.RotationCheck = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,7 +104,8 @@ type Server struct {
 	cfg       Config
 	td        spiffeid.TrustDomain
 	store     *store.Store
-	ca        *certs.CA
+	ca        caHolder
+	rotateMu  sync.Mutex // serializes CA changes
 	authority *identity.Authority
 	serving   *certs.SVIDSource
 	bundle    *certs.BundleSource
@@ -139,9 +146,9 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
-	s.ca = ca
+	s.ca.set(ca)
 	s.bundle = certs.NewBundleSource(ca.Bundle())
-	s.authority, err = identity.New(identity.Config{Store: s.store, CA: ca, SVIDTTL: cfg.SVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
+	s.authority, err = identity.New(identity.Config{Store: s.store, CA: &s.ca, SVIDTTL: cfg.SVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
 	if err != nil {
 		return err
 	}
@@ -156,7 +163,7 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: ca.RootPin, Push: s.push, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: s.ca.RootPin, Push: s.push, CA: s, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}
@@ -261,6 +268,11 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_ProxyStatus_FullMethodName:      authn.Operator,
 		meshv1.AdminService_ProxyConfig_FullMethodName:      authn.Operator,
 		meshv1.AdminService_ProxyQuery_FullMethodName:       authn.Operator,
+		meshv1.AdminService_RotateCA_FullMethodName:         authn.Operator,
+		meshv1.AdminService_CAStatus_FullMethodName:         authn.Operator,
+		meshv1.AdminService_RevokeProxy_FullMethodName:      authn.Operator,
+		meshv1.AdminService_DenyIdentity_FullMethodName:     authn.Operator,
+		meshv1.AdminService_Backup_FullMethodName:           authn.Operator,
 	}
 }
 
@@ -300,6 +312,10 @@ func (s *Server) ensureOperatorCredential() error {
 		leaf := svid.Certificates[0]
 		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 		_, _, verr := certs.VerifyPeerCertificates(svid.Certificates, s.ca.Bundle(), s.cfg.Clock.Now())
+		// After a root rotation the credential must chain to the active root.
+		if verr == nil && len(svid.Certificates) > 1 && !svid.Certificates[len(svid.Certificates)-1].Equal(s.ca.get().Intermediate()) {
+			verr = errors.New("issued by another intermediate")
+		}
 		if verr == nil && svid.ID == certs.OperatorID(s.td) && s.cfg.Clock.Now().Before(half) {
 			return nil
 		}
@@ -307,7 +323,7 @@ func (s *Server) ensureOperatorCredential() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("controlplane: operator dir: %w", err)
 	}
-	svid, err := s.ca.IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
+	svid, err := s.ca.get().IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
 	if err != nil {
 		return err
 	}
@@ -328,7 +344,7 @@ func (s *Server) ensureOperatorCredential() error {
 }
 
 func (s *Server) rotateServing() error {
-	svid, err := s.ca.IssueServingSVID(certs.MeshdID(s.td), s.cfg.ServingTTL)
+	svid, err := s.ca.get().IssueServingSVID(certs.MeshdID(s.td), s.cfg.ServingTTL)
 	if err != nil {
 		return err
 	}
@@ -348,6 +364,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.cfg.Logger.Info("meshd serving", "addr", lis.Addr().String(), "trust_domain", s.td.String(), "root_pin", s.ca.RootPin())
+	caTick := time.NewTicker(s.cfg.RotationCheck)
+	defer caTick.Stop()
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
 	pushCtx, stopPush := context.WithCancel(context.Background())
@@ -361,6 +379,10 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
+		case <-caTick.C:
+			if err := s.advanceCA(false); err != nil {
+				s.cfg.Logger.Error("certificate authority maintenance failed", "error", err)
+			}
 		case <-rotate.C:
 			if err := s.rotateServing(); err != nil {
 				s.cfg.Logger.Error("could not rotate meshd's serving certificate", "error", err)
@@ -415,4 +437,4 @@ func (s *Server) OperatorCredentialDir() string { return filepath.Join(s.cfg.Dat
 func (s *Server) Authority() *identity.Authority { return s.authority }
 
 // CA is the certificate authority.
-func (s *Server) CA() *certs.CA { return s.ca }
+func (s *Server) CA() *certs.CA { return s.ca.get() }

@@ -38,6 +38,7 @@ func run() error {
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
 	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	restore := flag.String("restore", "", "install this backup (from meshctl backup) into an empty --data-dir, then start")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:15011); off when empty")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -50,6 +51,11 @@ func run() error {
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 
+	if *restore != "" {
+		if err := controlplane.Restore(cfg.DataDir, *restore); err != nil {
+			return err
+		}
+	}
 	cfg.Registry = prometheus.NewRegistry()
 	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := controlplane.New(cfg)

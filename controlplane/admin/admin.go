@@ -26,6 +26,8 @@ type Config struct {
 	CAPin func() string
 	// Push answers the sync-status, proxy-config and query calls.
 	Push Push
+	// CA answers the root-rotation calls.
+	CA CA
 	// OnChange is called after every committed change of resources.
 	OnChange   func()
 	Clock      certs.Clock
@@ -40,6 +42,12 @@ type Push interface {
 	Query(ctx context.Context, instanceID string, req *meshv1.Request) (*meshv1.Reply, error)
 }
 
+// CA is what admin needs of meshd's certificate authority.
+type CA interface {
+	RotateCA(force bool) (*meshv1.CAStatusResponse, error)
+	CAStatus() (*meshv1.CAStatusResponse, error)
+}
+
 // Server implements meshv1.AdminServiceServer.
 type Server struct {
 	meshv1.UnimplementedAdminServiceServer
@@ -51,8 +59,8 @@ var _ meshv1.AdminServiceServer = (*Server)(nil)
 
 // New builds the admin server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Authority == nil || cfg.CAPin == nil || cfg.Push == nil {
-		return nil, errors.New("admin: Config.Store, Authority, CAPin and Push are required")
+	if cfg.Store == nil || cfg.Authority == nil || cfg.CAPin == nil || cfg.Push == nil || cfg.CA == nil {
+		return nil, errors.New("admin: Config.Store, Authority, CAPin, Push and CA are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -20,6 +20,8 @@ var (
 	ErrBadRequest = errors.New("identity: bad request")
 	// ErrCSR: the CSR was refused.
 	ErrCSR = errors.New("identity: CSR refused")
+	// ErrRevoked: the identity is denied or the instance revoked.
+	ErrRevoked = errors.New("identity: revoked")
 	// ErrNotFound: no such token.
 	ErrNotFound = errors.New("identity: not found")
 )

@@ -158,6 +158,8 @@ func toStatus(err error) (string, error) {
 		return "token_revoked", status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrTokenUsedUp):
 		return "token_used_up", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrRevoked):
+		return "revoked", status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ErrReservedIdentity):
 		return "reserved_identity", status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ErrCSR):

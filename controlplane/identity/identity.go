@@ -37,6 +37,8 @@ type CA interface {
 	TrustDomain() spiffeid.TrustDomain
 	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
 	Bundle() *x509bundle.Bundle
+	// RootPin is the pin of the root new certificates chain to.
+	RootPin() string
 }
 
 var _ CA = (*certs.CA)(nil)
@@ -201,6 +203,9 @@ func (a *Authority) Bootstrap(token string, csrDER []byte, instanceID string) (*
 		if err != nil {
 			return fmt.Errorf("identity: stored token %s: %w", tok.ID, err)
 		}
+		if err := checkAllowed(tx, id, instanceID); err != nil {
+			return err
+		}
 		csr, err := certs.ValidateCSR(csrDER, id)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrCSR, err)
@@ -238,7 +243,7 @@ func (a *Authority) Bootstrap(token string, csrDER []byte, instanceID string) (*
 		if err := tx.Put(store.TableTokens, tok); err != nil {
 			return err
 		}
-		if err := putCertificate(tx, chain[0], id, "bootstrap", tok.ID, instanceID); err != nil {
+		if err := putCertificate(tx, chain[0], id, "bootstrap", tok.ID, instanceID, a.cfg.CA.RootPin()); err != nil {
 			return err
 		}
 		issued = &Issued{ID: id, Chain: chain, Bundle: a.cfg.CA.Bundle()}
@@ -264,11 +269,14 @@ func (a *Authority) Renew(caller spiffeid.ID, csrDER []byte, instanceID string) 
 	}
 	var issued *Issued
 	err := a.cfg.Store.Update(func(tx *store.Txn) error {
+		if err := checkAllowed(tx, caller, instanceID); err != nil {
+			return err
+		}
 		chain, err := a.cfg.CA.SignCSR(csrDER, caller, a.cfg.SVIDTTL)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrCSR, err)
 		}
-		if err := putCertificate(tx, chain[0], caller, "renew", "", instanceID); err != nil {
+		if err := putCertificate(tx, chain[0], caller, "renew", "", instanceID, a.cfg.CA.RootPin()); err != nil {
 			return err
 		}
 		if instanceID != "" {
@@ -293,7 +301,7 @@ func (a *Authority) Renew(caller spiffeid.ID, csrDER []byte, instanceID string) 
 // RecordInternal records a certificate meshd issued to itself or the operator.
 func (a *Authority) RecordInternal(leaf *x509.Certificate, id spiffeid.ID) error {
 	return a.cfg.Store.Update(func(tx *store.Txn) error {
-		return putCertificate(tx, leaf, id, "internal", "", "")
+		return putCertificate(tx, leaf, id, "internal", "", "", a.cfg.CA.RootPin())
 	})
 }
 
@@ -316,7 +324,7 @@ func (a *Authority) ListCertificates(validOnly bool) ([]*store.Certificate, erro
 	return out, err
 }
 
-func putCertificate(tx *store.Txn, leaf *x509.Certificate, id spiffeid.ID, by, tokenID, instanceID string) error {
+func putCertificate(tx *store.Txn, leaf *x509.Certificate, id spiffeid.ID, by, tokenID, instanceID, rootPin string) error {
 	return tx.Put(store.TableCertificates, &store.Certificate{
 		Serial:     serialHex(leaf),
 		SPIFFEID:   id.String(),
@@ -325,7 +333,21 @@ func putCertificate(tx *store.Txn, leaf *x509.Certificate, id spiffeid.ID, by, t
 		IssuedBy:   by,
 		TokenID:    tokenID,
 		InstanceID: instanceID,
+		RootPin:    rootPin,
 	})
+}
+
+// checkAllowed refuses a denied identity or a revoked instance.
+func checkAllowed(tx *store.Txn, id spiffeid.ID, instanceID string) error {
+	if _, err := tx.Get(store.TableDenials, id.String()); err == nil {
+		return fmt.Errorf("%w: %s is denied", ErrRevoked, id)
+	}
+	if instanceID != "" {
+		if rec, err := tx.Get(store.TableProxies, instanceID); err == nil && rec.(*store.Proxy).Revoked {
+			return fmt.Errorf("%w: instance %s is revoked", ErrRevoked, instanceID)
+		}
+	}
+	return nil
 }
 
 func checkInstanceID(id string) error {

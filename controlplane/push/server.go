@@ -87,14 +87,16 @@ var _ meshv1.ConfigServiceServer = (*Server)(nil)
 type instance struct {
 	acked, nacked, reason string
 	ackedSnap             *meshv1.Snapshot
+	ackedRoots            []string
 	lastMessage           time.Time
 	files                 []*meshv1.FileStatus
 }
 
 // groupSnapshot is a group's snapshot and its wire form, encoded once.
 type groupSnapshot struct {
-	snap *meshv1.Snapshot
-	enc  *encoded
+	snap  *meshv1.Snapshot
+	enc   *encoded
+	roots []string // pins of the roots in its trust bundle
 }
 
 type session struct {
@@ -230,9 +232,22 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) recompute() error {
 	var snaps map[group]*meshv1.Snapshot
 	var members map[string]group
+	excluded := map[string]bool{}
 	err := s.cfg.Store.View(func(r *store.Reader) error {
 		var err error
-		snaps, members, err = snapshots(r, s.cfg.Bundle())
+		snaps, members, err = snapshots(r, s.cfg.Bundle(), s.cfg.Clock.Now())
+		if err != nil {
+			return err
+		}
+		recs, err := r.List(store.TableProxies, "id")
+		for _, rec := range recs {
+			p := rec.(*store.Proxy)
+			if p.Revoked {
+				excluded[p.InstanceID] = true
+			} else if _, err := r.Get(store.TableDenials, p.SPIFFEID); err == nil {
+				excluded[p.InstanceID] = true
+			}
+		}
 		return err
 	})
 	if err != nil {
@@ -249,15 +264,33 @@ func (s *Server) recompute() error {
 		if err != nil {
 			return err
 		}
-		current[g] = &groupSnapshot{snap: snap, enc: enc}
+		current[g] = &groupSnapshot{snap: snap, enc: enc, roots: rootPins(snap.GetTrustBundle())}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.current, s.members = current, members
 	for id, sess := range s.active {
+		if excluded[id] {
+			// Revoked or denied: no more config; the stream ends.
+			sess.cancel()
+			continue
+		}
 		s.pushLocked(id, sess)
 	}
 	return nil
+}
+
+// rootPins are the pins of DER root certificates.
+func rootPins(der [][]byte) []string {
+	roots, err := certs.ParseCertsDER(der)
+	if err != nil {
+		return nil
+	}
+	out := make([]string, len(roots))
+	for i, r := range roots {
+		out[i] = certs.SPKIPin(r)
+	}
+	return out
 }
 
 func (s *Server) snapshotOf(g group) *groupSnapshot {
@@ -377,6 +410,7 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 			st.files = m.Ack.GetFiles()
 			if gs := s.current[s.members[id]]; gs != nil && gs.snap.Version == st.acked {
 				st.ackedSnap = gs.snap
+				st.ackedRoots = gs.roots
 			}
 			if st.nacked == st.acked {
 				st.nacked, st.reason = "", ""
@@ -451,8 +485,14 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 	now := s.cfg.Clock.Now()
 	err := s.cfg.Store.Update(func(tx *store.Txn) error {
 		p := &store.Proxy{InstanceID: h.GetInstanceId()}
+		if _, err := tx.Get(store.TableDenials, caller.ID.String()); err == nil {
+			return status.Errorf(codes.PermissionDenied, "%s is denied", caller.ID)
+		}
 		if rec, err := tx.Get(store.TableProxies, h.GetInstanceId()); err == nil {
 			prev := rec.(*store.Proxy)
+			if prev.Revoked {
+				return status.Errorf(codes.PermissionDenied, "instance %s is revoked", h.GetInstanceId())
+			}
 			if prev.SPIFFEID != caller.ID.String() {
 				return status.Errorf(codes.PermissionDenied, "instance %s is registered to another identity", h.GetInstanceId())
 			}
@@ -549,12 +589,13 @@ func (s *Server) flush() {
 	type upd struct {
 		id                    string
 		acked, nacked, reason string
+		roots                 []string
 		last                  time.Time
 	}
 	var ups []upd
 	for id := range s.dirty {
 		st := s.status[id]
-		ups = append(ups, upd{id, st.acked, st.nacked, st.reason, st.lastMessage})
+		ups = append(ups, upd{id, st.acked, st.nacked, st.reason, st.ackedRoots, st.lastMessage})
 	}
 	s.dirty = map[string]bool{}
 	s.mu.Unlock()
@@ -566,6 +607,9 @@ func (s *Server) flush() {
 			}
 			p := *rec.(*store.Proxy)
 			p.AckedVersion, p.NackedVersion, p.NackReason = u.acked, u.nacked, u.reason
+			if u.roots != nil {
+				p.AckedRoots = u.roots
+			}
 			if u.last.After(p.LastSeen) {
 				p.LastSeen = u.last
 			}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -23,7 +24,7 @@ type group struct{ namespace, service string }
 // proxy. The part every proxy shares (Services, Routes, endpoints, trust
 // bundle) is built once; each group adds its own service's inbound
 // resources. Proxies of one group share one immutable snapshot value.
-func snapshots(r *store.Reader, bundle [][]byte) (map[group]*meshv1.Snapshot, map[string]group, error) {
+func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*meshv1.Snapshot, map[string]group, error) {
 	services, err := r.Objects(api.KindService, "")
 	if err != nil {
 		return nil, nil, err
@@ -35,6 +36,17 @@ func snapshots(r *store.Reader, bundle [][]byte) (map[group]*meshv1.Snapshot, ma
 	recs, err := r.List(store.TableProxies, "id")
 	if err != nil {
 		return nil, nil, err
+	}
+	denied := map[string]bool{}
+	drecs, err := r.List(store.TableDenials, "id")
+	if err != nil {
+		return nil, nil, err
+	}
+	var deniedIDs []string
+	for _, rec := range drecs {
+		d := rec.(*store.Denial)
+		denied[d.SPIFFEID] = true
+		deniedIDs = append(deniedIDs, d.SPIFFEID)
 	}
 	byKey := map[group]*api.Service{}
 	for _, o := range services {
@@ -65,7 +77,7 @@ func snapshots(r *store.Reader, bundle [][]byte) (map[group]*meshv1.Snapshot, ma
 		g := group{ns, p.Service}
 		members[p.InstanceID] = g
 		groups[g] = true
-		if !p.Connected || !allowed(byKey[g], id, p.Service) {
+		if !p.Connected || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[g], id, p.Service) {
 			continue
 		}
 		endpoints = append(endpoints, &meshv1.Endpoint{
@@ -83,10 +95,14 @@ func snapshots(r *store.Reader, bundle [][]byte) (map[group]*meshv1.Snapshot, ma
 		return a.InstanceId < b.InstanceId
 	})
 
+	revoked, err := revokedSerials(r, recs, now)
+	if err != nil {
+		return nil, nil, err
+	}
 	out := make(map[group]*meshv1.Snapshot, len(groups))
 	lookup := r.Lookup()
 	for g := range groups {
-		snap := &meshv1.Snapshot{Endpoints: endpoints, TrustBundle: bundle}
+		snap := &meshv1.Snapshot{Endpoints: endpoints, TrustBundle: bundle, DeniedIdentities: deniedIDs, RevokedSerials: revoked}
 		snap.Resources = append(snap.Resources, shared...)
 		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile} {
 			objs := lookup.ByService(kind, g.namespace, g.service)
@@ -127,4 +143,31 @@ func Version(s *meshv1.Snapshot) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// revokedSerials lists the serials of the certificates issued to revoked
+// instances that have not expired yet (the others fail verification anyway).
+func revokedSerials(r *store.Reader, proxies []store.Record, now time.Time) ([]string, error) {
+	revoked := map[string]bool{}
+	for _, rec := range proxies {
+		if p := rec.(*store.Proxy); p.Revoked {
+			revoked[p.InstanceID] = true
+		}
+	}
+	if len(revoked) == 0 {
+		return nil, nil
+	}
+	certs, err := r.List(store.TableCertificates, "id")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, rec := range certs {
+		c := rec.(*store.Certificate)
+		if revoked[c.InstanceID] && now.Before(c.NotAfter) {
+			out = append(out, c.Serial)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -7,7 +7,17 @@ const (
 	TableTokens       = "tokens"
 	TableCertificates = "certificates"
 	TableProxies      = "proxies"
+	TableDenials      = "denials"
 )
+
+// Denial is a SPIFFE ID that gets no certificates and no connections.
+type Denial struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Key implements Record.
+func (d *Denial) Key() string { return d.SPIFFEID }
 
 // Record is a value kept in a table. Key is its primary key.
 type Record interface {
@@ -50,6 +60,8 @@ type Certificate struct {
 	IssuedBy   string    `json:"issued_by"`
 	TokenID    string    `json:"token_id,omitempty"`
 	InstanceID string    `json:"instance_id,omitempty"`
+	// RootPin is the pin of the root the certificate chains to.
+	RootPin string `json:"root_pin,omitempty"`
 }
 
 // Key implements Record.
@@ -70,6 +82,11 @@ type Proxy struct {
 	AckedVersion  string `json:"acked_version,omitempty"`
 	NackedVersion string `json:"nacked_version,omitempty"`
 	NackReason    string `json:"nack_reason,omitempty"`
+	// AckedRoots are the pins of the roots in the trust bundle of the last
+	// snapshot the proxy ACKed (for root rotation).
+	AckedRoots []string `json:"acked_roots,omitempty"`
+	// Revoked proxies get no more certificates and are no endpoints.
+	Revoked bool `json:"revoked,omitempty"`
 }
 
 // Key implements Record.

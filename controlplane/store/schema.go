@@ -66,6 +66,15 @@ var tables = map[string]table{
 		},
 		decode: decodeJSON[Resource],
 	},
+	TableDenials: {
+		schema: &memdb.TableSchema{
+			Name: TableDenials,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "SPIFFEID"}},
+			},
+		},
+		decode: decodeJSON[Denial],
+	},
 	TableProxies: {
 		schema: &memdb.TableSchema{
 			Name: TableProxies,

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -44,8 +45,17 @@ type Store struct {
 }
 
 // Open opens (creating when absent) the data file, checks its schema version
-// and rebuilds memdb from it.
-func Open(cfg Config) (*Store, error) {
+// and rebuilds memdb from it. A damaged file is refused with ErrCorrupt and
+// left as it is.
+func Open(cfg Config) (st *Store, err error) {
+	// bbolt trusts its pages: on a damaged file it panics (or faults) instead
+	// of returning an error. Turn both into ErrCorrupt during open.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			st, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, cfg.Path, r)
+		}
+	}()
 	if cfg.Path == "" {
 		return nil, errors.New("store: Config.Path is required")
 	}
@@ -54,6 +64,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := CheckFile(cfg.Path); err != nil {
+		return nil, err
 	}
 	db, err := bolt.Open(cfg.Path, defaultFileMode, &bolt.Options{Timeout: cfg.LockTimeout})
 	switch {
@@ -65,11 +78,35 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
 	}
 	s := &Store{db: db, log: cfg.Logger}
+	defer func() {
+		if st == nil {
+			_ = db.Close()
+		}
+	}()
+	if err := s.verifyPages(); err != nil {
+		return nil, err
+	}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// verifyPages walks every page of the file (bbolt's consistency check).
+func (s *Store) verifyPages() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() { // drained to the end: the checker is a goroutine
+			if len(errs) < 10 {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.db.Path(), errors.Join(errs...))
+		}
+		return nil
+	})
 }
 
 // init checks or writes the schema version, creates buckets and loads memdb.

@@ -54,7 +54,8 @@ func NewRoot(stdio IO) *cobra.Command {
 	pf.StringVar(&g.credentials, "credentials", os.Getenv("MESHCTL_CREDENTIALS"), "directory with the operator credential: svid.pem, svid_key.pem, bundle.pem (env MESHCTL_CREDENTIALS)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each call to meshd")
-	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDeleteCmd(g), newProxyStatusCmd(g), newProxyConfigCmd(g))
+	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDeleteCmd(g), newProxyStatusCmd(g), newProxyConfigCmd(g),
+		newCACmd(g), newProxyCmd(g), newIdentityCmd(g), newBackupCmd(g))
 	root.AddCommand(newInjectCmd(g))
 	return root
 }

@@ -1622,6 +1622,604 @@ func (x *ProxyQueryResponse) GetJson() []byte {
 	return nil
 }
 
+type CARoot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "sha256:<hex>" of the root's public key.
+	Pin           string                 `protobuf:"bytes,1,opt,name=pin,proto3" json:"pin,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CARoot) Reset() {
+	*x = CARoot{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CARoot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CARoot) ProtoMessage() {}
+
+func (x *CARoot) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
+func (*CARoot) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CARoot) GetPin() string {
+	if x != nil {
+		return x.Pin
+	}
+	return ""
+}
+
+func (x *CARoot) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+type RotateCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Force         bool                   `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RotateCARequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RotateCAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *CAStatusResponse      `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCAResponse) Reset() {
+	*x = RotateCAResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCAResponse) ProtoMessage() {}
+
+func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RotateCAResponse) GetStatus() *CAStatusResponse {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type CAStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAStatusRequest) Reset() {
+	*x = CAStatusRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAStatusRequest) ProtoMessage() {}
+
+func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
+func (*CAStatusRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+type ProxyRoots struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Service    string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Connected  bool                   `protobuf:"varint,3,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Pins of the roots in the bundle the proxy ACKed last.
+	AckedRoots []string `protobuf:"bytes,4,rep,name=acked_roots,json=ackedRoots,proto3" json:"acked_roots,omitempty"`
+	// Pin of the root its newest SVID chains to.
+	SvidRoot      string                 `protobuf:"bytes,5,opt,name=svid_root,json=svidRoot,proto3" json:"svid_root,omitempty"`
+	SvidExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=svid_expires_at,json=svidExpiresAt,proto3" json:"svid_expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyRoots) Reset() {
+	*x = ProxyRoots{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyRoots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyRoots) ProtoMessage() {}
+
+func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyRoots.ProtoReflect.Descriptor instead.
+func (*ProxyRoots) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ProxyRoots) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *ProxyRoots) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ProxyRoots) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *ProxyRoots) GetAckedRoots() []string {
+	if x != nil {
+		return x.AckedRoots
+	}
+	return nil
+}
+
+func (x *ProxyRoots) GetSvidRoot() string {
+	if x != nil {
+		return x.SvidRoot
+	}
+	return ""
+}
+
+func (x *ProxyRoots) GetSvidExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SvidExpiresAt
+	}
+	return nil
+}
+
+type CAStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "idle", "prepared" (phase 1: the next root is in every bundle),
+	// or "activated" (phase 2: the next root signs; the old one is retired).
+	Phase   string    `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	Active  *CARoot   `protobuf:"bytes,2,opt,name=active,proto3" json:"active,omitempty"`
+	Next    *CARoot   `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	Retired []*CARoot `protobuf:"bytes,4,rep,name=retired,proto3" json:"retired,omitempty"`
+	// What the rotation waits for before its next phase.
+	WaitingFor           string                 `protobuf:"bytes,5,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
+	Proxies              []*ProxyRoots          `protobuf:"bytes,6,rep,name=proxies,proto3" json:"proxies,omitempty"`
+	IntermediateNotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=intermediate_not_after,json=intermediateNotAfter,proto3" json:"intermediate_not_after,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *CAStatusResponse) Reset() {
+	*x = CAStatusResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAStatusResponse) ProtoMessage() {}
+
+func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
+func (*CAStatusResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CAStatusResponse) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *CAStatusResponse) GetActive() *CARoot {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetNext() *CARoot {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetRetired() []*CARoot {
+	if x != nil {
+		return x.Retired
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetWaitingFor() string {
+	if x != nil {
+		return x.WaitingFor
+	}
+	return ""
+}
+
+func (x *CAStatusResponse) GetProxies() []*ProxyRoots {
+	if x != nil {
+		return x.Proxies
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetIntermediateNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IntermediateNotAfter
+	}
+	return nil
+}
+
+type RevokeProxyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeProxyRequest) Reset() {
+	*x = RevokeProxyRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeProxyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeProxyRequest) ProtoMessage() {}
+
+func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeProxyRequest.ProtoReflect.Descriptor instead.
+func (*RevokeProxyRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RevokeProxyRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+type RevokeProxyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeProxyResponse) Reset() {
+	*x = RevokeProxyResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeProxyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeProxyResponse) ProtoMessage() {}
+
+func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeProxyResponse.ProtoReflect.Descriptor instead.
+func (*RevokeProxyResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+type DenyIdentityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyIdentityRequest) Reset() {
+	*x = DenyIdentityRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyIdentityRequest) ProtoMessage() {}
+
+func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyIdentityRequest.ProtoReflect.Descriptor instead.
+func (*DenyIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DenyIdentityRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type DenyIdentityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyIdentityResponse) Reset() {
+	*x = DenyIdentityResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyIdentityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyIdentityResponse) ProtoMessage() {}
+
+func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyIdentityResponse.ProtoReflect.Descriptor instead.
+func (*DenyIdentityResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+type BackupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Chunk         []byte                 `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *BackupResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
@@ -1731,13 +2329,50 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"instanceId\x12*\n" +
 	"\arequest\x18\x02 \x01(\v2\x10.mesh.v1.RequestR\arequest\"(\n" +
 	"\x12ProxyQueryResponse\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\fR\x04json*\x88\x01\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"S\n" +
+	"\x06CARoot\x12\x10\n" +
+	"\x03pin\x18\x01 \x01(\tR\x03pin\x127\n" +
+	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"'\n" +
+	"\x0fRotateCARequest\x12\x14\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\"E\n" +
+	"\x10RotateCAResponse\x121\n" +
+	"\x06status\x18\x01 \x01(\v2\x19.mesh.v1.CAStatusResponseR\x06status\"\x11\n" +
+	"\x0fCAStatusRequest\"\xe7\x01\n" +
+	"\n" +
+	"ProxyRoots\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
+	"\tconnected\x18\x03 \x01(\bR\tconnected\x12\x1f\n" +
+	"\vacked_roots\x18\x04 \x03(\tR\n" +
+	"ackedRoots\x12\x1b\n" +
+	"\tsvid_root\x18\x05 \x01(\tR\bsvidRoot\x12B\n" +
+	"\x0fsvid_expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\"\xc3\x02\n" +
+	"\x10CAStatusResponse\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12'\n" +
+	"\x06active\x18\x02 \x01(\v2\x0f.mesh.v1.CARootR\x06active\x12#\n" +
+	"\x04next\x18\x03 \x01(\v2\x0f.mesh.v1.CARootR\x04next\x12)\n" +
+	"\aretired\x18\x04 \x03(\v2\x0f.mesh.v1.CARootR\aretired\x12\x1f\n" +
+	"\vwaiting_for\x18\x05 \x01(\tR\n" +
+	"waitingFor\x12-\n" +
+	"\aproxies\x18\x06 \x03(\v2\x13.mesh.v1.ProxyRootsR\aproxies\x12P\n" +
+	"\x16intermediate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x14intermediateNotAfter\"5\n" +
+	"\x12RevokeProxyRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\"\x15\n" +
+	"\x13RevokeProxyResponse\"2\n" +
+	"\x13DenyIdentityRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x16\n" +
+	"\x14DenyIdentityResponse\"\x0f\n" +
+	"\rBackupRequest\"&\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk*\x88\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
 	"\x11SYNC_STATE_NACKED\x10\x03\x12\x1b\n" +
-	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xe3\x06\n" +
+	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xb9\t\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
@@ -1750,7 +2385,12 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vProxyStatus\x12\x1b.mesh.v1.ProxyStatusRequest\x1a\x1c.mesh.v1.ProxyStatusResponse\x12H\n" +
 	"\vProxyConfig\x12\x1b.mesh.v1.ProxyConfigRequest\x1a\x1c.mesh.v1.ProxyConfigResponse\x12E\n" +
 	"\n" +
-	"ProxyQuery\x12\x1a.mesh.v1.ProxyQueryRequest\x1a\x1b.mesh.v1.ProxyQueryResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"ProxyQuery\x12\x1a.mesh.v1.ProxyQueryRequest\x1a\x1b.mesh.v1.ProxyQueryResponse\x12?\n" +
+	"\bRotateCA\x12\x18.mesh.v1.RotateCARequest\x1a\x19.mesh.v1.RotateCAResponse\x12?\n" +
+	"\bCAStatus\x12\x18.mesh.v1.CAStatusRequest\x1a\x19.mesh.v1.CAStatusResponse\x12H\n" +
+	"\vRevokeProxy\x12\x1b.mesh.v1.RevokeProxyRequest\x1a\x1c.mesh.v1.RevokeProxyResponse\x12K\n" +
+	"\fDenyIdentity\x12\x1c.mesh.v1.DenyIdentityRequest\x1a\x1d.mesh.v1.DenyIdentityResponse\x12;\n" +
+	"\x06Backup\x12\x16.mesh.v1.BackupRequest\x1a\x17.mesh.v1.BackupResponse0\x01B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_admin_proto_rawDescOnce sync.Once
@@ -1765,7 +2405,7 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                   // 0: mesh.v1.SyncState
 	(*JoinToken)(nil),                // 1: mesh.v1.JoinToken
@@ -1795,64 +2435,94 @@ var file_mesh_v1_admin_proto_goTypes = []any{
 	(*ProxyConfigResponse)(nil),      // 25: mesh.v1.ProxyConfigResponse
 	(*ProxyQueryRequest)(nil),        // 26: mesh.v1.ProxyQueryRequest
 	(*ProxyQueryResponse)(nil),       // 27: mesh.v1.ProxyQueryResponse
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 29: google.protobuf.Duration
-	(*Resource)(nil),                 // 30: mesh.v1.Resource
-	(*FileStatus)(nil),               // 31: mesh.v1.FileStatus
-	(*Snapshot)(nil),                 // 32: mesh.v1.Snapshot
-	(*Request)(nil),                  // 33: mesh.v1.Request
+	(*CARoot)(nil),                   // 28: mesh.v1.CARoot
+	(*RotateCARequest)(nil),          // 29: mesh.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 30: mesh.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),          // 31: mesh.v1.CAStatusRequest
+	(*ProxyRoots)(nil),               // 32: mesh.v1.ProxyRoots
+	(*CAStatusResponse)(nil),         // 33: mesh.v1.CAStatusResponse
+	(*RevokeProxyRequest)(nil),       // 34: mesh.v1.RevokeProxyRequest
+	(*RevokeProxyResponse)(nil),      // 35: mesh.v1.RevokeProxyResponse
+	(*DenyIdentityRequest)(nil),      // 36: mesh.v1.DenyIdentityRequest
+	(*DenyIdentityResponse)(nil),     // 37: mesh.v1.DenyIdentityResponse
+	(*BackupRequest)(nil),            // 38: mesh.v1.BackupRequest
+	(*BackupResponse)(nil),           // 39: mesh.v1.BackupResponse
+	(*timestamppb.Timestamp)(nil),    // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
+	(*Resource)(nil),                 // 42: mesh.v1.Resource
+	(*FileStatus)(nil),               // 43: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 44: mesh.v1.Snapshot
+	(*Request)(nil),                  // 45: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	28, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	28, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	29, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	40, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
 	1,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
 	1,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	28, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	28, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	40, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	40, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	8,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	28, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	28, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	28, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	40, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	40, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	40, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
 	11, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	30, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	42, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
 	15, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	30, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	42, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
 	11, // 15: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
 	0,  // 16: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	28, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	31, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	40, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	43, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
 	21, // 19: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	32, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	44, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
 	21, // 21: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	33, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	2,  // 23: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	4,  // 24: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	6,  // 25: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	9,  // 26: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	12, // 27: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	14, // 28: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	17, // 29: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	19, // 30: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	22, // 31: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	24, // 32: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	26, // 33: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	3,  // 34: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	5,  // 35: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	7,  // 36: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	10, // 37: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	13, // 38: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	16, // 39: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	18, // 40: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	20, // 41: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	23, // 42: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	25, // 43: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	27, // 44: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	34, // [34:45] is the sub-list for method output_type
-	23, // [23:34] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	45, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	40, // 23: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	33, // 24: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
+	40, // 25: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	28, // 26: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
+	28, // 27: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
+	28, // 28: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
+	32, // 29: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
+	40, // 30: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	2,  // 31: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	4,  // 32: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	6,  // 33: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	9,  // 34: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	12, // 35: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	14, // 36: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	17, // 37: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	19, // 38: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	22, // 39: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	24, // 40: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	26, // 41: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	29, // 42: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	31, // 43: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	34, // 44: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	36, // 45: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	38, // 46: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	3,  // 47: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	5,  // 48: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	7,  // 49: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	10, // 50: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	13, // 51: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	16, // 52: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	18, // 53: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	20, // 54: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	23, // 55: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	25, // 56: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	27, // 57: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	30, // 58: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	33, // 59: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	35, // 60: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	37, // 61: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	39, // 62: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	47, // [47:63] is the sub-list for method output_type
+	31, // [31:47] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -1868,7 +2538,7 @@ func file_mesh_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

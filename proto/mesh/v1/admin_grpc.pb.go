@@ -30,6 +30,11 @@ const (
 	AdminService_ProxyStatus_FullMethodName      = "/mesh.v1.AdminService/ProxyStatus"
 	AdminService_ProxyConfig_FullMethodName      = "/mesh.v1.AdminService/ProxyConfig"
 	AdminService_ProxyQuery_FullMethodName       = "/mesh.v1.AdminService/ProxyQuery"
+	AdminService_RotateCA_FullMethodName         = "/mesh.v1.AdminService/RotateCA"
+	AdminService_CAStatus_FullMethodName         = "/mesh.v1.AdminService/CAStatus"
+	AdminService_RevokeProxy_FullMethodName      = "/mesh.v1.AdminService/RevokeProxy"
+	AdminService_DenyIdentity_FullMethodName     = "/mesh.v1.AdminService/DenyIdentity"
+	AdminService_Backup_FullMethodName           = "/mesh.v1.AdminService/Backup"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -65,6 +70,18 @@ type AdminServiceClient interface {
 	// ProxyQuery asks a connected proxy something over its stream (topz,
 	// procz).
 	ProxyQuery(ctx context.Context, in *ProxyQueryRequest, opts ...grpc.CallOption) (*ProxyQueryResponse, error)
+	// RotateCA starts a root rotation, or with force moves it to its next
+	// phase without waiting.
+	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
+	// CAStatus shows the roots, the rotation phase and which proxies hold what.
+	CAStatus(ctx context.Context, in *CAStatusRequest, opts ...grpc.CallOption) (*CAStatusResponse, error)
+	// RevokeProxy stops renewals for an instance, removes its endpoint and
+	// has every proxy close its connections.
+	RevokeProxy(ctx context.Context, in *RevokeProxyRequest, opts ...grpc.CallOption) (*RevokeProxyResponse, error)
+	// DenyIdentity does the same for every instance of a SPIFFE ID.
+	DenyIdentity(ctx context.Context, in *DenyIdentityRequest, opts ...grpc.CallOption) (*DenyIdentityResponse, error)
+	// Backup streams a consistent copy of the data file, taken live.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
 
 type adminServiceClient struct {
@@ -185,6 +202,65 @@ func (c *adminServiceClient) ProxyQuery(ctx context.Context, in *ProxyQueryReque
 	return out, nil
 }
 
+func (c *adminServiceClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateCAResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) CAStatus(ctx context.Context, in *CAStatusRequest, opts ...grpc.CallOption) (*CAStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CAStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_CAStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeProxy(ctx context.Context, in *RevokeProxyRequest, opts ...grpc.CallOption) (*RevokeProxyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeProxyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeProxy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DenyIdentity(ctx context.Context, in *DenyIdentityRequest, opts ...grpc.CallOption) (*DenyIdentityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DenyIdentityResponse)
+	err := c.cc.Invoke(ctx, AdminService_DenyIdentity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -218,6 +294,18 @@ type AdminServiceServer interface {
 	// ProxyQuery asks a connected proxy something over its stream (topz,
 	// procz).
 	ProxyQuery(context.Context, *ProxyQueryRequest) (*ProxyQueryResponse, error)
+	// RotateCA starts a root rotation, or with force moves it to its next
+	// phase without waiting.
+	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
+	// CAStatus shows the roots, the rotation phase and which proxies hold what.
+	CAStatus(context.Context, *CAStatusRequest) (*CAStatusResponse, error)
+	// RevokeProxy stops renewals for an instance, removes its endpoint and
+	// has every proxy close its connections.
+	RevokeProxy(context.Context, *RevokeProxyRequest) (*RevokeProxyResponse, error)
+	// DenyIdentity does the same for every instance of a SPIFFE ID.
+	DenyIdentity(context.Context, *DenyIdentityRequest) (*DenyIdentityResponse, error)
+	// Backup streams a consistent copy of the data file, taken live.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -260,6 +348,21 @@ func (UnimplementedAdminServiceServer) ProxyConfig(context.Context, *ProxyConfig
 }
 func (UnimplementedAdminServiceServer) ProxyQuery(context.Context, *ProxyQueryRequest) (*ProxyQueryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ProxyQuery not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
+}
+func (UnimplementedAdminServiceServer) CAStatus(context.Context, *CAStatusRequest) (*CAStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CAStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeProxy(context.Context, *RevokeProxyRequest) (*RevokeProxyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeProxy not implemented")
+}
+func (UnimplementedAdminServiceServer) DenyIdentity(context.Context, *DenyIdentityRequest) (*DenyIdentityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DenyIdentity not implemented")
+}
+func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -480,6 +583,89 @@ func _AdminService_ProxyQuery_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateCA(ctx, req.(*RotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_CAStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CAStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CAStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CAStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CAStatus(ctx, req.(*CAStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeProxy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeProxyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeProxy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeProxy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeProxy(ctx, req.(*RevokeProxyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DenyIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DenyIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DenyIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DenyIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DenyIdentity(ctx, req.(*DenyIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -531,7 +717,29 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ProxyQuery",
 			Handler:    _AdminService_ProxyQuery_Handler,
 		},
+		{
+			MethodName: "RotateCA",
+			Handler:    _AdminService_RotateCA_Handler,
+		},
+		{
+			MethodName: "CAStatus",
+			Handler:    _AdminService_CAStatus_Handler,
+		},
+		{
+			MethodName: "RevokeProxy",
+			Handler:    _AdminService_RevokeProxy_Handler,
+		},
+		{
+			MethodName: "DenyIdentity",
+			Handler:    _AdminService_DenyIdentity_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _AdminService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "mesh/v1/admin.proto",
 }

@@ -721,9 +721,13 @@ type Snapshot struct {
 	// Where each service is served.
 	Endpoints []*Endpoint `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// DER root certificates of the trust domain.
-	TrustBundle   [][]byte `protobuf:"bytes,4,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustBundle [][]byte `protobuf:"bytes,4,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	// SPIFFE IDs no proxy may accept or call any more.
+	DeniedIdentities []string `protobuf:"bytes,5,rep,name=denied_identities,json=deniedIdentities,proto3" json:"denied_identities,omitempty"`
+	// Hex serials of revoked SVIDs still within their validity.
+	RevokedSerials []string `protobuf:"bytes,6,rep,name=revoked_serials,json=revokedSerials,proto3" json:"revoked_serials,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -780,6 +784,20 @@ func (x *Snapshot) GetEndpoints() []*Endpoint {
 func (x *Snapshot) GetTrustBundle() [][]byte {
 	if x != nil {
 		return x.TrustBundle
+	}
+	return nil
+}
+
+func (x *Snapshot) GetDeniedIdentities() []string {
+	if x != nil {
+		return x.DeniedIdentities
+	}
+	return nil
+}
+
+func (x *Snapshot) GetRevokedSerials() []string {
+	if x != nil {
+		return x.RevokedSerials
 	}
 	return nil
 }
@@ -955,12 +973,14 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"registered\x12/\n" +
 	"\bsnapshot\x18\x02 \x01(\v2\x11.mesh.v1.SnapshotH\x00R\bsnapshot\x12,\n" +
 	"\arequest\x18\x03 \x01(\v2\x10.mesh.v1.RequestH\x00R\arequestB\t\n" +
-	"\amessage\"\xa9\x01\n" +
+	"\amessage\"\xff\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12/\n" +
 	"\tresources\x18\x02 \x03(\v2\x11.mesh.v1.ResourceR\tresources\x12/\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x11.mesh.v1.EndpointR\tendpoints\x12!\n" +
-	"\ftrust_bundle\x18\x04 \x03(\fR\vtrustBundle\"\x9a\x01\n" +
+	"\ftrust_bundle\x18\x04 \x03(\fR\vtrustBundle\x12+\n" +
+	"\x11denied_identities\x18\x05 \x03(\tR\x10deniedIdentities\x12'\n" +
+	"\x0frevoked_serials\x18\x06 \x03(\tR\x0erevokedSerials\"\x9a\x01\n" +
 	"\bEndpoint\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1f\n" +

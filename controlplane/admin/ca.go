@@ -1,0 +1,104 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"minimesh/controlplane/store"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// RotateCA implements meshv1.AdminServiceServer.
+func (s *Server) RotateCA(_ context.Context, req *meshv1.RotateCARequest) (*meshv1.RotateCAResponse, error) {
+	st, err := s.cfg.CA.RotateCA(req.GetForce())
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, s.refuse("RotateCA", err)
+		}
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.cfg.Logger.Info("root rotation requested", "force", req.GetForce(), "phase", st.GetPhase())
+	return &meshv1.RotateCAResponse{Status: st}, nil
+}
+
+// CAStatus implements meshv1.AdminServiceServer.
+func (s *Server) CAStatus(context.Context, *meshv1.CAStatusRequest) (*meshv1.CAStatusResponse, error) {
+	st, err := s.cfg.CA.CAStatus()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return st, nil
+}
+
+// RevokeProxy implements meshv1.AdminServiceServer.
+func (s *Server) RevokeProxy(_ context.Context, req *meshv1.RevokeProxyRequest) (*meshv1.RevokeProxyResponse, error) {
+	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+		rec, err := tx.Get(store.TableProxies, req.GetInstanceId())
+		if errors.Is(err, store.ErrNotFound) {
+			return status.Errorf(codes.NotFound, "no proxy instance %q", req.GetInstanceId())
+		}
+		if err != nil {
+			return err
+		}
+		p := *rec.(*store.Proxy)
+		p.Revoked = true
+		return tx.Put(store.TableProxies, &p)
+	})
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, s.refuse("RevokeProxy", err)
+		}
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.cfg.Logger.Warn("proxy instance revoked", "instance_id", req.GetInstanceId())
+	s.changed()
+	return &meshv1.RevokeProxyResponse{}, nil
+}
+
+// DenyIdentity implements meshv1.AdminServiceServer.
+func (s *Server) DenyIdentity(_ context.Context, req *meshv1.DenyIdentityRequest) (*meshv1.DenyIdentityResponse, error) {
+	id, err := spiffeid.FromString(req.GetSpiffeId())
+	if err != nil {
+		return nil, s.refuse("DenyIdentity", status.Errorf(codes.InvalidArgument, "spiffe_id: %v", err))
+	}
+	err = s.cfg.Store.Update(func(tx *store.Txn) error {
+		return tx.Put(store.TableDenials, &store.Denial{SPIFFEID: id.String(), CreatedAt: s.cfg.Clock.Now()})
+	})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.cfg.Logger.Warn("identity denied", "spiffe_id", id.String())
+	s.changed()
+	return &meshv1.DenyIdentityResponse{}, nil
+}
+
+// Backup implements meshv1.AdminServiceServer: a consistent copy of the
+// data file from one read transaction, streamed in chunks.
+func (s *Server) Backup(_ *meshv1.BackupRequest, stream meshv1.AdminService_BackupServer) error {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := s.cfg.Store.Backup(pw)
+		pw.CloseWithError(err)
+	}()
+	defer pr.Close()
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := io.ReadFull(pr, buf)
+		if n > 0 {
+			if serr := stream.Send(&meshv1.BackupResponse{Chunk: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "backup: %v", err)
+		}
+	}
+}
