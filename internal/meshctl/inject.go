@@ -153,7 +153,7 @@ are refused. Comments are not kept.
 	f.StringVar(&opts.Service, "service", "", "service the pods serve (default: their serviceAccountName)")
 	f.StringVar(&opts.TokenSecret, "token-secret", "", `Secret with the keys "token" and "ca-pin" (default "mesh-token-<service>")`)
 	f.IntVar(&opts.AppPort, "port", 0, "the app's port (default: the one TCP containerPort the app declares)")
-	f.StringArrayVar(&opts.Upstreams, "upstream", nil, "NAME=LOCALADDR=REMOTEADDR=SPIFFEID passed to mesh-proxy (repeatable)")
+	f.StringArrayVar(&opts.Upstreams, "upstream", nil, "passed to mesh-proxy as --upstream: SERVICE=LOCALADDR[=REMOTEADDR=SPIFFEID] (repeatable)")
 	return cmd
 }
 
@@ -165,10 +165,11 @@ are refused. Comments are not kept.
 func Inject(in []byte, opts InjectOptions) ([]byte, error) {
 	opts = opts.withDefaults()
 	for _, u := range opts.Upstreams {
-		// The shape only; mesh-proxy checks the rest when it starts.
+		// The shape only (SERVICE=LOCALADDR, or with =REMOTEADDR=SPIFFEID
+		// for a static endpoint); mesh-proxy checks the rest when it starts.
 		f := strings.Split(u, "=")
-		if len(f) != 4 || slices.Contains(f, "") || !strings.HasPrefix(f[3], "spiffe://") || strings.ContainsAny(u, " \t\n") {
-			return nil, fmt.Errorf("inject: --upstream %q: want NAME=LOCALADDR=REMOTEADDR=spiffe://...", u)
+		if (len(f) != 2 && len(f) != 4) || slices.Contains(f, "") || (len(f) == 4 && !strings.HasPrefix(f[3], "spiffe://")) || strings.ContainsAny(u, " \t\n") {
+			return nil, fmt.Errorf("inject: --upstream %q: want SERVICE=LOCALADDR or SERVICE=LOCALADDR=REMOTEADDR=spiffe://...", u)
 		}
 	}
 	if opts.AppPort < 0 || opts.AppPort > 65535 {

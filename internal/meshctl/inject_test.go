@@ -283,7 +283,8 @@ func TestInjectRefusals(t *testing.T) {
 		{"grpc probe on app port", pod(app + "    ports:\n    - containerPort: 80\n    readinessProbe:\n      grpc:\n        port: 80\n"), InjectOptions{}, "gRPC probe"},
 		{"unknown port name", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: web\n"), InjectOptions{}, `port name "web"`},
 		{"probe header injection", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: 80\n        httpHeaders:\n        - name: \"X\\nY\"\n          value: v\n"), InjectOptions{}, "not a valid header"},
-		{"bad upstream", pod(app + "    ports:\n    - containerPort: 80\n"), InjectOptions{Upstreams: []string{"api=nope"}}, `--upstream "api=nope"`},
+		{"bad upstream", pod(app + "    ports:\n    - containerPort: 80\n"), InjectOptions{Upstreams: []string{"api=a=b"}}, `--upstream "api=a=b"`},
+		{"upstream without identity", pod(app + "    ports:\n    - containerPort: 80\n"), InjectOptions{Upstreams: []string{"api=127.0.0.1:1=10.0.0.1:15006=api"}}, "spiffe://"},
 		{"half an injection", pod(app + "    ports:\n    - containerPort: 80\n  initContainers:\n  - name: mesh-redirect\n    image: x\n"), InjectOptions{}, "refusing to guess"},
 	}
 	for _, tt := range tests {
