@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -409,14 +410,21 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts InjectOptions
 		meta.Annotations = map[string]string{}
 	}
 	meta.Annotations[InjectedAnnotation] = version.Version
-	for k, v := range map[string]string{
+	// Prometheus scrapes the proxy, unless the pod already tells it
+	// what to scrape: one set of annotations must not be half ours.
+	scrape := map[string]string{
 		"prometheus.io/scrape": "true",
 		"prometheus.io/port":   strconv.Itoa(ProxyAdminPort),
 		"prometheus.io/path":   "/metrics",
-	} {
-		if _, ok := meta.Annotations[k]; !ok {
-			meta.Annotations[k] = v
+	}
+	theirs := false
+	for k := range scrape {
+		if v, ok := meta.Annotations[k]; ok && v != scrape[k] {
+			theirs = true
 		}
+	}
+	if !theirs {
+		maps.Copy(meta.Annotations, scrape)
 	}
 	return nil
 }
