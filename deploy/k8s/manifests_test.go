@@ -229,6 +229,12 @@ func TestBaseBuildsMeshd(t *testing.T) {
 	if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.FSGroup == nil {
 		t.Errorf("pod security context %+v", pod.SecurityContext)
 	}
+	// With fsGroup, kubelet would otherwise add group permissions to every
+	// file of the volume at each mount, and meshd refuses a data dir or
+	// file others can read.
+	if sc := pod.SecurityContext; sc == nil || sc.FSGroupChangePolicy == nil || *sc.FSGroupChangePolicy != corev1.FSGroupChangeOnRootMismatch {
+		t.Errorf("fsGroupChangePolicy %v, want OnRootMismatch", pod.SecurityContext.FSGroupChangePolicy)
+	}
 	if sc := c.SecurityContext; sc == nil || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation {
 		t.Errorf("container security context %+v", c.SecurityContext)
 	}
