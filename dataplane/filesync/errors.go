@@ -22,7 +22,8 @@ var (
 	ErrInvalidFile = errors.New("filesync: invalid file")
 
 	// ErrReload marks a failed reload after the files were applied: the
-	// files are in place, the app was not told.
+	// files are in place, the app was not told. Sync itself succeeds; the
+	// error is in Result.ReloadError and Status.Error.
 	ErrReload = errors.New("filesync: reload failed")
 
 	// ErrProcessNotFound means no process with the reload name was found.

@@ -214,56 +214,57 @@ func (s *Syncer) Status() Status {
 // longer names are removed; files it did not write are never removed.
 //
 // A set with an unsafe or invalid path is refused whole, before anything is
-// written, with a *PathError naming the path and the reason. After a change
-// the configured reload runs; if it fails the files stay applied and the
-// error wraps ErrReload (the Result says what was written).
+// written, with a *PathError naming the path and the reason: the error to
+// NACK with. After a change the configured reload runs. A failed reload
+// does not fail Sync — the set was applied, so it is no NACK — but
+// Result.ReloadError and Status.Error say why (wrapping ErrReload in the
+// log) and minimesh_filesync_syncs_total counts it as reload_error.
 func (s *Syncer) Sync(files []File) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	res, owned, err := s.sync(files)
+	var rerr error
 	if err == nil && res.Changed() {
-		if rerr := s.reload(); rerr != nil {
+		if rerr = s.reload(); rerr != nil {
 			res.ReloadError = rerr.Error()
-			err = rerr
 		} else {
 			res.Reloaded = s.cfg.Reload.URL != "" || s.cfg.Reload.Process != ""
 		}
 	}
-	s.record(res, owned, err)
+	s.record(res, owned, err, rerr)
 	return res, err
 }
 
-func (s *Syncer) record(res Result, owned []FileStatus, err error) {
+func (s *Syncer) record(res Result, owned []FileStatus, err, reloadErr error) {
 	s.smu.Lock()
 	defer s.smu.Unlock()
-	applied := err == nil || errors.Is(err, ErrReload)
-	if applied {
+	if err == nil {
 		s.status.Files = owned
 		s.status.Last = res
 		if res.Changed() {
 			s.status.LastChange = res.At
 		}
+		s.m.files.Set(float64(len(owned)))
 	}
 	switch {
-	case err == nil:
-		s.status.Error, s.status.ErrorAt = "", time.Time{}
-	default:
+	case err != nil:
 		s.status.Error, s.status.ErrorAt = err.Error(), s.cfg.Clock.Now()
+	case reloadErr != nil:
+		s.status.Error, s.status.ErrorAt = reloadErr.Error(), s.cfg.Clock.Now()
+	default:
+		s.status.Error, s.status.ErrorAt = "", time.Time{}
 	}
 	switch {
-	case errors.Is(err, ErrReload):
-		s.m.syncs.WithLabelValues("reload_error").Inc()
 	case errors.Is(err, ErrUnsafePath), errors.Is(err, ErrInvalidFile):
 		s.m.syncs.WithLabelValues("refused").Inc()
 	case err != nil:
 		s.m.syncs.WithLabelValues("error").Inc()
+	case reloadErr != nil:
+		s.m.syncs.WithLabelValues("reload_error").Inc()
 	case res.Changed():
 		s.m.syncs.WithLabelValues("applied").Inc()
 	default:
 		s.m.syncs.WithLabelValues("unchanged").Inc()
-	}
-	if applied {
-		s.m.files.Set(float64(len(owned)))
 	}
 }
 

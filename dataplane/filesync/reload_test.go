@@ -43,9 +43,11 @@ func TestReloadByHTTP(t *testing.T) {
 	}
 
 	fail.Store(true)
-	res, err := s.Sync([]File{{Path: "a.conf", Content: []byte("2")}})
-	if !errors.Is(err, ErrReload) || !strings.Contains(err.Error(), "500") || !strings.Contains(err.Error(), "config invalid") {
-		t.Fatalf("failed reload: err = %v", err)
+	// A failed reload is no NACK: the files were applied; Result and
+	// Status say the reload failed.
+	res = mustSync(t, s, File{Path: "a.conf", Content: []byte("2")})
+	if !strings.Contains(res.ReloadError, "500") || !strings.Contains(res.ReloadError, "config invalid") || res.Reloaded {
+		t.Fatalf("failed reload: %+v", res)
 	}
 	if got := readFile(t, filepath.Join(dir, "a.conf")); got != "2" || len(res.Written) != 1 || res.ReloadError == "" {
 		t.Errorf("files must stay applied when the reload fails: %q %+v", got, res)
@@ -55,6 +57,14 @@ func TestReloadByHTTP(t *testing.T) {
 	}
 	if got := counterValue(s.m.reloads.WithLabelValues("http", "error")); got != 1 {
 		t.Errorf("reload errors %v", got)
+	}
+	if got := counterValue(s.m.syncs.WithLabelValues("reload_error")); got != 1 {
+		t.Errorf("reload_error syncs %v", got)
+	}
+	// The next good reload clears the error.
+	fail.Store(false)
+	if res := mustSync(t, s, File{Path: "a.conf", Content: []byte("3")}); !res.Reloaded || s.Status().Error != "" {
+		t.Errorf("after a good reload: %+v, status error %q", res, s.Status().Error)
 	}
 }
 
@@ -69,8 +79,8 @@ func TestReloadHTTPTimeout(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	s, _ := newSyncer(t, Config{Reload: Reload{URL: srv.URL, Timeout: 50 * time.Millisecond}})
-	if _, err := s.Sync([]File{{Path: "a", Content: []byte("1")}}); !errors.Is(err, ErrReload) {
-		t.Fatalf("a reload URL that never answers: err = %v", err)
+	if res := mustSync(t, s, File{Path: "a", Content: []byte("1")}); !strings.Contains(res.ReloadError, "deadline exceeded") {
+		t.Fatalf("a reload URL that never answers: %+v", res)
 	}
 }
 
@@ -149,9 +159,13 @@ func TestReloadBySignal(t *testing.T) {
 
 func TestReloadSignalNoProcess(t *testing.T) {
 	s, _ := newSyncer(t, Config{Reload: Reload{Process: "no-such-" + strings.ToLower(rand.Text()[:8])}})
-	_, err := s.Sync([]File{{Path: "a", Content: []byte("1")}})
-	if !errors.Is(err, ErrReload) || !errors.Is(err, ErrProcessNotFound) {
-		t.Fatalf("err = %v, want ErrReload and ErrProcessNotFound", err)
+	res := mustSync(t, s, File{Path: "a", Content: []byte("1")})
+	if !strings.Contains(res.ReloadError, "no process named") {
+		t.Fatalf("reload error %q", res.ReloadError)
+	}
+	err := Signal("/proc", "no-such-"+strings.ToLower(rand.Text()[:8]), syscall.SIGHUP)
+	if !errors.Is(err, ErrProcessNotFound) {
+		t.Fatalf("Signal: %v, want ErrProcessNotFound", err)
 	}
 }
 
