@@ -22,6 +22,10 @@
 //	                   Accept: application/json; ?sort=cpu|rss
 //	GET /procz/{pid}   one process's sockets and files, same formats
 //
+// LoopbackOnly wraps the handlers for an admin port that listens beyond
+// loopback (as in Kubernetes, for the kubelet's probes): command lines and
+// sockets are then shown only to kubectl port-forward and exec.
+//
 // Usage:
 //
 //	c, err := topz.New(topz.Config{})

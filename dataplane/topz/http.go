@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +23,21 @@ type Mux interface {
 func (c *Collector) Register(mux Mux) {
 	mux.Handle("GET /topz", c.TopzHandler())
 	mux.Handle("GET /procz/{pid}", c.ProczHandler())
+}
+
+// LoopbackOnly serves h only to clients on loopback (kubectl port-forward
+// and exec arrive there) and answers 403 to others: command lines and
+// sockets are not for anyone who can reach a pod's admin port, which in
+// Kubernetes listens on the pod IP for the kubelet's probes.
+func LoopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			writeError(w, http.StatusForbidden, errors.New("topz: served only to loopback clients (use kubectl port-forward or exec, or meshctl top)"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // TopzHandler serves a Snapshot: JSON when the request has

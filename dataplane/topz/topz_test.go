@@ -269,3 +269,25 @@ func TestConfigValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestLoopbackOnly(t *testing.T) {
+	h := LoopbackOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	for addr, want := range map[string]int{
+		"127.0.0.1:5555": 200, "[::1]:5555": 200, "[::ffff:127.0.0.1]:5555": 200,
+		"10.1.2.3:5555": 403, "[2001:db8::1]:5555": 403, "garbage": 403,
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/topz", nil)
+		req.RemoteAddr = addr
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("%s: %d, want %d", addr, rec.Code, want)
+		}
+	}
+	// Over a real loopback connection it serves.
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	if code, _, body := getBody(t, srv.URL, ""); code != 200 || body != "ok" {
+		t.Errorf("loopback: %d %q", code, body)
+	}
+}
