@@ -54,6 +54,11 @@ type Config struct {
 	// OperatorTTL is the operator credential's lifetime; it is re-issued at
 	// start when less than half of it is left (default 30 days).
 	OperatorTTL time.Duration
+	// CAState, when set, is imported as the CA on first start instead of
+	// making a new one (the output of certs.CA.MarshalState: PEM root
+	// certificate and key, intermediate certificate and key). Ignored when
+	// the data dir already holds a CA.
+	CAState []byte
 	// RotationCheck is how often a root rotation's progress and the
 	// intermediate's age are checked (default 1s).
 	RotationCheck time.Duration
@@ -289,8 +294,13 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 		}
 		return ca, nil
 	}
-	ca, err := certs.NewCA(caCfg)
-	if err != nil {
+	var ca *certs.CA
+	if s.cfg.CAState != nil {
+		ca, err = certs.LoadCA(caCfg, s.cfg.CAState)
+		if err != nil {
+			return nil, fmt.Errorf("controlplane: imported CA: %w", err)
+		}
+	} else if ca, err = certs.NewCA(caCfg); err != nil {
 		return nil, err
 	}
 	state, err = ca.MarshalState()
