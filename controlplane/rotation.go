@@ -119,12 +119,9 @@ func (s *Server) changeCA(what string, step func(*certs.CA) (*certs.CA, error)) 
 	return nil
 }
 
-func (s *Server) writeOperatorCredential() error {
-	dir := filepath.Join(s.cfg.DataDir, OperatorDir)
-	// Force a new one: the current chains to the retired root.
-	_ = os.Remove(filepath.Join(dir, certs.SVIDFile))
-	return s.ensureOperatorCredential()
-}
+// writeOperatorCredential re-issues the operator credential: the current
+// one chains to the retired root.
+func (s *Server) writeOperatorCredential() error { return s.operatorCredential(true) }
 
 // waitingForBundle lists the registered proxies (connected or not, not
 // revoked) whose last ACKed bundle lacks the next root.

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -316,9 +317,14 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 
 // ensureOperatorCredential writes DIR/operator/ when it is missing, from
 // another root, or past half its life.
-func (s *Server) ensureOperatorCredential() error {
+func (s *Server) ensureOperatorCredential() error { return s.operatorCredential(false) }
+
+// operatorCredential (re)writes the operator credential when needed, or
+// always with force. Each file is replaced atomically, so meshctl never
+// finds one missing.
+func (s *Server) operatorCredential(force bool) error {
 	dir := filepath.Join(s.cfg.DataDir, OperatorDir)
-	if svid, _, err := certs.LoadSVID(dir, s.td); err == nil {
+	if svid, _, err := certs.LoadSVID(dir, s.td); err == nil && !force {
 		leaf := svid.Certificates[0]
 		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 		_, _, verr := certs.VerifyPeerCertificates(svid.Certificates, s.ca.Bundle(), s.cfg.Clock.Now())
@@ -337,12 +343,23 @@ func (s *Server) ensureOperatorCredential() error {
 	if err != nil {
 		return err
 	}
-	if err := certs.WriteSVID(dir, svid, s.ca.Bundle()); err != nil {
+	// The whole credential is the operator's: every file 0600, each
+	// replaced atomically. The bundle goes first (it holds every root, old
+	// and new), the key and certificate last, next to each other; meshctl
+	// retries a load that catches them in between.
+	keyPEM, err := certs.EncodePrivateKeyPEM(svid.PrivateKey.(crypto.Signer))
+	if err != nil {
 		return err
 	}
-	// The whole credential is the operator's: keep every file 0600.
-	for _, f := range []string{certs.SVIDFile, certs.SVIDKeyFile, certs.BundleFile} {
-		if err := os.Chmod(filepath.Join(dir, f), 0o600); err != nil {
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{certs.BundleFile, certs.EncodeCertsPEM(s.ca.Bundle().X509Authorities())},
+		{certs.SVIDKeyFile, keyPEM},
+		{certs.SVIDFile, certs.EncodeCertsPEM(svid.Certificates)},
+	} {
+		if err := certs.WriteFileAtomic(filepath.Join(dir, f.name), f.data, 0o600); err != nil {
 			return fmt.Errorf("controlplane: operator credential: %w", err)
 		}
 	}

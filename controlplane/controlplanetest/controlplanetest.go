@@ -132,6 +132,11 @@ func (m *Meshd) DialAnonymous(t testing.TB) *grpc.ClientConn {
 func (m *Meshd) Operator(t testing.TB) meshv1.AdminServiceClient {
 	t.Helper()
 	svid, _, err := certs.LoadSVID(m.OperatorCredentialDir(), m.TrustDomain())
+	// meshd may be re-issuing it (root rotation): its files change one by one.
+	for i := 0; err != nil && i < 20; i++ {
+		time.Sleep(25 * time.Millisecond)
+		svid, _, err = certs.LoadSVID(m.OperatorCredentialDir(), m.TrustDomain())
+	}
 	if err != nil {
 		t.Fatalf("operator credential: %v", err)
 	}
