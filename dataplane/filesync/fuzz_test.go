@@ -4,6 +4,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -42,4 +43,32 @@ func FuzzCleanPath(f *testing.F) {
 			t.Fatalf("CleanPath(%q) = %q, %v; not idempotent", got, again, err)
 		}
 	})
+}
+
+func TestParseSignal(t *testing.T) {
+	tests := []struct {
+		in   string
+		want syscall.Signal
+		ok   bool
+	}{
+		{"HUP", syscall.SIGHUP, true},
+		{"sighup", syscall.SIGHUP, true},
+		{" SIGUSR1 ", syscall.SIGUSR1, true},
+		{"usr2", syscall.SIGUSR2, true},
+		{"1", syscall.SIGHUP, true},
+		{"WINCH", syscall.SIGWINCH, true},
+		{"KILL", 0, false},
+		{"9", 0, false},
+		{"STOP", 0, false},
+		{"", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseSignal(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseSignal(%q) = %v, %v", tt.in, got, err)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("ParseSignal(%q) error %v wraps no sentinel", tt.in, err)
+		}
+	}
 }

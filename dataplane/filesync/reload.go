@@ -170,3 +170,21 @@ func signalError(name string, p Process, sig syscall.Signal, err error, euid int
 	}
 	return fmt.Errorf("filesync: signal %v to %q (pid %d): %w", sig, name, p.PID, err)
 }
+
+// ParseSignal parses a signal name for Reload.Signal: "HUP", "SIGHUP",
+// "usr1", or a number ("1"). Only signals an app may sensibly reload on are
+// accepted, never SIGKILL or SIGSTOP.
+func ParseSignal(s string) (syscall.Signal, error) {
+	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "SIG")
+	for sig, n := range reloadSignals {
+		if n == name || strconv.Itoa(int(sig)) == name {
+			return sig, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: signal %q: want one of HUP, USR1, USR2, INT, TERM, QUIT, WINCH", ErrInvalidConfig, s)
+}
+
+var reloadSignals = map[syscall.Signal]string{
+	syscall.SIGHUP: "HUP", syscall.SIGUSR1: "USR1", syscall.SIGUSR2: "USR2", syscall.SIGINT: "INT",
+	syscall.SIGTERM: "TERM", syscall.SIGQUIT: "QUIT", syscall.SIGWINCH: "WINCH",
+}
