@@ -60,6 +60,9 @@ type Config struct {
 	// certificate and key, intermediate certificate and key). Ignored when
 	// the data dir already holds a CA.
 	CAState []byte
+	// ForgetAfter removes proxies that have been disconnected this long
+	// (default 72h; negative keeps them forever).
+	ForgetAfter time.Duration
 	// RotationCheck is how often a root rotation's progress and the
 	// intermediate's age are checked (default 1s).
 	RotationCheck time.Duration
@@ -95,6 +98,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RotationCheck <= 0 {
 		c.RotationCheck = time.Second
+	}
+	if c.ForgetAfter == 0 {
+		c.ForgetAfter = 72 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -409,6 +415,11 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-caTick.C:
 			if err := s.advanceCA(false); err != nil {
 				s.cfg.Logger.Error("certificate authority maintenance failed", "error", err)
+			}
+			if s.cfg.ForgetAfter > 0 {
+				if err := s.push.Forget(s.cfg.Clock.Now().Add(-s.cfg.ForgetAfter)); err != nil {
+					s.cfg.Logger.Warn("could not forget stale proxies", "error", err)
+				}
 			}
 		case <-rotate.C:
 			if err := s.rotateServing(); err != nil {

@@ -36,6 +36,7 @@ func run() error {
 	flag.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:15010", "gRPC listen address")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
+	flag.DurationVar(&cfg.ForgetAfter, "forget-after", 72*time.Hour, "forget proxies disconnected this long")
 	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	restore := flag.String("restore", "", "install this backup (from meshctl backup) into an empty --data-dir, then start")

@@ -624,6 +624,43 @@ func (s *Server) flush() {
 	}
 }
 
+// Forget removes the proxies disconnected since before cutoff: they are no
+// longer listed, waited for by a root rotation, or endpoints.
+func (s *Server) Forget(cutoff time.Time) error {
+	var gone []string
+	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+		recs, err := tx.List(store.TableProxies, "id")
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, rec := range recs {
+			p := rec.(*store.Proxy)
+			if _, live := s.active[p.InstanceID]; live || p.LastSeen.After(cutoff) {
+				continue
+			}
+			if err := tx.Delete(store.TableProxies, p.InstanceID); err != nil {
+				return err
+			}
+			gone = append(gone, p.InstanceID)
+		}
+		return nil
+	})
+	if err != nil || len(gone) == 0 {
+		return err
+	}
+	s.mu.Lock()
+	for _, id := range gone {
+		delete(s.status, id)
+		delete(s.dirty, id)
+	}
+	s.mu.Unlock()
+	s.cfg.Logger.Info("forgot stale proxies", "instances", gone)
+	s.Trigger()
+	return nil
+}
+
 // Sync returns every stored proxy's sync state, by service and instance.
 func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
 	var proxies []*store.Proxy
