@@ -9,6 +9,7 @@
 // a config push NACKs with. The Syncer remembers the files it wrote in a
 // manifest (ManifestName) in the directory and removes only those when a
 // later set no longer names them; it never removes a file it did not write.
+// Directories it created for a file stay when the file goes.
 //
 // After a change it can tell the app: an HTTP POST to a reload URL (bounded
 // by a timeout), or a signal to the processes with a given name found in
