@@ -116,3 +116,28 @@ func mustRead(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+func TestAuthzExplain(t *testing.T) {
+	m := controlplanetest.Start(t, controlplane.Config{})
+	if _, err := run(t, m, "apply", "-f", "testdata/mesh.yaml", "-f", "testdata/authz.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		from, method, path, want string
+	}{
+		{"spiffe://minimesh.local/ns/default/sa/web", "GET", "/v1/items", "ALLOW"},
+		{"spiffe://minimesh.local/ns/default/sa/web", "GET", "/admin/users", "DENY"},
+		{"spiffe://minimesh.local/ns/default/sa/web", "GET", "/v1/../admin", "DENY"},
+		{"spiffe://minimesh.local/ns/default/sa/web", "POST", "/v1/items", "DENY"},
+		{"spiffe://minimesh.local/ns/default/sa/other", "GET", "/v1/items", "DENY"},
+	}
+	for _, c := range cases {
+		out, err := run(t, m, "authz", "explain", "--from", c.from, "--to", "api", "--method", c.method, "--path", c.path)
+		if err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		if !strings.Contains(out, c.want+" ") {
+			t.Errorf("%s %s from %s: want %s, got:\n%s", c.method, c.path, c.from, c.want, out)
+		}
+	}
+}
