@@ -94,6 +94,10 @@ test-netns: ## The iptables redirect in two network namespaces (needs root; CI=t
 image: ## Build the one image (meshd, mesh-proxy with iptables, meshctl, demo-app) with docker.
 	docker build -f deploy/k8s/Dockerfile --build-arg VERSION=$$(git describe --always --dirty) -t $(IMAGE) .
 
+.PHONY: soak
+soak: ## The resilience suite in its long form and every Fuzz target (FUZZTIME=30s each).
+	bench/soak/run.sh
+
 .PHONY: clean
 clean: ## Remove built binaries.
 	rm -rf bin
