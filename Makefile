@@ -66,7 +66,15 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: bench
-bench: bench-fanout ## Every benchmark; prints tables (see bench/RESULTS.md).
+bench: bench-fanout bench-sidebyside bench-go ## Every benchmark; prints tables (see bench/RESULTS.md).
+
+.PHONY: bench-sidebyside
+bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 min; installs wrk, nginx, haproxy).
+	bench/sidebyside/run.sh $(BENCHFLAGS)
+
+.PHONY: bench-go
+bench-go: ## Hot-path Go benchmarks with allocations (route, authz, ratelimit, accesslog, pathnorm, balancer).
+	$(GO) run ./bench/gobench
 
 .PHONY: bench-fanout
 bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.

@@ -1,0 +1,343 @@
+// Command sidebyside is minimesh's side-by-side benchmark: wrk against a
+// trivial app directly, through one mesh-proxy terminating TLS, through
+// nginx and haproxy doing the same, through two mesh-proxies (outbound →
+// mTLS HTTP/2 → inbound) and through the same chain built from two nginx
+// (originating and terminating mTLS). Every target runs at the same time
+// as its own processes and is loaded in turn, interleaved over rounds, so
+// drift on the shared cores hits every row alike. It prints one Markdown
+// table (requests/s, p50/p99, peak RSS, CPU per 100k requests, ratios) and
+// writes it, with a perf profile of mesh-proxy, into bench/RESULTS.md.
+//
+// Usage (see bench/sidebyside/run.sh, which installs wrk, nginx and
+// haproxy and builds the binaries):
+//
+//	go run ./bench/sidebyside -bin bin -rounds 3 -duration 10s
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == "app" {
+		if err := runApp(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sidebyside:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	bin      string
+	rounds   int
+	duration time.Duration
+	warmup   time.Duration
+	hi, lo   int
+	tunes    []string
+	profile  time.Duration
+	results  string
+	only     *regexp.Regexp
+	keep     bool
+}
+
+func run() error {
+	var o options
+	var tunes, only string
+	flag.StringVar(&o.bin, "bin", "bin", "directory holding meshd, mesh-proxy and meshctl (make build)")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk run (whole seconds)")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
+	flag.IntVar(&o.hi, "conns", 64, "connections of the loaded runs")
+	flag.IntVar(&o.lo, "conns-low", 1, "connections of the latency runs")
+	flag.StringVar(&tunes, "tune", "GOGC=200 GOMEMLIMIT=64MiB", "runtime settings for extra mesh-proxy rows, ';' between settings (empty: none)")
+	flag.DurationVar(&o.profile, "profile", 8*time.Second, "perf profile length per profiled target (0: none)")
+	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "Markdown file whose side-by-side section is rewritten (empty: print only)")
+	flag.StringVar(&only, "only", "", "regexp: measure only targets whose name matches (direct and the nginx rows are kept for the ratios)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
+	flag.Parse()
+	for _, t := range strings.Split(tunes, ";") {
+		if t = strings.TrimSpace(t); t != "" {
+			o.tunes = append(o.tunes, t)
+		}
+	}
+	if only != "" {
+		re, err := regexp.Compile(only)
+		if err != nil {
+			return err
+		}
+		o.only = re
+	}
+	if o.duration < time.Second {
+		return fmt.Errorf("-duration must be at least 1s")
+	}
+	for _, tool := range []string{"wrk", "nginx", "haproxy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: run bench/sidebyside/run.sh, which installs it", tool)
+		}
+	}
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir, err := os.MkdirTemp("", "sidebyside-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		fmt.Println("work dir:", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	p := &procs{dir: dir}
+	defer p.stopAll()
+
+	certs, err := writeCerts(dir)
+	if err != nil {
+		return err
+	}
+	check, err := newCheckClient(certs.CA)
+	if err != nil {
+		return err
+	}
+	appAddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	app, err := p.start("app", nil, self, "app", appAddr)
+	if err != nil {
+		return err
+	}
+	e := &env{ctx: ctx, p: p, dir: dir, bin: bin, app: appAddr, certs: certs, check: check}
+	if err := waitFor(ctx, app, "app", 10*time.Second, func() error {
+		c, err := net.Dial("tcp", appAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+
+	// Every target, each in its own processes; a target that cannot be set
+	// up is reported and left out rather than failing the whole run.
+	var rows []*row
+	var skipped []string
+	want := func(name string) bool {
+		return o.only == nil || name == "app direct" || strings.HasPrefix(name, "nginx") || o.only.MatchString(name)
+	}
+	add := func(name string, build func() (*target, error)) {
+		if ctx.Err() != nil || !want(name) {
+			return
+		}
+		fmt.Printf("setting up %s\n", name)
+		t, err := build()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "sidebyside: %s left out: %v\n", name, err)
+			skipped = append(skipped, fmt.Sprintf("%s: %s", name, firstLine(err.Error())))
+			return
+		}
+		r := &row{t: t, runs: map[int][]sample{}}
+		if t.note != "" {
+			r.notes = append(r.notes, t.note)
+		}
+		rows = append(rows, r)
+	}
+	add("app direct", func() (*target, error) {
+		return &target{name: "app direct", shape: "direct", url: "http://" + appAddr + "/"}, nil
+	})
+	add("nginx", e.nginxOneHop)
+	add("haproxy", e.haproxy)
+	m, err := e.startMesh()
+	if err != nil {
+		return err
+	}
+	add("mesh-proxy", func() (*target, error) { return m.oneHop("pub", "mesh-proxy", nil) })
+	for i, t := range o.tunes {
+		name := "mesh-proxy " + t
+		add(name, func() (*target, error) { return m.oneHop("pub"+strconv.Itoa(i+1), name, strings.Fields(t)) })
+	}
+	add("nginx → nginx", e.nginxChain)
+	add("mesh-proxy → mesh-proxy", func() (*target, error) {
+		return m.twoHops("api", "web", "mesh-proxy → mesh-proxy", nil)
+	})
+	for i, t := range o.tunes {
+		name := "mesh-proxy → mesh-proxy " + t
+		n := strconv.Itoa(i + 1)
+		add(name, func() (*target, error) { return m.twoHops("api"+n, "web"+n, name, strings.Fields(t)) })
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	total := time.Duration(len(rows)*2*o.rounds)*(o.duration+time.Second) + time.Duration(len(rows))*o.warmup
+	fmt.Printf("%d targets, %d rounds of %s at %d and %d connections: about %s\n",
+		len(rows), o.rounds, o.duration, o.hi, o.lo, total.Round(time.Minute))
+	for _, r := range rows {
+		if o.warmup >= time.Second {
+			if _, err := runWrk(ctx, r.t.url, o.hi, o.warmup); err != nil {
+				return err
+			}
+		}
+	}
+	for round := range o.rounds {
+		// Rotate the order each round so no target always follows the same one.
+		for k := range rows {
+			r := rows[(k+round)%len(rows)]
+			for _, conns := range []int{o.hi, o.lo} {
+				time.Sleep(500 * time.Millisecond)
+				before := cpuTicks(r.t.pids())
+				res, err := runWrk(ctx, r.t.url, conns, o.duration)
+				if err != nil {
+					return err
+				}
+				r.runs[conns] = append(r.runs[conns], sample{r: res, cpuTicks: cpuTicks(r.t.pids()) - before})
+				fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms\n",
+					round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99))
+			}
+		}
+	}
+	for _, r := range rows {
+		for _, h := range r.t.hops {
+			r.rss = append(r.rss, peakRSS(h))
+		}
+		for _, c := range r.t.mains {
+			if c.exited() {
+				r.notes = append(r.notes, c.name+" exited during the run")
+			}
+		}
+	}
+
+	var profiles []profileResult
+	if o.profile >= time.Second {
+		for _, r := range rows {
+			if r.t.name != "mesh-proxy" && r.t.name != "nginx" && r.t.name != "mesh-proxy → mesh-proxy" {
+				continue
+			}
+			fmt.Printf("profiling %s for %s\n", r.t.name, o.profile)
+			pr, err := profileTarget(ctx, dir, r.t, o.hi, o.profile)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "sidebyside: profile of %s: %v\n", r.t.name, err)
+				continue
+			}
+			profiles = append(profiles, pr)
+		}
+	}
+
+	body := report(o, rows, skipped, profiles)
+	fmt.Println()
+	fmt.Println(body)
+	if o.results != "" {
+		if err := writeResults(o.results, body); err != nil {
+			return err
+		}
+		fmt.Println("written to", o.results)
+	}
+	return nil
+}
+
+func report(o options, rows []*row, skipped []string, profiles []profileResult) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Machine: %s. %s.\n\n", machine(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(&b, "Command: `make bench-sidebyside` (`go run ./bench/sidebyside %s`).\n\n", strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&b, "Versions: %s.\n\n", versions(o.bin))
+	fmt.Fprintf(&b, "%d rounds; in each, every target in turn (order rotated per round) gets %s of wrk at %d connections (2 threads) then %s at %d; "+
+		"requests/s, p50 and p99 are the median of the rounds, CPU is the target's processes' utime+stime over the %d-connection runs divided by their requests, "+
+		"peak RSS is VmHWM summed over each proxy's processes (nginx: master and workers) and shown per hop. "+
+		"The app is a Go net/http server answering a fixed 100-byte body; TLS is 1.3 with ECDSA P-256 everywhere; no proxy logs requests. "+
+		"× nginx compares with the nginx row of the same number of hops.\n\n",
+		o.rounds, o.duration, o.hi, o.duration, o.lo, o.hi)
+	b.WriteString(table(rows, o.hi, o.lo))
+	for _, r := range rows {
+		for _, n := range r.notes {
+			fmt.Fprintf(&b, "\nNote: %s: %s.\n", r.t.name, n)
+		}
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(&b, "\nLeft out: %s\n", s)
+	}
+	if len(profiles) > 0 {
+		fmt.Fprintf(&b, "\nCPU profiles under %d connections (perf record -F 999 on the target's processes, self time, kernel included; "+
+			"a separate run, not part of the table):\n\n", o.hi)
+		for _, p := range profiles {
+			b.WriteString(profileMarkdown(p))
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				f := strings.Fields(v)
+				if kb, err := strconv.ParseFloat(f[0], 64); err == nil {
+					mem = fmt.Sprintf(", %.0f GiB", kb/(1<<20))
+				}
+			}
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = ", Linux " + strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%d cores (nproc), %s%s%s", runtime.NumCPU(), model, mem, kernel)
+}
+
+func versions(bin string) string {
+	// The first n words of the first line; wrk -v exits 1 after printing.
+	get := func(n int, name string, args ...string) string {
+		out, _ := exec.Command(name, args...).CombinedOutput()
+		f := strings.Fields(firstLine(strings.TrimSpace(string(out))))
+		if len(f) == 0 {
+			return name + " ?"
+		}
+		return strings.Join(f[:min(n, len(f))], " ")
+	}
+	return strings.Join([]string{
+		"mesh-proxy " + get(1, filepath.Join(bin, "mesh-proxy"), "-version") + " (" + runtime.Version() + ")",
+		get(3, "nginx", "-v"),
+		get(3, "haproxy", "-v"),
+		get(2, "wrk", "-v"),
+	}, "; ")
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

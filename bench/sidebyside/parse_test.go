@@ -1,0 +1,122 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkOut = `Running 10s test @ https://127.0.0.1:40000/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.67ms    1.73ms  30.02ms   86.33%
+    Req/Sec    10.33k     1.02k   12.51k    70.50%
+  Latency Distribution
+     50%    2.30ms
+     75%    3.02ms
+     90%    4.35ms
+     99%    9.65ms
+  205612 requests in 10.01s, 43.33MB read
+  Socket errors: connect 0, read 2, write 1, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:  20541.76
+Transfer/sec:      4.33MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wrkResult{Requests: 205612, Elapsed: 10010 * time.Millisecond, P50: 2300 * time.Microsecond, P99: 9650 * time.Microsecond, Errors: 6, Non2xx: 4}
+	want.RPS = float64(want.Requests) / want.Elapsed.Seconds()
+	if r != want {
+		t.Fatalf("got %+v, want %+v", r, want)
+	}
+	for _, bad := range []string{"", strings.Replace(wrkOut, "99%", "98%", 1), strings.Replace(wrkOut, "205612 requests", "x requests", 1)} {
+		if _, err := parseWrk(bad); err == nil {
+			t.Errorf("no error for %.40q", bad)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want statFields
+		ok   bool
+	}{
+		{"123 (mesh-proxy) S 1 123 123 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 1 0 0", statFields{ppid: 1, utime: 250, stime: 75}, true},
+		{"7 (a) b (c) R 6 7 7 0 -1 0 0 0 0 0 3 4 0 0", statFields{ppid: 6, utime: 3, stime: 4}, true},
+		{"7 (short) R 6", statFields{}, false},
+		{"no parenthesis", statFields{}, false},
+	} {
+		got, err := parseStat([]byte(tc.in))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseStat(%q) = %+v, %v; want %+v, ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParseHWM(t *testing.T) {
+	if got := parseHWM("Name:\tx\nVmPeak:\t 9000 kB\nVmHWM:\t   30720 kB\nVmRSS:\t 1 kB\n"); got != 30<<20 {
+		t.Errorf("got %d", got)
+	}
+	if got := parseHWM("Name:\tx\n"); got != 0 {
+		t.Errorf("got %d without VmHWM", got)
+	}
+}
+
+func TestParsePerfAndCategory(t *testing.T) {
+	out := `# Samples: 2K of event 'cpu-clock:ppp'
+#
+    10.30%  [kernel.kallsyms]  [k] finish_task_switch.isra.0
+     3.30%  mesh-proxy         [.] runtime.selectgo
+     1.60%  mesh-proxy         [.] runtime.mallocgcSmallScanNoHeader
+     1.50%  [vdso]             [.] __vdso_clock_gettime
+     1.10%  mesh-proxy         [.] aeshashbody
+     1.00%  mesh-proxy         [.] crypto/internal/fips140/aes/gcm.gcmAesDec
+     0.90%  mesh-proxy         [.] net/textproto.CanonicalMIMEHeaderKey
+     0.80%  libcrypto.so.3     [.] EVP_CIPHER_CTX_get_iv_length
+     0.70%  mesh-proxy         [.] runtime.pcvalue
+`
+	syms := parsePerf(out)
+	if len(syms) != 9 || syms[0].pct != 10.3 || syms[0].dso != "[kernel]" || syms[1].sym != "runtime.selectgo" {
+		t.Fatalf("parsed %+v", syms)
+	}
+	want := []string{"kernel (syscalls, TCP, switches)", "scheduler, channels, locks", "GC and allocation", "clock reads (vdso)",
+		"maps and hashing (headers)", "TLS and crypto", "HTTP and proxy code", "TLS and crypto", "goroutine stacks (growth, unwinding)"}
+	for i, s := range syms {
+		if got := category(s.dso, s.sym); got != want[i] {
+			t.Errorf("category(%s, %s) = %q, want %q", s.dso, s.sym, got, want[i])
+		}
+	}
+}
+
+func TestReplaceSection(t *testing.T) {
+	doc := "# Results\n\n## Fan-out\n\nkept\n"
+	once := replaceSection(doc, "table one\n")
+	if !strings.HasPrefix(once, doc[:len(doc)-1]) || !strings.Contains(once, heading) || !strings.Contains(once, "table one") {
+		t.Fatalf("append:\n%s", once)
+	}
+	notes := once + "\nhand-written notes\n"
+	twice := replaceSection(notes, "table two")
+	if strings.Contains(twice, "table one") || !strings.Contains(twice, "table two") ||
+		!strings.Contains(twice, "hand-written notes") || strings.Count(twice, heading) != 1 || !strings.Contains(twice, "kept") {
+		t.Fatalf("replace:\n%s", twice)
+	}
+}
+
+func TestThousandsAndMedian(t *testing.T) {
+	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 20541.76: "20,542", 1234567: "1,234,567"} {
+		if got := thousands(in); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", in, got, want)
+		}
+	}
+	if got := median([]float64{3, 1, 2}); got != 2 {
+		t.Errorf("median odd = %v", got)
+	}
+	if got := median([]time.Duration{4, 1, 3, 2}); got != 2 {
+		t.Errorf("median even = %v", got)
+	}
+}

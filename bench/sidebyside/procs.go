@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// 100 on every Linux this runs on (getconf CLK_TCK).
+const clockTicks = 100
+
+// procs owns every child process: logs go to files in dir, and stopAll
+// ends each one (SIGTERM, then SIGKILL after 5 s). Children also get
+// SIGKILL if this process dies first (Pdeathsig).
+type procs struct {
+	dir  string
+	list []*child
+}
+
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func (p *procs) start(name string, env []string, bin string, args ...string) (*child, error) {
+	logPath := filepath.Join(p.dir, name+".log")
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("sidebyside: start %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		lf.Close()
+		close(c.done)
+	}()
+	p.list = append(p.list, c)
+	return c, nil
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail is the end of the child's log, for error messages.
+func (c *child) tail() string {
+	b, _ := os.ReadFile(c.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+func (p *procs) stopAll() {
+	for i := len(p.list) - 1; i >= 0; i-- {
+		c := p.list[i]
+		if c.exited() {
+			continue
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	}
+}
+
+// descendants returns pid and every process below it (nginx's workers).
+func descendants(pid int) []int {
+	parent := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := readStat(n)
+		if err != nil {
+			continue
+		}
+		parent[f.ppid] = append(parent[f.ppid], n)
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, parent[out[i]]...)
+	}
+	return out
+}
+
+type statFields struct {
+	ppid         int
+	utime, stime int64
+}
+
+// readStat reads ppid, utime and stime from /proc/<pid>/stat; the command
+// name in parentheses may hold spaces, so fields are counted after its
+// closing parenthesis.
+func readStat(pid int) (statFields, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return statFields{}, err
+	}
+	return parseStat(b)
+}
+
+func parseStat(b []byte) (statFields, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return statFields{}, fmt.Errorf("sidebyside: malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the name: state(3) ppid(4) ... utime(14) stime(15).
+	if len(f) < 13 {
+		return statFields{}, fmt.Errorf("sidebyside: short stat")
+	}
+	var s statFields
+	var err error
+	if s.ppid, err = strconv.Atoi(f[1]); err != nil {
+		return s, err
+	}
+	if s.utime, err = strconv.ParseInt(f[11], 10, 64); err != nil {
+		return s, err
+	}
+	if s.stime, err = strconv.ParseInt(f[12], 10, 64); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// cpuTicks is the summed utime+stime of pids.
+func cpuTicks(pids []int) int64 {
+	var t int64
+	for _, p := range pids {
+		if s, err := readStat(p); err == nil {
+			t += s.utime + s.stime
+		}
+	}
+	return t
+}
+
+// peakRSS is the summed VmHWM (peak resident set) of pids, in bytes.
+func peakRSS(pids []int) int64 {
+	var t int64
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		t += parseHWM(string(b))
+	}
+	return t
+}
+
+func parseHWM(status string) int64 {
+	for _, line := range strings.Split(status, "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// freePort returns a loopback address nothing listens on right now.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// waitFor polls check every 100 ms until it succeeds, c exits or the
+// timeout passes.
+func waitFor(ctx context.Context, c *child, what string, timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if c != nil && c.exited() {
+			return fmt.Errorf("sidebyside: %s exited: %v\n%s", what, err, c.tail())
+		}
+		if time.Now().After(deadline) {
+			msg := ""
+			if c != nil {
+				msg = "\n" + c.tail()
+			}
+			return fmt.Errorf("sidebyside: %s not ready after %s: %w%s", what, timeout, err, msg)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
