@@ -166,7 +166,7 @@ type OutboundConfig struct {
 	Bundle x509bundle.Source
 	// Outlier configures each service's balancer (power of two choices
 	// over least outstanding requests, outlier ejection). Its Clock
-	// defaults to Clock.
+	// defaults to Clock, its Logger to Logger.
 	Outlier balancer.Config
 	// MaxRequestsPerService is how many requests to one service may be in
 	// flight from this proxy; more are answered 503 at once (a circuit
@@ -270,6 +270,9 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 	}
 	if cfg.Outlier.Clock == nil {
 		cfg.Outlier.Clock = cfg.Clock
+	}
+	if cfg.Outlier.Logger == nil {
+		cfg.Outlier.Logger = cfg.Logger.With(slog.String("listener", ListenerOutbound))
 	}
 	o := &Outbound{
 		cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerOutbound)),

@@ -103,8 +103,20 @@ func splitHost(host string) (name string, port uint32) {
 	name = strings.TrimSuffix(name, ".")
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(name), port
+			return lowerASCII(name), port
 		}
 	}
 	return name, port
+}
+
+// lowerASCII lower-cases ASCII letters only (host names are ASCII; other
+// bytes are left as they are, never replaced).
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c - 'A' + 'a'
+		}
+	}
+	return string(b)
 }

@@ -1,0 +1,206 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// protoApp answers with the protocol it was spoken to in and the mesh
+// target header it saw (none, if the inbound does its job).
+func protoApp(t testing.TB, h2c bool) *httptest.Server {
+	t.Helper()
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.Proto, r.Header.Get(HeaderTarget))
+	}))
+	if h2c {
+		s.Config.Protocols = new(http.Protocols)
+		s.Config.Protocols.SetUnencryptedHTTP2(true)
+	}
+	s.Start()
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestInboundTargets(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	h1, h2c := protoApp(t, false), protoApp(t, true)
+	h1Port, h2cPort := portOfAddr(t, h1.Listener.Addr().String()), portOfAddr(t, h2c.Listener.Addr().String())
+	tab, err := CompileTable(TableConfig{Service: "api"}, snapshot(t, fmt.Sprintf(`
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: a, port: %d, protocol: http}, {name: b, port: %d, protocol: http2}, {name: c, port: 7, protocol: tcp}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/api"]
+`, h1Port, h2cPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenLocal(t)
+	log, _ := newLogger()
+	in, err := NewInbound(InboundConfig{Listener: ln, App: h1.Listener.Addr().String(), SVID: m.api, Bundle: m.bundle, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+	client := mtlsClient(t, m.web, m.bundle, apiID, true)
+	do := func(target string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "https://"+ln.Addr().String()+"/", nil)
+		if target != "" {
+			req.Header.Set(HeaderTarget, target)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	type want struct {
+		code int
+		body string
+	}
+	check := func(cases map[string]want) {
+		t.Helper()
+		for target, w := range cases {
+			code, body := do(target)
+			if code != w.code || !strings.HasPrefix(body, w.body) {
+				t.Errorf("target %q: %d %q, want %d %q", target, code, body, w.code, w.body)
+			}
+		}
+	}
+	h1T, h2cT := fmt.Sprintf("http/%d", h1Port), fmt.Sprintf("http2/%d", h2cPort)
+	// Before any table: only the app's own port.
+	check(map[string]want{
+		"":   {200, "HTTP/1.1 "},
+		h1T:  {200, "HTTP/1.1 "},
+		h2cT: {http.StatusMisdirectedRequest, "port not served"},
+	})
+	in.SetTable(tab)
+	check(map[string]want{
+		"":                 {200, "HTTP/1.1 "},
+		h1T:                {200, "HTTP/1.1 "},
+		h2cT:               {200, "HTTP/2.0 "}, // h2c, prior knowledge
+		"http/1":           {http.StatusMisdirectedRequest, "port not served"},
+		"tcp/7":            {http.StatusMisdirectedRequest, "TCP port"}, // not a CONNECT
+		"grpc/abc":         {http.StatusBadRequest, "bad " + HeaderTarget},
+		"nonsense":         {http.StatusBadRequest, "bad " + HeaderTarget},
+		fmt.Sprint(h1Port): {http.StatusBadRequest, "bad " + HeaderTarget},
+	})
+}
+
+func portOfAddr(t testing.TB, addr string) uint32 {
+	t.Helper()
+	_, p, _ := net.SplitHostPort(addr)
+	n, ok := parsePort(p)
+	if !ok {
+		t.Fatalf("no port in %q", addr)
+	}
+	return n
+}
+
+// Two endpoints of api, one that never answers: with a per-try timeout
+// every request ends on the other, body and all.
+func TestOutboundPerTryTimeoutRetriesWithBody(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	var slowHits atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slowHits.Add(1)
+		// Read the body first: net/http notices a closed connection (and
+		// cancels the context) only once the body is consumed.
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+	}))
+	defer slow.Close()
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s", r.Method, b)
+	}))
+	defer fast.Close()
+	var eps []string
+	for _, app := range []*httptest.Server{slow, fast} {
+		ln := listenLocal(t)
+		log, _ := newLogger()
+		in, err := NewInbound(InboundConfig{Listener: ln, App: app.Listener.Addr().String(), SVID: m.api, Bundle: m.bundle, Logger: log,
+			Limits: Limits{Drain: time.Second}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, in)
+		eps = append(eps, "default/api "+ln.Addr().String()+" "+apiID)
+	}
+	// No Service resource: each inbound sends to its own app.
+	tab, err := CompileTable(TableConfig{}, snapshot(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: api}
+spec:
+  service: api
+  backends: [{service: api}]
+  retries: {attempts: 1, perTryTimeout: 200ms, retryOn: [gateway-error], budget: {percent: 100, minRetriesPerSecond: 1000}}
+`, eps...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outLn := listenLocal(t)
+	metrics := newMetrics(t)
+	log, _ := newLogger()
+	out, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{{Name: "api", Listener: outLn}}, SVID: m.web, Bundle: m.bundle,
+		Logger: log, Metrics: metrics, Limits: Limits{Drain: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Install(tab)
+	run(t, out)
+	client := plainClient(t)
+	// Each request picks either endpoint with even odds: that none of 20
+	// tried the slow one first has odds 2^-20.
+	for i := 0; i < 20; i++ {
+		req, _ := http.NewRequest(http.MethodPut, "http://"+outLn.Addr().String()+"/", strings.NewReader(fmt.Sprint("body ", i)))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != fmt.Sprint("PUT body ", i) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+	var d dto.Metric
+	if err := metrics.retries.WithLabelValues(ListenerOutbound).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	if slowHits.Load() == 0 || d.GetCounter().GetValue() != float64(slowHits.Load()) {
+		t.Fatalf("slow endpoint tried %d times, %v retries counted", slowHits.Load(), d.GetCounter().GetValue())
+	}
+	// The table is swapped for one without endpoints: 503 at once.
+	empty, err := CompileTable(TableConfig{}, snapshot(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Install(empty)
+	out.Install(empty) // a table is installed once; again is a no-op
+	resp, err := client.Get("http://" + outLn.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "not a service of the mesh") {
+		t.Fatalf("after the endpoints went: %d %q", resp.StatusCode, b)
+	}
+}
