@@ -16,6 +16,8 @@ import (
 	"minimesh/certs"
 	"minimesh/dataplane/admin"
 	"minimesh/dataplane/agent"
+	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/filesync"
 	"minimesh/dataplane/proxy"
 )
 
@@ -44,13 +46,24 @@ type Config struct {
 	// to the admin port, under /app-health/; empty serves none.
 	AppProbes admin.AppProbes
 
-	Upstreams []proxy.Upstream
+	// Upstreams are local ports, one per upstream service; OutboundHTTP is
+	// one local HTTP port that routes by Host (off when empty). Both are
+	// loopback only. Outlier tunes each upstream service's balancer.
+	Upstreams            []proxy.Upstream
+	OutboundHTTP         string
+	OutboundHTTPListener net.Listener
+	Outlier              balancer.Config
 
 	// Public, PublicCert and PublicKey enable plain TLS for clients outside
 	// the mesh.
 	Public     string
 	PublicCert string
 	PublicKey  string
+
+	// SharedDir is the pod's shared directory, where ConfigFile resources
+	// are written; Reload tells the app after a change.
+	SharedDir string
+	Reload    filesync.Reload
 
 	// Pre-opened listeners, for tests; each overrides its address.
 	InboundListener, AdminListener, PublicListener net.Listener
@@ -108,7 +121,16 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, fmt.Errorf("sidecar: trust domain: %w", err)
 	}
 	log := cfg.Logger
+	ap := &applier{service: cfg.Service}
+	if cfg.SharedDir != "" {
+		fsync, err := filesync.New(filesync.Config{Dir: cfg.SharedDir, Reload: cfg.Reload, Clock: cfg.Clock, Logger: log.With("component", "filesync"), Registerer: cfg.Registry})
+		if err != nil {
+			return nil, err
+		}
+		ap.files = fsync
+	}
 	ag, err := agent.New(agent.Config{
+		Applier:        ap,
 		ControlPlane:   cfg.ControlPlane,
 		TrustDomain:    td,
 		Token:          cfg.Token,
@@ -159,16 +181,24 @@ func New(cfg Config) (*Sidecar, error) {
 		s.add("public", pub.Run)
 	}
 
-	if len(cfg.Upstreams) > 0 {
+	ns := cfg.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	routing := &traffic{cfg: proxy.TableConfig{Namespace: ns, Service: cfg.Service, TrustDomain: td, Clock: cfg.Clock}, in: in}
+	if len(cfg.Upstreams) > 0 || cfg.OutboundHTTP != "" || cfg.OutboundHTTPListener != nil {
 		out, err := proxy.NewOutbound(proxy.OutboundConfig{
-			Upstreams: cfg.Upstreams, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
+			Upstreams: cfg.Upstreams, HTTPAddr: cfg.OutboundHTTP, HTTPListener: cfg.OutboundHTTPListener,
+			Namespace: ns, Outlier: cfg.Outlier, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
 			Logger: log.With("component", "outbound"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
 			return nil, err
 		}
+		routing.out = out
 		s.add("outbound", out.Run)
 	}
+	ap.parts = append(ap.parts, routing)
 
 	adm, err := admin.New(admin.Config{
 		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: ag.Ready,
@@ -185,6 +215,7 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		adm.Handle("GET "+admin.AppHealthPrefix, probes)
 	}
+	adm.Handle("/config", configHandler(ag.Applied))
 	s.add("admin", adm.Run)
 	return s, nil
 }
