@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -21,12 +22,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"minimesh/certs"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/dataplane/proxy"
 	"minimesh/dataplane/sidecar"
+	"minimesh/internal/meshctl"
 )
 
 const td = "minimesh.local"
@@ -78,6 +81,7 @@ type proxyHandle struct {
 	public     string
 	publicCert string
 	upstream   map[string]string
+	registry   *prometheus.Registry
 	cancel     context.CancelFunc
 	done       chan error
 }
@@ -93,6 +97,8 @@ type proxyOpts struct {
 	public    bool
 	// inbound reuses a fixed address (restarts).
 	inbound string
+	// sharedDir receives ConfigFile resources.
+	sharedDir string
 }
 
 func logger() *slog.Logger {
@@ -133,7 +139,10 @@ func startProxy(t *testing.T, m *controlplanetest.Meshd, o proxyOpts) *proxyHand
 		Logger:          logger(),
 		AgentBackoffMax: time.Second,
 		Version:         "test",
+		SharedDir:       o.sharedDir,
+		Registry:        prometheus.NewRegistry(),
 	}
+	h.registry = cfg.Registry
 	for name, remote := range o.upstreams {
 		l := listen(t)
 		h.upstream[name] = l.Addr().String()
@@ -152,7 +161,13 @@ func startProxy(t *testing.T, m *controlplanetest.Meshd, o proxyOpts) *proxyHand
 	h.Sidecar = sc
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() { h.done <- sc.Run(ctx) }()
+	go func() {
+		err := sc.Run(ctx)
+		if err != nil && ctx.Err() == nil {
+			t.Errorf("proxy %s stopped by itself: %v", o.service, err)
+		}
+		h.done <- err
+	}()
 	t.Cleanup(h.stop)
 	return h
 }
@@ -275,4 +290,54 @@ func publicClient(t *testing.T, certFile string) *http.Client {
 func mtlsClient(src *certs.SVIDSource, bundle *certs.BundleSource, server spiffeid.ID) *http.Client {
 	tc := certs.MTLSClientConfig(src, bundle, certs.AuthorizeID(server), certs.TLSOptions{})
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 1}}
+}
+
+// counter sums a counter family of the proxy's registry, filtered by label.
+func (h *proxyHandle) counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	fams, err := h.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// meshctlRun runs meshctl in-process against m and returns its output.
+func meshctlRun(t *testing.T, m *controlplanetest.Meshd, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	root := meshctl.NewRoot(meshctl.IO{Out: &out, Err: &out})
+	root.SetArgs(append([]string{"--server", m.Addr, "--credentials", m.OperatorCredentialDir()}, args...))
+	if err := root.Execute(); err != nil {
+		t.Fatalf("meshctl %v: %v\n%s", args, err, out.String())
+	}
+	return out.String()
+}
+
+// verifyWith verifies a chain against a CA's current bundle.
+func verifyWith(chain []*x509.Certificate, ca *certs.CA) (spiffeid.ID, []*x509.Certificate, error) {
+	return certs.VerifyPeerCertificates(chain, ca.Bundle(), time.Now())
 }

@@ -1,0 +1,204 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"minimesh/api"
+	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+func applyYAML(t *testing.T, m *controlplanetest.Meshd, doc string) uint64 {
+	t.Helper()
+	docs, err := api.Decode("test.yaml", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &meshv1.ApplyRequest{}
+	for _, d := range docs {
+		req.Resources = append(req.Resources, api.ToProto(d.Object))
+	}
+	resp, err := m.Operator(t).Apply(context.Background(), req)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return resp.Revision
+}
+
+func proxyStatus(t *testing.T, m *controlplanetest.Meshd) map[string]*meshv1.ProxySync {
+	t.Helper()
+	resp, err := m.Operator(t).ProxyStatus(context.Background(), &meshv1.ProxyStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*meshv1.ProxySync{}
+	for _, p := range resp.Proxies {
+		out[p.Proxy.Service] = p
+	}
+	return out
+}
+
+// waitStates waits until each named service's proxy is in the given state.
+func waitStates(t *testing.T, m *controlplanetest.Meshd, want map[string]meshv1.SyncState) map[string]*meshv1.ProxySync {
+	t.Helper()
+	var st map[string]*meshv1.ProxySync
+	eventually(t, 15*time.Second, fmt.Sprint("proxy states ", want), func() error {
+		st = proxyStatus(t, m)
+		for svc, w := range want {
+			if st[svc] == nil || st[svc].State != w {
+				return fmt.Errorf("%s is %v", svc, st[svc].GetState())
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+const meshResources = `
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/api"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/web"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: api}
+spec:
+  service: api
+  backends: [{service: api}]
+  timeout: 2s
+`
+
+func TestConfigPushACKNACKAndLastGood(t *testing.T) {
+	meshd := controlplanetest.Start(t, controlplane.Config{})
+	webTok := meshd.Token(t, "default", "web", 1)
+	apiTok := meshd.Token(t, "default", "api", 1)
+	webShared, apiShared := t.TempDir(), t.TempDir()
+	webDir := t.TempDir()
+	api := startProxy(t, meshd, proxyOpts{service: "api", token: apiTok.Secret, pin: apiTok.CaPin, stateDir: t.TempDir(), app: startApp(t, "api"), sharedDir: apiShared})
+	webApp := startApp(t, "web")
+	web := startProxy(t, meshd, proxyOpts{service: "web", token: webTok.Secret, pin: webTok.CaPin, stateDir: webDir, app: webApp, sharedDir: webShared})
+	web.waitReady(t)
+	api.waitReady(t)
+
+	// 1. Apply: every proxy ACKs the snapshot meshd computes for it.
+	applyYAML(t, meshd, meshResources)
+	st := waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_SYNCED, "api": meshv1.SyncState_SYNC_STATE_SYNCED})
+	webGood := st["web"].AckedVersion
+	if got := web.Agent.Applied().GetVersion(); got != webGood {
+		t.Fatalf("web applied %q, meshd says it ACKed %q", got, webGood)
+	}
+	if n := len(web.Agent.Applied().GetEndpoints()); n != 2 {
+		t.Errorf("web's snapshot has %d endpoints, want 2", n)
+	}
+
+	// 2. An unchanged snapshot is not pushed again: a RateLimit for api
+	// changes api's snapshot only.
+	webBefore := web.counter(t, "minimesh_proxy_snapshots_total", "result", "ack")
+	apiBefore := api.counter(t, "minimesh_proxy_snapshots_total", "result", "ack")
+	applyYAML(t, meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: RateLimit
+metadata: {name: api}
+spec: {service: api, requestsPerSecond: 50, burst: 10}
+`)
+	eventually(t, 10*time.Second, "api ACKs its new snapshot", func() error {
+		if api.counter(t, "minimesh_proxy_snapshots_total", "result", "ack") <= apiBefore {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // past the debounce: a push to web would have come
+	if got := web.counter(t, "minimesh_proxy_snapshots_total", "result", "ack"); got != webBefore {
+		t.Fatalf("web got %v snapshots after an api-only change, want none", got-webBefore)
+	}
+	waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_SYNCED, "api": meshv1.SyncState_SYNC_STATE_SYNCED})
+
+	// 3. A snapshot web cannot apply (its ConfigFile path is a symlink out
+	// of web's shared dir) is NACKed; web stays on its last good version,
+	// api moves on to the new Route.
+	if err := os.Symlink(t.TempDir(), filepath.Join(webShared, "conf")); err != nil {
+		t.Fatal(err)
+	}
+	applyYAML(t, meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: ConfigFile
+metadata: {name: web-settings}
+spec: {service: web, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: api-v2}
+spec:
+  service: api
+  matches: [{path: {prefix: /v2/}}]
+  backends: [{service: api}]
+`)
+	st = waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_NACKED, "api": meshv1.SyncState_SYNC_STATE_SYNCED})
+	if !strings.Contains(st["web"].NackReason, "conf") {
+		t.Errorf("NACK reason %q does not name the path", st["web"].NackReason)
+	}
+	if got := web.Agent.Applied().GetVersion(); got != webGood {
+		t.Fatalf("web moved to %q after a NACK, want it on %q", got, webGood)
+	}
+	if st["api"].AckedVersion == "" || st["api"].CurrentVersion != st["api"].AckedVersion {
+		t.Errorf("api did not move on: %+v", st["api"])
+	}
+	out := meshctlRun(t, meshd, "proxy-status")
+	if !strings.Contains(out, "NACKED (") || !strings.Contains(out, "SYNCED") {
+		t.Errorf("proxy-status:\n%s", out)
+	}
+
+	// Fixing the shared dir is not enough by itself; a fixed resource is.
+	applyYAML(t, meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: ConfigFile
+metadata: {name: web-settings}
+spec: {service: web, path: settings.ini, mode: 0644, content: "a=2\n"}
+`)
+	st = waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_SYNCED})
+	if b, err := os.ReadFile(filepath.Join(webShared, "settings.ini")); err != nil || string(b) != "a=2\n" {
+		t.Fatalf("settings.ini = %q, %v", b, err)
+	}
+	if len(st["web"].Files) != 1 || st["web"].Files[0].Path != "settings.ini" || st["web"].Files[0].WrittenAt == nil {
+		t.Errorf("proxy-status files = %v", st["web"].Files)
+	}
+	webGood = st["web"].AckedVersion
+	cfg := meshctlRun(t, meshd, "proxy-config", st["web"].Proxy.InstanceId)
+	if !strings.Contains(cfg, "kind: ConfigFile") || !strings.Contains(cfg, webGood) {
+		t.Errorf("proxy-config:\n%s", cfg)
+	}
+
+	// 4. web restarted while meshd is down serves its last good snapshot.
+	meshd.Stop()
+	web.stop()
+	web = startProxy(t, meshd, proxyOpts{service: "web", stateDir: webDir, app: webApp, sharedDir: webShared})
+	web.waitReady(t)
+	eventually(t, 5*time.Second, "last good snapshot in force", func() error {
+		if got := web.Agent.Applied().GetVersion(); got != webGood {
+			return fmt.Errorf("applied %q, want %q", got, webGood)
+		}
+		return nil
+	})
+	resp, err := httpGet("http://" + web.admin + "/config")
+	if err != nil || !strings.Contains(resp, webGood) {
+		t.Fatalf("/config after restart without meshd: %v\n%s", err, resp)
+	}
+}
