@@ -1,8 +1,10 @@
 // Command gobench runs the hot-path Go benchmarks (route match, authz
 // check, rate-limit check, the access-log line, path normalisation, the
-// balancer's pick) with -benchmem, prints their output as it comes, and
-// writes one Markdown table of ns/op, B/op and allocs/op into
-// bench/RESULTS.md between its markers.
+// balancer's pick) with -benchmem, then the proxy package's forwarding
+// benchmark (a whole request through zero, one and two proxies in one
+// process: the allocations per request of the data path), prints their
+// output as it comes, and writes one Markdown table of ns/op, B/op and
+// allocs/op into bench/RESULTS.md between its markers.
 //
 //	go run ./bench/gobench                 # make bench-go
 //	go run ./bench/gobench -benchtime 2s -results ''
@@ -34,26 +36,45 @@ func main() {
 func run() error {
 	pkgs := flag.String("pkgs", defaultPkgs, "packages, comma-separated")
 	benchtime := flag.String("benchtime", "1s", "go test -benchtime")
+	forwarding := flag.String("forwarding", "20000x", "-benchtime of dataplane/proxy's BenchmarkForwarding (empty: skip it)")
 	results := flag.String("results", "bench/RESULTS.md", "Markdown file whose Go benchmark section is rewritten (empty: print only)")
 	flag.Parse()
 
-	args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-benchtime", *benchtime}, strings.Split(*pkgs, ",")...)
-	cmd := exec.Command("go", args...)
-	var buf bytes.Buffer
-	cmd.Stdout = io.MultiWriter(os.Stdout, &buf)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
+	suites := [][]string{
+		append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-benchtime", *benchtime}, strings.Split(*pkgs, ",")...),
 	}
-	rows := parse(buf.String())
+	if *forwarding != "" {
+		// A fixed count: each op is a real request over loopback, and the
+		// per-op allocations are what this row is for.
+		suites = append(suites, []string{"test", "-run", "^$", "-bench", "Forwarding", "-benchmem", "-count", "1", "-benchtime", *forwarding, "./dataplane/proxy"})
+	}
+	var rows []result
+	var cmds []string
+	for _, args := range suites {
+		cmd := exec.Command("go", args...)
+		var buf bytes.Buffer
+		cmd.Stdout = io.MultiWriter(os.Stdout, &buf)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go %s: %w", strings.Join(args, " "), err)
+		}
+		rows = append(rows, parse(buf.String())...)
+		cmds = append(cmds, "`go "+strings.Join(args, " ")+"`")
+	}
 	if len(rows) == 0 {
 		return fmt.Errorf("no benchmark results")
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "`go %s` on %s, %s, %s.\n\n", strings.Join(args, " "), cpuModel(), runtime.Version(), time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&b, "%s on %s, %s, %s.\n\n", strings.Join(cmds, " and "), cpuModel(), runtime.Version(), time.Now().UTC().Format("2006-01-02"))
 	b.WriteString("| package | benchmark | ns/op | B/op | allocs/op |\n| --- | --- | ---: | ---: | ---: |\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.pkg, r.name, r.ns, r.bytes, r.allocs)
+	}
+	for _, r := range rows {
+		if r.pkg == "dataplane/proxy" {
+			b.WriteString("\nBenchmarkForwarding runs the client, the app and the proxies in one process, so each of its rows includes the client's and the app's allocations: subtract the direct row for the proxies' share per request.\n")
+			break
+		}
 	}
 	fmt.Println()
 	fmt.Print(b.String())

@@ -120,3 +120,10 @@ func TestThousandsAndMedian(t *testing.T) {
 		t.Errorf("median even = %v", got)
 	}
 }
+
+func TestParsePerfStat(t *testing.T) {
+	m := parsePerfStat("1911581,,raw_syscalls:sys_enter,1003000,100.00,,\n272,,context-switches,1003000,100.00,,\n<not counted>,,cpu-migrations,0,100.00,,\n")
+	if m["raw_syscalls:sys_enter"] != 1911581 || m["context-switches"] != 272 || len(m) != 2 {
+		t.Fatalf("got %v", m)
+	}
+}

@@ -18,6 +18,9 @@ type profileResult struct {
 	samples    string // perf's own sample count line, if any
 	categories []share
 	top        []symbolShare
+	// From perf stat over the same window: per request, system calls and
+	// context switches of the target's processes.
+	syscallsPerReq, switchesPerReq float64
 }
 
 type share struct {
@@ -38,8 +41,10 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 		return !('a' <= r && r <= 'z' || '0' <= r && r <= '9')
 	}), "-")+".data")
 	wrkDone := make(chan error, 1)
+	var load wrkResult
 	go func() {
-		_, err := runWrk(ctx, t.url, conns, d+3*time.Second)
+		var err error
+		load, err = runWrk(ctx, t.url, conns, d+3*time.Second)
 		wrkDone <- err
 	}()
 	select {
@@ -51,14 +56,27 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 	for _, p := range t.pids() {
 		pids = append(pids, strconv.Itoa(p))
 	}
+	secs := strconv.Itoa(int(d.Seconds()))
+	statOut := make(chan []byte, 1)
+	go func() {
+		out, _ := exec.CommandContext(ctx, "perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches",
+			"-p", strings.Join(pids, ","), "--", "sleep", secs).CombinedOutput()
+		statOut <- out
+	}()
 	rec := exec.CommandContext(ctx, "perf", "record", "-g", "-F", "999", "-p", strings.Join(pids, ","),
-		"-o", data, "--", "sleep", strconv.Itoa(int(d.Seconds())))
-	if out, err := rec.CombinedOutput(); err != nil {
-		<-wrkDone
-		return res, fmt.Errorf("sidebyside: perf record: %w\n%s", err, out)
-	}
+		"-o", data, "--", "sleep", secs)
+	recOut, recErr := rec.CombinedOutput()
+	stat := <-statOut
 	if err := <-wrkDone; err != nil {
 		return res, err
+	}
+	if recErr != nil {
+		return res, fmt.Errorf("sidebyside: perf record: %w\n%s", recErr, recOut)
+	}
+	if reqs := load.RPS * d.Seconds(); reqs > 0 {
+		counts := parsePerfStat(string(stat))
+		res.syscallsPerReq = float64(counts["raw_syscalls:sys_enter"]) / reqs
+		res.switchesPerReq = float64(counts["context-switches"]) / reqs
 	}
 	out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
 		"-g", "none", "--sort", "dso,sym", "--percent-limit", "0.05").Output()
@@ -84,6 +102,21 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 	}
 	res.top = syms
 	return res, nil
+}
+
+// parsePerfStat reads `perf stat -x ,` lines: value,unit,event,...
+func parsePerfStat(out string) map[string]int64 {
+	m := map[string]int64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 {
+			continue
+		}
+		if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			m[f[2]] = n
+		}
+	}
+	return m
 }
 
 // parsePerf reads `perf report --stdio --sort dso,sym` lines such as

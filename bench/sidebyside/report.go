@@ -150,7 +150,11 @@ func thousands(v float64) string {
 
 func profileMarkdown(p profileResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "**%s** (%s): ", p.target, p.samples)
+	fmt.Fprintf(&b, "**%s** (%s", p.target, p.samples)
+	if p.syscallsPerReq > 0 {
+		fmt.Fprintf(&b, "; %.1f system calls and %.2f context switches per request", p.syscallsPerReq, p.switchesPerReq)
+	}
+	b.WriteString("): ")
 	var cats []string
 	for _, c := range p.categories {
 		if c.pct < 0.5 {
