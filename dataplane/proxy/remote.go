@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
 
 	"minimesh/certs"
 	"minimesh/dataplane/balancer"
@@ -29,7 +30,7 @@ var errConnect = errors.New("proxy: connect failed")
 // connection of their own from the h1 transport.
 type remote struct {
 	target balancer.Target
-	h2     *http.Transport
+	h2     *http2.Transport
 	h1     *http.Transport
 }
 
@@ -72,21 +73,23 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 			return conn, nil
 		}
 	}
-	r.h2 = &http.Transport{
-		Proxy:                  nil,
-		DialTLSContext:         dial(h2Config),
-		ForceAttemptHTTP2:      true,
-		MaxIdleConnsPerHost:    cfg.Limits.MaxIdleConnsPerHost,
-		IdleConnTimeout:        cfg.Limits.Idle,
-		ResponseHeaderTimeout:  cfg.Limits.ResponseHeader,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout:  cfg.KeepAlive,
-			PingTimeout:      cfg.Limits.Handshake,
-			MaxReadFrameSize: 1 << 20,
+	// x/net/http2's own pool rather than net/http's: it dials once per
+	// address however many requests arrive together (net/http dials for
+	// each request waiting while no connection is up), so a burst at
+	// start still makes one connection. A silent connection is pinged
+	// after KeepAlive and dropped if no answer comes within Handshake;
+	// the next request dials a new one.
+	h2dial := dial(h2Config)
+	r.h2 = &http2.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return h2dial(ctx, network, addr)
 		},
+		DisableCompression: true,
+		MaxHeaderListSize:  1 << 20,
+		MaxReadFrameSize:   1 << 20,
+		IdleConnTimeout:    cfg.Limits.Idle,
+		ReadIdleTimeout:    cfg.KeepAlive,
+		PingTimeout:        cfg.Limits.Handshake,
 	}
 	r.h1 = &http.Transport{
 		Proxy:                  nil,

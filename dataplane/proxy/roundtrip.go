@@ -88,11 +88,12 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 				try.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 			}
 		}
-		t := rm.h2
+		var resp *http.Response
 		if upgrade {
-			t = rm.h1
+			resp, err = rm.h1.RoundTrip(try)
+		} else {
+			resp, err = rm.h2.RoundTrip(try)
 		}
-		resp, err := t.RoundTrip(try)
 		a := route.Attempt{Method: req.Method, Retries: retries, BodyBytes: bodyBytes}
 		switch {
 		case err == nil:

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -202,5 +204,77 @@ spec:
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "not a service of the mesh") {
 		t.Fatalf("after the endpoints went: %d %q", resp.StatusCode, b)
+	}
+}
+
+// Requests to one remote share one connection; when the remote goes away
+// the next request dials a new one, without a restart of anything.
+func TestOutboundReplacesFailedConnection(t *testing.T) {
+	checkLeaks(t)
+	m, a := newMesh(t), newApp(t)
+	first := &countingListener{Listener: listenLocal(t)}
+	addr := first.Addr().String()
+	startIn := func(ln net.Listener) (stop func()) {
+		log, _ := newLogger()
+		in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: m.bundle, Logger: log,
+			Limits: Limits{Drain: 50 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- in.Run(ctx) }()
+		return func() { cancel(); <-done }
+	}
+	stopFirst := startIn(first)
+	outLn, _ := startOutbound(t, m, addr, apiID, newMetrics(t))
+	client := plainClient(t)
+	url := "http://" + outLn.Addr().String() + "/"
+	getOK := func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 30; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := getOK(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := first.accepted.Load(); n != 1 {
+		t.Fatalf("30 concurrent requests took %d connections, want 1", n)
+	}
+	// The remote proxy goes away (its connections with it) and comes back
+	// on the same address.
+	stopFirst()
+	var second *countingListener
+	eventually(t, "listen again on "+addr, func() bool {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			second = &countingListener{Listener: ln}
+		}
+		return err == nil
+	})
+	defer startIn(second)()
+	eventually(t, "a request through a new connection", func() bool { return getOK() == nil })
+	for i := 0; i < 10; i++ {
+		if err := getOK(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := second.accepted.Load(); n != 1 {
+		t.Fatalf("the new remote accepted %d connections, want 1", n)
 	}
 }
