@@ -1,15 +1,32 @@
 // Package proxy is mesh-proxy's data path: the listeners and the forwarding
 // between the app, other proxies and clients outside the mesh.
 //
+//   - Outbound is the app's way out: a local plain port per upstream
+//     service, and one HTTP port that routes by Host ("api", "api.ns",
+//     "api.ns.svc", optional ":port"). Each request is matched against the
+//     service's Routes (path, headers, method), split over the route's
+//     weighted backends, balanced over the backend's endpoints (power of
+//     two choices over least outstanding requests, outlier ejection),
+//     timed out and retried as the route says, and carried over one
+//     long-lived HTTP/2 mTLS connection per remote proxy. A remote must
+//     present the SPIFFE ID its endpoint was announced with, which must be
+//     allowed to serve the service. A destination outside the mesh gets
+//     502 and nothing is sent. Ports declared "tcp" are relayed as byte
+//     streams (an HTTP/2 CONNECT stream each); gRPC and WebSocket upgrades
+//     pass through.
 //   - Inbound terminates mTLS from proxies of our trust domain and forwards
-//     HTTP/1.1 and HTTP/2 to the app on localhost, setting X-Mesh-Peer-Id
-//     to the caller's verified SPIFFE ID (after removing any X-Mesh-* and
-//     X-Forwarded-Client-Cert header the caller sent).
+//     to the app on localhost, to the port and in the protocol HeaderTarget
+//     names (HTTP/1.1, h2c for http2 and grpc, TCP), setting
+//     X-Mesh-Peer-Id to the caller's verified SPIFFE ID (after removing
+//     any X-Mesh-* and X-Forwarded-Client-Cert header the caller sent).
 //   - Public serves HTTPS without client certificates, with a certificate
 //     from files that is reloaded in place, in front of the same app.
-//   - Outbound gives the app one local plain-HTTP port per upstream and
-//     carries its requests over one long-lived HTTP/2 mTLS connection to
-//     the remote proxy, checking the remote's SPIFFE ID.
+//
+// What the Outbound and the Inbound route by is a Table compiled from a
+// config snapshot (CompileTable) and swapped in whole (Outbound.Install,
+// Inbound.SetTable): the next request, also on a connection already open,
+// uses it. Every request carries an X-Request-Id (kept if valid, made if
+// not); traceparent and other end-to-end headers pass through.
 //
 // The package takes sources (x509svid.Source, x509bundle.Source), not the
 // agent that fills them: certificates are read at every handshake, so a
@@ -27,10 +44,17 @@
 //		SVID: svids, Bundle: bundles, Metrics: metrics, Logger: log,
 //	})
 //	...
-//	up, err := proxy.ParseUpstream("api=127.0.0.1:15001=10.0.0.7:15006=spiffe://minimesh.local/ns/default/sa/api")
+//	up, err := proxy.ParseUpstream("api=127.0.0.1:15001")
 //	out, err := proxy.NewOutbound(proxy.OutboundConfig{
-//		Upstreams: []proxy.Upstream{up}, SVID: svids, Bundle: bundles, Metrics: metrics,
+//		Upstreams: []proxy.Upstream{up}, HTTPAddr: "127.0.0.1:15080",
+//		SVID: svids, Bundle: bundles, Metrics: metrics,
 //	})
+//	...
+//	// For each config snapshot:
+//	table, err := proxy.CompileTable(proxy.TableConfig{Namespace: "default", Service: "web"}, snap)
+//	if err != nil { /* NACK: the previous table stays */ }
+//	in.SetTable(table)
+//	out.Install(table)
 //	...
 //	g, ctx := errgroup.WithContext(ctx)
 //	g.Go(func() error { return in.Run(ctx) })
@@ -38,6 +62,6 @@
 //	return g.Wait()
 //
 // Metrics (see NewMetrics) carry only bounded labels: the listener, the
-// response class and the handshake failure reason, never paths or
-// identities.
+// response class and the handshake failure reason, never paths, services
+// or identities.
 package proxy

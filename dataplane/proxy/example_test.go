@@ -12,8 +12,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"minimesh/api"
 	"minimesh/certs"
 	"minimesh/dataplane/proxy"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 func ExampleParseUpstream() {
@@ -75,4 +77,41 @@ func Example() {
 	<-done
 	<-done
 	// Output: hello spiffe://minimesh.local/ns/default/sa/web
+}
+
+// The inbound learns the app port and protocol of each request from the
+// X-Mesh-Target header the outbound sets.
+func ExampleParseTarget() {
+	t, err := proxy.ParseTarget("grpc/9090")
+	fmt.Println(t.Protocol, t.Port, err)
+	_, err = proxy.ParseTarget("ssh/22")
+	fmt.Println(err)
+	// Output:
+	// PROTOCOL_GRPC 9090 <nil>
+	// proxy: invalid target: "ssh/22": unknown protocol
+}
+
+// A table keeps the endpoints whose identity may serve their service.
+func ExampleCompileTable() {
+	svc := &api.Service{Metadata: api.Metadata{Name: "api", Namespace: "default"}, Spec: &meshv1.ServiceSpec{
+		Ports:             []*meshv1.ServicePort{{Name: "http", Port: 8080, Protocol: meshv1.Protocol_PROTOCOL_HTTP}},
+		ServingIdentities: []string{"spiffe://minimesh.local/ns/default/sa/api"},
+	}}
+	snap := &meshv1.Snapshot{
+		Version:   "v1",
+		Resources: []*meshv1.Resource{api.ToProto(svc)},
+		Endpoints: []*meshv1.Endpoint{
+			{Namespace: "default", Service: "api", Address: "10.0.0.7:15006", SpiffeId: "spiffe://minimesh.local/ns/default/sa/api"},
+			{Namespace: "default", Service: "api", Address: "10.0.0.9:15006", SpiffeId: "spiffe://minimesh.local/ns/default/sa/web"},
+		},
+	}
+	table, err := proxy.CompileTable(proxy.TableConfig{Namespace: "default", Service: "web"}, snap)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(table.Services(), table.Endpoints())
+	fmt.Println(table.Rejected())
+	// Output:
+	// [api.default] 1
+	// [spiffe://minimesh.local/ns/default/sa/web at 10.0.0.9:15006 may not serve api.default]
 }
