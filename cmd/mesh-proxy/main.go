@@ -12,8 +12,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"minimesh/dataplane/admin"
+	"minimesh/dataplane/filesync"
 	"minimesh/dataplane/proxy"
 	"minimesh/dataplane/sidecar"
 	"minimesh/internal/version"
@@ -67,6 +69,16 @@ func run() error {
 	flag.StringVar(&cfg.Public, "public", "", "plain TLS listener for clients outside the mesh")
 	flag.StringVar(&cfg.PublicCert, "public-cert", "", "certificate file for --public (reloaded when it changes)")
 	flag.StringVar(&cfg.PublicKey, "public-key", "", "key file for --public")
+	flag.StringVar(&cfg.SharedDir, "shared-dir", "", "the pod's shared directory: ConfigFile resources and git sync are written there (off when empty)")
+	flag.StringVar(&cfg.Reload.URL, "reload-url", "", "URL POSTed after files in --shared-dir change")
+	flag.StringVar(&cfg.Reload.Process, "reload-process", "", "process (comm or argv[0]) signalled after files in --shared-dir change; another user's process needs CAP_KILL")
+	flag.Func("reload-signal", "signal for --reload-process: HUP (default), USR1, USR2, …", func(v string) (err error) { cfg.Reload.Signal, err = filesync.ParseSignal(v); return err })
+	flag.StringVar(&cfg.Roles.GitRepo, "git-repo", "", "git repository kept checked out under --shared-dir (off when empty)")
+	flag.StringVar(&cfg.Roles.GitRef, "git-ref", "HEAD", "branch, tag or commit hash of --git-repo")
+	flag.DurationVar(&cfg.Roles.GitInterval, "git-interval", 30*time.Second, "how often --git-repo is fetched")
+	flag.StringVar(&cfg.Roles.GitDir, "git-dir", "git", "directory under --shared-dir that git sync owns")
+	flag.StringVar(&cfg.Roles.GitLink, "git-link", "current", "symlink in --git-dir to the live checkout: the app reads --shared-dir/--git-dir/--git-link")
+	flag.StringVar(&cfg.Roles.Topz, "topz", sidecar.TopzLoopback, "/topz and /procz/PID on the admin port: loopback (local clients only), any, or off")
 	appProbes := flag.String("app-probes", os.Getenv("MESH_APP_PROBES"), "JSON of the app's probes served on the admin port under /app-health/ (env MESH_APP_PROBES, set by meshctl inject)")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")

@@ -65,6 +65,9 @@ type Config struct {
 	SharedDir string
 	Reload    filesync.Reload
 
+	// Roles: git sync into SharedDir, /topz and /procz (roles.go).
+	Roles RolesConfig
+
 	// Pre-opened listeners, for tests; each overrides its address.
 	InboundListener, AdminListener, PublicListener net.Listener
 
@@ -81,6 +84,7 @@ type Config struct {
 type Sidecar struct {
 	cfg   Config
 	Agent *agent.Agent
+	Roles *Roles
 	tasks []task
 }
 
@@ -129,8 +133,10 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		ap.files = fsync
 	}
+	roles := &Roles{}
 	ag, err := agent.New(agent.Config{
 		Applier:        ap,
+		Querier:        roles.Query,
 		ControlPlane:   cfg.ControlPlane,
 		TrustDomain:    td,
 		Token:          cfg.Token,
@@ -153,7 +159,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{cfg: cfg, Agent: ag}
+	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles}
 	s.add("agent", ag.Run)
 
 	in, err := proxy.NewInbound(proxy.InboundConfig{
@@ -201,7 +207,7 @@ func New(cfg Config) (*Sidecar, error) {
 	ap.parts = append(ap.parts, routing)
 
 	adm, err := admin.New(admin.Config{
-		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: ag.Ready,
+		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready),
 		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Registry: cfg.Registry,
 		Logger: log.With("component", "admin"), Clock: cfg.Clock,
 	})
@@ -216,6 +222,9 @@ func New(cfg Config) (*Sidecar, error) {
 		adm.Handle("GET "+admin.AppHealthPrefix, probes)
 	}
 	adm.Handle("/config", configHandler(ag.Applied))
+	if err := s.addRoles(adm); err != nil {
+		return nil, err
+	}
 	s.add("admin", adm.Run)
 	return s, nil
 }
