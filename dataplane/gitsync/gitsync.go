@@ -229,6 +229,9 @@ func (s *Syncer) Sync(ctx context.Context) error {
 	defer s.syncMu.Unlock()
 	start := s.cfg.Clock.Now()
 	changed, sha, ct, err := s.sync(ctx)
+	if err != nil && ctx.Err() != nil {
+		return err // shutting down: not a failure of the repository
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.st.LastAttempt = start
