@@ -77,18 +77,18 @@ func ParseUpstream(s string) (Upstream, error) {
 
 func parseUpstreamName(n string) (svc, ns string, port uint32, err error) {
 	if n == "" {
-		return "", "", 0, errors.New("Name is required")
+		return "", "", 0, errors.New("name is required")
 	}
 	if i := strings.LastIndexByte(n, ':'); i >= 0 {
 		p, ok := parsePort(n[i+1:])
 		if !ok {
-			return "", "", 0, fmt.Errorf("Name %q: port must be 1 to 65535", n)
+			return "", "", 0, fmt.Errorf("name %q: port must be 1 to 65535", n)
 		}
 		n, port = n[:i], p
 	}
 	svc, ns, _ = strings.Cut(n, ".")
 	if !isDNSLabel(svc) || (ns != "" && !isDNSLabel(ns)) {
-		return "", "", 0, fmt.Errorf("Name %q: want SERVICE[.NAMESPACE][:PORT] of DNS labels", n)
+		return "", "", 0, fmt.Errorf("name %q: want SERVICE[.NAMESPACE][:PORT] of DNS labels", n)
 	}
 	return svc, ns, port, nil
 }

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 x/net/http2.Transport is deprecated in favour of net/http's, whose pool dials once per waiting request while no HTTP/2 connection is up; this one dials once per address (see remote.h2). Its other settings have net/http equivalents; its pool does not.
+
 package proxy
 
 import (
@@ -30,8 +32,13 @@ var errConnect = errors.New("proxy: connect failed")
 // connection of their own from the h1 transport.
 type remote struct {
 	target balancer.Target
-	h2     *http2.Transport
+	h2     h2RoundTripper // *http2.Transport
 	h1     *http.Transport
+}
+
+type h2RoundTripper interface {
+	http.RoundTripper
+	CloseIdleConnections()
 }
 
 func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger) (*remote, error) {
