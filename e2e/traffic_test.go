@@ -86,6 +86,7 @@ type echoed struct {
 	Traceparent string `json:"traceparent"`
 	Target      string `json:"target"`
 	Spoof       string `json:"spoof"`
+	Forwarded   string `json:"forwarded"`
 }
 
 func startEcho(t *testing.T, name string) *echoApp { return startEchoOn(t, name, "127.0.0.1:0") }
@@ -117,7 +118,7 @@ func startEchoOn(t *testing.T, name, addr string) *echoApp {
 				App: a.name, Path: r.URL.Path, Host: r.Host, Proto: r.Proto,
 				PeerID: r.Header.Get(proxy.HeaderPeerID), RequestID: r.Header.Get("X-Request-Id"),
 				Traceparent: r.Header.Get("Traceparent"), Target: r.Header.Get(proxy.HeaderTarget),
-				Spoof: r.Header.Get("X-Mesh-Spoof"),
+				Spoof: r.Header.Get("X-Mesh-Spoof"), Forwarded: r.Header.Get("X-Forwarded-For"),
 			})
 		}),
 	}
@@ -351,9 +352,10 @@ func TestRoutingByLocalPortAndHost(t *testing.T) {
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	_, _, e = call(t, client, web.httpPort, "api", "/headers", http.Header{
 		"X-Mesh-Peer-Id": {"spiffe://evil/x"}, "X-Mesh-Spoof": {"1"}, "X-Mesh-Target": {"tcp/22"},
-		"X-Request-Id": {"req-42.abc"}, "Traceparent": {tp},
+		"X-Request-Id": {"req-42.abc"}, "Traceparent": {tp}, "X-Forwarded-For": {"192.0.2.1"},
 	})
-	if e.PeerID != idOf("web").String() || e.Spoof != "" || e.Target != "" || e.RequestID != "req-42.abc" || e.Traceparent != tp {
+	if e.PeerID != idOf("web").String() || e.Spoof != "" || e.Target != "" || e.RequestID != "req-42.abc" || e.Traceparent != tp ||
+		e.Forwarded != "192.0.2.1" {
 		t.Errorf("headers: %+v", e)
 	}
 	_, _, e = call(t, client, web.httpPort, "api", "/headers", http.Header{"X-Request-Id": {"bad id\twith spaces"}})

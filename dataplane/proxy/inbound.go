@@ -172,6 +172,14 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header[HeaderPeerID] = p.header
 	}
 	ensureRequestID(pr.Out.Header)
+	// A caller in the mesh is authenticated: its forwarding headers (say,
+	// a gateway's client address) reach the app as it sent them. The
+	// public listener, facing anyone, sets its own instead.
+	for _, k := range forwardingHeaders {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = v
+		}
+	}
 }
 
 // authorizer admits members of the configured trust domain or, when none

@@ -521,7 +521,16 @@ func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header[HeaderTarget] = c.port.header
 	}
 	ensureRequestID(pr.Out.Header)
+	// ReverseProxy drops the forwarding headers before Rewrite; the app's
+	// own (it may be a gateway) go on as it sent them.
+	for _, k := range forwardingHeaders {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = v
+		}
+	}
 }
+
+var forwardingHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // Run serves every local port until ctx is cancelled, then drains
 // (Limits.Drain), closes the connections to the remotes and returns nil.
