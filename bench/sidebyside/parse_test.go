@@ -127,3 +127,12 @@ func TestParsePerfStat(t *testing.T) {
 		t.Fatalf("got %v", m)
 	}
 }
+
+func TestParseBusy(t *testing.T) {
+	if got := parseBusy("cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"); got != 161 {
+		t.Errorf("got %d, want 161", got)
+	}
+	if got := parseBusy("intr 1 2 3\n"); got != 0 {
+		t.Errorf("got %d for a malformed stat", got)
+	}
+}

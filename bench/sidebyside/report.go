@@ -12,6 +12,10 @@ import (
 type sample struct {
 	r        wrkResult
 	cpuTicks int64
+	// foreign is the share of the machine (both cores over the run) that
+	// processes other than the target, the app and wrk used: other work on
+	// a shared machine, which this run could not control.
+	foreign float64
 }
 
 // row collects every run of one target.

@@ -17,6 +17,7 @@ type wrkResult struct {
 	P50, P99 time.Duration
 	Errors   int64 // socket errors of every kind
 	Non2xx   int64
+	CPUTicks int64 // wrk's own user+system time, in clock ticks
 }
 
 // runWrk runs wrk with one thread per 32 connections (at least one, at
@@ -25,15 +26,19 @@ func runWrk(ctx context.Context, url string, conns int, d time.Duration) (wrkRes
 	threads := min(max(conns/32, 1), 2)
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "wrk",
+	cmd := exec.CommandContext(ctx, "wrk",
 		"-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
-		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--latency", url).CombinedOutput()
+		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--latency", url)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("sidebyside: wrk %s: %w\n%s", url, err, out)
 	}
 	r, err := parseWrk(string(out))
 	if err != nil {
 		return r, fmt.Errorf("%w\n%s", err, out)
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		r.CPUTicks = int64((ps.UserTime() + ps.SystemTime()) * clockTicks / time.Second)
 	}
 	return r, nil
 }
