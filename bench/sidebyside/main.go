@@ -380,8 +380,14 @@ func versions(bin string) string {
 		}
 		return strings.Join(f[:min(n, len(f))], " ")
 	}
+	// The tree the binaries were built from: bin/ is `make build` of the
+	// working tree, which may hold changes not yet committed.
+	tree := get(1, "git", "rev-parse", "--short", "HEAD")
+	if out, err := exec.Command("git", "status", "--porcelain", "--", "cmd", "dataplane", "certs", "api").Output(); err == nil && len(out) > 0 {
+		tree += " with uncommitted changes in cmd/, dataplane/"
+	}
 	return strings.Join([]string{
-		"mesh-proxy " + get(1, filepath.Join(bin, "mesh-proxy"), "-version") + " (" + runtime.Version() + ")",
+		"mesh-proxy " + get(1, filepath.Join(bin, "mesh-proxy"), "-version") + " built from " + tree + " (" + runtime.Version() + ")",
 		get(3, "nginx", "-v"),
 		get(3, "haproxy", "-v"),
 		get(2, "wrk", "-v"),
