@@ -66,6 +66,10 @@ func run() error {
 	flag.StringVar(&cfg.StateDir, "state-dir", "", "directory for the key, SVID and instance ID (required)")
 	flag.Var(&ups, "upstream", "SERVICE[.NAMESPACE][:PORT]=LOCALADDR: a local port for a service of the mesh, its endpoints from meshd; with =REMOTEADDR=SPIFFEID appended, also a static endpoint used while meshd knows none (repeatable)")
 	flag.StringVar(&cfg.OutboundHTTP, "outbound-http", "", "one local HTTP port for every service, routed by Host (api, api.ns, api.ns.svc); off when empty")
+	flag.Func("egress", "HOST or HOST:PORT outside the mesh that --outbound-http may reach in plain HTTP (repeatable; default none: 502)", func(v string) error {
+		cfg.Egress = append(cfg.Egress, v)
+		return nil
+	})
 	flag.StringVar(&cfg.Public, "public", "", "plain TLS listener for clients outside the mesh")
 	flag.StringVar(&cfg.PublicCert, "public-cert", "", "certificate file for --public (reloaded when it changes)")
 	flag.StringVar(&cfg.PublicKey, "public-key", "", "key file for --public")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,12 @@ type OutboundConfig struct {
 	// loopback address.
 	HTTPAddr     string
 	HTTPListener net.Listener
+	// Egress lists the destinations outside the mesh that the Host-routed
+	// port may reach, in plain HTTP (the mesh cannot encrypt to them):
+	// "host" (any port) or "host:port", compared case-insensitively with
+	// the request's Host. Empty: none; every other Host that is not a
+	// service of the mesh gets 502.
+	Egress []string
 	// Namespace of this proxy, where bare service names are looked up.
 	// Default "default".
 	Namespace string
@@ -207,6 +214,12 @@ func (c OutboundConfig) Validate() error {
 			return fmt.Errorf("%w: outbound: HTTPAddr %q is not a loopback address", ErrInvalidConfig, c.HTTPAddr)
 		}
 	}
+	for _, e := range c.Egress {
+		name, port := splitHost(e)
+		if name == "" || strings.ContainsAny(name, "/@ ") || (port == 0 && strings.Contains(e, ":") && !strings.HasSuffix(e, "]")) {
+			return fmt.Errorf("%w: outbound: egress %q: want host or host:port", ErrInvalidConfig, e)
+		}
+	}
 	if err := c.Outlier.Validate(); err != nil {
 		return fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
 	}
@@ -219,7 +232,7 @@ func (c OutboundConfig) Validate() error {
 // out as the route says, and carried over mTLS HTTP/2 to the remote
 // proxies, one long-lived connection per remote that every request shares.
 // A destination that is not a service of the mesh gets 502 and nothing is
-// sent. Ports declared "tcp" are relayed as byte streams (one HTTP/2
+// sent, unless Egress lets it out. Ports declared "tcp" are relayed as byte streams (one HTTP/2
 // CONNECT stream each, over the same connection).
 type Outbound struct {
 	cfg       OutboundConfig
@@ -237,6 +250,12 @@ type Outbound struct {
 	retired   []*remote
 
 	tunnels tunnelSet
+
+	// egress: allowed destinations outside the mesh, by lower-case host
+	// name, each with its ports (nil: any).
+	egress    map[string][]uint32
+	egressFwd *forwarder
+	egressTr  *http.Transport
 }
 
 type upstream struct {
@@ -284,6 +303,33 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 	o.remotes.Store(&empty)
 	o.fwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, roundTripper{o}, o.rewrite)
 	o.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
+	if len(cfg.Egress) > 0 {
+		o.egress = map[string][]uint32{}
+		for _, e := range cfg.Egress {
+			name, port := splitHost(e)
+			if port == 0 {
+				o.egress[name] = nil
+			} else if ports, ok := o.egress[name]; !ok || ports != nil {
+				o.egress[name] = append(ports, port)
+			}
+		}
+		o.egressTr = appTransport(cfg.Limits)
+		o.egressFwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, o.egressTr, func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = pr.In.Host
+			if _, port := splitHost(pr.In.Host); port == 0 {
+				pr.Out.URL.Host = strings.TrimSuffix(pr.In.Host, ":") + ":80"
+			}
+			stripMeshHeaders(pr.Out.Header)
+			ensureRequestID(pr.Out.Header)
+			for _, k := range forwardingHeaders {
+				if v, ok := pr.In.Header[k]; ok {
+					pr.Out.Header[k] = v
+				}
+			}
+		})
+		o.egressFwd.maxBody = cfg.Limits.MaxRequestBodyBytes
+	}
 	for _, u := range cfg.Upstreams {
 		u = u.normalized()
 		if u.Namespace == "" {
@@ -439,6 +485,10 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		svc, port = t.lookupHost(r.Host)
 	}
+	if svc == nil && up == nil && o.egressAllowed(r.Host) {
+		o.egressFwd.ServeHTTP(w, r)
+		return
+	}
 	if svc == nil && t == nil {
 		o.fwd.refuse(w, r, http.StatusServiceUnavailable, "minimesh: no configuration from meshd yet\n",
 			fmt.Errorf("%w: no table yet", ErrNoEndpoint))
@@ -506,6 +556,26 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.ctx = ctx
 	o.fwd.ServeHTTP(w, r.WithContext(context.WithValue(ctx, callKey{}, c)))
+}
+
+// egressAllowed reports whether Egress lets a request for host leave the
+// mesh.
+func (o *Outbound) egressAllowed(host string) bool {
+	if o.egress == nil {
+		return false
+	}
+	name, port := splitHost(host)
+	ports, ok := o.egress[name]
+	if !ok {
+		return false
+	}
+	if ports == nil {
+		return true
+	}
+	if port == 0 {
+		port = 80
+	}
+	return slices.Contains(ports, port)
 }
 
 // rewrite prepares the request for the remote inbound. The URL's host is
@@ -605,6 +675,9 @@ func (o *Outbound) Run(ctx context.Context) error {
 	accepting.Wait()
 	o.tunnels.drain(o.cfg.Limits.Drain)
 	o.fwd.inflight.Wait()
+	if o.egressFwd != nil {
+		o.egressFwd.closeIdle(o.egressTr)
+	}
 	o.closeRemotes()
 	return err
 }

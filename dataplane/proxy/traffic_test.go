@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -360,5 +362,57 @@ func TestOutboundCircuitBreakerAndBodyLimit(t *testing.T) {
 	}
 	if hits.Load() != before+1 {
 		t.Errorf("the app got %d requests, want only the one within the limit", hits.Load()-before)
+	}
+}
+
+// A Host outside the mesh is refused unless Egress names it; then it goes
+// out in plain HTTP, without the mesh's headers.
+func TestOutboundEgress(t *testing.T) {
+	checkLeaks(t)
+	m, a := newMesh(t), newApp(t)
+	other := newApp(t)
+	httpLn := listenLocal(t)
+	log, _ := newLogger()
+	out, err := NewOutbound(OutboundConfig{HTTPListener: httpLn, Egress: []string{"LOCALHOST", a.addr()},
+		SVID: m.web, Bundle: m.bundle, Logger: log, Limits: Limits{Drain: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, out)
+	client := plainClient(t)
+	empty, err := CompileTable(TableConfig{}, snapshot(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Install(empty)
+	do := func(host string) (int, seen) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpLn.Addr().String()+"/out", nil)
+		req.Host = host
+		req.Header.Set("X-Mesh-Peer-Id", "spiffe://evil/x")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var s seen
+		if resp.StatusCode == 200 {
+			if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode, s
+	}
+	code, s := do(a.addr())
+	if code != 200 || s.Path != "/out" || s.Header.Get(HeaderPeerID) != "" || len(s.Header.Get(HeaderRequestID)) != 36 {
+		t.Fatalf("allowed egress: %d %+v", code, s)
+	}
+	if code, _ := do(other.addr()); code != http.StatusBadGateway || other.hits.Load() != 0 {
+		t.Fatalf("egress to a port not listed: %d, %d hits", code, other.hits.Load())
+	}
+	for _, bad := range [][]string{{"http://x"}, {"a b"}, {"host:99999"}, {""}} {
+		if _, err := NewOutbound(OutboundConfig{Egress: bad, SVID: m.web, Bundle: m.bundle}); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("Egress %q: %v", bad, err)
+		}
 	}
 }

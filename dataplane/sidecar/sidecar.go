@@ -53,6 +53,9 @@ type Config struct {
 	OutboundHTTP         string
 	OutboundHTTPListener net.Listener
 	Outlier              balancer.Config
+	// Egress lists hosts ("host" or "host:port") outside the mesh that
+	// OutboundHTTP may reach in plain HTTP; others get 502.
+	Egress []string
 
 	// Public, PublicCert and PublicKey enable plain TLS for clients outside
 	// the mesh.
@@ -195,7 +198,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if len(cfg.Upstreams) > 0 || cfg.OutboundHTTP != "" || cfg.OutboundHTTPListener != nil {
 		out, err := proxy.NewOutbound(proxy.OutboundConfig{
 			Upstreams: cfg.Upstreams, HTTPAddr: cfg.OutboundHTTP, HTTPListener: cfg.OutboundHTTPListener,
-			Namespace: ns, Outlier: cfg.Outlier, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
+			Namespace: ns, Outlier: cfg.Outlier, Egress: cfg.Egress, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
 			Logger: log.With("component", "outbound"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
