@@ -34,6 +34,10 @@ type Config struct {
 	// reason it should not, which /ready shows. If nil, the proxy is ready
 	// when SVID (if set) holds a valid SVID.
 	Ready func() error
+	// Detail, when set, adds lines to /ready's body (ready or not): things
+	// an operator should see that do not make the proxy unready, such as a
+	// git sync that fails while the last good checkout still serves.
+	Detail func() []string
 	// SVID and Bundle are shown by /certs; Bundle is asked for the trust
 	// domain of the current SVID.
 	SVID   x509svid.Source
@@ -163,11 +167,17 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	case s.cfg.SVID != nil:
 		_, err = s.cfg.SVID.GetX509SVID()
 	}
+	var detail string
+	if s.cfg.Detail != nil {
+		for _, line := range s.cfg.Detail() {
+			detail += line + "\n"
+		}
+	}
 	if err != nil {
-		writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
+		writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n"+detail)
 		return
 	}
-	writeText(w, http.StatusOK, "ready\n")
+	writeText(w, http.StatusOK, "ready\n"+detail)
 }
 
 // CertsResponse is the JSON body of /certs.

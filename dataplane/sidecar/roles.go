@@ -131,6 +131,24 @@ func (s *Sidecar) addRoles(adm *admin.Server) error {
 	return nil
 }
 
+// detail is /ready's extra lines: a git sync failing while the last good
+// checkout serves.
+func (s *Sidecar) detail() []string {
+	if s.Roles.Git == nil {
+		return nil
+	}
+	st := s.Roles.Git.Status()
+	if st.LastError == "" {
+		return nil
+	}
+	serving := st.Commit
+	if serving == "" {
+		serving = "nothing yet"
+	}
+	return []string{fmt.Sprintf("gitsync: %d failed syncs in a row, last at %s: %s (serving %s)",
+		st.Failures, st.LastAttempt.UTC().Format(time.RFC3339), st.LastError, serving)}
+}
+
 // ready is the admin's readiness: the agent's, then git sync's (not ready
 // until its first checkout is live; a later failure keeps the last good
 // checkout and stays ready, shown on /gitsync and in the metrics).

@@ -70,7 +70,7 @@ func runRoles(t *testing.T, cfg Config) (*Sidecar, string) {
 		t.Fatal(err)
 	}
 	s := &Sidecar{cfg: cfg, Roles: &Roles{}}
-	adm, err := admin.New(admin.Config{Listener: ln, Ready: s.ready(func() error { return nil }), Registry: cfg.Registry, Logger: cfg.Logger})
+	adm, err := admin.New(admin.Config{Listener: ln, Ready: s.ready(func() error { return nil }), Detail: s.detail, Registry: cfg.Registry, Logger: cfg.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +140,28 @@ func TestRolesGitSyncAndReady(t *testing.T) {
 	}
 	if _, body := get(t, url+"/metrics"); !strings.Contains(body, "minimesh_gitsync_commit_timestamp_seconds") {
 		t.Error("git sync metrics not on /metrics")
+	}
+
+	// The repository goes away: the last good checkout keeps serving, the
+	// proxy stays ready, and /ready says what fails.
+	if err := os.Rename(repo, repo+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, body := get(t, url+"/ready")
+		if code == http.StatusOK && strings.Contains(body, "gitsync:") && strings.Contains(body, sha) {
+			break
+		}
+		if code != http.StatusOK {
+			t.Fatalf("/ready turned %d on a git failure with a good checkout: %q", code, body)
+		}
+		if time.Now().After(deadline) {
+			_, gs := get(t, url+"/gitsync")
+			t.Fatalf("/ready never showed the git failure: %q; /gitsync: %s", body, gs)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(shared, "www", "html", "index.html")); err != nil || string(b) != "<h1>v1</h1>\n" {
+		t.Fatalf("last good checkout after the failure: %q %v", b, err)
 	}
 }
 

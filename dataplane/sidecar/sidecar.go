@@ -210,7 +210,7 @@ func New(cfg Config) (*Sidecar, error) {
 	ap.parts = append(ap.parts, routing)
 
 	adm, err := admin.New(admin.Config{
-		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready),
+		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready), Detail: s.detail,
 		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Registry: cfg.Registry,
 		Logger: log.With("component", "admin"), Clock: cfg.Clock,
 	})
