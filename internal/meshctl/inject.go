@@ -668,6 +668,7 @@ func proxyContainer(opts InjectOptions, service, secret string, appPort int, pro
 		"--advertise=$(POD_IP):" + strconv.Itoa(ProxyInboundPort),
 		"--admin=0.0.0.0:" + strconv.Itoa(ProxyAdminPort),
 		"--state-dir=" + StateDir + "/proxy",
+		"--shared-dir=" + SharedDir,
 	}
 	for _, u := range opts.Upstreams {
 		args = append(args, "--upstream="+u)
