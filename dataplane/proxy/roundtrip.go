@@ -76,10 +76,12 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			c.bal.Done(ep, false)
 			return nil, err
 		}
+		// req's context is the call's (route timeout included) with
+		// ReverseProxy's own on top.
 		try := req
-		tctx, cancel := c.ctx, context.CancelFunc(nop)
+		tctx, cancel := req.Context(), context.CancelFunc(nop)
 		if policy != nil && policy.PerTryTimeout > 0 {
-			tctx, cancel = context.WithTimeout(c.ctx, policy.PerTryTimeout)
+			tctx, cancel = context.WithTimeout(req.Context(), policy.PerTryTimeout)
 		}
 		if tctx != req.Context() || body != nil || retries > 0 {
 			try = req.WithContext(tctx)
