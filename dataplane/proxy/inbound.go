@@ -119,6 +119,10 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.h2c.Protocols = new(http.Protocols)
 	in.h2c.Protocols.SetUnencryptedHTTP2(true)
 	in.h2c.HTTP2 = &http.HTTP2Config{MaxReadFrameSize: 1 << 20}
+	// A gRPC server sends its response headers with its first message,
+	// which on a stream may wait for the client indefinitely: no
+	// response-header timeout here (route timeouts and pings bound it).
+	in.h2c.ResponseHeaderTimeout = 0
 	host, port, _ := net.SplitHostPort(cfg.App)
 	in.appHost = host
 	if p, ok := parsePort(port); ok {
