@@ -58,6 +58,7 @@ type options struct {
 	keep     bool
 	maxOther float64
 	retries  int
+	extra    time.Duration
 }
 
 func run() error {
@@ -74,7 +75,8 @@ func run() error {
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "Markdown file whose side-by-side section is rewritten (empty: print only)")
 	flag.StringVar(&only, "only", "", "regexp: measure only targets whose name matches (direct and the nginx rows are kept for the ratios)")
 	flag.Float64Var(&o.maxOther, "max-other", 0.2, "repeat a run when other processes used more than this share of the machine during it")
-	flag.IntVar(&o.retries, "retries", 2, "how many times a disturbed run is repeated at most")
+	flag.IntVar(&o.retries, "retries", 1, "how many times a disturbed run is repeated at most")
+	flag.DurationVar(&o.extra, "extra", 3*time.Minute, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
 	flag.Parse()
 	for _, t := range strings.Split(tunes, ";") {
@@ -208,6 +210,7 @@ func run() error {
 			}
 		}
 	}
+	extra := o.extra
 	for round := range o.rounds {
 		// Rotate the order each round so no target always follows the same one.
 		for k := range rows {
@@ -216,16 +219,28 @@ func run() error {
 				// A run during which other work took more than -max-other of
 				// the machine is repeated (up to -retries times); the least
 				// disturbed attempt is kept.
+				// Before each attempt, wait (briefly) for a quiet second. Both
+				// draw on -extra, so a busy machine costs at most that much
+				// more time.
 				var best sample
 				for attempt := 0; ; attempt++ {
+					t0 := time.Now()
+					if extra > 0 {
+						waitQuiet(ctx, o.maxOther/2, min(5*time.Second, extra))
+					}
 					x, err := measure(ctx, r.t, app, conns, o.duration)
 					if err != nil {
 						return err
 					}
+					if attempt > 0 {
+						extra -= time.Since(t0)
+					} else {
+						extra -= time.Since(t0) - o.duration - 500*time.Millisecond
+					}
 					if attempt == 0 || x.foreign < best.foreign {
 						best = x
 					}
-					if x.foreign <= o.maxOther || attempt >= o.retries {
+					if x.foreign <= o.maxOther || attempt >= o.retries || extra <= 0 {
 						break
 					}
 					fmt.Printf("round %d  %-45s @%-3d other load %.0f %%: repeating\n", round+1, r.t.name, conns, 100*x.foreign)
@@ -276,6 +291,20 @@ func run() error {
 	return nil
 }
 
+// waitQuiet returns after a second in which the machine was busy less than
+// threshold (nothing of this benchmark is loaded between runs), or after
+// wait.
+func waitQuiet(ctx context.Context, threshold float64, wait time.Duration) {
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		b0 := machineBusy()
+		time.Sleep(time.Second)
+		if float64(machineBusy()-b0)/(float64(runtime.NumCPU())*clockTicks) < threshold {
+			return
+		}
+	}
+}
+
 // measure runs wrk once against t and charges CPU: the target's processes,
 // and the share of the machine nobody of this run used (see sample.foreign).
 func measure(ctx context.Context, t *target, app *child, conns int, d time.Duration) (sample, error) {
@@ -320,8 +349,8 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	}
 	if len(foreign) > 0 {
 		fmt.Fprintf(&b, "\nOther load (CPU used by anything but the target, the app and wrk, including softirq time no process is charged for; "+
-			"a run above %.0f %% was repeated up to %d times and the least disturbed attempt kept): "+
-			"median %.0f %% of the machine over a run, at most %.0f %% (%s).\n", 100*o.maxOther, o.retries, 100*median(foreign), 100*worst, worstAt)
+			"each run waited up to 5 s for a quiet second, and a run above %.0f %% was repeated up to %d times, the least disturbed attempt kept, within %s in all): "+
+			"median %.0f %% of the machine over a run, at most %.0f %% (%s).\n", 100*o.maxOther, o.retries, o.extra, 100*median(foreign), 100*worst, worstAt)
 	}
 	for _, r := range rows {
 		for _, n := range r.notes {
