@@ -49,7 +49,9 @@ const (
 
 	ProxyInboundPort = redirect.DefaultInboundPort // mTLS from other proxies, and captured inbound
 	ProxyAdminPort   = 15020                       // /ready, /metrics, /app-health/... on the pod IP
-	ProxyUID         = redirect.DefaultProxyUID
+	// ProxyOutboundPort receives the app's captured outbound traffic.
+	ProxyOutboundPort = 15001
+	ProxyUID          = redirect.DefaultProxyUID
 
 	StateDir  = "/var/run/minimesh/state" // the volume; the proxy's 0700 state dir is StateDir/proxy
 	SharedDir = "/var/run/minimesh/shared"
@@ -77,6 +79,12 @@ type InjectOptions struct {
 	AppPort int
 	// Upstreams are passed to mesh-proxy as --upstream, checked first.
 	Upstreams []string
+	// CaptureOutbound redirects the app's outbound TCP to mesh-proxy's
+	// Host-routed HTTP port (ProxyOutboundPort): HTTP to a mesh service by
+	// name (api, api.ns, api.ns.svc) goes over mTLS; anything else is refused
+	// there (502), never sent in clear. Off by default because it also
+	// catches the app's non-HTTP and outside traffic.
+	CaptureOutbound bool
 }
 
 func (o InjectOptions) withDefaults() InjectOptions {
@@ -154,6 +162,7 @@ are refused. Comments are not kept.
 	f.StringVar(&opts.Service, "service", "", "service the pods serve (default: their serviceAccountName)")
 	f.StringVar(&opts.TokenSecret, "token-secret", "", `Secret with the keys "token" and "ca-pin" (default "mesh-token-<service>")`)
 	f.IntVar(&opts.AppPort, "port", 0, "the app's port (default: the one TCP containerPort the app declares)")
+	f.BoolVar(&opts.CaptureOutbound, "capture-outbound", false, "redirect the app's outbound TCP to mesh-proxy's Host-routed port (HTTP to mesh services only)")
 	f.StringArrayVar(&opts.Upstreams, "upstream", nil, "passed to mesh-proxy as --upstream: SERVICE=LOCALADDR[=REMOTEADDR=SPIFFEID] (repeatable)")
 	return cmd
 }
@@ -621,18 +630,26 @@ func resolvePort(c *corev1.Container, p intstr.IntOrString) (int, error) {
 	return 0, fmt.Errorf("port name %q is not one of container %s's ports", p.StrVal, c.Name)
 }
 
+// redirectOutbound are the redirect's flags for outbound capture.
+func (o InjectOptions) redirectOutbound() []string {
+	if !o.CaptureOutbound {
+		return nil
+	}
+	return []string{"--outbound-port=" + strconv.Itoa(ProxyOutboundPort)}
+}
+
 // redirectContainer installs the iptables rules before anything else runs.
 func redirectContainer(opts InjectOptions, appPort int) corev1.Container {
 	return corev1.Container{
 		Name:  RedirectContainer,
 		Image: opts.Image,
-		Args: []string{
+		Args: append([]string{
 			"redirect",
 			"--proxy-uid=" + strconv.Itoa(ProxyUID),
 			"--inbound-port=" + strconv.Itoa(ProxyInboundPort),
 			"--capture-ports=" + strconv.Itoa(appPort),
 			"--exclude-inbound-ports=" + strconv.Itoa(ProxyAdminPort),
-		},
+		}, opts.redirectOutbound()...),
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
@@ -672,6 +689,9 @@ func proxyContainer(opts InjectOptions, service, secret string, appPort int, pro
 	}
 	for _, u := range opts.Upstreams {
 		args = append(args, "--upstream="+u)
+	}
+	if opts.CaptureOutbound {
+		args = append(args, "--outbound-http=127.0.0.1:"+strconv.Itoa(ProxyOutboundPort))
 	}
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}

@@ -553,3 +553,36 @@ func FuzzInject(f *testing.F) {
 		}
 	})
 }
+
+// --capture-outbound sends the app's outbound TCP to the proxy's
+// Host-routed port: the redirect gets --outbound-port, the proxy listens
+// there, and both agree on the port.
+func TestInjectCaptureOutbound(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join("testdata", "inject", "pod.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := Inject(src, InjectOptions{Image: testImage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(plain, []byte("--outbound-port")) || bytes.Contains(plain, []byte("--outbound-http")) {
+		t.Fatal("outbound is captured without --capture-outbound")
+	}
+	out, err := Inject(src, InjectOptions{Image: testImage, CaptureOutbound: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := decodePods(t, out)[0]
+	redirect, proxy := p.spec.InitContainers[0].Args, p.spec.InitContainers[1].Args
+	if !slices.Contains(redirect, "--outbound-port=15001") {
+		t.Errorf("redirect args %v", redirect)
+	}
+	if !slices.Contains(proxy, "--outbound-http=127.0.0.1:15001") {
+		t.Errorf("proxy args %v", proxy)
+	}
+	again, err := Inject(out, InjectOptions{Image: testImage, CaptureOutbound: true})
+	if err != nil || !bytes.Equal(again, out) {
+		t.Errorf("injecting twice changed the output (%v)", err)
+	}
+}
