@@ -37,3 +37,14 @@ var (
 	// flight from this proxy (the app gets 503 at once).
 	ErrOverloaded = errors.New("proxy: too many requests in flight")
 )
+
+// Policy errors (policy.go, revoke.go).
+var (
+	// ErrRevoked: the peer's identity is denied or a certificate of its
+	// chain is revoked (the snapshot's denied_identities and
+	// revoked_serials); its connections are refused and closed.
+	ErrRevoked = errors.New("proxy: peer revoked")
+
+	// ErrForbidden: the authorization policy denied the request (403).
+	ErrForbidden = errors.New("proxy: denied by authorization policy")
+)

@@ -30,6 +30,9 @@ type tlsListener struct {
 	config  *tls.Config
 	timeout time.Duration
 	onFail  func(net.Conn, error)
+	// admit, when set, decides a finished handshake once more (a peer
+	// revoked since its certificate was issued); an error refuses it.
+	admit func(*tls.Conn) error
 
 	ready chan net.Conn
 	errs  chan error
@@ -44,10 +47,10 @@ type tlsListener struct {
 
 var _ net.Listener = (*tlsListener)(nil)
 
-func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration, maxPending int, onFail func(net.Conn, error)) *tlsListener {
+func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration, maxPending int, onFail func(net.Conn, error), admit func(*tls.Conn) error) *tlsListener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &tlsListener{
-		inner: inner, config: config, timeout: timeout, onFail: onFail,
+		inner: inner, config: config, timeout: timeout, onFail: onFail, admit: admit,
 		ready: make(chan net.Conn), errs: make(chan error),
 		sem: make(chan struct{}, maxPending),
 		ctx: ctx, cancel: cancel,
@@ -93,6 +96,9 @@ func (l *tlsListener) handshake(c net.Conn) {
 	err := tc.HandshakeContext(ctx)
 	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
 	cancel()
+	if err == nil && l.admit != nil {
+		err = l.admit(tc)
+	}
 	if err != nil {
 		if timedOut {
 			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
@@ -146,6 +152,8 @@ func classify(err error) string {
 	switch {
 	case errors.Is(err, ErrNoSVID), errors.Is(err, certs.ErrNoSVID), errors.Is(err, certs.ErrSVIDExpired):
 		return ReasonNoSVID
+	case errors.Is(err, ErrRevoked):
+		return ReasonRevoked
 	case errors.Is(err, certs.ErrUnauthorized):
 		return ReasonUnauthorized
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:

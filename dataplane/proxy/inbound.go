@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,13 +11,16 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"minimesh/certs"
+	"minimesh/dataplane/accesslog"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -43,9 +47,19 @@ type InboundConfig struct {
 	// trust domain of our own SVID, read at each handshake.
 	TrustDomain spiffeid.TrustDomain
 	Limits      Limits
-	Logger      *slog.Logger // slog.Default() if nil
-	Clock       certs.Clock  // the system clock if nil
-	Metrics     *Metrics     // unregistered metrics if nil
+	// Service is this proxy's service: the destination_service label of
+	// the inbound's metrics ("unknown" if empty).
+	Service string
+	// AccessLog writes the access log that SetPolicy switches on and off;
+	// nil: a log to stdout, off until a policy enables it.
+	AccessLog *accesslog.Logger
+	// RecheckEvery is how often open connections are checked against the
+	// trust bundle in force (a root dropped from it closes the
+	// connections of peers it alone verified); default 1s.
+	RecheckEvery time.Duration
+	Logger       *slog.Logger // slog.Default() if nil
+	Clock        certs.Clock  // the system clock if nil
+	Metrics      *Metrics     // unregistered metrics if nil
 }
 
 // Validate reports whether the config can be used.
@@ -85,6 +99,13 @@ type Inbound struct {
 	appHost string
 	appPort uint32
 	ports   atomic.Pointer[inboundPorts]
+
+	policy    atomic.Pointer[Policy]
+	accessLog *accesslog.Logger
+	sources   *sourceSet
+	decisions *decisionCounters
+	conns     connSet   // open connections, to close revoked ones
+	tunnels   tunnelReg // TCP streams, to close those no longer allowed
 }
 
 // inboundPorts is the app's ports from the table in force.
@@ -129,6 +150,15 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 		in.appPort = p
 	}
 	in.SetTable(nil)
+	in.accessLog = cfg.AccessLog
+	if in.accessLog == nil {
+		in.accessLog = accesslog.New(accesslog.Config{Clock: cfg.Clock, Logger: cfg.Logger})
+	}
+	if in.cfg.RecheckEvery <= 0 {
+		in.cfg.RecheckEvery = time.Second
+	}
+	in.sources = newSourceSet(cfg.Metrics, cfg.Service)
+	in.decisions = newDecisionCounters(cfg.Metrics)
 	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
 	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
 	in.fwd.maxBody, in.fwdH2C.maxBody = cfg.Limits.MaxRequestBodyBytes, cfg.Limits.MaxRequestBodyBytes
@@ -171,6 +201,9 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 	p, _, _ := in.target(pr.In.Header) // checked in ServeHTTP
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = p.addr
+	if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
+		setForwardedPath(pr.Out.URL, path)
+	}
 	stripMeshHeaders(pr.Out.Header)
 	if p, ok := peerFrom(pr.In.Context()); ok {
 		pr.Out.Header[HeaderPeerID] = p.header
@@ -184,6 +217,35 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+}
+
+// admit refuses a new connection from a peer the policy in force revokes.
+func (in *Inbound) admit(c *tls.Conn) error {
+	rev := in.policy.Load().Revocations()
+	if rev == nil {
+		return nil
+	}
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return nil
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		return nil // the handshake verified it; cannot happen
+	}
+	return rev.Refused(id.String(), certs)
+}
+
+// trustDomain is the trust domain peers verify in.
+func (in *Inbound) trustDomain() (spiffeid.TrustDomain, bool) {
+	if td := in.cfg.TrustDomain; !td.IsZero() {
+		return td, true
+	}
+	svid, err := in.cfg.SVID.GetX509SVID()
+	if err != nil {
+		return spiffeid.TrustDomain{}, false
+	}
+	return svid.ID.TrustDomain(), true
 }
 
 // authorizer admits members of the configured trust domain or, when none
@@ -202,12 +264,45 @@ func (in *Inbound) authorizer() func(spiffeid.ID) error {
 }
 
 // ServeHTTP forwards a request whose connection carried a verified SPIFFE
-// ID; anything else is refused with 403.
+// ID; anything else is refused with 403. The policy in force decides it
+// first: the path is normalized (400 when refused), authorized (403) and
+// rate-limited (429); then it is logged and counted.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, ok := peerFrom(r.Context()); !ok {
+	pe, ok := peerFrom(r.Context())
+	if !ok {
 		in.log.Warn("proxy: request without peer identity refused", slog.String("remote", r.RemoteAddr))
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
+	}
+	start := in.cfg.Clock.Now()
+	ex := inExchangePool.Get().(*inExchange)
+	*ex = inExchange{ResponseWriter: w}
+	if r.Body != nil && r.Body != http.NoBody {
+		ex.body = &countingBody{ReadCloser: r.Body}
+		r.Body = ex.body
+	}
+	ensureRequestID(r.Header)
+	pe.begin()
+	defer pe.end()
+	if pe.retiring.Load() && r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+	routeName, path, upstream := in.serve(ex, r, pe)
+	in.logExchange(r, pe, ex, start, routeName, path, upstream)
+	*ex = inExchange{}
+	inExchangePool.Put(ex)
+}
+
+func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (routeName, path, upstream string) {
+	pol := in.policy.Load()
+	if err := pol.Revocations().Refused(pe.header[0], pe.chain); err != nil {
+		// The connection is being closed (SetPolicy); until then nothing
+		// more is served on it.
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		in.fwd.refuse(w, r, http.StatusForbidden, "forbidden: peer revoked\n", err)
+		return "", "", ""
 	}
 	p, ok, err := in.target(r.Header)
 	switch {
@@ -224,8 +319,12 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				fmt.Errorf("proxy: CONNECT over HTTP/%d for %s port %s", r.ProtoMajor, protocolNames[p.proto], p.addr))
 			return
 		}
-		in.tunnel(w, r, p.addr)
-		return
+		if d := in.authorize(pol, pe, http.MethodConnect, ""); !d.Allowed {
+			in.fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
+			return
+		}
+		in.tunnel(w, r, p.addr, pe)
+		return "", "", p.addr
 	case p.proto == meshv1.Protocol_PROTOCOL_TCP:
 		in.fwd.refuse(w, r, http.StatusMisdirectedRequest, "TCP port\n",
 			fmt.Errorf("proxy: HTTP request for TCP port %s", p.addr))
@@ -235,16 +334,18 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if (p.proto == meshv1.Protocol_PROTOCOL_HTTP2 || p.proto == meshv1.Protocol_PROTOCOL_GRPC) && r.Header.Get("Upgrade") == "" {
 		fwd = in.fwdH2C
 	}
-	if !fwd.admitBody(w, r, &svcPort{proto: p.proto}) {
-		return
-	}
-	fwd.ServeHTTP(w, r)
+	routeName, path = in.serveHTTPPolicy(w, r, pol, pe, fwd, p)
+	return routeName, path, p.addr
 }
 
 // tunnel relays an HTTP/2 CONNECT stream to a TCP port of the app.
-func (in *Inbound) tunnel(w http.ResponseWriter, r *http.Request, addr string) {
+func (in *Inbound) tunnel(w http.ResponseWriter, r *http.Request, addr string, pe *peer) {
 	in.fwd.inflight.Add(1)
 	defer in.fwd.inflight.Done()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer in.tunnels.add(pe, cancel)()
+	r = r.WithContext(ctx)
 	start := in.cfg.Clock.Now()
 	d := net.Dialer{Timeout: in.cfg.Limits.Dial}
 	app, err := d.DialContext(r.Context(), "tcp", addr)
@@ -279,10 +380,17 @@ func (in *Inbound) Run(ctx context.Context) error {
 	}
 	lim := in.cfg.Limits
 	tl := newTLSListener(ln, in.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo))
+		handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo), in.admit)
 	srv := newServer(in, lim, in.log)
-	srv.ConnContext = withPeer
+	srv.ConnContext = in.withPeer
+	srv.ConnState = in.connState
 	in.log.Info("proxy: inbound listening", slog.String("addr", ln.Addr().String()), slog.String("app", in.cfg.App))
+	rctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); in.recheckLoop(rctx, in.trustDomain) }()
+	defer wg.Wait()
+	defer stop()
 	defer in.fwdH2C.closeIdle(in.h2c)
 	defer in.fwd.closeIdle(in.transport)
 	return serve(ctx, srv, tl, lim.Drain, in.log)
@@ -293,6 +401,20 @@ func (in *Inbound) Run(ctx context.Context) error {
 type peer struct {
 	id     spiffeid.ID
 	header []string
+	chain  []*x509.Certificate // as presented, leaf first
+	sa     string              // service account, for metric labels
+	srcM   atomic.Pointer[sourceMetrics]
+	peerState
+}
+
+// src returns the metric series of the peer's service account.
+func (p *peer) src(s *sourceSet) *sourceMetrics {
+	if m := p.srcM.Load(); m != nil {
+		return m
+	}
+	m := s.get(p.sa)
+	p.srcM.Store(m)
+	return m
 }
 
 type peerKey struct{}
@@ -312,7 +434,7 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 	if err != nil {
 		return ctx
 	}
-	return context.WithValue(ctx, peerKey{}, &peer{id: id, header: []string{id.String()}})
+	return context.WithValue(ctx, peerKey{}, &peer{id: id, header: []string{id.String()}, chain: st.PeerCertificates, sa: serviceAccount(id.Path())})
 }
 
 func peerFrom(ctx context.Context) (*peer, bool) {

@@ -24,13 +24,14 @@ const (
 	ReasonTimeout      = "timeout"        // the handshake did not finish in time
 	ReasonClosed       = "closed"         // the peer went away mid-handshake
 	ReasonProtocol     = "protocol"       // TLS version, cipher, ALPN or record errors
+	ReasonRevoked      = "revoked"        // the peer's identity is denied or its certificate revoked
 	ReasonOther        = "other"
 )
 
 var (
 	listenerNames   = [...]string{ListenerInbound, ListenerPublic, ListenerOutbound}
 	handshakeReason = [...]string{ReasonNoClientCert, ReasonExpired, ReasonUntrusted, ReasonUnauthorized,
-		ReasonNoSVID, ReasonTimeout, ReasonClosed, ReasonProtocol, ReasonOther}
+		ReasonNoSVID, ReasonTimeout, ReasonClosed, ReasonProtocol, ReasonRevoked, ReasonOther}
 	responseClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx", "other"}
 )
 
@@ -44,6 +45,13 @@ type Metrics struct {
 	handshakeFailures *prometheus.CounterVec
 	retries           *prometheus.CounterVec
 	overflows         *prometheus.CounterVec
+
+	// At the inbound, by source and destination service (policy.go).
+	inRequests   *prometheus.CounterVec
+	inDuration   *prometheus.HistogramVec
+	authz        *prometheus.CounterVec
+	rateLimits   *prometheus.CounterVec
+	revokedConns *prometheus.CounterVec
 
 	listeners map[string]*listenerMetrics
 }
@@ -65,6 +73,15 @@ type listenerMetrics struct {
 //	minimesh_proxy_handshake_failures_total{listener,reason}
 //	minimesh_proxy_retries_total{listener}
 //	minimesh_proxy_overflows_total{listener}
+//	minimesh_proxy_inbound_requests_total{source_service,destination_service,class}
+//	minimesh_proxy_inbound_request_duration_seconds{source_service,destination_service}
+//	minimesh_proxy_authz_decisions_total{decision}
+//	minimesh_proxy_ratelimit_decisions_total{decision}
+//	minimesh_proxy_connections_closed_total{listener,reason}
+//
+// source_service is the service account of the caller's SPIFFE ID, of at
+// most MaxSourceServices distinct values per proxy (later ones count as
+// "other"); destination_service is the inbound's own service.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -88,6 +105,27 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "minimesh", Subsystem: "proxy", Name: "overflows_total",
 			Help: "Requests answered 503 at once because their service had its maximum in flight, by listener.",
 		}, []string{"listener"}),
+		inRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_requests_total",
+			Help: "Requests into the inbound, by source service (service account of the caller), destination service and response class.",
+		}, []string{"source_service", "destination_service", "class"}),
+		inDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_request_duration_seconds",
+			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"source_service", "destination_service"}),
+		authz: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",
+			Help: "Authorization decisions at the inbound: allow, deny, dry_run_deny, audit, bad_path.",
+		}, []string{"decision"}),
+		rateLimits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "ratelimit_decisions_total",
+			Help: "Rate-limit decisions at the inbound: allowed, limited (only requests some RateLimit applied to).",
+		}, []string{"decision"}),
+		revokedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "connections_closed_total",
+			Help: "Connections closed because their peer is no longer admitted: revoked, untrusted (no longer verifies against the bundle), unauthorized (a TCP stream the policy no longer allows).",
+		}, []string{"listener", "reason"}),
 		listeners: make(map[string]*listenerMetrics, len(listenerNames)),
 	}
 	for _, l := range listenerNames {
@@ -106,7 +144,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.listeners[l] = lm
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows,
+			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

@@ -250,6 +250,7 @@ type Outbound struct {
 	retired   []*remote
 
 	tunnels tunnelSet
+	guard   remoteGuard // revocations and connections to remotes
 
 	// egress: allowed destinations outside the mesh, by lower-case host
 	// name, each with its ports (nil: any).
@@ -344,7 +345,7 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 			}
 			b.SetTargets([]balancer.Target{tg})
 			if o.static[tg] == nil {
-				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log, &o.guard)
 				if err != nil {
 					return nil, fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
 				}
@@ -375,7 +376,7 @@ func (o *Outbound) Install(t *Table) {
 			if rm := old[tg]; rm != nil {
 				next[tg] = rm
 			} else if next[tg] == nil {
-				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+				rm, err := newRemote(&o.cfg, tg, o.metrics, o.log, &o.guard)
 				if err != nil { // the table's identities are parsed; not reached
 					o.log.Error("proxy: endpoint left out", slog.String("addr", tg.Addr), slog.String("error", err.Error()))
 					continue
@@ -443,7 +444,7 @@ func (o *Outbound) remoteFor(tg balancer.Target) (*remote, error) {
 	if rm := (*o.remotes.Load())[tg]; rm != nil {
 		return rm, nil
 	}
-	rm, err := newRemote(&o.cfg, tg, o.metrics, o.log)
+	rm, err := newRemote(&o.cfg, tg, o.metrics, o.log, &o.guard)
 	if err != nil {
 		return nil, err
 	}
@@ -606,6 +607,12 @@ var forwardingHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded
 // (Limits.Drain), closes the connections to the remotes and returns nil.
 // It closes the listeners.
 func (o *Outbound) Run(ctx context.Context) error {
+	rctx, stopRecheck := context.WithCancel(ctx)
+	var rechecking sync.WaitGroup
+	rechecking.Add(1)
+	go func() { defer rechecking.Done(); o.recheckLoop(rctx, time.Second) }()
+	defer rechecking.Wait()
+	defer stopRecheck()
 	type port struct {
 		ln net.Listener
 		up *upstream // nil: the Host-routed port

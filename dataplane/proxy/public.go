@@ -117,7 +117,7 @@ func (p *Public) Run(ctx context.Context) error {
 	}
 	lim := p.cfg.Limits
 	tl := newTLSListener(ln, p.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic), slog.LevelDebug))
+		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic), slog.LevelDebug), nil)
 	srv := newServer(p, lim, p.log)
 	p.log.Info("proxy: public listening", slog.String("addr", ln.Addr().String()), slog.String("app", p.cfg.App))
 	defer p.fwd.closeIdle(p.transport)

@@ -41,7 +41,7 @@ type h2RoundTripper interface {
 	CloseIdleConnections()
 }
 
-func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger) (*remote, error) {
+func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger, guard *remoteGuard) (*remote, error) {
 	id, err := spiffeid.FromString(target.Identity)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: endpoint %s: %w", target.Addr, err)
@@ -77,7 +77,18 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 					slog.String("id", target.Identity), slog.String("reason", reason), slog.String("error", err.Error()))
 				return nil, fmt.Errorf("%w: handshake with %s: %w", errConnect, target.Addr, err)
 			}
-			return conn, nil
+			if guard == nil {
+				return conn, nil
+			}
+			if err := guard.revoked.Load().Refused(target.Identity, conn.ConnectionState().PeerCertificates); err != nil {
+				_ = conn.Close()
+				failed.handshakeFailed(ReasonRevoked)
+				log.Warn("proxy: upstream refused: revoked", slog.String("remote", target.Addr),
+					slog.String("id", target.Identity), slog.String("error", err.Error()))
+				return nil, fmt.Errorf("%w: handshake with %s: %w", errConnect, target.Addr, err)
+			}
+			guard.conns.add(conn)
+			return &trackedConn{Conn: conn, set: &guard.conns}, nil
 		}
 	}
 	// x/net/http2's own pool rather than net/http's: it dials once per

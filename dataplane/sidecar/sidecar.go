@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +84,19 @@ type Config struct {
 	Registry *prometheus.Registry
 	// AgentBackoffMax bounds the agent's retry delay (default 30s).
 	AgentBackoffMax time.Duration
+
+	// AccessLog receives the inbound's access log when an AccessLog
+	// resource switches it on (default os.Stdout); AccessLogFile, when
+	// set, is opened (append, 0600) instead.
+	AccessLog     io.Writer
+	AccessLogFile string
+	// Drain is the grace period of a shutdown (SIGTERM, /quitquitquit):
+	// listeners stop accepting and requests in flight have this long to
+	// finish (default 10s).
+	Drain time.Duration
+	// RecheckEvery is how often open connections are checked against a
+	// changed trust bundle (default 1s).
+	RecheckEvery time.Duration
 }
 
 // Sidecar is a running mesh-proxy's parts.
@@ -89,6 +105,10 @@ type Sidecar struct {
 	Agent *agent.Agent
 	Roles *Roles
 	tasks []task
+
+	quit     chan struct{} // closed by /quitquitquit
+	quitOnce sync.Once
+	closers  []func() error // run when Run returns
 }
 
 type task struct {
@@ -162,12 +182,18 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles}
+	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles, quit: make(chan struct{})}
 	s.add("agent", ag.Run)
 
+	al, err := s.accessLog()
+	if err != nil {
+		return nil, err
+	}
+	limits := proxy.Limits{Drain: cfg.Drain}
 	in, err := proxy.NewInbound(proxy.InboundConfig{
 		Listener: cfg.InboundListener, Addr: cfg.Inbound, App: cfg.App,
 		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), TrustDomain: td,
+		Service: cfg.Service, AccessLog: al, RecheckEvery: cfg.RecheckEvery, Limits: limits,
 		Logger: log.With("component", "inbound"), Clock: cfg.Clock, Metrics: metrics,
 	})
 	if err != nil {
@@ -181,7 +207,7 @@ func New(cfg Config) (*Sidecar, error) {
 			return nil, err
 		}
 		pub, err := proxy.NewPublic(proxy.PublicConfig{
-			Listener: cfg.PublicListener, Addr: cfg.Public, App: cfg.App, Certificate: fc,
+			Listener: cfg.PublicListener, Addr: cfg.Public, App: cfg.App, Certificate: fc, Limits: limits,
 			Logger: log.With("component", "public"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
@@ -198,7 +224,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if len(cfg.Upstreams) > 0 || cfg.OutboundHTTP != "" || cfg.OutboundHTTPListener != nil {
 		out, err := proxy.NewOutbound(proxy.OutboundConfig{
 			Upstreams: cfg.Upstreams, HTTPAddr: cfg.OutboundHTTP, HTTPListener: cfg.OutboundHTTPListener,
-			Namespace: ns, Outlier: cfg.Outlier, Egress: cfg.Egress, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(),
+			Namespace: ns, Outlier: cfg.Outlier, Egress: cfg.Egress, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Limits: limits,
 			Logger: log.With("component", "outbound"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
@@ -207,7 +233,8 @@ func New(cfg Config) (*Sidecar, error) {
 		routing.out = out
 		s.add("outbound", out.Run)
 	}
-	ap.parts = append(ap.parts, routing)
+	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, out: routing.out}
+	ap.parts = append(ap.parts, routing, enforce)
 
 	adm, err := admin.New(admin.Config{
 		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready), Detail: s.detail,
@@ -225,6 +252,7 @@ func New(cfg Config) (*Sidecar, error) {
 		adm.Handle("GET "+admin.AppHealthPrefix, probes)
 	}
 	adm.Handle("/config", configHandler(ag.Applied))
+	adm.Handle("/quitquitquit", http.HandlerFunc(s.quitquitquit))
 	if err := s.addRoles(adm); err != nil {
 		return nil, err
 	}
@@ -236,8 +264,24 @@ func (s *Sidecar) add(name string, run func(context.Context) error) {
 	s.tasks = append(s.tasks, task{name, run})
 }
 
-// Run runs every part until ctx is cancelled or one fails; then all stop.
+// Run runs every part until ctx is cancelled, /quitquitquit is called or
+// one part fails; then all stop, the listeners draining for Config.Drain.
 func (s *Sidecar) Run(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.quit:
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	ctx = runCtx
+	defer func() {
+		for _, c := range s.closers {
+			_ = c()
+		}
+	}()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, t := range s.tasks {
 		g.Go(func() error {

@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"minimesh/api"
+	"minimesh/dataplane/accesslog"
+	"minimesh/dataplane/authz"
+	"minimesh/dataplane/pathnorm"
+	"minimesh/dataplane/ratelimit"
+	"minimesh/dataplane/route"
+)
+
+// MaxSourceServices bounds the source_service label values of one proxy's
+// inbound metrics; callers beyond it are counted as "other".
+const MaxSourceServices = 256
+
+// SetPolicy makes p the policy of the next request, also on connections
+// already open: authorization, rate limits and the access log. A nil p
+// allows everything and switches the access log off. Connections whose
+// peer p revokes are closed, and so are TCP streams that p no longer
+// allows.
+func (in *Inbound) SetPolicy(p *Policy) {
+	in.policy.Store(p)
+	var al *api.AccessLog
+	if p != nil {
+		al = p.accessLog
+	}
+	if err := in.accessLog.Apply(al); err != nil {
+		// CompilePolicy validated it; Apply only fails on what Validate
+		// refuses.
+		in.log.Warn("proxy: access log not applied", slog.String("error", err.Error()))
+	}
+	in.enforceOnOpen(p)
+}
+
+// sourceSet maps the service account of callers to their metric series,
+// at most MaxSourceServices of them.
+type sourceSet struct {
+	mu   sync.Mutex
+	m    map[string]*sourceMetrics
+	dest string
+	reqs *prometheus.CounterVec
+	dur  *prometheus.HistogramVec
+}
+
+type sourceMetrics struct {
+	classes  [len(responseClasses)]prometheus.Counter
+	duration prometheus.Observer
+}
+
+func newSourceSet(m *Metrics, dest string) *sourceSet {
+	if dest == "" {
+		dest = "unknown"
+	}
+	return &sourceSet{m: map[string]*sourceMetrics{}, dest: dest, reqs: m.inRequests, dur: m.inDuration}
+}
+
+// get returns the series of the service account sa.
+func (s *sourceSet) get(sa string) *sourceMetrics {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sm, ok := s.m[sa]; ok {
+		return sm
+	}
+	if len(s.m) >= MaxSourceServices {
+		sa = "other"
+		if sm, ok := s.m[sa]; ok {
+			return sm
+		}
+	}
+	sm := &sourceMetrics{duration: s.dur.WithLabelValues(sa, s.dest)}
+	for i, c := range responseClasses {
+		sm.classes[i] = s.reqs.WithLabelValues(sa, s.dest, c)
+	}
+	s.m[sa] = sm
+	return sm
+}
+
+func (sm *sourceMetrics) observe(code int, seconds float64) {
+	i := code/100 - 1
+	if i < 0 || i > 4 {
+		i = len(responseClasses) - 1
+	}
+	sm.classes[i].Inc()
+	sm.duration.Observe(seconds)
+}
+
+// serviceAccount returns the service account of a SPIFFE ID path of the
+// form /ns/<ns>/sa/<sa>, else "other" (the label space stays closed).
+func serviceAccount(path string) string {
+	rest, ok := strings.CutPrefix(path, "/ns/")
+	if !ok {
+		return "other"
+	}
+	_, sa, ok := strings.Cut(rest, "/sa/")
+	if !ok || sa == "" || strings.Contains(sa, "/") {
+		return "other"
+	}
+	return sa
+}
+
+// decisionCounters are the authz and rate-limit decision series.
+type decisionCounters struct {
+	allow, deny, dryRunDeny, audit, badPath prometheus.Counter
+	rlAllowed, rlLimited                    prometheus.Counter
+	closed                                  map[string]prometheus.Counter
+}
+
+func newDecisionCounters(m *Metrics) *decisionCounters {
+	d := &decisionCounters{
+		allow: m.authz.WithLabelValues("allow"), deny: m.authz.WithLabelValues("deny"),
+		dryRunDeny: m.authz.WithLabelValues("dry_run_deny"), audit: m.authz.WithLabelValues("audit"),
+		badPath:   m.authz.WithLabelValues("bad_path"),
+		rlAllowed: m.rateLimits.WithLabelValues("allowed"), rlLimited: m.rateLimits.WithLabelValues("limited"),
+		closed: map[string]prometheus.Counter{},
+	}
+	for _, r := range []string{closeRevoked, closeUntrusted, closeUnauthorized} {
+		d.closed[r] = m.revokedConns.WithLabelValues(ListenerInbound, r)
+	}
+	return d
+}
+
+// Reasons of minimesh_proxy_connections_closed_total.
+const (
+	closeRevoked      = "revoked"
+	closeUntrusted    = "untrusted"
+	closeUnauthorized = "unauthorized"
+)
+
+// inExchange is one request at the inbound as the access log and metrics
+// see it: the status and bytes written, the bytes read.
+type inExchange struct {
+	http.ResponseWriter
+	code    int
+	written int64
+	// body counts the request body; not pooled, because the transport
+	// may still be reading it after the handler returned.
+	body *countingBody
+}
+
+var inExchangePool = sync.Pool{New: func() any { return new(inExchange) }}
+
+func (e *inExchange) WriteHeader(code int) {
+	if e.code == 0 && code >= 200 {
+		e.code = code
+	}
+	e.ResponseWriter.WriteHeader(code)
+}
+
+func (e *inExchange) Write(b []byte) (int, error) {
+	if e.code == 0 {
+		e.code = http.StatusOK
+	}
+	n, err := e.ResponseWriter.Write(b)
+	e.written += int64(n)
+	return n, err
+}
+
+func (e *inExchange) received() int64 {
+	if e.body == nil {
+		return 0
+	}
+	return e.body.n.Load()
+}
+
+func (e *inExchange) Unwrap() http.ResponseWriter { return e.ResponseWriter }
+
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// normalizedPath is the path of r that is matched and forwarded:
+// pathnorm's canonical form of the request target as received (the raw
+// origin-form path, not Go's decoded URL.Path).
+func normalizedPath(r *http.Request) (string, error) {
+	raw := r.RequestURI
+	if strings.HasPrefix(raw, "/") {
+		if i := strings.IndexByte(raw, '?'); i >= 0 {
+			raw = raw[:i]
+		}
+	} else {
+		raw = r.URL.EscapedPath()
+	}
+	return pathnorm.Normalize(raw)
+}
+
+// setForwardedPath makes u's path the normalized p, so that the app
+// receives exactly the form the policy matched.
+func setForwardedPath(u *url.URL, p string) {
+	if dec, err := url.PathUnescape(p); err == nil {
+		u.Path, u.RawPath = dec, p
+	}
+}
+
+// authorize decides an HTTP request (or a TCP stream, with method CONNECT
+// and path ""): false means it was answered 403 (or 400 for a refused
+// path). path is the normalized path.
+func (in *Inbound) authorize(pol *Policy, pe *peer, method, path string) authz.Decision {
+	req := authz.Request{Peer: pe.header[0], Method: method, Path: path}
+	if method == http.MethodConnect && path == "" {
+		req = authzTCP(pe)
+	}
+	d := pol.Authz().Check(req)
+	switch {
+	case !d.Allowed:
+		in.decisions.deny.Inc()
+	case d.DryRun:
+		in.decisions.dryRunDeny.Inc()
+		in.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: dry-run policy would deny",
+			slog.String("peer", pe.header[0]), slog.String("method", method), slog.String("path", path),
+			slog.String("policy", d.DryRunPolicy), slog.Int("rule", d.DryRunRule))
+	default:
+		in.decisions.allow.Inc()
+	}
+	if d.Audit {
+		in.decisions.audit.Inc()
+		in.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: audited request",
+			slog.String("peer", pe.header[0]), slog.String("method", method), slog.String("path", path),
+			slog.String("policy", d.AuditPolicy), slog.Int("rule", d.AuditRule), slog.Bool("allowed", d.Allowed))
+	}
+	return d
+}
+
+// serveHTTPPolicy runs an HTTP request through the policy, then fwd:
+// path normalization (400), authorization (403), rate limit (429). It
+// returns the route matched and the normalized path, for the access log.
+func (in *Inbound) serveHTTPPolicy(w http.ResponseWriter, r *http.Request, pol *Policy, pe *peer, fwd *forwarder, p inboundPort) (string, string) {
+	path, err := normalizedPath(r)
+	if err != nil {
+		in.decisions.badPath.Inc()
+		fwd.refuse(w, r, http.StatusBadRequest, "bad request path\n", err)
+		return "", ""
+	}
+	if d := in.authorize(pol, pe, r.Method, path); !d.Allowed {
+		fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
+		return "", path
+	}
+	routeName := ""
+	if pol != nil {
+		if rt := pol.routes.Match(route.Request{Method: r.Method, Path: path, Host: r.Host, Header: r.Header}); rt != nil {
+			routeName = rt.Name
+		}
+		if res := pol.limiter.Allow(routeName, pe.header[0]); res.Policy != "" {
+			if !res.Allowed {
+				in.decisions.rlLimited.Inc()
+				ratelimit.WriteTooManyRequests(w, res)
+				fwd.metrics.observe(http.StatusTooManyRequests, 0)
+				return routeName, path
+			}
+			in.decisions.rlAllowed.Inc()
+			res.SetHeaders(w.Header())
+		}
+	}
+	if !fwd.admitBody(w, r, &svcPort{proto: p.proto}) {
+		return routeName, path
+	}
+	fwd.ServeHTTP(w, withPath(r, path))
+	return routeName, path
+}
+
+type pathKey struct{}
+
+// withPath hands the normalized path to rewrite when it differs from the
+// request's own (the common, canonical case costs nothing).
+func withPath(r *http.Request, path string) *http.Request {
+	if path == r.URL.EscapedPath() {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), pathKey{}, path))
+}
+
+// logExchange writes the access-log line and the per-source metrics of a
+// finished request.
+func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start time.Time, routeName, path, upstream string) {
+	code := ex.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	d := in.cfg.Clock.Now().Sub(start)
+	pe.src(in.sources).observe(code, d.Seconds())
+	if !in.accessLog.Enabled() {
+		return
+	}
+	if path == "" {
+		path = r.URL.EscapedPath() // refused as is; escaped in the line
+	}
+	in.accessLog.Log(&accesslog.Entry{
+		Time: start, SourceIdentity: pe.header[0], SourceAddress: r.RemoteAddr, Method: r.Method,
+		Authority: r.Host, Path: path, Protocol: r.Proto, Route: routeName, Status: code,
+		BytesReceived: ex.received(), BytesSent: ex.written, Duration: d, Upstream: upstream,
+		UserAgent: r.UserAgent(), RequestID: r.Header.Get(HeaderRequestID),
+	})
+}

@@ -1,0 +1,343 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"minimesh/certs"
+	"minimesh/dataplane/authz"
+)
+
+// connSet is the inbound's open connections, with their peers, so that a
+// push that revokes a peer, or a bundle that no longer verifies it, closes
+// them.
+type connSet struct {
+	mu sync.Mutex
+	m  map[net.Conn]*peer
+}
+
+func (s *connSet) add(c net.Conn, p *peer) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[net.Conn]*peer{}
+	}
+	s.m[c] = p
+	s.mu.Unlock()
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) snapshot() map[net.Conn]*peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[net.Conn]*peer, len(s.m))
+	for c, p := range s.m {
+		out[c] = p
+	}
+	return out
+}
+
+// tunnelReg is the inbound's TCP streams, each with its peer and the
+// cancel that ends it.
+type tunnelReg struct {
+	mu sync.Mutex
+	m  map[*tunnelEntry]struct{}
+}
+
+type tunnelEntry struct {
+	pe     *peer
+	cancel context.CancelFunc
+}
+
+// add registers a stream and returns its removal.
+func (t *tunnelReg) add(pe *peer, cancel context.CancelFunc) func() {
+	e := &tunnelEntry{pe: pe, cancel: cancel}
+	t.mu.Lock()
+	if t.m == nil {
+		t.m = map[*tunnelEntry]struct{}{}
+	}
+	t.m[e] = struct{}{}
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		delete(t.m, e)
+		t.mu.Unlock()
+	}
+}
+
+// connState tracks the inbound's connections (http.Server.ConnState).
+func (in *Inbound) connState(c net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateClosed, http.StateHijacked:
+		in.conns.remove(c)
+	}
+}
+
+// withPeer is the http.Server's ConnContext: the handshake is already done
+// (tlsListener), so the peer's SPIFFE ID is read once per connection, and
+// the connection is remembered for revocation.
+func (in *Inbound) withPeer(ctx context.Context, c net.Conn) context.Context {
+	ctx = withPeer(ctx, c)
+	if p, ok := peerFrom(ctx); ok {
+		p.conn = c
+		in.conns.add(c, p)
+	}
+	return ctx
+}
+
+// enforceOnOpen applies a new policy to what is already open: connections
+// of revoked peers are closed at once (requests in flight on them are cut;
+// a revoked peer is not owed a graceful end), and TCP streams that the
+// policy no longer authorizes are ended.
+func (in *Inbound) enforceOnOpen(p *Policy) {
+	rev := p.Revocations()
+	if rev.Len() > 0 {
+		for c, pe := range in.conns.snapshot() {
+			if err := rev.Refused(pe.header[0], pe.chain); err != nil {
+				in.log.Info("proxy: closing connection of a revoked peer", slog.String("peer", pe.header[0]),
+					slog.String("remote", c.RemoteAddr().String()), slog.String("reason", err.Error()))
+				in.decisions.closed[closeRevoked].Inc()
+				_ = c.Close()
+			}
+		}
+	}
+	in.tunnels.mu.Lock()
+	var cut []*tunnelEntry
+	for e := range in.tunnels.m {
+		if rev.Refused(e.pe.header[0], e.pe.chain) != nil ||
+			!p.Authz().Check(authzTCP(e.pe)).Allowed {
+			cut = append(cut, e)
+		}
+	}
+	in.tunnels.mu.Unlock()
+	for _, e := range cut {
+		in.log.Info("proxy: closing a TCP stream the policy no longer allows", slog.String("peer", e.pe.header[0]))
+		in.decisions.closed[closeUnauthorized].Inc()
+		e.cancel()
+	}
+}
+
+// recheckLoop closes, gracefully, the connections whose peer chain no
+// longer verifies against the trust bundle when the bundle changes (the
+// old root dropped at the end of a rotation).
+func (in *Inbound) recheckLoop(ctx context.Context, td func() (spiffeid.TrustDomain, bool)) {
+	tick := time.NewTicker(in.cfg.RecheckEvery)
+	defer tick.Stop()
+	var last *x509bundle.Bundle
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d, ok := td()
+		if !ok {
+			continue
+		}
+		b, err := in.cfg.Bundle.GetX509BundleForTrustDomain(d)
+		if err != nil || b == last {
+			continue
+		}
+		first := last == nil
+		last = b
+		if first {
+			continue
+		}
+		in.recheck()
+	}
+}
+
+// recheck verifies every open connection's peer chain against the bundle
+// in force, at a time within the leaf's validity (an expired SVID on an
+// open connection is not the question here), and ends those that fail.
+func (in *Inbound) recheck() {
+	for c, pe := range in.conns.snapshot() {
+		if err := verifiesNow(pe.chain, in.cfg.Bundle, in.cfg.Clock.Now()); err != nil {
+			in.log.Info("proxy: peer no longer verifies against the trust bundle, closing its connection",
+				slog.String("peer", pe.header[0]), slog.String("remote", c.RemoteAddr().String()), slog.String("error", err.Error()))
+			in.decisions.closed[closeUntrusted].Inc()
+			pe.retire()
+		}
+	}
+}
+
+func verifiesNow(chain []*x509.Certificate, b x509bundle.Source, now time.Time) error {
+	if len(chain) == 0 {
+		return ErrNoPeerID
+	}
+	leaf := chain[0]
+	if now.After(leaf.NotAfter) {
+		now = leaf.NotAfter
+	}
+	if now.Before(leaf.NotBefore) {
+		now = leaf.NotBefore
+	}
+	_, _, err := certs.VerifyPeerCertificates(chain, b, now)
+	return err
+}
+
+// retire ends a connection without cutting a request: at once when it has
+// none in flight, else when its last one finishes. HTTP/1.1 responses in
+// the meantime carry Connection: close. (net/http's server has no
+// per-connection GOAWAY; an HTTP/2 client sees the connection close when
+// it is idle, and dials anew.)
+func (p *peer) retire() {
+	p.retiring.Store(true)
+	if p.inflight.Load() == 0 && p.conn != nil {
+		_ = p.conn.Close()
+	}
+}
+
+// begin and end count a connection's requests in flight.
+func (p *peer) begin() { p.inflight.Add(1) }
+
+func (p *peer) end() {
+	if p.inflight.Add(-1) == 0 && p.retiring.Load() && p.conn != nil {
+		_ = p.conn.Close()
+	}
+}
+
+// peerState is the mutable part of a peer.
+type peerState struct {
+	conn     net.Conn
+	inflight atomic.Int64
+	retiring atomic.Bool
+}
+
+// outboundConns tracks the outbound's connections to remote proxies, to
+// close those whose peer is revoked or no longer verifies.
+type outboundConns struct {
+	mu sync.Mutex
+	m  map[*tls.Conn]string // conn -> peer SPIFFE ID
+}
+
+func (o *outboundConns) add(c *tls.Conn) {
+	st := c.ConnectionState()
+	id := ""
+	if len(st.PeerCertificates) > 0 {
+		if v, err := x509svid.IDFromCert(st.PeerCertificates[0]); err == nil {
+			id = v.String()
+		}
+	}
+	o.mu.Lock()
+	if o.m == nil {
+		o.m = map[*tls.Conn]string{}
+	}
+	o.m[c] = id
+	o.mu.Unlock()
+}
+
+func (o *outboundConns) remove(c *tls.Conn) {
+	o.mu.Lock()
+	delete(o.m, c)
+	o.mu.Unlock()
+}
+
+// closeIf closes the connections for which refuse returns an error.
+func (o *outboundConns) closeIf(refuse func(id string, chain []*x509.Certificate) error, log *slog.Logger, count func()) {
+	o.mu.Lock()
+	var cut []*tls.Conn
+	for c, id := range o.m {
+		if err := refuse(id, c.ConnectionState().PeerCertificates); err != nil {
+			log.Info("proxy: closing connection to an upstream no longer admitted", slog.String("peer", id), slog.String("reason", err.Error()))
+			cut = append(cut, c)
+		}
+	}
+	for _, c := range cut {
+		delete(o.m, c)
+	}
+	o.mu.Unlock()
+	for _, c := range cut {
+		count()
+		_ = c.Close()
+	}
+}
+
+// trackedConn removes itself from an outboundConns when closed.
+type trackedConn struct {
+	*tls.Conn
+	set  *outboundConns
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.set.remove(c.Conn) })
+	return c.Conn.Close()
+}
+
+// authzTCP is how a TCP stream is authorized: method CONNECT and no path,
+// so a rule that names paths never matches one (an ALLOW rule with paths
+// does not let a TCP stream in; a DENY rule with paths does not keep one
+// out), and a rule of identities (and method CONNECT) does.
+func authzTCP(pe *peer) authz.Request {
+	return authz.Request{Peer: pe.header[0], Method: http.MethodConnect}
+}
+
+// remoteGuard is what the outbound's dials check after each handshake,
+// and the connections they made.
+type remoteGuard struct {
+	revoked atomic.Pointer[Revocations]
+	conns   outboundConns
+}
+
+// SetRevocations refuses, from now on, handshakes with remote proxies
+// whose identity or certificate r revokes, and closes the connections to
+// them that are open (requests in flight on them fail; the next goes to
+// another endpoint, as the snapshot with the revocation has also removed
+// the revoked endpoint).
+func (o *Outbound) SetRevocations(r *Revocations) {
+	o.guard.revoked.Store(r)
+	if r.Len() == 0 {
+		return
+	}
+	c := o.cfg.Metrics.revokedConns.WithLabelValues(ListenerOutbound, closeRevoked)
+	o.guard.conns.closeIf(r.Refused, o.log, c.Inc)
+}
+
+// recheckLoop closes the connections to remotes whose chain no longer
+// verifies against the trust bundle, when the bundle changes.
+func (o *Outbound) recheckLoop(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var last *x509bundle.Bundle
+	c := o.cfg.Metrics.revokedConns.WithLabelValues(ListenerOutbound, closeUntrusted)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		svid, err := o.cfg.SVID.GetX509SVID()
+		if err != nil {
+			continue
+		}
+		b, err := o.cfg.Bundle.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+		if err != nil || b == last {
+			continue
+		}
+		first := last == nil
+		last = b
+		if first {
+			continue
+		}
+		now := o.cfg.Clock.Now()
+		o.guard.conns.closeIf(func(_ string, chain []*x509.Certificate) error {
+			return verifiesNow(chain, o.cfg.Bundle, now)
+		}, o.log, c.Inc)
+	}
+}
