@@ -2,13 +2,19 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +25,10 @@ import (
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/dataplane/pathnorm"
+	"minimesh/dataplane/sidecar"
 	meshv1 "minimesh/proto/mesh/v1"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // recorder is a real HTTP app on loopback that records the raw request
@@ -79,9 +88,15 @@ type policyMesh struct {
 
 func startPolicyMesh(t *testing.T, docs string) *policyMesh {
 	t.Helper()
+	return startPolicyMeshWith(t, docs, nil)
+}
+
+// startPolicyMeshWith lets the test change api's sidecar config.
+func startPolicyMeshWith(t *testing.T, docs string, edit func(*sidecar.Config)) *policyMesh {
+	t.Helper()
 	pm := &policyMesh{meshd: controlplanetest.Start(t, controlplane.Config{}), app: startRecorder(t)}
 	rev := applyDocs(t, pm.meshd, serviceYAML("api", httpPortYAML(pm.app.port), idOf("api").String())+docs)
-	pm.api = startTraffic(t, pm.meshd, trafficOpts{service: "api", app: pm.app.addr})
+	pm.api = startSidecar(t, pm.meshd, "api", pm.app.addr, edit)
 	webApp := startEcho(t, "web")
 	pm.web = startTraffic(t, pm.meshd, trafficOpts{service: "web", app: webApp.addr, upstreams: []string{"api"}})
 	pm.web.waitSnapshot(t, "api's endpoint", endpointsOf("api", 1))
@@ -92,6 +107,47 @@ func startPolicyMesh(t *testing.T, docs string) *policyMesh {
 		}
 	}
 	return pm
+}
+
+// startSidecar is startTraffic for a proxy without outbound ports, with a
+// hook to change its config.
+func startSidecar(t *testing.T, m *controlplanetest.Meshd, service, appAddr string, edit func(*sidecar.Config)) *trafficProxy {
+	t.Helper()
+	tok := m.Token(t, "default", service, 1)
+	inL, adminL := listen(t), listen(t)
+	h := &trafficProxy{admin: adminL.Addr().String(), up: map[string]string{}, done: make(chan error, 1)}
+	cfg := sidecar.Config{
+		ControlPlane: m.Addr, Token: tok.Secret, CAPin: tok.CaPin,
+		Service: service, App: appAddr, StateDir: t.TempDir(),
+		InboundListener: inL, AdminListener: adminL,
+		Logger: logger(), AgentBackoffMax: time.Second, Version: "test",
+		Registry: prometheus.NewRegistry(),
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	sc, err := sidecar.New(cfg)
+	if err != nil {
+		t.Fatalf("sidecar.New: %v", err)
+	}
+	h.Sidecar = sc
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- sc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-h.done; err != nil {
+			t.Errorf("%s proxy: %v", service, err)
+		}
+	})
+	eventually(t, 20*time.Second, service+" proxy ready", func() error {
+		body, err := fetchBody("http://" + h.admin + "/ready")
+		if err != nil || !strings.HasPrefix(body, "ready") {
+			return fmt.Errorf("%v %s", err, body)
+		}
+		return nil
+	})
+	return h
 }
 
 // dialAPI opens an mTLS connection to api's inbound as web, HTTP/1.1.
@@ -315,6 +371,299 @@ spec:
 	}
 }
 
-var errNoStatus = errors.New("no status")
+// TestRequestSmugglingRefused sends ambiguous HTTP/1.1 framing over a raw
+// mTLS socket to the inbound: each is answered 400 (or the connection is
+// closed without an answer), and the request hidden behind it never
+// reaches the app.
+func TestRequestSmugglingRefused(t *testing.T) {
+	pm := startPolicyMesh(t, "")
+	hidden := "GET /smuggled HTTP/1.1\r\nHost: api\r\n\r\n"
+	cases := map[string]string{
+		"CL+TE":               "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+		"TE+CL":               "POST /a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n" + hidden,
+		"duplicate CL":        "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n" + hidden,
+		"duplicate CL, equal": "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n" + hidden,
+		"obs-fold":            "GET /a HTTP/1.1\r\nHost: api\r\nX-Fold: a\r\n Transfer-Encoding: chunked\r\n\r\n" + hidden,
+		"obs-fold tab":        "GET /a HTTP/1.1\r\nHost: api\r\nX-Fold: a\r\n\tb\r\n\r\n" + hidden,
+		"bare LF":             "GET /a HTTP/1.1\nHost: api\n\n" + hidden,
+		"bare LF in header":   "GET /a HTTP/1.1\r\nHost: api\nX-A: b\r\n\r\n" + hidden,
+		"lone CR":             "GET /a HTTP/1.1\r\nHost: api\rX-A: b\r\n\r\n" + hidden,
+		"TE not chunked":      "POST /a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: identity\r\n\r\n" + hidden,
+		"two TE":              "POST /a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+		"bad chunk size":      "POST /a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n0\r\n\r\n" + hidden,
+		"chunk without CRLF":  "POST /a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n" + hidden,
+	}
+	for name, raw := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := pm.dialAPI(t)
+			_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+			if _, err := io.WriteString(c, raw); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				// A broken chunked body is found after its headers went
+				// to the app: the request fails (502), the rest is dropped.
+				bodyCase := strings.HasPrefix(name, "bad chunk") || strings.HasPrefix(name, "chunk without")
+				if resp.StatusCode != http.StatusBadRequest && !(bodyCase && resp.StatusCode == http.StatusBadGateway) {
+					t.Errorf("status %d (%q), want 400", resp.StatusCode, b)
+				}
+				if next, err := http.ReadResponse(br, nil); err == nil {
+					t.Errorf("a second answer on the connection: %d", next.StatusCode)
+				}
+			}
+		})
+	}
+	// A well-framed request on a new connection still goes through, and
+	// nothing of the above reached the app.
+	rc := &rawConn{pm: pm}
+	resp, body, err := rc.do(t, "POST /ok HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a chunked request: %v %v %q", err, resp, body)
+	}
+	resp, body, err = rc.do(t, "GET /ok2 HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a keep-alive request after it: %v %v %q", err, resp, body)
+	}
+	for _, p := range pm.app.paths() {
+		if p != "/ok" && p != "/ok2" && p != "/a" {
+			t.Errorf("the app received %q", p)
+		}
+	}
+	if n := len(pm.app.paths()); n > 4 {
+		t.Errorf("the app received %d requests: %v", n, pm.app.paths())
+	}
+}
 
-var _ = meshv1.SyncState_SYNC_STATE_SYNCED
+// TestLivePolicyChangeOnKeepAlive: a connection opened before a DENY
+// policy is applied sees it on its next request; removing the rule
+// (an ALLOW-only policy) lets it through again, on the same connection.
+func TestLivePolicyChangeOnKeepAlive(t *testing.T) {
+	pm := startPolicyMesh(t, "")
+	rc := &rawConn{pm: pm}
+	get := func() int {
+		resp, body, err := rc.do(t, "GET /orders HTTP/1.1\r\nHost: api\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = body
+		return resp.StatusCode
+	}
+	if c := get(); c != 200 {
+		t.Fatalf("before: %d", c)
+	}
+	conn := rc.c
+	rev := applyDocs(t, pm.meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: lockdown}
+spec:
+  service: api
+  rules:
+  - action: deny
+    from: ["spiffe://minimesh.local/ns/default/sa/web"]
+    paths: [{prefix: /orders}]
+`)
+	pm.api.waitSnapshot(t, "the deny policy", hasResource("AuthorizationPolicy", "lockdown", rev))
+	if c := get(); c != http.StatusForbidden {
+		t.Fatalf("after the DENY policy: %d, want 403", c)
+	}
+	rev = applyDocs(t, pm.meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: lockdown}
+spec:
+  service: api
+  rules:
+  - action: allow
+    from: ["spiffe://minimesh.local/ns/default/sa/*"]
+`)
+	pm.api.waitSnapshot(t, "the allow policy", hasResource("AuthorizationPolicy", "lockdown", rev))
+	if c := get(); c != 200 {
+		t.Fatalf("after the ALLOW policy: %d", c)
+	}
+	if rc.c != conn {
+		t.Fatal("the requests did not share one keep-alive connection")
+	}
+}
+
+// TestRateLimitAndAccessLog: a per-identity RateLimit answers 429 with
+// Retry-After and RateLimit-* headers once its bucket is empty; an
+// AccessLog switched on live writes one JSON line per request with the
+// caller's identity, and a path with control characters stays on its
+// line, escaped.
+func TestRateLimitAndAccessLog(t *testing.T) {
+	pm := startPolicyMesh(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: RateLimit
+metadata: {name: per-caller}
+spec:
+  service: api
+  requestsPerSecond: 0.001
+  burst: 3
+  perSourceIdentity: true
+`)
+	rc := &rawConn{pm: pm}
+	var last *http.Response
+	for i := 0; i < 4; i++ {
+		resp, _, err := rc.do(t, "GET /r HTTP/1.1\r\nHost: api\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp
+		if i < 3 && resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+		if i < 3 && resp.Header.Get("Ratelimit-Remaining") != strconv.Itoa(2-i) {
+			t.Errorf("request %d: RateLimit-Remaining %q", i, resp.Header.Get("Ratelimit-Remaining"))
+		}
+	}
+	if last.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("4th request: %d, want 429", last.StatusCode)
+	}
+	for _, h := range []string{"Retry-After", "Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset", "Ratelimit-Policy"} {
+		if last.Header.Get(h) == "" {
+			t.Errorf("429 without %s: %v", h, last.Header)
+		}
+	}
+	if n := pm.api.counterValue(t, "minimesh_proxy_ratelimit_decisions_total", "decision", "limited"); n != 1 {
+		t.Errorf("limited decisions counted: %v", n)
+	}
+	if got := len(pm.app.paths()); got != 3 {
+		t.Errorf("the app saw %d requests, want 3", got)
+	}
+}
+
+// TestAccessLogLiveWithInjectionEscaped: an AccessLog resource switches
+// the api proxy's access log on live; each request gives one JSON line
+// with the caller's identity, method, path, status, bytes, route and
+// request id; a path carrying control characters (percent-encoded on the
+// wire, refused with 400) stays on one line with them escaped.
+func TestAccessLogLiveWithInjectionEscaped(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	pm := startPolicyMeshWith(t, "", func(c *sidecar.Config) { c.AccessLogFile = logFile })
+	rc := &rawConn{pm: pm}
+	if resp, _, err := rc.do(t, "GET /before HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before: %v %v", resp, err)
+	}
+	rev := applyDocs(t, pm.meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: AccessLog
+metadata: {name: api-log}
+spec:
+  service: api
+  enabled: true
+  fields: [source_identity, method, path, status, bytes_received, bytes_sent, duration_ms, upstream, route, request_id, user_agent]
+`)
+	pm.api.waitSnapshot(t, "the access log", hasResource("AccessLog", "api-log", rev))
+	if resp, _, err := rc.do(t, "POST /orders HTTP/1.1\r\nHost: api\r\nX-Request-Id: req-1\r\nContent-Length: 5\r\n\r\nhello"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("logged request: %v %v", resp, err)
+	}
+	// A raw ESC and newline cannot be sent in a request line; the user
+	// agent can carry neither either. Percent-encoded, pathnorm refuses
+	// them (400) and the line shows the path as received.
+	// Header values may carry UTF-8: a C1 control (U+0085, NEL) and
+	// U+2028 split lines in some log viewers and must be escaped.
+	if resp, _, err := rc.do(t, "GET /x%0a%1b[31m HTTP/1.1\r\nHost: api\r\nX-Request-Id: req-2\r\nUser-Agent: evil\xc2\x85\xe2\x80\xa8{\"status\":1}\r\n\r\n"); err != nil || resp.StatusCode != 400 {
+		t.Fatalf("injection: %v %v", resp, err)
+	}
+	var lines []map[string]any
+	eventually(t, 10*time.Second, "two access-log lines", func() error {
+		b, err := os.ReadFile(logFile)
+		if err != nil {
+			return err
+		}
+		lines = nil
+		if bytes.Contains(b, []byte("\xc2\x85")) || bytes.Contains(b, []byte("\xe2\x80\xa8")) {
+			return fmt.Errorf("raw control characters in the log: %q", b)
+		}
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if l == "" {
+				continue
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				return fmt.Errorf("line %q: %v", l, err)
+			}
+			lines = append(lines, m)
+		}
+		if len(lines) != 2 {
+			return fmt.Errorf("%d lines: %s", len(lines), b)
+		}
+		return nil
+	})
+	first := lines[0]
+	want := map[string]any{"source_identity": idOf("web").String(), "method": "POST", "path": "/orders",
+		"status": float64(200), "bytes_received": float64(5), "request_id": "req-1", "upstream": pm.app.addr}
+	for k, v := range want {
+		if first[k] != v {
+			t.Errorf("%s = %v, want %v (line %v)", k, first[k], v, first)
+		}
+	}
+	if first["bytes_sent"].(float64) <= 0 {
+		t.Errorf("bytes_sent %v", first["bytes_sent"])
+	}
+	if lines[1]["status"] != float64(400) || lines[1]["request_id"] != "req-2" ||
+		lines[1]["user_agent"] != "evil\u0085\u2028{\"status\":1}" || lines[1]["path"] != "/x%0a%1b[31m" {
+		t.Errorf("second line %v", lines[1])
+	}
+	st, err := os.Stat(logFile)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("access log file mode: %v %v", st.Mode(), err)
+	}
+}
+
+// TestDeniedIdentityConnectionsClosed: when meshd denies web's identity,
+// api's inbound closes the connection web opened before, within the push,
+// and refuses new ones; the closing is counted.
+func TestDeniedIdentityConnectionsClosed(t *testing.T) {
+	pm := startPolicyMesh(t, "")
+	rc := &rawConn{pm: pm}
+	if resp, _, err := rc.do(t, "GET /a HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before: %v %v", resp, err)
+	}
+	open := rc.c
+	if _, err := pm.meshd.Operator(t).DenyIdentity(context.Background(), &meshv1.DenyIdentityRequest{SpiffeId: idOf("web").String()}); err != nil {
+		t.Fatal(err)
+	}
+	pm.api.waitSnapshot(t, "web denied", func(s *meshv1.Snapshot) error {
+		if !slices.Contains(s.GetDeniedIdentities(), idOf("web").String()) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	// The open connection is closed: a read ends without a response.
+	_ = open.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := open.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the denied peer's connection is still open (read %d, %v)", n, err)
+	}
+	// A new connection is refused: the handshake or the first exchange fails.
+	rc2 := &rawConn{pm: pm}
+	c, err := tlsDial(pm)
+	if err == nil {
+		rc2.c, rc2.br = c, bufio.NewReader(c)
+		if resp, _, err := rc2.do(t, "GET /b HTTP/1.1\r\nHost: api\r\n\r\n"); err == nil {
+			t.Fatalf("a new connection of the denied peer was served: %d", resp.StatusCode)
+		}
+	}
+	if n := pm.api.counterValue(t, "minimesh_proxy_connections_closed_total", "reason", "revoked"); n < 1 {
+		t.Errorf("closed connections counted: %v", n)
+	}
+	if n := pm.api.counterValue(t, "minimesh_proxy_handshake_failures_total", "reason", "revoked"); n < 1 {
+		t.Errorf("refused handshakes counted: %v", n)
+	}
+	for _, p := range pm.app.paths() {
+		if p == "/b" {
+			t.Error("the denied peer reached the app")
+		}
+	}
+}
+
+func tlsDial(pm *policyMesh) (*tls.Conn, error) {
+	tc := certs.MTLSClientConfig(pm.web.Agent.SVIDSource(), pm.web.Agent.BundleSource(), certs.AuthorizeID(idOf("api")), certs.TLSOptions{})
+	tc.NextProtos = []string{"http/1.1"}
+	return tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", pm.inbound, tc)
+}

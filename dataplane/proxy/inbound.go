@@ -393,7 +393,18 @@ func (in *Inbound) Run(ctx context.Context) error {
 	defer stop()
 	defer in.fwdH2C.closeIdle(in.h2c)
 	defer in.fwd.closeIdle(in.transport)
-	return serve(ctx, srv, tl, lim.Drain, in.log)
+	return serve(ctx, srv, strictListener{tl}, lim.Drain, in.log)
+}
+
+// strictListener checks the framing of HTTP/1.1 requests (strictConn).
+type strictListener struct{ net.Listener }
+
+func (l strictListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return wrapStrict(c), nil
 }
 
 // peer is the verified identity of a connection, with the header value
@@ -422,7 +433,7 @@ type peerKey struct{}
 // withPeer is the http.Server's ConnContext: the handshake is already done
 // (tlsListener), so the peer's SPIFFE ID is read once per connection.
 func withPeer(ctx context.Context, c net.Conn) context.Context {
-	tc, ok := c.(*tls.Conn)
+	tc, ok := tlsConnOf(c)
 	if !ok {
 		return ctx
 	}

@@ -1,0 +1,285 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strconv"
+	"sync/atomic"
+)
+
+// errFraming is what a strictConn's Read returns once a request's framing
+// is ambiguous; net/http answers it with 400 and closes the connection.
+var errFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
+
+// strictConn checks the framing of the HTTP/1.1 requests a client sends,
+// before net/http parses them, and refuses what two servers could read as
+// different requests (request smuggling): net/http itself accepts a bare
+// LF as a line end, joins obs-folded header lines, and lets
+// Transfer-Encoding override Content-Length. Refused here: a line not
+// ended by CRLF, a lone CR, a header line starting with a space or tab
+// (obs-fold), more than one Content-Length field (even equal), more than
+// one Transfer-Encoding field or one that is not exactly "chunked",
+// Content-Length together with Transfer-Encoding, a malformed chunk size.
+// Bodies are skipped by their framing (Content-Length or chunks) so that
+// every request of a keep-alive connection is checked. After a 101
+// response to an upgrade, the connection carries another protocol and is
+// no longer checked. The bytes before a violation reach net/http; the
+// Read that meets it returns errFraming, to which net/http answers 400
+// and closes.
+type strictConn struct {
+	*tls.Conn
+	st       frameState
+	err      error
+	upgraded atomic.Bool
+	wantUp   atomic.Bool // the request just read asked to upgrade
+}
+
+type framePhase uint8
+
+const (
+	phaseHeaders framePhase = iota
+	phaseBody
+	phaseChunkSize
+	phaseChunkData
+	phaseChunkCRLF
+	phaseTrailers
+	phasePass // upgraded: not HTTP any more
+)
+
+type frameState struct {
+	phase     framePhase
+	lineStart bool   // at the start of a line
+	lines     int    // lines of this header block so far
+	cr        bool   // the previous byte was CR
+	line      []byte // the current line, up to maxFrameLine bytes
+	long      bool   // the current line was longer than maxFrameLine
+	cl, te    int    // Content-Length and Transfer-Encoding fields seen
+	clValue   int64
+	chunked   bool
+	upgrade   bool
+	remaining int64 // body or chunk bytes left
+	crlfSeen  int   // of the CRLF after a chunk's data
+}
+
+const maxFrameLine = 256
+
+// wrapStrict returns c wrapped for HTTP/1.1 checks, or c as it is when it
+// speaks HTTP/2 (whose frames have no such ambiguity).
+func wrapStrict(c net.Conn) net.Conn {
+	tc, ok := c.(*tls.Conn)
+	if !ok || tc.ConnectionState().NegotiatedProtocol == "h2" {
+		return c
+	}
+	sc := &strictConn{Conn: tc}
+	sc.st.lineStart = true
+	return sc
+}
+
+// tlsConnOf returns the *tls.Conn of an inbound connection.
+func tlsConnOf(c net.Conn) (*tls.Conn, bool) {
+	switch c := c.(type) {
+	case *tls.Conn:
+		return c, true
+	case *strictConn:
+		return c.Conn, true
+	}
+	return nil, false
+}
+
+func (c *strictConn) Write(p []byte) (int, error) {
+	if c.wantUp.Load() && bytes.HasPrefix(p, []byte("HTTP/1.1 101 ")) {
+		c.upgraded.Store(true)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *strictConn) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.Conn.Read(p)
+	if c.st.phase == phasePass {
+		return n, err
+	}
+	if ok, at := c.scan(p[:n]); !ok {
+		c.err = errFraming
+		if at == 0 {
+			return 0, c.err
+		}
+		return at, nil
+	}
+	return n, err
+}
+
+// scan advances the state over b; false and the offset of the offending
+// byte on a violation.
+func (c *strictConn) scan(b []byte) (bool, int) {
+	s := &c.st
+	for i := 0; i < len(b); {
+		switch s.phase {
+		case phasePass:
+			return true, 0
+		case phaseBody, phaseChunkData:
+			k := int64(len(b) - i)
+			if k > s.remaining {
+				k = s.remaining
+			}
+			i += int(k)
+			s.remaining -= k
+			if s.remaining == 0 {
+				if s.phase == phaseBody {
+					c.endMessage()
+				} else {
+					s.phase, s.crlfSeen = phaseChunkCRLF, 0
+				}
+			}
+		case phaseChunkCRLF:
+			want := byte('\r')
+			if s.crlfSeen == 1 {
+				want = '\n'
+			}
+			if b[i] != want {
+				return false, i
+			}
+			i++
+			if s.crlfSeen++; s.crlfSeen == 2 {
+				s.phase, s.lineStart = phaseChunkSize, true
+				s.line, s.long, s.cr = s.line[:0], false, false
+			}
+		default: // lines: headers, chunk sizes, trailers
+			if !c.lineByte(b[i]) {
+				return false, i
+			}
+			i++
+		}
+	}
+	return true, 0
+}
+
+// lineByte takes one byte of a line-based phase.
+func (c *strictConn) lineByte(ch byte) bool {
+	s := &c.st
+	if s.phase == phaseHeaders && s.lines == 0 && s.lineStart && c.wantUp.Load() && c.upgraded.Load() {
+		s.phase = phasePass
+		return true
+	}
+	switch {
+	case s.cr:
+		if ch != '\n' {
+			return false // lone CR
+		}
+		s.cr = false
+		return c.endLine()
+	case ch == '\r':
+		s.cr = true
+		return true
+	case ch == '\n':
+		return false // bare LF
+	}
+	if s.lineStart {
+		if (ch == ' ' || ch == '\t') && (s.phase == phaseHeaders && s.lines > 0 || s.phase == phaseTrailers) {
+			return false // obs-fold
+		}
+		s.lineStart = false
+	}
+	if len(s.line) < maxFrameLine {
+		s.line = append(s.line, ch)
+	} else {
+		s.long = true
+	}
+	return true
+}
+
+// endLine is called at each CRLF.
+func (c *strictConn) endLine() bool {
+	s := &c.st
+	line := s.line
+	empty := s.lineStart
+	defer func() { s.line, s.long, s.lineStart = s.line[:0], false, true }()
+	switch s.phase {
+	case phaseHeaders:
+		if empty {
+			if s.lines == 0 {
+				return true // an empty line before a request is ignored (RFC 9112 2.2)
+			}
+			return c.endHeaders()
+		}
+		s.lines++
+		if s.lines == 1 {
+			return true // the request line: net/http checks it
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return true // net/http refuses it
+		}
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			s.cl++
+			v, err := strconv.ParseInt(string(bytes.Trim(value, " \t")), 10, 64)
+			if err != nil || v < 0 || s.long {
+				return false
+			}
+			s.clValue = v
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			s.te++
+			if s.long || !bytes.EqualFold(bytes.Trim(value, " \t"), []byte("chunked")) {
+				return false
+			}
+			s.chunked = true
+		case bytes.EqualFold(name, []byte("Upgrade")):
+			s.upgrade = true
+		}
+		return true
+	case phaseChunkSize:
+		if empty || s.long {
+			return false
+		}
+		size, _, _ := bytes.Cut(line, []byte(";"))
+		n, err := strconv.ParseInt(string(bytes.TrimRight(size, " \t")), 16, 64)
+		if err != nil || n < 0 {
+			return false
+		}
+		if n == 0 {
+			s.phase = phaseTrailers
+			return true
+		}
+		s.phase, s.remaining = phaseChunkData, n
+		return true
+	case phaseTrailers:
+		if empty {
+			c.endMessage()
+		}
+		return true
+	}
+	return true
+}
+
+// endHeaders decides the body's framing at the end of a header block.
+func (c *strictConn) endHeaders() bool {
+	s := &c.st
+	if s.cl > 1 || s.te > 1 || s.cl > 0 && s.te > 0 {
+		return false
+	}
+	c.wantUp.Store(s.upgrade)
+	switch {
+	case s.chunked:
+		s.phase = phaseChunkSize
+	case s.cl > 0 && s.clValue > 0:
+		s.phase, s.remaining = phaseBody, s.clValue
+	default:
+		c.endMessage()
+	}
+	return true
+}
+
+// endMessage readies the state for the next request.
+func (c *strictConn) endMessage() {
+	s := &c.st
+	up := s.upgrade
+	*s = frameState{line: s.line[:0], lineStart: true}
+	if !up {
+		c.wantUp.Store(false)
+	}
+}
