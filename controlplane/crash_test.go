@@ -12,13 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"minimesh/certs"
 	"minimesh/controlplane/store"
+	"minimesh/internal/meshctl"
 	meshv1 "minimesh/proto/mesh/v1"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 )
 
 // TestSIGKILLLosesNoAcknowledgedApply runs meshd as a subprocess, applies in
@@ -142,25 +138,17 @@ func freeAddr(t *testing.T) string {
 // operatorClient waits for meshd's operator credential and answers.
 func operatorClient(t *testing.T, dir, addr string) (meshv1.AdminServiceClient, func()) {
 	t.Helper()
-	td := spiffeid.RequireTrustDomainFromString(td)
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		svid, bundle, err := certs.LoadSVID(filepath.Join(dir, "operator"), td)
-		if err == nil {
-			src := certs.NewSVIDSource(nil)
-			src.Set(svid)
-			tc := certs.MTLSClientConfig(src, certs.NewBundleSource(bundle), certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if conn, err := meshctl.Dial(addr, filepath.Join(dir, "operator")); err == nil {
+			c := meshv1.NewAdminServiceClient(conn)
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err = c.ListProxies(cctx, &meshv1.ListProxiesRequest{})
+			cancel()
 			if err == nil {
-				c := meshv1.NewAdminServiceClient(conn)
-				cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_, err = c.ListProxies(cctx, &meshv1.ListProxiesRequest{})
-				cancel()
-				if err == nil {
-					return c, func() { conn.Close() }
-				}
-				conn.Close()
+				return c, func() { conn.Close() }
 			}
+			conn.Close()
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"minimesh/certs"
+	"minimesh/internal/meshctl"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -72,7 +73,7 @@ func run(sizes string, rounds int) error {
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 
 	td := spiffeid.RequireTrustDomainFromString("minimesh.local")
-	admin, err := operator(data, addr, td)
+	admin, err := operator(data, addr)
 	if err != nil {
 		return err
 	}
@@ -270,25 +271,18 @@ func apply(admin meshv1.AdminServiceClient, gen int) (*meshv1.ApplyResponse, err
 	}})
 }
 
-func operator(data, addr string, td spiffeid.TrustDomain) (meshv1.AdminServiceClient, error) {
+func operator(data, addr string) (meshv1.AdminServiceClient, error) {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		svid, bundle, err := certs.LoadSVID(filepath.Join(data, "operator"), td)
-		if err == nil {
-			src := certs.NewSVIDSource(nil)
-			src.Set(svid)
-			tc := certs.MTLSClientConfig(src, certs.NewBundleSource(bundle), certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if conn, err := meshctl.Dial(addr, filepath.Join(data, "operator")); err == nil {
+			c := meshv1.NewAdminServiceClient(conn)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err = c.ListProxies(ctx, &meshv1.ListProxiesRequest{})
+			cancel()
 			if err == nil {
-				c := meshv1.NewAdminServiceClient(conn)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_, err = c.ListProxies(ctx, &meshv1.ListProxiesRequest{})
-				cancel()
-				if err == nil {
-					return c, nil
-				}
-				conn.Close()
+				return c, nil
 			}
+			conn.Close()
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

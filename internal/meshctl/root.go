@@ -74,17 +74,24 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	if g.credentials == "" {
 		return nil, errors.New("no operator credential: pass --credentials DIR or set MESHCTL_CREDENTIALS (meshd writes it to <data-dir>/operator)")
 	}
-	td, err := trustDomainOf(g.credentials)
+	return Dial(g.server, g.credentials)
+}
+
+// Dial opens a connection to the meshd at server with the operator
+// credential in dir (svid.pem, svid_key.pem, bundle.pem), authenticating
+// meshd by its SPIFFE ID against the credential's bundle.
+func Dial(server, dir string) (*grpc.ClientConn, error) {
+	td, err := trustDomainOf(dir)
 	if err != nil {
 		return nil, err
 	}
 	// meshd replaces the credential's files one by one when it re-issues
 	// it; a load that lands in between sees a key and a certificate that do
 	// not match, and tries again.
-	svid, bundle, err := certs.LoadSVID(g.credentials, td)
+	svid, bundle, err := certs.LoadSVID(dir, td)
 	for i := 0; err != nil && i < 5 && !os.IsNotExist(errors.Unwrap(err)); i++ {
 		time.Sleep(50 * time.Millisecond)
-		svid, bundle, err = certs.LoadSVID(g.credentials, td)
+		svid, bundle, err = certs.LoadSVID(dir, td)
 	}
 	if err != nil {
 		return nil, err
@@ -92,7 +99,7 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	src := certs.NewSVIDSource(nil)
 	src.Set(svid)
 	tc := certs.MTLSClientConfig(src, certs.NewBundleSource(bundle), certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
-	return grpc.NewClient(g.server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	return grpc.NewClient(server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }
 
 func trustDomainOf(dir string) (spiffeid.TrustDomain, error) {
