@@ -39,16 +39,27 @@ type recorder struct {
 	mu   sync.Mutex
 	got  map[string]string // request id -> RequestURI
 	all  []string
+	// hold: requests for /hold wait until it is closed, after telling
+	// held.
+	hold, held chan struct{}
 }
 
 func startRecorder(t *testing.T) *recorder {
 	t.Helper()
 	l := listen(t)
-	rec := &recorder{addr: l.Addr().String(), port: portOf(t, l.Addr().String()), got: map[string]string{}}
+	rec := &recorder{addr: l.Addr().String(), port: portOf(t, l.Addr().String()), got: map[string]string{},
+		hold: make(chan struct{}), held: make(chan struct{}, 16)}
 	srv := &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+			if r.URL.Path == "/hold" {
+				rec.held <- struct{}{}
+				select {
+				case <-rec.hold:
+				case <-r.Context().Done():
+				}
+			}
 			rec.mu.Lock()
 			rec.got[r.Header.Get("X-Request-Id")] = r.RequestURI
 			rec.all = append(rec.all, r.RequestURI)
@@ -666,4 +677,213 @@ func tlsDial(pm *policyMesh) (*tls.Conn, error) {
 	tc := certs.MTLSClientConfig(pm.web.Agent.SVIDSource(), pm.web.Agent.BundleSource(), certs.AuthorizeID(idOf("api")), certs.TLSOptions{})
 	tc.NextProtos = []string{"http/1.1"}
 	return tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", pm.inbound, tc)
+}
+
+// TestQuitQuitQuitDrains: POST /quitquitquit on the admin port makes the
+// proxy stop accepting at once while a request in flight finishes (its
+// answer arrives after new connections are already refused), then the
+// proxy exits cleanly.
+func TestQuitQuitQuitDrains(t *testing.T) {
+	pm := startPolicyMeshWith(t, "", func(c *sidecar.Config) { c.Drain = time.Minute })
+	rc := &rawConn{pm: pm}
+	rc.c = pm.dialAPI(t)
+	rc.br = bufio.NewReader(rc.c)
+	type result struct {
+		code int
+		err  error
+	}
+	inflight := make(chan result, 1)
+	go func() {
+		_ = rc.c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(rc.c, "GET /hold HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		resp, err := http.ReadResponse(rc.br, nil)
+		if err != nil {
+			inflight <- result{err: err}
+			return
+		}
+		resp.Body.Close()
+		inflight <- result{code: resp.StatusCode}
+	}()
+	<-pm.app.held
+
+	admin := plainHTTP(t)
+	resp, err := admin.Get("http://" + pm.api.admin + "/quitquitquit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /quitquitquit: %d", resp.StatusCode)
+	}
+	resp, err = admin.Post("http://"+pm.api.admin+"/quitquitquit", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /quitquitquit: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	eventually(t, 10*time.Second, "the inbound stops accepting", func() error {
+		c, err := net.DialTimeout("tcp", pm.inbound, time.Second)
+		if err != nil {
+			return nil
+		}
+		c.Close()
+		return errors.New("still accepting")
+	})
+	select {
+	case r := <-inflight:
+		t.Fatalf("the request in flight ended before the app answered: %+v", r)
+	default:
+	}
+	close(pm.app.hold)
+	if r := <-inflight; r.err != nil || r.code != 200 {
+		t.Fatalf("the request in flight: %+v", r)
+	}
+	err = <-pm.api.done
+	pm.api.done <- err // for the cleanup
+	if err != nil {
+		t.Fatalf("the proxy exited with %v", err)
+	}
+}
+
+// TestDryRunAndAuditCountedAndMetricsBounded: a dry-run DENY and an
+// AUDIT rule let the request through and are counted; the inbound's
+// metrics carry the source service (the caller's service account), the
+// destination service and the class, and no identity, path or Host.
+func TestDryRunAndAuditCountedAndMetricsBounded(t *testing.T) {
+	pm := startPolicyMesh(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: trial}
+spec:
+  service: api
+  dryRun: true
+  rules:
+  - action: deny
+    paths: [{prefix: /orders}]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: watch}
+spec:
+  service: api
+  rules:
+  - action: audit
+    methods: [DELETE]
+`)
+	rc := &rawConn{pm: pm}
+	for _, req := range []string{"GET /orders/1", "DELETE /x", "GET /other"} {
+		resp, body, err := rc.do(t, req+" HTTP/1.1\r\nHost: api.evil.example\r\n\r\n")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v %q", req, resp, err, body)
+		}
+	}
+	if n := pm.api.counterValue(t, "minimesh_proxy_authz_decisions_total", "decision", "dry_run_deny"); n != 1 {
+		t.Errorf("dry-run denials counted: %v", n)
+	}
+	if n := pm.api.counterValue(t, "minimesh_proxy_authz_decisions_total", "decision", "audit"); n != 1 {
+		t.Errorf("audits counted: %v", n)
+	}
+	body, err := fetchBody("http://" + pm.api.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, `minimesh_proxy_inbound_requests_total{class="2xx",destination_service="api",source_service="web"} 3`) {
+		t.Errorf("no inbound request series for web -> api:\n%s", grepLines(body, "inbound_requests"))
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "minimesh_proxy_") {
+			continue
+		}
+		for _, bad := range []string{"spiffe", "/orders", "/other", "evil", "/x"} {
+			if strings.Contains(line, bad) {
+				t.Errorf("a metric label carries %q: %s", bad, line)
+			}
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestTCPStreamClosedWhenNoLongerAllowed: a TCP stream through web's
+// outbound to api's tcp port is ended when a policy that denies web is
+// pushed, and a new one is refused.
+func TestTCPStreamClosedWhenNoLongerAllowed(t *testing.T) {
+	echo := listen(t)
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { echo.Close() })
+	echoPort := portOf(t, echo.Addr().String())
+	meshd := controlplanetest.Start(t, controlplane.Config{})
+	app := startRecorder(t)
+	rev := applyDocs(t, meshd, serviceYAML("api", httpPortYAML(app.port)+fmt.Sprintf(", {name: echo, port: %d, protocol: tcp}", echoPort), idOf("api").String()))
+	api := startSidecar(t, meshd, "api", app.addr, nil)
+	webApp := startEcho(t, "web")
+	upName := fmt.Sprintf("api:%d", echoPort)
+	web := startTraffic(t, meshd, trafficOpts{service: "web", app: webApp.addr, upstreams: []string{upName}})
+	web.waitSnapshot(t, "api's endpoint", endpointsOf("api", 1))
+	web.waitSnapshot(t, "Service api", hasResource("Service", "api", rev))
+	api.waitSnapshot(t, "Service api", hasResource("Service", "api", rev))
+
+	c, err := net.DialTimeout("tcp", web.up[upName], 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("ping: %q %v", line, err)
+	}
+	rev = applyDocs(t, meshd, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-web}
+spec:
+  service: api
+  rules:
+  - action: deny
+    from: ["spiffe://minimesh.local/ns/default/sa/web"]
+`)
+	api.waitSnapshot(t, "the policy", hasResource("AuthorizationPolicy", "no-web", rev))
+	if line, err := br.ReadString('\n'); err == nil {
+		t.Fatalf("the stream is still open: read %q", line)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the stream was not closed")
+	}
+	if n := api.counterValue(t, "minimesh_proxy_connections_closed_total", "reason", "unauthorized"); n != 1 {
+		t.Errorf("closed streams counted: %v", n)
+	}
+	c2, err := net.DialTimeout("tcp", web.up[upName], 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(c2, "ping\n")
+	if line, err := bufio.NewReader(c2).ReadString('\n'); err == nil {
+		t.Fatalf("a new stream was relayed: %q", line)
+	}
 }

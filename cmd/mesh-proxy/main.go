@@ -83,6 +83,8 @@ func run() error {
 	flag.StringVar(&cfg.Roles.GitDir, "git-dir", "git", "directory under --shared-dir that git sync owns")
 	flag.StringVar(&cfg.Roles.GitLink, "git-link", "current", "symlink in --git-dir to the live checkout: the app reads --shared-dir/--git-dir/--git-link")
 	flag.StringVar(&cfg.Roles.Topz, "topz", sidecar.TopzLoopback, "/topz and /procz/PID on the admin port: loopback (local clients only), any, or off")
+	flag.StringVar(&cfg.AccessLogFile, "access-log", "", "where AccessLog resources write the access log: a file (appended, 0600) or - / empty for stdout")
+	flag.DurationVar(&cfg.Drain, "drain", 10*time.Second, "grace period on SIGTERM or POST /quitquitquit: stop accepting, let requests in flight finish this long, then exit")
 	appProbes := flag.String("app-probes", os.Getenv("MESH_APP_PROBES"), "JSON of the app's probes served on the admin port under /app-health/ (env MESH_APP_PROBES, set by meshctl inject)")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
