@@ -79,9 +79,39 @@ start api-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$API_TOKEN" 
 	--public "$API_PUBLIC" --public-cert "$WORK/public.crt" --public-key "$WORK/public.key"
 start web-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$WEB_TOKEN" --ca-pin "$PIN" \
 	--service web --app "$WEB_APP" --inbound "$WEB_IN" --admin "$WEB_ADMIN" --state-dir "$WORK/web-proxy" \
-	--upstream "api=$WEB_TO_API=$API_IN=spiffe://minimesh.local/ns/default/sa/api"
+	--upstream "api=$WEB_TO_API"
 wait_ok api-proxy "$BIN/demo-app" get "http://$API_ADMIN/ready"
 wait_ok web-proxy "$BIN/demo-app" get "http://$WEB_ADMIN/ready"
+
+echo "== the mesh's resources: web and api (on their apps' ports), a route with a timeout and retries"
+cat >"$WORK/mesh.yaml" <<YAML
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: http, port: ${API_APP##*:}, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/api"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: ${WEB_APP##*:}, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/web"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: api}
+spec:
+  service: api
+  backends: [{service: api}]
+  timeout: 2s
+  retries: {attempts: 2, perTryTimeout: 500ms, retryOn: [connect-failure, gateway-error]}
+YAML
+echo "\$ meshctl apply -f mesh.yaml"
+meshctl apply -f "$WORK/mesh.yaml"
+# web finds api through the endpoints meshd pushes: wait until it has them.
+wait_ok discovery "$BIN/demo-app" get "http://$WEB_TO_API/ready-check"
 
 echo
 echo "== web -> web's mesh-proxy -> mTLS -> api's mesh-proxy -> api, and back"
@@ -94,6 +124,14 @@ echo "\$ demo-app get --cacert public.crt https://$API_PUBLIC/public"
 echo
 echo "== meshctl proxies"
 meshctl proxies
+echo
+echo "== meshctl proxy-status (each proxy ACKed the snapshot meshd computes for it)"
+for _ in $(seq 1 50); do
+	status=$(meshctl proxy-status)
+	[ "$(grep -c SYNCED <<<"$status")" -ge 2 ] && break
+	sleep 0.1
+done
+echo "$status"
 echo
 echo "== meshctl certs"
 meshctl certs
