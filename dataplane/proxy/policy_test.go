@@ -1,0 +1,265 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"minimesh/certs"
+	"minimesh/certs/certstest"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// startPolicyInbound runs an Inbound for api that rechecks the bundle
+// often.
+func startPolicyInbound(t *testing.T, m *mesh, bundle *certs.BundleSource, metrics *Metrics) (*Inbound, string) {
+	t.Helper()
+	log, _ := newLogger()
+	ln := listenLocal(t)
+	a := newApp(t)
+	in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: bundle,
+		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}, RecheckEvery: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+	return in, ln.Addr().String()
+}
+
+// closedByPeer reports whether the server closed c: a read ends with EOF
+// (or a reset) rather than the deadline.
+func closedByPeer(c *tls.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// TestBundleDropClosesUnverifiedConnections: when the root that verified
+// a peer leaves the trust bundle, its open (idle) connection is closed;
+// a peer of the root that stays keeps its connection.
+func TestBundleDropClosesUnverifiedConnections(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := m.ca.Bundle()
+	both.AddX509Authority(ca2.Root())
+	bundle := certs.NewBundleSource(both)
+	metrics := newMetrics(t)
+	_, addr := startPolicyInbound(t, m, bundle, metrics)
+
+	web2 := certs.NewSVIDSource(nil)
+	web2.Set(certstest.SVID(t, ca2, webID))
+	clientBundle := certs.NewBundleSource(both)
+	old := dialKeepAlive(t, addr, certs.MTLSClientConfig(m.web, clientBundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{}))
+	kept := dialKeepAlive(t, addr, certs.MTLSClientConfig(web2, clientBundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{}))
+	if code, _ := old.do(t, "/a"); code != 200 {
+		t.Fatalf("old root's peer: %d", code)
+	}
+	if code, _ := kept.do(t, "/a"); code != 200 {
+		t.Fatalf("new root's peer: %d", code)
+	}
+	bundle.Set(ca2.Bundle()) // the old root is dropped
+	if !closedByPeer(old.conn) {
+		t.Fatal("the connection verified by the dropped root is still open")
+	}
+	if code, _ := kept.do(t, "/b"); code != 200 {
+		t.Fatalf("new root's peer after the drop: %d", code)
+	}
+	if n := counterValue(t, metrics.revokedConns.WithLabelValues(ListenerInbound, closeUntrusted)); n != 1 {
+		t.Errorf("untrusted closes counted: %v", n)
+	}
+}
+
+// TestRevokedSerialRefusedAndClosed: a policy whose snapshot revokes
+// web's certificate serial closes web's open connection and refuses its
+// new handshakes; another peer is unaffected.
+func TestRevokedSerialRefusedAndClosed(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	metrics := newMetrics(t)
+	in, addr := startPolicyInbound(t, m, m.bundle, metrics)
+	cfg := certs.MTLSClientConfig(m.web, m.bundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
+	k := dialKeepAlive(t, addr, cfg)
+	if code, _ := k.do(t, "/a"); code != 200 {
+		t.Fatalf("before: %d", code)
+	}
+	other := certs.NewSVIDSource(nil)
+	other.Set(certstest.SVID(t, m.ca, "spiffe://minimesh.local/ns/default/sa/other"))
+	ok := dialKeepAlive(t, addr, certs.MTLSClientConfig(other, m.bundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{}))
+
+	// Upper case and a leading zero: serials compare as numbers.
+	serial := "0" + strings.ToUpper(serialOf(m.web.Current()))
+	pol, err := CompilePolicy(PolicyConfig{Service: "api"}, &meshv1.Snapshot{Version: "1", RevokedSerials: []string{serial}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.SetPolicy(pol)
+	if !closedByPeer(k.conn) {
+		t.Fatal("the revoked peer's connection is still open")
+	}
+	if err := exchange(addr, cfg.Clone()); err == nil {
+		t.Fatal("a new connection of the revoked certificate was served")
+	}
+	if code, _ := ok.do(t, "/b"); code != 200 {
+		t.Fatalf("another peer: %d", code)
+	}
+	if n := handshakeFailures(t, metrics, ListenerInbound, ReasonRevoked); n < 1 {
+		t.Errorf("refused handshakes counted: %v", n)
+	}
+}
+
+// TestSourceServicesBounded: a flood of distinct service accounts cannot
+// grow the label space past MaxSourceServices (+ "other").
+func TestSourceServicesBounded(t *testing.T) {
+	s := newSourceSet(newMetrics(t), "api")
+	for i := 0; i < 3*MaxSourceServices; i++ {
+		s.get(fmt.Sprintf("sa-%d", i)).observe(200, 0.001)
+	}
+	if n := len(s.m); n > MaxSourceServices+1 {
+		t.Fatalf("%d source series", n)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{"/ns/default/sa/web", "web"}, {"/ns/a/sa/", "other"}, {"/x/y", "other"}, {"/ns/a/sa/b/c", "other"},
+	} {
+		if got := serviceAccount(tc.path); got != tc.want {
+			t.Errorf("serviceAccount(%q) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+// TestStrictFraming checks the HTTP/1.1 framing rules on byte streams,
+// fed whole and one byte at a time.
+func TestStrictFraming(t *testing.T) {
+	ok := []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nTrailer: v\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+		"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n\n\r \t\x00",
+	}
+	bad := []string{
+		"GET / HTTP/1.1\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
+		"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+		"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+		"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+		"GET / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
+		"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\nHost: a\n\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\r\n w\r\n\r\n",
+	}
+	for _, in := range ok {
+		if whole, _ := scanAll([]byte(in), len(in)); !whole {
+			t.Errorf("refused %q", in)
+		}
+		if single, _ := scanAll([]byte(in), 1); !single {
+			t.Errorf("refused %q fed byte by byte", in)
+		}
+	}
+	for _, in := range bad {
+		if whole, _ := scanAll([]byte(in), len(in)); whole {
+			t.Errorf("accepted %q", in)
+		}
+		if single, _ := scanAll([]byte(in), 1); single {
+			t.Errorf("accepted %q fed byte by byte", in)
+		}
+	}
+}
+
+// scanAll feeds b to a strictConn's scanner in pieces of n bytes and
+// returns whether it was accepted, and how many bytes were let through.
+func scanAll(b []byte, n int) (bool, int) {
+	c := &strictConn{}
+	c.st.lineStart = true
+	passed := 0
+	for len(b) > 0 {
+		k := min(n, len(b))
+		ok, at := c.scan(b[:k])
+		if !ok {
+			return false, passed + at
+		}
+		passed += k
+		b = b[k:]
+	}
+	return true, passed
+}
+
+// FuzzStrictFraming: the scanner never panics, and its verdict and the
+// bytes it lets through do not depend on how reads split the stream.
+func FuzzStrictFraming(f *testing.F) {
+	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), 3)
+	f.Add([]byte("GET / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabGET / HTTP/1.1\n\n"), 1)
+	f.Add([]byte("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"), 7)
+	f.Fuzz(func(t *testing.T, b []byte, n int) {
+		if n <= 0 || n > len(b) {
+			n = len(b) + 1
+		}
+		ok1, at1 := scanAll(b, len(b)+1)
+		ok2, at2 := scanAll(b, n)
+		if ok1 != ok2 || at1 != at2 {
+			t.Fatalf("whole: %v at %d; in pieces of %d: %v at %d", ok1, at1, n, ok2, at2)
+		}
+	})
+}
+
+// TestStrictConnAnswers400 runs a real server behind strictConn: a smuggled
+// request gets 400 and the connection ends; the request before it is
+// served.
+func TestStrictConnAnswers400(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	_, addr := startPolicyInbound(t, m, m.bundle, newMetrics(t))
+	cfg := certs.MTLSClientConfig(m.web, m.bundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
+	cfg.NextProtos = []string{"http/1.1"}
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	// (Pipelined behind a request in flight, the refusal would also cut
+	// that request: net/http reads ahead while a handler runs.)
+	br := bufio.NewReader(c)
+	_, _ = io.WriteString(c, "GET /first HTTP/1.1\r\nHost: api\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first: %v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_, _ = io.WriteString(c, "GET /x HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+	all, _ := io.ReadAll(br)
+	all = append([]byte("HTTP/1.1 200 first\n"), all...)
+	if !bytes.HasPrefix(all, []byte("HTTP/1.1 200")) || !bytes.Contains(all, []byte("HTTP/1.1 400")) {
+		t.Fatalf("answers: %q", all)
+	}
+	if strings.Count(string(all), "HTTP/1.1 ") != 2 {
+		t.Fatalf("answers: %q", all)
+	}
+}
+
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
+}
