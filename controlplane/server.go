@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -353,7 +352,7 @@ func (s *Server) operatorCredential(force bool) error {
 	// replaced atomically. The bundle goes first (it holds every root, old
 	// and new), the key and certificate last, next to each other; meshctl
 	// retries a load that catches them in between.
-	keyPEM, err := certs.EncodePrivateKeyPEM(svid.PrivateKey.(crypto.Signer))
+	keyPEM, err := certs.EncodePrivateKeyPEM(svid.PrivateKey)
 	if err != nil {
 		return err
 	}

@@ -458,13 +458,6 @@ func (p *proc) relayEvent(t *testing.T, listener, dst string) relayEvent {
 	return ev
 }
 
-func (p *proc) waitCount(t *testing.T, listener, dst string, n int) {
-	t.Helper()
-	p.wait(t, fmt.Sprintf("%d %s relays to %s", n, listener, dst), func(out string) bool {
-		return len(p.matching(out, listener, dst)) >= n
-	})
-}
-
 // count is how many relays of listener to dst ("" for any) are logged.
 func (p *proc) count(listener, dst string) int {
 	p.mu.Lock()

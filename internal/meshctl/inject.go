@@ -179,7 +179,7 @@ func Inject(in []byte, opts InjectOptions) ([]byte, error) {
 		// for a static endpoint); mesh-proxy checks the rest when it starts.
 		f := strings.Split(u, "=")
 		if (len(f) != 2 && len(f) != 4) || slices.Contains(f, "") || (len(f) == 4 && !strings.HasPrefix(f[3], "spiffe://")) || strings.ContainsAny(u, " \t\n") {
-			return nil, fmt.Errorf("inject: --upstream %q: want SERVICE=LOCALADDR or SERVICE=LOCALADDR=REMOTEADDR=spiffe://...", u)
+			return nil, fmt.Errorf("inject: --upstream %q: want SERVICE=LOCALADDR or SERVICE=LOCALADDR=REMOTEADDR=SPIFFEID (spiffe://)", u)
 		}
 	}
 	if opts.AppPort < 0 || opts.AppPort > 65535 {
