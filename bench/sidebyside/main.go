@@ -59,6 +59,7 @@ type options struct {
 	maxOther float64
 	retries  int
 	extra    time.Duration
+	versions string
 }
 
 func run() error {
@@ -66,7 +67,7 @@ func run() error {
 	var tunes, only string
 	flag.StringVar(&o.bin, "bin", "bin", "directory holding meshd, mesh-proxy and meshctl (make build)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk run (whole seconds)")
+	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each wrk run (whole seconds)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
 	flag.IntVar(&o.hi, "conns", 64, "connections of the loaded runs")
 	flag.IntVar(&o.lo, "conns-low", 1, "connections of the latency runs")
@@ -76,7 +77,7 @@ func run() error {
 	flag.StringVar(&only, "only", "", "regexp: measure only targets whose name matches (direct and the nginx rows are kept for the ratios)")
 	flag.Float64Var(&o.maxOther, "max-other", 0.2, "repeat a run when other processes used more than this share of the machine during it")
 	flag.IntVar(&o.retries, "retries", 1, "how many times a disturbed run is repeated at most")
-	flag.DurationVar(&o.extra, "extra", 3*time.Minute, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
+	flag.DurationVar(&o.extra, "extra", 90*time.Second, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
 	flag.Parse()
 	for _, t := range strings.Split(tunes, ";") {
@@ -118,6 +119,12 @@ func run() error {
 	p := &procs{dir: dir}
 	defer p.stopAll()
 
+	// Run copies of the binaries: another `make build` during the run must
+	// not swap them underneath (perf could no longer name their symbols).
+	o.versions = versions(bin) // before the copy: git status of the tree bin/ was built from
+	if bin, err = copyBinaries(bin, filepath.Join(dir, "bin")); err != nil {
+		return err
+	}
 	certs, err := writeCerts(dir)
 	if err != nil {
 		return err
@@ -326,8 +333,12 @@ func measure(ctx context.Context, t *target, app *child, conns int, d time.Durat
 func report(o options, rows []*row, skipped []string, profiles []profileResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Machine: %s. %s.\n\n", machine(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&b, "Command: `make bench-sidebyside` (`go run ./bench/sidebyside %s`).\n\n", strings.Join(os.Args[1:], " "))
-	fmt.Fprintf(&b, "Versions: %s.\n\n", versions(o.bin))
+	args := strings.Join(os.Args[1:], " ")
+	if args == "" {
+		args = "(default flags)"
+	}
+	fmt.Fprintf(&b, "Command: `make bench-sidebyside` (`go run ./bench/sidebyside %s`).\n\n", args)
+	fmt.Fprintf(&b, "Versions: %s.\n\n", o.versions)
 	fmt.Fprintf(&b, "%d rounds; in each, every target in turn (order rotated per round) gets %s of wrk at %d connections (2 threads) then %s at %d; "+
 		"requests/s, p50 and p99 are the median of the rounds, CPU is the target's processes' utime+stime over the %d-connection runs divided by their requests, "+
 		"peak RSS is VmHWM summed over each proxy's processes (nginx: master and workers) and shown per hop. "+
@@ -421,6 +432,22 @@ func versions(bin string) string {
 		get(3, "haproxy", "-v"),
 		get(2, "wrk", "-v"),
 	}, "; ")
+}
+
+func copyBinaries(from, to string) (string, error) {
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return "", err
+	}
+	for _, name := range []string{"meshd", "mesh-proxy", "meshctl"} {
+		b, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			return "", fmt.Errorf("%w (run make build)", err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), b, 0o700); err != nil {
+			return "", err
+		}
+	}
+	return to, nil
 }
 
 func firstLine(s string) string {

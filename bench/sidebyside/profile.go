@@ -141,7 +141,7 @@ func parsePerf(out string) []symbolShare {
 		var dso, sym string
 		for _, mark := range []string{"[.]", "[k]"} {
 			if i := strings.Index(rest, mark); i >= 0 {
-				dso = strings.TrimSpace(rest[:i])
+				dso = strings.TrimSuffix(strings.TrimSpace(rest[:i]), " (deleted)")
 				sym = strings.TrimSpace(rest[i+len(mark):])
 				if mark == "[k]" && dso != "[vdso]" {
 					dso = "[kernel]"
@@ -161,8 +161,9 @@ func parsePerf(out string) []symbolShare {
 // category puts a symbol into one of a few buckets that say what limits a
 // proxy: the kernel (system calls, loopback TCP, context switches), TLS,
 // garbage collection and allocation, goroutine stacks (growth and the
-// unwinding it needs), the scheduler with channels and locks, map hashing
-// (HTTP headers are maps), HTTP and proxy code, and the rest.
+// unwinding it needs), the scheduler with channels, locks and contexts,
+// map hashing (HTTP headers are maps), HTTP and proxy code (with the
+// strings, bytes and io it calls), and the rest.
 func category(dso, sym string) string {
 	has := func(subs ...string) bool {
 		for _, k := range subs {
@@ -197,6 +198,13 @@ func category(dso, sym string) string {
 	case strings.HasPrefix(sym, "net/http") || strings.HasPrefix(sym, "golang.org/x/net") || strings.HasPrefix(sym, "vendor/golang.org/x/net") ||
 		strings.HasPrefix(sym, "net/textproto") || strings.HasPrefix(sym, "bufio") || strings.HasPrefix(sym, "minimesh/") ||
 		strings.HasPrefix(sym, "net/url") || strings.HasPrefix(sym, "mime"):
+		return "HTTP and proxy code"
+	case strings.HasPrefix(sym, "sync.") || strings.HasPrefix(sym, "sync/") || strings.HasPrefix(sym, "context.") || strings.HasPrefix(sym, "internal/sync"):
+		return "scheduler, channels, locks"
+	case strings.HasPrefix(sym, "time."):
+		return "clock reads (vdso)"
+	case strings.HasPrefix(sym, "io.") || strings.HasPrefix(sym, "strings.") || strings.HasPrefix(sym, "bytes.") ||
+		strings.HasPrefix(sym, "strconv.") || strings.HasPrefix(sym, "unicode") || strings.HasPrefix(sym, "internal/bytealg") || strings.HasPrefix(sym, "slices."):
 		return "HTTP and proxy code"
 	case strings.HasPrefix(sym, "net.") || strings.HasPrefix(sym, "internal/poll") || strings.HasPrefix(sym, "syscall.") || strings.HasPrefix(sym, "internal/syscall"):
 		return "Go net and syscall wrappers"
