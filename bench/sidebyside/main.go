@@ -273,7 +273,9 @@ func run() error {
 	var profiles []profileResult
 	if o.profile >= time.Second {
 		for _, r := range rows {
-			if r.t.name != "mesh-proxy" && r.t.name != "nginx" && r.t.name != "mesh-proxy → mesh-proxy" {
+			switch r.t.name {
+			case "nginx", "mesh-proxy", "nginx → nginx", "mesh-proxy → mesh-proxy":
+			default:
 				continue
 			}
 			fmt.Printf("profiling %s for %s\n", r.t.name, o.profile)
