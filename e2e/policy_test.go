@@ -887,3 +887,46 @@ spec:
 		t.Fatalf("a new stream was relayed: %q", line)
 	}
 }
+
+// TestDeniedUpstreamClosedAtOutbound: when meshd denies api's identity,
+// web's outbound closes the HTTP/2 connection it holds to api's proxy
+// (counted), and web's app is no longer served by api.
+func TestDeniedUpstreamClosedAtOutbound(t *testing.T) {
+	pm := startPolicyMesh(t, "")
+	client := plainHTTP(t)
+	eventually(t, 10*time.Second, "web reaches api", func() error {
+		resp, err := client.Get("http://" + pm.web.up["api"] + "/via-web")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if _, err := pm.meshd.Operator(t).DenyIdentity(context.Background(), &meshv1.DenyIdentityRequest{SpiffeId: idOf("api").String()}); err != nil {
+		t.Fatal(err)
+	}
+	pm.web.waitSnapshot(t, "api denied", func(s *meshv1.Snapshot) error {
+		if !slices.Contains(s.GetDeniedIdentities(), idOf("api").String()) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "the connection to api closed", func() error {
+		if n := pm.web.counterValue(t, "minimesh_proxy_connections_closed_total", "listener", "outbound"); n != 1 {
+			return fmt.Errorf("%v closed", n)
+		}
+		return nil
+	})
+	before := len(pm.app.paths())
+	resp, err := client.Get("http://" + pm.web.up["api"] + "/after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == 200 || len(pm.app.paths()) != before {
+		t.Fatalf("the denied upstream still served web: %d", resp.StatusCode)
+	}
+}

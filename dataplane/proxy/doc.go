@@ -28,6 +28,24 @@
 // uses it. Every request carries an X-Request-Id (kept if valid, made if
 // not); traceparent and other end-to-end headers pass through.
 //
+// What the Inbound enforces is a Policy compiled from the same snapshot
+// (CompilePolicy) and swapped in whole (Inbound.SetPolicy): every request
+// has its raw path normalized (pathnorm; 400 when refused; the app gets
+// the normalized form), is authorized with the peer's SPIFFE ID, method
+// and path (authz; 403), rate-limited per route and source identity
+// (ratelimit; 429), logged (accesslog, when an AccessLog enables it) and
+// counted by source and destination service. HTTP/1.1 connections are
+// checked for ambiguous framing (request smuggling; 400) before net/http
+// reads them. Denied identities and revoked serials are refused at the
+// handshake and their open connections closed, at the Inbound and, through
+// Outbound.SetRevocations, the Outbound; a trust bundle that drops a root
+// closes the connections that root alone verified.
+//
+//	pol, err := proxy.CompilePolicy(proxy.PolicyConfig{Namespace: "default", Service: "api"}, snap, prev)
+//	if err != nil { /* NACK */ }
+//	in.SetPolicy(pol)
+//	out.SetRevocations(pol.Revocations())
+//
 // The package takes sources (x509svid.Source, x509bundle.Source), not the
 // agent that fills them: certificates are read at every handshake, so a
 // rotation never rebuilds a listener nor cuts a live connection, and an
@@ -62,6 +80,8 @@
 //	return g.Wait()
 //
 // Metrics (see NewMetrics) carry only bounded labels: the listener, the
-// response class and the handshake failure reason, never paths, services
-// or identities.
+// response class, the handshake failure reason, the decision, and at the
+// inbound the source service (the caller's service account, at most
+// MaxSourceServices values) and the destination service; never paths,
+// Host names or identities.
 package proxy

@@ -234,7 +234,9 @@ func New(cfg Config) (*Sidecar, error) {
 		s.add("outbound", out.Run)
 	}
 	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, out: routing.out}
-	ap.parts = append(ap.parts, routing, enforce)
+	// Revocations first: connections of revoked peers close before the
+	// new table retires their endpoints.
+	ap.parts = append(ap.parts, enforce, routing)
 
 	adm, err := admin.New(admin.Config{
 		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready), Detail: s.detail,
