@@ -308,3 +308,37 @@ func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start 
 		UserAgent: r.UserAgent(), RequestID: r.Header.Get(HeaderRequestID),
 	})
 }
+
+// keepRawPath makes out carry the path of in as the client spelled it.
+// net/http re-encodes a path holding bytes not allowed raw (non-ASCII,
+// say) from its decoded form, which turns "%2F" into "/": another path.
+// Here only those bytes are percent-encoded and every escape is kept, so
+// the next hop (the remote inbound's policy) sees what the app sent.
+func keepRawPath(in *http.Request, out *url.URL) {
+	raw := in.RequestURI
+	if !strings.HasPrefix(raw, "/") {
+		return
+	}
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	if raw == out.EscapedPath() {
+		return
+	}
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c > 0x20 && c < 0x7f && c != '"' && c != '<' && c != '>' && c != '\\' && c != '^' && c != '`' && c != '{' && c != '|' && c != '}' {
+			b.WriteByte(c)
+			continue
+		}
+		const hex = "0123456789ABCDEF"
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	enc := b.String()
+	if dec, err := url.PathUnescape(enc); err == nil {
+		out.Path, out.RawPath = dec, enc
+	}
+}

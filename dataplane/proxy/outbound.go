@@ -585,6 +585,7 @@ func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
 	c := pr.In.Context().Value(callKey{}).(*call)
 	pr.Out.URL.Scheme = "https"
 	pr.Out.URL.Host = c.dst.label
+	keepRawPath(pr.In, pr.Out.URL)
 	// The remote inbound sets the mesh headers; nothing the app sends may
 	// pose as them.
 	stripMeshHeaders(pr.Out.Header)

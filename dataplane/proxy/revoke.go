@@ -309,13 +309,15 @@ func (o *Outbound) SetRevocations(r *Revocations) {
 	o.guard.conns.closeIf(r.Refused, o.log, c.Inc)
 }
 
-// recheckLoop closes the connections to remotes whose chain no longer
-// verifies against the trust bundle, when the bundle changes.
+// recheckLoop, when the trust bundle changes, closes the idle connections
+// to remotes whose chain no longer verifies against it (the next request
+// dials anew, with today's certificates). A busy one is left to the remote
+// inbound, which retires it once its requests are done: closing it here
+// would fail them.
 func (o *Outbound) recheckLoop(ctx context.Context, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var last *x509bundle.Bundle
-	c := o.cfg.Metrics.revokedConns.WithLabelValues(ListenerOutbound, closeUntrusted)
 	for {
 		select {
 		case <-ctx.Done():
@@ -336,8 +338,18 @@ func (o *Outbound) recheckLoop(ctx context.Context, every time.Duration) {
 			continue
 		}
 		now := o.cfg.Clock.Now()
-		o.guard.conns.closeIf(func(_ string, chain []*x509.Certificate) error {
-			return verifiesNow(chain, o.cfg.Bundle, now)
-		}, o.log, c.Inc)
+		stale := false
+		o.guard.conns.mu.Lock()
+		for c := range o.guard.conns.m {
+			if verifiesNow(c.ConnectionState().PeerCertificates, o.cfg.Bundle, now) != nil {
+				stale = true
+				break
+			}
+		}
+		o.guard.conns.mu.Unlock()
+		if stale {
+			o.log.Info("proxy: trust bundle changed; closing idle connections to remotes it no longer verifies")
+			o.closeRemotes()
+		}
 	}
 }
