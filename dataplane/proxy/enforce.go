@@ -143,6 +143,7 @@ type inExchange struct {
 	http.ResponseWriter
 	code    int
 	written int64
+	pe      *peer
 	// body counts the request body; not pooled, because the transport
 	// may still be reading it after the handler returned.
 	body *countingBody
@@ -153,13 +154,20 @@ var inExchangePool = sync.Pool{New: func() any { return new(inExchange) }}
 func (e *inExchange) WriteHeader(code int) {
 	if e.code == 0 && code >= 200 {
 		e.code = code
+		// A retiring connection (its peer no longer verifies): the
+		// answer asks to close it, which over HTTP/2 is a graceful GOAWAY
+		// (net/http's server sends one for "Connection: close") and over
+		// HTTP/1.1 a close once this answer is written.
+		if e.pe != nil && e.pe.retiring.Load() {
+			e.Header().Set("Connection", "close")
+		}
 	}
 	e.ResponseWriter.WriteHeader(code)
 }
 
 func (e *inExchange) Write(b []byte) (int, error) {
 	if e.code == 0 {
-		e.code = http.StatusOK
+		e.WriteHeader(http.StatusOK)
 	}
 	n, err := e.ResponseWriter.Write(b)
 	e.written += int64(n)

@@ -276,7 +276,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := in.cfg.Clock.Now()
 	ex := inExchangePool.Get().(*inExchange)
-	*ex = inExchange{ResponseWriter: w}
+	*ex = inExchange{ResponseWriter: w, pe: pe}
 	if r.Body != nil && r.Body != http.NoBody {
 		ex.body = &countingBody{ReadCloser: r.Body}
 		r.Body = ex.body
@@ -284,9 +284,6 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header)
 	pe.begin()
 	defer pe.end()
-	if pe.retiring.Load() && r.ProtoMajor == 1 {
-		w.Header().Set("Connection", "close")
-	}
 	routeName, path, upstream := in.serve(ex, r, pe)
 	in.logExchange(r, pe, ex, start, routeName, path, upstream)
 	*ex = inExchange{}

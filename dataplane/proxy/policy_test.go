@@ -3,13 +3,16 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -262,4 +265,81 @@ func counterValue(t testing.TB, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return d.GetCounter().GetValue()
+}
+
+// TestBundleDropGoAwayAfterStreamInFlight: an HTTP/2 connection of a peer
+// that the new bundle no longer verifies, busy with a request, is not
+// cut: the request completes, and its answer tells the client to go away
+// (GOAWAY), so the next request dials a new connection.
+func TestBundleDropGoAwayAfterStreamInFlight(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := m.ca.Bundle()
+	both.AddX509Authority(ca2.Root())
+	bundle := certs.NewBundleSource(both)
+	metrics := newMetrics(t)
+	log, _ := newLogger()
+	ln := listenLocal(t)
+	a := newApp(t)
+	in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: bundle,
+		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}, RecheckEvery: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+
+	cfg := certs.MTLSClientConfig(m.web, certs.NewBundleSource(both), certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
+	var dials atomic.Int32
+	tr := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: cfg,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			c := cfg.Clone()
+			c.NextProtos = []string{"h2"}
+			return (&tls.Dialer{Config: c}).DialContext(ctx, network, addr)
+		}}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	url := "https://" + ln.Addr().String() + "/stream"
+
+	pr, pw := io.Pipe()
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, url, pr)
+		resp, err := client.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		done <- result{resp, err}
+	}()
+	_, _ = pw.Write([]byte("part one"))
+	eventually(t, "the request reaches the app", func() bool { return a.hits.Load() == 1 })
+	bundle.Set(ca2.Bundle())
+	eventually(t, "the connection is retired", func() bool {
+		return counterValue(t, metrics.revokedConns.WithLabelValues(ListenerInbound, closeUntrusted)) == 1
+	})
+	_, _ = pw.Write([]byte("part two"))
+	_ = pw.Close()
+	r := <-done
+	if r.err != nil || r.resp.StatusCode != 200 || r.resp.ProtoMajor != 2 {
+		t.Fatalf("the request in flight: %v %v", r.resp, r.err)
+	}
+	// The connection was told to go away: the next request dials anew,
+	// and that handshake fails (the old root's SVID).
+	resp, err := client.Get(url)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("the old root's peer was served again: %d", resp.StatusCode)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2 (the retired connection reused?)", n)
+	}
 }

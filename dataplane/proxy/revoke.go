@@ -192,10 +192,12 @@ func verifiesNow(chain []*x509.Certificate, b x509bundle.Source, now time.Time) 
 }
 
 // retire ends a connection without cutting a request: at once when it has
-// none in flight, else when its last one finishes. HTTP/1.1 responses in
-// the meantime carry Connection: close. (net/http's server has no
-// per-connection GOAWAY; an HTTP/2 client sees the connection close when
-// it is idle, and dials anew.)
+// none in flight; else every answer from now on carries "Connection:
+// close", which net/http turns into a close after that answer (HTTP/1.1)
+// or a graceful GOAWAY (HTTP/2: streams in flight finish, the client opens
+// a new connection for the next ones). A connection whose requests all
+// ended without a new answer (a stream whose headers went out before) is
+// closed a second after its last request, once its answers are flushed.
 func (p *peer) retire() {
 	p.retiring.Store(true)
 	if p.inflight.Load() == 0 && p.conn != nil {
@@ -203,12 +205,20 @@ func (p *peer) retire() {
 	}
 }
 
+// retireGrace is how long a retiring connection left idle by its last
+// request is kept, so that the server flushes that request's answer.
+const retireGrace = time.Second
+
 // begin and end count a connection's requests in flight.
 func (p *peer) begin() { p.inflight.Add(1) }
 
 func (p *peer) end() {
 	if p.inflight.Add(-1) == 0 && p.retiring.Load() && p.conn != nil {
-		_ = p.conn.Close()
+		time.AfterFunc(retireGrace, func() {
+			if p.inflight.Load() == 0 {
+				_ = p.conn.Close()
+			}
+		})
 	}
 }
 
