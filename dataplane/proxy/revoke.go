@@ -101,9 +101,11 @@ func (in *Inbound) withPeer(ctx context.Context, c net.Conn) context.Context {
 }
 
 // enforceOnOpen applies a new policy to what is already open: connections
-// of revoked peers are closed at once (requests in flight on them are cut;
-// a revoked peer is not owed a graceful end), and TCP streams that the
-// policy no longer authorizes are ended.
+// of revoked peers are retired (closed at once when idle; else their
+// answers in flight carry "Connection: close", a GOAWAY on HTTP/2, new
+// requests on them are refused, and whatever is left is cut after
+// Limits.Drain), and TCP streams that the policy no longer authorizes are
+// ended.
 func (in *Inbound) enforceOnOpen(p *Policy) {
 	rev := p.Revocations()
 	if rev.Len() > 0 {
@@ -112,7 +114,9 @@ func (in *Inbound) enforceOnOpen(p *Policy) {
 				in.log.Info("proxy: closing connection of a revoked peer", slog.String("peer", pe.header[0]),
 					slog.String("remote", c.RemoteAddr().String()), slog.String("reason", err.Error()))
 				in.decisions.closed[closeRevoked].Inc()
-				_ = c.Close()
+				pe.retire()
+				cut := pe.conn
+				time.AfterFunc(in.cfg.Limits.Drain, func() { _ = cut.Close() })
 			}
 		}
 	}
