@@ -4,6 +4,13 @@
 // server, each a Run(ctx) error task under one errgroup. cmd/mesh-proxy
 // parses flags into a Config; tests run the very same Sidecar in-process.
 //
+// Snapshots are applied all or nothing by Parts (apply.go): policy (the
+// inbound's authorization, rate limits and access log, and the revoked
+// identities and serials for inbound and outbound; policy.go), then
+// traffic (the routing table; traffic.go). POST /quitquitquit on the
+// admin port (loopback callers) shuts the proxy down as SIGTERM does,
+// draining for Config.Drain (drain.go).
+//
 //	sc, err := sidecar.New(sidecar.Config{ControlPlane: "127.0.0.1:15010", Token: tok, CAPin: pin,
 //		Service: "api", App: "127.0.0.1:8080", Inbound: "127.0.0.1:15006",
 //		Advertise: "127.0.0.1:15006", Admin: "127.0.0.1:15000", StateDir: dir})
