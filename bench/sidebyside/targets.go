@@ -358,7 +358,7 @@ func (m *mesh) policyNote(applyErr error, url string) string {
 			resp.Body.Close()
 			status = resp.StatusCode
 			if status == http.StatusForbidden {
-				return ""
+				return "AuthorizationPolicy enforced (GET /admin answered 403)"
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
