@@ -60,10 +60,13 @@ func TestRootRotationUnderLoad(t *testing.T) {
 		}
 	}()
 
-	if _, err := admin.RotateCA(context.Background(), &meshv1.RotateCARequest{}); err != nil {
+	started, err := admin.RotateCA(context.Background(), &meshv1.RotateCARequest{})
+	if err != nil {
 		t.Fatalf("rotate: %v", err)
 	}
-	phases := []string{}
+	// The phases as seen: the first from rotate's answer, then by polling
+	// (a fast phase may pass between two polls).
+	phases := []string{started.Status.Phase}
 	eventually(t, 60*time.Second, "rotation back to idle on a new root", func() error {
 		st, err := m.meshd.Operator(t).CAStatus(context.Background(), &meshv1.CAStatusRequest{})
 		if err != nil {
@@ -86,7 +89,7 @@ func TestRootRotationUnderLoad(t *testing.T) {
 	if res[0] < 50 {
 		t.Fatalf("only %d requests were sent", res[0])
 	}
-	want := []string{controlplane.PhasePrepared, controlplane.PhaseActivated, controlplane.PhaseIdle}
+	want := []string{controlplane.PhasePrepared, controlplane.PhaseIdle}
 	if !containsInOrder(phases, want) {
 		t.Errorf("phases seen %v, want %v in order", phases, want)
 	}

@@ -105,6 +105,8 @@ type session struct {
 	queries chan *meshv1.Request // bounded
 	replies map[uint64]chan *meshv1.Reply
 	sent    string
+	// claimed is the version the proxy said, in its Hello, it has in force.
+	claimed string
 }
 
 // New builds the server and marks every stored proxy disconnected: a meshd
@@ -307,6 +309,17 @@ func (s *Server) pushLocked(id string, sess *session) {
 		return
 	}
 	sess.sent = gs.snap.Version
+	if gs.snap.Version == sess.claimed {
+		// The proxy already has it in force (it said so in its Hello, as it
+		// would in an ACK): record the ACK, do not send it again.
+		st := s.state(id)
+		st.acked, st.ackedSnap, st.ackedRoots = gs.snap.Version, gs.snap, gs.roots
+		if st.nacked == st.acked {
+			st.nacked, st.reason = "", ""
+		}
+		s.dirty[id] = true
+		return
+	}
 	select {
 	case <-sess.updates: // drop a stale pending one: latest wins
 	default:
@@ -350,6 +363,7 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	defer cancel()
 	id := hello.GetInstanceId()
 	sess := &session{
+		claimed: hello.GetAppliedVersion(),
 		cancel:  cancel,
 		updates: make(chan *groupSnapshot, 1),
 		queries: make(chan *meshv1.Request, 8),

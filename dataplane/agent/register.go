@@ -76,6 +76,9 @@ func (a *Agent) stream(ctx context.Context) error {
 		AdvertiseAddress: a.cfg.Advertise,
 		ProxyVersion:     a.cfg.Version,
 	}
+	if snap := a.applied.Load(); snap != nil {
+		hello.AppliedVersion = snap.GetVersion()
+	}
 	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: hello}}); err != nil {
 		return fmt.Errorf("agent: send hello: %w", err)
 	}

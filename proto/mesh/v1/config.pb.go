@@ -548,9 +548,12 @@ type Hello struct {
 	// host:port where other proxies reach this one's inbound listener.
 	AdvertiseAddress string `protobuf:"bytes,3,opt,name=advertise_address,json=advertiseAddress,proto3" json:"advertise_address,omitempty"`
 	// The proxy's build version.
-	ProxyVersion  string `protobuf:"bytes,4,opt,name=proxy_version,json=proxyVersion,proto3" json:"proxy_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ProxyVersion string `protobuf:"bytes,4,opt,name=proxy_version,json=proxyVersion,proto3" json:"proxy_version,omitempty"`
+	// The version of the snapshot the proxy has in force (from its state
+	// dir), so a reconnect does not resend what it already applied.
+	AppliedVersion string `protobuf:"bytes,5,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -607,6 +610,13 @@ func (x *Hello) GetAdvertiseAddress() string {
 func (x *Hello) GetProxyVersion() string {
 	if x != nil {
 		return x.ProxyVersion
+	}
+	return ""
+}
+
+func (x *Hello) GetAppliedVersion() string {
+	if x != nil {
+		return x.AppliedVersion
 	}
 	return ""
 }
@@ -960,13 +970,14 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x05Reply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04json\x18\x02 \x01(\fR\x04json\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x94\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xbd\x01\n" +
 	"\x05Hello\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12+\n" +
 	"\x11advertise_address\x18\x03 \x01(\tR\x10advertiseAddress\x12#\n" +
-	"\rproxy_version\x18\x04 \x01(\tR\fproxyVersion\"\xb1\x01\n" +
+	"\rproxy_version\x18\x04 \x01(\tR\fproxyVersion\x12'\n" +
+	"\x0fapplied_version\x18\x05 \x01(\tR\x0eappliedVersion\"\xb1\x01\n" +
 	"\x0eStreamResponse\x125\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x13.mesh.v1.RegisteredH\x00R\n" +
