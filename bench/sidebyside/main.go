@@ -71,7 +71,7 @@ func run() error {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
 	flag.IntVar(&o.hi, "conns", 64, "connections of the loaded runs")
 	flag.IntVar(&o.lo, "conns-low", 1, "connections of the latency runs")
-	flag.StringVar(&tunes, "tune", "GOGC=200 GOMEMLIMIT=64MiB", "runtime settings for extra mesh-proxy rows, ';' between settings (empty: none)")
+	flag.StringVar(&tunes, "tune", "GOGC=400 GOMEMLIMIT=64MiB", "runtime settings for extra mesh-proxy rows, ';' between settings (empty: none)")
 	flag.DurationVar(&o.profile, "profile", 8*time.Second, "perf profile length per profiled target (0: none)")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "Markdown file whose side-by-side section is rewritten (empty: print only)")
 	flag.StringVar(&only, "only", "", "regexp: measure only targets whose name matches (direct and the nginx rows are kept for the ratios)")
