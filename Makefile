@@ -73,7 +73,7 @@ bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 
 	bench/sidebyside/run.sh $(BENCHFLAGS)
 
 .PHONY: bench-go
-bench-go: ## Hot-path Go benchmarks with allocations (route, authz, ratelimit, accesslog, pathnorm, balancer).
+bench-go: ## Hot-path Go benchmarks with allocations (route, authz, ratelimit, accesslog, pathnorm, balancer, proxy forwarding).
 	$(GO) run ./bench/gobench
 
 .PHONY: bench-fanout
