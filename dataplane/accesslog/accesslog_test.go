@@ -20,31 +20,11 @@ import (
 	"go.uber.org/goleak"
 
 	"minimesh/api"
+	"minimesh/certs/certstest"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func accessLog(spec *meshv1.AccessLogSpec) *api.AccessLog {
 	spec.Service = "api"
@@ -282,12 +262,12 @@ func TestTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Log(fullEntry())
-	clock.Advance(9*time.Minute - time.Nanosecond)
+	clock.Add(9*time.Minute - time.Nanosecond)
 	if !l.Enabled() {
 		t.Fatal("off before its TTL")
 	}
 	l.Log(fullEntry())
-	clock.Advance(time.Nanosecond)
+	clock.Add(time.Nanosecond)
 	if l.Enabled() {
 		t.Fatal("still on after its TTL")
 	}
@@ -300,7 +280,7 @@ func TestTTL(t *testing.T) {
 	}
 	// Off for good: time going on changes nothing, a re-apply of the same
 	// object is still expired, a newer write starts again.
-	clock.Advance(time.Hour)
+	clock.Add(time.Hour)
 	if err := l.Apply(o); err != nil || l.Enabled() {
 		t.Fatalf("re-applied an expired AccessLog: %v", err)
 	}
@@ -313,11 +293,11 @@ func TestTTL(t *testing.T) {
 	if err := l.Apply(o); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(10*time.Minute - time.Nanosecond)
+	clock.Add(10*time.Minute - time.Nanosecond)
 	if !l.Enabled() {
 		t.Fatal("TTL from Apply ended early")
 	}
-	clock.Advance(time.Nanosecond)
+	clock.Add(time.Nanosecond)
 	if l.Enabled() {
 		t.Fatal("TTL from Apply did not end")
 	}
@@ -398,7 +378,7 @@ func TestWriteErrorsCounted(t *testing.T) {
 	for range 5 {
 		l.Log(fullEntry())
 	}
-	clock.Advance(time.Minute)
+	clock.Add(time.Minute)
 	l.Log(fullEntry())
 	if l.Dropped() != 6 {
 		t.Errorf("dropped %d, want 6", l.Dropped())
@@ -462,4 +442,11 @@ func TestLogDoesNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, func() { l.Log(e) }); n != 0 {
 		t.Errorf("Log without a time: %v allocations", n)
 	}
+}
+
+// fakeClock is the shared test clock (certstest.Clock); Add moves it.
+type fakeClock = certstest.Clock
+
+func newClock() *fakeClock {
+	return certstest.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC))
 }

@@ -12,28 +12,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"minimesh/certs/certstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func targets(n int) []Target {
 	ts := make([]Target, n)
@@ -174,11 +157,11 @@ func TestEjectionAndReturn(t *testing.T) {
 	if got := picks(t, b, 300); got[bad.Addr] != 0 {
 		t.Fatalf("ejected endpoint picked %d times", got[bad.Addr])
 	}
-	clock.Advance(10*time.Second - time.Nanosecond)
+	clock.Add(10*time.Second - time.Nanosecond)
 	if got := picks(t, b, 300); got[bad.Addr] != 0 {
 		t.Fatal("returned before its time")
 	}
-	clock.Advance(time.Nanosecond)
+	clock.Add(time.Nanosecond)
 	if got := picks(t, b, 300); got[bad.Addr] == 0 {
 		t.Fatal("not returned after its ejection time")
 	}
@@ -198,12 +181,12 @@ func TestEjectionAndReturn(t *testing.T) {
 		if !st.Ejected || st.Ejections != i+2 || st.EjectedUntil.Sub(clock.Now()) != want {
 			t.Fatalf("ejection %d: %+v, want %v", i+2, st, want)
 		}
-		clock.Advance(want)
+		clock.Add(want)
 		picks(t, b, 1)
 	}
 
 	// Healthy for longer than MaxEjection: the count starts over.
-	clock.Advance(26 * time.Second)
+	clock.Add(26 * time.Second)
 	fail(3)
 	if st := status(b, bad.Addr); st.Ejections != 1 || st.EjectedUntil.Sub(clock.Now()) != 10*time.Second {
 		t.Fatalf("after a long healthy period: %+v", st)
@@ -274,7 +257,7 @@ func TestSetTargetsKeepsState(t *testing.T) {
 	if _, err := b.Pick(); !errors.Is(err, ErrNoEndpoints) {
 		t.Errorf("Pick with no endpoints: %v", err)
 	}
-	clock.Advance(time.Hour)
+	clock.Add(time.Hour)
 	if len(b.Status()) != 0 {
 		t.Error("endpoints after SetTargets(nil)")
 	}
@@ -321,7 +304,7 @@ func TestConcurrent(t *testing.T) {
 				// Endpoint 1 always fails, the others rarely.
 				b.Done(e, e.Addr != "10.0.0.1:15006" && rand.IntN(20) != 0)
 				if g == 0 && i%100 == 0 {
-					clock.Advance(300 * time.Millisecond)
+					clock.Add(300 * time.Millisecond)
 				}
 				if g == 1 && i%500 == 0 {
 					b.SetTargets(targets(6))
@@ -353,3 +336,8 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		t.Errorf("Pick+Done: %v allocations", n)
 	}
 }
+
+// fakeClock is the shared test clock (certstest.Clock); Add moves it.
+type fakeClock = certstest.Clock
+
+func newClock() *fakeClock { return certstest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) }

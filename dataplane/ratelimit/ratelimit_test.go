@@ -15,29 +15,11 @@ import (
 	"go.uber.org/goleak"
 
 	"minimesh/api"
+	"minimesh/certs/certstest"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 const (
 	web   = "spiffe://minimesh.local/ns/prod/sa/web"
@@ -91,7 +73,7 @@ func TestSharedBucket(t *testing.T) {
 	if r.Allowed || r.Remaining != 0 || r.RetryAfter != time.Second || r.Reset != 3*time.Second {
 		t.Fatalf("4th request: %+v", r)
 	}
-	clock.Advance(time.Second)
+	clock.Add(time.Second)
 	if got := take(l, "", batch, 5); got != 1 {
 		t.Fatalf("%d allowed a second later, want 1", got)
 	}
@@ -107,7 +89,7 @@ func TestResultTimes(t *testing.T) {
 		t.Errorf("after one of 4 at 2/s: %+v", r)
 	}
 	take(l, "", web, 3)
-	clock.Advance(250 * time.Millisecond) // half a token back
+	clock.Add(250 * time.Millisecond) // half a token back
 	r = l.Allow("", web)
 	if r.Allowed || r.RetryAfter != 250*time.Millisecond || r.Reset != 1750*time.Millisecond {
 		t.Errorf("empty, half a token back: %+v", r)
@@ -129,7 +111,7 @@ func TestPerSourceIdentity(t *testing.T) {
 	if n := l.Identities(); n != 3 {
 		t.Errorf("%d identities held, want 3", n)
 	}
-	clock.Advance(time.Second)
+	clock.Add(time.Second)
 	if take(l, "", web, 5) != 1 || take(l, "", batch, 5) != 1 {
 		t.Error("buckets did not refill one per second")
 	}
@@ -386,9 +368,9 @@ func Test429OverHTTP(t *testing.T) {
 	want(get(), 200, map[string]string{"RateLimit-Limit": "2", "RateLimit-Remaining": "1", "RateLimit-Reset": "2", "RateLimit-Policy": "2;w=4", "Retry-After": ""})
 	want(get(), 200, map[string]string{"RateLimit-Remaining": "0", "RateLimit-Reset": "4"})
 	want(get(), 429, map[string]string{"Retry-After": "2", "RateLimit-Remaining": "0", "RateLimit-Reset": "4", "Content-Type": "text/plain; charset=utf-8"})
-	clock.Advance(1500 * time.Millisecond) // 0.75 of a token
+	clock.Add(1500 * time.Millisecond) // 0.75 of a token
 	want(get(), 429, map[string]string{"Retry-After": "1", "RateLimit-Reset": "3"})
-	clock.Advance(500 * time.Millisecond)
+	clock.Add(500 * time.Millisecond)
 	want(get(), 200, map[string]string{"RateLimit-Remaining": "0"})
 	srv.Client().CloseIdleConnections()
 }
@@ -405,3 +387,8 @@ func TestHeaderNamesAreCanonical(t *testing.T) {
 		t.Errorf("no policy, yet headers %v", h)
 	}
 }
+
+// fakeClock is the shared test clock (certstest.Clock); Add moves it.
+type fakeClock = certstest.Clock
+
+func newClock() *fakeClock { return certstest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) }

@@ -1,33 +1,14 @@
 package route
 
 import (
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/api"
+	"minimesh/certs/certstest"
 	meshv1 "minimesh/proto/mesh/v1"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func mkRoute(name string, matches []*meshv1.RouteMatch, backends ...*meshv1.RouteBackend) *api.Route {
 	if len(backends) == 0 {
@@ -94,3 +75,8 @@ func backend(svc, subset string, weight uint32) *meshv1.RouteBackend {
 }
 
 func dur(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+// fakeClock is the shared test clock (certstest.Clock); Add moves it.
+type fakeClock = certstest.Clock
+
+func newClock() *fakeClock { return certstest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) }

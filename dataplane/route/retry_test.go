@@ -133,7 +133,7 @@ func TestBudgetFloor(t *testing.T) {
 	if p.Retry(a) {
 		t.Fatal("a fourth retry in the same second")
 	}
-	clock.Advance(time.Second)
+	clock.Add(time.Second)
 	for i := range 3 {
 		if !p.Retry(a) {
 			t.Fatalf("after a second, retry %d refused", i+1)
@@ -143,7 +143,7 @@ func TestBudgetFloor(t *testing.T) {
 		t.Fatal("the floor refilled beyond its size")
 	}
 	// Not retryable: the budget is not touched.
-	clock.Advance(time.Second)
+	clock.Add(time.Second)
 	if p.Retry(Attempt{Method: "GET", Status: 200}) {
 		t.Fatal("retried a 200")
 	}
