@@ -126,7 +126,7 @@ func startProxy(t *testing.T, m *controlplanetest.Meshd, o proxyOpts) *proxyHand
 		inL = listen(t)
 	}
 	adminL := listen(t)
-	h := &proxyHandle{inbound: inL.Addr().String(), admin: adminL.Addr().String(), upstream: map[string]string{}, done: make(chan error, 1)}
+	h := &proxyHandle{inbound: inL.Addr().String(), admin: adminL.Addr().String(), upstream: map[string]string{}}
 	cfg := sidecar.Config{
 		ControlPlane:    m.Addr,
 		Token:           o.token,
@@ -154,30 +154,60 @@ func startProxy(t *testing.T, m *controlplanetest.Meshd, o proxyOpts) *proxyHand
 		h.public, h.publicCert = pl.Addr().String(), certFile
 		cfg.PublicListener, cfg.PublicCert, cfg.PublicKey = pl, certFile, keyFile
 	}
-	sc, err := sidecar.New(cfg)
-	if err != nil {
-		t.Fatalf("sidecar.New: %v", err)
-	}
-	h.Sidecar = sc
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() {
-		err := sc.Run(ctx)
-		if err != nil && ctx.Err() == nil {
-			t.Errorf("proxy %s stopped by itself: %v", o.service, err)
-		}
-		h.done <- err
-	}()
-	t.Cleanup(h.stop)
+	h.Sidecar, h.cancel, h.done = runSidecar(t, o.service, cfg)
 	return h
 }
 
 func (h *proxyHandle) stop() {
 	h.cancel()
-	if h.done != nil {
-		<-h.done
-		h.done = nil
+	h.done <- <-h.done
+}
+
+// runSidecar builds a sidecar from cfg and runs it until the test ends.
+// done receives Run's result and holds it (whoever takes it puts it back);
+// the cleanup cancels, waits and reports an error, as Run does if it stops
+// by itself.
+func runSidecar(t *testing.T, name string, cfg sidecar.Config) (*sidecar.Sidecar, context.CancelFunc, chan error) {
+	t.Helper()
+	sc, err := sidecar.New(cfg)
+	if err != nil {
+		t.Fatalf("sidecar.New: %v", err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		err := sc.Run(ctx)
+		if err != nil && ctx.Err() == nil {
+			t.Errorf("proxy %s stopped by itself: %v", name, err)
+		}
+		done <- err
+	}()
+	t.Cleanup(func() {
+		cancel()
+		err := <-done
+		done <- err
+		if err != nil && ctx.Err() != nil {
+			t.Errorf("%s proxy: %v", name, err)
+		}
+	})
+	return sc, cancel, done
+}
+
+// waitAdminReady waits until a proxy's admin port answers /ready with 200.
+func waitAdminReady(t *testing.T, name, admin string) {
+	t.Helper()
+	eventually(t, 20*time.Second, name+" proxy ready", func() error {
+		resp, err := http.Get("http://" + admin + "/ready")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("/ready %d: %s", resp.StatusCode, b)
+		}
+		return nil
+	})
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -196,18 +226,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() err
 
 func (h *proxyHandle) waitReady(t *testing.T) {
 	t.Helper()
-	eventually(t, 20*time.Second, "proxy ready", func() error {
-		resp, err := http.Get("http://" + h.admin + "/ready")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("/ready %d: %s", resp.StatusCode, b)
-		}
-		return nil
-	})
+	waitAdminReady(t, "", h.admin)
 }
 
 func (h *proxyHandle) serial() string {

@@ -126,7 +126,7 @@ func startSidecar(t *testing.T, m *controlplanetest.Meshd, service, appAddr stri
 	t.Helper()
 	tok := m.Token(t, "default", service, 1)
 	inL, adminL := listen(t), listen(t)
-	h := &trafficProxy{admin: adminL.Addr().String(), up: map[string]string{}, done: make(chan error, 1)}
+	h := &trafficProxy{admin: adminL.Addr().String(), up: map[string]string{}}
 	cfg := sidecar.Config{
 		ControlPlane: m.Addr, Token: tok.Secret, CAPin: tok.CaPin,
 		Service: service, App: appAddr, StateDir: t.TempDir(),
@@ -137,27 +137,8 @@ func startSidecar(t *testing.T, m *controlplanetest.Meshd, service, appAddr stri
 	if edit != nil {
 		edit(&cfg)
 	}
-	sc, err := sidecar.New(cfg)
-	if err != nil {
-		t.Fatalf("sidecar.New: %v", err)
-	}
-	h.Sidecar = sc
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- sc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-h.done; err != nil {
-			t.Errorf("%s proxy: %v", service, err)
-		}
-	})
-	eventually(t, 20*time.Second, service+" proxy ready", func() error {
-		body, err := fetchBody("http://" + h.admin + "/ready")
-		if err != nil || !strings.HasPrefix(body, "ready") {
-			return fmt.Errorf("%v %s", err, body)
-		}
-		return nil
-	})
+	h.Sidecar, h.cancel, h.done = runSidecar(t, service, cfg)
+	waitAdminReady(t, service, h.admin)
 	return h
 }
 
@@ -297,7 +278,7 @@ spec:
 // one label.
 func (h *trafficProxy) counterValue(t *testing.T, name, label, value string) float64 {
 	t.Helper()
-	body, err := fetchBody("http://" + h.admin + "/metrics")
+	body, err := httpGet("http://" + h.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -760,7 +741,7 @@ spec:
 	if n := pm.api.counterValue(t, "minimesh_proxy_authz_decisions_total", "decision", "audit"); n != 1 {
 		t.Errorf("audits counted: %v", n)
 	}
-	body, err := fetchBody("http://" + pm.api.admin + "/metrics")
+	body, err := httpGet("http://" + pm.api.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,16 +55,6 @@ func applyDocs(t *testing.T, m *controlplanetest.Meshd, doc string) uint64 {
 	return resp.Revision
 }
 
-func fetchBody(url string) (string, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), err
-}
-
 // echoApp is a real HTTP app on loopback that answers with what it
 // received, or with the status it is told to fail with.
 type echoApp struct {
@@ -168,7 +158,7 @@ func startTraffic(t *testing.T, m *controlplanetest.Meshd, o trafficOpts) *traff
 	}
 	tok := m.Token(t, "default", o.sa, 1)
 	inL, adminL := listen(t), listen(t)
-	h := &trafficProxy{admin: adminL.Addr().String(), up: map[string]string{}, done: make(chan error, 1)}
+	h := &trafficProxy{admin: adminL.Addr().String(), up: map[string]string{}}
 	cfg := sidecar.Config{
 		ControlPlane: m.Addr, Token: tok.Secret, CAPin: tok.CaPin,
 		Service: o.service, ServiceAccount: o.sa, App: o.app, StateDir: t.TempDir(),
@@ -190,27 +180,8 @@ func startTraffic(t *testing.T, m *controlplanetest.Meshd, o trafficOpts) *traff
 		l := listen(t)
 		h.httpPort, cfg.OutboundHTTPListener = l.Addr().String(), l
 	}
-	sc, err := sidecar.New(cfg)
-	if err != nil {
-		t.Fatalf("sidecar.New: %v", err)
-	}
-	h.Sidecar = sc
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- sc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-h.done; err != nil {
-			t.Errorf("%s proxy: %v", o.sa, err)
-		}
-	})
-	eventually(t, 20*time.Second, o.sa+" proxy ready", func() error {
-		body, err := fetchBody("http://" + h.admin + "/ready")
-		if err != nil || !strings.HasPrefix(body, "ready") {
-			return fmt.Errorf("%v %s", err, body)
-		}
-		return nil
-	})
+	h.Sidecar, h.cancel, h.done = runSidecar(t, o.sa, cfg)
+	waitAdminReady(t, o.sa, h.admin)
 	return h
 }
 

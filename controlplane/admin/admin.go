@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"sort"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -14,6 +13,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/controlplane/identity"
+	"minimesh/controlplane/push"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -166,24 +166,9 @@ func (s *Server) ListProxies(context.Context, *meshv1.ListProxiesRequest) (*mesh
 	})
 	out := &meshv1.ListProxiesResponse{}
 	for _, p := range proxies {
-		out.Proxies = append(out.Proxies, ProxyProto(p))
+		out.Proxies = append(out.Proxies, push.ProxyProto(p))
 	}
 	return out, nil
-}
-
-// ProxyProto converts a stored proxy record.
-func ProxyProto(p *store.Proxy) *meshv1.Proxy {
-	return &meshv1.Proxy{
-		InstanceId:    p.InstanceID,
-		SpiffeId:      p.SPIFFEID,
-		Service:       p.Service,
-		Address:       p.Address,
-		Version:       p.Version,
-		Connected:     p.Connected,
-		LastSeen:      ts(p.LastSeen),
-		SvidExpiresAt: ts(p.SVIDExpiresAt),
-		ConnectedAt:   ts(p.ConnectedAt),
-	}
 }
 
 func tokenProto(t *store.Token) *meshv1.JoinToken {
@@ -198,11 +183,4 @@ func tokenProto(t *store.Token) *meshv1.JoinToken {
 		UsesLeft:       t.UsesLeft,
 		Revoked:        t.Revoked,
 	}
-}
-
-func ts(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
 }

@@ -2,7 +2,6 @@ package identity
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"log/slog"
 	"sync"
@@ -187,14 +186,6 @@ func toProto(is *Issued) *meshv1.X509SVID {
 	for _, c := range is.Chain {
 		out.CertChain = append(out.CertChain, c.Raw)
 	}
-	out.TrustBundle = rawCerts(is.Bundle.X509Authorities())
-	return out
-}
-
-func rawCerts(cs []*x509.Certificate) [][]byte {
-	out := make([][]byte, len(cs))
-	for i, c := range cs {
-		out[i] = c.Raw
-	}
+	out.TrustBundle = rawChain(is.Bundle.X509Authorities())
 	return out
 }

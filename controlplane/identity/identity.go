@@ -382,6 +382,7 @@ func publicKeyHash(pub any) (string, error) {
 
 func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
+// rawChain is the DER of each certificate.
 func rawChain(chain []*x509.Certificate) [][]byte {
 	out := make([][]byte, len(chain))
 	for i, c := range chain {
