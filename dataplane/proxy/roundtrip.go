@@ -118,6 +118,17 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			prev, prevOK = ep, served
 			continue
 		}
+		if err != nil && retries == 0 && !upgrade && a.Failure == route.FailureReset && c.ctx.Err() == nil &&
+			route.IsIdempotent(req.Method) && (req.Body == nil || req.Body == http.NoBody) {
+			// Whatever the route says, an idempotent request without a body
+			// that failed on its connection (the peer closed it: a retired
+			// connection, a restart) is tried once more, as net/http's own
+			// transport does; the remote then dials a fresh connection.
+			cancel()
+			o.fwd.metrics.retried()
+			prev, prevOK = ep, false
+			continue
+		}
 		if err != nil {
 			cancel()
 			c.bal.Done(ep, false)
