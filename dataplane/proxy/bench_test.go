@@ -48,6 +48,8 @@ spec:
 	}
 	routed.Install(tab)
 	run(b, routed)
+	// The public listener: TLS from any client, HTTP/1.1, to the app.
+	pubLn, pubClient := startPublic(b, a)
 
 	for _, bc := range []struct {
 		name   string
@@ -55,6 +57,7 @@ spec:
 		url    string
 	}{
 		{"direct", plainClient(b), a.URL},
+		{"public-http1", pubClient, "https://" + pubLn.Addr().String()},
 		{"inbound-http1", mtlsClient(b, m.web, m.bundle, apiID, false), "https://" + inLn.Addr().String()},
 		{"inbound-http2", mtlsClient(b, m.web, m.bundle, apiID, true), "https://" + inLn.Addr().String()},
 		{"outbound-inbound", plainClient(b), "http://" + outLn.Addr().String()},

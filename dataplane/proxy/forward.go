@@ -257,7 +257,7 @@ func (bufferPool) Put(b []byte) {
 
 // closeIdle waits for handlers still running after a shutdown and then
 // closes the transport's idle connections, ending their goroutines.
-func (f *forwarder) closeIdle(t *http.Transport) {
+func (f *forwarder) closeIdle(t interface{ CloseIdleConnections() }) {
 	f.inflight.Wait()
 	t.CloseIdleConnections()
 }

@@ -376,3 +376,25 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// startPublic runs a Public listener in front of a with a self-signed
+// certificate and returns it with an HTTP/1.1 client that trusts it.
+func startPublic(t testing.TB, a *app) (net.Listener, *http.Client) {
+	t.Helper()
+	cert, certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
+	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger()
+	ln := listenLocal(t)
+	pub, err := NewPublic(PublicConfig{Listener: ln, App: a.addr(), Certificate: fc, Metrics: newMetrics(t), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, pub)
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	return ln, tlsClient(t, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}, false)
+}

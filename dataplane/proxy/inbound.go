@@ -91,7 +91,7 @@ type Inbound struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	tlsConfig *tls.Config
-	transport *http.Transport // HTTP/1.1 to the app
+	transport *appClient      // HTTP/1.1 to the app
 	h2c       *http.Transport // h2c to the app (http2, grpc)
 	fwd       *forwarder
 	fwdH2C    *forwarder
@@ -135,7 +135,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.tlsConfig.MinVersion = tls.VersionTLS13
 	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 
-	in.transport = appTransport(cfg.Limits)
+	in.transport = newAppClient(cfg.Limits)
 	in.h2c = appTransport(cfg.Limits)
 	in.h2c.Protocols = new(http.Protocols)
 	in.h2c.Protocols.SetUnencryptedHTTP2(true)

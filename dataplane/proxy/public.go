@@ -64,7 +64,7 @@ type Public struct {
 	cfg       PublicConfig
 	log       *slog.Logger
 	tlsConfig *tls.Config
-	transport *http.Transport
+	transport *appClient
 	fwd       *forwarder
 }
 
@@ -87,7 +87,7 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 		GetCertificate: cfg.Certificate.GetCertificate,
 		Time:           cfg.Clock.Now,
 	}
-	p.transport = appTransport(cfg.Limits)
+	p.transport = newAppClient(cfg.Limits)
 	app := cfg.App
 	p.fwd = newForwarder(ListenerPublic, p.log, cfg.Clock.Now, cfg.Metrics, p.transport,
 		func(pr *httputil.ProxyRequest) {

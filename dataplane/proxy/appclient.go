@@ -1,0 +1,394 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// appClient is the HTTP/1.1 client towards the local app. net/http's
+// Transport gives every connection a reader and a writer goroutine, so each
+// request crosses three goroutines (handler → writeLoop → app → readLoop →
+// handler); on loopback those handoffs, not the bytes, were most of a hop's
+// cost. appClient writes the request and reads the response on the
+// handler's own goroutine over a pool of idle keep-alive connections. A
+// request with a body is written by a second goroutine while the response is
+// read, so an app that answers before reading it all does not deadlock.
+//
+// Upgrades (WebSocket) and Expect: 100-continue, rare and subtle, go
+// through the fallback Transport.
+type appClient struct {
+	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+	fallback       *http.Transport
+	maxIdle        int           // idle connections kept per address
+	idleTimeout    time.Duration // an idle connection older than this is closed
+	responseHeader time.Duration // wait for the response's headers; 0: none
+	maxHeaderBytes int64         // response header size
+
+	mu     sync.Mutex
+	idle   map[string][]*appConn // per address, most recently used last
+	sweep  *time.Timer           // closes expired idle connections; nil when none are idle
+	closed bool                  // CloseIdleConnections: nothing more is pooled
+}
+
+var _ http.RoundTripper = (*appClient)(nil)
+
+// appConn is one keep-alive connection to the app.
+type appConn struct {
+	net.Conn
+	lr     headerLimit
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	addr   string
+	idleAt time.Time
+}
+
+// headerLimit bounds what the bufio.Reader reads from the connection while
+// a response's headers are parsed (n ≥ 0); n < 0 means no limit.
+type headerLimit struct {
+	c net.Conn
+	n int64
+}
+
+func (l *headerLimit) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.c.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.c.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+var errHeaderTooLarge = errors.New("proxy: app's response headers exceed the limit")
+
+func newAppClient(lim Limits) *appClient {
+	t := appTransport(lim)
+	return &appClient{
+		dial:           t.DialContext,
+		fallback:       t,
+		maxIdle:        lim.MaxIdleConnsPerHost,
+		idleTimeout:    lim.Idle,
+		responseHeader: lim.ResponseHeader,
+		maxHeaderBytes: t.MaxResponseHeaderBytes,
+		idle:           map[string][]*appConn{},
+	}
+}
+
+// RoundTrip sends req to req.URL.Host and returns the app's response,
+// whose Body must be read to its end (the connection then returns to the
+// pool) or closed.
+func (c *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "http" || req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" {
+		return c.fallback.RoundTrip(req)
+	}
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	// A pooled connection the app has closed meanwhile shows only once it
+	// is used (net/http's Transport sees it at once from its reader
+	// goroutine). A request without a body is simply sent again on another;
+	// one with a body cannot be (it is being consumed), so the pooled
+	// connection is checked first.
+	for range c.maxIdle + 1 {
+		ac, reused := c.get(req.URL.Host, hasBody)
+		if ac == nil {
+			var err error
+			if ac, err = c.connect(req.Context(), req.URL.Host); err != nil {
+				closeBody(req)
+				return nil, err
+			}
+		}
+		resp, err := c.exchange(ac, req, hasBody)
+		if err == nil || !reused || hasBody || !errors.Is(err, errStale) || req.Context().Err() != nil {
+			return resp, err
+		}
+	}
+	return nil, fmt.Errorf("proxy: app %s: every pooled connection had been closed", req.URL.Host)
+}
+
+// errStale marks a connection found closed by the app before any byte of
+// the response came: the request can go again on another connection.
+var errStale = errors.New("connection closed by the app")
+
+// staleErr wraps err with errStale when it says the peer closed the
+// connection (not a timeout: that request may have reached the app).
+func staleErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %w", errStale, err)
+	}
+	return err
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+func (c *appClient) connect(ctx context.Context, addr string) (*appConn, error) {
+	conn, err := c.dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ac := &appConn{Conn: conn, addr: addr}
+	ac.lr = headerLimit{c: conn, n: -1}
+	ac.br = bufio.NewReaderSize(&ac.lr, 4<<10)
+	ac.bw = bufio.NewWriterSize(conn, 4<<10)
+	return ac, nil
+}
+
+// exchange writes req on ac and reads the response's headers.
+func (c *appClient) exchange(ac *appConn, req *http.Request, hasBody bool) (*http.Response, error) {
+	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		_ = ac.Close()
+		closeBody(req)
+		return nil, err
+	}
+	// The client going away, or a route's timeout, ends the exchange.
+	stop := context.AfterFunc(ctx, func() { _ = ac.SetDeadline(aLongTimeAgo) })
+	var wrote chan error
+	if hasBody {
+		wrote = make(chan error, 1)
+		go func() {
+			err := req.Write(ac.bw)
+			if err == nil {
+				err = ac.bw.Flush()
+			}
+			wrote <- err
+		}()
+	} else if err := c.write(ac, req); err != nil {
+		stop()
+		_ = ac.Close()
+		return nil, fmt.Errorf("proxy: write to app %s: %w", ac.addr, staleErr(err))
+	}
+	resp, err := c.readResponse(ac, req)
+	if err != nil {
+		stop()
+		_ = ac.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, keep: !resp.Close && !req.Close}
+	if resp.Body == http.NoBody {
+		b.done(true)
+		return resp, nil
+	}
+	b.rc = resp.Body
+	resp.Body = b
+	return resp, nil
+}
+
+func (c *appClient) write(ac *appConn, req *http.Request) error {
+	if err := req.Write(ac.bw); err != nil {
+		return err
+	}
+	return ac.bw.Flush()
+}
+
+// readResponse reads the status line and headers within the response
+// header timeout and size limit, passing 1xx answers on to the caller's
+// trace (ReverseProxy sends them to its client).
+func (c *appClient) readResponse(ac *appConn, req *http.Request) (*http.Response, error) {
+	if c.responseHeader > 0 {
+		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
+	}
+	trace := httptrace.ContextClientTrace(req.Context())
+	for informational := 0; ; informational++ {
+		ac.lr.n = c.maxHeaderBytes
+		if _, err := ac.br.Peek(1); err != nil {
+			ac.lr.n = -1
+			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, staleErr(err))
+		}
+		resp, err := http.ReadResponse(ac.br, req)
+		ac.lr.n = -1
+		if err != nil {
+			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, err)
+		}
+		code := resp.StatusCode
+		if code >= 200 || code == http.StatusSwitchingProtocols {
+			if code == http.StatusSwitchingProtocols {
+				return nil, fmt.Errorf("proxy: app %s switched protocols on a request without Upgrade", ac.addr)
+			}
+			if c.responseHeader > 0 {
+				_ = ac.SetReadDeadline(time.Time{})
+				if req.Context().Err() != nil {
+					// Cancelled between the check and the reset.
+					_ = ac.SetDeadline(aLongTimeAgo)
+				}
+			}
+			return resp, nil
+		}
+		if informational >= 5 {
+			return nil, fmt.Errorf("proxy: app %s sent too many 1xx responses", ac.addr)
+		}
+		if trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// appBody is a response body: at its end the connection returns to the
+// pool when it can carry another request.
+type appBody struct {
+	c     *appClient
+	ac    *appConn
+	rc    io.ReadCloser
+	stop  func() bool
+	wrote chan error // nil when the request had no body
+	keep  bool
+	ended bool
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	if b.ended {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.done(true)
+	} else if err != nil {
+		b.done(false)
+	}
+	return n, err
+}
+
+// Close ends the body; before its end the connection cannot be reused.
+func (b *appBody) Close() error {
+	if !b.ended {
+		b.done(false)
+	}
+	return nil
+}
+
+// done releases the connection: to the pool if the response was read to
+// its end, the request was written whole and nobody cut the exchange.
+func (b *appBody) done(complete bool) {
+	b.ended = true
+	keep := complete && b.keep && b.stop()
+	if b.wrote != nil {
+		select {
+		case err := <-b.wrote:
+			keep = keep && err == nil
+		default:
+			// The app answered before taking the whole request: the
+			// connection is closed. The writer ends on its own, at its next
+			// write or when the server closes the request body; it is not
+			// waited for, as it may be waiting on a slow client.
+			keep = false
+		}
+	}
+	if !keep {
+		_ = b.ac.Close()
+		return
+	}
+	b.c.put(b.ac)
+}
+
+// get pops the most recently used idle connection to addr, dropping those
+// idle for too long and, when check is set, those the app has closed.
+func (c *appClient) get(addr string, check bool) (*appConn, bool) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for conns := c.idle[addr]; len(conns) > 0; conns = c.idle[addr] {
+		ac := conns[len(conns)-1]
+		conns[len(conns)-1] = nil
+		c.idle[addr] = conns[:len(conns)-1]
+		if now.Sub(ac.idleAt) > c.idleTimeout || (check && !connAlive(ac.Conn)) {
+			_ = ac.Close()
+			continue
+		}
+		return ac, true
+	}
+	return nil, false
+}
+
+func (c *appClient) put(ac *appConn) {
+	ac.idleAt = time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	conns := c.idle[ac.addr]
+	if c.closed || len(conns) >= c.maxIdle {
+		_ = ac.Close()
+		return
+	}
+	c.idle[ac.addr] = append(conns, ac)
+	if c.sweep == nil {
+		c.sweep = time.AfterFunc(c.idleTimeout, c.expire)
+	}
+}
+
+// expire closes the connections idle for longer than the idle timeout (the
+// oldest are first in each list) and runs again while any are left.
+func (c *appClient) expire() {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweep = nil
+	next := time.Duration(-1)
+	for addr, conns := range c.idle {
+		n := 0
+		for _, ac := range conns {
+			if now.Sub(ac.idleAt) < c.idleTimeout {
+				break
+			}
+			_ = ac.Close()
+			n++
+		}
+		clear(conns[:n])
+		conns = conns[n:]
+		if len(conns) == 0 {
+			delete(c.idle, addr)
+			continue
+		}
+		c.idle[addr] = conns
+		if left := c.idleTimeout - now.Sub(conns[0].idleAt); next < 0 || left < next {
+			next = left
+		}
+	}
+	if next >= 0 && !c.closed {
+		c.sweep = time.AfterFunc(next, c.expire)
+	}
+}
+
+// CloseIdleConnections closes every idle connection; connections in use
+// are closed when their response ends. Nothing is pooled afterwards.
+func (c *appClient) CloseIdleConnections() {
+	c.mu.Lock()
+	c.closed = true
+	if c.sweep != nil {
+		c.sweep.Stop()
+		c.sweep = nil
+	}
+	idle := c.idle
+	c.idle = map[string][]*appConn{}
+	c.mu.Unlock()
+	for _, conns := range idle {
+		for _, ac := range conns {
+			_ = ac.Close()
+		}
+	}
+	c.fallback.CloseIdleConnections()
+}
+
+// aLongTimeAgo is a deadline in the past: setting it makes blocked reads
+// and writes return at once.
+var aLongTimeAgo = time.Unix(1, 0)

@@ -1,0 +1,321 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// connApp is a real HTTP app that counts the connections it accepted and
+// those still open.
+type connApp struct {
+	*httptest.Server
+	conns, open atomic.Int64
+}
+
+func newConnApp(t *testing.T, h http.HandlerFunc) *connApp {
+	t.Helper()
+	a := &connApp{Server: httptest.NewUnstartedServer(h)}
+	a.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			a.conns.Add(1)
+			a.open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			a.open.Add(-1)
+		}
+	}
+	a.Start()
+	t.Cleanup(a.Close)
+	return a
+}
+
+func newTestAppClient(t *testing.T, lim Limits) *appClient {
+	t.Helper()
+	c := newAppClient(lim.withDefaults())
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// roundTrip sends one request through c and returns the status and body.
+func roundTrip(t *testing.T, c http.RoundTripper, method, url string, body io.Reader) (int, string, error) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func TestAppClientReusesConnections(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Method+" "+r.URL.Path+" "+string(b))
+	})
+	c := newTestAppClient(t, Limits{})
+	for i, tc := range []struct {
+		method, path, body, want string
+	}{
+		{http.MethodGet, "/a", "", "GET /a "},
+		{http.MethodPost, "/b", "hello", "POST /b hello"},
+		{http.MethodHead, "/c", "", ""},
+		{http.MethodPut, "/d", strings.Repeat("x", 100<<10), "PUT /d " + strings.Repeat("x", 100<<10)},
+		{http.MethodGet, "/e", "", "GET /e "},
+	} {
+		var body io.Reader
+		if tc.body != "" {
+			body = strings.NewReader(tc.body)
+		}
+		code, got, err := roundTrip(t, c, tc.method, a.URL+tc.path, body)
+		if err != nil || code != http.StatusOK || got != tc.want {
+			t.Fatalf("request %d: %d %.40q %v, want 200 %.40q", i, code, got, err, tc.want)
+		}
+	}
+	if n := a.conns.Load(); n != 1 {
+		t.Errorf("the app saw %d connections for 5 requests in turn, want 1 (kept alive)", n)
+	}
+}
+
+func TestAppClientConnectionCloseNotReused(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	c := newTestAppClient(t, Limits{})
+	for _, p := range []string{"/close", "/keep", "/keep"} {
+		if code, _, err := roundTrip(t, c, http.MethodGet, a.URL+p, nil); err != nil || code != http.StatusOK {
+			t.Fatalf("%s: %d %v", p, code, err)
+		}
+	}
+	if n := a.conns.Load(); n != 2 {
+		t.Errorf("the app saw %d connections, want 2 (the one it closed, then one kept)", n)
+	}
+}
+
+// An idle connection the app closed is found out: a request without a
+// body goes again on a new connection, one with a body is never sent on it.
+func TestAppClientAppClosedIdleConnection(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, string(b)+"ok")
+	})
+	c := newTestAppClient(t, Limits{})
+	for _, body := range []string{"", "payload-"} {
+		if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
+			t.Fatalf("first: %d %v", code, err)
+		}
+		// The app ends its idle keep-alive connections (as an idle
+		// timeout would) while one sits in the pool.
+		a.CloseClientConnections()
+		eventually(t, "the pooled connection to be closed by the app", func() bool {
+			ac, _ := c.get(a.Listener.Addr().String(), false)
+			if ac == nil {
+				return false
+			}
+			defer c.put(ac)
+			return !connAlive(ac.Conn)
+		})
+		var r io.Reader
+		if body != "" {
+			r = strings.NewReader(body)
+		}
+		code, got, err := roundTrip(t, c, http.MethodPost, a.URL, r)
+		if err != nil || code != http.StatusOK || got != body+"ok" {
+			t.Fatalf("body %q after the app closed the pooled connection: %d %q %v", body, code, got, err)
+		}
+	}
+}
+
+// An app that answers before reading the request's body (say, 413) gets
+// its answer through; the connection, in an unknown state, is not reused.
+func TestAppClientEarlyAnswer(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+	})
+	c := newTestAppClient(t, Limits{})
+	code, _, err := roundTrip(t, c, http.MethodPost, a.URL+"/early", strings.NewReader(strings.Repeat("x", 8<<20)))
+	if err != nil || code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("early answer: %d %v, want 413", code, err)
+	}
+	if code, _, err := roundTrip(t, c, http.MethodPost, a.URL+"/ok", strings.NewReader("small")); err != nil || code != http.StatusOK {
+		t.Fatalf("next request: %d %v", code, err)
+	}
+	if n := a.conns.Load(); n != 2 {
+		t.Errorf("the app saw %d connections, want 2", n)
+	}
+}
+
+// A cancelled request (the client went away, a route timed out) ends the
+// exchange at once, even mid-body, and its connection is not reused.
+func TestAppClientCancel(t *testing.T) {
+	checkLeaks(t)
+	release := make(chan struct{})
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			_, _ = io.WriteString(w, "first part")
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	defer close(release)
+	c := newTestAppClient(t, Limits{})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.URL+"/slow", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len("first part"))
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := resp.Body.Read(buf); done <- err }()
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read after cancel succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a cancelled request kept reading the app's body")
+	}
+	resp.Body.Close()
+	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL+"/ok", nil); err != nil || code != http.StatusOK {
+		t.Fatalf("next request: %d %v", code, err)
+	}
+	if n := a.conns.Load(); n != 2 {
+		t.Errorf("the app saw %d connections, want 2 (the cut one is not reused)", n)
+	}
+}
+
+// rawApp answers every connection with the bytes reply returns for it.
+func rawApp(t *testing.T, reply func(n int) string) string {
+	t.Helper()
+	ln := listenLocal(t)
+	go func() {
+		for n := 0; ; n++ {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = http.ReadRequest(bufio.NewReader(conn))
+				_, _ = io.WriteString(conn, reply(n))
+				_, _ = io.Copy(io.Discard, conn)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func TestAppClientResponseLimits(t *testing.T) {
+	t.Run("header timeout", func(t *testing.T) {
+		url := rawApp(t, func(int) string { return "" }) // never answers
+		c := newTestAppClient(t, Limits{ResponseHeader: 100 * time.Millisecond})
+		_, _, err := roundTrip(t, c, http.MethodGet, url, nil)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("got %v, want a timeout (the forwarder answers 504 to it)", err)
+		}
+	})
+	t.Run("header size", func(t *testing.T) {
+		url := rawApp(t, func(int) string {
+			return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 0\r\n\r\n"
+		})
+		c := newTestAppClient(t, Limits{})
+		if _, _, err := roundTrip(t, c, http.MethodGet, url, nil); err == nil {
+			t.Fatal("a 2 MiB response header was accepted")
+		}
+	})
+	t.Run("switching protocols unasked", func(t *testing.T) {
+		url := rawApp(t, func(int) string { return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n" })
+		c := newTestAppClient(t, Limits{})
+		if _, _, err := roundTrip(t, c, http.MethodGet, url, nil); err == nil {
+			t.Fatal("101 to a request without Upgrade was accepted")
+		}
+	})
+	t.Run("informational", func(t *testing.T) {
+		url := rawApp(t, func(int) string {
+			return "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" +
+				"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		})
+		c := newTestAppClient(t, Limits{})
+		var hints []string
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, h.Get("Link"))
+			return nil
+		}}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != "ok" || len(hints) != 1 || hints[0] != "</s.css>; rel=preload" {
+			t.Fatalf("got %d %q, hints %q", resp.StatusCode, b, hints)
+		}
+	})
+}
+
+// Idle connections are closed after the idle timeout, and all of them by
+// CloseIdleConnections; nothing is pooled after that.
+func TestAppClientIdleConnectionsEnd(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	open := &a.open
+	c := newTestAppClient(t, Limits{Idle: 200 * time.Millisecond})
+	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("%d %v", code, err)
+	}
+	eventually(t, "the idle connection to expire", func() bool { return open.Load() == 0 })
+
+	c = newTestAppClient(t, Limits{})
+	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("%d %v", code, err)
+	}
+	if open.Load() != 1 {
+		t.Fatalf("%d open connections, want the pooled one", open.Load())
+	}
+	c.CloseIdleConnections()
+	eventually(t, "CloseIdleConnections to close the pooled connection", func() bool { return open.Load() == 0 })
+	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("after close: %d %v", code, err)
+	}
+	eventually(t, "a connection used after CloseIdleConnections to be closed, not pooled", func() bool { return open.Load() == 0 })
+}
