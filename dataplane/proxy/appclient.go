@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"minimesh/dataplane/route"
 )
 
 // appClient is the HTTP/1.1 client towards the local app. net/http's
@@ -96,27 +98,35 @@ func (c *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "http" || req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" {
 		return c.fallback.RoundTrip(req)
 	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
-	// A pooled connection the app has closed meanwhile shows only once it
-	// is used (net/http's Transport sees it at once from its reader
-	// goroutine). A request without a body is simply sent again on another;
-	// one with a body cannot be (it is being consumed), so the pooled
-	// connection is checked first.
+	return c.do(req.URL.Host, req, nil)
+}
+
+// do sends req to addr: its head written by head (nil: req.Write, which
+// also writes the body). A pooled connection the app has closed meanwhile
+// shows only once it is used (net/http's Transport sees it at once from its
+// reader goroutine). An idempotent request without a body is then simply
+// sent again on another connection, as the Transport does; any other is
+// never sent on a pooled connection the app has closed (checked first).
+func (c *appClient) do(addr string, req *http.Request, head *appHead) (*http.Response, error) {
+	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
+	replayable := !hasBody && route.IsIdempotent(req.Method)
 	for range c.maxIdle + 1 {
-		ac, reused := c.get(req.URL.Host, hasBody)
+		ac, reused := c.get(addr, !replayable)
 		if ac == nil {
 			var err error
-			if ac, err = c.connect(req.Context(), req.URL.Host); err != nil {
-				closeBody(req)
+			if ac, err = c.connect(req.Context(), addr); err != nil {
+				if head == nil {
+					closeBody(req)
+				}
 				return nil, err
 			}
 		}
-		resp, err := c.exchange(ac, req, hasBody)
-		if err == nil || !reused || hasBody || !errors.Is(err, errStale) || req.Context().Err() != nil {
+		resp, err := c.exchange(ac, req, head, hasBody)
+		if err == nil || !reused || !replayable || !errors.Is(err, errStale) || req.Context().Err() != nil {
 			return resp, err
 		}
 	}
-	return nil, fmt.Errorf("proxy: app %s: every pooled connection had been closed", req.URL.Host)
+	return nil, fmt.Errorf("proxy: app %s: every pooled connection had been closed", addr)
 }
 
 // errStale marks a connection found closed by the app before any byte of
@@ -151,7 +161,7 @@ func (c *appClient) connect(ctx context.Context, addr string) (*appConn, error) 
 }
 
 // exchange writes req on ac and reads the response's headers.
-func (c *appClient) exchange(ac *appConn, req *http.Request, hasBody bool) (*http.Response, error) {
+func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasBody bool) (*http.Response, error) {
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		_ = ac.Close()
@@ -170,12 +180,12 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, hasBody bool) (*htt
 			}
 			wrote <- err
 		}()
-	} else if err := c.write(ac, req); err != nil {
+	} else if err := c.write(ac, req, head); err != nil {
 		stop()
 		_ = ac.Close()
 		return nil, fmt.Errorf("proxy: write to app %s: %w", ac.addr, staleErr(err))
 	}
-	resp, err := c.readResponse(ac, req)
+	resp, err := c.readResponse(ac, req, head)
 	if err != nil {
 		stop()
 		_ = ac.Close()
@@ -194,17 +204,19 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, hasBody bool) (*htt
 	return resp, nil
 }
 
-func (c *appClient) write(ac *appConn, req *http.Request) error {
-	if err := req.Write(ac.bw); err != nil {
+func (c *appClient) write(ac *appConn, req *http.Request, head *appHead) error {
+	if head != nil {
+		head.write(ac.bw, req)
+	} else if err := req.Write(ac.bw); err != nil {
 		return err
 	}
 	return ac.bw.Flush()
 }
 
 // readResponse reads the status line and headers within the response
-// header timeout and size limit, passing 1xx answers on to the caller's
-// trace (ReverseProxy sends them to its client).
-func (c *appClient) readResponse(ac *appConn, req *http.Request) (*http.Response, error) {
+// header timeout and size limit, passing 1xx answers on to head's client or
+// else to the caller's trace (ReverseProxy sends them to its client).
+func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) (*http.Response, error) {
 	if c.responseHeader > 0 {
 		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
 	}
@@ -237,7 +249,9 @@ func (c *appClient) readResponse(ac *appConn, req *http.Request) (*http.Response
 		if informational >= 5 {
 			return nil, fmt.Errorf("proxy: app %s sent too many 1xx responses", ac.addr)
 		}
-		if trace != nil && trace.Got1xxResponse != nil {
+		if head != nil {
+			head.informational(code, resp.Header)
+		} else if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, err
 			}

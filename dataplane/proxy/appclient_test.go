@@ -112,16 +112,22 @@ func TestAppClientConnectionCloseNotReused(t *testing.T) {
 	}
 }
 
-// An idle connection the app closed is found out: a request without a
-// body goes again on a new connection, one with a body is never sent on it.
+// An idle connection the app closed is found out: an idempotent request
+// without a body goes again on a new connection; any other is never sent
+// on it (the pooled connection is checked first).
 func TestAppClientAppClosedIdleConnection(t *testing.T) {
 	checkLeaks(t)
 	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		_, _ = io.WriteString(w, string(b)+"ok")
+		_, _ = io.WriteString(w, r.Method+" "+string(b))
 	})
 	c := newTestAppClient(t, Limits{})
-	for _, body := range []string{"", "payload-"} {
+	for _, tc := range []struct{ method, body string }{
+		{http.MethodGet, ""},           // sent, fails, sent again
+		{http.MethodPost, ""},          // not idempotent: checked
+		{http.MethodPost, "payload"},   // a body: checked
+		{http.MethodDelete, "payload"}, // idempotent but a body: checked
+	} {
 		if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
 			t.Fatalf("first: %d %v", code, err)
 		}
@@ -137,12 +143,12 @@ func TestAppClientAppClosedIdleConnection(t *testing.T) {
 			return !connAlive(ac.Conn)
 		})
 		var r io.Reader
-		if body != "" {
-			r = strings.NewReader(body)
+		if tc.body != "" {
+			r = strings.NewReader(tc.body)
 		}
-		code, got, err := roundTrip(t, c, http.MethodPost, a.URL, r)
-		if err != nil || code != http.StatusOK || got != body+"ok" {
-			t.Fatalf("body %q after the app closed the pooled connection: %d %q %v", body, code, got, err)
+		code, got, err := roundTrip(t, c, tc.method, a.URL, r)
+		if want := tc.method + " " + tc.body; err != nil || code != http.StatusOK || got != want {
+			t.Fatalf("%s %q after the app closed the pooled connection: %d %q %v, want %q", tc.method, tc.body, code, got, err, want)
 		}
 	}
 }

@@ -49,7 +49,7 @@ spec:
 	routed.Install(tab)
 	run(b, routed)
 	// The public listener: TLS from any client, HTTP/1.1, to the app.
-	pubLn, pubClient := startPublic(b, a)
+	pubLn, pubTLS := startPublic(b, a.addr())
 
 	for _, bc := range []struct {
 		name   string
@@ -57,7 +57,7 @@ spec:
 		url    string
 	}{
 		{"direct", plainClient(b), a.URL},
-		{"public-http1", pubClient, "https://" + pubLn.Addr().String()},
+		{"public-http1", tlsClient(b, pubTLS, false), "https://" + pubLn.Addr().String()},
 		{"inbound-http1", mtlsClient(b, m.web, m.bundle, apiID, false), "https://" + inLn.Addr().String()},
 		{"inbound-http2", mtlsClient(b, m.web, m.bundle, apiID, true), "https://" + inLn.Addr().String()},
 		{"outbound-inbound", plainClient(b), "http://" + outLn.Addr().String()},

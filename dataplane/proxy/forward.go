@@ -107,6 +107,10 @@ type forwarder struct {
 	now     func() time.Time
 	metrics *listenerMetrics
 	rp      *httputil.ReverseProxy
+	// direct, when set, forwards requests without a body by the direct
+	// path (direct.go); head says where and how for each request.
+	direct  *appClient
+	head    func(*http.Request, *appHead)
 	maxBody int64 // Limits.MaxRequestBodyBytes
 	// inflight lets Run wait for handlers cut by a drain timeout before it
 	// closes the idle pool, so no connection returns to it afterwards.
@@ -132,7 +136,13 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := f.now()
 	rec := recorderPool.Get().(*recorder)
 	rec.ResponseWriter, rec.code = w, 0
-	f.rp.ServeHTTP(rec, r)
+	if f.direct != nil && directable(r) {
+		var head appHead
+		f.head(r, &head)
+		f.forwardDirect(rec, r, &head)
+	} else {
+		f.rp.ServeHTTP(rec, r)
+	}
 	code := rec.code
 	if code == 0 {
 		code = http.StatusOK // a handler that wrote nothing answered 200

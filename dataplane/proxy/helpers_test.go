@@ -377,9 +377,9 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// startPublic runs a Public listener in front of a with a self-signed
-// certificate and returns it with an HTTP/1.1 client that trusts it.
-func startPublic(t testing.TB, a *app) (net.Listener, *http.Client) {
+// startPublic runs a Public listener in front of the app at appAddr with a
+// self-signed certificate and returns it with a TLS config that trusts it.
+func startPublic(t testing.TB, appAddr string) (net.Listener, *tls.Config) {
 	t.Helper()
 	cert, certPEM, keyPEM := selfSigned(t)
 	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
@@ -389,12 +389,12 @@ func startPublic(t testing.TB, a *app) (net.Listener, *http.Client) {
 	}
 	log, _ := newLogger()
 	ln := listenLocal(t)
-	pub, err := NewPublic(PublicConfig{Listener: ln, App: a.addr(), Certificate: fc, Metrics: newMetrics(t), Logger: log})
+	pub, err := NewPublic(PublicConfig{Listener: ln, App: appAddr, Certificate: fc, Metrics: newMetrics(t), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, pub)
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
-	return ln, tlsClient(t, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}, false)
+	return ln, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
 }

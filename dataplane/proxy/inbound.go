@@ -161,6 +161,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.decisions = newDecisionCounters(cfg.Metrics)
 	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
 	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
+	in.fwd.direct, in.fwd.head = in.transport, in.directHead
 	in.fwd.maxBody, in.fwdH2C.maxBody = cfg.Limits.MaxRequestBodyBytes, cfg.Limits.MaxRequestBodyBytes
 	return in, nil
 }
@@ -217,6 +218,20 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+}
+
+// directHead is rewrite for the direct path: the same target, path and
+// headers.
+func (in *Inbound) directHead(r *http.Request, h *appHead) {
+	p, _, _ := in.target(r.Header) // checked in ServeHTTP
+	h.addr = p.addr
+	if path, ok := r.Context().Value(pathKey{}).(string); ok {
+		h.path = path
+	}
+	if p, ok := peerFrom(r.Context()); ok {
+		h.peer = p.header
+	}
+	ensureRequestID(r.Header)
 }
 
 // admit refuses a new connection from a peer the policy in force revokes.

@@ -97,6 +97,11 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 			pr.SetXForwarded()
 			ensureRequestID(pr.Out.Header)
 		})
+	p.fwd.direct = p.transport
+	p.fwd.head = func(r *http.Request, h *appHead) {
+		h.addr, h.public = app, true
+		ensureRequestID(r.Header)
+	}
 	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	return p, nil
 }

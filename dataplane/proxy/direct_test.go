@@ -1,0 +1,217 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDirectable(t *testing.T) {
+	get := httptest.NewRequest(http.MethodGet, "/", nil)
+	post := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("x"))
+	emptyPost := httptest.NewRequest(http.MethodPost, "/", nil)
+	upgrade := httptest.NewRequest(http.MethodGet, "/", nil)
+	upgrade.Header.Set("Upgrade", "websocket")
+	expect := httptest.NewRequest(http.MethodGet, "/", nil)
+	expect.Header.Set("Expect", "100-continue")
+	for _, tc := range []struct {
+		r    *http.Request
+		want bool
+	}{{get, true}, {emptyPost, true}, {post, false}, {upgrade, false}, {expect, false}} {
+		if got := directable(tc.r); got != tc.want {
+			t.Errorf("%s with %v, body %d: directable %v, want %v", tc.r.Method, tc.r.Header, tc.r.ContentLength, got, tc.want)
+		}
+	}
+}
+
+// The app sees the same head from the direct path (a GET) as from
+// ReverseProxy (a POST with a body): hop-by-hop headers, those Connection
+// names and mesh headers dropped, Te: trailers kept, repeated fields and the
+// raw query as sent, the forwarding headers each listener sets.
+func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
+	checkLeaks(t)
+	a := newApp(t)
+	m := newMesh(t)
+	inLn := listenLocal(t)
+	startInbound(t, m, a, newMetrics(t), inLn)
+	pubLn, pubTLS := startPublic(t, a.addr())
+
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+		public bool
+	}{
+		{"public http1", tlsClient(t, pubTLS.Clone(), false), "https://" + pubLn.Addr().String(), true},
+		{"public http2", tlsClient(t, pubTLS.Clone(), true), "https://" + pubLn.Addr().String(), true},
+		{"inbound http1", mtlsClient(t, m.web, m.bundle, apiID, false), "https://" + inLn.Addr().String(), false},
+		{"inbound http2", mtlsClient(t, m.web, m.bundle, apiID, true), "https://" + inLn.Addr().String(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			send := func(method, body string) seen {
+				t.Helper()
+				req, _ := http.NewRequest(method, tc.url+"/p/a%20b/./c?q=1&r=2;s", strings.NewReader(body))
+				if body == "" {
+					req.Body = nil
+				}
+				h := req.Header
+				h["X-Multi"] = []string{"a", "b"}
+				h.Set("Te", "trailers")
+				h.Set("Proxy-Authorization", "Basic c2VjcmV0")
+				h.Set("X-Mesh-Fake", "1")
+				h.Set("X-Forwarded-Client-Cert", "By=spiffe://evil")
+				h.Set("X-Forwarded-For", "6.6.6.6")
+				h.Set("X-Request-Id", "req-1")
+				if !strings.HasSuffix(tc.name, "http2") {
+					h.Set("Connection", "X-Hop")
+					h.Set("X-Hop", "1")
+					h.Set("Keep-Alive", "timeout=5")
+				}
+				resp, err := tc.client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				var s seen
+				if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("%s: %d %v", method, resp.StatusCode, err)
+				}
+				return s
+			}
+			direct, proxied := send(http.MethodGet, ""), send(http.MethodPost, "body")
+			for _, s := range []*seen{&direct, &proxied} {
+				delete(s.Header, "Content-Length")
+			}
+			if direct.Path != proxied.Path || direct.Host != proxied.Host || !maps.EqualFunc(direct.Header, proxied.Header, slices.Equal) {
+				t.Errorf("the app saw\ndirect: %s %v\nproxied: %s %v", direct.Path, direct.Header, proxied.Path, proxied.Header)
+			}
+			h := direct.Header
+			for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "X-Mesh-Fake", "X-Forwarded-Client-Cert", "Connection"} {
+				if v, ok := h[k]; ok {
+					t.Errorf("the app got %s: %q", k, v)
+				}
+			}
+			if !slices.Equal(h["X-Multi"], []string{"a", "b"}) || h.Get("Te") != "trailers" || h.Get("X-Request-Id") != "req-1" {
+				t.Errorf("X-Multi %q, Te %q, X-Request-Id %q", h["X-Multi"], h.Get("Te"), h.Get("X-Request-Id"))
+			}
+			wantXFF, wantPeer := "6.6.6.6", webID
+			if tc.public {
+				wantXFF, wantPeer = "127.0.0.1", ""
+				if h.Get("X-Forwarded-Proto") != "https" || h.Get("X-Forwarded-Host") != pubLn.Addr().String() {
+					t.Errorf("X-Forwarded-Proto %q, -Host %q", h.Get("X-Forwarded-Proto"), h.Get("X-Forwarded-Host"))
+				}
+			}
+			if got := h.Get("X-Forwarded-For"); got != wantXFF {
+				t.Errorf("X-Forwarded-For %q, want %q", got, wantXFF)
+			}
+			if got := h.Get(HeaderPeerID); got != wantPeer {
+				t.Errorf("%s %q, want %q", HeaderPeerID, got, wantPeer)
+			}
+		})
+	}
+}
+
+// The app's answer through the direct path: hop-by-hop fields dropped,
+// repeated fields kept, 1xx passed on, a stream flushed as it comes,
+// trailers delivered, and a body cut midway seen as an error.
+func TestDirectPathResponse(t *testing.T) {
+	checkLeaks(t)
+	release := make(chan struct{})
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		switch r.URL.Path {
+		case "/fields":
+			h.Set("Connection", "X-Resp-Hop")
+			h.Set("X-Resp-Hop", "1")
+			h["X-Multi"] = []string{"a", "b"}
+			h.Set("Link", "</s.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			h.Del("Link")
+			h.Set("Trailer", "X-Sum")
+			w.WriteHeader(http.StatusTeapot)
+			_, _ = io.WriteString(w, "body")
+			h.Set("X-Sum", "42")
+		case "/stream":
+			_, _ = io.WriteString(w, "first")
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			_, _ = io.WriteString(w, " second")
+		case "/cut":
+			conn, bw, _ := w.(http.Hijacker).Hijack()
+			_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+			_ = bw.Flush()
+			_ = conn.Close()
+		}
+	}))
+	defer a.Close()
+	pubLn, pubTLS := startPublic(t, a.Listener.Addr().String())
+	url := "https://" + pubLn.Addr().String()
+
+	for _, h2 := range []bool{false, true} {
+		c := tlsClient(t, pubTLS.Clone(), h2)
+		var hints []string
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, h.Get("Link"))
+			return nil
+		}}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url+"/fields", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTeapot || string(body) != "body" {
+			t.Fatalf("h2 %v: %d %q", h2, resp.StatusCode, body)
+		}
+		if _, ok := resp.Header["X-Resp-Hop"]; ok {
+			t.Errorf("h2 %v: a field the app's Connection named reached the client", h2)
+		}
+		if !slices.Equal(resp.Header["X-Multi"], []string{"a", "b"}) || resp.Trailer.Get("X-Sum") != "42" || !slices.Equal(hints, []string{"</s.css>; rel=preload"}) {
+			t.Errorf("h2 %v: X-Multi %q, trailer X-Sum %q, 103 hints %q", h2, resp.Header["X-Multi"], resp.Trailer.Get("X-Sum"), hints)
+		}
+
+		cut, err := c.Get(url + "/cut")
+		if err == nil {
+			_, err = io.ReadAll(cut.Body)
+			cut.Body.Close()
+		}
+		if err == nil {
+			t.Errorf("h2 %v: a body the app cut midway reached the client whole", h2)
+		}
+	}
+
+	// The first part of a stream arrives before the app sends the rest.
+	resp, err := tlsClient(t, pubTLS.Clone(), false).Get(url + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, len("first"))
+	got := make(chan error, 1)
+	go func() { _, err := io.ReadFull(resp.Body, first); got <- err }()
+	select {
+	case err := <-got:
+		if err != nil || string(first) != "first" {
+			t.Fatalf("first part: %q %v", first, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream's first part was held back")
+	}
+	close(release)
+	if rest, err := io.ReadAll(resp.Body); err != nil || string(rest) != " second" {
+		t.Fatalf("rest: %q %v", rest, err)
+	}
+}
