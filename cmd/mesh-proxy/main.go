@@ -45,6 +45,7 @@ func main() {
 }
 
 func run() error {
+	tuneGC()
 	var (
 		cfg       sidecar.Config
 		ups       upstreams

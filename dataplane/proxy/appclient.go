@@ -298,22 +298,39 @@ func (b *appBody) done(complete bool) {
 	b.ended = true
 	keep := complete && b.keep && b.stop()
 	if b.wrote != nil {
-		select {
-		case err := <-b.wrote:
-			keep = keep && err == nil
-		default:
-			// The app answered before taking the whole request: the
-			// connection is closed. The writer ends on its own, at its next
-			// write or when the server closes the request body; it is not
-			// waited for, as it may be waiting on a slow client.
-			keep = false
-		}
+		keep = keep && b.writeDone()
 	}
 	if !keep {
 		_ = b.ac.Close()
 		return
 	}
 	b.c.put(b.ac)
+}
+
+// maxWriteWait is how long a finished response waits for its request's
+// writer before giving up the connection (net/http's Transport waits as
+// long): a writer that has sent the last byte may not have said so yet.
+const maxWriteWait = 50 * time.Millisecond
+
+// writeDone reports whether the request was written whole. A writer still
+// busy after maxWriteWait (the app answered before taking the whole body)
+// is not waited for: the connection is closed, and the writer ends on its
+// own, at its next write or when the server closes the request body (it
+// may be waiting on a slow client).
+func (b *appBody) writeDone() bool {
+	select {
+	case err := <-b.wrote:
+		return err == nil
+	default:
+	}
+	t := time.NewTimer(maxWriteWait)
+	defer t.Stop()
+	select {
+	case err := <-b.wrote:
+		return err == nil
+	case <-t.C:
+		return false
+	}
 }
 
 // get pops the most recently used idle connection to addr, dropping those

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"maps"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"minimesh/certs"
 )
 
 func TestDirectable(t *testing.T) {
@@ -213,5 +217,84 @@ func TestDirectPathResponse(t *testing.T) {
 	close(release)
 	if rest, err := io.ReadAll(resp.Body); err != nil || string(rest) != " second" {
 		t.Fatalf("rest: %q %v", rest, err)
+	}
+}
+
+// The service's policy applies at the public listener to clients without
+// an identity: a rule for everyone denies them, a rule naming a source
+// never matches them, the path the app gets is the normalized one, and a
+// rate limit counts them all as one source.
+func TestPublicAppliesPolicy(t *testing.T) {
+	checkLeaks(t)
+	a := newApp(t)
+	log, _ := newLogger()
+	cert, certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
+	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenLocal(t)
+	pub, err := NewPublic(PublicConfig{Listener: ln, App: a.addr(), Certificate: fc, Metrics: newMetrics(t), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, pub)
+	pol, err := CompilePolicy(PolicyConfig{Service: "api"}, snapshot(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: pub}
+spec:
+  service: api
+  rules:
+  - {action: deny, paths: [{prefix: /admin}]}
+  - {action: allow, from: ["spiffe://minimesh.local/ns/default/sa/web"], paths: [{prefix: /web-only}]}
+  - {action: allow, paths: [{prefix: /open}], methods: [GET, POST]}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: RateLimit
+metadata: {name: pub}
+spec: {service: api, requestsPerSecond: 0.001, burst: 2, perSourceIdentity: true}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.SetPolicy(pol)
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	c := tlsClient(t, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}, false)
+	url := "https://" + ln.Addr().String()
+
+	for _, tc := range []struct {
+		method, path string
+		want         int
+		appPath      string
+	}{
+		{http.MethodGet, "/admin/x", http.StatusForbidden, ""},
+		{http.MethodGet, "/web-only", http.StatusForbidden, ""}, // a rule naming a source
+		{http.MethodGet, "/open/../admin", http.StatusForbidden, ""},
+		{http.MethodGet, "/open/a/./b", http.StatusOK, "/open/a/b"},
+		{http.MethodPost, "/open/c", http.StatusOK, "/open/c"},
+		{http.MethodGet, "/open/d", http.StatusTooManyRequests, ""}, // past the burst of 2
+	} {
+		var body io.Reader
+		if tc.method == http.MethodPost {
+			body = strings.NewReader("body")
+		}
+		req, _ := http.NewRequest(tc.method, url+tc.path, body)
+		req.URL.Opaque = "//" + ln.Addr().String() + tc.path // sent as written, not cleaned
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s seen
+		_ = json.NewDecoder(resp.Body).Decode(&s)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want || s.Path != tc.appPath {
+			t.Errorf("%s %s: %d, app saw %q; want %d, %q", tc.method, tc.path, resp.StatusCode, s.Path, tc.want, tc.appPath)
+		}
+	}
+	if got := counterValue(t, pub.enf.decisions.deny); got != 3 {
+		t.Errorf("%v denials counted, want 3", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/ratelimit"
 	"minimesh/dataplane/route"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // MaxSourceServices bounds the source_service label values of one proxy's
@@ -217,46 +218,51 @@ func setForwardedPath(u *url.URL, p string) {
 	}
 }
 
-// authorize decides an HTTP request (or a TCP stream, with method CONNECT
-// and path ""): false means it was answered 403 (or 400 for a refused
-// path). path is the normalized path.
-func (in *Inbound) authorize(pol *Policy, pe *peer, method, path string) authz.Decision {
-	req := authz.Request{Peer: pe.header[0], Method: method, Path: path}
-	if method == http.MethodConnect && path == "" {
-		req = authzTCP(pe)
-	}
+// enforcer applies a Policy to requests of one listener: the inbound's
+// from peers, the public listener's from clients outside the mesh (with no
+// identity: rules naming sources do not match them, and rate limits count
+// them all as one source).
+type enforcer struct {
+	decisions *decisionCounters
+	log       *slog.Logger
+}
+
+// authorize decides req, counts the decision and logs dry-run denials
+// and audited requests.
+func (e enforcer) authorize(pol *Policy, req authz.Request) authz.Decision {
 	d := pol.Authz().Check(req)
 	switch {
 	case !d.Allowed:
-		in.decisions.deny.Inc()
+		e.decisions.deny.Inc()
 	case d.DryRun:
-		in.decisions.dryRunDeny.Inc()
-		in.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: dry-run policy would deny",
-			slog.String("peer", pe.header[0]), slog.String("method", method), slog.String("path", path),
+		e.decisions.dryRunDeny.Inc()
+		e.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: dry-run policy would deny",
+			slog.String("peer", req.Peer), slog.String("method", req.Method), slog.String("path", req.Path),
 			slog.String("policy", d.DryRunPolicy), slog.Int("rule", d.DryRunRule))
 	default:
-		in.decisions.allow.Inc()
+		e.decisions.allow.Inc()
 	}
 	if d.Audit {
-		in.decisions.audit.Inc()
-		in.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: audited request",
-			slog.String("peer", pe.header[0]), slog.String("method", method), slog.String("path", path),
+		e.decisions.audit.Inc()
+		e.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: audited request",
+			slog.String("peer", req.Peer), slog.String("method", req.Method), slog.String("path", req.Path),
 			slog.String("policy", d.AuditPolicy), slog.Int("rule", d.AuditRule), slog.Bool("allowed", d.Allowed))
 	}
 	return d
 }
 
-// serveHTTPPolicy runs an HTTP request through the policy, then fwd:
-// path normalization (400), authorization (403), rate limit (429). It
-// returns the route matched and the normalized path, for the access log.
-func (in *Inbound) serveHTTPPolicy(w http.ResponseWriter, r *http.Request, pol *Policy, pe *peer, fwd *forwarder, p inboundPort) (string, string) {
+// serveHTTP runs an HTTP request from peerID ("" outside the mesh)
+// through the policy, then fwd: path normalization (400), authorization
+// (403), rate limit (429). It returns the route matched and the normalized
+// path, for the access log. proto is the app port's protocol.
+func (e enforcer) serveHTTP(w http.ResponseWriter, r *http.Request, pol *Policy, peerID string, fwd *forwarder, proto meshv1.Protocol) (string, string) {
 	path, err := normalizedPath(r)
 	if err != nil {
-		in.decisions.badPath.Inc()
+		e.decisions.badPath.Inc()
 		fwd.refuse(w, r, http.StatusBadRequest, "bad request path\n", err)
 		return "", ""
 	}
-	if d := in.authorize(pol, pe, r.Method, path); !d.Allowed {
+	if d := e.authorize(pol, authz.Request{Peer: peerID, Method: r.Method, Path: path}); !d.Allowed {
 		fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
 		return "", path
 	}
@@ -265,18 +271,18 @@ func (in *Inbound) serveHTTPPolicy(w http.ResponseWriter, r *http.Request, pol *
 		if rt := pol.routes.Match(route.Request{Method: r.Method, Path: path, Host: r.Host, Header: r.Header}); rt != nil {
 			routeName = rt.Name
 		}
-		if res := pol.limiter.Allow(routeName, pe.header[0]); res.Policy != "" {
+		if res := pol.limiter.Allow(routeName, peerID); res.Policy != "" {
 			if !res.Allowed {
-				in.decisions.rlLimited.Inc()
+				e.decisions.rlLimited.Inc()
 				ratelimit.WriteTooManyRequests(w, res)
 				fwd.metrics.observe(http.StatusTooManyRequests, 0)
 				return routeName, path
 			}
-			in.decisions.rlAllowed.Inc()
+			e.decisions.rlAllowed.Inc()
 			res.SetHeaders(w.Header())
 		}
 	}
-	if !fwd.admitBody(w, r, &svcPort{proto: p.proto}) {
+	if !fwd.admitBody(w, r, &svcPort{proto: proto}) {
 		return routeName, path
 	}
 	fwd.ServeHTTP(w, withPath(r, path))

@@ -104,6 +104,7 @@ type Inbound struct {
 	accessLog *accesslog.Logger
 	sources   *sourceSet
 	decisions *decisionCounters
+	enf       enforcer
 	conns     connSet   // open connections, to close revoked ones
 	tunnels   tunnelReg // TCP streams, to close those no longer allowed
 }
@@ -159,6 +160,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	}
 	in.sources = newSourceSet(cfg.Metrics, cfg.Service)
 	in.decisions = newDecisionCounters(cfg.Metrics)
+	in.enf = enforcer{decisions: in.decisions, log: in.log}
 	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
 	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
 	in.fwd.direct, in.fwd.head = in.transport, in.directHead
@@ -331,7 +333,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 				fmt.Errorf("proxy: CONNECT over HTTP/%d for %s port %s", r.ProtoMajor, protocolNames[p.proto], p.addr))
 			return
 		}
-		if d := in.authorize(pol, pe, http.MethodConnect, ""); !d.Allowed {
+		if d := in.enf.authorize(pol, authzTCP(pe)); !d.Allowed {
 			in.fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
 			return
 		}
@@ -346,7 +348,7 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 	if (p.proto == meshv1.Protocol_PROTOCOL_HTTP2 || p.proto == meshv1.Protocol_PROTOCOL_GRPC) && r.Header.Get("Upgrade") == "" {
 		fwd = in.fwdH2C
 	}
-	routeName, path = in.serveHTTPPolicy(w, r, pol, pe, fwd, p)
+	routeName, path = in.enf.serveHTTP(w, r, pol, pe.header[0], fwd, p.proto)
 	return routeName, path, p.addr
 }
 

@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
 	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // CertificateSource gives the certificate for each TLS handshake; a
@@ -58,7 +60,8 @@ func (c PublicConfig) Validate() error {
 // mesh and forwards to the app: an unmodified app gets HTTPS. Callers can
 // set no mesh header (X-Mesh-* and X-Forwarded-Client-Cert are removed);
 // the app gets X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto.
-// Handshake failures are logged at debug level only (the port faces
+// The service's policy (SetPolicy) applies as at the inbound, to a caller
+// without an identity. Handshake failures are logged at debug level only (the port faces
 // scanners); the metrics count them by reason.
 type Public struct {
 	cfg       PublicConfig
@@ -66,6 +69,8 @@ type Public struct {
 	tlsConfig *tls.Config
 	transport *appClient
 	fwd       *forwarder
+	enf       enforcer
+	policy    atomic.Pointer[Policy]
 }
 
 var _ http.Handler = (*Public)(nil)
@@ -93,6 +98,9 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 		func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = app
+			if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
+				setForwardedPath(pr.Out.URL, path)
+			}
 			stripMeshHeaders(pr.Out.Header)
 			pr.SetXForwarded()
 			ensureRequestID(pr.Out.Header)
@@ -100,17 +108,29 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 	p.fwd.direct = p.transport
 	p.fwd.head = func(r *http.Request, h *appHead) {
 		h.addr, h.public = app, true
+		if path, ok := r.Context().Value(pathKey{}).(string); ok {
+			h.path = path
+		}
 		ensureRequestID(r.Header)
 	}
+	p.enf = enforcer{decisions: newDecisionCounters(cfg.Metrics), log: p.log}
 	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	return p, nil
 }
 
-// ServeHTTP forwards one request to the app.
+// SetPolicy makes p the policy of the next request, also on connections
+// already open: its path normalization, authorization and rate limits
+// apply to clients outside the mesh as to a caller without an identity
+// (rules that name sources never match them; rate limits count them as one
+// source). Its access log is the inbound's only. A nil p allows
+// everything.
+func (p *Public) SetPolicy(pol *Policy) { p.policy.Store(pol) }
+
+// ServeHTTP forwards one request to the app, once the policy in force
+// allows it: the path is normalized (400 when refused), authorized (403)
+// and rate-limited (429).
 func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.fwd.admitBody(w, r, nil) {
-		p.fwd.ServeHTTP(w, r)
-	}
+	p.enf.serveHTTP(w, r, p.policy.Load(), "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
 }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and

@@ -201,12 +201,13 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s.add("inbound", in.Run)
 
+	var pub *proxy.Public
 	if cfg.Public != "" || cfg.PublicListener != nil {
 		fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: cfg.PublicCert, KeyFile: cfg.PublicKey, Clock: cfg.Clock, Logger: log.With("component", "public-cert")})
 		if err != nil {
 			return nil, err
 		}
-		pub, err := proxy.NewPublic(proxy.PublicConfig{
+		pub, err = proxy.NewPublic(proxy.PublicConfig{
 			Listener: cfg.PublicListener, Addr: cfg.Public, App: cfg.App, Certificate: fc, Limits: limits,
 			Logger: log.With("component", "public"), Clock: cfg.Clock, Metrics: metrics,
 		})
@@ -233,7 +234,7 @@ func New(cfg Config) (*Sidecar, error) {
 		routing.out = out
 		s.add("outbound", out.Run)
 	}
-	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, out: routing.out}
+	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, pub: pub, out: routing.out}
 	// Revocations first: connections of revoked peers close before the
 	// new table retires their endpoints.
 	ap.parts = append(ap.parts, enforce, routing)
