@@ -71,7 +71,7 @@ func run() error {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
 	flag.IntVar(&o.hi, "conns", 64, "connections of the loaded runs")
 	flag.IntVar(&o.lo, "conns-low", 1, "connections of the latency runs")
-	flag.StringVar(&tunes, "tune", "GOGC=100", "runtime settings for extra mesh-proxy rows, ';' between settings (empty: none); GOGC=100 is Go's default, mesh-proxy's own is 200")
+	flag.StringVar(&tunes, "tune", "GOGC=400 GOMEMLIMIT=64MiB", "runtime settings for extra mesh-proxy rows, ';' between settings (empty: none)")
 	flag.DurationVar(&o.profile, "profile", 8*time.Second, "perf profile length per profiled target (0: none)")
 	flag.StringVar(&o.results, "results", "bench/RESULTS.md", "Markdown file whose side-by-side section is rewritten (empty: print only)")
 	flag.StringVar(&only, "only", "", "regexp: measure only targets whose name matches (direct and the nginx rows are kept for the ratios)")
@@ -344,7 +344,7 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	fmt.Fprintf(&b, "%d rounds; in each, every target in turn (order rotated per round) gets %s of wrk at %d connections (2 threads) then %s at %d; "+
 		"requests/s, p50 and p99 are the median of the rounds, CPU is the target's processes' utime+stime over the %d-connection runs divided by their requests, "+
 		"peak RSS is VmHWM summed over each proxy's processes (nginx: master and workers) and shown per hop. "+
-		"The app is a Go net/http server answering a fixed 100-byte body; TLS is 1.3 with ECDSA P-256 everywhere; no proxy logs requests; mesh-proxy rows without settings run with its defaults (GOGC=200). "+
+		"The app is a Go net/http server answering a fixed 100-byte body; TLS is 1.3 with ECDSA P-256 everywhere; no proxy logs requests; the public port and the inbound apply an AuthorizationPolicy. "+
 		"× nginx compares with the nginx row of the same number of hops.\n\n",
 		o.rounds, o.duration, o.hi, o.duration, o.lo, o.hi)
 	b.WriteString(table(rows, o.hi, o.lo))

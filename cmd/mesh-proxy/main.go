@@ -45,7 +45,6 @@ func main() {
 }
 
 func run() error {
-	tuneGC()
 	var (
 		cfg       sidecar.Config
 		ups       upstreams
