@@ -982,3 +982,56 @@ spec:
 		}
 	}
 }
+
+// TestPublicPortAppliesPolicy: the service's AuthorizationPolicy applies at
+// the public HTTPS port to clients outside the mesh, who have no identity:
+// a rule for everyone decides them, a rule for web alone never admits them.
+func TestPublicPortAppliesPolicy(t *testing.T) {
+	var publicAddr, publicCert string
+	pm := startPolicyMeshWith(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: edge}
+spec:
+  service: api
+  rules:
+  - {action: deny, paths: [{prefix: /admin}]}
+  - {action: allow, paths: [{prefix: /public}]}
+  - {action: allow, from: ["spiffe://minimesh.local/ns/default/sa/web"], methods: [GET]}
+`, func(cfg *sidecar.Config) {
+		pl := listen(t)
+		certFile, keyFile := writePublicCert(t, t.TempDir())
+		cfg.PublicListener, cfg.PublicCert, cfg.PublicKey = pl, certFile, keyFile
+		publicAddr, publicCert = pl.Addr().String(), certFile
+	})
+	client := publicClient(t, publicCert)
+	status := func(path string) int {
+		resp, err := client.Get("https://" + publicAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 10*time.Second, "the policy in force at the public port", func() error {
+		if c := status("/admin/users"); c != http.StatusForbidden {
+			return fmt.Errorf("GET /admin/users: %d, want 403", c)
+		}
+		return nil
+	})
+	if c := status("/public/./page"); c != http.StatusOK {
+		t.Errorf("GET /public/./page: %d, want 200", c)
+	}
+	if c := status("/orders/1"); c != http.StatusForbidden {
+		t.Errorf("GET /orders/1 (allowed for web only): %d, want 403", c)
+	}
+	for _, p := range pm.app.paths() {
+		if strings.HasPrefix(p, "/admin") || strings.HasPrefix(p, "/orders") {
+			t.Errorf("a denied request reached the app: %s", p)
+		}
+	}
+	if !slices.Contains(pm.app.paths(), "/public/page") {
+		t.Errorf("the app did not get the normalized /public/page: %q", pm.app.paths())
+	}
+}

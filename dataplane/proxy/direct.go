@@ -70,6 +70,12 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 		if dropFromRequest(k, h.public) || (len(conn) > 0 && listedIn(conn, k)) {
 			continue
 		}
+		if k == "Cookie" && len(vv) > 1 {
+			// HTTP/2 may split cookies into fields; an HTTP/1.1 app gets
+			// them joined (RFC 9113 section 8.2.3).
+			writeField(bw, k, strings.Join(vv, "; "))
+			continue
+		}
 		for _, v := range vv {
 			writeField(bw, k, v)
 		}
