@@ -986,8 +986,10 @@ spec:
 // TestPublicPortAppliesPolicy: the service's AuthorizationPolicy applies at
 // the public HTTPS port to clients outside the mesh, who have no identity:
 // a rule for everyone decides them, a rule for web alone never admits them.
+// Its requests are in the service's access log, without a source identity.
 func TestPublicPortAppliesPolicy(t *testing.T) {
 	var publicAddr, publicCert string
+	logFile := filepath.Join(t.TempDir(), "access.log")
 	pm := startPolicyMeshWith(t, `
 apiVersion: minimesh.io/v1alpha1
 kind: AuthorizationPolicy
@@ -998,7 +1000,13 @@ spec:
   - {action: deny, paths: [{prefix: /admin}]}
   - {action: allow, paths: [{prefix: /public}]}
   - {action: allow, from: ["spiffe://minimesh.local/ns/default/sa/web"], methods: [GET]}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: AccessLog
+metadata: {name: api-log}
+spec: {service: api, enabled: true, fields: [source_identity, source_address, method, path, status, upstream]}
 `, func(cfg *sidecar.Config) {
+		cfg.AccessLogFile = logFile
 		pl := listen(t)
 		certFile, keyFile := writePublicCert(t, t.TempDir())
 		cfg.PublicListener, cfg.PublicCert, cfg.PublicKey = pl, certFile, keyFile
@@ -1033,5 +1041,36 @@ spec:
 	}
 	if !slices.Contains(pm.app.paths(), "/public/page") {
 		t.Errorf("the app did not get the normalized /public/page: %q", pm.app.paths())
+	}
+
+	var lines []map[string]any
+	eventually(t, 10*time.Second, "three access-log lines from the public port", func() error {
+		b, err := os.ReadFile(logFile)
+		if err != nil {
+			return err
+		}
+		lines = nil
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				return fmt.Errorf("line %q: %v", l, err)
+			}
+			lines = append(lines, m)
+		}
+		if len(lines) < 3 {
+			return fmt.Errorf("%d lines: %s", len(lines), b)
+		}
+		return nil
+	})
+	last := lines[len(lines)-3:]
+	for i, want := range []struct {
+		path   string
+		status float64
+	}{{"/public/page", 200}, {"/orders/1", 403}} {
+		l := last[i+1]
+		if l["path"] != want.path || l["status"] != want.status || l["source_identity"] != "" ||
+			!strings.HasPrefix(l["source_address"].(string), "127.0.0.1:") || l["upstream"] != pm.app.addr {
+			t.Errorf("line %v, want path %s status %v from no identity", l, want.path, want.status)
+		}
 	}
 }

@@ -175,6 +175,14 @@ func (e *inExchange) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// status is the status answered; a handler that wrote nothing answered 200.
+func (e *inExchange) status() int {
+	if e.code == 0 {
+		return http.StatusOK
+	}
+	return e.code
+}
+
 func (e *inExchange) received() int64 {
 	if e.body == nil {
 		return 0
@@ -303,21 +311,24 @@ func withPath(r *http.Request, path string) *http.Request {
 // logExchange writes the access-log line and the per-source metrics of a
 // finished request.
 func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start time.Time, routeName, path, upstream string) {
-	code := ex.code
-	if code == 0 {
-		code = http.StatusOK
-	}
+	code := ex.status()
 	d := in.cfg.Clock.Now().Sub(start)
 	pe.src(in.sources).observe(code, d.Seconds())
-	if !in.accessLog.Enabled() {
+	logExchange(in.accessLog, r, pe.header[0], ex, start, d, routeName, path, upstream)
+}
+
+// logExchange writes the access-log line of a finished request from
+// peerID ("" for a client outside the mesh) when the log is on.
+func logExchange(al *accesslog.Logger, r *http.Request, peerID string, ex *inExchange, start time.Time, d time.Duration, routeName, path, upstream string) {
+	if !al.Enabled() {
 		return
 	}
 	if path == "" {
 		path = r.URL.EscapedPath() // refused as is; escaped in the line
 	}
-	in.accessLog.Log(&accesslog.Entry{
-		Time: start, SourceIdentity: pe.header[0], SourceAddress: r.RemoteAddr, Method: r.Method,
-		Authority: r.Host, Path: path, Protocol: r.Proto, Route: routeName, Status: code,
+	al.Log(&accesslog.Entry{
+		Time: start, SourceIdentity: peerID, SourceAddress: r.RemoteAddr, Method: r.Method,
+		Authority: r.Host, Path: path, Protocol: r.Proto, Route: routeName, Status: ex.status(),
 		BytesReceived: ex.received(), BytesSent: ex.written, Duration: d, Upstream: upstream,
 		UserAgent: r.UserAgent(), RequestID: r.Header.Get(HeaderRequestID),
 	})

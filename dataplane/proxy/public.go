@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"minimesh/certs"
+	"minimesh/dataplane/accesslog"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -37,7 +38,11 @@ type PublicConfig struct {
 	// for as long as the listener runs: do not run it elsewhere. Required.
 	Certificate CertificateSource
 	Limits      Limits
-	Logger      *slog.Logger // slog.Default() if nil
+	// AccessLog, if set, gets a line per request while it is on: pass
+	// the inbound's, which its policy switches (InboundConfig.AccessLog).
+	// The lines have no source identity and the client's address.
+	AccessLog *accesslog.Logger
+	Logger    *slog.Logger // slog.Default() if nil
 	Clock       certs.Clock  // the system clock if nil
 	Metrics     *Metrics     // unregistered metrics if nil
 }
@@ -128,9 +133,26 @@ func (p *Public) SetPolicy(pol *Policy) { p.policy.Store(pol) }
 
 // ServeHTTP forwards one request to the app, once the policy in force
 // allows it: the path is normalized (400 when refused), authorized (403)
-// and rate-limited (429).
+// and rate-limited (429); then it is logged when the access log is on.
 func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.enf.serveHTTP(w, r, p.policy.Load(), "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+	pol := p.policy.Load()
+	ensureRequestID(r.Header)
+	al := p.cfg.AccessLog
+	if al == nil || !al.Enabled() {
+		p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+		return
+	}
+	start := p.cfg.Clock.Now()
+	ex := inExchangePool.Get().(*inExchange)
+	*ex = inExchange{ResponseWriter: w}
+	if r.Body != nil && r.Body != http.NoBody {
+		ex.body = &countingBody{ReadCloser: r.Body}
+		r.Body = ex.body
+	}
+	routeName, path := p.enf.serveHTTP(ex, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), routeName, path, p.cfg.App)
+	*ex = inExchange{}
+	inExchangePool.Put(ex)
 }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and

@@ -209,7 +209,7 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		pub, err = proxy.NewPublic(proxy.PublicConfig{
 			Listener: cfg.PublicListener, Addr: cfg.Public, App: cfg.App, Certificate: fc, Limits: limits,
-			Logger: log.With("component", "public"), Clock: cfg.Clock, Metrics: metrics,
+			AccessLog: al, Logger: log.With("component", "public"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
 			return nil, err
