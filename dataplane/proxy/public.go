@@ -43,8 +43,8 @@ type PublicConfig struct {
 	// The lines have no source identity and the client's address.
 	AccessLog *accesslog.Logger
 	Logger    *slog.Logger // slog.Default() if nil
-	Clock       certs.Clock  // the system clock if nil
-	Metrics     *Metrics     // unregistered metrics if nil
+	Clock     certs.Clock  // the system clock if nil
+	Metrics   *Metrics     // unregistered metrics if nil
 }
 
 // Validate reports whether the config can be used.
