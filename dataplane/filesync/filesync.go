@@ -55,6 +55,10 @@ type Config struct {
 	Dir string
 	// Reload, if set, tells the app after a Sync that changed something.
 	Reload Reload
+	// Reserved names directories under Dir that something else owns (git
+	// sync's checkout): a file at or beneath one is refused, so the two
+	// never write over each other.
+	Reserved []string
 
 	MaxFiles     int   // files per set, default 1000
 	MaxFileSize  int64 // bytes per file, default 4 MiB
@@ -95,6 +99,11 @@ func (c Config) Validate() error {
 	}
 	if c.Reload.URL != "" && !strings.HasPrefix(c.Reload.URL, "http://") && !strings.HasPrefix(c.Reload.URL, "https://") {
 		return fmt.Errorf("%w: Reload.URL %q: want http:// or https://", ErrInvalidConfig, c.Reload.URL)
+	}
+	for _, r := range c.Reserved {
+		if _, err := CleanPath(r); err != nil {
+			return fmt.Errorf("%w: Reserved: %w", ErrInvalidConfig, err)
+		}
 	}
 	if strings.ContainsAny(c.Reload.Process, "/\x00") {
 		return fmt.Errorf("%w: Reload.Process %q: a process name, not a path", ErrInvalidConfig, c.Reload.Process)
@@ -152,6 +161,11 @@ func New(cfg Config) (*Syncer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	reserved := make([]string, len(cfg.Reserved))
+	for i, r := range cfg.Reserved {
+		reserved[i], _ = CleanPath(r) // checked by Validate
+	}
+	cfg.Reserved = reserved
 	if cfg.MaxFiles == 0 {
 		cfg.MaxFiles = 1000
 	}
@@ -382,6 +396,11 @@ func (s *Syncer) check(files []File) (map[string]File, error) {
 		}
 		if _, dup := want[p]; dup {
 			return nil, &PathError{Path: f.Path, Reason: "named twice", Kind: ErrInvalidFile}
+		}
+		for _, r := range s.cfg.Reserved {
+			if p == r || strings.HasPrefix(p, r+"/") {
+				return nil, &PathError{Path: f.Path, Reason: fmt.Sprintf("inside %q, which another part of the sidecar owns (git sync)", r), Kind: ErrInvalidFile}
+			}
 		}
 		if f.Mode&^fs.ModePerm != 0 {
 			return nil, &PathError{Path: f.Path, Reason: fmt.Sprintf("mode %v has bits beyond 0777", f.Mode), Kind: ErrInvalidFile}

@@ -318,6 +318,23 @@ func TestRefusedSetKeepsPreviousFiles(t *testing.T) {
 
 // A file of ours that someone replaced with a symlink or a directory is
 // no longer ours: it is left alone, and nothing is removed through it.
+// A file in a reserved directory (git sync's) is refused with the whole
+// set; files beside it are not.
+func TestReservedDirectoryRefused(t *testing.T) {
+	s, dir := newSyncer(t, Config{Reserved: []string{"./www/"}})
+	mustSync(t, s, File{Path: "wwwx/a", Content: []byte("1")}, File{Path: "conf/www", Content: []byte("2")})
+	for _, p := range []string{"www", "www/index.html", "./www//x/y"} {
+		_, err := s.Sync([]File{{Path: "keep", Content: []byte("3")}, {Path: p, Content: []byte("x")}})
+		var pe *PathError
+		if !errors.Is(err, ErrInvalidFile) || !errors.As(err, &pe) || !strings.Contains(pe.Reason, "git sync") {
+			t.Errorf("%s: err = %v, want a refusal naming git sync", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "keep")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a refused set wrote a file: %v", err)
+	}
+}
+
 func TestRemovalNeverFollowsSymlinks(t *testing.T) {
 	outside := t.TempDir()
 	target := filepath.Join(outside, "victim")
@@ -362,6 +379,8 @@ func TestConfigValidate(t *testing.T) {
 		{"url scheme", Config{Dir: "/x", Reload: Reload{URL: "file:///etc/passwd"}}, false},
 		{"process path", Config{Dir: "/x", Reload: Reload{Process: "/usr/sbin/nginx"}}, false},
 		{"reload", Config{Dir: "/x", Reload: Reload{URL: "http://127.0.0.1:8080/-/reload", Process: "nginx"}}, true},
+		{"reserved", Config{Dir: "/x", Reserved: []string{"git"}}, true},
+		{"reserved escapes", Config{Dir: "/x", Reserved: []string{"../git"}}, false},
 	}
 	for _, tt := range tests {
 		err := tt.cfg.Validate()

@@ -104,10 +104,7 @@ func (s *Sidecar) addRoles(adm *admin.Server) error {
 	if s.cfg.SharedDir == "" {
 		return fmt.Errorf("sidecar: --git-repo needs --shared-dir")
 	}
-	dir := cfg.GitDir
-	if dir == "" {
-		dir = "git"
-	}
+	dir := cfg.gitDir()
 	if !filepath.IsLocal(dir) {
 		return fmt.Errorf("sidecar: --git-dir %q must be a relative path inside --shared-dir", dir)
 	}
@@ -162,4 +159,12 @@ func (s *Sidecar) ready(agent func() error) func() error {
 		}
 		return nil
 	}
+}
+
+// gitDir is GitDir or its default.
+func (c RolesConfig) gitDir() string {
+	if c.GitDir == "" {
+		return "git"
+	}
+	return c.GitDir
 }

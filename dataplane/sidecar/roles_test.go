@@ -21,6 +21,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/dataplane/admin"
+	"minimesh/dataplane/filesync"
 	"minimesh/dataplane/gitsync"
 	"minimesh/dataplane/topz"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -194,6 +195,30 @@ func TestRolesTopzOff(t *testing.T) {
 	_, url := runRoles(t, Config{Roles: RolesConfig{Topz: TopzOff}})
 	if code, _ := get(t, url+"/topz"); code != http.StatusNotFound {
 		t.Errorf("/topz with --topz=off: %d", code)
+	}
+}
+
+// ConfigFile resources may not land in the directory git sync owns.
+func TestConfigFilesKeepOutOfGitDir(t *testing.T) {
+	for _, tc := range []struct {
+		roles RolesConfig
+		path  string
+		ok    bool
+	}{
+		{RolesConfig{GitRepo: "https://example.com/site.git"}, "git/current/index.html", false},
+		{RolesConfig{GitRepo: "https://example.com/site.git", GitDir: "www"}, "www/x", false},
+		{RolesConfig{GitRepo: "https://example.com/site.git", GitDir: "www"}, "git/x", true},
+		{RolesConfig{}, "git/x", true}, // no git sync: nothing reserved
+	} {
+		cfg := Config{SharedDir: t.TempDir(), Roles: tc.roles, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry()}
+		fs, err := sharedFiles(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = fs.Sync([]filesync.File{{Path: tc.path, Content: []byte("x")}})
+		if (err == nil) != tc.ok {
+			t.Errorf("git dir %q, ConfigFile %s: err = %v, want ok %v", tc.roles.GitDir, tc.path, err, tc.ok)
+		}
 	}
 }
 

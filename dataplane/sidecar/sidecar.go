@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -150,7 +151,7 @@ func New(cfg Config) (*Sidecar, error) {
 	log := cfg.Logger
 	ap := &applier{service: cfg.Service}
 	if cfg.SharedDir != "" {
-		fsync, err := filesync.New(filesync.Config{Dir: cfg.SharedDir, Reload: cfg.Reload, Clock: cfg.Clock, Logger: log.With("component", "filesync"), Registerer: cfg.Registry})
+		fsync, err := sharedFiles(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -295,4 +296,15 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		})
 	}
 	return g.Wait()
+}
+
+// sharedFiles is the Syncer of the ConfigFile resources in SharedDir; they
+// may not land in git sync's directory.
+func sharedFiles(cfg Config) (*filesync.Syncer, error) {
+	var reserved []string
+	if dir := cfg.Roles.gitDir(); cfg.Roles.GitRepo != "" && filepath.IsLocal(dir) {
+		reserved = []string{filepath.ToSlash(dir)}
+	}
+	return filesync.New(filesync.Config{Dir: cfg.SharedDir, Reload: cfg.Reload, Reserved: reserved,
+		Clock: cfg.Clock, Logger: cfg.Logger.With("component", "filesync"), Registerer: cfg.Registry})
 }
