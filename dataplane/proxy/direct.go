@@ -56,7 +56,7 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString(path)
 	if r.URL.ForceQuery || r.URL.RawQuery != "" {
 		bw.WriteByte('?')
-		bw.WriteString(r.URL.RawQuery)
+		writeQuery(bw, r.URL.RawQuery)
 	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	host := r.Host
@@ -102,6 +102,31 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 		}
 	}
 	bw.WriteString("\r\n")
+}
+
+// writeQuery writes a raw query with the bytes a request line cannot
+// carry (space and other controls, non-ASCII) percent-encoded: an HTTP/2
+// :path may hold a space in its query (url.Parse allows it), which written
+// as is would split the app's request line.
+func writeQuery(bw *bufio.Writer, q string) {
+	for i := 0; i < len(q); i++ {
+		if c := q[i]; c <= ' ' || c >= 0x7f {
+			const hex = "0123456789ABCDEF"
+			bw.WriteString(q[:i])
+			for ; i < len(q); i++ {
+				c := q[i]
+				if c <= ' ' || c >= 0x7f {
+					bw.WriteByte('%')
+					bw.WriteByte(hex[c>>4])
+					bw.WriteByte(hex[c&15])
+				} else {
+					bw.WriteByte(c)
+				}
+			}
+			return
+		}
+	}
+	bw.WriteString(q)
 }
 
 // writeField writes one header field; a value with a line break (which

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -301,5 +302,25 @@ spec: {service: api, requestsPerSecond: 0.001, burst: 2, perSourceIdentity: true
 	}
 	if got := counterValue(t, pub.enf.decisions.deny); got != 3 {
 		t.Errorf("%v denials counted, want 3", got)
+	}
+}
+
+// The request line written to the app is always one line of three fields,
+// whatever bytes an HTTP/2 :path left in the query.
+func TestDirectRequestLine(t *testing.T) {
+	for _, tc := range []struct{ query, want string }{
+		{"a=1&b=2", "GET /p?a=1&b=2 HTTP/1.1"},
+		{"a b", "GET /p?a%20b HTTP/1.1"},
+		{"x=\x7f\x01é", "GET /p?x=%7F%01%C3%A9 HTTP/1.1"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/p", nil)
+		r.URL.RawQuery = tc.query
+		var b strings.Builder
+		bw := bufio.NewWriter(&b)
+		(&appHead{addr: "127.0.0.1:1"}).write(bw, r)
+		_ = bw.Flush()
+		if line, _, _ := strings.Cut(b.String(), "\r\n"); line != tc.want {
+			t.Errorf("query %q: request line %q, want %q", tc.query, line, tc.want)
+		}
 	}
 }
