@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -56,7 +57,7 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString(path)
 	if r.URL.ForceQuery || r.URL.RawQuery != "" {
 		bw.WriteByte('?')
-		writeQuery(bw, r.URL.RawQuery)
+		bw.WriteString(cleanQuery(r.URL.RawQuery))
 	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	host := r.Host
@@ -104,29 +105,59 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString("\r\n")
 }
 
-// writeQuery writes a raw query with the bytes a request line cannot
+// cleanQuery returns a raw query with the bytes a request line cannot
 // carry (space and other controls, non-ASCII) percent-encoded: an HTTP/2
 // :path may hold a space in its query (url.Parse allows it), which written
-// as is would split the app's request line.
-func writeQuery(bw *bufio.Writer, q string) {
-	for i := 0; i < len(q); i++ {
+// as is would split the app's request line. Without such bytes (always, for
+// HTTP/1.1) q is returned as it is.
+func cleanQuery(q string) string {
+	if ambiguousQuery(q) {
+		// As ReverseProxy does: a query that servers may split
+		// differently (";" as a separator, a bad escape) is re-encoded
+		// from what Go parses, dropping the parameters it cannot.
+		v, _ := url.ParseQuery(q)
+		q = v.Encode()
+	}
+	i := 0
+	for i < len(q) && q[i] > ' ' && q[i] < 0x7f {
+		i++
+	}
+	if i == len(q) {
+		return q
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	b.WriteString(q[:i])
+	for ; i < len(q); i++ {
 		if c := q[i]; c <= ' ' || c >= 0x7f {
-			const hex = "0123456789ABCDEF"
-			bw.WriteString(q[:i])
-			for ; i < len(q); i++ {
-				c := q[i]
-				if c <= ' ' || c >= 0x7f {
-					bw.WriteByte('%')
-					bw.WriteByte(hex[c>>4])
-					bw.WriteByte(hex[c&15])
-				} else {
-					bw.WriteByte(c)
-				}
-			}
-			return
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		} else {
+			b.WriteByte(c)
 		}
 	}
-	bw.WriteString(q)
+	return b.String()
+}
+
+// ambiguousQuery reports whether q holds ";" or a "%" not followed by two
+// hex digits.
+func ambiguousQuery(q string) bool {
+	for i := 0; i < len(q); i++ {
+		switch q[i] {
+		case ';':
+			return true
+		case '%':
+			if i+2 >= len(q) || !isHex(q[i+1]) || !isHex(q[i+2]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // writeField writes one header field; a value with a line break (which

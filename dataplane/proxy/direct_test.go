@@ -101,8 +101,11 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 				delete(s.Header, "Content-Length")
 				delete(s.Header, "Cookie") // ReverseProxy passes HTTP/2's split fields on as they are
 			}
-			if direct.Path != proxied.Path || direct.Host != proxied.Host || !maps.EqualFunc(direct.Header, proxied.Header, slices.Equal) {
-				t.Errorf("the app saw\ndirect: %s %v\nproxied: %s %v", direct.Path, direct.Header, proxied.Path, proxied.Header)
+			if direct.Path != proxied.Path || direct.Query != proxied.Query || direct.Host != proxied.Host || !maps.EqualFunc(direct.Header, proxied.Header, slices.Equal) {
+				t.Errorf("the app saw\ndirect: %s?%s %v\nproxied: %s?%s %v", direct.Path, direct.Query, direct.Header, proxied.Path, proxied.Query, proxied.Header)
+			}
+			if direct.Query != "q=1" {
+				t.Errorf("query %q, want q=1 (the parameter with \";\" dropped, as ReverseProxy does)", direct.Query)
 			}
 			h := direct.Header
 			for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "X-Mesh-Fake", "X-Forwarded-Client-Cert", "Connection"} {
@@ -312,6 +315,8 @@ func TestDirectRequestLine(t *testing.T) {
 		{"a=1&b=2", "GET /p?a=1&b=2 HTTP/1.1"},
 		{"a b", "GET /p?a%20b HTTP/1.1"},
 		{"x=\x7f\x01é", "GET /p?x=%7F%01%C3%A9 HTTP/1.1"},
+		{"b=2;c=3&a=1", "GET /p?a=1 HTTP/1.1"}, // re-encoded as ReverseProxy does
+		{"a=%zz&b=1", "GET /p?b=1 HTTP/1.1"},
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/p", nil)
 		r.URL.RawQuery = tc.query

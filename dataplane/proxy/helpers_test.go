@@ -73,6 +73,7 @@ func newLogger() (*slog.Logger, *logBuffer) {
 type seen struct {
 	Method string      `json:"method"`
 	Path   string      `json:"path"`
+	Query  string      `json:"query"`
 	Host   string      `json:"host"`
 	Header http.Header `json:"header"`
 }
@@ -91,7 +92,7 @@ func newApp(t testing.TB) *app {
 		a.hits.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Host: r.Host, Header: r.Header})
+		_ = json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Host: r.Host, Header: r.Header})
 	}))
 	t.Cleanup(a.Close)
 	return a

@@ -204,6 +204,7 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 	p, _, _ := in.target(pr.In.Header) // checked in ServeHTTP
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = p.addr
+	pr.Out.URL.RawQuery = cleanQuery(pr.Out.URL.RawQuery)
 	if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
 		setForwardedPath(pr.Out.URL, path)
 	}
@@ -402,7 +403,8 @@ func (in *Inbound) Run(ctx context.Context) error {
 	rctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); in.recheckLoop(rctx, in.trustDomain) }()
+	changed := bundleWatch(in.cfg.Bundle, in.trustDomain) // before serving: the baseline
+	go func() { defer wg.Done(); in.recheckLoop(rctx, changed) }()
 	defer wg.Wait()
 	defer stop()
 	defer in.fwdH2C.closeIdle(in.h2c)

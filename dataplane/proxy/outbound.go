@@ -611,7 +611,8 @@ func (o *Outbound) Run(ctx context.Context) error {
 	rctx, stopRecheck := context.WithCancel(ctx)
 	var rechecking sync.WaitGroup
 	rechecking.Add(1)
-	go func() { defer rechecking.Done(); o.recheckLoop(rctx, time.Second) }()
+	changed := bundleWatch(o.cfg.Bundle, o.trustDomain) // before serving: the baseline
+	go func() { defer rechecking.Done(); o.recheckLoop(rctx, time.Second, changed) }()
 	defer rechecking.Wait()
 	defer stopRecheck()
 	type port struct {
@@ -794,3 +795,12 @@ func (q *connQueue) Close() error {
 }
 
 func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// trustDomain is our own SVID's trust domain, whose bundle verifies remotes.
+func (o *Outbound) trustDomain() (spiffeid.TrustDomain, bool) {
+	svid, err := o.cfg.SVID.GetX509SVID()
+	if err != nil {
+		return spiffeid.TrustDomain{}, false
+	}
+	return svid.ID.TrustDomain(), true
+}

@@ -343,3 +343,29 @@ func TestBundleDropGoAwayAfterStreamInFlight(t *testing.T) {
 		t.Fatalf("%d dials, want 2 (the retired connection reused?)", n)
 	}
 }
+
+// The bundle in force when the watch starts is its baseline: a change
+// right after (before any tick of the recheck loop) is still a change.
+func TestBundleWatchBaseline(t *testing.T) {
+	m := newMesh(t)
+	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := certs.NewBundleSource(m.ca.Bundle())
+	td := func() (spiffeid.TrustDomain, bool) {
+		return spiffeid.RequireTrustDomainFromString("minimesh.local"), true
+	}
+	changed := bundleWatch(src, td)
+	src.Set(ca2.Bundle())
+	if !changed() {
+		t.Fatal("a change right after the start was taken for the baseline")
+	}
+	if changed() {
+		t.Error("the same bundle reported as changed twice")
+	}
+	none := bundleWatch(certs.NewBundleSource(nil), td)
+	if none() {
+		t.Error("no bundle at the start, then none: a change")
+	}
+}

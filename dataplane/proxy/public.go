@@ -103,6 +103,7 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 		func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = app
+			pr.Out.URL.RawQuery = cleanQuery(pr.Out.URL.RawQuery)
 			if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
 				setForwardedPath(pr.Out.URL, path)
 			}

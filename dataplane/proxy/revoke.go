@@ -136,33 +136,49 @@ func (in *Inbound) enforceOnOpen(p *Policy) {
 	}
 }
 
+// bundleWatch reports, at each call of the function it returns, whether
+// the trust bundle of td has changed since the call before. The bundle in
+// force when bundleWatch is called is the baseline: call it before
+// serving, so that a change right after the start is not taken for it.
+func bundleWatch(src x509bundle.Source, td func() (spiffeid.TrustDomain, bool)) func() bool {
+	current := func() *x509bundle.Bundle {
+		d, ok := td()
+		if !ok {
+			return nil
+		}
+		b, err := src.GetX509BundleForTrustDomain(d)
+		if err != nil {
+			return nil
+		}
+		return b
+	}
+	last := current()
+	return func() bool {
+		b := current()
+		if b == nil || b == last {
+			return false
+		}
+		first := last == nil
+		last = b
+		return !first
+	}
+}
+
 // recheckLoop closes, gracefully, the connections whose peer chain no
-// longer verifies against the trust bundle when the bundle changes (the
-// old root dropped at the end of a rotation).
-func (in *Inbound) recheckLoop(ctx context.Context, td func() (spiffeid.TrustDomain, bool)) {
+// longer verifies against the trust bundle when it changes (the old root
+// dropped at the end of a rotation), until ctx ends.
+func (in *Inbound) recheckLoop(ctx context.Context, changed func() bool) {
 	tick := time.NewTicker(in.cfg.RecheckEvery)
 	defer tick.Stop()
-	var last *x509bundle.Bundle
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		d, ok := td()
-		if !ok {
-			continue
+		if changed() {
+			in.recheck()
 		}
-		b, err := in.cfg.Bundle.GetX509BundleForTrustDomain(d)
-		if err != nil || b == last {
-			continue
-		}
-		first := last == nil
-		last = b
-		if first {
-			continue
-		}
-		in.recheck()
 	}
 }
 
@@ -328,27 +344,16 @@ func (o *Outbound) SetRevocations(r *Revocations) {
 // dials anew, with today's certificates). A busy one is left to the remote
 // inbound, which retires it once its requests are done: closing it here
 // would fail them.
-func (o *Outbound) recheckLoop(ctx context.Context, every time.Duration) {
+func (o *Outbound) recheckLoop(ctx context.Context, every time.Duration, changed func() bool) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	var last *x509bundle.Bundle
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		svid, err := o.cfg.SVID.GetX509SVID()
-		if err != nil {
-			continue
-		}
-		b, err := o.cfg.Bundle.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
-		if err != nil || b == last {
-			continue
-		}
-		first := last == nil
-		last = b
-		if first {
+		if !changed() {
 			continue
 		}
 		now := o.cfg.Clock.Now()
