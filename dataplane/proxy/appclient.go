@@ -194,7 +194,10 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 		}
 		return nil, err
 	}
-	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, keep: !resp.Close && !req.Close}
+	// The direct path never asks the app to close (a client's
+	// "Connection: close" is about the client's own connection).
+	keep := !resp.Close && (head != nil || !req.Close)
+	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, keep: keep}
 	if resp.Body == http.NoBody {
 		b.done(true)
 		return resp, nil
