@@ -22,7 +22,8 @@ import (
 )
 
 // MaxSourceServices bounds the source_service label values of one proxy's
-// inbound metrics; callers beyond it are counted as "other".
+// inbound metrics, and the destination_service values of its outbound's;
+// values beyond it are counted as "other".
 const MaxSourceServices = 256
 
 // SetPolicy makes p the policy of the next request, also on connections
@@ -44,14 +45,13 @@ func (in *Inbound) SetPolicy(p *Policy) {
 	in.enforceOnOpen(p)
 }
 
-// sourceSet maps the service account of callers to their metric series,
-// at most MaxSourceServices of them.
-type sourceSet struct {
-	mu   sync.Mutex
-	m    map[string]*sourceMetrics
-	dest string
-	reqs *prometheus.CounterVec
-	dur  *prometheus.HistogramVec
+// seriesSet maps a label value (a caller's service account at the inbound,
+// a destination service at the outbound) to its request series, at most
+// MaxSourceServices of them.
+type seriesSet struct {
+	mu  sync.Mutex
+	m   map[string]*sourceMetrics
+	new func(value string) *sourceMetrics
 }
 
 type sourceMetrics struct {
@@ -59,31 +59,46 @@ type sourceMetrics struct {
 	duration prometheus.Observer
 }
 
-func newSourceSet(m *Metrics, dest string) *sourceSet {
+// newSourceSet is the inbound's series, by caller and its own service.
+func newSourceSet(m *Metrics, dest string) *seriesSet {
 	if dest == "" {
 		dest = "unknown"
 	}
-	return &sourceSet{m: map[string]*sourceMetrics{}, dest: dest, reqs: m.inRequests, dur: m.inDuration}
+	return &seriesSet{m: map[string]*sourceMetrics{}, new: func(sa string) *sourceMetrics {
+		sm := &sourceMetrics{duration: m.inDuration.WithLabelValues(sa, dest)}
+		for i, c := range responseClasses {
+			sm.classes[i] = m.inRequests.WithLabelValues(sa, dest, c)
+		}
+		return sm
+	}}
 }
 
-// get returns the series of the service account sa.
-func (s *sourceSet) get(sa string) *sourceMetrics {
+// newDestinationSet is the outbound's series, by destination service.
+func newDestinationSet(m *Metrics) *seriesSet {
+	return &seriesSet{m: map[string]*sourceMetrics{}, new: func(dst string) *sourceMetrics {
+		sm := &sourceMetrics{duration: m.outDuration.WithLabelValues(dst)}
+		for i, c := range responseClasses {
+			sm.classes[i] = m.outRequests.WithLabelValues(dst, c)
+		}
+		return sm
+	}}
+}
+
+// get returns the series of the label value v.
+func (s *seriesSet) get(v string) *sourceMetrics {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sm, ok := s.m[sa]; ok {
+	if sm, ok := s.m[v]; ok {
 		return sm
 	}
 	if len(s.m) >= MaxSourceServices {
-		sa = "other"
-		if sm, ok := s.m[sa]; ok {
+		v = "other"
+		if sm, ok := s.m[v]; ok {
 			return sm
 		}
 	}
-	sm := &sourceMetrics{duration: s.dur.WithLabelValues(sa, s.dest)}
-	for i, c := range responseClasses {
-		sm.classes[i] = s.reqs.WithLabelValues(sa, s.dest, c)
-	}
-	s.m[sa] = sm
+	sm := s.new(v)
+	s.m[v] = sm
 	return sm
 }
 

@@ -109,8 +109,11 @@ type forwarder struct {
 	rp      *httputil.ReverseProxy
 	// direct, when set, forwards requests without a body by the direct
 	// path (direct.go); head says where and how for each request.
-	direct  *appClient
-	head    func(*http.Request, *appHead)
+	direct *appClient
+	head   func(*http.Request, *appHead)
+	// done, when set, is told the status and duration of every request
+	// forwarded (the outbound's per-destination metrics).
+	done    func(r *http.Request, code int, seconds float64)
 	maxBody int64 // Limits.MaxRequestBodyBytes
 	// inflight lets Run wait for handlers cut by a drain timeout before it
 	// closes the idle pool, so no connection returns to it afterwards.
@@ -149,7 +152,11 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.ResponseWriter = nil
 	recorderPool.Put(rec)
-	f.metrics.observe(code, f.now().Sub(start).Seconds())
+	d := f.now().Sub(start).Seconds()
+	f.metrics.observe(code, d)
+	if f.done != nil {
+		f.done(r, code, d)
+	}
 }
 
 // errorHandler answers 502 (504 on an upstream timeout, 503 when there is

@@ -102,7 +102,7 @@ type Inbound struct {
 
 	policy    atomic.Pointer[Policy]
 	accessLog *accesslog.Logger
-	sources   *sourceSet
+	sources   *seriesSet
 	decisions *decisionCounters
 	enf       enforcer
 	conns     connSet   // open connections, to close revoked ones
@@ -435,7 +435,7 @@ type peer struct {
 }
 
 // src returns the metric series of the peer's service account.
-func (p *peer) src(s *sourceSet) *sourceMetrics {
+func (p *peer) src(s *seriesSet) *sourceMetrics {
 	if m := p.srcM.Load(); m != nil {
 		return m
 	}

@@ -53,6 +53,10 @@ type Metrics struct {
 	rateLimits   *prometheus.CounterVec
 	revokedConns *prometheus.CounterVec
 
+	// At the outbound, by destination service.
+	outRequests *prometheus.CounterVec
+	outDuration *prometheus.HistogramVec
+
 	listeners map[string]*listenerMetrics
 }
 
@@ -78,10 +82,15 @@ type listenerMetrics struct {
 //	minimesh_proxy_authz_decisions_total{decision}
 //	minimesh_proxy_ratelimit_decisions_total{decision}
 //	minimesh_proxy_connections_closed_total{listener,reason}
+//	minimesh_proxy_outbound_requests_total{destination_service,class}
+//	minimesh_proxy_outbound_request_duration_seconds{destination_service}
 //
-// source_service is the service account of the caller's SPIFFE ID, of at
-// most MaxSourceServices distinct values per proxy (later ones count as
-// "other"); destination_service is the inbound's own service.
+// At the inbound, source_service is the service account of the caller's
+// SPIFFE ID and destination_service the inbound's own service; at the
+// outbound, destination_service is the service a request went to
+// ("name.namespace", the route's backend when a route chose one). Each
+// takes at most MaxSourceServices distinct values per proxy (later ones
+// count as "other").
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -114,6 +123,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"source_service", "destination_service"}),
+		outRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
+			Help: "Requests the outbound forwarded to services of the mesh, by destination service and response class.",
+		}, []string{"destination_service", "class"}),
+		outDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_request_duration_seconds",
+			Help:    "Time from request received to response handler done at the outbound, by destination service.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"destination_service"}),
 		authz: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",
 			Help: "Authorization decisions at the inbound: allow, deny, dry_run_deny, audit, bad_path.",
@@ -145,7 +163,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows,
-			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns} {
+			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns, m.outRequests, m.outDuration} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}

@@ -303,6 +303,19 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 	empty := map[balancer.Target]*remote{}
 	o.remotes.Store(&empty)
 	o.fwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, roundTripper{o}, o.rewrite)
+	dests := newDestinationSet(cfg.Metrics)
+	o.fwd.done = func(r *http.Request, code int, seconds float64) {
+		c, ok := r.Context().Value(callKey{}).(*call)
+		if !ok {
+			return
+		}
+		sm := c.dst.series.Load()
+		if sm == nil {
+			sm = dests.get(c.dst.label)
+			c.dst.series.Store(sm)
+		}
+		sm.observe(code, seconds)
+	}
 	o.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	if len(cfg.Egress) > 0 {
 		o.egress = map[string][]uint32{}
