@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,8 +106,10 @@ func TestConfigPushACKNACKAndLastGood(t *testing.T) {
 	if got := web.Agent.Applied().GetVersion(); got != webGood {
 		t.Fatalf("web applied %q, meshd says it ACKed %q", got, webGood)
 	}
-	if n := len(web.Agent.Applied().GetEndpoints()); n != 2 {
-		t.Errorf("web's snapshot has %d endpoints, want 2", n)
+	// web has no outbound port, so it asked for no endpoint (its Hello's
+	// endpoint scope is empty) and got none.
+	if n := len(web.Agent.Applied().GetEndpoints()); n != 0 {
+		t.Errorf("web's snapshot has %d endpoints, want none", n)
 	}
 
 	// 2. An unchanged snapshot is not pushed again: a RateLimit for api
@@ -200,5 +203,61 @@ spec: {service: web, path: settings.ini, mode: 0644, content: "a=2\n"}
 	resp, err := httpGet("http://" + web.admin + "/config")
 	if err != nil || !strings.Contains(resp, webGood) {
 		t.Fatalf("/config after restart without meshd: %v\n%s", err, resp)
+	}
+}
+
+// TestEndpointScope: a proxy whose outbound has only upstream ports gets
+// the endpoints of those services and of their Routes' backends, no
+// others; one with a Host-routed port gets every endpoint.
+func TestEndpointScope(t *testing.T) {
+	meshd := controlplanetest.Start(t, controlplane.Config{})
+	apps := map[string]*echoApp{}
+	docs := ""
+	for _, svc := range []string{"api", "canary", "db"} {
+		apps[svc] = startEcho(t, svc)
+		docs += serviceYAML(svc, httpPortYAML(apps[svc].port), idOf(svc).String())
+	}
+	applyDocs(t, meshd, docs+`
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: api-canary}
+spec:
+  service: api
+  backends: [{service: api, weight: 90}, {service: canary, weight: 10}]
+`)
+	for _, svc := range []string{"api", "canary", "db"} {
+		startTraffic(t, meshd, trafficOpts{service: svc, app: apps[svc].addr})
+	}
+	scoped := startTraffic(t, meshd, trafficOpts{service: "web", app: startEcho(t, "web").addr, upstreams: []string{"api"}})
+	all := startTraffic(t, meshd, trafficOpts{service: "gw", app: startEcho(t, "gw").addr, httpPort: true})
+	all.waitSnapshot(t, "every endpoint", func(s *meshv1.Snapshot) error {
+		for _, svc := range []string{"api", "canary", "db", "web", "gw"} {
+			if err := endpointsOf(svc, 1)(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	// By now meshd knows every proxy; the scoped one's snapshot is final.
+	scoped.waitSnapshot(t, "api's and its route's backend's endpoints", func(s *meshv1.Snapshot) error {
+		if err := endpointsOf("api", 1)(s); err != nil {
+			return err
+		}
+		if err := endpointsOf("canary", 1)(s); err != nil {
+			return err
+		}
+		if n := len(s.GetEndpoints()); n != 2 {
+			return fmt.Errorf("%d endpoints, want api's and canary's only", n)
+		}
+		return nil
+	})
+	// The route still works through the scoped proxy's upstream port.
+	resp, err := plainHTTP(t).Get("http://" + scoped.up["api"] + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("web -> api through its upstream port: %d", resp.StatusCode)
 	}
 }

@@ -38,22 +38,25 @@ import (
 func main() {
 	sizes := flag.String("n", "100,1000,2000", "numbers of proxies, comma-separated")
 	rounds := flag.Int("rounds", 3, "applies per size (the table shows the median)")
+	scopes := flag.String("scopes", "all,upstream", "endpoint scopes the proxies ask for, comma-separated: all (no scope, as with a Host-routed port) or upstream (one --upstream service)")
 	flag.Parse()
-	if err := run(*sizes, *rounds); err != nil {
+	if err := run(*sizes, *scopes, *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "fanout:", err)
 		os.Exit(1)
 	}
 }
 
 type result struct {
+	scope         string
 	n             int
+	endpoints     int // in each proxy's snapshot
 	converge      time.Duration
 	meshdCPU      time.Duration
 	heapMB, rssMB float64
 	target        string
 }
 
-func run(sizes string, rounds int) error {
+func run(sizes, scopes string, rounds int) error {
 	work, err := os.MkdirTemp("", "fanout")
 	if err != nil {
 		return err
@@ -86,34 +89,42 @@ func run(sizes string, rounds int) error {
 	}
 
 	var results []result
-	for _, f := range strings.Split(sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil {
-			return err
+	for _, scope := range strings.Split(scopes, ",") {
+		scope = strings.TrimSpace(scope)
+		if scope != "all" && scope != "upstream" {
+			return fmt.Errorf("-scopes: %q: want all or upstream", scope)
 		}
-		r, err := fanout(admin, addr, td, svid, bundle, cmd.Process.Pid, metrics, n, rounds)
-		if err != nil {
-			return err
+		for _, f := range strings.Split(sizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return err
+			}
+			r, err := fanout(admin, addr, td, svid, bundle, cmd.Process.Pid, metrics, n, rounds, scope)
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
 		}
-		results = append(results, r)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "proxies\tall ACKed after\tmeshd CPU\tmeshd heap MB\tmeshd RSS MB\ttarget (2000 < 1s)\t")
+	fmt.Fprintln(w, "scope\tproxies\tendpoints per snapshot\tall ACKed after\tmeshd CPU\tmeshd heap MB\tmeshd RSS MB\ttarget (2000 < 1s)\t")
 	for _, r := range results {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%.1f\t%.1f\t%s\t\n", r.n, r.converge.Round(time.Millisecond), r.meshdCPU.Round(time.Millisecond), r.heapMB, r.rssMB, r.target)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\t%.1f\t%.1f\t%s\t\n", r.scope, r.n, r.endpoints, r.converge.Round(time.Millisecond), r.meshdCPU.Round(time.Millisecond), r.heapMB, r.rssMB, r.target)
 	}
 	return w.Flush()
 }
 
 // proxy is one simulated proxy: it ACKs every snapshot at once.
 type proxy struct {
-	conn    *grpc.ClientConn
-	cancel  context.CancelFunc
-	version atomic.Value // string
-	acked   chan string
+	conn      *grpc.ClientConn
+	cancel    context.CancelFunc
+	version   atomic.Value // string
+	endpoints atomic.Int64 // in the last snapshot
+	acked     chan string
+	scope     *meshv1.EndpointScope
 }
 
-func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, svid *x509svid.SVID, bundle *certs.BundleSource, pid int, metrics string, n, rounds int) (result, error) {
+func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, svid *x509svid.SVID, bundle *certs.BundleSource, pid int, metrics string, n, rounds int, scope string) (result, error) {
 	src := certs.NewSVIDSource(nil)
 	src.Set(svid)
 	tc := certs.MTLSClientConfig(src, bundle, certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
@@ -123,6 +134,10 @@ func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomai
 	sem := make(chan struct{}, 64) // bound concurrent handshakes during set-up
 	for i := range proxies {
 		p := &proxy{acked: make(chan string, 16)}
+		if scope == "upstream" {
+			// As a proxy whose outbound has one --upstream port.
+			p.scope = &meshv1.EndpointScope{Services: []string{"default/api"}}
+		}
 		p.version.Store("")
 		proxies[i] = p
 		wg.Add(1)
@@ -180,7 +195,7 @@ func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomai
 	}
 	med := median(times)
 	heap, rss := scrape(metrics)
-	res := result{n: n, converge: med, meshdCPU: cpu / time.Duration(rounds), heapMB: heap / (1 << 20), rssMB: rss / (1 << 20), target: "-"}
+	res := result{scope: scope, n: n, endpoints: int(proxies[0].endpoints.Load()), converge: med, meshdCPU: cpu / time.Duration(rounds), heapMB: heap / (1 << 20), rssMB: rss / (1 << 20), target: "-"}
 	if n >= 2000 {
 		res.target = "missed"
 		if med < time.Second {
@@ -203,7 +218,7 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 		return err
 	}
 	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
-		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout",
+		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout", EndpointScope: p.scope,
 	}}}); err != nil {
 		return err
 	}
@@ -217,6 +232,7 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 				if st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Ack{Ack: &meshv1.Ack{Version: snap.GetVersion()}}}) != nil {
 					return
 				}
+				p.endpoints.Store(int64(len(snap.GetEndpoints())))
 				p.version.Store(snap.GetVersion())
 				select {
 				case p.acked <- snap.GetVersion():

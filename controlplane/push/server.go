@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -345,7 +347,33 @@ func validateHello(h *meshv1.Hello) error {
 	if len(h.GetProxyVersion()) > 64 {
 		return fmt.Errorf("%w: proxy_version: longer than 64 characters", ErrBadHello)
 	}
+	if sc := h.GetEndpointScope(); sc != nil {
+		if n := len(sc.GetServices()); n > maxScope {
+			return fmt.Errorf("%w: endpoint_scope.services: %d, at most %d", ErrBadHello, n, maxScope)
+		}
+		for i, svc := range sc.GetServices() {
+			ns, name, ok := strings.Cut(svc, "/")
+			if !ok || !serviceRe.MatchString(ns) || !serviceRe.MatchString(name) {
+				return fmt.Errorf("%w: endpoint_scope.services[%d]: %q: want namespace/name, two DNS labels", ErrBadHello, i, svc)
+			}
+		}
+	}
 	return nil
+}
+
+// maxScope bounds the services of a Hello's endpoint scope.
+const maxScope = 256
+
+// scopeOf is the endpoint scope a Hello asks for, sorted without
+// duplicates; scoped is false when it asks for every endpoint.
+func scopeOf(h *meshv1.Hello) (scope []string, scoped bool) {
+	sc := h.GetEndpointScope()
+	if sc == nil {
+		return nil, false
+	}
+	scope = slices.Clone(sc.GetServices())
+	slices.Sort(scope)
+	return slices.Compact(scope), true
 }
 
 // Stream implements meshv1.ConfigServiceServer.
@@ -517,6 +545,7 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 		p.Service = h.GetService()
 		p.Address = h.GetAdvertiseAddress()
 		p.Version = h.GetProxyVersion()
+		p.Scope, p.Scoped = scopeOf(h)
 		p.Connected = true
 		p.ConnectedAt = now
 		p.LastSeen = now

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -17,8 +18,21 @@ import (
 )
 
 // group is the set of proxies that get the same snapshot: those serving
-// the same service in the same namespace.
-type group struct{ namespace, service string }
+// the same service in the same namespace with the same endpoint scope.
+type group struct {
+	namespace, service string
+	// scope is "" for proxies that get every endpoint, else "=" and their
+	// scope's services joined by ",".
+	scope string
+}
+
+// scopeKey is a group's scope field for a proxy's scope.
+func scopeKey(scope []string, scoped bool) string {
+	if !scoped {
+		return ""
+	}
+	return "=" + strings.Join(scope, ",")
+}
 
 // snapshots computes the snapshot of every group that has a registered
 // proxy. The part every proxy shares (Services, Routes, endpoints, trust
@@ -48,10 +62,19 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 		denied[d.SPIFFEID] = true
 		deniedIDs = append(deniedIDs, d.SPIFFEID)
 	}
-	byKey := map[group]*api.Service{}
+	byKey := map[string]*api.Service{}
 	for _, o := range services {
 		s := o.(*api.Service)
-		byKey[group{s.Namespace, s.Name}] = s
+		byKey[s.Namespace+"/"+s.Name] = s
+	}
+	// The backends each service's Routes may send its callers to.
+	backends := map[string][]string{}
+	for _, o := range routes {
+		rt := o.(*api.Route)
+		from := rt.Namespace + "/" + rt.Spec.GetService()
+		for _, b := range rt.Spec.GetBackends() {
+			backends[from] = append(backends[from], rt.Namespace+"/"+b.GetService())
+		}
 	}
 
 	var shared []*meshv1.Resource
@@ -63,7 +86,7 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 	}
 	var endpoints []*meshv1.Endpoint
 	members := map[string]group{}
-	groups := map[group]bool{}
+	groups := map[group]map[string]bool{} // the services of its scope; nil: all
 	for _, rec := range recs {
 		p := rec.(*store.Proxy)
 		id, err := spiffeid.FromString(p.SPIFFEID)
@@ -74,10 +97,12 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 		if err != nil {
 			continue
 		}
-		g := group{ns, p.Service}
+		g := group{ns, p.Service, scopeKey(p.Scope, p.Scoped)}
 		members[p.InstanceID] = g
-		groups[g] = true
-		if !p.Connected || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[g], id, p.Service) {
+		if _, ok := groups[g]; !ok {
+			groups[g] = scopeSet(p.Scope, p.Scoped, backends)
+		}
+		if !p.Connected || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[ns+"/"+p.Service], id, p.Service) {
 			continue
 		}
 		endpoints = append(endpoints, &meshv1.Endpoint{
@@ -101,8 +126,17 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 	}
 	out := make(map[group]*meshv1.Snapshot, len(groups))
 	lookup := r.Lookup()
-	for g := range groups {
-		snap := &meshv1.Snapshot{Endpoints: endpoints, TrustBundle: bundle, DeniedIdentities: deniedIDs, RevokedSerials: revoked}
+	for g, in := range groups {
+		eps := endpoints
+		if in != nil {
+			eps = nil
+			for _, e := range endpoints {
+				if in[e.GetNamespace()+"/"+e.GetService()] {
+					eps = append(eps, e)
+				}
+			}
+		}
+		snap := &meshv1.Snapshot{Endpoints: eps, TrustBundle: bundle, DeniedIdentities: deniedIDs, RevokedSerials: revoked}
 		snap.Resources = append(snap.Resources, shared...)
 		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile} {
 			objs := lookup.ByService(kind, g.namespace, g.service)
@@ -115,6 +149,22 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 		out[g] = snap
 	}
 	return out, members, nil
+}
+
+// scopeSet is the services whose endpoints a proxy of that scope gets: the
+// scope and the backends of its services' Routes; nil when unscoped.
+func scopeSet(scope []string, scoped bool, backends map[string][]string) map[string]bool {
+	if !scoped {
+		return nil
+	}
+	in := make(map[string]bool, len(scope))
+	for _, svc := range scope {
+		in[svc] = true
+		for _, b := range backends[svc] {
+			in[b] = true
+		}
+	}
+	return in
 }
 
 // allowed reports whether id may serve service: by the Service's serving

@@ -69,11 +69,15 @@ func (c *Certificate) Key() string { return c.Serial }
 
 // Proxy is a registered proxy instance.
 type Proxy struct {
-	InstanceID    string    `json:"instance_id"`
-	SPIFFEID      string    `json:"spiffe_id"`
-	Service       string    `json:"service"`
-	Address       string    `json:"address"`
-	Version       string    `json:"version"`
+	InstanceID string `json:"instance_id"`
+	SPIFFEID   string `json:"spiffe_id"`
+	Service    string `json:"service"`
+	Address    string `json:"address"`
+	Version    string `json:"version"`
+	// Scoped proxies get the endpoints of the services in Scope
+	// ("namespace/name", sorted) and of their Routes' backends only.
+	Scoped        bool      `json:"scoped,omitempty"`
+	Scope         []string  `json:"scope,omitempty"`
 	Connected     bool      `json:"connected"`
 	ConnectedAt   time.Time `json:"connected_at"`
 	LastSeen      time.Time `json:"last_seen"`

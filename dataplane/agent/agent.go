@@ -46,6 +46,9 @@ type Config struct {
 	Service   string
 	Advertise string
 	Version   string
+	// EndpointScope, sent in the Hello too, names the services whose
+	// endpoints the proxy needs; nil asks for every endpoint.
+	EndpointScope *meshv1.EndpointScope
 	// StateDir keeps the key, SVID, bundle and instance ID. Required.
 	StateDir string
 	// CallTimeout bounds each call to meshd. Default 10s.

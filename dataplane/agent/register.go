@@ -75,6 +75,7 @@ func (a *Agent) stream(ctx context.Context) error {
 		Service:          a.cfg.Service,
 		AdvertiseAddress: a.cfg.Advertise,
 		ProxyVersion:     a.cfg.Version,
+		EndpointScope:    a.cfg.EndpointScope,
 	}
 	if snap := a.applied.Load(); snap != nil {
 		hello.AppliedVersion = snap.GetVersion()

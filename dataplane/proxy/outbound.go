@@ -141,6 +141,13 @@ func (u Upstream) Validate() error {
 }
 
 // normalized fills Service, Namespace and Port from Name.
+// Destination is the service an upstream port calls; namespace is empty
+// when the upstream does not name one (the proxy's own then).
+func (u Upstream) Destination() (namespace, service string) {
+	u = u.normalized()
+	return u.Namespace, u.Service
+}
+
 func (u Upstream) normalized() Upstream {
 	if u.Service == "" {
 		u.Service, u.Namespace, u.Port, _ = parseUpstreamName(u.Name)

@@ -23,6 +23,7 @@ import (
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/filesync"
 	"minimesh/dataplane/proxy"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // Config is everything mesh-proxy is told.
@@ -170,6 +171,7 @@ func New(cfg Config) (*Sidecar, error) {
 		Service:        cfg.Service,
 		Advertise:      cfg.Advertise,
 		Version:        cfg.Version,
+		EndpointScope:  endpointScope(cfg),
 		StateDir:       cfg.StateDir,
 		BackoffMax:     cfg.AgentBackoffMax,
 		Clock:          cfg.Clock,
@@ -307,4 +309,26 @@ func sharedFiles(cfg Config) (*filesync.Syncer, error) {
 	}
 	return filesync.New(filesync.Config{Dir: cfg.SharedDir, Reload: cfg.Reload, Reserved: reserved,
 		Clock: cfg.Clock, Logger: cfg.Logger.With("component", "filesync"), Registerer: cfg.Registry})
+}
+
+// endpointScope is the services whose endpoints this proxy needs: with a
+// Host-routed outbound port, any (nil); else those of its --upstream
+// ports (none without any), so meshd does not send every replica of every
+// service to proxies that call two of them.
+func endpointScope(cfg Config) *meshv1.EndpointScope {
+	if cfg.OutboundHTTP != "" || cfg.OutboundHTTPListener != nil {
+		return nil
+	}
+	sc := &meshv1.EndpointScope{}
+	for _, u := range cfg.Upstreams {
+		ns, svc := u.Destination()
+		if ns == "" {
+			ns = cfg.Namespace
+		}
+		if ns == "" {
+			ns = "default"
+		}
+		sc.Services = append(sc.Services, ns+"/"+svc)
+	}
+	return sc
 }

@@ -552,8 +552,14 @@ type Hello struct {
 	// The version of the snapshot the proxy has in force (from its state
 	// dir), so a reconnect does not resend what it already applied.
 	AppliedVersion string `protobuf:"bytes,5,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The services whose endpoints this proxy needs, when it can name them
+	// (a proxy whose outbound has only --upstream ports). meshd then sends
+	// the endpoints of those services and of the backends their Routes
+	// name, and no others. Unset: every endpoint (a Host-routed outbound port
+	// may call any service).
+	EndpointScope *EndpointScope `protobuf:"bytes,6,opt,name=endpoint_scope,json=endpointScope,proto3" json:"endpoint_scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -621,6 +627,58 @@ func (x *Hello) GetAppliedVersion() string {
 	return ""
 }
 
+func (x *Hello) GetEndpointScope() *EndpointScope {
+	if x != nil {
+		return x.EndpointScope
+	}
+	return nil
+}
+
+// EndpointScope names services as "namespace/name"; at most 256.
+type EndpointScope struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Services      []string               `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointScope) Reset() {
+	*x = EndpointScope{}
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointScope) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointScope) ProtoMessage() {}
+
+func (x *EndpointScope) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointScope.ProtoReflect.Descriptor instead.
+func (*EndpointScope) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EndpointScope) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
 type StreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Message:
@@ -635,7 +693,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +705,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +718,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamResponse) GetMessage() isStreamResponse_Message {
@@ -742,7 +800,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +812,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +825,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -827,7 +885,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +897,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +910,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Endpoint) GetNamespace() string {
@@ -900,7 +958,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +970,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +983,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Registered) GetSpiffeId() string {
@@ -970,14 +1028,17 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x05Reply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04json\x18\x02 \x01(\fR\x04json\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\xbd\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xfc\x01\n" +
 	"\x05Hello\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12+\n" +
 	"\x11advertise_address\x18\x03 \x01(\tR\x10advertiseAddress\x12#\n" +
 	"\rproxy_version\x18\x04 \x01(\tR\fproxyVersion\x12'\n" +
-	"\x0fapplied_version\x18\x05 \x01(\tR\x0eappliedVersion\"\xb1\x01\n" +
+	"\x0fapplied_version\x18\x05 \x01(\tR\x0eappliedVersion\x12=\n" +
+	"\x0eendpoint_scope\x18\x06 \x01(\v2\x16.mesh.v1.EndpointScopeR\rendpointScope\"+\n" +
+	"\rEndpointScope\x12\x1a\n" +
+	"\bservices\x18\x01 \x03(\tR\bservices\"\xb1\x01\n" +
 	"\x0eStreamResponse\x125\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x13.mesh.v1.RegisteredH\x00R\n" +
@@ -1017,7 +1078,7 @@ func file_mesh_v1_config_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_config_proto_rawDescData
 }
 
-var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_mesh_v1_config_proto_goTypes = []any{
 	(*StreamRequest)(nil),         // 0: mesh.v1.StreamRequest
 	(*Ack)(nil),                   // 1: mesh.v1.Ack
@@ -1028,12 +1089,13 @@ var file_mesh_v1_config_proto_goTypes = []any{
 	(*ProczQuery)(nil),            // 6: mesh.v1.ProczQuery
 	(*Reply)(nil),                 // 7: mesh.v1.Reply
 	(*Hello)(nil),                 // 8: mesh.v1.Hello
-	(*StreamResponse)(nil),        // 9: mesh.v1.StreamResponse
-	(*Snapshot)(nil),              // 10: mesh.v1.Snapshot
-	(*Endpoint)(nil),              // 11: mesh.v1.Endpoint
-	(*Registered)(nil),            // 12: mesh.v1.Registered
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*Resource)(nil),              // 14: mesh.v1.Resource
+	(*EndpointScope)(nil),         // 9: mesh.v1.EndpointScope
+	(*StreamResponse)(nil),        // 10: mesh.v1.StreamResponse
+	(*Snapshot)(nil),              // 11: mesh.v1.Snapshot
+	(*Endpoint)(nil),              // 12: mesh.v1.Endpoint
+	(*Registered)(nil),            // 13: mesh.v1.Registered
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Resource)(nil),              // 15: mesh.v1.Resource
 }
 var file_mesh_v1_config_proto_depIdxs = []int32{
 	8,  // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
@@ -1041,21 +1103,22 @@ var file_mesh_v1_config_proto_depIdxs = []int32{
 	2,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
 	7,  // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
 	3,  // 4: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
-	13, // 5: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
+	14, // 5: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
 	5,  // 6: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
 	6,  // 7: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
-	12, // 8: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
-	10, // 9: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
-	4,  // 10: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
-	14, // 11: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
-	11, // 12: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
-	0,  // 13: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
-	9,  // 14: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 8: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
+	13, // 9: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
+	11, // 10: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
+	4,  // 11: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
+	15, // 12: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
+	12, // 13: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
+	0,  // 14: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
+	10, // 15: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_config_proto_init() }
@@ -1074,7 +1137,7 @@ func file_mesh_v1_config_proto_init() {
 		(*Request_Topz)(nil),
 		(*Request_Procz)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[9].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[10].OneofWrappers = []any{
 		(*StreamResponse_Registered)(nil),
 		(*StreamResponse_Snapshot)(nil),
 		(*StreamResponse_Request)(nil),
@@ -1085,7 +1148,7 @@ func file_mesh_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_config_proto_rawDesc), len(file_mesh_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
