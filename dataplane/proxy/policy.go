@@ -46,9 +46,9 @@ type Policy struct {
 
 // CompilePolicy compiles snap's policy for cfg's service. prev, when not
 // nil, is the policy in force: when the RateLimits did not change its
-// limiter (and the state of its buckets) is kept, so that an unrelated
-// push does not refill every bucket. An error wraps ErrInvalidSnapshot and
-// changes nothing.
+// limiter is kept, and when some did, the others keep their buckets, so
+// that a push does not refill buckets it did not change. An error wraps
+// ErrInvalidSnapshot and changes nothing.
 func CompilePolicy(cfg PolicyConfig, snap *meshv1.Snapshot, prev *Policy) (*Policy, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = "default"
@@ -89,9 +89,13 @@ func CompilePolicy(cfg PolicyConfig, snap *meshv1.Snapshot, prev *Policy) (*Poli
 	if p.authz, err = authz.Compile(pols); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidSnapshot, err)
 	}
+	var prevLimiter *ratelimit.Limiter
+	if prev != nil {
+		prevLimiter = prev.limiter
+	}
 	if prev != nil && sameLimits(prev.limits, limits) {
 		p.limiter = prev.limiter
-	} else if p.limiter, err = ratelimit.Compile(ratelimit.Config{MaxIdentities: cfg.MaxIdentities, Clock: cfg.Clock}, limits); err != nil {
+	} else if p.limiter, err = ratelimit.Compile(ratelimit.Config{MaxIdentities: cfg.MaxIdentities, Clock: cfg.Clock, Previous: prevLimiter}, limits); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidSnapshot, err)
 	}
 	if p.routes, err = route.Compile(route.Config{Clock: cfg.Clock}, routes); err != nil {

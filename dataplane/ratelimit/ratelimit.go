@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 
 	"minimesh/api"
 	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // DefaultMaxIdentities is the default of Config.MaxIdentities.
@@ -25,6 +27,10 @@ type Config struct {
 	MaxIdentities int
 	// Clock is the time the buckets fill by. Default certs.SystemClock.
 	Clock certs.Clock
+	// Previous, if set, is the Limiter this one replaces: a RateLimit it
+	// also had, with the same spec, keeps its buckets as they are, so a
+	// change to another RateLimit does not refill them.
+	Previous *Limiter
 }
 
 // Validate reports a Config that does not make sense.
@@ -80,8 +86,9 @@ type override struct {
 }
 
 type rule struct {
-	name      string // namespace/name
-	route     string // "": every request of the service
+	name      string                // namespace/name
+	spec      *meshv1.RateLimitSpec // what it was built from
+	route     string                // "": every request of the service
 	perSource bool
 	p         *params
 	overrides []override
@@ -94,6 +101,7 @@ type rule struct {
 // *Limiter allows everything.
 type Limiter struct {
 	clock   certs.Clock
+	maxIDs  int // Config.MaxIdentities
 	service string
 	all     []*rule            // RateLimits without a route
 	byRoute map[string][]*rule // route name → its RateLimits, then those of all
@@ -124,7 +132,14 @@ func Compile(cfg Config, limits []*api.RateLimit) (*Limiter, error) {
 	slices.SortFunc(sorted, func(a, b *api.RateLimit) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
-	l := &Limiter{clock: cfg.Clock, byRoute: map[string][]*rule{}}
+	l := &Limiter{clock: cfg.Clock, maxIDs: cfg.MaxIdentities, byRoute: map[string][]*rule{}}
+	var prev map[string]*rule
+	if cfg.Previous != nil && cfg.Previous.maxIDs == cfg.MaxIdentities {
+		prev = make(map[string]*rule, len(cfg.Previous.rules))
+		for _, r := range cfg.Previous.rules {
+			prev[r.name] = r
+		}
+	}
 	for _, rl := range sorted {
 		if err := rl.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidLimit, err)
@@ -135,8 +150,17 @@ func Compile(cfg Config, limits []*api.RateLimit) (*Limiter, error) {
 		} else if s.GetService() != l.service {
 			return nil, fmt.Errorf("%w: %s is for %q, not %q", ErrMixedServices, api.KeyOf(rl), s.GetService(), l.service)
 		}
+		name := rl.Namespace + "/" + rl.Name
+		if r := prev[name]; r != nil && proto.Equal(r.spec, s) {
+			// Unchanged: the same rule, buckets and all.
+			l.rules = append(l.rules, r)
+			if r.route == "" {
+				l.all = append(l.all, r)
+			}
+			continue
+		}
 		r := &rule{
-			name: rl.Namespace + "/" + rl.Name, route: s.GetRoute(), perSource: s.GetPerSourceIdentity(),
+			name: name, spec: s, route: s.GetRoute(), perSource: s.GetPerSourceIdentity(),
 			p: newParams(s.GetRequestsPerSecond(), s.GetBurst()),
 		}
 		for i, o := range s.GetOverrides() {

@@ -392,3 +392,38 @@ func TestHeaderNamesAreCanonical(t *testing.T) {
 type fakeClock = certstest.Clock
 
 func newClock() *fakeClock { return certstest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) }
+
+// A RateLimit that a new Limiter keeps unchanged keeps its buckets (a
+// change elsewhere does not refill them); a changed or new one starts full.
+func TestPreviousKeepsUnchangedBuckets(t *testing.T) {
+	clock := newClock()
+	build := func(cfg Config, limits ...*api.RateLimit) *Limiter {
+		t.Helper()
+		cfg.Clock = clock
+		l, err := Compile(cfg, limits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	first := build(Config{}, limit("kept", "a", 0.001, 2, false), limit("changed", "b", 0.001, 2, false))
+	if got, got2 := take(first, "a", web, 5), take(first, "b", web, 5); got != 2 || got2 != 2 {
+		t.Fatalf("first: %d and %d allowed, want the bursts of 2", got, got2)
+	}
+	second := build(Config{Previous: first}, limit("kept", "a", 0.001, 2, false), limit("changed", "b", 0.001, 3, false), limit("new", "c", 0.001, 1, false))
+	if got := take(second, "a", web, 5); got != 0 {
+		t.Errorf("unchanged RateLimit: %d allowed, want 0 (its bucket is still empty)", got)
+	}
+	if got := take(second, "b", web, 5); got != 3 {
+		t.Errorf("changed RateLimit: %d allowed, want its new burst of 3", got)
+	}
+	if got := take(second, "c", web, 5); got != 1 {
+		t.Errorf("new RateLimit: %d allowed, want 1", got)
+	}
+	if got := take(build(Config{}, limit("kept", "a", 0.001, 2, false)), "a", web, 5); got != 2 {
+		t.Errorf("without Previous: %d allowed, want 2", got)
+	}
+	if got := take(build(Config{Previous: second, MaxIdentities: 5}, limit("kept", "a", 0.001, 2, false)), "a", web, 5); got != 2 {
+		t.Errorf("another identity bound: %d allowed, want 2 (the buckets start over)", got)
+	}
+}
