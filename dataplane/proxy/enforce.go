@@ -167,6 +167,23 @@ type inExchange struct {
 
 var inExchangePool = sync.Pool{New: func() any { return new(inExchange) }}
 
+// newExchange wraps w for one request of pe (nil at the public port), and
+// r's body to count it; release returns it to the pool.
+func newExchange(w http.ResponseWriter, r *http.Request, pe *peer) *inExchange {
+	ex := inExchangePool.Get().(*inExchange)
+	*ex = inExchange{ResponseWriter: w, pe: pe}
+	if r.Body != nil && r.Body != http.NoBody {
+		ex.body = &countingBody{ReadCloser: r.Body}
+		r.Body = ex.body
+	}
+	return ex
+}
+
+func (e *inExchange) release() {
+	*e = inExchange{}
+	inExchangePool.Put(e)
+}
+
 func (e *inExchange) WriteHeader(code int) {
 	if e.code == 0 && code >= 200 {
 		e.code = code

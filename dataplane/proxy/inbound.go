@@ -293,19 +293,13 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := in.cfg.Clock.Now()
-	ex := inExchangePool.Get().(*inExchange)
-	*ex = inExchange{ResponseWriter: w, pe: pe}
-	if r.Body != nil && r.Body != http.NoBody {
-		ex.body = &countingBody{ReadCloser: r.Body}
-		r.Body = ex.body
-	}
+	ex := newExchange(w, r, pe)
 	ensureRequestID(r.Header)
 	pe.begin()
 	defer pe.end()
 	routeName, path, upstream := in.serve(ex, r, pe)
 	in.logExchange(r, pe, ex, start, routeName, path, upstream)
-	*ex = inExchange{}
-	inExchangePool.Put(ex)
+	ex.release()
 }
 
 func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (routeName, path, upstream string) {

@@ -68,6 +68,9 @@ type listenerMetrics struct {
 	overflows prometheus.Counter
 }
 
+// durationBuckets are the request duration histograms' buckets, in seconds.
+var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
 // NewMetrics creates the proxy's collectors and registers them on reg (a
 // *prometheus.Registry in practice). A nil reg leaves them unregistered,
 // which is what a Config without Metrics gets.
@@ -100,7 +103,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "request_duration_seconds",
 			Help:    "Time from request received to response handler done, by listener.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: durationBuckets,
 		}, []string{"listener"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "handshake_failures_total",
@@ -121,7 +124,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		inDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: durationBuckets,
 		}, []string{"source_service", "destination_service"}),
 		outRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
@@ -130,7 +133,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		outDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the outbound, by destination service.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: durationBuckets,
 		}, []string{"destination_service"}),
 		authz: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",

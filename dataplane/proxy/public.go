@@ -144,16 +144,10 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := p.cfg.Clock.Now()
-	ex := inExchangePool.Get().(*inExchange)
-	*ex = inExchange{ResponseWriter: w}
-	if r.Body != nil && r.Body != http.NoBody {
-		ex.body = &countingBody{ReadCloser: r.Body}
-		r.Body = ex.body
-	}
+	ex := newExchange(w, r, nil)
 	routeName, path := p.enf.serveHTTP(ex, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
 	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), routeName, path, p.cfg.App)
-	*ex = inExchange{}
-	inExchangePool.Put(ex)
+	ex.release()
 }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
