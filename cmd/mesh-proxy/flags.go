@@ -54,6 +54,7 @@ func parseFlags(args []string) *options {
 	fs.StringVar(&o.cfg.Admin, "admin", "127.0.0.1:15000", "admin listener: /ready, /metrics, /certs")
 	fs.StringVar(&o.cfg.StateDir, "state-dir", "", "directory for the key, SVID and instance ID (required)")
 	fs.Var(&ups, "upstream", "SERVICE[.NAMESPACE][:PORT]=LOCALADDR: a local port for a service of the mesh, its endpoints from meshd; with =REMOTEADDR=SPIFFEID appended, also a static endpoint used while meshd knows none (repeatable)")
+	fs.StringVar(&o.cfg.Transparent, "transparent", "", "listener for the app's outbound connections captured by `mesh-proxy redirect --outbound-port`: HTTP goes to --outbound-http, anything else to where it was going (off when empty)")
 	fs.StringVar(&o.cfg.OutboundHTTP, "outbound-http", "", "one local HTTP port for every service, routed by Host (api, api.ns, api.ns.svc); off when empty")
 	fs.Func("egress", "HOST or HOST:PORT outside the mesh that --outbound-http may reach in plain HTTP (repeatable; default none: 502)", func(v string) error {
 		o.cfg.Egress = append(o.cfg.Egress, v)

@@ -249,6 +249,9 @@ type Outbound struct {
 	fwd       *forwarder
 
 	table atomic.Pointer[Table]
+	// hostConns takes connections for the Host-routed server (ServeConn);
+	// nil until Run serves.
+	hostConns atomic.Pointer[connQueue]
 
 	mu        sync.Mutex // installs and remote creation
 	balancers map[string]*balancer.Balancer
@@ -670,6 +673,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 	// h2c, for gRPC apps); the accept loops decide per connection, from
 	// the table in force, whether a port is HTTP or a TCP relay.
 	conns := newConnQueue(ports[0].ln.Addr())
+	o.hostConns.Store(conns)
 	srv := newServer(o, o.cfg.Limits, o.log)
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
@@ -823,4 +827,27 @@ func (o *Outbound) trustDomain() (spiffeid.TrustDomain, bool) {
 		return spiffeid.TrustDomain{}, false
 	}
 	return svid.ID.TrustDomain(), true
+}
+
+var _ HTTPRouter = (*Outbound)(nil)
+
+// PortProtocol implements HTTPRouter from the table in force.
+func (o *Outbound) PortProtocol(port uint16) (meshv1.Protocol, bool) {
+	t := o.table.Load()
+	if t == nil {
+		return 0, false
+	}
+	p, ok := t.ports[uint32(port)]
+	return p, ok
+}
+
+// ServeConn implements HTTPRouter: c is served as a connection to the
+// Host-routed port. False (c closed) when the outbound is not serving.
+func (o *Outbound) ServeConn(c net.Conn) bool {
+	q := o.hostConns.Load()
+	if q == nil {
+		_ = c.Close()
+		return false
+	}
+	return q.put(context.Background(), c)
 }

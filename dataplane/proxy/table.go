@@ -45,6 +45,10 @@ type Table struct {
 	// own is the inbound's port table; nil without a Service resource for
 	// this proxy's service.
 	own map[uint32]meshv1.Protocol
+	// ports is the protocol the Services declare for each port, for the
+	// transparent listener; a port two Services declare differently is
+	// left out.
+	ports map[uint32]meshv1.Protocol
 	// Rejected lists endpoints left out because their identity may not
 	// serve their service, for logs.
 	rejected []string
@@ -210,6 +214,19 @@ func CompileTable(cfg TableConfig, snap *meshv1.Snapshot) (*Table, error) {
 		for _, h := range hostNames(s.key, cfg.Namespace) {
 			t.hosts[h] = s
 		}
+	}
+	t.ports = map[uint32]meshv1.Protocol{}
+	conflict := map[uint32]bool{}
+	for _, s := range t.services {
+		for _, sp := range s.ports {
+			if p, ok := t.ports[sp.port]; ok && p != sp.proto {
+				conflict[sp.port] = true
+			}
+			t.ports[sp.port] = sp.proto
+		}
+	}
+	for p := range conflict {
+		delete(t.ports, p)
 	}
 	return t, nil
 }

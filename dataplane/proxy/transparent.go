@@ -1,12 +1,15 @@
 package proxy
 
 // The transparent listener is the receiving end of `mesh-proxy redirect`:
-// connections the pod's iptables rules redirected to it are relayed, as
-// plain TCP, to where they were going. It is the seed of transparent
-// outbound routing; until discovery maps a destination to a mesh upstream,
-// it relays bytes and adds neither mTLS nor HTTP handling.
+// connections the pod's iptables rules redirected to it are either handed
+// to the outbound's Host-routed HTTP server (HTTP: to a mesh service over
+// mTLS, or out through the egress list) or relayed, as plain TCP, to where
+// they were going (anything else: the app's DNS-over-TCP, TLS to outside
+// hosts, databases outside the mesh), as Istio's passthrough does.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"minimesh/dataplane/redirect"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // DefaultTransparentAddr is where a Transparent listens by default: the
@@ -31,6 +35,7 @@ const DefaultTransparentAddr = "127.0.0.1:15001"
 // Results of a transparent connection, the "result" label of
 // minimesh_proxy_transparent_connections_total.
 const (
+	TransparentHTTP          = "http"           // handed to the outbound's Host-routed HTTP server
 	TransparentRelayed       = "relayed"        // relayed to its original destination
 	TransparentNotRedirected = "not_redirected" // reached the listener directly; refused
 	TransparentDialFailed    = "dial_failed"    // the original destination did not answer
@@ -54,9 +59,31 @@ type TransparentConfig struct {
 	// MaxConns bounds the connections relayed at once (default 1024);
 	// further ones are closed at accept.
 	MaxConns int
+	// HTTP, when set (an *Outbound with a Host-routed port), takes the
+	// connections that carry HTTP: those to a port a Service of the mesh
+	// declares http, http2 or grpc, and, to a port no Service declares,
+	// those whose first bytes are an HTTP/1.x request line or the HTTP/2
+	// preface (waiting at most SniffTimeout for them; a protocol where the
+	// server speaks first is relayed once it has passed). Nil: every
+	// connection is relayed.
+	HTTP HTTPRouter
+	// SniffTimeout bounds the wait for a connection's first bytes to an
+	// undeclared port; default 200ms.
+	SniffTimeout time.Duration
 	// Registerer, if set, gets minimesh_proxy_transparent_connections_total{result}.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger // discards if nil
+}
+
+// HTTPRouter takes redirected connections that carry HTTP. *Outbound is
+// one.
+type HTTPRouter interface {
+	// PortProtocol says what protocol the Services of the mesh declare for
+	// port; false when none declares it (or they disagree).
+	PortProtocol(port uint16) (meshv1.Protocol, bool)
+	// ServeConn serves c as a connection to the Host-routed port; false
+	// when it cannot (no such port, shutting down): c is then closed.
+	ServeConn(c net.Conn) bool
 }
 
 // Validate reports whether the config can be used.
@@ -100,6 +127,9 @@ func NewTransparent(cfg TransparentConfig) (*Transparent, error) {
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = 1024
 	}
+	if cfg.SniffTimeout <= 0 {
+		cfg.SniffTimeout = 200 * time.Millisecond
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -113,7 +143,7 @@ func NewTransparent(cfg TransparentConfig) (*Transparent, error) {
 			Help: "Connections accepted by the transparent listener, by result.",
 		}, []string{"result"}),
 	}
-	for _, r := range []string{TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit} {
+	for _, r := range []string{TransparentHTTP, TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit} {
 		t.results.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
@@ -196,9 +226,9 @@ func (t *Transparent) track(c net.Conn, add bool) {
 	}
 }
 
-// relay finds c's original destination and copies bytes both ways.
+// relay finds c's original destination, hands c to the HTTP router when
+// it carries HTTP, and otherwise copies bytes both ways.
 func (t *Transparent) relay(ctx context.Context, c net.Conn) {
-	defer c.Close()
 	log := t.cfg.Logger
 	dst, err := t.cfg.OriginalDst(c)
 	local, _ := c.LocalAddr().(*net.TCPAddr)
@@ -209,8 +239,21 @@ func (t *Transparent) relay(ctx context.Context, c net.Conn) {
 		t.results.WithLabelValues(TransparentNotRedirected).Inc()
 		log.Debug("transparent: refused a connection that was not redirected",
 			slog.String("src", c.RemoteAddr().String()), slog.Any("error", err))
+		_ = c.Close()
 		return
 	}
+	if t.cfg.HTTP != nil {
+		var isHTTP bool
+		c, isHTTP = t.carriesHTTP(c, dst.Port())
+		if isHTTP {
+			// The HTTP server owns c from here; it is no relay to track.
+			if t.cfg.HTTP.ServeConn(c) {
+				t.results.WithLabelValues(TransparentHTTP).Inc()
+			}
+			return
+		}
+	}
+	defer c.Close()
 	dctx, cancel := context.WithTimeout(ctx, t.lim.Dial)
 	up, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(dctx, "tcp", dst.String())
 	cancel()
@@ -274,4 +317,51 @@ func (t *Transparent) pipe(dst, src net.Conn, last *atomic.Int64) {
 			return
 		}
 	}
+}
+
+// carriesHTTP decides whether c, to port, carries HTTP: by the protocol
+// the mesh declares for the port, else by its first bytes. The returned
+// conn replays the bytes read to decide.
+func (t *Transparent) carriesHTTP(c net.Conn, port uint16) (net.Conn, bool) {
+	if proto, ok := t.cfg.HTTP.PortProtocol(port); ok {
+		return c, proto != meshv1.Protocol_PROTOCOL_TCP
+	}
+	br := bufio.NewReaderSize(c, 64)
+	_ = c.SetReadDeadline(time.Now().Add(t.cfg.SniffTimeout))
+	_, _ = br.Peek(len(http2Preface)) // what came in time
+	_ = c.SetReadDeadline(time.Time{})
+	b, _ := br.Peek(br.Buffered())
+	return &peekedConn{Conn: c, r: br}, looksLikeHTTP(b)
+}
+
+const http2Preface = "PRI * HTTP/2.0\r\n"
+
+// looksLikeHTTP reports whether b starts an HTTP/1.x request line (a
+// method token and a space) or the HTTP/2 preface.
+func looksLikeHTTP(b []byte) bool {
+	if bytes.HasPrefix(b, []byte("PRI * HTTP/2")) {
+		return true
+	}
+	for _, m := range []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "TRACE ", "CONNECT "} {
+		if bytes.HasPrefix(b, []byte(m)) {
+			return true
+		}
+	}
+	return false
+}
+
+// peekedConn reads first what was peeked from the connection.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite passes a half-close on to the connection, for the relay.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,5 +299,102 @@ func TestTransparentConfigValidate(t *testing.T) {
 				t.Errorf("%v does not wrap ErrInvalidConfig", err)
 			}
 		})
+	}
+}
+
+// With an HTTP router, a captured connection carrying HTTP goes to the
+// outbound's Host-routed server (and so over mTLS to the mesh service its
+// Host names): to a port a Service declares http at once, to an undeclared
+// port when its first bytes are a request line. Anything else, and a
+// declared tcp port, is relayed to where it was going.
+func TestTransparentHandsHTTPToTheOutbound(t *testing.T) {
+	checkLeaks(t)
+	m, a := newMesh(t), newApp(t)
+	inLn := listenLocal(t)
+	startInbound(t, m, a, newMetrics(t), inLn)
+	_, appPort, _ := net.SplitHostPort(a.addr())
+	hostLn := listenLocal(t)
+	log, logs := newLogger()
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	out, err := NewOutbound(OutboundConfig{HTTPListener: hostLn, SVID: m.web, Bundle: m.bundle, Logger: log, Limits: Limits{Drain: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := CompileTable(TableConfig{}, snapshot(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: http, port: `+appPort+`, protocol: http}, {name: db, port: 5432, protocol: tcp}]
+  servingIdentities: ["`+apiID+`"]
+`, "default/api "+inLn.Addr().String()+" "+apiID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Install(tab)
+	run(t, out)
+	backend := echoUpper(t) // the passthrough's destination
+	_, backendPort, _ := net.SplitHostPort(backend.Addr().String())
+	var dst atomic.Value
+	tr, ln, _ := newTransparent(t, TransparentConfig{
+		HTTP: out, SniffTimeout: 50 * time.Millisecond,
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return dst.Load().(netip.AddrPort), nil },
+	})
+	run(t, tr)
+	eventually(t, "the outbound serving", func() bool { return out.hostConns.Load() != nil })
+
+	send := func(to netip.AddrPort, payload string) string {
+		t.Helper()
+		dst.Store(to)
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, payload); err != nil {
+			t.Fatal(err)
+		}
+		if !looksLikeHTTP([]byte(payload)) {
+			// The echo answers at EOF; an HTTP server would take a
+			// half-close for a client gone and cancel the request.
+			_ = c.(*net.TCPConn).CloseWrite()
+		}
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	port := func(p string) netip.AddrPort {
+		n, _ := strconv.Atoi(p)
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(n))
+	}
+	get := "GET /captured HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+	for _, tc := range []struct {
+		name    string
+		to      netip.AddrPort
+		payload string
+		want    string
+	}{
+		{"declared http port", port(appPort), get, webID},                                             // through the mesh: the app sees web's identity
+		{"undeclared port, HTTP", port(backendPort), get, webID},                                      // sniffed
+		{"undeclared port, other bytes", port(backendPort), "\x16\x03\x01hello", "\x16\x03\x01HELLO"}, // relayed
+		{"declared tcp port", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 5432), get, ""},    // relayed: nothing listens there
+	} {
+		got := send(tc.to, tc.payload)
+		if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
+			t.Errorf("%s: got %.200q, want it to hold %q", tc.name, got, tc.want)
+		}
+	}
+	if n := transparentCount(tr, TransparentHTTP); n != 2 {
+		t.Errorf("handed to the outbound: %v, want 2", n)
+	}
+	if n := transparentCount(tr, TransparentRelayed); n != 1 {
+		t.Errorf("relayed: %v, want 1", n)
+	}
+	if n := transparentCount(tr, TransparentDialFailed); n != 1 {
+		t.Errorf("dial failed (the tcp port): %v, want 1", n)
 	}
 }

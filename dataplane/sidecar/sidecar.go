@@ -61,6 +61,12 @@ type Config struct {
 	// Egress lists hosts ("host" or "host:port") outside the mesh that
 	// OutboundHTTP may reach in plain HTTP; others get 502.
 	Egress []string
+	// Transparent (or TransparentListener) receives the app's outbound
+	// connections that `mesh-proxy redirect --outbound-port` captured:
+	// HTTP goes to the Host-routed port (OutboundHTTP, required), anything
+	// else to its original destination as it is. Off when empty.
+	Transparent         string
+	TransparentListener net.Listener
 
 	// Public, PublicCert and PublicKey enable plain TLS for clients outside
 	// the mesh.
@@ -236,6 +242,19 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		routing.out = out
 		s.add("outbound", out.Run)
+	}
+	if cfg.Transparent != "" || cfg.TransparentListener != nil {
+		if cfg.OutboundHTTP == "" && cfg.OutboundHTTPListener == nil {
+			return nil, fmt.Errorf("sidecar: --transparent needs --outbound-http (the Host-routed port its HTTP goes to)")
+		}
+		tr, err := proxy.NewTransparent(proxy.TransparentConfig{
+			Listener: cfg.TransparentListener, Addr: cfg.Transparent, HTTP: routing.out, Limits: limits,
+			Registerer: cfg.Registry, Logger: log.With("component", "transparent"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.add("transparent", tr.Run)
 	}
 	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, pub: pub, out: routing.out}
 	// Revocations first: connections of revoked peers close before the

@@ -49,8 +49,11 @@ const (
 
 	ProxyInboundPort = redirect.DefaultInboundPort // mTLS from other proxies, and captured inbound
 	ProxyAdminPort   = 15020                       // /ready, /metrics, /app-health/... on the pod IP
-	// ProxyOutboundPort receives the app's captured outbound traffic.
+	// ProxyOutboundPort receives the app's captured outbound traffic
+	// (mesh-proxy --transparent), ProxyHTTPPort is the Host-routed HTTP
+	// port it hands HTTP to (mesh-proxy --outbound-http, loopback).
 	ProxyOutboundPort = 15001
+	ProxyHTTPPort     = 15080
 	ProxyUID          = redirect.DefaultProxyUID
 
 	StateDir  = "/var/run/minimesh/state" // the volume; the proxy's 0700 state dir is StateDir/proxy
@@ -80,10 +83,12 @@ type InjectOptions struct {
 	// Upstreams are passed to mesh-proxy as --upstream, checked first.
 	Upstreams []string
 	// CaptureOutbound redirects the app's outbound TCP to mesh-proxy's
-	// Host-routed HTTP port (ProxyOutboundPort): HTTP to a mesh service by
-	// name (api, api.ns, api.ns.svc) goes over mTLS; anything else is refused
-	// there (502), never sent in clear. Off by default because it also
-	// catches the app's non-HTTP and outside traffic.
+	// transparent listener (ProxyOutboundPort): HTTP (to a port a Service
+	// declares http, or whose first bytes are a request line) goes to the
+	// Host-routed port, so a mesh service by name (api, api.ns, api.ns.svc)
+	// is reached over mTLS and an outside host only through --egress (else
+	// 502); anything else goes on to where it was going, as it is. Off by
+	// default because it catches all of the app's outbound traffic.
 	CaptureOutbound bool
 }
 
@@ -162,7 +167,7 @@ are refused. Comments are not kept.
 	f.StringVar(&opts.Service, "service", "", "service the pods serve (default: their serviceAccountName)")
 	f.StringVar(&opts.TokenSecret, "token-secret", "", `Secret with the keys "token" and "ca-pin" (default "mesh-token-<service>")`)
 	f.IntVar(&opts.AppPort, "port", 0, "the app's port (default: the one TCP containerPort the app declares)")
-	f.BoolVar(&opts.CaptureOutbound, "capture-outbound", false, "redirect the app's outbound TCP to mesh-proxy's Host-routed port (HTTP to mesh services only)")
+	f.BoolVar(&opts.CaptureOutbound, "capture-outbound", false, "redirect the app's outbound TCP to mesh-proxy: HTTP to mesh services over mTLS (outside hosts only through --egress), anything else passed through")
 	f.StringArrayVar(&opts.Upstreams, "upstream", nil, "passed to mesh-proxy as --upstream: SERVICE=LOCALADDR[=REMOTEADDR=SPIFFEID] (repeatable)")
 	return cmd
 }
@@ -691,7 +696,8 @@ func proxyContainer(opts InjectOptions, service, secret string, appPort int, pro
 		args = append(args, "--upstream="+u)
 	}
 	if opts.CaptureOutbound {
-		args = append(args, "--outbound-http=127.0.0.1:"+strconv.Itoa(ProxyOutboundPort))
+		args = append(args, "--transparent=127.0.0.1:"+strconv.Itoa(ProxyOutboundPort),
+			"--outbound-http=127.0.0.1:"+strconv.Itoa(ProxyHTTPPort))
 	}
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}

@@ -555,8 +555,8 @@ func FuzzInject(f *testing.F) {
 }
 
 // --capture-outbound sends the app's outbound TCP to the proxy's
-// Host-routed port: the redirect gets --outbound-port, the proxy listens
-// there, and both agree on the port.
+// transparent listener: the redirect gets --outbound-port, the proxy
+// listens there (--transparent) and hands HTTP to its Host-routed port.
 func TestInjectCaptureOutbound(t *testing.T) {
 	src, err := os.ReadFile(filepath.Join("testdata", "inject", "pod.yaml"))
 	if err != nil {
@@ -578,7 +578,7 @@ func TestInjectCaptureOutbound(t *testing.T) {
 	if !slices.Contains(redirect, "--outbound-port=15001") {
 		t.Errorf("redirect args %v", redirect)
 	}
-	if !slices.Contains(proxy, "--outbound-http=127.0.0.1:15001") {
+	if !slices.Contains(proxy, "--transparent=127.0.0.1:15001") || !slices.Contains(proxy, "--outbound-http=127.0.0.1:15080") {
 		t.Errorf("proxy args %v", proxy)
 	}
 	again, err := Inject(out, InjectOptions{Image: testImage, CaptureOutbound: true})
