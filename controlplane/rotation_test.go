@@ -13,6 +13,10 @@ import (
 func TestRootRotationResumesAfterRestart(t *testing.T) {
 	m := controlplanetest.Start(t, controlplane.Config{})
 	oldPin := m.RootPin()
+	before := m.Token(t, "default", "web", 1) // made under the old root
+	if before.CaPin != oldPin || before.Token.CaPin != oldPin {
+		t.Fatalf("token pin %q (listed %q), want the root's %q", before.CaPin, before.Token.CaPin, oldPin)
+	}
 	st, err := m.Operator(t).RotateCA(ctx(t), &meshv1.RotateCARequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +52,21 @@ func TestRootRotationResumesAfterRestart(t *testing.T) {
 	}
 	if m.RootPin() != next {
 		t.Fatalf("new tokens would pin %s, want the new root %s", m.RootPin(), next)
+	}
+	// The token made before carries the retired root's pin: CAStatus counts
+	// it, the token list marks it; one made now does not.
+	after := m.Token(t, "default", "api", 1)
+	if got.StaleTokens != 1 {
+		t.Errorf("stale tokens %d, want 1", got.StaleTokens)
+	}
+	list, err := m.Operator(t).ListJoinTokens(ctx(t), &meshv1.ListJoinTokensRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range list.Tokens {
+		if want := tok.Id == before.Token.Id; tok.StalePin != want || (tok.Id == after.Token.Id && tok.CaPin != next) {
+			t.Errorf("token %s: stale %v, pin %s", tok.Id, tok.StalePin, tok.CaPin)
+		}
 	}
 	m = m.Restart(t)
 	if _, err := m.Operator(t).RotateCA(ctx(t), &meshv1.RotateCARequest{Force: true}); err != nil {

@@ -93,11 +93,12 @@ func (s *Server) CreateJoinToken(_ context.Context, req *meshv1.CreateJoinTokenR
 		ServiceAccount: req.GetServiceAccount(),
 		TTL:            req.GetTtl().AsDuration(),
 		Uses:           req.GetUses(),
+		CAPin:          s.cfg.CAPin(),
 	})
 	if err != nil {
 		return nil, s.refuse("CreateJoinToken", identity.Status(err))
 	}
-	return &meshv1.CreateJoinTokenResponse{Token: tokenProto(tok), Secret: secret, CaPin: s.cfg.CAPin()}, nil
+	return &meshv1.CreateJoinTokenResponse{Token: tokenProto(tok, tok.CAPin), Secret: secret, CaPin: tok.CAPin}, nil
 }
 
 // ListJoinTokens implements meshv1.AdminServiceServer.
@@ -107,8 +108,9 @@ func (s *Server) ListJoinTokens(context.Context, *meshv1.ListJoinTokensRequest) 
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	out := &meshv1.ListJoinTokensResponse{}
+	pin := s.cfg.CAPin()
 	for _, t := range toks {
-		out.Tokens = append(out.Tokens, tokenProto(t))
+		out.Tokens = append(out.Tokens, tokenProto(t, pin))
 	}
 	return out, nil
 }
@@ -171,8 +173,11 @@ func (s *Server) ListProxies(context.Context, *meshv1.ListProxiesRequest) (*mesh
 	return out, nil
 }
 
-func tokenProto(t *store.Token) *meshv1.JoinToken {
+// tokenProto is t as the API shows it, its pin compared with activePin.
+func tokenProto(t *store.Token, activePin string) *meshv1.JoinToken {
 	return &meshv1.JoinToken{
+		CaPin:          t.CAPin,
+		StalePin:       t.CAPin != "" && t.CAPin != activePin,
 		Id:             t.ID,
 		Namespace:      t.Namespace,
 		ServiceAccount: t.ServiceAccount,

@@ -32,6 +32,17 @@ func (s *Server) CAStatus(context.Context, *meshv1.CAStatusRequest) (*meshv1.CAS
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	toks, err := s.cfg.Authority.ListTokens()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	now := s.cfg.Clock.Now()
+	for _, t := range toks {
+		usable := !t.Revoked && t.UsesLeft > 0 && now.Before(t.ExpiresAt)
+		if usable && t.CAPin != "" && t.CAPin != st.GetActive().GetPin() {
+			st.StaleTokens++
+		}
+	}
 	return st, nil
 }
 

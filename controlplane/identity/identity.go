@@ -78,6 +78,9 @@ type TokenRequest struct {
 	ServiceAccount string
 	TTL            time.Duration // 0: DefaultTokenTTL
 	Uses           uint32        // 0: 1
+	// CAPin is the pin of the root in force, kept with the token so that
+	// a rotation can tell which tokens carry an old one.
+	CAPin string
 }
 
 // CreateToken stores a new token and returns it with its secret form
@@ -116,6 +119,7 @@ func (a *Authority) CreateToken(req TokenRequest) (*store.Token, string, error) 
 	now := a.cfg.Clock.Now()
 	tok := &store.Token{
 		ID:             tokID,
+		CAPin:          req.CAPin,
 		SecretHash:     hash[:],
 		Namespace:      req.Namespace,
 		ServiceAccount: req.ServiceAccount,

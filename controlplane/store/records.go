@@ -36,6 +36,8 @@ type Token struct {
 	Uses           uint32    `json:"uses"`
 	UsesLeft       uint32    `json:"uses_left"`
 	Revoked        bool      `json:"revoked"`
+	// CAPin is the pin of the root in force when the token was made.
+	CAPin string `json:"ca_pin,omitempty"`
 	// Issued maps the SHA-256 of a bootstrapped public key (hex) to what
 	// was issued for it, so a Bootstrap repeated after a lost reply gets the
 	// same SVID back without using the token again.

@@ -77,6 +77,9 @@ func printCAStatus(g *globals, st *meshv1.CAStatusResponse) error {
 	if st.GetWaitingFor() != "" {
 		fmt.Fprintf(g.io.Out, "waiting for:  %s\n", st.GetWaitingFor())
 	}
+	if n := st.GetStaleTokens(); n > 0 {
+		fmt.Fprintf(g.io.Out, "join tokens:  %d usable carry a retired root's pin; their pods cannot bootstrap: make new ones (meshctl token list shows them)\n", n)
+	}
 	w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "\nINSTANCE\tSERVICE\tCONNECTED\tBUNDLE ACKED\tSVID ROOT")
 	for _, p := range st.GetProxies() {

@@ -75,6 +75,8 @@ func newTokenCmd(g *globals) *cobra.Command {
 						state = "expired"
 					case t.GetUsesLeft() == 0:
 						state = "used"
+					case t.GetStalePin():
+						state = "old CA pin"
 					}
 					fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\t%s\n", t.GetId(), t.GetSpiffeId(), t.GetUsesLeft(), t.GetUses(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), state)
 				}

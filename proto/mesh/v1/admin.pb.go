@@ -94,8 +94,15 @@ type JoinToken struct {
 	Uses           uint32                 `protobuf:"varint,7,opt,name=uses,proto3" json:"uses,omitempty"`
 	UsesLeft       uint32                 `protobuf:"varint,8,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
 	Revoked        bool                   `protobuf:"varint,9,opt,name=revoked,proto3" json:"revoked,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The pin of the root CA in force when the token was made: what its
+	// pods' --ca-pin is. Empty for tokens made before meshd kept it.
+	CaPin string `protobuf:"bytes,10,opt,name=ca_pin,json=caPin,proto3" json:"ca_pin,omitempty"`
+	// Set when ca_pin is not the active root's any more (a rotation
+	// activated another since): a pod with this token cannot bootstrap, so
+	// make a new one.
+	StalePin      bool `protobuf:"varint,11,opt,name=stale_pin,json=stalePin,proto3" json:"stale_pin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinToken) Reset() {
@@ -187,6 +194,20 @@ func (x *JoinToken) GetUsesLeft() uint32 {
 func (x *JoinToken) GetRevoked() bool {
 	if x != nil {
 		return x.Revoked
+	}
+	return false
+}
+
+func (x *JoinToken) GetCaPin() string {
+	if x != nil {
+		return x.CaPin
+	}
+	return ""
+}
+
+func (x *JoinToken) GetStalePin() bool {
+	if x != nil {
+		return x.StalePin
 	}
 	return false
 }
@@ -1897,8 +1918,11 @@ type CAStatusResponse struct {
 	WaitingFor           string                 `protobuf:"bytes,5,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
 	Proxies              []*ProxyRoots          `protobuf:"bytes,6,rep,name=proxies,proto3" json:"proxies,omitempty"`
 	IntermediateNotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=intermediate_not_after,json=intermediateNotAfter,proto3" json:"intermediate_not_after,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Usable join tokens (not revoked, expired or used up) whose ca_pin is
+	// not the active root's: their pods cannot bootstrap.
+	StaleTokens   uint32 `protobuf:"varint,8,opt,name=stale_tokens,json=staleTokens,proto3" json:"stale_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CAStatusResponse) Reset() {
@@ -1978,6 +2002,13 @@ func (x *CAStatusResponse) GetIntermediateNotAfter() *timestamppb.Timestamp {
 		return x.IntermediateNotAfter
 	}
 	return nil
+}
+
+func (x *CAStatusResponse) GetStaleTokens() uint32 {
+	if x != nil {
+		return x.StaleTokens
+	}
+	return 0
 }
 
 type RevokeProxyRequest struct {
@@ -2224,7 +2255,7 @@ var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"\xc0\x02\n" +
+	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"\xf4\x02\n" +
 	"\tJoinToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -2236,7 +2267,10 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
 	"\x04uses\x18\a \x01(\rR\x04uses\x12\x1b\n" +
 	"\tuses_left\x18\b \x01(\rR\busesLeft\x12\x18\n" +
-	"\arevoked\x18\t \x01(\bR\arevoked\"\xa0\x01\n" +
+	"\arevoked\x18\t \x01(\bR\arevoked\x12\x15\n" +
+	"\x06ca_pin\x18\n" +
+	" \x01(\tR\x05caPin\x12\x1b\n" +
+	"\tstale_pin\x18\v \x01(\bR\bstalePin\"\xa0\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12+\n" +
@@ -2347,7 +2381,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vacked_roots\x18\x04 \x03(\tR\n" +
 	"ackedRoots\x12\x1b\n" +
 	"\tsvid_root\x18\x05 \x01(\tR\bsvidRoot\x12B\n" +
-	"\x0fsvid_expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\"\xc3\x02\n" +
+	"\x0fsvid_expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\"\xe6\x02\n" +
 	"\x10CAStatusResponse\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12'\n" +
 	"\x06active\x18\x02 \x01(\v2\x0f.mesh.v1.CARootR\x06active\x12#\n" +
@@ -2356,7 +2390,8 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vwaiting_for\x18\x05 \x01(\tR\n" +
 	"waitingFor\x12-\n" +
 	"\aproxies\x18\x06 \x03(\v2\x13.mesh.v1.ProxyRootsR\aproxies\x12P\n" +
-	"\x16intermediate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x14intermediateNotAfter\"5\n" +
+	"\x16intermediate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x14intermediateNotAfter\x12!\n" +
+	"\fstale_tokens\x18\b \x01(\rR\vstaleTokens\"5\n" +
 	"\x12RevokeProxyRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"\x15\n" +
