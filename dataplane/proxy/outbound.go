@@ -140,7 +140,6 @@ func (u Upstream) Validate() error {
 	return nil
 }
 
-// normalized fills Service, Namespace and Port from Name.
 // Destination is the service an upstream port calls; namespace is empty
 // when the upstream does not name one (the proxy's own then).
 func (u Upstream) Destination() (namespace, service string) {
@@ -148,6 +147,7 @@ func (u Upstream) Destination() (namespace, service string) {
 	return u.Namespace, u.Service
 }
 
+// normalized fills Service, Namespace and Port from Name.
 func (u Upstream) normalized() Upstream {
 	if u.Service == "" {
 		u.Service, u.Namespace, u.Port, _ = parseUpstreamName(u.Name)
