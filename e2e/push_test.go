@@ -251,6 +251,20 @@ spec:
 		}
 		return nil
 	})
+	// meshctl proxies shows what each asked for.
+	out := meshctlRun(t, meshd, "proxies")
+	for _, want := range []struct{ service, scope string }{{"web", "default/api (+route backends)"}, {"gw", "all"}, {"db", "none"}} {
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) > 2 && f[1] == want.service && strings.HasSuffix(line, want.scope) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("meshctl proxies: no %s line ending in %q:\n%s", want.service, want.scope, out)
+		}
+	}
 	// The route still works through the scoped proxy's upstream port.
 	resp, err := plainHTTP(t).Get("http://" + scoped.up["api"] + "/x")
 	if err != nil {

@@ -830,6 +830,9 @@ func ProxyProto(p *store.Proxy) *meshv1.Proxy {
 		Address:    p.Address,
 		Version:    p.Version,
 		Connected:  p.Connected,
+		// The scope as registered; its Routes' backends come on top.
+		EndpointScoped: p.Scoped,
+		EndpointScope:  p.Scope,
 	}
 	if !p.LastSeen.IsZero() {
 		out.LastSeen = timestamppb.New(p.LastSeen)

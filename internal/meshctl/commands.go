@@ -3,6 +3,7 @@ package meshctl
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -154,17 +155,30 @@ func newProxiesCmd(g *globals) *cobra.Command {
 					return g.print(resp)
 				}
 				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN")
+				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN\tENDPOINTS OF")
 				for _, p := range resp.GetProxies() {
 					state := "disconnected"
 					if p.GetConnected() {
 						state = "connected"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,
-						fmtTime(p.GetLastSeen(), p.LastSeen != nil), until(p.GetSvidExpiresAt().AsTime()))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,
+						fmtTime(p.GetLastSeen(), p.LastSeen != nil), until(p.GetSvidExpiresAt().AsTime()), endpointScope(p))
 				}
 				return w.Flush()
 			})
 		},
 	}
+}
+
+// endpointScope is the ENDPOINTS OF column: "all" for a proxy that gets
+// every endpoint, else the services it named ("none" for none) and, as
+// meshd adds them, their Routes' backends.
+func endpointScope(p *meshv1.Proxy) string {
+	switch {
+	case !p.GetEndpointScoped():
+		return "all"
+	case len(p.GetEndpointScope()) == 0:
+		return "none"
+	}
+	return strings.Join(p.GetEndpointScope(), ",") + " (+route backends)"
 }

@@ -701,8 +701,13 @@ type Proxy struct {
 	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	SvidExpiresAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=svid_expires_at,json=svidExpiresAt,proto3" json:"svid_expires_at,omitempty"`
 	ConnectedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Whether the proxy named the services whose endpoints it needs (its
+	// Hello's endpoint scope), and which ("namespace/name"); when not, it
+	// gets every endpoint.
+	EndpointScoped bool     `protobuf:"varint,10,opt,name=endpoint_scoped,json=endpointScoped,proto3" json:"endpoint_scoped,omitempty"`
+	EndpointScope  []string `protobuf:"bytes,11,rep,name=endpoint_scope,json=endpointScope,proto3" json:"endpoint_scope,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Proxy) Reset() {
@@ -794,6 +799,20 @@ func (x *Proxy) GetSvidExpiresAt() *timestamppb.Timestamp {
 func (x *Proxy) GetConnectedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ConnectedAt
+	}
+	return nil
+}
+
+func (x *Proxy) GetEndpointScoped() bool {
+	if x != nil {
+		return x.EndpointScoped
+	}
+	return false
+}
+
+func (x *Proxy) GetEndpointScope() []string {
+	if x != nil {
+		return x.EndpointScope
 	}
 	return nil
 }
@@ -2300,7 +2319,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"valid_only\x18\x01 \x01(\bR\tvalidOnly\"T\n" +
 	"\x18ListCertificatesResponse\x128\n" +
-	"\fcertificates\x18\x01 \x03(\v2\x14.mesh.v1.CertificateR\fcertificates\"\xed\x02\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x14.mesh.v1.CertificateR\fcertificates\"\xbd\x03\n" +
 	"\x05Proxy\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1b\n" +
@@ -2311,7 +2330,10 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\tconnected\x18\x06 \x01(\bR\tconnected\x127\n" +
 	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12B\n" +
 	"\x0fsvid_expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\x12=\n" +
-	"\fconnected_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"\x14\n" +
+	"\fconnected_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12'\n" +
+	"\x0fendpoint_scoped\x18\n" +
+	" \x01(\bR\x0eendpointScoped\x12%\n" +
+	"\x0eendpoint_scope\x18\v \x03(\tR\rendpointScope\"\x14\n" +
 	"\x12ListProxiesRequest\"?\n" +
 	"\x13ListProxiesResponse\x12(\n" +
 	"\aproxies\x18\x01 \x03(\v2\x0e.mesh.v1.ProxyR\aproxies\"X\n" +
