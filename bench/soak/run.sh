@@ -30,11 +30,37 @@ step "SIGKILL of meshd in a loop of writes" go test -count=3 -timeout 30m -run T
 step "identity matrix at a proxy and at meshd" go test -count=1 -timeout 10m -run TestIdentityMatrix ./e2e
 step "revocation, denial, stale proxies" go test -count=1 -timeout 10m -run 'TestRevokeAndDeny|TestStaleProxiesAreForgotten' ./e2e
 
+# fuzz runs one Fuzz target for FUZZTIME. Go 1.26's fuzz coordinator can
+# fail a target with a bare "context deadline exceeded" at the end of a
+# duration budget on a loaded machine, having found nothing
+# (go.dev/issue/75804, fixed in Go 1.27): such a run, with no new crasher
+# in the package's testdata/fuzz, is run once more; a second one fails.
+fuzz() { # pkg func
+	local pkg=$1 func=$2 log
+	log=$(mktemp)
+	for try in 1 2; do
+		if go test -run '^$' -fuzz "^${func}\$" -fuzztime "$FUZZTIME" "$pkg" >"$log" 2>&1; then
+			cat "$log"
+			rm -f "$log"
+			return 0
+		fi
+		if [ "$try" = 1 ] && grep -q 'context deadline exceeded' "$log" &&
+			! grep -q 'Failing input written' "$log"; then
+			echo "== $func: bare deadline at the end of the budget (go.dev/issue/75804), running again"
+			continue
+		fi
+		break
+	done
+	cat "$log"
+	rm -f "$log"
+	return 1
+}
+
 # Every Fuzz target, each for FUZZTIME; new crashers land in the package's
 # testdata/fuzz and run as regression tests in make test from then on.
 while IFS=: read -r file func; do
 	pkg=./$(dirname "$file")
-	step "fuzz $pkg $func ($FUZZTIME)" go test -run '^$' -fuzz "^${func}\$" -fuzztime "$FUZZTIME" "$pkg"
+	step "fuzz $pkg $func ($FUZZTIME)" fuzz "$pkg" "$func"
 done < <(grep -rl --include='*_test.go' -E '^func Fuzz' . | sort | while read -r f; do
 	grep -oE '^func Fuzz[A-Za-z0-9_]+' "$f" | sed "s#^func #${f#./}:#"
 done)
