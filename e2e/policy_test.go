@@ -543,19 +543,11 @@ spec:
 		if err != nil {
 			return err
 		}
-		lines = nil
 		if bytes.Contains(b, []byte("\xc2\x85")) || bytes.Contains(b, []byte("\xe2\x80\xa8")) {
 			return fmt.Errorf("raw control characters in the log: %q", b)
 		}
-		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			if l == "" {
-				continue
-			}
-			var m map[string]any
-			if err := json.Unmarshal([]byte(l), &m); err != nil {
-				return fmt.Errorf("line %q: %v", l, err)
-			}
-			lines = append(lines, m)
+		if lines, err = jsonLines(b); err != nil {
+			return err
 		}
 		if len(lines) != 2 {
 			return fmt.Errorf("%d lines: %s", len(lines), b)
@@ -1049,13 +1041,8 @@ spec: {service: api, enabled: true, fields: [source_identity, source_address, me
 		if err != nil {
 			return err
 		}
-		lines = nil
-		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			var m map[string]any
-			if err := json.Unmarshal([]byte(l), &m); err != nil {
-				return fmt.Errorf("line %q: %v", l, err)
-			}
-			lines = append(lines, m)
+		if lines, err = jsonLines(b); err != nil {
+			return err
 		}
 		if len(lines) < 3 {
 			return fmt.Errorf("%d lines: %s", len(lines), b)
@@ -1073,4 +1060,20 @@ spec: {service: api, enabled: true, fields: [source_identity, source_address, me
 			t.Errorf("line %v, want path %s status %v from no identity", l, want.path, want.status)
 		}
 	}
+}
+
+// jsonLines decodes an access log: one JSON object a line.
+func jsonLines(b []byte) ([]map[string]any, error) {
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			return nil, fmt.Errorf("line %q: %v", l, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines, nil
 }

@@ -85,7 +85,7 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 	case http.MethodPost, http.MethodPut, http.MethodPatch:
 		bw.WriteString("Content-Length: 0\r\n")
 	}
-	if tokenListed(r.Header["Te"], "trailers") {
+	if listedIn(r.Header["Te"], "trailers") {
 		bw.WriteString("Te: trailers\r\n")
 	}
 	if h.peer != nil {
@@ -176,40 +176,39 @@ func writeField(bw *bufio.Writer, k, v string) {
 // dropFromRequest reports whether the header k is not passed to the app.
 func dropFromRequest(k string, public bool) bool {
 	switch k {
-	case "Host", "Content-Length",
-		// Hop-by-hop (RFC 9110 section 7.6.1, and those of RFC 2616).
-		"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+	case "Host", "Content-Length":
 		return true
 	case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
 		return public
 	}
-	return hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert")
+	return isHopByHop(k) || hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert")
 }
 
-// hopHeaders are the response headers a proxy does not pass on.
-var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+// isHopByHop reports whether k is a hop-by-hop field (RFC 9110 section
+// 7.6.1, and those of RFC 2616), which a proxy does not pass on.
+func isHopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
 
-// dropHopByHop deletes hop-by-hop headers and those Connection names.
+// dropHopByHop deletes hop-by-hop fields and those Connection names.
 func dropHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for f != "" {
-			var tok string
-			tok, f, _ = strings.Cut(f, ",")
-			if tok = strings.TrimSpace(tok); tok != "" {
-				h.Del(tok)
-			}
+	conn := h["Connection"]
+	for k := range h {
+		if isHopByHop(k) || listedIn(conn, k) {
+			delete(h, k)
 		}
 	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
 }
 
-// listedIn reports whether the Connection header values conn name k.
-func listedIn(conn []string, k string) bool {
-	for _, f := range conn {
+// listedIn reports whether the comma-separated values vv (Connection's,
+// Te's) name k.
+func listedIn(vv []string, k string) bool {
+	for _, f := range vv {
 		for f != "" {
 			var tok string
 			tok, f, _ = strings.Cut(f, ",")
@@ -219,11 +218,6 @@ func listedIn(conn []string, k string) bool {
 		}
 	}
 	return false
-}
-
-// tokenListed reports whether a comma-separated header holds token.
-func tokenListed(vv []string, token string) bool {
-	return len(vv) > 0 && listedIn(vv, token)
 }
 
 // informational passes a 1xx answer of the app on to the client, as

@@ -178,6 +178,11 @@ func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err err
 	f.log.LogAttrs(r.Context(), level, "proxy: upstream failed",
 		slog.String("listener", f.name), slog.String("method", r.Method),
 		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", err.Error()))
+	writePlain(w, code, body)
+}
+
+// writePlain answers code with a short plain-text body.
+func writePlain(w http.ResponseWriter, code int, body string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -195,11 +200,7 @@ func (f *forwarder) refuse(w http.ResponseWriter, r *http.Request, code int, bod
 	f.log.LogAttrs(r.Context(), level, "proxy: request refused",
 		slog.String("listener", f.name), slog.String("method", r.Method),
 		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", why.Error()))
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	_, _ = w.Write([]byte(body))
+	writePlain(w, code, body)
 	f.metrics.observe(code, 0)
 }
 

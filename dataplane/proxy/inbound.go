@@ -212,7 +212,6 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 	if p, ok := peerFrom(pr.In.Context()); ok {
 		pr.Out.Header[HeaderPeerID] = p.header
 	}
-	ensureRequestID(pr.Out.Header)
 	// A caller in the mesh is authenticated: its forwarding headers (say,
 	// a gateway's client address) reach the app as it sent them. The
 	// public listener, facing anyone, sets its own instead.
@@ -234,7 +233,6 @@ func (in *Inbound) directHead(r *http.Request, h *appHead) {
 	if p, ok := peerFrom(r.Context()); ok {
 		h.peer = p.header
 	}
-	ensureRequestID(r.Header)
 }
 
 // admit refuses a new connection from a peer the policy in force revokes.
@@ -294,7 +292,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := in.cfg.Clock.Now()
 	ex := newExchange(w, r, pe)
-	ensureRequestID(r.Header)
+	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	pe.begin()
 	defer pe.end()
 	routeName, path, upstream := in.serve(ex, r, pe)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"minimesh/certs"
@@ -25,13 +26,15 @@ import (
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
-// startPolicyInbound runs an Inbound for api that rechecks the bundle
-// often.
-func startPolicyInbound(t *testing.T, m *mesh, bundle *certs.BundleSource, metrics *Metrics) (*Inbound, string) {
+// startPolicyInbound runs an Inbound for api in front of a (a new app
+// when nil) that rechecks the bundle often.
+func startPolicyInbound(t *testing.T, m *mesh, bundle *certs.BundleSource, metrics *Metrics, a *app) (*Inbound, string) {
 	t.Helper()
 	log, _ := newLogger()
 	ln := listenLocal(t)
-	a := newApp(t)
+	if a == nil {
+		a = newApp(t)
+	}
 	in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: bundle,
 		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}, RecheckEvery: 10 * time.Millisecond})
 	if err != nil {
@@ -39,6 +42,19 @@ func startPolicyInbound(t *testing.T, m *mesh, bundle *certs.BundleSource, metri
 	}
 	run(t, in)
 	return in, ln.Addr().String()
+}
+
+// secondRoot makes another root CA of the trust domain and returns it
+// with a bundle holding both roots (the mesh's own stays as it was).
+func (m *mesh) secondRoot(t *testing.T) (*certs.CA, *x509bundle.Bundle) {
+	t.Helper()
+	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := m.ca.Bundle()
+	both.AddX509Authority(ca2.Root())
+	return ca2, both
 }
 
 // closedByPeer reports whether the server closed c: a read ends with EOF
@@ -55,15 +71,10 @@ func closedByPeer(c *tls.Conn) bool {
 func TestBundleDropClosesUnverifiedConnections(t *testing.T) {
 	checkLeaks(t)
 	m := newMesh(t)
-	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := m.ca.Bundle()
-	both.AddX509Authority(ca2.Root())
+	ca2, both := m.secondRoot(t)
 	bundle := certs.NewBundleSource(both)
 	metrics := newMetrics(t)
-	_, addr := startPolicyInbound(t, m, bundle, metrics)
+	_, addr := startPolicyInbound(t, m, bundle, metrics, nil)
 
 	web2 := certs.NewSVIDSource(nil)
 	web2.Set(certstest.SVID(t, ca2, webID))
@@ -95,7 +106,7 @@ func TestRevokedSerialRefusedAndClosed(t *testing.T) {
 	checkLeaks(t)
 	m := newMesh(t)
 	metrics := newMetrics(t)
-	in, addr := startPolicyInbound(t, m, m.bundle, metrics)
+	in, addr := startPolicyInbound(t, m, m.bundle, metrics, nil)
 	cfg := certs.MTLSClientConfig(m.web, m.bundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
 	k := dialKeepAlive(t, addr, cfg)
 	if code, _ := k.do(t, "/a"); code != 200 {
@@ -229,7 +240,7 @@ func FuzzStrictFraming(f *testing.F) {
 func TestStrictConnAnswers400(t *testing.T) {
 	checkLeaks(t)
 	m := newMesh(t)
-	_, addr := startPolicyInbound(t, m, m.bundle, newMetrics(t))
+	_, addr := startPolicyInbound(t, m, m.bundle, newMetrics(t), nil)
 	cfg := certs.MTLSClientConfig(m.web, m.bundle, certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
 	cfg.NextProtos = []string{"http/1.1"}
 	c, err := tls.Dial("tcp", addr, cfg)
@@ -274,23 +285,11 @@ func counterValue(t testing.TB, c prometheus.Counter) float64 {
 func TestBundleDropGoAwayAfterStreamInFlight(t *testing.T) {
 	checkLeaks(t)
 	m := newMesh(t)
-	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := m.ca.Bundle()
-	both.AddX509Authority(ca2.Root())
+	ca2, both := m.secondRoot(t)
 	bundle := certs.NewBundleSource(both)
-	metrics := newMetrics(t)
-	log, _ := newLogger()
-	ln := listenLocal(t)
 	a := newApp(t)
-	in, err := NewInbound(InboundConfig{Listener: ln, App: a.addr(), SVID: m.api, Bundle: bundle,
-		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}, RecheckEvery: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, in)
+	metrics := newMetrics(t)
+	_, addr := startPolicyInbound(t, m, bundle, metrics, a)
 
 	cfg := certs.MTLSClientConfig(m.web, certs.NewBundleSource(both), certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
 	var dials atomic.Int32
@@ -303,7 +302,7 @@ func TestBundleDropGoAwayAfterStreamInFlight(t *testing.T) {
 		}}
 	t.Cleanup(tr.CloseIdleConnections)
 	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
-	url := "https://" + ln.Addr().String() + "/stream"
+	url := "https://" + addr + "/stream"
 
 	pr, pw := io.Pipe()
 	type result struct {
@@ -348,10 +347,7 @@ func TestBundleDropGoAwayAfterStreamInFlight(t *testing.T) {
 // right after (before any tick of the recheck loop) is still a change.
 func TestBundleWatchBaseline(t *testing.T) {
 	m := newMesh(t)
-	ca2, err := certs.NewCA(certs.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca2, _ := m.secondRoot(t)
 	src := certs.NewBundleSource(m.ca.Bundle())
 	td := func() (spiffeid.TrustDomain, bool) {
 		return spiffeid.RequireTrustDomainFromString("minimesh.local"), true

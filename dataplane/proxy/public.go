@@ -109,7 +109,6 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 			}
 			stripMeshHeaders(pr.Out.Header)
 			pr.SetXForwarded()
-			ensureRequestID(pr.Out.Header)
 		})
 	p.fwd.direct = p.transport
 	p.fwd.head = func(r *http.Request, h *appHead) {
@@ -117,7 +116,6 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 		if path, ok := r.Context().Value(pathKey{}).(string); ok {
 			h.path = path
 		}
-		ensureRequestID(r.Header)
 	}
 	p.enf = enforcer{decisions: newDecisionCounters(cfg.Metrics), log: p.log}
 	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
@@ -137,7 +135,7 @@ func (p *Public) SetPolicy(pol *Policy) { p.policy.Store(pol) }
 // and rate-limited (429); then it is logged when the access log is on.
 func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pol := p.policy.Load()
-	ensureRequestID(r.Header)
+	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	al := p.cfg.AccessLog
 	if al == nil || !al.Enabled() {
 		p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
