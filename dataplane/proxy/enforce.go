@@ -49,12 +49,14 @@ func (in *Inbound) SetPolicy(p *Policy) {
 // a destination service at the outbound) to its request series, at most
 // MaxSourceServices of them.
 type seriesSet struct {
-	mu  sync.Mutex
-	m   map[string]*sourceMetrics
-	new func(value string) *sourceMetrics
+	mu     sync.Mutex
+	m      map[string]*requestSeries
+	series func(value string) *requestSeries // makes a value's series
 }
 
-type sourceMetrics struct {
+// requestSeries is one label value's request counters by class and its
+// duration histogram.
+type requestSeries struct {
 	classes  [len(responseClasses)]prometheus.Counter
 	duration prometheus.Observer
 }
@@ -64,8 +66,8 @@ func newSourceSet(m *Metrics, dest string) *seriesSet {
 	if dest == "" {
 		dest = "unknown"
 	}
-	return &seriesSet{m: map[string]*sourceMetrics{}, new: func(sa string) *sourceMetrics {
-		sm := &sourceMetrics{duration: m.inDuration.WithLabelValues(sa, dest)}
+	return &seriesSet{m: map[string]*requestSeries{}, series: func(sa string) *requestSeries {
+		sm := &requestSeries{duration: m.inDuration.WithLabelValues(sa, dest)}
 		for i, c := range responseClasses {
 			sm.classes[i] = m.inRequests.WithLabelValues(sa, dest, c)
 		}
@@ -75,8 +77,8 @@ func newSourceSet(m *Metrics, dest string) *seriesSet {
 
 // newDestinationSet is the outbound's series, by destination service.
 func newDestinationSet(m *Metrics) *seriesSet {
-	return &seriesSet{m: map[string]*sourceMetrics{}, new: func(dst string) *sourceMetrics {
-		sm := &sourceMetrics{duration: m.outDuration.WithLabelValues(dst)}
+	return &seriesSet{m: map[string]*requestSeries{}, series: func(dst string) *requestSeries {
+		sm := &requestSeries{duration: m.outDuration.WithLabelValues(dst)}
 		for i, c := range responseClasses {
 			sm.classes[i] = m.outRequests.WithLabelValues(dst, c)
 		}
@@ -85,7 +87,7 @@ func newDestinationSet(m *Metrics) *seriesSet {
 }
 
 // get returns the series of the label value v.
-func (s *seriesSet) get(v string) *sourceMetrics {
+func (s *seriesSet) get(v string) *requestSeries {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sm, ok := s.m[v]; ok {
@@ -97,12 +99,12 @@ func (s *seriesSet) get(v string) *sourceMetrics {
 			return sm
 		}
 	}
-	sm := s.new(v)
+	sm := s.series(v)
 	s.m[v] = sm
 	return sm
 }
 
-func (sm *sourceMetrics) observe(code int, seconds float64) {
+func (sm *requestSeries) observe(code int, seconds float64) {
 	i := code/100 - 1
 	if i < 0 || i > 4 {
 		i = len(responseClasses) - 1

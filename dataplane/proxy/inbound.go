@@ -422,12 +422,12 @@ type peer struct {
 	header []string
 	chain  []*x509.Certificate // as presented, leaf first
 	sa     string              // service account, for metric labels
-	srcM   atomic.Pointer[sourceMetrics]
+	srcM   atomic.Pointer[requestSeries]
 	peerState
 }
 
 // src returns the metric series of the peer's service account.
-func (p *peer) src(s *seriesSet) *sourceMetrics {
+func (p *peer) src(s *seriesSet) *requestSeries {
 	if m := p.srcM.Load(); m != nil {
 		return m
 	}

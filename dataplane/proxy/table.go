@@ -75,7 +75,7 @@ type service struct {
 	bal       *balancer.Balancer
 	subsetBal map[string]*balancer.Balancer
 	inflight  atomic.Int64
-	series    atomic.Pointer[sourceMetrics] // its outbound metrics, on first use
+	series    atomic.Pointer[requestSeries] // its outbound metrics, on first use
 }
 
 type svcPort struct {
