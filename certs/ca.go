@@ -232,7 +232,7 @@ func SPKIPin(cert *x509.Certificate) string {
 // the CA's trust domain, and signs an X509-SVID of lifetime ttl (0 = the
 // configured SVIDTTL), clipped to the intermediate's NotAfter. It returns the
 // chain [leaf, intermediate].
-func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration, opts ...IssueOption) ([]*x509.Certificate, error) {
 	if err := ca.checkID(id); err != nil {
 		return nil, err
 	}
@@ -240,7 +240,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.issue(csr.PublicKey, id, ttl)
+	leaf, err := ca.issue(csr.PublicKey, id, ttl, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509
 // IssueSVID generates a P-256 key and signs an SVID for id with it (meshd's
 // own serving certificate, the operator credential). ttl 0 = SVIDTTL.
 // The SVID's Certificates are [leaf, intermediate].
-func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration, opts ...IssueOption) (*x509svid.SVID, error) {
 	if err := ca.checkID(id); err != nil {
 		return nil, err
 	}
@@ -258,7 +258,7 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.issue(key.Public(), id, ttl)
+	leaf, err := ca.issue(key.Public(), id, ttl, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +289,16 @@ func (ca *CA) checkID(id spiffeid.ID) error {
 	return nil
 }
 
-func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, opts []IssueOption) (*x509.Certificate, error) {
+	var o issueOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.instance != "" {
+		if err := CheckInstanceID(o.instance); err != nil {
+			return nil, err
+		}
+	}
 	if ttl < 0 {
 		return nil, fmt.Errorf("%w: negative TTL %v", ErrInvalidConfig, ttl)
 	}
@@ -310,7 +319,7 @@ func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"minimesh"}},
+		Subject:               pkix.Name{Organization: []string{"minimesh"}, SerialNumber: o.instance},
 		NotBefore:             now.Add(-ca.cfg.Backdate),
 		NotAfter:              notAfter,
 		BasicConstraintsValid: true,

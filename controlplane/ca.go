@@ -28,8 +28,8 @@ func (h *caHolder) set(ca *certs.CA) { h.p.Store(ca) }
 func (h *caHolder) TrustDomain() spiffeid.TrustDomain { return h.get().TrustDomain() }
 
 // SignCSR implements identity.CA.
-func (h *caHolder) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
-	return h.get().SignCSR(csrDER, id, ttl)
+func (h *caHolder) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration, opts ...certs.IssueOption) ([]*x509.Certificate, error) {
+	return h.get().SignCSR(csrDER, id, ttl, opts...)
 }
 
 // Bundle implements identity.CA.

@@ -35,7 +35,7 @@ const (
 // CA signs certificates. *certs.CA implements it.
 type CA interface {
 	TrustDomain() spiffeid.TrustDomain
-	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration, opts ...certs.IssueOption) ([]*x509.Certificate, error)
 	Bundle() *x509bundle.Bundle
 	// RootPin is the pin of the root new certificates chain to.
 	RootPin() string

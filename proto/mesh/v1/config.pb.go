@@ -794,8 +794,11 @@ type Snapshot struct {
 	DeniedIdentities []string `protobuf:"bytes,5,rep,name=denied_identities,json=deniedIdentities,proto3" json:"denied_identities,omitempty"`
 	// Hex serials of revoked SVIDs still within their validity.
 	RevokedSerials []string `protobuf:"bytes,6,rep,name=revoked_serials,json=revokedSerials,proto3" json:"revoked_serials,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Revoked proxy instances: every certificate bound to one of them (its
+	// Subject serialNumber) is refused, whatever its serial.
+	RevokedInstances []string `protobuf:"bytes,7,rep,name=revoked_instances,json=revokedInstances,proto3" json:"revoked_instances,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -866,6 +869,13 @@ func (x *Snapshot) GetDeniedIdentities() []string {
 func (x *Snapshot) GetRevokedSerials() []string {
 	if x != nil {
 		return x.RevokedSerials
+	}
+	return nil
+}
+
+func (x *Snapshot) GetRevokedInstances() []string {
+	if x != nil {
+		return x.RevokedInstances
 	}
 	return nil
 }
@@ -1045,14 +1055,15 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"registered\x12/\n" +
 	"\bsnapshot\x18\x02 \x01(\v2\x11.mesh.v1.SnapshotH\x00R\bsnapshot\x12,\n" +
 	"\arequest\x18\x03 \x01(\v2\x10.mesh.v1.RequestH\x00R\arequestB\t\n" +
-	"\amessage\"\xff\x01\n" +
+	"\amessage\"\xac\x02\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12/\n" +
 	"\tresources\x18\x02 \x03(\v2\x11.mesh.v1.ResourceR\tresources\x12/\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x11.mesh.v1.EndpointR\tendpoints\x12!\n" +
 	"\ftrust_bundle\x18\x04 \x03(\fR\vtrustBundle\x12+\n" +
 	"\x11denied_identities\x18\x05 \x03(\tR\x10deniedIdentities\x12'\n" +
-	"\x0frevoked_serials\x18\x06 \x03(\tR\x0erevokedSerials\"\x9a\x01\n" +
+	"\x0frevoked_serials\x18\x06 \x03(\tR\x0erevokedSerials\x12+\n" +
+	"\x11revoked_instances\x18\a \x03(\tR\x10revokedInstances\"\x9a\x01\n" +
 	"\bEndpoint\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1f\n" +
