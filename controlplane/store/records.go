@@ -8,7 +8,25 @@ const (
 	TableCertificates = "certificates"
 	TableProxies      = "proxies"
 	TableDenials      = "denials"
+	// TableRevocations holds certificates revoked by serial (operator
+	// credentials, which all share one identity): refused wherever they
+	// are presented until they expire.
+	TableRevocations = "revocations"
 )
+
+// Revocation is one certificate revoked by its serial.
+type Revocation struct {
+	// Serial is the certificate's serial number, lowercase hex.
+	Serial    string    `json:"serial"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	NotAfter  time.Time `json:"not_after"`
+	CreatedAt time.Time `json:"created_at"`
+	// Reason is free text for the operator ("operator revoke").
+	Reason string `json:"reason,omitempty"`
+}
+
+// Key implements Record.
+func (r *Revocation) Key() string { return r.Serial }
 
 // Denial is a SPIFFE ID that gets no certificates and no connections.
 type Denial struct {

@@ -75,6 +75,15 @@ var tables = map[string]table{
 		},
 		decode: decodeJSON[Denial],
 	},
+	TableRevocations: {
+		schema: &memdb.TableSchema{
+			Name: TableRevocations,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Serial"}},
+			},
+		},
+		decode: decodeJSON[Revocation],
+	},
 	TableProxies: {
 		schema: &memdb.TableSchema{
 			Name: TableProxies,
