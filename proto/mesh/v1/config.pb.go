@@ -30,6 +30,7 @@ type StreamRequest struct {
 	//	*StreamRequest_Ack
 	//	*StreamRequest_Nack
 	//	*StreamRequest_Reply
+	//	*StreamRequest_Drain
 	Message       isStreamRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -108,6 +109,15 @@ func (x *StreamRequest) GetReply() *Reply {
 	return nil
 }
 
+func (x *StreamRequest) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Message.(*StreamRequest_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isStreamRequest_Message interface {
 	isStreamRequest_Message()
 }
@@ -128,6 +138,10 @@ type StreamRequest_Reply struct {
 	Reply *Reply `protobuf:"bytes,4,opt,name=reply,proto3,oneof"`
 }
 
+type StreamRequest_Drain struct {
+	Drain *Drain `protobuf:"bytes,5,opt,name=drain,proto3,oneof"`
+}
+
 func (*StreamRequest_Hello) isStreamRequest_Message() {}
 
 func (*StreamRequest_Ack) isStreamRequest_Message() {}
@@ -135,6 +149,49 @@ func (*StreamRequest_Ack) isStreamRequest_Message() {}
 func (*StreamRequest_Nack) isStreamRequest_Message() {}
 
 func (*StreamRequest_Reply) isStreamRequest_Message() {}
+
+func (*StreamRequest_Drain) isStreamRequest_Message() {}
+
+// Drain says the proxy is shutting down (SIGTERM, /quitquitquit): meshd
+// removes its endpoint at once and ends the stream. A stream that ends
+// without it (meshd restarted, the proxy's process or network died) keeps
+// the proxy an endpoint for meshd's --endpoint-grace, so losing the control
+// plane never costs a caller its endpoints.
+type Drain struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+}
 
 // Ack says the proxy applied the snapshot of this version.
 type Ack struct {
@@ -148,7 +205,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -160,7 +217,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -173,7 +230,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Ack) GetVersion() string {
@@ -202,7 +259,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +271,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +284,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Nack) GetVersion() string {
@@ -256,7 +313,7 @@ type FileStatus struct {
 
 func (x *FileStatus) Reset() {
 	*x = FileStatus{}
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +325,7 @@ func (x *FileStatus) String() string {
 func (*FileStatus) ProtoMessage() {}
 
 func (x *FileStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +338,7 @@ func (x *FileStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStatus.ProtoReflect.Descriptor instead.
 func (*FileStatus) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FileStatus) GetPath() string {
@@ -320,7 +377,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +389,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +402,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Request) GetId() uint64 {
@@ -404,7 +461,7 @@ type TopzQuery struct {
 
 func (x *TopzQuery) Reset() {
 	*x = TopzQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +473,7 @@ func (x *TopzQuery) String() string {
 func (*TopzQuery) ProtoMessage() {}
 
 func (x *TopzQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +486,7 @@ func (x *TopzQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopzQuery.ProtoReflect.Descriptor instead.
 func (*TopzQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 type ProczQuery struct {
@@ -441,7 +498,7 @@ type ProczQuery struct {
 
 func (x *ProczQuery) Reset() {
 	*x = ProczQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +510,7 @@ func (x *ProczQuery) String() string {
 func (*ProczQuery) ProtoMessage() {}
 
 func (x *ProczQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +523,7 @@ func (x *ProczQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProczQuery.ProtoReflect.Descriptor instead.
 func (*ProczQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProczQuery) GetPid() int32 {
@@ -489,7 +546,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +558,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +571,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -541,7 +598,9 @@ func (x *Reply) GetError() string {
 // Hello registers a proxy instance.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A random ID the proxy generated once and keeps in its state dir.
+	// A random ID the proxy generated once and keeps in its state dir. meshd
+	// takes the instance from the client certificate (bound at Bootstrap);
+	// this field may be empty, and a value that differs is refused.
 	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	// The service this proxy serves.
 	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
@@ -564,7 +623,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +635,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +648,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Hello) GetInstanceId() string {
@@ -644,7 +703,7 @@ type EndpointScope struct {
 
 func (x *EndpointScope) Reset() {
 	*x = EndpointScope{}
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +715,7 @@ func (x *EndpointScope) String() string {
 func (*EndpointScope) ProtoMessage() {}
 
 func (x *EndpointScope) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +728,7 @@ func (x *EndpointScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointScope.ProtoReflect.Descriptor instead.
 func (*EndpointScope) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EndpointScope) GetServices() []string {
@@ -693,7 +752,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +764,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +777,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamResponse) GetMessage() isStreamResponse_Message {
@@ -803,7 +862,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +874,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +887,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -880,7 +939,8 @@ func (x *Snapshot) GetRevokedInstances() []string {
 	return nil
 }
 
-// Endpoint is a registered, connected proxy allowed to serve its service.
+// Endpoint is a registered proxy allowed to serve its service: connected,
+// or disconnected without a Drain for less than meshd's endpoint grace.
 type Endpoint struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Namespace  string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -895,7 +955,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +967,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +980,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Endpoint) GetNamespace() string {
@@ -968,7 +1028,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1040,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1053,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Registered) GetSpiffeId() string {
@@ -1007,13 +1067,15 @@ var File_mesh_v1_config_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14mesh/v1/config.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xb1\x01\n" +
+	"\x14mesh/v1/config.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xd9\x01\n" +
 	"\rStreamRequest\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0e.mesh.v1.HelloH\x00R\x05hello\x12 \n" +
 	"\x03ack\x18\x02 \x01(\v2\f.mesh.v1.AckH\x00R\x03ack\x12#\n" +
 	"\x04nack\x18\x03 \x01(\v2\r.mesh.v1.NackH\x00R\x04nack\x12&\n" +
-	"\x05reply\x18\x04 \x01(\v2\x0e.mesh.v1.ReplyH\x00R\x05replyB\t\n" +
-	"\amessage\"J\n" +
+	"\x05reply\x18\x04 \x01(\v2\x0e.mesh.v1.ReplyH\x00R\x05reply\x12&\n" +
+	"\x05drain\x18\x05 \x01(\v2\x0e.mesh.v1.DrainH\x00R\x05drainB\t\n" +
+	"\amessage\"\a\n" +
+	"\x05Drain\"J\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
 	"\x05files\x18\x02 \x03(\v2\x13.mesh.v1.FileStatusR\x05files\"8\n" +
@@ -1089,47 +1151,49 @@ func file_mesh_v1_config_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_config_proto_rawDescData
 }
 
-var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_mesh_v1_config_proto_goTypes = []any{
 	(*StreamRequest)(nil),         // 0: mesh.v1.StreamRequest
-	(*Ack)(nil),                   // 1: mesh.v1.Ack
-	(*Nack)(nil),                  // 2: mesh.v1.Nack
-	(*FileStatus)(nil),            // 3: mesh.v1.FileStatus
-	(*Request)(nil),               // 4: mesh.v1.Request
-	(*TopzQuery)(nil),             // 5: mesh.v1.TopzQuery
-	(*ProczQuery)(nil),            // 6: mesh.v1.ProczQuery
-	(*Reply)(nil),                 // 7: mesh.v1.Reply
-	(*Hello)(nil),                 // 8: mesh.v1.Hello
-	(*EndpointScope)(nil),         // 9: mesh.v1.EndpointScope
-	(*StreamResponse)(nil),        // 10: mesh.v1.StreamResponse
-	(*Snapshot)(nil),              // 11: mesh.v1.Snapshot
-	(*Endpoint)(nil),              // 12: mesh.v1.Endpoint
-	(*Registered)(nil),            // 13: mesh.v1.Registered
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*Resource)(nil),              // 15: mesh.v1.Resource
+	(*Drain)(nil),                 // 1: mesh.v1.Drain
+	(*Ack)(nil),                   // 2: mesh.v1.Ack
+	(*Nack)(nil),                  // 3: mesh.v1.Nack
+	(*FileStatus)(nil),            // 4: mesh.v1.FileStatus
+	(*Request)(nil),               // 5: mesh.v1.Request
+	(*TopzQuery)(nil),             // 6: mesh.v1.TopzQuery
+	(*ProczQuery)(nil),            // 7: mesh.v1.ProczQuery
+	(*Reply)(nil),                 // 8: mesh.v1.Reply
+	(*Hello)(nil),                 // 9: mesh.v1.Hello
+	(*EndpointScope)(nil),         // 10: mesh.v1.EndpointScope
+	(*StreamResponse)(nil),        // 11: mesh.v1.StreamResponse
+	(*Snapshot)(nil),              // 12: mesh.v1.Snapshot
+	(*Endpoint)(nil),              // 13: mesh.v1.Endpoint
+	(*Registered)(nil),            // 14: mesh.v1.Registered
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*Resource)(nil),              // 16: mesh.v1.Resource
 }
 var file_mesh_v1_config_proto_depIdxs = []int32{
-	8,  // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
-	1,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
-	2,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
-	7,  // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
-	3,  // 4: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
-	14, // 5: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
-	5,  // 6: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
-	6,  // 7: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
-	9,  // 8: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
-	13, // 9: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
-	11, // 10: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
-	4,  // 11: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
-	15, // 12: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
-	12, // 13: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
-	0,  // 14: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
-	10, // 15: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
-	15, // [15:16] is the sub-list for method output_type
-	14, // [14:15] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	9,  // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
+	2,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
+	3,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
+	8,  // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
+	1,  // 4: mesh.v1.StreamRequest.drain:type_name -> mesh.v1.Drain
+	4,  // 5: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
+	15, // 6: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
+	6,  // 7: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
+	7,  // 8: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
+	10, // 9: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
+	14, // 10: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
+	12, // 11: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
+	5,  // 12: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
+	16, // 13: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
+	13, // 14: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
+	0,  // 15: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
+	11, // 16: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
+	16, // [16:17] is the sub-list for method output_type
+	15, // [15:16] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_config_proto_init() }
@@ -1143,12 +1207,13 @@ func file_mesh_v1_config_proto_init() {
 		(*StreamRequest_Ack)(nil),
 		(*StreamRequest_Nack)(nil),
 		(*StreamRequest_Reply)(nil),
+		(*StreamRequest_Drain)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[4].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[5].OneofWrappers = []any{
 		(*Request_Topz)(nil),
 		(*Request_Procz)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[10].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamResponse_Registered)(nil),
 		(*StreamResponse_Snapshot)(nil),
 		(*StreamResponse_Request)(nil),
@@ -1159,7 +1224,7 @@ func file_mesh_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_config_proto_rawDesc), len(file_mesh_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

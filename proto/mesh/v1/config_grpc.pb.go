@@ -37,6 +37,7 @@ const (
 //	Ack(version) | Nack(version, reason) ─►
 //	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
 //	Reply(id, ...) ──────────────►
+//	Drain ───────────────────────►   the proxy is leaving: no endpoint now
 type ConfigServiceClient interface {
 	// Stream registers the proxy (its first message must be a Hello), then
 	// carries snapshots down and ACK/NACKs up.
@@ -79,6 +80,7 @@ type ConfigService_StreamClient = grpc.BidiStreamingClient[StreamRequest, Stream
 //	Ack(version) | Nack(version, reason) ─►
 //	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
 //	Reply(id, ...) ──────────────►
+//	Drain ───────────────────────►   the proxy is leaving: no endpoint now
 type ConfigServiceServer interface {
 	// Stream registers the proxy (its first message must be a Hello), then
 	// carries snapshots down and ACK/NACKs up.
