@@ -111,6 +111,11 @@ type Proxy struct {
 	AckedRoots []string `json:"acked_roots,omitempty"`
 	// Revoked proxies get no more certificates and are no endpoints.
 	Revoked bool `json:"revoked,omitempty"`
+	// GraceUntil: a proxy whose stream ended without a Drain (meshd
+	// restarted or died, or the proxy's network did) stays an endpoint
+	// until then (meshd's endpoint grace). Zero while connected and after
+	// a Drain.
+	GraceUntil time.Time `json:"grace_until,omitzero"`
 }
 
 // Key implements Record.
