@@ -110,7 +110,7 @@ func CompilePolicy(cfg PolicyConfig, snap *meshv1.Snapshot, prev *Policy) (*Poli
 			break
 		}
 	}
-	p.revoked = NewRevocations(snap.GetDeniedIdentities(), snap.GetRevokedSerials())
+	p.revoked = NewRevocations(snap.GetDeniedIdentities(), snap.GetRevokedSerials(), snap.GetRevokedInstances())
 	return p, nil
 }
 
@@ -136,27 +136,38 @@ func (p *Policy) Revocations() *Revocations {
 	return p.revoked
 }
 
-// Revocations are the SPIFFE IDs (denied identities) and certificate
-// serials (revoked SVIDs) the mesh no longer admits, from a snapshot. A
-// nil *Revocations refuses nothing.
+// Revocations are the SPIFFE IDs (denied identities), certificate
+// serials (revoked SVIDs) and proxy instances (every certificate bound to
+// one, see certs.InstanceID) the mesh no longer admits, from a snapshot.
+// A nil *Revocations refuses nothing.
 type Revocations struct {
-	ids     map[string]struct{}
-	serials map[string]struct{}
+	ids       map[string]struct{}
+	serials   map[string]struct{}
+	instances map[string]struct{}
 }
 
-// NewRevocations builds Revocations from a snapshot's denied_identities
-// and revoked_serials (hex, as big.Int.Text(16) writes them; case and
-// leading zeros do not matter). Both empty: nil.
-func NewRevocations(ids, serials []string) *Revocations {
-	if len(ids) == 0 && len(serials) == 0 {
+// NewRevocations builds Revocations from a snapshot's denied_identities,
+// revoked_serials (hex, as big.Int.Text(16) writes them; case and leading
+// zeros do not matter) and revoked_instances. All empty: nil.
+func NewRevocations(ids, serials, instances []string) *Revocations {
+	if len(ids) == 0 && len(serials) == 0 && len(instances) == 0 {
 		return nil
 	}
-	r := &Revocations{ids: make(map[string]struct{}, len(ids)), serials: make(map[string]struct{}, len(serials))}
+	r := &Revocations{
+		ids:       make(map[string]struct{}, len(ids)),
+		serials:   make(map[string]struct{}, len(serials)),
+		instances: make(map[string]struct{}, len(instances)),
+	}
 	for _, id := range ids {
 		r.ids[id] = struct{}{}
 	}
 	for _, s := range serials {
 		r.serials[normSerial(s)] = struct{}{}
+	}
+	for _, in := range instances {
+		if in != "" {
+			r.instances[in] = struct{}{}
+		}
 	}
 	return r
 }
@@ -171,14 +182,22 @@ func normSerial(s string) string {
 }
 
 // Refused reports why a peer's verified chain (leaf first) is no longer
-// admitted: its SPIFFE ID is denied, or the serial of any certificate in
-// it is revoked. nil: admitted.
+// admitted: its SPIFFE ID is denied, its leaf is bound to a revoked
+// instance, or the serial of any certificate in it is revoked. nil:
+// admitted.
 func (r *Revocations) Refused(id string, chain []*x509.Certificate) error {
 	if r == nil {
 		return nil
 	}
 	if _, ok := r.ids[id]; ok {
 		return fmt.Errorf("%w: identity %s is denied", ErrRevoked, id)
+	}
+	if len(chain) > 0 && len(r.instances) > 0 {
+		if inst := certs.InstanceID(chain[0]); inst != "" {
+			if _, ok := r.instances[inst]; ok {
+				return fmt.Errorf("%w: instance %s is revoked", ErrRevoked, inst)
+			}
+		}
 	}
 	for _, c := range chain {
 		if c.SerialNumber == nil {
@@ -196,5 +215,5 @@ func (r *Revocations) Len() int {
 	if r == nil {
 		return 0
 	}
-	return len(r.ids) + len(r.serials)
+	return len(r.ids) + len(r.serials) + len(r.instances)
 }

@@ -365,3 +365,56 @@ func TestBundleWatchBaseline(t *testing.T) {
 		t.Error("no bundle at the start, then none: a change")
 	}
 }
+
+// TestRevokedInstanceRefusedAndClosed: a snapshot that revokes an instance
+// refuses every certificate bound to it, whatever its serial (a revoked
+// proxy's key cannot come back with a fresh SVID), and leaves another
+// instance of the same identity alone.
+func TestRevokedInstanceRefusedAndClosed(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	metrics := newMetrics(t)
+	in, addr := startPolicyInbound(t, m, m.bundle, metrics, nil)
+	issue := func(instance string) *certs.SVIDSource {
+		svid, err := m.ca.IssueSVID(spiffeid.RequireFromString(webID), 0, certs.WithInstance(instance))
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := certs.NewSVIDSource(nil)
+		src.Set(svid)
+		return src
+	}
+	authz := certs.AuthorizeID(spiffeid.RequireFromString(apiID))
+	revoked, fresh, other := issue("web-aaaaaaaaaaaa"), issue("web-aaaaaaaaaaaa"), issue("web-bbbbbbbbbbbb")
+	k := dialKeepAlive(t, addr, certs.MTLSClientConfig(revoked, m.bundle, authz, certs.TLSOptions{}))
+	if code, _ := k.do(t, "/a"); code != 200 {
+		t.Fatalf("before: %d", code)
+	}
+	ok := dialKeepAlive(t, addr, certs.MTLSClientConfig(other, m.bundle, authz, certs.TLSOptions{}))
+
+	pol, err := CompilePolicy(PolicyConfig{Service: "api"}, &meshv1.Snapshot{Version: "1", RevokedInstances: []string{"web-aaaaaaaaaaaa"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.SetPolicy(pol)
+	if !closedByPeer(k.conn) {
+		t.Fatal("the revoked instance's connection is still open")
+	}
+	// Another certificate (another serial) of the same instance: refused.
+	if err := exchange(addr, certs.MTLSClientConfig(fresh, m.bundle, authz, certs.TLSOptions{})); err == nil {
+		t.Fatal("a new certificate of the revoked instance was served")
+	}
+	if code, _ := ok.do(t, "/b"); code != 200 {
+		t.Fatalf("another instance of the same identity: %d", code)
+	}
+	if n := handshakeFailures(t, metrics, ListenerInbound, ReasonRevoked); n < 1 {
+		t.Errorf("refused handshakes counted: %v", n)
+	}
+	// The same rule decides the outbound's dials.
+	if err := pol.Revocations().Refused(webID, fresh.Current().Certificates); err == nil || !strings.Contains(err.Error(), "instance web-aaaaaaaaaaaa is revoked") {
+		t.Errorf("Refused = %v", err)
+	}
+	if err := pol.Revocations().Refused(webID, other.Current().Certificates); err != nil {
+		t.Errorf("Refused(other instance) = %v", err)
+	}
+}
