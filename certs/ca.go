@@ -236,16 +236,35 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration, opts ...
 	if err := ca.checkID(id); err != nil {
 		return nil, err
 	}
-	csr, err := ValidateCSR(csrDER, id)
+	csr, err := CheckCSR(csrDER, id)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.issue(csr.PublicKey, id, ttl, opts)
+	return ca.SignChecked(csr, ttl, opts...)
+}
+
+// SignChecked signs an X509-SVID for a CSR that CheckCSR accepted, for the
+// identity it was checked against: the CSR is not parsed or checked again.
+// It returns the chain [leaf, intermediate].
+func (ca *CA) SignChecked(csr *CheckedCSR, ttl time.Duration, opts ...IssueOption) ([]*x509.Certificate, error) {
+	if csr == nil || csr.csr == nil {
+		return nil, fmt.Errorf("%w: no checked CSR", ErrCSRMalformed)
+	}
+	if err := ca.checkID(csr.id); err != nil {
+		return nil, err
+	}
+	leaf, err := ca.issue(csr.csr.PublicKey, csr.id, ttl, opts)
 	if err != nil {
 		return nil, err
 	}
 	return []*x509.Certificate{leaf, ca.active.inter}, nil
 }
+
+// Current is the CA itself: a *CA is an immutable value, so a caller that
+// takes it once signs, pins and bundles from one CA even while a rotation
+// swaps in the next (see controlplane's holder, which returns the CA in
+// force).
+func (ca *CA) Current() *CA { return ca }
 
 // IssueSVID generates a P-256 key and signs an SVID for id with it (meshd's
 // own serving certificate, the operator credential). ttl 0 = SVIDTTL.

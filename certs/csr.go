@@ -98,6 +98,28 @@ func ValidateCSR(csrDER []byte, want spiffeid.ID) (*x509.CertificateRequest, err
 	return csr, nil
 }
 
+// CheckedCSR is a CSR that ValidateCSR accepted for one identity: the only
+// input SignChecked takes, so a CSR is parsed and checked once per issuance.
+type CheckedCSR struct {
+	csr *x509.CertificateRequest
+	id  spiffeid.ID
+}
+
+// CheckCSR is ValidateCSR returning a CheckedCSR for CA.SignChecked.
+func CheckCSR(csrDER []byte, want spiffeid.ID) (*CheckedCSR, error) {
+	csr, err := ValidateCSR(csrDER, want)
+	if err != nil {
+		return nil, err
+	}
+	return &CheckedCSR{csr: csr, id: want}, nil
+}
+
+// ID is the identity the CSR was checked for.
+func (c *CheckedCSR) ID() spiffeid.ID { return c.id }
+
+// PublicKey is the CSR's public key.
+func (c *CheckedCSR) PublicKey() crypto.PublicKey { return c.csr.PublicKey }
+
 // checkOnlyURISANs rejects SAN extensions holding any GeneralName other than
 // uniformResourceIdentifier ([6]), including the kinds x509 does not parse
 // (otherName, directoryName, registeredID, ...).
