@@ -52,6 +52,8 @@ type Metrics struct {
 	authz        *prometheus.CounterVec
 	rateLimits   *prometheus.CounterVec
 	revokedConns *prometheus.CounterVec
+	// Request headers removed before the app (sanitize.go).
+	headersDropped *prometheus.CounterVec
 
 	// At the outbound, by destination service.
 	outRequests *prometheus.CounterVec
@@ -147,7 +149,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "minimesh", Subsystem: "proxy", Name: "connections_closed_total",
 			Help: "Connections closed because their peer is no longer admitted: revoked, untrusted (no longer verifies against the bundle), unauthorized (a TCP stream the policy no longer allows).",
 		}, []string{"listener", "reason"}),
-		listeners: make(map[string]*listenerMetrics, len(listenerNames)),
+		headersDropped: newHeadersDropped(),
+		listeners:      make(map[string]*listenerMetrics, len(listenerNames)),
 	}
 	for _, l := range listenerNames {
 		lm := &listenerMetrics{
@@ -166,7 +169,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows,
-			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns, m.outRequests, m.outDuration} {
+			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns, m.outRequests, m.outDuration, m.headersDropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: register metrics: %w", err)
 			}
