@@ -100,11 +100,7 @@ func (s *Server) changeCA(what string, step func(*certs.CA) (*certs.CA, error)) 
 	if err != nil {
 		return fmt.Errorf("controlplane: %s: %w", what, err)
 	}
-	state, err := next.MarshalState()
-	if err != nil {
-		return err
-	}
-	if err := s.store.Update(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, state) }); err != nil {
+	if err := saveCA(s.store, s.caKey, next); err != nil {
 		return err
 	}
 	s.ca.set(next)

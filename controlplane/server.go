@@ -59,6 +59,12 @@ type Config struct {
 	// certificate and key, intermediate certificate and key). Ignored when
 	// the data dir already holds a CA.
 	CAState []byte
+	// CAKeyFile, when set, is a file of exactly 32 random bytes (mode 0600,
+	// not a symlink) whose key encrypts the CA state in the data file, and
+	// so in every backup (AES-256-GCM; see cakey.go). A data file whose CA
+	// is encrypted needs it at every start; a plain one is encrypted at the
+	// first start with it.
+	CAKeyFile string
 	// ForgetAfter removes proxies that have been disconnected this long
 	// (default 72h; negative keeps them forever).
 	ForgetAfter time.Duration
@@ -116,6 +122,7 @@ type Server struct {
 	td        spiffeid.TrustDomain
 	store     *store.Store
 	ca        caHolder
+	caKey     *CAKey     // nil: the CA state is stored in clear
 	rotateMu  sync.Mutex // serializes CA changes
 	authority *identity.Authority
 	serving   *certs.SVIDSource
@@ -139,11 +146,17 @@ func New(cfg Config) (*Server, error) {
 	if err := store.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	st, err := store.Open(store.Config{Path: filepath.Join(cfg.DataDir, dataFile), Logger: cfg.Logger})
+	var caKey *CAKey
+	if cfg.CAKeyFile != "" {
+		if caKey, err = ReadCAKeyFile(cfg.CAKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	st, err := openStore(filepath.Join(cfg.DataDir, dataFile), caKey, td, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, td: td, store: st}
+	s := &Server{cfg: cfg, td: td, store: st, caKey: caKey}
 	if err := s.init(); err != nil {
 		_ = st.Close()
 		return nil, err
@@ -208,7 +221,7 @@ func (s *Server) init() error {
 		grpc.ForceServerCodecV2(push.Codec()),
 	)
 	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
-	meshv1.RegisterAdminServiceServer(s.grpc, adminSrv)
+	meshv1.RegisterAdminServiceServer(s.grpc, backupHeader{adminSrv, s.caKey != nil})
 	meshv1.RegisterConfigServiceServer(s.grpc, s.push)
 	if err := MethodRules().Check(Services()...); err != nil {
 		return err
@@ -289,18 +302,17 @@ func MethodRules() authn.Rules {
 
 func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 	caCfg := certs.CAConfig{TrustDomain: s.td, Clock: s.cfg.Clock, SVIDTTL: s.cfg.SVIDTTL}
-	state, err := s.store.Meta(caMetaKey)
+	ca, sealed, err := loadCA(s.store, s.caKey, caCfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("controlplane: stored CA: %w", err)
 	}
-	if state != nil {
-		ca, err := certs.LoadCA(caCfg, state)
-		if err != nil {
-			return nil, fmt.Errorf("controlplane: stored CA: %w", err)
+	if ca != nil {
+		if s.caKey != nil && !sealed { // openStore sealed it; nothing else writes it
+			return nil, errors.New("controlplane: stored CA: still in clear after encrypting it")
 		}
+		s.cfg.Logger.Info("loaded the certificate authority", "encrypted", sealed, "ca_key_id", s.caKeyID(), "root_pin", ca.RootPin())
 		return ca, nil
 	}
-	var ca *certs.CA
 	if s.cfg.CAState != nil {
 		ca, err = certs.LoadCA(caCfg, s.cfg.CAState)
 		if err != nil {
@@ -309,14 +321,10 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 	} else if ca, err = certs.NewCA(caCfg); err != nil {
 		return nil, err
 	}
-	state, err = ca.MarshalState()
-	if err != nil {
+	if err := saveCA(s.store, s.caKey, ca); err != nil {
 		return nil, err
 	}
-	if err := s.store.Update(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, state) }); err != nil {
-		return nil, err
-	}
-	s.cfg.Logger.Info("created a new certificate authority", "trust_domain", s.td.String(), "root_pin", ca.RootPin())
+	s.cfg.Logger.Info("created a new certificate authority", "trust_domain", s.td.String(), "root_pin", ca.RootPin(), "encrypted", s.caKey != nil, "ca_key_id", s.caKeyID())
 	return ca, nil
 }
 

@@ -28,12 +28,12 @@ func TestBackupAndRestore(t *testing.T) {
 	m.Stop()
 
 	dir := filepath.Join(t.TempDir(), "restored")
-	if err := controlplane.Restore(dir, backup); err != nil {
+	if err := controlplane.Restore(dir, backup, ""); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	// Restoring again over the restored file overwrites nothing.
 	before, _ := os.ReadFile(filepath.Join(dir, "meshd.db"))
-	if err := controlplane.Restore(dir, backup); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err := controlplane.Restore(dir, backup, ""); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("restore over an existing data file: %v", err)
 	}
 	after, _ := os.ReadFile(filepath.Join(dir, "meshd.db"))
@@ -88,7 +88,7 @@ func TestBadDataFilesAreRefusedAndLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	empty := filepath.Join(t.TempDir(), "empty")
-	if err := controlplane.Restore(empty, corrupt); err == nil {
+	if err := controlplane.Restore(empty, corrupt, ""); err == nil {
 		t.Fatal("restore accepted a corrupt backup")
 	}
 	if _, err := os.Stat(filepath.Join(empty, "meshd.db")); err == nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -130,11 +131,22 @@ func newIdentityCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// backupCAKeysHeader is controlplane.BackupCAKeysHeader: "encrypted" when
+// the backup's CA keys are encrypted, "clear" otherwise.
+const backupCAKeysHeader = "minimesh-ca-keys"
+
 func newBackupCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "backup FILE",
 		Short: "Write a consistent copy of meshd's data file, taken live (restore with meshd --restore)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Write a consistent copy of meshd's data file, taken live (restore with meshd --restore).
+
+The copy holds the certificate authority's private keys. When meshd runs
+with --ca-key-file they are encrypted (AES-256-GCM), and restoring the copy
+needs that same key file: keep the two apart. Without --ca-key-file they are
+in clear: whoever reads the copy can issue certificates for the whole mesh,
+and backup warns on stderr. The file is written mode 0600.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
 				stream, err := c.Backup(ctx, &meshv1.BackupRequest{})
@@ -181,6 +193,11 @@ func newBackupCmd(g *globals) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(g.io.Out, "wrote %s (%d bytes)\n", args[0], n)
+				// meshd says in a header whether the CA keys in the copy are
+				// encrypted; a meshd that does not say is taken as clear.
+				if md, err := stream.Header(); err != nil || !slices.Equal(md.Get(backupCAKeysHeader), []string{"encrypted"}) {
+					fmt.Fprintf(g.io.Err, "warning: %s holds the CA's private keys in clear (meshd runs without --ca-key-file): whoever reads it can issue certificates for the whole mesh; keep it as secret as the CA, or start meshd with --ca-key-file\n", args[0])
+				}
 				return nil
 			})
 		},
