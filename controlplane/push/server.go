@@ -56,10 +56,19 @@ type Config struct {
 	Debounce, MaxDelay time.Duration
 	// QueryTimeout bounds an operator query to a proxy. Default 10s.
 	QueryTimeout time.Duration
-	Clock        certs.Clock
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// EndpointGrace is how long a proxy whose stream ended without a Drain
+	// (meshd restarted or died, the proxy's network broke) stays an
+	// endpoint, unless it reconnects first; a meshd that starts holds the
+	// endpoints it last knew as long. Default DefaultEndpointGrace.
+	EndpointGrace time.Duration
+	Clock         certs.Clock
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 }
+
+// DefaultEndpointGrace is the agent's longest reconnect backoff (30s) plus
+// a margin for a reconnect's handshake and a loaded meshd.
+const DefaultEndpointGrace = 45 * time.Second
 
 // Server implements meshv1.ConfigServiceServer: registration, snapshots
 // with ACK/NACK, and operator queries to proxies.
@@ -77,10 +86,16 @@ type Server struct {
 	shutdown bool
 	dirty    map[string]bool // instances whose ack state is not in the store yet
 	nextID   uint64
+	// graceNext is the earliest end of a running endpoint grace (zero:
+	// none), for Run's timer.
+	graceNext time.Time
 
 	pushes  prometheus.Counter
 	acks    *prometheus.CounterVec
 	connect prometheus.Gauge
+	refused *prometheus.CounterVec
+	inGrace prometheus.Gauge
+	drains  prometheus.Counter
 }
 
 var _ meshv1.ConfigServiceServer = (*Server)(nil)
@@ -109,10 +124,20 @@ type session struct {
 	sent    string
 	// claimed is the version the proxy said, in its Hello, it has in force.
 	claimed string
+	// serial and spiffeID are the caller's certificate's, checked against
+	// revocations and denials at every recompute.
+	serial, spiffeID string
+	// drained: the proxy said it is leaving (no endpoint grace); ended:
+	// meshd ended the stream for a revocation or denial (none either).
+	// Guarded by Server.mu.
+	drained, ended bool
 }
 
 // New builds the server and marks every stored proxy disconnected: a meshd
-// that just started holds no streams.
+// that just started holds no streams. The proxies that were endpoints when
+// the last meshd stopped (connected, or in their grace) stay endpoints for
+// EndpointGrace from now: they are reconnecting, and a caller that
+// reconnects first must not get a snapshot without them.
 func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("push: Config.Store is required")
@@ -135,6 +160,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.QueryTimeout <= 0 {
 		cfg.QueryTimeout = 10 * time.Second
 	}
+	if cfg.EndpointGrace < 0 {
+		return nil, fmt.Errorf("push: Config.EndpointGrace: must not be negative, got %s", cfg.EndpointGrace)
+	}
+	if cfg.EndpointGrace == 0 {
+		cfg.EndpointGrace = DefaultEndpointGrace
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = certs.SystemClock
 	}
@@ -152,11 +183,19 @@ func New(cfg Config) (*Server, error) {
 		pushes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_snapshot_pushes_total", Help: "Snapshots sent to proxies."}),
 		acks:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_meshd_snapshot_replies_total", Help: "ACKs and NACKs received, by kind."}, []string{"kind"}),
 		connect: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_connected_proxies", Help: "Proxies with an open stream."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_meshd_stream_refused_total",
+			Help: "Registration streams refused or ended by meshd, by reason."}, []string{"reason"}),
+		inGrace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_endpoints_in_grace",
+			Help: "Endpoints of proxies without a stream kept for the endpoint grace."}),
+		drains: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect)
+		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect, s.refused, s.inGrace, s.drains)
 	}
+	now := cfg.Clock.Now()
+	held := 0
 	err := cfg.Store.Update(func(tx *store.Txn) error {
+		held = 0
 		recs, err := tx.List(store.TableProxies, "id")
 		if err != nil {
 			return err
@@ -164,17 +203,29 @@ func New(cfg Config) (*Server, error) {
 		for _, rec := range recs {
 			p := *rec.(*store.Proxy)
 			s.status[p.InstanceID] = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}
-			if p.Connected {
-				p.Connected = false
-				if err := tx.Put(store.TableProxies, &p); err != nil {
-					return err
-				}
+			// An endpoint when the last meshd stopped: connected, or in its
+			// grace (an expired grace is cleared while meshd runs, so a
+			// GraceUntil still set was running when it stopped).
+			if !p.Connected && p.GraceUntil.IsZero() {
+				continue
+			}
+			p.Connected = false
+			p.GraceUntil = time.Time{}
+			if !p.Revoked {
+				p.GraceUntil = now.Add(cfg.EndpointGrace)
+				held++
+			}
+			if err := tx.Put(store.TableProxies, &p); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if held > 0 {
+		cfg.Logger.Info("holding the endpoints the last meshd knew until their proxies reconnect", "endpoints", held, "grace", cfg.EndpointGrace)
 	}
 	if err := s.recompute(); err != nil {
 		return nil, err
@@ -196,6 +247,21 @@ func (s *Server) Run(ctx context.Context) error {
 	flush := time.NewTicker(time.Second)
 	defer flush.Stop()
 	defer s.flush()
+	// One timer for the earliest end of an endpoint grace: its expiry is a
+	// change like any other (the endpoint leaves every snapshot).
+	expiry := time.NewTimer(time.Hour)
+	defer expiry.Stop()
+	arm := func() {
+		s.mu.Lock()
+		next := s.graceNext
+		s.mu.Unlock()
+		expiry.Stop()
+		if !next.IsZero() {
+			// A little past the end, so the recompute sees it expired.
+			expiry.Reset(max(next.Sub(s.cfg.Clock.Now()), 0) + 10*time.Millisecond)
+		}
+	}
+	arm()
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,6 +269,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-flush.C:
 			s.flush()
 			continue
+		case <-expiry.C:
 		case <-s.trigger:
 		}
 		// Debounce: wait for Debounce of quiet, at most MaxDelay in all.
@@ -228,37 +295,29 @@ func (s *Server) Run(ctx context.Context) error {
 		if err := s.recompute(); err != nil {
 			s.cfg.Logger.Error("could not compute snapshots", "error", err)
 		}
+		arm()
 	}
 }
 
 // recompute builds every group's snapshot and pushes it to each connected
-// proxy whose snapshot changed.
+// proxy whose snapshot changed; it ends the streams of callers that are
+// revoked (their instance or their certificate's serial) or denied.
 func (s *Server) recompute() error {
-	var snaps map[group]*meshv1.Snapshot
-	var members map[string]group
-	excluded := map[string]bool{}
+	var c *computed
+	now := s.cfg.Clock.Now()
 	err := s.cfg.Store.View(func(r *store.Reader) error {
 		var err error
-		snaps, members, err = snapshots(r, s.cfg.Bundle(), s.cfg.Clock.Now())
-		if err != nil {
-			return err
-		}
-		recs, err := r.List(store.TableProxies, "id")
-		for _, rec := range recs {
-			p := rec.(*store.Proxy)
-			if p.Revoked {
-				excluded[p.InstanceID] = true
-			} else if _, err := r.Get(store.TableDenials, p.SPIFFEID); err == nil {
-				excluded[p.InstanceID] = true
-			}
-		}
+		c, err = snapshots(r, s.cfg.Bundle(), now)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	current := make(map[group]*groupSnapshot, len(snaps))
-	for g, snap := range snaps {
+	if len(c.expired) > 0 {
+		s.clearExpired(c.expired)
+	}
+	current := make(map[group]*groupSnapshot, len(c.snaps))
+	for g, snap := range c.snaps {
 		// Unchanged groups keep their encoding.
 		if prev := s.snapshotOf(g); prev != nil && prev.snap.Version == snap.Version {
 			current[g] = prev
@@ -270,18 +329,61 @@ func (s *Server) recompute() error {
 		}
 		current[g] = &groupSnapshot{snap: snap, enc: enc, roots: rootPins(snap.GetTrustBundle())}
 	}
+	s.inGrace.Set(float64(c.inGrace))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.current, s.members = current, members
+	s.current, s.members = current, c.members
+	s.graceNext = c.graceNext
 	for id, sess := range s.active {
-		if excluded[id] {
-			// Revoked or denied: no more config; the stream ends.
+		var why string
+		switch {
+		case c.revokedInstances[id]:
+			why = "instance revoked"
+		case c.revokedSerials[sess.serial]:
+			why = "certificate revoked"
+		case c.denied[sess.spiffeID]:
+			why = "identity denied"
+		}
+		if why != "" {
+			// No more config; the stream ends, and no grace.
+			if !sess.ended {
+				sess.ended = true
+				s.refused.WithLabelValues("revoked_on_stream").Inc()
+				s.cfg.Logger.Warn("ending a proxy's stream", "instance_id", id, "serial", sess.serial, "spiffe_id", sess.spiffeID, "reason", why)
+			}
 			sess.cancel()
 			continue
 		}
 		s.pushLocked(id, sess)
 	}
 	return nil
+}
+
+// clearExpired clears the ended graces of these instances' records.
+func (s *Server) clearExpired(ids []string) {
+	now := s.cfg.Clock.Now()
+	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+		for _, id := range ids {
+			rec, err := tx.Get(store.TableProxies, id)
+			if err != nil {
+				continue
+			}
+			p := *rec.(*store.Proxy)
+			if p.GraceUntil.IsZero() || now.Before(p.GraceUntil) {
+				continue // reconnected, or a new grace since
+			}
+			p.GraceUntil = time.Time{}
+			if err := tx.Put(store.TableProxies, &p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.cfg.Logger.Warn("could not clear ended endpoint graces", "error", err)
+		return
+	}
+	s.cfg.Logger.Info("endpoint grace ended; no longer endpoints", "instances", ids)
 }
 
 // rootPins are the pins of DER root certificates.
@@ -335,7 +437,8 @@ var (
 )
 
 func validateHello(h *meshv1.Hello) error {
-	if !instanceIDRe.MatchString(h.GetInstanceId()) {
+	// Empty: the instance the certificate is bound to.
+	if h.GetInstanceId() != "" && !instanceIDRe.MatchString(h.GetInstanceId()) {
 		return fmt.Errorf("%w: instance_id: must be 1-63 lowercase letters, digits or '-'", ErrBadHello)
 	}
 	if !serviceRe.MatchString(h.GetService()) {
@@ -382,23 +485,34 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	if !ok || caller.ID.IsZero() {
 		return status.Error(codes.Unauthenticated, "stream needs a valid SVID")
 	}
+	serial := ""
+	if caller.Leaf != nil {
+		serial = caller.Leaf.SerialNumber.Text(16)
+	}
 	hello, err := s.recvHello(stream)
 	if err != nil {
-		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "peer", caller.Addr, "error", err)
+		s.refused.WithLabelValues("bad_hello").Inc()
+		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "serial", serial, "peer", caller.Addr, "error", err)
 		return err
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	id := hello.GetInstanceId()
 	sess := &session{
-		claimed: hello.GetAppliedVersion(),
-		cancel:  cancel,
-		updates: make(chan *groupSnapshot, 1),
-		queries: make(chan *meshv1.Request, 8),
-		replies: map[uint64]chan *meshv1.Reply{},
+		claimed:  hello.GetAppliedVersion(),
+		cancel:   cancel,
+		updates:  make(chan *groupSnapshot, 1),
+		queries:  make(chan *meshv1.Request, 8),
+		replies:  map[uint64]chan *meshv1.Reply{},
+		serial:   serial,
+		spiffeID: caller.ID.String(),
 	}
-	if err := s.register(caller, hello, sess); err != nil {
-		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "instance_id", id, "service", hello.GetService(), "error", err)
+	// The instance is the one the certificate is bound to; the Hello's
+	// field only has to agree.
+	id, reason, err := s.register(caller, hello, sess)
+	if err != nil {
+		s.refused.WithLabelValues(reason).Inc()
+		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "serial", serial, "claimed_instance_id", hello.GetInstanceId(),
+			"bound_instance_id", id, "service", hello.GetService(), "peer", caller.Addr, "reason", reason, "error", err)
 		return err
 	}
 	s.cfg.Logger.Info("proxy registered", "instance_id", id, "spiffe_id", caller.ID.String(), "service", hello.GetService(), "address", hello.GetAdvertiseAddress(), "version", hello.GetProxyVersion())
@@ -414,6 +528,12 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 		select {
 		case <-ctx.Done():
 			if stream.Context().Err() == nil {
+				s.mu.Lock()
+				ended := sess.ended
+				s.mu.Unlock()
+				if ended {
+					return status.Error(codes.PermissionDenied, "revoked or denied: stream ended by meshd")
+				}
 				return status.Error(codes.Unavailable, "stream closed by meshd (shutdown, or replaced by a newer stream for the same instance)")
 			}
 			return nil
@@ -468,10 +588,21 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 				delete(sess.replies, m.Reply.GetId())
 				ch <- m.Reply
 			}
+		case *meshv1.StreamRequest_Drain:
+			// The proxy is leaving: it stops being an endpoint now, with
+			// no grace, and the stream ends.
+			sess.drained = true
+			s.mu.Unlock()
+			s.drains.Inc()
+			s.cfg.Logger.Info("proxy draining", "instance_id", id)
+			return errDrained
 		}
 		s.mu.Unlock()
 	}
 }
+
+// errDrained ends receive after a Drain.
+var errDrained = errors.New("push: the proxy drained")
 
 func truncate(s string, n int) string {
 	if len(s) > n {
@@ -520,23 +651,29 @@ func (s *Server) recvHello(stream meshv1.ConfigService_StreamServer) (*meshv1.He
 	}
 }
 
-func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) error {
+// register binds the stream to the instance of the caller's certificate
+// and records it connected. It returns that instance (when known) and, on
+// refusal, a reason for the refusal counter.
+func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) (id, reason string, err error) {
 	if err := s.cfg.MayServe(caller.ID, h.GetService()); err != nil {
-		return status.Error(codes.PermissionDenied, err.Error())
+		return "", "not_allowed", status.Error(codes.PermissionDenied, err.Error())
 	}
 	now := s.cfg.Clock.Now()
-	err := s.cfg.Store.Update(func(tx *store.Txn) error {
-		p := &store.Proxy{InstanceID: h.GetInstanceId()}
-		if _, err := tx.Get(store.TableDenials, caller.ID.String()); err == nil {
-			return status.Errorf(codes.PermissionDenied, "%s is denied", caller.ID)
+	err = s.cfg.Store.Update(func(tx *store.Txn) error {
+		var err error
+		id, reason, err = bind(&tx.Reader, caller, h.GetInstanceId())
+		if err != nil {
+			return err
 		}
-		if rec, err := tx.Get(store.TableProxies, h.GetInstanceId()); err == nil {
+		if reason, err = checkRevoked(&tx.Reader, caller, id, now); err != nil {
+			return err
+		}
+		p := &store.Proxy{InstanceID: id}
+		if rec, err := tx.Get(store.TableProxies, id); err == nil {
 			prev := rec.(*store.Proxy)
-			if prev.Revoked {
-				return status.Errorf(codes.PermissionDenied, "instance %s is revoked", h.GetInstanceId())
-			}
 			if prev.SPIFFEID != caller.ID.String() {
-				return status.Errorf(codes.PermissionDenied, "instance %s is registered to another identity", h.GetInstanceId())
+				reason = "conflict"
+				return status.Errorf(codes.PermissionDenied, "instance %s is registered to another identity", id)
 			}
 			cp := *prev
 			p = &cp
@@ -547,6 +684,7 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 		p.Version = h.GetProxyVersion()
 		p.Scope, p.Scoped = scopeOf(h)
 		p.Connected = true
+		p.GraceUntil = time.Time{}
 		p.ConnectedAt = now
 		p.LastSeen = now
 		if caller.Leaf != nil && caller.Leaf.NotAfter.After(p.SVIDExpiresAt) {
@@ -555,23 +693,80 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) e
 		return tx.Put(store.TableProxies, p)
 	})
 	if err != nil {
-		return err
+		return id, reason, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown {
-		return status.Error(codes.Unavailable, "meshd is shutting down")
+		return id, "shutdown", status.Error(codes.Unavailable, "meshd is shutting down")
 	}
-	if old, ok := s.active[h.GetInstanceId()]; ok {
+	if old, ok := s.active[id]; ok {
 		old.cancel()
 	}
-	s.active[h.GetInstanceId()] = sess
+	s.active[id] = sess
 	s.connect.Set(float64(len(s.active)))
-	s.state(h.GetInstanceId()).lastMessage = now
+	s.state(id).lastMessage = now
 	// A (re)connected proxy gets its current snapshot at once, if its group
 	// already has one; new groups get theirs on the recompute it triggers.
-	s.pushLocked(h.GetInstanceId(), sess)
-	return nil
+	s.pushLocked(id, sess)
+	return id, "", nil
+}
+
+// bind is the instance the caller's certificate is bound to: the one in
+// its Subject (serialNumber), or for a certificate issued before instances
+// were written there, the one meshd recorded when it issued it. Neither a
+// store lookup by the request nor a request field decides it; the Hello's
+// instance_id, when set, must agree.
+func bind(r *store.Reader, caller authn.Caller, claimed string) (id, reason string, err error) {
+	if caller.Leaf == nil {
+		return "", "unbound", status.Error(codes.Unauthenticated, "stream needs a client certificate")
+	}
+	id = certs.InstanceID(caller.Leaf)
+	serial := caller.Leaf.SerialNumber.Text(16)
+	if id == "" {
+		rec, err := r.Get(store.TableCertificates, serial)
+		if err == nil {
+			id = rec.(*store.Certificate).InstanceID
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return "", "error", err
+		}
+		if id == "" {
+			return "", "unbound", status.Errorf(codes.PermissionDenied, "certificate %s is bound to no proxy instance (meshd has no record of one); bootstrap again", serial)
+		}
+	}
+	if err := certs.CheckInstanceID(id); err != nil {
+		return "", "unbound", status.Errorf(codes.PermissionDenied, "certificate %s: bound instance: %v", serial, err)
+	}
+	if claimed != "" && claimed != id {
+		return id, "instance_mismatch", status.Errorf(codes.InvalidArgument, "%v: instance_id: %q, but the certificate is bound to instance %q", ErrBadHello, claimed, id)
+	}
+	return id, "", nil
+}
+
+// checkRevoked refuses a caller whose identity is denied, whose instance
+// is revoked, or whose certificate is: by serial (the revocations table),
+// or as one meshd issued to an instance since revoked.
+func checkRevoked(r *store.Reader, caller authn.Caller, id string, now time.Time) (reason string, err error) {
+	if _, err := r.Get(store.TableDenials, caller.ID.String()); err == nil {
+		return "denied", status.Errorf(codes.PermissionDenied, "%s is denied", caller.ID)
+	}
+	revoked := func(instance string) bool {
+		rec, err := r.Get(store.TableProxies, instance)
+		return err == nil && rec.(*store.Proxy).Revoked
+	}
+	if revoked(id) {
+		return "revoked", status.Errorf(codes.PermissionDenied, "instance %s is revoked", id)
+	}
+	serial := caller.Leaf.SerialNumber.Text(16)
+	if rec, err := r.Get(store.TableRevocations, serial); err == nil && now.Before(rec.(*store.Revocation).NotAfter) {
+		return "revoked", status.Errorf(codes.PermissionDenied, "certificate %s is revoked", serial)
+	}
+	if rec, err := r.Get(store.TableCertificates, serial); err == nil {
+		if c := rec.(*store.Certificate); c.InstanceID != "" && c.InstanceID != id && revoked(c.InstanceID) {
+			return "revoked", status.Errorf(codes.PermissionDenied, "certificate %s was issued to revoked instance %s", serial, c.InstanceID)
+		}
+	}
+	return "", nil
 }
 
 // Shutdown ends every stream (each marks its proxy disconnected) and
@@ -598,6 +793,10 @@ func (s *Server) unregister(instanceID string, sess *session) {
 		close(ch)
 		delete(sess.replies, id)
 	}
+	// Without a Drain, the proxy may be serving still (meshd is stopping,
+	// or the network between them broke): it stays an endpoint for the
+	// grace, or until it reconnects.
+	grace := !sess.drained && !sess.ended
 	s.mu.Unlock()
 	if !mine {
 		return // a newer stream for this instance took over
@@ -612,12 +811,20 @@ func (s *Server) unregister(instanceID string, sess *session) {
 		p := *rec.(*store.Proxy)
 		p.Connected = false
 		p.LastSeen = now
+		p.GraceUntil = time.Time{}
+		if grace && !p.Revoked {
+			p.GraceUntil = now.Add(s.cfg.EndpointGrace)
+		}
 		return tx.Put(store.TableProxies, &p)
 	})
 	if err != nil {
 		s.cfg.Logger.Warn("could not record proxy disconnect", "instance_id", instanceID, "error", err)
 	}
-	s.cfg.Logger.Info("proxy disconnected", "instance_id", instanceID)
+	if grace {
+		s.cfg.Logger.Info("proxy disconnected without draining; still an endpoint for the grace", "instance_id", instanceID, "grace", s.cfg.EndpointGrace)
+	} else {
+		s.cfg.Logger.Info("proxy disconnected", "instance_id", instanceID)
+	}
 	s.Trigger()
 }
 

@@ -34,27 +34,50 @@ func scopeKey(scope []string, scoped bool) string {
 	return "=" + strings.Join(scope, ",")
 }
 
+// computed is what one pass over the store yields: every group's snapshot,
+// the group of each instance, and what decides whether an open stream may
+// go on.
+type computed struct {
+	snaps   map[group]*meshv1.Snapshot
+	members map[string]group
+	// Revoked instances and serials (unexpired certificates of revoked
+	// instances and the revocations table), denied identities.
+	revokedInstances, revokedSerials, denied map[string]bool
+	// graceNext is the earliest end of an endpoint grace still running
+	// (zero: none); inGrace counts the endpoints held by one.
+	graceNext time.Time
+	inGrace   int
+	// expired are instances whose grace ended but whose record still
+	// holds it (recompute clears them, so that a meshd that starts can
+	// tell the endpoints it last knew from those that left long ago).
+	expired []string
+}
+
 // snapshots computes the snapshot of every group that has a registered
 // proxy. The part every proxy shares (Services, Routes, endpoints, trust
 // bundle) is built once; each group adds its own service's inbound
 // resources. Proxies of one group share one immutable snapshot value.
-func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*meshv1.Snapshot, map[string]group, error) {
+//
+// A proxy is an endpoint while its stream is open and, after a stream that
+// ended without a Drain, until its GraceUntil: losing the control plane is
+// not losing an endpoint.
+func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (*computed, error) {
 	services, err := r.Objects(api.KindService, "")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	routes, err := r.Objects(api.KindRoute, "")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	recs, err := r.List(store.TableProxies, "id")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	denied := map[string]bool{}
 	drecs, err := r.List(store.TableDenials, "id")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var deniedIDs []string
 	for _, rec := range drecs {
@@ -84,11 +107,14 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 	for _, o := range routes {
 		shared = append(shared, api.ToProto(o))
 	}
+	c := &computed{members: map[string]group{}, denied: denied}
 	var endpoints []*meshv1.Endpoint
-	members := map[string]group{}
 	groups := map[group]map[string]bool{} // the services of its scope; nil: all
 	for _, rec := range recs {
 		p := rec.(*store.Proxy)
+		if !p.GraceUntil.IsZero() && !now.Before(p.GraceUntil) {
+			c.expired = append(c.expired, p.InstanceID)
+		}
 		id, err := spiffeid.FromString(p.SPIFFEID)
 		if err != nil {
 			continue
@@ -98,12 +124,19 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 			continue
 		}
 		g := group{ns, p.Service, scopeKey(p.Scope, p.Scoped)}
-		members[p.InstanceID] = g
+		c.members[p.InstanceID] = g
 		if _, ok := groups[g]; !ok {
 			groups[g] = scopeSet(p.Scope, p.Scoped, backends)
 		}
-		if !p.Connected || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[ns+"/"+p.Service], id, p.Service) {
+		inGrace := !p.Connected && now.Before(p.GraceUntil)
+		if !p.Connected && !inGrace || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[ns+"/"+p.Service], id, p.Service) {
 			continue
+		}
+		if inGrace {
+			c.inGrace++
+			if c.graceNext.IsZero() || p.GraceUntil.Before(c.graceNext) {
+				c.graceNext = p.GraceUntil
+			}
 		}
 		endpoints = append(endpoints, &meshv1.Endpoint{
 			Namespace: ns, Service: p.Service, InstanceId: p.InstanceID, Address: p.Address, SpiffeId: p.SPIFFEID,
@@ -120,11 +153,12 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 		return a.InstanceId < b.InstanceId
 	})
 
-	revoked, err := revokedSerials(r, recs, now)
+	revokedInstances, revokedSerials, err := revocations(r, recs, now)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	out := make(map[group]*meshv1.Snapshot, len(groups))
+	c.revokedInstances, c.revokedSerials = setOf(revokedInstances), setOf(revokedSerials)
+	c.snaps = make(map[group]*meshv1.Snapshot, len(groups))
 	lookup := r.Lookup()
 	for g, in := range groups {
 		eps := endpoints
@@ -136,7 +170,8 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 				}
 			}
 		}
-		snap := &meshv1.Snapshot{Endpoints: eps, TrustBundle: bundle, DeniedIdentities: deniedIDs, RevokedSerials: revoked}
+		snap := &meshv1.Snapshot{Endpoints: eps, TrustBundle: bundle, DeniedIdentities: deniedIDs,
+			RevokedSerials: revokedSerials, RevokedInstances: revokedInstances}
 		snap.Resources = append(snap.Resources, shared...)
 		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile} {
 			objs := lookup.ByService(kind, g.namespace, g.service)
@@ -146,9 +181,17 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (map[group]*mesh
 			}
 		}
 		snap.Version = Version(snap)
-		out[g] = snap
+		c.snaps[g] = snap
 	}
-	return out, members, nil
+	return c, nil
+}
+
+func setOf(ss []string) map[string]bool {
+	m := make(map[string]bool, len(ss))
+	for _, s := range ss {
+		m[s] = true
+	}
+	return m
 }
 
 // scopeSet is the services whose endpoints a proxy of that scope gets: the
@@ -195,29 +238,44 @@ func Version(s *meshv1.Snapshot) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// revokedSerials lists the serials of the certificates issued to revoked
-// instances that have not expired yet (the others fail verification anyway).
-func revokedSerials(r *store.Reader, proxies []store.Record, now time.Time) ([]string, error) {
+// revocations lists the revoked instances, and the serials of revoked
+// certificates that have not expired yet (the others fail verification
+// anyway): those issued to revoked instances (by meshd's certificate
+// records) and those revoked by serial (the revocations table). Both sorted.
+func revocations(r *store.Reader, proxies []store.Record, now time.Time) (instances, serials []string, err error) {
 	revoked := map[string]bool{}
 	for _, rec := range proxies {
 		if p := rec.(*store.Proxy); p.Revoked {
 			revoked[p.InstanceID] = true
+			instances = append(instances, p.InstanceID)
 		}
 	}
-	if len(revoked) == 0 {
-		return nil, nil
+	sort.Strings(instances)
+	seen := map[string]bool{}
+	if len(revoked) > 0 {
+		recs, err := r.List(store.TableCertificates, "id")
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, rec := range recs {
+			c := rec.(*store.Certificate)
+			if revoked[c.InstanceID] && now.Before(c.NotAfter) && !seen[c.Serial] {
+				seen[c.Serial] = true
+				serials = append(serials, c.Serial)
+			}
+		}
 	}
-	certs, err := r.List(store.TableCertificates, "id")
+	recs, err := r.List(store.TableRevocations, "id")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []string
-	for _, rec := range certs {
-		c := rec.(*store.Certificate)
-		if revoked[c.InstanceID] && now.Before(c.NotAfter) {
-			out = append(out, c.Serial)
+	for _, rec := range recs {
+		rv := rec.(*store.Revocation)
+		if now.Before(rv.NotAfter) && !seen[rv.Serial] {
+			seen[rv.Serial] = true
+			serials = append(serials, rv.Serial)
 		}
 	}
-	sort.Strings(out)
-	return out, nil
+	sort.Strings(serials)
+	return instances, serials, nil
 }

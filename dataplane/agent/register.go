@@ -53,7 +53,20 @@ func (a *Agent) registerLoop(ctx context.Context) {
 	}
 }
 
-// stream opens one registration stream and holds it until it breaks.
+// drainTimeout bounds saying goodbye to meshd when the proxy leaves.
+const drainTimeout = 2 * time.Second
+
+// stream opens one registration stream and holds it until it breaks, or
+// until ctx ends: the proxy is leaving (SIGTERM, /quitquitquit, a part
+// failed), and it sends Drain so that meshd drops its endpoint at once. A
+// stream that ends any other way (meshd restarted, the network broke)
+// leaves the endpoint in place for meshd's endpoint grace: callers keep
+// reaching this proxy while it reconnects.
+//
+// An explicit message rather than a cleanly closed stream (CloseSend):
+// it states the intent whatever sits between proxy and meshd (a half-close
+// can come from an intermediary or a client library's shutdown), and
+// proxies that predate it fall on the safe side (the grace).
 func (a *Agent) stream(ctx context.Context) error {
 	tc := certs.MTLSClientConfig(a.svid, a.bundle, certs.AuthorizeID(certs.MeshdID(a.cfg.TrustDomain)), certs.TLSOptions{Clock: a.cfg.Clock})
 	conn, err := grpc.NewClient(a.cfg.ControlPlane,
@@ -64,7 +77,9 @@ func (a *Agent) stream(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
+	// The stream outlives ctx by the Drain: it has its own cancel.
+	leaving := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	st, err := meshv1.NewConfigServiceClient(conn).Stream(ctx)
 	if err != nil {
@@ -101,6 +116,10 @@ func (a *Agent) stream(ctx context.Context) error {
 		cancel()
 		<-first
 		return errors.New("agent: no answer to the hello in time")
+	case <-leaving.Done():
+		cancel()
+		<-first
+		return leaving.Err()
 	}
 	a.setConnected(true)
 	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instanceID, "service", a.cfg.Service, "advertise", a.cfg.Advertise)
@@ -130,6 +149,9 @@ func (a *Agent) stream(ctx context.Context) error {
 	for {
 		var out *meshv1.StreamRequest
 		select {
+		case <-leaving.Done():
+			a.drain(st, msgs, recvErr, cancel)
+			return leaving.Err()
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return errors.New("agent: meshd closed the stream")
@@ -157,6 +179,28 @@ func (a *Agent) stream(ctx context.Context) error {
 			if err := st.Send(out); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// drain tells meshd this proxy is leaving and waits, bounded, for meshd to
+// end the stream; cancel ends it (and any Send blocked on it) at the bound.
+func (a *Agent) drain(st meshv1.ConfigService_StreamClient, msgs <-chan *meshv1.StreamResponse, recvErr <-chan error, cancel context.CancelFunc) {
+	t := time.AfterFunc(min(drainTimeout, a.cfg.CallTimeout), cancel)
+	defer t.Stop()
+	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Drain{Drain: &meshv1.Drain{}}}); err != nil {
+		a.cfg.Logger.Warn("could not tell meshd this proxy is leaving; it stays an endpoint for meshd's grace", "error", err)
+		return
+	}
+	_ = st.CloseSend()
+	for {
+		select {
+		case <-recvErr:
+			a.cfg.Logger.Info("told meshd this proxy is leaving")
+			return
+		case <-msgs: // a snapshot after leaving: not applied
+		case <-st.Context().Done():
+			return
 		}
 	}
 }
