@@ -7,12 +7,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"minimesh/internal/fsguard"
 )
 
 // File names WriteSVID and LoadSVID use inside their directory.
@@ -22,10 +25,18 @@ const (
 	BundleFile  = "bundle.pem"   // the trust bundle's roots
 )
 
-// WriteSVID writes dir/svid.pem (chain), dir/svid_key.pem (0600) and
-// dir/bundle.pem, each atomically; dir is created 0700 if missing. The three
-// files are not replaced as one: a reader racing a write may see a new key
-// with an old chain, which LoadSVID reports as an error to retry.
+// Size limits of the files LoadSVID reads.
+const (
+	maxChainFile = 1 << 20
+	maxKeyFile   = 64 << 10
+)
+
+// WriteSVID writes dir/svid.pem (chain), dir/svid_key.pem and
+// dir/bundle.pem, each atomically and with mode 0600; dir is created 0700 if
+// missing, and must be a trusted directory (fsguard.OpenDir: ours, not
+// writable by others, no symbolic link on its path). The three files are not
+// replaced as one: a reader racing a write may see a new key with an old
+// chain, which LoadSVID reports as an error to retry.
 func WriteSVID(dir string, svid *x509svid.SVID, bundle *x509bundle.Bundle) error {
 	if svid == nil || len(svid.Certificates) == 0 || svid.PrivateKey == nil {
 		return fmt.Errorf("certs: WriteSVID: %w", ErrNoSVID)
@@ -37,29 +48,91 @@ func WriteSVID(dir string, svid *x509svid.SVID, bundle *x509bundle.Bundle) error
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	d, err := fsguard.OpenDir(dir, true)
+	if err != nil {
 		return fmt.Errorf("certs: WriteSVID: %w", err)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, SVIDKeyFile), keyPEM, 0o600); err != nil {
-		return err
+	defer d.Close()
+	if err := d.WriteFile(SVIDKeyFile, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("certs: %w", err)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, SVIDFile), EncodeCertsPEM(svid.Certificates), 0o644); err != nil {
-		return err
+	if err := d.WriteFile(SVIDFile, EncodeCertsPEM(svid.Certificates), 0o600); err != nil {
+		return fmt.Errorf("certs: %w", err)
 	}
-	return WriteFileAtomic(filepath.Join(dir, BundleFile), EncodeCertsPEM(bundle.X509Authorities()), 0o644)
+	if err := d.WriteFile(BundleFile, EncodeCertsPEM(bundle.X509Authorities()), 0o600); err != nil {
+		return fmt.Errorf("certs: %w", err)
+	}
+	return nil
 }
 
 // LoadSVID reads what WriteSVID wrote. The SVID must be of trust domain td
-// and the bundle is taken to be td's.
+// and the bundle is taken to be td's. dir must be a trusted directory
+// (fsguard.OpenDir) and each file a regular file (never a symbolic link)
+// owned by this process's user; the key must have mode 0600 (no group or
+// other bits), the chain and bundle no group or other write bit. Anything
+// else is an error wrapping fsguard.ErrUntrusted: a key this process did not
+// write is never used. A missing directory or file wraps fs.ErrNotExist.
 func LoadSVID(dir string, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
-	svid, err := x509svid.Load(filepath.Join(dir, SVIDFile), filepath.Join(dir, SVIDKeyFile))
+	d, err := fsguard.OpenDir(dir, false)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load SVID from %s: %w", dir, err)
+	}
+	defer d.Close()
+	read := func(name string, secret bool, max int64) ([]byte, error) {
+		return d.ReadFile(name, secret, max)
+	}
+	return loadSVID(dir, td, read)
+}
+
+// LoadMountedSVID reads a credential WriteSVID wrote that may have been
+// copied into a mounted volume (meshctl's operator credential, from a
+// Kubernetes Secret): symbolic links are followed, and each file must be a
+// regular file owned by this process's user or root, not writable by group
+// or others; the key must not be readable by others (0440 for the pod's
+// group passes).
+func LoadMountedSVID(dir string, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	read := func(name string, secret bool, max int64) ([]byte, error) {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := fsguard.CheckMounted(f, secret); err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(io.LimitReader(f, max+1))
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(b)) > max {
+			return nil, fmt.Errorf("%s is larger than %d bytes", f.Name(), max)
+		}
+		return b, nil
+	}
+	return loadSVID(dir, td, read)
+}
+
+func loadSVID(dir string, td spiffeid.TrustDomain, read func(name string, secret bool, max int64) ([]byte, error)) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	chainPEM, err := read(SVIDFile, false, maxChainFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load SVID from %s: %w", dir, err)
+	}
+	keyPEM, err := read(SVIDKeyFile, true, maxKeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load SVID from %s: %w", dir, err)
+	}
+	svid, err := x509svid.Parse(chainPEM, keyPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certs: load SVID from %s: %w", dir, err)
 	}
 	if !svid.ID.MemberOf(td) {
 		return nil, nil, fmt.Errorf("%w: SVID in %s is %q, not of trust domain %q", ErrInvalidID, dir, svid.ID.String(), td.Name())
 	}
-	bundle, err := x509bundle.Load(td, filepath.Join(dir, BundleFile))
+	bundlePEM, err := read(BundleFile, false, maxChainFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certs: load bundle from %s: %w", dir, err)
+	}
+	bundle, err := x509bundle.Parse(td, bundlePEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certs: load bundle from %s: %w", dir, err)
 	}
@@ -70,41 +143,19 @@ func LoadSVID(dir string, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.
 }
 
 // WriteFileAtomic replaces path with data: it writes a temporary file in the
-// same directory with mode perm, fsyncs it, renames it over path and fsyncs
-// the directory. Readers see the old or the new content, never a mix, and a
-// key is never readable beyond perm, not even briefly.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+// same directory with mode perm (created O_EXCL|O_NOFOLLOW), fsyncs it,
+// renames it over path and fsyncs the directory. Readers see the old or the
+// new content, never a mix, and a key is never readable beyond perm, not
+// even briefly. The directory must be a trusted one (fsguard.OpenDir: ours,
+// not writable by others, no symbolic link on its path).
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	d, err := fsguard.OpenDir(filepath.Dir(path), false)
 	if err != nil {
 		return fmt.Errorf("certs: write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	// CreateTemp makes the file 0600; set the wanted mode before any data.
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("certs: write %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("certs: write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("certs: write %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("certs: write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("certs: write %s: %w", path, err)
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync() // best effort: makes the rename durable
-		_ = d.Close()
+	defer d.Close()
+	if err := d.WriteFile(filepath.Base(path), data, perm); err != nil {
+		return fmt.Errorf("certs: %w", err)
 	}
 	return nil
 }

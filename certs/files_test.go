@@ -20,7 +20,7 @@ func TestWriteLoadSVID(t *testing.T) {
 	if err := certs.WriteSVID(dir, svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
-	modes := map[string]os.FileMode{certs.SVIDKeyFile: 0o600, certs.SVIDFile: 0o644, certs.BundleFile: 0o644}
+	modes := map[string]os.FileMode{certs.SVIDKeyFile: 0o600, certs.SVIDFile: 0o600, certs.BundleFile: 0o600}
 	for name, want := range modes {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {

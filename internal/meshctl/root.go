@@ -88,10 +88,10 @@ func Dial(server, dir string) (*grpc.ClientConn, error) {
 	// meshd replaces the credential's files one by one when it re-issues
 	// it; a load that lands in between sees a key and a certificate that do
 	// not match, and tries again.
-	svid, bundle, err := certs.LoadSVID(dir, td)
+	svid, bundle, err := certs.LoadMountedSVID(dir, td)
 	for i := 0; err != nil && i < 5 && !os.IsNotExist(errors.Unwrap(err)); i++ {
 		time.Sleep(50 * time.Millisecond)
-		svid, bundle, err = certs.LoadSVID(dir, td)
+		svid, bundle, err = certs.LoadMountedSVID(dir, td)
 	}
 	if err != nil {
 		return nil, err
