@@ -1,9 +1,7 @@
 package controlplane
 
 import (
-	"crypto/x509"
 	"sync/atomic"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,16 +22,15 @@ func (h *caHolder) get() *certs.CA { return h.p.Load() }
 
 func (h *caHolder) set(ca *certs.CA) { h.p.Store(ca) }
 
-// TrustDomain implements identity.CA.
+// TrustDomain is the CA's trust domain.
 func (h *caHolder) TrustDomain() spiffeid.TrustDomain { return h.get().TrustDomain() }
 
-// SignCSR implements identity.CA.
-func (h *caHolder) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration, opts ...certs.IssueOption) ([]*x509.Certificate, error) {
-	return h.get().SignCSR(csrDER, id, ttl, opts...)
-}
+// Current implements identity.CA: the CA in force, one immutable value
+// that an issuance signs, pins and bundles with.
+func (h *caHolder) Current() *certs.CA { return h.get() }
 
-// Bundle implements identity.CA.
+// Bundle is the trust bundle of the CA in force.
 func (h *caHolder) Bundle() *x509bundle.Bundle { return h.get().Bundle() }
 
-// RootPin implements identity.CA: the pin of the root that signs now.
+// RootPin is the pin of the root that signs now.
 func (h *caHolder) RootPin() string { return h.get().RootPin() }

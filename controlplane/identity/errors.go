@@ -22,6 +22,12 @@ var (
 	ErrCSR = errors.New("identity: CSR refused")
 	// ErrRevoked: the identity is denied or the instance revoked.
 	ErrRevoked = errors.New("identity: revoked")
+	// ErrUnbound: the caller's certificate is bound to no instance (issued
+	// before instance binding, with no record of one).
+	ErrUnbound = errors.New("identity: certificate bound to no instance")
+	// ErrRateLimited: too many signatures for the instance or identity; the
+	// error is a *RateLimitedError with the delay.
+	ErrRateLimited = errors.New("identity: rate limited")
 	// ErrNotFound: no such token.
 	ErrNotFound = errors.New("identity: not found")
 )

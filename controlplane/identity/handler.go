@@ -3,14 +3,18 @@ package identity
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"minimesh/certs"
@@ -85,8 +89,8 @@ func NewHandler(cfg HandlerConfig) *Handler {
 // Bootstrap implements meshv1.IdentityServiceServer.
 func (h *Handler) Bootstrap(ctx context.Context, req *meshv1.BootstrapRequest) (*meshv1.BootstrapResponse, error) {
 	caller, _ := authn.CallerFrom(ctx)
-	if !h.allow(caller.Addr) {
-		return nil, h.refuse("bootstrap", caller, "rate_limited", status.Error(codes.ResourceExhausted, "too many bootstrap attempts from this address; retry later"))
+	if wait := h.allow(caller.Addr); wait > 0 {
+		return nil, h.refuse("bootstrap", caller, "rate_limited", retryStatus(fmt.Sprintf("too many bootstrap attempts from this address; retry in %s", wait.Round(time.Millisecond)), wait))
 	}
 	issued, err := h.cfg.Authority.Bootstrap(req.GetToken(), req.GetCsr(), req.GetInstanceId())
 	if err != nil {
@@ -103,7 +107,7 @@ func (h *Handler) Renew(ctx context.Context, req *meshv1.RenewRequest) (*meshv1.
 	if !ok || caller.ID.IsZero() {
 		return nil, h.refuse("renew", caller, "no_identity", status.Error(codes.Unauthenticated, "renew needs a valid SVID as client certificate"))
 	}
-	issued, err := h.cfg.Authority.Renew(caller.ID, req.GetCsr(), req.GetInstanceId())
+	issued, err := h.cfg.Authority.Renew(caller.ID, caller.Leaf, req.GetCsr(), req.GetInstanceId())
 	if err != nil {
 		reason, st := toStatus(err)
 		return nil, h.refuse("renew", caller, reason, st)
@@ -118,12 +122,19 @@ func (h *Handler) refuse(method string, caller authn.Caller, reason string, err 
 	if !caller.ID.IsZero() {
 		attrs = append(attrs, "caller", caller.ID.String())
 	}
+	if caller.Leaf != nil {
+		attrs = append(attrs, "serial", caller.Leaf.SerialNumber.Text(16))
+		if inst := certs.InstanceID(caller.Leaf); inst != "" {
+			attrs = append(attrs, "instance_id", inst)
+		}
+	}
 	h.cfg.Logger.Warn("identity request refused", attrs...)
 	return err
 }
 
-// allow applies the per-source-address Bootstrap limit.
-func (h *Handler) allow(addr string) bool {
+// allow applies the per-source-address Bootstrap limit: 0, or how long to
+// wait before the next attempt.
+func (h *Handler) allow(addr string) time.Duration {
 	host := hostOf(addr)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -132,7 +143,32 @@ func (h *Handler) allow(addr string) bool {
 		v = rate.NewLimiter(h.cfg.BootstrapRate, h.cfg.BootstrapBurst)
 		h.limiters.Add(host, v)
 	}
-	return v.(*rate.Limiter).AllowN(h.cfg.Clock.Now(), 1)
+	return delay(v.(*rate.Limiter).ReserveN(h.cfg.Clock.Now(), 1), h.cfg.Clock.Now())
+}
+
+// retryStatus is ResourceExhausted carrying the delay as RetryInfo, which
+// mesh-proxy's agent honours (RetryDelay).
+func retryStatus(msg string, wait time.Duration) error {
+	st := status.New(codes.ResourceExhausted, msg)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// RetryDelay is the RetryInfo delay of a gRPC status error (false when it
+// carries none).
+func RetryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 func hostOf(addr string) string {
@@ -165,6 +201,14 @@ func toStatus(err error) (string, error) {
 		return "csr", status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ErrBadRequest):
 		return "bad_request", status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrUnbound):
+		return "unbound", status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrRateLimited):
+		var rl *RateLimitedError
+		if errors.As(err, &rl) {
+			return "rate_limited", retryStatus(err.Error(), rl.RetryAfter)
+		}
+		return "rate_limited", status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, ErrNotFound):
 		return "not_found", status.Error(codes.NotFound, err.Error())
 	default:

@@ -12,7 +12,30 @@ const (
 	// credentials, which all share one identity): refused wherever they
 	// are presented until they expire.
 	TableRevocations = "revocations"
+	// TableIssuances holds, per join token and bootstrapped public key,
+	// the SVID issued for it (a Bootstrap repeated with the same key gets
+	// it back), until that SVID expires.
+	TableIssuances = "issuances"
 )
+
+// TokenIssuance is one SVID issued against a join token, keyed by the
+// token's ID and the SHA-256 (hex) of the bootstrapped public key.
+type TokenIssuance struct {
+	// ID is IssuanceKey(TokenID, KeyHash).
+	ID         string    `json:"id"`
+	TokenID    string    `json:"token_id"`
+	KeyHash    string    `json:"key_hash"`
+	Serial     string    `json:"serial"`
+	InstanceID string    `json:"instance_id,omitempty"`
+	NotAfter   time.Time `json:"not_after"`
+	Chain      [][]byte  `json:"chain"`
+}
+
+// Key implements Record.
+func (i *TokenIssuance) Key() string { return i.ID }
+
+// IssuanceKey is the key of a TokenIssuance.
+func IssuanceKey(tokenID, keyHash string) string { return tokenID + "/" + keyHash }
 
 // Revocation is one certificate revoked by its serial.
 type Revocation struct {
@@ -56,9 +79,10 @@ type Token struct {
 	Revoked        bool      `json:"revoked"`
 	// CAPin is the pin of the root in force when the token was made.
 	CAPin string `json:"ca_pin,omitempty"`
-	// Issued maps the SHA-256 of a bootstrapped public key (hex) to what
-	// was issued for it, so a Bootstrap repeated after a lost reply gets the
-	// same SVID back without using the token again.
+	// Issued is read from data files written before TableIssuances
+	// existed (it grew by a chain per use); new issuances are records of
+	// their own, and these move there when the token is next written or
+	// the certificate records are pruned. Never written anew.
 	Issued map[string]Issuance `json:"issued,omitempty"`
 }
 

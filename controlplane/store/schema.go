@@ -84,6 +84,15 @@ var tables = map[string]table{
 		},
 		decode: decodeJSON[Revocation],
 	},
+	TableIssuances: {
+		schema: &memdb.TableSchema{
+			Name: TableIssuances,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+			},
+		},
+		decode: decodeJSON[TokenIssuance],
+	},
 	TableProxies: {
 		schema: &memdb.TableSchema{
 			Name: TableProxies,
