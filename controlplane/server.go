@@ -415,6 +415,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	rotate := time.NewTimer(s.servingRefreshIn())
 	defer rotate.Stop()
+			s.authority.PruneIfDue() // expired certificate, revocation and issuance records
 	for {
 		select {
 		case err := <-errc:

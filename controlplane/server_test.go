@@ -207,7 +207,7 @@ func TestBadInputIsRefusedLoggedCountedAndChangesNothing(t *testing.T) {
 
 	used := m.Token(t, "default", "web", 1)
 	_, csr := csrFor(t, webID)
-	if _, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: used.Secret, Csr: csr}); err != nil {
+	if _, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: used.Secret, Csr: csr, InstanceId: "web-used"}); err != nil {
 		t.Fatal(err)
 	}
 	revoked := m.Token(t, "default", "web", 1)
@@ -235,7 +235,7 @@ func TestBadInputIsRefusedLoggedCountedAndChangesNothing(t *testing.T) {
 	type call func() error
 	bootstrapWith := func(token string, csr []byte) call {
 		return func() error {
-			_, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: token, Csr: csr})
+			_, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: token, Csr: csr, InstanceId: "web-x"})
 			return err
 		}
 	}
@@ -350,7 +350,7 @@ func TestOneUseTokenRaceHasExactlyOneWinner(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := anon.Bootstrap(context.Background(), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr})
+			_, err := anon.Bootstrap(context.Background(), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: fmt.Sprintf("web-%d", i)})
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {
@@ -387,7 +387,7 @@ func TestBootstrapRepeatedWithSameKeyReturnsSameSVID(t *testing.T) {
 	anon := meshv1.NewIdentityServiceClient(m.DialAnonymous(t))
 	id := "spiffe://" + td + "/ns/default/sa/web"
 	key, csr := csrFor(t, id)
-	first, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr})
+	first, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "web-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +396,7 @@ func TestBootstrapRepeatedWithSameKeyReturnsSameSVID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr2})
+	second, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr2, InstanceId: "web-1"})
 	if err != nil {
 		t.Fatalf("repeat with the same key: %v", err)
 	}
@@ -404,7 +404,7 @@ func TestBootstrapRepeatedWithSameKeyReturnsSameSVID(t *testing.T) {
 		t.Fatal("repeat returned a different SVID")
 	}
 	_, other := csrFor(t, id)
-	if _, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: other}); status.Code(err) != codes.Unauthenticated {
+	if _, err := anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: other, InstanceId: "web-2"}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("another key with the used token: %v, want Unauthenticated", err)
 	}
 }
@@ -448,7 +448,7 @@ func TestRestartKeepsRootTokensAndCertificates(t *testing.T) {
 	}
 	// The token made before the restart still works after it.
 	_, csr := csrFor(t, "spiffe://"+td+"/ns/default/sa/web")
-	if _, err := meshv1.NewIdentityServiceClient(m.DialAnonymous(t)).Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr}); err != nil {
+	if _, err := meshv1.NewIdentityServiceClient(m.DialAnonymous(t)).Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "web-1"}); err != nil {
 		t.Fatalf("bootstrap after restart: %v", err)
 	}
 }
