@@ -415,12 +415,12 @@ func (s *Server) Run(ctx context.Context) error {
 
 	rotate := time.NewTimer(s.servingRefreshIn())
 	defer rotate.Stop()
-			s.authority.PruneIfDue() // expired certificate, revocation and issuance records
 	for {
 		select {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
 		case <-caTick.C:
+			s.authority.PruneIfDue() // expired certificate, revocation and issuance records
 			if err := s.advanceCA(false); err != nil {
 				s.cfg.Logger.Error("certificate authority maintenance failed", "error", err)
 			}
