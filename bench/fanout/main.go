@@ -332,7 +332,7 @@ func bootstrap(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDo
 		return nil, nil, err
 	}
 	defer conn.Close()
-	resp, err := meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr})
+	resp, err := meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "bench-0"})
 	if err != nil {
 		return nil, nil, err
 	}
