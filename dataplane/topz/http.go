@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"minimesh/internal/termsafe"
 )
 
 // Mux is where Register adds the handlers: an *http.ServeMux or the
@@ -92,7 +94,12 @@ func (c *Collector) ProczHandler() http.Handler {
 	})
 }
 
-// WriteTable writes tab as an aligned plain-text table.
+// esc escapes a value for a table cell: the tables are printed by meshctl
+// from what a proxy answered, and a hostile one could answer anything.
+var esc = termsafe.String
+
+// WriteTable writes tab as an aligned plain-text table, every string
+// escaped (termsafe).
 func WriteTable(w io.Writer, tab Table) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	window := "since start"
@@ -102,7 +109,7 @@ func WriteTable(w io.Writer, tab Table) {
 	fmt.Fprintf(tw, "# %d processes at %s, CPU %% %s\n", len(tab.Processes), tab.Time.UTC().Format("2006-01-02T15:04:05Z"), window)
 	fmt.Fprintln(tw, "PID\tUSER\tCPU%\tRSS\tTHR\tFDS\tS\tCOMMAND")
 	for _, p := range tab.Processes {
-		fmt.Fprintf(tw, "%d\t%s\t%.1f\t%s\t%d\t%s\t%s\t%s\n", p.PID, p.User, p.CPUPercent, bytesString(p.RSSBytes), p.Threads, fdsString(p.FDs), p.State, command(p))
+		fmt.Fprintf(tw, "%d\t%s\t%.1f\t%s\t%d\t%s\t%s\t%s\n", p.PID, esc(p.User), p.CPUPercent, bytesString(p.RSSBytes), p.Threads, fdsString(p.FDs), esc(p.State), esc(command(p)))
 	}
 	if tab.Truncated {
 		fmt.Fprintln(tw, "# truncated")
@@ -114,8 +121,8 @@ func WriteTable(w io.Writer, tab Table) {
 func WriteProcess(w io.Writer, p Process) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "pid %d  user %s  cpu %.1f%% (since start)  rss %s  threads %d  fds %s  state %s\n",
-		p.PID, p.User, p.CPUPercent, bytesString(p.RSSBytes), p.Threads, fdsString(p.FDs), p.State)
-	fmt.Fprintf(tw, "command: %s\n\n", command(p.Row))
+		p.PID, esc(p.User), p.CPUPercent, bytesString(p.RSSBytes), p.Threads, fdsString(p.FDs), esc(p.State))
+	fmt.Fprintf(tw, "command: %s\n\n", esc(command(p.Row)))
 	fmt.Fprintf(tw, "SOCKETS (%d)\n", len(p.Sockets))
 	fmt.Fprintln(tw, "FD\tPROTO\tLOCAL\tREMOTE\tSTATE")
 	for _, s := range p.Sockets {
@@ -123,15 +130,15 @@ func WriteProcess(w io.Writer, p Process) {
 		if s.Type != "" {
 			proto += "/" + s.Type
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.FD, proto, dash(s.Local), dash(s.Remote), dash(s.State))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.FD, esc(proto), esc(dash(s.Local)), esc(dash(s.Remote)), esc(dash(s.State)))
 	}
 	fmt.Fprintf(tw, "\nFILES (%d)\n", len(p.Files))
 	fmt.Fprintln(tw, "FD\tPATH")
 	for _, f := range p.Files {
-		fmt.Fprintf(tw, "%d\t%s\n", f.FD, f.Path)
+		fmt.Fprintf(tw, "%d\t%s\n", f.FD, esc(f.Path))
 	}
 	if p.FDError != "" {
-		fmt.Fprintf(tw, "\n# %s\n", p.FDError)
+		fmt.Fprintf(tw, "\n# %s\n", esc(p.FDError))
 	}
 	if p.Truncated {
 		fmt.Fprintln(tw, "# truncated")

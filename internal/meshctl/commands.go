@@ -38,7 +38,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 					return g.print(resp)
 				}
 				t := resp.GetToken()
-				fmt.Fprintf(g.io.Out, "token:     %s\nca-pin:    %s\nidentity:  %s\nexpires:   %s\nuses:      %d\n",
+				printf(g.io.Out, "token:     %s\nca-pin:    %s\nidentity:  %s\nexpires:   %s\nuses:      %d\n",
 					resp.GetSecret(), resp.GetCaPin(), t.GetSpiffeId(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), t.GetUses())
 				return nil
 			})
@@ -79,7 +79,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 					case t.GetStalePin():
 						state = "old CA pin"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d/%d\t%s\t%s\n", t.GetId(), t.GetSpiffeId(), t.GetUsesLeft(), t.GetUses(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), state)
+					printf(w, "%s\t%s\t%d/%d\t%s\t%s\n", t.GetId(), t.GetSpiffeId(), t.GetUsesLeft(), t.GetUses(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), state)
 				}
 				return w.Flush()
 			})
@@ -98,7 +98,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if g.output != "table" {
 					return g.print(resp)
 				}
-				fmt.Fprintf(g.io.Out, "token %s revoked\n", args[0])
+				printf(g.io.Out, "token %s revoked\n", args[0])
 				return nil
 			})
 		},
@@ -129,7 +129,7 @@ func newCertsCmd(g *globals) *cobra.Command {
 					if inst == "" {
 						inst = "-"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", ct.GetSpiffeId(), ct.GetSerial(), ct.GetIssuedBy(), inst,
+					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", ct.GetSpiffeId(), ct.GetSerial(), ct.GetIssuedBy(), inst,
 						fmtTime(ct.GetNotAfter(), ct.NotAfter != nil), until(ct.GetNotAfter().AsTime()))
 				}
 				return w.Flush()
@@ -161,7 +161,7 @@ func newProxiesCmd(g *globals) *cobra.Command {
 					if p.GetConnected() {
 						state = "connected"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,
+					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,
 						fmtTime(p.GetLastSeen(), p.LastSeen != nil), until(p.GetSvidExpiresAt().AsTime()), endpointScope(p))
 				}
 				return w.Flush()

@@ -54,7 +54,7 @@ func newProxyStatusCmd(g *globals) *cobra.Command {
 						}
 						files = fmt.Sprintf("%d (last written %s)", n, last.UTC().Format("15:04:05Z"))
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(),
+					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(),
 						syncState(ps.GetState(), ps.GetNackReason()), version, files, until(p.GetSvidExpiresAt().AsTime()))
 				}
 				return w.Flush()
@@ -79,7 +79,7 @@ func newProxyConfigCmd(g *globals) *cobra.Command {
 				}
 				snap := resp.GetApplied()
 				st := resp.GetStatus()
-				fmt.Fprintf(g.io.Out, "# instance %s, status %s, applied version %s\n", args[0], syncState(st.GetState(), st.GetNackReason()), orDash(st.GetAckedVersion()))
+				printf(g.io.Out, "# instance %s, status %s, applied version %s\n", args[0], syncState(st.GetState(), st.GetNackReason()), orDash(st.GetAckedVersion()))
 				if snap == nil {
 					fmt.Fprintln(g.io.Out, "# meshd holds no copy of the applied snapshot yet (it keeps the last one ACKed since it started)")
 					return nil

@@ -58,9 +58,9 @@ func newApplyCmd(g *globals) *cobra.Command {
 					suffix = " (dry run)"
 				}
 				for _, r := range resp.GetResults() {
-					fmt.Fprintf(g.io.Out, "%s/%s/%s %s%s\n", strings.ToLower(r.GetKind()), r.GetNamespace(), r.GetName(), r.GetAction(), suffix)
+					printf(g.io.Out, "%s/%s/%s %s%s\n", strings.ToLower(r.GetKind()), r.GetNamespace(), r.GetName(), r.GetAction(), suffix)
 				}
-				fmt.Fprintf(g.io.Out, "revision %d\n", resp.GetRevision())
+				printf(g.io.Out, "revision %d\n", resp.GetRevision())
 				return nil
 			})
 		},
@@ -185,7 +185,7 @@ func newGetCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, "KIND\tNAMESPACE\tNAME\tSERVICE\tREVISION\tAGE")
 				for _, o := range objs {
 					m := o.Meta()
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", o.Kind(), m.Namespace, m.Name, o.ServiceName(), m.Revision, time.Since(m.UpdateTime).Round(time.Second))
+					printf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", o.Kind(), m.Namespace, m.Name, o.ServiceName(), m.Revision, time.Since(m.UpdateTime).Round(time.Second))
 				}
 				return w.Flush()
 			})
@@ -214,7 +214,7 @@ func newDeleteCmd(g *globals) *cobra.Command {
 				if g.output != "table" {
 					return g.print(resp)
 				}
-				fmt.Fprintf(g.io.Out, "%s/%s/%s deleted\nrevision %d\n", strings.ToLower(string(k)), namespace, args[1], resp.GetRevision())
+				printf(g.io.Out, "%s/%s/%s deleted\nrevision %d\n", strings.ToLower(string(k)), namespace, args[1], resp.GetRevision())
 				return nil
 			})
 		},

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"minimesh/certs"
+	"minimesh/internal/termsafe"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -40,6 +41,9 @@ type globals struct {
 
 // NewRoot builds the meshctl command tree.
 func NewRoot(stdio IO) *cobra.Command {
+	// Every output passes through termsafe (output.go): a workload's
+	// strings reach the operator's terminal escaped.
+	stdio = IO{Out: termsafe.NewWriter(stdio.Out), Err: termsafe.NewWriter(stdio.Err)}
 	g := &globals{io: stdio}
 	root := &cobra.Command{
 		Use:           "meshctl",

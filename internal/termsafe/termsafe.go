@@ -26,6 +26,12 @@ func String(s string) string {
 	return escape(s, false)
 }
 
+// Text is String sparing newline and tab: for text whose lines are
+// meant, such as an error message of several lines.
+func Text(s string) string {
+	return escape(s, true)
+}
+
 // needs reports whether the rune r, decoded from size bytes, must be
 // escaped; keepLayout spares newline and tab.
 func needs(r rune, size int, keepLayout bool) bool {

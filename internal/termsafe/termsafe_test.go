@@ -27,6 +27,12 @@ func TestString(t *testing.T) {
 	}
 }
 
+func TestText(t *testing.T) {
+	if got, want := Text("a\n\tb\x1b[1A\r"), "a\n\tb\\x1b[1A\\x0d"; got != want {
+		t.Errorf("Text = %q, want %q", got, want)
+	}
+}
+
 func TestWriterKeepsLayout(t *testing.T) {
 	var b bytes.Buffer
 	w := NewWriter(&b)
