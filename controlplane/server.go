@@ -68,6 +68,11 @@ type Config struct {
 	// ForgetAfter removes proxies that have been disconnected this long
 	// (default 72h; negative keeps them forever).
 	ForgetAfter time.Duration
+	// EndpointGrace is how long a proxy whose stream ended without a drain
+	// (meshd restarted, the network broke) stays an endpoint; a meshd that
+	// starts holds the endpoints it last knew as long (default 45s: the
+	// agent's longest reconnect backoff, 30s, plus a margin).
+	EndpointGrace time.Duration
 	// RotationCheck is how often a root rotation's progress and the
 	// intermediate's age are checked (default 1s).
 	RotationCheck time.Duration
@@ -183,7 +188,7 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, EndpointGrace: cfg.EndpointGrace, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
 	if err != nil {
 		return err
 	}

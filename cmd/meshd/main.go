@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"minimesh/controlplane"
+	"minimesh/controlplane/push"
 	"minimesh/internal/version"
 )
 
@@ -37,6 +38,7 @@ func run() error {
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
 	flag.DurationVar(&cfg.ForgetAfter, "forget-after", 72*time.Hour, "forget proxies disconnected this long")
+	flag.DurationVar(&cfg.EndpointGrace, "endpoint-grace", push.DefaultEndpointGrace, "keep a proxy whose stream ended without a drain (meshd restarted, the network broke) an endpoint this long; at start, hold the endpoints last known as long")
 	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	flag.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
