@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -192,7 +191,7 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, CAPin: s.ca.RootPin, Push: s.push, CA: s, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, TrustDomain: s.td, CAPin: s.ca.RootPin, Push: s.push, CA: s, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}
@@ -200,6 +199,8 @@ func (s *Server) init() error {
 		TrustDomain: s.td,
 		Bundle:      s.bundle,
 		Rules:       MethodRules(),
+		Revoked:     s.revokedSerial,
+		Audited:     AuditedMethods(),
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger.With("component", "authn"),
 		Registerer:  cfg.Registry,
@@ -302,6 +303,8 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_RevokeProxy_FullMethodName:      authn.Operator,
 		meshv1.AdminService_DenyIdentity_FullMethodName:     authn.Operator,
 		meshv1.AdminService_Backup_FullMethodName:           authn.Operator,
+		meshv1.AdminService_RevokeOperator_FullMethodName:   authn.Operator,
+		meshv1.AdminService_ListOperators_FullMethodName:    authn.Operator,
 	}
 }
 
@@ -334,7 +337,7 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 }
 
 // ensureOperatorCredential writes DIR/operator/ when it is missing, from
-// another root, or past half its life.
+// another root, past half its life, or revoked.
 func (s *Server) ensureOperatorCredential() error { return s.operatorCredential(false) }
 
 // operatorCredential (re)writes the operator credential when needed, or
@@ -350,41 +353,33 @@ func (s *Server) operatorCredential(force bool) error {
 		if verr == nil && len(svid.Certificates) > 1 && !svid.Certificates[len(svid.Certificates)-1].Equal(s.ca.get().Intermediate()) {
 			verr = errors.New("issued by another intermediate")
 		}
+		// A revoked one is replaced: meshd's own data dir is where the
+		// operator gets a fresh credential after revoking theirs.
+		if verr == nil && s.revokedSerial(authn.Serial(leaf)) {
+			verr = errors.New("revoked")
+		}
 		if verr == nil && svid.ID == certs.OperatorID(s.td) && s.cfg.Clock.Now().Before(half) {
 			return nil
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("controlplane: operator dir: %w", err)
+	where := admin.IssuedAtStart
+	if force {
+		where = admin.IssuedAtRotation
 	}
-	svid, err := s.ca.get().IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
+	ca := s.ca.get()
+	svid, err := ca.IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
 	if err != nil {
 		return err
 	}
-	// The whole credential is the operator's: every file 0600, each
-	// replaced atomically. The bundle goes first (it holds every root, old
-	// and new), the key and certificate last, next to each other; meshctl
-	// retries a load that catches them in between.
-	keyPEM, err := certs.EncodePrivateKeyPEM(svid.PrivateKey)
-	if err != nil {
+	// Recorded before it is written, so every credential on disk can be
+	// listed and revoked.
+	if err := recordOperator(s.store, svid.Certificates[0], svid.ID, where, ca.RootPin()); err != nil {
 		return err
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{
-		{certs.BundleFile, certs.EncodeCertsPEM(s.ca.Bundle().X509Authorities())},
-		{certs.SVIDKeyFile, keyPEM},
-		{certs.SVIDFile, certs.EncodeCertsPEM(svid.Certificates)},
-	} {
-		if err := certs.WriteFileAtomic(filepath.Join(dir, f.name), f.data, 0o600); err != nil {
-			return fmt.Errorf("controlplane: operator credential: %w", err)
-		}
-	}
-	if err := s.authority.RecordInternal(svid.Certificates[0], svid.ID); err != nil {
+	if err := writeOperatorFiles(dir, svid, ca.Bundle()); err != nil {
 		return err
 	}
-	s.cfg.Logger.Info("wrote operator credential", "dir", dir, "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
+	s.cfg.Logger.Info("wrote operator credential", "dir", dir, "spiffe_id", svid.ID.String(), "serial", authn.Serial(svid.Certificates[0]), "issued_by", where, "expires", svid.Certificates[0].NotAfter)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -21,8 +22,20 @@ import (
 	"minimesh/internal/version"
 )
 
+// subcommands are the offline tools on a stopped meshd's data dir:
+// `meshd NAME ARGS...`. Without one, meshd serves (run).
+var subcommands = map[string]func(args []string, stdout, stderr io.Writer) error{
+	"operator": runOperator,
+}
+
 func main() {
-	if err := run(); err != nil {
+	var err error
+	if len(os.Args) > 1 && subcommands[os.Args[1]] != nil {
+		err = subcommands[os.Args[1]](os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshd:", err)
 		os.Exit(1)
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -28,6 +29,8 @@ type Config struct {
 	Push Push
 	// CA answers the root-rotation calls.
 	CA CA
+	// TrustDomain, when set, is the only trust domain DenyIdentity accepts.
+	TrustDomain spiffeid.TrustDomain
 	// OnChange is called after every committed change of resources.
 	OnChange   func()
 	Clock      certs.Clock

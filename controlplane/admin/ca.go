@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"minimesh/certs"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -76,6 +77,19 @@ func (s *Server) DenyIdentity(_ context.Context, req *meshv1.DenyIdentityRequest
 	id, err := spiffeid.FromString(req.GetSpiffeId())
 	if err != nil {
 		return nil, s.refuse("DenyIdentity", status.Errorf(codes.InvalidArgument, "spiffe_id: %v", err))
+	}
+	// Every operator credential carries the one operator identity, and
+	// meshd's own certificate is no workload's: denying either would look
+	// done and change nothing (authn never consults denials for them).
+	if certs.IsReserved(id) {
+		return nil, s.refuse("DenyIdentity", status.Errorf(codes.InvalidArgument,
+			"spiffe_id: %s is a reserved identity and cannot be denied; revoke an operator credential by its serial with `meshctl operator revoke SERIAL` (meshctl operator list shows them)", id))
+	}
+	if td := s.cfg.TrustDomain; !td.IsZero() && id.TrustDomain() != td {
+		return nil, s.refuse("DenyIdentity", status.Errorf(codes.InvalidArgument, "spiffe_id: %s is not of trust domain %s; no certificate of this mesh carries it", id, td))
+	}
+	if _, _, err := certs.ParseWorkloadID(id); err != nil {
+		return nil, s.refuse("DenyIdentity", status.Errorf(codes.InvalidArgument, "spiffe_id: %v; no workload certificate carries it", err))
 	}
 	err = s.cfg.Store.Update(func(tx *store.Txn) error {
 		return tx.Put(store.TableDenials, &store.Denial{SPIFFEID: id.String(), CreatedAt: s.cfg.Clock.Now()})

@@ -57,8 +57,19 @@ type Config struct {
 	// bundle applies at once.
 	Bundle x509bundle.Source
 	Rules  Rules
-	Clock  certs.Clock
-	Logger *slog.Logger
+	// Revoked reports whether the certificate with this serial (lowercase
+	// hex, as big.Int.Text(16) writes it) is revoked. It is asked on every
+	// call that presents a certificate, so it must be cheap (a memdb read);
+	// nil revokes nothing. Operator credentials all share one SPIFFE ID:
+	// their serial is what revokes one.
+	Revoked func(serial string) bool
+	// Audited names the methods whose every call (allowed and refused by
+	// the handler alike) is logged with the caller's certificate serial and
+	// SPIFFE ID: the state-changing ones. A request that says it is a dry
+	// run (GetDryRun() true) is not logged.
+	Audited map[string]bool
+	Clock   certs.Clock
+	Logger  *slog.Logger
 	// Registerer receives the refusal counter; nil registers nowhere.
 	Registerer prometheus.Registerer
 }
@@ -107,13 +118,26 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 	return c, ok
 }
 
+// Serial is the certificate's serial as meshd records it: lowercase hex.
+func Serial(c *x509.Certificate) string {
+	if c == nil || c.SerialNumber == nil {
+		return ""
+	}
+	return c.SerialNumber.Text(16)
+}
+
 // Unary is the unary server interceptor.
 func (a *Authenticator) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := a.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
-	return handler(ctx, req)
+	if !a.audited(info.FullMethod, req) {
+		return handler(ctx, req)
+	}
+	resp, err := handler(ctx, req)
+	a.audit(ctx, info.FullMethod, err)
+	return resp, err
 }
 
 // Stream is the stream server interceptor.
@@ -122,7 +146,33 @@ func (a *Authenticator) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	if err != nil {
 		return err
 	}
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	err = handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	if a.audited(info.FullMethod, nil) {
+		a.audit(ctx, info.FullMethod, err)
+	}
+	return err
+}
+
+type dryRunner interface{ GetDryRun() bool }
+
+func (a *Authenticator) audited(method string, req any) bool {
+	if !a.cfg.Audited[method] {
+		return false
+	}
+	d, ok := req.(dryRunner)
+	return !ok || !d.GetDryRun()
+}
+
+// audit writes the audit record of one state-changing call, after its
+// handler returned: who (serial and SPIFFE ID of the verified client
+// certificate), from where, what, and how it ended.
+func (a *Authenticator) audit(ctx context.Context, method string, err error) {
+	c, _ := CallerFrom(ctx)
+	attrs := []any{"method", method, "caller", idString(c.ID), "serial", Serial(c.Leaf), "peer", c.Addr, "code", status.Code(err).String()}
+	if err != nil {
+		attrs = append(attrs, "error", status.Convert(err).Message())
+	}
+	a.cfg.Logger.Info("audit", attrs...)
 }
 
 type wrappedStream struct {
@@ -138,7 +188,7 @@ func (a *Authenticator) authenticate(ctx context.Context, method string) (contex
 	caller, rule, reason, err := a.check(ctx, method)
 	if err != nil {
 		a.refused.WithLabelValues(method, reason).Inc()
-		a.cfg.Logger.Warn("refused call", "method", method, "rule", rule.String(), "peer", caller.Addr, "caller", idString(caller.ID), "reason", reason, "error", err)
+		a.cfg.Logger.Warn("refused call", "method", method, "rule", rule.String(), "peer", caller.Addr, "caller", idString(caller.ID), "serial", Serial(caller.Leaf), "reason", reason, "error", err)
 		return nil, err
 	}
 	return context.WithValue(ctx, callerKey{}, caller), nil
@@ -175,6 +225,12 @@ func (a *Authenticator) check(ctx context.Context, method string) (Caller, Rule,
 	caller.ID, caller.Leaf = id, chain[0]
 	if id.TrustDomain() != a.cfg.TrustDomain {
 		return caller, rule, "wrong_trust_domain", status.Errorf(codes.Unauthenticated, "client identity %s is not in trust domain %s", id, a.cfg.TrustDomain)
+	}
+	// A certificate revoked by its serial is refused whatever the rule:
+	// the revoked set is read at every call, so a revocation applies to the
+	// next call, on connections already open too.
+	if a.cfg.Revoked != nil && a.cfg.Revoked(Serial(caller.Leaf)) {
+		return caller, rule, "revoked_certificate", status.Errorf(codes.Unauthenticated, "client certificate %s (serial %s) is revoked", id, Serial(caller.Leaf))
 	}
 	switch rule {
 	case Operator:

@@ -59,7 +59,7 @@ func NewRoot(stdio IO) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each call to meshd")
 	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDeleteCmd(g), newProxyStatusCmd(g), newProxyConfigCmd(g),
-		newCACmd(g), newProxyCmd(g), newIdentityCmd(g), newBackupCmd(g),
+		newCACmd(g), newProxyCmd(g), newIdentityCmd(g), newOperatorCmd(g), newBackupCmd(g),
 		newTopCmd(g), newProczCmd(g), newAuthzCmd(g))
 	root.AddCommand(newInjectCmd(g))
 	return root

@@ -512,7 +512,9 @@ type Certificate struct {
 	Serial    string                 `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	NotBefore *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
 	NotAfter  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
-	// "bootstrap", "renew" or "internal".
+	// "bootstrap", "renew", "operator:<where>" (see
+	// OperatorCredential.issued_by) or "internal" (operator credentials
+	// recorded before meshd kept where).
 	IssuedBy string `protobuf:"bytes,5,opt,name=issued_by,json=issuedBy,proto3" json:"issued_by,omitempty"`
 	// The join token a bootstrap used.
 	TokenId string `protobuf:"bytes,6,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
@@ -2270,6 +2272,331 @@ func (x *BackupResponse) GetChunk() []byte {
 	return nil
 }
 
+type OperatorCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hexadecimal serial number (lowercase, as ListCertificates shows it).
+	Serial    string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// Where it was issued: "operator:meshd-start" (written to
+	// <data-dir>/operator when meshd started), "operator:rotation" (re-issued
+	// there when a new root was activated), "operator:offline" (`meshd
+	// operator issue`), or "internal" (recorded before meshd kept where).
+	IssuedBy     string                 `protobuf:"bytes,4,opt,name=issued_by,json=issuedBy,proto3" json:"issued_by,omitempty"`
+	Revoked      bool                   `protobuf:"varint,5,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokeReason string                 `protobuf:"bytes,7,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
+	// Set on the credential this call was made with.
+	Caller        bool `protobuf:"varint,8,opt,name=caller,proto3" json:"caller,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OperatorCredential) Reset() {
+	*x = OperatorCredential{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OperatorCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OperatorCredential) ProtoMessage() {}
+
+func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OperatorCredential.ProtoReflect.Descriptor instead.
+func (*OperatorCredential) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *OperatorCredential) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *OperatorCredential) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *OperatorCredential) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *OperatorCredential) GetIssuedBy() string {
+	if x != nil {
+		return x.IssuedBy
+	}
+	return ""
+}
+
+func (x *OperatorCredential) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *OperatorCredential) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *OperatorCredential) GetRevokeReason() string {
+	if x != nil {
+		return x.RevokeReason
+	}
+	return ""
+}
+
+func (x *OperatorCredential) GetCaller() bool {
+	if x != nil {
+		return x.Caller
+	}
+	return false
+}
+
+type ListOperatorsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When set, expired credentials are listed too.
+	IncludeExpired bool `protobuf:"varint,1,opt,name=include_expired,json=includeExpired,proto3" json:"include_expired,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListOperatorsRequest) Reset() {
+	*x = ListOperatorsRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsRequest) ProtoMessage() {}
+
+func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
+func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListOperatorsRequest) GetIncludeExpired() bool {
+	if x != nil {
+		return x.IncludeExpired
+	}
+	return false
+}
+
+type ListOperatorsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Operators     []*OperatorCredential `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperatorsResponse) Reset() {
+	*x = ListOperatorsResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsResponse) ProtoMessage() {}
+
+func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
+func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListOperatorsResponse) GetOperators() []*OperatorCredential {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
+type RevokeOperatorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credential's certificate serial in hexadecimal (case, colons and a
+	// 0x prefix are ignored).
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// Revoke it even when it is the last valid, unrevoked operator
+	// credential: every operator is then locked out until `meshd operator
+	// issue` writes a new one (meshd stopped) or meshd restarts and writes a
+	// new one to <data-dir>/operator.
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// Free text kept with the revocation.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorRequest) Reset() {
+	*x = RevokeOperatorRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorRequest) ProtoMessage() {}
+
+func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RevokeOperatorRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeOperatorRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RevokeOperatorRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeOperatorResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Operator *OperatorCredential    `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Set when the serial was revoked before this call (nothing changed).
+	AlreadyRevoked bool `protobuf:"varint,2,opt,name=already_revoked,json=alreadyRevoked,proto3" json:"already_revoked,omitempty"`
+	// Valid, unrevoked operator credentials left.
+	Remaining     uint32 `protobuf:"varint,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorResponse) Reset() {
+	*x = RevokeOperatorResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorResponse) ProtoMessage() {}
+
+func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RevokeOperatorResponse) GetOperator() *OperatorCredential {
+	if x != nil {
+		return x.Operator
+	}
+	return nil
+}
+
+func (x *RevokeOperatorResponse) GetAlreadyRevoked() bool {
+	if x != nil {
+		return x.AlreadyRevoked
+	}
+	return false
+}
+
+func (x *RevokeOperatorResponse) GetRemaining() uint32 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
 var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
@@ -2423,13 +2750,37 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x14DenyIdentityResponse\"\x0f\n" +
 	"\rBackupRequest\"&\n" +
 	"\x0eBackupResponse\x12\x14\n" +
-	"\x05chunk\x18\x01 \x01(\fR\x05chunk*\x88\x01\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"\xcf\x02\n" +
+	"\x12OperatorCredential\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x129\n" +
+	"\n" +
+	"not_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x1b\n" +
+	"\tissued_by\x18\x04 \x01(\tR\bissuedBy\x12\x18\n" +
+	"\arevoked\x18\x05 \x01(\bR\arevoked\x129\n" +
+	"\n" +
+	"revoked_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12#\n" +
+	"\rrevoke_reason\x18\a \x01(\tR\frevokeReason\x12\x16\n" +
+	"\x06caller\x18\b \x01(\bR\x06caller\"?\n" +
+	"\x14ListOperatorsRequest\x12'\n" +
+	"\x0finclude_expired\x18\x01 \x01(\bR\x0eincludeExpired\"R\n" +
+	"\x15ListOperatorsResponse\x129\n" +
+	"\toperators\x18\x01 \x03(\v2\x1b.mesh.v1.OperatorCredentialR\toperators\"]\n" +
+	"\x15RevokeOperatorRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x98\x01\n" +
+	"\x16RevokeOperatorResponse\x127\n" +
+	"\boperator\x18\x01 \x01(\v2\x1b.mesh.v1.OperatorCredentialR\boperator\x12'\n" +
+	"\x0falready_revoked\x18\x02 \x01(\bR\x0ealreadyRevoked\x12\x1c\n" +
+	"\tremaining\x18\x03 \x01(\rR\tremaining*\x88\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
 	"\x11SYNC_STATE_NACKED\x10\x03\x12\x1b\n" +
-	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xb9\t\n" +
+	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xdc\n" +
+	"\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
@@ -2446,7 +2797,9 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\bRotateCA\x12\x18.mesh.v1.RotateCARequest\x1a\x19.mesh.v1.RotateCAResponse\x12?\n" +
 	"\bCAStatus\x12\x18.mesh.v1.CAStatusRequest\x1a\x19.mesh.v1.CAStatusResponse\x12H\n" +
 	"\vRevokeProxy\x12\x1b.mesh.v1.RevokeProxyRequest\x1a\x1c.mesh.v1.RevokeProxyResponse\x12K\n" +
-	"\fDenyIdentity\x12\x1c.mesh.v1.DenyIdentityRequest\x1a\x1d.mesh.v1.DenyIdentityResponse\x12;\n" +
+	"\fDenyIdentity\x12\x1c.mesh.v1.DenyIdentityRequest\x1a\x1d.mesh.v1.DenyIdentityResponse\x12Q\n" +
+	"\x0eRevokeOperator\x12\x1e.mesh.v1.RevokeOperatorRequest\x1a\x1f.mesh.v1.RevokeOperatorResponse\x12N\n" +
+	"\rListOperators\x12\x1d.mesh.v1.ListOperatorsRequest\x1a\x1e.mesh.v1.ListOperatorsResponse\x12;\n" +
 	"\x06Backup\x12\x16.mesh.v1.BackupRequest\x1a\x17.mesh.v1.BackupResponse0\x01B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
@@ -2462,7 +2815,7 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                   // 0: mesh.v1.SyncState
 	(*JoinToken)(nil),                // 1: mesh.v1.JoinToken
@@ -2504,82 +2857,96 @@ var file_mesh_v1_admin_proto_goTypes = []any{
 	(*DenyIdentityResponse)(nil),     // 37: mesh.v1.DenyIdentityResponse
 	(*BackupRequest)(nil),            // 38: mesh.v1.BackupRequest
 	(*BackupResponse)(nil),           // 39: mesh.v1.BackupResponse
-	(*timestamppb.Timestamp)(nil),    // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
-	(*Resource)(nil),                 // 42: mesh.v1.Resource
-	(*FileStatus)(nil),               // 43: mesh.v1.FileStatus
-	(*Snapshot)(nil),                 // 44: mesh.v1.Snapshot
-	(*Request)(nil),                  // 45: mesh.v1.Request
+	(*OperatorCredential)(nil),       // 40: mesh.v1.OperatorCredential
+	(*ListOperatorsRequest)(nil),     // 41: mesh.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),    // 42: mesh.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),    // 43: mesh.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),   // 44: mesh.v1.RevokeOperatorResponse
+	(*timestamppb.Timestamp)(nil),    // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
+	(*Resource)(nil),                 // 47: mesh.v1.Resource
+	(*FileStatus)(nil),               // 48: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 49: mesh.v1.Snapshot
+	(*Request)(nil),                  // 50: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	40, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	40, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	41, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	45, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	45, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
 	1,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
 	1,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	40, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	40, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	45, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	45, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	8,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	40, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	40, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	40, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	45, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	45, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	45, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
 	11, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	42, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	47, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
 	15, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	42, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	47, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
 	11, // 15: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
 	0,  // 16: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	40, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	43, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	45, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	48, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
 	21, // 19: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	44, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	49, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
 	21, // 21: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	45, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	40, // 23: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	50, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	45, // 23: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
 	33, // 24: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
-	40, // 25: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	45, // 25: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
 	28, // 26: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
 	28, // 27: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
 	28, // 28: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
 	32, // 29: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
-	40, // 30: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 31: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	4,  // 32: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	6,  // 33: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	9,  // 34: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	12, // 35: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	14, // 36: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	17, // 37: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	19, // 38: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	22, // 39: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	24, // 40: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	26, // 41: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	29, // 42: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
-	31, // 43: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
-	34, // 44: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
-	36, // 45: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
-	38, // 46: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
-	3,  // 47: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	5,  // 48: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	7,  // 49: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	10, // 50: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	13, // 51: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	16, // 52: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	18, // 53: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	20, // 54: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	23, // 55: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	25, // 56: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	27, // 57: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	30, // 58: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
-	33, // 59: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
-	35, // 60: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
-	37, // 61: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
-	39, // 62: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
-	47, // [47:63] is the sub-list for method output_type
-	31, // [31:47] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	45, // 30: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	45, // 31: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
+	45, // 32: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
+	45, // 33: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	40, // 34: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
+	40, // 35: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
+	2,  // 36: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	4,  // 37: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	6,  // 38: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	9,  // 39: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	12, // 40: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	14, // 41: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	17, // 42: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	19, // 43: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	22, // 44: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	24, // 45: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	26, // 46: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	29, // 47: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	31, // 48: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	34, // 49: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	36, // 50: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	43, // 51: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
+	41, // 52: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
+	38, // 53: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	3,  // 54: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	5,  // 55: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	7,  // 56: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	10, // 57: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	13, // 58: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	16, // 59: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	18, // 60: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	20, // 61: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	23, // 62: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	25, // 63: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	27, // 64: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	30, // 65: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	33, // 66: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	35, // 67: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	37, // 68: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	44, // 69: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
+	42, // 70: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
+	39, // 71: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	54, // [54:72] is the sub-list for method output_type
+	36, // [36:54] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -2595,7 +2962,7 @@ func file_mesh_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

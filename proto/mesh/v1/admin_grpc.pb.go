@@ -34,6 +34,8 @@ const (
 	AdminService_CAStatus_FullMethodName         = "/mesh.v1.AdminService/CAStatus"
 	AdminService_RevokeProxy_FullMethodName      = "/mesh.v1.AdminService/RevokeProxy"
 	AdminService_DenyIdentity_FullMethodName     = "/mesh.v1.AdminService/DenyIdentity"
+	AdminService_RevokeOperator_FullMethodName   = "/mesh.v1.AdminService/RevokeOperator"
+	AdminService_ListOperators_FullMethodName    = "/mesh.v1.AdminService/ListOperators"
 	AdminService_Backup_FullMethodName           = "/mesh.v1.AdminService/Backup"
 )
 
@@ -78,8 +80,18 @@ type AdminServiceClient interface {
 	// RevokeProxy stops renewals for an instance, removes its endpoint and
 	// has every proxy close its connections.
 	RevokeProxy(ctx context.Context, in *RevokeProxyRequest, opts ...grpc.CallOption) (*RevokeProxyResponse, error)
-	// DenyIdentity does the same for every instance of a SPIFFE ID.
+	// DenyIdentity does the same for every instance of a SPIFFE ID. The
+	// reserved identities (meshd's, the operator's) are refused: revoke an
+	// operator credential by its serial with RevokeOperator.
 	DenyIdentity(ctx context.Context, in *DenyIdentityRequest, opts ...grpc.CallOption) (*DenyIdentityResponse, error)
+	// RevokeOperator revokes one operator credential by its certificate
+	// serial: every later call made with it is refused. Every operator
+	// credential has the same SPIFFE ID, so the serial is what tells them
+	// apart. Revoking the last valid one needs force.
+	RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error)
+	// ListOperators lists the operator credentials meshd has issued: serial,
+	// validity, where each was issued and whether it is revoked.
+	ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error)
 	// Backup streams a consistent copy of the data file, taken live.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
@@ -242,6 +254,26 @@ func (c *adminServiceClient) DenyIdentity(ctx context.Context, in *DenyIdentityR
 	return out, nil
 }
 
+func (c *adminServiceClient) RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeOperatorResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOperatorsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListOperators_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_Backup_FullMethodName, cOpts...)
@@ -302,8 +334,18 @@ type AdminServiceServer interface {
 	// RevokeProxy stops renewals for an instance, removes its endpoint and
 	// has every proxy close its connections.
 	RevokeProxy(context.Context, *RevokeProxyRequest) (*RevokeProxyResponse, error)
-	// DenyIdentity does the same for every instance of a SPIFFE ID.
+	// DenyIdentity does the same for every instance of a SPIFFE ID. The
+	// reserved identities (meshd's, the operator's) are refused: revoke an
+	// operator credential by its serial with RevokeOperator.
 	DenyIdentity(context.Context, *DenyIdentityRequest) (*DenyIdentityResponse, error)
+	// RevokeOperator revokes one operator credential by its certificate
+	// serial: every later call made with it is refused. Every operator
+	// credential has the same SPIFFE ID, so the serial is what tells them
+	// apart. Revoking the last valid one needs force.
+	RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error)
+	// ListOperators lists the operator credentials meshd has issued: serial,
+	// validity, where each was issued and whether it is revoked.
+	ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error)
 	// Backup streams a consistent copy of the data file, taken live.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
@@ -360,6 +402,12 @@ func (UnimplementedAdminServiceServer) RevokeProxy(context.Context, *RevokeProxy
 }
 func (UnimplementedAdminServiceServer) DenyIdentity(context.Context, *DenyIdentityRequest) (*DenyIdentityResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DenyIdentity not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeOperator not implemented")
+}
+func (UnimplementedAdminServiceServer) ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOperators not implemented")
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
@@ -655,6 +703,42 @@ func _AdminService_DenyIdentity_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RevokeOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeOperator(ctx, req.(*RevokeOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListOperators_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOperatorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListOperators(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListOperators_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListOperators(ctx, req.(*ListOperatorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(BackupRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -732,6 +816,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DenyIdentity",
 			Handler:    _AdminService_DenyIdentity_Handler,
+		},
+		{
+			MethodName: "RevokeOperator",
+			Handler:    _AdminService_RevokeOperator_Handler,
+		},
+		{
+			MethodName: "ListOperators",
+			Handler:    _AdminService_ListOperators_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
