@@ -6,9 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -16,6 +15,8 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"minimesh/internal/fsguard"
 )
 
 const (
@@ -361,33 +362,46 @@ func (t *Txn) Bump() (uint64, error) {
 	return rev, t.SetMeta(metaRevisionKey, b[:])
 }
 
-// CheckDataDir makes dir if needed and refuses one that others can read.
+// CheckDataDir makes dir (0700) if needed and refuses one meshd cannot
+// trust to be its own: a symbolic link anywhere on its path, a directory
+// owned by another user or that group or others can read or write, and in
+// it a data file (meshd.db) or operator credential (operator/) that is a
+// symbolic link, not ours, or readable by others. Whoever owns the data dir
+// can read the CA keys and the operator credential meshd writes there.
 func CheckDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("store: data dir: %w", err)
-	}
-	fi, err := os.Stat(dir)
+	d, err := fsguard.OpenDir(dir, true)
 	if err != nil {
-		return fmt.Errorf("store: data dir: %w", err)
+		return fmt.Errorf("store: data dir (--data-dir): %w", err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("store: data dir %s is not a directory", dir)
+	defer d.Close()
+	if m := d.Mode().Perm(); m&0o077 != 0 {
+		return fmt.Errorf("store: data dir %s has mode %v: it holds the CA keys, so it must not be readable by group or others (chmod 700)", d.Path(), m)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("store: data dir %s has mode %v: it holds the CA keys, so it must not be readable by group or others (chmod 700)", dir, fi.Mode().Perm())
+	if _, err := d.Check(dataFileName, true); err != nil {
+		return fmt.Errorf("store: data file: %w", err)
 	}
-	if f := filepath.Join(dir, "meshd.db"); fileExists(f) {
-		if fi, err := os.Stat(f); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			return fmt.Errorf("store: data file %s has mode %v, want 0600", f, fi.Mode().Perm())
+	op, err := d.OpenDir(operatorDirName, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: operator credential dir: %w", err)
+	}
+	defer op.Close()
+	for _, name := range []string{"svid.pem", "svid_key.pem", "bundle.pem"} {
+		if _, err := op.Check(name, true); err != nil {
+			return fmt.Errorf("store: operator credential: %w", err)
 		}
 	}
 	return nil
 }
 
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
+// The data file and the operator credential's directory in a data dir, as
+// controlplane names them.
+const (
+	dataFileName    = "meshd.db"
+	operatorDirName = "operator"
+)
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
