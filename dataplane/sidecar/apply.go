@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,12 +32,49 @@ type applier struct {
 	service string
 	files   *filesync.Syncer // nil without --shared-dir
 	parts   []Part
+	// onApplied is called after each snapshot applied (the sidecar opens
+	// its listeners after the first).
+	onApplied func()
+
+	mu      sync.Mutex
+	applied bool
+	lastErr error // why the last snapshot was refused, if it was
 }
 
 var _ agent.Applier = (*applier)(nil)
 
 // Apply implements agent.Applier.
 func (ap *applier) Apply(snap *meshv1.Snapshot) ([]*meshv1.FileStatus, error) {
+	files, err := ap.apply(snap)
+	ap.mu.Lock()
+	ap.lastErr = err
+	if err == nil {
+		ap.applied = true
+	}
+	ap.mu.Unlock()
+	if err == nil && ap.onApplied != nil {
+		ap.onApplied()
+	}
+	return files, err
+}
+
+// errNotConfigured is /ready's reason before the first snapshot.
+var errNotConfigured = errors.New("no config applied yet: waiting for the first snapshot from meshd; the listeners of app traffic are not open")
+
+// ready returns nil once a snapshot has been applied, else why not.
+func (ap *applier) ready() error {
+	ap.mu.Lock()
+	defer ap.mu.Unlock()
+	switch {
+	case ap.applied:
+		return nil
+	case ap.lastErr != nil:
+		return fmt.Errorf("%w (the last snapshot was refused: %v)", errNotConfigured, ap.lastErr)
+	}
+	return errNotConfigured
+}
+
+func (ap *applier) apply(snap *meshv1.Snapshot) ([]*meshv1.FileStatus, error) {
 	if snap.GetVersion() == "" {
 		return nil, errors.New("snapshot: version: empty")
 	}

@@ -146,13 +146,19 @@ func (s *Sidecar) detail() []string {
 		st.Failures, st.LastAttempt.UTC().Format(time.RFC3339), st.LastError, serving)}
 }
 
-// ready is the admin's readiness: the agent's, then git sync's (not ready
+// ready is the admin's readiness: the agent's, then a snapshot applied
+// (the listeners of app traffic open only then), then git sync's (not ready
 // until its first checkout is live; a later failure keeps the last good
 // checkout and stays ready, shown on /gitsync and in the metrics).
 func (s *Sidecar) ready(agent func() error) func() error {
 	return func() error {
 		if err := agent(); err != nil {
 			return err
+		}
+		if s.ap != nil {
+			if err := s.ap.ready(); err != nil {
+				return err
+			}
 		}
 		if s.Roles.Git != nil {
 			return s.Roles.Git.Ready()

@@ -116,6 +116,12 @@ type Sidecar struct {
 
 	quit     chan struct{} // closed by /quitquitquit
 	quitOnce sync.Once
+	// configured is closed when the first snapshot has been applied (from
+	// meshd, or the last good one from the state dir): the listeners of
+	// app traffic start only then (fail closed: before it no
+	// AuthorizationPolicy is in force, and a missing policy allows all).
+	configured chan struct{}
+	ap         *applier
 	closers  []func() error // run when Run returns
 }
 
@@ -156,7 +162,9 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, fmt.Errorf("sidecar: trust domain: %w", err)
 	}
 	log := cfg.Logger
-	ap := &applier{service: cfg.Service}
+	configured := make(chan struct{})
+	var configuredOnce sync.Once
+	ap := &applier{service: cfg.Service, onApplied: func() { configuredOnce.Do(func() { close(configured) }) }}
 	if cfg.SharedDir != "" {
 		fsync, err := sharedFiles(cfg)
 		if err != nil {
@@ -191,7 +199,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles, quit: make(chan struct{})}
+	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles, quit: make(chan struct{}), configured: configured, ap: ap}
 	s.add("agent", ag.Run)
 
 	al, err := s.accessLog()
@@ -208,7 +216,7 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.add("inbound", in.Run)
+	s.addTraffic("inbound", in.Run, cfg.InboundListener)
 
 	var pub *proxy.Public
 	if cfg.Public != "" || cfg.PublicListener != nil {
@@ -223,7 +231,7 @@ func New(cfg Config) (*Sidecar, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.add("public", pub.Run)
+		s.addTraffic("public", pub.Run, cfg.PublicListener)
 	}
 
 	ns := cfg.Namespace
@@ -241,7 +249,11 @@ func New(cfg Config) (*Sidecar, error) {
 			return nil, err
 		}
 		routing.out = out
-		s.add("outbound", out.Run)
+		pre := []net.Listener{cfg.OutboundHTTPListener}
+		for _, u := range cfg.Upstreams {
+			pre = append(pre, u.Listener)
+		}
+		s.addTraffic("outbound", out.Run, pre...)
 	}
 	if cfg.Transparent != "" || cfg.TransparentListener != nil {
 		if cfg.OutboundHTTP == "" && cfg.OutboundHTTPListener == nil {
@@ -254,7 +266,7 @@ func New(cfg Config) (*Sidecar, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.add("transparent", tr.Run)
+		s.addTraffic("transparent", tr.Run, cfg.TransparentListener)
 	}
 	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, pub: pub, out: routing.out}
 	// Revocations first: connections of revoked peers close before the
@@ -288,6 +300,32 @@ func New(cfg Config) (*Sidecar, error) {
 func (s *Sidecar) add(name string, run func(context.Context) error) {
 	s.tasks = append(s.tasks, task{name, run})
 }
+
+// addTraffic adds a listener of app traffic (inbound, public, outbound,
+// transparent): it starts, and binds its address, only once the first
+// snapshot is applied. Until then its port refuses connections (a
+// pre-opened listener, as tests pass, holds them in its backlog), so no
+// request reaches the app before its AuthorizationPolicy is in force. A
+// pre-opened listener of a task that never starts is closed when Run ends.
+func (s *Sidecar) addTraffic(name string, run func(context.Context) error, preOpened ...net.Listener) {
+	s.add(name, func(ctx context.Context) error {
+		select {
+		case <-s.configured:
+		case <-ctx.Done():
+			for _, l := range preOpened {
+				if l != nil {
+					_ = l.Close()
+				}
+			}
+			return ctx.Err()
+		}
+		return run(ctx)
+	})
+}
+
+// Configured is closed once the first snapshot has been applied and the
+// listeners of app traffic may start.
+func (s *Sidecar) Configured() <-chan struct{} { return s.configured }
 
 // Run runs every part until ctx is cancelled, /quitquitquit is called or
 // one part fails; then all stop, the listeners draining for Config.Drain.
