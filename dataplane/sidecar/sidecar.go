@@ -122,7 +122,7 @@ type Sidecar struct {
 	// AuthorizationPolicy is in force, and a missing policy allows all).
 	configured chan struct{}
 	ap         *applier
-	closers  []func() error // run when Run returns
+	closers    []func() error // run when Run returns
 }
 
 type task struct {
