@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"minimesh/certs"
-	"minimesh/internal/fsguard"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -79,12 +78,18 @@ type Agent struct {
 	connected bool      // registration stream up
 	rotated   chan struct{}
 
+	// bundleMu orders the trust bundle's writers: a snapshot's bundle
+	// always applies and counts in bundleGen; a Renew or Bootstrap reply's
+	// bundle applies only if no snapshot bundle came in since the request
+	// was sent (see takeReplyBundle).
+	bundleMu  sync.Mutex
+	bundleGen uint64
+
 	applied atomic.Pointer[meshv1.Snapshot]
 	files   []*meshv1.FileStatus // of the applied snapshot; touched by the stream goroutine only
 
 	renewals  *prometheus.CounterVec
 	snapshots *prometheus.CounterVec
-	refused   *prometheus.CounterVec // state files not used: not written by this proxy
 	expiry    prometheus.GaugeFunc
 }
 
@@ -128,7 +133,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	// The state dir must be ours (see openStateDir); made 0700 if missing.
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: state dir: %w", err)
+	}
 	id, err := loadOrCreateInstanceID(cfg.StateDir, cfg.Service)
 	if err != nil {
 		return nil, err
@@ -148,25 +155,17 @@ func New(cfg Config) (*Agent, error) {
 		Name: "minimesh_proxy_snapshots_total",
 		Help: "Snapshots received from meshd, by result (ack, nack).",
 	}, []string{"result"})
-	a.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "minimesh_proxy_state_files_refused_total",
-		Help: "Files in the state dir not used because this proxy did not write them (another owner, a symbolic link, group or other permissions), by file.",
-	}, []string{"file"})
 	a.expiry = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "minimesh_proxy_svid_expiry_seconds",
 		Help: "Seconds until the current SVID expires (negative when expired, 0 when none).",
 	}, a.secondsLeft)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.refused, a.expiry)
+		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.expiry)
 	}
 	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
 		a.svid.Set(svid)
 		a.bundle.Set(bundle)
 		cfg.Logger.Info("loaded identity from state dir", "spiffe_id", svid.ID.String(), "serial", svid.Certificates[0].SerialNumber.Text(16), "expires", svid.Certificates[0].NotAfter)
-	} else if errors.Is(err, fsguard.ErrUntrusted) {
-		// A key or SVID this proxy did not write is never used; nor is it
-		// silently replaced: someone put it there.
-		return nil, fmt.Errorf("agent: state dir: %w", err)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		cfg.Logger.Warn("state dir holds no usable SVID; will bootstrap", "error", err)
 	}
@@ -240,25 +239,17 @@ func (a *Agent) identityLoop(ctx context.Context) {
 	backoff := a.cfg.BackoffMin
 	for {
 		err := a.refresh(ctx)
-		var wait time.Duration
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		wait := a.nextWait(err, backoff)
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
 			a.setErr(err)
-			wait = jitter(backoff, 0.2)
 			backoff = min(backoff*2, a.cfg.BackoffMax)
 			a.cfg.Logger.Warn("identity refresh failed; keeping the current SVID and retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
 		} else {
 			a.setErr(nil)
 			backoff = a.cfg.BackoffMin
-			wait = a.renewIn()
-		}
-		// Never sleep past expiry without trying again.
-		if cur := a.svid.Current(); cur != nil {
-			if left := cur.Certificates[0].NotAfter.Sub(a.cfg.Clock.Now()); left > 0 && wait > left {
-				wait = left
-			}
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -309,6 +300,7 @@ func (a *Agent) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	gen := a.bundleGeneration()
 	// A fresh connection per renewal: a long-lived one would still present
 	// the certificate it was opened with, which may have expired.
 	tc := certs.MTLSClientConfig(a.svid, a.bundle, certs.AuthorizeID(certs.MeshdID(a.cfg.TrustDomain)), certs.TLSOptions{Clock: a.cfg.Clock})
@@ -322,7 +314,7 @@ func (a *Agent) renew(ctx context.Context) error {
 		a.renewals.WithLabelValues("renew", "error").Inc()
 		return fmt.Errorf("agent: renew: %w", err)
 	}
-	if err := a.install(resp.GetSvid(), key); err != nil {
+	if err := a.install(resp.GetSvid(), key, gen); err != nil {
 		a.renewals.WithLabelValues("renew", "error").Inc()
 		return err
 	}
@@ -340,7 +332,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	key, err := a.pendingKey()
+	key, err := pendingKey(a.cfg.StateDir)
 	if err != nil {
 		return err
 	}
@@ -353,6 +345,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return err
 	}
 	var resp *meshv1.BootstrapResponse
+	gen := a.bundleGeneration()
 	err = a.call(ctx, tc, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
 		resp, err = meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: a.cfg.Token, Csr: csr, InstanceId: a.instanceID})
@@ -365,7 +358,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		}
 		return fmt.Errorf("agent: bootstrap: %w", err)
 	}
-	if err := a.install(resp.GetSvid(), key); err != nil {
+	if err := a.install(resp.GetSvid(), key, gen); err != nil {
 		a.renewals.WithLabelValues("bootstrap", "error").Inc()
 		return err
 	}
@@ -393,8 +386,10 @@ func (a *Agent) call(ctx context.Context, tc *tls.Config, fn func(context.Contex
 }
 
 // install verifies and keeps a signed SVID: in memory first (new
-// handshakes use it at once), then in the state dir.
-func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer) error {
+// handshakes use it at once), then in the state dir. gen is the bundle
+// generation when the request was sent: the reply's bundle is taken only if
+// no snapshot's bundle came in since.
+func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer, gen uint64) error {
 	chain, err := certs.ParseCertsDER(p.GetCertChain())
 	if err != nil {
 		return fmt.Errorf("agent: SVID from meshd: %w", err)
@@ -403,9 +398,9 @@ func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer) error {
 	if err != nil || len(roots) == 0 {
 		return fmt.Errorf("agent: trust bundle from meshd: %v", err)
 	}
-	bundle := x509bundle.FromX509Authorities(a.cfg.TrustDomain, roots)
+	reply := x509bundle.FromX509Authorities(a.cfg.TrustDomain, roots)
 	svid := &x509svid.SVID{Certificates: chain, PrivateKey: key}
-	id, _, err := certs.VerifyPeerCertificates(chain, bundle, a.cfg.Clock.Now())
+	id, _, err := certs.VerifyPeerCertificates(chain, reply, a.cfg.Clock.Now())
 	if err != nil {
 		return fmt.Errorf("agent: SVID from meshd does not verify: %w", err)
 	}
@@ -413,8 +408,10 @@ func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer) error {
 	if cur := a.svid.Current(); cur != nil && cur.ID != id {
 		return fmt.Errorf("agent: meshd issued %s but this proxy is %s", id, cur.ID)
 	}
-	a.bundle.Set(bundle)
-	a.svid.Set(svid)
+	bundle, err := a.takeReplyBundle(reply, gen, svid)
+	if err != nil {
+		return err
+	}
 	if err := certs.WriteSVID(a.cfg.StateDir, svid, bundle); err != nil {
 		a.cfg.Logger.Warn("could not persist the SVID; it is in use but a restart will need to renew", "error", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"minimesh/certs"
-	"minimesh/internal/fsguard"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -55,7 +54,7 @@ func (a *Agent) apply(snap *meshv1.Snapshot, persist bool) ([]*meshv1.FileStatus
 		}
 	}
 	if bundle != nil {
-		a.bundle.Set(bundle)
+		a.setSnapshotBundle(bundle)
 	}
 	a.applied.Store(snap)
 	a.files = files
@@ -76,21 +75,16 @@ func (a *Agent) apply(snap *meshv1.Snapshot, persist bool) ([]*meshv1.FileStatus
 // starts while meshd is unreachable serves its last good config.
 func (a *Agent) loadLastGood() {
 	p := filepath.Join(a.cfg.StateDir, snapshotFile)
-	// Only a snapshot this proxy wrote (ours, 0600, not a link) is used.
-	d, err := openStateDir(a.cfg.StateDir, false)
-	if err != nil {
-		a.cfg.Logger.Warn("ignoring the kept snapshot", "path", p, "error", err)
-		return
-	}
-	b, err := d.ReadFile(snapshotFile, true, maxSnapshotFile)
-	_ = d.Close()
+	fi, err := os.Stat(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
+	if err != nil || fi.Size() > maxSnapshotFile {
+		a.cfg.Logger.Warn("ignoring the kept snapshot", "path", p, "error", err)
+		return
+	}
+	b, err := os.ReadFile(p)
 	if err != nil {
-		if errors.Is(err, fsguard.ErrUntrusted) {
-			a.refused.WithLabelValues(snapshotFile).Inc()
-		}
 		a.cfg.Logger.Warn("ignoring the kept snapshot", "path", p, "error", err)
 		return
 	}
