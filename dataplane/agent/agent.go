@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"minimesh/certs"
+	"minimesh/internal/fsguard"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -90,6 +91,7 @@ type Agent struct {
 
 	renewals  *prometheus.CounterVec
 	snapshots *prometheus.CounterVec
+	refused   *prometheus.CounterVec // state files not used: not written by this proxy
 	expiry    prometheus.GaugeFunc
 }
 
@@ -133,9 +135,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("agent: state dir: %w", err)
-	}
+	// The state dir must be ours (see openStateDir); made 0700 if missing.
 	id, err := loadOrCreateInstanceID(cfg.StateDir, cfg.Service)
 	if err != nil {
 		return nil, err
@@ -155,17 +155,25 @@ func New(cfg Config) (*Agent, error) {
 		Name: "minimesh_proxy_snapshots_total",
 		Help: "Snapshots received from meshd, by result (ack, nack).",
 	}, []string{"result"})
+	a.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "minimesh_proxy_state_files_refused_total",
+		Help: "Files in the state dir not used because this proxy did not write them (another owner, a symbolic link, group or other permissions), by file.",
+	}, []string{"file"})
 	a.expiry = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "minimesh_proxy_svid_expiry_seconds",
 		Help: "Seconds until the current SVID expires (negative when expired, 0 when none).",
 	}, a.secondsLeft)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.expiry)
+		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.refused, a.expiry)
 	}
 	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
 		a.svid.Set(svid)
 		a.bundle.Set(bundle)
 		cfg.Logger.Info("loaded identity from state dir", "spiffe_id", svid.ID.String(), "serial", svid.Certificates[0].SerialNumber.Text(16), "expires", svid.Certificates[0].NotAfter)
+	} else if errors.Is(err, fsguard.ErrUntrusted) {
+		// A key or SVID this proxy did not write is never used; nor is it
+		// silently replaced: someone put it there.
+		return nil, fmt.Errorf("agent: state dir: %w", err)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		cfg.Logger.Warn("state dir holds no usable SVID; will bootstrap", "error", err)
 	}
@@ -332,7 +340,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	key, err := pendingKey(a.cfg.StateDir)
+	key, err := a.pendingKey()
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"minimesh/certs"
+	"minimesh/internal/fsguard"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -75,16 +76,21 @@ func (a *Agent) apply(snap *meshv1.Snapshot, persist bool) ([]*meshv1.FileStatus
 // starts while meshd is unreachable serves its last good config.
 func (a *Agent) loadLastGood() {
 	p := filepath.Join(a.cfg.StateDir, snapshotFile)
-	fi, err := os.Stat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
-	if err != nil || fi.Size() > maxSnapshotFile {
+	// Only a snapshot this proxy wrote (ours, 0600, not a link) is used.
+	d, err := openStateDir(a.cfg.StateDir, false)
+	if err != nil {
 		a.cfg.Logger.Warn("ignoring the kept snapshot", "path", p, "error", err)
 		return
 	}
-	b, err := os.ReadFile(p)
+	b, err := d.ReadFile(snapshotFile, true, maxSnapshotFile)
+	_ = d.Close()
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
 	if err != nil {
+		if errors.Is(err, fsguard.ErrUntrusted) {
+			a.refused.WithLabelValues(snapshotFile).Inc()
+		}
 		a.cfg.Logger.Warn("ignoring the kept snapshot", "path", p, "error", err)
 		return
 	}
