@@ -147,14 +147,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: trust domain %q: %w", cfg.TrustDomain, err)
 	}
-	if err := store.CheckDataDir(cfg.DataDir); err != nil {
-		return nil, err
-	}
-	var caKey *CAKey
+	var caKey *CAKey // read first: a refused key file changes nothing
 	if cfg.CAKeyFile != "" {
 		if caKey, err = ReadCAKeyFile(cfg.CAKeyFile); err != nil {
 			return nil, err
 		}
+	}
+	if err := store.CheckDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	st, err := openStore(filepath.Join(cfg.DataDir, dataFile), caKey, td, cfg.Logger)
 	if err != nil {

@@ -128,8 +128,10 @@ func TestIdentityMatrix(t *testing.T) {
 		})
 	}
 	// The control: a well-formed certificate signed the same way, presented
-	// the same way, is accepted at both.
-	good := mk(nil, inter, ours)
+	// the same way, is accepted at both. It names its instance in the
+	// Subject, as meshd's SVIDs do: Renew refuses a certificate bound to no
+	// instance that meshd has no record of.
+	good := mk(func(c *x509.Certificate) { c.Subject.SerialNumber = "web-control" }, inter, ours)
 	if err := inbound(good); err != nil {
 		t.Fatalf("a well-formed certificate was refused at the inbound: %v", err)
 	}

@@ -1,6 +1,8 @@
 package meshctl_test
 
 import (
+	"bytes"
+	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,7 @@ import (
 
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
+	"minimesh/internal/meshctl"
 )
 
 func TestBackupAndRestore(t *testing.T) {
@@ -102,5 +105,47 @@ func TestBadDataFilesAreRefusedAndLeftAlone(t *testing.T) {
 	}
 	if _, err := controlplane.New(controlplane.Config{DataDir: open}); err == nil || !strings.Contains(err.Error(), "chmod 700") {
 		t.Fatalf("0755 data dir: %v", err)
+	}
+}
+
+// runErr runs meshctl and returns its stdout and stderr.
+func runErr(t *testing.T, m *controlplanetest.Meshd, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := meshctl.NewRoot(meshctl.IO{Out: &out, Err: &errOut})
+	root.SetArgs(append([]string{"--server", m.Addr, "--credentials", m.OperatorCredentialDir()}, args...))
+	err := root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+func TestBackupWarnsWhenTheCAKeysAreInClear(t *testing.T) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "ca.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const warning = "holds the CA's private keys in clear"
+	for _, c := range []struct {
+		keyFile string
+		warns   bool
+	}{{"", true}, {keyFile, false}} {
+		m := controlplanetest.Start(t, controlplane.Config{CAKeyFile: c.keyFile})
+		file := filepath.Join(t.TempDir(), "b")
+		out, errOut, err := runErr(t, m, "backup", file)
+		if err != nil {
+			t.Fatalf("backup (key file %q): %v", c.keyFile, err)
+		}
+		if strings.Contains(errOut, warning) != c.warns || strings.Contains(out, warning) {
+			t.Fatalf("backup with key file %q: stdout %q stderr %q; want the warning on stderr: %v", c.keyFile, out, errOut, c.warns)
+		}
+		m.Stop()
+	}
+	m := controlplanetest.Start(t, controlplane.Config{})
+	help, _, err := runErr(t, m, "backup", "--help")
+	if err != nil || !strings.Contains(help, "in clear") || !strings.Contains(help, "--ca-key-file") {
+		t.Fatalf("backup --help does not say the CA keys are in clear without --ca-key-file: %v\n%s", err, help)
 	}
 }
