@@ -13,6 +13,7 @@ import (
 
 	"minimesh/api"
 	"minimesh/certs"
+	"minimesh/internal/fsguard"
 )
 
 // Entry is one request, as the proxy saw it.
@@ -232,14 +233,12 @@ func (l *Logger) Dropped() uint64 { return l.dropped.Load() }
 
 // OpenFile opens (or creates) path for appending access-log lines, with
 // mode 0600: lines carry identities and paths. An existing file's mode is
-// set to 0600 too.
+// set to 0600 too. A symbolic link at path is refused (O_NOFOLLOW), and so
+// is a file that is not a regular file owned by this process's user:
+// another user's file would receive every line.
 func OpenFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := fsguard.OpenAppend(path, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("accesslog: %w", err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("accesslog: %w", err)
 	}
 	return f, nil
