@@ -68,8 +68,10 @@ func (c Config) Validate() error {
 
 // Server is the proxy's admin HTTP server.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	mux     *http.ServeMux
+	guard   *guard
+	handler http.Handler // guard, then mux
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -104,7 +106,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	g, err := newGuard(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), guard: g}
+	s.handler = g.wrap(s.mux)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, "ok\n")
 	})
@@ -122,8 +129,10 @@ func New(cfg Config) (*Server, error) {
 // Call it before Run; like ServeMux it panics on a conflicting pattern.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
-// ServeHTTP serves the admin endpoints (for tests and embedding).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP serves the admin endpoints (for tests and embedding), behind
+// the same guard as Run (guard.go): Host must name the server, a
+// state-changing request needs X-Mesh-Admin: 1.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 // Run serves until ctx is cancelled, then shuts down within DrainTimeout
 // and returns nil. It closes the listener.
@@ -136,7 +145,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,

@@ -86,8 +86,8 @@ func TestReadyFollowsFunc(t *testing.T) {
 	if code, _ := fetch(t, c, http.MethodGet, url+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz %d", code)
 	}
-	if code, _ := fetch(t, c, http.MethodPost, url+"/ready"); code != http.StatusMethodNotAllowed {
-		t.Errorf("POST /ready %d, want 405", code)
+	if code, _ := fetch(t, c, http.MethodPost, url+"/ready"); code != http.StatusForbidden {
+		t.Errorf("POST /ready without X-Mesh-Admin %d, want 403", code)
 	}
 	if code, _ := fetch(t, c, http.MethodGet, url+"/nope"); code != http.StatusNotFound {
 		t.Errorf("/nope %d, want 404", code)

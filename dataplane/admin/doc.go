@@ -6,7 +6,14 @@
 //	GET /certs    JSON: the current SVID (SPIFFE ID, serial, validity,
 //	              expires_in) and the bundle's roots (subject, validity)
 //
-// More handlers are added with Handle before Run.
+// More handlers are added with Handle before Run. Every request, to any
+// endpoint, passes a guard first (guard.go): its Host must name the server
+// (the IP and port the connection arrived on, as the kubelet's probes
+// send; on loopback also localhost and the loopback IPs, any port), else
+// 421; a method other than GET and HEAD needs the header X-Mesh-Admin: 1
+// (browsers cannot send it cross-site without a preflight, never granted),
+// else 403. LoopbackOnly wraps endpoints the pod network must not see.
+// Refusals are counted in minimesh_admin_refused_total{reason}.
 //
 //	srv, err := admin.New(admin.Config{
 //		Addr:     "127.0.0.1:15000",

@@ -14,7 +14,9 @@ func Example() {
 		panic(err)
 	}
 	rec := httptest.NewRecorder()
-	srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ready", nil))
+	req := httptest.NewRequest(http.MethodGet, "/ready", nil)
+	req.Host = "localhost:15000" // the admin port answers only to its own names
+	srv.ServeHTTP(rec, req)
 	fmt.Print(rec.Code, " ", rec.Body.String())
 	// Output: 503 not ready: no SVID yet
 }
