@@ -56,7 +56,11 @@ const (
 	ProxyHTTPPort     = 15080
 	ProxyUID          = redirect.DefaultProxyUID
 
-	StateDir  = "/var/run/minimesh/state" // the volume; the proxy's 0700 state dir is StateDir/proxy
+	// StateDir is the state volume (an emptyDir: root's, 0777); the
+	// proxy's 0700 state dir is StateDir/proxy. It is under /run, not
+	// /var/run: in the image /var/run is a symbolic link to /run, and
+	// mesh-proxy refuses a state dir with a symbolic link on its path.
+	StateDir  = "/run/minimesh/state"
 	SharedDir = "/var/run/minimesh/shared"
 	TokenDir  = "/var/run/minimesh/token"
 

@@ -181,6 +181,18 @@ func checkInjectedPod(t *testing.T, p injectedPod, src []byte) {
 			t.Errorf("proxy args %v lack %s", px.Args, want)
 		}
 	}
+	// The state dir is the proxy's own directory inside the state volume
+	// (an emptyDir, root's 0777), on a path with no symbolic link in the
+	// image: mesh-proxy refuses one, and there /var/run links to /run.
+	var stateMount string
+	for _, m := range px.VolumeMounts {
+		if m.Name == StateVolume {
+			stateMount = m.MountPath
+		}
+	}
+	if stateMount == "" || !slices.Contains(px.Args, "--state-dir="+stateMount+"/proxy") || strings.HasPrefix(stateMount, "/var/run/") {
+		t.Errorf("proxy state dir: mount %q, args %v; want --state-dir=<mount>/proxy, the mount not under /var/run", stateMount, px.Args)
+	}
 	env := map[string]corev1.EnvVar{}
 	for _, e := range px.Env {
 		env[e.Name] = e
