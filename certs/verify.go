@@ -98,8 +98,23 @@ func AuthorizeID(allowed ...spiffeid.ID) func(spiffeid.ID) error {
 
 // AuthorizeMemberOf accepts any ID of the trust domain td.
 func AuthorizeMemberOf(td spiffeid.TrustDomain) func(spiffeid.ID) error {
+	return authorizeMember(td, false)
+}
+
+// AuthorizeWorkloadOf admits members of td that are not one of minimesh's
+// reserved identities (meshd, operator): a proxy's peers are workloads.
+// The operator credential lives on laptops and in CI; it is for meshd's
+// admin API, not for calling workloads.
+func AuthorizeWorkloadOf(td spiffeid.TrustDomain) func(spiffeid.ID) error {
+	return authorizeMember(td, true)
+}
+
+func authorizeMember(td spiffeid.TrustDomain, workloadOnly bool) func(spiffeid.ID) error {
 	return func(id spiffeid.ID) error {
 		if !td.IsZero() && id.MemberOf(td) {
+			if workloadOnly && IsReserved(id) {
+				return fmt.Errorf("%w: %q is reserved for minimesh itself, not a workload", ErrUnauthorized, id.String())
+			}
 			return nil
 		}
 		return fmt.Errorf("%w: %q is not in trust domain %q", ErrUnauthorized, id.String(), td.Name())

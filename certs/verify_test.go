@@ -89,6 +89,10 @@ func TestAuthorizers(t *testing.T) {
 		{"member", certs.AuthorizeMemberOf(td), web, true},
 		{"not member", certs.AuthorizeMemberOf(td), foreign, false},
 		{"zero trust domain", certs.AuthorizeMemberOf(spiffeid.TrustDomain{}), web, false},
+		{"workload", certs.AuthorizeWorkloadOf(td), web, true},
+		{"workload: operator", certs.AuthorizeWorkloadOf(td), certs.OperatorID(td), false},
+		{"workload: meshd", certs.AuthorizeWorkloadOf(td), certs.MeshdID(td), false},
+		{"workload: not member", certs.AuthorizeWorkloadOf(td), foreign, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

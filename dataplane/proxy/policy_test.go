@@ -418,3 +418,29 @@ func TestRevokedInstanceRefusedAndClosed(t *testing.T) {
 		t.Errorf("Refused(other instance) = %v", err)
 	}
 }
+
+// TestInboundRefusesReservedIdentities: the operator credential (and
+// meshd's) is for meshd's admin API; a proxy's inbound admits workloads
+// only, whatever the policy says.
+func TestInboundRefusesReservedIdentities(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	metrics := newMetrics(t)
+	_, addr := startPolicyInbound(t, m, m.bundle, metrics, nil)
+	td := spiffeid.RequireTrustDomainFromString("minimesh.local")
+	authz := certs.AuthorizeID(spiffeid.RequireFromString(apiID))
+	for _, id := range []spiffeid.ID{certs.OperatorID(td), certs.MeshdID(td)} {
+		svid, err := m.ca.IssueSVID(id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := certs.NewSVIDSource(nil)
+		src.Set(svid)
+		if err := exchange(addr, certs.MTLSClientConfig(src, m.bundle, authz, certs.TLSOptions{})); err == nil {
+			t.Errorf("%s was served by a proxy's inbound", id)
+		}
+	}
+	if err := exchange(addr, certs.MTLSClientConfig(m.web, m.bundle, authz, certs.TLSOptions{})); err != nil {
+		t.Errorf("a workload was refused: %v", err)
+	}
+}
