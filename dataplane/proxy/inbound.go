@@ -264,18 +264,18 @@ func (in *Inbound) trustDomain() (spiffeid.TrustDomain, bool) {
 	return svid.ID.TrustDomain(), true
 }
 
-// authorizer admits members of the configured trust domain or, when none
-// is configured, of our own SVID's.
+// authorizer admits workloads (not meshd, not the operator) of the
+// configured trust domain or, when none is configured, of our own SVID's.
 func (in *Inbound) authorizer() func(spiffeid.ID) error {
 	if td := in.cfg.TrustDomain; !td.IsZero() {
-		return certs.AuthorizeMemberOf(td)
+		return certs.AuthorizeWorkloadOf(td)
 	}
 	return func(id spiffeid.ID) error {
 		svid, err := in.cfg.SVID.GetX509SVID()
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrNoSVID, err)
 		}
-		return certs.AuthorizeMemberOf(svid.ID.TrustDomain())(id)
+		return certs.AuthorizeWorkloadOf(svid.ID.TrustDomain())(id)
 	}
 }
 
