@@ -193,10 +193,10 @@ func (a *Agent) drain(st meshv1.ConfigService_StreamClient, msgs <-chan *meshv1.
 		return
 	}
 	_ = st.CloseSend()
+	a.cfg.Logger.Info("told meshd this proxy is leaving")
 	for {
 		select {
 		case <-recvErr:
-			a.cfg.Logger.Info("told meshd this proxy is leaving")
 			return
 		case <-msgs: // a snapshot after leaving: not applied
 		case <-st.Context().Done():
