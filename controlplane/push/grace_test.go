@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -113,5 +114,30 @@ func TestNegativeEndpointGraceIsRefused(t *testing.T) {
 	m := startMeshd(t, nil, nil, 0)
 	if _, err := New(Config{Store: m.store, EndpointGrace: -time.Second}); err == nil {
 		t.Fatal("a negative EndpointGrace was accepted")
+	}
+}
+
+// TestRestartDoesNotForgetHeldEndpoints: a proxy whose stream lived quietly
+// longer than ForgetAfter (its LastSeen is its connect time) is not
+// forgotten by the meshd that starts after: it is held in its grace.
+func TestRestartDoesNotForgetHeldEndpoints(t *testing.T) {
+	m := startMeshd(t, nil, nil, time.Hour)
+	m.stop()
+	old := time.Now().Add(-100 * time.Hour)
+	if err := m.store.Update(func(tx *store.Txn) error {
+		return tx.Put(store.TableProxies, &store.Proxy{InstanceID: "api-1", SPIFFEID: "spiffe://minimesh.local/ns/default/sa/api", Service: "api",
+			Address: "127.0.0.1:15006", Connected: true, ConnectedAt: old, LastSeen: old})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m2 := startMeshd(t, m.ca, m.store, time.Hour)
+	if err := m2.srv.Forget(time.Now().Add(-72 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m2.proxy("api-1"); err != nil {
+		t.Fatalf("the held proxy was forgotten: %v", err)
+	}
+	if s := m2.groupSnap("api-1"); !hasEndpoint(s, "api-1") {
+		t.Fatalf("endpoints %v, want api-1 held", s.GetEndpoints())
 	}
 }

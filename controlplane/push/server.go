@@ -878,7 +878,9 @@ func (s *Server) flush() {
 // longer listed, waited for by a root rotation, or endpoints.
 func (s *Server) Forget(cutoff time.Time) error {
 	var gone []string
+	now := s.cfg.Clock.Now()
 	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+		gone = nil
 		recs, err := tx.List(store.TableProxies, "id")
 		if err != nil {
 			return err
@@ -887,7 +889,10 @@ func (s *Server) Forget(cutoff time.Time) error {
 		defer s.mu.Unlock()
 		for _, rec := range recs {
 			p := rec.(*store.Proxy)
-			if _, live := s.active[p.InstanceID]; live || p.LastSeen.After(cutoff) {
+			// A proxy in its endpoint grace is not stale, however old its
+			// LastSeen (a stream that lived quietly for days, then a meshd
+			// restart): forgetting it would drop the endpoint the grace holds.
+			if _, live := s.active[p.InstanceID]; live || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
 				continue
 			}
 			if err := tx.Delete(store.TableProxies, p.InstanceID); err != nil {
