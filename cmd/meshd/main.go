@@ -54,6 +54,7 @@ func run() error {
 	flag.DurationVar(&cfg.EndpointGrace, "endpoint-grace", push.DefaultEndpointGrace, "keep a proxy whose stream ended without a drain (meshd restarted, the network broke) an endpoint this long; at start, hold the endpoints last known as long")
 	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	flag.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
+	checkBootstrapLimits := bootstrapLimitFlags(flag.CommandLine, &cfg) // --bootstrap-rate, --bootstrap-burst
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	restore := flag.String("restore", "", "install this backup (from meshctl backup) into an empty --data-dir, then start")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:15011); off when empty")
@@ -65,6 +66,9 @@ func run() error {
 	}
 	if cfg.DataDir == "" {
 		return fmt.Errorf("--data-dir is required")
+	}
+	if err := checkBootstrapLimits(); err != nil {
+		return err
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 
