@@ -141,3 +141,31 @@ func TestRestartDoesNotForgetHeldEndpoints(t *testing.T) {
 		t.Fatalf("endpoints %v, want api-1 held", s.GetEndpoints())
 	}
 }
+
+// TestSnapshotEqualToHelloClaimIsSentLater: a proxy whose Hello claimed
+// version X, and which got Y since, gets X when the snapshot comes back to
+// X (it was taken for ACKed: the proxy stayed on Y, which listed an
+// endpoint gone since).
+func TestSnapshotEqualToHelloClaimIsSentLater(t *testing.T) {
+	m := startMeshd(t, nil, nil, time.Hour)
+	webSVID := m.svid("web", "web-1", true)
+	web := m.open(webSVID, hello("web", ""))
+	web.registered(t)
+	s0 := web.snapshotWith(t, "web alone", func(s *meshv1.Snapshot) bool { return !hasEndpoint(s, "api-1") })
+	api := m.open(m.svid("api", "api-1", true), hello("api", ""))
+	api.registered(t)
+	web.snapshotWith(t, "web and api", func(s *meshv1.Snapshot) bool { return hasEndpoint(s, "api-1") })
+
+	// web reconnects claiming the old version (its state dir's): it is sent
+	// the current one.
+	h := hello("web", "")
+	h.AppliedVersion = s0.GetVersion()
+	web2 := m.open(webSVID, h)
+	web2.registered(t)
+	web2.snapshotWith(t, "the current snapshot", func(s *meshv1.Snapshot) bool { return hasEndpoint(s, "api-1") })
+	// api drains: the snapshot is s0's again, and web must get it.
+	if err := api.st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Drain{Drain: &meshv1.Drain{}}}); err != nil {
+		t.Fatal(err)
+	}
+	web2.snapshotWith(t, "the snapshot without api", func(s *meshv1.Snapshot) bool { return s.GetVersion() == s0.GetVersion() })
+}

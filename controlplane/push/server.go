@@ -424,6 +424,10 @@ func (s *Server) pushLocked(id string, sess *session) {
 		s.dirty[id] = true
 		return
 	}
+	// From now on the proxy has this one, not the one its Hello claimed: a
+	// later snapshot equal to the claimed one must be sent, not taken for
+	// ACKed.
+	sess.claimed = ""
 	select {
 	case <-sess.updates: // drop a stale pending one: latest wins
 	default:
