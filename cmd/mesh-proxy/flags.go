@@ -3,8 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"minimesh/dataplane/filesync"
@@ -15,11 +15,13 @@ import (
 // options is mesh-proxy's command line: the sidecar's config and what main
 // does around it.
 type options struct {
-	cfg         sidecar.Config
-	tokenFile   string
-	appProbes   string
-	logLevel    slog.Level
-	showVersion bool
+	cfg       sidecar.Config
+	tokenFile string
+	// tokenOnCommandLine: --token was given as a flag (visible to ps).
+	tokenOnCommandLine bool
+	appProbes          string
+	logLevel           slog.Level
+	showVersion        bool
 }
 
 type upstreams []proxy.Upstream
@@ -34,16 +36,30 @@ func (u *upstreams) Set(s string) error {
 	return nil
 }
 
-// parseFlags reads mesh-proxy's flags from args (os.Args[1:]); a bad
-// flag exits with usage, as flag.Parse does.
-func parseFlags(args []string) *options {
+// envFlags are the flags whose value may come from the environment: the
+// variable is read after parsing, only when the flag was not given, so its
+// value is never a flag default and never shown by the usage text (which
+// names the variable instead). The join token is a secret; the app probes
+// may carry a probe's headers (an Authorization); the CA pin is public but
+// follows the same rule.
+var envFlags = map[string]string{
+	"token":      "MESH_PROXY_TOKEN",
+	"ca-pin":     "MESH_PROXY_CA_PIN",
+	"app-probes": "MESH_APP_PROBES",
+}
+
+// parseFlags reads mesh-proxy's flags from args (os.Args[1:]), writing
+// usage and errors to stderr; a bad flag is an error (main exits 2, as
+// flag.Parse would). getenv reads the environment (os.Getenv).
+func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*options, error) {
 	o := &options{}
 	var ups upstreams
-	fs := flag.NewFlagSet("mesh-proxy", flag.ExitOnError)
+	fs := flag.NewFlagSet("mesh-proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	fs.StringVar(&o.cfg.ControlPlane, "control-plane", "127.0.0.1:15010", "meshd address")
-	fs.StringVar(&o.cfg.Token, "token", os.Getenv("MESH_PROXY_TOKEN"), "join token id.secret, needed only to bootstrap (env MESH_PROXY_TOKEN)")
-	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the join token (a mounted Secret)")
-	fs.StringVar(&o.cfg.CAPin, "ca-pin", os.Getenv("MESH_PROXY_CA_PIN"), "sha256:<hex> pin of meshd's root CA, to authenticate meshd when bootstrapping (env MESH_PROXY_CA_PIN)")
+	fs.StringVar(&o.cfg.Token, "token", "", "join token id.secret, needed only to bootstrap (default $MESH_PROXY_TOKEN). Prefer --token-file or the variable: a command line is visible to ps and /proc in the pod")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the join token (a mounted Secret); the documented way, as meshctl inject sets it up")
+	fs.StringVar(&o.cfg.CAPin, "ca-pin", "", "sha256:<hex> pin of meshd's root CA, to authenticate meshd when bootstrapping (default $MESH_PROXY_CA_PIN)")
 	fs.StringVar(&o.cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
 	fs.StringVar(&o.cfg.Namespace, "namespace", "default", "namespace of this proxy's identity")
 	fs.StringVar(&o.cfg.ServiceAccount, "service-account", "", "service account of this proxy's identity (default: --service)")
@@ -75,10 +91,20 @@ func parseFlags(args []string) *options {
 	fs.StringVar(&o.cfg.Roles.Topz, "topz", sidecar.TopzLoopback, "/topz and /procz/PID on the admin port: loopback (local clients only), any, or off")
 	fs.StringVar(&o.cfg.AccessLogFile, "access-log", "", "where AccessLog resources write the access log: a file (appended, 0600) or - / empty for stdout")
 	fs.DurationVar(&o.cfg.Drain, "drain", 10*time.Second, "grace period on SIGTERM or POST /quitquitquit: stop accepting, let requests in flight finish this long, then exit")
-	fs.StringVar(&o.appProbes, "app-probes", os.Getenv("MESH_APP_PROBES"), "JSON of the app's probes served on the admin port under /app-health/ (env MESH_APP_PROBES, set by meshctl inject)")
+	fs.StringVar(&o.appProbes, "app-probes", "", "JSON of the app's probes served on the admin port under /app-health/ (default $MESH_APP_PROBES, set by meshctl inject)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
-	_ = fs.Parse(args) // ExitOnError
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, env := range envFlags {
+		if v := getenv(env); v != "" && !given[name] {
+			_ = fs.Set(name, v)
+		}
+	}
+	o.tokenOnCommandLine = given["token"]
 	o.cfg.Upstreams = ups
-	return o
+	return o, nil
 }

@@ -1,22 +1,41 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
+	"minimesh/dataplane/sidecar"
 )
 
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
 func TestParseFlags(t *testing.T) {
-	t.Setenv("MESH_PROXY_TOKEN", "env-token")
-	o := parseFlags([]string{
+	o, err := parseFlags([]string{
 		"--service", "web", "--state-dir", "/var/lib/mesh", "--app", "127.0.0.1:8080",
 		"--upstream", "api=127.0.0.1:15201", "--upstream", "db.data:5432=127.0.0.1:15202",
 		"--egress", "example.com", "--egress", "pay.example.com:8443",
 		"--reload-signal", "USR1", "--log-level", "debug",
-	})
+	}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token", "MESH_PROXY_CA_PIN": "sha256:00"}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := o.cfg
-	if c.Service != "web" || c.StateDir != "/var/lib/mesh" || c.App != "127.0.0.1:8080" || c.Token != "env-token" {
+	if c.Service != "web" || c.StateDir != "/var/lib/mesh" || c.App != "127.0.0.1:8080" || c.Token != "env-token" || c.CAPin != "sha256:00" || o.tokenOnCommandLine {
 		t.Errorf("config %+v", c)
 	}
 	if c.ControlPlane != "127.0.0.1:15010" || c.Inbound != "127.0.0.1:15006" || c.Admin != "127.0.0.1:15000" {
@@ -28,4 +47,103 @@ func TestParseFlags(t *testing.T) {
 	if !slices.Equal(c.Egress, []string{"example.com", "pay.example.com:8443"}) || c.Reload.Signal != syscall.SIGUSR1 || o.logLevel != slog.LevelDebug {
 		t.Errorf("egress %q, reload signal %v, log level %v", c.Egress, c.Reload.Signal, o.logLevel)
 	}
+	// A flag given wins over the variable.
+	o, err = parseFlags([]string{"--token", "flag-token"}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token"}))
+	if err != nil || o.cfg.Token != "flag-token" || !o.tokenOnCommandLine {
+		t.Errorf("--token with MESH_PROXY_TOKEN set: %v %q", err, o.cfg.Token)
+	}
+}
+
+// No secret from the environment or a token file reaches the usage text
+// (a bad flag, -h) or the logs: the variables' values are never flag
+// defaults, and a bootstrap that meshd refuses logs no token.
+func TestNoSecretInUsageOrLogs(t *testing.T) {
+	const envSecret, probeSecret = "ENVSECRET0123", "PROBESECRET456"
+	vars := env(map[string]string{
+		"MESH_PROXY_TOKEN":  "abcd." + envSecret,
+		"MESH_PROXY_CA_PIN": "sha256:0000",
+		"MESH_APP_PROBES":   `{"/app-health/app/livez":{"httpGet":{"port":8080,"httpHeaders":[{"name":"Authorization","value":"Bearer ` + probeSecret + `"}]}}}`,
+	})
+	for _, args := range [][]string{{"--bogus"}, {"-h"}, {"--drain", "x"}} {
+		var usage bytes.Buffer
+		_, err := parseFlags(args, &usage, vars)
+		if err == nil || (args[0] == "-h") != errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%q: %v", args, err)
+		}
+		out := usage.String()
+		if strings.Contains(out, envSecret) || strings.Contains(out, probeSecret) || strings.Contains(out, "sha256:0000") {
+			t.Errorf("%q: the usage shows a value from the environment:\n%s", args, out)
+		}
+		if !strings.Contains(out, "$MESH_PROXY_TOKEN") || !strings.Contains(out, "--token-file") {
+			t.Errorf("%q: the usage does not name $MESH_PROXY_TOKEN and --token-file:\n%s", args, out)
+		}
+	}
+
+	// The token from a file, refused by a real meshd (wrong secret): the
+	// proxy's logs never show it.
+	m := controlplanetest.Start(t, controlplane.Config{})
+	tok := m.Token(t, "default", "web", 1)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	id, real, _ := strings.Cut(tok.GetSecret(), ".")
+	// Well formed (hex, the right length), so meshd checks it and refuses.
+	fileSecret := strings.Repeat("f0", len(real)/2)
+	if err := os.WriteFile(tokenFile, []byte(id+"."+fileSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseFlags([]string{"--control-plane", m.Addr, "--token-file", tokenFile, "--ca-pin", tok.GetCaPin(),
+		"--service", "web", "--app", "127.0.0.1:1", "--state-dir", t.TempDir(), "--admin", "127.0.0.1:0",
+		"--inbound", "127.0.0.1:0", "--log-level", "debug"}, &bytes.Buffer{}, vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	cfg, err := config(o, &logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Token != id+"."+fileSecret {
+		t.Fatalf("token %q: the file should win over the variable", cfg.Token)
+	}
+	sc, err := sidecar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sc.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(logs.String(), "agent: bootstrap:") {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "agent: bootstrap:") {
+		t.Fatalf("no refused bootstrap in the logs:\n%s", out)
+	}
+	for _, secret := range []string{fileSecret, envSecret, probeSecret} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the logs show a secret (%s):\n%s", secret, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger writing from many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

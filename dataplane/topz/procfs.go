@@ -12,6 +12,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"minimesh/internal/redact"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat.
@@ -126,10 +128,17 @@ func parsePasswd(r io.Reader) map[int]string {
 	return users
 }
 
-// cmdline turns /proc/<pid>/cmdline (NUL-separated) into one line.
+// cmdline turns /proc/<pid>/cmdline (NUL-separated) into one line, the
+// values of secret flags redacted.
 func cmdline(b []byte, max int) string {
 	b = bytes.TrimRight(b, "\x00")
-	return sanitize(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})), max)
+	if len(b) == 0 {
+		return ""
+	}
+	// Secrets out before anything is shown or cut (redact.Args: --token=X,
+	// --token X, --password, NAME_SECRET=X, user:pass@ in URLs).
+	argv := redact.Args(strings.Split(string(b), "\x00"))
+	return sanitize(strings.Join(argv, " "), max)
 }
 
 // sanitize cuts s to max bytes and replaces control and invalid bytes with
