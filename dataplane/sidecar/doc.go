@@ -7,9 +7,14 @@
 // Snapshots are applied all or nothing by Parts (apply.go): policy (the
 // inbound's authorization, rate limits and access log, and the revoked
 // identities and serials for inbound and outbound; policy.go), then
-// traffic (the routing table; traffic.go). POST /quitquitquit on the
-// admin port (loopback callers) shuts the proxy down as SIGTERM does,
-// draining for Config.Drain (drain.go).
+// traffic (the routing table; traffic.go). The listeners of app traffic
+// (inbound, public, outbound, transparent) start only once the first
+// snapshot is applied, from meshd or the state dir, and /ready is 503 until
+// then: before it no AuthorizationPolicy is in force (fail closed).
+// POST /quitquitquit on the admin port (loopback callers, with the header
+// X-Mesh-Admin: 1) shuts the proxy down as SIGTERM does, draining for
+// Config.Drain (drain.go). /config and /gitsync are served to loopback
+// clients only, their secrets redacted.
 //
 //	sc, err := sidecar.New(sidecar.Config{ControlPlane: "127.0.0.1:15010", Token: tok, CAPin: pin,
 //		Service: "api", App: "127.0.0.1:8080", Inbound: "127.0.0.1:15006",

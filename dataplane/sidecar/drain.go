@@ -12,7 +12,11 @@ import (
 // quitquitquit is POST /quitquitquit on the admin port, for Jobs whose app
 // has finished: the proxy shuts down as on SIGTERM (stops accepting,
 // drains within Config.Drain, exits). Loopback callers only: the app in
-// the pod, not the pod network.
+// the pod, not the pod network; and, as every state-changing admin
+// request, it needs the header X-Mesh-Admin: 1 (admin's guard), which a
+// web page cannot send cross-site:
+//
+//	curl -X POST -H 'X-Mesh-Admin: 1' http://127.0.0.1:15000/quitquitquit
 func (s *Sidecar) quitquitquit(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)

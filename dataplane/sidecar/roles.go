@@ -13,6 +13,7 @@ import (
 	"minimesh/dataplane/agent"
 	"minimesh/dataplane/gitsync"
 	"minimesh/dataplane/topz"
+	"minimesh/internal/redact"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -78,7 +79,8 @@ func (r *Roles) Query(ctx context.Context, req *meshv1.Request) ([]byte, error) 
 var _ agent.Querier = (*Roles)(nil).Query
 
 // addRoles builds the roles, adds their tasks and their admin handlers:
-// GET /gitsync (the git sync status, JSON), GET /topz and GET /procz/{pid}.
+// GET /gitsync (the git sync status, JSON, credentials redacted; loopback
+// clients only), GET /topz and GET /procz/{pid}.
 func (s *Sidecar) addRoles(adm *admin.Server) error {
 	cfg := s.cfg.Roles
 	log := s.cfg.Logger
@@ -118,13 +120,13 @@ func (s *Sidecar) addRoles(adm *admin.Server) error {
 	}
 	s.Roles.Git = g
 	s.add("gitsync", g.Run)
-	adm.Handle("GET /gitsync", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	adm.Handle("GET /gitsync", adm.LoopbackOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(g.Status())
-	}))
+		_ = enc.Encode(gitStatus(g))
+	})))
 	return nil
 }
 
@@ -134,7 +136,7 @@ func (s *Sidecar) detail() []string {
 	if s.Roles.Git == nil {
 		return nil
 	}
-	st := s.Roles.Git.Status()
+	st := gitStatus(s.Roles.Git)
 	if st.LastError == "" {
 		return nil
 	}
@@ -161,10 +163,23 @@ func (s *Sidecar) ready(agent func() error) func() error {
 			}
 		}
 		if s.Roles.Git != nil {
-			return s.Roles.Git.Ready()
+			if err := s.Roles.Git.Ready(); err != nil {
+				// git's error quotes the URL: no credentials on /ready.
+				return errors.New(redact.Text(err.Error()))
+			}
 		}
 		return nil
 	}
+}
+
+// gitStatus is git sync's status for display: credentials in the
+// repository URL (user:token@, a token query parameter), also where git's
+// error quotes it, are redacted.
+func gitStatus(g *gitsync.Syncer) gitsync.Status {
+	st := g.Status()
+	st.Repo = redact.URL(st.Repo)
+	st.LastError = redact.Text(st.LastError)
+	return st
 }
 
 // gitDir is GitDir or its default.

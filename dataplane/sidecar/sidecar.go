@@ -98,7 +98,8 @@ type Config struct {
 	// set, is opened (append, 0600) instead.
 	AccessLog     io.Writer
 	AccessLogFile string
-	// Drain is the grace period of a shutdown (SIGTERM, /quitquitquit):
+	// Drain is the grace period of a shutdown (SIGTERM, POST /quitquitquit
+	// with X-Mesh-Admin: 1 from loopback):
 	// listeners stop accepting and requests in flight have this long to
 	// finish (default 10s).
 	Drain time.Duration
@@ -288,7 +289,9 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		adm.Handle("GET "+admin.AppHealthPrefix, probes)
 	}
-	adm.Handle("/config", configHandler(ag.Applied))
+	// The applied snapshot, redacted, and only to the pod itself: the
+	// admin port listens on the pod IP for the kubelet.
+	adm.Handle("/config", adm.LoopbackOnly(configHandler(ag.Applied)))
 	adm.Handle("/quitquitquit", http.HandlerFunc(s.quitquitquit))
 	if err := s.addRoles(adm); err != nil {
 		return nil, err
