@@ -667,6 +667,13 @@ func TestQuitQuitQuitDrains(t *testing.T) {
 		t.Fatalf("GET /quitquitquit: %d", resp.StatusCode)
 	}
 	resp, err = admin.Post("http://"+pm.api.admin+"/quitquitquit", "", nil)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("POST /quitquitquit without X-Mesh-Admin: %v %v, want 403", resp, err)
+	}
+	resp.Body.Close()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+pm.api.admin+"/quitquitquit", nil)
+	req.Header.Set("X-Mesh-Admin", "1")
+	resp, err = admin.Do(req)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("POST /quitquitquit: %v %v", resp, err)
 	}
