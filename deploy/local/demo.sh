@@ -67,6 +67,9 @@ PIN=$(awk '/^ca-pin:/{print $2}' <<<"$api_out")
 API_TOKEN=$(awk '/^token:/{print $2}' <<<"$api_out")
 WEB_TOKEN=$(awk '/^token:/{print $2}' <<<"$web_out")
 echo "ca-pin: $PIN"
+# The tokens go to mesh-proxy in files (0600), never on its command line,
+# where ps and /proc show them to anyone in the pod.
+(umask 077 && printf '%s\n' "$API_TOKEN" >"$WORK/api.token" && printf '%s\n' "$WEB_TOKEN" >"$WORK/web.token")
 
 echo "== apps: api on $API_APP, web on $WEB_APP (web calls api at $WEB_TO_API, its sidecar's upstream port)"
 start api-app "$BIN/demo-app" serve --name api --listen "$API_APP"
@@ -74,10 +77,10 @@ start web-app "$BIN/demo-app" serve --name web --listen "$WEB_APP" --call "http:
 "$BIN/demo-app" gencert --cert "$WORK/public.crt" --key "$WORK/public.key"
 
 echo "== sidecars: api (mTLS in on $API_IN, public HTTPS on $API_PUBLIC), web (upstream api on $WEB_TO_API)"
-start api-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$API_TOKEN" --ca-pin "$PIN" \
+start api-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/api.token" --ca-pin "$PIN" \
 	--service api --app "$API_APP" --inbound "$API_IN" --admin "$API_ADMIN" --state-dir "$WORK/api-proxy" \
 	--public "$API_PUBLIC" --public-cert "$WORK/public.crt" --public-key "$WORK/public.key"
-start web-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token "$WEB_TOKEN" --ca-pin "$PIN" \
+start web-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/web.token" --ca-pin "$PIN" \
 	--service web --app "$WEB_APP" --inbound "$WEB_IN" --admin "$WEB_ADMIN" --state-dir "$WORK/web-proxy" \
 	--upstream "api=$WEB_TO_API"
 wait_ok api-proxy "$BIN/demo-app" get "http://$API_ADMIN/ready"
