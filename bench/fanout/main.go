@@ -3,6 +3,14 @@
 // are measured apart from the simulated proxies), one Apply, and the time
 // until every proxy has ACKed the new snapshot. Set-up is not timed.
 //
+// Each simulated proxy holds its own SVID, bound to its own instance ID, got
+// the way a real proxy gets one: its own key and CSR, a Bootstrap over gRPC
+// with a join token (one token of max(-n) uses), the instance ID in the
+// request. meshd's Hello check then sees what it sees from a real fleet: the
+// instance in the Hello is the one in the caller's certificate. All the
+// proxies bootstrap from 127.0.0.1, so meshd is started with
+// --bootstrap-burst max(-n) (its per-source-address limit).
+//
 //	go run ./bench/fanout -n 100,1000,2000
 package main
 
@@ -10,6 +18,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"net"
@@ -29,8 +38,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/certs"
+	"minimesh/controlplane/identity"
 	"minimesh/internal/meshctl"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -39,8 +50,9 @@ func main() {
 	sizes := flag.String("n", "100,1000,2000", "numbers of proxies, comma-separated")
 	rounds := flag.Int("rounds", 3, "applies per size (the table shows the median)")
 	scopes := flag.String("scopes", "all,upstream", "endpoint scopes the proxies ask for, comma-separated: all (no scope, as with a Host-routed port) or upstream (one --upstream service)")
+	workers := flag.Int("bootstrap-workers", 16, "proxies bootstrapping at once during set-up")
 	flag.Parse()
-	if err := run(*sizes, *scopes, *rounds); err != nil {
+	if err := run(*sizes, *scopes, *rounds, *workers); err != nil {
 		fmt.Fprintln(os.Stderr, "fanout:", err)
 		os.Exit(1)
 	}
@@ -56,7 +68,31 @@ type result struct {
 	target        string
 }
 
-func run(sizes, scopes string, rounds int) error {
+func run(sizes, scopes string, rounds, workers int) error {
+	if rounds < 1 {
+		return fmt.Errorf("-rounds: must be at least 1, got %d", rounds)
+	}
+	if workers < 1 || workers > 1024 {
+		return fmt.Errorf("-bootstrap-workers: must be 1 to 1024, got %d", workers)
+	}
+	var ns []int
+	maxN := 0
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > identity.MaxTokenUses {
+			return fmt.Errorf("-n: %q: want a number of proxies from 1 to %d (a join token's most uses)", f, identity.MaxTokenUses)
+		}
+		ns = append(ns, n)
+		maxN = max(maxN, n)
+	}
+	var scopeList []string
+	for _, scope := range strings.Split(scopes, ",") {
+		scope = strings.TrimSpace(scope)
+		if scope != "all" && scope != "upstream" {
+			return fmt.Errorf("-scopes: %q: want all or upstream", scope)
+		}
+		scopeList = append(scopeList, scope)
+	}
 	work, err := os.MkdirTemp("", "fanout")
 	if err != nil {
 		return err
@@ -68,7 +104,8 @@ func run(sizes, scopes string, rounds int) error {
 	}
 	addr, metrics := freeAddr(), freeAddr()
 	data := filepath.Join(work, "data")
-	cmd := exec.Command(bin, "--data-dir", data, "--listen", addr, "--metrics", metrics, "--log-level", "error")
+	cmd := exec.Command(bin, "--data-dir", data, "--listen", addr, "--metrics", metrics, "--log-level", "error",
+		"--bootstrap-burst", strconv.Itoa(maxN)) // every proxy bootstraps from 127.0.0.1
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -80,26 +117,20 @@ func run(sizes, scopes string, rounds int) error {
 	if err != nil {
 		return err
 	}
-	svid, bundle, err := bootstrap(admin, addr, td)
+	setup := time.Now()
+	tcs, err := bootstrapAll(admin, addr, td, maxN, workers)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(os.Stderr, "fanout: set-up: %d proxies bootstrapped (own key, CSR, instance ID and SVID each; %d at once) in %s\n", maxN, workers, time.Since(setup).Round(time.Millisecond))
 	if _, err := apply(admin, 0); err != nil {
 		return err
 	}
 
 	var results []result
-	for _, scope := range strings.Split(scopes, ",") {
-		scope = strings.TrimSpace(scope)
-		if scope != "all" && scope != "upstream" {
-			return fmt.Errorf("-scopes: %q: want all or upstream", scope)
-		}
-		for _, f := range strings.Split(sizes, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil {
-				return err
-			}
-			r, err := fanout(admin, addr, td, svid, bundle, cmd.Process.Pid, metrics, n, rounds, scope)
+	for _, scope := range scopeList {
+		for _, n := range ns {
+			r, err := fanout(admin, addr, tcs[:n], cmd.Process.Pid, metrics, rounds, scope)
 			if err != nil {
 				return err
 			}
@@ -118,22 +149,27 @@ func run(sizes, scopes string, rounds int) error {
 type proxy struct {
 	conn      *grpc.ClientConn
 	cancel    context.CancelFunc
-	version   atomic.Value // string
-	endpoints atomic.Int64 // in the last snapshot
+	mu        sync.Mutex // one sender on the stream at a time
+	st        meshv1.ConfigService_StreamClient
+	done      chan struct{} // closed when the receive loop ends
+	err       error         // why it ended; read after done
+	version   atomic.Value  // string
+	endpoints atomic.Int64  // in the last snapshot
 	acked     chan string
 	scope     *meshv1.EndpointScope
 }
 
-func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, svid *x509svid.SVID, bundle *certs.BundleSource, pid int, metrics string, n, rounds int, scope string) (result, error) {
-	src := certs.NewSVIDSource(nil)
-	src.Set(svid)
-	tc := certs.MTLSClientConfig(src, bundle, certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
+// fanout connects one proxy per bootstrapped credential in tcs (proxy i is
+// instance instanceID(i)), times rounds of Apply until every one ACKed,
+// and drains them all.
+func fanout(admin meshv1.AdminServiceClient, addr string, tcs []*tls.Config, pid int, metrics string, rounds int, scope string) (result, error) {
+	n := len(tcs)
 	proxies := make([]*proxy, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 64) // bound concurrent handshakes during set-up
 	for i := range proxies {
-		p := &proxy{acked: make(chan string, 16)}
+		p := &proxy{acked: make(chan string, 16), done: make(chan struct{})}
 		if scope == "upstream" {
 			// As a proxy whose outbound has one --upstream port.
 			p.scope = &meshv1.EndpointScope{Services: []string{"default/api"}}
@@ -144,7 +180,7 @@ func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomai
 		go func(i int) {
 			defer wg.Done()
 			sem <- struct{}{}
-			err := p.start(addr, tc, fmt.Sprintf("bench-%05d", i))
+			err := p.start(addr, tcs[i], instanceID(i))
 			<-sem
 			if err != nil {
 				errs <- err
@@ -152,12 +188,7 @@ func fanout(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomai
 		}(i)
 	}
 	wg.Wait()
-	defer func() {
-		for _, p := range proxies {
-			p.cancel()
-			p.conn.Close()
-		}
-	}()
+	defer drainAll(proxies)
 	select {
 	case err := <-errs:
 		return result{}, err
@@ -215,21 +246,27 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 	p.cancel = cancel
 	st, err := meshv1.NewConfigServiceClient(conn).Stream(ctx)
 	if err != nil {
+		close(p.done)
 		return err
 	}
-	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
+	p.st = st
+	if err := p.send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
 		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout", EndpointScope: p.scope,
 	}}}); err != nil {
+		close(p.done)
 		return err
 	}
 	go func() {
+		defer close(p.done)
 		for {
 			m, err := st.Recv()
 			if err != nil {
+				p.err = err
 				return
 			}
 			if snap := m.GetSnapshot(); snap != nil {
-				if st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Ack{Ack: &meshv1.Ack{Version: snap.GetVersion()}}}) != nil {
+				if err := p.send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Ack{Ack: &meshv1.Ack{Version: snap.GetVersion()}}}); err != nil {
+					p.err = err
 					return
 				}
 				p.endpoints.Store(int64(len(snap.GetEndpoints())))
@@ -244,9 +281,50 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 	return nil
 }
 
+func (p *proxy) send(m *meshv1.StreamRequest) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.st.Send(m)
+}
+
+// drainAll ends every proxy as mesh-proxy ends on SIGTERM: a Drain, which
+// makes meshd drop its endpoint at once and end the stream. Without it
+// meshd would keep each one an endpoint for --endpoint-grace, and the next
+// size or scope would count them in its snapshots.
+func drainAll(proxies []*proxy) {
+	for _, p := range proxies {
+		if p.st != nil {
+			_ = p.send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Drain{Drain: &meshv1.Drain{}}})
+		}
+	}
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	expired := false
+	for _, p := range proxies {
+		if p.conn == nil {
+			continue
+		}
+		if !expired {
+			select {
+			case <-p.done:
+			case <-deadline.C:
+				expired = true
+				fmt.Fprintln(os.Stderr, "fanout: meshd did not end every drained stream in 30s")
+			}
+		}
+		p.cancel()
+		p.conn.Close()
+	}
+}
+
 func (p *proxy) waitAny(d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for p.version.Load().(string) == "" {
+		select {
+		case <-p.done:
+			return fmt.Errorf("a proxy's stream ended before its first snapshot: %w", p.err)
+		default:
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("a proxy got no snapshot in %s", d)
 		}
@@ -305,15 +383,80 @@ func operator(data, addr string) (meshv1.AdminServiceClient, error) {
 	return nil, fmt.Errorf("meshd on %s did not answer", addr)
 }
 
-// bootstrap gets one SVID for spiffe://td/ns/bench/sa/bench: the simulated
-// proxies are replicas of one Deployment and share the identity.
-func bootstrap(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain) (*x509svid.SVID, *certs.BundleSource, error) {
+// instanceID is proxy i's instance ID, bound into its SVID at Bootstrap
+// and said again in its Hello.
+func instanceID(i int) string { return fmt.Sprintf("bench-%05d", i) }
+
+// bootstrapAll gets n SVIDs for spiffe://td/ns/bench/sa/bench, one per
+// simulated proxy (replicas of one Deployment share the identity, not the
+// certificate), with at most workers Bootstraps at once, and returns each
+// proxy's mTLS client config for the push stream.
+func bootstrapAll(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, n, workers int) ([]*tls.Config, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tok, err := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{Namespace: "bench", ServiceAccount: "bench"})
+	tok, err := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{
+		Namespace: "bench", ServiceAccount: "bench", Uses: uint32(n), Ttl: durationpb.New(time.Hour),
+	})
+	cancel()
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("create a join token of %d uses: %w", n, err)
 	}
+	pinned, err := certs.PinnedClientConfig(tok.CaPin, certs.MeshdID(td), certs.TLSOptions{})
+	if err != nil {
+		return nil, err
+	}
+	svids := make([]*x509svid.SVID, n)
+	bundles := make([][]*x509.Certificate, n)
+	next := make(chan int)
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		stop  = make(chan struct{})
+	)
+	fail := func(err error) { once.Do(func() { first = err; close(stop) }) }
+	for w := 0; w < min(workers, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				svid, roots, err := bootstrapOne(addr, pinned, tok.Secret, td, instanceID(i))
+				if err != nil {
+					fail(fmt.Errorf("bootstrap %s: %w", instanceID(i), err))
+					return
+				}
+				svids[i], bundles[i] = svid, roots
+			}
+		}()
+	}
+feed:
+	for i := 0; i < n; i++ {
+		select {
+		case next <- i:
+		case <-stop:
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first != nil {
+		return nil, first
+	}
+	// Every proxy trusts the bundle its own Bootstrap returned; with no CA
+	// rotation during set-up they are all the same roots.
+	tcs := make([]*tls.Config, n)
+	for i, svid := range svids {
+		src := certs.NewSVIDSource(nil)
+		src.Set(svid)
+		bundle := certs.NewBundleSource(x509bundle.FromX509Authorities(td, bundles[i]))
+		tcs[i] = certs.MTLSClientConfig(src, bundle, certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
+	}
+	return tcs, nil
+}
+
+// bootstrapOne is one proxy's first start: a fresh key and CSR, a pinned
+// connection of its own, Bootstrap with the join token and its instance ID.
+// It checks that meshd bound that instance ID into the SVID.
+func bootstrapOne(addr string, pinned *tls.Config, token string, td spiffeid.TrustDomain, inst string) (*x509svid.SVID, []*x509.Certificate, error) {
 	id := spiffeid.RequireFromPath(td, "/ns/bench/sa/bench")
 	key, err := certs.GenerateKey()
 	if err != nil {
@@ -323,29 +466,32 @@ func bootstrap(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDo
 	if err != nil {
 		return nil, nil, err
 	}
-	tc, err := certs.PinnedClientConfig(tok.CaPin, certs.MeshdID(td), certs.TLSOptions{})
-	if err != nil {
-		return nil, nil, err
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pinned.Clone())))
 	if err != nil {
 		return nil, nil, err
 	}
 	defer conn.Close()
-	resp, err := meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "bench-0"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: token, Csr: csr, InstanceId: inst})
 	if err != nil {
 		return nil, nil, err
 	}
-	chain, err := certs.ParseCertsDER(resp.Svid.CertChain)
+	chain, err := certs.ParseCertsDER(resp.GetSvid().GetCertChain())
 	if err != nil {
 		return nil, nil, err
 	}
-	roots, err := certs.ParseCertsDER(resp.Svid.TrustBundle)
+	if len(chain) == 0 {
+		return nil, nil, fmt.Errorf("meshd returned an empty chain")
+	}
+	if got := certs.InstanceID(chain[0]); got != inst {
+		return nil, nil, fmt.Errorf("meshd bound instance %q into the SVID, asked for %q", got, inst)
+	}
+	roots, err := certs.ParseCertsDER(resp.GetSvid().GetTrustBundle())
 	if err != nil {
 		return nil, nil, err
 	}
-	b := certs.NewBundleSource(x509bundle.FromX509Authorities(td, roots))
-	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, b, nil
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, roots, nil
 }
 
 // cpuTime is the process's user+system CPU time from /proc/<pid>/stat.
