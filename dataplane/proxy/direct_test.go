@@ -76,6 +76,8 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 				h.Set("X-Forwarded-Client-Cert", "By=spiffe://evil")
 				h.Set("X-Forwarded-For", "6.6.6.6")
 				h.Set("X-Request-Id", "req-1")
+				h["X_mesh_peer_id"] = []string{"spiffe://evil"}
+				h.Set("X-Http-Method-Override", "DELETE")
 				h.Set("Cookie", "a=1; b=2") // Go's HTTP/2 client sends two fields
 				if !strings.HasSuffix(tc.name, "http2") {
 					h.Set("Connection", "X-Hop")
@@ -108,7 +110,7 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 				t.Errorf("query %q, want q=1 (the parameter with \";\" dropped, as ReverseProxy does)", direct.Query)
 			}
 			h := direct.Header
-			for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "X-Mesh-Fake", "X-Forwarded-Client-Cert", "Connection"} {
+			for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "X-Mesh-Fake", "X-Forwarded-Client-Cert", "Connection", "X_mesh_peer_id", "X-Http-Method-Override"} {
 				if v, ok := h[k]; ok {
 					t.Errorf("the app got %s: %q", k, v)
 				}
@@ -116,7 +118,9 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 			if !slices.Equal(h["X-Multi"], []string{"a", "b"}) || h.Get("Te") != "trailers" || h.Get("X-Request-Id") != "req-1" {
 				t.Errorf("X-Multi %q, Te %q, X-Request-Id %q", h["X-Multi"], h.Get("Te"), h.Get("X-Request-Id"))
 			}
-			wantXFF, wantPeer := "6.6.6.6", webID
+			// The inbound appends the caller's address to its
+			// X-Forwarded-For; the public port replaces it (sanitize.go).
+			wantXFF, wantPeer := "6.6.6.6, 127.0.0.1", webID
 			if tc.public {
 				wantXFF, wantPeer = "127.0.0.1", ""
 				if h.Get("X-Forwarded-Proto") != "https" || h.Get("X-Forwarded-Host") != pubLn.Addr().String() {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -267,6 +268,22 @@ func setForwardedPath(u *url.URL, p string) {
 type enforcer struct {
 	decisions *decisionCounters
 	log       *slog.Logger
+	san       *sanitizer
+}
+
+// admit runs r through the listener's sanitizer (sanitize.go) before
+// anything else reads it: false means it was answered 400.
+func (e enforcer) admit(w http.ResponseWriter, r *http.Request, fwd *forwarder) bool {
+	err := e.san.sanitize(r)
+	if err == nil {
+		return true
+	}
+	body := "bad request method\n"
+	if errors.Is(err, errHost) {
+		body = "bad request host\n"
+	}
+	fwd.refuse(w, r, http.StatusBadRequest, body, err)
+	return false
 }
 
 // authorize decides req, counts the decision and logs dry-run denials

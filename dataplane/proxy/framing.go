@@ -7,6 +7,8 @@ import (
 	"net"
 	"strconv"
 	"sync/atomic"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // errFraming is what a strictConn's Read returns once a request's framing
@@ -21,11 +23,13 @@ var errFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
 // ended by CRLF, a lone CR, a header line starting with a space or tab
 // (obs-fold), more than one Content-Length field (even equal), more than
 // one Transfer-Encoding field or one that is not exactly "chunked",
-// Content-Length together with Transfer-Encoding, a malformed chunk size.
-// Bodies are skipped by their framing (Content-Length or chunks) so that
-// every request of a keep-alive connection is checked. After a 101
-// response to an upgrade, the connection carries another protocol and is
-// no longer checked. The bytes before a violation reach net/http; the
+// Content-Length together with Transfer-Encoding, a malformed chunk size,
+// a chunk extension outside RFC 9112's grammar (validChunkExt), a trailer
+// line that is not a field (a token, then ":"). Bodies are
+// skipped by their framing (Content-Length or chunks) so that every
+// request of a keep-alive connection is checked. After a 101 response to a
+// WebSocket upgrade (the only one forwarded, sanitize.go), the connection
+// carries another protocol and is no longer checked. The bytes before a violation reach net/http; the
 // Read that meets it returns errFraming, to which net/http answers 400
 // and closes.
 type strictConn struct {
@@ -229,16 +233,24 @@ func (c *strictConn) endLine() bool {
 			}
 			s.chunked = true
 		case bytes.EqualFold(name, []byte("Upgrade")):
-			s.upgrade = true
+			// Only a WebSocket upgrade is forwarded (sanitize.go): a 101
+			// to anything else is not a switch this connection made.
+			s.upgrade = s.upgrade || hasToken(value, "websocket")
 		}
 		return true
 	case phaseChunkSize:
 		if empty || s.long {
 			return false
 		}
-		size, _, _ := bytes.Cut(line, []byte(";"))
-		n, err := strconv.ParseInt(string(bytes.TrimRight(size, " \t")), 16, 64)
-		if err != nil || n < 0 {
+		digits := 0
+		for digits < len(line) && isHex(line[digits]) {
+			digits++
+		}
+		if digits == 0 || digits > 15 || !validChunkExt(line[digits:]) {
+			return false
+		}
+		n, err := strconv.ParseInt(string(line[:digits]), 16, 64)
+		if err != nil {
 			return false
 		}
 		if n == 0 {
@@ -250,8 +262,12 @@ func (c *strictConn) endLine() bool {
 	case phaseTrailers:
 		if empty {
 			c.endMessage()
+			return true
 		}
-		return true
+		// A field net/http cannot parse would fail the body only after
+		// the request went on to the app, which then waits for the rest.
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		return ok && validToken(name)
 	}
 	return true
 }
@@ -282,4 +298,102 @@ func (c *strictConn) endMessage() {
 	if !up {
 		c.wantUp.Store(false)
 	}
+}
+
+// validChunkExt reports whether b, what follows a chunk's size on its
+// line, is of RFC 9112's grammar (section 7.1.1):
+//
+//	*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) [ BWS ]
+//
+// but for whitespace between the size and the first ";", which net/http
+// refuses. net/http ignores everything after ";"; a server that reads a
+// quote, a control byte or a bare name differently would find the chunk's
+// data elsewhere, so anything else is refused.
+func validChunkExt(b []byte) bool {
+	i := 0
+	ws := func() {
+		for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
+			i++
+		}
+	}
+	token := func() bool {
+		j := i
+		for i < len(b) && b[i] < 0x80 && httpguts.IsTokenRune(rune(b[i])) {
+			i++
+		}
+		return i > j
+	}
+	if len(b) > 0 && b[0] != ';' {
+		// Only trailing whitespace, which net/http trims.
+		ws()
+		return i == len(b)
+	}
+	for {
+		ws()
+		if i == len(b) {
+			return true
+		}
+		if b[i] != ';' {
+			return false
+		}
+		i++
+		ws()
+		if !token() {
+			return false
+		}
+		ws()
+		if i == len(b) || b[i] != '=' {
+			continue
+		}
+		i++
+		ws()
+		if i < len(b) && b[i] == '"' {
+			if !quotedString(b, &i) {
+				return false
+			}
+		} else if !token() {
+			return false
+		}
+	}
+}
+
+// quotedString advances *i over the quoted-string starting at b[*i].
+func quotedString(b []byte, i *int) bool {
+	for j := *i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			*i = j + 1
+			return true
+		case c == '\\':
+			j++
+			if j == len(b) || b[j] != '\t' && (b[j] < 0x20 || b[j] == 0x7f) {
+				return false
+			}
+		case c != '\t' && (c < 0x20 || c == 0x7f):
+			return false
+		}
+	}
+	return false
+}
+
+// hasToken reports whether the comma-separated list v holds tok (ASCII
+// case-insensitive).
+func hasToken(v []byte, tok string) bool {
+	for len(v) > 0 {
+		var f []byte
+		f, v, _ = bytes.Cut(v, []byte(","))
+		if bytes.EqualFold(bytes.Trim(f, " \t"), []byte(tok)) {
+			return true
+		}
+	}
+	return false
+}
+
+func validToken(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 || !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return len(b) > 0
 }

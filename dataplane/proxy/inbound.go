@@ -160,7 +160,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	}
 	in.sources = newSourceSet(cfg.Metrics, cfg.Service)
 	in.decisions = newDecisionCounters(cfg.Metrics)
-	in.enf = enforcer{decisions: in.decisions, log: in.log}
+	in.enf = enforcer{decisions: in.decisions, log: in.log, san: newSanitizer(cfg.Metrics, ListenerInbound)}
 	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
 	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
 	in.fwd.direct, in.fwd.head = in.transport, in.directHead
@@ -213,12 +213,16 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header[HeaderPeerID] = p.header
 	}
 	// A caller in the mesh is authenticated: its forwarding headers (say,
-	// a gateway's client address) reach the app as it sent them. The
-	// public listener, facing anyone, sets its own instead.
+	// a gateway's client address) reach the app as it sent them, and
+	// X-Forwarded-For gets the caller's address appended (sanitize.go).
+	// The public listener, facing anyone, sets its own instead.
 	for _, k := range forwardingHeaders {
-		if v, ok := pr.In.Header[k]; ok {
+		if v, ok := pr.In.Header[k]; ok && k != "X-Forwarded-For" {
 			pr.Out.Header[k] = v
 		}
+	}
+	if v := appendXFF(pr.In.Header["X-Forwarded-For"], pr.In.RemoteAddr); v != nil {
+		pr.Out.Header["X-Forwarded-For"] = v
 	}
 }
 
@@ -280,9 +284,11 @@ func (in *Inbound) authorizer() func(spiffeid.ID) error {
 }
 
 // ServeHTTP forwards a request whose connection carried a verified SPIFFE
-// ID; anything else is refused with 403. The policy in force decides it
-// first: the path is normalized (400 when refused), authorized (403) and
-// rate-limited (429); then it is logged and counted.
+// ID; anything else is refused with 403. Its method, Host and headers are
+// checked and cleaned first (sanitize.go: 400 for a method or Host the app
+// could read otherwise). The policy in force decides it then: the path is
+// normalized (400 when refused), authorized (403) and rate-limited (429);
+// then it is logged and counted.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pe, ok := peerFrom(r.Context())
 	if !ok {
@@ -309,6 +315,9 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 			w.Header().Set("Connection", "close")
 		}
 		in.fwd.refuse(w, r, http.StatusForbidden, "forbidden: peer revoked\n", err)
+		return "", "", ""
+	}
+	if !in.enf.admit(w, r, in.fwd) {
 		return "", "", ""
 	}
 	p, ok, err := in.target(r.Header)

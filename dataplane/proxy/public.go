@@ -63,8 +63,12 @@ func (c PublicConfig) Validate() error {
 
 // Public serves HTTPS without client certificates to clients outside the
 // mesh and forwards to the app: an unmodified app gets HTTPS. Callers can
-// set no mesh header (X-Mesh-* and X-Forwarded-Client-Cert are removed);
-// the app gets X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto.
+// set no mesh header (X-Mesh-* and X-Forwarded-Client-Cert are removed)
+// nor any header stating a client address, host or scheme (Forwarded,
+// X-Forwarded-*, X-Real-IP, True-Client-IP…: removed); the app gets this
+// hop's X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto (https).
+// HTTP/1.1 framing is checked as at the inbound (framing.go), and requests
+// are cleaned as there (sanitize.go).
 // The service's policy (SetPolicy) applies as at the inbound, to a caller
 // without an identity. Handshake failures are logged at debug level only (the port faces
 // scanners); the metrics count them by reason.
@@ -108,7 +112,15 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 				setForwardedPath(pr.Out.URL, path)
 			}
 			stripMeshHeaders(pr.Out.Header)
-			pr.SetXForwarded()
+			// What the direct path writes: the client's address (its own
+			// forwarding headers are gone, sanitize.go), the Host it asked
+			// for and https, the only scheme served here (r.TLS is nil
+			// behind the framing checker).
+			if v := appendXFF(nil, pr.In.RemoteAddr); v != nil {
+				pr.Out.Header["X-Forwarded-For"] = v
+			}
+			pr.Out.Header["X-Forwarded-Host"] = []string{pr.In.Host}
+			pr.Out.Header["X-Forwarded-Proto"] = []string{"https"}
 		})
 	p.fwd.direct = p.transport
 	p.fwd.head = func(r *http.Request, h *appHead) {
@@ -117,7 +129,7 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 			h.path = path
 		}
 	}
-	p.enf = enforcer{decisions: newDecisionCounters(cfg.Metrics), log: p.log}
+	p.enf = enforcer{decisions: newDecisionCounters(cfg.Metrics), log: p.log, san: newSanitizer(cfg.Metrics, ListenerPublic)}
 	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	return p, nil
 }
@@ -138,14 +150,21 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	al := p.cfg.AccessLog
 	if al == nil || !al.Enabled() {
-		p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+		p.serve(w, r, pol)
 		return
 	}
 	start := p.cfg.Clock.Now()
 	ex := newExchange(w, r, nil)
-	routeName, path := p.enf.serveHTTP(ex, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+	routeName, path := p.serve(ex, r, pol)
 	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), routeName, path, p.cfg.App)
 	ex.release()
+}
+
+func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy) (routeName, path string) {
+	if !p.enf.admit(w, r, p.fwd) {
+		return "", ""
+	}
+	return p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
 }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
@@ -166,6 +185,8 @@ func (p *Public) Run(ctx context.Context) error {
 	if r, ok := p.cfg.Certificate.(interface{ Run(context.Context) error }); ok {
 		g.Go(func() error { return r.Run(gctx) })
 	}
-	g.Go(func() error { return serve(gctx, srv, tl, lim.Drain, p.log) })
+	// The same HTTP/1.1 framing checks as the inbound (framing.go): this
+	// port faces anyone.
+	g.Go(func() error { return serve(gctx, srv, strictListener{tl}, lim.Drain, p.log) })
 	return g.Wait()
 }
