@@ -52,6 +52,23 @@ type appConn struct {
 	bw     *bufio.Writer
 	addr   string
 	idleAt time.Time
+	peek   peeker // the liveness check of a pooled connection (alive_unix.go)
+	// ambiguous: the last response's framing was doubtful (both
+	// Transfer-Encoding and Content-Length, or Transfer-Encoding in
+	// HTTP/1.0): the connection carries no other request.
+	ambiguous bool
+}
+
+// alive reports whether a pooled connection can carry a request: the app
+// has not closed it and sent nothing since its last response (an extra
+// response, a HEAD answered with a body: bytes that would be read as the
+// next request's answer). net/http's Transport finds the same from its
+// reader goroutine and closes such connections.
+func (ac *appConn) alive() bool {
+	if ac.br.Buffered() > 0 {
+		return false
+	}
+	return ac.peek.alive(ac.Conn)
 }
 
 // headerLimit bounds what the bufio.Reader reads from the connection while
@@ -102,16 +119,16 @@ func (c *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // do sends req to addr: its head written by head (nil: req.Write, which
-// also writes the body). A pooled connection the app has closed meanwhile
-// shows only once it is used (net/http's Transport sees it at once from its
-// reader goroutine). An idempotent request without a body is then simply
-// sent again on another connection, as the Transport does; any other is
-// never sent on a pooled connection the app has closed (checked first).
+// also writes the body). Every pooled connection is checked before use
+// (appConn.alive: one non-blocking MSG_PEEK, outside the pool's lock);
+// the app may still close one between that check and the request. An
+// idempotent request without a body is then simply sent again on another
+// connection, as the Transport does.
 func (c *appClient) do(addr string, req *http.Request, head *appHead) (*http.Response, error) {
 	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
 	replayable := !hasBody && route.IsIdempotent(req.Method)
 	for range c.maxIdle + 1 {
-		ac, reused := c.get(addr, !replayable)
+		ac, reused := c.get(addr)
 		if ac == nil {
 			var err error
 			if ac, err = c.connect(req.Context(), addr); err != nil {
@@ -168,6 +185,13 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 		closeBody(req)
 		return nil, err
 	}
+	// The response header's deadline is set before the cancel hook is
+	// registered: set after, it would replace the past deadline of a
+	// cancellation that came in between, and the request would wait for
+	// the whole timeout.
+	if c.responseHeader > 0 {
+		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
+	}
 	// The client going away, or a route's timeout, ends the exchange.
 	stop := context.AfterFunc(ctx, func() { _ = ac.SetDeadline(aLongTimeAgo) })
 	var wrote chan error
@@ -185,6 +209,9 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 		_ = ac.Close()
 		return nil, fmt.Errorf("proxy: write to app %s: %w", ac.addr, staleErr(err))
 	}
+	if testHookWritten != nil {
+		testHookWritten(ac.Conn)
+	}
 	resp, err := c.readResponse(ac, req, head)
 	if err != nil {
 		stop()
@@ -196,7 +223,7 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 	}
 	// The direct path never asks the app to close (a client's
 	// "Connection: close" is about the client's own connection).
-	keep := !resp.Close && (head != nil || !req.Close)
+	keep := !resp.Close && !ac.ambiguous && (head != nil || !req.Close)
 	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, keep: keep}
 	if resp.Body == http.NoBody {
 		b.done(true)
@@ -217,12 +244,10 @@ func (c *appClient) write(ac *appConn, req *http.Request, head *appHead) error {
 }
 
 // readResponse reads the status line and headers within the response
-// header timeout and size limit, passing 1xx answers on to head's client or
-// else to the caller's trace (ReverseProxy sends them to its client).
+// header timeout (set by exchange) and size limit, passing 1xx answers on
+// to head's client or else to the caller's trace (ReverseProxy sends them
+// to its client), at most max1xx of them.
 func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) (*http.Response, error) {
-	if c.responseHeader > 0 {
-		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
-	}
 	trace := httptrace.ContextClientTrace(req.Context())
 	for informational := 0; ; informational++ {
 		ac.lr.n = c.maxHeaderBytes
@@ -230,11 +255,16 @@ func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) 
 			ac.lr.n = -1
 			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, staleErr(err))
 		}
+		// The head as buffered, when it is there whole (its usual case):
+		// parsing it does not refill the buffer, so it stays readable.
+		buffered, _ := ac.br.Peek(ac.br.Buffered())
+		buffered = buffered[:headEnd(buffered)]
 		resp, err := http.ReadResponse(ac.br, req)
 		ac.lr.n = -1
 		if err != nil {
 			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, err)
 		}
+		ac.ambiguous = ambiguousFraming(resp, buffered)
 		code := resp.StatusCode
 		if code >= 200 || code == http.StatusSwitchingProtocols {
 			if code == http.StatusSwitchingProtocols {
@@ -243,13 +273,14 @@ func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) 
 			if c.responseHeader > 0 {
 				_ = ac.SetReadDeadline(time.Time{})
 				if req.Context().Err() != nil {
-					// Cancelled between the check and the reset.
+					// Cancelled before the reset: the cancel hook's
+					// past deadline was just replaced.
 					_ = ac.SetDeadline(aLongTimeAgo)
 				}
 			}
 			return resp, nil
 		}
-		if informational >= 5 {
+		if informational >= max1xx {
 			return nil, fmt.Errorf("proxy: app %s sent too many 1xx responses", ac.addr)
 		}
 		if head != nil {
@@ -260,6 +291,72 @@ func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) 
 			}
 		}
 	}
+}
+
+// max1xx bounds the informational answers to one request: a storm of 1xx
+// fails the request (502) rather than hold the handler. net/http's
+// Transport bounds them by the header size limit, counted over all of
+// them, when no trace takes them; here they are passed on, so counted.
+const max1xx = 5
+
+// headEnd returns the length of the response head at the start of b (up
+// to and including its empty line), or 0 when b does not hold it whole.
+func headEnd(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if i+1 < len(b) && b[i+1] == '\n' {
+			return i + 2
+		}
+		if i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n' {
+			return i + 3
+		}
+	}
+	return 0
+}
+
+// ambiguousFraming reports whether resp's body length may be read
+// differently by another parser (RFC 9112 section 6.3): chunked with a
+// Content-Length field as well, or Transfer-Encoding in an HTTP/1.0
+// response. net/http drops those fields as it parses, so head, the raw
+// head, is looked at; an empty head (not buffered whole) is taken as
+// doubtful. Either way the body is read as net/http reads it and the
+// connection is not reused.
+func ambiguousFraming(resp *http.Response, head []byte) bool {
+	switch {
+	case !resp.ProtoAtLeast(1, 1):
+		return !resp.Close && (len(head) == 0 || hasField(head, "transfer-encoding:"))
+	case len(resp.TransferEncoding) > 0:
+		return len(head) == 0 || hasField(head, "content-length:")
+	}
+	return false
+}
+
+// hasField reports whether a line of head starts with name (lower case,
+// with its colon), compared case-insensitively.
+func hasField(head []byte, name string) bool {
+	for i := 0; i+1+len(name) <= len(head); i++ {
+		if head[i] != '\n' {
+			continue
+		}
+		line := head[i+1:]
+		j := 0
+		for j < len(name) && lower(line[j]) == name[j] {
+			j++
+		}
+		if j == len(name) {
+			return true
+		}
+	}
+	return false
+}
+
+func lower(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
 }
 
 // appBody is a response body: at its end the connection returns to the
@@ -296,10 +393,11 @@ func (b *appBody) Close() error {
 }
 
 // done releases the connection: to the pool if the response was read to
-// its end, the request was written whole and nobody cut the exchange.
+// its end with nothing after it, the request was written whole and nobody
+// cut the exchange.
 func (b *appBody) done(complete bool) {
 	b.ended = true
-	keep := complete && b.keep && b.stop()
+	keep := complete && b.keep && b.ac.br.Buffered() == 0 && b.stop()
 	if b.wrote != nil {
 		keep = keep && b.writeDone()
 	}
@@ -336,9 +434,26 @@ func (b *appBody) writeDone() bool {
 	}
 }
 
-// get pops the most recently used idle connection to addr, dropping those
-// idle for too long and, when check is set, those the app has closed.
-func (c *appClient) get(addr string, check bool) (*appConn, bool) {
+// get returns the most recently used idle connection to addr that can
+// carry a request, closing those idle for too long and those that are not
+// alive (appConn.alive). The check is a system call: it runs outside the
+// pool's lock, on a connection already taken out of the pool.
+func (c *appClient) get(addr string) (*appConn, bool) {
+	for {
+		ac := c.pop(addr)
+		if ac == nil {
+			return nil, false
+		}
+		if ac.alive() {
+			return ac, true
+		}
+		_ = ac.Close()
+	}
+}
+
+// pop takes the most recently used idle connection to addr out of the
+// pool, closing those idle for too long.
+func (c *appClient) pop(addr string) *appConn {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -346,13 +461,13 @@ func (c *appClient) get(addr string, check bool) (*appConn, bool) {
 		ac := conns[len(conns)-1]
 		conns[len(conns)-1] = nil
 		c.idle[addr] = conns[:len(conns)-1]
-		if now.Sub(ac.idleAt) > c.idleTimeout || (check && !connAlive(ac.Conn)) {
+		if now.Sub(ac.idleAt) > c.idleTimeout {
 			_ = ac.Close()
 			continue
 		}
-		return ac, true
+		return ac
 	}
-	return nil, false
+	return nil
 }
 
 func (c *appClient) put(ac *appConn) {
@@ -422,6 +537,10 @@ func (c *appClient) CloseIdleConnections() {
 	}
 	c.fallback.CloseIdleConnections()
 }
+
+// testHookWritten, set by tests, runs once a request's head is written and
+// before its response is read.
+var testHookWritten func(net.Conn)
 
 // aLongTimeAgo is a deadline in the past: setting it makes blocked reads
 // and writes return at once.

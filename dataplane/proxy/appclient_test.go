@@ -135,7 +135,7 @@ func TestAppClientAppClosedIdleConnection(t *testing.T) {
 		// timeout would) while one sits in the pool.
 		a.CloseClientConnections()
 		eventually(t, "the pooled connection to be closed by the app", func() bool {
-			ac, _ := c.get(a.Listener.Addr().String(), false)
+			ac := c.pop(a.Listener.Addr().String())
 			if ac == nil {
 				return false
 			}
