@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -36,14 +37,58 @@ type edgeApp struct {
 	*httptest.Server
 	mu   sync.Mutex
 	reqs []received
+	raw  bytes.Buffer // every byte the app read, whether it could parse it or not
 }
 
 func newEdgeApp(t testing.TB) *edgeApp {
 	t.Helper()
 	a := &edgeApp{}
-	a.Server = httptest.NewServer(http.HandlerFunc(a.serve))
+	a.Server = httptest.NewUnstartedServer(http.HandlerFunc(a.serve))
+	a.Listener = rawListener{a.Listener, a}
+	a.Start()
 	t.Cleanup(a.Close)
 	return a
+}
+
+// rawListener's connections copy what the app reads to a.raw.
+type rawListener struct {
+	net.Listener
+	a *edgeApp
+}
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rawConn{c, l.a}, nil
+}
+
+type rawConn struct {
+	net.Conn
+	a *edgeApp
+}
+
+func (c rawConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.a.mu.Lock()
+	c.a.raw.Write(p[:n])
+	c.a.mu.Unlock()
+	return n, err
+}
+
+// rawLen is how many bytes the app has read.
+func (a *edgeApp) rawLen() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.raw.Len()
+}
+
+// rawSince is what the app read after its first n bytes.
+func (a *edgeApp) rawSince(n int) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return string(a.raw.Bytes()[n:])
 }
 
 func (a *edgeApp) record(r *http.Request, tunnel bool) {
@@ -444,8 +489,8 @@ func TestAppEdgeUpgrades(t *testing.T) {
 
 // h2Request sends one HTTP/2 request with the given header fields (in
 // order, pseudo-headers first) on a new connection and returns the
-// answer's :status.
-func h2Request(t *testing.T, addr string, cfg *tls.Config, fields [][2]string) string {
+// answer's :status and body.
+func h2Request(t *testing.T, addr string, cfg *tls.Config, fields [][2]string) (status, body string) {
 	t.Helper()
 	cfg = cfg.Clone()
 	cfg.NextProtos = []string{"h2"}
@@ -471,6 +516,7 @@ func h2Request(t *testing.T, addr string, cfg *tls.Config, fields [][2]string) s
 	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
 		t.Fatal(err)
 	}
+	var b strings.Builder
 	for {
 		f, err := fr.ReadFrame()
 		if err != nil {
@@ -482,13 +528,23 @@ func h2Request(t *testing.T, addr string, cfg *tls.Config, fields [][2]string) s
 				_ = fr.WriteSettingsAck()
 			}
 		case *http2.MetaHeadersFrame:
+			if f.StreamID == 1 && status == "" {
+				status = f.PseudoValue("status")
+			}
+			if f.StreamID == 1 && f.StreamEnded() {
+				return status, b.String()
+			}
+		case *http2.DataFrame:
 			if f.StreamID == 1 {
-				return f.PseudoValue("status")
+				b.Write(f.Data())
+				if f.StreamEnded() {
+					return status, b.String()
+				}
 			}
 		case *http2.RSTStreamFrame:
-			return "reset " + f.ErrCode.String()
+			return "reset " + f.ErrCode.String(), b.String()
 		case *http2.GoAwayFrame:
-			return "goaway " + f.ErrCode.String()
+			return "goaway " + f.ErrCode.String(), b.String()
 		}
 	}
 }
@@ -513,15 +569,15 @@ func TestAppEdgeH2PseudoHeaders(t *testing.T) {
 			{"delete", "api", "400"},
 			{"GET", "api:8080", "200"},
 		} {
-			before := len(e.app.received())
-			got := h2Request(t, l.addr, l.cfg, [][2]string{
+			before := e.app.rawLen()
+			got, body := h2Request(t, l.addr, l.cfg, [][2]string{
 				{":method", tc.method}, {":scheme", "https"}, {":authority", tc.authority}, {":path", "/p2"},
 			})
-			if got != tc.want {
-				t.Errorf("%s: :method %q :authority %q answered %s, want %s", l.name, tc.method, tc.authority, got, tc.want)
+			if got != tc.want || tc.want == "400" && !strings.HasPrefix(body, "bad request ") {
+				t.Errorf("%s: :method %q :authority %q answered %s %q, want %s from the proxy", l.name, tc.method, tc.authority, got, body, tc.want)
 			}
-			if tc.want != "200" && len(e.app.received()) != before {
-				t.Errorf("%s: :method %q :authority %q: the app got %+v", l.name, tc.method, tc.authority, e.app.received()[before:])
+			if raw := e.app.rawSince(before); tc.want != "200" && raw != "" {
+				t.Errorf("%s: :method %q :authority %q: the app read %q", l.name, tc.method, tc.authority, raw)
 			}
 		}
 	}
