@@ -100,8 +100,22 @@ func TestConfigPushACKNACKAndLastGood(t *testing.T) {
 	api.waitReady(t)
 
 	// 1. Apply: every proxy ACKs the snapshot meshd computes for it.
-	applyYAML(t, meshd, meshResources)
-	st := waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_SYNCED, "api": meshv1.SyncState_SYNC_STATE_SYNCED})
+	rev := applyYAML(t, meshd, meshResources)
+	// Ready means a first snapshot applied (SYNCED already): wait for the
+	// one with the resources.
+	for name, p := range map[string]*proxyHandle{"web": web, "api": api} {
+		eventually(t, 10*time.Second, name+" applies the resources", func() error {
+			return hasResource("Service", name, rev)(p.Agent.Applied())
+		})
+	}
+	var st map[string]*meshv1.ProxySync
+	eventually(t, 10*time.Second, "meshd has both ACKs", func() error {
+		st = waitStates(t, meshd, map[string]meshv1.SyncState{"web": meshv1.SyncState_SYNC_STATE_SYNCED, "api": meshv1.SyncState_SYNC_STATE_SYNCED})
+		if st["web"].AckedVersion != web.Agent.Applied().GetVersion() || st["api"].AckedVersion != api.Agent.Applied().GetVersion() {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	webGood := st["web"].AckedVersion
 	if got := web.Agent.Applied().GetVersion(); got != webGood {
 		t.Fatalf("web applied %q, meshd says it ACKed %q", got, webGood)
