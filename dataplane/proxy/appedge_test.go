@@ -364,6 +364,30 @@ func TestAppEdgeHeaders(t *testing.T) {
 	}
 }
 
+// Request trailers a client declares reach the app (its Trailer field)
+// only under names a header could have: no mesh name, none with "_".
+func TestAppEdgeTrailers(t *testing.T) {
+	checkLeaks(t)
+	e := startEdge(t)
+	for _, l := range []struct {
+		name, addr string
+		cfg        *tls.Config
+	}{{"public", e.pubAddr, e.pubTLS}, {"inbound", e.inAddr, e.inTLS}} {
+		before := e.app.rawLen()
+		out := rawExchange(t, l.addr, l.cfg, "POST /t HTTP/1.1\r\nHost: api\r\nTrailer: X-Mesh-Peer-Id, X_Evil, X-Http-Method-Override, X-Sum\r\n"+
+			"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n1\r\nx\r\n0\r\nX-Mesh-Peer-Id: spiffe://evil\r\nX_Evil: 1\r\nX-Http-Method-Override: DELETE\r\nX-Sum: 1\r\n\r\n")
+		if !strings.HasPrefix(out, "HTTP/1.1 200 ") {
+			t.Fatalf("%s: %q", l.name, out)
+		}
+		raw := e.app.rawSince(before)
+		for _, line := range strings.Split(raw, "\r\n") {
+			if hasPrefixFold(line, "Trailer:") && (strings.Contains(line, "Mesh") || strings.Contains(line, "_") || strings.Contains(line, "Override") || !strings.Contains(line, "X-Sum")) {
+				t.Errorf("%s: the app got %q", l.name, line)
+			}
+		}
+	}
+}
+
 // rawExchange writes raw on a new HTTP/1.1 connection to addr and returns
 // everything the server answers until it closes the connection.
 func rawExchange(t *testing.T, addr string, cfg *tls.Config, raw string) string {

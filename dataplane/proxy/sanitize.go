@@ -27,7 +27,8 @@ import (
 //     httpguts.ValidHostHeader (what net/http's Transport requires) are
 //     applied here to every request: a :method holding a space would
 //     otherwise write a request line of five fields to the app.
-//   - A request header whose name holds "_" is dropped (nginx's default,
+//   - A request header (or declared trailer) whose name holds "_" is
+//     dropped (nginx's default,
 //     Envoy's headers_with_underscores_action: DROP_HEADER): CGI, WSGI and
 //     Rack turn "-" and "_" alike into "_" (HTTP_X_MESH_PEER_ID), so
 //     X_Mesh_Peer_Id would reach such an app as the header the proxy
@@ -109,6 +110,21 @@ func (s *sanitizer) sanitize(r *http.Request) error {
 			s.override.Inc()
 		case s.public && clientAddressHeader(k):
 			delete(h, k)
+		}
+	}
+	// Request trailers the client declared: the same names go, and mesh
+	// ones (the app gets the fields its Trailer header announces).
+	for k := range r.Trailer {
+		switch {
+		case strings.IndexByte(k, '_') >= 0:
+			delete(r.Trailer, k)
+			s.underscore.Inc()
+		case isRoutingOverride(k):
+			delete(r.Trailer, k)
+			s.override.Inc()
+		case hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") ||
+			s.public && clientAddressHeader(k):
+			delete(r.Trailer, k)
 		}
 	}
 	if up, ok := h["Upgrade"]; ok && !onlyWebSocket(up) {
