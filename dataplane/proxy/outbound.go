@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -261,6 +262,10 @@ type Outbound struct {
 
 	tunnels tunnelSet
 	guard   remoteGuard // revocations and connections to remotes
+	// inflight counts each service's requests in flight
+	// (MaxRequestsPerService): runtime state, kept outside the compiled
+	// tables so that a push does not reset it.
+	inflight inflightSet
 
 	// egress: allowed destinations outside the mesh, by lower-case host
 	// name, each with its ports (nil: any).
@@ -431,9 +436,12 @@ func (o *Outbound) Install(t *Table) {
 		}
 	}
 	o.balancers = balancers
-	// 3. The table itself.
+	// 3. In-flight counters of services gone (and idle) are dropped; the
+	// others go on.
+	o.inflight.prune(func(k svcKey) bool { return t.services[k] != nil || o.isStatic(k) })
+	// 4. The table itself.
 	o.table.Store(t)
-	// 4. Connections to endpoints that are gone are closed once idle: now,
+	// 5. Connections to endpoints that are gone are closed once idle: now,
 	// and again at each later Install and at shutdown (a request in
 	// flight keeps its connection until it ends).
 	for _, rm := range o.retired {
@@ -451,6 +459,70 @@ func (o *Outbound) Install(t *Table) {
 	for _, r := range t.rejected {
 		o.log.Warn("proxy: endpoint refused: its identity may not serve the service", slog.String("endpoint", r))
 	}
+}
+
+// isStatic reports whether an upstream port has a static endpoint for k.
+func (o *Outbound) isStatic(k svcKey) bool {
+	for _, up := range o.upstreams {
+		if up.static != nil && up.static.key == k {
+			return true
+		}
+	}
+	return false
+}
+
+// inflightSet holds a counter of requests in flight per service, for
+// MaxRequestsPerService. It outlives the tables (a push that reset the
+// counts would lift the cap at every config change); a request finds its
+// service's counter without a lock (copy on write).
+type inflightSet struct {
+	m  atomic.Pointer[map[svcKey]*atomic.Int64]
+	mu sync.Mutex // writers
+}
+
+// counter returns k's counter, making it on first use.
+func (s *inflightSet) counter(k svcKey) *atomic.Int64 {
+	if m := s.m.Load(); m != nil {
+		if c := (*m)[k]; c != nil {
+			return c
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.m.Load()
+	if old != nil {
+		if c := (*old)[k]; c != nil {
+			return c
+		}
+	}
+	next := make(map[svcKey]*atomic.Int64, 1)
+	if old != nil {
+		next = make(map[svcKey]*atomic.Int64, len(*old)+1)
+		maps.Copy(next, *old)
+	}
+	c := new(atomic.Int64)
+	next[k] = c
+	s.m.Store(&next)
+	return c
+}
+
+// prune drops the counters of services not kept that have nothing in
+// flight, so the set stays as large as the table. A request in flight
+// keeps its counter until it ends.
+func (s *inflightSet) prune(keep func(svcKey) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.m.Load()
+	if old == nil {
+		return
+	}
+	next := make(map[svcKey]*atomic.Int64, len(*old))
+	for k, c := range *old {
+		if keep(k) || c.Load() != 0 {
+			next[k] = c
+		}
+	}
+	s.m.Store(&next)
 }
 
 // remoteFor returns the transports to an endpoint, making them if a
@@ -561,14 +633,15 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Errorf("%w: %s", ErrNoEndpoint, c.dst.label))
 		return
 	}
-	if n := c.dst.inflight.Add(1); n > int64(o.cfg.MaxRequestsPerService) {
-		c.dst.inflight.Add(-1)
+	inflight := o.inflight.counter(c.dst.key)
+	if n := inflight.Add(1); n > int64(o.cfg.MaxRequestsPerService) {
+		inflight.Add(-1)
 		o.fwd.metrics.overflow()
 		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has %d requests in flight already\n", c.dst.label, o.cfg.MaxRequestsPerService),
 			fmt.Errorf("%w: %s", ErrOverloaded, c.dst.label))
 		return
 	}
-	defer c.dst.inflight.Add(-1)
+	defer inflight.Add(-1)
 	if !o.fwd.admitBody(w, r, c.port) {
 		return
 	}

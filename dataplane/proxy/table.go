@@ -74,7 +74,6 @@ type service struct {
 	// Set by Outbound.Install.
 	bal       *balancer.Balancer
 	subsetBal map[string]*balancer.Balancer
-	inflight  atomic.Int64
 	series    atomic.Pointer[requestSeries] // its outbound metrics, on first use
 }
 
