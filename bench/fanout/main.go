@@ -104,7 +104,7 @@ func run(sizes, scopes string, rounds, workers int) error {
 	}
 	addr, metrics := freeAddr(), freeAddr()
 	data := filepath.Join(work, "data")
-	cmd := exec.Command(bin, "--data-dir", data, "--listen", addr, "--metrics", metrics, "--log-level", "error",
+	cmd := exec.Command(bin, "--data-dir", data, "--listen", addr, "--metrics", metrics, "--log-level", "warn",
 		"--bootstrap-burst", strconv.Itoa(maxN)) // every proxy bootstraps from 127.0.0.1
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -123,7 +123,7 @@ func run(sizes, scopes string, rounds, workers int) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "fanout: set-up: %d proxies bootstrapped (own key, CSR, instance ID and SVID each; %d at once) in %s\n", maxN, workers, time.Since(setup).Round(time.Millisecond))
-	if _, err := apply(admin, 0); err != nil {
+	if _, err := apply(admin, applied.Add(1)); err != nil {
 		return err
 	}
 
@@ -153,9 +153,9 @@ type proxy struct {
 	st        meshv1.ConfigService_StreamClient
 	done      chan struct{} // closed when the receive loop ends
 	err       error         // why it ended; read after done
-	version   atomic.Value  // string
-	endpoints atomic.Int64  // in the last snapshot
-	acked     chan string
+	gen       atomic.Int64  // the Apply (routeGen) of the last snapshot ACKed
+	endpoints atomic.Int64  // in the last snapshot ACKed
+	acked     chan struct{} // a snapshot was ACKed (capacity 1)
 	scope     *meshv1.EndpointScope
 }
 
@@ -169,12 +169,11 @@ func fanout(admin meshv1.AdminServiceClient, addr string, tcs []*tls.Config, pid
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 64) // bound concurrent handshakes during set-up
 	for i := range proxies {
-		p := &proxy{acked: make(chan string, 16), done: make(chan struct{})}
+		p := &proxy{acked: make(chan struct{}, 1), done: make(chan struct{})}
 		if scope == "upstream" {
 			// As a proxy whose outbound has one --upstream port.
 			p.scope = &meshv1.EndpointScope{Services: []string{"default/api"}}
 		}
-		p.version.Store("")
 		proxies[i] = p
 		wg.Add(1)
 		go func(i int) {
@@ -194,32 +193,32 @@ func fanout(admin meshv1.AdminServiceClient, addr string, tcs []*tls.Config, pid
 		return result{}, err
 	default:
 	}
-	// Every proxy holds its first snapshot before the clock starts.
-	for _, p := range proxies {
-		if err := p.waitAny(30 * time.Second); err != nil {
-			return result{}, err
+	// Before the clock starts, every proxy holds the current config and
+	// (scope all) every proxy's endpoint: no push for the set-up is still
+	// on its way when the timed Apply goes out.
+	wantEndpoints := int64(n)
+	if scope == "upstream" {
+		wantEndpoints = 0 // nothing serves default/api
+	}
+	cur := applied.Load()
+	for i, p := range proxies {
+		if err := p.waitFor(func() bool { return p.gen.Load() >= cur && p.endpoints.Load() == wantEndpoints }, 60*time.Second); err != nil {
+			return result{}, fmt.Errorf("scope %s, %d proxies, set-up: %s (%d before it did) did not ACK a snapshot with the config and %d endpoints: %w", scope, n, instanceID(i), i, wantEndpoints, err)
 		}
 	}
 	var times []time.Duration
 	var cpu time.Duration
 	for r := 0; r < rounds; r++ {
-		for _, p := range proxies {
-			for len(p.acked) > 0 {
-				<-p.acked
-			}
-		}
+		gen := applied.Add(1)
 		cpu0 := cpuTime(pid)
 		start := time.Now()
-		if _, err := apply(admin, n*100+r+1); err != nil {
+		if _, err := apply(admin, gen); err != nil {
 			return result{}, err
 		}
-		want := ""
-		for _, p := range proxies {
-			v, err := p.waitChange(want, 30*time.Second)
-			if err != nil {
-				return result{}, err
+		for i, p := range proxies {
+			if err := p.waitFor(func() bool { return p.gen.Load() >= gen }, 30*time.Second); err != nil {
+				return result{}, fmt.Errorf("scope %s, %d proxies, round %d: %s (%d before it did) did not ACK the Apply: %w", scope, n, r+1, instanceID(i), i, err)
 			}
-			want = v // all proxies share one group: one version
 		}
 		times = append(times, time.Since(start))
 		cpu += cpuTime(pid) - cpu0
@@ -270,9 +269,9 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 					return
 				}
 				p.endpoints.Store(int64(len(snap.GetEndpoints())))
-				p.version.Store(snap.GetVersion())
+				p.gen.Store(routeGen(snap))
 				select {
-				case p.acked <- snap.GetVersion():
+				case p.acked <- struct{}{}:
 				default:
 				}
 			}
@@ -317,39 +316,48 @@ func drainAll(proxies []*proxy) {
 	}
 }
 
-func (p *proxy) waitAny(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for p.version.Load().(string) == "" {
+// waitFor waits until ok holds after an ACK, the stream ends, or d passes.
+func (p *proxy) waitFor(ok func() bool, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for !ok() {
 		select {
+		case <-p.acked:
 		case <-p.done:
-			return fmt.Errorf("a proxy's stream ended before its first snapshot: %w", p.err)
-		default:
+			if ok() {
+				return nil
+			}
+			return fmt.Errorf("its stream ended: %w", p.err)
+		case <-timer.C:
+			return fmt.Errorf("not in %s (last ACKed: Apply %d, %d endpoints)", d, p.gen.Load(), p.endpoints.Load())
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("a proxy got no snapshot in %s", d)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
 }
 
-// waitChange waits for an ACK of want ("" = any new version).
-func (p *proxy) waitChange(want string, d time.Duration) (string, error) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for {
-		select {
-		case v := <-p.acked:
-			if want == "" || v == want {
-				return v, nil
+// routeGen is the Apply a snapshot holds: N of the bench Route's "/gen-N/"
+// prefix (0 if none).
+func routeGen(snap *meshv1.Snapshot) int64 {
+	for _, r := range snap.GetResources() {
+		if r.GetKind() != "Route" || r.GetName() != "bench" {
+			continue
+		}
+		for _, m := range r.GetRoute().GetMatches() {
+			var g int64
+			if _, err := fmt.Sscanf(m.GetPath().GetPrefix(), "/gen-%d/", &g); err == nil {
+				return g
 			}
-		case <-timer.C:
-			return "", fmt.Errorf("a proxy did not ACK %q in %s", want, d)
 		}
 	}
+	return 0
 }
 
-func apply(admin meshv1.AdminServiceClient, gen int) (*meshv1.ApplyResponse, error) {
+// applied counts Applies: each one routes a new prefix, so each changes the
+// config (an Apply equal to the last one pushes nothing, and no proxy would
+// ACK a new version).
+var applied atomic.Int64
+
+func apply(admin meshv1.AdminServiceClient, gen int64) (*meshv1.ApplyResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return admin.Apply(ctx, &meshv1.ApplyRequest{Resources: []*meshv1.Resource{
