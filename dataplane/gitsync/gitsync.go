@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"minimesh/certs"
+	"minimesh/internal/redact"
 )
 
 const (
@@ -62,7 +63,7 @@ func (c Config) Validate() error {
 	case c.Repo == "":
 		return fmt.Errorf("%w: Repo is required", ErrInvalidConfig)
 	case strings.HasPrefix(c.Repo, "-") || strings.ContainsAny(c.Repo, "\x00\n"):
-		return fmt.Errorf("%w: Repo %q", ErrInvalidConfig, c.Repo)
+		return fmt.Errorf("%w: Repo %q", ErrInvalidConfig, redact.Text(c.Repo))
 	case strings.HasPrefix(c.Ref, "-") || strings.ContainsAny(c.Ref, "\x00\n\t :~^?*[\\"):
 		return fmt.Errorf("%w: Ref %q is not a branch, tag or commit hash", ErrInvalidConfig, c.Ref)
 	case c.Root == "":
@@ -144,7 +145,7 @@ func New(cfg Config) (*Syncer, error) {
 		return nil, err
 	}
 	s := &Syncer{cfg: cfg, m: m}
-	s.st = Status{Repo: cfg.Repo, Ref: cfg.Ref, Path: filepath.Join(root, cfg.Link)}
+	s.st = Status{Repo: redact.URL(cfg.Repo), Ref: cfg.Ref, Path: filepath.Join(root, cfg.Link)}
 	return s, nil
 }
 
@@ -185,7 +186,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		if err := s.Sync(ctx); err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Warn("gitsync: sync failed, keeping the last good checkout", "err", err, "commit", s.Status().Commit)
+			s.cfg.Logger.Warn("gitsync: sync failed, keeping the last good checkout", "err", redact.Text(err.Error()), "commit", s.Status().Commit)
 		}
 		t.Reset(s.cfg.Interval)
 	}
@@ -237,7 +238,7 @@ func (s *Syncer) Sync(ctx context.Context) error {
 	s.st.LastAttempt = start
 	switch {
 	case err != nil:
-		s.st.LastError = err.Error()
+		s.st.LastError = redact.Text(err.Error())
 		s.st.Failures++
 		s.m.syncs.WithLabelValues("error").Inc()
 		return err

@@ -1,11 +1,13 @@
 package gitsync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -447,5 +449,36 @@ func TestConfigValidate(t *testing.T) {
 		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrInvalidConfig)) {
 			t.Errorf("%s: Validate() = %v, want ok=%v", tt.name, err, tt.ok)
 		}
+	}
+}
+
+// TestCredentialsInRepoURLNeverShown: a repository URL with credentials
+// (userinfo, a token in the query) fails to fetch; the status, the error
+// Ready gives (/ready, /gitsync) and the log never carry the secret.
+func TestCredentialsInRepoURLNeverShown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused at once
+	var logs bytes.Buffer
+	repo := "http://deploy:s3cretpw@" + addr + "/site.git?access_token=t0ken"
+	s := newSyncer(t, Config{Repo: repo, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Interval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	waitFor(t, "a failed sync", func() bool { return s.Status().Failures > 0 })
+	cancel()
+	<-done
+	st := s.Status()
+	shown := fmt.Sprintf("%+v\n%v\n%s", st, s.Ready(), logs.String())
+	for _, secret := range []string{"s3cretpw", "t0ken"} {
+		if strings.Contains(shown, secret) {
+			t.Errorf("%q is shown:\n%s", secret, shown)
+		}
+	}
+	if !strings.Contains(st.Repo, addr) || st.LastError == "" {
+		t.Errorf("status lost what it should show: %+v", st)
 	}
 }
