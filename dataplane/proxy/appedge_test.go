@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -640,8 +641,21 @@ func TestSanitize(t *testing.T) {
 			t.Errorf("checkMethod(%q) = %v", m, err)
 		}
 	}
-	r := &http.Request{Method: "GET", Host: "api", Header: http.Header{"X-A": {"1"}}}
+	r := &http.Request{Method: "GET", Host: "api", Header: http.Header{"X-A": {"1"}, "X-Forwarded-For": {"10.0.0.1", "10.0.0.2"}}, RemoteAddr: "127.0.0.1:5555"}
 	if n := testing.AllocsPerRun(100, func() { _ = s.sanitize(r) }); n != 0 {
 		t.Errorf("sanitize allocates %v times on a plain request", n)
+	}
+	// The direct path writes the appended X-Forwarded-For without building it.
+	var out strings.Builder
+	bw := bufio.NewWriter(&out)
+	r.URL = &url.URL{Path: "/"}
+	(&appHead{addr: "app"}).write(bw, r)
+	_ = bw.Flush()
+	if !strings.Contains(out.String(), "\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\n") {
+		t.Errorf("head %q", out.String())
+	}
+	bw.Reset(io.Discard)
+	if n := testing.AllocsPerRun(100, func() { (&appHead{addr: "app"}).write(bw, r) }); n != 0 {
+		t.Errorf("the direct head allocates %v times", n)
 	}
 }
