@@ -82,11 +82,12 @@ var accessLogFields = []string{
 	"time", "source_identity", "source_address", "method", "authority", "path",
 	"protocol", "route", "status", "bytes_received", "bytes_sent", "duration_ms",
 	"upstream", "retries", "user_agent", "request_id", "authz_decision",
+	"response_flags",
 }
 
 var defaultAccessLogFields = []string{
 	"time", "source_identity", "method", "path", "route", "status",
-	"bytes_received", "bytes_sent", "duration_ms",
+	"bytes_received", "bytes_sent", "duration_ms", "response_flags",
 }
 
 // AccessLogFields returns the fields an AccessLog may list.

@@ -36,6 +36,11 @@ type Entry struct {
 	UserAgent      string
 	RequestID      string
 	AuthzDecision  string // "allow", "deny", "dry-run-deny", ...
+	// ResponseFlags says how a response ended when not normally, as
+	// Envoy's: "UC" the app's answer broke off (the app closed or failed
+	// mid-body), "DC" the client went away; the response was aborted after
+	// Status was sent. Empty: none, and the field is left out of the line.
+	ResponseFlags string
 }
 
 type fieldID uint8
@@ -58,6 +63,7 @@ const (
 	fUserAgent
 	fRequestID
 	fAuthzDecision
+	fResponseFlags
 )
 
 // fieldIDs maps api.AccessLogFields to their ids.
@@ -67,6 +73,7 @@ var fieldIDs = map[string]fieldID{
 	"route": fRoute, "status": fStatus, "bytes_received": fBytesReceived, "bytes_sent": fBytesSent,
 	"duration_ms": fDurationMS, "upstream": fUpstream, "retries": fRetries,
 	"user_agent": fUserAgent, "request_id": fRequestID, "authz_decision": fAuthzDecision,
+	"response_flags": fResponseFlags,
 }
 
 type field struct {

@@ -76,10 +76,15 @@ func appendString(b []byte, s string) []byte {
 // appendLine appends e as one JSON object with the fields fs, and '\n'.
 func appendLine(b []byte, e *Entry, fs []field) []byte {
 	b = append(b, '{')
-	for i, f := range fs {
-		if i > 0 {
+	first := true
+	for _, f := range fs {
+		if f.id == fResponseFlags && e.ResponseFlags == "" {
+			continue // only on responses that ended abnormally
+		}
+		if !first {
 			b = append(b, ',')
 		}
+		first = false
 		b = append(b, f.key...) // `"name":`
 		switch f.id {
 		case fTime:
@@ -118,6 +123,8 @@ func appendLine(b []byte, e *Entry, fs []field) []byte {
 			b = appendString(b, e.RequestID)
 		case fAuthzDecision:
 			b = appendString(b, e.AuthzDecision)
+		case fResponseFlags:
+			b = appendString(b, e.ResponseFlags)
 		}
 	}
 	return append(b, '}', '\n')

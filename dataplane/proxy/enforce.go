@@ -106,11 +106,7 @@ func (s *seriesSet) get(v string) *requestSeries {
 }
 
 func (sm *requestSeries) observe(code int, seconds float64) {
-	i := code/100 - 1
-	if i < 0 || i > 4 {
-		i = len(responseClasses) - 1
-	}
-	sm.classes[i].Inc()
+	sm.classes[classIndex(code)].Inc()
 	sm.duration.Observe(seconds)
 }
 
@@ -166,6 +162,9 @@ type inExchange struct {
 	// body counts the request body; not pooled, because the transport
 	// may still be reading it after the handler returned.
 	body *countingBody
+	// route, path and upstream are kept for the line of a response that
+	// aborts (loggedAbort); flags are its access-log response flags.
+	route, path, upstream, flags string
 }
 
 var inExchangePool = sync.Pool{New: func() any { return new(inExchange) }}
@@ -344,6 +343,9 @@ func (e enforcer) serveHTTP(w http.ResponseWriter, r *http.Request, pol *Policy,
 	if !fwd.admitBody(w, r, &svcPort{proto: proto}) {
 		return routeName, path
 	}
+	if ex, ok := w.(*inExchange); ok {
+		ex.route, ex.path = routeName, path
+	}
 	fwd.ServeHTTP(w, withPath(r, path))
 	return routeName, path
 }
@@ -363,6 +365,9 @@ func withPath(r *http.Request, path string) *http.Request {
 // finished request.
 func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start time.Time, routeName, path, upstream string) {
 	code := ex.status()
+	if ex.flags != "" {
+		code = codeAborted
+	}
 	d := in.cfg.Clock.Now().Sub(start)
 	pe.src(in.sources).observe(code, d.Seconds())
 	logExchange(in.accessLog, r, pe.header[0], ex, start, d, routeName, path, upstream)
@@ -381,8 +386,33 @@ func logExchange(al *accesslog.Logger, r *http.Request, peerID string, ex *inExc
 		Time: start, SourceIdentity: peerID, SourceAddress: r.RemoteAddr, Method: r.Method,
 		Authority: r.Host, Path: path, Protocol: r.Proto, Route: routeName, Status: ex.status(),
 		BytesReceived: ex.received(), BytesSent: ex.written, Duration: d, Upstream: upstream,
-		UserAgent: r.UserAgent(), RequestID: r.Header.Get(HeaderRequestID),
+		UserAgent: r.UserAgent(), RequestID: r.Header.Get(HeaderRequestID), ResponseFlags: ex.flags,
 	})
+}
+
+// loggedAbort, deferred by a listener's handler, logs and counts a
+// response that aborts (http.ErrAbortHandler: the app broke off mid-body,
+// or the client went away) and passes the panic on, so the client still
+// sees the response fail. log is the listener's logExchange.
+func loggedAbort(r *http.Request, ex *inExchange, log func(ex *inExchange)) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	if p == http.ErrAbortHandler {
+		ex.flags = abortFlags(r)
+		log(ex)
+	}
+	panic(p)
+}
+
+// abortFlags are the access-log response flags of an aborted response,
+// as Envoy's: "DC" the client went away, "UC" the app's answer broke off.
+func abortFlags(r *http.Request) string {
+	if r.Context().Err() != nil {
+		return "DC"
+	}
+	return "UC"
 }
 
 // keepRawPath makes out carry the path of in as the client spelled it.

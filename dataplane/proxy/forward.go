@@ -139,6 +139,7 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := f.now()
 	rec := recorderPool.Get().(*recorder)
 	rec.ResponseWriter, rec.code = w, 0
+	defer f.finish(r, rec, start)
 	if f.direct != nil && directable(r) {
 		var head appHead
 		f.head(r, &head)
@@ -146,9 +147,23 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		f.rp.ServeHTTP(rec, r)
 	}
+}
+
+// finish records a request's class and latency, deferred by ServeHTTP: a
+// response aborted midway (http.ErrAbortHandler, from the direct path or
+// ReverseProxy) counts in the class "aborted", and the panic goes on so
+// that the client sees the response fail. Other panics go on unrecorded.
+func (f *forwarder) finish(r *http.Request, rec *recorder, start time.Time) {
 	code := rec.code
 	if code == 0 {
 		code = http.StatusOK // a handler that wrote nothing answered 200
+	}
+	p := recover()
+	if p != nil {
+		if p != http.ErrAbortHandler {
+			panic(p)
+		}
+		code = codeAborted
 	}
 	rec.ResponseWriter = nil
 	recorderPool.Put(rec)
@@ -156,6 +171,9 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.metrics.observe(code, d)
 	if f.done != nil {
 		f.done(r, code, d)
+	}
+	if p != nil {
+		panic(p)
 	}
 }
 

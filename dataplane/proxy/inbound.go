@@ -301,6 +301,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	pe.begin()
 	defer pe.end()
+	defer loggedAbort(r, ex, func(ex *inExchange) { in.logExchange(r, pe, ex, start, ex.route, ex.path, ex.upstream) })
 	routeName, path, upstream := in.serve(ex, r, pe)
 	in.logExchange(r, pe, ex, start, routeName, path, upstream)
 	ex.release()
@@ -349,6 +350,9 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 	fwd := in.fwd
 	if (p.proto == meshv1.Protocol_PROTOCOL_HTTP2 || p.proto == meshv1.Protocol_PROTOCOL_GRPC) && r.Header.Get("Upgrade") == "" {
 		fwd = in.fwdH2C
+	}
+	if ex, ok := w.(*inExchange); ok {
+		ex.upstream = p.addr
 	}
 	routeName, path = in.enf.serveHTTP(w, r, pol, pe.header[0], fwd, p.proto)
 	return routeName, path, p.addr

@@ -32,8 +32,26 @@ var (
 	listenerNames   = [...]string{ListenerInbound, ListenerPublic, ListenerOutbound}
 	handshakeReason = [...]string{ReasonNoClientCert, ReasonExpired, ReasonUntrusted, ReasonUnauthorized,
 		ReasonNoSVID, ReasonTimeout, ReasonClosed, ReasonProtocol, ReasonRevoked, ReasonOther}
-	responseClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx", "other"}
+	// "aborted": the response was cut after its status was sent (the app
+	// broke off mid-body, the client went away: http.ErrAbortHandler);
+	// "other" stays last.
+	responseClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx", "aborted", "other"}
 )
+
+// codeAborted stands for the status of an aborted response in the
+// metrics' observe: it counts in the class "aborted".
+const codeAborted = -1
+
+// classIndex is the index in responseClasses of a response's class.
+func classIndex(code int) int {
+	switch {
+	case code == codeAborted:
+		return 5
+	case code >= 100 && code < 600:
+		return code/100 - 1
+	}
+	return len(responseClasses) - 1
+}
 
 // Metrics are the proxy's Prometheus collectors. One Metrics is shared by
 // the Inbound, Public and Outbound parts of a proxy; label values are
@@ -77,7 +95,7 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // *prometheus.Registry in practice). A nil reg leaves them unregistered,
 // which is what a Config without Metrics gets.
 //
-//	minimesh_proxy_requests_total{listener,class}
+//	minimesh_proxy_requests_total{listener,class}  (class 1xx..5xx, aborted, other)
 //	minimesh_proxy_request_duration_seconds{listener}
 //	minimesh_proxy_handshake_failures_total{listener,reason}
 //	minimesh_proxy_retries_total{listener}
@@ -181,11 +199,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) listener(name string) *listenerMetrics { return m.listeners[name] }
 
 func (lm *listenerMetrics) observe(code int, seconds float64) {
-	i := code/100 - 1
-	if i < 0 || i > 4 {
-		i = len(responseClasses) - 1
-	}
-	lm.classes[i].Inc()
+	lm.classes[classIndex(code)].Inc()
 	lm.duration.Observe(seconds)
 }
 

@@ -155,6 +155,9 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := p.cfg.Clock.Now()
 	ex := newExchange(w, r, nil)
+	defer loggedAbort(r, ex, func(ex *inExchange) {
+		logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), ex.route, ex.path, p.cfg.App)
+	})
 	routeName, path := p.serve(ex, r, pol)
 	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), routeName, path, p.cfg.App)
 	ex.release()
