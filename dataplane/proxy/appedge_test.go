@@ -306,6 +306,9 @@ func TestAppEdgeHeaders(t *testing.T) {
 		"True-Client-Ip":         {"6.6.6.6"},
 		"X-Client-Ip":            {"6.6.6.6"},
 		"X-Kept":                 {"1"},
+		"X-Ssl-Client-Verify":    {"SUCCESS"},
+		"X-Ssl-Client-S-Dn":      {"CN=admin"},
+		"X-Client-Cert":          {"MIIB..."},
 	}
 	n := 0
 	for _, l := range e.listeners(t) {
@@ -324,7 +327,7 @@ func TestAppEdgeHeaders(t *testing.T) {
 			}
 			h := got[n-1].header
 			for k := range h {
-				if strings.ContainsRune(k, '_') || isRoutingOverride(k) {
+				if strings.ContainsRune(k, '_') || isRoutingOverride(k) || clientCertHeader(k) || strings.HasPrefix(k, "X-Ssl") {
 					t.Errorf("%s %s: the app got %s: %q", l.name, method, k, h[k])
 				}
 			}
@@ -604,6 +607,16 @@ func TestAppEdgeH2PseudoHeaders(t *testing.T) {
 			if raw := e.app.rawSince(before); tc.want != "200" && raw != "" {
 				t.Errorf("%s: :method %q :authority %q: the app read %q", l.name, tc.method, tc.authority, raw)
 			}
+		}
+		// A CONNECT is no request for the app: 405 at the public port,
+		// 421 at the inbound (which tunnels to TCP ports only).
+		before := e.app.rawLen()
+		got, body := h2Request(t, l.addr, l.cfg, [][2]string{{":method", "CONNECT"}, {":authority", "evil.example:443"}})
+		if want := map[string]string{"public": "405", "inbound": "421"}[l.name]; got != want {
+			t.Errorf("%s: CONNECT answered %s %q, want %s", l.name, got, body, want)
+		}
+		if raw := e.app.rawSince(before); raw != "" {
+			t.Errorf("%s: CONNECT: the app read %q", l.name, raw)
 		}
 	}
 }

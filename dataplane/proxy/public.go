@@ -167,6 +167,13 @@ func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy) (rou
 	if !p.enf.admit(w, r, p.fwd) {
 		return "", ""
 	}
+	if r.Method == http.MethodConnect {
+		// An app port, not a forward proxy: a CONNECT would reach the app
+		// as "CONNECT / HTTP/1.1", authorized as path "/", and a tunnel
+		// the app opened would carry requests no policy saw.
+		p.fwd.refuse(w, r, http.StatusMethodNotAllowed, "method not allowed\n", fmt.Errorf("proxy: CONNECT %q at the public port", r.Host))
+		return "", ""
+	}
 	return p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
 }
 

@@ -42,6 +42,10 @@ import (
 //     tunnel to the app in which no request is seen by the policy. When no
 //     token is left, Upgrade goes and "upgrade" leaves Connection: the
 //     request is forwarded as a plain one.
+//   - Headers in which a TLS terminator states a client certificate
+//     (X-SSL-Client-*, X-Client-Cert…, clientCertHeader) are dropped at
+//     both listeners: the proxy states the caller's identity in
+//     X-Mesh-Peer-Id only.
 //   - At the public port only, every header a client could use to claim
 //     an address, host or scheme (Forwarded, X-Forwarded-*, X-Real-IP,
 //     True-Client-IP and kin, clientAddressHeader) is dropped; the proxy
@@ -108,7 +112,7 @@ func (s *sanitizer) sanitize(r *http.Request) error {
 		case isRoutingOverride(k):
 			delete(h, k)
 			s.override.Inc()
-		case s.public && clientAddressHeader(k):
+		case clientCertHeader(k), s.public && clientAddressHeader(k):
 			delete(h, k)
 		}
 	}
@@ -210,6 +214,20 @@ func clientAddressHeader(k string) bool {
 		return strings.EqualFold(k, "X-Original-Forwarded-For")
 	}
 	return false
+}
+
+// clientCertHeader reports whether k is a header in which a TLS
+// terminator in front of an app states the client's certificate or its
+// verification (nginx's and Apache's X-SSL-Client-*, Ssl-Client-*, AWS
+// ALB's X-Amzn-Mtls-*, IIS ARR's X-Arr-ClientCert, X-Client-Cert and
+// X-Client-Verify): the proxy is the app's TLS terminator and states the
+// caller's identity in X-Mesh-Peer-Id only, so any other such header is a
+// forgery, from a meshed caller as from an outside client.
+// (X-Forwarded-Client-Cert goes with the mesh headers.)
+func clientCertHeader(k string) bool {
+	return hasPrefixFold(k, "X-Ssl-Client") || hasPrefixFold(k, "Ssl-Client") ||
+		hasPrefixFold(k, "X-Amzn-Mtls-") || hasPrefixFold(k, "X-Client-Cert") ||
+		hasPrefixFold(k, "X-Client-Verify") || hasPrefixFold(k, "X-Arr-Clientcert")
 }
 
 // onlyWebSocket reports whether the Upgrade values vv are the one token
