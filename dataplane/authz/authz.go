@@ -51,7 +51,12 @@ const (
 type Request struct {
 	// Peer is the caller's SPIFFE ID, from its verified certificate.
 	Peer string
-	// Method is the HTTP method, as sent (methods are case-sensitive).
+	// Method is the HTTP method, as sent, compared exactly with a rule's
+	// methods (as Istio's `methods`): a rule naming GET does not cover
+	// HEAD, nor "get". Policies name upper-case methods only, so the
+	// proxies refuse (400) a method with a lower-case letter before it
+	// gets here: apps that upper-case methods would otherwise serve
+	// "delete" as the DELETE a rule denies.
 	Method string
 	// Path is the request path normalized by pathnorm.Normalize: Check
 	// compares it as it is. (Explain normalizes it first.)

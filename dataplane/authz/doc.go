@@ -14,7 +14,9 @@
 //
 // A rule matches when each condition it sets matches: any of its source
 // identity patterns (api.IdentityPattern: "*", "spiffe://td/ns/*/sa/web",
-// "spiffe://td/**"), any of its methods, any of its paths. Paths are
+// "spiffe://td/**"), any of its methods (compared exactly: GET does not
+// cover HEAD; the proxies refuse lower-case methods before asking), any of
+// its paths. Paths are
 // exact or prefix (a plain string prefix: "/admin" covers "/administrator",
 // write "/admin/" to stop at the segment), compared after both the rule's
 // path and the request's have been put in pathnorm's canonical form.
