@@ -19,8 +19,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -37,7 +39,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/certs"
@@ -188,6 +192,9 @@ func fanout(admin meshv1.AdminServiceClient, addr string, tcs []*tls.Config, pid
 	}
 	wg.Wait()
 	defer drainAll(proxies)
+	if r := retried.Swap(0); r > 0 {
+		fmt.Fprintf(os.Stderr, "fanout: scope %s, %d proxies: %d push stream opens were refused or cut (Unavailable) and tried again\n", scope, n, r)
+	}
 	select {
 	case err := <-errs:
 		return result{}, err
@@ -238,23 +245,34 @@ func fanout(admin meshv1.AdminServiceClient, addr string, tcs []*tls.Config, pid
 func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
+		close(p.done)
 		return err
 	}
 	p.conn = conn
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
-	st, err := meshv1.NewConfigServiceClient(conn).Stream(ctx)
-	if err != nil {
-		close(p.done)
-		return err
+	hello := &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
+		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout", EndpointScope: p.scope,
+	}}}
+	// As mesh-proxy's agent does, a connection refused or cut (meshd's
+	// handshake deadline on a loaded machine while it pushes to the
+	// proxies already in) is tried again after a backoff; the rest is final.
+	var st meshv1.ConfigService_StreamClient
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		st, err = open(ctx, conn, hello)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || attempt == startAttempts {
+			close(p.done)
+			return fmt.Errorf("%s: open the push stream (attempt %d of %d): %w", id, attempt, startAttempts, err)
+		}
+		retried.Add(1)
+		time.Sleep(backoff)
+		backoff *= 2
 	}
 	p.st = st
-	if err := p.send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{
-		InstanceId: id, Service: "bench", AdvertiseAddress: "127.0.0.1:1", ProxyVersion: "fanout", EndpointScope: p.scope,
-	}}}); err != nil {
-		close(p.done)
-		return err
-	}
 	go func() {
 		defer close(p.done)
 		for {
@@ -278,6 +296,28 @@ func (p *proxy) start(addr string, tc *tls.Config, id string) error {
 		}
 	}()
 	return nil
+}
+
+// startAttempts bounds the tries to open one proxy's push stream
+// (backoff 0.2, 0.4, 0.8, 1.6 s).
+const startAttempts = 5
+
+// retried counts stream opens tried again, reported after each set-up.
+var retried atomic.Int64
+
+// open opens a push stream and says Hello on it.
+func open(ctx context.Context, conn *grpc.ClientConn, hello *meshv1.StreamRequest) (meshv1.ConfigService_StreamClient, error) {
+	st, err := meshv1.NewConfigServiceClient(conn).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(hello); err != nil {
+		if errors.Is(err, io.EOF) { // the stream's status comes from Recv
+			_, err = st.Recv()
+		}
+		return nil, err
+	}
+	return st, nil
 }
 
 func (p *proxy) send(m *meshv1.StreamRequest) error {
