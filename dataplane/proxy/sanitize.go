@@ -28,11 +28,10 @@ import (
 //     applied here to every request: a :method holding a space would
 //     otherwise write a request line of five fields to the app.
 //   - A request header (or declared trailer) whose name holds "_" is
-//     dropped (nginx's default,
-//     Envoy's headers_with_underscores_action: DROP_HEADER): CGI, WSGI and
-//     Rack turn "-" and "_" alike into "_" (HTTP_X_MESH_PEER_ID), so
-//     X_Mesh_Peer_Id would reach such an app as the header the proxy
-//     vouches for.
+//     dropped (nginx's default, Envoy's headers_with_underscores_action:
+//     DROP_HEADER): CGI, WSGI and Rack turn "-" and "_" alike into "_"
+//     (HTTP_X_MESH_PEER_ID), so X_Mesh_Peer_Id would reach such an app as
+//     the header the proxy vouches for.
 //   - The routing overrides X-Original-URL, X-Rewrite-URL,
 //     X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override are
 //     dropped: frameworks route by them (Symfony, IIS, Rails and Express
@@ -127,7 +126,7 @@ func (s *sanitizer) sanitize(r *http.Request) error {
 			delete(r.Trailer, k)
 			s.override.Inc()
 		case hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") ||
-			s.public && clientAddressHeader(k):
+			clientCertHeader(k) || s.public && clientAddressHeader(k):
 			delete(r.Trailer, k)
 		}
 	}
