@@ -400,3 +400,21 @@ func TestPublicHostileApp(t *testing.T) {
 		}
 	}
 }
+
+// The check of a pooled connection before every reuse costs a system
+// call and no allocation.
+func TestAppClientLivenessCheckDoesNotAllocate(t *testing.T) {
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newTestAppClient(t, Limits{})
+	ac, err := c.connect(context.Background(), a.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	if !ac.alive() {
+		t.Fatal("a fresh connection is not alive")
+	}
+	if n := testing.AllocsPerRun(100, func() { ac.alive() }); n != 0 {
+		t.Errorf("%v allocations per check", n)
+	}
+}
