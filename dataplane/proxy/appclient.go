@@ -197,10 +197,23 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 	var wrote chan error
 	if hasBody {
 		wrote = make(chan error, 1)
+		// A shallow copy carries the watched body: RoundTrip does not
+		// modify its request.
+		body := &bodyReader{rc: req.Body}
+		out := req.WithContext(ctx)
+		out.Body = body
 		go func() {
-			err := req.Write(ac.bw)
+			err := out.Write(ac.bw)
 			if err == nil {
 				err = ac.bw.Flush()
+			}
+			if body.failed {
+				// The caller's body broke mid-way: the app waits for the
+				// rest and will not answer. End the exchange now, as
+				// net/http's Transport closes such a connection; an app
+				// that cannot be written to any more may still have
+				// answered, so only a failure of our own side ends it.
+				_ = ac.SetDeadline(aLongTimeAgo)
 			}
 			wrote <- err
 		}()
@@ -233,6 +246,24 @@ func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasB
 	resp.Body = b
 	return resp, nil
 }
+
+// bodyReader notes whether the caller's request body failed (anything
+// but io.EOF), so a failed write can tell the caller's fault from the
+// app's.
+type bodyReader struct {
+	rc     io.ReadCloser
+	failed bool // written by the writer goroutine, read by it only
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.failed = true
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error { return b.rc.Close() }
 
 func (c *appClient) write(ac *appConn, req *http.Request, head *appHead) error {
 	if head != nil {

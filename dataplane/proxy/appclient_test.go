@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -324,4 +325,57 @@ func TestAppClientIdleConnectionsEnd(t *testing.T) {
 		t.Fatalf("after close: %d %v", code, err)
 	}
 	eventually(t, "a connection used after CloseIdleConnections to be closed, not pooled", func() bool { return open.Load() == 0 })
+}
+
+// failingBody yields some bytes, then fails as a client's body does when
+// its connection breaks mid-body.
+type failingBody struct{ sent bool }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "partial"), nil
+	}
+	return 0, errors.New("client connection broke mid-body")
+}
+
+func (b *failingBody) Close() error { return nil }
+
+// TestAppClientBodyReadFailureEndsExchange: when the caller's body fails
+// mid-way the app still waits for the rest of it and will not answer, so
+// the exchange must end at once (and the connection go), as net/http's
+// Transport closes a connection whose body write failed; waiting would
+// hold the app's connection until the response-header timeout (here an
+// hour).
+func TestAppClientBodyReadFailureEndsExchange(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	})
+	c := newTestAppClient(t, Limits{ResponseHeader: time.Hour})
+	req, _ := http.NewRequest(http.MethodPost, a.URL+"/upload", &failingBody{})
+	req.ContentLength = 1000
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("status %d for a request whose body failed", resp.StatusCode)
+			done <- err
+			return
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the exchange waited on the app after the request body failed")
+	}
+	if code, body, err := roundTrip(t, c, http.MethodPost, a.URL+"/ok", strings.NewReader("small")); err != nil || code != http.StatusOK || body != "ok" {
+		t.Fatalf("next request: %d %q %v", code, body, err)
+	}
 }
