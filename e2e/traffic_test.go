@@ -325,10 +325,9 @@ func TestRoutingByLocalPortAndHost(t *testing.T) {
 		"X-Mesh-Peer-Id": {"spiffe://evil/x"}, "X-Mesh-Spoof": {"1"}, "X-Mesh-Target": {"tcp/22"},
 		"X-Request-Id": {"req-42.abc"}, "Traceparent": {tp}, "X-Forwarded-For": {"192.0.2.1"},
 	})
-	// X-Forwarded-For: the app's own, with the calling proxy's address
-	// appended by api's inbound.
+	// X-Forwarded-For: the app's own, passed as sent between two proxies.
 	if e.PeerID != idOf("web").String() || e.Spoof != "" || e.Target != "" || e.RequestID != "req-42.abc" || e.Traceparent != tp ||
-		!strings.HasPrefix(e.Forwarded, "192.0.2.1, 127.") {
+		e.Forwarded != "192.0.2.1" {
 		t.Errorf("headers: %+v", e)
 	}
 	_, _, e = call(t, client, web.httpPort, "api", "/headers", http.Header{"X-Request-Id": {"bad id\twith spaces"}})

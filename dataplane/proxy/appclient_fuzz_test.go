@@ -125,10 +125,12 @@ func FuzzAppClientHead(f *testing.F) {
 		for k, v := range own {
 			want[k] = v
 		}
-		xff := got.Header["X-Forwarded-For"]
-		delete(got.Header, "X-Forwarded-For")
-		if len(xff) != 1 || !strings.HasSuffix(xff[0], "192.0.2.1") || public && xff[0] != "192.0.2.1" {
-			t.Errorf("X-Forwarded-For %q: want one field ending with the caller's address (only it at the public port)", xff)
+		if public {
+			xff := got.Header["X-Forwarded-For"]
+			delete(got.Header, "X-Forwarded-For")
+			if len(xff) != 1 || xff[0] != "192.0.2.1" {
+				t.Errorf("X-Forwarded-For %q: want only the client's address at the public port", xff)
+			}
 		}
 		for k, vv := range want {
 			if !slices.Equal(got.Header[k], vv) {

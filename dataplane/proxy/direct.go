@@ -29,9 +29,8 @@ type appHead struct {
 	// public replaces the caller's forwarding headers with this hop's
 	// X-Forwarded-For, -Host and -Proto (a client outside the mesh is not
 	// trusted; the public listener serves TLS only, so -Proto is https);
-	// otherwise they pass as they are (a peer is authenticated) but for
-	// X-Forwarded-For, which gets the caller's address appended
-	// (sanitize.go).
+	// otherwise they pass as they are (a peer is authenticated;
+	// sanitize.go).
 	public bool
 	// w receives the app's 1xx answers.
 	w http.ResponseWriter
@@ -94,62 +93,24 @@ func (h *appHead) write(bw *bufio.Writer, r *http.Request) {
 	if h.peer != nil {
 		writeField(bw, HeaderPeerID, h.peer[0])
 	}
-	var prior []string
-	if !h.public {
-		prior = r.Header["X-Forwarded-For"]
-	}
-	writeXFF(bw, prior, r.RemoteAddr)
 	if h.public {
+		if ip := clientIP(r.RemoteAddr); ip != "" {
+			writeField(bw, "X-Forwarded-For", ip)
+		}
 		writeField(bw, "X-Forwarded-Host", r.Host)
 		writeField(bw, "X-Forwarded-Proto", "https")
 	}
 	bw.WriteString("\r\n")
 }
 
-// writeXFF writes X-Forwarded-For: the prior fields' values, then the
-// address of remoteAddr, as one field (what ReverseProxy's SetXForwarded
-// writes), without building the value.
-func writeXFF(bw *bufio.Writer, prior []string, remoteAddr string) {
+// clientIP is the address part of remoteAddr, "" when it has none: the
+// X-Forwarded-For the public port states for its client.
+func clientIP(remoteAddr string) string {
 	ip, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
-		ip = ""
+		return ""
 	}
-	if len(prior) == 0 && ip == "" {
-		return
-	}
-	bw.WriteString("X-Forwarded-For: ")
-	for i, v := range prior {
-		if i > 0 {
-			bw.WriteString(", ")
-		}
-		writeValue(bw, v)
-	}
-	if ip != "" {
-		if len(prior) > 0 {
-			bw.WriteString(", ")
-		}
-		bw.WriteString(ip)
-	}
-	bw.WriteString("\r\n")
-}
-
-// appendXFF is writeXFF's value, for ReverseProxy's Rewrite.
-func appendXFF(prior []string, remoteAddr string) []string {
-	ip, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		ip = ""
-	}
-	v := strings.Join(prior, ", ")
-	switch {
-	case ip == "" && v == "":
-		return nil
-	case ip == "":
-	case v == "":
-		v = ip
-	default:
-		v += ", " + ip
-	}
-	return []string{v}
+	return ip
 }
 
 // cleanQuery returns a raw query with the bytes a request line cannot
@@ -227,9 +188,9 @@ func writeValue(bw *bufio.Writer, v string) {
 // dropFromRequest reports whether the header k is not passed to the app.
 func dropFromRequest(k string, public bool) bool {
 	switch k {
-	case "Host", "Content-Length", "X-Forwarded-For": // X-Forwarded-For: writeXFF
+	case "Host", "Content-Length":
 		return true
-	case "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto":
+	case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
 		return public
 	}
 	return isHopByHop(k) || hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert")

@@ -118,9 +118,9 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 			if !slices.Equal(h["X-Multi"], []string{"a", "b"}) || h.Get("Te") != "trailers" || h.Get("X-Request-Id") != "req-1" {
 				t.Errorf("X-Multi %q, Te %q, X-Request-Id %q", h["X-Multi"], h.Get("Te"), h.Get("X-Request-Id"))
 			}
-			// The inbound appends the caller's address to its
-			// X-Forwarded-For; the public port replaces it (sanitize.go).
-			wantXFF, wantPeer := "6.6.6.6, 127.0.0.1", webID
+			// The inbound passes a meshed caller's X-Forwarded-For as
+			// sent; the public port replaces it (sanitize.go).
+			wantXFF, wantPeer := "6.6.6.6", webID
 			if tc.public {
 				wantXFF, wantPeer = "127.0.0.1", ""
 				if h.Get("X-Forwarded-Proto") != "https" || h.Get("X-Forwarded-Host") != pubLn.Addr().String() {

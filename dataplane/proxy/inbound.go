@@ -213,16 +213,13 @@ func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header[HeaderPeerID] = p.header
 	}
 	// A caller in the mesh is authenticated: its forwarding headers (say,
-	// a gateway's client address) reach the app as it sent them, and
-	// X-Forwarded-For gets the caller's address appended (sanitize.go).
-	// The public listener, facing anyone, sets its own instead.
+	// a gateway's client address) reach the app as it sent them, as
+	// Istio's sidecars pass them (sanitize.go). The public listener,
+	// facing anyone, sets its own instead.
 	for _, k := range forwardingHeaders {
-		if v, ok := pr.In.Header[k]; ok && k != "X-Forwarded-For" {
+		if v, ok := pr.In.Header[k]; ok {
 			pr.Out.Header[k] = v
 		}
-	}
-	if v := appendXFF(pr.In.Header["X-Forwarded-For"], pr.In.RemoteAddr); v != nil {
-		pr.Out.Header["X-Forwarded-For"] = v
 	}
 }
 

@@ -116,8 +116,8 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 			// forwarding headers are gone, sanitize.go), the Host it asked
 			// for and https, the only scheme served here (r.TLS is nil
 			// behind the framing checker).
-			if v := appendXFF(nil, pr.In.RemoteAddr); v != nil {
-				pr.Out.Header["X-Forwarded-For"] = v
+			if ip := clientIP(pr.In.RemoteAddr); ip != "" {
+				pr.Out.Header["X-Forwarded-For"] = []string{ip}
 			}
 			pr.Out.Header["X-Forwarded-Host"] = []string{pr.In.Host}
 			pr.Out.Header["X-Forwarded-Proto"] = []string{"https"}

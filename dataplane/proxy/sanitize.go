@@ -50,9 +50,9 @@ import (
 //     True-Client-IP and kin, clientAddressHeader) is dropped; the proxy
 //     then sets X-Forwarded-For, -Host and -Proto itself. At the inbound a
 //     meshed caller is authenticated: its forwarding headers pass as sent
-//     (its app may be a gateway stating its own client), and X-Forwarded-For
-//     gets the caller's address appended, as Envoy does with
-//     use_remote_address, so its last entry is always one the mesh saw.
+//     (its app may be a gateway stating its own client), as Istio's
+//     sidecars pass them (Envoy's use_remote_address off). The caller's
+//     identity, not an address, is what the app may trust: X-Mesh-Peer-Id.
 //
 // Dropped headers are counted in
 // minimesh_proxy_headers_dropped_total{listener,reason}.
