@@ -510,13 +510,6 @@ func (a *Authority) recordedInstance(id spiffeid.ID, serial string) (string, err
 	return inst, err
 }
 
-// RecordInternal records a certificate meshd issued to itself or the operator.
-func (a *Authority) RecordInternal(leaf *x509.Certificate, id spiffeid.ID) error {
-	return a.cfg.Store.Update(func(tx *store.Txn) error {
-		return putCertificate(tx, leaf, id, "internal", "", "", a.cfg.CA.Current().RootPin())
-	})
-}
-
 // ListCertificates returns the issued-certificate records, newest first.
 func (a *Authority) ListCertificates(validOnly bool) ([]*store.Certificate, error) {
 	now := a.cfg.Clock.Now()
