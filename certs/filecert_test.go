@@ -1,7 +1,6 @@
 package certs_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -13,11 +12,11 @@ import (
 	"math/big"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"minimesh/certs"
+	"minimesh/internal/testlog"
 )
 
 // plainCert writes a self-signed localhost certificate with the given serial
@@ -63,29 +62,11 @@ func currentSerial(t *testing.T, f *certs.FileCertificate) int64 {
 	return c.Leaf.SerialNumber.Int64()
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFileCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	key1 := plainCert(t, certFile, keyFile, 1)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{
 		CertFile: certFile, KeyFile: keyFile,
 		Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -128,7 +128,7 @@ func TestRenewInALoopIsRefusedWithARetryDelay(t *testing.T) {
 	if !ok || d <= 0 || d > identity.DefaultInstanceEvery {
 		t.Fatalf("retry delay %v (%v), want one in (0, %s]", d, ok, identity.DefaultInstanceEvery)
 	}
-	if n := labelled(t, m, "minimesh_meshd_identity_refused_total", "reason", "rate_limited"); n < 1 {
+	if n := m.Counter(t, "minimesh_meshd_identity_refused_total", "reason", "rate_limited"); n < 1 {
 		t.Fatalf("rate-limited refusals counted: %v", n)
 	}
 }
@@ -164,27 +164,4 @@ func TestRunLoopPrunesExpiredCertificateRecords(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// labelled sums a counter's series whose label has the value.
-func labelled(t *testing.T, m *controlplanetest.Meshd, name, label, value string) float64 {
-	t.Helper()
-	families, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, mm := range f.GetMetric() {
-			for _, l := range mm.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					sum += mm.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
 }

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/controlplane/store"
+	"minimesh/internal/testlog"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -120,23 +120,6 @@ func backupVia(t *testing.T, m *controlplanetest.Meshd) ([]byte, string) {
 	return out, strings.Join(md.Get(controlplane.BackupCAKeysHeader), ",")
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // noKeyIn fails when any spelling of key appears in text.
 func noKeyIn(t *testing.T, what, text string, key []byte) {
 	t.Helper()
@@ -155,7 +138,7 @@ func TestCAKeysAtRest(t *testing.T) {
 			if withKey {
 				keyFile, key = writeCAKey(t)
 			}
-			logs := &syncBuffer{}
+			logs := &testlog.Buffer{}
 			m := controlplanetest.Start(t, controlplane.Config{CAKeyFile: keyFile, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 			keys := caPrivateKeys(t, m)
 			backup, header := backupVia(t, m)
@@ -313,7 +296,7 @@ func TestPlainDataFileIsEncryptedAtFirstStartWithKey(t *testing.T) {
 	}
 
 	keyFile, key := writeCAKey(t)
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	m2 := controlplanetest.Start(t, controlplane.Config{DataDir: m.DataDir, CAKeyFile: keyFile, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if m2.RootPin() != pin {
 		t.Fatalf("root %s after encrypting, want %s", m2.RootPin(), pin)

@@ -43,29 +43,6 @@ func fileMode(t *testing.T, path string) os.FileMode {
 	return fi.Mode().Perm()
 }
 
-// counterWith is the value of one counter series with label=value.
-func counterWith(t *testing.T, m *controlplanetest.Meshd, name, label, value string) float64 {
-	t.Helper()
-	families, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, mm := range f.GetMetric() {
-			for _, l := range mm.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					sum += mm.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
-}
-
 func operators(t *testing.T, c meshv1.AdminServiceClient) map[string]*meshv1.OperatorCredential {
 	t.Helper()
 	resp, err := c.ListOperators(ctx(t), &meshv1.ListOperatorsRequest{})
@@ -128,7 +105,7 @@ func TestOperatorCredentialRevokedBySerial(t *testing.T) {
 	// Revoke the credential this very call is made with (openssl's form of
 	// the serial): the call succeeds, the next one on the same connection
 	// is refused, and counted.
-	before := counterWith(t, m, "minimesh_meshd_auth_refused_total", "reason", "revoked_certificate")
+	before := m.Counter(t, "minimesh_meshd_auth_refused_total", "reason", "revoked_certificate")
 	resp, err := c1.RevokeOperator(ctx(t), &meshv1.RevokeOperatorRequest{Serial: strings.ToUpper(firstSerial)})
 	if err != nil {
 		t.Fatalf("RevokeOperator(own serial): %v", err)
@@ -139,7 +116,7 @@ func TestOperatorCredentialRevokedBySerial(t *testing.T) {
 	if _, err := c1.ListJoinTokens(ctx(t), &meshv1.ListJoinTokensRequest{}); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("call with the revoked credential: %v, want Unauthenticated (revoked)", err)
 	}
-	if got := counterWith(t, m, "minimesh_meshd_auth_refused_total", "reason", "revoked_certificate"); got != before+1 {
+	if got := m.Counter(t, "minimesh_meshd_auth_refused_total", "reason", "revoked_certificate"); got != before+1 {
 		t.Errorf("revoked_certificate refusals = %v, want %v", got, before+1)
 	}
 	// The other credential still works and sees the revocation.

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/dataplane/sidecar"
+	"minimesh/internal/testlog"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -96,7 +96,7 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testlog.Buffer
 	cfg, err := config(o, &logs)
 	if err != nil {
 		t.Fatal(err)
@@ -128,22 +128,4 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 			t.Errorf("the logs show a secret (%s):\n%s", secret, out)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer for a logger writing from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -154,3 +154,26 @@ func (m *Meshd) Token(t testing.TB, ns, sa string, uses uint32) *meshv1.CreateJo
 	}
 	return resp
 }
+
+// Counter sums the series of the counter name whose label has value.
+func (m *Meshd) Counter(t testing.TB, name, label, value string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, mm := range f.GetMetric() {
+			for _, l := range mm.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					sum += mm.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
