@@ -18,6 +18,7 @@ func AuditedMethods() map[string]bool {
 		meshv1.AdminService_DenyIdentity_FullMethodName:    true,
 		meshv1.AdminService_RevokeOperator_FullMethodName:  true,
 		meshv1.AdminService_Backup_FullMethodName:          true,
+		meshv1.AdminService_ForgetProxy_FullMethodName:     true,
 	}
 }
 
@@ -33,5 +34,6 @@ func ReadOnlyMethods() map[string]bool {
 		meshv1.AdminService_ProxyQuery_FullMethodName:       true,
 		meshv1.AdminService_CAStatus_FullMethodName:         true,
 		meshv1.AdminService_ListOperators_FullMethodName:    true,
+		meshv1.AdminService_Version_FullMethodName:          true,
 	}
 }

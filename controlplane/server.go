@@ -305,6 +305,8 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_Backup_FullMethodName:           authn.Operator,
 		meshv1.AdminService_RevokeOperator_FullMethodName:   authn.Operator,
 		meshv1.AdminService_ListOperators_FullMethodName:    authn.Operator,
+		meshv1.AdminService_ForgetProxy_FullMethodName:      authn.Operator,
+		meshv1.AdminService_Version_FullMethodName:          authn.Operator,
 	}
 }
 

@@ -36,6 +36,14 @@ const (
 	SyncState_SYNC_STATE_NACKED SyncState = 3
 	// Not connected.
 	SyncState_SYNC_STATE_DISCONNECTED SyncState = 4
+	// Its newest SVID chains to a root that is not in the bundle it ACKed:
+	// its peers and meshd refuse it (see svid_root, acked_roots).
+	SyncState_SYNC_STATE_UNTRUSTED SyncState = 5
+	// It cannot verify some of its endpoints: their SVIDs chain to a root
+	// that is not in its bundle (see untrusted_peers).
+	SyncState_SYNC_STATE_UNTRUSTED_PEERS SyncState = 6
+	// Revoked by the operator.
+	SyncState_SYNC_STATE_REVOKED SyncState = 7
 )
 
 // Enum value maps for SyncState.
@@ -46,13 +54,19 @@ var (
 		2: "SYNC_STATE_STALE",
 		3: "SYNC_STATE_NACKED",
 		4: "SYNC_STATE_DISCONNECTED",
+		5: "SYNC_STATE_UNTRUSTED",
+		6: "SYNC_STATE_UNTRUSTED_PEERS",
+		7: "SYNC_STATE_REVOKED",
 	}
 	SyncState_value = map[string]int32{
-		"SYNC_STATE_UNSPECIFIED":  0,
-		"SYNC_STATE_SYNCED":       1,
-		"SYNC_STATE_STALE":        2,
-		"SYNC_STATE_NACKED":       3,
-		"SYNC_STATE_DISCONNECTED": 4,
+		"SYNC_STATE_UNSPECIFIED":     0,
+		"SYNC_STATE_SYNCED":          1,
+		"SYNC_STATE_STALE":           2,
+		"SYNC_STATE_NACKED":          3,
+		"SYNC_STATE_DISCONNECTED":    4,
+		"SYNC_STATE_UNTRUSTED":       5,
+		"SYNC_STATE_UNTRUSTED_PEERS": 6,
+		"SYNC_STATE_REVOKED":         7,
 	}
 )
 
@@ -83,6 +97,293 @@ func (SyncState) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type ForgetProxyRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Forget it even though its stream is open: the stream is ended, and a
+	// live proxy registers again as a new record.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetProxyRequest) Reset() {
+	*x = ForgetProxyRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetProxyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetProxyRequest) ProtoMessage() {}
+
+func (x *ForgetProxyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetProxyRequest.ProtoReflect.Descriptor instead.
+func (*ForgetProxyRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ForgetProxyRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *ForgetProxyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ForgetProxyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether its stream was open (and was ended: force).
+	WasConnected  bool `protobuf:"varint,1,opt,name=was_connected,json=wasConnected,proto3" json:"was_connected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetProxyResponse) Reset() {
+	*x = ForgetProxyResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetProxyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetProxyResponse) ProtoMessage() {}
+
+func (x *ForgetProxyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetProxyResponse.ProtoReflect.Descriptor instead.
+func (*ForgetProxyResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ForgetProxyResponse) GetWasConnected() bool {
+	if x != nil {
+		return x.WasConnected
+	}
+	return false
+}
+
+type VersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionRequest) Reset() {
+	*x = VersionRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionRequest) ProtoMessage() {}
+
+func (x *VersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
+func (*VersionRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+type VersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// meshd's build version.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// "bbolt" (one replica) or "etcd".
+	Store       string `protobuf:"bytes,2,opt,name=store,proto3" json:"store,omitempty"`
+	TrustDomain string `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// With a replicated store: every replica as this one sees it. Empty
+	// with bbolt.
+	Replicas []*ReplicaStatus `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// The replica holding the leader lease ("" when none is known).
+	Leader        string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionResponse) Reset() {
+	*x = VersionResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionResponse) ProtoMessage() {}
+
+func (x *VersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
+func (*VersionResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *VersionResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *VersionResponse) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *VersionResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *VersionResponse) GetReplicas() []*ReplicaStatus {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *VersionResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+type ReplicaStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Whether it answered (its last heartbeat is recent).
+	Answering bool `protobuf:"varint,2,opt,name=answering,proto3" json:"answering,omitempty"`
+	// How far its cache trails the store.
+	CacheLag *durationpb.Duration `protobuf:"bytes,3,opt,name=cache_lag,json=cacheLag,proto3" json:"cache_lag,omitempty"`
+	// Why it does not answer, when known.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStatus) Reset() {
+	*x = ReplicaStatus{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStatus) ProtoMessage() {}
+
+func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
+func (*ReplicaStatus) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReplicaStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetAnswering() bool {
+	if x != nil {
+		return x.Answering
+	}
+	return false
+}
+
+func (x *ReplicaStatus) GetCacheLag() *durationpb.Duration {
+	if x != nil {
+		return x.CacheLag
+	}
+	return nil
+}
+
+func (x *ReplicaStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type JoinToken struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -107,7 +408,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -119,7 +420,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -132,7 +433,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinToken) GetId() string {
@@ -226,7 +527,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +539,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +552,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -296,7 +597,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +609,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +622,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() *JoinToken {
@@ -353,7 +654,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +666,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +679,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 type ListJoinTokensResponse struct {
@@ -390,7 +691,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +703,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +716,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinToken {
@@ -434,7 +735,7 @@ type RevokeJoinTokenRequest struct {
 
 func (x *RevokeJoinTokenRequest) Reset() {
 	*x = RevokeJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +747,7 @@ func (x *RevokeJoinTokenRequest) String() string {
 func (*RevokeJoinTokenRequest) ProtoMessage() {}
 
 func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +760,7 @@ func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeJoinTokenRequest) GetId() string {
@@ -477,7 +778,7 @@ type RevokeJoinTokenResponse struct {
 
 func (x *RevokeJoinTokenResponse) Reset() {
 	*x = RevokeJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +790,7 @@ func (x *RevokeJoinTokenResponse) String() string {
 func (*RevokeJoinTokenResponse) ProtoMessage() {}
 
 func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +803,7 @@ func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 type Certificate struct {
@@ -526,7 +827,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +839,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +852,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Certificate) GetSpiffeId() string {
@@ -613,7 +914,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +926,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +939,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListCertificatesRequest) GetValidOnly() bool {
@@ -657,7 +958,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +970,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +983,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -708,13 +1009,16 @@ type Proxy struct {
 	// gets every endpoint.
 	EndpointScoped bool     `protobuf:"varint,10,opt,name=endpoint_scoped,json=endpointScoped,proto3" json:"endpoint_scoped,omitempty"`
 	EndpointScope  []string `protobuf:"bytes,11,rep,name=endpoint_scope,json=endpointScope,proto3" json:"endpoint_scope,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Revoked by the operator (meshctl proxy revoke): no certificates, no
+	// stream, no endpoint.
+	Revoked       bool `protobuf:"varint,12,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Proxy) Reset() {
 	*x = Proxy{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +1030,7 @@ func (x *Proxy) String() string {
 func (*Proxy) ProtoMessage() {}
 
 func (x *Proxy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1043,7 @@ func (x *Proxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proxy.ProtoReflect.Descriptor instead.
 func (*Proxy) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Proxy) GetInstanceId() string {
@@ -819,6 +1123,13 @@ func (x *Proxy) GetEndpointScope() []string {
 	return nil
 }
 
+func (x *Proxy) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
 type ListProxiesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -827,7 +1138,7 @@ type ListProxiesRequest struct {
 
 func (x *ListProxiesRequest) Reset() {
 	*x = ListProxiesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1150,7 @@ func (x *ListProxiesRequest) String() string {
 func (*ListProxiesRequest) ProtoMessage() {}
 
 func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1163,7 @@ func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesRequest.ProtoReflect.Descriptor instead.
 func (*ListProxiesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type ListProxiesResponse struct {
@@ -864,7 +1175,7 @@ type ListProxiesResponse struct {
 
 func (x *ListProxiesResponse) Reset() {
 	*x = ListProxiesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +1187,7 @@ func (x *ListProxiesResponse) String() string {
 func (*ListProxiesResponse) ProtoMessage() {}
 
 func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1200,7 @@ func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesResponse.ProtoReflect.Descriptor instead.
 func (*ListProxiesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListProxiesResponse) GetProxies() []*Proxy {
@@ -909,7 +1220,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1232,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1245,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApplyRequest) GetResources() []*Resource {
@@ -964,7 +1275,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1287,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1300,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -1032,7 +1343,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1355,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1368,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyResponse) GetRevision() uint64 {
@@ -1085,7 +1396,7 @@ type GetResourcesRequest struct {
 
 func (x *GetResourcesRequest) Reset() {
 	*x = GetResourcesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1408,7 @@ func (x *GetResourcesRequest) String() string {
 func (*GetResourcesRequest) ProtoMessage() {}
 
 func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1421,7 @@ func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesRequest.ProtoReflect.Descriptor instead.
 func (*GetResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetResourcesRequest) GetKind() string {
@@ -1144,7 +1455,7 @@ type GetResourcesResponse struct {
 
 func (x *GetResourcesResponse) Reset() {
 	*x = GetResourcesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1467,7 @@ func (x *GetResourcesResponse) String() string {
 func (*GetResourcesResponse) ProtoMessage() {}
 
 func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1480,7 @@ func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesResponse.ProtoReflect.Descriptor instead.
 func (*GetResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetResourcesResponse) GetResources() []*Resource {
@@ -1197,7 +1508,7 @@ type DeleteResourceRequest struct {
 
 func (x *DeleteResourceRequest) Reset() {
 	*x = DeleteResourceRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1520,7 @@ func (x *DeleteResourceRequest) String() string {
 func (*DeleteResourceRequest) ProtoMessage() {}
 
 func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1533,7 @@ func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteResourceRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteResourceRequest) GetKind() string {
@@ -1255,7 +1566,7 @@ type DeleteResourceResponse struct {
 
 func (x *DeleteResourceResponse) Reset() {
 	*x = DeleteResourceResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1578,7 @@ func (x *DeleteResourceResponse) String() string {
 func (*DeleteResourceResponse) ProtoMessage() {}
 
 func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1591,7 @@ func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResourceResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteResourceResponse) GetRevision() uint64 {
@@ -1301,13 +1612,24 @@ type ProxySync struct {
 	NackReason     string                 `protobuf:"bytes,6,opt,name=nack_reason,json=nackReason,proto3" json:"nack_reason,omitempty"`
 	LastMessage    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_message,json=lastMessage,proto3" json:"last_message,omitempty"`
 	Files          []*FileStatus          `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Pin of the root its newest SVID chains to, as meshd recorded it at
+	// issuance ("" when meshd has no record of one).
+	SvidRoot string `protobuf:"bytes,9,opt,name=svid_root,json=svidRoot,proto3" json:"svid_root,omitempty"`
+	// Pins of the roots of the bundle it ACKed last.
+	AckedRoots []string `protobuf:"bytes,10,rep,name=acked_roots,json=ackedRoots,proto3" json:"acked_roots,omitempty"`
+	// Endpoints in its snapshot whose SVID root is not in acked_roots:
+	// it cannot verify them.
+	UntrustedPeers []string `protobuf:"bytes,11,rep,name=untrusted_peers,json=untrustedPeers,proto3" json:"untrusted_peers,omitempty"`
+	// The store revision current_version was computed at: a change stored
+	// under revision R is in every snapshot whose revision is >= R.
+	Revision      uint64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProxySync) Reset() {
 	*x = ProxySync{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1641,7 @@ func (x *ProxySync) String() string {
 func (*ProxySync) ProtoMessage() {}
 
 func (x *ProxySync) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1654,7 @@ func (x *ProxySync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxySync.ProtoReflect.Descriptor instead.
 func (*ProxySync) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProxySync) GetProxy() *Proxy {
@@ -1391,6 +1713,34 @@ func (x *ProxySync) GetFiles() []*FileStatus {
 	return nil
 }
 
+func (x *ProxySync) GetSvidRoot() string {
+	if x != nil {
+		return x.SvidRoot
+	}
+	return ""
+}
+
+func (x *ProxySync) GetAckedRoots() []string {
+	if x != nil {
+		return x.AckedRoots
+	}
+	return nil
+}
+
+func (x *ProxySync) GetUntrustedPeers() []string {
+	if x != nil {
+		return x.UntrustedPeers
+	}
+	return nil
+}
+
+func (x *ProxySync) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ProxyStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1399,7 +1749,7 @@ type ProxyStatusRequest struct {
 
 func (x *ProxyStatusRequest) Reset() {
 	*x = ProxyStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1761,7 @@ func (x *ProxyStatusRequest) String() string {
 func (*ProxyStatusRequest) ProtoMessage() {}
 
 func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1774,7 @@ func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProxyStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 type ProxyStatusResponse struct {
@@ -1436,7 +1786,7 @@ type ProxyStatusResponse struct {
 
 func (x *ProxyStatusResponse) Reset() {
 	*x = ProxyStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1798,7 @@ func (x *ProxyStatusResponse) String() string {
 func (*ProxyStatusResponse) ProtoMessage() {}
 
 func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1811,7 @@ func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusResponse.ProtoReflect.Descriptor instead.
 func (*ProxyStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProxyStatusResponse) GetProxies() []*ProxySync {
@@ -1480,7 +1830,7 @@ type ProxyConfigRequest struct {
 
 func (x *ProxyConfigRequest) Reset() {
 	*x = ProxyConfigRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1842,7 @@ func (x *ProxyConfigRequest) String() string {
 func (*ProxyConfigRequest) ProtoMessage() {}
 
 func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1855,7 @@ func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ProxyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ProxyConfigRequest) GetInstanceId() string {
@@ -1526,7 +1876,7 @@ type ProxyConfigResponse struct {
 
 func (x *ProxyConfigResponse) Reset() {
 	*x = ProxyConfigResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1888,7 @@ func (x *ProxyConfigResponse) String() string {
 func (*ProxyConfigResponse) ProtoMessage() {}
 
 func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1901,7 @@ func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ProxyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ProxyConfigResponse) GetApplied() *Snapshot {
@@ -1578,7 +1928,7 @@ type ProxyQueryRequest struct {
 
 func (x *ProxyQueryRequest) Reset() {
 	*x = ProxyQueryRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1940,7 @@ func (x *ProxyQueryRequest) String() string {
 func (*ProxyQueryRequest) ProtoMessage() {}
 
 func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1953,7 @@ func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryRequest.ProtoReflect.Descriptor instead.
 func (*ProxyQueryRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProxyQueryRequest) GetInstanceId() string {
@@ -1629,7 +1979,7 @@ type ProxyQueryResponse struct {
 
 func (x *ProxyQueryResponse) Reset() {
 	*x = ProxyQueryResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1991,7 @@ func (x *ProxyQueryResponse) String() string {
 func (*ProxyQueryResponse) ProtoMessage() {}
 
 func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +2004,7 @@ func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryResponse.ProtoReflect.Descriptor instead.
 func (*ProxyQueryResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProxyQueryResponse) GetJson() []byte {
@@ -1675,7 +2025,7 @@ type CARoot struct {
 
 func (x *CARoot) Reset() {
 	*x = CARoot{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +2037,7 @@ func (x *CARoot) String() string {
 func (*CARoot) ProtoMessage() {}
 
 func (x *CARoot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +2050,7 @@ func (x *CARoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
 func (*CARoot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CARoot) GetPin() string {
@@ -1726,7 +2076,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +2088,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +2101,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RotateCARequest) GetForce() bool {
@@ -1770,7 +2120,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +2132,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +2145,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotateCAResponse) GetStatus() *CAStatusResponse {
@@ -1813,7 +2163,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +2175,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +2188,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 type ProxyRoots struct {
@@ -1851,13 +2201,17 @@ type ProxyRoots struct {
 	// Pin of the root its newest SVID chains to.
 	SvidRoot      string                 `protobuf:"bytes,5,opt,name=svid_root,json=svidRoot,proto3" json:"svid_root,omitempty"`
 	SvidExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=svid_expires_at,json=svidExpiresAt,proto3" json:"svid_expires_at,omitempty"`
+	SvidNotBefore *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=svid_not_before,json=svidNotBefore,proto3" json:"svid_not_before,omitempty"`
+	Revoked       bool                   `protobuf:"varint,8,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// Its SVID root is not in the bundle it ACKed: broken now.
+	Untrusted     bool `protobuf:"varint,9,opt,name=untrusted,proto3" json:"untrusted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProxyRoots) Reset() {
 	*x = ProxyRoots{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2223,7 @@ func (x *ProxyRoots) String() string {
 func (*ProxyRoots) ProtoMessage() {}
 
 func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2236,7 @@ func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyRoots.ProtoReflect.Descriptor instead.
 func (*ProxyRoots) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ProxyRoots) GetInstanceId() string {
@@ -1927,6 +2281,27 @@ func (x *ProxyRoots) GetSvidExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ProxyRoots) GetSvidNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SvidNotBefore
+	}
+	return nil
+}
+
+func (x *ProxyRoots) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *ProxyRoots) GetUntrusted() bool {
+	if x != nil {
+		return x.Untrusted
+	}
+	return false
+}
+
 type CAStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "idle", "prepared" (phase 1: the next root is in every bundle),
@@ -1941,14 +2316,32 @@ type CAStatusResponse struct {
 	IntermediateNotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=intermediate_not_after,json=intermediateNotAfter,proto3" json:"intermediate_not_after,omitempty"`
 	// Usable join tokens (not revoked, expired or used up) whose ca_pin is
 	// not the active root's: their pods cannot bootstrap.
-	StaleTokens   uint32 `protobuf:"varint,8,opt,name=stale_tokens,json=staleTokens,proto3" json:"stale_tokens,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StaleTokens uint32 `protobuf:"varint,8,opt,name=stale_tokens,json=staleTokens,proto3" json:"stale_tokens,omitempty"`
+	// The instances the rotation waits for (waiting_for says for what),
+	// and those of them that are disconnected: a dead one holds the
+	// rotation until it is forgotten (meshctl proxy forget).
+	Waiting             []string `protobuf:"bytes,9,rep,name=waiting,proto3" json:"waiting,omitempty"`
+	WaitingDisconnected []string `protobuf:"bytes,10,rep,name=waiting_disconnected,json=waitingDisconnected,proto3" json:"waiting_disconnected,omitempty"`
+	// The instances that would break if the rotation moved on now (--force):
+	// in phase prepared those whose bundle lacks the next root, in phase
+	// activated those whose SVID still chains to the retired root.
+	WouldBreak []string `protobuf:"bytes,11,rep,name=would_break,json=wouldBreak,proto3" json:"would_break,omitempty"`
+	// Instances whose newest SVID chains to a root not in the bundle they
+	// ACKed: broken now (a rotation forced past them, or meshd's CA restored
+	// from a backup older than a rotation).
+	Untrusted []string `protobuf:"bytes,12,rep,name=untrusted,proto3" json:"untrusted,omitempty"`
+	// Clients that refused meshd's certificate recently (TLS alert bad
+	// certificate or unknown CA): their bundle lacks meshd's root, as after
+	// a restore from a backup older than a rotation.
+	RefusedByClients     uint32   `protobuf:"varint,13,opt,name=refused_by_clients,json=refusedByClients,proto3" json:"refused_by_clients,omitempty"`
+	RefusedByClientAddrs []string `protobuf:"bytes,14,rep,name=refused_by_client_addrs,json=refusedByClientAddrs,proto3" json:"refused_by_client_addrs,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2353,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2366,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CAStatusResponse) GetPhase() string {
@@ -2032,6 +2425,48 @@ func (x *CAStatusResponse) GetStaleTokens() uint32 {
 	return 0
 }
 
+func (x *CAStatusResponse) GetWaiting() []string {
+	if x != nil {
+		return x.Waiting
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetWaitingDisconnected() []string {
+	if x != nil {
+		return x.WaitingDisconnected
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetWouldBreak() []string {
+	if x != nil {
+		return x.WouldBreak
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetUntrusted() []string {
+	if x != nil {
+		return x.Untrusted
+	}
+	return nil
+}
+
+func (x *CAStatusResponse) GetRefusedByClients() uint32 {
+	if x != nil {
+		return x.RefusedByClients
+	}
+	return 0
+}
+
+func (x *CAStatusResponse) GetRefusedByClientAddrs() []string {
+	if x != nil {
+		return x.RefusedByClientAddrs
+	}
+	return nil
+}
+
 type RevokeProxyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId    string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
@@ -2041,7 +2476,7 @@ type RevokeProxyRequest struct {
 
 func (x *RevokeProxyRequest) Reset() {
 	*x = RevokeProxyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2488,7 @@ func (x *RevokeProxyRequest) String() string {
 func (*RevokeProxyRequest) ProtoMessage() {}
 
 func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2501,7 @@ func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeProxyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeProxyRequest) GetInstanceId() string {
@@ -2084,7 +2519,7 @@ type RevokeProxyResponse struct {
 
 func (x *RevokeProxyResponse) Reset() {
 	*x = RevokeProxyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2531,7 @@ func (x *RevokeProxyResponse) String() string {
 func (*RevokeProxyResponse) ProtoMessage() {}
 
 func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2544,7 @@ func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeProxyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type DenyIdentityRequest struct {
@@ -2121,7 +2556,7 @@ type DenyIdentityRequest struct {
 
 func (x *DenyIdentityRequest) Reset() {
 	*x = DenyIdentityRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2568,7 @@ func (x *DenyIdentityRequest) String() string {
 func (*DenyIdentityRequest) ProtoMessage() {}
 
 func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2581,7 @@ func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityRequest.ProtoReflect.Descriptor instead.
 func (*DenyIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DenyIdentityRequest) GetSpiffeId() string {
@@ -2164,7 +2599,7 @@ type DenyIdentityResponse struct {
 
 func (x *DenyIdentityResponse) Reset() {
 	*x = DenyIdentityResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2611,7 @@ func (x *DenyIdentityResponse) String() string {
 func (*DenyIdentityResponse) ProtoMessage() {}
 
 func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2624,7 @@ func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityResponse.ProtoReflect.Descriptor instead.
 func (*DenyIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type BackupRequest struct {
@@ -2200,7 +2635,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2647,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2660,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 type BackupResponse struct {
@@ -2237,7 +2672,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2684,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2697,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *BackupResponse) GetChunk() []byte {
@@ -2294,7 +2729,7 @@ type OperatorCredential struct {
 
 func (x *OperatorCredential) Reset() {
 	*x = OperatorCredential{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2741,7 @@ func (x *OperatorCredential) String() string {
 func (*OperatorCredential) ProtoMessage() {}
 
 func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2754,7 @@ func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorCredential.ProtoReflect.Descriptor instead.
 func (*OperatorCredential) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *OperatorCredential) GetSerial() string {
@@ -2388,7 +2823,7 @@ type ListOperatorsRequest struct {
 
 func (x *ListOperatorsRequest) Reset() {
 	*x = ListOperatorsRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2835,7 @@ func (x *ListOperatorsRequest) String() string {
 func (*ListOperatorsRequest) ProtoMessage() {}
 
 func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2848,7 @@ func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListOperatorsRequest) GetIncludeExpired() bool {
@@ -2433,7 +2868,7 @@ type ListOperatorsResponse struct {
 
 func (x *ListOperatorsResponse) Reset() {
 	*x = ListOperatorsResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2880,7 @@ func (x *ListOperatorsResponse) String() string {
 func (*ListOperatorsResponse) ProtoMessage() {}
 
 func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2893,7 @@ func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListOperatorsResponse) GetOperators() []*OperatorCredential {
@@ -2486,7 +2921,7 @@ type RevokeOperatorRequest struct {
 
 func (x *RevokeOperatorRequest) Reset() {
 	*x = RevokeOperatorRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2933,7 @@ func (x *RevokeOperatorRequest) String() string {
 func (*RevokeOperatorRequest) ProtoMessage() {}
 
 func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2946,7 @@ func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevokeOperatorRequest) GetSerial() string {
@@ -2548,7 +2983,7 @@ type RevokeOperatorResponse struct {
 
 func (x *RevokeOperatorResponse) Reset() {
 	*x = RevokeOperatorResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2995,7 @@ func (x *RevokeOperatorResponse) String() string {
 func (*RevokeOperatorResponse) ProtoMessage() {}
 
 func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +3008,7 @@ func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RevokeOperatorResponse) GetOperator() *OperatorCredential {
@@ -2601,7 +3036,25 @@ var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"\xf4\x02\n" +
+	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"K\n" +
+	"\x12ForgetProxyRequest\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\":\n" +
+	"\x13ForgetProxyResponse\x12#\n" +
+	"\rwas_connected\x18\x01 \x01(\bR\fwasConnected\"\x10\n" +
+	"\x0eVersionRequest\"\xb0\x01\n" +
+	"\x0fVersionResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
+	"\x05store\x18\x02 \x01(\tR\x05store\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x122\n" +
+	"\breplicas\x18\x04 \x03(\v2\x16.mesh.v1.ReplicaStatusR\breplicas\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader\"\x8f\x01\n" +
+	"\rReplicaStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tanswering\x18\x02 \x01(\bR\tanswering\x126\n" +
+	"\tcache_lag\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bcacheLag\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xf4\x02\n" +
 	"\tJoinToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -2646,7 +3099,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"valid_only\x18\x01 \x01(\bR\tvalidOnly\"T\n" +
 	"\x18ListCertificatesResponse\x128\n" +
-	"\fcertificates\x18\x01 \x03(\v2\x14.mesh.v1.CertificateR\fcertificates\"\xbd\x03\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x14.mesh.v1.CertificateR\fcertificates\"\xd7\x03\n" +
 	"\x05Proxy\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1b\n" +
@@ -2660,7 +3113,8 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\fconnected_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12'\n" +
 	"\x0fendpoint_scoped\x18\n" +
 	" \x01(\bR\x0eendpointScoped\x12%\n" +
-	"\x0eendpoint_scope\x18\v \x03(\tR\rendpointScope\"\x14\n" +
+	"\x0eendpoint_scope\x18\v \x03(\tR\rendpointScope\x12\x18\n" +
+	"\arevoked\x18\f \x01(\bR\arevoked\"\x14\n" +
 	"\x12ListProxiesRequest\"?\n" +
 	"\x13ListProxiesResponse\x12(\n" +
 	"\aproxies\x18\x01 \x03(\v2\x0e.mesh.v1.ProxyR\aproxies\"X\n" +
@@ -2687,7 +3141,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\"4\n" +
 	"\x16DeleteResourceResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"\xdb\x02\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xde\x03\n" +
 	"\tProxySync\x12$\n" +
 	"\x05proxy\x18\x01 \x01(\v2\x0e.mesh.v1.ProxyR\x05proxy\x12(\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x12.mesh.v1.SyncStateR\x05state\x12'\n" +
@@ -2697,7 +3151,13 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vnack_reason\x18\x06 \x01(\tR\n" +
 	"nackReason\x12=\n" +
 	"\flast_message\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastMessage\x12)\n" +
-	"\x05files\x18\b \x03(\v2\x13.mesh.v1.FileStatusR\x05files\"\x14\n" +
+	"\x05files\x18\b \x03(\v2\x13.mesh.v1.FileStatusR\x05files\x12\x1b\n" +
+	"\tsvid_root\x18\t \x01(\tR\bsvidRoot\x12\x1f\n" +
+	"\vacked_roots\x18\n" +
+	" \x03(\tR\n" +
+	"ackedRoots\x12'\n" +
+	"\x0funtrusted_peers\x18\v \x03(\tR\x0euntrustedPeers\x12\x1a\n" +
+	"\brevision\x18\f \x01(\x04R\brevision\"\x14\n" +
 	"\x12ProxyStatusRequest\"C\n" +
 	"\x13ProxyStatusResponse\x12,\n" +
 	"\aproxies\x18\x01 \x03(\v2\x12.mesh.v1.ProxySyncR\aproxies\"5\n" +
@@ -2720,7 +3180,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"E\n" +
 	"\x10RotateCAResponse\x121\n" +
 	"\x06status\x18\x01 \x01(\v2\x19.mesh.v1.CAStatusResponseR\x06status\"\x11\n" +
-	"\x0fCAStatusRequest\"\xe7\x01\n" +
+	"\x0fCAStatusRequest\"\xe3\x02\n" +
 	"\n" +
 	"ProxyRoots\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
@@ -2730,7 +3190,10 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\vacked_roots\x18\x04 \x03(\tR\n" +
 	"ackedRoots\x12\x1b\n" +
 	"\tsvid_root\x18\x05 \x01(\tR\bsvidRoot\x12B\n" +
-	"\x0fsvid_expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\"\xe6\x02\n" +
+	"\x0fsvid_expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rsvidExpiresAt\x12B\n" +
+	"\x0fsvid_not_before\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rsvidNotBefore\x12\x18\n" +
+	"\arevoked\x18\b \x01(\bR\arevoked\x12\x1c\n" +
+	"\tuntrusted\x18\t \x01(\bR\tuntrusted\"\xd7\x04\n" +
 	"\x10CAStatusResponse\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12'\n" +
 	"\x06active\x18\x02 \x01(\v2\x0f.mesh.v1.CARootR\x06active\x12#\n" +
@@ -2740,7 +3203,15 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"waitingFor\x12-\n" +
 	"\aproxies\x18\x06 \x03(\v2\x13.mesh.v1.ProxyRootsR\aproxies\x12P\n" +
 	"\x16intermediate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x14intermediateNotAfter\x12!\n" +
-	"\fstale_tokens\x18\b \x01(\rR\vstaleTokens\"5\n" +
+	"\fstale_tokens\x18\b \x01(\rR\vstaleTokens\x12\x18\n" +
+	"\awaiting\x18\t \x03(\tR\awaiting\x121\n" +
+	"\x14waiting_disconnected\x18\n" +
+	" \x03(\tR\x13waitingDisconnected\x12\x1f\n" +
+	"\vwould_break\x18\v \x03(\tR\n" +
+	"wouldBreak\x12\x1c\n" +
+	"\tuntrusted\x18\f \x03(\tR\tuntrusted\x12,\n" +
+	"\x12refused_by_clients\x18\r \x01(\rR\x10refusedByClients\x125\n" +
+	"\x17refused_by_client_addrs\x18\x0e \x03(\tR\x14refusedByClientAddrs\"5\n" +
 	"\x12RevokeProxyRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\"\x15\n" +
@@ -2773,14 +3244,16 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x16RevokeOperatorResponse\x127\n" +
 	"\boperator\x18\x01 \x01(\v2\x1b.mesh.v1.OperatorCredentialR\boperator\x12'\n" +
 	"\x0falready_revoked\x18\x02 \x01(\bR\x0ealreadyRevoked\x12\x1c\n" +
-	"\tremaining\x18\x03 \x01(\rR\tremaining*\x88\x01\n" +
+	"\tremaining\x18\x03 \x01(\rR\tremaining*\xda\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
 	"\x11SYNC_STATE_NACKED\x10\x03\x12\x1b\n" +
-	"\x17SYNC_STATE_DISCONNECTED\x10\x042\xdc\n" +
-	"\n" +
+	"\x17SYNC_STATE_DISCONNECTED\x10\x04\x12\x18\n" +
+	"\x14SYNC_STATE_UNTRUSTED\x10\x05\x12\x1e\n" +
+	"\x1aSYNC_STATE_UNTRUSTED_PEERS\x10\x06\x12\x16\n" +
+	"\x12SYNC_STATE_REVOKED\x10\a2\xe4\v\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
@@ -2800,7 +3273,9 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\fDenyIdentity\x12\x1c.mesh.v1.DenyIdentityRequest\x1a\x1d.mesh.v1.DenyIdentityResponse\x12Q\n" +
 	"\x0eRevokeOperator\x12\x1e.mesh.v1.RevokeOperatorRequest\x1a\x1f.mesh.v1.RevokeOperatorResponse\x12N\n" +
 	"\rListOperators\x12\x1d.mesh.v1.ListOperatorsRequest\x1a\x1e.mesh.v1.ListOperatorsResponse\x12;\n" +
-	"\x06Backup\x12\x16.mesh.v1.BackupRequest\x1a\x17.mesh.v1.BackupResponse0\x01B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"\x06Backup\x12\x16.mesh.v1.BackupRequest\x1a\x17.mesh.v1.BackupResponse0\x01\x12H\n" +
+	"\vForgetProxy\x12\x1b.mesh.v1.ForgetProxyRequest\x1a\x1c.mesh.v1.ForgetProxyResponse\x12<\n" +
+	"\aVersion\x12\x17.mesh.v1.VersionRequest\x1a\x18.mesh.v1.VersionResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_admin_proto_rawDescOnce sync.Once
@@ -2815,138 +3290,150 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                   // 0: mesh.v1.SyncState
-	(*JoinToken)(nil),                // 1: mesh.v1.JoinToken
-	(*CreateJoinTokenRequest)(nil),   // 2: mesh.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 3: mesh.v1.CreateJoinTokenResponse
-	(*ListJoinTokensRequest)(nil),    // 4: mesh.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 5: mesh.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 6: mesh.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 7: mesh.v1.RevokeJoinTokenResponse
-	(*Certificate)(nil),              // 8: mesh.v1.Certificate
-	(*ListCertificatesRequest)(nil),  // 9: mesh.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil), // 10: mesh.v1.ListCertificatesResponse
-	(*Proxy)(nil),                    // 11: mesh.v1.Proxy
-	(*ListProxiesRequest)(nil),       // 12: mesh.v1.ListProxiesRequest
-	(*ListProxiesResponse)(nil),      // 13: mesh.v1.ListProxiesResponse
-	(*ApplyRequest)(nil),             // 14: mesh.v1.ApplyRequest
-	(*ApplyResult)(nil),              // 15: mesh.v1.ApplyResult
-	(*ApplyResponse)(nil),            // 16: mesh.v1.ApplyResponse
-	(*GetResourcesRequest)(nil),      // 17: mesh.v1.GetResourcesRequest
-	(*GetResourcesResponse)(nil),     // 18: mesh.v1.GetResourcesResponse
-	(*DeleteResourceRequest)(nil),    // 19: mesh.v1.DeleteResourceRequest
-	(*DeleteResourceResponse)(nil),   // 20: mesh.v1.DeleteResourceResponse
-	(*ProxySync)(nil),                // 21: mesh.v1.ProxySync
-	(*ProxyStatusRequest)(nil),       // 22: mesh.v1.ProxyStatusRequest
-	(*ProxyStatusResponse)(nil),      // 23: mesh.v1.ProxyStatusResponse
-	(*ProxyConfigRequest)(nil),       // 24: mesh.v1.ProxyConfigRequest
-	(*ProxyConfigResponse)(nil),      // 25: mesh.v1.ProxyConfigResponse
-	(*ProxyQueryRequest)(nil),        // 26: mesh.v1.ProxyQueryRequest
-	(*ProxyQueryResponse)(nil),       // 27: mesh.v1.ProxyQueryResponse
-	(*CARoot)(nil),                   // 28: mesh.v1.CARoot
-	(*RotateCARequest)(nil),          // 29: mesh.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 30: mesh.v1.RotateCAResponse
-	(*CAStatusRequest)(nil),          // 31: mesh.v1.CAStatusRequest
-	(*ProxyRoots)(nil),               // 32: mesh.v1.ProxyRoots
-	(*CAStatusResponse)(nil),         // 33: mesh.v1.CAStatusResponse
-	(*RevokeProxyRequest)(nil),       // 34: mesh.v1.RevokeProxyRequest
-	(*RevokeProxyResponse)(nil),      // 35: mesh.v1.RevokeProxyResponse
-	(*DenyIdentityRequest)(nil),      // 36: mesh.v1.DenyIdentityRequest
-	(*DenyIdentityResponse)(nil),     // 37: mesh.v1.DenyIdentityResponse
-	(*BackupRequest)(nil),            // 38: mesh.v1.BackupRequest
-	(*BackupResponse)(nil),           // 39: mesh.v1.BackupResponse
-	(*OperatorCredential)(nil),       // 40: mesh.v1.OperatorCredential
-	(*ListOperatorsRequest)(nil),     // 41: mesh.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),    // 42: mesh.v1.ListOperatorsResponse
-	(*RevokeOperatorRequest)(nil),    // 43: mesh.v1.RevokeOperatorRequest
-	(*RevokeOperatorResponse)(nil),   // 44: mesh.v1.RevokeOperatorResponse
-	(*timestamppb.Timestamp)(nil),    // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
-	(*Resource)(nil),                 // 47: mesh.v1.Resource
-	(*FileStatus)(nil),               // 48: mesh.v1.FileStatus
-	(*Snapshot)(nil),                 // 49: mesh.v1.Snapshot
-	(*Request)(nil),                  // 50: mesh.v1.Request
+	(*ForgetProxyRequest)(nil),       // 1: mesh.v1.ForgetProxyRequest
+	(*ForgetProxyResponse)(nil),      // 2: mesh.v1.ForgetProxyResponse
+	(*VersionRequest)(nil),           // 3: mesh.v1.VersionRequest
+	(*VersionResponse)(nil),          // 4: mesh.v1.VersionResponse
+	(*ReplicaStatus)(nil),            // 5: mesh.v1.ReplicaStatus
+	(*JoinToken)(nil),                // 6: mesh.v1.JoinToken
+	(*CreateJoinTokenRequest)(nil),   // 7: mesh.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 8: mesh.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 9: mesh.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 10: mesh.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 11: mesh.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 12: mesh.v1.RevokeJoinTokenResponse
+	(*Certificate)(nil),              // 13: mesh.v1.Certificate
+	(*ListCertificatesRequest)(nil),  // 14: mesh.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil), // 15: mesh.v1.ListCertificatesResponse
+	(*Proxy)(nil),                    // 16: mesh.v1.Proxy
+	(*ListProxiesRequest)(nil),       // 17: mesh.v1.ListProxiesRequest
+	(*ListProxiesResponse)(nil),      // 18: mesh.v1.ListProxiesResponse
+	(*ApplyRequest)(nil),             // 19: mesh.v1.ApplyRequest
+	(*ApplyResult)(nil),              // 20: mesh.v1.ApplyResult
+	(*ApplyResponse)(nil),            // 21: mesh.v1.ApplyResponse
+	(*GetResourcesRequest)(nil),      // 22: mesh.v1.GetResourcesRequest
+	(*GetResourcesResponse)(nil),     // 23: mesh.v1.GetResourcesResponse
+	(*DeleteResourceRequest)(nil),    // 24: mesh.v1.DeleteResourceRequest
+	(*DeleteResourceResponse)(nil),   // 25: mesh.v1.DeleteResourceResponse
+	(*ProxySync)(nil),                // 26: mesh.v1.ProxySync
+	(*ProxyStatusRequest)(nil),       // 27: mesh.v1.ProxyStatusRequest
+	(*ProxyStatusResponse)(nil),      // 28: mesh.v1.ProxyStatusResponse
+	(*ProxyConfigRequest)(nil),       // 29: mesh.v1.ProxyConfigRequest
+	(*ProxyConfigResponse)(nil),      // 30: mesh.v1.ProxyConfigResponse
+	(*ProxyQueryRequest)(nil),        // 31: mesh.v1.ProxyQueryRequest
+	(*ProxyQueryResponse)(nil),       // 32: mesh.v1.ProxyQueryResponse
+	(*CARoot)(nil),                   // 33: mesh.v1.CARoot
+	(*RotateCARequest)(nil),          // 34: mesh.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 35: mesh.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),          // 36: mesh.v1.CAStatusRequest
+	(*ProxyRoots)(nil),               // 37: mesh.v1.ProxyRoots
+	(*CAStatusResponse)(nil),         // 38: mesh.v1.CAStatusResponse
+	(*RevokeProxyRequest)(nil),       // 39: mesh.v1.RevokeProxyRequest
+	(*RevokeProxyResponse)(nil),      // 40: mesh.v1.RevokeProxyResponse
+	(*DenyIdentityRequest)(nil),      // 41: mesh.v1.DenyIdentityRequest
+	(*DenyIdentityResponse)(nil),     // 42: mesh.v1.DenyIdentityResponse
+	(*BackupRequest)(nil),            // 43: mesh.v1.BackupRequest
+	(*BackupResponse)(nil),           // 44: mesh.v1.BackupResponse
+	(*OperatorCredential)(nil),       // 45: mesh.v1.OperatorCredential
+	(*ListOperatorsRequest)(nil),     // 46: mesh.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),    // 47: mesh.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),    // 48: mesh.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),   // 49: mesh.v1.RevokeOperatorResponse
+	(*durationpb.Duration)(nil),      // 50: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 51: google.protobuf.Timestamp
+	(*Resource)(nil),                 // 52: mesh.v1.Resource
+	(*FileStatus)(nil),               // 53: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 54: mesh.v1.Snapshot
+	(*Request)(nil),                  // 55: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	45, // 0: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	45, // 1: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 2: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	1,  // 3: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
-	1,  // 4: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	45, // 5: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	45, // 6: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	8,  // 7: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	45, // 8: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	45, // 9: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	45, // 10: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
-	11, // 11: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	47, // 12: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
-	15, // 13: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	47, // 14: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
-	11, // 15: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
-	0,  // 16: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	45, // 17: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	48, // 18: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
-	21, // 19: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	49, // 20: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
-	21, // 21: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	50, // 22: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	45, // 23: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
-	33, // 24: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
-	45, // 25: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
-	28, // 26: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
-	28, // 27: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
-	28, // 28: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
-	32, // 29: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
-	45, // 30: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
-	45, // 31: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
-	45, // 32: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
-	45, // 33: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
-	40, // 34: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
-	40, // 35: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
-	2,  // 36: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	4,  // 37: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	6,  // 38: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	9,  // 39: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	12, // 40: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	14, // 41: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	17, // 42: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	19, // 43: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	22, // 44: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	24, // 45: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	26, // 46: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	29, // 47: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
-	31, // 48: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
-	34, // 49: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
-	36, // 50: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
-	43, // 51: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
-	41, // 52: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
-	38, // 53: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
-	3,  // 54: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	5,  // 55: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	7,  // 56: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	10, // 57: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	13, // 58: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	16, // 59: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	18, // 60: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	20, // 61: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	23, // 62: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	25, // 63: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	27, // 64: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	30, // 65: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
-	33, // 66: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
-	35, // 67: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
-	37, // 68: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
-	44, // 69: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
-	42, // 70: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
-	39, // 71: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
-	54, // [54:72] is the sub-list for method output_type
-	36, // [36:54] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	5,  // 0: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
+	50, // 1: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
+	51, // 2: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	51, // 3: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	50, // 4: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	6,  // 5: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
+	6,  // 6: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
+	51, // 7: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	51, // 8: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	13, // 9: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
+	51, // 10: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	51, // 11: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	51, // 12: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	16, // 13: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
+	52, // 14: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	20, // 15: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	52, // 16: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	16, // 17: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
+	0,  // 18: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
+	51, // 19: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	53, // 20: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	26, // 21: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
+	54, // 22: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	26, // 23: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
+	55, // 24: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	51, // 25: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	38, // 26: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
+	51, // 27: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	51, // 28: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
+	33, // 29: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
+	33, // 30: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
+	33, // 31: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
+	37, // 32: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
+	51, // 33: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	51, // 34: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
+	51, // 35: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
+	51, // 36: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	45, // 37: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
+	45, // 38: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
+	7,  // 39: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	9,  // 40: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	11, // 41: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	14, // 42: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	17, // 43: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	19, // 44: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	22, // 45: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	24, // 46: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	27, // 47: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	29, // 48: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	31, // 49: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	34, // 50: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	36, // 51: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	39, // 52: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	41, // 53: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	48, // 54: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
+	46, // 55: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
+	43, // 56: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	1,  // 57: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
+	3,  // 58: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
+	8,  // 59: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	10, // 60: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	12, // 61: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	15, // 62: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	18, // 63: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	21, // 64: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	23, // 65: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	25, // 66: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	28, // 67: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	30, // 68: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	32, // 69: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	35, // 70: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	38, // 71: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	40, // 72: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	42, // 73: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	49, // 74: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
+	47, // 75: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
+	44, // 76: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	2,  // 77: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
+	4,  // 78: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
+	59, // [59:79] is the sub-list for method output_type
+	39, // [39:59] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -2962,7 +3449,7 @@ func file_mesh_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   44,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

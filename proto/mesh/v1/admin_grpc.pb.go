@@ -37,6 +37,8 @@ const (
 	AdminService_RevokeOperator_FullMethodName   = "/mesh.v1.AdminService/RevokeOperator"
 	AdminService_ListOperators_FullMethodName    = "/mesh.v1.AdminService/ListOperators"
 	AdminService_Backup_FullMethodName           = "/mesh.v1.AdminService/Backup"
+	AdminService_ForgetProxy_FullMethodName      = "/mesh.v1.AdminService/ForgetProxy"
+	AdminService_Version_FullMethodName          = "/mesh.v1.AdminService/Version"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -94,6 +96,14 @@ type AdminServiceClient interface {
 	ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error)
 	// Backup streams a consistent copy of the data file, taken live.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// ForgetProxy drops the record of a dead proxy instance at once (meshd
+	// forgets those disconnected past --forget-after by itself), so a root
+	// rotation no longer waits for it. A connected instance is refused
+	// unless force; a revoked one always (its revocation is on the record).
+	ForgetProxy(ctx context.Context, in *ForgetProxyRequest, opts ...grpc.CallOption) (*ForgetProxyResponse, error)
+	// Version says meshd's version, its store and, with a replicated store,
+	// how each replica answers.
+	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 }
 
 type adminServiceClient struct {
@@ -293,6 +303,26 @@ func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 
+func (c *adminServiceClient) ForgetProxy(ctx context.Context, in *ForgetProxyRequest, opts ...grpc.CallOption) (*ForgetProxyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForgetProxyResponse)
+	err := c.cc.Invoke(ctx, AdminService_ForgetProxy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VersionResponse)
+	err := c.cc.Invoke(ctx, AdminService_Version_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -348,6 +378,14 @@ type AdminServiceServer interface {
 	ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error)
 	// Backup streams a consistent copy of the data file, taken live.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// ForgetProxy drops the record of a dead proxy instance at once (meshd
+	// forgets those disconnected past --forget-after by itself), so a root
+	// rotation no longer waits for it. A connected instance is refused
+	// unless force; a revoked one always (its revocation is on the record).
+	ForgetProxy(context.Context, *ForgetProxyRequest) (*ForgetProxyResponse, error)
+	// Version says meshd's version, its store and, with a replicated store,
+	// how each replica answers.
+	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -411,6 +449,12 @@ func (UnimplementedAdminServiceServer) ListOperators(context.Context, *ListOpera
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServiceServer) ForgetProxy(context.Context, *ForgetProxyRequest) (*ForgetProxyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForgetProxy not implemented")
+}
+func (UnimplementedAdminServiceServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Version not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -750,6 +794,42 @@ func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
 
+func _AdminService_ForgetProxy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetProxyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ForgetProxy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ForgetProxy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ForgetProxy(ctx, req.(*ForgetProxyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Version_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Version(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Version_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Version(ctx, req.(*VersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -824,6 +904,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOperators",
 			Handler:    _AdminService_ListOperators_Handler,
+		},
+		{
+			MethodName: "ForgetProxy",
+			Handler:    _AdminService_ForgetProxy_Handler,
+		},
+		{
+			MethodName: "Version",
+			Handler:    _AdminService_Version_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
