@@ -1,4 +1,4 @@
-package proxy
+package applink
 
 import (
 	"bufio"
@@ -17,18 +17,18 @@ import (
 	"minimesh/dataplane/route"
 )
 
-// appClient is the HTTP/1.1 client towards the local app. net/http's
+// Client is the HTTP/1.1 client towards the local app. net/http's
 // Transport gives every connection a reader and a writer goroutine, so each
 // request crosses three goroutines (handler → writeLoop → app → readLoop →
 // handler); on loopback those handoffs, not the bytes, were most of a hop's
-// cost. appClient writes the request and reads the response on the
+// cost. Client writes the request and reads the response on the
 // handler's own goroutine over a pool of idle keep-alive connections. A
 // request with a body is written by a second goroutine while the response is
 // read, so an app that answers before reading it all does not deadlock.
 //
 // Upgrades (WebSocket) and Expect: 100-continue, rare and subtle, go
 // through the fallback Transport.
-type appClient struct {
+type Client struct {
 	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback       *http.Transport
 	maxIdle        int           // idle connections kept per address
@@ -42,7 +42,7 @@ type appClient struct {
 	closed bool                  // CloseIdleConnections: nothing more is pooled
 }
 
-var _ http.RoundTripper = (*appClient)(nil)
+var _ http.RoundTripper = (*Client)(nil)
 
 // appConn is one keep-alive connection to the app.
 type appConn struct {
@@ -95,23 +95,32 @@ func (l *headerLimit) Read(p []byte) (int, error) {
 
 var errHeaderTooLarge = errors.New("proxy: app's response headers exceed the limit")
 
-func newAppClient(lim Limits) *appClient {
-	t := appTransport(lim)
-	return &appClient{
+// New builds a Client; zero fields of cfg take their defaults.
+func New(cfg Config) *Client {
+	cfg = cfg.WithDefaults()
+	t := Transport(cfg)
+	return &Client{
 		dial:           t.DialContext,
 		fallback:       t,
-		maxIdle:        lim.MaxIdleConnsPerHost,
-		idleTimeout:    lim.Idle,
-		responseHeader: lim.ResponseHeader,
+		maxIdle:        cfg.MaxIdleConnsPerHost,
+		idleTimeout:    cfg.Idle,
+		responseHeader: cfg.ResponseHeader,
 		maxHeaderBytes: t.MaxResponseHeaderBytes,
 		idle:           map[string][]*appConn{},
 	}
 }
 
+// Do sends req by the direct path: its head is written by head (see Head)
+// to head.Addr, and req must carry no body (Directable). The response's
+// Body must be read to its end or closed, as RoundTrip's.
+func (c *Client) Do(req *http.Request, head *Head) (*http.Response, error) {
+	return c.do(head.Addr, req, head)
+}
+
 // RoundTrip sends req to req.URL.Host and returns the app's response,
 // whose Body must be read to its end (the connection then returns to the
 // pool) or closed.
-func (c *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
+func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "http" || req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" {
 		return c.fallback.RoundTrip(req)
 	}
@@ -124,7 +133,7 @@ func (c *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 // the app may still close one between that check and the request. An
 // idempotent request without a body is then simply sent again on another
 // connection, as the Transport does.
-func (c *appClient) do(addr string, req *http.Request, head *appHead) (*http.Response, error) {
+func (c *Client) do(addr string, req *http.Request, head *Head) (*http.Response, error) {
 	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
 	replayable := !hasBody && route.IsIdempotent(req.Method)
 	for range c.maxIdle + 1 {
@@ -165,7 +174,7 @@ func closeBody(req *http.Request) {
 	}
 }
 
-func (c *appClient) connect(ctx context.Context, addr string) (*appConn, error) {
+func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 	conn, err := c.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -178,7 +187,7 @@ func (c *appClient) connect(ctx context.Context, addr string) (*appConn, error) 
 }
 
 // exchange writes req on ac and reads the response's headers.
-func (c *appClient) exchange(ac *appConn, req *http.Request, head *appHead, hasBody bool) (*http.Response, error) {
+func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bool) (*http.Response, error) {
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		_ = ac.Close()
@@ -265,9 +274,9 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 
 func (b *bodyReader) Close() error { return b.rc.Close() }
 
-func (c *appClient) write(ac *appConn, req *http.Request, head *appHead) error {
+func (c *Client) write(ac *appConn, req *http.Request, head *Head) error {
 	if head != nil {
-		head.write(ac.bw, req)
+		head.Write(ac.bw, req)
 	} else if err := req.Write(ac.bw); err != nil {
 		return err
 	}
@@ -278,7 +287,7 @@ func (c *appClient) write(ac *appConn, req *http.Request, head *appHead) error {
 // header timeout (set by exchange) and size limit, passing 1xx answers on
 // to head's client or else to the caller's trace (ReverseProxy sends them
 // to its client), at most max1xx of them.
-func (c *appClient) readResponse(ac *appConn, req *http.Request, head *appHead) (*http.Response, error) {
+func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http.Response, error) {
 	trace := httptrace.ContextClientTrace(req.Context())
 	for informational := 0; ; informational++ {
 		ac.lr.n = c.maxHeaderBytes
@@ -393,7 +402,7 @@ func lower(b byte) byte {
 // appBody is a response body: at its end the connection returns to the
 // pool when it can carry another request.
 type appBody struct {
-	c     *appClient
+	c     *Client
 	ac    *appConn
 	rc    io.ReadCloser
 	stop  func() bool
@@ -469,7 +478,7 @@ func (b *appBody) writeDone() bool {
 // carry a request, closing those idle for too long and those that are not
 // alive (appConn.alive). The check is a system call: it runs outside the
 // pool's lock, on a connection already taken out of the pool.
-func (c *appClient) get(addr string) (*appConn, bool) {
+func (c *Client) get(addr string) (*appConn, bool) {
 	for {
 		ac := c.pop(addr)
 		if ac == nil {
@@ -484,7 +493,7 @@ func (c *appClient) get(addr string) (*appConn, bool) {
 
 // pop takes the most recently used idle connection to addr out of the
 // pool, closing those idle for too long.
-func (c *appClient) pop(addr string) *appConn {
+func (c *Client) pop(addr string) *appConn {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -501,7 +510,7 @@ func (c *appClient) pop(addr string) *appConn {
 	return nil
 }
 
-func (c *appClient) put(ac *appConn) {
+func (c *Client) put(ac *appConn) {
 	ac.idleAt = time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -518,7 +527,7 @@ func (c *appClient) put(ac *appConn) {
 
 // expire closes the connections idle for longer than the idle timeout (the
 // oldest are first in each list) and runs again while any are left.
-func (c *appClient) expire() {
+func (c *Client) expire() {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -551,7 +560,7 @@ func (c *appClient) expire() {
 
 // CloseIdleConnections closes every idle connection; connections in use
 // are closed when their response ends. Nothing is pooled afterwards.
-func (c *appClient) CloseIdleConnections() {
+func (c *Client) CloseIdleConnections() {
 	c.mu.Lock()
 	c.closed = true
 	if c.sweep != nil {

@@ -1,4 +1,4 @@
-package proxy
+package applink
 
 import (
 	"bufio"
@@ -9,116 +9,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"minimesh/dataplane/applink/applinktest"
 )
-
-// hostileApp is a real TCP app that misbehaves on purpose, by path; on
-// /ok?id=N it answers "ok N" correctly, so that a request after a
-// misbehaving one shows whether the connection was poisoned.
-type hostileApp struct {
-	ln    net.Listener
-	conns atomic.Int64 // connections accepted
-	// wrote is told the path of an answer written only in part, before
-	// the app waits for the connection to end; cut is told it ended.
-	wrote, cut chan string
-	// late releases /late-extra's unasked second answer; lateDone is
-	// told it was written.
-	late, lateDone chan struct{}
-	wg             sync.WaitGroup
-}
-
-// forged is a whole response a hostile app leaves after its answer: read
-// as the next request's answer, it is cross-talk.
-const forged = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
-
-func newHostileApp(t *testing.T) *hostileApp {
-	t.Helper()
-	a := &hostileApp{ln: listenLocal(t), wrote: make(chan string, 16), cut: make(chan string, 16),
-		late: make(chan struct{}), lateDone: make(chan struct{}, 1)}
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		for {
-			conn, err := a.ln.Accept()
-			if err != nil {
-				return
-			}
-			a.conns.Add(1)
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				defer conn.Close()
-				a.serve(conn)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		a.ln.Close()
-		a.wg.Wait()
-	})
-	return a
-}
-
-func (a *hostileApp) addr() string { return a.ln.Addr().String() }
-
-func (a *hostileApp) serve(conn net.Conn) {
-	br := bufio.NewReader(conn)
-	for {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(io.Discard, req.Body)
-		// waitEnd holds the connection open until the peer ends it.
-		waitEnd := func(path string) {
-			a.wrote <- path
-			_, _ = io.Copy(io.Discard, br)
-			a.cut <- path
-		}
-		switch req.URL.Path {
-		case "/ok":
-			body := "ok " + req.URL.Query().Get("id")
-			fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-		case "/extra": // a second answer nobody asked for
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"+forged)
-		case "/short-cl": // Content-Length shorter than the body
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"+forged)
-		case "/head-body": // a HEAD answered with a body
-			fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(forged), forged)
-		case "/late-extra": // the unasked answer comes once the first was read
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			<-a.late
-			_, _ = io.WriteString(conn, forged)
-			a.lateDone <- struct{}{}
-		case "/te-cl": // both framings: chunked wins, the connection must not be reused
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-		case "/http10-te": // Transfer-Encoding in HTTP/1.0: faulty framing
-			_, _ = io.WriteString(conn, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc")
-		case "/close-mid-headers":
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Le")
-			return
-		case "/close-mid-body":
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-			return
-		case "/long-cl": // Content-Length longer than the body, and silence
-			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
-			waitEnd(req.URL.Path)
-			return
-		case "/1xx-storm":
-			_, _ = io.WriteString(conn, strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n", 300)+
-				"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		case "/slow-headers": // nothing until the proxy gives up
-			waitEnd(req.URL.Path)
-			return
-		default:
-			return
-		}
-	}
-}
 
 // okAfter sends GET /ok?id=N through c and requires exactly "ok N": the
 // connection a misbehaving answer left behind did not poison it.
@@ -136,9 +32,9 @@ func okAfter(t *testing.T, c http.RoundTripper, base string, id int, after strin
 // doubtful framing; the next request gets its own answer.
 func TestAppClientHostileAppNoPoisoning(t *testing.T) {
 	checkLeaks(t)
-	a := newHostileApp(t)
-	c := newTestAppClient(t, Limits{})
-	base := "http://" + a.addr()
+	a := applinktest.NewHostileApp(t)
+	c := newTestAppClient(t, Config{})
+	base := "http://" + a.Addr()
 	for i, tc := range []struct {
 		method, path, want string
 	}{
@@ -158,7 +54,7 @@ func TestAppClientHostileAppNoPoisoning(t *testing.T) {
 			t.Fatalf("%s %s: %d %q %v, want 200 %q", tc.method, tc.path, code, got, err, tc.want)
 		}
 		c.mu.Lock()
-		pooled := len(c.idle[a.addr()])
+		pooled := len(c.idle[a.Addr()])
 		c.mu.Unlock()
 		if pooled != 0 {
 			t.Errorf("%s %s: its connection went back to the pool", tc.method, tc.path)
@@ -171,18 +67,18 @@ func TestAppClientHostileAppNoPoisoning(t *testing.T) {
 // are found before the connection is used again, for every method.
 func TestAppClientUnaskedAnswerWhileIdle(t *testing.T) {
 	checkLeaks(t)
-	a := newHostileApp(t)
-	c := newTestAppClient(t, Limits{})
-	base := "http://" + a.addr()
+	a := applinktest.NewHostileApp(t)
+	c := newTestAppClient(t, Config{})
+	base := "http://" + a.Addr()
 	if code, got, err := roundTrip(t, c, http.MethodGet, base+"/late-extra", nil); err != nil || code != http.StatusOK || got != "ok" {
 		t.Fatalf("first: %d %q %v", code, got, err)
 	}
-	close(a.late)
-	<-a.lateDone
+	close(a.Late)
+	<-a.LateDone
 	eventually(t, "the unasked answer to reach the pooled connection", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		conns := c.idle[a.addr()]
+		conns := c.idle[a.Addr()]
 		return len(conns) == 1 && !connAlive(conns[0].Conn)
 	})
 	okAfter(t, c, base, 1, "an unasked answer on an idle connection")
@@ -192,9 +88,9 @@ func TestAppClientUnaskedAnswerWhileIdle(t *testing.T) {
 // forwarder answers 502 or 504) and the next one is answered right.
 func TestAppClientHostileAppFailures(t *testing.T) {
 	checkLeaks(t)
-	a := newHostileApp(t)
-	c := newTestAppClient(t, Limits{ResponseHeader: 300 * time.Millisecond})
-	base := "http://" + a.addr()
+	a := applinktest.NewHostileApp(t)
+	c := newTestAppClient(t, Config{ResponseHeader: 300 * time.Millisecond})
+	base := "http://" + a.Addr()
 	for i, tc := range []struct {
 		path    string
 		timeout bool
@@ -209,10 +105,10 @@ func TestAppClientHostileAppFailures(t *testing.T) {
 			t.Fatalf("%s: %v, want an error (timeout: %v)", tc.path, err, tc.timeout)
 		}
 		if tc.timeout {
-			if p := <-a.cut; p != tc.path {
+			if p := <-a.Cut; p != tc.path {
 				t.Fatalf("cut %s, want %s", p, tc.path)
 			}
-			<-a.wrote
+			<-a.Wrote
 		}
 		okAfter(t, c, base, i, tc.path)
 	}
@@ -236,7 +132,7 @@ func TestAppClientHostileAppFailures(t *testing.T) {
 func TestAppClientCancelBeforeHeaderDeadline(t *testing.T) {
 	checkLeaks(t)
 	url := rawApp(t, func(int) string { return "" })
-	c := newTestAppClient(t, Limits{ResponseHeader: time.Hour})
+	c := newTestAppClient(t, Config{ResponseHeader: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())
 	testHookWritten = func(conn net.Conn) {
 		cancel()
@@ -299,7 +195,7 @@ func (r slowRawConn) Read(f func(uintptr) bool) error {
 func TestAppClientLivenessCheckOutsideLock(t *testing.T) {
 	checkLeaks(t)
 	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	raw, err := net.Dial("tcp", a.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -341,71 +237,11 @@ func TestAppClientLivenessCheckOutsideLock(t *testing.T) {
 	<-checked
 }
 
-// The same hostile app behind the public port: the client gets the
-// answer, 502 or 504 (or a response that fails midway), and the next
-// request, by the direct path or ReverseProxy, gets its own answer.
-func TestPublicHostileApp(t *testing.T) {
-	a := newHostileApp(t)
-	ln, cfg := startPublicWith(t, PublicConfig{App: a.addr(), Limits: Limits{ResponseHeader: 300 * time.Millisecond}})
-	client := tlsClient(t, cfg, false)
-	base := "https://" + ln.Addr().String()
-	do := func(method, path string) (int, string, error) {
-		t.Helper()
-		var body io.Reader
-		if method == http.MethodPost {
-			body = strings.NewReader("payload") // ReverseProxy's path
-		}
-		req, _ := http.NewRequest(method, base+path, body)
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b), err
-	}
-	for i, tc := range []struct {
-		method, path string
-		code         int // 0: the response fails
-		body         string
-	}{
-		{http.MethodGet, "/extra", 200, "ok"},
-		{http.MethodPost, "/extra", 200, "ok"},
-		{http.MethodGet, "/short-cl", 200, "ok"},
-		{http.MethodPost, "/short-cl", 200, "ok"},
-		{http.MethodHead, "/head-body", 200, ""},
-		{http.MethodGet, "/te-cl", 200, "abc"},
-		{http.MethodGet, "/close-mid-headers", http.StatusBadGateway, "bad gateway\n"},
-		{http.MethodGet, "/1xx-storm", http.StatusBadGateway, "bad gateway\n"},
-		{http.MethodGet, "/slow-headers", http.StatusGatewayTimeout, "gateway timeout\n"},
-		{http.MethodGet, "/close-mid-body", 0, ""},
-	} {
-		code, body, err := do(tc.method, tc.path)
-		if tc.code == 0 {
-			if err == nil {
-				t.Errorf("%s %s: %d %q, want a response that fails", tc.method, tc.path, code, body)
-			}
-		} else if err != nil || code != tc.code || body != tc.body {
-			t.Errorf("%s %s: %d %q %v, want %d %q", tc.method, tc.path, code, body, err, tc.code, tc.body)
-		}
-		if tc.path == "/slow-headers" {
-			<-a.wrote
-			<-a.cut
-		}
-		for _, m := range []string{http.MethodGet, http.MethodPost} {
-			code, body, err := do(m, fmt.Sprintf("/ok?id=%d", i))
-			if want := fmt.Sprintf("ok %d", i); err != nil || code != http.StatusOK || body != want {
-				t.Fatalf("%s after %s %s: %d %q %v, want 200 %q", m, tc.method, tc.path, code, body, err, want)
-			}
-		}
-	}
-}
-
 // The check of a pooled connection before every reuse costs a system
 // call and no allocation.
 func TestAppClientLivenessCheckDoesNotAllocate(t *testing.T) {
 	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {})
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	ac, err := c.connect(context.Background(), a.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)

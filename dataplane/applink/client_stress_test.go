@@ -1,4 +1,4 @@
-package proxy
+package applink
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Many goroutines share one appClient pool against a real app while
+// Many goroutines share one Client pool against a real app while
 // requests are cancelled at random points (before sending, while the head
 // or body is written, while waiting for the head, mid-body). Run with
 // -race: no data race, every answer read whole is its own request's (the
@@ -30,7 +30,7 @@ func TestAppClientStress(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, " body="+string(b))
 	})
-	c := newTestAppClient(t, Limits{MaxIdleConnsPerHost: 8})
+	c := newTestAppClient(t, Config{MaxIdleConnsPerHost: 8})
 	const workers, each = 16, 40
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
@@ -58,7 +58,7 @@ func TestAppClientStress(t *testing.T) {
 
 // stressOne sends one request with id, cancelled (or not) at a random
 // point, and checks what came back.
-func stressOne(c *appClient, base, id string, rng *rand.Rand) error {
+func stressOne(c *Client, base, id string, rng *rand.Rand) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var body io.Reader

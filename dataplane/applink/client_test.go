@@ -1,4 +1,4 @@
-package proxy
+package applink
 
 import (
 	"bufio"
@@ -41,9 +41,9 @@ func newConnApp(t *testing.T, h http.HandlerFunc) *connApp {
 	return a
 }
 
-func newTestAppClient(t *testing.T, lim Limits) *appClient {
+func newTestAppClient(t *testing.T, cfg Config) *Client {
 	t.Helper()
-	c := newAppClient(lim.withDefaults())
+	c := New(cfg)
 	t.Cleanup(c.CloseIdleConnections)
 	return c
 }
@@ -70,7 +70,7 @@ func TestAppClientReusesConnections(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		_, _ = io.WriteString(w, r.Method+" "+r.URL.Path+" "+string(b))
 	})
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	for i, tc := range []struct {
 		method, path, body, want string
 	}{
@@ -102,7 +102,7 @@ func TestAppClientConnectionCloseNotReused(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "ok")
 	})
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	for _, p := range []string{"/close", "/keep", "/keep"} {
 		if code, _, err := roundTrip(t, c, http.MethodGet, a.URL+p, nil); err != nil || code != http.StatusOK {
 			t.Fatalf("%s: %d %v", p, code, err)
@@ -122,7 +122,7 @@ func TestAppClientAppClosedIdleConnection(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		_, _ = io.WriteString(w, r.Method+" "+string(b))
 	})
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	for _, tc := range []struct{ method, body string }{
 		{http.MethodGet, ""},           // sent, fails, sent again
 		{http.MethodPost, ""},          // not idempotent: checked
@@ -166,7 +166,7 @@ func TestAppClientEarlyAnswer(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
 	})
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	code, _, err := roundTrip(t, c, http.MethodPost, a.URL+"/early", strings.NewReader(strings.Repeat("x", 8<<20)))
 	if err != nil || code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("early answer: %d %v, want 413", code, err)
@@ -197,7 +197,7 @@ func TestAppClientCancel(t *testing.T) {
 		_, _ = io.WriteString(w, "ok")
 	})
 	defer close(release)
-	c := newTestAppClient(t, Limits{})
+	c := newTestAppClient(t, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.URL+"/slow", nil)
 	resp, err := c.RoundTrip(req)
@@ -253,7 +253,7 @@ func rawApp(t *testing.T, reply func(n int) string) string {
 func TestAppClientResponseLimits(t *testing.T) {
 	t.Run("header timeout", func(t *testing.T) {
 		url := rawApp(t, func(int) string { return "" }) // never answers
-		c := newTestAppClient(t, Limits{ResponseHeader: 100 * time.Millisecond})
+		c := newTestAppClient(t, Config{ResponseHeader: 100 * time.Millisecond})
 		_, _, err := roundTrip(t, c, http.MethodGet, url, nil)
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
@@ -264,14 +264,14 @@ func TestAppClientResponseLimits(t *testing.T) {
 		url := rawApp(t, func(int) string {
 			return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 0\r\n\r\n"
 		})
-		c := newTestAppClient(t, Limits{})
+		c := newTestAppClient(t, Config{})
 		if _, _, err := roundTrip(t, c, http.MethodGet, url, nil); err == nil {
 			t.Fatal("a 2 MiB response header was accepted")
 		}
 	})
 	t.Run("switching protocols unasked", func(t *testing.T) {
 		url := rawApp(t, func(int) string { return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n" })
-		c := newTestAppClient(t, Limits{})
+		c := newTestAppClient(t, Config{})
 		if _, _, err := roundTrip(t, c, http.MethodGet, url, nil); err == nil {
 			t.Fatal("101 to a request without Upgrade was accepted")
 		}
@@ -281,7 +281,7 @@ func TestAppClientResponseLimits(t *testing.T) {
 			return "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" +
 				"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 		})
-		c := newTestAppClient(t, Limits{})
+		c := newTestAppClient(t, Config{})
 		var hints []string
 		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 			hints = append(hints, h.Get("Link"))
@@ -306,13 +306,13 @@ func TestAppClientIdleConnectionsEnd(t *testing.T) {
 	checkLeaks(t)
 	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
 	open := &a.open
-	c := newTestAppClient(t, Limits{Idle: 200 * time.Millisecond})
+	c := newTestAppClient(t, Config{Idle: 200 * time.Millisecond})
 	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
 		t.Fatalf("%d %v", code, err)
 	}
 	eventually(t, "the idle connection to expire", func() bool { return open.Load() == 0 })
 
-	c = newTestAppClient(t, Limits{})
+	c = newTestAppClient(t, Config{})
 	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL, nil); err != nil || code != http.StatusOK {
 		t.Fatalf("%d %v", code, err)
 	}
@@ -353,7 +353,7 @@ func TestAppClientBodyReadFailureEndsExchange(t *testing.T) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, "ok")
 	})
-	c := newTestAppClient(t, Limits{ResponseHeader: time.Hour})
+	c := newTestAppClient(t, Config{ResponseHeader: time.Hour})
 	req, _ := http.NewRequest(http.MethodPost, a.URL+"/upload", &failingBody{})
 	req.ContentLength = 1000
 	done := make(chan error, 1)

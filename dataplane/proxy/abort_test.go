@@ -15,6 +15,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/dataplane/accesslog"
+	"minimesh/dataplane/applink/applinktest"
 )
 
 // A response the proxy aborts because the app broke off mid-body
@@ -23,13 +24,13 @@ import (
 // callers) and at the public port; the next request is served as usual.
 func TestAbortedResponseLoggedAndCounted(t *testing.T) {
 	m := newMesh(t)
-	a := newHostileApp(t)
+	a := applinktest.NewHostileApp(t)
 	metrics := newMetrics(t)
 	var out logBuffer
 	al := accesslog.New(accesslog.Config{Output: &out})
 	log, _ := newLogger()
 	inLn := listenLocal(t)
-	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), Service: "api", SVID: m.api, Bundle: m.bundle,
+	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.Addr(), Service: "api", SVID: m.api, Bundle: m.bundle,
 		AccessLog: al, Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +46,7 @@ spec: {service: api, enabled: true, fields: [method, path, status, upstream, res
 	}
 	in.SetPolicy(pol)
 	run(t, in)
-	pubLn, pubTLS := startPublicWith(t, PublicConfig{App: a.addr(), AccessLog: al, Metrics: metrics})
+	pubLn, pubTLS := startPublicWith(t, PublicConfig{App: a.Addr(), AccessLog: al, Metrics: metrics})
 
 	for i, tc := range []struct {
 		name, listener string
@@ -80,8 +81,8 @@ spec: {service: api, enabled: true, fields: [method, path, status, upstream, res
 			n := strings.Count(out.String(), `"response_flags"`)
 			return line != nil && n == i+1
 		})
-		if line["status"] != float64(200) || line["response_flags"] != "UC" || line["upstream"] != a.addr() {
-			t.Errorf("%s: access-log line %v, want status 200, response_flags UC, upstream %s", tc.name, line, a.addr())
+		if line["status"] != float64(200) || line["response_flags"] != "UC" || line["upstream"] != a.Addr() {
+			t.Errorf("%s: access-log line %v, want status 200, response_flags UC, upstream %s", tc.name, line, a.Addr())
 		}
 		resp, err := tc.client.Get(tc.url + "/ok?id=7")
 		if err != nil {

@@ -12,10 +12,12 @@ import (
 	"testing"
 
 	"golang.org/x/net/http/httpguts"
+
+	"minimesh/dataplane/applink"
 )
 
 // FuzzAppClientHead writes a request head for the app (the direct path's
-// appHead.write) and parses it back as the app would (http.ReadRequest):
+// applink.Head.Write) and parses it back as the app would (http.ReadRequest):
 // the bytes must be exactly one request, with the method, target, Host and
 // headers the proxy received, less the documented filtering (hop-by-hop
 // fields and those Connection names, mesh headers, Content-Length, and at
@@ -48,17 +50,17 @@ func FuzzAppClientHead(f *testing.F) {
 	const peer = "spiffe://minimesh.local/ns/default/sa/web"
 	f.Fuzz(func(t *testing.T, method, target, host, fields string, public bool) {
 		r, ok := fuzzH2Request(method, target, host, fields)
-		if !ok || san[public].sanitize(r) != nil || !directable(r) {
+		if !ok || san[public].sanitize(r) != nil || !applink.Directable(r) {
 			return // refused before the app (or not the direct path)
 		}
 		sent := r.Header.Clone()
-		h := &appHead{addr: "127.0.0.1:8080", public: public}
+		h := &applink.Head{Addr: "127.0.0.1:8080", Public: public}
 		if !public {
-			h.peer = []string{peer}
+			h.Peer = []string{peer}
 		}
 		var buf bytes.Buffer
 		bw := bufio.NewWriter(&buf)
-		h.write(bw, r)
+		h.Write(bw, r)
 		if err := bw.Flush(); err != nil {
 			t.Fatal(err)
 		}
@@ -83,14 +85,14 @@ func FuzzAppClientHead(f *testing.F) {
 		}
 		wantTarget := path
 		if r.URL.ForceQuery || r.URL.RawQuery != "" {
-			wantTarget += "?" + cleanQuery(r.URL.RawQuery)
+			wantTarget += "?" + applink.CleanQuery(r.URL.RawQuery)
 		}
 		if got.RequestURI != wantTarget || got.URL.Path != r.URL.Path && r.URL.Path != "" {
 			t.Errorf("target %q (path %q), want %q (path %q)", got.RequestURI, got.URL.Path, wantTarget, r.URL.Path)
 		}
 		wantHost := r.Host
 		if wantHost == "" {
-			wantHost = h.addr
+			wantHost = h.Addr
 		}
 		if got.Host != wantHost {
 			t.Errorf("Host %q, want %q", got.Host, wantHost)
@@ -101,7 +103,7 @@ func FuzzAppClientHead(f *testing.F) {
 		case http.MethodPost, http.MethodPut, http.MethodPatch:
 			own["Content-Length"] = []string{"0"}
 		}
-		if listedIn(sent["Te"], "trailers") {
+		if applink.ListedIn(sent["Te"], "trailers") {
 			own["Te"] = []string{"trailers"}
 		}
 		if !public {
@@ -112,7 +114,7 @@ func FuzzAppClientHead(f *testing.F) {
 		}
 		want := http.Header{}
 		for k, vv := range sent {
-			if dropFromRequest(k, public) || listedIn(sent["Connection"], k) {
+			if applink.DropFromRequest(k, public) || applink.ListedIn(sent["Connection"], k) {
 				continue
 			}
 			for _, v := range vv {

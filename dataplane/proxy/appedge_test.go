@@ -20,6 +20,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"minimesh/certs"
+	"minimesh/dataplane/applink"
 )
 
 // received is one request as the app read it.
@@ -385,7 +386,7 @@ func TestAppEdgeTrailers(t *testing.T) {
 		}
 		raw := e.app.rawSince(before)
 		for _, line := range strings.Split(raw, "\r\n") {
-			if hasPrefixFold(line, "Trailer:") && (strings.Contains(line, "Mesh") || strings.Contains(line, "_") || strings.Contains(line, "Override") || !strings.Contains(line, "X-Sum")) {
+			if applink.HasPrefixFold(line, "Trailer:") && (strings.Contains(line, "Mesh") || strings.Contains(line, "_") || strings.Contains(line, "Override") || !strings.Contains(line, "X-Sum")) {
 				t.Errorf("%s: the app got %q", l.name, line)
 			}
 		}
@@ -662,13 +663,13 @@ func TestSanitize(t *testing.T) {
 	var out strings.Builder
 	bw := bufio.NewWriter(&out)
 	r.URL = &url.URL{Path: "/"}
-	(&appHead{addr: "app"}).write(bw, r)
+	(&applink.Head{Addr: "app"}).Write(bw, r)
 	_ = bw.Flush()
 	if !strings.Contains(out.String(), "\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n") {
 		t.Errorf("head %q", out.String())
 	}
 	bw.Reset(io.Discard)
-	if n := testing.AllocsPerRun(100, func() { (&appHead{addr: "app"}).write(bw, r) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { (&applink.Head{Addr: "app"}).Write(bw, r) }); n != 0 {
 		t.Errorf("the direct head allocates %v times", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
 )
 
@@ -110,7 +111,7 @@ func TestStripMeshHeaders(t *testing.T) {
 		"X-Mes":                   {"short"},
 		"Content-Type":            {"text/plain"},
 	}
-	stripMeshHeaders(h)
+	applink.StripMeshHeaders(h)
 	want := map[string]bool{"X-Meshy": true, "X-Mes": true, "Content-Type": true}
 	for k := range h {
 		if !want[k] {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"minimesh/certs"
+	"minimesh/dataplane/applink"
 )
 
 func TestDirectable(t *testing.T) {
@@ -32,7 +33,7 @@ func TestDirectable(t *testing.T) {
 		r    *http.Request
 		want bool
 	}{{get, true}, {emptyPost, true}, {post, false}, {upgrade, false}, {expect, false}} {
-		if got := directable(tc.r); got != tc.want {
+		if got := applink.Directable(tc.r); got != tc.want {
 			t.Errorf("%s with %v, body %d: directable %v, want %v", tc.r.Method, tc.r.Header, tc.r.ContentLength, got, tc.want)
 		}
 	}
@@ -326,7 +327,7 @@ func TestDirectRequestLine(t *testing.T) {
 		r.URL.RawQuery = tc.query
 		var b strings.Builder
 		bw := bufio.NewWriter(&b)
-		(&appHead{addr: "127.0.0.1:1"}).write(bw, r)
+		(&applink.Head{Addr: "127.0.0.1:1"}).Write(bw, r)
 		_ = bw.Flush()
 		if line, _, _ := strings.Cut(b.String(), "\r\n"); line != tc.want {
 			t.Errorf("query %q: request line %q, want %q", tc.query, line, tc.want)

@@ -19,7 +19,6 @@ import (
 	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/ratelimit"
 	"minimesh/dataplane/route"
-	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // MaxSourceServices bounds the source_service label values of one proxy's
@@ -162,9 +161,11 @@ type inExchange struct {
 	// body counts the request body; not pooled, because the transport
 	// may still be reading it after the handler returned.
 	body *countingBody
-	// route, path and upstream are kept for the line of a response that
-	// aborts (loggedAbort); flags are its access-log response flags.
-	route, path, upstream, flags string
+	// d is the request's decision, kept here (pooled) rather than
+	// allocated; flags are the access-log response flags of a response
+	// that aborts (loggedAbort).
+	d     decision
+	flags string
 }
 
 var inExchangePool = sync.Pool{New: func() any { return new(inExchange) }}
@@ -252,14 +253,6 @@ func normalizedPath(r *http.Request) (string, error) {
 	return pathnorm.Normalize(raw)
 }
 
-// setForwardedPath makes u's path the normalized p, so that the app
-// receives exactly the form the policy matched.
-func setForwardedPath(u *url.URL, p string) {
-	if dec, err := url.PathUnescape(p); err == nil {
-		u.Path, u.RawPath = dec, p
-	}
-}
-
 // enforcer applies a Policy to requests of one listener: the inbound's
 // from peers, the public listener's from clients outside the mesh (with no
 // identity: rules naming sources do not match them, and rate limits count
@@ -313,72 +306,63 @@ func (e enforcer) authorize(pol *Policy, req authz.Request) authz.Decision {
 // through the policy, then fwd: path normalization (400), authorization
 // (403), rate limit (429). It returns the route matched and the normalized
 // path, for the access log. proto is the app port's protocol.
-func (e enforcer) serveHTTP(w http.ResponseWriter, r *http.Request, pol *Policy, peerID string, fwd *forwarder, proto meshv1.Protocol) (string, string) {
+func (e enforcer) serveHTTP(w http.ResponseWriter, r *http.Request, pol *Policy, peerID string, fwd *forwarder, d *decision) {
 	path, err := normalizedPath(r)
 	if err != nil {
 		e.decisions.badPath.Inc()
 		fwd.refuse(w, r, http.StatusBadRequest, "bad request path\n", err)
-		return "", ""
+		return
 	}
-	if d := e.authorize(pol, authz.Request{Peer: peerID, Method: r.Method, Path: path}); !d.Allowed {
+	d.path = path
+	if ad := e.authorize(pol, authz.Request{Peer: peerID, Method: r.Method, Path: path}); !ad.Allowed {
 		fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
-		return "", path
+		return
 	}
-	routeName := ""
 	if pol != nil {
 		if rt := pol.routes.Match(route.Request{Method: r.Method, Path: path, Host: r.Host, Header: r.Header}); rt != nil {
-			routeName = rt.Name
+			d.routeName = rt.Name
 		}
-		if res := pol.limiter.Allow(routeName, peerID); res.Policy != "" {
+		if res := pol.limiter.Allow(d.routeName, peerID); res.Policy != "" {
 			if !res.Allowed {
 				e.decisions.rlLimited.Inc()
 				ratelimit.WriteTooManyRequests(w, res)
 				fwd.metrics.observe(http.StatusTooManyRequests, 0)
-				return routeName, path
+				return
 			}
 			e.decisions.rlAllowed.Inc()
 			res.SetHeaders(w.Header())
 		}
 	}
-	if !fwd.admitBody(w, r, &svcPort{proto: proto}) {
-		return routeName, path
+	if !fwd.admitBody(w, r, d.proto) {
+		return
 	}
-	if ex, ok := w.(*inExchange); ok {
-		ex.route, ex.path = routeName, path
+	// The app receives the normalized path, the form the policy matched
+	// (the common, canonical case leaves the request's own).
+	if path != r.URL.EscapedPath() {
+		d.app.Path = path
 	}
-	fwd.ServeHTTP(w, withPath(r, path))
-	return routeName, path
-}
-
-type pathKey struct{}
-
-// withPath hands the normalized path to rewrite when it differs from the
-// request's own (the common, canonical case costs nothing).
-func withPath(r *http.Request, path string) *http.Request {
-	if path == r.URL.EscapedPath() {
-		return r
-	}
-	return r.WithContext(context.WithValue(r.Context(), pathKey{}, path))
+	fwd.serve(w, r, d)
 }
 
 // logExchange writes the access-log line and the per-source metrics of a
 // finished request.
-func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start time.Time, routeName, path, upstream string) {
+func (in *Inbound) logExchange(r *http.Request, pe *peer, ex *inExchange, start time.Time) {
 	code := ex.status()
 	if ex.flags != "" {
 		code = codeAborted
 	}
 	d := in.cfg.Clock.Now().Sub(start)
 	pe.src(in.sources).observe(code, d.Seconds())
-	logExchange(in.accessLog, r, pe.header[0], ex, start, d, routeName, path, upstream)
+	logExchange(in.accessLog, r, pe.header[0], ex, start, d)
 }
 
 // logExchange writes the access-log line of a finished request from
 // peerID ("" for a client outside the mesh) when the log is on.
-func logExchange(al *accesslog.Logger, r *http.Request, peerID string, ex *inExchange, start time.Time, d time.Duration, routeName, path, upstream string) {
+func logExchange(al *accesslog.Logger, r *http.Request, peerID string, ex *inExchange, start time.Time, d time.Duration) {
 	if !al.Enabled() {
 		return
 	}
+	path, routeName, upstream := ex.d.path, ex.d.routeName, ex.d.upstream
 	if path == "" {
 		path = r.URL.EscapedPath() // refused as is; escaped in the line
 	}

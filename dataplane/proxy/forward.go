@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"minimesh/dataplane/applink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -66,37 +67,9 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// appTransport is the pool towards the local app: plain HTTP/1.1 on
-// loopback, sized for load, never through a proxy from the environment, and
-// without transparent compression (a proxy passes bodies through as they are).
-func appTransport(lim Limits) *http.Transport {
-	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            (&net.Dialer{Timeout: lim.Dial, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:           4 * lim.MaxIdleConnsPerHost,
-		MaxIdleConnsPerHost:    lim.MaxIdleConnsPerHost,
-		IdleConnTimeout:        lim.Idle,
-		ResponseHeaderTimeout:  lim.ResponseHeader,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true,
-	}
-}
-
-// stripMeshHeaders deletes every header a caller could use to impersonate
-// the mesh: X-Mesh-* (the proxy alone sets X-Mesh-Peer-Id) and
-// X-Forwarded-Client-Cert. Keys are compared case-insensitively because a
-// non-token key is not canonicalised by net/http.
-func stripMeshHeaders(h http.Header) {
-	for k := range h {
-		if hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") {
-			delete(h, k)
-		}
-	}
-}
-
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+// app is the link to the local app as these limits bound it.
+func (l Limits) app() applink.Config {
+	return applink.Config{Dial: l.Dial, Idle: l.Idle, ResponseHeader: l.ResponseHeader, MaxIdleConnsPerHost: l.MaxIdleConnsPerHost}
 }
 
 // forwarder is a ReverseProxy plus the per-listener bookkeeping every part
@@ -108,52 +81,83 @@ type forwarder struct {
 	metrics *listenerMetrics
 	rp      *httputil.ReverseProxy
 	// direct, when set, forwards requests without a body by the direct
-	// path (direct.go); head says where and how for each request.
-	direct *appClient
-	head   func(*http.Request, *appHead)
+	// path (direct.go), as the request's decision says (decision.app).
+	direct *applink.Client
 	// done, when set, is told the status and duration of every request
 	// forwarded (the outbound's per-destination metrics).
-	done    func(r *http.Request, code int, seconds float64)
+	done    func(d *decision, code int, seconds float64)
 	maxBody int64 // Limits.MaxRequestBodyBytes
 	// inflight lets Run wait for handlers cut by a drain timeout before it
 	// closes the idle pool, so no connection returns to it afterwards.
 	inflight sync.WaitGroup
 }
 
-func newForwarder(name string, log *slog.Logger, now func() time.Time, m *Metrics, rt http.RoundTripper, rewrite func(*httputil.ProxyRequest)) *forwarder {
-	f := &forwarder{name: name, log: log, now: now, metrics: m.listener(name), maxBody: 64 << 20}
+// forwarderConfig is everything a forwarder is built from; the optional
+// hooks (direct, done) are given here, never set afterwards.
+type forwarderConfig struct {
+	name      string
+	log       *slog.Logger
+	now       func() time.Time
+	metrics   *Metrics
+	transport http.RoundTripper
+	// rewrite prepares ReverseProxy's request; nil: what the decision's
+	// applink.Head says (rewriteToApp).
+	rewrite func(*httputil.ProxyRequest)
+	direct  *applink.Client
+	done    func(d *decision, code int, seconds float64)
+	maxBody int64
+}
+
+func newForwarder(cfg forwarderConfig) *forwarder {
+	f := &forwarder{name: cfg.name, log: cfg.log, now: cfg.now, metrics: cfg.metrics.listener(cfg.name),
+		direct: cfg.direct, done: cfg.done, maxBody: cfg.maxBody}
+	rewrite := cfg.rewrite
+	if rewrite == nil {
+		rewrite = rewriteToApp
+	}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
-		Transport:    rt,
+		Transport:    cfg.transport,
 		BufferPool:   bufferPool{},
 		ErrorHandler: f.errorHandler,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:     slog.NewLogLogger(cfg.log.Handler(), slog.LevelWarn),
 	}
 	return f
 }
 
-// ServeHTTP forwards one request and records its class and latency.
-func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// rewriteToApp is ReverseProxy's Rewrite towards the app: the request's
+// decision says what the app receives (applink.Head), as on the direct
+// path.
+func rewriteToApp(pr *httputil.ProxyRequest) {
+	decisionFrom(pr.In.Context()).app.Rewrite(pr)
+}
+
+// serve forwards one request as d decides and records its class and
+// latency. A request without a body goes by the direct path when the
+// forwarder has one; the others through ReverseProxy, which finds d under
+// the request's one context key (decisionKey).
+func (f *forwarder) serve(w http.ResponseWriter, r *http.Request, d *decision) {
 	f.inflight.Add(1)
 	defer f.inflight.Done()
 	start := f.now()
 	rec := recorderPool.Get().(*recorder)
 	rec.ResponseWriter, rec.code = w, 0
-	defer f.finish(r, rec, start)
-	if f.direct != nil && directable(r) {
-		var head appHead
-		f.head(r, &head)
-		f.forwardDirect(rec, r, &head)
-	} else {
-		f.rp.ServeHTTP(rec, r)
+	defer f.finish(d, rec, start)
+	if f.direct != nil && applink.Directable(r) {
+		f.forwardDirect(rec, r, &d.app)
+		return
 	}
+	if decisionFrom(r.Context()) != d {
+		r = r.WithContext(context.WithValue(r.Context(), decisionKey{}, d))
+	}
+	f.rp.ServeHTTP(rec, r)
 }
 
 // finish records a request's class and latency, deferred by ServeHTTP: a
 // response aborted midway (http.ErrAbortHandler, from the direct path or
 // ReverseProxy) counts in the class "aborted", and the panic goes on so
 // that the client sees the response fail. Other panics go on unrecorded.
-func (f *forwarder) finish(r *http.Request, rec *recorder, start time.Time) {
+func (f *forwarder) finish(d *decision, rec *recorder, start time.Time) {
 	code := rec.code
 	if code == 0 {
 		code = http.StatusOK // a handler that wrote nothing answered 200
@@ -167,10 +171,10 @@ func (f *forwarder) finish(r *http.Request, rec *recorder, start time.Time) {
 	}
 	rec.ResponseWriter = nil
 	recorderPool.Put(rec)
-	d := f.now().Sub(start).Seconds()
-	f.metrics.observe(code, d)
+	secs := f.now().Sub(start).Seconds()
+	f.metrics.observe(code, secs)
 	if f.done != nil {
-		f.done(r, code, d)
+		f.done(d, code, secs)
 	}
 	if p != nil {
 		panic(p)
@@ -224,7 +228,7 @@ func (f *forwarder) refuse(w http.ResponseWriter, r *http.Request, code int, bod
 
 // admitBody enforces Limits.MaxRequestBodyBytes: false means the request
 // was answered 413. A gRPC stream is exempt.
-func (f *forwarder) admitBody(w http.ResponseWriter, r *http.Request, sp *svcPort) bool {
+func (f *forwarder) admitBody(w http.ResponseWriter, r *http.Request, proto meshv1.Protocol) bool {
 	if f.maxBody < 0 || r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
@@ -233,7 +237,7 @@ func (f *forwarder) admitBody(w http.ResponseWriter, r *http.Request, sp *svcPor
 			fmt.Errorf("proxy: Content-Length %d over the limit of %d", r.ContentLength, f.maxBody))
 		return false
 	}
-	if r.ContentLength < 0 && !(sp != nil && sp.proto == meshv1.Protocol_PROTOCOL_GRPC) &&
+	if r.ContentLength < 0 && proto != meshv1.Protocol_PROTOCOL_GRPC &&
 		!strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		r.Body = http.MaxBytesReader(w, r.Body, f.maxBody)
 	}

@@ -397,3 +397,7 @@ func validToken(b []byte) bool {
 	}
 	return len(b) > 0
 }
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}

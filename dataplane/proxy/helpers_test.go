@@ -399,3 +399,19 @@ func startPublic(t testing.TB, appAddr string) (net.Listener, *tls.Config) {
 	roots.AddCert(cert)
 	return ln, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
 }
+
+// roundTrip sends one request through c and returns the status and body.
+func roundTrip(t *testing.T, c http.RoundTripper, method, url string, body io.Reader) (int, string, error) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}

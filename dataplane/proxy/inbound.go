@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,13 +20,14 @@ import (
 
 	"minimesh/certs"
 	"minimesh/dataplane/accesslog"
+	"minimesh/dataplane/applink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // HeaderPeerID carries the caller's SPIFFE ID from the inbound to the app.
 // Only the inbound sets it, from the verified peer certificate; any value a
 // client sends is removed first.
-const HeaderPeerID = "X-Mesh-Peer-Id"
+const HeaderPeerID = applink.HeaderPeerID
 
 // InboundConfig configures an Inbound.
 type InboundConfig struct {
@@ -91,7 +91,7 @@ type Inbound struct {
 	log       *slog.Logger
 	metrics   *Metrics
 	tlsConfig *tls.Config
-	transport *appClient      // HTTP/1.1 to the app
+	transport *applink.Client // HTTP/1.1 to the app
 	h2c       *http.Transport // h2c to the app (http2, grpc)
 	fwd       *forwarder
 	fwdH2C    *forwarder
@@ -136,8 +136,8 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.tlsConfig.MinVersion = tls.VersionTLS13
 	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 
-	in.transport = newAppClient(cfg.Limits)
-	in.h2c = appTransport(cfg.Limits)
+	in.transport = applink.New(cfg.Limits.app())
+	in.h2c = applink.Transport(cfg.Limits.app())
 	in.h2c.Protocols = new(http.Protocols)
 	in.h2c.Protocols.SetUnencryptedHTTP2(true)
 	in.h2c.HTTP2 = &http.HTTP2Config{MaxReadFrameSize: 1 << 20}
@@ -161,10 +161,10 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	in.sources = newSourceSet(cfg.Metrics, cfg.Service)
 	in.decisions = newDecisionCounters(cfg.Metrics)
 	in.enf = enforcer{decisions: in.decisions, log: in.log, san: newSanitizer(cfg.Metrics, ListenerInbound)}
-	in.fwd = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.transport, in.rewrite)
-	in.fwdH2C = newForwarder(ListenerInbound, in.log, cfg.Clock.Now, in.metrics, in.h2c, in.rewrite)
-	in.fwd.direct, in.fwd.head = in.transport, in.directHead
-	in.fwd.maxBody, in.fwdH2C.maxBody = cfg.Limits.MaxRequestBodyBytes, cfg.Limits.MaxRequestBodyBytes
+	in.fwd = newForwarder(forwarderConfig{name: ListenerInbound, log: in.log, now: cfg.Clock.Now, metrics: in.metrics,
+		transport: in.transport, direct: in.transport, maxBody: cfg.Limits.MaxRequestBodyBytes})
+	in.fwdH2C = newForwarder(forwarderConfig{name: ListenerInbound, log: in.log, now: cfg.Clock.Now, metrics: in.metrics,
+		transport: in.h2c, maxBody: cfg.Limits.MaxRequestBodyBytes})
 	return in, nil
 }
 
@@ -198,42 +198,6 @@ func (in *Inbound) target(h http.Header) (inboundPort, bool, error) {
 	}
 	p, ok := (*in.ports.Load())[tg.Port]
 	return p, ok, nil
-}
-
-func (in *Inbound) rewrite(pr *httputil.ProxyRequest) {
-	p, _, _ := in.target(pr.In.Header) // checked in ServeHTTP
-	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = p.addr
-	pr.Out.URL.RawQuery = cleanQuery(pr.Out.URL.RawQuery)
-	if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
-		setForwardedPath(pr.Out.URL, path)
-	}
-	stripMeshHeaders(pr.Out.Header)
-	if p, ok := peerFrom(pr.In.Context()); ok {
-		pr.Out.Header[HeaderPeerID] = p.header
-	}
-	// A caller in the mesh is authenticated: its forwarding headers (say,
-	// a gateway's client address) reach the app as it sent them, as
-	// Istio's sidecars pass them (sanitize.go). The public listener,
-	// facing anyone, sets its own instead.
-	for _, k := range forwardingHeaders {
-		if v, ok := pr.In.Header[k]; ok {
-			pr.Out.Header[k] = v
-		}
-	}
-}
-
-// directHead is rewrite for the direct path: the same target, path and
-// headers.
-func (in *Inbound) directHead(r *http.Request, h *appHead) {
-	p, _, _ := in.target(r.Header) // checked in ServeHTTP
-	h.addr = p.addr
-	if path, ok := r.Context().Value(pathKey{}).(string); ok {
-		h.path = path
-	}
-	if p, ok := peerFrom(r.Context()); ok {
-		h.peer = p.header
-	}
 }
 
 // admit refuses a new connection from a peer the policy in force revokes.
@@ -298,13 +262,15 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	pe.begin()
 	defer pe.end()
-	defer loggedAbort(r, ex, func(ex *inExchange) { in.logExchange(r, pe, ex, start, ex.route, ex.path, ex.upstream) })
-	routeName, path, upstream := in.serve(ex, r, pe)
-	in.logExchange(r, pe, ex, start, routeName, path, upstream)
+	defer loggedAbort(r, ex, func(ex *inExchange) { in.logExchange(r, pe, ex, start) })
+	in.serve(ex, r, pe, &ex.d)
+	in.logExchange(r, pe, ex, start)
 	ex.release()
 }
 
-func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (routeName, path, upstream string) {
+// serve decides r once, into d (its target, path and route; the peer is
+// pe), and forwards it or refuses it.
+func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer, d *decision) {
 	pol := in.policy.Load()
 	if err := pol.Revocations().Refused(pe.header[0], pe.chain); err != nil {
 		// The connection is being closed (SetPolicy); until then nothing
@@ -313,10 +279,10 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 			w.Header().Set("Connection", "close")
 		}
 		in.fwd.refuse(w, r, http.StatusForbidden, "forbidden: peer revoked\n", err)
-		return "", "", ""
+		return
 	}
 	if !in.enf.admit(w, r, in.fwd) {
-		return "", "", ""
+		return
 	}
 	p, ok, err := in.target(r.Header)
 	switch {
@@ -337,8 +303,9 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 			in.fwd.refuse(w, r, http.StatusForbidden, "forbidden by authorization policy\n", ErrForbidden)
 			return
 		}
+		d.upstream = p.addr
 		in.tunnel(w, r, p.addr, pe)
-		return "", "", p.addr
+		return
 	case p.proto == meshv1.Protocol_PROTOCOL_TCP:
 		in.fwd.refuse(w, r, http.StatusMisdirectedRequest, "TCP port\n",
 			fmt.Errorf("proxy: HTTP request for TCP port %s", p.addr))
@@ -348,11 +315,11 @@ func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, pe *peer) (rout
 	if (p.proto == meshv1.Protocol_PROTOCOL_HTTP2 || p.proto == meshv1.Protocol_PROTOCOL_GRPC) && r.Header.Get("Upgrade") == "" {
 		fwd = in.fwdH2C
 	}
-	if ex, ok := w.(*inExchange); ok {
-		ex.upstream = p.addr
-	}
-	routeName, path = in.enf.serveHTTP(w, r, pol, pe.header[0], fwd, p.proto)
-	return routeName, path, p.addr
+	// What the app receives: the port's address, X-Mesh-Peer-Id, and
+	// the path the policy matches (enforcer.serveHTTP).
+	d.app = applink.Head{Addr: p.addr, Peer: pe.header}
+	d.proto, d.peer, d.upstream = p.proto, pe, p.addr
+	in.enf.serveHTTP(w, r, pol, pe.header[0], fwd, d)
 }
 
 // tunnel relays an HTTP/2 CONNECT stream to a TCP port of the app.

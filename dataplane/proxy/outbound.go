@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"minimesh/certs"
+	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/route"
@@ -249,13 +250,18 @@ type Outbound struct {
 	upstreams []*upstream
 	fwd       *forwarder
 
-	table atomic.Pointer[Table]
+	// view is the table in force with what the outbound keeps for it.
+	view atomic.Pointer[view]
 	// hostConns takes connections for the Host-routed server (ServeConn);
 	// nil until Run serves.
 	hostConns atomic.Pointer[connQueue]
 
-	mu        sync.Mutex // installs and remote creation
+	mu sync.Mutex // installs and remote creation
+	// balancers (by "ns/name" and "ns/name/subset") and each service's
+	// outbound metric series outlive the tables: ejections and load
+	// survive a push.
 	balancers map[string]*balancer.Balancer
+	series    map[svcKey]*atomic.Pointer[requestSeries]
 	remotes   atomic.Pointer[map[balancer.Target]*remote]
 	static    map[balancer.Target]*remote // never pruned
 	retired   []*remote
@@ -278,8 +284,58 @@ type upstream struct {
 	Upstream
 	log *slog.Logger
 	// static stands in for the service while discovery knows no endpoint
-	// of it; nil without a static endpoint.
-	static *service
+	// of it, with its balancer (staticRun); nil without a static endpoint.
+	static    *service
+	staticRun *svcRun
+}
+
+// view is a compiled Table as one Outbound runs it: the Table stays
+// immutable, and what changes at runtime (balancers, metric series) is the
+// outbound's, found per service of that table. Installed whole, by one
+// atomic store.
+type view struct {
+	table *Table
+	runs  map[*service]*svcRun
+}
+
+// svcRun is the runtime state of one service of a table: its balancers
+// (kept across tables, by name) and its outbound metric series.
+type svcRun struct {
+	bal     *balancer.Balancer
+	subsets map[string]*balancer.Balancer
+	series  *atomic.Pointer[requestSeries] // on first use
+}
+
+// balancerFor returns the balancer of the service's endpoints, or of one
+// subset; nil when there is none.
+func (r *svcRun) balancerFor(subset string) *balancer.Balancer {
+	if r == nil {
+		return nil
+	}
+	if subset == "" {
+		return r.bal
+	}
+	return r.subsets[subset]
+}
+
+// run returns the runtime state of s, a service of v's table or an
+// upstream's static one.
+func (o *Outbound) run(v *view, up *upstream, s *service) *svcRun {
+	if up != nil && s == up.static {
+		return up.staticRun
+	}
+	if v == nil {
+		return nil
+	}
+	return v.runs[s]
+}
+
+// table is the Table in force; nil before the first Install.
+func (o *Outbound) table() *Table {
+	if v := o.view.Load(); v != nil {
+		return v.table
+	}
+	return nil
 }
 
 var _ http.Handler = (*Outbound)(nil)
@@ -313,25 +369,25 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 		cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerOutbound)),
 		metrics:   cfg.Metrics.listener(ListenerOutbound),
 		balancers: map[string]*balancer.Balancer{},
+		series:    map[svcKey]*atomic.Pointer[requestSeries]{},
 		static:    map[balancer.Target]*remote{},
 	}
 	empty := map[balancer.Target]*remote{}
 	o.remotes.Store(&empty)
-	o.fwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, roundTripper{o}, o.rewrite)
 	dests := newDestinationSet(cfg.Metrics)
-	o.fwd.done = func(r *http.Request, code int, seconds float64) {
-		c, ok := r.Context().Value(callKey{}).(*call)
-		if !ok {
-			return
-		}
-		sm := c.dst.series.Load()
-		if sm == nil {
-			sm = dests.get(c.dst.label)
-			c.dst.series.Store(sm)
-		}
-		sm.observe(code, seconds)
-	}
-	o.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
+	o.fwd = newForwarder(forwarderConfig{name: ListenerOutbound, log: o.log, now: cfg.Clock.Now, metrics: cfg.Metrics,
+		transport: roundTripper{o}, rewrite: o.rewrite, maxBody: cfg.Limits.MaxRequestBodyBytes,
+		done: func(d *decision, code int, seconds float64) {
+			if d.series == nil {
+				return
+			}
+			sm := d.series.Load()
+			if sm == nil {
+				sm = dests.get(d.dst.label)
+				d.series.Store(sm)
+			}
+			sm.observe(code, seconds)
+		}})
 	if len(cfg.Egress) > 0 {
 		o.egress = map[string][]uint32{}
 		for _, e := range cfg.Egress {
@@ -342,22 +398,23 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 				o.egress[name] = append(ports, port)
 			}
 		}
-		o.egressTr = appTransport(cfg.Limits)
-		o.egressFwd = newForwarder(ListenerOutbound, o.log, cfg.Clock.Now, cfg.Metrics, o.egressTr, func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = pr.In.Host
-			if _, port := splitHost(pr.In.Host); port == 0 {
-				pr.Out.URL.Host = strings.TrimSuffix(pr.In.Host, ":") + ":80"
-			}
-			stripMeshHeaders(pr.Out.Header)
-			ensureRequestID(pr.Out.Header)
-			for _, k := range forwardingHeaders {
-				if v, ok := pr.In.Header[k]; ok {
-					pr.Out.Header[k] = v
+		o.egressTr = applink.Transport(cfg.Limits.app())
+		o.egressFwd = newForwarder(forwarderConfig{name: ListenerOutbound, log: o.log, now: cfg.Clock.Now, metrics: cfg.Metrics,
+			transport: o.egressTr, maxBody: cfg.Limits.MaxRequestBodyBytes,
+			rewrite: func(pr *httputil.ProxyRequest) {
+				pr.Out.URL.Scheme = "http"
+				pr.Out.URL.Host = pr.In.Host
+				if _, port := splitHost(pr.In.Host); port == 0 {
+					pr.Out.URL.Host = strings.TrimSuffix(pr.In.Host, ":") + ":80"
 				}
-			}
-		})
-		o.egressFwd.maxBody = cfg.Limits.MaxRequestBodyBytes
+				applink.StripMeshHeaders(pr.Out.Header)
+				ensureRequestID(pr.Out.Header)
+				for _, k := range applink.ForwardingHeaders {
+					if v, ok := pr.In.Header[k]; ok {
+						pr.Out.Header[k] = v
+					}
+				}
+			}})
 	}
 	for _, u := range cfg.Upstreams {
 		u = u.normalized()
@@ -380,7 +437,8 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 				o.static[tg] = rm
 			}
 			up.static = &service{key: svcKey{u.Namespace, u.Service}, label: u.Service + "." + u.Namespace,
-				targets: []balancer.Target{tg}, bal: b}
+				targets: []balancer.Target{tg}}
+			up.staticRun = &svcRun{bal: b, series: new(atomic.Pointer[requestSeries])}
 		}
 		o.upstreams = append(o.upstreams, up)
 	}
@@ -389,13 +447,18 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 
 // Install makes t the table in force, from the next request on (also on
 // connections already open). Each service's balancer keeps its endpoints'
-// load and ejection state across tables. A Table is installed once.
+// load and ejection state across tables; t itself is not modified (the
+// runtime state is the outbound's), so one Table may be installed in
+// several Outbounds. Installing the table in force again does nothing.
 func (o *Outbound) Install(t *Table) {
-	if t == nil || !t.installed.CompareAndSwap(false, true) {
+	if t == nil {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if v := o.view.Load(); v != nil && v.table == t {
+		return
+	}
 	// 1. Remotes for every endpoint, before any balancer can pick one.
 	old := *o.remotes.Load()
 	next := make(map[balancer.Target]*remote, t.nEps)
@@ -414,8 +477,11 @@ func (o *Outbound) Install(t *Table) {
 		}
 	}
 	o.remotes.Store(&next)
-	// 2. Balancers, found again by service (and subset).
+	// 2. Balancers and metric series, found again by service (and
+	// subset).
 	balancers := make(map[string]*balancer.Balancer, len(t.services))
+	series := make(map[svcKey]*atomic.Pointer[requestSeries], len(t.services))
+	runs := make(map[*service]*svcRun, len(t.services))
 	bal := func(key string, targets []balancer.Target) *balancer.Balancer {
 		b := o.balancers[key]
 		if b == nil {
@@ -427,20 +493,25 @@ func (o *Outbound) Install(t *Table) {
 	}
 	for _, s := range t.services {
 		key := s.key.ns + "/" + s.key.name
-		s.bal = bal(key, s.targets)
-		for name, sub := range s.subsets {
-			if s.subsetBal == nil {
-				s.subsetBal = map[string]*balancer.Balancer{}
-			}
-			s.subsetBal[name] = bal(key+"/"+name, sub)
+		run := &svcRun{bal: bal(key, s.targets), series: o.series[s.key]}
+		if run.series == nil {
+			run.series = new(atomic.Pointer[requestSeries])
 		}
+		series[s.key] = run.series
+		for name, sub := range s.subsets {
+			if run.subsets == nil {
+				run.subsets = map[string]*balancer.Balancer{}
+			}
+			run.subsets[name] = bal(key+"/"+name, sub)
+		}
+		runs[s] = run
 	}
-	o.balancers = balancers
+	o.balancers, o.series = balancers, series
 	// 3. In-flight counters of services gone (and idle) are dropped; the
 	// others go on.
 	o.inflight.prune(func(k svcKey) bool { return t.services[k] != nil || o.isStatic(k) })
-	// 4. The table itself.
-	o.table.Store(t)
+	// 4. The table itself, with its runtime state, in one store.
+	o.view.Store(&view{table: t, runs: runs})
 	// 5. Connections to endpoints that are gone are closed once idle: now,
 	// and again at each later Install and at shutdown (a request in
 	// flight keeps its connection until it ends).
@@ -557,22 +628,17 @@ func (up *upstream) service(t *Table) *service {
 	return s
 }
 
-// call is what the handler decided for one request, for the rewrite and
-// the round trip.
-type call struct {
-	ctx   context.Context // the request's, with the route timeout
-	dst   *service
-	bal   *balancer.Balancer
-	port  *svcPort
-	route *route.Route
-}
-
-type callKey struct{}
+// upstreamKey marks a connection of an upstream port (its http.Server's
+// ConnContext): which port a request came in on is the connection's.
 type upstreamKey struct{}
 
 // ServeHTTP routes one request from the app.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	t := o.table.Load()
+	v := o.view.Load()
+	var t *Table
+	if v != nil {
+		t = v.table
+	}
 	var svc *service
 	var port uint32
 	up, _ := r.Context().Value(upstreamKey{}).(*upstream)
@@ -582,7 +648,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		svc, port = t.lookupHost(r.Host)
 	}
 	if svc == nil && up == nil && o.egressAllowed(r.Host) {
-		o.egressFwd.ServeHTTP(w, r)
+		o.egressFwd.serve(w, r, nil) // no decision: the Host is the destination
 		return
 	}
 	if svc == nil && t == nil {
@@ -599,7 +665,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Errorf("%w: %q", ErrUnknownService, dest))
 		return
 	}
-	c := &call{dst: svc}
+	c := &decision{dst: svc}
 	subset := ""
 	if svc.routes != nil {
 		path, err := pathnorm.Normalize(r.URL.EscapedPath())
@@ -624,7 +690,8 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Errorf("%w: HTTP request for TCP port %d of %s", ErrInvalidConfig, c.port.port, c.dst.label))
 		return
 	}
-	if c.bal = c.dst.balancerFor(subset); c.bal == nil || c.dst.endpoints(subset) == 0 {
+	run := o.run(v, up, c.dst)
+	if c.bal = run.balancerFor(subset); c.bal == nil || c.dst.endpoints(subset) == 0 {
 		what := c.dst.label
 		if subset != "" {
 			what = "subset " + subset + " of " + what
@@ -642,7 +709,12 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer inflight.Add(-1)
-	if !o.fwd.admitBody(w, r, c.port) {
+	c.series = run.series
+	var proto meshv1.Protocol
+	if c.port != nil {
+		proto = c.port.proto
+	}
+	if !o.fwd.admitBody(w, r, proto) {
 		return
 	}
 	ctx := r.Context()
@@ -652,7 +724,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	c.ctx = ctx
-	o.fwd.ServeHTTP(w, r.WithContext(context.WithValue(ctx, callKey{}, c)))
+	o.fwd.serve(w, r.WithContext(context.WithValue(ctx, decisionKey{}, c)), c)
 }
 
 // egressAllowed reports whether Egress lets a request for host leave the
@@ -678,27 +750,25 @@ func (o *Outbound) egressAllowed(host string) bool {
 // rewrite prepares the request for the remote inbound. The URL's host is
 // the service's name: each endpoint's transport dials its own address.
 func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
-	c := pr.In.Context().Value(callKey{}).(*call)
+	c := decisionFrom(pr.In.Context())
 	pr.Out.URL.Scheme = "https"
 	pr.Out.URL.Host = c.dst.label
 	keepRawPath(pr.In, pr.Out.URL)
 	// The remote inbound sets the mesh headers; nothing the app sends may
 	// pose as them.
-	stripMeshHeaders(pr.Out.Header)
+	applink.StripMeshHeaders(pr.Out.Header)
 	if c.port != nil {
 		pr.Out.Header[HeaderTarget] = c.port.header
 	}
 	ensureRequestID(pr.Out.Header)
 	// ReverseProxy drops the forwarding headers before Rewrite; the app's
 	// own (it may be a gateway) go on as it sent them.
-	for _, k := range forwardingHeaders {
+	for _, k := range applink.ForwardingHeaders {
 		if v, ok := pr.In.Header[k]; ok {
 			pr.Out.Header[k] = v
 		}
 	}
 }
-
-var forwardingHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // Run serves every local port until ctx is cancelled, then drains
 // (Limits.Drain), closes the connections to the remotes and returns nil.
@@ -833,9 +903,15 @@ func (o *Outbound) accept(ctx context.Context, ln net.Listener, up *upstream, co
 			}
 			continue
 		}
-		if svc := up.service(o.table.Load()); svc != nil {
+		v := o.view.Load()
+		var t *Table
+		if v != nil {
+			t = v.table
+		}
+		if svc := up.service(t); svc != nil {
 			if sp := svc.port(up.Port, false); sp != nil && sp.proto == meshv1.Protocol_PROTOCOL_TCP {
-				o.tunnels.start(c, func(ctx context.Context) { o.relay(ctx, c, svc, sp) })
+				bal := o.run(v, up, svc).balancerFor("")
+				o.tunnels.start(c, func(ctx context.Context) { o.relay(ctx, c, svc, bal, sp) })
 				continue
 			}
 		}
@@ -906,7 +982,7 @@ var _ HTTPRouter = (*Outbound)(nil)
 
 // PortProtocol implements HTTPRouter from the table in force.
 func (o *Outbound) PortProtocol(port uint16) (meshv1.Protocol, bool) {
-	t := o.table.Load()
+	t := o.table()
 	if t == nil {
 		return 0, false
 	}

@@ -21,6 +21,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/certs/certstest"
+	"minimesh/dataplane/applink"
 )
 
 func startOutbound(t testing.TB, m *mesh, remote string, id string, metrics *Metrics) (net.Listener, *logBuffer) {
@@ -62,7 +63,7 @@ func TestMeshRequestCarriesCallerID(t *testing.T) {
 		t.Errorf("app saw %s %q, want exactly [%s]", HeaderPeerID, got, webID)
 	}
 	for k := range s.Header {
-		if hasPrefixFold(k, "X-Mesh-") && k != HeaderPeerID || strings.EqualFold(k, "X-Forwarded-Client-Cert") {
+		if applink.HasPrefixFold(k, "X-Mesh-") && k != HeaderPeerID || strings.EqualFold(k, "X-Forwarded-Client-Cert") {
 			t.Errorf("app saw client-sent header %s", k)
 		}
 	}
@@ -354,7 +355,7 @@ func TestPublicHTTPSWithReloadedCertificate(t *testing.T) {
 		t.Fatalf("status %d over %s", resp.StatusCode, resp.Proto)
 	}
 	for k := range s.Header {
-		if hasPrefixFold(k, "X-Mesh-") {
+		if applink.HasPrefixFold(k, "X-Mesh-") {
 			t.Errorf("app saw %s from a public client", k)
 		}
 	}

@@ -7,13 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
 	"minimesh/certs"
 	"minimesh/dataplane/accesslog"
+	"minimesh/dataplane/applink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -76,7 +76,7 @@ type Public struct {
 	cfg       PublicConfig
 	log       *slog.Logger
 	tlsConfig *tls.Config
-	transport *appClient
+	transport *applink.Client
 	fwd       *forwarder
 	enf       enforcer
 	policy    atomic.Pointer[Policy]
@@ -101,36 +101,10 @@ func NewPublic(cfg PublicConfig) (*Public, error) {
 		GetCertificate: cfg.Certificate.GetCertificate,
 		Time:           cfg.Clock.Now,
 	}
-	p.transport = newAppClient(cfg.Limits)
-	app := cfg.App
-	p.fwd = newForwarder(ListenerPublic, p.log, cfg.Clock.Now, cfg.Metrics, p.transport,
-		func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = app
-			pr.Out.URL.RawQuery = cleanQuery(pr.Out.URL.RawQuery)
-			if path, ok := pr.In.Context().Value(pathKey{}).(string); ok {
-				setForwardedPath(pr.Out.URL, path)
-			}
-			stripMeshHeaders(pr.Out.Header)
-			// What the direct path writes: the client's address (its own
-			// forwarding headers are gone, sanitize.go), the Host it asked
-			// for and https, the only scheme served here (r.TLS is nil
-			// behind the framing checker).
-			if ip := clientIP(pr.In.RemoteAddr); ip != "" {
-				pr.Out.Header["X-Forwarded-For"] = []string{ip}
-			}
-			pr.Out.Header["X-Forwarded-Host"] = []string{pr.In.Host}
-			pr.Out.Header["X-Forwarded-Proto"] = []string{"https"}
-		})
-	p.fwd.direct = p.transport
-	p.fwd.head = func(r *http.Request, h *appHead) {
-		h.addr, h.public = app, true
-		if path, ok := r.Context().Value(pathKey{}).(string); ok {
-			h.path = path
-		}
-	}
+	p.transport = applink.New(cfg.Limits.app())
+	p.fwd = newForwarder(forwarderConfig{name: ListenerPublic, log: p.log, now: cfg.Clock.Now, metrics: cfg.Metrics,
+		transport: p.transport, direct: p.transport, maxBody: cfg.Limits.MaxRequestBodyBytes})
 	p.enf = enforcer{decisions: newDecisionCounters(cfg.Metrics), log: p.log, san: newSanitizer(cfg.Metrics, ListenerPublic)}
-	p.fwd.maxBody = cfg.Limits.MaxRequestBodyBytes
 	return p, nil
 }
 
@@ -150,31 +124,37 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	al := p.cfg.AccessLog
 	if al == nil || !al.Enabled() {
-		p.serve(w, r, pol)
+		p.serve(w, r, pol, new(decision))
 		return
 	}
 	start := p.cfg.Clock.Now()
 	ex := newExchange(w, r, nil)
 	defer loggedAbort(r, ex, func(ex *inExchange) {
-		logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), ex.route, ex.path, p.cfg.App)
+		logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start))
 	})
-	routeName, path := p.serve(ex, r, pol)
-	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start), routeName, path, p.cfg.App)
+	p.serve(ex, r, pol, &ex.d)
+	logExchange(al, r, "", ex, start, p.cfg.Clock.Now().Sub(start))
 	ex.release()
 }
 
-func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy) (routeName, path string) {
+// serve decides r once, into d, and forwards it or refuses it.
+func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy, d *decision) {
+	// What the app receives: the app's address, this hop's forwarding
+	// headers instead of the client's, and the path the policy matches
+	// (enforcer.serveHTTP).
+	d.app = applink.Head{Addr: p.cfg.App, Public: true}
+	d.proto, d.upstream = meshv1.Protocol_PROTOCOL_HTTP, p.cfg.App
 	if !p.enf.admit(w, r, p.fwd) {
-		return "", ""
+		return
 	}
 	if r.Method == http.MethodConnect {
 		// An app port, not a forward proxy: a CONNECT would reach the app
 		// as "CONNECT / HTTP/1.1", authorized as path "/", and a tunnel
 		// the app opened would carry requests no policy saw.
 		p.fwd.refuse(w, r, http.StatusMethodNotAllowed, "method not allowed\n", fmt.Errorf("proxy: CONNECT %q at the public port", r.Host))
-		return "", ""
+		return
 	}
-	return p.enf.serveHTTP(w, r, pol, "", p.fwd, meshv1.Protocol_PROTOCOL_HTTP)
+	p.enf.serveHTTP(w, r, pol, "", p.fwd, d)
 }
 
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and

@@ -4,6 +4,8 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
+
+	"minimesh/dataplane/applink"
 )
 
 // maxRequestID bounds a kept X-Request-Id.
@@ -20,7 +22,7 @@ func ensureRequestID(h http.Header) {
 	// A non-canonical spelling ("x-request-id" from a raw h2 frame is
 	// canonicalised by net/http, but a map built by hand may not be).
 	for k := range h {
-		if k != HeaderRequestID && len(k) == len(HeaderRequestID) && hasPrefixFold(k, HeaderRequestID) {
+		if k != HeaderRequestID && len(k) == len(HeaderRequestID) && applink.HasPrefixFold(k, HeaderRequestID) {
 			delete(h, k)
 		}
 	}

@@ -32,8 +32,8 @@ const maxDrain = 4 << 10
 // (counted as outstanding) until the next pick, so the power of two
 // choices turns the retry away from it when another is there.
 func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
-	c, ok := req.Context().Value(callKey{}).(*call)
-	if !ok {
+	c := decisionFrom(req.Context())
+	if c == nil || c.bal == nil {
 		return nil, fmt.Errorf("%w: request without a destination", ErrUnknownService)
 	}
 	upgrade := req.Header.Get("Upgrade") != ""

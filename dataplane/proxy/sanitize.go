@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpguts"
+
+	"minimesh/dataplane/applink"
 )
 
 // What the app receives. Both app-facing listeners (the inbound and the
@@ -125,14 +127,14 @@ func (s *sanitizer) sanitize(r *http.Request) error {
 		case isRoutingOverride(k):
 			delete(r.Trailer, k)
 			s.override.Inc()
-		case hasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") ||
+		case applink.HasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") ||
 			clientCertHeader(k) || s.public && clientAddressHeader(k):
 			delete(r.Trailer, k)
 		}
 	}
 	if up, ok := h["Upgrade"]; ok && !onlyWebSocket(up) {
 		s.upgrade.Inc()
-		if listedIn(up, "websocket") {
+		if applink.ListedIn(up, "websocket") {
 			h["Upgrade"] = []string{"websocket"}
 		} else {
 			delete(h, "Upgrade")
@@ -193,7 +195,7 @@ func isRoutingOverride(k string) bool {
 // Ssl, Scheme, Uri…), X-Real-IP and the CDN and load-balancer spellings of
 // the client's IP.
 func clientAddressHeader(k string) bool {
-	if hasPrefixFold(k, "X-Forwarded-") {
+	if applink.HasPrefixFold(k, "X-Forwarded-") {
 		return true
 	}
 	switch len(k) {
@@ -224,9 +226,9 @@ func clientAddressHeader(k string) bool {
 // forgery, from a meshed caller as from an outside client.
 // (X-Forwarded-Client-Cert goes with the mesh headers.)
 func clientCertHeader(k string) bool {
-	return hasPrefixFold(k, "X-Ssl-Client") || hasPrefixFold(k, "Ssl-Client") ||
-		hasPrefixFold(k, "X-Amzn-Mtls-") || hasPrefixFold(k, "X-Client-Cert") ||
-		hasPrefixFold(k, "X-Client-Verify") || hasPrefixFold(k, "X-Arr-Clientcert")
+	return applink.HasPrefixFold(k, "X-Ssl-Client") || applink.HasPrefixFold(k, "Ssl-Client") ||
+		applink.HasPrefixFold(k, "X-Amzn-Mtls-") || applink.HasPrefixFold(k, "X-Client-Cert") ||
+		applink.HasPrefixFold(k, "X-Client-Verify") || applink.HasPrefixFold(k, "X-Arr-Clientcert")
 }
 
 // onlyWebSocket reports whether the Upgrade values vv are the one token

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -35,9 +34,9 @@ type TableConfig struct {
 // Table is the traffic config compiled from one snapshot: every service
 // with its ports, its allowed endpoints (and those of its subsets) and its
 // routes, and the names a Host header may use for it. It is immutable once
-// compiled, except for the balancers an Outbound attaches when it installs
-// it; install a Table in one Outbound only. The Inbound reads its own
-// service's ports from it.
+// compiled: what changes at runtime (balancers, counters, metric series)
+// is kept by the Outbound that installs it, across tables. The Inbound
+// reads its own service's ports from it.
 type Table struct {
 	namespace string
 	services  map[svcKey]*service
@@ -53,8 +52,6 @@ type Table struct {
 	// serve their service, for logs.
 	rejected []string
 	nEps     int
-
-	installed atomic.Bool
 }
 
 type svcKey struct{ ns, name string }
@@ -70,11 +67,6 @@ type service struct {
 	targets  []balancer.Target
 	subsets  map[string][]balancer.Target
 	routes   *route.Table
-
-	// Set by Outbound.Install.
-	bal       *balancer.Balancer
-	subsetBal map[string]*balancer.Balancer
-	series    atomic.Pointer[requestSeries] // its outbound metrics, on first use
 }
 
 type svcPort struct {
@@ -304,15 +296,6 @@ func (s *service) port(p uint32, httpRequest bool) *svcPort {
 		}
 	}
 	return &s.ports[0]
-}
-
-// balancerFor returns the balancer of s's endpoints, or of one subset;
-// nil when there is none.
-func (s *service) balancerFor(subset string) *balancer.Balancer {
-	if subset == "" {
-		return s.bal
-	}
-	return s.subsetBal[subset]
 }
 
 // endpoints counts the endpoints of s, or of one of its subsets.

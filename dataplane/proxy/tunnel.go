@@ -86,7 +86,7 @@ func (s *tunnelSet) drain(d time.Duration) {
 // relay carries one app connection to an endpoint of svc's TCP port sp.
 // Opening the stream is tried on up to three endpoints; once bytes flow,
 // a failure ends the connection.
-func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, sp *svcPort) {
+func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, bal *balancer.Balancer, sp *svcPort) {
 	defer c.Close()
 	o.fwd.inflight.Add(1)
 	defer o.fwd.inflight.Done()
@@ -94,9 +94,9 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, sp *svcP
 	log := o.log.With(slog.String("service", svc.label), slog.Any("port", sp.port))
 	var prev *balancer.Endpoint
 	for try := 0; try < 3; try++ {
-		ep, err := svc.bal.Pick()
+		ep, err := bal.Pick()
 		if prev != nil {
-			svc.bal.Done(prev, false)
+			bal.Done(prev, false)
 			prev = nil
 		}
 		if err != nil {
@@ -128,12 +128,12 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, sp *svcP
 		}
 		pipe(c, &streamConn{r: resp.Body, w: pw, cancel: cancel}, o.cfg.Limits.Idle, nil)
 		cancel()
-		svc.bal.Done(ep, true)
+		bal.Done(ep, true)
 		o.metrics.observe(http.StatusOK, o.cfg.Clock.Now().Sub(start).Seconds())
 		return
 	}
 	if prev != nil {
-		svc.bal.Done(prev, false)
+		bal.Done(prev, false)
 	}
 	o.metrics.observe(http.StatusBadGateway, o.cfg.Clock.Now().Sub(start).Seconds())
 }
