@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"minimesh/certs"
+	"minimesh/controlplane/push"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -138,45 +139,41 @@ func (s *Server) waitingForBundle(ca *certs.CA) ([]string, error) {
 	return waiting, err
 }
 
-// waitingForSVIDs lists the instances whose newest SVID is still valid and
-// chains to a retired root.
+// waitingForSVIDs lists the registered instances (not revoked) whose
+// newest SVID is still valid and chains to a retired root. An instance
+// without a proxy record (forgotten: meshctl proxy forget, or
+// --forget-after) no longer holds the rotation.
 func (s *Server) waitingForSVIDs(ca *certs.CA) ([]string, error) {
 	retired := map[string]bool{}
 	for _, r := range ca.RetiredRoots() {
 		retired[certs.SPKIPin(r)] = true
 	}
-	newest, err := s.newestSVIDs()
-	if err != nil {
-		return nil, err
-	}
 	now := s.cfg.Clock.Now()
 	var waiting []string
-	for inst, c := range newest {
-		if retired[c.RootPin] && now.Before(c.NotAfter) {
-			waiting = append(waiting, inst)
-		}
-	}
-	sort.Strings(waiting)
-	return waiting, nil
-}
-
-// newestSVIDs is the newest workload certificate of each instance.
-func (s *Server) newestSVIDs() (map[string]*store.Certificate, error) {
-	out := map[string]*store.Certificate{}
 	err := s.store.View(func(r *store.Reader) error {
-		recs, err := r.List(store.TableCertificates, "id")
-		for _, rec := range recs {
-			c := rec.(*store.Certificate)
-			if c.InstanceID == "" || c.IssuedBy == "internal" {
+		newest, err := push.NewestSVIDs(r)
+		if err != nil {
+			return err
+		}
+		for inst, c := range newest {
+			if !retired[c.RootPin] || !now.Before(c.NotAfter) {
 				continue
 			}
-			if prev, ok := out[c.InstanceID]; !ok || c.NotBefore.After(prev.NotBefore) {
-				out[c.InstanceID] = c
+			rec, err := r.Get(store.TableProxies, inst)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !rec.(*store.Proxy).Revoked {
+				waiting = append(waiting, inst)
 			}
 		}
-		return err
+		return nil
 	})
-	return out, err
+	sort.Strings(waiting)
+	return waiting, err
 }
 
 // CAStatus shows the roots, the phase and which proxies hold what.
@@ -206,18 +203,43 @@ func (s *Server) CAStatus() (*meshv1.CAStatusResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	newest, err := s.newestSVIDs()
-	if err != nil {
-		return nil, err
+	// Forcing the next phase now breaks exactly those it waits for: in
+	// phase prepared their bundle lacks the root that is about to sign,
+	// in phase activated their SVID chains to the root about to leave.
+	out.Waiting, out.WouldBreak = waiting, waiting
+	waited := map[string]bool{}
+	for _, w := range waiting {
+		waited[w] = true
 	}
+	inBundle := map[string]bool{}
+	for _, r := range ca.Bundle().X509Authorities() {
+		inBundle[certs.SPKIPin(r)] = true
+	}
+	now := s.cfg.Clock.Now()
 	err = s.store.View(func(r *store.Reader) error {
+		newest, err := push.NewestSVIDs(r)
+		if err != nil {
+			return err
+		}
 		recs, err := r.List(store.TableProxies, "id")
 		for _, rec := range recs {
 			p := rec.(*store.Proxy)
-			pr := &meshv1.ProxyRoots{InstanceId: p.InstanceID, Service: p.Service, Connected: p.Connected, AckedRoots: p.AckedRoots}
+			pr := &meshv1.ProxyRoots{InstanceId: p.InstanceID, Service: p.Service, Connected: p.Connected, AckedRoots: p.AckedRoots, Revoked: p.Revoked}
 			if c, ok := newest[p.InstanceID]; ok {
 				pr.SvidRoot = c.RootPin
 				pr.SvidExpiresAt = timestamppb.New(c.NotAfter)
+				pr.SvidNotBefore = timestamppb.New(c.NotBefore)
+				// Broken now: its SVID, still valid, chains to a root that
+				// is not in the bundle it ACKed, or not in meshd's (which
+				// refuses it at Renew and at the stream).
+				notAcked := len(p.AckedRoots) > 0 && !slices.Contains(p.AckedRoots, c.RootPin)
+				pr.Untrusted = !p.Revoked && c.RootPin != "" && now.Before(c.NotAfter) && (notAcked || !inBundle[c.RootPin])
+			}
+			if pr.Untrusted {
+				out.Untrusted = append(out.Untrusted, p.InstanceID)
+			}
+			if waited[p.InstanceID] && !p.Connected {
+				out.WaitingDisconnected = append(out.WaitingDisconnected, p.InstanceID)
 			}
 			out.Proxies = append(out.Proxies, pr)
 		}

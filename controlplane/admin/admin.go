@@ -32,7 +32,11 @@ type Config struct {
 	// TrustDomain, when set, is the only trust domain DenyIdentity accepts.
 	TrustDomain spiffeid.TrustDomain
 	// OnChange is called after every committed change of resources.
-	OnChange   func()
+	OnChange func()
+	// Replicas, when set, says the store's kind ("etcd") and how each
+	// replica answers, for Version (meshctl check); nil is one bbolt
+	// replica.
+	Replicas   func() (store string, replicas []*meshv1.ReplicaStatus, leader string)
 	Clock      certs.Clock
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -43,6 +47,7 @@ type Push interface {
 	Sync() ([]*meshv1.ProxySync, error)
 	Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync, error)
 	Query(ctx context.Context, instanceID string, req *meshv1.Request) (*meshv1.Reply, error)
+	ForgetInstance(instanceID string, force bool) (wasConnected bool, err error)
 }
 
 // CA is what admin needs of meshd's certificate authority.

@@ -89,6 +89,9 @@ type Server struct {
 	// graceNext is the earliest end of a running endpoint grace (zero:
 	// none), for Run's timer.
 	graceNext time.Time
+	// revision is the store revision the current snapshots were computed
+	// at (read before them: they hold every change up to it).
+	revision uint64
 
 	pushes  prometheus.Counter
 	acks    *prometheus.CounterVec
@@ -305,7 +308,12 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) recompute() error {
 	var c *computed
 	now := s.cfg.Clock.Now()
-	err := s.cfg.Store.View(func(r *store.Reader) error {
+	// Read before the snapshots: they hold every change up to rev.
+	rev, err := s.cfg.Store.Revision()
+	if err != nil {
+		return err
+	}
+	err = s.cfg.Store.View(func(r *store.Reader) error {
 		var err error
 		c, err = snapshots(r, s.cfg.Bundle(), now)
 		return err
@@ -333,6 +341,7 @@ func (s *Server) recompute() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.current, s.members = current, c.members
+	s.revision = rev
 	s.graceNext = c.graceNext
 	for id, sess := range s.active {
 		var why string
@@ -896,7 +905,9 @@ func (s *Server) Forget(cutoff time.Time) error {
 			// A proxy in its endpoint grace is not stale, however old its
 			// LastSeen (a stream that lived quietly for days, then a meshd
 			// restart): forgetting it would drop the endpoint the grace holds.
-			if _, live := s.active[p.InstanceID]; live || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
+			// A revoked instance's revocation is on its record: forgetting
+			// it would let the instance bootstrap again.
+			if _, live := s.active[p.InstanceID]; live || p.Revoked || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
 				continue
 			}
 			if err := tx.Delete(store.TableProxies, p.InstanceID); err != nil {
@@ -923,7 +934,12 @@ func (s *Server) Forget(cutoff time.Time) error {
 // Sync returns every stored proxy's sync state, by service and instance.
 func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
 	var proxies []*store.Proxy
+	var newest map[string]*store.Certificate
 	err := s.cfg.Store.View(func(r *store.Reader) error {
+		var err error
+		if newest, err = NewestSVIDs(r); err != nil {
+			return err
+		}
 		recs, err := r.List(store.TableProxies, "id")
 		for _, rec := range recs {
 			proxies = append(proxies, rec.(*store.Proxy))
@@ -943,12 +959,12 @@ func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
 	defer s.mu.Unlock()
 	out := make([]*meshv1.ProxySync, 0, len(proxies))
 	for _, p := range proxies {
-		out = append(out, s.syncLocked(p))
+		out = append(out, s.syncLocked(p, newest))
 	}
 	return out, nil
 }
 
-func (s *Server) syncLocked(p *store.Proxy) *meshv1.ProxySync {
+func (s *Server) syncLocked(p *store.Proxy, newest map[string]*store.Certificate) *meshv1.ProxySync {
 	st := s.state(p.InstanceID)
 	ps := &meshv1.ProxySync{
 		Proxy:         ProxyProto(p),
@@ -960,14 +976,23 @@ func (s *Server) syncLocked(p *store.Proxy) *meshv1.ProxySync {
 	if !st.lastMessage.IsZero() {
 		ps.LastMessage = timestamppb.New(st.lastMessage)
 	}
-	if gs := s.current[s.members[p.InstanceID]]; gs != nil {
+	gs := s.current[s.members[p.InstanceID]]
+	if gs != nil {
 		ps.CurrentVersion = gs.snap.Version
+		ps.Revision = s.revision
 	}
 	_, connected := s.active[p.InstanceID]
 	ps.Proxy.Connected = connected
+	trust(ps, p, st, gs, newest)
 	switch {
+	case p.Revoked:
+		ps.State = meshv1.SyncState_SYNC_STATE_REVOKED
 	case !connected:
 		ps.State = meshv1.SyncState_SYNC_STATE_DISCONNECTED
+	case ps.SvidRoot != "" && len(ps.AckedRoots) > 0 && !slices.Contains(ps.AckedRoots, ps.SvidRoot):
+		ps.State = meshv1.SyncState_SYNC_STATE_UNTRUSTED
+	case len(ps.UntrustedPeers) > 0:
+		ps.State = meshv1.SyncState_SYNC_STATE_UNTRUSTED_PEERS
 	case ps.CurrentVersion != "" && st.acked == ps.CurrentVersion:
 		ps.State = meshv1.SyncState_SYNC_STATE_SYNCED
 	case st.nacked != "" && st.nacked == ps.CurrentVersion:
@@ -982,20 +1007,22 @@ func (s *Server) syncLocked(p *store.Proxy) *meshv1.ProxySync {
 // not hold it, e.g. after a restart before the next ACK) and its status.
 func (s *Server) Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync, error) {
 	var p *store.Proxy
+	var newest map[string]*store.Certificate
 	err := s.cfg.Store.View(func(r *store.Reader) error {
 		rec, err := r.Get(store.TableProxies, instanceID)
 		if err != nil {
 			return err
 		}
 		p = rec.(*store.Proxy)
-		return nil
+		newest, err = NewestSVIDs(r)
+		return err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.state(instanceID).ackedSnap, s.syncLocked(p), nil
+	return s.state(instanceID).ackedSnap, s.syncLocked(p, newest), nil
 }
 
 // Query sends an operator request to a connected proxy and waits for its
@@ -1049,6 +1076,7 @@ func ProxyProto(p *store.Proxy) *meshv1.Proxy {
 		// The scope as registered; its Routes' backends come on top.
 		EndpointScoped: p.Scoped,
 		EndpointScope:  p.Scope,
+		Revoked:        p.Revoked,
 	}
 	if !p.LastSeen.IsZero() {
 		out.LastSeen = timestamppb.New(p.LastSeen)

@@ -158,7 +158,10 @@ func newProxiesCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN\tENDPOINTS OF")
 				for _, p := range resp.GetProxies() {
 					state := "disconnected"
-					if p.GetConnected() {
+					switch {
+					case p.GetRevoked():
+						state = "revoked"
+					case p.GetConnected():
 						state = "connected"
 					}
 					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,

@@ -22,10 +22,21 @@ func syncState(s meshv1.SyncState, reason string) string {
 	return name
 }
 
+// proxyState is the STATUS column: the state, with what makes it so.
+func proxyState(ps *meshv1.ProxySync) string {
+	switch ps.GetState() {
+	case meshv1.SyncState_SYNC_STATE_UNTRUSTED:
+		return "UNTRUSTED (svid root " + ps.GetSvidRoot() + " not in bundle)"
+	case meshv1.SyncState_SYNC_STATE_UNTRUSTED_PEERS:
+		return fmt.Sprintf("UNTRUSTED PEERS (%d)", len(ps.GetUntrustedPeers()))
+	}
+	return syncState(ps.GetState(), ps.GetNackReason())
+}
+
 func newProxyStatusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "proxy-status",
-		Short: "Each proxy's sync state: SYNCED, STALE, NACKED (reason) or DISCONNECTED",
+		Short: "Each proxy's state: SYNCED, STALE, NACKED (reason), DISCONNECTED, UNTRUSTED, UNTRUSTED PEERS (n) or REVOKED",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
@@ -55,7 +66,7 @@ func newProxyStatusCmd(g *globals) *cobra.Command {
 						files = fmt.Sprintf("%d (last written %s)", n, last.UTC().Format("15:04:05Z"))
 					}
 					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(),
-						syncState(ps.GetState(), ps.GetNackReason()), version, files, until(p.GetSvidExpiresAt().AsTime()))
+						proxyState(ps), version, files, until(p.GetSvidExpiresAt().AsTime()))
 				}
 				return w.Flush()
 			})
@@ -79,7 +90,7 @@ func newProxyConfigCmd(g *globals) *cobra.Command {
 				}
 				snap := resp.GetApplied()
 				st := resp.GetStatus()
-				printf(g.io.Out, "# instance %s, status %s, applied version %s\n", args[0], syncState(st.GetState(), st.GetNackReason()), orDash(st.GetAckedVersion()))
+				printf(g.io.Out, "# instance %s, status %s, applied version %s\n", args[0], proxyState(st), orDash(st.GetAckedVersion()))
 				if snap == nil {
 					fmt.Fprintln(g.io.Out, "# meshd holds no copy of the applied snapshot yet (it keeps the last one ACKed since it started)")
 					return nil

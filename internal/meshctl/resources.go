@@ -28,6 +28,7 @@ func newApplyCmd(g *globals) *cobra.Command {
 	var (
 		files  []string
 		dryRun bool
+		wait   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|- [--dry-run]",
@@ -45,10 +46,17 @@ func newApplyCmd(g *globals) *cobra.Command {
 			for _, o := range objs {
 				req.Resources = append(req.Resources, api.ToProto(o))
 			}
-			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
-				resp, err := c.Apply(ctx, req)
+			return g.adminFor(wait, func(ctx context.Context, c meshv1.AdminServiceClient) error {
+				cctx, cancel := context.WithTimeout(ctx, g.timeout)
+				resp, err := c.Apply(cctx, req)
+				cancel()
 				if err != nil {
 					return locate(err, where)
+				}
+				if wait > 0 && !dryRun {
+					if err := g.waitRevision(ctx, c, resp.GetRevision(), wait); err != nil {
+						return err
+					}
 				}
 				if g.output != "table" {
 					return g.print(resp)
@@ -67,6 +75,7 @@ func newApplyCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "file, directory (*.yaml, *.yml, *.json) or - for stdin; repeatable")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate on meshd and show what would change, changing nothing")
+	addWaitFlag(cmd.Flags(), &wait, "every connected proxy ACKed or NACKed the new revision (a NACK fails, naming the proxy and reason)")
 	return cmd
 }
 
@@ -196,7 +205,10 @@ func newGetCmd(g *globals) *cobra.Command {
 }
 
 func newDeleteCmd(g *globals) *cobra.Command {
-	var namespace string
+	var (
+		namespace string
+		wait      time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "delete KIND NAME [-n NAMESPACE]",
 		Short: "Delete a resource (refused while others refer to it)",
@@ -206,10 +218,17 @@ func newDeleteCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
-				resp, err := c.DeleteResource(ctx, &meshv1.DeleteResourceRequest{Kind: string(k), Namespace: namespace, Name: args[1]})
+			return g.adminFor(wait, func(ctx context.Context, c meshv1.AdminServiceClient) error {
+				cctx, cancel := context.WithTimeout(ctx, g.timeout)
+				resp, err := c.DeleteResource(cctx, &meshv1.DeleteResourceRequest{Kind: string(k), Namespace: namespace, Name: args[1]})
+				cancel()
 				if err != nil {
 					return err
+				}
+				if wait > 0 {
+					if err := g.waitRevision(ctx, c, resp.GetRevision(), wait); err != nil {
+						return err
+					}
 				}
 				if g.output != "table" {
 					return g.print(resp)
@@ -220,5 +239,6 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace")
+	addWaitFlag(cmd.Flags(), &wait, "every connected proxy ACKed or NACKed the new revision (a NACK fails, naming the proxy and reason)")
 	return cmd
 }

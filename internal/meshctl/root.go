@@ -60,7 +60,7 @@ func NewRoot(stdio IO) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each call to meshd")
 	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDeleteCmd(g), newProxyStatusCmd(g), newProxyConfigCmd(g),
 		newCACmd(g), newProxyCmd(g), newIdentityCmd(g), newOperatorCmd(g), newBackupCmd(g),
-		newTopCmd(g), newProczCmd(g), newAuthzCmd(g))
+		newTopCmd(g), newProczCmd(g), newAuthzCmd(g), newCheckCmd(g))
 	root.AddCommand(newInjectCmd(g))
 	return root
 }
@@ -128,6 +128,11 @@ func trustDomainOf(dir string) (spiffeid.TrustDomain, error) {
 
 // admin runs fn with an admin client and a bounded context.
 func (g *globals) admin(fn func(ctx context.Context, c meshv1.AdminServiceClient) error) error {
+	return g.adminFor(0, fn)
+}
+
+// adminFor is admin with extra time on top of --timeout (--wait).
+func (g *globals) adminFor(extra time.Duration, fn func(ctx context.Context, c meshv1.AdminServiceClient) error) error {
 	if g.output != "table" && g.output != "json" && g.output != "yaml" {
 		return fmt.Errorf("--output: must be table, json or yaml, got %q", g.output)
 	}
@@ -136,9 +141,11 @@ func (g *globals) admin(fn func(ctx context.Context, c meshv1.AdminServiceClient
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout+extra)
 	defer cancel()
-	return fn(ctx, meshv1.NewAdminServiceClient(conn))
+	// A handshake meshd's certificate fails (a stale credential, a meshd
+	// restored from an older backup) is explained, not left to x509.
+	return g.explain(fn(ctx, meshv1.NewAdminServiceClient(conn)))
 }
 
 // print writes m as JSON or YAML, as --output says.
