@@ -32,7 +32,8 @@ type Config struct {
 	Addr     string
 	// Ready returns nil when the proxy should receive traffic, else the
 	// reason it should not, which /ready shows. If nil, the proxy is ready
-	// when SVID (if set) holds a valid SVID.
+	// when SVID (if set) holds a valid SVID that, with Bundle, chains to a
+	// root of the bundle.
 	Ready func() error
 	// Detail, when set, adds lines to /ready's body (ready or not): things
 	// an operator should see that do not make the proxy unready, such as a
@@ -174,7 +175,7 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	case s.cfg.Ready != nil:
 		err = s.cfg.Ready()
 	case s.cfg.SVID != nil:
-		_, err = s.cfg.SVID.GetX509SVID()
+		err = s.ownSVID()
 	}
 	var detail string
 	if s.cfg.Detail != nil {
@@ -187,6 +188,20 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeText(w, http.StatusOK, "ready\n"+detail)
+}
+
+// ownSVID is nil when the SVID is valid and, with a Bundle, chains to one
+// of its roots, as this proxy's peers will verify it. It never looks at
+// peers: one proxy's readiness must not depend on another's.
+func (s *Server) ownSVID() error {
+	svid, err := s.cfg.SVID.GetX509SVID()
+	if err != nil || s.cfg.Bundle == nil {
+		return err
+	}
+	if _, _, err := certs.VerifyPeerCertificates(svid.Certificates, s.cfg.Bundle, s.cfg.Clock.Now()); err != nil {
+		return fmt.Errorf("its SVID (serial %s) does not chain to a root of its own trust bundle: its peers refuse it: %w", svid.Certificates[0].SerialNumber.Text(16), err)
+	}
+	return nil
 }
 
 // CertsResponse is the JSON body of /certs.

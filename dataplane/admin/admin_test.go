@@ -187,3 +187,23 @@ func TestConfigDefaultsToLoopback(t *testing.T) {
 		}
 	}
 }
+
+// /ready describes this proxy only: an SVID that does not chain to a root
+// of the proxy's own bundle (a root rotation forced past it) is 503 with
+// the reason; the same SVID against a bundle holding its root is ready.
+func TestReadyRefusesAnSVIDItsOwnBundleDoesNotTrust(t *testing.T) {
+	old, next := certstest.NewCA(t, "minimesh.local"), certstest.NewCA(t, "minimesh.local")
+	svid := certstest.SVID(t, old, webID)
+	clock := certstest.NewClock(svid.Certificates[0].NotBefore.Add(time.Minute))
+	svids := certs.NewSVIDSource(clock)
+	svids.Set(svid)
+	bundle := certs.NewBundleSource(next.Bundle())
+	_, url, c := start(t, Config{SVID: svids, Bundle: bundle, Clock: clock})
+	if code, body := fetch(t, c, http.MethodGet, url+"/ready"); code != http.StatusServiceUnavailable || !strings.Contains(body, "does not chain to a root of its own trust bundle") {
+		t.Errorf("SVID of a root not in the bundle: %d %q, want 503 with the reason", code, body)
+	}
+	bundle.Set(old.Bundle())
+	if code, body := fetch(t, c, http.MethodGet, url+"/ready"); code != http.StatusOK {
+		t.Errorf("SVID of the bundle's root: %d %q, want 200", code, body)
+	}
+}

@@ -192,7 +192,10 @@ func (a *Agent) BundleSource() *certs.BundleSource { return a.bundle }
 // Rotated receives a value after each new SVID (buffered, latest only).
 func (a *Agent) Rotated() <-chan struct{} { return a.rotated }
 
-// Ready is nil once the agent holds a valid SVID; otherwise it says why not.
+// Ready is nil once the agent holds a valid SVID that chains to a root of
+// its own trust bundle; otherwise it says why not. It describes this proxy
+// only: readiness never depends on peers (one bad proxy would take its
+// callers out of their Services too).
 func (a *Agent) Ready() error {
 	a.mu.Lock()
 	notReady, lastErr := a.notReady, a.lastErr
@@ -207,7 +210,7 @@ func (a *Agent) Ready() error {
 			return fmt.Errorf("%w: %v", ErrNoIdentity, err)
 		}
 	}
-	return nil
+	return CheckOwnSVID(a.svid.Current(), a.bundle.Bundle(), a.cfg.Clock.Now())
 }
 
 // Connected reports whether the registration stream is up.
