@@ -153,9 +153,9 @@ func (a *edgeApp) sawPathSince(n int, p string) bool {
 	return false
 }
 
-// edge is an inbound and a public listener in front of one app, with one
+// appEdge is an inbound and a public listener in front of one app, with one
 // policy and one Metrics.
-type edge struct {
+type appEdge struct {
 	app             *edgeApp
 	metrics         *Metrics
 	inAddr, pubAddr string
@@ -175,9 +175,9 @@ spec:
   - {action: deny, paths: [{prefix: /admin}]}
 `
 
-func startEdge(t *testing.T) *edge {
+func startEdge(t *testing.T) *appEdge {
 	t.Helper()
-	e := &edge{app: newEdgeApp(t), metrics: newMetrics(t)}
+	e := &appEdge{app: newEdgeApp(t), metrics: newMetrics(t)}
 	m := newMesh(t)
 	log, _ := newLogger()
 	inLn := listenLocal(t)
@@ -217,7 +217,7 @@ func startEdge(t *testing.T) *edge {
 
 // listeners are the four ways into the app: each listener over HTTP/1.1
 // and HTTP/2.
-func (e *edge) listeners(t *testing.T) []edgeListener {
+func (e *appEdge) listeners(t *testing.T) []edgeListener {
 	h2 := func(c *tls.Config) *tls.Config { c = c.Clone(); c.NextProtos = []string{"h2"}; return c }
 	return []edgeListener{
 		{"inbound http1", ListenerInbound, e.inAddr, e.inTLS, tlsClient(t, e.inTLS.Clone(), false)},

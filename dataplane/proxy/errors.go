@@ -1,6 +1,10 @@
 package proxy
 
-import "errors"
+import (
+	"errors"
+
+	"minimesh/dataplane/edge"
+)
 
 // Sentinel errors. Errors returned by this package wrap one of these (or an
 // error of the standard library) and carry the "proxy:" prefix.
@@ -11,7 +15,7 @@ var (
 	// ErrNoSVID marks a handshake refused because a (non-certs) SVID source
 	// had no valid SVID for us; new handshakes fail until it has one.
 	// certs.SVIDSource reports certs.ErrNoSVID or certs.ErrSVIDExpired.
-	ErrNoSVID = errors.New("proxy: no valid SVID")
+	ErrNoSVID = edge.ErrNoSVID
 
 	// ErrNoPeerID means a request reached the inbound without a verified
 	// peer SPIFFE ID; it is refused, never forwarded.
@@ -43,7 +47,7 @@ var (
 	// ErrRevoked: the peer's identity is denied or a certificate of its
 	// chain is revoked (the snapshot's denied_identities and
 	// revoked_serials); its connections are refused and closed.
-	ErrRevoked = errors.New("proxy: peer revoked")
+	ErrRevoked = edge.ErrRevoked
 
 	// ErrForbidden: the authorization policy denied the request (403).
 	ErrForbidden = errors.New("proxy: denied by authorization policy")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/edge"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -302,54 +303,7 @@ func (f *forwarder) closeIdle(t interface{ CloseIdleConnections() }) {
 	t.CloseIdleConnections()
 }
 
-// serve runs srv on ln until ctx is cancelled, then shuts it down: it stops
-// accepting, lets requests in flight finish for up to drain, and then cuts
-// what is left.
-func serve(ctx context.Context, srv *http.Server, ln net.Listener, drain time.Duration, log *slog.Logger) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("proxy: serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	<-errc
-	if err != nil {
-		// Not an error of the part: shutting down was asked for and done.
-		log.Warn("proxy: drain timed out, remaining connections closed",
-			slog.String("addr", ln.Addr().String()), slog.Duration("drain", drain))
-	}
-	return nil
-}
-
-// newServer is an http.Server with the limits every listener needs.
+// newServer is edge's http.Server with these limits.
 func newServer(h http.Handler, lim Limits, log *slog.Logger) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: lim.ReadHeader,
-		IdleTimeout:       lim.Idle,
-		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: 250,
-			MaxReadFrameSize:     1 << 20,
-		},
-	}
-}
-
-func listen(ln net.Listener, addr string) (net.Listener, error) {
-	if ln != nil {
-		return ln, nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("proxy: listen: %w", err)
-	}
-	return l, nil
+	return edge.NewServer(h, edge.ServerLimits{ReadHeader: lim.ReadHeader, Idle: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}, log)
 }

@@ -21,6 +21,7 @@ import (
 	"minimesh/certs"
 	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/edge"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -131,7 +132,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	}
 	in := &Inbound{cfg: cfg, log: cfg.Logger.With(slog.String("listener", ListenerInbound)), metrics: cfg.Metrics}
 
-	in.tlsConfig = certs.MTLSServerConfig(ownSource(cfg.SVID), cfg.Bundle, in.authorizer(),
+	in.tlsConfig = certs.MTLSServerConfig(edge.OwnSource(cfg.SVID), cfg.Bundle, in.authorizer(),
 		certs.TLSOptions{Clock: cfg.Clock})
 	in.tlsConfig.MinVersion = tls.VersionTLS13
 	in.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
@@ -358,13 +359,13 @@ func (nopWriteCloser) Close() error { return nil }
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
 // returns nil. It closes the listener.
 func (in *Inbound) Run(ctx context.Context) error {
-	ln, err := listen(in.cfg.Listener, in.cfg.Addr)
+	ln, err := edge.Listen(in.cfg.Listener, in.cfg.Addr)
 	if err != nil {
 		return err
 	}
 	lim := in.cfg.Limits
-	tl := newTLSListener(ln, in.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo), in.admit)
+	tl := edge.NewTLSListener(ln, in.tlsConfig, edge.TLSOptions{Timeout: lim.Handshake, MaxPending: lim.MaxPendingHandshakes,
+		OnFail: handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo), Admit: in.admit})
 	srv := newServer(in, lim, in.log)
 	srv.ConnContext = in.withPeer
 	srv.ConnState = in.connState
@@ -378,18 +379,7 @@ func (in *Inbound) Run(ctx context.Context) error {
 	defer stop()
 	defer in.fwdH2C.closeIdle(in.h2c)
 	defer in.fwd.closeIdle(in.transport)
-	return serve(ctx, srv, strictListener{tl}, lim.Drain, in.log)
-}
-
-// strictListener checks the framing of HTTP/1.1 requests (strictConn).
-type strictListener struct{ net.Listener }
-
-func (l strictListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return wrapStrict(c), nil
+	return edge.Serve(ctx, srv, edge.Strict(tl), lim.Drain, in.log)
 }
 
 // peer is the verified identity of a connection, with the header value
@@ -418,7 +408,7 @@ type peerKey struct{}
 // withPeer is the http.Server's ConnContext: the handshake is already done
 // (tlsListener), so the peer's SPIFFE ID is read once per connection.
 func withPeer(ctx context.Context, c net.Conn) context.Context {
-	tc, ok := tlsConnOf(c)
+	tc, ok := edge.TLSConnOf(c)
 	if !ok {
 		return ctx
 	}
@@ -452,7 +442,7 @@ func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 // refusalLevel, peers that simply went away or stalled at debug.
 func handshakeFailed(log *slog.Logger, lm *listenerMetrics, refusalLevel slog.Level) func(net.Conn, error) {
 	return func(c net.Conn, err error) {
-		reason := classify(err)
+		reason := edge.Classify(err)
 		lm.handshakeFailed(reason)
 		level := refusalLevel
 		if reason == ReasonClosed || reason == ReasonTimeout {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"minimesh/dataplane/edge"
 )
 
 // Listener names used as the "listener" label.
@@ -13,25 +15,23 @@ const (
 	ListenerOutbound = "outbound"
 )
 
-// Handshake failure reasons used as the "reason" label. The set is closed so
-// that a hostile peer cannot grow the label space.
+// Handshake failure reasons used as the "reason" label (edge.Classify).
 const (
-	ReasonNoClientCert = "no_client_cert" // the peer presented no certificate
-	ReasonExpired      = "expired"        // the peer's certificate is expired or not yet valid
-	ReasonUntrusted    = "untrusted"      // the chain does not verify against our bundle
-	ReasonUnauthorized = "unauthorized"   // valid SVID, SPIFFE ID not allowed here
-	ReasonNoSVID       = "no_svid"        // we had no valid certificate of our own to offer
-	ReasonTimeout      = "timeout"        // the handshake did not finish in time
-	ReasonClosed       = "closed"         // the peer went away mid-handshake
-	ReasonProtocol     = "protocol"       // TLS version, cipher, ALPN or record errors
-	ReasonRevoked      = "revoked"        // the peer's identity is denied or its certificate revoked
-	ReasonOther        = "other"
+	ReasonNoClientCert = edge.ReasonNoClientCert
+	ReasonExpired      = edge.ReasonExpired
+	ReasonUntrusted    = edge.ReasonUntrusted
+	ReasonUnauthorized = edge.ReasonUnauthorized
+	ReasonNoSVID       = edge.ReasonNoSVID
+	ReasonTimeout      = edge.ReasonTimeout
+	ReasonClosed       = edge.ReasonClosed
+	ReasonProtocol     = edge.ReasonProtocol
+	ReasonRevoked      = edge.ReasonRevoked
+	ReasonOther        = edge.ReasonOther
 )
 
 var (
 	listenerNames   = [...]string{ListenerInbound, ListenerPublic, ListenerOutbound}
-	handshakeReason = [...]string{ReasonNoClientCert, ReasonExpired, ReasonUntrusted, ReasonUnauthorized,
-		ReasonNoSVID, ReasonTimeout, ReasonClosed, ReasonProtocol, ReasonRevoked, ReasonOther}
+	handshakeReason = edge.Reasons
 	// "aborted": the response was cut after its status was sent (the app
 	// broke off mid-body, the client went away: http.ErrAbortHandler);
 	// "other" stays last.

@@ -22,6 +22,7 @@ import (
 	"minimesh/certs"
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/edge"
 	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -792,7 +793,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 		}
 	}
 	for _, up := range o.upstreams {
-		ln, err := listen(up.Listener, up.Listen)
+		ln, err := edge.Listen(up.Listener, up.Listen)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("proxy: upstream %s: %w", up.Name, err)
@@ -800,7 +801,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 		ports = append(ports, port{ln, up})
 	}
 	if o.cfg.HTTPListener != nil || o.cfg.HTTPAddr != "" {
-		ln, err := listen(o.cfg.HTTPListener, o.cfg.HTTPAddr)
+		ln, err := edge.Listen(o.cfg.HTTPListener, o.cfg.HTTPAddr)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("proxy: outbound HTTP port: %w", err)
@@ -846,7 +847,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 			o.accept(actx, p.ln, p.up, conns)
 		}()
 	}
-	err := serve(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
+	err := edge.Serve(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
 	stopAccept()
 	accepting.Wait()
 	o.tunnels.drain(o.cfg.Limits.Drain)

@@ -14,6 +14,7 @@ import (
 	"minimesh/certs"
 	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/edge"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -160,13 +161,13 @@ func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy, d *d
 // Run serves until ctx is cancelled, then drains (Limits.Drain) and
 // returns nil. It closes the listener.
 func (p *Public) Run(ctx context.Context) error {
-	ln, err := listen(p.cfg.Listener, p.cfg.Addr)
+	ln, err := edge.Listen(p.cfg.Listener, p.cfg.Addr)
 	if err != nil {
 		return err
 	}
 	lim := p.cfg.Limits
-	tl := newTLSListener(ln, p.tlsConfig, lim.Handshake, lim.MaxPendingHandshakes,
-		handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic), slog.LevelDebug), nil)
+	tl := edge.NewTLSListener(ln, p.tlsConfig, edge.TLSOptions{Timeout: lim.Handshake, MaxPending: lim.MaxPendingHandshakes,
+		OnFail: handshakeFailed(p.log, p.cfg.Metrics.listener(ListenerPublic), slog.LevelDebug)})
 	srv := newServer(p, lim, p.log)
 	p.log.Info("proxy: public listening", slog.String("addr", ln.Addr().String()), slog.String("app", p.cfg.App))
 	defer p.fwd.closeIdle(p.transport)
@@ -177,6 +178,6 @@ func (p *Public) Run(ctx context.Context) error {
 	}
 	// The same HTTP/1.1 framing checks as the inbound (framing.go): this
 	// port faces anyone.
-	g.Go(func() error { return serve(gctx, srv, strictListener{tl}, lim.Drain, p.log) })
+	g.Go(func() error { return edge.Serve(gctx, srv, edge.Strict(tl), lim.Drain, p.log) })
 	return g.Wait()
 }

@@ -17,6 +17,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/edge"
 )
 
 // errConnect marks a failure to reach a remote proxy (TCP connect or TLS
@@ -47,7 +48,7 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 		return nil, fmt.Errorf("proxy: endpoint %s: %w", target.Addr, err)
 	}
 	r := &remote{target: target}
-	base := certs.MTLSClientConfig(ownSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(id), certs.TLSOptions{Clock: cfg.Clock})
+	base := certs.MTLSClientConfig(edge.OwnSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(id), certs.TLSOptions{Clock: cfg.Clock})
 	base.MinVersion = tls.VersionTLS13
 	if host, _, err := net.SplitHostPort(target.Addr); err == nil && net.ParseIP(host) == nil {
 		base.ServerName = host
@@ -71,7 +72,7 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 			cancel()
 			if err != nil {
 				_ = c.Close()
-				reason := classify(err)
+				reason := edge.Classify(err)
 				failed.handshakeFailed(reason)
 				log.Warn("proxy: handshake with upstream failed", slog.String("remote", target.Addr),
 					slog.String("id", target.Identity), slog.String("reason", reason), slog.String("error", err.Error()))

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"minimesh/certs"
+	"minimesh/dataplane/edge"
 )
 
 // breakingRemote is a remote proxy (mTLS, HTTP/2, api's SVID) whose first
@@ -32,7 +33,7 @@ type breakingRemote struct {
 func startBreakingRemote(t *testing.T, m *mesh) *breakingRemote {
 	t.Helper()
 	r := &breakingRemote{ln: listenLocal(t)}
-	cfg := certs.MTLSServerConfig(ownSource(m.api), m.bundle, certs.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("minimesh.local")), certs.TLSOptions{})
+	cfg := certs.MTLSServerConfig(edge.OwnSource(m.api), m.bundle, certs.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("minimesh.local")), certs.TLSOptions{})
 	cfg.MinVersion, cfg.NextProtos = tls.VersionTLS13, []string{"h2"}
 	srv := &http2.Server{}
 	r.wg.Add(1)

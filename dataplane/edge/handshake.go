@@ -1,4 +1,4 @@
-package proxy
+package edge
 
 import (
 	"context"
@@ -18,14 +18,14 @@ import (
 	"minimesh/certs"
 )
 
-// tlsListener performs TLS handshakes itself, each in its own goroutine with
+// TLSListener performs TLS handshakes itself, each in its own goroutine with
 // a deadline, and hands only finished *tls.Conn to the http.Server. Doing the
 // handshake here rather than inside http.Server gives one place to classify
 // and count failures (a missing client certificate never reaches any
 // tls.Config callback) and keeps a slow handshake from holding the accept
 // loop. http.Server still sees a *tls.Conn, so ALPN (HTTP/2) and r.TLS work;
 // its own HandshakeContext call is a no-op on a finished handshake.
-type tlsListener struct {
+type TLSListener struct {
 	inner   net.Listener
 	config  *tls.Config
 	timeout time.Duration
@@ -45,14 +45,29 @@ type tlsListener struct {
 	wg        sync.WaitGroup
 }
 
-var _ net.Listener = (*tlsListener)(nil)
+var _ net.Listener = (*TLSListener)(nil)
 
-func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration, maxPending int, onFail func(net.Conn, error), admit func(*tls.Conn) error) *tlsListener {
+// TLSOptions configures a TLSListener.
+type TLSOptions struct {
+	Timeout    time.Duration // of each handshake
+	MaxPending int           // handshakes in flight; more wait in the kernel's accept queue
+	// OnFail is told every failed handshake (Classify gives its reason).
+	// Required.
+	OnFail func(net.Conn, error)
+	// Admit, when set, decides a finished handshake once more (a peer
+	// revoked since its certificate was issued); an error refuses it and
+	// goes to OnFail.
+	Admit func(*tls.Conn) error
+}
+
+// NewTLSListener accepts from inner and hands out connections whose TLS
+// handshake (with config) finished and was admitted.
+func NewTLSListener(inner net.Listener, config *tls.Config, o TLSOptions) *TLSListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &tlsListener{
-		inner: inner, config: config, timeout: timeout, onFail: onFail, admit: admit,
+	l := &TLSListener{
+		inner: inner, config: config, timeout: o.Timeout, onFail: o.OnFail, admit: o.Admit,
 		ready: make(chan net.Conn), errs: make(chan error),
-		sem: make(chan struct{}, maxPending),
+		sem: make(chan struct{}, o.MaxPending),
 		ctx: ctx, cancel: cancel,
 	}
 	l.wg.Add(1)
@@ -60,7 +75,7 @@ func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duratio
 	return l
 }
 
-func (l *tlsListener) acceptLoop() {
+func (l *TLSListener) acceptLoop() {
 	defer l.wg.Done()
 	for {
 		select {
@@ -88,7 +103,7 @@ func (l *tlsListener) acceptLoop() {
 	}
 }
 
-func (l *tlsListener) handshake(c net.Conn) {
+func (l *TLSListener) handshake(c net.Conn) {
 	defer l.wg.Done()
 	defer func() { <-l.sem }()
 	tc := tls.Server(c, l.config)
@@ -116,7 +131,7 @@ func (l *tlsListener) handshake(c net.Conn) {
 	}
 }
 
-func (l *tlsListener) Accept() (net.Conn, error) {
+func (l *TLSListener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.ready:
 		return c, nil
@@ -129,7 +144,7 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 
 // Close stops accepting, aborts handshakes in flight and waits for their
 // goroutines. Connections already handed to the server are not touched.
-func (l *tlsListener) Close() error {
+func (l *TLSListener) Close() error {
 	l.closeOnce.Do(func() {
 		l.cancel()
 		l.closeErr = l.inner.Close()
@@ -138,10 +153,10 @@ func (l *tlsListener) Close() error {
 	return l.closeErr
 }
 
-func (l *tlsListener) Addr() net.Addr { return l.inner.Addr() }
+func (l *TLSListener) Addr() net.Addr { return l.inner.Addr() }
 
-// classify maps a handshake error to one of the fixed reason labels.
-func classify(err error) string {
+// Classify maps a handshake error to one of the fixed reason labels.
+func Classify(err error) string {
 	var (
 		invalid x509.CertificateInvalidError
 		unknown x509.UnknownAuthorityError
@@ -187,10 +202,10 @@ func classify(err error) string {
 	return ReasonOther
 }
 
-// ownSource makes errors of a foreign x509svid.Source recognisable as "we
+// OwnSource makes errors of a foreign x509svid.Source recognisable as "we
 // have no SVID" (certs.SVIDSource already says so with its own sentinels,
 // and is passed through so that certs can reuse its prebuilt certificate).
-func ownSource(src x509svid.Source) x509svid.Source {
+func OwnSource(src x509svid.Source) x509svid.Source {
 	if _, ok := src.(*certs.SVIDSource); ok {
 		return src
 	}

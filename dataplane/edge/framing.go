@@ -1,4 +1,4 @@
-package proxy
+package edge
 
 import (
 	"bytes"
@@ -11,9 +11,9 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// errFraming is what a strictConn's Read returns once a request's framing
+// ErrFraming is what a strictConn's Read returns once a request's framing
 // is ambiguous; net/http answers it with 400 and closes the connection.
-var errFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
+var ErrFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
 
 // strictConn checks the framing of the HTTP/1.1 requests a client sends,
 // before net/http parses them, and refuses what two servers could read as
@@ -30,7 +30,7 @@ var errFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
 // request of a keep-alive connection is checked. After a 101 response to a
 // WebSocket upgrade (the only one forwarded, sanitize.go), the connection
 // carries another protocol and is no longer checked. The bytes before a violation reach net/http; the
-// Read that meets it returns errFraming, to which net/http answers 400
+// Read that meets it returns ErrFraming, to which net/http answers 400
 // and closes.
 type strictConn struct {
 	*tls.Conn
@@ -81,8 +81,9 @@ func wrapStrict(c net.Conn) net.Conn {
 	return sc
 }
 
-// tlsConnOf returns the *tls.Conn of an inbound connection.
-func tlsConnOf(c net.Conn) (*tls.Conn, bool) {
+// TLSConnOf returns the *tls.Conn of a connection a TLSListener and
+// Strict handed out.
+func TLSConnOf(c net.Conn) (*tls.Conn, bool) {
 	switch c := c.(type) {
 	case *tls.Conn:
 		return c, true
@@ -108,7 +109,7 @@ func (c *strictConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	if ok, at := c.scan(p[:n]); !ok {
-		c.err = errFraming
+		c.err = ErrFraming
 		if at == 0 {
 			return 0, c.err
 		}
@@ -400,4 +401,19 @@ func validToken(b []byte) bool {
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// Strict wraps ln so that the HTTP/1.1 connections it hands out (*tls.Conn
+// not speaking h2) have their request framing checked (strictConn).
+func Strict(ln net.Listener) net.Listener { return strictListener{ln} }
+
+// strictListener checks the framing of HTTP/1.1 requests (strictConn).
+type strictListener struct{ net.Listener }
+
+func (l strictListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return wrapStrict(c), nil
 }
