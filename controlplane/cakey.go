@@ -290,6 +290,12 @@ func loadCA(st *store.Store, key *CAKey, cfg certs.CAConfig) (ca *certs.CA, seal
 	if err != nil || stored == nil {
 		return nil, false, err
 	}
+	return loadCAValue(stored, key, cfg)
+}
+
+// loadCAValue is loadCA of a stored value (a backup's, before it is
+// restored).
+func loadCAValue(stored []byte, key *CAKey, cfg certs.CAConfig) (ca *certs.CA, sealed bool, err error) {
 	state, td, err := openCAState(key, stored)
 	if err != nil {
 		return nil, true, err

@@ -1,18 +1,15 @@
 package store
 
 import (
-	"encoding/binary"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"log/slog"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
-	memdb "github.com/hashicorp/go-memdb"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
@@ -20,35 +17,26 @@ import (
 )
 
 const (
-	metaBucket       = "meta"
-	metaSchemaKey    = "schema_version"
-	metaRevisionKey  = "revision"
-	defaultLockWait  = 2 * time.Second
-	defaultFileMode  = 0o600
-	maxRecordPayload = 16 << 20
+	metaBucket      = "meta"
+	metaSchemaKey   = "schema_version"
+	defaultLockWait = 2 * time.Second
+	defaultFileMode = 0o600
+	// boltMaxWrites: bbolt has no limit of its own; Prune and the push
+	// server batch by MaxWrites, and a single file takes big batches well.
+	boltMaxWrites = 5000
 )
 
-// Config configures Open.
-type Config struct {
-	// Path of the bbolt data file. Required.
-	Path string
-	// LockTimeout bounds the wait for the file lock, so a second meshd on
-	// the same data dir fails fast instead of hanging. Default 2s.
-	LockTimeout time.Duration
-	Logger      *slog.Logger
+// boltBackend is the embedded default: one bbolt file, one process.
+type boltBackend struct {
+	db *bolt.DB
+	// presence: the one process's streams, in memory (instance → "local").
+	presence sync.Map
 }
 
-// Store is memdb for reads, bbolt for durability. Safe for concurrent use.
-type Store struct {
-	db  *bolt.DB
-	mem *memdb.MemDB
-	log *slog.Logger
-}
-
-// Open opens (creating when absent) the data file, checks its schema version
-// and rebuilds memdb from it. A damaged file is refused with ErrCorrupt and
-// left as it is.
-func Open(cfg Config) (st *Store, err error) {
+// openBolt opens (creating when absent) the data file, checks its schema
+// version and rebuilds memdb from it. A damaged file is refused with
+// ErrCorrupt and left as it is.
+func openBolt(cfg Config) (st *Store, err error) {
 	// bbolt trusts its pages: on a damaged file it panics (or faults) instead
 	// of returning an error. Turn both into ErrCorrupt during open.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -63,9 +51,6 @@ func Open(cfg Config) (st *Store, err error) {
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = defaultLockWait
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
 	if err := CheckFile(cfg.Path); err != nil {
 		return nil, err
 	}
@@ -78,25 +63,25 @@ func Open(cfg Config) (st *Store, err error) {
 	case err != nil:
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
 	}
-	s := &Store{db: db, log: cfg.Logger}
+	b := &boltBackend{db: db}
+	s := &Store{be: b, log: cfg.Logger}
 	defer func() {
 		if st == nil {
 			_ = db.Close()
 		}
 	}()
-	if err := s.verifyPages(); err != nil {
+	if err := b.verifyPages(); err != nil {
 		return nil, err
 	}
-	if err := s.init(); err != nil {
-		_ = db.Close()
+	if err := b.init(s); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // verifyPages walks every page of the file (bbolt's consistency check).
-func (s *Store) verifyPages() error {
-	return s.db.View(func(tx *bolt.Tx) error {
+func (b *boltBackend) verifyPages() error {
+	return b.db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() { // drained to the end: the checker is a goroutine
 			if len(errs) < 10 {
@@ -104,15 +89,15 @@ func (s *Store) verifyPages() error {
 			}
 		}
 		if len(errs) > 0 {
-			return fmt.Errorf("%w: %s: %w", ErrCorrupt, s.db.Path(), errors.Join(errs...))
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, b.db.Path(), errors.Join(errs...))
 		}
 		return nil
 	})
 }
 
 // init checks or writes the schema version, creates buckets and loads memdb.
-func (s *Store) init() error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+func (b *boltBackend) init(s *Store) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
 		if err != nil {
 			return err
@@ -135,231 +120,134 @@ func (s *Store) init() error {
 	if err != nil {
 		return fmt.Errorf("store: init: %w", err)
 	}
-	mem, err := memdb.NewMemDB(memSchema())
+	mem, err := newMem()
 	if err != nil {
-		return fmt.Errorf("store: memdb schema: %w", err)
+		return err
 	}
 	mtx := mem.Txn(true)
 	defer mtx.Abort()
-	err = s.db.View(func(tx *bolt.Tx) error {
-		for name, t := range tables {
-			err := tx.Bucket([]byte(name)).ForEach(func(k, v []byte) error {
-				rec, err := t.decode(v)
-				if err != nil {
-					return fmt.Errorf("%w: %s/%s: %v", ErrCorrupt, name, k, err)
-				}
-				return mtx.Insert(name, rec)
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	contents, err := b.contents()
 	if err != nil {
 		return fmt.Errorf("store: load: %w", err)
+	}
+	for tbl, recs := range contents {
+		for k, v := range recs {
+			if err := applyWrite(mtx, write{tbl: tbl, key: k, val: v}); err != nil {
+				return fmt.Errorf("store: load: %w", err)
+			}
+		}
 	}
 	mtx.Commit()
 	s.mem = mem
 	return nil
 }
 
-// Close closes the data file.
-func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+// contents reads every record and meta value (except the schema version)
+// of the file: table → key → value, "" for meta.
+func (b *boltBackend) contents() (map[string]map[string][]byte, error) {
+	out := map[string]map[string][]byte{"": {}}
+	err := b.db.View(func(tx *bolt.Tx) error {
+		for name := range tables {
+			m := map[string][]byte{}
+			out[name] = m
+			if err := tx.Bucket([]byte(name)).ForEach(func(k, v []byte) error {
+				m[string(k)] = append([]byte(nil), v...)
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte(metaBucket)).ForEach(func(k, v []byte) error {
+			if string(k) != metaSchemaKey && v != nil {
+				out[""][string(k)] = append([]byte(nil), v...)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (b *boltBackend) close() error {
+	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
 	return nil
 }
 
-// Update runs fn in one write transaction. When fn returns nil, the bbolt
-// transaction is committed and fsynced first, then memdb; otherwise nothing
-// changes. Writes are serialized.
-func (s *Store) Update(fn func(tx *Txn) error) error {
-	// Lock order: memdb, then bbolt. Both allow one writer at a time.
+func (b *boltBackend) path() string               { return b.db.Path() }
+func (b *boltBackend) maxWrites() int             { return boltMaxWrites }
+func (b *boltBackend) sync(context.Context) error { return nil }
+
+func (b *boltBackend) campaign(context.Context) error { return nil }
+func (b *boltBackend) isLeader() bool                 { return true }
+func (b *boltBackend) sessionLease() int64            { return 0 }
+
+func (b *boltBackend) presenceMap() *sync.Map { return &b.presence }
+
+func (b *boltBackend) setPresence(inst string) error {
+	b.presenceMap().Store(inst, "local")
+	return nil
+}
+
+func (b *boltBackend) clearPresence(inst string) error {
+	b.presenceMap().Delete(inst)
+	return nil
+}
+
+func (b *boltBackend) presenceAll(context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	b.presenceMap().Range(func(k, v any) bool { out[k.(string)] = v.(string); return true })
+	return out, nil
+}
+
+// update runs fn against a memdb write transaction (which also serializes
+// writers); its writes go to bbolt, committed and fsynced, then memdb
+// commits. A failed bbolt commit aborts memdb, so memdb never shows an
+// unacknowledged write. There is one process, always the leader.
+func (b *boltBackend) update(s *Store, fn func(tx *Txn) error, _ bool) error {
 	mtx := s.mem.Txn(true)
 	defer mtx.Abort()
-	btx, err := s.db.Begin(true)
-	if err != nil {
-		return fmt.Errorf("store: begin: %w", err)
-	}
-	defer func() { _ = btx.Rollback() }()
-	tx := &Txn{Reader: Reader{mem: mtx}, bolt: btx}
+	tx := newTxn(mtx, boltMaxWrites)
 	if err := fn(tx); err != nil {
 		return err
 	}
-	if !tx.dirty {
+	if len(tx.list) == 0 {
 		return nil
 	}
-	if err := btx.Commit(); err != nil {
+	err := b.db.Update(func(btx *bolt.Tx) error {
+		for _, w := range tx.list {
+			bk := btx.Bucket([]byte(metaBucket))
+			if w.tbl != "" {
+				bk = btx.Bucket([]byte(w.tbl))
+			}
+			var err error
+			if w.val == nil {
+				err = bk.Delete([]byte(w.key))
+			} else {
+				err = bk.Put([]byte(w.key), w.val)
+			}
+			if err != nil {
+				return fmt.Errorf("%s/%s: %w", w.tbl, w.key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
 	mtx.Commit()
 	return nil
 }
 
-// View runs fn against a consistent snapshot of memdb.
-func (s *Store) View(fn func(r *Reader) error) error {
+// checkConsistency compares memdb with the file.
+func (b *boltBackend) checkConsistency(s *Store) error {
 	mtx := s.mem.Txn(false)
 	defer mtx.Abort()
-	return fn(&Reader{mem: mtx})
-}
-
-// Meta returns a metadata value kept in bbolt (nil when absent).
-func (s *Store) Meta(key string) ([]byte, error) {
-	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket([]byte(metaBucket)).Get([]byte(key)); v != nil {
-			out = append([]byte(nil), v...)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("store: meta %s: %w", key, err)
-	}
-	return out, nil
-}
-
-// Revision is the store's revision: it grows by one with every committed
-// write transaction that calls Txn.Bump.
-func (s *Store) Revision() (uint64, error) {
-	v, err := s.Meta(metaRevisionKey)
-	if err != nil || v == nil {
-		return 0, err
-	}
-	return binary.BigEndian.Uint64(v), nil
-}
-
-// Backup writes a consistent copy of the data file to w, taken live.
-func (s *Store) Backup(w io.Writer) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	if err != nil {
-		return n, fmt.Errorf("store: backup: %w", err)
-	}
-	return n, nil
-}
-
-// Path is the data file's path.
-func (s *Store) Path() string { return s.db.Path() }
-
-// Reader reads memdb. Records it returns are shared: never modify them,
-// copy first.
-type Reader struct {
-	mem *memdb.Txn
-}
-
-// Get returns the record with the given key, or ErrNotFound.
-func (r *Reader) Get(tbl, key string) (Record, error) {
-	if _, err := lookupTable(tbl); err != nil {
-		return nil, err
-	}
-	raw, err := r.mem.First(tbl, "id", key)
-	if err != nil {
-		return nil, fmt.Errorf("store: get %s/%s: %w", tbl, key, err)
-	}
-	if raw == nil {
-		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, tbl, key)
-	}
-	return raw.(Record), nil
-}
-
-// List returns every record of a table whose index matches args, in index
-// order. List(tbl, "id") returns the whole table.
-func (r *Reader) List(tbl, index string, args ...any) ([]Record, error) {
-	if _, err := lookupTable(tbl); err != nil {
-		return nil, err
-	}
-	it, err := r.mem.Get(tbl, index, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: list %s by %s: %w", tbl, index, err)
-	}
-	var out []Record
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(Record))
-	}
-	return out, nil
-}
-
-// Txn is a write transaction: reads see its own writes.
-type Txn struct {
-	Reader
-	bolt  *bolt.Tx
-	dirty bool
-}
-
-// Put writes a record, replacing any with the same key.
-func (t *Txn) Put(tbl string, rec Record) error {
-	if _, err := lookupTable(tbl); err != nil {
-		return err
-	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("store: encode %s/%s: %w", tbl, rec.Key(), err)
-	}
-	if len(b) > maxRecordPayload {
-		return fmt.Errorf("store: %s/%s: record of %d bytes is over the %d byte limit", tbl, rec.Key(), len(b), maxRecordPayload)
-	}
-	if err := t.bolt.Bucket([]byte(tbl)).Put([]byte(rec.Key()), b); err != nil {
-		return fmt.Errorf("store: put %s/%s: %w", tbl, rec.Key(), err)
-	}
-	if err := t.mem.Insert(tbl, rec); err != nil {
-		return fmt.Errorf("store: index %s/%s: %w", tbl, rec.Key(), err)
-	}
-	t.dirty = true
-	return nil
-}
-
-// Delete removes a record; deleting a missing record is not an error.
-func (t *Txn) Delete(tbl, key string) error {
-	rec, err := t.Get(tbl, key)
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
+	want, err := b.contents()
 	if err != nil {
 		return err
 	}
-	if err := t.bolt.Bucket([]byte(tbl)).Delete([]byte(key)); err != nil {
-		return fmt.Errorf("store: delete %s/%s: %w", tbl, key, err)
-	}
-	if err := t.mem.Delete(tbl, rec); err != nil {
-		return fmt.Errorf("store: unindex %s/%s: %w", tbl, key, err)
-	}
-	t.dirty = true
-	return nil
-}
-
-// SetMeta writes a metadata value.
-func (t *Txn) SetMeta(key string, v []byte) error {
-	if err := t.bolt.Bucket([]byte(metaBucket)).Put([]byte(key), v); err != nil {
-		return fmt.Errorf("store: meta %s: %w", key, err)
-	}
-	t.dirty = true
-	return nil
-}
-
-// Meta reads a metadata value within the transaction.
-func (t *Txn) Meta(key string) []byte {
-	if v := t.bolt.Bucket([]byte(metaBucket)).Get([]byte(key)); v != nil {
-		return append([]byte(nil), v...)
-	}
-	return nil
-}
-
-// Bump increments the store revision and returns the new value.
-func (t *Txn) Bump() (uint64, error) {
-	var rev uint64
-	if v := t.Meta(metaRevisionKey); v != nil {
-		rev = binary.BigEndian.Uint64(v)
-	}
-	rev++
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], rev)
-	return rev, t.SetMeta(metaRevisionKey, b[:])
+	return compareCache(mtx, want, "bbolt")
 }
 
 // CheckDataDir makes dir (0700) if needed and refuses one meshd cannot
@@ -404,45 +292,3 @@ const (
 )
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
-
-// CheckConsistency compares every table in memdb with bbolt, record by
-// record: after a restart or a crash they must agree.
-func (s *Store) CheckConsistency() error {
-	mtx := s.mem.Txn(false)
-	defer mtx.Abort()
-	return s.db.View(func(tx *bolt.Tx) error {
-		for name := range tables {
-			inBolt := 0
-			err := tx.Bucket([]byte(name)).ForEach(func(k, v []byte) error {
-				inBolt++
-				raw, err := mtx.First(name, "id", string(k))
-				if err != nil || raw == nil {
-					return fmt.Errorf("store: %s/%s is in bbolt but not in memdb", name, k)
-				}
-				b, err := json.Marshal(raw)
-				if err != nil {
-					return err
-				}
-				if string(b) != string(v) {
-					return fmt.Errorf("store: %s/%s differs between bbolt and memdb", name, k)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			it, err := mtx.Get(name, "id")
-			if err != nil {
-				return err
-			}
-			inMem := 0
-			for raw := it.Next(); raw != nil; raw = it.Next() {
-				inMem++
-			}
-			if inMem != inBolt {
-				return fmt.Errorf("store: table %s has %d records in memdb and %d in bbolt", name, inMem, inBolt)
-			}
-		}
-		return nil
-	})
-}

@@ -107,7 +107,14 @@ var tables = map[string]table{
 }
 
 func memSchema() *memdb.DBSchema {
-	s := &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{}}
+	s := &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+		tableMeta: {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{
+			"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+		}},
+		tableCache: {Name: tableCache, Indexes: map[string]*memdb.IndexSchema{
+			"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+		}},
+	}}
 	for name, t := range tables {
 		s.Tables[name] = t.schema
 	}
