@@ -1,95 +1,108 @@
-//lint:file-ignore SA1019 x/net/http2.Transport is deprecated in favour of net/http's, whose pool dials once per waiting request while no HTTP/2 connection is up; this one dials once per address (see remote.h2). Its other settings have net/http equivalents; its pool does not.
+//lint:file-ignore SA1019 x/net/http2.Transport is deprecated in favour of net/http's, whose pool dials once per waiting request while no HTTP/2 connection is up; this one dials once per address (see Link.H2). Its other settings have net/http equivalents; its pool does not.
 
-package proxy
+package meshlink
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 
-	"minimesh/certs"
-	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/edge"
 )
 
-// errConnect marks a failure to reach a remote proxy (TCP connect or TLS
+// ErrConnect marks a failure to reach a remote proxy (TCP connect or TLS
 // handshake), which retry policies and outlier detection tell apart from a
 // reset.
-var errConnect = errors.New("proxy: connect failed")
+var ErrConnect = errors.New("proxy: connect failed")
 
-// remote is the way to one remote proxy (an endpoint: an address and the
-// SPIFFE ID it must present). Its HTTP/2 transport keeps one long-lived
-// mTLS connection that every request to that proxy shares as a stream;
-// when the connection fails (a dead peer is found by pings) the next
-// request dials a new one. Upgrades (WebSocket) need HTTP/1.1 and get a
-// connection of their own from the h1 transport.
-type remote struct {
-	target balancer.Target
-	h2     h2RoundTripper // *http2.Transport
-	h1     *http.Transport
+// Config is how a Link reaches its remote proxy.
+type Config struct {
+	// Addr is the remote proxy's inbound (host:port). Required.
+	Addr string
+	// TLS is the mTLS client config: our SVID, the bundle, and the
+	// SPIFFE ID the remote must present. Required; cloned, not modified.
+	TLS            *tls.Config
+	Dial           time.Duration // TCP connect; required
+	Handshake      time.Duration // TLS handshake, and a ping's answer; required
+	Idle           time.Duration // an idle connection is closed after
+	ResponseHeader time.Duration // HTTP/1.1 (upgrades) only
+	KeepAlive      time.Duration // a silent HTTP/2 connection is pinged after
+	// OnHandshakeFail, when set, is told every failed handshake with its
+	// edge.Classify reason.
+	OnHandshakeFail func(reason string, err error)
+	// Admit, when set, decides a finished handshake once more: an error
+	// refuses the connection (it is closed and the dial fails with
+	// ErrConnect); otherwise the connection it returns is used (say, one
+	// tracked for revocation).
+	Admit func(*tls.Conn) (net.Conn, error)
 }
 
-type h2RoundTripper interface {
+// Link is the way to one remote proxy. Its HTTP/2 transport (H2) keeps one
+// long-lived mTLS connection that every request to that proxy shares as a
+// stream; when the connection fails (a dead peer is found by pings) the
+// next request dials a new one. Upgrades (WebSocket) need HTTP/1.1 and get
+// a connection of their own from H1.
+type Link struct {
+	H2 RoundTripper // *http2.Transport
+	H1 *http.Transport
+}
+
+// RoundTripper is a transport whose idle connections can be closed.
+type RoundTripper interface {
 	http.RoundTripper
 	CloseIdleConnections()
 }
 
-func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger, guard *remoteGuard) (*remote, error) {
-	id, err := spiffeid.FromString(target.Identity)
-	if err != nil {
-		return nil, fmt.Errorf("proxy: endpoint %s: %w", target.Addr, err)
+// New builds the transports of a Link; it dials nothing yet.
+func New(cfg Config) (*Link, error) {
+	if cfg.Addr == "" || cfg.TLS == nil {
+		return nil, errors.New("proxy: meshlink: Addr and TLS are required")
 	}
-	r := &remote{target: target}
-	base := certs.MTLSClientConfig(edge.OwnSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(id), certs.TLSOptions{Clock: cfg.Clock})
+	r := &Link{}
+	base := cfg.TLS.Clone()
 	base.MinVersion = tls.VersionTLS13
-	if host, _, err := net.SplitHostPort(target.Addr); err == nil && net.ParseIP(host) == nil {
+	if host, _, err := net.SplitHostPort(cfg.Addr); err == nil && net.ParseIP(host) == nil && base.ServerName == "" {
 		base.ServerName = host
 	}
 	h2Config, h1Config := base.Clone(), base.Clone()
 	h2Config.NextProtos = []string{"h2"}
 	h1Config.NextProtos = []string{"http/1.1"}
-	dialer := &net.Dialer{Timeout: cfg.Limits.Dial, KeepAlive: 30 * time.Second}
-	// Every transport of a remote dials that remote's address, whatever
+	dialer := &net.Dialer{Timeout: cfg.Dial, KeepAlive: 30 * time.Second}
+	// Every transport of a link dials that remote's address, whatever
 	// the request URL says, and does the handshake itself so that failures
 	// are counted and logged by reason, like the listeners'.
 	dial := func(tc *tls.Config) func(context.Context, string, string) (net.Conn, error) {
 		return func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, "tcp", target.Addr)
+			c, err := dialer.DialContext(ctx, "tcp", cfg.Addr)
 			if err != nil {
-				return nil, fmt.Errorf("%w: dial %s: %w", errConnect, target.Addr, err)
+				return nil, fmt.Errorf("%w: dial %s: %w", ErrConnect, cfg.Addr, err)
 			}
 			conn := tls.Client(c, tc)
-			hctx, cancel := context.WithTimeout(ctx, cfg.Limits.Handshake)
+			hctx, cancel := context.WithTimeout(ctx, cfg.Handshake)
 			err = conn.HandshakeContext(hctx)
 			cancel()
 			if err != nil {
 				_ = c.Close()
-				reason := edge.Classify(err)
-				failed.handshakeFailed(reason)
-				log.Warn("proxy: handshake with upstream failed", slog.String("remote", target.Addr),
-					slog.String("id", target.Identity), slog.String("reason", reason), slog.String("error", err.Error()))
-				return nil, fmt.Errorf("%w: handshake with %s: %w", errConnect, target.Addr, err)
+				if cfg.OnHandshakeFail != nil {
+					cfg.OnHandshakeFail(edge.Classify(err), err)
+				}
+				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
 			}
-			if guard == nil {
+			if cfg.Admit == nil {
 				return conn, nil
 			}
-			if err := guard.revoked.Load().Refused(target.Identity, conn.ConnectionState().PeerCertificates); err != nil {
+			ac, err := cfg.Admit(conn)
+			if err != nil {
 				_ = conn.Close()
-				failed.handshakeFailed(ReasonRevoked)
-				log.Warn("proxy: upstream refused: revoked", slog.String("remote", target.Addr),
-					slog.String("id", target.Identity), slog.String("error", err.Error()))
-				return nil, fmt.Errorf("%w: handshake with %s: %w", errConnect, target.Addr, err)
+				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
 			}
-			guard.conns.add(conn)
-			return &trackedConn{Conn: conn, set: &guard.conns}, nil
+			return ac, nil
 		}
 	}
 	// x/net/http2's own pool rather than net/http's: it dials once per
@@ -99,33 +112,34 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 	// after KeepAlive and dropped if no answer comes within Handshake;
 	// the next request dials a new one.
 	h2dial := dial(h2Config)
-	r.h2 = &http2.Transport{
+	r.H2 = &http2.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 			return h2dial(ctx, network, addr)
 		},
 		DisableCompression: true,
 		MaxHeaderListSize:  1 << 20,
 		MaxReadFrameSize:   1 << 20,
-		IdleConnTimeout:    cfg.Limits.Idle,
+		IdleConnTimeout:    cfg.Idle,
 		ReadIdleTimeout:    cfg.KeepAlive,
-		PingTimeout:        cfg.Limits.Handshake,
+		PingTimeout:        cfg.Handshake,
 	}
-	r.h1 = &http.Transport{
+	r.H1 = &http.Transport{
 		Proxy:                  nil,
 		DialTLSContext:         dial(h1Config),
 		MaxIdleConnsPerHost:    8,
-		IdleConnTimeout:        cfg.Limits.Idle,
-		ResponseHeaderTimeout:  cfg.Limits.ResponseHeader,
+		IdleConnTimeout:        cfg.Idle,
+		ResponseHeaderTimeout:  cfg.ResponseHeader,
 		MaxResponseHeaderBytes: 1 << 20,
 		DisableCompression:     true,
 	}
 	// Without this the h1 transport would also offer h2 (it has a
 	// DialTLSContext and no TLSNextProto entry would stop it).
-	r.h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	r.H1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	return r, nil
 }
 
-func (r *remote) closeIdle() {
-	r.h2.CloseIdleConnections()
-	r.h1.CloseIdleConnections()
+// CloseIdle closes the link's idle connections.
+func (r *Link) CloseIdle() {
+	r.H2.CloseIdleConnections()
+	r.H1.CloseIdleConnections()
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/meshlink"
 )
 
 // The direct path forwards a request without a body to the app on the
@@ -71,8 +72,8 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 // copyBody copies the app's body to the client through a pooled buffer,
 // flushing after every read when stream is set.
 func copyBody(w http.ResponseWriter, body io.Reader, stream bool) error {
-	buf := bufferPool{}.Get()
-	defer bufferPool{}.Put(buf)
+	buf := meshlink.BufferPool{}.Get()
+	defer meshlink.BufferPool{}.Put(buf)
 	var flush func() error
 	if stream {
 		flush = http.NewResponseController(w).Flush

@@ -14,6 +14,7 @@ import (
 
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/edge"
+	"minimesh/dataplane/meshlink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -119,7 +120,7 @@ func newForwarder(cfg forwarderConfig) *forwarder {
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
 		Transport:    cfg.transport,
-		BufferPool:   bufferPool{},
+		BufferPool:   meshlink.BufferPool{},
 		ErrorHandler: f.errorHandler,
 		ErrorLog:     slog.NewLogLogger(cfg.log.Handler(), slog.LevelWarn),
 	}
@@ -270,31 +271,6 @@ func (r *recorder) Write(b []byte) (int, error) {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// bufferPool recycles ReverseProxy's 32 KiB copy buffers through a bounded
-// free list; unlike sync.Pool it does not allocate to box a slice on Put.
-type bufferPool struct{}
-
-var freeBuffers = make(chan []byte, 512)
-
-func (bufferPool) Get() []byte {
-	select {
-	case b := <-freeBuffers:
-		return b
-	default:
-		return make([]byte, 32<<10)
-	}
-}
-
-func (bufferPool) Put(b []byte) {
-	if cap(b) != 32<<10 {
-		return
-	}
-	select {
-	case freeBuffers <- b[:cap(b)]:
-	default:
-	}
-}
 
 // closeIdle waits for handlers still running after a shutdown and then
 // closes the transport's idle connections, ending their goroutines.

@@ -22,6 +22,7 @@ import (
 	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/edge"
+	"minimesh/dataplane/meshlink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -346,7 +347,7 @@ func (in *Inbound) tunnel(w http.ResponseWriter, r *http.Request, addr string, p
 		_ = app.Close()
 		return
 	}
-	pipe(app, &streamConn{r: r.Body, w: nopWriteCloser{w}, flush: rc.Flush}, in.cfg.Limits.Idle, nil)
+	meshlink.Pipe(app, &meshlink.StreamConn{R: r.Body, W: nopWriteCloser{w}, Flush: rc.Flush}, in.cfg.Limits.Idle, nil)
 	in.fwd.metrics.observe(http.StatusOK, in.cfg.Clock.Now().Sub(start).Seconds())
 }
 

@@ -517,11 +517,11 @@ func (o *Outbound) Install(t *Table) {
 	// and again at each later Install and at shutdown (a request in
 	// flight keeps its connection until it ends).
 	for _, rm := range o.retired {
-		rm.closeIdle()
+		rm.CloseIdle()
 	}
 	for tg, rm := range old {
 		if next[tg] == nil {
-			rm.closeIdle()
+			rm.CloseIdle()
 			o.retired = append(o.retired, rm)
 		}
 	}
@@ -863,13 +863,13 @@ func (o *Outbound) closeRemotes() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, rm := range *o.remotes.Load() {
-		rm.closeIdle()
+		rm.CloseIdle()
 	}
 	for _, rm := range o.static {
-		rm.closeIdle()
+		rm.CloseIdle()
 	}
 	for _, rm := range o.retired {
-		rm.closeIdle()
+		rm.CloseIdle()
 	}
 }
 

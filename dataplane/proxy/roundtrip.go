@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/meshlink"
 	"minimesh/dataplane/route"
 )
 
@@ -92,9 +93,9 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		var resp *http.Response
 		if upgrade {
-			resp, err = rm.h1.RoundTrip(try)
+			resp, err = rm.H1.RoundTrip(try)
 		} else {
-			resp, err = rm.h2.RoundTrip(try)
+			resp, err = rm.H2.RoundTrip(try)
 		}
 		a := route.Attempt{Method: req.Method, Retries: retries, BodyBytes: bodyBytes}
 		switch {
@@ -102,7 +103,7 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			a.Status = resp.StatusCode
 		case tctx.Err() != nil && c.ctx.Err() == nil:
 			a.Status = http.StatusGatewayTimeout // the try's own timeout
-		case errors.Is(err, errConnect):
+		case errors.Is(err, meshlink.ErrConnect):
 			a.Failure = route.FailureConnect
 		default:
 			a.Failure = route.FailureReset

@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"minimesh/dataplane/meshlink"
 	"minimesh/dataplane/redirect"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -288,8 +289,8 @@ func (t *Transparent) relay(ctx context.Context, c net.Conn) {
 // so a long download behind a quiet request is not idle), or on any error,
 // both connections are cut.
 func (t *Transparent) pipe(dst, src net.Conn, last *atomic.Int64) {
-	buf := bufferPool{}.Get()
-	defer bufferPool{}.Put(buf)
+	buf := meshlink.BufferPool{}.Get()
+	defer meshlink.BufferPool{}.Put(buf)
 	for {
 		_ = src.SetReadDeadline(time.Unix(0, last.Load()).Add(t.lim.Idle))
 		n, err := src.Read(buf)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/meshlink"
 )
 
 // tunnelSet tracks relayed connections so that shutdown can wait for them
@@ -114,7 +115,7 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, bal *bal
 		req, _ := http.NewRequestWithContext(sctx, http.MethodConnect, "https://"+svc.label, pr)
 		req.Header[HeaderTarget] = sp.header
 		req.ContentLength = -1
-		resp, err := rm.h2.RoundTrip(req)
+		resp, err := rm.H2.RoundTrip(req)
 		if err != nil || resp.StatusCode != http.StatusOK {
 			if err == nil {
 				_ = resp.Body.Close()
@@ -126,7 +127,7 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, bal *bal
 			prev = ep
 			continue
 		}
-		pipe(c, &streamConn{r: resp.Body, w: pw, cancel: cancel}, o.cfg.Limits.Idle, nil)
+		meshlink.Pipe(c, &meshlink.StreamConn{R: resp.Body, W: pw, Cancel: cancel}, o.cfg.Limits.Idle, nil)
 		cancel()
 		bal.Done(ep, true)
 		o.metrics.observe(http.StatusOK, o.cfg.Clock.Now().Sub(start).Seconds())
@@ -137,94 +138,3 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, bal *bal
 	}
 	o.metrics.observe(http.StatusBadGateway, o.cfg.Clock.Now().Sub(start).Seconds())
 }
-
-// streamConn is one direction pair of an HTTP/2 stream: what is read
-// comes from r, what is written goes to w, CloseWrite ends our half.
-type streamConn struct {
-	r      io.ReadCloser
-	w      io.WriteCloser
-	flush  func() error // after each write (the server side)
-	cancel context.CancelFunc
-}
-
-func (s *streamConn) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-func (s *streamConn) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	if err == nil && s.flush != nil {
-		err = s.flush()
-	}
-	return n, err
-}
-
-func (s *streamConn) CloseWrite() error { return s.w.Close() }
-
-func (s *streamConn) Close() error {
-	_ = s.w.Close()
-	err := s.r.Close()
-	if s.cancel != nil {
-		s.cancel()
-	}
-	return err
-}
-
-type halfCloser interface {
-	io.ReadWriteCloser
-	CloseWrite() error
-}
-
-// pipe copies both ways between a and b until both directions end (each
-// end of input half-closes the other side) or nothing moves for idle; it
-// then closes both. onByte, if set, is called for activity (tests).
-func pipe(a net.Conn, b halfCloser, idle time.Duration, onByte func()) {
-	watchdog := time.AfterFunc(idle, func() {
-		_ = a.Close()
-		_ = b.Close()
-	})
-	defer watchdog.Stop()
-	copyHalf := func(dst halfCloser, src io.Reader, done chan<- struct{}) {
-		buf := bufferPool{}.Get()
-		defer bufferPool{}.Put(buf)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				watchdog.Reset(idle)
-				if onByte != nil {
-					onByte()
-				}
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					_ = a.Close()
-					_ = b.Close()
-					break
-				}
-			}
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					_ = a.Close()
-					_ = b.Close()
-				}
-				break
-			}
-		}
-		_ = dst.CloseWrite()
-		close(done)
-	}
-	ab, ba := make(chan struct{}), make(chan struct{})
-	go copyHalf(b, a, ab)
-	copyHalf(asHalfCloser(a), b, ba)
-	<-ab
-	_ = a.Close()
-	_ = b.Close()
-}
-
-// asHalfCloser gives a net.Conn a CloseWrite (TCP connections have one).
-func asHalfCloser(c net.Conn) halfCloser {
-	if h, ok := c.(halfCloser); ok {
-		return h
-	}
-	return closeBoth{c}
-}
-
-type closeBoth struct{ net.Conn }
-
-func (c closeBoth) CloseWrite() error { return c.Close() }
