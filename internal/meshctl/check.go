@@ -327,14 +327,19 @@ func checkProxyStates(e *checkEnv) []CheckResult {
 		names := by[r.state]
 		switch {
 		case len(names) == 0:
-			out = append(out, ok(r.name, fmt.Sprintf("%d proxies, none %s", len(e.selected()), strings.ToLower(strings.TrimPrefix(r.state.String(), "SYNC_STATE_")))))
+			out = append(out, ok(r.name, fmt.Sprintf("%d proxies, none %s", len(e.selected()), stateName(r.state))))
 		case r.fails:
-			out = append(out, fail(r.name, fmt.Sprintf("%d %s: %s", len(names), strings.TrimPrefix(r.state.String(), "SYNC_STATE_"), strings.Join(names, ", ")), r.hint))
+			out = append(out, fail(r.name, fmt.Sprintf("%d %s: %s", len(names), stateName(r.state), strings.Join(names, ", ")), r.hint))
 		default:
-			out = append(out, warn(r.name, fmt.Sprintf("%d %s: %s", len(names), strings.TrimPrefix(r.state.String(), "SYNC_STATE_"), strings.Join(names, ", ")), r.hint))
+			out = append(out, warn(r.name, fmt.Sprintf("%d %s: %s", len(names), stateName(r.state), strings.Join(names, ", ")), r.hint))
 		}
 	}
 	return out
+}
+
+// stateName is a state as proxy-status shows it: "UNTRUSTED PEERS".
+func stateName(s meshv1.SyncState) string {
+	return strings.ReplaceAll(strings.TrimPrefix(s.String(), "SYNC_STATE_"), "_", " ")
 }
 
 // renewalMargin is how long before expiry a renewal must have happened:
