@@ -47,6 +47,7 @@ func main() {
 
 type options struct {
 	bin      string
+	oldProxy string // an older mesh-proxy binary: an extra one-hop row
 	rounds   int
 	duration time.Duration
 	warmup   time.Duration
@@ -66,6 +67,7 @@ func run() error {
 	var o options
 	var tunes, only string
 	flag.StringVar(&o.bin, "bin", "bin", "directory holding meshd, mesh-proxy and meshctl (make build)")
+	flag.StringVar(&o.oldProxy, "old-proxy", os.Getenv("BENCH_OLD_PROXY"), "an older mesh-proxy binary, measured as the extra row \"mesh-proxy (old binary)\" of the same run (default $BENCH_OLD_PROXY; empty: none)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each wrk run (whole seconds)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
@@ -190,6 +192,11 @@ func run() error {
 		return err
 	}
 	add("mesh-proxy", func() (*target, error) { return m.oneHop("pub", "mesh-proxy", nil) })
+	if o.oldProxy != "" {
+		add("mesh-proxy (old binary)", func() (*target, error) {
+			return m.oneHopAt(o.oldProxy, "pubold", "mesh-proxy (old binary)", nil)
+		})
+	}
 	for i, t := range o.tunes {
 		name := "mesh-proxy " + t
 		add(name, func() (*target, error) { return m.oneHop("pub"+strconv.Itoa(i+1), name, strings.Fields(t)) })

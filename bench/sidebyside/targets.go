@@ -369,6 +369,12 @@ func (m *mesh) policyNote(applyErr error, url string) string {
 // proxy starts one mesh-proxy for service with a fresh token; extra are
 // its listener flags. It waits for /ready on the admin port.
 func (m *mesh) proxy(service string, goenv []string, extra ...string) (*child, string, error) {
+	return m.proxyAt(filepath.Join(m.e.bin, "mesh-proxy"), service, goenv, extra...)
+}
+
+// proxyAt is proxy with the mesh-proxy binary at bin (an older build, to
+// compare within one run).
+func (m *mesh) proxyAt(bin, service string, goenv []string, extra ...string) (*child, string, error) {
 	tok, err := m.token(service)
 	if err != nil {
 		return nil, "", err
@@ -387,7 +393,7 @@ func (m *mesh) proxy(service string, goenv []string, extra ...string) (*child, s
 		"--service", service, "--app", m.e.app, "--inbound", inbound, "--admin", adminAddr,
 		"--state-dir", filepath.Join(m.e.dir, "proxy-"+service), "--log-level", "warn",
 	}, extra...)
-	c, err := m.e.p.start("mesh-proxy-"+service, goenv, filepath.Join(m.e.bin, "mesh-proxy"), args...)
+	c, err := m.e.p.start("mesh-proxy-"+service, goenv, bin, args...)
 	if err != nil {
 		return nil, "", err
 	}
@@ -407,12 +413,17 @@ func (m *mesh) proxy(service string, goenv []string, extra ...string) (*child, s
 
 // meshOneHop is one mesh-proxy terminating TLS on its --public port.
 func (m *mesh) oneHop(service, label string, goenv []string) (*target, error) {
+	return m.oneHopAt(filepath.Join(m.e.bin, "mesh-proxy"), service, label, goenv)
+}
+
+// oneHopAt is oneHop with the mesh-proxy binary at bin.
+func (m *mesh) oneHopAt(bin, service, label string, goenv []string) (*target, error) {
 	pub, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	polErr := m.policy(service)
-	c, _, err := m.proxy(service, goenv, "--public", pub,
+	c, _, err := m.proxyAt(bin, service, goenv, "--public", pub,
 		"--public-cert", m.e.certs.ServerCert, "--public-key", m.e.certs.ServerKey)
 	if err != nil {
 		return nil, err
