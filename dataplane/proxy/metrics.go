@@ -115,59 +115,60 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // takes at most MaxSourceServices distinct values per proxy (later ones
 // count as "other").
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	r := &registrar{reg: reg}
 	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "requests_total",
 			Help: "Requests forwarded, by listener and response class.",
 		}, []string{"listener", "class"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		duration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "request_duration_seconds",
 			Help:    "Time from request received to response handler done, by listener.",
 			Buckets: durationBuckets,
 		}, []string{"listener"}),
-		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+		handshakeFailures: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "handshake_failures_total",
 			Help: "TLS handshakes that failed, by listener and reason.",
 		}, []string{"listener", "reason"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		retries: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "retries_total",
 			Help: "Requests tried again after a failed try, by listener.",
 		}, []string{"listener"}),
-		overflows: prometheus.NewCounterVec(prometheus.CounterOpts{
+		overflows: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "overflows_total",
 			Help: "Requests answered 503 at once because their service had its maximum in flight, by listener.",
 		}, []string{"listener"}),
-		inRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		inRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_requests_total",
 			Help: "Requests into the inbound, by source service (service account of the caller), destination service and response class.",
 		}, []string{"source_service", "destination_service", "class"}),
-		inDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		inDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
 			Buckets: durationBuckets,
 		}, []string{"source_service", "destination_service"}),
-		outRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		outRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
 			Help: "Requests the outbound forwarded to services of the mesh, by destination service and response class.",
 		}, []string{"destination_service", "class"}),
-		outDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		outDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the outbound, by destination service.",
 			Buckets: durationBuckets,
 		}, []string{"destination_service"}),
-		authz: prometheus.NewCounterVec(prometheus.CounterOpts{
+		authz: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",
 			Help: "Authorization decisions at the inbound: allow, deny, dry_run_deny, audit, bad_path.",
 		}, []string{"decision"}),
-		rateLimits: prometheus.NewCounterVec(prometheus.CounterOpts{
+		rateLimits: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "ratelimit_decisions_total",
 			Help: "Rate-limit decisions at the inbound: allowed, limited (only requests some RateLimit applied to).",
 		}, []string{"decision"}),
-		revokedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+		revokedConns: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "connections_closed_total",
 			Help: "Connections closed because their peer is no longer admitted: revoked, untrusted (no longer verifies against the bundle), unauthorized (a TCP stream the policy no longer allows).",
 		}, []string{"listener", "reason"}),
-		headersDropped: newHeadersDropped(),
+		headersDropped: newHeadersDropped(r),
 		listeners:      make(map[string]*listenerMetrics, len(listenerNames)),
 	}
 	for _, l := range listenerNames {
@@ -185,15 +186,37 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 		m.listeners[l] = lm
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakeFailures, m.retries, m.overflows,
-			m.inRequests, m.inDuration, m.authz, m.rateLimits, m.revokedConns, m.outRequests, m.outDuration, m.headersDropped} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("proxy: register metrics: %w", err)
-			}
-		}
+	if r.err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", r.err)
 	}
 	return m, nil
+}
+
+// registrar is the package's one way to make metrics: each collector is
+// made and registered on reg (none when reg is nil) in one call, and the
+// first registration error is kept for the constructor to return.
+type registrar struct {
+	reg prometheus.Registerer
+	err error
+}
+
+func (r *registrar) register(c prometheus.Collector) {
+	if r.reg == nil || r.err != nil {
+		return
+	}
+	r.err = r.reg.Register(c)
+}
+
+func (r *registrar) counterVec(opts prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(opts, labels)
+	r.register(c)
+	return c
+}
+
+func (r *registrar) histogramVec(opts prometheus.HistogramOpts, labels []string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(opts, labels)
+	r.register(h)
+	return h
 }
 
 func (m *Metrics) listener(name string) *listenerMetrics { return m.listeners[name] }

@@ -66,8 +66,8 @@ const (
 	dropUpgrade    = "upgrade"    // an Upgrade token other than websocket
 )
 
-func newHeadersDropped() *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
+func newHeadersDropped(r *registrar) *prometheus.CounterVec {
+	return r.counterVec(prometheus.CounterOpts{
 		Namespace: "minimesh", Subsystem: "proxy", Name: "headers_dropped_total",
 		Help: "Request headers removed before the app, by listener and reason: underscore (a name with '_', which CGI/WSGI apps read as its '-' spelling), override (X-HTTP-Method-Override, X-Original-URL and kin), upgrade (an Upgrade token other than websocket).",
 	}, []string{"listener", "reason"})

@@ -139,18 +139,17 @@ func NewTransparent(cfg TransparentConfig) (*Transparent, error) {
 		lim:   cfg.Limits.withDefaults(),
 		slots: make(chan struct{}, cfg.MaxConns),
 		conns: map[net.Conn]struct{}{},
-		results: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_proxy_transparent_connections_total",
-			Help: "Connections accepted by the transparent listener, by result.",
-		}, []string{"result"}),
 	}
+	r := &registrar{reg: cfg.Registerer}
+	t.results = r.counterVec(prometheus.CounterOpts{
+		Name: "minimesh_proxy_transparent_connections_total",
+		Help: "Connections accepted by the transparent listener, by result.",
+	}, []string{"result"})
 	for _, r := range []string{TransparentHTTP, TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit} {
 		t.results.WithLabelValues(r)
 	}
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(t.results); err != nil {
-			return nil, fmt.Errorf("proxy: transparent metrics: %w", err)
-		}
+	if r.err != nil {
+		return nil, fmt.Errorf("proxy: transparent metrics: %w", r.err)
 	}
 	return t, nil
 }
