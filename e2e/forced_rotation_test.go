@@ -12,17 +12,18 @@ import (
 	"time"
 
 	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
 	"minimesh/internal/meshctl"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // meshctlTry runs meshctl in-process against m and returns its output and
 // error (meshctlRun fails the test on an error).
-func meshctlTry(m *mesh, args ...string) (string, error) {
+func meshctlTry(m *controlplanetest.Meshd, args ...string) (string, error) {
 	var out bytes.Buffer
 	root := meshctl.NewRoot(meshctl.IO{Out: &out, Err: &out})
 	root.SetIn(strings.NewReader(""))
-	root.SetArgs(append([]string{"--server", m.meshd.Addr, "--credentials", m.meshd.OperatorCredentialDir()}, args...))
+	root.SetArgs(append([]string{"--server", m.Addr, "--credentials", m.OperatorCredentialDir()}, args...))
 	err := root.Execute()
 	return out.String(), err
 }
@@ -39,7 +40,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 	m := startMesh(t, controlplane.Config{SVIDTTL: time.Hour, RotationCheck: 50 * time.Millisecond}, 1)
 	ids := []string{m.web.Agent.InstanceID(), m.api.Agent.InstanceID()}
 
-	if out, err := meshctlTry(m, "check"); err != nil {
+	if out, err := meshctlTry(m.meshd, "check"); err != nil {
 		t.Fatalf("meshctl check on a fresh mesh: %v\n%s", err, out)
 	}
 
@@ -57,7 +58,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 
 	// The guard rail: without a terminal and without --yes, refused,
 	// naming what it would break; nothing changes.
-	out, err := meshctlTry(m, "ca", "rotate", "--force")
+	out, err := meshctlTry(m.meshd, "ca", "rotate", "--force")
 	if err == nil || !strings.Contains(err.Error(), "--yes") {
 		t.Fatalf("ca rotate --force without --yes: %v\n%s", err, out)
 	}
@@ -74,7 +75,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 
 	// proxy-status: both UNTRUSTED, naming the root, table and JSON.
 	eventually(t, 20*time.Second, "proxy-status UNTRUSTED", func() error {
-		out, err := meshctlTry(m, "proxy-status")
+		out, err := meshctlTry(m.meshd, "proxy-status")
 		if err != nil {
 			return err
 		}
@@ -83,7 +84,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 		}
 		return nil
 	})
-	js, err := meshctlTry(m, "proxy-status", "-o", "json")
+	js, err := meshctlTry(m.meshd, "proxy-status", "-o", "json")
 	if err != nil || strings.Count(js, "SYNC_STATE_UNTRUSTED\"") != 2 {
 		t.Errorf("proxy-status -o json: %v\n%s", err, js)
 	}
@@ -111,7 +112,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 	}
 
 	// meshctl check: exits non-zero, with the failing checks named.
-	out, err = meshctlTry(m, "check")
+	out, err = meshctlTry(m.meshd, "check")
 	if err == nil {
 		t.Fatalf("meshctl check exited 0 after the forced rotation:\n%s", out)
 	}
@@ -120,7 +121,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 			t.Errorf("meshctl check does not say %q:\n%s", want, out)
 		}
 	}
-	js, _ = meshctlTry(m, "check", "-o", "json")
+	js, _ = meshctlTry(m.meshd, "check", "-o", "json")
 	var res struct {
 		Success bool `json:"success"`
 		Checks  []meshctl.CheckResult
@@ -129,7 +130,7 @@ func TestForcedRotationIsReportedEverywhere(t *testing.T) {
 		t.Errorf("check -o json: success %v, %v\n%s", res.Success, err, js)
 	}
 	t.Logf("check after the forced rotation:\n%s", out)
-	if out, err := meshctlTry(m, "check", "--proxy", ids[0]); err == nil || !strings.Contains(out, ids[0]) {
+	if out, err := meshctlTry(m.meshd, "check", "--proxy", ids[0]); err == nil || !strings.Contains(out, ids[0]) {
 		t.Errorf("check --proxy %s: %v\n%s", ids[0], err, out)
 	}
 }

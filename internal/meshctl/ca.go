@@ -47,8 +47,25 @@ the proxies it waits for.`,
 					}
 				}
 				cctx, cancel := context.WithTimeout(ctx, g.timeout)
+				defer cancel()
+				if wait > 0 && !force {
+					// --wait on a rotation under way follows it.
+					st, err := c.CAStatus(cctx, &meshv1.CAStatusRequest{})
+					if err != nil {
+						return err
+					}
+					if st.GetPhase() != "idle" {
+						printf(g.io.Err, "a root rotation is under way (phase %s); following it\n", st.GetPhase())
+						if st, err = g.waitRotation(ctx, c, wait); err != nil {
+							return err
+						}
+						if g.output != "table" {
+							return g.print(&meshv1.RotateCAResponse{Status: st})
+						}
+						return printCAStatus(g, st)
+					}
+				}
 				resp, err := c.RotateCA(cctx, &meshv1.RotateCARequest{Force: force})
-				cancel()
 				if err != nil {
 					return err
 				}

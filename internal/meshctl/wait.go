@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -61,9 +64,32 @@ func (g *globals) poll(ctx context.Context, timeout time.Duration, what string, 
 // change of phase and of the proxies it waits for.
 func (g *globals) waitRotation(ctx context.Context, c meshv1.AdminServiceClient, timeout time.Duration) (*meshv1.CAStatusResponse, error) {
 	var st *meshv1.CAStatusResponse
+	var redialed *grpc.ClientConn
+	defer func() {
+		if redialed != nil {
+			_ = redialed.Close()
+		}
+	}()
 	err := g.poll(ctx, timeout, "root rotation", func(ctx context.Context) (bool, string, error) {
 		var err error
-		if st, err = c.CAStatus(ctx, &meshv1.CAStatusRequest{}); err != nil {
+		st, err = c.CAStatus(ctx, &meshv1.CAStatusRequest{})
+		if code := status.Code(err); code == codes.Unauthenticated || isHandshakeFailure(err) {
+			// The rotation moved meshd and the operator credential to the
+			// new root (meshd rewrites <data-dir>/operator) and then dropped
+			// the old one, which this connection's certificate chains to:
+			// read the credential again.
+			conn, derr := g.dial()
+			if derr != nil {
+				return false, "", err
+			}
+			if redialed != nil {
+				_ = redialed.Close()
+			}
+			redialed = conn
+			c = meshv1.NewAdminServiceClient(conn)
+			st, err = c.CAStatus(ctx, &meshv1.CAStatusRequest{})
+		}
+		if err != nil {
 			return false, "", err
 		}
 		if st.GetPhase() == "idle" {
