@@ -86,8 +86,8 @@ func explainChain(chain, roots []*x509.Certificate, now time.Time) string {
 	}
 	issuer := chain[len(chain)-1] // meshd's intermediate
 	head := fmt.Sprintf("meshd's certificate does not chain to a root of your credential's bundle.pem (roots %s)", strings.Join(pins, ", "))
-	if issuer.NotBefore.After(newest) {
-		return head + fmt.Sprintf(": meshd's CA (intermediate of %s) is newer than your credential's roots (newest of %s). "+
+	if !issuer.NotBefore.Before(newest) { // a tie: the commoner case
+		return head + fmt.Sprintf(": meshd's CA (intermediate of %s) is not older than your credential's roots (newest of %s). "+
 			"Your operator credential was issued before a root rotation; get a fresh one: copy <data-dir>/operator again (meshd re-issued it at the rotation) or run `meshd operator issue`",
 			issuer.NotBefore.UTC().Format(time.RFC3339), newest.UTC().Format(time.RFC3339))
 	}
