@@ -181,6 +181,7 @@ func (b *boltBackend) sync(context.Context) error { return nil }
 func (b *boltBackend) campaign(context.Context) error { return nil }
 func (b *boltBackend) isLeader() bool                 { return true }
 func (b *boltBackend) sessionLease() int64            { return 0 }
+func (b *boltBackend) cacheReloads() int64            { return 0 }
 
 func (b *boltBackend) presenceMap() *sync.Map { return &b.presence }
 

@@ -87,6 +87,7 @@ type etcdBackend struct {
 	sess     *concurrency.Session
 	leader   *leadership
 	presence map[string]bool // instances this replica holds presence for
+	reloads  int64           // reloads after the first load (compactions)
 }
 
 type leadership struct {
@@ -346,6 +347,9 @@ func (b *etcdBackend) watchLoop(rev int64) {
 			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 				b.log.Warn("the store's watch fell behind an etcd compaction; reloading the cache", "revision", rev, "compact_revision", resp.CompactRevision)
 				r, err := b.reload()
+				b.mu.Lock()
+				b.reloads++
+				b.mu.Unlock()
 				if err != nil {
 					b.log.Error("could not reload the cache from etcd", "error", err)
 				} else {
@@ -435,6 +439,14 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 		if attempt >= maxConflicts {
 			return fmt.Errorf("store: etcd: gave up after %d conflicting writes", attempt)
 		}
+		// Leadership is taken before fn runs: fn decides as the leader, so
+		// the commit must fail if the leadership it saw is gone by then.
+		var lead *leadership
+		if leader {
+			if lead = b.leadership(); lead == nil {
+				return ErrNotLeader
+			}
+		}
 		mtx := s.mem.Txn(true)
 		cs := cacheStateOf(mtx)
 		tx := newTxn(mtx, MaxTxnWrites)
@@ -451,11 +463,7 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(b.commitKey()), "=", cs.CommitRev)}
 		orElse := []clientv3.Op{clientv3.OpGet(b.commitKey())}
-		var lead *leadership
 		if leader {
-			if lead = b.leadership(); lead == nil {
-				return ErrNotLeader
-			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(lead.key), "=", lead.rev))
 			orElse = append(orElse, clientv3.OpGet(lead.key))
 		}
@@ -716,6 +724,12 @@ func (b *etcdBackend) presenceAll(ctx context.Context) (map[string]string, error
 		out[strings.TrimPrefix(string(kv.Key), pre)] = string(kv.Value)
 	}
 	return out, nil
+}
+
+func (b *etcdBackend) cacheReloads() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.reloads
 }
 
 func (b *etcdBackend) sessionLease() int64 {

@@ -67,6 +67,7 @@ type backend interface {
 	clearPresence(instance string) error
 	presenceAll(ctx context.Context) (map[string]string, error)
 	sessionLease() int64
+	cacheReloads() int64
 }
 
 // Store is memdb for reads, a backend (bbolt or etcd) for durability.
@@ -119,6 +120,10 @@ func (s *Store) ClearPresence(instance string) error { return s.be.clearPresence
 func (s *Store) Presence(ctx context.Context) (map[string]string, error) {
 	return s.be.presenceAll(ctx)
 }
+
+// CacheReloads counts the cache's reloads since open (a watch that fell
+// behind an etcd compaction); 0 on bbolt.
+func (s *Store) CacheReloads() int64 { return s.be.cacheReloads() }
 
 // SessionLease is the etcd lease of this replica's session (0 on bbolt):
 // presence keys and the leadership live under it.
