@@ -190,6 +190,7 @@ func (s *Server) CAStatus() (*meshv1.CAStatusResponse, error) {
 	for _, r := range ca.RetiredRoots() {
 		out.Retired = append(out.Retired, &meshv1.CARoot{Pin: certs.SPKIPin(r), NotAfter: timestamppb.New(r.NotAfter)})
 	}
+	out.RefusedByClients, out.RefusedByClientAddrs = s.refusals.recent()
 	var waiting []string
 	var err error
 	switch out.Phase {

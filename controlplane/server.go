@@ -64,6 +64,11 @@ type Config struct {
 	// is encrypted needs it at every start; a plain one is encrypted at the
 	// first start with it.
 	CAKeyFile string
+	// Etcd, when set, keeps meshd's state in etcd instead of the data
+	// dir's bbolt file (--store etcd://...); DataDir then holds only this
+	// replica's own files (its operator credential), and CAKeyFile is
+	// required: the CA state in etcd is always sealed.
+	Etcd *store.EtcdConfig
 	// ForgetAfter removes proxies that have been disconnected this long
 	// (default 72h; negative keeps them forever).
 	ForgetAfter time.Duration
@@ -133,6 +138,7 @@ type Server struct {
 	bundle    *certs.BundleSource
 	grpc      *grpc.Server
 	push      *push.Server
+	refusals  *clientRefusals // handshakes clients aborted: they do not trust meshd's root
 
 	closeOnce sync.Once
 }
@@ -156,7 +162,19 @@ func New(cfg Config) (*Server, error) {
 	if err := store.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	st, err := openStore(filepath.Join(cfg.DataDir, dataFile), caKey, td, cfg.Logger)
+	var st *store.Store
+	if cfg.Etcd != nil {
+		if caKey == nil {
+			return nil, errors.New("controlplane: --ca-key-file is required with an etcd store: the CA keys are kept in etcd, sealed under it")
+		}
+		ec := *cfg.Etcd
+		if ec.Registerer == nil {
+			ec.Registerer = cfg.Registry
+		}
+		st, err = store.Open(store.Config{Etcd: &ec, Logger: cfg.Logger.With("component", "store")})
+	} else {
+		st, err = openStore(filepath.Join(cfg.DataDir, dataFile), caKey, td, cfg.Logger)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +201,7 @@ func (s *Server) init() error {
 	if err := s.ensureOperatorCredential(); err != nil {
 		return err
 	}
+	s.refusals = newClientRefusals(cfg.Registry, cfg.Logger.With("component", "tls"), cfg.Clock.Now)
 	s.serving = certs.NewSVIDSource(cfg.Clock)
 	if err := s.rotateServing(); err != nil {
 		return err
@@ -214,7 +233,7 @@ func (s *Server) init() error {
 		Registerer:     cfg.Registry,
 	})
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(certs.OptionalClientServerConfig(s.serving))),
+		grpc.Creds(s.refusals.wrap(credentials.NewTLS(certs.OptionalClientServerConfig(s.serving)))),
 		grpc.UnaryInterceptor(auth.Unary),
 		grpc.StreamInterceptor(auth.Stream),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
@@ -316,6 +335,20 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: stored CA: %w", err)
 	}
+	if ca != nil && s.caKey != nil && !sealed && s.cfg.Etcd != nil {
+		// Only a restore could have put a plain CA into etcd (it seals
+		// it); seal it now. etcd keeps the plain value in its history
+		// until the next compaction.
+		v, err := caStateValue(s.caKey, ca)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.Update(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, v) }); err != nil {
+			return nil, err
+		}
+		s.cfg.Logger.Warn("sealed the CA state found in clear in etcd; compact etcd to drop the plain value from its history", "ca_key_id", s.caKeyID())
+		sealed = true
+	}
 	if ca != nil {
 		if s.caKey != nil && !sealed { // openStore sealed it; nothing else writes it
 			return nil, errors.New("controlplane: stored CA: still in clear after encrypting it")
@@ -331,8 +364,13 @@ func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 	} else if ca, err = certs.NewCA(caCfg); err != nil {
 		return nil, err
 	}
-	if err := saveCA(s.store, s.caKey, ca); err != nil {
+	if created, err := createCA(s.store, s.caKey, ca); err != nil {
 		return nil, err
+	} else if !created { // another replica created one first: use it
+		if ca, _, err = loadCA(s.store, s.caKey, caCfg); err != nil || ca == nil {
+			return nil, fmt.Errorf("controlplane: stored CA (another replica's): %v", err)
+		}
+		return ca, nil
 	}
 	s.cfg.Logger.Info("created a new certificate authority", "trust_domain", s.td.String(), "root_pin", ca.RootPin(), "encrypted", s.caKey != nil, "ca_key_id", s.caKeyID())
 	return ca, nil
@@ -415,6 +453,13 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer close(pushDone); _ = s.push.Run(pushCtx) }()
 	defer func() { stopPush(); <-pushDone }()
 
+	// The singletons below run on the leader only (on bbolt the one
+	// process always is); their writes are fenced on the election key.
+	leadCtx, stopLead := context.WithCancel(context.Background())
+	leadDone := make(chan struct{})
+	go func() { defer close(leadDone); _ = s.store.Campaign(leadCtx) }()
+	defer func() { stopLead(); <-leadDone }()
+
 	rotate := time.NewTimer(s.servingRefreshIn())
 	defer rotate.Stop()
 	for {
@@ -422,6 +467,9 @@ func (s *Server) Run(ctx context.Context) error {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
 		case <-caTick.C:
+			if !s.store.IsLeader() {
+				continue
+			}
 			s.authority.PruneIfDue() // expired certificate, revocation and issuance records
 			if err := s.advanceCA(false); err != nil {
 				s.cfg.Logger.Error("certificate authority maintenance failed", "error", err)
