@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -220,7 +221,7 @@ func (a *Authenticator) check(ctx context.Context, method string) (Caller, Rule,
 	}
 	id, chain, err := certs.VerifyPeer(raw, a.cfg.Bundle, a.cfg.Clock.Now())
 	if err != nil {
-		return caller, rule, "bad_certificate", status.Errorf(codes.Unauthenticated, "client certificate refused: %v", err)
+		return caller, rule, "bad_certificate", status.Errorf(codes.Unauthenticated, "client certificate refused: %v%s", err, a.unknownRootHint(err))
 	}
 	caller.ID, caller.Leaf = id, chain[0]
 	if id.TrustDomain() != a.cfg.TrustDomain {
@@ -243,6 +244,21 @@ func (a *Authenticator) check(ctx context.Context, method string) (Caller, Rule,
 		}
 	}
 	return caller, rule, "", nil
+}
+
+// unknownRootHint explains a certificate of no root of meshd's bundle: a
+// credential issued before a root rotation, or by another meshd's CA.
+func (a *Authenticator) unknownRootHint(err error) string {
+	if !strings.Contains(err.Error(), "unknown authority") {
+		return ""
+	}
+	var pins []string
+	if b, berr := a.cfg.Bundle.GetX509BundleForTrustDomain(a.cfg.TrustDomain); berr == nil {
+		for _, r := range b.X509Authorities() {
+			pins = append(pins, certs.SPKIPin(r))
+		}
+	}
+	return fmt.Sprintf("; it chains to no root of this meshd's bundle (%s): it was issued before a root rotation (or by another meshd's CA); get a fresh one: an operator copies <data-dir>/operator again or runs `meshd operator issue`, a proxy needs a new join token", strings.Join(pins, ", "))
 }
 
 func idString(id spiffeid.ID) string {

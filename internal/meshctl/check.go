@@ -270,7 +270,7 @@ func checkRefusedByClients(e *checkEnv) []CheckResult {
 	}
 	if n := e.ca.GetRefusedByClients(); n > 0 {
 		return []CheckResult{fail(name, fmt.Sprintf("%d TLS handshakes in the last 10 minutes were refused by the client for meshd's certificate, from %s", n, strings.Join(e.ca.GetRefusedByClientAddrs(), ", ")),
-			fmt.Sprintf("those clients do not trust meshd's root %s: if meshd's data was restored from a backup taken before a root rotation, its CA is the old one and proxies holding SVIDs of the newer root cannot reach it; restore a newer backup, or bootstrap the proxies again with new join tokens", shortPin(e.ca.GetActive().GetPin())))}
+			fmt.Sprintf("those clients do not trust meshd's root %s: a meshctl with an operator credential from before a root rotation (get a fresh one), or, if proxies, meshd's data restored from a backup taken before a root rotation: its CA is the old one and proxies holding SVIDs of the newer root cannot reach it; restore a newer backup, or bootstrap the proxies again with new join tokens", shortPin(e.ca.GetActive().GetPin())))}
 	}
 	return []CheckResult{ok(name, "no client refused it in the last 10 minutes")}
 }

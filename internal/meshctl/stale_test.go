@@ -55,8 +55,22 @@ func TestStaleCredentialIsExplained(t *testing.T) {
 	if err == nil || !strings.Contains(out, "✖ meshd is reachable") || !strings.Contains(out, "issued before a root rotation") {
 		t.Fatalf("check with a stale credential: %v\n%s", err, out)
 	}
-	// The fresh credential works, and check exits 0 on this mesh.
-	if out, err := run2(t, m, "check"); err != nil {
+	// With meshd's current bundle but the old certificate, meshctl trusts
+	// meshd and meshd refuses the certificate, saying why.
+	b, err := os.ReadFile(filepath.Join(m.OperatorCredentialDir(), "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, "bundle.pem"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("token", "list"); err == nil || !strings.Contains(err.Error(), "no root of this meshd's bundle") || !strings.Contains(err.Error(), "issued before a root rotation") {
+		t.Fatalf("an old certificate with a fresh bundle: %v", err)
+	}
+	// The fresh credential works; meshd counted the stale meshctl's
+	// refusals of its certificate, and check says so (and nothing else).
+	out, err = run2(t, m, "check")
+	if strings.Count(out, "✖") != 2 || !strings.Contains(out, "✖ clients trust meshd's certificate") {
 		t.Fatalf("check with the fresh credential: %v\n%s", err, out)
 	}
 }
