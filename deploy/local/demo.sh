@@ -141,6 +141,9 @@ meshctl certs
 echo
 echo "== the api sidecar's certificate (http://$API_ADMIN/certs)"
 "$BIN/demo-app" get "http://$API_ADMIN/certs"
+echo
+echo "== meshctl check (the mesh's health: fails the demo on any ✖)"
+meshctl check
 
 if [ "$ONCE" = 1 ]; then
 	exit 0
