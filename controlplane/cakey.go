@@ -339,7 +339,26 @@ func saveCA(st *store.Store, key *CAKey, ca *certs.CA) error {
 	if err != nil {
 		return err
 	}
-	return st.Update(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, v) })
+	// A leader-only write: every CA change after the first is a rotation
+	// step (the singleton), fenced on the election key on etcd.
+	return st.UpdateAsLeader(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, v) })
+}
+
+// createCA stores ca as the first CA, unless the store holds one already
+// (another replica created it first): created is false then.
+func createCA(st *store.Store, key *CAKey, ca *certs.CA) (created bool, err error) {
+	v, err := caStateValue(key, ca)
+	if err != nil {
+		return false, err
+	}
+	err = st.Update(func(tx *store.Txn) error {
+		created = tx.Meta(caMetaKey) == nil
+		if !created {
+			return nil
+		}
+		return tx.SetMeta(caMetaKey, v)
+	})
+	return created, err
 }
 
 // LoadCAState loads the CA meshd keeps in st, for tools that work on a

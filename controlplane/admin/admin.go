@@ -86,6 +86,16 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// fresh makes the reads that follow linearizable: it waits (at most 5 s)
+// until this replica's store cache holds every write committed before the
+// call (store.Sync; at once on bbolt), else answers Unavailable.
+func (s *Server) fresh(ctx context.Context, method string) error {
+	if err := s.cfg.Store.Sync(ctx); err != nil {
+		return s.refuse(method, status.Errorf(codes.Unavailable, "%v; try again, or another meshd replica", err))
+	}
+	return nil
+}
+
 // refuse logs and counts a refused request and returns its status error.
 func (s *Server) refuse(method string, err error) error {
 	st := status.Convert(err)
@@ -135,7 +145,10 @@ func (s *Server) RevokeJoinToken(_ context.Context, req *meshv1.RevokeJoinTokenR
 }
 
 // ListCertificates implements meshv1.AdminServiceServer.
-func (s *Server) ListCertificates(_ context.Context, req *meshv1.ListCertificatesRequest) (*meshv1.ListCertificatesResponse, error) {
+func (s *Server) ListCertificates(ctx context.Context, req *meshv1.ListCertificatesRequest) (*meshv1.ListCertificatesResponse, error) {
+	if err := s.fresh(ctx, "ListCertificates"); err != nil {
+		return nil, err
+	}
 	certs, err := s.cfg.Authority.ListCertificates(req.GetValidOnly())
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -156,7 +169,10 @@ func (s *Server) ListCertificates(_ context.Context, req *meshv1.ListCertificate
 }
 
 // ListProxies implements meshv1.AdminServiceServer.
-func (s *Server) ListProxies(context.Context, *meshv1.ListProxiesRequest) (*meshv1.ListProxiesResponse, error) {
+func (s *Server) ListProxies(ctx context.Context, _ *meshv1.ListProxiesRequest) (*meshv1.ListProxiesResponse, error) {
+	if err := s.fresh(ctx, "ListProxies"); err != nil {
+		return nil, err
+	}
 	var proxies []*store.Proxy
 	err := s.cfg.Store.View(func(r *store.Reader) error {
 		recs, err := r.List(store.TableProxies, "id")

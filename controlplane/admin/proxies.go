@@ -13,7 +13,10 @@ import (
 )
 
 // ProxyStatus implements meshv1.AdminServiceServer.
-func (s *Server) ProxyStatus(context.Context, *meshv1.ProxyStatusRequest) (*meshv1.ProxyStatusResponse, error) {
+func (s *Server) ProxyStatus(ctx context.Context, _ *meshv1.ProxyStatusRequest) (*meshv1.ProxyStatusResponse, error) {
+	if err := s.fresh(ctx, "ProxyStatus"); err != nil {
+		return nil, err
+	}
 	ps, err := s.cfg.Push.Sync()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())

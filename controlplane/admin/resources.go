@@ -25,8 +25,14 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (*meshv1.App
 	if err != nil {
 		return nil, s.refuse("Apply", status.Error(codes.InvalidArgument, err.Error()))
 	}
+	if len(objs) > store.MaxApplyObjects || applySize(req) > store.MaxApplyBytes {
+		return nil, s.refuse("Apply", status.Errorf(codes.InvalidArgument,
+			"resources: %d objects of %d bytes; an Apply takes at most %d objects and %d bytes (etcd's transaction limits, kept on every store): split it into several applies",
+			len(objs), applySize(req), store.MaxApplyObjects, store.MaxApplyBytes))
+	}
 	resp := &meshv1.ApplyResponse{}
 	err = s.cfg.Store.Update(func(tx *store.Txn) error {
+		resp.Results, resp.Revision = nil, 0 // fn may run again (an etcd conflict)
 		if err := api.ValidateReferences(objs, tx.Lookup()); err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
@@ -84,6 +90,15 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (*meshv1.App
 	return resp, nil
 }
 
+// applySize is the encoded size of an Apply's resources.
+func applySize(req *meshv1.ApplyRequest) int {
+	n := 0
+	for _, r := range req.GetResources() {
+		n += proto.Size(r)
+	}
+	return n
+}
+
 // decodeAll converts and validates every resource; an object may appear once.
 func decodeAll(rs []*meshv1.Resource) ([]api.Object, error) {
 	if len(rs) == 0 {
@@ -117,7 +132,10 @@ func decodeAll(rs []*meshv1.Resource) ([]api.Object, error) {
 }
 
 // GetResources implements meshv1.AdminServiceServer.
-func (s *Server) GetResources(_ context.Context, req *meshv1.GetResourcesRequest) (*meshv1.GetResourcesResponse, error) {
+func (s *Server) GetResources(ctx context.Context, req *meshv1.GetResourcesRequest) (*meshv1.GetResourcesResponse, error) {
+	if err := s.fresh(ctx, "GetResources"); err != nil {
+		return nil, err
+	}
 	var kind api.Kind
 	if req.GetKind() != "" {
 		k, err := api.ParseKind(req.GetKind())

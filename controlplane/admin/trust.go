@@ -28,7 +28,10 @@ func (s *Server) RotateCA(_ context.Context, req *meshv1.RotateCARequest) (*mesh
 }
 
 // CAStatus implements meshv1.AdminServiceServer.
-func (s *Server) CAStatus(context.Context, *meshv1.CAStatusRequest) (*meshv1.CAStatusResponse, error) {
+func (s *Server) CAStatus(ctx context.Context, _ *meshv1.CAStatusRequest) (*meshv1.CAStatusResponse, error) {
+	if err := s.fresh(ctx, "CAStatus"); err != nil {
+		return nil, err
+	}
 	st, err := s.cfg.CA.CAStatus()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -102,9 +105,13 @@ func (s *Server) DenyIdentity(_ context.Context, req *meshv1.DenyIdentityRequest
 	return &meshv1.DenyIdentityResponse{}, nil
 }
 
-// Backup implements meshv1.AdminServiceServer: a consistent copy of the
-// data file from one read transaction, streamed in chunks.
+// Backup implements meshv1.AdminServiceServer: the store in the
+// backend-neutral backup format (store.Backup), from one consistent (and,
+// on etcd, linearizable) snapshot, streamed in chunks.
 func (s *Server) Backup(_ *meshv1.BackupRequest, stream meshv1.AdminService_BackupServer) error {
+	if err := s.fresh(stream.Context(), "Backup"); err != nil {
+		return err
+	}
 	pr, pw := io.Pipe()
 	go func() {
 		_, err := s.cfg.Store.Backup(pw)

@@ -24,11 +24,14 @@ type Pruned struct {
 func (a *Authority) Prune() (Pruned, error) {
 	now := a.cfg.Clock.Now()
 	var total Pruned
+	// At most what one transaction may write on this store (etcd: 120).
+	batch := min(pruneBatch, a.cfg.Store.MaxWrites())
 	for {
 		var n Pruned
-		err := a.cfg.Store.Update(func(tx *store.Txn) error {
+		// A singleton: the leader prunes, fenced on its election.
+		err := a.cfg.Store.UpdateAsLeader(func(tx *store.Txn) error {
 			n = Pruned{}
-			budget := pruneBatch
+			budget := batch
 			del := func(tbl string, expired func(store.Record) bool, count *int) error {
 				recs, err := tx.List(tbl, "id")
 				if err != nil {
@@ -83,7 +86,7 @@ func (a *Authority) Prune() (Pruned, error) {
 		total.Revocations += n.Revocations
 		total.Issuances += n.Issuances
 		total.Tokens += n.Tokens
-		if n.Certificates+n.Revocations+n.Issuances+n.Tokens < pruneBatch {
+		if n.Certificates+n.Revocations+n.Issuances+n.Tokens < batch {
 			break
 		}
 	}

@@ -197,33 +197,51 @@ func New(cfg Config) (*Server, error) {
 	}
 	now := cfg.Clock.Now()
 	held := 0
-	err := cfg.Store.Update(func(tx *store.Txn) error {
-		held = 0
-		recs, err := tx.List(store.TableProxies, "id")
-		if err != nil {
-			return err
-		}
+	// The status table is filled outside the update functions (which may
+	// run more than once), and the records are rewritten in transactions
+	// of at most MaxWrites (etcd's limit), over the instances listed once.
+	var ids []string
+	err := cfg.Store.View(func(r *store.Reader) error {
+		recs, err := r.List(store.TableProxies, "id")
 		for _, rec := range recs {
-			p := *rec.(*store.Proxy)
+			p := rec.(*store.Proxy)
+			ids = append(ids, p.InstanceID)
 			s.status[p.InstanceID] = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}
-			// An endpoint when the last meshd stopped: connected, or in its
-			// grace (an expired grace is cleared while meshd runs, so a
-			// GraceUntil still set was running when it stopped).
-			if !p.Connected && p.GraceUntil.IsZero() {
-				continue
-			}
-			p.Connected = false
-			p.GraceUntil = time.Time{}
-			if !p.Revoked {
-				p.GraceUntil = now.Add(cfg.EndpointGrace)
-				held++
-			}
-			if err := tx.Put(store.TableProxies, &p); err != nil {
-				return err
-			}
 		}
-		return nil
+		return err
 	})
+	for len(ids) > 0 && err == nil {
+		chunk := ids[:min(len(ids), cfg.Store.MaxWrites())]
+		ids = ids[len(chunk):]
+		n := 0
+		err = cfg.Store.Update(func(tx *store.Txn) error {
+			n = 0
+			for _, id := range chunk {
+				rec, err := tx.Get(store.TableProxies, id)
+				if err != nil {
+					continue // gone since
+				}
+				p := *rec.(*store.Proxy)
+				// An endpoint when the last meshd stopped: connected, or in its
+				// grace (an expired grace is cleared while meshd runs, so a
+				// GraceUntil still set was running when it stopped).
+				if !p.Connected && p.GraceUntil.IsZero() {
+					continue
+				}
+				p.Connected = false
+				p.GraceUntil = time.Time{}
+				if !p.Revoked {
+					p.GraceUntil = now.Add(cfg.EndpointGrace)
+					n++
+				}
+				if err := tx.Put(store.TableProxies, &p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		held += n
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -370,6 +388,9 @@ func (s *Server) recompute() error {
 
 // clearExpired clears the ended graces of these instances' records.
 func (s *Server) clearExpired(ids []string) {
+	for max := s.cfg.Store.MaxWrites(); len(ids) > max; ids = ids[max:] { // etcd's Txn limit
+		s.clearExpired(ids[:max])
+	}
 	now := s.cfg.Clock.Now()
 	err := s.cfg.Store.Update(func(tx *store.Txn) error {
 		for _, id := range ids {
@@ -708,6 +729,11 @@ func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) (
 	if err != nil {
 		return id, reason, err
 	}
+	// The stream is on this replica: a key leased to it (etcd), gone with
+	// it; the record above is never leased.
+	if err := s.cfg.Store.SetPresence(id); err != nil {
+		s.cfg.Logger.Warn("could not record the proxy's presence", "instance_id", id, "error", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown {
@@ -833,6 +859,9 @@ func (s *Server) unregister(instanceID string, sess *session) {
 	if err != nil {
 		s.cfg.Logger.Warn("could not record proxy disconnect", "instance_id", instanceID, "error", err)
 	}
+	if err := s.cfg.Store.ClearPresence(instanceID); err != nil {
+		s.cfg.Logger.Warn("could not clear the proxy's presence", "instance_id", instanceID, "error", err)
+	}
 	if grace {
 		s.cfg.Logger.Info("proxy disconnected without draining; still an endpoint for the grace", "instance_id", instanceID, "grace", s.cfg.EndpointGrace)
 	} else {
@@ -843,25 +872,36 @@ func (s *Server) unregister(instanceID string, sess *session) {
 
 // flush writes the ACK state of changed instances to the store, in one
 // transaction (ACKs come in bursts after a change; one fsync serves all).
+// ackUpdate is one instance's ACK state to persist.
+type ackUpdate struct {
+	id                    string
+	acked, nacked, reason string
+	roots                 []string
+	last                  time.Time
+}
+
 func (s *Server) flush() {
 	s.mu.Lock()
 	if len(s.dirty) == 0 {
 		s.mu.Unlock()
 		return
 	}
-	type upd struct {
-		id                    string
-		acked, nacked, reason string
-		roots                 []string
-		last                  time.Time
-	}
-	var ups []upd
+	var ups []ackUpdate
 	for id := range s.dirty {
 		st := s.status[id]
-		ups = append(ups, upd{id, st.acked, st.nacked, st.reason, st.ackedRoots, st.lastMessage})
+		ups = append(ups, ackUpdate{id, st.acked, st.nacked, st.reason, st.ackedRoots, st.lastMessage})
 	}
 	s.dirty = map[string]bool{}
 	s.mu.Unlock()
+	// In chunks of at most MaxWrites (etcd refuses a Txn of over 128 ops).
+	for len(ups) > 0 {
+		chunk := ups[:min(len(ups), s.cfg.Store.MaxWrites())]
+		ups = ups[len(chunk):]
+		s.flushChunk(chunk)
+	}
+}
+
+func (s *Server) flushChunk(ups []ackUpdate) {
 	err := s.cfg.Store.Update(func(tx *store.Txn) error {
 		for _, u := range ups {
 			rec, err := tx.Get(store.TableProxies, u.id)
@@ -892,7 +932,9 @@ func (s *Server) flush() {
 func (s *Server) Forget(cutoff time.Time) error {
 	var gone []string
 	now := s.cfg.Clock.Now()
-	err := s.cfg.Store.Update(func(tx *store.Txn) error {
+	// A singleton: the leader forgets, fenced on its election; at most
+	// MaxWrites a pass (the next tick takes the rest).
+	err := s.cfg.Store.UpdateAsLeader(func(tx *store.Txn) error {
 		gone = nil
 		recs, err := tx.List(store.TableProxies, "id")
 		if err != nil {
@@ -909,6 +951,9 @@ func (s *Server) Forget(cutoff time.Time) error {
 			// it would let the instance bootstrap again.
 			if _, live := s.active[p.InstanceID]; live || p.Revoked || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
 				continue
+			}
+			if len(gone) >= tx.MaxWrites() {
+				break
 			}
 			if err := tx.Delete(store.TableProxies, p.InstanceID); err != nil {
 				return err

@@ -327,6 +327,9 @@ func (t *Txn) SetMeta(key string, v []byte) error {
 	return nil
 }
 
+// MaxWrites is the most records this transaction may write.
+func (t *Txn) MaxWrites() int { return t.max }
+
 // raw applies an encoded write (Import).
 func (t *Txn) raw(w write) error {
 	if err := t.record(w); err != nil {
