@@ -19,14 +19,14 @@ func TestReadyRefusesAnSVIDItsOwnBundleDoesNotTrust(t *testing.T) {
 	old, next := certstest.NewCA(t, "minimesh.local"), certstest.NewCA(t, "minimesh.local")
 	svid := certstest.SVID(t, old, "spiffe://minimesh.local/ns/default/sa/web")
 	dir := filepath.Join(t.TempDir(), "state")
-	a, err := agent.New(agent.Config{ControlPlane: "127.0.0.1:1", Service: "web", StateDir: dir})
-	if err != nil {
+	// A first agent makes the state dir (ours, 0700).
+	if _, err := agent.New(agent.Config{ControlPlane: "127.0.0.1:1", Service: "web", StateDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	if err := certs.WriteSVID(dir, svid, next.Bundle()); err != nil {
 		t.Fatal(err)
 	}
-	a, err = agent.New(agent.Config{ControlPlane: "127.0.0.1:1", Service: "web", StateDir: dir})
+	a, err := agent.New(agent.Config{ControlPlane: "127.0.0.1:1", Service: "web", StateDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
