@@ -46,7 +46,13 @@ func run() error {
 		cfg      controlplane.Config
 		logLevel slog.Level
 	)
-	flag.StringVar(&cfg.DataDir, "data-dir", "", "directory for the data file and the operator credential (required)")
+	var etcdFlags controlplane.EtcdStoreFlags
+	flag.StringVar(&cfg.DataDir, "data-dir", "", "directory for the data file and the operator credential (required; with --store etcd://..., this replica's operator credential only)")
+	flag.StringVar(&etcdFlags.Store, "store", "bbolt", "where meshd keeps its state: bbolt (a file in --data-dir) or etcd://HOST:PORT[,HOST:PORT...] (needs --ca-key-file)")
+	flag.StringVar(&etcdFlags.Cert, "etcd-cert", "", "client certificate (PEM) meshd presents to etcd")
+	flag.StringVar(&etcdFlags.Key, "etcd-key", "", "private key (PEM) of --etcd-cert")
+	flag.StringVar(&etcdFlags.CA, "etcd-ca", "", "CA certificate(s) (PEM) etcd's serving certificate chains to")
+	flag.StringVar(&etcdFlags.Prefix, "etcd-prefix", "/minimesh/", "prefix of every key meshd writes in etcd (one etcd can hold two meshes)")
 	flag.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:15010", "gRPC listen address")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
@@ -56,7 +62,7 @@ func run() error {
 	flag.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
 	checkBootstrapLimits := bootstrapLimitFlags(flag.CommandLine, &cfg) // --bootstrap-rate, --bootstrap-burst
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
-	restore := flag.String("restore", "", "install this backup (from meshctl backup) into an empty --data-dir, then start")
+	restore := flag.String("restore", "", "install this backup (from meshctl backup, or an older meshd's raw data-file copy) into an empty --data-dir or empty --etcd-prefix, then start")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:15011); off when empty")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -70,10 +76,22 @@ func run() error {
 	if err := checkBootstrapLimits(); err != nil {
 		return err
 	}
+	ec, err := etcdFlags.EtcdConfig()
+	if err != nil {
+		return err
+	}
+	cfg.Etcd = ec
+	if ec != nil && cfg.CAKeyFile == "" {
+		return fmt.Errorf("--ca-key-file is required with --store %s: the CA keys are kept in etcd, sealed under it", etcdFlags.Store)
+	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 
 	if *restore != "" {
-		if err := controlplane.Restore(cfg.DataDir, *restore, cfg.CAKeyFile); err != nil {
+		restoreTo := func() error { return controlplane.Restore(cfg.DataDir, *restore, cfg.CAKeyFile) }
+		if ec != nil {
+			restoreTo = func() error { return controlplane.RestoreEtcd(ec, cfg.DataDir, *restore, cfg.CAKeyFile) }
+		}
+		if err := restoreTo(); err != nil {
 			return err
 		}
 	}
