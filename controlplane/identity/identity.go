@@ -223,7 +223,9 @@ func (a *Authority) Bootstrap(token string, csrDER []byte, instanceID string) (*
 		keyHash string
 		prev    *store.TokenIssuance
 	)
-	err := a.cfg.Store.View(func(r *store.Reader) error {
+	// Read through on a miss: a token made through another meshd replica
+	// a moment ago is found (etcd).
+	err := a.cfg.Store.ViewFresh(func(r *store.Reader) error {
 		var err error
 		if tok, err = checkToken(r, tokID, secret); err != nil {
 			return err
@@ -492,7 +494,7 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 // refused: that certificate bootstraps again.
 func (a *Authority) recordedInstance(id spiffeid.ID, serial string) (string, error) {
 	var inst string
-	err := a.cfg.Store.View(func(r *store.Reader) error {
+	err := a.cfg.Store.ViewFresh(func(r *store.Reader) error { // read through on a miss
 		rec, err := r.Get(store.TableCertificates, serial)
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("%w: certificate %s carries no instance and meshd has no record of issuing it", ErrUnbound, serial)

@@ -453,6 +453,12 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 		err := fn(tx)
 		mtx.Abort() // the watch brings the commit in
 		if err != nil {
+			// A refusal decided on a stale cache (a token another replica
+			// just made, a record just written) is decided again on a
+			// fresh one: one linearizable read of the revision key.
+			if b.behind(cs.CommitRev) {
+				continue
+			}
 			return err
 		}
 		if len(tx.list) == 0 {
@@ -511,6 +517,18 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 			return err
 		}
 	}
+}
+
+// behind reports whether etcd has store writes past rev, and then waits
+// (bounded) for the cache to take them in.
+func (b *etcdBackend) behind(rev int64) bool {
+	ctx, cancel := context.WithTimeout(b.ctx, syncWait)
+	defer cancel()
+	resp, err := b.cli.Get(ctx, b.commitKey())
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision <= rev {
+		return false
+	}
+	return b.waitApplied(ctx, resp.Kvs[0].ModRevision) == nil
 }
 
 func (b *etcdBackend) sync(ctx context.Context) error {

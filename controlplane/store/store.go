@@ -169,6 +169,22 @@ func (s *Store) View(fn func(r *Reader) error) error {
 	return fn(&Reader{mem: mtx})
 }
 
+// ViewFresh is View that reads through on a miss: when fn fails (a token
+// or record not found, say) on etcd, it waits until the cache holds every
+// write committed before the call (Sync, at most 5 s) and runs fn again,
+// so a record written through another replica a moment ago is found. On
+// bbolt it is View.
+func (s *Store) ViewFresh(fn func(r *Reader) error) error {
+	err := s.View(fn)
+	if _, local := s.be.(*boltBackend); err == nil || local {
+		return err
+	}
+	if serr := s.Sync(context.Background()); serr != nil {
+		return err
+	}
+	return s.View(fn)
+}
+
 // Meta returns a metadata value (nil when absent).
 func (s *Store) Meta(key string) ([]byte, error) {
 	mtx := s.mem.Txn(false)

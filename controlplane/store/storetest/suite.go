@@ -94,6 +94,39 @@ func Run(t *testing.T, b Backend) {
 	t.Run("PausedExLeaderRefused", func(t *testing.T) { PausedExLeaderRefused(t, b(t)) })
 	t.Run("PresenceIsLeasedRecordIsNot", func(t *testing.T) { PresenceIsLeasedRecordIsNot(t, b(t)) })
 	t.Run("WatchResumesAfterCompaction", func(t *testing.T) { WatchResumesAfterCompaction(t, b(t)) })
+	t.Run("ReadThroughOnMiss", func(t *testing.T) { ReadThroughOnMiss(t, b(t)) })
+}
+
+// ReadThroughOnMiss: a record another replica committed a moment ago is
+// found by ViewFresh and by an Update that would refuse without it, even
+// when this replica's watch has not delivered it yet.
+func ReadThroughOnMiss(t *testing.T, e *Env) {
+	a, b := e.Open(t), e.Open(t)
+	find := func(r *store.Reader, key string) error {
+		_, err := r.Get(store.TableDenials, key)
+		return err
+	}
+	for i := range 20 {
+		k := "viewfresh-" + strconv.Itoa(i)
+		if err := a.Update(func(tx *store.Txn) error { return tx.Put(store.TableDenials, &store.Denial{SPIFFEID: k}) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ViewFresh(func(r *store.Reader) error { return find(r, k) }); err != nil {
+			t.Fatalf("round %d: ViewFresh right after another replica's commit: %v", i, err)
+		}
+		k = "update-" + strconv.Itoa(i)
+		if err := a.Update(func(tx *store.Txn) error { return tx.Put(store.TableDenials, &store.Denial{SPIFFEID: k}) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Update(func(tx *store.Txn) error {
+			if err := find(&tx.Reader, k); err != nil {
+				return err
+			}
+			return tx.SetMeta("seen", []byte(k))
+		}); err != nil {
+			t.Fatalf("round %d: an Update needing another replica's record committed a moment ago: %v", i, err)
+		}
+	}
 }
 
 func sync5(t *testing.T, st *store.Store) {
