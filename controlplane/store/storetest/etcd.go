@@ -59,7 +59,11 @@ func freePorts(n int) ([]int, error) {
 
 // StartEmbedded starts etcd (go.etcd.io/etcd/server/v3/embed) in this
 // process with its data in dir, on 127.0.0.1.
-func StartEmbedded(dir string) (*Etcd, error) {
+func StartEmbedded(dir string) (*Etcd, error) { return StartEmbeddedQuota(dir, 0) }
+
+// StartEmbeddedQuota is StartEmbedded with a backend quota in bytes (0:
+// etcd's default), to raise the NOSPACE alarm in a test.
+func StartEmbeddedQuota(dir string, quota int64) (*Etcd, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -75,6 +79,7 @@ func StartEmbedded(dir string) (*Etcd, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.QuotaBackendBytes = quota
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, err

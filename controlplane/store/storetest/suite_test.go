@@ -1,10 +1,15 @@
 package storetest_test
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 
+	"minimesh/controlplane/store"
 	"minimesh/controlplane/store/storetest"
 )
 
@@ -56,4 +61,34 @@ func TestEtcdBinary(t *testing.T) {
 	}
 	defer e.Stop()
 	storetest.Run(t, storetest.OnEtcd(e))
+}
+
+// TestEtcdNoSpaceNamesTheFix: when etcd raises its NOSPACE alarm, a write
+// fails with store.ErrNoSpace, whose message names etcd and the fix.
+func TestEtcdNoSpaceNamesTheFix(t *testing.T) {
+	e, err := storetest.StartEmbeddedQuota(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop()
+	st, err := store.Open(store.Config{Etcd: &store.EtcdConfig{Endpoints: e.Endpoints}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	big := bytes.Repeat([]byte("x"), 512<<10)
+	for i := range 100 {
+		err = st.Update(func(tx *store.Txn) error { return tx.SetMeta("big-"+strconv.Itoa(i), big) })
+		if err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("writes past etcd's quota: %v, want ErrNoSpace", err)
+	}
+	for _, want := range []string{"etcd", "NOSPACE", "etcdctl defrag", "--quota-backend-bytes"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the NOSPACE error does not say %q: %v", want, err)
+		}
+	}
 }
