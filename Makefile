@@ -66,7 +66,7 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: bench
-bench: bench-fanout bench-sidebyside bench-go ## Every benchmark; prints tables (see bench/RESULTS.md).
+bench: bench-fanout bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
 
 .PHONY: bench-sidebyside
 bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 min; installs wrk, nginx, haproxy).
@@ -75,6 +75,10 @@ bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 
 .PHONY: bench-go
 bench-go: ## Hot-path Go benchmarks with allocations (route, authz, ratelimit, accesslog, pathnorm, balancer, proxy forwarding).
 	$(GO) run ./bench/gobench
+
+.PHONY: bench-store
+bench-store: ## meshd's stores: Apply latency p50/p99 and Bootstrap rate, bbolt vs etcd (embedded, and Debian's etcd when installed).
+	$(GO) run ./bench/store
 
 .PHONY: bench-fanout
 bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.
