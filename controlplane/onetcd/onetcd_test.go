@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -280,5 +281,44 @@ func TestEtcdStoreFlags(t *testing.T) {
 		if _, err := c.f.EtcdConfig(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want an error naming %q", c.f, err, c.want)
 		}
+	}
+}
+
+// TestTwoMeshdOnOnePrefix: two meshd started on one etcd prefix share one
+// CA (the first stored wins, the other loads it), and Applies racing
+// through both each answer with exactly their own results: an Apply whose
+// update function ran again after a conflict does not report twice.
+func TestTwoMeshdOnOnePrefix(t *testing.T) {
+	ec := testEtcd(t)
+	keyFile, _ := writeCAKey(t)
+	var ms [2]*controlplanetest.Meshd
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Go(func() { ms[i] = controlplanetest.Start(t, controlplane.Config{Etcd: ec, CAKeyFile: keyFile}) })
+	}
+	wg.Wait()
+	if ms[0].RootPin() != ms[1].RootPin() {
+		t.Fatalf("two meshd on one prefix made two CAs: %s and %s", ms[0].RootPin(), ms[1].RootPin())
+	}
+	ops := []meshv1.AdminServiceClient{ms[0].Operator(t), ms[1].Operator(t)}
+	for round := range 15 {
+		for i, op := range ops {
+			wg.Go(func() {
+				rs := []*meshv1.Resource{serviceResource(fmt.Sprintf("a%d-%d", i, round)), serviceResource(fmt.Sprintf("b%d-%d", i, round))}
+				resp, err := op.Apply(ctx(t), &meshv1.ApplyRequest{Resources: rs})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if n := len(resp.GetResults()); n != 2 {
+					t.Errorf("round %d meshd %d: %d results for an Apply of 2 objects: %v", round, i, n, resp.GetResults())
+				}
+			})
+		}
+		wg.Wait()
+	}
+	got, err := ops[1].GetResources(ctx(t), &meshv1.GetResourcesRequest{})
+	if err != nil || len(got.GetResources()) != 60 {
+		t.Fatalf("after 30 applies of 2 objects through two meshd: %d resources, %v", len(got.GetResources()), err)
 	}
 }
