@@ -80,6 +80,10 @@ func StartEmbeddedQuota(dir string, quota int64) (*Etcd, error) {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.QuotaBackendBytes = quota
+	// No HTTP gateway: meshd speaks gRPC, and the gateway's websocket proxy
+	// reads os.Stderr from a serving goroutine while testing.M.Run (with
+	// -json) replaces it, a race the detector reports.
+	cfg.EnableGRPCGateway = false
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, err
