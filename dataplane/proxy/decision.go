@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 
 	"minimesh/dataplane/applink"
@@ -41,6 +42,12 @@ type decision struct {
 }
 
 type decisionKey struct{}
+
+// decisionPool holds the decisions of the public port's requests that no
+// exchange carries (access log off); the inbound's live in its pooled
+// inExchange. A decision is put back once the handler has returned: by
+// then ReverseProxy and the direct path are done with it.
+var decisionPool = sync.Pool{New: func() any { return new(decision) }}
 
 // decisionFrom returns the decision a request carries; nil when none.
 func decisionFrom(ctx context.Context) *decision {

@@ -125,7 +125,10 @@ func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ensureRequestID(r.Header) // once: the app, by either path, and the access log get this one
 	al := p.cfg.AccessLog
 	if al == nil || !al.Enabled() {
-		p.serve(w, r, pol, new(decision))
+		d := decisionPool.Get().(*decision)
+		p.serve(w, r, pol, d)
+		*d = decision{}
+		decisionPool.Put(d)
 		return
 	}
 	start := p.cfg.Clock.Now()
