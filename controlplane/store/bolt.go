@@ -1,6 +1,7 @@
 package store
 
 import (
+	"math"
 	"context"
 	"errors"
 	"fmt"
@@ -208,7 +209,10 @@ func (b *boltBackend) presenceAll(context.Context) (map[string]string, error) {
 func (b *boltBackend) update(s *Store, fn func(tx *Txn) error, _ bool) error {
 	mtx := s.mem.Txn(true)
 	defer mtx.Abort()
-	tx := newTxn(mtx, boltMaxWrites)
+	// No cap on bbolt: a file takes any transaction (a legacy token's
+	// Issued map moving into records can be thousands). MaxWrites is the
+	// batch size callers chunk by.
+	tx := newTxn(mtx, math.MaxInt)
 	if err := fn(tx); err != nil {
 		return err
 	}
