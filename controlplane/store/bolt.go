@@ -1,11 +1,11 @@
 package store
 
 import (
-	"math"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"runtime/debug"
 	"strconv"
 	"sync"
