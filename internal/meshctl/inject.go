@@ -28,7 +28,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
-	"minimesh/dataplane/admin"
+	"minimesh/api"
 	"minimesh/dataplane/redirect"
 	"minimesh/internal/version"
 )
@@ -392,7 +392,7 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts InjectOptions
 		return err
 	}
 
-	probes := admin.AppProbes{}
+	probes := api.AppProbes{}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
 		for _, p := range probesOf(c) {
@@ -470,11 +470,11 @@ func uninject(spec *corev1.PodSpec) (previous, error) {
 			prev.appPort, _ = strconv.Atoi(v)
 		}
 	}
-	var probes admin.AppProbes
+	var probes api.AppProbes
 	for _, e := range sidecar.Env {
 		if e.Name == "MESH_APP_PROBES" {
 			var err error
-			if probes, err = admin.ParseAppProbes(e.Value); err != nil {
+			if probes, err = api.ParseAppProbes(e.Value); err != nil {
 				return prev, fmt.Errorf("earlier injection: %w", err)
 			}
 		}
@@ -483,10 +483,10 @@ func uninject(spec *corev1.PodSpec) (previous, error) {
 		c := &spec.Containers[ci]
 		for _, kp := range probesOf(c) {
 			kind, p := kp.kind, kp.probe
-			if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProxyAdminPort || !strings.HasPrefix(p.HTTPGet.Path, admin.AppHealthPrefix) {
+			if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProxyAdminPort || !strings.HasPrefix(p.HTTPGet.Path, api.AppHealthPrefix) {
 				continue
 			}
-			orig, ok := probes[admin.AppProbePath(c.Name, kind)]
+			orig, ok := probes[api.AppProbePath(c.Name, kind)]
 			if !ok {
 				return prev, fmt.Errorf("earlier injection: container %s's probe %s is not in %s's MESH_APP_PROBES", c.Name, p.HTTPGet.Path, ProxyContainer)
 			}
@@ -581,11 +581,11 @@ func checkUsers(spec *corev1.PodSpec) error {
 // rewriteProbe points an HTTP or TCP probe at the proxy's admin port and
 // records the original, so kubelet's probe is not captured by the
 // redirect. exec probes and probes of another host are left alone.
-func rewriteProbe(c *corev1.Container, kind string, p *corev1.Probe, appPort int, probes admin.AppProbes) error {
+func rewriteProbe(c *corev1.Container, kind string, p *corev1.Probe, appPort int, probes api.AppProbes) error {
 	if p == nil {
 		return nil
 	}
-	path := admin.AppProbePath(c.Name, kind)
+	path := api.AppProbePath(c.Name, kind)
 	switch {
 	case p.HTTPGet != nil:
 		if p.HTTPGet.Host != "" {
@@ -595,11 +595,11 @@ func rewriteProbe(c *corev1.Container, kind string, p *corev1.Probe, appPort int
 		if err != nil {
 			return fmt.Errorf("container %s %s probe: %w", c.Name, kind, err)
 		}
-		h := &admin.HTTPGetProbe{Path: p.HTTPGet.Path, Port: port, Scheme: string(p.HTTPGet.Scheme)}
+		h := &api.HTTPGetProbe{Path: p.HTTPGet.Path, Port: port, Scheme: string(p.HTTPGet.Scheme)}
 		for _, hd := range p.HTTPGet.HTTPHeaders {
-			h.HTTPHeaders = append(h.HTTPHeaders, admin.HTTPHeader{Name: hd.Name, Value: hd.Value})
+			h.HTTPHeaders = append(h.HTTPHeaders, api.HTTPHeader{Name: hd.Name, Value: hd.Value})
 		}
-		probes[path] = admin.AppProbe{HTTPGet: h, TimeoutSeconds: int(p.TimeoutSeconds)}
+		probes[path] = api.AppProbe{HTTPGet: h, TimeoutSeconds: int(p.TimeoutSeconds)}
 	case p.TCPSocket != nil:
 		if p.TCPSocket.Host != "" {
 			return nil
@@ -608,7 +608,7 @@ func rewriteProbe(c *corev1.Container, kind string, p *corev1.Probe, appPort int
 		if err != nil {
 			return fmt.Errorf("container %s %s probe: %w", c.Name, kind, err)
 		}
-		probes[path] = admin.AppProbe{TCPSocket: &admin.TCPSocketProbe{Port: port}, TimeoutSeconds: int(p.TimeoutSeconds)}
+		probes[path] = api.AppProbe{TCPSocket: &api.TCPSocketProbe{Port: port}, TimeoutSeconds: int(p.TimeoutSeconds)}
 		p.TCPSocket = nil
 	case p.GRPC != nil:
 		if int(p.GRPC.Port) == appPort {
@@ -618,7 +618,7 @@ func rewriteProbe(c *corev1.Container, kind string, p *corev1.Probe, appPort int
 	default:
 		return nil // exec: runs in the container, no network
 	}
-	if err := (admin.AppProbes{path: probes[path]}).Validate(); err != nil {
+	if err := (api.AppProbes{path: probes[path]}).Validate(); err != nil {
 		return fmt.Errorf("container %s %s probe: %w", c.Name, kind, err)
 	}
 	p.HTTPGet = &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(ProxyAdminPort), Scheme: corev1.URISchemeHTTP}
@@ -681,7 +681,7 @@ func redirectContainer(opts InjectOptions, appPort int) corev1.Container {
 }
 
 // proxyContainer is mesh-proxy as a native sidecar.
-func proxyContainer(opts InjectOptions, service, secret string, appPort int, probes admin.AppProbes) (corev1.Container, error) {
+func proxyContainer(opts InjectOptions, service, secret string, appPort int, probes api.AppProbes) (corev1.Container, error) {
 	args := []string{
 		"--control-plane=" + opts.ControlPlane,
 		"--trust-domain=" + opts.TrustDomain,

@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"minimesh/api"
 	"minimesh/dataplane/admin"
 )
 
@@ -218,7 +219,7 @@ func checkInjectedPod(t *testing.T, p injectedPod, src []byte) {
 
 	// Every rewritten app probe points at the admin port and has its
 	// original in MESH_APP_PROBES; nothing else refers to the app's port.
-	probes, err := admin.ParseAppProbes(env["MESH_APP_PROBES"].Value)
+	probes, err := api.ParseAppProbes(env["MESH_APP_PROBES"].Value)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +237,7 @@ func checkInjectedPod(t *testing.T, p injectedPod, src []byte) {
 				continue
 			}
 			rewritten++
-			if _, ok := probes[pr.HTTPGet.Path]; !ok || pr.HTTPGet.Path != admin.AppProbePath(c.Name, kp.kind) {
+			if _, ok := probes[pr.HTTPGet.Path]; !ok || pr.HTTPGet.Path != api.AppProbePath(c.Name, kp.kind) {
 				t.Errorf("container %s %s probe %s has no original", c.Name, kp.kind, pr.HTTPGet.Path)
 			}
 		}
