@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"minimesh/api"
 )
 
 // The nat chains Install owns. It flushes and refills them on every run, so
@@ -25,10 +27,11 @@ const (
 	ChainRedirect = "MESH_REDIRECT"
 )
 
-// Defaults of the ports mesh-proxy listens on in a pod.
+// Defaults of the port mesh-proxy receives captured inbound connections on
+// and of the user it runs as: api's, which `meshctl inject` writes too.
 const (
-	DefaultInboundPort = 15006
-	DefaultProxyUID    = 1337
+	DefaultInboundPort = api.ProxyInboundPort
+	DefaultProxyUID    = api.ProxyUID
 )
 
 // jump is a rule in a built-in chain that sends TCP to one of ours.

@@ -29,7 +29,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"minimesh/api"
-	"minimesh/dataplane/redirect"
 	"minimesh/internal/version"
 )
 
@@ -47,14 +46,14 @@ const (
 	// of meshctl that injected it.
 	InjectedAnnotation = "minimesh.dev/injected"
 
-	ProxyInboundPort = redirect.DefaultInboundPort // mTLS from other proxies, and captured inbound
-	ProxyAdminPort   = 15020                       // /ready, /metrics, /app-health/... on the pod IP
+	ProxyInboundPort = api.ProxyInboundPort // mTLS from other proxies, and captured inbound
+	ProxyAdminPort   = 15020                // /ready, /metrics, /app-health/... on the pod IP
 	// ProxyOutboundPort receives the app's captured outbound traffic
 	// (mesh-proxy --transparent), ProxyHTTPPort is the Host-routed HTTP
 	// port it hands HTTP to (mesh-proxy --outbound-http, loopback).
 	ProxyOutboundPort = 15001
 	ProxyHTTPPort     = 15080
-	ProxyUID          = redirect.DefaultProxyUID
+	ProxyUID          = api.ProxyUID
 
 	// StateDir is the state volume (an emptyDir: root's, 0777); the
 	// proxy's 0700 state dir is StateDir/proxy. It is under /run, not
