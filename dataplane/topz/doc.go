@@ -15,8 +15,9 @@
 // Process.FDError says so.
 //
 // The results are plain JSON-marshalable structs, so meshd can ask for
-// them over the proxy's stream; the HTTP handlers serve them on the admin
-// port:
+// them over the proxy's stream; their types and text form are api/topz's,
+// the wire contract meshctl decodes and prints with. The HTTP handlers
+// serve them on the admin port:
 //
 //	GET /topz          a plain aligned table; JSON with ?format=json or
 //	                   Accept: application/json; ?sort=cpu|rss

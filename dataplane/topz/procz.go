@@ -15,40 +15,6 @@ import (
 	"syscall"
 )
 
-// Process is one process in detail: its Row (CPU % since it started), its
-// open sockets and its other open files, each list at most MaxEntries long.
-type Process struct {
-	Row
-	Sockets []Socket   `json:"sockets"`
-	Files   []OpenFile `json:"files"`
-	// Truncated is set when a list was cut at MaxEntries.
-	Truncated bool `json:"truncated,omitempty"`
-	// FDError says why the open files could not be listed, if they could
-	// not (another user's process needs CAP_SYS_PTRACE or the same uid).
-	FDError string `json:"fd_error,omitempty"`
-}
-
-// Socket is one open socket of a process. Local and Remote are host:port
-// for tcp and udp, the path (or "@name" for an abstract socket) for unix.
-// Proto is tcp, tcp6, udp, udp6 or unix; a socket of another kind (netlink,
-// raw, …) or one not found in the tables has Proto "other".
-type Socket struct {
-	FD     int    `json:"fd"`
-	Inode  uint64 `json:"inode"`
-	Proto  string `json:"proto"`
-	Type   string `json:"type,omitempty"` // unix: stream, dgram, seqpacket
-	Local  string `json:"local,omitempty"`
-	Remote string `json:"remote,omitempty"`
-	State  string `json:"state,omitempty"`
-}
-
-// OpenFile is an open file descriptor that is not a socket: a path, or the
-// kernel's name for a pipe or anonymous inode ("pipe:[123]").
-type OpenFile struct {
-	FD   int    `json:"fd"`
-	Path string `json:"path"`
-}
-
 // maxTableLines bounds the lines read from one /proc/<pid>/net table.
 const maxTableLines = 1 << 20
 

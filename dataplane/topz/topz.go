@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	wire "minimesh/api/topz"
 	"minimesh/certs"
 )
 
@@ -43,34 +44,21 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Table is one Snapshot: the processes visible in ProcDir.
-type Table struct {
-	Time time.Time `json:"time"`
-	// CPUWindowSeconds is the window CPU % was measured over; 0 means
-	// since each process started.
-	CPUWindowSeconds float64 `json:"cpu_window_seconds"`
-	Processes        []Row   `json:"processes"`
-	// Truncated is set when more than MaxProcesses processes were seen.
-	Truncated bool `json:"truncated,omitempty"`
-}
-
-// Row is one process. CPUPercent is of one CPU, as in top: a process busy
-// on two cores shows 200. FDs is -1 when the process's fd directory is not
-// readable (another user's process without CAP_SYS_PTRACE).
-type Row struct {
-	PID        int       `json:"pid"`
-	PPID       int       `json:"ppid"`
-	UID        int       `json:"uid"`
-	User       string    `json:"user"`
-	Command    string    `json:"command"` // the kernel's comm, at most 15 bytes
-	Args       string    `json:"args"`    // the command line, capped at 512 bytes
-	State      string    `json:"state"`   // R, S, D, Z, …
-	CPUPercent float64   `json:"cpu_percent"`
-	RSSBytes   int64     `json:"rss_bytes"`
-	Threads    int       `json:"threads"`
-	FDs        int       `json:"fds"`
-	Started    time.Time `json:"started"`
-}
+// The answers' types are the wire form of the topz and procz queries,
+// which meshctl decodes and prints: they live in api/topz.
+type (
+	// Table is one Snapshot: the processes visible in ProcDir.
+	Table = wire.Table
+	// Row is one process; see api/topz.
+	Row = wire.Row
+	// Process is one process in detail (Inspect), each list at most
+	// MaxEntries long.
+	Process = wire.Process
+	// Socket is one open socket of a process.
+	Socket = wire.Socket
+	// OpenFile is an open file descriptor that is not a socket.
+	OpenFile = wire.OpenFile
+)
 
 // Collector reads processes from /proc. It keeps no state between calls
 // and is safe for concurrent use.

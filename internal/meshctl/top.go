@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"minimesh/dataplane/topz"
+	"minimesh/api/topz"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
