@@ -53,4 +53,14 @@
 // The data plane compiles what Validate accepted with the same functions:
 // ParseIdentityPattern for identities with '*' globs, CompileRegex for
 // length- and size-capped RE2 expressions that match whole strings.
+//
+// api also holds the contracts that meshctl and mesh-proxy must read
+// alike, so that meshctl imports no data-plane package:
+//   - AppProbes (probes.go): the app probes `meshctl inject` moves to the
+//     admin port, as JSON in MESH_APP_PROBES, and the admin port runs;
+//   - ProxyInboundPort and ProxyUID (redirect.go): the capture's defaults
+//     that inject writes and `mesh-proxy redirect` assumes;
+//   - api/pathnorm and api/authz: the canonical path and the policy engine,
+//     which the inbound proxy enforces and `meshctl authz explain` reports;
+//   - api/topz: the topz and procz answers as they travel, and their text.
 package api

@@ -21,10 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"minimesh/api/pathnorm"
 	"minimesh/certs"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
-	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/sidecar"
 	meshv1 "minimesh/proto/mesh/v1"
 

@@ -24,7 +24,7 @@ import (
 	"time"
 )
 
-var defaultPkgs = "./dataplane/route,./dataplane/authz,./dataplane/ratelimit,./dataplane/accesslog,./dataplane/pathnorm,./dataplane/balancer"
+var defaultPkgs = "./dataplane/route,./api/authz,./dataplane/ratelimit,./dataplane/accesslog,./api/pathnorm,./dataplane/balancer"
 
 func main() {
 	if err := run(); err != nil {

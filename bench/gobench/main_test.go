@@ -11,7 +11,7 @@ pkg: minimesh/dataplane/route
 BenchmarkMatch/first-prefix-2         	61412005	        25.53 ns/op	       0 B/op	       0 allocs/op
 BenchmarkPickBackend-2                	75957610	        22.92 ns/op	       0 B/op	       0 allocs/op
 PASS
-pkg: minimesh/dataplane/pathnorm
+pkg: minimesh/api/pathnorm
 BenchmarkNormalize/dots-2              	10571080	       164.4 ns/op	      16 B/op	       1 allocs/op
 BenchmarkNoMem                         	100	       7 ns/op
 `
@@ -19,8 +19,8 @@ BenchmarkNoMem                         	100	       7 ns/op
 	want := []result{
 		{"dataplane/route", "BenchmarkMatch/first-prefix", "25.53", "0", "0"},
 		{"dataplane/route", "BenchmarkPickBackend", "22.92", "0", "0"},
-		{"dataplane/pathnorm", "BenchmarkNormalize/dots", "164.4", "16", "1"},
-		{"dataplane/pathnorm", "BenchmarkNoMem", "7", "?", "?"},
+		{"api/pathnorm", "BenchmarkNormalize/dots", "164.4", "16", "1"},
+		{"api/pathnorm", "BenchmarkNoMem", "7", "?", "?"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v", got)

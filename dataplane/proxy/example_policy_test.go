@@ -4,7 +4,7 @@ import (
 	"fmt"
 
 	"minimesh/api"
-	"minimesh/dataplane/authz"
+	"minimesh/api/authz"
 	"minimesh/dataplane/proxy"
 	meshv1 "minimesh/proto/mesh/v1"
 )

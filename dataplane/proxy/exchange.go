@@ -14,9 +14,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"minimesh/api"
+	"minimesh/api/authz"
+	"minimesh/api/pathnorm"
 	"minimesh/dataplane/accesslog"
-	"minimesh/dataplane/authz"
-	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/ratelimit"
 	"minimesh/dataplane/route"
 )

@@ -19,11 +19,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"minimesh/api/pathnorm"
 	"minimesh/certs"
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/edge"
-	"minimesh/dataplane/pathnorm"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
 )

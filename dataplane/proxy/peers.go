@@ -15,8 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"minimesh/api/authz"
 	"minimesh/certs"
-	"minimesh/dataplane/authz"
 )
 
 // connSet is the inbound's open connections, with their peers, so that a

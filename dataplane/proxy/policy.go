@@ -9,8 +9,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"minimesh/api"
+	"minimesh/api/authz"
 	"minimesh/certs"
-	"minimesh/dataplane/authz"
 	"minimesh/dataplane/ratelimit"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"

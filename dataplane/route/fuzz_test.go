@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"minimesh/api"
-	"minimesh/dataplane/pathnorm"
+	"minimesh/api/pathnorm"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"minimesh/api"
+	"minimesh/api/pathnorm"
 	"minimesh/certs"
-	"minimesh/dataplane/pathnorm"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 

@@ -9,7 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"minimesh/api"
-	"minimesh/dataplane/authz"
+	"minimesh/api/authz"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"minimesh/dataplane/pathnorm"
+	"minimesh/api/pathnorm"
 )
 
 // FuzzExplain: for any request, Explain decides exactly as Check does on

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"minimesh/api"
-	"minimesh/dataplane/authz"
-	"minimesh/dataplane/pathnorm"
+	"minimesh/api/authz"
+	"minimesh/api/pathnorm"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 

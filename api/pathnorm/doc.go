@@ -21,6 +21,10 @@
 // already canonical (the common case) and returns sentinel errors without
 // allocating, so a flood of bad paths costs little.
 //
+// It is under api because it is part of what a resource's path means: a
+// Route's path match and an AuthorizationPolicy's paths are compared in
+// this form, by the proxies and by `meshctl authz explain` alike.
+//
 // Not handled, on purpose: a second round of decoding. "%2561dmin" is
 // forwarded as is and means "/%61dmin"; an app that decodes twice must not
 // be put behind path rules.

@@ -43,4 +43,9 @@
 //
 // Explain runs the same code from a raw path and says which rule decided;
 // it is what `meshctl authz explain` prints.
+//
+// The engine lives under api, not in the data plane, because it is what an
+// AuthorizationPolicy means: the inbound proxy (dataplane/proxy) enforces
+// its decisions and meshctl explains them, and an explanation is only true
+// if both run this one code. It depends on api and pathnorm alone.
 package authz

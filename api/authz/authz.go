@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 
 	"minimesh/api"
-	"minimesh/dataplane/pathnorm"
+	"minimesh/api/pathnorm"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 

@@ -3,7 +3,7 @@ package pathnorm_test
 import (
 	"fmt"
 
-	"minimesh/dataplane/pathnorm"
+	"minimesh/api/pathnorm"
 )
 
 func ExampleNormalize() {
