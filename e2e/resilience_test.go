@@ -117,9 +117,11 @@ func TestRevokeAndDeny(t *testing.T) {
 		}
 		return nil
 	})
+	// Its stream ends, and proxy-status says why: REVOKED comes before
+	// DISCONNECTED (issue 20).
 	eventually(t, 10*time.Second, "the revoked proxy's stream ends", func() error {
-		if st := proxyStatus(t, m.meshd)["web"]; st.State != meshv1.SyncState_SYNC_STATE_DISCONNECTED {
-			return fmt.Errorf("web is %v", st.State)
+		if st := proxyStatus(t, m.meshd)["web"]; st.State != meshv1.SyncState_SYNC_STATE_REVOKED || st.Proxy.GetConnected() {
+			return fmt.Errorf("web is %v, connected %v", st.State, st.Proxy.GetConnected())
 		}
 		return nil
 	})
