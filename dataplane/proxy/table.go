@@ -29,6 +29,10 @@ type TableConfig struct {
 	TrustDomain spiffeid.TrustDomain
 	// Clock paces the routes' retry budgets. Default certs.SystemClock.
 	Clock certs.Clock
+	// Previous, if set, is the Table this one replaces: routes whose retry
+	// budget settings are unchanged keep their budgets across the push
+	// (route.Config.Previous). Previous is not modified.
+	Previous *Table
 }
 
 // Table is the traffic config compiled from one snapshot: every service
@@ -147,7 +151,13 @@ func CompileTable(cfg TableConfig, snap *meshv1.Snapshot) (*Table, error) {
 		}
 	}
 	for k, rs := range routes {
-		rt, err := route.Compile(route.Config{Clock: cfg.Clock}, rs)
+		var prevRoutes *route.Table
+		if cfg.Previous != nil {
+			if ps := cfg.Previous.services[k]; ps != nil {
+				prevRoutes = ps.routes
+			}
+		}
+		rt, err := route.Compile(route.Config{Clock: cfg.Clock, Previous: prevRoutes}, rs)
 		if err != nil {
 			return nil, fmt.Errorf("%w: routes of %s.%s: %w", ErrInvalidSnapshot, k.name, k.ns, err)
 		}

@@ -191,6 +191,7 @@ type BudgetConfig struct {
 // upstream does not get every request several times over. It is safe for
 // concurrent use; Request and Withdraw do not allocate.
 type Budget struct {
+	cfg     BudgetConfig // as given, to tell an unchanged budget on a push
 	deposit int64        // milli-retries each request deposits
 	max     int64        // cap of balance, in milli-retries
 	balance atomic.Int64 // milli-retries
@@ -207,12 +208,33 @@ func NewBudget(cfg BudgetConfig) *Budget {
 		cfg.Capacity = 100
 	}
 	pct := min(max(cfg.Percent, 0), 100)
-	b := &Budget{deposit: int64(math.Round(pct * 10)), clock: cfg.Clock}
+	b := &Budget{cfg: cfg, deposit: int64(math.Round(pct * 10)), clock: cfg.Clock}
 	b.max = max(b.deposit*int64(cfg.Capacity), 1000)
 	if cfg.MinPerSecond > 0 {
 		b.floor = rate.NewLimiter(rate.Limit(cfg.MinPerSecond), cfg.MinPerSecond)
 	}
 	return b
+}
+
+// keepBudget is the Budget r's route had in t (the Table r replaces) when
+// its settings are the same, else r's own.
+func (t *Table) keepBudget(r *Route) *Budget {
+	nb := r.Retry.Budget
+	if t == nil || nb == nil {
+		return nb
+	}
+	for _, old := range t.routes {
+		if old.Namespace != r.Namespace || old.Name != r.Name {
+			continue
+		}
+		ob := old.Retry.Budget
+		if ob != nil && ob.cfg.Percent == nb.cfg.Percent && ob.cfg.MinPerSecond == nb.cfg.MinPerSecond &&
+			ob.cfg.Capacity == nb.cfg.Capacity && ob.cfg.Clock == nb.cfg.Clock {
+			return ob
+		}
+		break
+	}
+	return nb
 }
 
 // Request records a request (call it once per request, not per try).

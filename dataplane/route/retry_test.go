@@ -5,6 +5,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"minimesh/api"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 func TestRetryOnMatches(t *testing.T) {
@@ -193,5 +196,64 @@ func TestIsIdempotent(t *testing.T) {
 		if IsIdempotent(m) != want {
 			t.Errorf("IsIdempotent(%q) != %v", m, want)
 		}
+	}
+}
+
+// TestBudgetKeptAcrossPush: a push that leaves a route's budget settings
+// as they were keeps its Budget (the balance earned and the per-second
+// floor already spent); a changed budget, or another route, starts anew.
+// Before, every push refilled the floor: up to MinPerSecond extra retries
+// per push against a failing upstream.
+func TestBudgetKeptAcrossPush(t *testing.T) {
+	clock := newClock()
+	withBudget := func(name string, pct float64, floor uint32) *api.Route {
+		r := mkRoute(name, nil)
+		r.Spec.Retries = &meshv1.RetryPolicy{Attempts: 2, Budget: &meshv1.RetryBudget{Percent: pct, MinRetriesPerSecond: floor}}
+		return r
+	}
+	compile := func(prev *Table, routes ...*api.Route) *Table {
+		t.Helper()
+		tbl, err := Compile(Config{Clock: clock, Previous: prev}, routes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tbl
+	}
+	budget := func(tbl *Table, name string) *Budget {
+		for _, r := range tbl.routes {
+			if r.Name == name {
+				return r.Retry.Budget
+			}
+		}
+		t.Fatalf("no route %s", name)
+		return nil
+	}
+	old := compile(nil, withBudget("a", 10, 2), withBudget("b", 10, 2))
+	a := budget(old, "a")
+	for range 100 { // 10 retries earned
+		a.Request()
+	}
+	for a.floor.AllowN(clock.Now(), 1) { // this second's floor spent
+	}
+
+	// Same settings: the same Budget, its balance and spent floor too.
+	next := compile(old, withBudget("a", 10, 2), withBudget("b", 20, 2))
+	if budget(next, "a") != a {
+		t.Fatal("an unchanged route's budget was replaced by the push")
+	}
+	got := 0
+	for budget(next, "a").Withdraw() {
+		got++
+	}
+	if got != 10 {
+		t.Errorf("%d retries after the push, want the 10 earned before it (no refilled floor)", got)
+	}
+	// Changed settings start anew.
+	if budget(next, "b") == budget(old, "b") {
+		t.Error("a changed budget kept the old one")
+	}
+	// The old table is not modified.
+	if budget(old, "a") != a || budget(old, "b") == budget(next, "b") {
+		t.Error("the previous table was modified")
 	}
 }

@@ -22,6 +22,12 @@ type Config struct {
 	// Clock paces the retry budgets' per-second floor. Default
 	// certs.SystemClock.
 	Clock certs.Clock
+	// Previous, if set, is the Table this one replaces: a route of the
+	// same namespace and name whose budget settings are unchanged keeps
+	// its retry Budget (balance and per-second floor), so a push neither
+	// refills nor empties it. The new Table shares that Budget; neither
+	// Table is modified.
+	Previous *Table
 }
 
 // Request is what matching looks at.
@@ -145,6 +151,9 @@ func Compile(cfg Config, routes []*api.Route) (*Table, error) {
 			return nil, fmt.Errorf("%w: %s is for %q, not %q", ErrMixedServices, api.KeyOf(r), svc, t.service)
 		}
 		cr, err := compileRoute(cfg, r)
+		if err == nil {
+			cr.Retry.Budget = cfg.Previous.keepBudget(cr)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidRoute, api.KeyOf(r), err)
 		}

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"sync"
+
 	"minimesh/dataplane/proxy"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -15,17 +17,28 @@ type traffic struct {
 	cfg proxy.TableConfig
 	in  *proxy.Inbound
 	out *proxy.Outbound // nil without outbound ports
+
+	mu  sync.Mutex
+	cur *proxy.Table // the table in force: its retry budgets carry over
 }
 
 var _ Part = (*traffic)(nil)
 
 // Prepare implements Part.
 func (t *traffic) Prepare(snap *meshv1.Snapshot) (func(), error) {
-	tab, err := proxy.CompileTable(t.cfg, snap)
+	t.mu.Lock()
+	prev := t.cur
+	t.mu.Unlock()
+	cfg := t.cfg
+	cfg.Previous = prev
+	tab, err := proxy.CompileTable(cfg, snap)
 	if err != nil {
 		return nil, err
 	}
 	return func() {
+		t.mu.Lock()
+		t.cur = tab
+		t.mu.Unlock()
 		t.in.SetTable(tab)
 		if t.out != nil {
 			t.out.Install(tab)
