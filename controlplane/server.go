@@ -77,6 +77,12 @@ type Config struct {
 	// starts holds the endpoints it last knew as long (default 45s: the
 	// agent's longest reconnect backoff, 30s, plus a margin).
 	EndpointGrace time.Duration
+	// MaxConnectionAge ends every client connection after about this long
+	// (gRPC's ±10 % jitter; default 30m), after a GOAWAY and a grace of a
+	// tenth of it, at most 30s: proxy streams rebalance over the replicas
+	// after a restart, and the proxy, which did not drain, stays an
+	// endpoint through the endpoint grace while it reconnects.
+	MaxConnectionAge time.Duration
 	// RotationCheck is how often a root rotation's progress and the
 	// intermediate's age are checked (default 1s).
 	RotationCheck time.Duration
@@ -109,6 +115,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Clock == nil {
 		c.Clock = certs.SystemClock
+	}
+	if c.MaxConnectionAge <= 0 {
+		c.MaxConnectionAge = 30 * time.Minute
 	}
 	if c.RotationCheck <= 0 {
 		c.RotationCheck = time.Second
@@ -240,7 +249,8 @@ func (s *Server) init() error {
 		grpc.MaxSendMsgSize(MaxMessageSize),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.MaxConcurrentStreams(1000),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second,
+			MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: min(cfg.MaxConnectionAge/10, 30*time.Second)}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WaitForHandlers(true),
 		grpc.ForceServerCodecV2(push.Codec()),

@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	var ups upstreams
 	fs := flag.NewFlagSet("mesh-proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.cfg.ControlPlane, "control-plane", "127.0.0.1:15010", "meshd address")
+	fs.StringVar(&o.cfg.ControlPlane, "control-plane", "127.0.0.1:15010", "meshd address: host:port, a comma-separated list of its replicas, or a DNS name with several addresses (the proxy fails over among them)")
 	fs.StringVar(&o.cfg.Token, "token", "", "join token id.secret, needed only to bootstrap (default $MESH_PROXY_TOKEN). Prefer --token-file or the variable: a command line is visible to ps and /proc in the pod")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the join token (a mounted Secret); the documented way, as meshctl inject sets it up")
 	fs.StringVar(&o.cfg.CAPin, "ca-pin", "", "sha256:<hex> pin of meshd's root CA, to authenticate meshd when bootstrapping (default $MESH_PROXY_CA_PIN)")

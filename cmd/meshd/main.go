@@ -58,6 +58,7 @@ func run() error {
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
 	flag.DurationVar(&cfg.ForgetAfter, "forget-after", 72*time.Hour, "forget proxies disconnected this long")
 	flag.DurationVar(&cfg.EndpointGrace, "endpoint-grace", push.DefaultEndpointGrace, "keep a proxy whose stream ended without a drain (meshd restarted, the network broke) an endpoint this long; at start, hold the endpoints last known as long")
+	flag.DurationVar(&cfg.MaxConnectionAge, "max-connection-age", 30*time.Minute, "end each client connection (a proxy's stream) after about this long (±10 %), so streams rebalance over the replicas after a restart")
 	flag.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	flag.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
 	checkBootstrapLimits := bootstrapLimitFlags(flag.CommandLine, &cfg) // --bootstrap-rate, --bootstrap-burst

@@ -289,7 +289,16 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case <-flush.C:
 			s.flush()
-			continue
+			// Another replica's commits (etcd) reach this one's cache by
+			// its watch, not by Trigger: a cache newer than the snapshots
+			// is a change like any other.
+			rev, err := s.cfg.Store.Revision()
+			s.mu.Lock()
+			behind := err == nil && rev != s.revision
+			s.mu.Unlock()
+			if !behind {
+				continue
+			}
 		case <-expiry.C:
 		case <-s.trigger:
 		}
@@ -994,6 +1003,10 @@ func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
 	if err != nil {
 		return nil, err
 	}
+	present, err := s.presence()
+	if err != nil {
+		return nil, err
+	}
 	sort.Slice(proxies, func(i, j int) bool {
 		if proxies[i].Service != proxies[j].Service {
 			return proxies[i].Service < proxies[j].Service
@@ -1004,13 +1017,36 @@ func (s *Server) Sync() ([]*meshv1.ProxySync, error) {
 	defer s.mu.Unlock()
 	out := make([]*meshv1.ProxySync, 0, len(proxies))
 	for _, p := range proxies {
-		out = append(out, s.syncLocked(p, newest))
+		out = append(out, s.syncLocked(p, newest, present))
 	}
 	return out, nil
 }
 
-func (s *Server) syncLocked(p *store.Proxy, newest map[string]*store.Certificate) *meshv1.ProxySync {
+// presence is every instance with a stream on some replica (etcd: the
+// leased presence keys, gone with a dead replica's lease; bbolt: this
+// process's streams).
+func (s *Server) presence() (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryTimeout)
+	defer cancel()
+	present, err := s.cfg.Store.Presence(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("push: proxy presence: %w", err)
+	}
+	return present, nil
+}
+
+// syncLocked is one proxy's sync state, the same from any replica: a
+// proxy whose stream is on this replica is described from memory (its
+// newest ACK), any other from its record (ACK state flushed in batches by
+// the replica that holds its stream) and connected when it has a presence
+// key (one that went with a dead replica's lease says DISCONNECTED).
+func (s *Server) syncLocked(p *store.Proxy, newest map[string]*store.Certificate, present map[string]string) *meshv1.ProxySync {
+	_, local := s.active[p.InstanceID]
+	connected := local || present[p.InstanceID] != ""
 	st := s.state(p.InstanceID)
+	if !local {
+		st = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}
+	}
 	ps := &meshv1.ProxySync{
 		Proxy:         ProxyProto(p),
 		AckedVersion:  st.acked,
@@ -1026,7 +1062,6 @@ func (s *Server) syncLocked(p *store.Proxy, newest map[string]*store.Certificate
 		ps.CurrentVersion = gs.snap.Version
 		ps.Revision = s.revision
 	}
-	_, connected := s.active[p.InstanceID]
 	ps.Proxy.Connected = connected
 	trust(ps, p, st, gs, newest)
 	switch {
@@ -1065,9 +1100,13 @@ func (s *Server) Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync
 	if err != nil {
 		return nil, nil, err
 	}
+	present, err := s.presence()
+	if err != nil {
+		return nil, nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.state(instanceID).ackedSnap, s.syncLocked(p, newest), nil
+	return s.state(instanceID).ackedSnap, s.syncLocked(p, newest, present), nil
 }
 
 // Query sends an operator request to a connected proxy and waits for its

@@ -24,12 +24,15 @@ import (
 
 	"minimesh/certs"
 	"minimesh/internal/fsguard"
+	"minimesh/internal/replicas"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // Config configures an Agent.
 type Config struct {
-	// ControlPlane is meshd's host:port. Required.
+	// ControlPlane is meshd's host:port, or a comma-separated list of its
+	// replicas' (a DNS name with several addresses works too): every call
+	// and the stream go to one that answers (internal/replicas). Required.
 	ControlPlane string
 	// TrustDomain of the mesh. Default minimesh.local.
 	TrustDomain spiffeid.TrustDomain
@@ -99,6 +102,9 @@ type Agent struct {
 func New(cfg Config) (*Agent, error) {
 	if cfg.ControlPlane == "" || cfg.StateDir == "" || cfg.Service == "" {
 		return nil, errors.New("agent: Config.ControlPlane, StateDir and Service are required")
+	}
+	if _, err := replicas.Parse("agent: Config.ControlPlane (--control-plane)", cfg.ControlPlane); err != nil {
+		return nil, err
 	}
 	if cfg.TrustDomain.IsZero() {
 		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("minimesh.local")
@@ -386,7 +392,7 @@ func (a *Agent) setNotReady(err error) {
 
 // call dials meshd with tc, runs fn with a bounded context and closes.
 func (a *Agent) call(ctx context.Context, tc *tls.Config, fn func(context.Context, *grpc.ClientConn) error) error {
-	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := replicas.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		return err
 	}

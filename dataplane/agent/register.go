@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"minimesh/certs"
+	"minimesh/internal/replicas"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -69,7 +70,7 @@ const drainTimeout = 2 * time.Second
 // proxies that predate it fall on the safe side (the grace).
 func (a *Agent) stream(ctx context.Context) error {
 	tc := certs.MTLSClientConfig(a.svid, a.bundle, certs.AuthorizeID(certs.MeshdID(a.cfg.TrustDomain)), certs.TLSOptions{Clock: a.cfg.Clock})
-	conn, err := grpc.NewClient(a.cfg.ControlPlane,
+	conn, err := replicas.NewClient(a.cfg.ControlPlane,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	)

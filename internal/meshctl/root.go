@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"minimesh/certs"
+	"minimesh/internal/replicas"
 	"minimesh/internal/termsafe"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -54,7 +55,7 @@ func NewRoot(stdio IO) *cobra.Command {
 	root.SetOut(stdio.Out)
 	root.SetErr(stdio.Err)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.server, "server", envOr("MESHCTL_SERVER", "127.0.0.1:15010"), "meshd address (env MESHCTL_SERVER)")
+	pf.StringVar(&g.server, "server", envOr("MESHCTL_SERVER", "127.0.0.1:15010"), "meshd address: host:port, a comma-separated list of its replicas, or a DNS name with several addresses (env MESHCTL_SERVER)")
 	pf.StringVar(&g.credentials, "credentials", os.Getenv("MESHCTL_CREDENTIALS"), "directory with the operator credential: svid.pem, svid_key.pem, bundle.pem (env MESHCTL_CREDENTIALS)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each call to meshd")
@@ -103,7 +104,9 @@ func Dial(server, dir string) (*grpc.ClientConn, error) {
 	src := certs.NewSVIDSource(nil)
 	src.Set(svid)
 	tc := certs.MTLSClientConfig(src, certs.NewBundleSource(bundle), certs.AuthorizeID(certs.MeshdID(td)), certs.TLSOptions{})
-	return grpc.NewClient(server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	// Several replicas (a list, or a DNS name with several addresses): the
+	// call goes to one that answers.
+	return replicas.NewClient(server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }
 
 func trustDomainOf(dir string) (spiffeid.TrustDomain, error) {
