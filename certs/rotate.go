@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Rotation. Every step returns a new *CA and leaves the receiver untouched:
@@ -95,3 +96,40 @@ func (ca *CA) NextRoot() *x509.Certificate {
 
 // RetiredRoots are former roots still in the bundle.
 func (ca *CA) RetiredRoots() []*x509.Certificate { return slices.Clone(ca.retired) }
+
+// WithOwnIntermediate returns ca signing with a fresh intermediate of
+// lifetime ttl (clipped to the root's NotAfter), signed by the active root,
+// for one meshd replica: each replica signs with its own, whose key is only
+// ever in the returned value (MarshalState of it would write that key:
+// persist the CA it was derived from instead). The bundle, the root pin and
+// any next or retired roots are ca's.
+func (ca *CA) WithOwnIntermediate(ttl time.Duration) (*CA, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("%w: intermediate TTL %v", ErrInvalidConfig, ttl)
+	}
+	now := ca.cfg.Clock.Now()
+	if !now.Before(ca.active.root.NotAfter) {
+		return nil, fmt.Errorf("%w: root expired at %s; rotate the root", ErrCAExpired, ca.active.root.NotAfter)
+	}
+	cfg := ca.cfg
+	cfg.IntermediateTTL = ttl
+	key, inter, err := newIntermediate(cfg, now, ca.active.root, ca.active.rootKey)
+	if err != nil {
+		return nil, err
+	}
+	a := ca.active
+	a.inter, a.interKey = inter, key
+	return newCA(ca.cfg, a, ca.next, ca.retired), nil
+}
+
+// WithIntermediateOf returns ca signing with own's intermediate, when own
+// has the same active root (ok false otherwise): a replica keeps its own
+// intermediate across CA changes that leave the active root alone.
+func (ca *CA) WithIntermediateOf(own *CA) (out *CA, ok bool) {
+	if own == nil || !own.active.root.Equal(ca.active.root) {
+		return nil, false
+	}
+	a := ca.active
+	a.inter, a.interKey = own.active.inter, own.active.interKey
+	return newCA(ca.cfg, a, ca.next, ca.retired), true
+}

@@ -72,6 +72,9 @@ var (
 	ErrCAKeyRequired = errors.New("the data file's CA keys are encrypted: start meshd with --ca-key-file, the file they were encrypted with")
 	// ErrCAKeyMismatch: the key file given does not decrypt the data file's CA.
 	ErrCAKeyMismatch = errors.New("the CA key file does not decrypt this data file's CA")
+	// ErrTrustDomainMismatch: the stored CA (its sealed state names its
+	// trust domain, authenticated) is of another trust domain.
+	ErrTrustDomainMismatch = errors.New("trust domain mismatch")
 )
 
 // CAKey encrypts the CA state at rest. It prints and logs as its id only.
@@ -310,7 +313,7 @@ func loadCAValue(stored []byte, key *CAKey, cfg certs.CAConfig) (ca *certs.CA, s
 		}
 	}
 	if sealed && td != cfg.TrustDomain.Name() {
-		return nil, true, fmt.Errorf("the CA state was encrypted for trust domain %q, not %q", td, cfg.TrustDomain.Name())
+		return nil, true, fmt.Errorf("%w: the CA state was encrypted for trust domain %q, not %q", ErrTrustDomainMismatch, td, cfg.TrustDomain.Name())
 	}
 	ca, err = certs.LoadCA(cfg, state)
 	if err != nil {

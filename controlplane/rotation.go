@@ -60,7 +60,7 @@ func (s *Server) RotateCA(force bool) (*meshv1.CAStatusResponse, error) {
 // advanceCA moves a rotation on when its condition holds (or force), and
 // re-issues the intermediate past half its life.
 func (s *Server) advanceCA(force bool) error {
-	ca := s.ca.get()
+	ca := s.caBase()
 	switch phaseOf(ca) {
 	case PhasePrepared:
 		waiting, err := s.waitingForBundle(ca)
@@ -70,6 +70,9 @@ func (s *Server) advanceCA(force bool) error {
 		if len(waiting) == 0 || force {
 			if err := s.changeCA("activate the new root", (*certs.CA).ActivateNextRoot); err != nil {
 				return err
+			}
+			if s.perReplicaCA() { // adoptLocked re-issued both from the new intermediate
+				return nil
 			}
 			// meshd's own certificate and the operator's move to the new root.
 			if err := s.rotateServing(); err != nil {
@@ -97,12 +100,26 @@ func (s *Server) advanceCA(force bool) error {
 func (s *Server) changeCA(what string, step func(*certs.CA) (*certs.CA, error)) error {
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
-	next, err := step(s.ca.get())
+	next, err := step(s.caBase())
 	if err != nil {
 		return fmt.Errorf("controlplane: %s: %w", what, err)
 	}
 	if err := saveCA(s.store, s.caKey, next); err != nil {
 		return err
+	}
+	if s.perReplicaCA() {
+		// The stored CA changed; this replica takes it now, the others at
+		// their next check.
+		raw, err := s.store.Meta(caMetaKey)
+		if err != nil {
+			return err
+		}
+		s.rep = replicaState{stored: next, raw: raw}
+		if err := s.adoptLocked(next, true); err != nil {
+			return err
+		}
+		s.cfg.Logger.Info("certificate authority changed", "step", what, "phase", phaseOf(next), "active_root", next.RootPin())
+		return nil
 	}
 	s.ca.set(next)
 	s.bundle.Set(next.Bundle())

@@ -140,8 +140,9 @@ type Server struct {
 	td        spiffeid.TrustDomain
 	store     *store.Store
 	ca        caHolder
-	caKey     *CAKey     // nil: the CA state is stored in clear
-	rotateMu  sync.Mutex // serializes CA changes
+	caKey     *CAKey       // nil: the CA state is stored in clear
+	rotateMu  sync.Mutex   // serializes CA changes
+	rep       replicaState // etcd: the stored CA (each replica signs with its own intermediate; replicaca.go)
 	authority *identity.Authority
 	serving   *certs.SVIDSource
 	bundle    *certs.BundleSource
@@ -199,6 +200,9 @@ func (s *Server) init() error {
 	cfg := s.cfg
 	ca, err := s.loadOrCreateCA()
 	if err != nil {
+		return err
+	}
+	if ca, err = s.ownCA(ca); err != nil {
 		return err
 	}
 	s.ca.set(ca)
@@ -342,6 +346,9 @@ func MethodRules() authn.Rules {
 func (s *Server) loadOrCreateCA() (*certs.CA, error) {
 	caCfg := certs.CAConfig{TrustDomain: s.td, Clock: s.cfg.Clock, SVIDTTL: s.cfg.SVIDTTL}
 	ca, sealed, err := loadCA(s.store, s.caKey, caCfg)
+	if err != nil && s.cfg.Etcd != nil {
+		return nil, s.sharedCAError(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: stored CA: %w", err)
 	}
@@ -477,8 +484,14 @@ func (s *Server) Run(ctx context.Context) error {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
 		case <-caTick.C:
+			if err := s.refreshCA(); err != nil { // every replica: its own intermediate, a changed stored CA
+				s.cfg.Logger.Error("could not refresh this replica's certificate authority", "error", err)
+			}
 			if !s.store.IsLeader() {
 				continue
+			}
+			if err := s.maintainIntermediates(); err != nil {
+				s.cfg.Logger.Warn("could not maintain the replicas' intermediates", "error", err)
 			}
 			s.authority.PruneIfDue() // expired certificate, revocation and issuance records
 			if err := s.advanceCA(false); err != nil {
@@ -495,6 +508,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			rotate.Reset(s.servingRefreshIn())
 		case <-ctx.Done():
+			s.retireOwn()
 			s.push.Shutdown()
 			stopped := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(stopped) }()

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,7 +32,8 @@ const (
 type boltBackend struct {
 	db *bolt.DB
 	// presence: the one process's streams, in memory (instance → "local").
-	presence sync.Map
+	presence    sync.Map
+	replicaInfo atomic.Pointer[string]
 }
 
 // openBolt opens (creating when absent) the data file, checks its schema
@@ -183,6 +185,21 @@ func (b *boltBackend) campaign(context.Context) error { return nil }
 func (b *boltBackend) isLeader() bool                 { return true }
 func (b *boltBackend) sessionLease() int64            { return 0 }
 func (b *boltBackend) cacheReloads() int64            { return 0 }
+
+func (b *boltBackend) replica() string { return "local" }
+
+func (b *boltBackend) setReplicaInfo(v string) error {
+	b.replicaInfo.Store(&v)
+	return nil
+}
+
+func (b *boltBackend) replicas(context.Context) (map[string]string, error) {
+	v := ""
+	if p := b.replicaInfo.Load(); p != nil {
+		v = *p
+	}
+	return map[string]string{"local": v}, nil
+}
 
 func (b *boltBackend) presenceMap() *sync.Map { return &b.presence }
 

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -59,6 +61,7 @@ const (
 //	P t/TABLE/KEY   a record (its JSON)
 //	P m/KEY         a metadata value
 //	P presence/INST the replica a proxy instance is connected to (leased)
+//	P replicas/NAME a live replica's version and schemas (leased)
 //	P leader/...    the election (concurrency.Election)
 //
 // memdb is this replica's cache: loaded from one read of the prefix at a
@@ -87,6 +90,7 @@ type etcdBackend struct {
 	sess     *concurrency.Session
 	leader   *leadership
 	presence map[string]bool // instances this replica holds presence for
+	info     *string         // this replica's replicas/NAME value, once set
 	reloads  int64           // reloads after the first load (compactions)
 }
 
@@ -108,7 +112,10 @@ func openEtcd(cfg Config) (*Store, error) {
 	}
 	if ec.Replica == "" {
 		h, _ := os.Hostname()
-		ec.Replica = h + "-" + strconv.Itoa(os.Getpid())
+		// A random suffix: replicas started in one process (tests) differ.
+		var r [3]byte
+		_, _ = rand.Read(r[:])
+		ec.Replica = h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(r[:])
 	}
 	if ec.SessionTTL <= 0 {
 		ec.SessionTTL = 10
@@ -605,7 +612,13 @@ func (b *etcdBackend) newSession() error {
 	for i := range b.presence {
 		insts = append(insts, i)
 	}
+	info := b.info
 	b.mu.Unlock()
+	if info != nil {
+		if err := b.putReplica(sess, *info); err != nil {
+			b.log.Warn("could not announce this replica again", "replica", b.cfg.Replica, "error", err)
+		}
+	}
 	for _, i := range insts { // a new lease: presence comes back with it
 		if err := b.putPresence(sess, i); err != nil {
 			b.log.Warn("could not restore a proxy's presence", "instance_id", i, "error", err)
@@ -736,6 +749,38 @@ func (b *etcdBackend) presenceAll(ctx context.Context) (map[string]string, error
 	resp, err := b.cli.Get(ctx, pre, clientv3.WithPrefix())
 	if err != nil {
 		return nil, etcdErr("presence", err)
+	}
+	out := map[string]string{}
+	for _, kv := range resp.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), pre)] = string(kv.Value)
+	}
+	return out, nil
+}
+
+func (b *etcdBackend) replica() string { return b.cfg.Replica }
+
+func (b *etcdBackend) putReplica(sess *concurrency.Session, v string) error {
+	ctx, cancel := b.reqCtx()
+	defer cancel()
+	_, err := b.cli.Put(ctx, b.key("replicas", b.cfg.Replica), v, clientv3.WithLease(sess.Lease()))
+	return etcdErr("replica presence", err)
+}
+
+func (b *etcdBackend) setReplicaInfo(v string) error {
+	b.mu.Lock()
+	b.info = &v
+	sess := b.sess
+	b.mu.Unlock()
+	return b.putReplica(sess, v)
+}
+
+func (b *etcdBackend) replicas(ctx context.Context) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.RequestTimeout)
+	defer cancel()
+	pre := b.key("replicas") + "/"
+	resp, err := b.cli.Get(ctx, pre, clientv3.WithPrefix())
+	if err != nil {
+		return nil, etcdErr("replica presence", err)
 	}
 	out := map[string]string{}
 	for _, kv := range resp.Kvs {

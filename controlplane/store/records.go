@@ -16,7 +16,33 @@ const (
 	// the SVID issued for it (a Bootstrap repeated with the same key gets
 	// it back), until that SVID expires.
 	TableIssuances = "issuances"
+	// TableIntermediates holds the intermediate CA certificates meshd
+	// replicas sign with on etcd (one each, never its key): in use,
+	// retired, and when a retired one is revoked.
+	TableIntermediates = "intermediates"
 )
+
+// Intermediate is one replica's signing intermediate (etcd stores only).
+// Its key stays in that replica's memory.
+type Intermediate struct {
+	// Serial is the intermediate's serial, lowercase hex.
+	Serial   string    `json:"serial"`
+	Replica  string    `json:"replica"`
+	RootPin  string    `json:"root_pin"`
+	IssuedAt time.Time `json:"issued_at"`
+	NotAfter time.Time `json:"not_after"`
+	// RetiredAt is when it stopped signing (re-issued, its replica
+	// stopped or was found gone); zero while it signs.
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// RevokeAt is when every workload SVID it signed has expired
+	// (RetiredAt + the SVID lifetime): the leader then adds its serial to
+	// the revocations table, until NotAfter.
+	RevokeAt time.Time `json:"revoke_at,omitzero"`
+	Revoked  bool      `json:"revoked,omitempty"`
+}
+
+// Key implements Record.
+func (i *Intermediate) Key() string { return i.Serial }
 
 // TokenIssuance is one SVID issued against a join token, keyed by the
 // token's ID and the SHA-256 (hex) of the bootstrapped public key.

@@ -93,6 +93,15 @@ var tables = map[string]table{
 		},
 		decode: decodeJSON[TokenIssuance],
 	},
+	TableIntermediates: {
+		schema: &memdb.TableSchema{
+			Name: TableIntermediates,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Serial"}},
+			},
+		},
+		decode: decodeJSON[Intermediate],
+	},
 	TableProxies: {
 		schema: &memdb.TableSchema{
 			Name: TableProxies,

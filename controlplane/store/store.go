@@ -68,6 +68,9 @@ type backend interface {
 	presenceAll(ctx context.Context) (map[string]string, error)
 	sessionLease() int64
 	cacheReloads() int64
+	replica() string
+	setReplicaInfo(v string) error
+	replicas(ctx context.Context) (map[string]string, error)
 }
 
 // Store is memdb for reads, a backend (bbolt or etcd) for durability.
@@ -120,6 +123,19 @@ func (s *Store) ClearPresence(instance string) error { return s.be.clearPresence
 func (s *Store) Presence(ctx context.Context) (map[string]string, error) {
 	return s.be.presenceAll(ctx)
 }
+
+// Replica is this replica's name ("local" on bbolt).
+func (s *Store) Replica() string { return s.be.replica() }
+
+// SetReplicaInfo announces this replica as live, with v (its version and
+// the schemas it reads): on etcd the key replicas/NAME under the replica's
+// session lease, put again with every new lease, so it vanishes when the
+// replica dies. On bbolt the one process is the only replica.
+func (s *Store) SetReplicaInfo(v string) error { return s.be.setReplicaInfo(v) }
+
+// Replicas returns every live replica's name and announced value (a
+// linearizable read on etcd).
+func (s *Store) Replicas(ctx context.Context) (map[string]string, error) { return s.be.replicas(ctx) }
 
 // CacheReloads counts the cache's reloads since open (a watch that fell
 // behind an etcd compaction); 0 on bbolt.
