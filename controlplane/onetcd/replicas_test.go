@@ -158,7 +158,7 @@ func TestReplicasSignWithTheirOwnIntermediates(t *testing.T) {
 	}
 	ms[other].Stop()
 	for what, s := range map[string]string{
-		"the stopped replica's intermediate":          serial(after[other]),
+		"the stopped replica's intermediate":           serial(after[other]),
 		"replica 0's intermediate before the rotation": serial(inters[0]),
 		"replica 1's intermediate before the rotation": serial(inters[1]),
 		"the vanished replica's intermediate":          orphan,
