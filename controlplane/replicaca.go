@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"time"
 
 	"minimesh/certs"
@@ -301,4 +303,29 @@ func (s *Server) sharedCAError(err error) error {
 		return fmt.Errorf("controlplane: %s holds a CA sealed under another --ca-key-file than this replica's (key id %s); every meshd replica on one prefix must be started with the same key file: %w", where, s.caKeyID(), err)
 	}
 	return fmt.Errorf("controlplane: stored CA: %w", err)
+}
+
+// SchemaUpgradeAllowed is the gate of a schema change on a shared store:
+// nil when every live replica (its leased replicas/NAME key) announces
+// that it reads schema n, else an error naming those that do not. A
+// replica that runs version N+1 writes schema N+1 only past this gate, so
+// replicas of version N never meet data they cannot read; a replica that
+// starts on a newer schema than it knows refuses (store.ErrSchema).
+func SchemaUpgradeAllowed(ctx context.Context, st *store.Store, n int) error {
+	live, err := st.Replicas(ctx)
+	if err != nil {
+		return fmt.Errorf("controlplane: schema %d: live replicas: %w", n, err)
+	}
+	var behind []string
+	for name, v := range live {
+		var info ReplicaInfo
+		if json.Unmarshal([]byte(v), &info) != nil || info.Schema < n {
+			behind = append(behind, fmt.Sprintf("%s (version %q, schema %d)", name, info.Version, info.Schema))
+		}
+	}
+	if len(behind) > 0 {
+		sort.Strings(behind)
+		return fmt.Errorf("controlplane: schema %d is not written while live replicas read older ones: %s", n, strings.Join(behind, ", "))
+	}
+	return nil
 }

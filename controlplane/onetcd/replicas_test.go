@@ -3,7 +3,9 @@ package onetcd_test
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -234,5 +236,46 @@ func TestReplicaRefusesAnotherTrustDomainOrKeyOnOnePrefix(t *testing.T) {
 	live, err := st.Replicas(ctx(t))
 	if err != nil || len(live) != 1 {
 		t.Fatalf("live replicas after two refused starts: %v %v", live, err)
+	}
+}
+
+// TestSchemaGateAndNewerSchemaRefused: a schema change is allowed only
+// when every live replica announces it reads it, and a replica refuses to
+// start on a prefix whose schema is newer than it knows, saying so.
+func TestSchemaGateAndNewerSchemaRefused(t *testing.T) {
+	ec := testEtcd(t)
+	keyFile, _ := writeCAKey(t)
+	controlplanetest.Start(t, replicaConfig(ec, keyFile, "r0"))
+	controlplanetest.Start(t, replicaConfig(ec, keyFile, "r1"))
+	st := openStore(t, ec)
+	if err := controlplane.SchemaUpgradeAllowed(ctx(t), st, store.SchemaVersion); err != nil {
+		t.Fatalf("the current schema: %v", err)
+	}
+	err := controlplane.SchemaUpgradeAllowed(ctx(t), st, store.SchemaVersion+1)
+	if err == nil || !strings.Contains(err.Error(), "r0 (") || !strings.Contains(err.Error(), "r1 (") {
+		t.Fatalf("schema N+1 while both replicas read N: %v", err)
+	}
+	// A replica of N+1 announcing itself beside them: still refused for r0 and r1 only.
+	if err := st.SetReplicaInfo(fmt.Sprintf(`{"version":"next","schema":%d}`, store.SchemaVersion+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := controlplane.SchemaUpgradeAllowed(ctx(t), st, store.SchemaVersion+1); err == nil || strings.Contains(err.Error(), "test-reader") {
+		t.Fatalf("schema N+1 with one replica of N+1: %v", err)
+	}
+
+	cli, err := etcdSrv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	newer := testEtcd(t)
+	if _, err := cli.Put(ctx(t), newer.Prefix+"schema", strconv.Itoa(store.SchemaVersion+1)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := replicaConfig(newer, keyFile, "old")
+	cfg.DataDir = filepath.Join(t.TempDir(), "d")
+	_, err = controlplane.New(cfg)
+	if !errors.Is(err, store.ErrSchema) || !strings.Contains(err.Error(), fmt.Sprintf("schema %d", store.SchemaVersion+1)) || !strings.Contains(err.Error(), "run the newer meshd") {
+		t.Fatalf("a replica on a newer schema: %v", err)
 	}
 }

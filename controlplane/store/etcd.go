@@ -214,6 +214,9 @@ func (b *etcdBackend) checkSchema() error {
 		if len(kvs) == 1 {
 			v = string(kvs[0].Value)
 		}
+		if n, err := strconv.Atoi(v); err == nil && n > SchemaVersion {
+			return fmt.Errorf("%w: etcd prefix %s has schema %d, written once every live replica read it; this meshd reads up to %d: run the newer meshd (a rolling upgrade never goes back)", ErrSchema, b.p, n, SchemaVersion)
+		}
 		return fmt.Errorf("%w: etcd prefix %s has %q, this meshd reads %d", ErrSchema, b.p, v, SchemaVersion)
 	}
 	return nil
