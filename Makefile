@@ -34,6 +34,14 @@ demo: build ## The whole mesh on this machine; Ctrl-C stops it.
 demo-check: build ## Run the demo once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo.sh
 
+.PHONY: demo-ha
+demo-ha: build ## Three meshd on one etcd, two apps; the leader is SIGKILLed under traffic (installs etcd-server).
+	deploy/local/demo-ha.sh
+
+.PHONY: demo-ha-check
+demo-ha-check: build ## Run demo-ha once, non-interactively, and exit.
+	DEMO_ONCE=1 deploy/local/demo-ha.sh
+
 .PHONY: test
 test: ## Run every test (with -race unless RACE= is given).
 	$(GO) vet $(PKGS)
