@@ -232,3 +232,61 @@ func TestProxyFailsOverAcrossReplicas(t *testing.T) {
 		t.Fatalf("meshctl through the survivor: api is %q, want SYNCED\n%s", found, out.String())
 	}
 }
+
+// TestStreamAgesOutWithoutLosingTheEndpoint: a replica with a 2s
+// MaxConnectionAge ends the proxy's stream; the proxy reconnects without
+// sending a Drain (no drain counted), and its caller never applies a
+// snapshot without it.
+func TestStreamAgesOutWithoutLosingTheEndpoint(t *testing.T) {
+	e := startEtcd(t)
+	keyFile := caKeyFile(t)
+	prefix := "/ha-age/"
+	a := replica(t, e, prefix, "a", keyFile, 2*time.Second)
+	b := replica(t, e, prefix, "b", keyFile, 2*time.Second)
+	both := a.Addr + "," + b.Addr
+	watch := &endpointWatch{}
+	api := runAgent(t, a, both, "api", nil)
+	watch.mu.Lock()
+	watch.callee = api.InstanceID()
+	watch.mu.Unlock()
+	runAgent(t, a, both, "web", watch)
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	// Each (re)registration writes a new ConnectedAt; count distinct ones.
+	seen := map[string]bool{}
+	eventually(t, "api's stream ended by age and re-registered", func() bool {
+		for _, m := range []*controlplanetest.Meshd{a, b} {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			resp, err := m.Operator(t).ListProxies(ctx, &meshv1.ListProxiesRequest{})
+			cancel()
+			if err != nil {
+				continue
+			}
+			for _, p := range resp.GetProxies() {
+				if p.GetInstanceId() == api.InstanceID() && p.GetConnected() {
+					seen[p.GetConnectedAt().AsTime().String()] = true
+				}
+			}
+		}
+		return len(seen) >= 2
+	})
+	for _, m := range []*controlplanetest.Meshd{a, b} {
+		fams, err := m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := -1.0
+		for _, f := range fams {
+			if f.GetName() == "minimesh_meshd_proxy_drains_total" {
+				n = f.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		if n != 0 {
+			t.Fatalf("minimesh_meshd_proxy_drains_total = %v (-1: not exported): a stream ended by age must not drain", n)
+		}
+	}
+	watch.check(t)
+}
