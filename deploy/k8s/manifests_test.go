@@ -18,6 +18,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -39,17 +41,19 @@ type object struct {
 
 // kinds are the types the manifests may hold.
 var kinds = map[string]func() any{
-	"v1 Namespace":             func() any { return &corev1.Namespace{} },
-	"v1 ServiceAccount":        func() any { return &corev1.ServiceAccount{} },
-	"v1 Service":               func() any { return &corev1.Service{} },
-	"v1 PersistentVolumeClaim": func() any { return &corev1.PersistentVolumeClaim{} },
-	"v1 Secret":                func() any { return &corev1.Secret{} },
-	"v1 ConfigMap":             func() any { return &corev1.ConfigMap{} },
-	"v1 Pod":                   func() any { return &corev1.Pod{} },
-	"apps/v1 Deployment":       func() any { return &appsv1.Deployment{} },
-	"apps/v1 StatefulSet":      func() any { return &appsv1.StatefulSet{} },
-	"apps/v1 DaemonSet":        func() any { return &appsv1.DaemonSet{} },
-	"batch/v1 Job":             func() any { return &batchv1.Job{} },
+	"v1 Namespace":                       func() any { return &corev1.Namespace{} },
+	"v1 ServiceAccount":                  func() any { return &corev1.ServiceAccount{} },
+	"v1 Service":                         func() any { return &corev1.Service{} },
+	"v1 PersistentVolumeClaim":           func() any { return &corev1.PersistentVolumeClaim{} },
+	"v1 Secret":                          func() any { return &corev1.Secret{} },
+	"v1 ConfigMap":                       func() any { return &corev1.ConfigMap{} },
+	"v1 Pod":                             func() any { return &corev1.Pod{} },
+	"apps/v1 Deployment":                 func() any { return &appsv1.Deployment{} },
+	"apps/v1 StatefulSet":                func() any { return &appsv1.StatefulSet{} },
+	"apps/v1 DaemonSet":                  func() any { return &appsv1.DaemonSet{} },
+	"batch/v1 Job":                       func() any { return &batchv1.Job{} },
+	"policy/v1 PodDisruptionBudget":      func() any { return &policyv1.PodDisruptionBudget{} },
+	"networking.k8s.io/v1 NetworkPolicy": func() any { return &networkingv1.NetworkPolicy{} },
 }
 
 // decodeStrict decodes a YAML stream strictly: unknown, duplicate or
@@ -334,6 +338,92 @@ func TestExampleIsInjectedAndBuilds(t *testing.T) {
 			}
 			if svc.Spec.Ports[0].TargetPort.StrVal != pod.InitContainers[1].Ports[0].Name {
 				t.Errorf("service api targets %v, the proxy's inbound port is %q", svc.Spec.Ports[0].TargetPort, pod.InitContainers[1].Ports[0].Name)
+			}
+		}
+	}
+}
+
+// The HA kustomization: meshd and etcd as StatefulSets of three with a
+// PodDisruptionBudget (at most one down) and anti-affinity on the node,
+// meshd on etcd with client certificates, its CA key file copied out of
+// the Secret (whose files are symlinks meshd refuses), and only meshd
+// admitted to etcd's client port.
+func TestHABuildsThreeReplicasOnEtcd(t *testing.T) {
+	objs := build(t, filesys.MakeFsOnDisk(), "ha")
+	for _, o := range objs {
+		if o.kind != "Namespace" && o.ns != "minimesh-system" {
+			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.ns)
+		}
+	}
+	for _, name := range []string{"meshd", "meshd-etcd"} {
+		ss := find[*appsv1.StatefulSet](t, objs, "StatefulSet", name)
+		if ss.Spec.Replicas == nil || *ss.Spec.Replicas != 3 {
+			t.Errorf("%s replicas %v, want 3", name, ss.Spec.Replicas)
+		}
+		pdb := find[*policyv1.PodDisruptionBudget](t, objs, "PodDisruptionBudget", name)
+		if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != ss.Spec.Template.Labels["app.kubernetes.io/name"] {
+			t.Errorf("%s PDB %+v: want maxUnavailable 1 over its pods", name, pdb.Spec)
+		}
+		aff := ss.Spec.Template.Spec.Affinity
+		if aff == nil || aff.PodAntiAffinity == nil || len(aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) != 1 ||
+			aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "kubernetes.io/hostname" ||
+			aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].LabelSelector.MatchLabels["app.kubernetes.io/name"] != name {
+			t.Errorf("%s: no pod anti-affinity on the node over its own pods", name)
+		}
+		headless := find[*corev1.Service](t, objs, "Service", ss.Spec.ServiceName)
+		if headless.Spec.ClusterIP != corev1.ClusterIPNone {
+			t.Errorf("%s's service %s is not headless", name, headless.Name)
+		}
+	}
+	find[*corev1.Service](t, objs, "Service", "meshd")
+
+	meshd := find[*appsv1.StatefulSet](t, objs, "StatefulSet", "meshd").Spec.Template.Spec
+	args := map[string]string{}
+	for _, a := range meshd.Containers[0].Args {
+		k, v, _ := strings.Cut(a, "=")
+		args[k] = v
+	}
+	if !strings.HasPrefix(args["--store"], "etcd://") || strings.Count(args["--store"], ",") != 2 {
+		t.Errorf("--store %q: want etcd's three members", args["--store"])
+	}
+	for _, f := range []string{"--etcd-cert", "--etcd-key", "--etcd-ca", "--ca-key-file"} {
+		if args[f] == "" {
+			t.Errorf("meshd without %s", f)
+		}
+	}
+	// The key file meshd reads is on the emptyDir the init container
+	// filled, not on a Secret volume.
+	mounts := map[string]string{}
+	for _, m := range meshd.Containers[0].VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	vols := map[string]corev1.Volume{}
+	for _, v := range meshd.Volumes {
+		vols[v.Name] = v
+	}
+	keyVol := vols[mounts[filepath.Dir(args["--ca-key-file"])]]
+	if keyVol.EmptyDir == nil || keyVol.EmptyDir.Medium != corev1.StorageMediumMemory {
+		t.Errorf("--ca-key-file %s is on volume %+v: want a memory emptyDir (a Secret's files are symlinks)", args["--ca-key-file"], keyVol)
+	}
+	if len(meshd.InitContainers) != 1 || !strings.Contains(strings.Join(meshd.InitContainers[0].Command, " "), args["--ca-key-file"]) {
+		t.Errorf("no init container copies the CA key to %s", args["--ca-key-file"])
+	}
+
+	etcd := find[*appsv1.StatefulSet](t, objs, "StatefulSet", "meshd-etcd").Spec.Template.Spec
+	eargs := strings.Join(etcd.Containers[0].Args, " ")
+	for _, want := range []string{"--client-cert-auth=true", "--peer-client-cert-auth=true", "--listen-client-urls=https://", "--trusted-ca-file="} {
+		if !strings.Contains(eargs, want) {
+			t.Errorf("etcd args lack %s", want)
+		}
+	}
+	np := find[*networkingv1.NetworkPolicy](t, objs, "NetworkPolicy", "meshd-etcd")
+	if np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"] != "meshd-etcd" {
+		t.Errorf("the NetworkPolicy selects %v, not etcd", np.Spec.PodSelector)
+	}
+	for _, r := range np.Spec.Ingress {
+		for _, p := range r.Ports {
+			if p.Port.IntValue() == 2379 && (len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "meshd" || len(r.From[0].PodSelector.MatchLabels) != 1) {
+				t.Errorf("etcd's client port admits %+v: want meshd only", r.From)
 			}
 		}
 	}
