@@ -207,7 +207,7 @@ func (s *Server) init() error {
 	}
 	s.ca.set(ca)
 	s.bundle = certs.NewBundleSource(ca.Bundle())
-	s.authority, err = identity.New(identity.Config{Store: s.store, CA: &s.ca, SVIDTTL: cfg.SVIDTTL, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
+	s.authority, err = identity.New(identity.Config{Store: s.store, CA: &s.ca, SVIDTTL: cfg.SVIDTTL, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
 	if err != nil {
 		return err
 	}
@@ -469,6 +469,11 @@ func (s *Server) Run(ctx context.Context) error {
 	pushDone := make(chan struct{})
 	go func() { defer close(pushDone); _ = s.push.Run(pushCtx) }()
 	defer func() { stopPush(); <-pushDone }()
+	// Renewals issued while etcd is unreachable are recorded when it is back.
+	recCtx, stopRec := context.WithCancel(context.Background())
+	recDone := make(chan struct{})
+	go func() { defer close(recDone); s.authority.RunRecorder(recCtx) }()
+	defer func() { stopRec(); <-recDone }()
 
 	// The singletons below run on the leader only (on bbolt the one
 	// process always is); their writes are fenced on the election key.

@@ -96,6 +96,25 @@ func (s *Server) fresh(ctx context.Context, method string) error {
 	return nil
 }
 
+// storeStatus is the status of a store error: Unavailable naming etcd
+// when etcd is unreachable (store.ErrUnavailable), else Internal.
+func storeStatus(err error) error {
+	if errors.Is(err, store.ErrUnavailable) {
+		return status.Errorf(codes.Unavailable, "%v; meshd writes nothing until etcd is back: try again", err)
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// storeErr is storeStatus, logged and counted as a refusal when etcd is
+// unreachable.
+func (s *Server) storeErr(method string, err error) error {
+	st := storeStatus(err)
+	if status.Code(st) == codes.Unavailable {
+		return s.refuse(method, st)
+	}
+	return st
+}
+
 // refuse logs and counts a refused request and returns its status error.
 func (s *Server) refuse(method string, err error) error {
 	st := status.Convert(err)
@@ -123,7 +142,7 @@ func (s *Server) CreateJoinToken(_ context.Context, req *meshv1.CreateJoinTokenR
 func (s *Server) ListJoinTokens(context.Context, *meshv1.ListJoinTokensRequest) (*meshv1.ListJoinTokensResponse, error) {
 	toks, err := s.cfg.Authority.ListTokens()
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ListJoinTokens", err)
 	}
 	out := &meshv1.ListJoinTokensResponse{}
 	pin := s.cfg.CAPin()
@@ -151,7 +170,7 @@ func (s *Server) ListCertificates(ctx context.Context, req *meshv1.ListCertifica
 	}
 	certs, err := s.cfg.Authority.ListCertificates(req.GetValidOnly())
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ListCertificates", err)
 	}
 	out := &meshv1.ListCertificatesResponse{}
 	for _, c := range certs {
@@ -182,7 +201,7 @@ func (s *Server) ListProxies(ctx context.Context, _ *meshv1.ListProxiesRequest) 
 		return err
 	})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ListProxies", err)
 	}
 	sort.Slice(proxies, func(i, j int) bool {
 		if proxies[i].Service != proxies[j].Service {

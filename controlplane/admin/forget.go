@@ -27,7 +27,7 @@ func (s *Server) ForgetProxy(_ context.Context, req *meshv1.ForgetProxyRequest) 
 	case errors.Is(err, push.ErrConnected), errors.Is(err, push.ErrRevokedRecord):
 		return nil, s.refuse("ForgetProxy", status.Error(codes.FailedPrecondition, err.Error()))
 	case err != nil:
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ForgetProxy", err)
 	}
 	return &meshv1.ForgetProxyResponse{WasConnected: was}, nil
 }

@@ -181,7 +181,7 @@ func RevokeOperator(st *store.Store, req OperatorRevocation) (*meshv1.RevokeOper
 		if _, ok := status.FromError(err); ok {
 			return nil, err
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, storeStatus(err)
 	}
 	return resp, nil
 }
@@ -213,7 +213,7 @@ func (s *Server) ListOperators(ctx context.Context, req *meshv1.ListOperatorsReq
 		return err
 	})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ListOperators", err)
 	}
 	if c, ok := authn.CallerFrom(ctx); ok && c.Leaf != nil {
 		mine := c.Leaf.SerialNumber.Text(16)

@@ -19,7 +19,7 @@ func (s *Server) ProxyStatus(ctx context.Context, _ *meshv1.ProxyStatusRequest) 
 	}
 	ps, err := s.cfg.Push.Sync()
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ProxyStatus", err)
 	}
 	return &meshv1.ProxyStatusResponse{Proxies: ps}, nil
 }
@@ -31,7 +31,7 @@ func (s *Server) ProxyConfig(_ context.Context, req *meshv1.ProxyConfigRequest) 
 		return nil, s.refuse("ProxyConfig", status.Errorf(codes.NotFound, "no proxy instance %q", req.GetInstanceId()))
 	}
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("ProxyConfig", err)
 	}
 	return &meshv1.ProxyConfigResponse{Applied: snap, Status: st}, nil
 }

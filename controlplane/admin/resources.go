@@ -78,7 +78,7 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (*meshv1.App
 		if _, ok := status.FromError(err); ok {
 			return nil, s.refuse("Apply", err)
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("Apply", err)
 	}
 	if resp.Revision == 0 {
 		resp.Revision, _ = s.cfg.Store.Revision()
@@ -174,7 +174,7 @@ func (s *Server) GetResources(ctx context.Context, req *meshv1.GetResourcesReque
 		if _, ok := status.FromError(err); ok {
 			return nil, s.refuse("GetResources", err)
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("GetResources", err)
 	}
 	resp.Revision, _ = s.cfg.Store.Revision()
 	return resp, nil
@@ -216,7 +216,7 @@ func (s *Server) DeleteResource(_ context.Context, req *meshv1.DeleteResourceReq
 		if _, ok := status.FromError(err); ok {
 			return nil, s.refuse("DeleteResource", err)
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("DeleteResource", err)
 	}
 	s.cfg.Logger.Info("deleted resource", "resource", k.String(), "revision", resp.Revision)
 	s.changed()

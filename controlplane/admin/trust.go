@@ -21,7 +21,7 @@ func (s *Server) RotateCA(_ context.Context, req *meshv1.RotateCARequest) (*mesh
 		if _, ok := status.FromError(err); ok {
 			return nil, s.refuse("RotateCA", err)
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("RotateCA", err)
 	}
 	s.cfg.Logger.Info("root rotation requested", "force", req.GetForce(), "phase", st.GetPhase())
 	return &meshv1.RotateCAResponse{Status: st}, nil
@@ -34,11 +34,11 @@ func (s *Server) CAStatus(ctx context.Context, _ *meshv1.CAStatusRequest) (*mesh
 	}
 	st, err := s.cfg.CA.CAStatus()
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("CAStatus", err)
 	}
 	toks, err := s.cfg.Authority.ListTokens()
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("CAStatus", err)
 	}
 	now := s.cfg.Clock.Now()
 	for _, t := range toks {
@@ -68,7 +68,7 @@ func (s *Server) RevokeProxy(_ context.Context, req *meshv1.RevokeProxyRequest) 
 		if _, ok := status.FromError(err); ok {
 			return nil, s.refuse("RevokeProxy", err)
 		}
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("RevokeProxy", err)
 	}
 	s.cfg.Logger.Warn("proxy instance revoked", "instance_id", req.GetInstanceId())
 	s.changed()
@@ -98,7 +98,7 @@ func (s *Server) DenyIdentity(_ context.Context, req *meshv1.DenyIdentityRequest
 		return tx.Put(store.TableDenials, &store.Denial{SPIFFEID: id.String(), CreatedAt: s.cfg.Clock.Now()})
 	})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, s.storeErr("DenyIdentity", err)
 	}
 	s.cfg.Logger.Warn("identity denied", "spiffe_id", id.String())
 	s.changed()

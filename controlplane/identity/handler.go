@@ -19,6 +19,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/controlplane/authn"
+	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -211,6 +212,8 @@ func toStatus(err error) (string, error) {
 		return "rate_limited", status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, ErrNotFound):
 		return "not_found", status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		return "etcd_unavailable", status.Error(codes.Unavailable, err.Error()+"; try again when etcd is back")
 	default:
 		return "internal", status.Error(codes.Internal, "internal error")
 	}

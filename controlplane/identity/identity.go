@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -53,6 +54,13 @@ type Config struct {
 	Limits SignLimits
 	// PruneEvery is how often PruneIfDue prunes expired records. Default 1m.
 	PruneEvery time.Duration
+	// RenewQueue bounds the renewal records kept while etcd is unreachable
+	// (default DefaultRenewQueue); FlushEvery is how often RunRecorder
+	// tries to write them (default DefaultFlushEvery).
+	RenewQueue int
+	FlushEvery time.Duration
+	// Registerer, when set, gets the renewal queue's metrics.
+	Registerer prometheus.Registerer
 	Clock      certs.Clock
 	Logger     *slog.Logger
 }
@@ -61,6 +69,7 @@ type Config struct {
 type Authority struct {
 	cfg    Config
 	limits *signLimiter
+	queue  *renewQueue
 
 	pruneMu   sync.Mutex
 	lastPrune time.Time
@@ -80,11 +89,18 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.PruneEvery <= 0 {
 		cfg.PruneEvery = time.Minute
 	}
+	if cfg.FlushEvery <= 0 {
+		cfg.FlushEvery = DefaultFlushEvery
+	}
 	ttl := cfg.SVIDTTL
 	if ttl <= 0 {
 		ttl = certs.DefaultSVIDTTL
 	}
-	return &Authority{cfg: cfg, limits: newSignLimiter(cfg.Limits.withDefaults(ttl))}, nil
+	q, err := newRenewQueue(cfg.RenewQueue, cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{cfg: cfg, limits: newSignLimiter(cfg.Limits.withDefaults(ttl)), queue: q}, nil
 }
 
 // TokenRequest asks for a join token.
@@ -466,21 +482,34 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCSR, err)
 	}
-	err = a.cfg.Store.Update(func(tx *store.Txn) error {
-		// A revocation committed since the check above still wins.
-		if err := checkAllowed(&tx.Reader, caller, bound, serial); err != nil {
-			return err
-		}
-		if err := putCertificate(tx, chain[0], caller, "renew", "", bound, ca.RootPin()); err != nil {
-			return err
-		}
-		if rec, err := tx.Get(store.TableProxies, bound); err == nil && rec.(*store.Proxy).SPIFFEID == caller.String() {
-			p := *rec.(*store.Proxy)
-			p.SVIDExpiresAt = chain[0].NotAfter
-			return tx.Put(store.TableProxies, &p)
-		}
-		return nil
-	})
+	// While etcd is unreachable (records already queued, or this write
+	// failing so), the SVID is still issued: the revocation check above
+	// ran on this replica's cache, and the record waits in a bounded queue
+	// for RunRecorder. Renewals queue behind the ones waiting, so none
+	// stalls on etcd's timeout.
+	rec := certificateRecord(chain[0], caller, "renew", "", bound, ca.RootPin())
+	if a.queue.pending() {
+		err = store.ErrUnavailable
+	} else {
+		err = a.cfg.Store.Update(func(tx *store.Txn) error {
+			// A revocation committed since the check above still wins.
+			if err := checkAllowed(&tx.Reader, caller, bound, serial); err != nil {
+				return err
+			}
+			if err := tx.Put(store.TableCertificates, rec); err != nil {
+				return err
+			}
+			if rec, err := tx.Get(store.TableProxies, bound); err == nil && rec.(*store.Proxy).SPIFFEID == caller.String() {
+				p := *rec.(*store.Proxy)
+				p.SVIDExpiresAt = chain[0].NotAfter
+				return tx.Put(store.TableProxies, &p)
+			}
+			return nil
+		})
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		err = a.queueRenewal(rec, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +561,11 @@ func (a *Authority) ListCertificates(validOnly bool) ([]*store.Certificate, erro
 }
 
 func putCertificate(tx *store.Txn, leaf *x509.Certificate, id spiffeid.ID, by, tokenID, instanceID, rootPin string) error {
-	return tx.Put(store.TableCertificates, &store.Certificate{
+	return tx.Put(store.TableCertificates, certificateRecord(leaf, id, by, tokenID, instanceID, rootPin))
+}
+
+func certificateRecord(leaf *x509.Certificate, id spiffeid.ID, by, tokenID, instanceID, rootPin string) *store.Certificate {
+	return &store.Certificate{
 		Serial:     serialHex(leaf),
 		SPIFFEID:   id.String(),
 		NotBefore:  leaf.NotBefore,
@@ -541,7 +574,7 @@ func putCertificate(tx *store.Txn, leaf *x509.Certificate, id spiffeid.ID, by, t
 		TokenID:    tokenID,
 		InstanceID: instanceID,
 		RootPin:    rootPin,
-	})
+	}
 }
 
 // checkAllowed refuses a denied identity, a revoked instance, and (when

@@ -553,6 +553,9 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	// field only has to agree.
 	id, reason, err := s.register(caller, hello, sess)
 	if err != nil {
+		if errors.Is(err, store.ErrUnavailable) {
+			reason, err = "etcd_unavailable", status.Errorf(codes.Unavailable, "%v; try another meshd replica, or again when etcd is back", err)
+		}
 		s.refused.WithLabelValues(reason).Inc()
 		s.cfg.Logger.Warn("registration refused", "caller", caller.ID.String(), "serial", serial, "claimed_instance_id", hello.GetInstanceId(),
 			"bound_instance_id", id, "service", hello.GetService(), "peer", caller.Addr, "reason", reason, "error", err)

@@ -25,6 +25,10 @@ var (
 	ErrStale = errors.New("store: this replica's cache is behind etcd")
 	// ErrNoSpace is returned when etcd raised its NOSPACE alarm.
 	ErrNoSpace = errors.New("store: etcd is out of space (NOSPACE alarm): compact and defragment it (etcdctl compact REV; etcdctl defrag; etcdctl alarm disarm) or raise its --quota-backend-bytes")
+	// ErrUnavailable is returned when etcd cannot be reached (a request
+	// timed out, no leader, the connection refused): meshd answers
+	// Unavailable. A write that timed out may still have committed.
+	ErrUnavailable = errors.New("etcd unreachable")
 	// ErrNotEmpty is returned by Import into a store that holds records.
 	ErrNotEmpty = errors.New("store: not empty")
 )

@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // EtcdConfig configures the etcd backend.
@@ -193,7 +195,28 @@ func etcdErr(op string, err error) error {
 	if rpctypes.ErrorDesc(err) == rpctypes.ErrNoSpace.Error() || strings.Contains(err.Error(), "NOSPACE") {
 		return fmt.Errorf("%w (%s: %v)", ErrNoSpace, op, err)
 	}
+	if unreachable(err) {
+		return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
+	}
 	return fmt.Errorf("store: etcd: %s: %w", op, err)
+}
+
+// unreachable tells etcd being out of reach (a request that timed out, a
+// member without a leader, a connection refused or lost) from a refusal.
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch rpctypes.ErrorDesc(err) {
+	case rpctypes.ErrNoLeader.Error(), rpctypes.ErrTimeout.Error(), rpctypes.ErrTimeoutDueToLeaderFail.Error(),
+		rpctypes.ErrTimeoutDueToConnectionLost.Error(), rpctypes.ErrLeaderChanged.Error(), rpctypes.ErrNotCapable.Error():
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return strings.Contains(err.Error(), "connection refused")
 }
 
 func (b *etcdBackend) checkSchema() error {
@@ -532,7 +555,7 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 // behind reports whether etcd has store writes past rev, and then waits
 // (bounded) for the cache to take them in.
 func (b *etcdBackend) behind(rev int64) bool {
-	ctx, cancel := context.WithTimeout(b.ctx, syncWait)
+	ctx, cancel := context.WithTimeout(b.ctx, min(syncWait, b.cfg.RequestTimeout))
 	defer cancel()
 	resp, err := b.cli.Get(ctx, b.commitKey())
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision <= rev {
@@ -546,7 +569,7 @@ func (b *etcdBackend) sync(ctx context.Context) error {
 	defer cancel()
 	resp, err := b.cli.Get(ctx, b.commitKey()) // linearizable
 	if err != nil {
-		return fmt.Errorf("%w: reading etcd's revision: %v", ErrStale, err)
+		return fmt.Errorf("%w: reading etcd's revision: %w", ErrStale, etcdErr("sync", err))
 	}
 	var rev int64
 	if len(resp.Kvs) == 1 {

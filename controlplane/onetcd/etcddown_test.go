@@ -1,0 +1,193 @@
+package onetcd_test
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"minimesh/certs"
+	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// relay is a TCP relay to etcd the test can cut: while cut, open
+// connections are closed and new ones refused (as storetest's).
+type relay struct {
+	l     net.Listener
+	mu    sync.Mutex
+	down  bool
+	conns map[net.Conn]bool
+}
+
+func newRelay(t *testing.T, target string) *relay {
+	t.Helper()
+	target = strings.TrimPrefix(target, "http://")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{l: l, conns: map[net.Conn]bool{}}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); r.cut(true); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			if r.down {
+				r.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				r.mu.Unlock()
+				c.Close()
+				continue
+			}
+			r.conns[c], r.conns[up] = true, true
+			r.mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(up, c); up.Close(); c.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, up); up.Close(); c.Close() })
+		}
+	})
+	return r
+}
+
+func (r *relay) cut(down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = down
+	if down {
+		for c := range r.conns {
+			c.Close()
+		}
+		r.conns = map[net.Conn]bool{}
+	}
+}
+
+func gauge(t *testing.T, m *controlplanetest.Meshd, name string) float64 {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("%s is not exported", name)
+	return 0
+}
+
+// wantEtcdUnavailable: the call was refused with Unavailable naming etcd.
+func wantEtcdUnavailable(t *testing.T, what string, err error) {
+	t.Helper()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "etcd unreachable") {
+		t.Fatalf("%s with etcd unreachable: %v, want Unavailable naming etcd", what, err)
+	}
+}
+
+// TestRenewWhileEtcdIsDown: a meshd cut off from etcd still renews a
+// proxy's SVID (checked against its cache) and queues the certificate
+// record; writes (Bootstrap, Apply, CreateJoinToken, RevokeProxy) are
+// refused with Unavailable naming etcd; when etcd is back the record is
+// written and the queue is empty.
+func TestRenewWhileEtcdIsDown(t *testing.T) {
+	ec := testEtcd(t)
+	rl := newRelay(t, etcdSrv.Endpoints[0])
+	ec.Endpoints = []string{"http://" + rl.l.Addr().String()}
+	ec.RequestTimeout = time.Second
+	ec.DialTimeout = 2 * time.Second
+	keyFile, _ := writeCAKey(t)
+	m := controlplanetest.Start(t, controlplane.Config{Etcd: ec, CAKeyFile: keyFile})
+	svid := bootstrap(t, m, "default", "web")
+	tok := m.Token(t, "default", "api", 1) // for a Bootstrap while cut off
+	op := m.Operator(t)
+	ids := meshv1.NewIdentityServiceClient(m.DialAs(t, svid))
+	anon := meshv1.NewIdentityServiceClient(m.DialAnonymous(t))
+
+	rl.cut(true)
+	start := time.Now()
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := certs.NewCSR(key, svid.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ids.Renew(ctx(t), &meshv1.RenewRequest{Csr: csr})
+	if err != nil {
+		t.Fatalf("Renew with etcd unreachable: %v", err)
+	}
+	chain, err := certs.ParseCertsDER(resp.GetSvid().GetCertChain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := certs.VerifyPeerCertificates(chain, m.CA().Bundle(), time.Now()); err != nil {
+		t.Fatalf("the SVID renewed while etcd was down does not verify: %v", err)
+	}
+	renewed := serial(chain[0])
+	if renewed == serial(svid.Certificates[0]) || certs.InstanceID(chain[0]) != "i-web" {
+		t.Fatalf("renewed SVID: serial %s, instance %q", renewed, certs.InstanceID(chain[0]))
+	}
+	if q := gauge(t, m, "minimesh_meshd_renew_records_queued"); q < 1 {
+		t.Fatalf("minimesh_meshd_renew_records_queued = %v after a Renew with etcd down", q)
+	}
+	// A second Renew queues behind the first without waiting on etcd.
+	csr2, _ := certs.NewCSR(key, svid.ID)
+	if _, err := ids.Renew(ctx(t), &meshv1.RenewRequest{Csr: csr2}); err != nil {
+		t.Fatalf("second Renew with etcd unreachable: %v", err)
+	}
+	t.Logf("two renewals with etcd unreachable in %s", time.Since(start).Round(time.Millisecond))
+
+	// Writes are refused, naming etcd.
+	key3, _ := certs.GenerateKey()
+	csr3, err := certs.NewCSR(key3, spiffeid.RequireFromString("spiffe://"+td+"/ns/default/sa/api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = anon.Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.GetSecret(), Csr: csr3, InstanceId: "i-api"})
+	wantEtcdUnavailable(t, "Bootstrap", err)
+	_, err = op.Apply(ctx(t), &meshv1.ApplyRequest{Resources: []*meshv1.Resource{serviceResource("web")}})
+	wantEtcdUnavailable(t, "Apply", err)
+	_, err = op.CreateJoinToken(ctx(t), &meshv1.CreateJoinTokenRequest{Namespace: "default", ServiceAccount: "db"})
+	wantEtcdUnavailable(t, "CreateJoinToken", err)
+	_, err = op.DenyIdentity(ctx(t), &meshv1.DenyIdentityRequest{SpiffeId: "spiffe://" + td + "/ns/default/sa/db"})
+	wantEtcdUnavailable(t, "DenyIdentity", err)
+	if n := m.Counter(t, "minimesh_meshd_admin_refused_total", "code", "Unavailable"); n < 3 {
+		t.Fatalf("admin refusals counted as Unavailable: %v, want at least 3", n)
+	}
+
+	rl.cut(false)
+	back := time.Now()
+	eventually(t, "the queued renewal records are written to etcd", func() bool {
+		list, err := op.ListCertificates(ctx(t), &meshv1.ListCertificatesRequest{})
+		if err != nil {
+			return false
+		}
+		for _, c := range list.GetCertificates() {
+			if c.GetSerial() == renewed {
+				return gauge(t, m, "minimesh_meshd_renew_records_queued") == 0
+			}
+		}
+		return false
+	})
+	t.Logf("queued records written %s after etcd came back", time.Since(back).Round(time.Millisecond))
+	// Writes work again.
+	if _, err := op.Apply(ctx(t), &meshv1.ApplyRequest{Resources: []*meshv1.Resource{serviceResource("web")}}); err != nil {
+		t.Fatalf("Apply after etcd came back: %v", err)
+	}
+}
