@@ -126,6 +126,17 @@ func (a *Authority) RunRecorder(ctx context.Context) {
 		case <-t.C:
 		case <-a.queue.wake:
 		}
+		if !a.queue.pending() {
+			continue
+		}
+		// Is etcd back? A read that holds no write lock, so a recorder
+		// waiting on etcd does not delay other writes' refusals.
+		sctx, cancel := context.WithTimeout(ctx, a.cfg.FlushEvery)
+		err := a.cfg.Store.Sync(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
 		for ctx.Err() == nil && a.flushOnce() {
 		}
 	}
