@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"minimesh/controlplane/store"
 )
@@ -23,6 +24,10 @@ type EtcdStoreFlags struct {
 	Cert, Key, CA string
 	// Prefix is --etcd-prefix (default /minimesh/).
 	Prefix string
+	// LeaseTTL is --lease-ttl: the lease of this replica's session
+	// (leadership and its proxies' presence), whole seconds; 0 is the
+	// store's default (10s).
+	LeaseTTL time.Duration
 }
 
 // EtcdConfig turns the flags into the store's etcd config: nil for bbolt.
@@ -61,7 +66,10 @@ func (f EtcdStoreFlags) EtcdConfig() (*store.EtcdConfig, error) {
 		}
 		eps = append(eps, scheme+hp)
 	}
-	ec := &store.EtcdConfig{Endpoints: eps, Prefix: f.Prefix}
+	if f.LeaseTTL != 0 && (f.LeaseTTL < 2*time.Second || f.LeaseTTL > time.Hour || f.LeaseTTL%time.Second != 0) {
+		return nil, fmt.Errorf("--lease-ttl %s: want whole seconds from 2s to 1h (etcd lengthens shorter leases to its minimum)", f.LeaseTTL)
+	}
+	ec := &store.EtcdConfig{Endpoints: eps, Prefix: f.Prefix, SessionTTL: int(f.LeaseTTL / time.Second)}
 	if secure {
 		cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 		if err != nil {

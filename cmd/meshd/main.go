@@ -53,6 +53,7 @@ func run() error {
 	flag.StringVar(&etcdFlags.Key, "etcd-key", "", "private key (PEM) of --etcd-cert")
 	flag.StringVar(&etcdFlags.CA, "etcd-ca", "", "CA certificate(s) (PEM) etcd's serving certificate chains to")
 	flag.StringVar(&etcdFlags.Prefix, "etcd-prefix", "/minimesh/", "prefix of every key meshd writes in etcd (one etcd can hold two meshes)")
+	flag.DurationVar(&etcdFlags.LeaseTTL, "lease-ttl", 10*time.Second, "with --store etcd://...: lease of this replica's leadership and its proxies' presence; a dead replica's proxies show DISCONNECTED and another replica leads after about this long")
 	flag.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:15010", "gRPC listen address")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "minimesh.local", "SPIFFE trust domain")
 	flag.DurationVar(&cfg.SVIDTTL, "svid-ttl", time.Hour, "lifetime of workload SVIDs")
