@@ -167,6 +167,16 @@ func TestRenewWhileEtcdIsDown(t *testing.T) {
 	wantEtcdUnavailable(t, "CreateJoinToken", err)
 	_, err = op.DenyIdentity(ctx(t), &meshv1.DenyIdentityRequest{SpiffeId: "spiffe://" + td + "/ns/default/sa/db"})
 	wantEtcdUnavailable(t, "DenyIdentity", err)
+	// A proxy stream cannot register (its record is a write).
+	stream, err := meshv1.NewConfigServiceClient(m.DialAs(t, svid)).Stream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{InstanceId: "i-web", Service: "web", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantEtcdUnavailable(t, "a proxy's registration", err)
 	if n := m.Counter(t, "minimesh_meshd_admin_refused_total", "code", "Unavailable"); n < 3 {
 		t.Fatalf("admin refusals counted as Unavailable: %v, want at least 3", n)
 	}
