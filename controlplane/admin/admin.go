@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -14,7 +13,6 @@ import (
 
 	"minimesh/certs"
 	"minimesh/controlplane/identity"
-	"minimesh/controlplane/push"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -48,6 +46,8 @@ type Push interface {
 	Applied(instanceID string) (*meshv1.Snapshot, *meshv1.ProxySync, error)
 	Query(ctx context.Context, instanceID string, req *meshv1.Request) (*meshv1.Reply, error)
 	ForgetInstance(instanceID string, force bool) (wasConnected bool, err error)
+	// Proxies lists the stored proxies, connected as Sync says it.
+	Proxies() ([]*meshv1.Proxy, error)
 }
 
 // CA is what admin needs of meshd's certificate authority.
@@ -192,27 +192,13 @@ func (s *Server) ListProxies(ctx context.Context, _ *meshv1.ListProxiesRequest) 
 	if err := s.fresh(ctx, "ListProxies"); err != nil {
 		return nil, err
 	}
-	var proxies []*store.Proxy
-	err := s.cfg.Store.View(func(r *store.Reader) error {
-		recs, err := r.List(store.TableProxies, "id")
-		for _, rec := range recs {
-			proxies = append(proxies, rec.(*store.Proxy))
-		}
-		return err
-	})
+	// Connected as proxy-status says it: a stream on this replica or a
+	// presence key, not the stored flag a dead replica leaves set.
+	proxies, err := s.cfg.Push.Proxies()
 	if err != nil {
 		return nil, s.storeErr("ListProxies", err)
 	}
-	sort.Slice(proxies, func(i, j int) bool {
-		if proxies[i].Service != proxies[j].Service {
-			return proxies[i].Service < proxies[j].Service
-		}
-		return proxies[i].InstanceID < proxies[j].InstanceID
-	})
-	out := &meshv1.ListProxiesResponse{}
-	for _, p := range proxies {
-		out.Proxies = append(out.Proxies, push.ProxyProto(p))
-	}
+	out := &meshv1.ListProxiesResponse{Proxies: proxies}
 	return out, nil
 }
 

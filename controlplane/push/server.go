@@ -92,6 +92,10 @@ type Server struct {
 	// revision is the store revision the current snapshots were computed
 	// at (read before them: they hold every change up to it).
 	revision uint64
+	// ended: on the leader, the streams seen ended without a disconnect
+	// written (record connected, no presence, no local stream), with when
+	// that was first seen (noticeEnded).
+	ended map[endedStream]time.Time
 
 	pushes  prometheus.Counter
 	acks    *prometheus.CounterVec
@@ -201,11 +205,19 @@ func New(cfg Config) (*Server, error) {
 	// run more than once), and the records are rewritten in transactions
 	// of at most MaxWrites (etcd's limit), over the instances listed once.
 	var ids []string
-	err := cfg.Store.View(func(r *store.Reader) error {
+	// A proxy with a presence key has a stream on another replica (etcd):
+	// its record is that replica's, not one the last meshd left behind.
+	present, err := s.presence()
+	if err != nil {
+		return nil, err
+	}
+	err = cfg.Store.View(func(r *store.Reader) error {
 		recs, err := r.List(store.TableProxies, "id")
 		for _, rec := range recs {
 			p := rec.(*store.Proxy)
-			ids = append(ids, p.InstanceID)
+			if present[p.InstanceID] == "" {
+				ids = append(ids, p.InstanceID)
+			}
 			s.status[p.InstanceID] = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}
 		}
 		return err
@@ -289,6 +301,7 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case <-flush.C:
 			s.flush()
+			s.noticeEnded()
 			// Another replica's commits (etcd) reach this one's cache by
 			// its watch, not by Trigger: a cache newer than the snapshots
 			// is a change like any other.
@@ -340,9 +353,10 @@ func (s *Server) recompute() error {
 	if err != nil {
 		return err
 	}
+	live := s.liveness()
 	err = s.cfg.Store.View(func(r *store.Reader) error {
 		var err error
-		c, err = snapshots(r, s.cfg.Bundle(), now)
+		c, err = snapshots(r, s.cfg.Bundle(), now, live)
 		return err
 	})
 	if err != nil {
@@ -944,9 +958,14 @@ func (s *Server) flushChunk(ups []ackUpdate) {
 func (s *Server) Forget(cutoff time.Time) error {
 	var gone []string
 	now := s.cfg.Clock.Now()
+	// A proxy whose stream is on another replica is as live as one here.
+	present, err := s.presence()
+	if err != nil {
+		return err
+	}
 	// A singleton: the leader forgets, fenced on its election; at most
 	// MaxWrites a pass (the next tick takes the rest).
-	err := s.cfg.Store.UpdateAsLeader(func(tx *store.Txn) error {
+	err = s.cfg.Store.UpdateAsLeader(func(tx *store.Txn) error {
 		gone = nil
 		recs, err := tx.List(store.TableProxies, "id")
 		if err != nil {
@@ -961,7 +980,7 @@ func (s *Server) Forget(cutoff time.Time) error {
 			// restart): forgetting it would drop the endpoint the grace holds.
 			// A revoked instance's revocation is on its record: forgetting
 			// it would let the instance bootstrap again.
-			if _, live := s.active[p.InstanceID]; live || p.Revoked || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
+			if s.connectedLocked(p, present) || p.Revoked || p.LastSeen.After(cutoff) || now.Before(p.GraceUntil) {
 				continue
 			}
 			if len(gone) >= tx.MaxWrites() {
@@ -1045,7 +1064,7 @@ func (s *Server) presence() (map[string]string, error) {
 // key (one that went with a dead replica's lease says DISCONNECTED).
 func (s *Server) syncLocked(p *store.Proxy, newest map[string]*store.Certificate, present map[string]string) *meshv1.ProxySync {
 	_, local := s.active[p.InstanceID]
-	connected := local || present[p.InstanceID] != ""
+	connected := s.connectedLocked(p, present)
 	st := s.state(p.InstanceID)
 	if !local {
 		st = &instance{acked: p.AckedVersion, nacked: p.NackedVersion, reason: p.NackReason, lastMessage: p.LastSeen}

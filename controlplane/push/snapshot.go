@@ -53,15 +53,40 @@ type computed struct {
 	expired []string
 }
 
+// liveness says which proxies have a stream now: on this replica (local),
+// or on any replica by its presence key (etcd: leased to the replica that
+// holds the stream, so it goes with a dead replica; bbolt: this process's
+// streams). A nil present is unknown (etcd unreachable): the records'
+// Connected is trusted then.
+type liveness struct {
+	local   map[string]bool
+	present map[string]string
+}
+
+// connected is whether p's stream is open on some replica: the one rule
+// for snapshots, proxy-status and the proxy list.
+func (l liveness) connected(p *store.Proxy) bool {
+	if l.local[p.InstanceID] {
+		return true
+	}
+	if l.present == nil {
+		return p.Connected
+	}
+	return l.present[p.InstanceID] != ""
+}
+
 // snapshots computes the snapshot of every group that has a registered
 // proxy. The part every proxy shares (Services, Routes, endpoints, trust
 // bundle) is built once; each group adds its own service's inbound
 // resources. Proxies of one group share one immutable snapshot value.
 //
-// A proxy is an endpoint while its stream is open and, after a stream that
-// ended without a Drain, until its GraceUntil: losing the control plane is
-// not losing an endpoint.
-func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (*computed, error) {
+// A proxy is an endpoint while its stream is open (live) and, after a
+// stream that ended without a Drain, until its GraceUntil: losing the
+// control plane is not losing an endpoint. A record still marked connected
+// without a live stream is a stream that ended with no disconnect written
+// (its replica died): an endpoint in its grace, which the leader writes
+// when it notices (noticeEnded).
+func snapshots(r *store.Reader, bundle [][]byte, now time.Time, live liveness) (*computed, error) {
 	services, err := r.Objects(api.KindService, "")
 	if err != nil {
 		return nil, err
@@ -128,13 +153,14 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time) (*computed, erro
 		if _, ok := groups[g]; !ok {
 			groups[g] = scopeSet(p.Scope, p.Scoped, backends)
 		}
-		inGrace := !p.Connected && now.Before(p.GraceUntil)
-		if !p.Connected && !inGrace || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[ns+"/"+p.Service], id, p.Service) {
+		connected := live.connected(p)
+		inGrace := !connected && (p.Connected || now.Before(p.GraceUntil))
+		if !connected && !inGrace || p.Revoked || denied[p.SPIFFEID] || !allowed(byKey[ns+"/"+p.Service], id, p.Service) {
 			continue
 		}
 		if inGrace {
 			c.inGrace++
-			if c.graceNext.IsZero() || p.GraceUntil.Before(c.graceNext) {
+			if !p.GraceUntil.IsZero() && (c.graceNext.IsZero() || p.GraceUntil.Before(c.graceNext)) {
 				c.graceNext = p.GraceUntil
 			}
 		}

@@ -79,6 +79,11 @@ var ErrRevokedRecord = errors.New("push: the proxy is revoked")
 // one is always refused (ErrRevokedRecord). It returns whether the proxy
 // was connected; store.ErrNotFound when there is no such instance.
 func (s *Server) ForgetInstance(id string, force bool) (wasConnected bool, err error) {
+	// A stream on another replica (its presence key) is as open as one here.
+	present, err := s.presence()
+	if err != nil {
+		return false, err
+	}
 	err = s.cfg.Store.Update(func(tx *store.Txn) error {
 		rec, err := tx.Get(store.TableProxies, id)
 		if err != nil {
@@ -88,7 +93,7 @@ func (s *Server) ForgetInstance(id string, force bool) (wasConnected bool, err e
 			return fmt.Errorf("%w: instance %s: its revocation is kept on its record, which is therefore never forgotten", ErrRevokedRecord, id)
 		}
 		s.mu.Lock()
-		_, wasConnected = s.active[id]
+		wasConnected = s.connectedLocked(rec.(*store.Proxy), present)
 		s.mu.Unlock()
 		if wasConnected && !force {
 			return fmt.Errorf("%w: instance %s has an open stream; --force forgets it anyway and ends the stream (a live proxy registers again)", ErrConnected, id)
