@@ -60,6 +60,10 @@ type ReplicaInfo struct {
 	Version string `json:"version"`
 	// Schema is the newest store schema this replica reads and writes.
 	Schema int `json:"schema"`
+	// CacheLagSeconds and At: how far its cache trailed the store when it
+	// last announced itself, and when (re-announced every few seconds).
+	CacheLagSeconds float64   `json:"cache_lag_seconds,omitempty"`
+	At              time.Time `json:"at,omitzero"`
 }
 
 // Version is meshd's version, announced by every replica (set by main).
@@ -84,7 +88,7 @@ func (s *Server) ownCA(stored *certs.CA) (*certs.CA, error) {
 	if !s.perReplicaCA() {
 		return stored, nil
 	}
-	info, err := json.Marshal(ReplicaInfo{Version: Version, Schema: store.SchemaVersion})
+	info, err := json.Marshal(s.replicaInfo())
 	if err != nil {
 		return nil, err
 	}

@@ -142,6 +142,7 @@ type Server struct {
 	ca        caHolder
 	caKey     *CAKey       // nil: the CA state is stored in clear
 	rotateMu  sync.Mutex   // serializes CA changes
+	announced time.Time    // when this replica last announced itself (replicastatus.go)
 	rep       replicaState // etcd: the stored CA (each replica signs with its own intermediate; replicaca.go)
 	authority *identity.Authority
 	serving   *certs.SVIDSource
@@ -223,7 +224,7 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
-	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, TrustDomain: s.td, CAPin: s.ca.RootPin, Push: s.push, CA: s, OnChange: s.push.Trigger, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
+	adminSrv, err := admin.New(admin.Config{Store: s.store, Authority: s.authority, TrustDomain: s.td, CAPin: s.ca.RootPin, Push: s.push, CA: s, OnChange: s.push.Trigger, Replicas: s.replicasFunc(), Clock: cfg.Clock, Logger: cfg.Logger.With("component", "admin"), Registerer: cfg.Registry})
 	if err != nil {
 		return err
 	}
@@ -489,6 +490,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
 		case <-caTick.C:
+			s.announce() // its cache lag and a heartbeat in replicas/NAME
 			if err := s.refreshCA(); err != nil { // every replica: its own intermediate, a changed stored CA
 				s.cfg.Logger.Error("could not refresh this replica's certificate authority", "error", err)
 			}
