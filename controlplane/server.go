@@ -490,7 +490,8 @@ func (s *Server) Run(ctx context.Context) error {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
 		case <-caTick.C:
-			s.announce() // its cache lag and a heartbeat in replicas/NAME
+			// Its cache lag and a heartbeat in replicas/NAME.
+			s.announce()
 			if err := s.refreshCA(); err != nil { // every replica: its own intermediate, a changed stored CA
 				s.cfg.Logger.Error("could not refresh this replica's certificate authority", "error", err)
 			}
