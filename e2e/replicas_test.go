@@ -684,4 +684,3 @@ func (r *etcdRelay) cut(down bool) {
 		r.conns = map[net.Conn]bool{}
 	}
 }
-
