@@ -27,6 +27,7 @@ step() { # name command...
 step "rotation under load (all three root phases)" go test -count=1 -timeout 30m -run 'TestRootRotationUnderLoad|TestRotationDropsNoRequest' ./e2e
 step "meshd down 10 minutes under traffic" go test -count=1 -timeout 30m -run TestMeshdOutageUnderTraffic ./e2e
 step "meshd restarted 40 times under traffic (discovery only)" go test -count=1 -timeout 30m -run TestMeshdRestartsCostNoRequest ./e2e
+step "three meshd replicas: leader killed, rolled, rotation across a kill (x5)" go test -count=5 -timeout 30m -run 'TestLeaderKilledLosesNothing|TestRollingRestartOfReplicas|TestRotationSurvivesLeaderKill' ./e2e
 step "SIGKILL of meshd in a loop of writes" go test -count=3 -timeout 30m -run TestSIGKILLLosesNoAcknowledgedApply ./controlplane
 step "identity matrix at a proxy and at meshd" go test -count=1 -timeout 10m -run TestIdentityMatrix ./e2e
 step "revocation, denial, stale proxies" go test -count=1 -timeout 10m -run 'TestRevokeAndDeny|TestStaleProxiesAreForgotten' ./e2e
