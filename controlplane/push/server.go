@@ -92,6 +92,10 @@ type Server struct {
 	// revision is the store revision the current snapshots were computed
 	// at (read before them: they hold every change up to it).
 	revision uint64
+	// cacheRev is the store cache's revision (store.CacheRevision, etcd:
+	// every replica's commits, a proxy registering elsewhere too) when the
+	// current snapshots were computed.
+	cacheRev int64
 	// ended: on the leader, the streams seen ended without a disconnect
 	// written (record connected, no presence, no local stream), with when
 	// that was first seen (noticeEnded).
@@ -305,9 +309,13 @@ func (s *Server) Run(ctx context.Context) error {
 			// Another replica's commits (etcd) reach this one's cache by
 			// its watch, not by Trigger: a cache newer than the snapshots
 			// is a change like any other.
+			// Revision moves only with configuration writes; the cache's
+			// revision also with proxy records (a proxy registered on
+			// another replica is a new member of a group).
 			rev, err := s.cfg.Store.Revision()
+			crev := s.cfg.Store.CacheRevision()
 			s.mu.Lock()
-			behind := err == nil && rev != s.revision
+			behind := err == nil && (rev != s.revision || crev != s.cacheRev)
 			s.mu.Unlock()
 			if !behind {
 				continue
@@ -353,6 +361,7 @@ func (s *Server) recompute() error {
 	if err != nil {
 		return err
 	}
+	crev := s.cfg.Store.CacheRevision()
 	live := s.liveness()
 	err = s.cfg.Store.View(func(r *store.Reader) error {
 		var err error
@@ -383,6 +392,7 @@ func (s *Server) recompute() error {
 	defer s.mu.Unlock()
 	s.current, s.members = current, c.members
 	s.revision = rev
+	s.cacheRev = crev
 	s.graceNext = c.graceNext
 	for id, sess := range s.active {
 		var why string

@@ -37,3 +37,15 @@ func (s *Store) CacheLag() time.Duration {
 	}
 	return time.Duration(b.lagSeconds() * float64(time.Second))
 }
+
+// CacheRevision is the etcd revision of the newest commit this replica's
+// cache holds: it moves with every write of any replica (Revision moves
+// only with those that bump it). 0 on bbolt, whose one process sees its
+// own writes.
+func (s *Store) CacheRevision() int64 {
+	b, ok := s.be.(*etcdBackend)
+	if !ok {
+		return 0
+	}
+	return b.appliedRev()
+}

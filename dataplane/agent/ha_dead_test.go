@@ -143,6 +143,7 @@ func TestDeadReplicasProxiesLeaveAfterTheGrace(t *testing.T) {
 	}
 	b := controlplanetest.Start(t, cfg(e.Endpoints[0], "b"))
 	a := controlplanetest.Start(t, cfg(relay.l.Addr().String(), "a"))
+	t.Cleanup(func() { relay.cut(false) }) // before a stops: it stops quickly with etcd
 
 	// api on a only; its state dir is kept for its restart against b.
 	tok := a.Token(t, "default", "api", 1)
@@ -231,5 +232,4 @@ func TestDeadReplicasProxiesLeaveAfterTheGrace(t *testing.T) {
 	if c, _ := listedConnected(t, b, api.InstanceID()); !c {
 		t.Fatal("api listed disconnected through b after it reconnected there")
 	}
-	relay.cut(false) // a stops quickly at cleanup
 }
