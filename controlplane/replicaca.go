@@ -16,6 +16,7 @@ import (
 	"minimesh/certs"
 	"minimesh/controlplane/authn"
 	"minimesh/controlplane/store"
+	"minimesh/internal/version"
 )
 
 // One intermediate per replica (etcd stores).
@@ -66,8 +67,10 @@ type ReplicaInfo struct {
 	At              time.Time `json:"at,omitzero"`
 }
 
-// Version is meshd's version, announced by every replica (set by main).
-var Version = "dev"
+// Version is meshd's version, announced by every replica: the build's
+// (internal/version, set by the linker), so replicas of versions N and N+1
+// can be told apart during a rolling upgrade.
+var Version = version.Version
 
 func (s *Server) perReplicaCA() bool { return s.cfg.Etcd != nil }
 
