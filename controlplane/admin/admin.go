@@ -102,6 +102,12 @@ func storeStatus(err error) error {
 	if errors.Is(err, store.ErrUnavailable) {
 		return status.Errorf(codes.Unavailable, "%v; meshd writes nothing until etcd is back: try again", err)
 	}
+	if errors.Is(err, store.ErrNotLeader) {
+		// Only the leader changes what is one for the mesh (the CA's
+		// phase): the operator asked a follower, which is not an error
+		// of meshd's.
+		return status.Errorf(codes.FailedPrecondition, "%v: only the leader does this; `meshctl check` names the leader: point --server at it and try again", err)
+	}
 	return status.Error(codes.Internal, err.Error())
 }
 
