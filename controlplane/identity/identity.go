@@ -491,7 +491,7 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 	if a.queue.pending() {
 		err = store.ErrUnavailable
 	} else {
-		err = a.cfg.Store.Update(func(tx *store.Txn) error {
+		err = a.cfg.Store.UpdateWithin(RecordWait, func(tx *store.Txn) error {
 			// A revocation committed since the check above still wins.
 			if err := checkAllowed(&tx.Reader, caller, bound, serial); err != nil {
 				return err

@@ -19,6 +19,11 @@ const (
 	// DefaultFlushEvery is how often the queue is written when etcd is
 	// back (it is drained without pause once a write succeeds).
 	DefaultFlushEvery = time.Second
+	// RecordWait bounds how long a Renew waits to record its certificate
+	// (this replica's other writes, then etcd) before it queues the record
+	// instead: well inside a proxy's call timeout (10 s) and half of a
+	// short SVID's life, where etcd's RequestTimeout (10 s) is neither.
+	RecordWait = 2 * time.Second
 )
 
 // renewRecord is what a Renew writes: its certificate record, and the

@@ -1,6 +1,7 @@
 package onetcd_test
 
 import (
+	"context"
 	"io"
 	"net"
 	"strings"
@@ -199,5 +200,50 @@ func TestRenewWhileEtcdIsDown(t *testing.T) {
 	// Writes work again.
 	if _, err := op.Apply(ctx(t), &meshv1.ApplyRequest{Resources: []*meshv1.Resource{serviceResource("web")}}); err != nil {
 		t.Fatalf("Apply after etcd came back: %v", err)
+	}
+}
+
+// TestRenewAnswersWithinACallWhileEtcdIsDown: with etcd's RequestTimeout
+// far longer than a proxy's call timeout (10 s, the agent's default), a
+// Renew while etcd is unreachable still answers within that call: its
+// record write gives up after identity.RecordWait and is queued. Before,
+// the first Renew on each replica waited for the whole RequestTimeout (and
+// behind the replica's other writes), so the proxy's call timed out while
+// meshd went on to issue an SVID nobody received.
+func TestRenewAnswersWithinACallWhileEtcdIsDown(t *testing.T) {
+	ec := testEtcd(t)
+	rl := newRelay(t, etcdSrv.Endpoints[0])
+	ec.Endpoints = []string{"http://" + rl.l.Addr().String()}
+	ec.RequestTimeout = 2 * time.Minute
+	ec.DialTimeout = 2 * time.Second
+	keyFile, _ := writeCAKey(t)
+	m := controlplanetest.Start(t, controlplane.Config{Etcd: ec, CAKeyFile: keyFile})
+	svid := bootstrap(t, m, "default", "web")
+	ids := meshv1.NewIdentityServiceClient(m.DialAs(t, svid))
+
+	rl.cut(true)
+	t.Cleanup(func() { rl.cut(false) }) // so meshd's shutdown does not wait on etcd
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := certs.NewCSR(key, svid.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call, cancel := context.WithTimeout(context.Background(), 10*time.Second) // the agent's CallTimeout
+	defer cancel()
+	start := time.Now()
+	resp, err := ids.Renew(call, &meshv1.RenewRequest{Csr: csr})
+	if err != nil {
+		t.Fatalf("Renew with etcd unreachable (RequestTimeout %s), within a proxy's 10 s call: %v", ec.RequestTimeout, err)
+	}
+	t.Logf("Renew answered in %s with etcd unreachable", time.Since(start).Round(time.Millisecond))
+	chain, err := certs.ParseCertsDER(resp.GetSvid().GetCertChain())
+	if err != nil || serial(chain[0]) == serial(svid.Certificates[0]) {
+		t.Fatalf("renewed chain: %v", err)
+	}
+	if q := gauge(t, m, "minimesh_meshd_renew_records_queued"); q < 1 {
+		t.Fatalf("minimesh_meshd_renew_records_queued = %v after a Renew with etcd down", q)
 	}
 }

@@ -223,7 +223,7 @@ func (b *boltBackend) presenceAll(context.Context) (map[string]string, error) {
 // writers); its writes go to bbolt, committed and fsynced, then memdb
 // commits. A failed bbolt commit aborts memdb, so memdb never shows an
 // unacknowledged write. There is one process, always the leader.
-func (b *boltBackend) update(s *Store, fn func(tx *Txn) error, _ bool) error {
+func (b *boltBackend) update(s *Store, fn func(tx *Txn) error, _ bool, _ time.Duration) error {
 	mtx := s.mem.Txn(true)
 	defer mtx.Abort()
 	// No cap on bbolt: a file takes any transaction (a legacy token's

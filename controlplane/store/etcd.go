@@ -82,7 +82,7 @@ type etcdBackend struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	updMu sync.Mutex // one local Update at a time (they would conflict anyway)
+	updSem chan struct{} // one local Update at a time (they would conflict anyway); a channel so the wait can be bounded
 
 	mu       sync.Mutex
 	applied  int64         // the revision key's mod revision the cache reflects
@@ -141,7 +141,7 @@ func openEtcd(cfg Config) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &etcdBackend{cli: cli, cfg: ec, p: ec.Prefix, log: cfg.Logger, ctx: ctx, cancel: cancel,
-		notify: make(chan struct{}), presence: map[string]bool{}}
+		notify: make(chan struct{}), presence: map[string]bool{}, updSem: make(chan struct{}, 1)}
 	s := &Store{be: b, log: cfg.Logger}
 	b.s = s
 	fail := func(err error) (*Store, error) {
@@ -465,9 +465,24 @@ func (b *etcdBackend) probeLoop() {
 // the leader's election key for UpdateAsLeader). On success it waits for
 // the watch to bring the commit into the cache; on a conflict it waits for
 // the cache to reach the newer revision and runs fn again.
-func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) error {
-	b.updMu.Lock()
-	defer b.updMu.Unlock()
+func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool, within time.Duration) error {
+	// One deadline for the whole Update: waiting behind this replica's
+	// other writes (each bounded so too) and every etcd request, so a
+	// caller hears ErrUnavailable within RequestTimeout (or within),
+	// however many writes queue while etcd is unreachable.
+	reqTimeout := b.cfg.RequestTimeout
+	if within > 0 {
+		reqTimeout = min(within, reqTimeout)
+	}
+	uctx, ucancel := context.WithTimeout(b.ctx, reqTimeout)
+	defer ucancel()
+	select {
+	case b.updSem <- struct{}{}:
+	case <-uctx.Done():
+		return fmt.Errorf("%w: this replica's other writes to etcd did not end within %s", ErrUnavailable, reqTimeout)
+	}
+	defer func() { <-b.updSem }()
+	reqCtx := func() (context.Context, context.CancelFunc) { return context.WithCancel(uctx) }
 	for attempt := 0; ; attempt++ {
 		if attempt >= maxConflicts {
 			return fmt.Errorf("store: etcd: gave up after %d conflicting writes", attempt)
@@ -489,7 +504,7 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 			// A refusal decided on a stale cache (a token another replica
 			// just made, a record just written) is decided again on a
 			// fresh one: one linearizable read of the revision key.
-			if b.behind(cs.CommitRev) {
+			if b.behind(uctx, cs.CommitRev) {
 				continue
 			}
 			return err
@@ -515,14 +530,14 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 			}
 		}
 		ops = append(ops, clientv3.OpPut(b.commitKey(), b.cfg.Replica))
-		ctx, cancel := b.reqCtx()
+		ctx, cancel := reqCtx()
 		resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 		cancel()
 		if err != nil {
 			return etcdErr("commit", err)
 		}
 		if resp.Succeeded {
-			wctx, cancel := b.reqCtx()
+			wctx, cancel := reqCtx()
 			err := b.waitApplied(wctx, resp.Header.Revision)
 			cancel()
 			if err != nil {
@@ -543,7 +558,7 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
 			cur = kvs[0].ModRevision
 		}
-		wctx, cancel := b.reqCtx()
+		wctx, cancel := reqCtx()
 		err = b.waitApplied(wctx, cur)
 		cancel()
 		if err != nil {
@@ -554,8 +569,8 @@ func (b *etcdBackend) update(s *Store, fn func(tx *Txn) error, leader bool) erro
 
 // behind reports whether etcd has store writes past rev, and then waits
 // (bounded) for the cache to take them in.
-func (b *etcdBackend) behind(rev int64) bool {
-	ctx, cancel := context.WithTimeout(b.ctx, min(syncWait, b.cfg.RequestTimeout))
+func (b *etcdBackend) behind(ctx context.Context, rev int64) bool {
+	ctx, cancel := context.WithTimeout(ctx, min(syncWait, b.cfg.RequestTimeout))
 	defer cancel()
 	resp, err := b.cli.Get(ctx, b.commitKey())
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision <= rev {

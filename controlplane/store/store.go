@@ -53,7 +53,9 @@ type Config struct {
 // (memdb); a backend loads it at open and commits what an Update wrote.
 type backend interface {
 	// update runs one Update; see boltBackend.update and etcdBackend.update.
-	update(s *Store, fn func(tx *Txn) error, leader bool) error
+	// within, when positive, bounds the wait for the local write lock
+	// and every etcd request (else each request gets RequestTimeout).
+	update(s *Store, fn func(tx *Txn) error, leader bool, within time.Duration) error
 	// sync waits until the cache holds every write committed before it was
 	// called (a no-op on bbolt, where the cache is the only writer's).
 	sync(ctx context.Context) error
@@ -161,14 +163,24 @@ func (s *Store) Close() error { return s.be.close() }
 // replica makes it run again on the newer state): it must act only through
 // tx, with no signing, logging, channel sends or writes to anything but tx
 // and variables it resets at its start.
-func (s *Store) Update(fn func(tx *Txn) error) error { return s.be.update(s, fn, false) }
+func (s *Store) Update(fn func(tx *Txn) error) error { return s.be.update(s, fn, false, 0) }
+
+// UpdateWithin is Update that gives up after about d on etcd: waiting for
+// this replica's other writes and each etcd request are bounded by d, and
+// running out is ErrUnavailable. It is for a caller that has something
+// better to do than wait for etcd's whole RequestTimeout (Renew queues its
+// record). The write may still commit after it gave up. On bbolt it is
+// Update.
+func (s *Store) UpdateWithin(d time.Duration, fn func(tx *Txn) error) error {
+	return s.be.update(s, fn, false, d)
+}
 
 // UpdateAsLeader is Update for the singletons (rotation phases, operator
 // credential re-issue, forgetting and pruning records): it fails with
 // ErrNotLeader unless this replica is the leader, and on etcd the commit
 // also compares the leader's election key, so a replica that lost the
 // leadership while paused cannot commit.
-func (s *Store) UpdateAsLeader(fn func(tx *Txn) error) error { return s.be.update(s, fn, true) }
+func (s *Store) UpdateAsLeader(fn func(tx *Txn) error) error { return s.be.update(s, fn, true, 0) }
 
 // Sync waits (at most until ctx ends) until the cache holds every write
 // committed before the call: reads after it are linearizable. On bbolt it
