@@ -175,7 +175,7 @@ func (s *Server) refreshCA() error {
 func (s *Server) adoptLocked(stored *certs.CA, changed bool) error {
 	cur := s.ca.get()
 	next, same := stored.WithIntermediateOf(cur)
-	reissue := !same || cur.IntermediateNeedsRotation()
+	reissue := !same || cur.IntermediateNeedsRotation() || s.retiredByOther(cur)
 	if !changed && !reissue {
 		return nil
 	}
@@ -216,6 +216,27 @@ func (s *Server) adoptLocked(stored *certs.CA, changed bool) error {
 		}
 	}
 	return nil
+}
+
+// retiredByOther reports whether ca's intermediate, still this replica's,
+// is recorded as retired: the leader retires the intermediates of replicas
+// whose replicas/NAME key it does not see, which a live replica that lost
+// its etcd session (etcd unreachable longer than the lease) has not
+// re-announced yet. Its serial is revoked an SVID lifetime later, so this
+// replica must sign with a new one at once.
+func (s *Server) retiredByOther(ca *certs.CA) bool {
+	serial := authn.Serial(ca.Intermediate())
+	retired := false
+	_ = s.store.View(func(r *store.Reader) error {
+		if rec, err := r.Get(store.TableIntermediates, serial); err == nil {
+			retired = !rec.(*store.Intermediate).RetiredAt.IsZero()
+		}
+		return nil
+	})
+	if retired {
+		s.cfg.Logger.Warn("this replica's intermediate was retired by the leader (this replica was not seen live); signing with a new one", "replica", s.store.Replica(), "serial", serial)
+	}
+	return retired
 }
 
 // retireOwn retires this replica's intermediate at shutdown.

@@ -959,7 +959,18 @@ func (s *Server) flushChunk(ups []ackUpdate) {
 		return nil
 	})
 	if err != nil {
-		s.cfg.Logger.Warn("could not persist ACK state", "error", err)
+		// Written at the next flush instead (etcd unreachable, say): a
+		// dropped chunk left the records without an ACK that may never
+		// come again, and every other replica said STALE from them.
+		s.mu.Lock()
+		for _, u := range ups {
+			if _, ok := s.status[u.id]; ok {
+				s.dirty[u.id] = true
+			}
+		}
+		n := len(s.dirty)
+		s.mu.Unlock()
+		s.cfg.Logger.Warn("could not persist ACK state; retrying at the next flush", "error", err, "pending", n)
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -135,6 +137,14 @@ func openEtcd(cfg Config) (*Store, error) {
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
 		Logger:               zap.NewNop(),
+		// gRPC's reconnect backoff grows to 120 s: after an outage of
+		// tens of seconds a replica would stay cut off (no session, no
+		// presence, no writes) for as long again. Retry at least every
+		// second: one connection attempt per second per replica.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: ec.DialTimeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd %v: %w", ec.Endpoints, err)
@@ -699,7 +709,7 @@ func (b *etcdBackend) sessionLoop() {
 				return
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			backoff = min(backoff*2, time.Second)
 		}
 	}
 }
