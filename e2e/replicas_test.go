@@ -693,14 +693,6 @@ func (r *etcdRelay) cut(down bool) {
 // Unavailable naming etcd, and when etcd returns everything recovers by
 // itself (writes succeed, both proxies SYNCED).
 func TestEtcdDownForTwoSVIDLifetimes(t *testing.T) {
-	if os.Getenv("MINIMESH_HA_ETCD_DOWN") == "" {
-		// Fails at 1d76c51+: with all three replicas cut off from etcd for
-		// 20 s (10 s SVIDs), web's SVID was not renewed (it expired during
-		// the cut, same serial as before it), and 30 s after etcd returned
-		// api's proxy was still STALE (acked "" of the current version,
-		// revision 1). Run it with MINIMESH_HA_ETCD_DOWN=1.
-		t.Skip("needs Renew while etcd is down to work across three replicas (SVID not renewed during the cut; api STALE after etcd returns); MINIMESH_HA_ETCD_DOWN=1 runs it")
-	}
 	svid := 10 * time.Second
 	if soak {
 		svid = 60 * time.Second
