@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -43,7 +42,7 @@ const haPrefix = "/ha/"
 type haMesh struct {
 	t       *testing.T
 	etcd    *storetest.Etcd
-	relay   *etcdRelay
+	relay   *storetest.Relay
 	cli     *clientv3.Client
 	bin     string
 	keyFile string
@@ -70,7 +69,7 @@ func (r *replicaProc) start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.cmd = exec.Command(r.bin, "--data-dir", r.dir, "--listen", r.addr, "--store", "etcd://"+r.m.relay.addr(),
+	r.cmd = exec.Command(r.bin, "--data-dir", r.dir, "--listen", r.addr, "--store", "etcd://"+r.m.relay.Addr(),
 		"--etcd-prefix", haPrefix, "--ca-key-file", r.m.keyFile, "--lease-ttl", "2s", "--svid-ttl", r.m.svidTTL.String(),
 		"--log-level", "warn")
 	if os.Getenv("MINIMESH_TEST_LOG") != "" {
@@ -121,7 +120,7 @@ func startHAMesh(t *testing.T, svidTTL time.Duration) *haMesh {
 	}
 	t.Cleanup(e.Stop)
 	m.etcd = e
-	m.relay = newEtcdRelay(t, strings.TrimPrefix(e.Endpoints[0], "http://"))
+	m.relay = storetest.NewRelay(t, strings.TrimPrefix(e.Endpoints[0], "http://"))
 	if m.cli, err = e.Client(); err != nil {
 		t.Fatal(err)
 	}
@@ -631,62 +630,6 @@ func TestRotationSurvivesLeaderKill(t *testing.T) {
 		phase, completed.Round(time.Millisecond), phases, n, applied)
 }
 
-// etcdRelay is a TCP relay in front of etcd the test can cut: while cut,
-// open connections are closed and new ones refused (etcd is down, as far
-// as meshd can tell).
-type etcdRelay struct {
-	l     net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func newEtcdRelay(t *testing.T, target string) *etcdRelay {
-	l := listen(t)
-	r := &etcdRelay{l: l, conns: map[net.Conn]bool{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); r.cut(true); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			r.mu.Lock()
-			if r.down {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.DialTimeout("tcp", target, 5*time.Second)
-			if err != nil {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			r.conns[c], r.conns[up] = true, true
-			r.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(up, c); up.Close(); c.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, up); up.Close(); c.Close() })
-		}
-	})
-	return r
-}
-
-func (r *etcdRelay) addr() string { return r.l.Addr().String() }
-
-func (r *etcdRelay) cut(down bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.down = down
-	if down {
-		for c := range r.conns {
-			c.Close()
-		}
-		r.conns = map[net.Conn]bool{}
-	}
-}
-
 // TestEtcdDownForTwoSVIDLifetimes: etcd is cut off from all three replicas
 // for twice the SVID lifetime while web calls api: no request fails (the
 // proxies renew on the replicas' caches), writes are refused with
@@ -713,7 +656,7 @@ func TestEtcdDownForTwoSVIDLifetimes(t *testing.T) {
 	webSerial := tr.web.Agent.SVIDSource().Current().Certificates[0].SerialNumber.Text(16)
 
 	down := time.Now()
-	m.relay.cut(true)
+	m.relay.Cut(true)
 	// Writes are refused, naming etcd.
 	var refusal error
 	eventually(t, 30*time.Second, "an Apply refused naming etcd", func() error {
@@ -746,7 +689,7 @@ spec:
 		t.Errorf("CreateJoinToken with etcd down: %v, want Unavailable naming etcd", tokErr)
 	}
 	time.Sleep(time.Until(down.Add(2 * svid)))
-	m.relay.cut(false)
+	m.relay.Cut(false)
 	outage := time.Since(down)
 	cur := tr.web.Agent.SVIDSource().Current().Certificates[0]
 	if cur.SerialNumber.Text(16) == webSerial || time.Now().After(cur.NotAfter) {

@@ -2,10 +2,7 @@ package onetcd_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,66 +13,9 @@ import (
 	"minimesh/certs"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
+	"minimesh/controlplane/store/storetest"
 	meshv1 "minimesh/proto/mesh/v1"
 )
-
-// relay is a TCP relay to etcd the test can cut: while cut, open
-// connections are closed and new ones refused (as storetest's).
-type relay struct {
-	l     net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func newRelay(t *testing.T, target string) *relay {
-	t.Helper()
-	target = strings.TrimPrefix(target, "http://")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{l: l, conns: map[net.Conn]bool{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); r.cut(true); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			r.mu.Lock()
-			if r.down {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.DialTimeout("tcp", target, 5*time.Second)
-			if err != nil {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			r.conns[c], r.conns[up] = true, true
-			r.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(up, c); up.Close(); c.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, up); up.Close(); c.Close() })
-		}
-	})
-	return r
-}
-
-func (r *relay) cut(down bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.down = down
-	if down {
-		for c := range r.conns {
-			c.Close()
-		}
-		r.conns = map[net.Conn]bool{}
-	}
-}
 
 func gauge(t *testing.T, m *controlplanetest.Meshd, name string) float64 {
 	t.Helper()
@@ -107,8 +47,8 @@ func wantEtcdUnavailable(t *testing.T, what string, err error) {
 // written and the queue is empty.
 func TestRenewWhileEtcdIsDown(t *testing.T) {
 	ec := testEtcd(t)
-	rl := newRelay(t, etcdSrv.Endpoints[0])
-	ec.Endpoints = []string{"http://" + rl.l.Addr().String()}
+	rl := storetest.NewRelay(t, etcdSrv.Endpoints[0])
+	ec.Endpoints = []string{"http://" + rl.Addr()}
 	ec.RequestTimeout = time.Second
 	ec.DialTimeout = 2 * time.Second
 	keyFile, _ := writeCAKey(t)
@@ -119,7 +59,7 @@ func TestRenewWhileEtcdIsDown(t *testing.T) {
 	ids := meshv1.NewIdentityServiceClient(m.DialAs(t, svid))
 	anon := meshv1.NewIdentityServiceClient(m.DialAnonymous(t))
 
-	rl.cut(true)
+	rl.Cut(true)
 	start := time.Now()
 	key, err := certs.GenerateKey()
 	if err != nil {
@@ -182,7 +122,7 @@ func TestRenewWhileEtcdIsDown(t *testing.T) {
 		t.Fatalf("admin refusals counted as Unavailable: %v, want at least 3", n)
 	}
 
-	rl.cut(false)
+	rl.Cut(false)
 	back := time.Now()
 	eventually(t, "the queued renewal records are written to etcd", func() bool {
 		list, err := op.ListCertificates(ctx(t), &meshv1.ListCertificatesRequest{})
@@ -212,8 +152,8 @@ func TestRenewWhileEtcdIsDown(t *testing.T) {
 // meshd went on to issue an SVID nobody received.
 func TestRenewAnswersWithinACallWhileEtcdIsDown(t *testing.T) {
 	ec := testEtcd(t)
-	rl := newRelay(t, etcdSrv.Endpoints[0])
-	ec.Endpoints = []string{"http://" + rl.l.Addr().String()}
+	rl := storetest.NewRelay(t, etcdSrv.Endpoints[0])
+	ec.Endpoints = []string{"http://" + rl.Addr()}
 	ec.RequestTimeout = 2 * time.Minute
 	ec.DialTimeout = 2 * time.Second
 	keyFile, _ := writeCAKey(t)
@@ -221,8 +161,8 @@ func TestRenewAnswersWithinACallWhileEtcdIsDown(t *testing.T) {
 	svid := bootstrap(t, m, "default", "web")
 	ids := meshv1.NewIdentityServiceClient(m.DialAs(t, svid))
 
-	rl.cut(true)
-	t.Cleanup(func() { rl.cut(false) }) // so meshd's shutdown does not wait on etcd
+	rl.Cut(true)
+	t.Cleanup(func() { rl.Cut(false) }) // so meshd's shutdown does not wait on etcd
 	key, err := certs.GenerateKey()
 	if err != nil {
 		t.Fatal(err)

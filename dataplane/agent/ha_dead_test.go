@@ -3,9 +3,6 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,67 +10,10 @@ import (
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/controlplane/store"
+	"minimesh/controlplane/store/storetest"
 	"minimesh/dataplane/agent"
 	meshv1 "minimesh/proto/mesh/v1"
 )
-
-// etcdRelay is a TCP relay in front of etcd that can be cut: the replica
-// behind it loses etcd (its lease, its presence keys) as a killed one does.
-type etcdRelay struct {
-	l     net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func newEtcdRelay(t *testing.T, target string) *etcdRelay {
-	t.Helper()
-	target = strings.TrimPrefix(target, "http://")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &etcdRelay{l: l, conns: map[net.Conn]bool{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); r.cut(true); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			r.mu.Lock()
-			if r.down {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.DialTimeout("tcp", target, 5*time.Second)
-			if err != nil {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			r.conns[c], r.conns[up] = true, true
-			r.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(up, c); up.Close(); c.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, up); up.Close(); c.Close() })
-		}
-	})
-	return r
-}
-
-func (r *etcdRelay) cut(down bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.down = down
-	if down {
-		for c := range r.conns {
-			c.Close()
-		}
-		r.conns = map[net.Conn]bool{}
-	}
-}
 
 // endpointLog records, for each snapshot a caller applied, when and
 // whether it held the callee's endpoint.
@@ -136,14 +76,14 @@ func TestDeadReplicasProxiesLeaveAfterTheGrace(t *testing.T) {
 	keyFile := caKeyFile(t)
 	prefix := "/ha-dead/"
 	const grace = 4 * time.Second
-	relay := newEtcdRelay(t, e.Endpoints[0])
+	relay := storetest.NewRelay(t, e.Endpoints[0])
 	cfg := func(ep, name string) controlplane.Config {
 		return controlplane.Config{Etcd: &store.EtcdConfig{Endpoints: []string{ep}, Prefix: prefix, Replica: name, SessionTTL: 2, RequestTimeout: 2 * time.Second},
 			CAKeyFile: keyFile, EndpointGrace: grace}
 	}
 	b := controlplanetest.Start(t, cfg(e.Endpoints[0], "b"))
-	a := controlplanetest.Start(t, cfg(relay.l.Addr().String(), "a"))
-	t.Cleanup(func() { relay.cut(false) }) // before a stops: it stops quickly with etcd
+	a := controlplanetest.Start(t, cfg(relay.Addr(), "a"))
+	t.Cleanup(func() { relay.Cut(false) }) // before a stops: it stops quickly with etcd
 
 	// api on a only; its state dir is kept for its restart against b.
 	tok := a.Token(t, "default", "api", 1)
@@ -181,7 +121,7 @@ func TestDeadReplicasProxiesLeaveAfterTheGrace(t *testing.T) {
 	}
 
 	cut := time.Now()
-	relay.cut(true)
+	relay.Cut(true)
 	eventually(t, "api DISCONNECTED through b once a's lease expired", func() bool {
 		ps := statusVia(t, b, api.InstanceID())
 		return ps != nil && ps.GetState() == meshv1.SyncState_SYNC_STATE_DISCONNECTED && !ps.GetProxy().GetConnected()

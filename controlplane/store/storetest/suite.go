@@ -640,9 +640,9 @@ func WatchResumesAfterCompaction(t *testing.T, e *Env) {
 	if e.Etcd == nil {
 		t.Skip("bbolt has no watch")
 	}
-	relay := newRelay(t, e.Etcd.Endpoints[0])
+	relay := NewRelay(t, e.Etcd.Endpoints[0])
 	a := e.Open(t)
-	b := e.OpenVia(t, "http://"+relay.addr())
+	b := e.OpenVia(t, "http://"+relay.Addr())
 	put := func(n string) {
 		if err := a.Update(func(tx *store.Txn) error {
 			if _, err := tx.Bump(); err != nil {
@@ -655,7 +655,7 @@ func WatchResumesAfterCompaction(t *testing.T, e *Env) {
 	}
 	put("before")
 	sync5(t, b)
-	relay.cut(true) // b's watch hears nothing from here
+	relay.Cut(true) // b's watch hears nothing from here
 	for i := range 5 {
 		put("during-" + strconv.Itoa(i))
 	}
@@ -674,7 +674,7 @@ func WatchResumesAfterCompaction(t *testing.T, e *Env) {
 		t.Fatal(err)
 	}
 	reloads := b.CacheReloads()
-	relay.cut(false)
+	relay.Cut(false)
 	if n := count(t, b, store.TableDenials); n != 6 {
 		t.Fatalf("after the compaction the cut-off replica has %d records, want 6", n)
 	}
@@ -686,16 +686,19 @@ func WatchResumesAfterCompaction(t *testing.T, e *Env) {
 	}
 }
 
-// relay is a TCP relay the test can cut: while cut, open connections are
-// closed and new ones refused.
-type relay struct {
+// Relay is a TCP relay in front of etcd (or any TCP server) that a test
+// can cut: while cut, open connections are closed and new ones refused.
+// It is how tests make etcd unreachable for one meshd or store.
+type Relay struct {
 	l     net.Listener
 	mu    sync.Mutex
 	down  bool
 	conns map[net.Conn]bool
 }
 
-func newRelay(t *testing.T, target string) *relay {
+// NewRelay relays 127.0.0.1:0 to target (host:port, or an http:// URL as
+// etcd lists its endpoints); it stops with the test.
+func NewRelay(t testing.TB, target string) *Relay {
 	u := target
 	if i := len("http://"); len(u) > i && u[:i] == "http://" {
 		u = u[i:]
@@ -704,9 +707,9 @@ func newRelay(t *testing.T, target string) *relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &relay{l: l, conns: map[net.Conn]bool{}}
+	r := &Relay{l: l, conns: map[net.Conn]bool{}}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); r.cut(true); wg.Wait() })
+	t.Cleanup(func() { l.Close(); r.Cut(true); wg.Wait() })
 	wg.Go(func() {
 		for {
 			c, err := l.Accept()
@@ -734,9 +737,11 @@ func newRelay(t *testing.T, target string) *relay {
 	return r
 }
 
-func (r *relay) addr() string { return r.l.Addr().String() }
+// Addr is the relay's own address.
+func (r *Relay) Addr() string { return r.l.Addr().String() }
 
-func (r *relay) cut(down bool) {
+// Cut cuts the relay (down) or lets connections through again.
+func (r *Relay) Cut(down bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.down = down
