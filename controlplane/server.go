@@ -481,7 +481,18 @@ func (s *Server) Run(ctx context.Context) error {
 	leadCtx, stopLead := context.WithCancel(context.Background())
 	leadDone := make(chan struct{})
 	go func() { defer close(leadDone); _ = s.store.Campaign(leadCtx) }()
-	defer func() { stopLead(); <-leadDone }()
+	defer func() {
+		stopLead()
+		// etcd's Election.Campaign, cancelled, resigns with its client's
+		// own context: with etcd unreachable that waits until the store
+		// closes (deferred above), so meshd would never exit. Wait a
+		// little, then let close end it.
+		select {
+		case <-leadDone:
+		case <-time.After(2 * time.Second):
+			s.cfg.Logger.Warn("leader election did not end (etcd unreachable?); closing the store ends it")
+		}
+	}()
 
 	rotate := time.NewTimer(s.servingRefreshIn())
 	defer rotate.Stop()
