@@ -36,35 +36,11 @@ WEB_TO_API=127.0.0.1:$((BASE + 201))
 
 pids=()
 declare -A meshd_pid
-cleanup() {
-	trap - EXIT INT TERM
-	echo
-	echo "== stopping (logs were in $WORK)"
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
+DEMO_NAME=demo-ha WAIT_TRIES=300
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-start() { # name command...
-	local name=$1
-	shift
-	"$@" >"$WORK/$name.log" 2>&1 &
-	pids+=($!)
-}
-
-wait_ok() { # what command... (for at most 30 s)
-	local what=$1
-	shift
-	for _ in $(seq 1 300); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.1
-	done
-	echo "demo-ha: $what did not come up; the logs:" >&2
-	tail -n 20 "$WORK"/*.log >&2 || true
-	exit 1
-}
 
 # etcd_range KEY [RANGE_END]: "create_revision value" lines, through
 # etcd's JSON gateway (no etcdctl needed).
@@ -113,30 +89,7 @@ web_out=$(meshctl token create --ns default --sa web)
 PIN=$(awk '/^ca-pin:/{print $2}' <<<"$api_out")
 (umask 077 && awk '/^token:/{print $2}' <<<"$api_out" >"$WORK/api.token" && awk '/^token:/{print $2}' <<<"$web_out" >"$WORK/web.token")
 
-cat >"$WORK/mesh.yaml" <<YAML
-apiVersion: minimesh.io/v1alpha1
-kind: Service
-metadata: {name: api}
-spec:
-  ports: [{name: http, port: ${API_APP##*:}, protocol: http}]
-  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/api"]
----
-apiVersion: minimesh.io/v1alpha1
-kind: Service
-metadata: {name: web}
-spec:
-  ports: [{name: http, port: ${WEB_APP##*:}, protocol: http}]
-  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/web"]
----
-apiVersion: minimesh.io/v1alpha1
-kind: Route
-metadata: {name: api}
-spec:
-  service: api
-  backends: [{service: api}]
-  timeout: 2s
-  retries: {attempts: 2, perTryTimeout: 500ms, retryOn: [connect-failure, gateway-error]}
-YAML
+write_mesh_yaml "$WORK/mesh.yaml" "${API_APP##*:}" "${WEB_APP##*:}"
 meshctl apply -f "$WORK/mesh.yaml"
 
 echo "== apps and sidecars (--control-plane $ALL)"

@@ -23,35 +23,11 @@ WEB_ADMIN=127.0.0.1:$((BASE + 200))
 WEB_TO_API=127.0.0.1:$((BASE + 201))
 
 pids=()
-cleanup() {
-	trap - EXIT INT TERM
-	echo
-	echo "== stopping (logs were in $WORK)"
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
+DEMO_NAME=demo WAIT_TRIES=100
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-start() { # name command...
-	local name=$1
-	shift
-	"$@" >"$WORK/$name.log" 2>&1 &
-	pids+=($!)
-}
-
-wait_ok() { # what command...
-	local what=$1
-	shift
-	for _ in $(seq 1 100); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.1
-	done
-	echo "demo: $what did not come up; its log:" >&2
-	tail -n 20 "$WORK"/*.log >&2 || true
-	exit 1
-}
 
 export MESHCTL_SERVER=$MESHD MESHCTL_CREDENTIALS=$WORK/meshd/operator
 meshctl() { "$BIN/meshctl" "$@"; }
@@ -87,30 +63,7 @@ wait_ok api-proxy "$BIN/demo-app" get "http://$API_ADMIN/ready"
 wait_ok web-proxy "$BIN/demo-app" get "http://$WEB_ADMIN/ready"
 
 echo "== the mesh's resources: web and api (on their apps' ports), a route with a timeout and retries"
-cat >"$WORK/mesh.yaml" <<YAML
-apiVersion: minimesh.io/v1alpha1
-kind: Service
-metadata: {name: api}
-spec:
-  ports: [{name: http, port: ${API_APP##*:}, protocol: http}]
-  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/api"]
----
-apiVersion: minimesh.io/v1alpha1
-kind: Service
-metadata: {name: web}
-spec:
-  ports: [{name: http, port: ${WEB_APP##*:}, protocol: http}]
-  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/web"]
----
-apiVersion: minimesh.io/v1alpha1
-kind: Route
-metadata: {name: api}
-spec:
-  service: api
-  backends: [{service: api}]
-  timeout: 2s
-  retries: {attempts: 2, perTryTimeout: 500ms, retryOn: [connect-failure, gateway-error]}
-YAML
+write_mesh_yaml "$WORK/mesh.yaml" "${API_APP##*:}" "${WEB_APP##*:}"
 echo "\$ meshctl apply -f mesh.yaml"
 meshctl apply -f "$WORK/mesh.yaml"
 # web finds api through the endpoints meshd pushes: wait until it has them.
