@@ -22,9 +22,13 @@ PKGS := ./...
 help: ## Show the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
+# The commit the binaries say they are (meshctl version, meshd --version);
+# without it they fall back to the commit go build stamps (internal/version).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
+
 .PHONY: build
-build: ## Build meshd, mesh-proxy and meshctl into bin/.
-	$(GO) build -o bin/ ./cmd/...
+build: ## Build meshd, mesh-proxy and meshctl into bin/ (carrying the commit: VERSION).
+	$(GO) build -ldflags "-X minimesh/internal/version.Version=$(VERSION)" -o bin/ ./cmd/...
 
 .PHONY: demo
 demo: build ## The whole mesh on this machine; Ctrl-C stops it.
