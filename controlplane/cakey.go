@@ -347,6 +347,33 @@ func saveCA(st *store.Store, key *CAKey, ca *certs.CA) error {
 	return st.UpdateAsLeader(func(tx *store.Txn) error { return tx.SetMeta(caMetaKey, v) })
 }
 
+// errCAMoved: the stored CA is no longer the one a step started from.
+var errCAMoved = errors.New("controlplane: the stored certificate authority changed")
+
+// swapCA stores ca in place of prev (the stored value the step started
+// from), in one transaction that fails with errCAMoved when the store
+// holds anything else: any replica may take an operator's rotation step,
+// and two racing steps never both commit. asLeader also fences the write
+// on the leader's election key (UpdateAsLeader). It returns the stored
+// value.
+func swapCA(st *store.Store, key *CAKey, prev []byte, ca *certs.CA, asLeader bool) ([]byte, error) {
+	v, err := caStateValue(key, ca)
+	if err != nil {
+		return nil, err
+	}
+	update := st.Update
+	if asLeader {
+		update = st.UpdateAsLeader
+	}
+	err = update(func(tx *store.Txn) error {
+		if !bytes.Equal(tx.Meta(caMetaKey), prev) {
+			return errCAMoved
+		}
+		return tx.SetMeta(caMetaKey, v)
+	})
+	return v, err
+}
+
 // createCA stores ca as the first CA, unless the store holds one already
 // (another replica created it first): created is false then.
 func createCA(st *store.Store, key *CAKey, ca *certs.CA) (created bool, err error) {

@@ -153,20 +153,41 @@ func (s *Server) refreshCA() error {
 	}
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
-	raw, err := s.store.Meta(caMetaKey)
-	if err != nil || raw == nil {
+	changed, err := s.reloadStoredLockedChanged()
+	if err != nil {
 		return err
 	}
-	changed := !bytes.Equal(raw, s.rep.raw)
-	if changed {
-		caCfg := certs.CAConfig{TrustDomain: s.td, Clock: s.cfg.Clock, SVIDTTL: s.cfg.SVIDTTL}
-		stored, _, err := loadCAValue(raw, s.caKey, caCfg)
-		if err != nil {
-			return fmt.Errorf("controlplane: reload the stored CA: %w", err)
-		}
-		s.rep = replicaState{stored: stored, raw: raw}
-	}
 	return s.adoptLocked(s.rep.stored, changed)
+}
+
+// reloadStoredLocked takes the stored CA into s.rep when it changed.
+// rotateMu is held.
+func (s *Server) reloadStoredLocked() error {
+	changed, err := s.reloadStoredLockedChanged()
+	if err != nil || !changed {
+		return err
+	}
+	// A CA that changed under this replica is put in force first, so a
+	// step is never computed from (and adopted over) a CA this replica
+	// has not adopted.
+	return s.adoptLocked(s.rep.stored, true)
+}
+
+func (s *Server) reloadStoredLockedChanged() (bool, error) {
+	raw, err := s.store.Meta(caMetaKey)
+	if err != nil || raw == nil {
+		return false, err
+	}
+	if bytes.Equal(raw, s.rep.raw) {
+		return false, nil
+	}
+	caCfg := certs.CAConfig{TrustDomain: s.td, Clock: s.cfg.Clock, SVIDTTL: s.cfg.SVIDTTL}
+	stored, _, err := loadCAValue(raw, s.caKey, caCfg)
+	if err != nil {
+		return false, fmt.Errorf("controlplane: reload the stored CA: %w", err)
+	}
+	s.rep = replicaState{stored: stored, raw: raw}
+	return true, nil
 }
 
 // adoptLocked puts stored in force with this replica's intermediate: the

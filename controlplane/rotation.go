@@ -39,36 +39,53 @@ func phaseOf(ca *certs.CA) string {
 }
 
 // RotateCA starts a root rotation; during one, force moves it to its next
-// phase without waiting for the proxies.
+// phase without waiting for the proxies. Any replica does it: the step is
+// computed from the stored CA and committed only if the store still holds
+// that CA (a compare-and-swap in one etcd transaction), so an operator
+// needs no leader, and a step that raced another replica's is refused
+// rather than applied twice.
 func (s *Server) RotateCA(force bool) (*meshv1.CAStatusResponse, error) {
-	if phaseOf(s.ca.get()) == PhaseIdle {
-		if err := s.changeCA("prepare a new root", (*certs.CA).PrepareRootRotation); err != nil {
+	if err := s.refreshCA(); err != nil {
+		return nil, err
+	}
+	switch phase := phaseOf(s.storedCA()); {
+	case phase == PhaseIdle:
+		if err := s.changeCA("prepare a new root", phase, true, (*certs.CA).PrepareRootRotation); err != nil {
 			return nil, err
 		}
-	} else if !force {
+	case !force:
 		st, err := s.CAStatus()
 		if err != nil {
 			return nil, err
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "a root rotation is in progress (phase %s, waiting for %s); --force moves it on now", st.Phase, st.WaitingFor)
-	} else if err := s.advanceCA(true); err != nil {
-		return nil, err
+	default:
+		if err := s.advanceCA(true); err != nil {
+			return nil, err
+		}
 	}
 	return s.CAStatus()
+}
+
+// storedCA is caBase read under rotateMu.
+func (s *Server) storedCA() *certs.CA {
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
+	return s.caBase()
 }
 
 // advanceCA moves a rotation on when its condition holds (or force), and
 // re-issues the intermediate past half its life.
 func (s *Server) advanceCA(force bool) error {
-	ca := s.caBase()
-	switch phaseOf(ca) {
+	ca := s.storedCA()
+	switch phase := phaseOf(ca); phase {
 	case PhasePrepared:
 		waiting, err := s.waitingForBundle(ca)
 		if err != nil {
 			return err
 		}
 		if len(waiting) == 0 || force {
-			if err := s.changeCA("activate the new root", (*certs.CA).ActivateNextRoot); err != nil {
+			if err := s.changeCA("activate the new root", phase, force, (*certs.CA).ActivateNextRoot); err != nil {
 				return err
 			}
 			if s.perReplicaCA() { // adoptLocked re-issued both from the new intermediate
@@ -86,40 +103,60 @@ func (s *Server) advanceCA(force bool) error {
 			return err
 		}
 		if len(waiting) == 0 || force {
-			return s.changeCA("drop the retired root", (*certs.CA).DropRetiredRoots)
+			return s.changeCA("drop the retired root", phase, force, (*certs.CA).DropRetiredRoots)
 		}
 	default:
 		if ca.IntermediateNeedsRotation() {
-			return s.changeCA("re-issue the intermediate", (*certs.CA).RotateIntermediate)
+			return s.changeCA("re-issue the intermediate", phase, false, (*certs.CA).RotateIntermediate)
 		}
 	}
 	return nil
 }
 
-// changeCA applies one CA step: stored first, then in force.
-func (s *Server) changeCA(what string, step func(*certs.CA) (*certs.CA, error)) error {
+// changeCA applies one CA step to the stored CA, which must still be in
+// phase from (what the caller decided on): stored first, then in force.
+// byOperator is an operator's step (RotateCA), which any replica takes; the
+// automatic steps (a rotation moving on once the proxies have caught up)
+// are the leader's, fenced on its election key, since they are decided on
+// the leader's reading of the proxies' state.
+// On etcd the write is a compare-and-swap on the stored CA this replica
+// holds, after taking any newer one (another replica's step): a step that
+// lost a race is refused with FailedPrecondition naming the new phase,
+// never applied on top of the other.
+func (s *Server) changeCA(what, from string, byOperator bool, step func(*certs.CA) (*certs.CA, error)) error {
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
-	next, err := step(s.caBase())
+	if s.perReplicaCA() {
+		if err := s.reloadStoredLocked(); err != nil {
+			return err
+		}
+	}
+	base := s.caBase()
+	if now := phaseOf(base); now != from {
+		return status.Errorf(codes.FailedPrecondition, "the root rotation moved on meanwhile (phase %s, was %s): see `meshctl ca status`", now, from)
+	}
+	next, err := step(base)
 	if err != nil {
 		return fmt.Errorf("controlplane: %s: %w", what, err)
 	}
-	if err := saveCA(s.store, s.caKey, next); err != nil {
-		return err
-	}
 	if s.perReplicaCA() {
-		// The stored CA changed; this replica takes it now, the others at
-		// their next check.
-		raw, err := s.store.Meta(caMetaKey)
+		raw, err := swapCA(s.store, s.caKey, s.rep.raw, next, !byOperator)
+		if errors.Is(err, errCAMoved) {
+			return status.Errorf(codes.FailedPrecondition, "the root rotation moved on meanwhile (another replica changed the certificate authority while this one would %s): see `meshctl ca status` and try again", what)
+		}
 		if err != nil {
 			return err
 		}
+		// This replica takes it now, the others at their next check.
 		s.rep = replicaState{stored: next, raw: raw}
 		if err := s.adoptLocked(next, true); err != nil {
 			return err
 		}
 		s.cfg.Logger.Info("certificate authority changed", "step", what, "phase", phaseOf(next), "active_root", next.RootPin())
 		return nil
+	}
+	if err := saveCA(s.store, s.caKey, next); err != nil {
+		return err
 	}
 	s.ca.set(next)
 	s.bundle.Set(next.Bundle())
@@ -193,8 +230,14 @@ func (s *Server) waitingForSVIDs(ca *certs.CA) ([]string, error) {
 	return waiting, err
 }
 
-// CAStatus shows the roots, the phase and which proxies hold what.
+// CAStatus shows the roots, the phase and which proxies hold what. On
+// etcd it first takes a stored CA another replica changed, so every
+// replica answers with the phase in the store, not the one it saw at its
+// last periodic check.
 func (s *Server) CAStatus() (*meshv1.CAStatusResponse, error) {
+	if err := s.refreshCA(); err != nil {
+		return nil, err
+	}
 	ca := s.ca.get()
 	out := &meshv1.CAStatusResponse{
 		Phase:                phaseOf(ca),

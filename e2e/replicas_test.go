@@ -580,10 +580,8 @@ func TestRotationSurvivesLeaderKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldPin := st.GetActive().GetPin()
-	// Through the leader itself: on a follower, RotateCA fails with
-	// Internal "this meshd replica is not the leader" (UpdateAsLeader's
-	// ErrNotLeader is not forwarded, nor mapped to a status naming the
-	// leader): reported, not fixed here.
+	// Through the leader, which is then killed (any replica takes an
+	// operator's step: controlplane/onetcd covers a follower's).
 	started, err := leaderAdmin.RotateCA(ctxT(t), &meshv1.RotateCARequest{})
 	if err != nil {
 		t.Fatalf("rotate: %v", err)

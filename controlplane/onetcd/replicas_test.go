@@ -1,6 +1,7 @@
 package onetcd_test
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -10,10 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"minimesh/certs"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/controlplane/store"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // replicaConfig is replica i's config on ec's prefix.
@@ -106,28 +111,34 @@ func TestReplicasSignWithTheirOwnIntermediates(t *testing.T) {
 		t.Fatal("both replicas sign with one intermediate")
 	}
 
-	// A root rotation through whichever replica leads.
-	leader := -1
-	for i, m := range ms {
-		if _, err := m.RotateCA(false); err == nil {
-			leader = i
-			break
-		} else if !errors.Is(err, store.ErrNotLeader) {
-			t.Fatalf("RotateCA through replica %d: %v", i, err)
-		}
+	// A root rotation through a follower: an operator's step needs no
+	// leader (a compare-and-swap on the stored CA), and each replica then
+	// sees the rotation in progress.
+	var ver *meshv1.VersionResponse
+	eventually(t, "a leader elected", func() bool {
+		ver, err = ms[0].Operator(t).Version(context.Background(), &meshv1.VersionRequest{})
+		return err == nil && ver.GetLeader() != ""
+	})
+	leader := map[string]int{"r0": 0, "r1": 1}[ver.GetLeader()]
+	follower := 1 - leader
+	if _, err := ms[follower].RotateCA(false); err != nil {
+		t.Fatalf("RotateCA through the follower: %v", err)
 	}
-	if leader < 0 {
-		t.Fatal("no replica leads")
+	if _, err := ms[leader].RotateCA(false); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "in progress") {
+		t.Fatalf("a second rotation through the leader: %v, want FailedPrecondition: a rotation is in progress", err)
 	}
-	if _, err := ms[leader].RotateCA(true); err != nil { // activate now
+	if _, err := ms[follower].RotateCA(true); err != nil { // activate now, through the follower
 		t.Fatal(err)
 	}
-	newRoot := ms[leader].CA().Root()
+	// From here on: actor took the steps; the leader follows it and is
+	// then stopped, its intermediate retired by actor once it leads.
+	actor := follower
+	newRoot := ms[actor].CA().Root()
 	if newRoot.Equal(root) {
-		t.Fatal("the leader still signs from the old root after activation")
+		t.Fatal("the replica that activated still signs from the old root")
 	}
-	other := 1 - leader
-	eventually(t, "the follower takes the new root and re-issues its operator credential from it", func() bool {
+	other := leader
+	eventually(t, "the leader takes the new root and re-issues its operator credential from it", func() bool {
 		if !ms[other].CA().Root().Equal(newRoot) {
 			return false
 		}
@@ -167,8 +178,8 @@ func TestReplicasSignWithTheirOwnIntermediates(t *testing.T) {
 	} {
 		eventually(t, what+" revoked", func() bool { return revoked(st, s) })
 	}
-	if revoked(st, serial(after[leader])) {
-		t.Fatal("the running leader's intermediate is revoked")
+	if revoked(st, serial(after[actor])) {
+		t.Fatal("the running replica's intermediate is revoked")
 	}
 	var rec *store.Intermediate
 	_ = st.View(func(r *store.Reader) error {
