@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"minimesh/api"
@@ -150,6 +151,7 @@ type Server struct {
 	grpc      *grpc.Server
 	push      *push.Server
 	refusals  *clientRefusals // handshakes clients aborted: they do not trust meshd's root
+	health    *healthState    // grpc.health.v1, /livez, /readyz (health.go)
 
 	closeOnce sync.Once
 }
@@ -189,7 +191,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, td: td, store: st, caKey: caKey}
+	s := &Server{cfg: cfg, td: td, store: st, caKey: caKey, health: newHealth()}
 	if err := s.init(); err != nil {
 		_ = st.Close()
 		return nil, err
@@ -263,6 +265,7 @@ func (s *Server) init() error {
 	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
 	meshv1.RegisterAdminServiceServer(s.grpc, backupHeader{adminSrv, s.caKey != nil})
 	meshv1.RegisterConfigServiceServer(s.grpc, s.push)
+	healthpb.RegisterHealthServer(s.grpc, s.health.grpc)
 	if err := MethodRules().Check(Services()...); err != nil {
 		return err
 	}
@@ -341,6 +344,8 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_ListOperators_FullMethodName:    authn.Operator,
 		meshv1.AdminService_ForgetProxy_FullMethodName:      authn.Operator,
 		meshv1.AdminService_Version_FullMethodName:          authn.Operator,
+		healthpb.Health_Check_FullMethodName:                authn.Public, // health.go; Watch is refused
+		healthpb.Health_List_FullMethodName:                 authn.Public,
 	}
 }
 
@@ -466,6 +471,8 @@ func (s *Server) Run(ctx context.Context) error {
 	defer caTick.Stop()
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
+	s.health.serving()
+	defer s.health.stopping()
 	pushCtx, stopPush := context.WithCancel(context.Background())
 	pushDone := make(chan struct{})
 	go func() { defer close(pushDone); _ = s.push.Run(pushCtx) }()
@@ -527,6 +534,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			rotate.Reset(s.servingRefreshIn())
 		case <-ctx.Done():
+			s.health.stopping() // NOT_SERVING before the streams end
 			s.retireOwn()
 			s.push.Shutdown()
 			stopped := make(chan struct{})
