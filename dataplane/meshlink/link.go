@@ -31,8 +31,17 @@ type Config struct {
 	Dial           time.Duration // TCP connect; required
 	Handshake      time.Duration // TLS handshake, and a ping's answer; required
 	Idle           time.Duration // an idle connection is closed after
-	ResponseHeader time.Duration // HTTP/1.1 (upgrades) only
+	ResponseHeader time.Duration // HTTP/1.1 (Pool, upgrades) only
 	KeepAlive      time.Duration // a silent HTTP/2 connection is pinged after
+	// MaxConns bounds the Pool's HTTP/1.1 connections to the remote, idle
+	// and in use; 64 (DefaultMaxConns).
+	MaxConns int
+	// PoolWait is how long a request waits for one of MaxConns busy
+	// connections to come free before it goes over the HTTP/2 connection
+	// instead (a stream there, so long-lived answers cannot starve the
+	// pool's other requests); 1s (DefaultPoolWait). Negative: it waits
+	// as long as its context lets it, and never overflows.
+	PoolWait time.Duration
 	// OnHandshakeFail, when set, is told every failed handshake with its
 	// edge.Classify reason.
 	OnHandshakeFail func(reason string, err error)
@@ -46,11 +55,15 @@ type Config struct {
 // Link is the way to one remote proxy. Its HTTP/2 transport (H2) keeps one
 // long-lived mTLS connection that every request to that proxy shares as a
 // stream; when the connection fails (a dead peer is found by pings) the
-// next request dials a new one. Upgrades (WebSocket) need HTTP/1.1 and get
-// a connection of their own from H1.
+// next request dials a new one. Pool is a bounded pool of HTTP/1.1
+// keep-alive mTLS connections whose requests are written and answered on
+// the caller's goroutine (plain HTTP ports: no goroutine per request on
+// either side). Upgrades (WebSocket) need HTTP/1.1 and get a connection
+// of their own from H1.
 type Link struct {
-	H2 RoundTripper // *http2.Transport
-	H1 *http.Transport
+	H2   RoundTripper // *http2.Transport
+	H1   *http.Transport
+	Pool *Pool
 }
 
 // RoundTripper is a transport whose idle connections can be closed.
@@ -73,38 +86,7 @@ func New(cfg Config) (*Link, error) {
 	h2Config, h1Config := base.Clone(), base.Clone()
 	h2Config.NextProtos = []string{"h2"}
 	h1Config.NextProtos = []string{"http/1.1"}
-	dialer := &net.Dialer{Timeout: cfg.Dial, KeepAlive: 30 * time.Second}
-	// Every transport of a link dials that remote's address, whatever
-	// the request URL says, and does the handshake itself so that failures
-	// are counted and logged by reason, like the listeners'.
-	dial := func(tc *tls.Config) func(context.Context, string, string) (net.Conn, error) {
-		return func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, "tcp", cfg.Addr)
-			if err != nil {
-				return nil, fmt.Errorf("%w: dial %s: %w", ErrConnect, cfg.Addr, err)
-			}
-			conn := tls.Client(c, tc)
-			hctx, cancel := context.WithTimeout(ctx, cfg.Handshake)
-			err = conn.HandshakeContext(hctx)
-			cancel()
-			if err != nil {
-				_ = c.Close()
-				if cfg.OnHandshakeFail != nil {
-					cfg.OnHandshakeFail(edge.Classify(err), err)
-				}
-				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
-			}
-			if cfg.Admit == nil {
-				return conn, nil
-			}
-			ac, err := cfg.Admit(conn)
-			if err != nil {
-				_ = conn.Close()
-				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
-			}
-			return ac, nil
-		}
-	}
+	dial := dialFunc(cfg)
 	// x/net/http2's own pool rather than net/http's: it dials once per
 	// address however many requests arrive together (net/http dials for
 	// each request waiting while no connection is up), so a burst at
@@ -135,11 +117,50 @@ func New(cfg Config) (*Link, error) {
 	// Without this the h1 transport would also offer h2 (it has a
 	// DialTLSContext and no TLSNextProto entry would stop it).
 	r.H1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	pdial := dial(h1Config)
+	r.Pool = newPool(cfg, func(ctx context.Context) (net.Conn, error) { return pdial(ctx, "tcp", cfg.Addr) }, r.H2)
 	return r, nil
+}
+
+// dialFunc returns the dial of every transport of a link: it dials the
+// remote's address, whatever the request URL says, and does the handshake
+// itself so that failures are counted and logged by reason, like the
+// listeners'.
+func dialFunc(cfg Config) func(tc *tls.Config) func(context.Context, string, string) (net.Conn, error) {
+	dialer := &net.Dialer{Timeout: cfg.Dial, KeepAlive: 30 * time.Second}
+	return func(tc *tls.Config) func(context.Context, string, string) (net.Conn, error) {
+		return func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, "tcp", cfg.Addr)
+			if err != nil {
+				return nil, fmt.Errorf("%w: dial %s: %w", ErrConnect, cfg.Addr, err)
+			}
+			conn := tls.Client(c, tc)
+			hctx, cancel := context.WithTimeout(ctx, cfg.Handshake)
+			err = conn.HandshakeContext(hctx)
+			cancel()
+			if err != nil {
+				_ = c.Close()
+				if cfg.OnHandshakeFail != nil {
+					cfg.OnHandshakeFail(edge.Classify(err), err)
+				}
+				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
+			}
+			if cfg.Admit == nil {
+				return conn, nil
+			}
+			ac, err := cfg.Admit(conn)
+			if err != nil {
+				_ = conn.Close()
+				return nil, fmt.Errorf("%w: handshake with %s: %w", ErrConnect, cfg.Addr, err)
+			}
+			return ac, nil
+		}
+	}
 }
 
 // CloseIdle closes the link's idle connections.
 func (r *Link) CloseIdle() {
 	r.H2.CloseIdleConnections()
 	r.H1.CloseIdleConnections()
+	r.Pool.CloseIdleConnections()
 }

@@ -1,0 +1,615 @@
+package meshlink
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Defaults of Config's pool fields.
+const (
+	DefaultMaxConns = 64
+	DefaultPoolWait = time.Second
+)
+
+// maxResponseHeader bounds a response's head (status line and fields), as
+// the H1 transport's MaxResponseHeaderBytes; max1xx bounds the
+// informational answers to one request (net/http's Transport takes 5).
+const (
+	maxResponseHeader = 1 << 20
+	max1xx            = 5
+)
+
+// Pool is the HTTP/1.1 way to a remote proxy: at most Config.MaxConns
+// keep-alive mTLS connections (idle and in use), each carrying one request
+// at a time, written and answered on the caller's goroutine. net/http's
+// Transport (and HTTP/2's) hand each request to reader and writer
+// goroutines; between two proxies on one machine those handoffs cost more
+// than the bytes.
+//
+//   - A connection is dialed by the Link's dial (Config.Addr only, ALPN
+//     http/1.1, Config.Admit and Config.OnHandshakeFail as for H2, failures
+//     wrapped in ErrConnect).
+//   - It goes back to the pool only when its response was read to the end
+//     with nothing after it, the request was written whole, neither side
+//     asked to close, and the request was not cancelled. A body closed
+//     before its end closes the connection.
+//   - Before reuse a connection is checked without blocking: the remote
+//     closed it (its idle timeout), or sent bytes nobody asked for, and it
+//     is dropped. A reused connection that fails before any byte of the
+//     answer (the remote closed it as the request went out) is replaced
+//     by a new one, and the request sent again when that is safe: no body
+//     was written, or its body can be had again (GetBody), and the method
+//     is idempotent (or the request has an Idempotency-Key), net/http's
+//     rule.
+//   - Idle connections are closed after Config.Idle, and all of them by
+//     CloseIdleConnections; connections in use then are closed when their
+//     request ends (they were made under certificates or a bundle that
+//     may be gone).
+//   - When all MaxConns connections are busy a request waits up to
+//     Config.PoolWait for one; then it goes over the overflow transport
+//     (the Link's HTTP/2 connection).
+type Pool struct {
+	dial           func(ctx context.Context) (net.Conn, error)
+	overflow       http.RoundTripper
+	addr           string
+	max            int
+	wait           time.Duration // < 0: no overflow
+	idleTimeout    time.Duration
+	responseHeader time.Duration
+
+	mu      sync.Mutex
+	idle    []*poolConn // most recently used last
+	open    int         // connections open: idle and in use
+	gen     uint64      // bumped by CloseIdleConnections
+	waiters []chan struct{}
+	sweep   *time.Timer // closes expired idle connections; nil when none are idle
+}
+
+func newPool(cfg Config, dial func(ctx context.Context) (net.Conn, error), overflow http.RoundTripper) *Pool {
+	p := &Pool{dial: dial, overflow: overflow, addr: cfg.Addr, max: cfg.MaxConns, wait: cfg.PoolWait,
+		idleTimeout: cfg.Idle, responseHeader: cfg.ResponseHeader}
+	if p.max <= 0 {
+		p.max = DefaultMaxConns
+	}
+	if p.wait == 0 {
+		p.wait = DefaultPoolWait
+	}
+	if p.idleTimeout <= 0 {
+		p.idleTimeout = 90 * time.Second
+	}
+	return p
+}
+
+// poolConn is one keep-alive connection of a Pool.
+type poolConn struct {
+	net.Conn
+	raw    net.Conn // the TCP connection under TLS, for the liveness check
+	lr     headerLimit
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	gen    uint64
+	idleAt time.Time
+	peek   peeker
+}
+
+// headerLimit bounds what the bufio.Reader reads while a response's head
+// is parsed (n ≥ 0); n < 0: no limit.
+type headerLimit struct {
+	c net.Conn
+	n int64
+}
+
+func (l *headerLimit) Read(b []byte) (int, error) {
+	if l.n < 0 {
+		return l.c.Read(b)
+	}
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(b)) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.c.Read(b)
+	l.n -= int64(n)
+	return n, err
+}
+
+var (
+	errHeaderTooLarge = errors.New("proxy: remote proxy's response headers exceed the limit")
+	// errStale marks a reused connection found closed by the remote
+	// before any byte of the answer came.
+	errStale = errors.New("connection closed by the remote proxy")
+	// errPoolBusy: every connection stayed busy for PoolWait.
+	errPoolBusy = errors.New("proxy: every HTTP/1.1 connection to the remote is busy")
+)
+
+// aLongTimeAgo is a past deadline: blocked reads and writes return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// alive reports whether an idle connection can carry a request. One
+// non-blocking MSG_PEEK on the TCP connection finds it usually empty:
+// alive. When bytes wait, they may be TLS records that carry no answer (a
+// session ticket, a key update) or the remote's close_notify and end of
+// stream, or an answer nobody asked for: a read through TLS with a past
+// deadline tells them apart (only a timeout with nothing read is alive).
+func (pc *poolConn) alive() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	switch pc.peek.state(pc.raw) {
+	case peekEmpty:
+		return true
+	case peekGone:
+		return false
+	}
+	_ = pc.SetReadDeadline(aLongTimeAgo)
+	_, err := pc.br.Peek(1)
+	_ = pc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return pc.br.Buffered() == 0 && errors.As(err, &ne) && ne.Timeout()
+}
+
+// RoundTrip sends req over a connection of the pool (or, when every one
+// stays busy for PoolWait, over the overflow transport) and returns the
+// answer, whose Body must be read to its end (the connection then goes
+// back to the pool) or closed.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	replayable := (!hasBody || req.GetBody != nil) && isIdempotent(req)
+	for tries := 0; ; tries++ {
+		out := req
+		if tries > 0 && hasBody {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			out = req.Clone(req.Context())
+			out.Body = body
+		}
+		pc, reused, err := p.get(req.Context())
+		if errors.Is(err, errPoolBusy) && p.overflow != nil {
+			return p.overflow.RoundTrip(out)
+		}
+		if err != nil {
+			closeBody(out)
+			return nil, err
+		}
+		resp, written, err := p.exchange(pc, out, hasBody)
+		if err == nil {
+			return resp, nil
+		}
+		// A reused connection the remote closed before answering: the
+		// request goes again on another when nothing of it was sent, or
+		// when sending it twice is safe. A new connection's failure is
+		// the remote's answer.
+		if !reused || !errors.Is(err, errStale) || req.Context().Err() != nil || tries >= p.max ||
+			(written && !replayable) {
+			return nil, err
+		}
+	}
+}
+
+// isIdempotent is net/http's rule for sending a request again.
+func isIdempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// get returns an idle connection that is alive (reused), or a new one
+// while fewer than max are open, or waits for either.
+func (p *Pool) get(ctx context.Context) (pc *poolConn, reused bool, err error) {
+	var expired <-chan time.Time
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		p.mu.Lock()
+		pc, stale := p.popLocked(time.Now())
+		if pc == nil && stale == nil && p.open < p.max {
+			p.open++
+			p.mu.Unlock()
+			pc, err := p.connect(ctx)
+			if err != nil {
+				p.release()
+				return nil, false, err
+			}
+			return pc, false, nil
+		}
+		var w chan struct{}
+		if pc == nil && stale == nil {
+			w = make(chan struct{}, 1)
+			p.waiters = append(p.waiters, w)
+		}
+		p.mu.Unlock()
+		if stale != nil {
+			p.discard(stale)
+			continue
+		}
+		if pc != nil {
+			if pc.alive() {
+				return pc, true, nil
+			}
+			p.discard(pc)
+			continue
+		}
+		if expired == nil && p.wait > 0 {
+			t := time.NewTimer(p.wait)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case <-w:
+		case <-ctx.Done():
+			p.leave(w)
+			return nil, false, ctx.Err()
+		case <-expired:
+			p.leave(w)
+			return nil, false, errPoolBusy
+		}
+	}
+}
+
+// popLocked takes the most recently used idle connection; one idle for too
+// long is returned as stale, to be discarded outside the lock.
+func (p *Pool) popLocked(now time.Time) (pc, stale *poolConn) {
+	n := len(p.idle)
+	if n == 0 {
+		return nil, nil
+	}
+	pc = p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	if now.Sub(pc.idleAt) >= p.idleTimeout {
+		return nil, pc
+	}
+	return pc, nil
+}
+
+// leave takes a waiter out of the queue; one already woken passes its turn
+// to the next.
+func (p *Pool) leave(w chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := slices.Index(p.waiters, w); i >= 0 {
+		p.waiters = slices.Delete(p.waiters, i, i+1)
+		return
+	}
+	p.wakeLocked()
+}
+
+// wakeLocked wakes the longest waiting request: a connection came free, or
+// room for one.
+func (p *Pool) wakeLocked() {
+	if len(p.waiters) == 0 {
+		return
+	}
+	w := p.waiters[0]
+	p.waiters = slices.Delete(p.waiters, 0, 1)
+	w <- struct{}{}
+}
+
+// release gives up the place of a connection that is closed or was never
+// made.
+func (p *Pool) release() {
+	p.mu.Lock()
+	p.open--
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// discard closes a connection of the pool and gives up its place.
+func (p *Pool) discard(pc *poolConn) {
+	_ = pc.Close()
+	p.release()
+}
+
+// put returns a connection to the pool; one of an earlier generation
+// (CloseIdleConnections since it was made) is closed instead.
+func (p *Pool) put(pc *poolConn) {
+	pc.idleAt = time.Now()
+	p.mu.Lock()
+	if pc.gen != p.gen {
+		p.mu.Unlock()
+		p.discard(pc)
+		return
+	}
+	p.idle = append(p.idle, pc)
+	if p.sweep == nil {
+		p.sweep = time.AfterFunc(p.idleTimeout, p.expire)
+	}
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// expire closes the connections idle for longer than the idle timeout (the
+// oldest first) and runs again while any are left.
+func (p *Pool) expire() {
+	now := time.Now()
+	p.mu.Lock()
+	p.sweep = nil
+	n := 0
+	for n < len(p.idle) && now.Sub(p.idle[n].idleAt) >= p.idleTimeout {
+		n++
+	}
+	old := slices.Clone(p.idle[:n])
+	clear(p.idle[:n])
+	p.idle = p.idle[n:]
+	if len(p.idle) > 0 {
+		p.sweep = time.AfterFunc(p.idleTimeout-now.Sub(p.idle[0].idleAt), p.expire)
+	}
+	p.mu.Unlock()
+	for _, pc := range old {
+		p.discard(pc)
+	}
+}
+
+// CloseIdleConnections closes the idle connections; those in use are
+// closed when their request ends. The pool goes on: the next request dials
+// a new connection.
+func (p *Pool) CloseIdleConnections() {
+	p.mu.Lock()
+	p.gen++
+	idle := p.idle
+	p.idle = nil
+	if p.sweep != nil {
+		p.sweep.Stop()
+		p.sweep = nil
+	}
+	p.mu.Unlock()
+	for _, pc := range idle {
+		p.discard(pc)
+	}
+}
+
+func (p *Pool) connect(ctx context.Context) (*poolConn, error) {
+	c, err := p.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pc := &poolConn{Conn: c, raw: c}
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		pc.raw = nc.NetConn()
+	}
+	pc.lr = headerLimit{c: c, n: -1}
+	pc.br = bufio.NewReaderSize(&pc.lr, 4<<10)
+	pc.bw = bufio.NewWriterSize(c, 4<<10)
+	p.mu.Lock()
+	pc.gen = p.gen
+	p.mu.Unlock()
+	return pc, nil
+}
+
+// staleErr wraps err with errStale when it says the remote closed the
+// connection (not a timeout: that request may have reached it).
+func staleErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %w", errStale, err)
+	}
+	return err
+}
+
+// exchange writes req on pc and reads the answer's head. written reports
+// whether any of the request may have been sent (a failed write of a
+// request without body sent nothing usable). On error the connection is
+// closed and its place given up.
+func (p *Pool) exchange(pc *poolConn, req *http.Request, hasBody bool) (resp *http.Response, written bool, err error) {
+	ctx := req.Context()
+	// The response header's deadline is set before the cancel hook is
+	// registered: set after, it would replace the past deadline of a
+	// cancellation that came in between.
+	if p.responseHeader > 0 {
+		_ = pc.SetReadDeadline(time.Now().Add(p.responseHeader))
+	}
+	stop := context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
+	fail := func(err error) (*http.Response, bool, error) {
+		stop()
+		p.discard(pc)
+		if ctx.Err() != nil {
+			return nil, true, ctx.Err()
+		}
+		return nil, true, err
+	}
+	var wrote chan error
+	if hasBody {
+		// The body is written by a goroutine of its own while the answer
+		// is read: a remote that answers before reading it all (an early
+		// 413, a 403) must not deadlock the exchange.
+		wrote = make(chan error, 1)
+		body := &bodyReader{rc: req.Body}
+		out := *req
+		out.Body = body
+		go func() {
+			err := out.Write(pc.bw)
+			if err == nil {
+				err = pc.bw.Flush()
+			}
+			if body.failed {
+				// The caller's body broke: the remote waits for the rest
+				// and will not answer.
+				_ = pc.SetDeadline(aLongTimeAgo)
+			}
+			wrote <- err
+		}()
+	} else {
+		err := req.Write(pc.bw)
+		if err == nil {
+			err = pc.bw.Flush()
+		}
+		if err != nil {
+			stop()
+			p.discard(pc)
+			return nil, false, fmt.Errorf("proxy: write to %s: %w", p.addr, staleErr(err))
+		}
+	}
+	resp, err = p.readResponse(pc, req)
+	if err != nil {
+		return fail(err)
+	}
+	keep := !resp.Close && !req.Close
+	b := &poolBody{p: p, pc: pc, stop: stop, wrote: wrote, keep: keep}
+	if resp.Body == http.NoBody {
+		b.done(true)
+		return resp, true, nil
+	}
+	b.rc = resp.Body
+	resp.Body = b
+	return resp, true, nil
+}
+
+// readResponse reads the answer's head within the response header timeout
+// and size limit, passing 1xx answers to the caller's trace (ReverseProxy
+// sends them on), at most max1xx of them.
+func (p *Pool) readResponse(pc *poolConn, req *http.Request) (*http.Response, error) {
+	trace := httptrace.ContextClientTrace(req.Context())
+	for informational := 0; ; informational++ {
+		pc.lr.n = maxResponseHeader
+		if _, err := pc.br.Peek(1); err != nil {
+			pc.lr.n = -1
+			if informational > 0 {
+				return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, err)
+			}
+			return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, staleErr(err))
+		}
+		resp, err := http.ReadResponse(pc.br, req)
+		pc.lr.n = -1
+		if err != nil {
+			return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, err)
+		}
+		code := resp.StatusCode
+		if code >= 200 {
+			if p.responseHeader > 0 {
+				_ = pc.SetReadDeadline(time.Time{})
+				if req.Context().Err() != nil {
+					_ = pc.SetDeadline(aLongTimeAgo) // the cancel hook's, just replaced
+				}
+			}
+			return resp, nil
+		}
+		if code == http.StatusSwitchingProtocols {
+			return nil, fmt.Errorf("proxy: %s switched protocols on a request without Upgrade", p.addr)
+		}
+		if informational >= max1xx {
+			return nil, fmt.Errorf("proxy: %s sent too many 1xx responses", p.addr)
+		}
+		if trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// bodyReader notes whether the caller's request body failed (anything but
+// io.EOF).
+type bodyReader struct {
+	rc     io.ReadCloser
+	failed bool // written and read by the writer goroutine only
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.failed = true
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error { return b.rc.Close() }
+
+// poolBody is an answer's body: at its end the connection goes back to the
+// pool when it can carry another request.
+type poolBody struct {
+	p     *Pool
+	pc    *poolConn
+	rc    io.ReadCloser
+	stop  func() bool
+	wrote chan error // nil when the request had no body
+	keep  bool
+	ended bool
+}
+
+func (b *poolBody) Read(p []byte) (int, error) {
+	if b.ended {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.done(true)
+	} else if err != nil {
+		b.done(false)
+	}
+	return n, err
+}
+
+// Close ends the body; before its end the connection is not reused.
+func (b *poolBody) Close() error {
+	if !b.ended {
+		b.done(false)
+	}
+	return nil
+}
+
+// done releases the connection: to the pool if the answer was read to its
+// end with nothing after it, the request was written whole and nobody cut
+// the exchange.
+func (b *poolBody) done(complete bool) {
+	b.ended = true
+	keep := complete && b.keep && b.pc.br.Buffered() == 0 && b.stop()
+	if !keep {
+		b.stop()
+	}
+	if b.wrote != nil {
+		keep = keep && b.writeDone()
+	}
+	if !keep {
+		b.p.discard(b.pc)
+		return
+	}
+	b.p.put(b.pc)
+}
+
+// maxWriteWait is how long a finished answer waits for its request's
+// writer before giving up the connection (net/http's Transport waits as
+// long).
+const maxWriteWait = 50 * time.Millisecond
+
+// writeDone reports whether the request was written whole; a writer still
+// busy after maxWriteWait is not waited for (the connection is closed and
+// the writer ends at its next write).
+func (b *poolBody) writeDone() bool {
+	select {
+	case err := <-b.wrote:
+		return err == nil
+	default:
+	}
+	t := time.NewTimer(maxWriteWait)
+	defer t.Stop()
+	select {
+	case err := <-b.wrote:
+		return err == nil
+	case <-t.C:
+		return false
+	}
+}
