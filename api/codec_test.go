@@ -297,8 +297,8 @@ func TestDecodeErrors(t *testing.T) {
 		in   string
 		want []string // substrings of the error, each on a line of its own
 	}{
-		{"unknown top-level field", validRoute + "status: {}\n",
-			[]string{`test.yaml: document 1 (line 1): status: unknown field`}},
+		{"unknown top-level field", validRoute + "state: {}\n",
+			[]string{`test.yaml: document 1 (line 1): state: unknown field; the document has only apiVersion, kind, metadata, spec, status`}},
 		{"unknown metadata field", strings.Replace(validRoute, "  name: r1\n", "  name: r1\n  labels: {a: b}\n", 1),
 			[]string{`Route "prod/r1": metadata.labels: unknown field`}},
 		{"unknown spec field", validRoute + "  retry: {attempts: 1}\n",

@@ -35,6 +35,10 @@ type Document struct {
 	Index int
 	// Line is the 1-based line of the document's first content.
 	Line int
+	// Item is the object's 1-based position in the items of a List
+	// document (as meshctl get prints several objects); 0 for a document
+	// that is one object.
+	Item int
 	// Object is the decoded, validated object.
 	Object Object
 }
@@ -53,7 +57,11 @@ type Document struct {
 // top, in metadata and anywhere in spec. In spec, enum values may be
 // written by their short names ("http", "gateway-error") and durations as Go
 // durations ("1.5s", "250ms", "2m"). Every object is validated (Validate, not
-// ValidateReferences). Empty documents are skipped.
+// ValidateReferences). Empty documents are skipped. A document of kind
+// List (ListKind) holds several objects in its items; each becomes a
+// Document with the List's Index and Line and its own Item. A top-level
+// status, and metadata.revision and metadata.updateTime, are the server's:
+// status is ignored, the two are read into Metadata (meshd sets its own).
 //
 // source names the input in errors. On any error Decode returns no
 // documents and an error that joins a *DocumentError per failing document,
@@ -71,7 +79,7 @@ func Decode(source string, r io.Reader) ([]Document, error) {
 		docs []Document
 		errs []error
 	)
-	index := 0
+	index, listed := 0, 0
 	for _, ch := range chunks {
 		if len(errs) == maxErrors {
 			errs = append(errs, fmt.Errorf("%w: %s: too many invalid documents; stopped after document %d", ErrInvalid, source, index))
@@ -82,13 +90,38 @@ func Decode(source string, r io.Reader) ([]Document, error) {
 			continue // empty: only comments or whitespace
 		}
 		index++
-		if index > MaxDocuments {
+		if index+listed > MaxDocuments {
 			return nil, fmt.Errorf("%w: %s: more than %d documents", ErrTooLarge, source, MaxDocuments)
 		}
 		line := ch.line + firstContentLine(ch.text)
 		if err != nil {
 			errs = append(errs, &DocumentError{Source: source, Index: index, Line: line,
 				Err: fmt.Errorf("%w: %s", ErrSyntax, oneLine(relocateLines(err.Error(), ch.line)))})
+			continue
+		}
+		if items, isList, err := listItems(j); isList {
+			if err != nil {
+				errs = append(errs, &DocumentError{Source: source, Index: index, Line: line, Err: err})
+				continue
+			}
+			listed += len(items)
+			if index+listed > MaxDocuments {
+				return nil, fmt.Errorf("%w: %s: more than %d documents and List items", ErrTooLarge, source, MaxDocuments)
+			}
+			for i, it := range items {
+				o, err := decodeObject(it)
+				if err == nil {
+					err = o.Validate()
+				}
+				if err != nil {
+					for _, fe := range FieldErrors(err) {
+						fe.Field = strings.TrimSuffix(fmt.Sprintf("items[%d].%s", i, fe.Field), ".")
+					}
+					errs = append(errs, &DocumentError{Source: source, Index: index, Line: line, Err: err})
+					continue
+				}
+				docs = append(docs, Document{Index: index, Line: line, Item: i + 1, Object: o})
+			}
 			continue
 		}
 		o, err := decodeObject(j)
@@ -207,6 +240,41 @@ func (d *docErrors) addf(field, format string, args ...any) {
 
 func (d *docErrors) err() error { return errors.Join(d.errs...) }
 
+// ListKind is the kind of a document that holds several objects in its
+// items, as `meshctl get -o yaml|json` prints them (and kubectl does):
+//
+//	apiVersion: minimesh.io/v1alpha1   # or v1
+//	kind: List
+//	metadata: {revision: 7}            # ignored
+//	items: [...]                       # objects, each as a document
+const ListKind = "List"
+
+// listItems reports whether the document j is a List and returns its
+// items.
+func listItems(j []byte) ([]json.RawMessage, bool, error) {
+	var top map[string]json.RawMessage
+	var kind string
+	if json.Unmarshal(j, &top) != nil || json.Unmarshal(top["kind"], &kind) != nil || kind != ListKind {
+		return nil, false, nil
+	}
+	d := &docErrors{key: Key{Kind: ListKind}}
+	unknownKeys(d, "", "a List", top, "apiVersion", "kind", "metadata", "items")
+	var av string
+	if stringField(d, "apiVersion", top["apiVersion"], &av, true) && av != APIVersion && av != "v1" {
+		d.addf("apiVersion", "a List's must be %q or \"v1\", not %q", APIVersion, av)
+	}
+	var items []json.RawMessage
+	if raw, ok := top["items"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &items); err != nil {
+			d.addf("items", "must be a list of objects")
+		}
+	}
+	if len(d.errs) > 0 {
+		return nil, true, d.err()
+	}
+	return items, true, nil
+}
+
 // decodeObject decodes one document, already converted to JSON.
 func decodeObject(j []byte) (Object, error) {
 	d := &docErrors{}
@@ -215,7 +283,8 @@ func decodeObject(j []byte) (Object, error) {
 		d.addf("", "a document must be a mapping with apiVersion, kind, metadata and spec")
 		return nil, d.err()
 	}
-	unknownKeys(d, "", "the document", top, "apiVersion", "kind", "metadata", "spec")
+	// status is the server's, as in Kubernetes: read and ignored.
+	unknownKeys(d, "", "the document", top, "apiVersion", "kind", "metadata", "spec", "status")
 
 	var apiVersion, kindName string
 	stringField(d, "apiVersion", top["apiVersion"], &apiVersion, true)
