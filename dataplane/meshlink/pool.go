@@ -3,6 +3,7 @@ package meshlink
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/textproto"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -58,7 +60,8 @@ const (
 //     may be gone).
 //   - When all MaxConns connections are busy a request waits up to
 //     Config.PoolWait for one; then it goes over the overflow transport
-//     (the Link's HTTP/2 connection).
+//     (the Link's HTTP/2 connection). So does every request to a remote
+//     that does not agree to http/1.1 in ALPN.
 type Pool struct {
 	dial           func(ctx context.Context) (net.Conn, error)
 	overflow       http.RoundTripper
@@ -74,6 +77,10 @@ type Pool struct {
 	gen     uint64      // bumped by CloseIdleConnections
 	waiters []chan struct{}
 	sweep   *time.Timer // closes expired idle connections; nil when none are idle
+	// noHTTP1: the remote did not agree to http/1.1 in ALPN (a server of
+	// HTTP/2 only); its requests take the overflow transport until
+	// CloseIdleConnections.
+	noHTTP1 atomic.Bool
 }
 
 func newPool(cfg Config, dial func(ctx context.Context) (net.Conn, error), overflow http.RoundTripper) *Pool {
@@ -132,6 +139,7 @@ var (
 	errStale = errors.New("connection closed by the remote proxy")
 	// errPoolBusy: every connection stayed busy for PoolWait.
 	errPoolBusy = errors.New("proxy: every HTTP/1.1 connection to the remote is busy")
+	errNoHTTP1  = errors.New("proxy: the remote proxy did not agree to http/1.1")
 )
 
 // aLongTimeAgo is a past deadline: blocked reads and writes return at once.
@@ -177,8 +185,11 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			out = req.Clone(req.Context())
 			out.Body = body
 		}
+		if p.noHTTP1.Load() && p.overflow != nil {
+			return p.overflow.RoundTrip(out)
+		}
 		pc, reused, err := p.get(req.Context())
-		if errors.Is(err, errPoolBusy) && p.overflow != nil {
+		if (errors.Is(err, errPoolBusy) || errors.Is(err, errNoHTTP1)) && p.overflow != nil {
 			return p.overflow.RoundTrip(out)
 		}
 		if err != nil {
@@ -371,6 +382,7 @@ func (p *Pool) expire() {
 func (p *Pool) CloseIdleConnections() {
 	p.mu.Lock()
 	p.gen++
+	p.noHTTP1.Store(false)
 	idle := p.idle
 	p.idle = nil
 	if p.sweep != nil {
@@ -387,6 +399,11 @@ func (p *Pool) connect(ctx context.Context) (*poolConn, error) {
 	c, err := p.dial(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if tc, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok && tc.ConnectionState().NegotiatedProtocol != "http/1.1" {
+		_ = c.Close()
+		p.noHTTP1.Store(true)
+		return nil, fmt.Errorf("%w: %s", errNoHTTP1, p.addr)
 	}
 	pc := &poolConn{Conn: c, raw: c}
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
