@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -193,9 +194,21 @@ type OutboundConfig struct {
 	// KeepAlive is how long the HTTP/2 connection to a remote may stay
 	// silent before it is checked with a ping; 30s.
 	KeepAlive time.Duration
-	Logger    *slog.Logger // slog.Default() if nil
-	Clock     certs.Clock  // the system clock if nil
-	Metrics   *Metrics     // unregistered metrics if nil
+	// MeshLink is how requests for a remote's "http" ports travel:
+	// MeshLinkHTTP1, over a bounded pool of HTTP/1.1 keep-alive mTLS
+	// connections per remote (meshlink.Pool: no goroutine per request on
+	// either side); MeshLinkH2, as streams of the one HTTP/2 connection.
+	// gRPC, http2 ports, TCP ports and upgrades take HTTP/2 (upgrades
+	// HTTP/1.1) either way. Empty: $MESH_PROXY_MESH_LINK, else
+	// MeshLinkHTTP1.
+	MeshLink string
+	// MaxLinkConns bounds the HTTP/1.1 connections to one remote proxy,
+	// idle and in use; a request finding them all busy for a second goes
+	// over the HTTP/2 connection. Default 64.
+	MaxLinkConns int
+	Logger       *slog.Logger // slog.Default() if nil
+	Clock        certs.Clock  // the system clock if nil
+	Metrics      *Metrics     // unregistered metrics if nil
 }
 
 // Validate reports whether the config can be used.
@@ -233,8 +246,23 @@ func (c OutboundConfig) Validate() error {
 	if err := c.Outlier.Validate(); err != nil {
 		return fmt.Errorf("%w: outbound: %w", ErrInvalidConfig, err)
 	}
+	if c.MeshLink != "" && c.MeshLink != MeshLinkHTTP1 && c.MeshLink != MeshLinkH2 {
+		return fmt.Errorf("%w: outbound: MeshLink %q: want %q or %q", ErrInvalidConfig, c.MeshLink, MeshLinkHTTP1, MeshLinkH2)
+	}
+	if c.MaxLinkConns < 0 {
+		return fmt.Errorf("%w: outbound: MaxLinkConns %d: must not be negative", ErrInvalidConfig, c.MaxLinkConns)
+	}
 	return nil
 }
+
+// The ways of OutboundConfig.MeshLink.
+const (
+	MeshLinkHTTP1 = "http1"
+	MeshLinkH2    = "h2"
+	// EnvMeshLink names the variable read when MeshLink is empty, so
+	// that one binary can be compared both ways.
+	EnvMeshLink = "MESH_PROXY_MESH_LINK"
+)
 
 // Outbound is the app's way out: local plain ports (one per upstream
 // service, and one that routes by Host) whose requests are routed by the
@@ -343,8 +371,19 @@ var _ http.Handler = (*Outbound)(nil)
 
 // NewOutbound checks cfg and builds an Outbound; Run starts it.
 func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
+	if cfg.MeshLink == "" {
+		if v := os.Getenv(EnvMeshLink); v != "" {
+			cfg.MeshLink = v
+			if err := cfg.Validate(); err != nil {
+				return nil, fmt.Errorf("%w (from $%s)", err, EnvMeshLink)
+			}
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.MeshLink == "" {
+		cfg.MeshLink = MeshLinkHTTP1
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.KeepAlive <= 0 {

@@ -41,6 +41,7 @@ func startOutbound(t testing.TB, m *mesh, remote string, id string, metrics *Met
 }
 
 func TestMeshRequestCarriesCallerID(t *testing.T) {
+	t.Setenv(EnvMeshLink, MeshLinkH2) // HTTP/2's one connection; HTTP/1.1's pool: h1link_test.go
 	checkLeaks(t)
 	m, a, metrics := newMesh(t), newApp(t), newMetrics(t)
 	inLn := &countingListener{Listener: listenLocal(t)}

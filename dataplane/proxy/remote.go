@@ -16,7 +16,8 @@ import (
 
 // remote is the way to one endpoint (an address and the SPIFFE ID it must
 // present): a meshlink.Link whose handshakes are counted and logged by
-// reason, and checked against the revocations in force (guard).
+// reason, and checked against the revocations in force (guard). Its Pool
+// (HTTP/1.1) and H2 connections are dialed, admitted and tracked alike.
 type remote = meshlink.Link
 
 func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetrics, log *slog.Logger, guard *remoteGuard) (*remote, error) {
@@ -28,7 +29,7 @@ func newRemote(cfg *OutboundConfig, target balancer.Target, failed *listenerMetr
 		Addr: target.Addr,
 		TLS:  certs.MTLSClientConfig(edge.OwnSource(cfg.SVID), cfg.Bundle, certs.AuthorizeID(id), certs.TLSOptions{Clock: cfg.Clock}),
 		Dial: cfg.Limits.Dial, Handshake: cfg.Limits.Handshake, Idle: cfg.Limits.Idle,
-		ResponseHeader: cfg.Limits.ResponseHeader, KeepAlive: cfg.KeepAlive,
+		ResponseHeader: cfg.Limits.ResponseHeader, KeepAlive: cfg.KeepAlive, MaxConns: cfg.MaxLinkConns,
 		OnHandshakeFail: func(reason string, err error) {
 			failed.handshakeFailed(reason)
 			log.Warn("proxy: handshake with upstream failed", slog.String("remote", target.Addr),

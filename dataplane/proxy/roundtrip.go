@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/meshlink"
 	"minimesh/dataplane/route"
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // roundTripper is the Outbound's http.RoundTripper under its ReverseProxy:
@@ -38,6 +40,7 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("%w: request without a destination", ErrUnknownService)
 	}
 	upgrade := req.Header.Get("Upgrade") != ""
+	pooled := !upgrade && o.overPool(c, req)
 	var policy *route.RetryPolicy
 	if c.route != nil && !upgrade {
 		policy = c.route.Retry
@@ -92,9 +95,12 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		var resp *http.Response
-		if upgrade {
+		switch {
+		case upgrade:
 			resp, err = rm.H1.RoundTrip(try)
-		} else {
+		case pooled:
+			resp, err = rm.Pool.RoundTrip(try)
+		default:
 			resp, err = rm.H2.RoundTrip(try)
 		}
 		a := route.Attempt{Method: req.Method, Retries: retries, BodyBytes: bodyBytes}
@@ -149,6 +155,23 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func nop() {}
+
+// overPool reports whether req goes over the remote's HTTP/1.1 pool
+// (OutboundConfig.MeshLink): a plain HTTP port (or a service that declares
+// none: the remote's app port, HTTP/1.1), not gRPC (its trailers and
+// streams keep HTTP/2), not Expect: 100-continue.
+func (o *Outbound) overPool(c *decision, req *http.Request) bool {
+	if o.cfg.MeshLink != MeshLinkHTTP1 {
+		return false
+	}
+	if c.port != nil && c.port.proto != meshv1.Protocol_PROTOCOL_HTTP {
+		return false
+	}
+	if _, ok := req.Header["Expect"]; ok {
+		return false
+	}
+	return !strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc")
+}
 
 // doneBody ends a try when the response body is closed: the endpoint's
 // request is Done (so least-outstanding counts streams until they end)

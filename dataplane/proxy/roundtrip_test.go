@@ -82,6 +82,7 @@ func (r *breakingRemote) hitsOf(method string) int64 {
 // answer is tried once more on a fresh connection, whatever the route
 // says (net/http's own rule); a request with a body is not.
 func TestOutboundRetriesBrokenConnection(t *testing.T) {
+	t.Setenv(EnvMeshLink, MeshLinkH2) // the remote speaks HTTP/2 only; HTTP/1.1: h1link_test.go
 	checkLeaks(t)
 	m, metrics := newMesh(t), newMetrics(t)
 

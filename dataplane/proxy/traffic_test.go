@@ -218,6 +218,7 @@ spec:
 // Requests to one remote share one connection; when the remote goes away
 // the next request dials a new one, without a restart of anything.
 func TestOutboundReplacesFailedConnection(t *testing.T) {
+	t.Setenv(EnvMeshLink, MeshLinkH2) // HTTP/2's one connection; HTTP/1.1's pool: h1link_test.go
 	checkLeaks(t)
 	m, a := newMesh(t), newApp(t)
 	first := &countingListener{Listener: listenLocal(t)}
