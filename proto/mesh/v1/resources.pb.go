@@ -479,6 +479,7 @@ func (x *ServiceSpec) GetSubsets() []*ServiceSubset {
 	return nil
 }
 
+// ServicePort is one port of a service: the port its app listens on.
 type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional DNS label, unique within the service.
@@ -1310,6 +1311,8 @@ func (x *RateLimitSpec) GetOverrides() []*RateLimitOverride {
 	return nil
 }
 
+// RateLimitOverride gives the sources that match identity a rate of their
+// own.
 type RateLimitOverride struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A SPIFFE ID or an IdentityPattern; distinct within the spec. Required.
@@ -1379,7 +1382,8 @@ type AccessLogSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required.
 	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Enabled bool   `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// true: log; false: the resource exists but nothing is logged.
+	Enabled bool `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// The fields of each line, from the fixed list api.AccessLogFields,
 	// without duplicates. Empty: api.DefaultAccessLogFields.
 	Fields []string `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
@@ -1681,10 +1685,13 @@ type isAuthorizationPath_Kind interface {
 }
 
 type AuthorizationPath_Exact struct {
+	// The whole path.
 	Exact string `protobuf:"bytes,1,opt,name=exact,proto3,oneof"`
 }
 
 type AuthorizationPath_Prefix struct {
+	// A prefix of the path, compared byte for byte: /api matches /apis too,
+	// /api/ does not match /api.
 	Prefix string `protobuf:"bytes,2,opt,name=prefix,proto3,oneof"`
 }
 
