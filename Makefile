@@ -68,6 +68,14 @@ generate-check: generate ## Fail when the committed generated code is stale.
 	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
 		echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- proto; exit 1; fi
 
+.PHONY: docs
+docs: ## Regenerate docs/reference.md from resources.proto's comments and examples/.
+	$(GO) run ./internal/docgen
+
+.PHONY: docs-check
+docs-check: ## Fail when docs/reference.md is stale.
+	$(GO) run ./internal/docgen -check
+
 $(BIN)/buf:
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 $(BIN)/protoc-gen-go:

@@ -3,6 +3,7 @@ module minimesh
 go 1.26.0
 
 require (
+	github.com/bufbuild/protocompile v0.14.1
 	github.com/hashicorp/go-memdb v1.3.5
 	github.com/hashicorp/golang-lru v0.5.4
 	github.com/prometheus/client_golang v1.25.0
