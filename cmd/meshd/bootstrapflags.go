@@ -1,9 +1,10 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"math"
+
+	"github.com/spf13/pflag"
 
 	"minimesh/controlplane"
 )
@@ -13,7 +14,7 @@ import (
 // The returned check refuses values that would silently mean something else
 // (0 is "the default" to the handler, a negative rate or burst refuses all,
 // and an infinite rate is no limit at all).
-func bootstrapLimitFlags(fs *flag.FlagSet, cfg *controlplane.Config) (check func() error) {
+func bootstrapLimitFlags(fs *pflag.FlagSet, cfg *controlplane.Config) (check func() error) {
 	fs.Float64Var((*float64)(&cfg.BootstrapRate), "bootstrap-rate", 1, "Bootstrap attempts allowed per second, per source address; raise for many pods behind one NAT address")
 	fs.IntVar(&cfg.BootstrapBurst, "bootstrap-burst", 10, "Bootstrap attempts allowed at once, per source address; raise for many pods behind one NAT address")
 	return func() error {

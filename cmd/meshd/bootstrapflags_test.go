@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/time/rate"
 
 	"minimesh/controlplane"
@@ -19,7 +19,7 @@ import (
 func TestBootstrapLimitFlags(t *testing.T) {
 	parse := func(args ...string) (controlplane.Config, string, error) {
 		var cfg controlplane.Config
-		fs := flag.NewFlagSet("meshd", flag.ContinueOnError)
+		fs := pflag.NewFlagSet("meshd", pflag.ContinueOnError)
 		var usage bytes.Buffer
 		fs.SetOutput(&usage)
 		check := bootstrapLimitFlags(fs, &cfg)
@@ -34,7 +34,7 @@ func TestBootstrapLimitFlags(t *testing.T) {
 	if err != nil || cfg.BootstrapRate != 1 || cfg.BootstrapBurst != 10 {
 		t.Fatalf("defaults: rate %v burst %d err %v, want 1/s, 10, nil", cfg.BootstrapRate, cfg.BootstrapBurst, err)
 	}
-	for _, name := range []string{"-bootstrap-rate", "-bootstrap-burst"} {
+	for _, name := range []string{"--bootstrap-rate", "--bootstrap-burst"} {
 		i := strings.Index(help, name)
 		if i < 0 || !strings.Contains(help[i:], "per source address; raise for many pods behind one NAT address") {
 			t.Errorf("help of %s does not say what it is for:\n%s", name, help)

@@ -30,8 +30,10 @@ func TestOperatorIssueNeedsTheCAKeyFile(t *testing.T) {
 	srv.Close()
 	issue := func(extra ...string) (string, error) {
 		var out bytes.Buffer
-		args := append([]string{"issue", "--data-dir", dataDir, "--out", filepath.Join(t.TempDir(), "op")}, extra...)
-		err := subcommands["operator"](args, &out, &out)
+		args := append([]string{"operator", "issue", "--data-dir", dataDir, "--out", filepath.Join(t.TempDir(), "op")}, extra...)
+		root := newRoot(&out, &out)
+		root.SetArgs(args)
+		err := root.Execute()
 		return out.String(), err
 	}
 	if out, err := issue(); err == nil || !strings.Contains(err.Error(), "--ca-key-file") {

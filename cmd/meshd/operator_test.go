@@ -20,7 +20,9 @@ func TestOperatorSubcommands(t *testing.T) {
 	srv.Close()
 	meshd := func(args ...string) (string, error) {
 		var out, errOut bytes.Buffer
-		err := subcommands[args[0]](args[1:], &out, &errOut)
+		root := newRoot(&out, &errOut)
+		root.SetArgs(args)
+		err := root.Execute()
 		return out.String() + errOut.String(), err
 	}
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,12 +44,18 @@ func (f *format) Set(s string) error {
 	return fmt.Errorf("must be %s or %s, got %q", FormatJSON, FormatText, s)
 }
 
+type level slog.Level
+
+func (l *level) String() string     { return strings.ToLower((*slog.Level)(l).String()) }
+func (l *level) Type() string       { return "level" }
+func (l *level) Set(s string) error { return (*slog.Level)(l).UnmarshalText([]byte(s)) }
+
 // Register adds --log-level (default info) and --log-format (default json)
 // to fs.
 func (l *LogFlags) Register(fs *pflag.FlagSet) {
 	l.Level = slog.LevelInfo
 	l.Format = FormatJSON
-	fs.TextVar(&l.Level, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.Var((*level)(&l.Level), "log-level", "log level: debug, info, warn or error")
 	fs.Var(&l.Format, "log-format", "log format: json (one object a line) or text (key=value)")
 }
 

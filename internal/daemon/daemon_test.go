@@ -129,3 +129,20 @@ func TestRunUntil(t *testing.T) {
 		t.Errorf("lines %v: want one JSON error line naming the failure", got)
 	}
 }
+
+// TestDuplicateKeys finds a key twice in one JSON line, at any depth.
+func TestDuplicateKeys(t *testing.T) {
+	for line, want := range map[string]string{
+		`{"a":1,"b":{"a":2},"c":[{"a":1}]}`:                 "",
+		`{"service":"web","listener":"in","service":"api"}`: "service",
+		`{"g":{"k":1,"k":[1,{"x":1}]},"h":2}`:               "g.k",
+	} {
+		got, err := daemon.DuplicateKeys([]byte(line))
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("%s: %v %v, want %q", line, got, err, want)
+		}
+	}
+	if _, err := daemon.DuplicateKeys([]byte("level=INFO msg=x")); err == nil {
+		t.Error("a text line: no error")
+	}
+}

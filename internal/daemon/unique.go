@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 )
@@ -106,4 +109,64 @@ func addKey(seen map[string]bool, k string, dups []string) []string {
 	}
 	seen[k] = true
 	return dups
+}
+
+// DuplicateKeys returns the keys that one JSON log line (an object, maybe
+// nested) holds twice at the same level, as "outer.key": what a test reads
+// from a daemon's stderr, where CheckUnique cannot be put.
+func DuplicateKeys(line []byte) ([]string, error) {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.UseNumber()
+	var dups []string
+	var object func(prefix string) error
+	var value func(prefix string) error
+	value = func(prefix string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			return object(prefix)
+		case json.Delim('['):
+			for dec.More() {
+				if err := value(prefix); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // ]
+			return err
+		}
+		return nil
+	}
+	object = func(prefix string) error {
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := tok.(string)
+			if seen[k] {
+				dups = append(dups, prefix+k)
+			}
+			seen[k] = true
+			if err := value(prefix + k + "."); err != nil {
+				return err
+			}
+		}
+		_, err := dec.Token() // }
+		return err
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if tok != json.Delim('{') {
+		return nil, fmt.Errorf("not a JSON object: %.80q", line)
+	}
+	if err := object(""); err != nil {
+		return nil, err
+	}
+	return dups, nil
 }
