@@ -86,7 +86,7 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: bench
-bench: bench-fanout bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
+bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
 
 .PHONY: bench-sidebyside
 bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 min; installs wrk, nginx, haproxy).
@@ -103,6 +103,11 @@ bench-store: ## meshd's stores: Apply latency p50/p99 and Bootstrap rate, bbolt 
 .PHONY: bench-fanout
 bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.
 	$(GO) run ./bench/fanout -n 100,1000,2000
+
+.PHONY: bench-fanout-ha
+bench-fanout-ha: ## Fan-out over three meshd replicas on etcd, a replica SIGKILLed, RSS per replica: 2000 proxies (~4 min; installs etcd-server; rewrites its block in bench/RESULTS.md).
+	@[ -x /usr/bin/etcd ] || command -v etcd >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi; }
+	$(GO) run ./bench/fanout -replicas 3 -n 2000 $(BENCHFLAGS)
 
 # Kubernetes: manifests checked offline, the redirect proven in network
 # namespaces (root, iproute2 and iptables), the image.

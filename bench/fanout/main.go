@@ -12,6 +12,14 @@
 // --bootstrap-burst max(-n) (its per-source-address limit).
 //
 //	go run ./bench/fanout -n 100,1000,2000
+//
+// With -replicas 3 (ha.go, issue 19) it runs three meshd replicas on one
+// etcd instead, measures the Apply sent to the leader and to a follower,
+// SIGKILLs the replica holding the most streams (times its proxies' return
+// to a survivor, and an Apply sent right after the kill), reads each
+// replica's CPU time and RSS, and rewrites its block in bench/RESULTS.md:
+//
+//	go run ./bench/fanout -replicas 3 -n 2000
 package main
 
 import (
@@ -55,8 +63,17 @@ func main() {
 	rounds := flag.Int("rounds", 3, "applies per size (the table shows the median)")
 	scopes := flag.String("scopes", "all,upstream", "endpoint scopes the proxies ask for, comma-separated: all (no scope, as with a Host-routed port) or upstream (one --upstream service)")
 	workers := flag.Int("bootstrap-workers", 16, "proxies bootstrapping at once during set-up")
+	reps := flag.Int("replicas", 1, "meshd replicas: 1 (bbolt), or 2 to 7 on one etcd (Debian's /usr/bin/etcd), with a replica SIGKILLed (issue 19)")
+	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "with -replicas > 1: meshd's --lease-ttl")
+	results := flag.String("results", "bench/RESULTS.md", "with -replicas > 1: Markdown file whose fanout-ha block is rewritten (empty: print only)")
 	flag.Parse()
-	if err := run(*sizes, *scopes, *rounds, *workers); err != nil {
+	var err error
+	if *reps == 1 {
+		err = run(*sizes, *scopes, *rounds, *workers)
+	} else {
+		err = runReplicas(*sizes, *scopes, *rounds, *workers, *reps, *leaseTTL, *results)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fanout:", err)
 		os.Exit(1)
 	}
@@ -72,30 +89,52 @@ type result struct {
 	target        string
 }
 
-func run(sizes, scopes string, rounds, workers int) error {
+// parseFlags checks the flags both modes share.
+func parseFlags(sizes, scopes string, rounds, workers int) (ns []int, maxN int, scopeList []string, err error) {
 	if rounds < 1 {
-		return fmt.Errorf("-rounds: must be at least 1, got %d", rounds)
+		return nil, 0, nil, fmt.Errorf("-rounds: must be at least 1, got %d", rounds)
 	}
 	if workers < 1 || workers > 1024 {
-		return fmt.Errorf("-bootstrap-workers: must be 1 to 1024, got %d", workers)
+		return nil, 0, nil, fmt.Errorf("-bootstrap-workers: must be 1 to 1024, got %d", workers)
 	}
-	var ns []int
-	maxN := 0
 	for _, f := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > identity.MaxTokenUses {
-			return fmt.Errorf("-n: %q: want a number of proxies from 1 to %d (a join token's most uses)", f, identity.MaxTokenUses)
+			return nil, 0, nil, fmt.Errorf("-n: %q: want a number of proxies from 1 to %d (a join token's most uses)", f, identity.MaxTokenUses)
 		}
 		ns = append(ns, n)
 		maxN = max(maxN, n)
 	}
-	var scopeList []string
 	for _, scope := range strings.Split(scopes, ",") {
 		scope = strings.TrimSpace(scope)
 		if scope != "all" && scope != "upstream" {
-			return fmt.Errorf("-scopes: %q: want all or upstream", scope)
+			return nil, 0, nil, fmt.Errorf("-scopes: %q: want all or upstream", scope)
 		}
 		scopeList = append(scopeList, scope)
+	}
+	return ns, maxN, scopeList, nil
+}
+
+// runReplicas is the -replicas mode (ha.go).
+func runReplicas(sizes, scopes string, rounds, workers, reps int, leaseTTL time.Duration, results string) error {
+	ns, maxN, scopeList, err := parseFlags(sizes, scopes, rounds, workers)
+	if err != nil {
+		return err
+	}
+	if reps < 2 || reps > 7 {
+		return fmt.Errorf("-replicas: want 1, or 2 to 7 replicas on etcd, got %d", reps)
+	}
+	if leaseTTL < 2*time.Second || leaseTTL > time.Hour || leaseTTL%time.Second != 0 {
+		return fmt.Errorf("-lease-ttl: want whole seconds from 2s to 1h (meshd's --lease-ttl), got %s", leaseTTL)
+	}
+	return runHA(haConfig{ns: ns, maxN: maxN, scopes: scopeList, rounds: rounds, workers: workers, replicas: reps,
+		leaseTTL: leaseTTL, results: results, command: "go run ./bench/fanout " + strings.Join(os.Args[1:], " ")})
+}
+
+func run(sizes, scopes string, rounds, workers int) error {
+	ns, maxN, scopeList, err := parseFlags(sizes, scopes, rounds, workers)
+	if err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp("", "fanout")
 	if err != nil {
@@ -122,7 +161,7 @@ func run(sizes, scopes string, rounds, workers int) error {
 		return err
 	}
 	setup := time.Now()
-	tcs, err := bootstrapAll(admin, addr, td, maxN, workers)
+	tcs, err := bootstrapAll(admin, []string{addr}, td, maxN, workers)
 	if err != nil {
 		return err
 	}
@@ -437,9 +476,10 @@ func instanceID(i int) string { return fmt.Sprintf("bench-%05d", i) }
 
 // bootstrapAll gets n SVIDs for spiffe://td/ns/bench/sa/bench, one per
 // simulated proxy (replicas of one Deployment share the identity, not the
-// certificate), with at most workers Bootstraps at once, and returns each
-// proxy's mTLS client config for the push stream.
-func bootstrapAll(admin meshv1.AdminServiceClient, addr string, td spiffeid.TrustDomain, n, workers int) ([]*tls.Config, error) {
+// certificate), with at most workers Bootstraps at once (proxy i through
+// addrs[i % len(addrs)]), and returns each proxy's mTLS client config for
+// the push stream.
+func bootstrapAll(admin meshv1.AdminServiceClient, addrs []string, td spiffeid.TrustDomain, n, workers int) ([]*tls.Config, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	tok, err := admin.CreateJoinToken(ctx, &meshv1.CreateJoinTokenRequest{
 		Namespace: "bench", ServiceAccount: "bench", Uses: uint32(n), Ttl: durationpb.New(time.Hour),
@@ -467,7 +507,7 @@ func bootstrapAll(admin meshv1.AdminServiceClient, addr string, td spiffeid.Trus
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				svid, roots, err := bootstrapOne(addr, pinned, tok.Secret, td, instanceID(i))
+				svid, roots, err := bootstrapOne(addrs[i%len(addrs)], pinned, tok.Secret, td, instanceID(i))
 				if err != nil {
 					fail(fmt.Errorf("bootstrap %s: %w", instanceID(i), err))
 					return
