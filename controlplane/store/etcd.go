@@ -94,6 +94,13 @@ type etcdBackend struct {
 	sess     *concurrency.Session
 	leader   *leadership
 	presence map[string]bool // instances this replica holds presence for
+	// presenceRetry: presence puts that failed (etcd unreachable for a
+	// moment), put again every second by sessionLoop: without the key the
+	// leader would take the live stream for one that ended.
+	presenceRetry map[string]bool
+	// presMu orders a retried presence put against the clear of the same
+	// instance's key, so a retry never puts back a key just cleared.
+	presMu sync.Mutex
 	info     *string         // this replica's replicas/NAME value, once set
 	reloads  int64           // reloads after the first load (compactions)
 }
@@ -151,7 +158,7 @@ func openEtcd(cfg Config) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &etcdBackend{cli: cli, cfg: ec, p: ec.Prefix, log: cfg.Logger, ctx: ctx, cancel: cancel,
-		notify: make(chan struct{}), presence: map[string]bool{}, updSem: make(chan struct{}, 1)}
+		notify: make(chan struct{}), presence: map[string]bool{}, presenceRetry: map[string]bool{}, updSem: make(chan struct{}, 1)}
 	s := &Store{be: b, log: cfg.Logger}
 	b.s = s
 	fail := func(err error) (*Store, error) {
@@ -688,11 +695,16 @@ func (b *etcdBackend) session() *concurrency.Session {
 // member lost its leader): leadership ends with it.
 func (b *etcdBackend) sessionLoop() {
 	backoff := 100 * time.Millisecond
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
 	for {
 		sess := b.session()
 		select {
 		case <-b.ctx.Done():
 			return
+		case <-retry.C:
+			b.retryPresence(sess)
+			continue
 		case <-sess.Done():
 		}
 		b.mu.Lock()
@@ -778,12 +790,58 @@ func (b *etcdBackend) setPresence(inst string) error {
 	b.presence[inst] = true
 	sess := b.sess
 	b.mu.Unlock()
-	return b.putPresence(sess, inst)
+	err := b.putPresence(sess, inst)
+	b.mu.Lock()
+	if err != nil && b.presence[inst] {
+		b.presenceRetry[inst] = true
+	} else {
+		delete(b.presenceRetry, inst)
+	}
+	b.mu.Unlock()
+	return err
+}
+
+// retryPresence puts again the presence keys whose put failed, for
+// instances still connected here.
+func (b *etcdBackend) retryPresence(sess *concurrency.Session) {
+	b.mu.Lock()
+	var insts []string
+	for i := range b.presenceRetry {
+		if b.presence[i] {
+			insts = append(insts, i)
+		} else {
+			delete(b.presenceRetry, i)
+		}
+	}
+	b.mu.Unlock()
+	for _, i := range insts {
+		b.presMu.Lock()
+		b.mu.Lock()
+		still := b.presence[i]
+		b.mu.Unlock()
+		var err error
+		if still {
+			err = b.putPresence(sess, i)
+		}
+		b.mu.Lock()
+		if err == nil || !b.presence[i] {
+			delete(b.presenceRetry, i)
+		}
+		b.mu.Unlock()
+		b.presMu.Unlock()
+		if err != nil {
+			b.log.Warn("could not record a proxy's presence; retrying", "instance_id", i, "error", err)
+			return // etcd still unreachable: the next tick tries again
+		}
+	}
 }
 
 func (b *etcdBackend) clearPresence(inst string) error {
+	b.presMu.Lock()
+	defer b.presMu.Unlock()
 	b.mu.Lock()
 	delete(b.presence, inst)
+	delete(b.presenceRetry, inst)
 	b.mu.Unlock()
 	ctx, cancel := b.reqCtx()
 	defer cancel()

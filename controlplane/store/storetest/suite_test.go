@@ -2,12 +2,14 @@ package storetest_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"minimesh/controlplane/store"
 	"minimesh/controlplane/store/storetest"
@@ -90,5 +92,55 @@ func TestEtcdNoSpaceNamesTheFix(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the NOSPACE error does not say %q: %v", want, err)
 		}
+	}
+}
+
+// TestEtcdPresenceRetried: a proxy's presence key whose put failed (etcd
+// unreachable for a moment) is put again once etcd answers, so the leader
+// does not take the live stream for one that ended; one cleared meanwhile
+// (the stream ended) is not put back.
+func TestEtcdPresenceRetried(t *testing.T) {
+	rl := storetest.NewRelay(t, embedded.Endpoints[0])
+	prefix := fmt.Sprintf("/presence-%d/", os.Getpid())
+	open := func(endpoint, replica string) *store.Store {
+		st, err := store.Open(store.Config{Etcd: &store.EtcdConfig{Endpoints: []string{endpoint}, Prefix: prefix, Replica: replica,
+			RequestTimeout: 500 * time.Millisecond, DialTimeout: time.Second, SessionTTL: 30}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return st
+	}
+	st := open("http://"+rl.Addr(), "r0")
+	watcher := open(embedded.Endpoints[0], "r1")
+
+	rl.Cut(true)
+	if err := st.SetPresence("live"); err == nil {
+		t.Fatal("a presence put with etcd cut off succeeded")
+	}
+	if err := st.SetPresence("ended"); err == nil {
+		t.Fatal("a presence put with etcd cut off succeeded")
+	}
+	_ = st.ClearPresence("ended") // the stream ended while etcd was away
+	rl.Cut(false)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := watcher.Presence(context.Background())
+		if err == nil && got["live"] == "r0" {
+			if _, ok := got["ended"]; ok {
+				t.Fatalf("the presence of a stream that ended was put back: %v", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed presence put was not retried once etcd answered: %v (%v)", got, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// And it stays away after a few more retry ticks.
+	time.Sleep(2500 * time.Millisecond)
+	if got, err := watcher.Presence(context.Background()); err != nil || got["ended"] != "" {
+		t.Fatalf("presence after the retries: %v, %v", got, err)
 	}
 }
