@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -59,10 +58,7 @@ the proxies it waits for.`,
 						if st, err = g.waitRotation(ctx, c, wait); err != nil {
 							return err
 						}
-						if g.output != "table" {
-							return g.print(&meshv1.RotateCAResponse{Status: st})
-						}
-						return printCAStatus(g, st)
+						return g.show(view{doc: &meshv1.RotateCAResponse{Status: st}, table: func(bool) error { return printCAStatus(g, st) }})
 					}
 				}
 				resp, err := c.RotateCA(cctx, &meshv1.RotateCARequest{Force: force})
@@ -76,13 +72,11 @@ the proxies it waits for.`,
 					}
 					resp.Status = st
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				return printCAStatus(g, st)
+				return g.show(view{doc: resp, table: func(bool) error { return printCAStatus(g, st) }})
 			})
 		},
 	}
+	outputs(rotate, docFormats...)
 	rotate.Flags().BoolVar(&force, "force", false, "move the rotation to its next phase without waiting for the proxies (breaks those it waits for; needs --yes)")
 	rotate.Flags().BoolVar(&yes, "yes", false, "with --force: go ahead without asking, whatever it breaks")
 	addWaitFlag(rotate.Flags(), &wait, "the rotation is idle again")
@@ -96,13 +90,11 @@ the proxies it waits for.`,
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				return printCAStatus(g, resp)
+				return g.show(view{doc: resp, table: func(bool) error { return printCAStatus(g, resp) }})
 			})
 		},
 	}
+	outputs(status, docFormats...)
 	cmd.AddCommand(rotate, status)
 	return cmd
 }
@@ -207,8 +199,8 @@ func printCAStatus(g *globals, st *meshv1.CAStatusResponse) error {
 	if n := st.GetStaleTokens(); n > 0 {
 		fmt.Fprintf(g.io.Out, "join tokens:  %d usable carry a retired root's pin; their pods cannot bootstrap: make new ones (meshctl token list shows them)\n", n)
 	}
-	w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "\nINSTANCE\tSERVICE\tCONNECTED\tBUNDLE ACKED\tSVID ROOT\tSTATE")
+	fmt.Fprintln(g.io.Out)
+	w := g.newTable("INSTANCE\tSERVICE\tCONNECTED\tBUNDLE ACKED\tSVID ROOT\tSTATE")
 	for _, p := range st.GetProxies() {
 		var roots []string
 		for _, r := range p.GetAckedRoots() {
@@ -246,20 +238,20 @@ forgotten: its revocation is on its record.`,
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				printf(g.io.Out, "proxy %s forgotten\n", args[0])
-				if resp.GetWasConnected() {
-					printf(g.io.Out, "its stream was open and was ended: if it is alive it registers again\n")
-				}
-				return nil
+				return g.show(view{doc: resp, names: []string{"proxy/" + args[0]}, table: func(bool) error {
+					printf(g.io.Out, "proxy %s forgotten\n", args[0])
+					if resp.GetWasConnected() {
+						printf(g.io.Out, "its stream was open and was ended: if it is alive it registers again\n")
+					}
+					return nil
+				}})
 			})
 		},
 	}
+	outputs(forget, formatTable, formatName, formatJSON, formatYAML, formatJSONPath)
 	forget.Flags().BoolVar(&forceForget, "force", false, "forget it even though it is connected (its stream is ended)")
 	cmd.AddCommand(forget)
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(outputs(&cobra.Command{
 		Use:   "revoke INSTANCE",
 		Short: "No more renewals; its endpoint goes and every proxy closes its connections",
 		Args:  cobra.ExactArgs(1),
@@ -268,17 +260,19 @@ forgotten: its revocation is on its record.`,
 				if _, err := c.RevokeProxy(ctx, &meshv1.RevokeProxyRequest{InstanceId: args[0]}); err != nil {
 					return err
 				}
-				fmt.Fprintf(g.io.Out, "proxy %s revoked\n", args[0])
-				return nil
+				return g.show(view{doc: revoked{ID: args[0], Revoked: true}, names: []string{"proxy/" + args[0]}, table: func(bool) error {
+					printf(g.io.Out, "proxy %s revoked\n", args[0])
+					return nil
+				}})
 			})
 		},
-	})
+	}, formatTable, formatName, formatJSON, formatYAML, formatJSONPath))
 	return cmd
 }
 
 func newIdentityCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "identity", Short: "Act on a SPIFFE identity"}
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(outputs(&cobra.Command{
 		Use:   "deny SPIFFEID",
 		Short: "No certificates for it any more; every proxy closes its connections",
 		Args:  cobra.ExactArgs(1),
@@ -287,11 +281,13 @@ func newIdentityCmd(g *globals) *cobra.Command {
 				if _, err := c.DenyIdentity(ctx, &meshv1.DenyIdentityRequest{SpiffeId: args[0]}); err != nil {
 					return err
 				}
-				fmt.Fprintf(g.io.Out, "identity %s denied\n", args[0])
-				return nil
+				return g.show(view{doc: denied{SpiffeID: args[0], Denied: true}, table: func(bool) error {
+					printf(g.io.Out, "identity %s denied\n", args[0])
+					return nil
+				}})
 			})
 		},
-	})
+	}, docFormats...))
 	return cmd
 }
 
@@ -299,8 +295,21 @@ func newIdentityCmd(g *globals) *cobra.Command {
 // the backup's CA keys are encrypted, "clear" otherwise.
 const backupCAKeysHeader = "minimesh-ca-keys"
 
+// denied is identity deny's document.
+type denied struct {
+	SpiffeID string `json:"spiffeId"`
+	Denied   bool   `json:"denied"`
+}
+
+// backupDoc is backup's document.
+type backupDoc struct {
+	File            string `json:"file"`
+	Bytes           int64  `json:"bytes"`
+	CAKeysEncrypted bool   `json:"caKeysEncrypted"`
+}
+
 func newBackupCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return outputs(&cobra.Command{
 		Use:   "backup FILE",
 		Short: "Write a consistent copy of meshd's data file, taken live (restore with meshd --restore)",
 		Long: `Write a consistent copy of meshd's data file, taken live (restore with meshd --restore).
@@ -356,14 +365,18 @@ and backup warns on stderr. The file is written mode 0600.`,
 				if err := os.Rename(tmp.Name(), args[0]); err != nil {
 					return err
 				}
-				fmt.Fprintf(g.io.Out, "wrote %s (%d bytes)\n", args[0], n)
 				// meshd says in a header whether the CA keys in the copy are
 				// encrypted; a meshd that does not say is taken as clear.
-				if md, err := stream.Header(); err != nil || !slices.Equal(md.Get(backupCAKeysHeader), []string{"encrypted"}) {
-					fmt.Fprintf(g.io.Err, "warning: %s holds the CA's private keys in clear (meshd runs without --ca-key-file): whoever reads it can issue certificates for the whole mesh; keep it as secret as the CA, or start meshd with --ca-key-file\n", args[0])
+				md, err := stream.Header()
+				encrypted := err == nil && slices.Equal(md.Get(backupCAKeysHeader), []string{"encrypted"})
+				if !encrypted {
+					printf(g.io.Err, "warning: %s holds the CA's private keys in clear (meshd runs without --ca-key-file): whoever reads it can issue certificates for the whole mesh; keep it as secret as the CA, or start meshd with --ca-key-file\n", args[0])
 				}
-				return nil
+				return g.show(view{doc: backupDoc{File: args[0], Bytes: n, CAKeysEncrypted: encrypted}, table: func(bool) error {
+					printf(g.io.Out, "wrote %s (%d bytes)\n", args[0], n)
+					return nil
+				}})
 			})
 		},
-	}
+	}, docFormats...)
 }

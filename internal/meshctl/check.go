@@ -3,7 +3,6 @@ package meshctl
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -493,16 +492,13 @@ var errChecksFailed = errors.New("some checks failed")
 func newCheckCmd(g *globals) *cobra.Command {
 	var proxy string
 	cmd := &cobra.Command{
-		Use:   "check [--proxy INSTANCE] [-o json]",
+		Use:   "check [--proxy INSTANCE] [-o json|yaml]",
 		Short: "Check the mesh: meshd, the operator credential, the CA and rotation, proxies, join tokens",
 		Long: `Check the mesh, one line per check: ✔ ok, ‼ warning, ✖ error, with a hint.
 Exits non-zero when a check fails (warnings do not). With --proxy, checks
 meshd and that one proxy (through meshd).`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			if g.output != "table" && g.output != "json" {
-				return fmt.Errorf("--output: must be table or json, got %q", g.output)
-			}
 			results := runChecks(g.gather(proxy))
 			failed := 0
 			for _, r := range results {
@@ -510,17 +506,14 @@ meshd and that one proxy (through meshd).`,
 					failed++
 				}
 			}
-			if g.output == "json" {
-				b, err := json.MarshalIndent(struct {
-					Success bool          `json:"success"`
-					Checks  []CheckResult `json:"checks"`
-				}{failed == 0, results}, "", "  ")
-				if err != nil {
-					return err
-				}
-				printf(g.io.Out, "%s\n", rawJSON(b))
-			} else {
+			if err := g.show(view{doc: struct {
+				Success bool          `json:"success"`
+				Checks  []CheckResult `json:"checks"`
+			}{failed == 0, results}, table: func(bool) error {
 				printChecks(g, results)
+				return nil
+			}}); err != nil {
+				return err
 			}
 			if failed > 0 {
 				return fmt.Errorf("%w: %d", errChecksFailed, failed)
@@ -529,15 +522,8 @@ meshd and that one proxy (through meshd).`,
 		},
 	}
 	cmd.Flags().StringVar(&proxy, "proxy", "", "check meshd and this proxy instance only")
-	return cmd
+	return outputs(cmd, docFormats...)
 }
-
-// rawJSON is JSON meshctl made: its strings are JSON-escaped already
-// (encoding/json escapes control characters; termsafe escapes the rest on
-// the way out).
-type rawJSON []byte
-
-func (r rawJSON) Format(f fmt.State, _ rune) { _, _ = f.Write(r) }
 
 func printChecks(g *globals, results []CheckResult) {
 	cat := ""

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,16 +33,16 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
 				t := resp.GetToken()
-				printf(g.io.Out, "token:     %s\nca-pin:    %s\nidentity:  %s\nexpires:   %s\nuses:      %d\n",
-					resp.GetSecret(), resp.GetCaPin(), t.GetSpiffeId(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), t.GetUses())
-				return nil
+				return g.show(view{doc: resp, names: []string{"token/" + t.GetId()}, table: func(bool) error {
+					printf(g.io.Out, "token:     %s\nca-pin:    %s\nidentity:  %s\nexpires:   %s\nuses:      %d\n",
+						resp.GetSecret(), resp.GetCaPin(), t.GetSpiffeId(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), t.GetUses())
+					return nil
+				}})
 			})
 		},
 	}
+	outputs(create, formatTable, formatName, formatJSON, formatYAML, formatJSONPath)
 	create.Flags().StringVar(&ns, "ns", "", "namespace the token is bound to (required)")
 	create.Flags().StringVar(&sa, "sa", "", "service account the token is bound to (required)")
 	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime of the token (default 10m)")
@@ -61,50 +60,70 @@ func newTokenCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "ID\tIDENTITY\tUSES LEFT\tEXPIRES\tSTATE")
-				now := time.Now()
+				var names []string
 				for _, t := range resp.GetTokens() {
-					state := "active"
-					switch {
-					case t.GetRevoked():
-						state = "revoked"
-					case !now.Before(t.GetExpiresAt().AsTime()):
-						state = "expired"
-					case t.GetUsesLeft() == 0:
-						state = "used"
-					case t.GetStalePin():
-						state = "old CA pin"
-					}
-					printf(w, "%s\t%s\t%d/%d\t%s\t%s\n", t.GetId(), t.GetSpiffeId(), t.GetUsesLeft(), t.GetUses(), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), state)
+					names = append(names, "token/"+t.GetId())
 				}
-				return w.Flush()
+				return g.show(view{doc: resp, names: names, table: func(wide bool) error {
+					return g.tokenTable(resp, wide)
+				}})
 			})
 		},
 	}
+	outputs(list, formatTable, formatWide, formatName, formatJSON, formatYAML, formatJSONPath)
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
-				resp, err := c.RevokeJoinToken(ctx, &meshv1.RevokeJoinTokenRequest{Id: args[0]})
-				if err != nil {
+				if _, err := c.RevokeJoinToken(ctx, &meshv1.RevokeJoinTokenRequest{Id: args[0]}); err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				printf(g.io.Out, "token %s revoked\n", args[0])
-				return nil
+				return g.show(view{doc: revoked{ID: args[0], Revoked: true}, names: []string{"token/" + args[0]}, table: func(bool) error {
+					printf(g.io.Out, "token %s revoked\n", args[0])
+					return nil
+				}})
 			})
 		},
 	}
+	outputs(revoke, formatTable, formatName, formatJSON, formatYAML, formatJSONPath)
 	cmd.AddCommand(create, list, revoke)
 	return cmd
+}
+
+// revoked is the document of the commands that revoke or deny one thing.
+type revoked struct {
+	ID      string `json:"id"`
+	Revoked bool   `json:"revoked"`
+}
+
+func (g *globals) tokenTable(resp *meshv1.ListJoinTokensResponse, wide bool) error {
+	h := "ID\tIDENTITY\tUSES LEFT\tEXPIRES\tSTATE"
+	if wide {
+		h += "\tCREATED\tCA PIN"
+	}
+	w := g.newTable(h)
+	now := time.Now()
+	for _, t := range resp.GetTokens() {
+		state := "active"
+		switch {
+		case t.GetRevoked():
+			state = "revoked"
+		case !now.Before(t.GetExpiresAt().AsTime()):
+			state = "expired"
+		case t.GetUsesLeft() == 0:
+			state = "used"
+		case t.GetStalePin():
+			state = "old CA pin"
+		}
+		cells := []string{t.GetId(), t.GetSpiffeId(), fmt.Sprintf("%d/%d", t.GetUsesLeft(), t.GetUses()), fmtTime(t.GetExpiresAt(), t.ExpiresAt != nil), state}
+		if wide {
+			cells = append(cells, fmtTime(t.GetCreatedAt(), t.CreatedAt != nil), orDash(t.GetCaPin()))
+		}
+		row(w, cells...)
+	}
+	return w.Flush()
 }
 
 func newCertsCmd(g *globals) *cobra.Command {
@@ -119,29 +138,31 @@ func newCertsCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "IDENTITY\tSERIAL\tISSUED BY\tINSTANCE\tEXPIRES\tIN")
-				for _, ct := range resp.GetCertificates() {
-					inst := ct.GetInstanceId()
-					if inst == "" {
-						inst = "-"
+				return g.show(view{doc: resp, table: func(wide bool) error {
+					h := "IDENTITY\tSERIAL\tISSUED BY\tINSTANCE\tEXPIRES\tIN"
+					if wide {
+						h += "\tNOT BEFORE\tTOKEN"
 					}
-					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", ct.GetSpiffeId(), ct.GetSerial(), ct.GetIssuedBy(), inst,
-						fmtTime(ct.GetNotAfter(), ct.NotAfter != nil), until(ct.GetNotAfter().AsTime()))
-				}
-				return w.Flush()
+					w := g.newTable(h)
+					for _, ct := range resp.GetCertificates() {
+						cells := []string{ct.GetSpiffeId(), ct.GetSerial(), ct.GetIssuedBy(), orDash(ct.GetInstanceId()),
+							fmtTime(ct.GetNotAfter(), ct.NotAfter != nil), until(ct.GetNotAfter().AsTime())}
+						if wide {
+							cells = append(cells, fmtTime(ct.GetNotBefore(), ct.NotBefore != nil), orDash(ct.GetTokenId()))
+						}
+						row(w, cells...)
+					}
+					return w.Flush()
+				}})
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "include expired certificates")
-	return cmd
+	return outputs(cmd, formatTable, formatWide, formatJSON, formatYAML, formatJSONPath)
 }
 
 func newProxiesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return outputs(&cobra.Command{
 		Use:   "proxies",
 		Short: "List registered proxy instances",
 		Args:  cobra.NoArgs,
@@ -151,26 +172,36 @@ func newProxiesCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN\tENDPOINTS OF")
+				var names []string
 				for _, p := range resp.GetProxies() {
-					state := "disconnected"
-					switch {
-					case p.GetRevoked():
-						state = "revoked"
-					case p.GetConnected():
-						state = "connected"
-					}
-					printf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), p.GetVersion(), state,
-						fmtTime(p.GetLastSeen(), p.LastSeen != nil), until(p.GetSvidExpiresAt().AsTime()), endpointScope(p))
+					names = append(names, "proxy/"+p.GetInstanceId())
 				}
-				return w.Flush()
+				return g.show(view{doc: resp, names: names, table: func(wide bool) error {
+					h := "INSTANCE\tSERVICE\tIDENTITY\tADDRESS\tVERSION\tSTATE\tLAST SEEN\tSVID EXPIRES IN"
+					if wide {
+						h += "\tCONNECTED AT\tSVID EXPIRES AT"
+					}
+					w := g.newTable(h + "\tENDPOINTS OF")
+					for _, p := range resp.GetProxies() {
+						state := "disconnected"
+						switch {
+						case p.GetRevoked():
+							state = "revoked"
+						case p.GetConnected():
+							state = "connected"
+						}
+						cells := []string{p.GetInstanceId(), p.GetService(), p.GetSpiffeId(), p.GetAddress(), orDash(p.GetVersion()), state,
+							fmtTime(p.GetLastSeen(), p.LastSeen != nil), until(p.GetSvidExpiresAt().AsTime())}
+						if wide {
+							cells = append(cells, fmtTime(p.GetConnectedAt(), p.ConnectedAt != nil), fmtTime(p.GetSvidExpiresAt(), p.SvidExpiresAt != nil))
+						}
+						row(w, append(cells, endpointScope(p))...)
+					}
+					return w.Flush()
+				}})
 			})
 		},
-	}
+	}, formatTable, formatWide, formatName, formatJSON, formatYAML, formatJSONPath)
 }
 
 // endpointScope is the ENDPOINTS OF column: "all" for a proxy that gets

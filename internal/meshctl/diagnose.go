@@ -30,7 +30,7 @@ func (g *globals) explain(err error) error {
 	if err == nil || !isHandshakeFailure(err) {
 		return err
 	}
-	msg, derr := diagnoseServerCert(g.server, g.credentials, time.Now(), g.timeout)
+	msg, derr := diagnoseServerCert(WithDefaultPort(g.server), g.credentials, time.Now(), g.timeout)
 	if derr != nil || msg == "" {
 		return err
 	}

@@ -172,7 +172,9 @@ are refused. Comments are not kept.
 	f.IntVar(&opts.AppPort, "port", 0, "the app's port (default: the one TCP containerPort the app declares)")
 	f.BoolVar(&opts.CaptureOutbound, "capture-outbound", false, "redirect the app's outbound TCP to mesh-proxy: HTTP to mesh services over mTLS (outside hosts only through --egress), anything else passed through")
 	f.StringArrayVar(&opts.Upstreams, "upstream", nil, "passed to mesh-proxy as --upstream: SERVICE=LOCALADDR[=REMOTEADDR=SPIFFEID] (repeatable)")
-	return cmd
+	_ = cmd.MarkFlagFilename("filename", "yaml", "yml", "json")
+	// Its output is manifests, as YAML: -o yaml says so, the rest is refused.
+	return outputs(cmd, formatTable, formatYAML)
 }
 
 // Inject adds mesh-proxy to every pod template of the YAML documents in

@@ -3,7 +3,6 @@ package meshctl
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -30,30 +29,41 @@ leaked one with 'meshctl operator revoke SERIAL' ('meshd operator revoke SERIAL'
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				w := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "SERIAL\tISSUED BY\tISSUED\tEXPIRES\tIN\tSTATE")
+				var names []string
 				for _, o := range resp.GetOperators() {
-					state := "valid"
-					switch {
-					case o.GetRevoked():
-						state = "revoked " + fmtTime(o.GetRevokedAt(), o.RevokedAt != nil)
-					case until(o.GetNotAfter().AsTime()) == "expired":
-						state = "expired"
-					}
-					if o.GetCaller() {
-						state += " (this credential)"
-					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", o.GetSerial(), o.GetIssuedBy(), fmtTime(o.GetNotBefore(), o.NotBefore != nil),
-						fmtTime(o.GetNotAfter(), o.NotAfter != nil), until(o.GetNotAfter().AsTime()), state)
+					names = append(names, "operator/"+o.GetSerial())
 				}
-				return w.Flush()
+				return g.show(view{doc: resp, names: names, table: func(bool) error { return g.operatorTable(resp) }})
 			})
 		},
 	}
+	outputs(list, formatTable, formatName, formatJSON, formatYAML, formatJSONPath)
 	list.Flags().BoolVar(&all, "all", false, "include expired credentials")
+	cmd.AddCommand(list)
+	addRevoke(g, cmd)
+	return cmd
+}
+
+func (g *globals) operatorTable(resp *meshv1.ListOperatorsResponse) error {
+	w := g.newTable("SERIAL\tISSUED BY\tISSUED\tEXPIRES\tIN\tSTATE")
+	for _, o := range resp.GetOperators() {
+		state := "valid"
+		switch {
+		case o.GetRevoked():
+			state = "revoked " + fmtTime(o.GetRevokedAt(), o.RevokedAt != nil)
+		case until(o.GetNotAfter().AsTime()) == "expired":
+			state = "expired"
+		}
+		if o.GetCaller() {
+			state += " (this credential)"
+		}
+		row(w, o.GetSerial(), o.GetIssuedBy(), fmtTime(o.GetNotBefore(), o.NotBefore != nil),
+			fmtTime(o.GetNotAfter(), o.NotAfter != nil), until(o.GetNotAfter().AsTime()), state)
+	}
+	return w.Flush()
+}
+
+func addRevoke(g *globals, cmd *cobra.Command) {
 
 	var force bool
 	var reason string
@@ -73,18 +83,17 @@ it locks every operator out until 'meshd operator issue --out DIR' is run with m
 				if err != nil {
 					return err
 				}
-				if g.output != "table" {
-					return g.print(resp)
-				}
-				printOperatorRevoked(g.io.Out, resp)
-				return nil
+				return g.show(view{doc: resp, names: []string{"operator/" + resp.GetOperator().GetSerial()}, table: func(bool) error {
+					printOperatorRevoked(g.io.Out, resp)
+					return nil
+				}})
 			})
 		},
 	}
 	revoke.Flags().BoolVar(&force, "force", false, "revoke it even if it is the last valid operator credential")
 	revoke.Flags().StringVar(&reason, "reason", "", "free text kept with the revocation")
-	cmd.AddCommand(list, revoke)
-	return cmd
+	outputs(revoke, formatTable, formatName, formatJSON, formatYAML, formatJSONPath)
+	cmd.AddCommand(revoke)
 }
 
 // printOperatorRevoked writes what a RevokeOperator did.

@@ -10,6 +10,7 @@ import (
 	"minimesh/api"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
+	"minimesh/internal/meshctl"
 )
 
 func TestApplyGetDelete(t *testing.T) {
@@ -53,7 +54,7 @@ func TestApplyGetDelete(t *testing.T) {
 	}
 
 	out, _ = run(t, m, "get", "all")
-	for _, want := range []string{"Service", "Route", "RateLimit", "api-v1"} {
+	for _, want := range []string{"service/api ", "route/api-v1 ", "ratelimit/api ", "PORTS", "BACKENDS", "RATE"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("get all lacks %q:\n%s", want, out)
 		}
@@ -133,8 +134,9 @@ func TestAuthzExplain(t *testing.T) {
 	}
 	for _, c := range cases {
 		out, err := run(t, m, "authz", "explain", "--from", c.from, "--to", "api", "--method", c.method, "--path", c.path)
-		if err != nil {
-			t.Fatalf("%+v: %v", c, err)
+		// A deny exits 1 in silence, as kubectl auth can-i; an allow 0.
+		if code, show := meshctl.ExitCode(err); code != map[string]int{"ALLOW": 0, "DENY": 1}[c.want] || show {
+			t.Fatalf("%+v: exit %d (shown %v): %v", c, code, show, err)
 		}
 		if !strings.Contains(out, c.want+" ") {
 			t.Errorf("%s %s from %s: want %s, got:\n%s", c.method, c.path, c.from, c.want, out)

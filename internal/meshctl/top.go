@@ -19,9 +19,14 @@ func (g *globals) query(instance string, req *meshv1.Request, out any, print fun
 		if err != nil {
 			return err
 		}
-		if g.output == "json" {
-			_, err := g.io.Out.Write(append(resp.GetJson(), '\n'))
-			return err
+		if g.out.format != formatTable {
+			// The proxy's answer, its snake_case keys in camelCase as in
+			// every other document.
+			tree, err := orderedJSON(resp.GetJson())
+			if err != nil {
+				return fmt.Errorf("answer from %s: %w", instance, err)
+			}
+			return g.show(view{doc: snakeToCamel(tree)})
 		}
 		if err := json.Unmarshal(resp.GetJson(), out); err != nil {
 			return fmt.Errorf("answer from %s: %w", instance, err)
@@ -32,7 +37,7 @@ func (g *globals) query(instance string, req *meshv1.Request, out any, print fun
 }
 
 func newTopCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return outputs(&cobra.Command{
 		Use:   "top INSTANCE",
 		Short: "The processes a proxy's pod runs: CPU, memory, threads, open files",
 		Args:  cobra.ExactArgs(1),
@@ -42,11 +47,11 @@ func newTopCmd(g *globals) *cobra.Command {
 				topz.WriteTable(g.io.Out, tab)
 			})
 		},
-	}
+	}, docFormats...)
 }
 
 func newProczCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	return outputs(&cobra.Command{
 		Use:   "procz INSTANCE PID",
 		Short: "One process in a proxy's pod: its open sockets and files",
 		Args:  cobra.ExactArgs(2),
@@ -60,5 +65,5 @@ func newProczCmd(g *globals) *cobra.Command {
 				topz.WriteProcess(g.io.Out, p)
 			})
 		},
-	}
+	}, docFormats...)
 }
