@@ -10,8 +10,9 @@ const (
 	peekGone
 )
 
-// peeker without MSG_PEEK: every idle connection is looked at through TLS
-// (poolConn.alive's read with a past deadline).
+// peeker without MSG_PEEK: every idle connection is taken as alive; one
+// the remote closed fails the request, which is sent again when that is
+// safe (Pool.RoundTrip).
 type peeker struct{}
 
-func (*peeker) state(net.Conn) int { return peekData }
+func (*peeker) state(net.Conn) int { return peekEmpty }

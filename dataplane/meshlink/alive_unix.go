@@ -11,7 +11,7 @@ import (
 // Results of peeker.state.
 const (
 	peekEmpty = iota // nothing to read: the connection is quiet
-	peekData         // bytes wait (TLS records: look closer)
+	peekData         // bytes wait
 	peekGone         // end of stream, or the connection is unusable
 )
 
@@ -22,7 +22,7 @@ type peeker struct {
 	rc    syscall.RawConn
 	fn    func(fd uintptr) bool
 	res   int
-	unset bool // no raw connection: every check says peekData
+	unset bool // no raw connection: every check says peekEmpty
 	buf   [1]byte
 }
 
@@ -31,7 +31,7 @@ func (p *peeker) state(c net.Conn) int {
 		sc, ok := c.(syscall.Conn)
 		if !ok {
 			p.unset = true
-			return peekData
+			return peekEmpty
 		}
 		rc, err := sc.SyscallConn()
 		if err != nil {
@@ -40,7 +40,7 @@ func (p *peeker) state(c net.Conn) int {
 		p.rc, p.fn = rc, p.peek
 	}
 	if p.unset {
-		return peekData
+		return peekEmpty
 	}
 	p.res = peekGone
 	if err := p.rc.Read(p.fn); err != nil {

@@ -145,27 +145,15 @@ var (
 // aLongTimeAgo is a past deadline: blocked reads and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// alive reports whether an idle connection can carry a request. One
-// non-blocking MSG_PEEK on the TCP connection finds it usually empty:
-// alive. When bytes wait, they may be TLS records that carry no answer (a
-// session ticket, a key update) or the remote's close_notify and end of
-// stream, or an answer nobody asked for: a read through TLS with a past
-// deadline tells them apart (only a timeout with nothing read is alive).
+// alive reports whether an idle connection can carry a request: one
+// non-blocking MSG_PEEK on the TCP connection finds nothing to read. Bytes
+// waiting there are the remote's close_notify and end of stream (its idle
+// timeout, a retirement) or something nobody asked for: either way the
+// connection is dropped. (TLS 1.3's session tickets come before the first
+// answer and are read with it; a read through TLS cannot look without
+// blocking: a past deadline fails it before it reads.)
 func (pc *poolConn) alive() bool {
-	if pc.br.Buffered() > 0 {
-		return false
-	}
-	switch pc.peek.state(pc.raw) {
-	case peekEmpty:
-		return true
-	case peekGone:
-		return false
-	}
-	_ = pc.SetReadDeadline(aLongTimeAgo)
-	_, err := pc.br.Peek(1)
-	_ = pc.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return pc.br.Buffered() == 0 && errors.As(err, &ne) && ne.Timeout()
+	return pc.br.Buffered() == 0 && pc.peek.state(pc.raw) == peekEmpty
 }
 
 // RoundTrip sends req over a connection of the pool (or, when every one
