@@ -100,9 +100,9 @@ type etcdBackend struct {
 	presenceRetry map[string]bool
 	// presMu orders a retried presence put against the clear of the same
 	// instance's key, so a retry never puts back a key just cleared.
-	presMu sync.Mutex
-	info     *string         // this replica's replicas/NAME value, once set
-	reloads  int64           // reloads after the first load (compactions)
+	presMu  sync.Mutex
+	info    *string // this replica's replicas/NAME value, once set
+	reloads int64   // reloads after the first load (compactions)
 }
 
 type leadership struct {
