@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/dataplane/sidecar"
+	"minimesh/internal/daemon"
 	"minimesh/internal/testlog"
 )
 
@@ -30,7 +30,7 @@ func TestParseFlags(t *testing.T) {
 		"--upstream", "api=127.0.0.1:15201", "--upstream", "db.data:5432=127.0.0.1:15202",
 		"--egress", "example.com", "--egress", "pay.example.com:8443",
 		"--reload-signal", "USR1", "--log-level", "debug",
-	}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token", "MESH_PROXY_CA_PIN": "sha256:00"}))
+	}, &bytes.Buffer{}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token", "MESH_PROXY_CA_PIN": "sha256:00"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +44,11 @@ func TestParseFlags(t *testing.T) {
 	if len(c.Upstreams) != 2 || c.Upstreams[0].Name != "api" || c.Upstreams[1].Port != 5432 {
 		t.Errorf("upstreams %+v", c.Upstreams)
 	}
-	if !slices.Equal(c.Egress, []string{"example.com", "pay.example.com:8443"}) || c.Reload.Signal != syscall.SIGUSR1 || o.logLevel != slog.LevelDebug {
-		t.Errorf("egress %q, reload signal %v, log level %v", c.Egress, c.Reload.Signal, o.logLevel)
+	if !slices.Equal(c.Egress, []string{"example.com", "pay.example.com:8443"}) || c.Reload.Signal != syscall.SIGUSR1 || o.log.Level != slog.LevelDebug {
+		t.Errorf("egress %q, reload signal %v, log level %v", c.Egress, c.Reload.Signal, o.log.Level)
 	}
 	// A flag given wins over the variable.
-	o, err = parseFlags([]string{"--token", "flag-token"}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token"}))
+	o, err = parseFlags([]string{"--token", "flag-token"}, &bytes.Buffer{}, &bytes.Buffer{}, env(map[string]string{"MESH_PROXY_TOKEN": "env-token"}))
 	if err != nil || o.cfg.Token != "flag-token" || !o.tokenOnCommandLine {
 		t.Errorf("--token with MESH_PROXY_TOKEN set: %v %q", err, o.cfg.Token)
 	}
@@ -64,18 +64,22 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 		"MESH_PROXY_CA_PIN": "sha256:0000",
 		"MESH_APP_PROBES":   `{"/app-health/app/livez":{"httpGet":{"port":8080,"httpHeaders":[{"name":"Authorization","value":"Bearer ` + probeSecret + `"}]}}}`,
 	})
-	for _, args := range [][]string{{"--bogus"}, {"-h"}, {"--drain", "x"}} {
+	for _, args := range [][]string{{"--bogus"}, {"-h"}, {"--help"}, {"--drain", "x"}, {"--service", "web", "--token"}} {
 		var usage bytes.Buffer
-		_, err := parseFlags(args, &usage, vars)
-		if err == nil || (args[0] == "-h") != errors.Is(err, flag.ErrHelp) {
-			t.Errorf("%q: %v", args, err)
+		o, err := parseFlags(args, &usage, &usage, vars)
+		help := args[0] == "-h" || args[0] == "--help"
+		if o != nil || (err == nil) != help || (err != nil && !errors.Is(err, daemon.ErrLogged)) {
+			t.Errorf("%q: %v %v", args, o, err)
 		}
 		out := usage.String()
 		if strings.Contains(out, envSecret) || strings.Contains(out, probeSecret) || strings.Contains(out, "sha256:0000") {
 			t.Errorf("%q: the usage shows a value from the environment:\n%s", args, out)
 		}
-		if !strings.Contains(out, "$MESH_PROXY_TOKEN") || !strings.Contains(out, "--token-file") {
+		if help && (!strings.Contains(out, "$MESH_PROXY_TOKEN") || !strings.Contains(out, "--token-file")) {
 			t.Errorf("%q: the usage does not name $MESH_PROXY_TOKEN and --token-file:\n%s", args, out)
+		}
+		if !help && !strings.HasPrefix(out, `{"time":`) {
+			t.Errorf("%q: the failure is not a JSON log line:\n%s", args, out)
 		}
 	}
 
@@ -92,7 +96,7 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 	}
 	o, err := parseFlags([]string{"--control-plane", m.Addr, "--token-file", tokenFile, "--ca-pin", tok.GetCaPin(),
 		"--service", "web", "--app", "127.0.0.1:1", "--state-dir", t.TempDir(), "--admin", "127.0.0.1:0",
-		"--inbound", "127.0.0.1:0", "--log-level", "debug"}, &bytes.Buffer{}, vars)
+		"--inbound", "127.0.0.1:0", "--log-level", "debug"}, &bytes.Buffer{}, &bytes.Buffer{}, vars)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,64 +6,50 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"minimesh/dataplane/admin"
 	"minimesh/dataplane/sidecar"
+	"minimesh/internal/daemon"
 	"minimesh/internal/version"
 )
 
 func main() {
-	run := run
-	if len(os.Args) > 1 && os.Args[1] == "redirect" {
-		run = runRedirect // the init container's traffic capture
-	}
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "mesh-proxy:", err)
+	root := newRoot(os.Stdout, os.Stderr, os.Getenv, func(ctx context.Context, o *options) error { return run(ctx, o, os.Stderr) })
+	if err := root.Execute(); err != nil {
+		if !errors.Is(err, daemon.ErrLogged) {
+			fmt.Fprintln(os.Stderr, "mesh-proxy:", err)
+		}
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	o, err := parseFlags(os.Args[1:], os.Stderr, os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
+// run runs the sidecar until SIGTERM/SIGINT or ctx ends; every failure is
+// one log line.
+func run(ctx context.Context, o *options, logs io.Writer) error {
+	cfg, err := config(o, logs)
 	if err != nil {
-		os.Exit(2) // the flag package printed the error and the usage
+		return daemon.Failed(o.log.Logger(logs), "mesh-proxy", err)
 	}
-	if o.showVersion {
-		fmt.Println(version.Version)
-		return nil
-	}
-	cfg, err := config(o, os.Stderr)
-	if err != nil {
-		return err
-	}
+	cfg.Logger.Info("mesh-proxy starting", "version", version.Version, "control_plane", cfg.ControlPlane, "admin", cfg.Admin)
 	sc, err := sidecar.New(cfg)
 	if err != nil {
-		return err
+		return daemon.Failed(cfg.Logger, "mesh-proxy", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return sc.Run(ctx)
+	return daemon.Run(ctx, cfg.Logger, "mesh-proxy", sc.Run)
 }
 
 // config completes the sidecar's config from the options: the token file,
-// the app probes, the logger (JSON to logs).
+// the app probes, the logger (to logs, in --log-format).
 func config(o *options, logs io.Writer) (sidecar.Config, error) {
 	cfg := o.cfg
 	if o.tokenFile != "" {
 		b, err := os.ReadFile(o.tokenFile)
 		if err != nil {
-			return cfg, err
+			return cfg, fmt.Errorf("--token-file: %w", err)
 		}
 		cfg.Token = strings.TrimSpace(string(b))
 	}
@@ -72,11 +58,13 @@ func config(o *options, logs io.Writer) (sidecar.Config, error) {
 	}
 	probes, err := admin.ParseAppProbes(o.appProbes)
 	if err != nil {
-		return cfg, err
+		return cfg, fmt.Errorf("--app-probes: %w", err)
 	}
 	cfg.AppProbes = probes
 	cfg.Version = version.Version
-	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: o.logLevel})).With("service", cfg.Service)
+	// Every line names the proxy's service; nothing below logs "service"
+	// again (an upstream's is "upstream").
+	cfg.Logger = o.log.Logger(logs).With("service", cfg.Service)
 	if o.tokenOnCommandLine {
 		cfg.Logger.Warn("the join token was given with --token: anyone who can list processes in the pod sees it (/topz and /procz redact it); use --token-file or MESH_PROXY_TOKEN")
 	}
