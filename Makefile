@@ -38,6 +38,10 @@ demo: build ## The whole mesh on this machine; Ctrl-C stops it.
 demo-check: build ## Run the demo once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo.sh
 
+.PHONY: readme-check
+readme-check: ## Run the README's "By hand" walk from its own code blocks (make build, fixed ports; stops what it started).
+	deploy/local/readme-walk.sh
+
 .PHONY: demo-ha
 demo-ha: build ## Three meshd on one etcd, two apps; the leader is SIGKILLed under traffic (installs etcd-server).
 	deploy/local/demo-ha.sh
