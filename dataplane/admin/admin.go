@@ -117,6 +117,11 @@ func New(cfg Config) (*Server, error) {
 		writeText(w, http.StatusOK, "ok\n")
 	})
 	s.mux.HandleFunc("GET /ready", s.ready)
+	// The names meshd and Kubernetes use: the same checks.
+	s.mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
+		writeText(w, http.StatusOK, "ok\n")
+	})
+	s.mux.HandleFunc("GET /readyz", s.ready)
 	s.mux.HandleFunc("GET /certs", s.certs)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),

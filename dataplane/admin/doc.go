@@ -2,6 +2,7 @@
 //
 //	GET /healthz  200 "ok" while the process serves
 //	GET /ready    200 "ready" when Config.Ready returns nil, else 503 and the reason
+//	GET /livez, /readyz  the same as /healthz and /ready, as meshd names them
 //	GET /metrics  Prometheus exposition of Config.Registry
 //	GET /certs    JSON: the current SVID (SPIFFE ID, serial, validity,
 //	              expires_in) and the bundle's roots (subject, validity)
