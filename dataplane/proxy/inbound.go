@@ -380,7 +380,7 @@ func (in *Inbound) Run(ctx context.Context) error {
 	defer stop()
 	defer in.fwdH2C.closeIdle(in.h2c)
 	defer in.fwd.closeIdle(in.transport)
-	return edge.Serve(ctx, srv, edge.Strict(tl), lim.Drain, in.log)
+	return edge.ServeSplit(ctx, srv, edge.Strict(tl), lim.Drain, in.log)
 }
 
 // peer is the verified identity of a connection, with the header value

@@ -181,6 +181,6 @@ func (p *Public) Run(ctx context.Context) error {
 	}
 	// The same HTTP/1.1 framing checks as the inbound (framing.go): this
 	// port faces anyone.
-	g.Go(func() error { return edge.Serve(gctx, srv, edge.Strict(tl), lim.Drain, p.log) })
+	g.Go(func() error { return edge.ServeSplit(gctx, srv, edge.Strict(tl), lim.Drain, p.log) })
 	return g.Wait()
 }

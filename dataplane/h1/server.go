@@ -1,0 +1,439 @@
+package h1
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server serves HTTP/1.1 connections (ServeConn) with Handler. Set its
+// fields before the first ServeConn and do not change them after.
+type Server struct {
+	Handler http.Handler
+	// ReadHeaderTimeout bounds reading a request's head, from its first
+	// byte (the first request: from ServeConn); 10s if zero.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout bounds the wait for the next request, and each read of
+	// a body and each write of an answer; 120s if zero.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header fields (the request line
+	// may take 4 KiB more, as net/http allows); 1 MiB if zero.
+	MaxHeaderBytes int
+	// MaxHeaderFields bounds a request's header fields; 100 if zero.
+	MaxHeaderFields int
+	// BaseContext is the parent of every request's context (it gets
+	// http.LocalAddrContextKey, and http.ServerContextKey when HTTPServer
+	// is set); Background if nil.
+	BaseContext context.Context
+	// HTTPServer, when set, is the value of http.ServerContextKey.
+	HTTPServer *http.Server
+	// ConnContext and ConnState are as http.Server's.
+	ConnContext func(context.Context, net.Conn) context.Context
+	ConnState   func(net.Conn, http.ConnState)
+	Logger      *slog.Logger // slog.Default() if nil
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	shutting atomic.Bool
+}
+
+const (
+	stateActive int32 = iota
+	stateIdle
+	stateClosing
+)
+
+// conn is one connection's state, reused across its requests.
+type conn struct {
+	srv    *Server
+	rwc    net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ctx    context.Context
+	cancel context.CancelFunc
+	state  atomic.Int32
+	tls    *tls.ConnectionState
+	remote string
+
+	readIdle atomic.Bool // reads of a body: each bounded by IdleTimeout
+	head     []byte      // the request head being read
+	hbuf     []byte      // the answer's header fields, as written
+	pre      []byte      // the start of an answer of unknown length
+	resHdr   http.Header // the answer's header map, cleared per request
+	tmpl     http.Request
+	trailers []string
+	hijacked bool
+
+	// 100-continue: wmu orders the 100 written by a body read against the
+	// answer's head written by the handler.
+	wmu          sync.Mutex
+	canContinue  bool
+	sentContinue bool
+
+	idle, readHeader time.Duration
+	headLimit        int
+	fields           int
+}
+
+var (
+	brPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	bwPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+// ServeConn serves rwc until it closes, a request asks to close it, an
+// error, or a shutdown; it closes rwc unless a handler hijacked it.
+func (s *Server) ServeConn(rwc net.Conn) {
+	c := &conn{srv: s, rwc: rwc, remote: rwc.RemoteAddr().String()}
+	c.idle = orDefault(s.IdleTimeout, 120*time.Second)
+	c.readHeader = orDefault(s.ReadHeaderTimeout, 10*time.Second)
+	mhb := s.MaxHeaderBytes
+	if mhb <= 0 {
+		mhb = http.DefaultMaxHeaderBytes
+	}
+	c.headLimit = mhb + 4096
+	c.fields = s.MaxHeaderFields
+	if c.fields <= 0 {
+		c.fields = 100
+	}
+	if tc, ok := rwc.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		st := tc.ConnectionState()
+		c.tls = &st
+	}
+	ctx := s.BaseContext
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if s.HTTPServer != nil {
+		ctx = context.WithValue(ctx, http.ServerContextKey, s.HTTPServer)
+	}
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, rwc.LocalAddr())
+	if s.ConnContext != nil {
+		ctx = s.ConnContext(ctx, rwc)
+	}
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	defer c.cancel()
+	c.state.Store(stateIdle)
+	if !s.track(c) {
+		_ = rwc.Close()
+		return
+	}
+	c.setState(http.StateNew)
+	c.br = brPool.Get().(*bufio.Reader)
+	c.br.Reset(connReader{c})
+	c.bw = bwPool.Get().(*bufio.Writer)
+	c.bw.Reset(connWriter{c})
+	defer func() {
+		s.untrack(c)
+		if c.hijacked {
+			return
+		}
+		_ = rwc.Close()
+		c.br.Reset(nil)
+		brPool.Put(c.br)
+		c.bw.Reset(nil)
+		bwPool.Put(c.bw)
+		c.setState(http.StateClosed)
+	}()
+	c.serve()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func (c *conn) setState(st http.ConnState) {
+	if c.srv.ConnState != nil {
+		c.srv.ConnState(c.rwc, st)
+	}
+}
+
+func (c *conn) log() *slog.Logger {
+	if c.srv.Logger != nil {
+		return c.srv.Logger
+	}
+	return slog.Default()
+}
+
+// serve is the connection's loop: wait for a request's first byte, read
+// its head, answer it, and again.
+func (c *conn) serve() {
+	first := true
+	lastPOST := false
+	for {
+		wait := c.idle
+		if first {
+			wait = c.readHeader
+		}
+		if !first {
+			c.setState(http.StateIdle)
+		}
+		if c.srv.shutting.Load() && !first {
+			return
+		}
+		if c.br.Buffered() == 0 {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(wait))
+			if _, err := c.br.Peek(1); err != nil {
+				return
+			}
+		}
+		if !c.state.CompareAndSwap(stateIdle, stateActive) {
+			return // Shutdown closed it
+		}
+		if !first {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(c.readHeader))
+		}
+		if lastPOST {
+			// RFC 9112 section 2.2's tolerance, as net/http: CRLFs after a POST's body.
+			for range 2 {
+				if p, err := c.br.Peek(2); err == nil && p[0] == '\r' && p[1] == '\n' {
+					_, _ = c.br.Discard(2)
+				}
+			}
+		}
+		first = false
+		head, err := readHead(c.br, c.head, c.headLimit, c.fields)
+		c.head = head
+		if err != nil {
+			c.refuse(err)
+			return
+		}
+		var p parsed
+		if err := parseHead(head, &p); err != nil {
+			c.refuse(err)
+			return
+		}
+		if cap(c.head) > 16<<10 {
+			c.head = nil // a large head once does not stay with the connection
+		}
+		c.setState(http.StateActive)
+		lastPOST = p.method == http.MethodPost
+		if !c.serveRequest(&p) {
+			return
+		}
+		c.state.Store(stateIdle)
+	}
+}
+
+// refuse answers a request that could not be read, unless the peer went
+// away or was too slow, and lets the peer read the answer before closing.
+func (c *conn) refuse(err error) {
+	var se *statusError
+	if !errors.As(err, &se) {
+		var ne net.Error
+		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || err == errEOFMidHead ||
+			errors.As(err, &ne) && ne.Timeout() || errors.Is(err, net.ErrClosed) {
+			return
+		}
+		// The framing checker's refusal, and any other read error.
+		se = &statusError{http.StatusBadRequest, "bad request"}
+	}
+	text := http.StatusText(se.code)
+	msg := strconv.Itoa(se.code) + " " + text + ": " + se.why
+	_ = c.rwc.SetWriteDeadline(time.Now().Add(c.readHeader))
+	_, _ = io.WriteString(c.rwc, "HTTP/1.1 "+strconv.Itoa(se.code)+" "+text+
+		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: "+
+		strconv.Itoa(len(msg))+"\r\n\r\n"+msg)
+	c.closeWriteAndWait()
+}
+
+// closeWriteAndWait half-closes and waits briefly, so that the peer reads
+// the answer before a close with its unread bytes turns into a reset (as
+// net/http does).
+func (c *conn) closeWriteAndWait() {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	time.Sleep(rstAvoidanceDelay)
+}
+
+const rstAvoidanceDelay = 500 * time.Millisecond
+
+// serveRequest runs the handler for p and finishes its answer; false: the
+// connection ends (closed, or hijacked).
+func (c *conn) serveRequest(p *parsed) (keep bool) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	c.tmpl = http.Request{
+		Method: p.method, URL: p.url, Proto: p.proto, ProtoMajor: p.major, ProtoMinor: p.minor,
+		Header: p.header, Body: http.NoBody, ContentLength: p.contentLength, Close: p.close,
+		Host: p.host, Trailer: p.trailer, RemoteAddr: c.remote, RequestURI: p.target, TLS: c.tls,
+	}
+	if p.chunked {
+		c.tmpl.TransferEncoding = []string{"chunked"}
+	}
+	req := c.tmpl.WithContext(ctx)
+	c.tmpl = http.Request{}
+	var b *body
+	if p.contentLength != 0 {
+		b = &body{c: c, req: req, remaining: p.contentLength, chunked: p.chunked}
+		if p.chunked {
+			b.remaining = 0
+		}
+		req.Body = b
+		_ = c.rwc.SetReadDeadline(time.Time{}) // each body read sets its own
+	}
+	c.canContinue, c.sentContinue = p.expectContinue, false
+	if c.resHdr == nil {
+		c.resHdr = make(http.Header)
+	}
+	w := &response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
+		closeAfter: p.close}
+	defer func() {
+		clear(c.resHdr)
+		if len(c.resHdr) > 0 || cap(c.pre) > 64<<10 {
+			c.pre = nil
+		}
+		c.pre = c.pre[:0]
+	}()
+	if !c.runHandler(w, req) {
+		if b != nil {
+			b.finish()
+		}
+		if !c.hijacked {
+			if w.committed {
+				_ = c.bw.Flush()
+			}
+		}
+		return false
+	}
+	if c.hijacked {
+		return false
+	}
+	if b != nil && !b.finish() {
+		w.closeAfter = true
+	}
+	if p.expectContinue && !c.sentContinue && b != nil {
+		w.closeAfter = true
+	}
+	err := w.finish()
+	return !w.closeAfter && err == nil
+}
+
+// runHandler calls the handler; false when it panicked (logged unless
+// http.ErrAbortHandler).
+func (c *conn) runHandler(w *response, r *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok = false
+			if p != http.ErrAbortHandler {
+				buf := make([]byte, 16<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.log().Error("h1: panic serving a request", slog.String("remote", c.remote),
+					slog.Any("panic", p), slog.String("stack", string(buf)))
+			}
+		}
+	}()
+	c.srv.Handler.ServeHTTP(w, r)
+	return true
+}
+
+// sendContinue writes the 100 Continue a body read owes, unless the answer
+// began.
+func (c *conn) sendContinue() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.canContinue {
+		return nil
+	}
+	c.canContinue, c.sentContinue = false, true
+	_, _ = c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	return c.bw.Flush()
+}
+
+// noContinue: the answer begins; no 100 Continue after it.
+func (c *conn) noContinue() {
+	c.wmu.Lock()
+	c.canContinue = false
+	c.wmu.Unlock()
+}
+
+// connReader is the connection as its bufio.Reader reads it: while a
+// body is read, each read is bounded by IdleTimeout.
+type connReader struct{ c *conn }
+
+func (r connReader) Read(p []byte) (int, error) {
+	if r.c.readIdle.Load() {
+		_ = r.c.rwc.SetReadDeadline(time.Now().Add(r.c.idle))
+	}
+	return r.c.rwc.Read(p)
+}
+
+// connWriter: each write of an answer is bounded by IdleTimeout.
+type connWriter struct{ c *conn }
+
+func (w connWriter) Write(p []byte) (int, error) {
+	_ = w.c.rwc.SetWriteDeadline(time.Now().Add(w.c.idle))
+	return w.c.rwc.Write(p)
+}
+
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting.Load() {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[*conn]struct{}{}
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown stops new connections, closes idle ones, and waits for the
+// others to finish their answer (each then closes) until ctx ends, when
+// it returns ctx's error and leaves them to Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		for c := range s.conns {
+			if c.state.CompareAndSwap(stateIdle, stateClosing) {
+				_ = c.rwc.Close()
+			}
+		}
+		left := len(s.conns)
+		s.mu.Unlock()
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Close cuts every connection and cancels the requests in flight.
+func (s *Server) Close() error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.state.Store(stateClosing)
+		c.cancel()
+		_ = c.rwc.Close()
+	}
+	return nil
+}
