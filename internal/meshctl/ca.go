@@ -238,7 +238,8 @@ forgotten: its revocation is on its record.`,
 				if err != nil {
 					return err
 				}
-				return g.show(view{doc: resp, names: []string{"proxy/" + args[0]}, table: func(bool) error {
+				doc := forgotten{InstanceID: args[0], Forgotten: true, WasConnected: resp.GetWasConnected()}
+				return g.show(view{doc: doc, names: []string{"proxy/" + args[0]}, table: func(bool) error {
 					printf(g.io.Out, "proxy %s forgotten\n", args[0])
 					if resp.GetWasConnected() {
 						printf(g.io.Out, "its stream was open and was ended: if it is alive it registers again\n")
@@ -294,6 +295,13 @@ func newIdentityCmd(g *globals) *cobra.Command {
 // backupCAKeysHeader is controlplane.BackupCAKeysHeader: "encrypted" when
 // the backup's CA keys are encrypted, "clear" otherwise.
 const backupCAKeysHeader = "minimesh-ca-keys"
+
+// forgotten is proxy forget's document.
+type forgotten struct {
+	InstanceID   string `json:"instanceId"`
+	Forgotten    bool   `json:"forgotten"`
+	WasConnected bool   `json:"wasConnected"`
+}
 
 // denied is identity deny's document.
 type denied struct {
