@@ -227,7 +227,7 @@ func TestMeshLinkHTTP1Reused(t *testing.T) {
 // The pool is bounded: 200 requests at once to one remote open at most 64
 // HTTP/1.1 connections; the others wait for one of them. One kept
 // waiting while all 64 are held (a long poll, say) goes over the HTTP/2
-// connection after a second instead.
+// connection after a second instead (meshlink.DefaultPoolWait).
 func TestMeshLinkHTTP1Bounded(t *testing.T) {
 	checkLeaks(t)
 	_, a, _, inLn, url, _ := h1Mesh(t, Limits{})
@@ -241,7 +241,7 @@ func TestMeshLinkHTTP1Bounded(t *testing.T) {
 	}
 	// Overflow: all 64 held at the app, one more request arrives there
 	// all the same, over HTTP/2.
-	before := a.arrived.Load()
+	before, h2Before := a.arrived.Load(), inLn.h2.Load()
 	release := a.hold()
 	defer release()
 	var errs []error
@@ -253,8 +253,10 @@ func TestMeshLinkHTTP1Bounded(t *testing.T) {
 	for _, err := range errs {
 		t.Error(err)
 	}
-	if h1, h2 := inLn.h1.Load(), inLn.h2.Load(); h1 != 64 || h2 != 1 {
-		t.Errorf("%d HTTP/1.1 and %d HTTP/2 connections, want 64 and 1", h1, h2)
+	// (The burst above may have overflowed too, if a request waited a
+	// second on a loaded machine: HTTP/2 then has its connection already.)
+	if h1, h2 := inLn.h1.Load(), inLn.h2.Load(); h1 != 64 || h2 < 1 || h2 > h2Before+1 {
+		t.Errorf("%d HTTP/1.1 and %d HTTP/2 connections (%d before), want 64 and 1", h1, h2, h2Before)
 	}
 }
 

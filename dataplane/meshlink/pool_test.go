@@ -1,0 +1,212 @@
+package meshlink_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"minimesh/dataplane/meshlink"
+)
+
+func newPoolLink(t *testing.T, addr string, pool *x509.CertPool) *meshlink.Link {
+	t.Helper()
+	link, err := meshlink.New(meshlink.Config{Addr: addr, TLS: &tls.Config{RootCAs: pool, ServerName: "peer.test"},
+		Dial: 5 * time.Second, Handshake: 5 * time.Second, Idle: time.Minute, KeepAlive: time.Minute,
+		ResponseHeader: 20 * time.Second, PoolWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(link.CloseIdle)
+	return link
+}
+
+func do(t *testing.T, rt http.RoundTripper, req *http.Request, readAll bool) (string, error) {
+	t.Helper()
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if !readAll {
+		return "", nil
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// The pool reuses a connection only after an answer read to its end that
+// did not ask to close; it speaks HTTP/1.1 (ALPN), whatever the URL's host.
+func TestContractPoolReuse(t *testing.T) {
+	cert, pool := selfSigned(t)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		_, _ = io.WriteString(w, r.Proto+" "+r.Host+" "+strings.Repeat("x", 64<<10))
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	link := newPoolLink(t, srv.Listener.Addr().String(), pool)
+	step := func(path string, readAll bool, wantConns int64) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "https://api.default"+path, nil)
+		body, err := do(t, link.Pool, req, readAll)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if readAll && !strings.HasPrefix(body, "HTTP/1.1 api.default ") {
+			t.Fatalf("%s: answered %.40q", path, body)
+		}
+		if n := conns.Load(); n != wantConns {
+			t.Fatalf("after %s: %d connections, want %d", path, n, wantConns)
+		}
+	}
+	step("/a", true, 1)
+	step("/b", true, 1)     // reused
+	step("/half", false, 1) // its body closed unread: not reused
+	step("/c", true, 2)     // so a new one
+	step("/close", true, 2) // the answer asks to close
+	step("/d", true, 3)     // so a new one
+	step("/e", true, 3)     // reused
+	link.Pool.CloseIdleConnections()
+	step("/f", true, 4) // the pool goes on with a new connection
+	// A connection busy at CloseIdleConnections (made under certificates
+	// or a bundle that may be gone) is closed when its request ends.
+	req, _ := http.NewRequest(http.MethodGet, "https://api.default/busy", nil)
+	resp, err := link.Pool.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link.Pool.CloseIdleConnections()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	step("/g", true, 5)
+}
+
+// scriptedRemote is an HTTP/1.1 mTLS-less remote that answers each
+// connection's first request and closes the connection on reading its
+// second, unanswered: the remote closing a pooled connection just as a
+// request goes out.
+type scriptedRemote struct {
+	ln       net.Listener
+	accepted atomic.Int64
+	mu       sync.Mutex
+	seen     []string // method and path of every request read
+	wg       sync.WaitGroup
+}
+
+func startScriptedRemote(t *testing.T) (*scriptedRemote, *x509.CertPool) {
+	t.Helper()
+	cert, pool := selfSigned(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &scriptedRemote{ln: ln}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.accepted.Add(1)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					r.mu.Lock()
+					r.seen = append(r.seen, req.Method+" "+req.URL.Path)
+					r.mu.Unlock()
+					if i == 1 {
+						return // closed, no answer
+					}
+					_, _ = fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); r.wg.Wait() })
+	return r, pool
+}
+
+func (r *scriptedRemote) count(what string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.seen {
+		if s == what {
+			n++
+		}
+	}
+	return n
+}
+
+// A reused connection the remote closes as the request goes out: an
+// idempotent request (or one with an Idempotency-Key, its body to be had
+// again) is sent again on a new connection; a POST is not, and fails.
+func TestContractPoolRetryRule(t *testing.T) {
+	r, pool := startScriptedRemote(t)
+	link := newPoolLink(t, r.ln.Addr().String(), pool)
+	send := func(method, path, key string) (string, error) {
+		var body io.Reader
+		if method == http.MethodPost {
+			body = strings.NewReader("order")
+		}
+		req, _ := http.NewRequest(method, "https://api.default"+path, body)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		return do(t, link.Pool, req, true)
+	}
+	if b, err := send(http.MethodGet, "/1", ""); err != nil || b != "ok" {
+		t.Fatalf("first GET: %q %v", b, err)
+	}
+	if b, err := send(http.MethodGet, "/2", ""); err != nil || b != "ok" {
+		t.Fatalf("GET on a connection closed under it: %q %v, want sent again", b, err)
+	}
+	if n := r.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+	if _, err := send(http.MethodPost, "/order", ""); err == nil {
+		t.Fatal("a POST on a connection closed under it was answered")
+	}
+	if n := r.count("POST /order"); n != 1 {
+		t.Errorf("the remote read the POST %d times, want once (not sent again)", n)
+	}
+	if b, err := send(http.MethodGet, "/3", ""); err != nil || b != "ok" {
+		t.Fatalf("GET: %q %v", b, err)
+	}
+	if b, err := send(http.MethodPost, "/keyed", "k1"); err != nil || b != "ok" {
+		t.Fatalf("POST with an Idempotency-Key: %q %v, want sent again", b, err)
+	}
+	if n := r.count("POST /keyed"); n != 2 {
+		t.Errorf("the remote read the keyed POST %d times, want twice", n)
+	}
+}
