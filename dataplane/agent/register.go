@@ -123,7 +123,8 @@ func (a *Agent) stream(ctx context.Context) error {
 		return leaving.Err()
 	}
 	a.setConnected(true)
-	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instanceID, "service", a.cfg.Service, "advertise", a.cfg.Advertise)
+	// The service is the logger's (mesh-proxy's every line names it).
+	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instanceID, "advertise", a.cfg.Advertise)
 
 	// One goroutine receives; this one sends (gRPC streams allow one of
 	// each). Query answers come back through replies.

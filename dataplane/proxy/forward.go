@@ -200,7 +200,7 @@ func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err err
 		level = slog.LevelDebug
 	}
 	f.log.LogAttrs(r.Context(), level, "proxy: upstream failed",
-		slog.String("listener", f.name), slog.String("method", r.Method),
+		slog.String("method", r.Method), // the logger names the listener
 		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", err.Error()))
 	writePlain(w, code, body)
 }
@@ -222,7 +222,7 @@ func (f *forwarder) refuse(w http.ResponseWriter, r *http.Request, code int, bod
 		level = slog.LevelInfo
 	}
 	f.log.LogAttrs(r.Context(), level, "proxy: request refused",
-		slog.String("listener", f.name), slog.String("method", r.Method),
+		slog.String("method", r.Method), // the logger names the listener
 		slog.String("host", r.Host), slog.Int("status", code), slog.String("error", why.Error()))
 	writePlain(w, code, body)
 	f.metrics.observe(code, 0)

@@ -876,7 +876,7 @@ func (o *Outbound) Run(ctx context.Context) error {
 	for _, p := range ports {
 		if p.up != nil {
 			p.up.log.Info("proxy: outbound listening", slog.String("addr", p.ln.Addr().String()),
-				slog.String("service", p.up.Service+"."+p.up.Namespace), slog.Any("port", p.up.Port))
+				slog.String("upstream_service", p.up.Service+"."+p.up.Namespace), slog.Any("port", p.up.Port))
 		} else {
 			o.log.Info("proxy: outbound HTTP port listening (routes by Host)", slog.String("addr", p.ln.Addr().String()))
 		}

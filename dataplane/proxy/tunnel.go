@@ -92,7 +92,8 @@ func (o *Outbound) relay(ctx context.Context, c net.Conn, svc *service, bal *bal
 	o.fwd.inflight.Add(1)
 	defer o.fwd.inflight.Done()
 	start := o.cfg.Clock.Now()
-	log := o.log.With(slog.String("service", svc.label), slog.Any("port", sp.port))
+	// "upstream": "service" is the proxy's own, on mesh-proxy's every line.
+	log := o.log.With(slog.String("upstream", svc.label), slog.Any("port", sp.port))
 	var prev *balancer.Endpoint
 	for try := 0; try < 3; try++ {
 		ep, err := bal.Pick()
