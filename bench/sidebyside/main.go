@@ -1,15 +1,19 @@
 // Command sidebyside is minimesh's side-by-side benchmark: wrk against a
 // trivial app directly, through one mesh-proxy terminating TLS, through
-// nginx and haproxy doing the same, through two mesh-proxies (outbound →
-// mTLS HTTP/2 → inbound) and through the same chain built from two nginx
-// (originating and terminating mTLS). Every target runs at the same time
-// as its own processes and is loaded in turn, interleaved over rounds, so
-// drift on the shared cores hits every row alike. It prints one Markdown
-// table (requests/s, p50/p99, peak RSS, CPU per 100k requests, ratios) and
-// writes it, with a perf profile of mesh-proxy, into bench/RESULTS.md.
+// nginx, haproxy and Caddy doing the same, through two mesh-proxies
+// (outbound → mTLS HTTP/2 → inbound) and through the same chain built from
+// two nginx and from two Caddy (originating and terminating mTLS), and the
+// mesh-proxy of an older commit (issue 22's start) one and two hops. Every
+// target runs at the same time as its own processes and is loaded in turn,
+// interleaved over rounds, so drift on the shared cores hits every row
+// alike. After each round's wrk runs, vegeta loads every target open-loop
+// at 50 % and 80 % of the rate nginx reached in that round (the tail).
+// It prints Markdown tables (requests/s, p50/p99, peak RSS, CPU per 100k
+// requests, ratios; the open-loop tail; per-round ratios) and writes them,
+// with a perf profile of mesh-proxy, into bench/RESULTS.md.
 //
-// Usage (see bench/sidebyside/run.sh, which installs wrk, nginx and
-// haproxy and builds the binaries):
+// Usage (see bench/sidebyside/run.sh, which installs wrk, nginx, haproxy,
+// Caddy and vegeta and builds the binaries):
 //
 //	go run ./bench/sidebyside -bin bin -rounds 3 -duration 10s
 package main
@@ -25,6 +29,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,7 +52,12 @@ func main() {
 
 type options struct {
 	bin      string
-	oldProxy string // an older mesh-proxy binary: an extra one-hop row
+	oldProxy string // an older mesh-proxy binary: extra one- and two-hop rows
+	oldDesc  string // where it came from, for the header
+	cache    string
+	caddy    string
+	vegeta   string
+	tail     bool
 	rounds   int
 	duration time.Duration
 	warmup   time.Duration
@@ -61,13 +71,23 @@ type options struct {
 	retries  int
 	extra    time.Duration
 	versions string
+	sizes    string // binary sizes, for the header
 }
 
 func run() error {
 	var o options
 	var tunes, only string
 	flag.StringVar(&o.bin, "bin", "bin", "directory holding meshd, mesh-proxy and meshctl (make build)")
-	flag.StringVar(&o.oldProxy, "old-proxy", os.Getenv("BENCH_OLD_PROXY"), "an older mesh-proxy binary, measured as the extra row \"mesh-proxy (old binary)\" of the same run (default $BENCH_OLD_PROXY; empty: none)")
+	oldDefault := startCommit
+	if v, ok := os.LookupEnv("BENCH_OLD_PROXY"); ok {
+		oldDefault = v
+	}
+	flag.StringVar(&o.oldProxy, "old-proxy", oldDefault, "an older mesh-proxy: a binary, or a commit of this repository whose mesh-proxy is built (once, into -cache); "+
+		"measured as the extra rows \"mesh-proxy (old binary)\", one and two hops, of the same run ($BENCH_OLD_PROXY overrides the default, issue 22's start; empty: none)")
+	flag.StringVar(&o.cache, "cache", filepath.Join(".bin", "bench"), "directory of the installed tools (run.sh) and of old mesh-proxy builds")
+	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary (default: "+caddyVersion+" as run.sh installs it under -cache)")
+	flag.StringVar(&o.vegeta, "vegeta", "", "vegeta binary (default: "+vegetaVersion+" as run.sh installs it under -cache)")
+	flag.BoolVar(&o.tail, "tail", true, "after each round's wrk runs, load every target open-loop (vegeta) at 50 % and 80 % of nginx's rate in that round")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each wrk run (whole seconds)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
@@ -106,9 +126,27 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if o.caddy == "" {
+		o.caddy = caddyPath(o.cache)
+	}
+	if o.vegeta == "" {
+		o.vegeta = vegetaPath(o.cache)
+	}
+	if o.caddy, err = filepath.Abs(o.caddy); err != nil {
+		return err
+	}
+	if o.vegeta, err = filepath.Abs(o.vegeta); err != nil {
+		return err
+	}
+	if _, err := os.Stat(o.vegeta); o.tail && err != nil {
+		return fmt.Errorf("vegeta %s not found at %s: run bench/sidebyside/run.sh, which installs it (or -tail=false)", vegetaVersion, o.vegeta)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.oldProxy, o.oldDesc, err = oldProxy(ctx, o.oldProxy, o.cache); err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp("", "sidebyside-")
 	if err != nil {
 		return err
@@ -123,9 +161,16 @@ func run() error {
 
 	// Run copies of the binaries: another `make build` during the run must
 	// not swap them underneath (perf could no longer name their symbols).
-	o.versions = versions(bin) // before the copy: git status of the tree bin/ was built from
+	o.versions = versions(bin, o) // before the copy: git status of the tree bin/ was built from
 	if bin, err = copyBinaries(bin, filepath.Join(dir, "bin")); err != nil {
 		return err
+	}
+	o.sizes = fmt.Sprintf("mesh-proxy %.1f MB", fileMB(filepath.Join(bin, "mesh-proxy")))
+	if o.oldProxy != "" {
+		o.sizes += fmt.Sprintf(", mesh-proxy (old binary, %s) %.1f MB", o.oldDesc, fileMB(o.oldProxy))
+	}
+	if _, err := os.Stat(o.caddy); err == nil {
+		o.sizes += fmt.Sprintf(", caddy %.1f MB", fileMB(o.caddy))
 	}
 	certs, err := writeCerts(dir)
 	if err != nil {
@@ -147,7 +192,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	e := &env{ctx: ctx, p: p, dir: dir, bin: bin, app: appAddr, certs: certs, check: check}
+	e := &env{ctx: ctx, p: p, dir: dir, bin: bin, app: appAddr, certs: certs, check: check, caddyBin: o.caddy}
 	if err := waitFor(ctx, app, "app", 10*time.Second, func() error {
 		c, err := net.Dial("tcp", appAddr)
 		if err == nil {
@@ -187,6 +232,7 @@ func run() error {
 	})
 	add("nginx", e.nginxOneHop)
 	add("haproxy", e.haproxy)
+	add("caddy", e.caddyOneHop)
 	m, err := e.startMesh()
 	if err != nil {
 		return err
@@ -202,9 +248,15 @@ func run() error {
 		add(name, func() (*target, error) { return m.oneHop("pub"+strconv.Itoa(i+1), name, strings.Fields(t)) })
 	}
 	add("nginx → nginx", e.nginxChain)
+	add("caddy → caddy", e.caddyChain)
 	add("mesh-proxy → mesh-proxy", func() (*target, error) {
 		return m.twoHops("api", "web", "mesh-proxy → mesh-proxy", nil)
 	})
+	if o.oldProxy != "" {
+		add("mesh-proxy → mesh-proxy (old binary)", func() (*target, error) {
+			return m.twoHopsAt(o.oldProxy, "apiold", "webold", "mesh-proxy → mesh-proxy (old binary)", nil)
+		})
+	}
 	for i, t := range o.tunes {
 		name := "mesh-proxy → mesh-proxy " + t
 		n := strconv.Itoa(i + 1)
@@ -214,9 +266,13 @@ func run() error {
 		return ctx.Err()
 	}
 
-	total := time.Duration(len(rows)*2*o.rounds)*(o.duration+time.Second) + time.Duration(len(rows))*o.warmup
-	fmt.Printf("%d targets, %d rounds of %s at %d and %d connections: about %s\n",
-		len(rows), o.rounds, o.duration, o.hi, o.lo, total.Round(time.Minute))
+	runs := 2
+	if o.tail {
+		runs += len(tailPercents)
+	}
+	total := time.Duration(len(rows)*runs*o.rounds)*(o.duration+1500*time.Millisecond) + time.Duration(len(rows))*o.warmup
+	fmt.Printf("%d targets, %d rounds of %s at %d and %d connections (and open-loop at %v %% of nginx: %v): about %s\n",
+		len(rows), o.rounds, o.duration, o.hi, o.lo, tailPercents, o.tail, total.Round(time.Minute))
 	for _, r := range rows {
 		if o.warmup >= time.Second {
 			if _, err := runWrk(ctx, r.t.url, o.hi, o.warmup); err != nil {
@@ -265,11 +321,25 @@ func run() error {
 					round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign)
 			}
 		}
+		if o.tail {
+			// Peak RSS is the wrk runs' (as without the tail): noted before
+			// the open-loop runs, whose high-water mark is cleared after.
+			for _, r := range rows {
+				r.notePeakRSS()
+			}
+			if err := tailRound(ctx, o, e, rows, app, round, &extra); err != nil {
+				return err
+			}
+			for _, r := range rows {
+				if err := resetPeakRSS(r.t.pids()); err != nil && !r.rssTainted {
+					r.rssTainted = true
+					r.notes = append(r.notes, "peak RSS includes the open-loop runs ("+err.Error()+")")
+				}
+			}
+		}
 	}
 	for _, r := range rows {
-		for _, h := range r.t.hops {
-			r.rss = append(r.rss, peakRSS(h))
-		}
+		r.notePeakRSS()
 		for _, c := range r.t.mains {
 			if c.exited() {
 				r.notes = append(r.notes, c.name+" exited during the run")
@@ -348,6 +418,7 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	}
 	fmt.Fprintf(&b, "Command: `make bench-sidebyside` (`go run ./bench/sidebyside %s`).\n\n", args)
 	fmt.Fprintf(&b, "Versions: %s.\n\n", o.versions)
+	fmt.Fprintf(&b, "Binary size (as built, not stripped): %s.\n\n", o.sizes)
 	fmt.Fprintf(&b, "%d rounds; in each, every target in turn (order rotated per round) gets %s of wrk at %d connections (2 threads) then %s at %d; "+
 		"requests/s, p50 and p99 are the median of the rounds, CPU is the target's processes' utime+stime over the %d-connection runs divided by their requests, "+
 		"peak RSS is VmHWM summed over each proxy's processes (nginx: master and workers) and shown per hop. "+
@@ -355,6 +426,34 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 		"× nginx compares with the nginx row of the same number of hops.\n\n",
 		o.rounds, o.duration, o.hi, o.duration, o.lo, o.hi)
 	b.WriteString(table(rows, o.hi, o.lo))
+	if o.rounds > 0 && len(ratioPairs(rows)) > 0 {
+		fmt.Fprintf(&b, "\nPer-round ratios (each round's value over the other row's in the same round; median of the %d rounds and, in parentheses, their range):\n\n", o.rounds)
+		b.WriteString(ratioTable(rows, o.hi, o.lo))
+	}
+	if o.tail {
+		var tailForeign []float64
+		for _, r := range rows {
+			for _, runs := range r.tail {
+				for _, x := range runs {
+					tailForeign = append(tailForeign, x.foreign)
+				}
+			}
+		}
+		if len(tailForeign) > 0 {
+			var pcts []string
+			for _, p := range tailPercents {
+				pcts = append(pcts, fmt.Sprintf("%d %%", p))
+			}
+			fmt.Fprintf(&b, "\nOpen-loop tail (%s): after each round's wrk runs, every target in turn gets %s of GET at a fixed rate, %s of the requests/s nginx reached at %d connections in that round "+
+				"(nginx → nginx's for two hops, one-hop nginx's for the others), sent on schedule whether or not answers have arrived, over at most %[4]d keep-alive HTTP/1.1 connections and TLS 1.3 as wrk's "+
+				"(a request due while all %[4]d are busy waits for one, its latency counted from when it was due); "+
+				"rate is the rate asked for (median of the rounds), percentiles are exact over every request of a run (errors included) and the median of the rounds, "+
+				"× nginx p99 is the median (range) of the per-round ratios to the nginx row of the same hops, errors are transport errors and answers other than 200 over all rounds. "+
+				"wrk's p99 above is closed-loop at saturation (its own queue) and informational. Other load during these runs: median %.0f %%, at most %.0f %% (not repeated).\n\n",
+				moduleVersion(o.vegeta), o.duration, strings.Join(pcts, " and "), o.hi, 100*median(tailForeign), 100*slices.Max(tailForeign))
+			b.WriteString(tailTable(rows))
+		}
+	}
 	var foreign []float64
 	worst, worstAt := 0.0, ""
 	for _, r := range rows {
@@ -419,7 +518,7 @@ func machine() string {
 	return fmt.Sprintf("%d cores (nproc), %s%s%s", runtime.NumCPU(), model, mem, kernel)
 }
 
-func versions(bin string) string {
+func versions(bin string, o options) string {
 	// The first n words of the first line; wrk -v exits 1 after printing.
 	get := func(n int, name string, args ...string) string {
 		out, _ := exec.Command(name, args...).CombinedOutput()
@@ -440,6 +539,8 @@ func versions(bin string) string {
 		get(3, "nginx", "-v"),
 		get(3, "haproxy", "-v"),
 		get(2, "wrk", "-v"),
+		moduleVersion(o.caddy),
+		moduleVersion(o.vegeta),
 	}, "; ")
 }
 

@@ -179,6 +179,17 @@ func peakRSS(pids []int) int64 {
 	return t
 }
 
+// resetPeakRSS sets each process's VmHWM back to its current RSS
+// (clear_refs 5, Linux 4.0 on; the processes are this bench's children).
+func resetPeakRSS(pids []int) error {
+	for _, p := range pids {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p), []byte("5"), 0); err != nil {
+			return fmt.Errorf("sidebyside: reset peak RSS: %w", err)
+		}
+	}
+	return nil
+}
+
 func parseHWM(status string) int64 {
 	for _, line := range strings.Split(status, "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {

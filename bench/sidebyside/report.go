@@ -24,6 +24,19 @@ type row struct {
 	runs  map[int][]sample // by connections
 	rss   []int64          // peak RSS per hop, bytes
 	notes []string
+	tail  map[int][]tailSample // open-loop runs by percent of nginx's rate
+	// rssTainted: a reset of the peak after the open-loop runs failed.
+	rssTainted bool
+}
+
+// notePeakRSS raises r.rss, per hop, to the hops' current peak.
+func (r *row) notePeakRSS() {
+	for i, h := range r.t.hops {
+		if i >= len(r.rss) {
+			r.rss = append(r.rss, 0)
+		}
+		r.rss[i] = max(r.rss[i], peakRSS(h))
+	}
 }
 
 type summary struct {

@@ -44,6 +44,8 @@ type env struct {
 	app   string // host:port of the upstream app
 	certs certFiles
 	check *http.Client // trusts the bench CA
+	// caddyBin is the Caddy binary (caddy.go).
+	caddyBin string
 }
 
 // verify GETs url until it answers 200 with the app's body: the target
@@ -366,14 +368,9 @@ func (m *mesh) policyNote(applyErr error, url string) string {
 	return fmt.Sprintf("AuthorizationPolicy applied but not enforced by this build (GET /admin answered %d, not 403)", status)
 }
 
-// proxy starts one mesh-proxy for service with a fresh token; extra are
-// its listener flags. It waits for /ready on the admin port.
-func (m *mesh) proxy(service string, goenv []string, extra ...string) (*child, string, error) {
-	return m.proxyAt(filepath.Join(m.e.bin, "mesh-proxy"), service, goenv, extra...)
-}
-
-// proxyAt is proxy with the mesh-proxy binary at bin (an older build, to
-// compare within one run).
+// proxyAt starts one mesh-proxy (the binary at bin: this build's or an
+// older one, to compare within one run) for service with a fresh token;
+// extra are its listener flags. It waits for /ready on the admin port.
 func (m *mesh) proxyAt(bin, service string, goenv []string, extra ...string) (*child, string, error) {
 	tok, err := m.token(service)
 	if err != nil {
@@ -441,8 +438,13 @@ func (m *mesh) oneHopAt(bin, service, label string, goenv []string) (*target, er
 // → app. Each pair has its own service names so discovery gives web only
 // its own api.
 func (m *mesh) twoHops(api, web, label string, goenv []string) (*target, error) {
+	return m.twoHopsAt(filepath.Join(m.e.bin, "mesh-proxy"), api, web, label, goenv)
+}
+
+// twoHopsAt is twoHops with the mesh-proxy binary at bin for both hops.
+func (m *mesh) twoHopsAt(bin, api, web, label string, goenv []string) (*target, error) {
 	polErr := m.policy(api)
-	ca, inbound, err := m.proxy(api, goenv)
+	ca, inbound, err := m.proxyAt(bin, api, goenv)
 	if err != nil {
 		return nil, err
 	}
@@ -451,7 +453,7 @@ func (m *mesh) twoHops(api, web, label string, goenv []string) (*target, error) 
 		return nil, err
 	}
 	id := "spiffe://minimesh.local/ns/default/sa/" + api
-	cw, _, err := m.proxy(web, goenv, "--upstream", api+"="+local+"="+inbound+"="+id)
+	cw, _, err := m.proxyAt(bin, web, goenv, "--upstream", api+"="+local+"="+inbound+"="+id)
 	if err != nil {
 		return nil, err
 	}
