@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -112,7 +113,8 @@ func (p *proxyProc) stop() {
 // upstream's, or a listener named twice, were), durations are strings,
 // and each says when shutdown started and ended.
 func TestLogsHaveNoDuplicateKeys(t *testing.T) {
-	m := controlplanetest.Start(t, controlplane.Config{})
+	var meshdLogs testlog.Buffer
+	m := controlplanetest.Start(t, controlplane.Config{Logger: daemon.NewLogger(&meshdLogs, daemon.FormatJSON, slog.LevelDebug)})
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hang-up" { // the proxy's upstream fails
 			c, _, _ := w.(http.Hijacker).Hijack()
@@ -143,6 +145,15 @@ func TestLogsHaveNoDuplicateKeys(t *testing.T) {
 	}
 	web.stop()
 	api.stop()
+
+	m.Stop()
+	sc := bufio.NewScanner(strings.NewReader(meshdLogs.String()))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if dups, err := daemon.DuplicateKeys(sc.Bytes()); err != nil || len(dups) > 0 {
+			t.Errorf("meshd: keys %v twice (%v) in: %s", dups, err, sc.Text())
+		}
+	}
 
 	for name, p := range map[string]*proxyProc{"api": api, "web": web} {
 		out := p.logs.String()
