@@ -255,8 +255,8 @@ func (c *conn) refuse(err error) {
 func (c *conn) closeWriteAndWait() {
 	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
+		time.Sleep(rstAvoidanceDelay)
 	}
-	time.Sleep(rstAvoidanceDelay)
 }
 
 const rstAvoidanceDelay = 500 * time.Millisecond
@@ -278,7 +278,7 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	c.tmpl = http.Request{}
 	var b *body
 	if p.contentLength != 0 {
-		b = &body{c: c, req: req, remaining: p.contentLength, chunked: p.chunked}
+		b = &body{c: c, req: req, remaining: p.contentLength, chunked: p.chunked, expect: p.expectContinue}
 		if p.chunked {
 			b.remaining = 0
 		}
