@@ -74,9 +74,6 @@ const (
 // docFormats are what every command with a document prints.
 var docFormats = []string{formatTable, formatJSON, formatYAML, formatJSONPath}
 
-// outputFormats lists, for completion and errors, every -o value.
-var outputFormats = []string{formatTable, formatWide, formatName, formatJSON, formatYAML, formatJSONPath + "="}
-
 const outputsAnnotation = "meshctl.minimesh.io/outputs"
 
 // outputs declares the -o formats cmd prints and returns cmd.

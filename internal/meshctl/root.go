@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"minimesh/certs"
 	"minimesh/internal/replicas"
@@ -244,11 +243,6 @@ type hinted struct {
 func (h *hinted) Error() string { return h.msg }
 func (h *hinted) Unwrap() []error {
 	return []error{h.err, errUnreachable}
-}
-
-// print writes m as -o json, yaml or jsonpath says.
-func (g *globals) print(m proto.Message) error {
-	return g.show(view{doc: m})
 }
 
 func fmtTime(t interface{ AsTime() time.Time }, valid bool) string {
