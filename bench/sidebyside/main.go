@@ -535,7 +535,7 @@ func versions(bin string, o options) string {
 		tree += " with uncommitted changes in cmd/, dataplane/"
 	}
 	return strings.Join([]string{
-		"mesh-proxy " + get(1, filepath.Join(bin, "mesh-proxy"), "-version") + " built from " + tree + " (" + runtime.Version() + ")",
+		"mesh-proxy " + get(1, filepath.Join(bin, "mesh-proxy"), "--version") + " built from " + tree + " (" + runtime.Version() + ")",
 		get(3, "nginx", "-v"),
 		get(3, "haproxy", "-v"),
 		get(2, "wrk", "-v"),
