@@ -40,7 +40,6 @@ type body struct {
 	eof       bool
 	closed    bool
 	err       error
-	reading   bool // a Read is on the network (abort sets a past deadline)
 	// expect: a 100 Continue is owed before the first read.
 	expect bool
 }
