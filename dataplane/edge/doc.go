@@ -21,7 +21,11 @@
 //     passes unchecked.
 //   - Serve runs an http.Server until ctx ends, then drains for at most
 //     drain and cuts what is left; it returns nil after a shutdown.
+//   - ServeSplit does the same for a TLS listener, with h2 connections
+//     served by the http.Server (net/http's HTTP/2) and HTTP/1.1 ones by
+//     dataplane/h1's loop with the server's handler, limits, ConnContext
+//     and ConnState; MESH_PROXY_HTTP1=nethttp (HTTP1Env) makes it Serve.
 //
-// edge imports none of the data path's other rooms (dataplane/applink,
-// dataplane/meshlink, dataplane/proxy).
+// edge imports dataplane/h1 and none of the data path's other rooms
+// (dataplane/applink, dataplane/meshlink, dataplane/proxy).
 package edge
