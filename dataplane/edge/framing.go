@@ -63,6 +63,7 @@ type frameState struct {
 	clValue   int64
 	chunked   bool
 	upgrade   bool
+	http10    bool  // the request line says HTTP/1.0
 	remaining int64 // body or chunk bytes left
 	crlfSeen  int   // of the CRLF after a chunk's data
 }
@@ -213,7 +214,12 @@ func (c *strictConn) endLine() bool {
 		}
 		s.lines++
 		if s.lines == 1 {
-			return true // the request line: net/http checks it
+			// The request line: net/http checks it. An HTTP/1.0 request's
+			// Transfer-Encoding is ignored by net/http (RFC 9112 6.1: a
+			// 1.0 recipient may not understand it) but would frame the
+			// body here: two readings of one message, refused below.
+			s.http10 = bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+			return true
 		}
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
@@ -276,7 +282,7 @@ func (c *strictConn) endLine() bool {
 // endHeaders decides the body's framing at the end of a header block.
 func (c *strictConn) endHeaders() bool {
 	s := &c.st
-	if s.cl > 1 || s.te > 1 || s.cl > 0 && s.te > 0 {
+	if s.cl > 1 || s.te > 1 || s.cl > 0 && s.te > 0 || s.te > 0 && s.http10 {
 		return false
 	}
 	c.wantUp.Store(s.upgrade)

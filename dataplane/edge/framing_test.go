@@ -11,6 +11,7 @@ func TestStrictFraming(t *testing.T) {
 		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
 		"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nTrailer: v\r\n\r\nGET / HTTP/1.1\r\n\r\n",
 		"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n\n\r \t\x00",
+		"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
 	}
 	bad := []string{
 		"GET / HTTP/1.1\nHost: a\r\n\r\n",
@@ -25,6 +26,9 @@ func TestStrictFraming(t *testing.T) {
 		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
 		"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\nHost: a\n\n",
 		"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: v\r\n w\r\n\r\n",
+		// net/http ignores an HTTP/1.0 request's Transfer-Encoding: the
+		// chunks would be the next request to it.
+		"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
 	}
 	for _, in := range ok {
 		if whole, _ := scanAll([]byte(in), len(in)); !whole {
