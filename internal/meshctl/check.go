@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"minimesh/certs"
@@ -59,6 +60,9 @@ type checkEnv struct {
 	caErr      error
 	proxies    []*meshv1.ProxySync
 	proxiesErr error
+	// health is grpc.health.v1's answer for the whole server ("").
+	health    healthpb.HealthCheckResponse_ServingStatus
+	healthErr error
 	tokens     []*meshv1.JoinToken
 	tokensErr  error
 
@@ -76,6 +80,7 @@ type check struct {
 var checks = []check{
 	{"meshd", checkReachable},
 	{"meshd", checkVersion},
+	{"meshd", checkServing},
 	{"replicas", checkReplicas},
 	{"operator credential", checkCredential},
 	{"certificate authority", checkCAExpiry},
@@ -115,6 +120,21 @@ func checkVersion(e *checkEnv) []CheckResult {
 		return []CheckResult{warn(name, fmt.Sprintf("meshd %s, meshctl %s", v, version.Version), "use the meshctl of meshd's release")}
 	}
 	return []CheckResult{ok(name, version.Version)}
+}
+
+// checkServing asks meshd's grpc.health.v1 service, as a probe would: a
+// replica that is shutting down answers NOT_SERVING before it stops.
+func checkServing(e *checkEnv) []CheckResult {
+	const name = "meshd is serving (grpc.health.v1)"
+	switch {
+	case e.version == nil:
+		return []CheckResult{skipped(name, "meshd did not answer")}
+	case e.healthErr != nil:
+		return []CheckResult{fail(name, ErrorText(e.healthErr), "a meshd older than its health service answers Unimplemented: upgrade it")}
+	case e.health != healthpb.HealthCheckResponse_SERVING:
+		return []CheckResult{fail(name, e.health.String(), "meshd is starting or shutting down; try again, or point --server at another replica")}
+	}
+	return []CheckResult{ok(name, e.health.String())}
 }
 
 // checkReplicas: every replica answering, a known leader and each
@@ -456,6 +476,11 @@ func (g *globals) gather(proxy string) *checkEnv {
 		e.caErr, e.proxiesErr, e.tokensErr = e.versionErr, e.versionErr, e.versionErr
 		return e
 	}
+	e.healthErr = call(func(ctx context.Context) error {
+		r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		e.health = r.GetStatus()
+		return err
+	})
 	e.caErr = call(func(ctx context.Context) (err error) { e.ca, err = c.CAStatus(ctx, &meshv1.CAStatusRequest{}); return })
 	e.proxiesErr = call(func(ctx context.Context) error {
 		r, err := c.ProxyStatus(ctx, &meshv1.ProxyStatusRequest{})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -33,6 +34,7 @@ func healthyEnv(t *testing.T) *checkEnv {
 		now: now, server: "meshd:15010",
 		cred: op.Certificates, bundle: ca.Bundle().X509Authorities(),
 		version: &meshv1.VersionResponse{Version: version.Version, Store: "bbolt"},
+		health:  healthpb.HealthCheckResponse_SERVING,
 		ca: &meshv1.CAStatusResponse{
 			Phase: "idle", Active: &meshv1.CARoot{Pin: ca.RootPin(), NotAfter: ts(9 * 365 * 24 * time.Hour)}, IntermediateNotAfter: ts(300 * 24 * time.Hour),
 			Proxies: []*meshv1.ProxyRoots{{InstanceId: "web-1", Connected: true, SvidRoot: ca.RootPin(), SvidNotBefore: ts(-time.Minute), SvidExpiresAt: ts(59 * time.Minute)}},
@@ -64,6 +66,8 @@ func TestEachCheckFails(t *testing.T) {
 	}{
 		{"meshd is reachable", checkFail, func(e *checkEnv) { e.versionErr = errors.New("connection refused") }},
 		{"meshd's version matches meshctl's", checkWarn, func(e *checkEnv) { e.version.Version = "v0.0.1" }},
+		{"meshd is serving (grpc.health.v1)", checkFail, func(e *checkEnv) { e.health = healthpb.HealthCheckResponse_NOT_SERVING }},
+		{"meshd is serving (grpc.health.v1)", checkFail, func(e *checkEnv) { e.healthErr = errors.New("unimplemented") }},
 		{"every replica answers", checkFail, func(e *checkEnv) {
 			e.version.Store, e.version.Leader = "etcd", "meshd-0"
 			e.version.Replicas = []*meshv1.ReplicaStatus{{Name: "meshd-0", Answering: true}, {Name: "meshd-1", Error: "timeout"}}
