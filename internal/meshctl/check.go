@@ -63,8 +63,8 @@ type checkEnv struct {
 	// health is grpc.health.v1's answer for the whole server ("").
 	health    healthpb.HealthCheckResponse_ServingStatus
 	healthErr error
-	tokens     []*meshv1.JoinToken
-	tokensErr  error
+	tokens    []*meshv1.JoinToken
+	tokensErr error
 
 	// proxy, when set (--proxy), limits the proxy checks to one instance.
 	proxy string
