@@ -440,6 +440,7 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 			}
 		}
 		if len(tailForeign) > 0 {
+			wrkUS, vegUS := generatorCost(rows, o.hi)
 			var pcts []string
 			for _, p := range tailPercents {
 				pcts = append(pcts, fmt.Sprintf("%d %%", p))
@@ -449,8 +450,9 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 				"(a request due while all %[4]d are busy waits for one, its latency counted from when it was due); "+
 				"rate is the rate asked for (median of the rounds), percentiles are exact over every request of a run (errors included) and the median of the rounds, "+
 				"× nginx p99 is the median (range) of the per-round ratios to the nginx row of the same hops, errors are transport errors and answers other than 200 over all rounds. "+
-				"wrk's p99 above is closed-loop at saturation (its own queue) and informational. Other load during these runs: median %.0f %%, at most %.0f %% (not repeated).\n\n",
-				moduleVersion(o.vegeta), o.duration, strings.Join(pcts, " and "), o.hi, 100*median(tailForeign), 100*slices.Max(tailForeign))
+				"wrk's p99 above is closed-loop at saturation (its own queue) and informational. Other load during these runs: median %.0f %%, at most %.0f %% (not repeated). "+
+				"The generators' own CPU per request: vegeta %.1f µs, wrk %.1f µs at %[4]d connections; \"sent\" marks a rate vegeta fell more than 5 %% short of.\n\n",
+				moduleVersion(o.vegeta), o.duration, strings.Join(pcts, " and "), o.hi, 100*median(tailForeign), 100*slices.Max(tailForeign), vegUS, wrkUS)
 			b.WriteString(tailTable(rows))
 		}
 	}

@@ -133,6 +133,31 @@ func tailP99Ratios(r, ref *row, pct int) []float64 {
 	return out
 }
 
+// generatorCost is the CPU each load generator spent per request, in µs:
+// wrk over every run at conns connections, vegeta over every open-loop
+// run. On two shared cores the generator's own cost decides whether a
+// fixed rate is still below what the machine can do at all.
+func generatorCost(rows []*row, conns int) (wrkUS, vegetaUS float64) {
+	var wt, wn, vt, vn int64
+	for _, r := range rows {
+		for _, x := range r.runs[conns] {
+			wt, wn = wt+x.r.CPUTicks, wn+x.r.Requests
+		}
+		for _, runs := range r.tail {
+			for _, x := range runs {
+				vt, vn = vt+x.r.CPUTicks, vn+x.r.Sent
+			}
+		}
+	}
+	us := func(ticks, n int64) float64 {
+		if n == 0 {
+			return 0
+		}
+		return float64(ticks) / clockTicks / float64(n) * 1e6
+	}
+	return us(wt, wn), us(vt, vn)
+}
+
 // tailTable renders the open-loop runs as Markdown, one row per target.
 func tailTable(rows []*row) string {
 	var b strings.Builder
