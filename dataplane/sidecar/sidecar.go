@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -167,6 +168,15 @@ func New(cfg Config) (*Sidecar, error) {
 	var configuredOnce sync.Once
 	ap := &applier{service: cfg.Service, onApplied: func() { configuredOnce.Do(func() { close(configured) }) }}
 	if cfg.SharedDir != "" {
+		// Refused now rather than NACKing every snapshot later (the
+		// listeners, which wait for the first applied one, would never
+		// open): a typo or a directory never made.
+		if fi, err := os.Stat(cfg.SharedDir); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = errors.New("not a directory")
+			}
+			return nil, fmt.Errorf("sidecar: --shared-dir %s: %w (create it: in Kubernetes it is the pod's shared emptyDir volume)", cfg.SharedDir, err)
+		}
 		fsync, err := sharedFiles(cfg)
 		if err != nil {
 			return nil, err
