@@ -133,6 +133,10 @@ func verifyPinned(certs []*x509.Certificate, pin []byte, serverID spiffeid.ID, c
 		return fmt.Errorf("%w: server sent only the pinned root, no leaf", ErrPinMismatch)
 	}
 	b := x509bundle.FromX509Authorities(serverID.TrustDomain(), []*x509.Certificate{anchor})
+	if leafID, err := x509svid.IDFromCert(rest[0]); err == nil && leafID.TrustDomain() != serverID.TrustDomain() {
+		// Said plainly: a pin error here sends the operator after the pin.
+		return fmt.Errorf("%w: the server is of trust domain %q, this client expects %q (is its trust domain setting meshd's?)", ErrPinMismatch, leafID.TrustDomain().Name(), serverID.TrustDomain().Name())
+	}
 	id, _, err := x509svid.Verify(rest, b, x509svid.WithTime(clock.Now()))
 	if err != nil {
 		return fmt.Errorf("%w: server chain does not verify up to the pinned root: %w", ErrPinMismatch, err)

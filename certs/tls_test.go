@@ -323,15 +323,18 @@ func TestPinnedClientConfig(t *testing.T) {
 		pin      string
 		serverID spiffeid.ID
 		ok       bool
+		says     string // in the error, when set
 	}{
-		{"right pin", serving, ca.RootPin(), meshd, true},
-		{"right pin, uppercase hex", serving, "sha256:" + strings.ToUpper(strings.TrimPrefix(ca.RootPin(), "sha256:")), meshd, true},
-		{"right pin, full chain in any order", rootOnly, ca.RootPin(), meshd, true},
-		{"wrong pin", serving, rogueCA.RootPin(), meshd, false},
-		{"pin of the intermediate (not self-signed)", serving, certs.SPKIPin(ca.Intermediate()), meshd, false},
-		{"right pin, wrong server ID", serving, ca.RootPin(), certs.OperatorID(td), false},
-		{"server does not send the root", certstest.SVID(t, ca, meshd.String()), ca.RootPin(), meshd, false},
-		{"impostor chain with our root appended", impostor, ca.RootPin(), meshd, false},
+		{"right pin", serving, ca.RootPin(), meshd, true, ""},
+		{"right pin, uppercase hex", serving, "sha256:" + strings.ToUpper(strings.TrimPrefix(ca.RootPin(), "sha256:")), meshd, true, ""},
+		{"right pin, full chain in any order", rootOnly, ca.RootPin(), meshd, true, ""},
+		{"wrong pin", serving, rogueCA.RootPin(), meshd, false, ""},
+		{"pin of the intermediate (not self-signed)", serving, certs.SPKIPin(ca.Intermediate()), meshd, false, ""},
+		{"right pin, wrong server ID", serving, ca.RootPin(), certs.OperatorID(td), false, ""},
+		{"right pin, another trust domain expected", serving, ca.RootPin(), certs.MeshdID(spiffeid.RequireTrustDomainFromString("other.test")), false,
+			`the server is of trust domain "example.org", this client expects "other.test"`},
+		{"server does not send the root", certstest.SVID(t, ca, meshd.String()), ca.RootPin(), meshd, false, ""},
+		{"impostor chain with our root appended", impostor, ca.RootPin(), meshd, false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -357,6 +360,9 @@ func TestPinnedClientConfig(t *testing.T) {
 			}
 			if !errors.Is(err, certs.ErrPinMismatch) {
 				t.Fatalf("dial = %v, want ErrPinMismatch", err)
+			}
+			if tt.says != "" && !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("dial = %v, want it to say %q", err, tt.says)
 			}
 		})
 	}
