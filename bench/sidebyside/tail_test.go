@@ -59,7 +59,7 @@ func TestQuantileNearestRank(t *testing.T) {
 		q    float64
 		want time.Duration
 	}{
-		{hundred, 0.50, 50}, {hundred, 0.99, 99}, {hundred, 0.999, 100}, {hundred, 1, 100}, {hundred, 0, 1},
+		{hundred, 0.50, 50}, {hundred, 0.07, 7}, {hundred, 0.99, 99}, {hundred, 0.999, 100}, {hundred, 1, 100}, {hundred, 0, 1},
 		{thousand, 0.50, 500}, {thousand, 0.99, 990}, {thousand, 0.999, 999},
 		{[]time.Duration{7}, 0.999, 7}, {nil, 0.5, 0},
 	} {
@@ -70,9 +70,9 @@ func TestQuantileNearestRank(t *testing.T) {
 }
 
 func TestPerRoundAndRatioText(t *testing.T) {
-	got := perRound([]float64{10, 20, 30, 5}, []float64{20, 0, 20})
+	got := perRound([]float64{10, 20, 0, 30, 5}, []float64{20, 0, 20, 20})
 	if fmt.Sprint(got) != "[0.5 1.5]" {
-		t.Fatalf("perRound = %v, want [0.5 1.5] (round 2 has no reference, round 4 no pair)", got)
+		t.Fatalf("perRound = %v, want [0.5 1.5] (round 2 has no reference, round 3 no value, round 5 no pair)", got)
 	}
 	for _, tc := range []struct {
 		v    []float64

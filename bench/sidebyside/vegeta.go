@@ -133,8 +133,8 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}
-	// The rank ceil(q·n) in integers: 0.99·100 in floating point is
-	// 99.00000000000001, whose ceiling would pick the maximum.
+	// The rank ceil(q·n) in integers: in floating point 0.07·100 is
+	// 7.000000000000001, whose ceiling would pick the 8th value.
 	const parts = 1_000_000
 	k, n := int64(math.Round(q*parts)), int64(len(sorted))
 	i := (k*n+parts-1)/parts - 1
