@@ -69,6 +69,9 @@ func (b *body) Read(p []byte) (int, error) {
 	b.c.readIdle.Store(true)
 	defer b.c.readIdle.Store(false)
 	n, err := b.read(p)
+	if err == io.EOF {
+		b.c.bodyEOF()
+	}
 	if err != nil && err != io.EOF {
 		// As net/http: a failed read of the connection cancels what is
 		// in flight on it (the request's link to the app ends at once).

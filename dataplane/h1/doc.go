@@ -1,6 +1,7 @@
 // Package h1 is the proxy's own HTTP/1.1 server loop: each connection's
 // requests are read and answered on the connection's own goroutine, one at
-// a time, with no background reader and per-connection buffers reused, and
+// a time, with no background reader (but a watch for a client gone while a
+// long request runs) and per-connection buffers reused, and
 // passed to an ordinary http.Handler with an *http.Request and a
 // ResponseWriter of ours (Flusher, Hijacker, and what
 // http.ResponseController reaches through Unwrap).
@@ -27,6 +28,12 @@
 //     request: from the start) to the end of its head; IdleTimeout for the
 //     wait between requests, and for every read of a body and every write
 //     of an answer (a peer that stops reading or sending is cut).
+//   - A client gone mid-request: once a handler has run for WatchAfter
+//     (1s) with its request's body read, a one-byte read watches the
+//     connection in the background; EOF or an error cancels the request's
+//     context, a byte (a pipelined request) is kept for the next request.
+//     The watch ends before the handler's return is followed by any other
+//     read. Shorter requests pay a timer reset, nothing allocated.
 //   - Answers go in order: the next request is read only after the answer
 //     to the one before is written, so pipelined requests are safe.
 //   - Unread request body after the handler: up to 256 KiB is discarded

@@ -379,6 +379,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if c.hijacked {
 		return nil, nil, http.ErrHijacked
 	}
+	c.stopWatch() // the handler reads the connection from here on
 	if w.wrote && !w.committed {
 		w.commit(c.pre, false)
 		w.body(c.pre)

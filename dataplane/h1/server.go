@@ -41,6 +41,12 @@ type Server struct {
 	ConnContext func(context.Context, net.Conn) context.Context
 	ConnState   func(net.Conn, http.ConnState)
 	Logger      *slog.Logger // slog.Default() if nil
+	// WatchAfter is how long a handler runs before its connection is
+	// watched for the client going away (a one-byte read in the
+	// background, once the request's body is read): the client gone, the
+	// request's context is cancelled, as net/http's server does. 1s if
+	// zero; negative: never watched (noticed when the answer is written).
+	WatchAfter time.Duration
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -83,6 +89,16 @@ type conn struct {
 	idle, readHeader time.Duration
 	headLimit        int
 	fields           int
+
+	// The watch for a client gone mid-request (watch.go).
+	watchAfter                              time.Duration
+	watchTimer                              *time.Timer
+	watchDone                               chan struct{}
+	watchMu                                 sync.Mutex
+	armed, due, bodyDone, running, stopping bool
+	held                                    bool
+	heldByte                                [1]byte
+	watchErr                                error
 }
 
 var (
@@ -96,6 +112,10 @@ func (s *Server) ServeConn(rwc net.Conn) {
 	c := &conn{srv: s, rwc: rwc, remote: rwc.RemoteAddr().String()}
 	c.idle = orDefault(s.IdleTimeout, 120*time.Second)
 	c.readHeader = orDefault(s.ReadHeaderTimeout, 10*time.Second)
+	c.watchAfter = s.WatchAfter
+	if c.watchAfter == 0 {
+		c.watchAfter = defaultWatchAfter
+	}
 	mhb := s.MaxHeaderBytes
 	if mhb <= 0 {
 		mhb = http.DefaultMaxHeaderBytes
@@ -298,7 +318,10 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 		}
 		c.pre = c.pre[:0]
 	}()
-	if !c.runHandler(w, req) {
+	c.armWatch(b == nil)
+	ok := c.runHandler(w, req)
+	c.stopWatch()
+	if !ok {
 		if b != nil {
 			b.finish()
 		}
@@ -360,11 +383,15 @@ func (c *conn) noContinue() {
 	c.wmu.Unlock()
 }
 
-// connReader is the connection as its bufio.Reader reads it: while a
-// body is read, each read is bounded by IdleTimeout.
+// connReader is the connection as its bufio.Reader reads it: first what
+// a watch read (watch.go); while a body is read, each read is bounded by
+// IdleTimeout.
 type connReader struct{ c *conn }
 
 func (r connReader) Read(p []byte) (int, error) {
+	if r.c.held || r.c.watchErr != nil {
+		return r.c.readHeld(p)
+	}
 	if r.c.readIdle.Load() {
 		_ = r.c.rwc.SetReadDeadline(time.Now().Add(r.c.idle))
 	}
