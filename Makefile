@@ -109,7 +109,7 @@ bench-fanout: ## Config push fan-out: 100, 1000 and 2000 proxies.
 	$(GO) run ./bench/fanout -n 100,1000,2000
 
 .PHONY: bench-fanout-ha
-bench-fanout-ha: ## Fan-out over three meshd replicas on etcd, a replica SIGKILLed, RSS per replica: 2000 proxies (~4 min; installs etcd-server; rewrites its block in bench/RESULTS.md).
+bench-fanout-ha: ## Fan-out over three meshd replicas on etcd, a replica SIGKILLed, RSS per replica: 2000 proxies (~10 min on 2 shared cores; installs etcd-server; rewrites its block in bench/RESULTS.md).
 	@[ -x /usr/bin/etcd ] || command -v etcd >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi; }
 	$(GO) run ./bench/fanout -replicas 3 -n 2000 $(BENCHFLAGS)
 
