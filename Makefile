@@ -120,12 +120,12 @@ IMAGE ?= minimesh/minimesh:dev
 .PHONY: manifests-check
 manifests-check: ## Decode every manifest, kustomize build and inject output strictly (offline).
 	$(GO) test -count=1 ./deploy/k8s
-	$(GO) test -count=1 -run 'Inject' ./internal/meshctl
+	$(GO) test -count=1 -run 'Inject' ./internal/inject ./internal/meshctl
 
 .PHONY: manifests-golden
 manifests-golden: ## Rewrite the injected example and inject's golden files after a change.
 	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'Example' ./deploy/k8s
-	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'InjectGolden' ./internal/meshctl
+	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'InjectGolden' ./internal/inject
 
 .PHONY: test-netns
 test-netns: ## The iptables redirect in two network namespaces (needs root; CI=true fails instead of skipping).

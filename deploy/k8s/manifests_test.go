@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
-	"minimesh/internal/meshctl"
+	"minimesh/internal/inject"
 )
 
 // object is one decoded manifest.
@@ -284,9 +284,9 @@ func TestOperatorBuildsSecretAndMeshctlPod(t *testing.T) {
 
 // exampleInjections are how the example's workloads are injected; the
 // outputs are committed (UPDATE_GOLDEN=1 rewrites them).
-var exampleInjections = map[string]meshctl.InjectOptions{
-	"api": {Image: "minimesh/minimesh:dev"},
-	"web": {Image: "minimesh/minimesh:dev", Upstreams: []string{"api=127.0.0.1:18081=api.demo.svc:15006=spiffe://minimesh.local/ns/demo/sa/api"}},
+var exampleInjections = map[string]inject.Options{
+	"api": {Image: "minimesh/minimesh:dev", JoinTokenSecret: "mesh-token-api"},
+	"web": {Image: "minimesh/minimesh:dev", JoinTokenSecret: "mesh-token-web", Upstreams: []string{"api=127.0.0.1:18081=api.demo.svc:15006=spiffe://minimesh.local/ns/demo/sa/api"}},
 }
 
 func TestExampleIsInjectedAndBuilds(t *testing.T) {
@@ -295,7 +295,7 @@ func TestExampleIsInjectedAndBuilds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := meshctl.Inject(src, opts)
+		got, err := inject.Inject(src, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +326,7 @@ func TestExampleIsInjectedAndBuilds(t *testing.T) {
 	for _, name := range []string{"api", "web"} {
 		dep := find[*appsv1.Deployment](t, objs, "Deployment", name)
 		pod := dep.Spec.Template.Spec
-		if len(pod.InitContainers) < 2 || pod.InitContainers[1].Name != meshctl.ProxyContainer {
+		if len(pod.InitContainers) < 2 || pod.InitContainers[1].Name != inject.ProxyContainer {
 			t.Fatalf("%s is not injected", name)
 		}
 		find[*corev1.ServiceAccount](t, objs, "ServiceAccount", pod.ServiceAccountName)

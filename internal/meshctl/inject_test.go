@@ -1,526 +1,59 @@
-package meshctl
+package meshctl_test
 
 import (
 	"bytes"
-	"context"
-	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"go.uber.org/goleak"
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
-
-	"minimesh/api"
-	"minimesh/dataplane/admin"
+	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
+	"minimesh/internal/inject"
+	"minimesh/internal/meshctl"
 )
 
 const testImage = "minimesh/minimesh:test"
 
-// injectCases are the inputs in testdata/inject with the flags each is
-// injected with; the output is testdata/inject/<name>.golden.yaml
-// (UPDATE_GOLDEN=1 rewrites it).
-var injectCases = map[string]InjectOptions{
-	"deployment.yaml": {Image: testImage, Upstreams: []string{"api=127.0.0.1:18081=api.demo.svc:15006=spiffe://minimesh.local/ns/demo/sa/api"}},
-	"pod.yaml":        {Image: testImage},
-	"statefulset.yaml": {Image: testImage, AppPort: 5432, TokenSecret: "db-join",
-		ControlPlane: "meshd.mesh.svc.cluster.local:15010", TrustDomain: "prod.example"},
-	"daemonset.yaml": {Image: testImage, Service: "agent"},
-	"job.yaml":       {Image: testImage},
-}
+var injectSrc = filepath.Join("..", "inject", "testdata", "pod.yaml")
 
-func TestInjectGolden(t *testing.T) {
-	inputs, err := filepath.Glob(filepath.Join("testdata", "inject", "*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	inputs = slices.DeleteFunc(inputs, func(p string) bool { return strings.HasSuffix(p, ".golden.yaml") })
-	if len(inputs) != len(injectCases) {
-		t.Fatalf("testdata/inject has %d inputs, the test knows %d", len(inputs), len(injectCases))
-	}
-	for _, in := range inputs {
-		name := filepath.Base(in)
-		t.Run(name, func(t *testing.T) {
-			opts, ok := injectCases[name]
-			if !ok {
-				t.Fatalf("no options for %s", name)
-			}
-			src, err := os.ReadFile(in)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := Inject(src, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			golden := strings.TrimSuffix(in, ".yaml") + ".golden.yaml"
-			if os.Getenv("UPDATE_GOLDEN") == "1" {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("output differs from %s (UPDATE_GOLDEN=1 to accept):\n%s", golden, got)
-			}
-
-			// Idempotent: injecting the output again changes nothing.
-			again, err := Inject(got, opts)
-			if err != nil {
-				t.Fatalf("injecting the output again: %v", err)
-			}
-			if !bytes.Equal(again, got) {
-				t.Errorf("injecting twice changed the output:\n%s", again)
-			}
-
-			// Every output document decodes strictly into its type and
-			// has what the pod needs.
-			for i, pod := range decodePods(t, got) {
-				t.Run(strconv.Itoa(i), func(t *testing.T) { checkInjectedPod(t, pod, src) })
-			}
-		})
-	}
-}
-
-// injectedPod is one pod template of inject's output.
-type injectedPod struct {
-	name string
-	meta metav1.ObjectMeta
-	spec corev1.PodSpec
-}
-
-// decodePods decodes every document strictly, as the API server would.
-func decodePods(t *testing.T, out []byte) []injectedPod {
-	t.Helper()
-	var pods []injectedPod
-	for _, doc := range strings.Split(string(out), "\n---\n") {
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			t.Fatal(err)
-		}
-		var p injectedPod
-		var err error
-		switch tm.Kind {
-		case "Pod":
-			var o corev1.Pod
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			p = injectedPod{o.Name, o.ObjectMeta, o.Spec}
-		case "Deployment":
-			var o appsv1.Deployment
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			p = injectedPod{o.Name, o.Spec.Template.ObjectMeta, o.Spec.Template.Spec}
-		case "StatefulSet":
-			var o appsv1.StatefulSet
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			p = injectedPod{o.Name, o.Spec.Template.ObjectMeta, o.Spec.Template.Spec}
-		case "DaemonSet":
-			var o appsv1.DaemonSet
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			p = injectedPod{o.Name, o.Spec.Template.ObjectMeta, o.Spec.Template.Spec}
-		case "Job":
-			var o batchv1.Job
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			p = injectedPod{o.Name, o.Spec.Template.ObjectMeta, o.Spec.Template.Spec}
-		default:
-			t.Fatalf("unexpected kind %q in the output", tm.Kind)
-		}
-		if err != nil {
-			t.Fatalf("output %s does not decode strictly: %v\n%s", tm.Kind, err, doc)
-		}
-		pods = append(pods, p)
-	}
-	return pods
-}
-
-func checkInjectedPod(t *testing.T, p injectedPod, src []byte) {
-	t.Helper()
-	spec := p.spec
-	if len(spec.InitContainers) < 2 || spec.InitContainers[0].Name != RedirectContainer || spec.InitContainers[1].Name != ProxyContainer {
-		t.Fatalf("%s: init containers %v: want the redirect, then the proxy, first", p.name, names(spec.InitContainers))
-	}
-	rd, px := spec.InitContainers[0], spec.InitContainers[1]
-
-	// The redirect: root with NET_ADMIN and NET_RAW only, mesh-proxy redirect.
-	if rd.Args[0] != "redirect" || rd.RestartPolicy != nil {
-		t.Errorf("redirect container: args %v restartPolicy %v", rd.Args, rd.RestartPolicy)
-	}
-	if sc := rd.SecurityContext; sc == nil || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) ||
-		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || *sc.RunAsUser != 0 || *sc.AllowPrivilegeEscalation {
-		t.Errorf("redirect container security context %+v", rd.SecurityContext)
-	}
-	if !slices.Contains(rd.Args, "--exclude-inbound-ports=15020") || !slices.Contains(rd.Args, "--proxy-uid=1337") {
-		t.Errorf("redirect args %v: the admin port must stay uncaptured and the proxy's user pass", rd.Args)
-	}
-
-	// The proxy: a native sidecar gated by a startup probe on /ready.
-	if px.RestartPolicy == nil || *px.RestartPolicy != corev1.ContainerRestartPolicyAlways {
-		t.Errorf("proxy is not a native sidecar: restartPolicy %v", px.RestartPolicy)
-	}
-	if sp := px.StartupProbe; sp == nil || sp.HTTPGet == nil || sp.HTTPGet.Path != "/ready" || sp.HTTPGet.Port.IntValue() != ProxyAdminPort {
-		t.Errorf("proxy startup probe %+v", px.StartupProbe)
-	}
-	if sc := px.SecurityContext; sc == nil || *sc.RunAsUser != ProxyUID || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem {
-		t.Errorf("proxy security context %+v", px.SecurityContext)
-	}
-	for _, want := range []string{"--advertise=$(POD_IP):15006", "--admin=0.0.0.0:15020", "--inbound=0.0.0.0:15006", "--token-file=/var/run/minimesh/token/token"} {
-		if !slices.Contains(px.Args, want) {
-			t.Errorf("proxy args %v lack %s", px.Args, want)
-		}
-	}
-	// The state dir is the proxy's own directory inside the state volume
-	// (an emptyDir, root's 0777), on a path with no symbolic link in the
-	// image: mesh-proxy refuses one, and there /var/run links to /run.
-	var stateMount string
-	for _, m := range px.VolumeMounts {
-		if m.Name == StateVolume {
-			stateMount = m.MountPath
-		}
-	}
-	if stateMount == "" || !slices.Contains(px.Args, "--state-dir="+stateMount+"/proxy") || strings.HasPrefix(stateMount, "/var/run/") {
-		t.Errorf("proxy state dir: mount %q, args %v; want --state-dir=<mount>/proxy, the mount not under /var/run", stateMount, px.Args)
-	}
-	env := map[string]corev1.EnvVar{}
-	for _, e := range px.Env {
-		env[e.Name] = e
-	}
-	if e := env["POD_IP"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.podIP" {
-		t.Errorf("POD_IP not from the downward API: %+v", e)
-	}
-	if e := env["MESH_PROXY_CA_PIN"]; e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Key != "ca-pin" {
-		t.Errorf("ca pin not from the Secret: %+v", e)
-	}
-	var secret string
-	for _, v := range spec.Volumes {
-		if v.Name == TokenVolume && v.Secret != nil {
-			secret = v.Secret.SecretName
-		}
-	}
-	if secret == "" || env["MESH_PROXY_CA_PIN"].ValueFrom.SecretKeyRef.Name != secret {
-		t.Errorf("token volume from Secret %q, pin from %q", secret, env["MESH_PROXY_CA_PIN"].ValueFrom.SecretKeyRef.Name)
-	}
-	if spec.ShareProcessNamespace == nil || !*spec.ShareProcessNamespace {
-		t.Error("shareProcessNamespace not set")
-	}
-
-	// Every rewritten app probe points at the admin port and has its
-	// original in MESH_APP_PROBES; nothing else refers to the app's port.
-	probes, err := api.ParseAppProbes(env["MESH_APP_PROBES"].Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rewritten := 0
-	for _, c := range spec.Containers {
-		if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SharedVolume && m.ReadOnly }) {
-			t.Errorf("container %s lacks the shared volume", c.Name)
-		}
-		for _, kp := range probesOf(&c) {
-			pr := kp.probe
-			if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Port.IntValue() != ProxyAdminPort {
-				if pr != nil && pr.TCPSocket != nil {
-					t.Errorf("container %s %s: TCP probe left on the app's port", c.Name, kp.kind)
-				}
-				continue
-			}
-			rewritten++
-			if _, ok := probes[pr.HTTPGet.Path]; !ok || pr.HTTPGet.Path != api.AppProbePath(c.Name, kp.kind) {
-				t.Errorf("container %s %s probe %s has no original", c.Name, kp.kind, pr.HTTPGet.Path)
-			}
-		}
-	}
-	if rewritten != len(probes) {
-		t.Errorf("%d probes rewritten, %d in MESH_APP_PROBES", rewritten, len(probes))
-	}
-	if p.meta.Annotations[InjectedAnnotation] == "" {
-		t.Error("no injected annotation")
-	}
-	_ = src
-}
-
-func names(cs []corev1.Container) []string {
-	var n []string
-	for _, c := range cs {
-		n = append(n, c.Name)
-	}
-	return n
-}
-
-func TestInjectRefusals(t *testing.T) {
-	pod := func(spec string) string {
-		return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n" + spec
-	}
-	const app = "  serviceAccountName: p\n  containers:\n  - name: app\n    image: x\n"
-	tests := []struct {
-		name string
-		in   string
-		opts InjectOptions
-		want string
-	}{
-		{"service", "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n", InjectOptions{}, `Service "v1" cannot be injected`},
-		{"configmap among pods", pod(app+"    ports:\n    - containerPort: 80\n") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n", InjectOptions{}, "document 2: ConfigMap"},
-		{"cronjob", "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: c\n", InjectOptions{}, "CronJob"},
-		{"old api version", "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata:\n  name: d\n", InjectOptions{}, `Deployment "extensions/v1beta1" cannot be injected`},
-		{"list", "apiVersion: v1\nkind: List\nitems: []\n", InjectOptions{}, "List"},
-		{"no kind", "foo: bar\n", InjectOptions{}, "no kind"},
-		{"empty", "# nothing\n---\n", InjectOptions{}, "no Kubernetes object"},
-		{"not yaml", "apiVersion: v1\nkind: Pod\n  bad: [\n", InjectOptions{}, "document 1"},
-		{"unknown field", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: 80\n        pth: /x\n"), InjectOptions{}, `unknown field "spec.containers[0].livenessProbe.httpGet.pth"`},
-		{"duplicate field", pod(app + "    ports:\n    - containerPort: 80\n    image: y\n"), InjectOptions{}, `key "image" already set`},
-		{"host network", pod("  hostNetwork: true\n" + app), InjectOptions{}, "hostNetwork"},
-		{"no service account", pod("  containers:\n  - name: app\n    image: x\n    ports:\n    - containerPort: 80\n"), InjectOptions{}, "no serviceAccountName"},
-		{"no containers", pod("  serviceAccountName: p\n"), InjectOptions{}, "no containers"},
-		{"no port", pod(app), InjectOptions{}, "declares no TCP containerPort"},
-		{"two ports", pod(app + "    ports:\n    - containerPort: 80\n    - containerPort: 81\n"), InjectOptions{}, "ports [80 81]"},
-		{"UDP only", pod(app + "    ports:\n    - containerPort: 53\n      protocol: UDP\n"), InjectOptions{}, "declares no TCP containerPort"},
-		{"proxy's port", pod(app + "    ports:\n    - containerPort: 15020\n"), InjectOptions{}, "mesh-proxy's own"},
-		{"app port is proxy's", pod(app), InjectOptions{AppPort: 15006}, "app port 15006 is mesh-proxy's own"},
-		{"bad port flag", pod(app), InjectOptions{AppPort: 70000}, "not a TCP port"},
-		{"container named mesh-proxy", pod("  serviceAccountName: p\n  containers:\n  - name: mesh-proxy\n    image: x\n    ports:\n    - containerPort: 80\n"), InjectOptions{}, `"mesh-proxy" is mesh-proxy's own`},
-		{"volume named mesh-state", pod(app + "    ports:\n    - containerPort: 80\n  volumes:\n  - name: mesh-state\n    emptyDir: {}\n"), InjectOptions{}, `volume name "mesh-state"`},
-		{"app as proxy user", pod("  securityContext:\n    runAsUser: 1337\n" + app + "    ports:\n    - containerPort: 80\n"), InjectOptions{}, "UID 1337"},
-		{"container as proxy user", pod(app + "    ports:\n    - containerPort: 80\n    securityContext:\n      runAsUser: 1337\n"), InjectOptions{}, "container app runs as UID 1337"},
-		{"grpc probe on app port", pod(app + "    ports:\n    - containerPort: 80\n    readinessProbe:\n      grpc:\n        port: 80\n"), InjectOptions{}, "gRPC probe"},
-		{"unknown port name", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: web\n"), InjectOptions{}, `port name "web"`},
-		{"probe header injection", pod(app + "    ports:\n    - containerPort: 80\n    livenessProbe:\n      httpGet:\n        port: 80\n        httpHeaders:\n        - name: \"X\\nY\"\n          value: v\n"), InjectOptions{}, "not a valid header"},
-		{"bad upstream", pod(app + "    ports:\n    - containerPort: 80\n"), InjectOptions{Upstreams: []string{"api=a=b"}}, `--upstream "api=a=b"`},
-		{"upstream without identity", pod(app + "    ports:\n    - containerPort: 80\n"), InjectOptions{Upstreams: []string{"api=127.0.0.1:1=10.0.0.1:15006=api"}}, "spiffe://"},
-		{"half an injection", pod(app + "    ports:\n    - containerPort: 80\n  initContainers:\n  - name: mesh-redirect\n    image: x\n"), InjectOptions{}, "refusing to guess"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			out, err := Inject([]byte(tt.in), tt.opts)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Inject = %v, want an error containing %q; output:\n%s", err, tt.want, out)
-			}
-			if !strings.HasPrefix(err.Error(), "inject: ") {
-				t.Errorf("error %q lacks the inject: prefix", err)
-			}
-			if out != nil {
-				t.Errorf("refused, yet wrote output:\n%s", out)
-			}
-		})
-	}
-}
-
-// Probes left alone: exec, another host, gRPC on another port.
-func TestInjectLeavesUncapturedProbes(t *testing.T) {
-	in := `apiVersion: v1
-kind: Pod
-metadata:
-  name: p
-spec:
-  serviceAccountName: p
-  containers:
-  - name: app
-    image: x
-    ports:
-    - containerPort: 80
-    livenessProbe:
-      exec:
-        command: ["true"]
-    readinessProbe:
-      httpGet:
-        host: 10.0.0.1
-        port: 80
-    startupProbe:
-      grpc:
-        port: 9000
-`
-	out, err := Inject([]byte(in), InjectOptions{Image: testImage})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := decodePods(t, out)[0].spec.Containers[0]
-	if c.LivenessProbe.Exec == nil || c.ReadinessProbe.HTTPGet.Host != "10.0.0.1" || c.ReadinessProbe.HTTPGet.Port.IntValue() != 80 || c.StartupProbe.GRPC.Port != 9000 {
-		t.Errorf("probes changed: %+v %+v %+v", c.LivenessProbe, c.ReadinessProbe, c.StartupProbe)
-	}
-	if strings.Contains(string(out), "MESH_APP_PROBES") {
-		t.Errorf("MESH_APP_PROBES set with nothing rewritten:\n%s", out)
-	}
-}
-
-// Re-injecting with other flags replaces the earlier injection rather
-// than adding to it, and keeps the app port chosen before.
-func TestInjectAgainWithOtherFlags(t *testing.T) {
-	src, err := os.ReadFile(filepath.Join("testdata", "inject", "statefulset.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := Inject(src, InjectOptions{Image: testImage, AppPort: 5432})
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := Inject(first, InjectOptions{Image: "minimesh/minimesh:v2"}) // no --port: the one used before
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := decodePods(t, second)[0]
-	if n := len(p.spec.InitContainers); n != 3 { // redirect, proxy, migrate
-		t.Fatalf("init containers %v", names(p.spec.InitContainers))
-	}
-	if p.spec.InitContainers[1].Image != "minimesh/minimesh:v2" || !slices.Contains(p.spec.InitContainers[1].Args, "--app=127.0.0.1:5432") {
-		t.Errorf("proxy %v %v", p.spec.InitContainers[1].Image, p.spec.InitContainers[1].Args)
-	}
-	if n := len(p.spec.Volumes); n != 3 {
-		t.Errorf("volumes %d, want 3", n)
-	}
-	want, err := Inject(src, InjectOptions{Image: "minimesh/minimesh:v2", AppPort: 5432})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(second, want) {
-		t.Errorf("re-injection differs from injecting the original with the new flags:\n%s", second)
-	}
-}
-
-// The probe JSON that inject writes is what mesh-proxy's admin server
-// runs: kubelet's rewritten probe, sent to the admin port, reaches the app
-// on its original path and port and reports its health.
-func TestInjectedProbesReachTheApp(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
-	healthy := true
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" || r.Header.Get("X-Probe") != "yes" {
-			http.NotFound(w, r)
-			return
-		}
-		if !healthy {
-			http.Error(w, "sick", http.StatusInternalServerError)
-			return
-		}
-		_, _ = io.WriteString(w, "fine")
-	}))
-	defer app.Close()
-	_, port, _ := net.SplitHostPort(app.Listener.Addr().String())
-
-	in := fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: web
-        image: x
-        ports:
-        - name: http
-          containerPort: %s
-        livenessProbe:
-          httpGet:
-            path: /healthz
-            port: http
-            httpHeaders: [{name: X-Probe, value: "yes"}]
-        readinessProbe:
-          tcpSocket: {port: http}
-`, port)
-	out, err := Inject([]byte(in), InjectOptions{Image: testImage})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := decodePods(t, out)[0]
-	var probesJSON string
-	for _, e := range p.spec.InitContainers[1].Env {
-		if e.Name == "MESH_APP_PROBES" {
-			probesJSON = e.Value
-		}
-	}
-	probes, err := admin.ParseAppProbes(probesJSON)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := admin.NewProbeHandler(admin.ProbeConfig{Probes: probes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := admin.New(admin.Config{Listener: ln})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Handle("GET "+admin.AppHealthPrefix, h)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-
-	// Kubelet probes what the rewritten probe says, on the admin port.
-	kubelet := func(pr *corev1.Probe) int {
-		t.Helper()
-		if pr.HTTPGet == nil || pr.HTTPGet.Port.IntValue() != ProxyAdminPort {
-			t.Fatalf("probe not rewritten: %+v", pr)
-		}
-		resp, err := client.Get("http://" + ln.Addr().String() + pr.HTTPGet.Path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}
-	c := p.spec.Containers[0]
-	if code := kubelet(c.LivenessProbe); code != http.StatusOK {
-		t.Errorf("liveness: %d, want 200", code)
-	}
-	if code := kubelet(c.ReadinessProbe); code != http.StatusOK {
-		t.Errorf("readiness (TCP): %d, want 200", code)
-	}
-	healthy = false
-	if code := kubelet(c.LivenessProbe); code != http.StatusInternalServerError {
-		t.Errorf("liveness of a sick app: %d, want 500", code)
-	}
-	app.Close()
-	if code := kubelet(c.ReadinessProbe); code != http.StatusServiceUnavailable {
-		t.Errorf("readiness of a stopped app: %d, want 503", code)
-	}
-}
-
-// The command reads a file or standard input and writes Inject's output.
+// The command reads a file or standard input and writes inject.Inject's
+// output; without --ca-pin it asks meshd for the pins of every root of its
+// bundle (both during a rotation); --join-token-secret is the old form.
 func TestInjectCommand(t *testing.T) {
-	file := filepath.Join("testdata", "inject", "pod.yaml")
-	src, err := os.ReadFile(file)
+	src, err := os.ReadFile(injectSrc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := Inject(src, InjectOptions{Image: testImage})
+	pin := "sha256:" + strings.Repeat("ab", 32)
+	want, err := inject.Inject(src, inject.Options{Image: testImage, CAPins: []string{pin}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"-f", file}, {"-f", "-"}} {
+	for _, args := range [][]string{{"-f", injectSrc}, {"-f", "-"}} {
 		var out, errOut bytes.Buffer
-		root := NewRoot(IO{Out: &out, Err: &errOut})
+		root := meshctl.NewRoot(meshctl.IO{Out: &out, Err: &errOut})
 		root.SetIn(bytes.NewReader(src))
-		root.SetArgs(append([]string{"inject", "--image", testImage}, args...))
+		root.SetArgs(append([]string{"inject", "--image", testImage, "--ca-pin", pin}, args...))
 		if err := root.Execute(); err != nil {
 			t.Fatalf("%v: %v", args, err)
 		}
 		if !bytes.Equal(out.Bytes(), want) {
 			t.Errorf("%v: output differs from Inject:\n%s", args, out.String())
+		}
+	}
+	jt, err := inject.Inject(src, inject.Options{Image: testImage, JoinTokenSecret: "mesh-token-api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []string{"--join-token-secret"} {
+		var out bytes.Buffer
+		root := meshctl.NewRoot(meshctl.IO{Out: &out, Err: io.Discard})
+		root.SetErr(io.Discard)
+		root.SetArgs([]string{"inject", "--image", testImage, flag, "mesh-token-api", "-f", injectSrc})
+		if err := root.Execute(); err != nil || !bytes.Equal(out.Bytes(), jt) {
+			t.Errorf("%s: %v\n%s", flag, err, out.String())
 		}
 	}
 	for _, tt := range []struct {
@@ -529,73 +62,43 @@ func TestInjectCommand(t *testing.T) {
 	}{
 		{[]string{"inject"}, "-f FILE"},
 		{[]string{"inject", "-f", filepath.Join(t.TempDir(), "missing.yaml")}, "no such file"},
-		{[]string{"inject", "-f", file, "--port", "15020"}, "pod.yaml: inject: document 1: Pod api: app port 15020"},
+		{[]string{"inject", "-f", injectSrc, "--ca-pin", pin, "--port", "15020"}, "pod.yaml: inject: document 1: Pod api: app port 15020"},
+		{[]string{"inject", "-f", injectSrc, "--ca-pin", "sha256:00"}, `--ca-pin "sha256:00"`},
+		{[]string{"inject", "-f", injectSrc, "--server", "127.0.0.1:1", "--credentials", t.TempDir()}, "--ca-pin not given, and meshd could not be asked for its roots"},
 	} {
-		root := NewRoot(IO{Out: io.Discard, Err: io.Discard})
+		root := meshctl.NewRoot(meshctl.IO{Out: io.Discard, Err: io.Discard})
 		root.SetArgs(tt.args)
 		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: %v, want an error containing %q", tt.args, err, tt.want)
 		}
 	}
-}
 
-func FuzzInject(f *testing.F) {
-	for name := range injectCases {
-		b, err := os.ReadFile(filepath.Join("testdata", "inject", name))
+	// Asked of a real meshd: its root, then both roots once a rotation
+	// has prepared the next.
+	m := controlplanetest.Start(t, controlplane.Config{})
+	asked := func() string {
+		t.Helper()
+		out, err := run(t, m, "inject", "--image", testImage, "-f", injectSrc)
 		if err != nil {
-			f.Fatal(err)
+			t.Fatal(err)
 		}
-		f.Add(b)
+		return out
 	}
-	f.Add([]byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {serviceAccountName: p, containers: [{name: a, image: x, ports: [{containerPort: 80}]}]}\n"))
-	f.Fuzz(func(t *testing.T, in []byte) {
-		out, err := Inject(in, InjectOptions{Image: testImage})
-		if err != nil {
-			if !strings.HasPrefix(err.Error(), "inject: ") {
-				t.Fatalf("error without prefix: %v", err)
-			}
-			return
-		}
-		// Whatever is accepted is idempotent.
-		again, err := Inject(out, InjectOptions{Image: testImage})
-		if err != nil {
-			t.Fatalf("output refused: %v\n%s", err, out)
-		}
-		if !bytes.Equal(again, out) {
-			t.Fatalf("not idempotent:\n%s\n---- again:\n%s", out, again)
-		}
-	})
-}
-
-// --capture-outbound sends the app's outbound TCP to the proxy's
-// transparent listener: the redirect gets --outbound-port, the proxy
-// listens there (--transparent) and hands HTTP to its Host-routed port.
-func TestInjectCaptureOutbound(t *testing.T) {
-	src, err := os.ReadFile(filepath.Join("testdata", "inject", "pod.yaml"))
+	want, err = inject.Inject(src, inject.Options{Image: testImage, CAPins: []string{m.RootPin()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain, err := Inject(src, InjectOptions{Image: testImage})
+	if got := asked(); got != string(want) {
+		t.Errorf("pins asked of meshd:\n%s", got)
+	}
+	if _, err := m.RotateCA(false); err != nil {
+		t.Fatal(err)
+	}
+	st, err := m.CAStatus()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(plain, []byte("--outbound-port")) || bytes.Contains(plain, []byte("--outbound-http")) {
-		t.Fatal("outbound is captured without --capture-outbound")
-	}
-	out, err := Inject(src, InjectOptions{Image: testImage, CaptureOutbound: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := decodePods(t, out)[0]
-	redirect, proxy := p.spec.InitContainers[0].Args, p.spec.InitContainers[1].Args
-	if !slices.Contains(redirect, "--outbound-port=15001") {
-		t.Errorf("redirect args %v", redirect)
-	}
-	if !slices.Contains(proxy, "--transparent=127.0.0.1:15001") || !slices.Contains(proxy, "--outbound-http=127.0.0.1:15080") {
-		t.Errorf("proxy args %v", proxy)
-	}
-	again, err := Inject(out, InjectOptions{Image: testImage, CaptureOutbound: true})
-	if err != nil || !bytes.Equal(again, out) {
-		t.Errorf("injecting twice changed the output (%v)", err)
+	if got := asked(); !strings.Contains(got, "--ca-pin="+st.GetActive().GetPin()+","+st.GetNext().GetPin()+"\n") {
+		t.Errorf("during a rotation, want both roots' pins:\n%s", got)
 	}
 }

@@ -196,7 +196,7 @@ func TestEveryCommandHonoursOutput(t *testing.T) {
 		"meshctl check": {args: func(*testing.T) []string { return []string{"check"} },
 			okErr: func(err error) bool { return strings.Contains(err.Error(), "some checks failed") }},
 		"meshctl version":               {args: func(*testing.T) []string { return []string{"version"} }, stable: true},
-		"meshctl inject":                {args: func(*testing.T) []string { return []string{"inject", "-f", "testdata/inject/pod.yaml"} }, stable: true},
+		"meshctl inject":                {args: func(*testing.T) []string { return []string{"inject", "-f", "../inject/testdata/pod.yaml"} }, stable: true},
 		"meshctl help":                  {args: func(*testing.T) []string { return []string{"help", "get"} }},
 		"meshctl completion bash":       {args: func(*testing.T) []string { return []string{"completion", "bash"} }},
 		"meshctl completion zsh":        {args: func(*testing.T) []string { return []string{"completion", "zsh"} }},

@@ -1,4 +1,4 @@
-package meshctl
+package inject
 
 import (
 	"fmt"
@@ -27,7 +27,11 @@ spec:
         path: /ready
         port: 8080
 `)
-	out, err := Inject(in, InjectOptions{Image: "minimesh/minimesh:v1"})
+	out, err := Inject(in, Options{
+		Image: "minimesh/minimesh:v1",
+		// meshctl inject asks meshd for them: every root of its bundle.
+		CAPins: []string{"sha256:5c4f2a8b4c1d07e6a1f3b9d2e8c7a6b5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9"},
+	})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -1,4 +1,4 @@
-package meshctl
+package inject
 
 import (
 	"slices"
@@ -23,7 +23,7 @@ spec:
     - containerPort: 80
 `
 	const list = "meshd-0.meshd.minimesh-system.svc:15010,meshd-1.meshd.minimesh-system.svc:15010,meshd-2.meshd.minimesh-system.svc:15010"
-	out, err := Inject([]byte(in), InjectOptions{Image: testImage, ControlPlane: list})
+	out, err := Inject([]byte(in), Options{CAPins: testPins, Image: testImage, ControlPlane: list})
 	if err != nil {
 		t.Fatal(err)
 	}
