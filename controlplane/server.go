@@ -87,12 +87,18 @@ type Config struct {
 	// RotationCheck is how often a root rotation's progress and the
 	// intermediate's age are checked (default 1s).
 	RotationCheck time.Duration
+	// AckFlush is how often proxies' ACK state is written to the store
+	// in one batch, and (etcd) how often other replicas' proxy records
+	// are looked for. Default 1s.
+	AckFlush time.Duration
 	// BootstrapRate and BootstrapBurst limit Bootstrap per source address.
 	BootstrapRate  rate.Limit
 	BootstrapBurst int
-	Clock          certs.Clock
-	Logger         *slog.Logger
-	Registry       *prometheus.Registry
+	// Webhook is the mutating admission webhook (webhook.go); off by default.
+	Webhook  WebhookConfig
+	Clock    certs.Clock
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
 }
 
 func (c *Config) setDefaults() error {
@@ -222,7 +228,7 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, EndpointGrace: cfg.EndpointGrace, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, EndpointGrace: cfg.EndpointGrace, Tick: cfg.AckFlush, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
 	if err != nil {
 		return err
 	}
@@ -466,6 +472,19 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("controlplane: listen: %w", err)
 		}
 	}
+	var whErr chan error // nil: no webhook
+	if s.cfg.Webhook.enabled() {
+		wh, err := s.newWebhook()
+		if err != nil {
+			_ = lis.Close()
+			return err
+		}
+		whErr = make(chan error, 1)
+		whCtx, stopWh := context.WithCancel(context.Background())
+		whDone := make(chan struct{})
+		go func() { defer close(whDone); whErr <- wh.Run(whCtx) }()
+		defer func() { stopWh(); <-whDone }()
+	}
 	s.cfg.Logger.Info("meshd serving", "addr", lis.Addr().String(), "trust_domain", s.td.String(), "root_pin", s.ca.RootPin())
 	caTick := time.NewTicker(s.cfg.RotationCheck)
 	defer caTick.Stop()
@@ -507,6 +526,9 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case err := <-errc:
 			return fmt.Errorf("controlplane: serve: %w", err)
+		case err := <-whErr:
+			s.grpc.Stop()
+			return fmt.Errorf("controlplane: %w", err)
 		case <-caTick.C:
 			// Its cache lag and a heartbeat in replicas/NAME.
 			s.announce()

@@ -88,3 +88,59 @@ func TestIntermediateRetiredByAnotherIsReplaced(t *testing.T) {
 		t.Fatalf("an SVID signed after the retirement chains to %s (retired %s, current %s)", got, old, serial(now))
 	}
 }
+
+// TestAnotherReplicasApplyIsPushedAtOnce: an Apply through one replica
+// reaches a proxy whose stream is on another by that replica's etcd watch,
+// not at its periodic check (made an hour here, so only the watch can
+// bring it).
+func TestAnotherReplicasApplyIsPushedAtOnce(t *testing.T) {
+	ec := testEtcd(t)
+	keyFile, _ := writeCAKey(t)
+	var ms []*controlplanetest.Meshd
+	for _, name := range []string{"r0", "r1"} {
+		cfg := replicaConfig(ec, keyFile, name)
+		cfg.AckFlush = time.Hour
+		ms = append(ms, controlplanetest.Start(t, cfg))
+	}
+	svid := bootstrap(t, ms[1], "default", "web")
+	stream, err := meshv1.NewConfigServiceClient(ms[1].DialAs(t, svid)).Stream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: "web", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	snapshots := make(chan *meshv1.Snapshot, 16)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				close(snapshots)
+				return
+			}
+			if s := resp.GetSnapshot(); s != nil {
+				snapshots <- s
+			}
+		}
+	}()
+	first, ok := <-snapshots
+	if !ok {
+		t.Fatal("the stream on r1 ended before its first snapshot")
+	}
+	if _, err := ms[0].Operator(t).Apply(ctx(t), &meshv1.ApplyRequest{Resources: []*meshv1.Resource{serviceResource("api")}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case s, ok := <-snapshots:
+		if !ok {
+			t.Fatal("the stream on r1 ended")
+		}
+		if s.GetVersion() == first.GetVersion() {
+			t.Fatalf("a second snapshot of the same version %s", s.GetVersion())
+		}
+		t.Logf("r1 pushed r0's Apply %v after it returned", time.Since(start).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("an Apply through r0 never reached the proxy on r1 (its periodic check is an hour)")
+	}
+}

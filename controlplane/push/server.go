@@ -61,9 +61,14 @@ type Config struct {
 	// endpoint, unless it reconnects first; a meshd that starts holds the
 	// endpoints it last knew as long. Default DefaultEndpointGrace.
 	EndpointGrace time.Duration
-	Clock         certs.Clock
-	Logger        *slog.Logger
-	Registerer    prometheus.Registerer
+	// Tick is how often ACK state is flushed to the store in one batch
+	// and, on etcd, other replicas' proxy records are looked for (the
+	// leader also notices ended streams then). Default 1s. Other
+	// replicas' configuration writes are taken at once (Store.Changed).
+	Tick       time.Duration
+	Clock      certs.Clock
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultEndpointGrace is the agent's longest reconnect backoff (30s) plus
@@ -167,6 +172,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxDelay <= 0 {
 		cfg.MaxDelay = time.Second
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
 	}
 	if cfg.QueryTimeout <= 0 {
 		cfg.QueryTimeout = 10 * time.Second
@@ -281,7 +289,7 @@ func (s *Server) Trigger() {
 // Run recomputes snapshots after changes, debounced, and flushes ACK state
 // to the store, until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
-	flush := time.NewTicker(time.Second)
+	flush := time.NewTicker(s.cfg.Tick)
 	defer flush.Stop()
 	defer s.flush()
 	// One timer for the earliest end of an endpoint grace: its expiry is a
@@ -300,9 +308,24 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	arm()
 	for {
+		// Another replica's configuration write reaches this one's cache
+		// by etcd's watch: taken at once (it waited for the flush tick,
+		// so an Apply through one replica reached the proxies of the
+		// others up to a second later). Proxy records, which move only
+		// the cache's revision, are left to the tick: ACK flushes would
+		// otherwise recompute every snapshot many times a second.
+		changed := s.cfg.Store.Changed()
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-changed:
+			rev, err := s.cfg.Store.Revision()
+			s.mu.Lock()
+			behind := err == nil && rev != s.revision
+			s.mu.Unlock()
+			if !behind {
+				continue
+			}
 		case <-flush.C:
 			s.flush()
 			s.noticeEnded()

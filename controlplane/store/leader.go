@@ -38,6 +38,21 @@ func (s *Store) CacheLag() time.Duration {
 	return time.Duration(b.lagSeconds() * float64(time.Second))
 }
 
+// Changed returns a channel closed at this replica's next cache apply of
+// a write from etcd's watch (any replica's, this one's included): a push
+// server takes another replica's Apply at once rather than at its next
+// periodic check. Take a new channel after each close. nil on bbolt,
+// whose one process triggers on its own writes.
+func (s *Store) Changed() <-chan struct{} {
+	b, ok := s.be.(*etcdBackend)
+	if !ok {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.notify
+}
+
 // CacheRevision is the etcd revision of the newest commit this replica's
 // cache holds: it moves with every write of any replica (Revision moves
 // only with those that bump it). 0 on bbolt, whose one process sees its
