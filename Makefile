@@ -93,7 +93,7 @@ $(BIN)/staticcheck:
 bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
 
 .PHONY: bench-sidebyside
-bench-sidebyside: build ## One and two hops vs nginx and haproxy under wrk (~10 min; installs wrk, nginx, haproxy).
+bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the starting commit under wrk and vegeta (~40 min; installs wrk, nginx, haproxy, caddy, vegeta).
 	bench/sidebyside/run.sh $(BENCHFLAGS)
 
 .PHONY: bench-go

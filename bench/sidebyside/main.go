@@ -270,7 +270,11 @@ func run() error {
 	if o.tail {
 		runs += len(tailPercents)
 	}
-	total := time.Duration(len(rows)*runs*o.rounds)*(o.duration+1500*time.Millisecond) + time.Duration(len(rows))*o.warmup
+	// Each run: a quiet second first, half a second's pause, the run.
+	total := time.Duration(len(rows)*runs*o.rounds)*(o.duration+1700*time.Millisecond) + time.Duration(len(rows))*o.warmup
+	if o.profile >= time.Second {
+		total += 4 * (o.profile + 4*time.Second)
+	}
 	fmt.Printf("%d targets, %d rounds of %s at %d and %d connections (and open-loop at %v %% of nginx: %v): about %s\n",
 		len(rows), o.rounds, o.duration, o.hi, o.lo, tailPercents, o.tail, total.Round(time.Minute))
 	for _, r := range rows {
