@@ -24,15 +24,22 @@ const (
 
 type BootstrapRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The join token, "<id>.<secret>".
+	// The join token, "<id>.<secret>". Exactly one of token and
+	// k8s_service_account_token is set.
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// A PKCS#10 certificate request, DER, whose only URI SAN is the token's
-	// SPIFFE ID.
+	// A PKCS#10 certificate request, DER, whose only URI SAN is the
+	// credential's SPIFFE ID.
 	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
-	// The proxy instance asking, recorded with the certificate.
-	InstanceId    string `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The proxy instance asking, recorded with the certificate. With a
+	// service-account token meshd names the instance itself (the pod's name
+	// and the first 8 hex digits of its UID): leave it empty, or give that.
+	InstanceId string `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// A Kubernetes projected service-account token (a JWT) minted for the
+	// audience "minimesh" and bound to the pod. meshd reviews it
+	// (TokenReview) and takes the identity and the pod from the review only.
+	K8SServiceAccountToken string `protobuf:"bytes,4,opt,name=k8s_service_account_token,json=k8sServiceAccountToken,proto3" json:"k8s_service_account_token,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *BootstrapRequest) Reset() {
@@ -86,6 +93,13 @@ func (x *BootstrapRequest) GetInstanceId() string {
 	return ""
 }
 
+func (x *BootstrapRequest) GetK8SServiceAccountToken() string {
+	if x != nil {
+		return x.K8SServiceAccountToken
+	}
+	return ""
+}
+
 type BootstrapResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Svid          *X509SVID              `protobuf:"bytes,1,opt,name=svid,proto3" json:"svid,omitempty"`
@@ -135,9 +149,13 @@ type RenewRequest struct {
 	// A PKCS#10 certificate request, DER, for the caller's own SPIFFE ID.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
 	// The proxy instance asking, recorded with the certificate.
-	InstanceId    string `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InstanceId string `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// For an SVID bootstrapped with a service-account token: a fresh token
+	// of the same pod (read from the projected file at this renewal).
+	// Ignored for other SVIDs.
+	K8SServiceAccountToken string `protobuf:"bytes,3,opt,name=k8s_service_account_token,json=k8sServiceAccountToken,proto3" json:"k8s_service_account_token,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *RenewRequest) Reset() {
@@ -180,6 +198,13 @@ func (x *RenewRequest) GetCsr() []byte {
 func (x *RenewRequest) GetInstanceId() string {
 	if x != nil {
 		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *RenewRequest) GetK8SServiceAccountToken() string {
+	if x != nil {
+		return x.K8SServiceAccountToken
 	}
 	return ""
 }
@@ -304,18 +329,20 @@ var File_mesh_v1_identity_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_identity_proto_rawDesc = "" +
 	"\n" +
-	"\x16mesh/v1/identity.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n" +
+	"\x16mesh/v1/identity.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n" +
 	"\x10BootstrapRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
 	"\vinstance_id\x18\x03 \x01(\tR\n" +
-	"instanceId\":\n" +
+	"instanceId\x129\n" +
+	"\x19k8s_service_account_token\x18\x04 \x01(\tR\x16k8sServiceAccountToken\":\n" +
 	"\x11BootstrapResponse\x12%\n" +
-	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\"A\n" +
+	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\"|\n" +
 	"\fRenewRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
-	"instanceId\"6\n" +
+	"instanceId\x129\n" +
+	"\x19k8s_service_account_token\x18\x03 \x01(\tR\x16k8sServiceAccountToken\"6\n" +
 	"\rRenewResponse\x12%\n" +
 	"\x04svid\x18\x01 \x01(\v2\x11.mesh.v1.X509SVIDR\x04svid\"\xa4\x01\n" +
 	"\bX509SVID\x12\x1b\n" +

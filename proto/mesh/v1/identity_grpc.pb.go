@@ -30,13 +30,18 @@ const (
 // IdentityService issues X509-SVIDs to proxies. meshd signs every
 // certificate; private keys never leave the proxy that made them.
 type IdentityServiceClient interface {
-	// Bootstrap exchanges a join token and a CSR for the first SVID of the
-	// identity the token is bound to. It is the only method reachable without a
-	// client certificate. Repeating a Bootstrap with the same key after a lost
-	// reply returns the same SVID without using the token again.
+	// Bootstrap exchanges a credential and a CSR for the first SVID of the
+	// identity the credential names: a join token, or a Kubernetes pod's
+	// projected service-account token (audience minimesh), which meshd
+	// reviews with the Kubernetes API. It is the only method reachable
+	// without a client certificate. Repeating a Bootstrap with the same key
+	// after a lost reply returns the same SVID without using the join token
+	// again.
 	Bootstrap(ctx context.Context, in *BootstrapRequest, opts ...grpc.CallOption) (*BootstrapResponse, error)
 	// Renew exchanges the caller's current, valid SVID (its mTLS client
-	// certificate) and a CSR for a fresh SVID of that same identity.
+	// certificate) and a CSR for a fresh SVID of that same identity. An SVID
+	// bootstrapped with a service-account token is renewed only with a fresh
+	// token of the same pod.
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
 }
 
@@ -75,13 +80,18 @@ func (c *identityServiceClient) Renew(ctx context.Context, in *RenewRequest, opt
 // IdentityService issues X509-SVIDs to proxies. meshd signs every
 // certificate; private keys never leave the proxy that made them.
 type IdentityServiceServer interface {
-	// Bootstrap exchanges a join token and a CSR for the first SVID of the
-	// identity the token is bound to. It is the only method reachable without a
-	// client certificate. Repeating a Bootstrap with the same key after a lost
-	// reply returns the same SVID without using the token again.
+	// Bootstrap exchanges a credential and a CSR for the first SVID of the
+	// identity the credential names: a join token, or a Kubernetes pod's
+	// projected service-account token (audience minimesh), which meshd
+	// reviews with the Kubernetes API. It is the only method reachable
+	// without a client certificate. Repeating a Bootstrap with the same key
+	// after a lost reply returns the same SVID without using the join token
+	// again.
 	Bootstrap(context.Context, *BootstrapRequest) (*BootstrapResponse, error)
 	// Renew exchanges the caller's current, valid SVID (its mTLS client
-	// certificate) and a CSR for a fresh SVID of that same identity.
+	// certificate) and a CSR for a fresh SVID of that same identity. An SVID
+	// bootstrapped with a service-account token is renewed only with a fresh
+	// token of the same pod.
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
 	mustEmbedUnimplementedIdentityServiceServer()
 }
