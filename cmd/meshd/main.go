@@ -39,6 +39,7 @@ type serveOptions struct {
 	restore, metrics     string
 	showVersion          bool
 	checkBootstrapLimits func() error
+	webhook              webhookOptions // webhookflags.go
 }
 
 // newRoot is meshd's command tree: meshd serves; `meshd operator ...` and
@@ -119,6 +120,7 @@ func (o *serveOptions) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&cfg.OperatorTTL, "operator-ttl", 30*24*time.Hour, "lifetime of the operator credential")
 	fs.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
 	o.checkBootstrapLimits = bootstrapLimitFlags(fs, cfg) // --bootstrap-rate, --bootstrap-burst
+	o.webhook.register(fs)                                // --webhook-*
 	fs.StringVar(&o.restore, "restore", "", "install this backup (from meshctl backup, or an older meshd's raw data-file copy) into an empty --data-dir or empty --etcd-prefix, then start")
 	o.log.Register(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -145,6 +147,9 @@ func (o *serveOptions) serve(ctx context.Context, stderr io.Writer) error {
 		return fail(fmt.Errorf("--ca-key-file is required with --store %s: the CA keys are kept in etcd, sealed under it", o.etcd.Store))
 	}
 	cfg.Logger = log
+	if err := o.webhook.apply(&cfg, nil); err != nil {
+		return fail(err)
+	}
 	storeKind := "bbolt"
 	if ec != nil {
 		storeKind = "etcd"
