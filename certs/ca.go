@@ -318,6 +318,13 @@ func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, opt
 			return nil, err
 		}
 	}
+	subject := pkix.Name{Organization: []string{"minimesh"}, SerialNumber: o.instance}
+	if o.podUID != "" {
+		if err := CheckPodUID(o.podUID); err != nil {
+			return nil, err
+		}
+		subject.OrganizationalUnit = []string{podUIDPrefix + o.podUID}
+	}
 	if ttl < 0 {
 		return nil, fmt.Errorf("%w: negative TTL %v", ErrInvalidConfig, ttl)
 	}
@@ -338,7 +345,7 @@ func (ca *CA) issue(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, opt
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"minimesh"}, SerialNumber: o.instance},
+		Subject:               subject,
 		NotBefore:             now.Add(-ca.cfg.Backdate),
 		NotAfter:              notAfter,
 		BasicConstraintsValid: true,

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -90,9 +91,23 @@ func OptionalClientServerConfig(svid x509svid.Source) *tls.Config {
 // serverID. It presents no client certificate. Handshake errors wrap
 // ErrPinMismatch; a malformed pin is an error wrapping ErrInvalidPin here.
 func PinnedClientConfig(pin string, serverID spiffeid.ID, opts TLSOptions) (*tls.Config, error) {
-	want, err := ParsePin(pin)
-	if err != nil {
-		return nil, err
+	return PinnedClientConfigAny([]string{pin}, serverID, opts)
+}
+
+// PinnedClientConfigAny is PinnedClientConfig with several pins (every
+// root of a bundle during a rotation): a chain anchored at any one of them
+// is accepted. At least one pin is required.
+func PinnedClientConfigAny(pins []string, serverID spiffeid.ID, opts TLSOptions) (*tls.Config, error) {
+	if len(pins) == 0 {
+		return nil, fmt.Errorf("%w: no pin", ErrInvalidPin)
+	}
+	want := make([][]byte, len(pins))
+	for i, pin := range pins {
+		b, err := ParsePin(pin)
+		if err != nil {
+			return nil, err
+		}
+		want[i] = b
 	}
 	if serverID.IsZero() {
 		return nil, fmt.Errorf("%w: empty server ID", ErrInvalidID)
@@ -101,27 +116,45 @@ func PinnedClientConfig(pin string, serverID spiffeid.ID, opts TLSOptions) (*tls
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		Time:               clock.Now,
-		InsecureSkipVerify: true, //nolint:gosec // verified against the pin in VerifyConnection
+		InsecureSkipVerify: true, //nolint:gosec // verified against the pins in VerifyConnection
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return verifyPinned(cs.PeerCertificates, want, serverID, clock)
 		},
 	}, nil
 }
 
-func verifyPinned(certs []*x509.Certificate, pin []byte, serverID spiffeid.ID, clock Clock) error {
+// ParsePins splits a comma-separated list of pins (spaces around each are
+// ignored) and checks each; an error names the position of a bad one.
+func ParsePins(list string) ([]string, error) {
+	var out []string
+	for i, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		if _, err := ParsePin(p); err != nil {
+			return nil, fmt.Errorf("pin %d of %d: %w", i+1, strings.Count(list, ",")+1, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func verifyPinned(certs []*x509.Certificate, pins [][]byte, serverID spiffeid.ID, clock Clock) error {
 	if len(certs) == 0 || len(certs) > MaxPeerChain {
 		return fmt.Errorf("%w: server sent %d certificates", ErrPinMismatch, len(certs))
 	}
 	var anchor *x509.Certificate
 	for _, c := range certs {
 		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-		if bytes.Equal(sum[:], pin) && bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+		if slices.ContainsFunc(pins, func(p []byte) bool { return bytes.Equal(sum[:], p) }) && bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
 			anchor = c
 			break
 		}
 	}
 	if anchor == nil {
-		return fmt.Errorf("%w: no self-signed certificate in the server's chain has pin %s", ErrPinMismatch, pinPrefix+hex.EncodeToString(pin))
+		shown := make([]string, len(pins))
+		for i, p := range pins {
+			shown[i] = pinPrefix + hex.EncodeToString(p)
+		}
+		return fmt.Errorf("%w: no self-signed certificate in the server's chain has pin %s", ErrPinMismatch, strings.Join(shown, " or "))
 	}
 	var rest []*x509.Certificate
 	for _, c := range certs {
