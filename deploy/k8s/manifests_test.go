@@ -11,22 +11,27 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	kusttypes "sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"minimesh/controlplane/webhook"
 	"minimesh/internal/inject"
 )
 
@@ -41,20 +46,28 @@ type object struct {
 
 // kinds are the types the manifests may hold.
 var kinds = map[string]func() any{
-	"v1 Namespace":                       func() any { return &corev1.Namespace{} },
-	"v1 ServiceAccount":                  func() any { return &corev1.ServiceAccount{} },
-	"v1 Service":                         func() any { return &corev1.Service{} },
-	"v1 PersistentVolumeClaim":           func() any { return &corev1.PersistentVolumeClaim{} },
-	"v1 Secret":                          func() any { return &corev1.Secret{} },
-	"v1 ConfigMap":                       func() any { return &corev1.ConfigMap{} },
-	"v1 Pod":                             func() any { return &corev1.Pod{} },
-	"apps/v1 Deployment":                 func() any { return &appsv1.Deployment{} },
-	"apps/v1 StatefulSet":                func() any { return &appsv1.StatefulSet{} },
-	"apps/v1 DaemonSet":                  func() any { return &appsv1.DaemonSet{} },
-	"batch/v1 Job":                       func() any { return &batchv1.Job{} },
-	"policy/v1 PodDisruptionBudget":      func() any { return &policyv1.PodDisruptionBudget{} },
-	"networking.k8s.io/v1 NetworkPolicy": func() any { return &networkingv1.NetworkPolicy{} },
+	"v1 Namespace":                             func() any { return &corev1.Namespace{} },
+	"v1 ServiceAccount":                        func() any { return &corev1.ServiceAccount{} },
+	"v1 Service":                               func() any { return &corev1.Service{} },
+	"v1 PersistentVolumeClaim":                 func() any { return &corev1.PersistentVolumeClaim{} },
+	"v1 Secret":                                func() any { return &corev1.Secret{} },
+	"v1 ConfigMap":                             func() any { return &corev1.ConfigMap{} },
+	"v1 Pod":                                   func() any { return &corev1.Pod{} },
+	"apps/v1 Deployment":                       func() any { return &appsv1.Deployment{} },
+	"apps/v1 StatefulSet":                      func() any { return &appsv1.StatefulSet{} },
+	"apps/v1 DaemonSet":                        func() any { return &appsv1.DaemonSet{} },
+	"batch/v1 Job":                             func() any { return &batchv1.Job{} },
+	"policy/v1 PodDisruptionBudget":            func() any { return &policyv1.PodDisruptionBudget{} },
+	"networking.k8s.io/v1 NetworkPolicy":       func() any { return &networkingv1.NetworkPolicy{} },
+	"rbac.authorization.k8s.io/v1 ClusterRole": func() any { return &rbacv1.ClusterRole{} },
+	"rbac.authorization.k8s.io/v1 ClusterRoleBinding": func() any { return &rbacv1.ClusterRoleBinding{} },
+	"admissionregistration.k8s.io/v1 MutatingWebhookConfiguration": func() any {
+		return &admissionregistrationv1.MutatingWebhookConfiguration{}
+	},
 }
+
+// clusterScoped kinds have no namespace.
+var clusterScoped = map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true, "MutatingWebhookConfiguration": true}
 
 // decodeStrict decodes a YAML stream strictly: unknown, duplicate or
 // mis-cased fields are errors naming their path.
@@ -184,7 +197,7 @@ func find[T any](t *testing.T, objs []object, kind, name string) T {
 func TestBaseBuildsMeshd(t *testing.T) {
 	objs := build(t, filesys.MakeFsOnDisk(), "base")
 	for _, o := range objs {
-		if o.kind != "Namespace" && o.ns != "minimesh-system" {
+		if !clusterScoped[o.kind] && o.ns != "minimesh-system" {
 			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.ns)
 		}
 	}
@@ -202,8 +215,10 @@ func TestBaseBuildsMeshd(t *testing.T) {
 		t.Errorf("meshd strategy %v replicas %v: want Recreate and 1", dep.Spec.Strategy.Type, dep.Spec.Replicas)
 	}
 	pod := dep.Spec.Template.Spec
-	if pod.ServiceAccountName != sa.Name || pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Errorf("service account %q, automount %v", pod.ServiceAccountName, pod.AutomountServiceAccountToken)
+	// meshd's pod, and only it, mounts the token it calls the API with.
+	if pod.ServiceAccountName != sa.Name || pod.AutomountServiceAccountToken == nil || !*pod.AutomountServiceAccountToken ||
+		sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+		t.Errorf("service account %q, automount %v (pod) %v (account)", pod.ServiceAccountName, pod.AutomountServiceAccountToken, sa.AutomountServiceAccountToken)
 	}
 	if len(pod.Volumes) != 1 || pod.Volumes[0].PersistentVolumeClaim == nil || pod.Volumes[0].PersistentVolumeClaim.ClaimName != pvc.Name {
 		t.Fatalf("volumes %+v: want the PVC", pod.Volumes)
@@ -227,9 +242,10 @@ func TestBaseBuildsMeshd(t *testing.T) {
 	if !slices.Contains(c.Args, "--listen=0.0.0.0:15010") {
 		t.Errorf("meshd args %v: it must listen on the pod's address", c.Args)
 	}
-	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15010 || svc.Spec.Selector["app.kubernetes.io/name"] != dep.Spec.Template.Labels["app.kubernetes.io/name"] {
+	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Port != 15010 || svc.Spec.Selector["app.kubernetes.io/name"] != dep.Spec.Template.Labels["app.kubernetes.io/name"] {
 		t.Errorf("service %+v does not select meshd on 15010", svc.Spec)
 	}
+	checkInjector(t, objs, svc, c)
 	if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.FSGroup == nil {
 		t.Errorf("pod security context %+v", pod.SecurityContext)
 	}
@@ -351,7 +367,7 @@ func TestExampleIsInjectedAndBuilds(t *testing.T) {
 func TestHABuildsThreeReplicasOnEtcd(t *testing.T) {
 	objs := build(t, filesys.MakeFsOnDisk(), "ha")
 	for _, o := range objs {
-		if o.kind != "Namespace" && o.ns != "minimesh-system" {
+		if !clusterScoped[o.kind] && o.ns != "minimesh-system" {
 			t.Errorf("%s %s in namespace %q", o.kind, o.name, o.ns)
 		}
 	}
@@ -375,7 +391,7 @@ func TestHABuildsThreeReplicasOnEtcd(t *testing.T) {
 			t.Errorf("%s's service %s is not headless", name, headless.Name)
 		}
 	}
-	find[*corev1.Service](t, objs, "Service", "meshd")
+	meshdSvc := find[*corev1.Service](t, objs, "Service", "meshd")
 
 	meshd := find[*appsv1.StatefulSet](t, objs, "StatefulSet", "meshd").Spec.Template.Spec
 	args := map[string]string{}
@@ -405,6 +421,7 @@ func TestHABuildsThreeReplicasOnEtcd(t *testing.T) {
 	if keyVol.EmptyDir == nil || keyVol.EmptyDir.Medium != corev1.StorageMediumMemory {
 		t.Errorf("--ca-key-file %s is on volume %+v: want a memory emptyDir (a Secret's files are symlinks)", args["--ca-key-file"], keyVol)
 	}
+	checkInjector(t, objs, meshdSvc, meshd.Containers[0])
 	if len(meshd.InitContainers) != 1 || !strings.Contains(strings.Join(meshd.InitContainers[0].Command, " "), args["--ca-key-file"]) {
 		t.Errorf("no init container copies the CA key to %s", args["--ca-key-file"])
 	}
@@ -425,6 +442,84 @@ func TestHABuildsThreeReplicasOnEtcd(t *testing.T) {
 			if p.Port.IntValue() == 2379 && (len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "meshd" || len(r.From[0].PodSelector.MatchLabels) != 1) {
 				t.Errorf("etcd's client port admits %+v: want meshd only", r.From)
 			}
+		}
+	}
+}
+
+// checkInjector: the webhook configuration calls meshd's Service, whose
+// port reaches meshd's --webhook-listen, with what the API server needs
+// (issue 24); the RBAC is exactly TokenReview create and get/patch of that
+// one configuration, bound to meshd's ServiceAccount.
+func checkInjector(t *testing.T, objs []object, svc *corev1.Service, meshd corev1.Container) {
+	t.Helper()
+	mwc := find[*admissionregistrationv1.MutatingWebhookConfiguration](t, objs, "MutatingWebhookConfiguration", webhook.DefaultConfigurationName)
+	if len(mwc.Webhooks) != 1 {
+		t.Fatalf("%d webhooks, want 1", len(mwc.Webhooks))
+	}
+	w := mwc.Webhooks[0]
+	if w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone || !slices.Equal(w.AdmissionReviewVersions, []string{"v1"}) ||
+		w.TimeoutSeconds == nil || *w.TimeoutSeconds != 10 || w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Fail ||
+		w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
+		t.Errorf("webhook %s: sideEffects %v versions %v timeout %v failurePolicy %v reinvocation %v", w.Name, w.SideEffects, w.AdmissionReviewVersions, w.TimeoutSeconds, w.FailurePolicy, w.ReinvocationPolicy)
+	}
+	if len(w.ClientConfig.CABundle) != 0 {
+		t.Error("caBundle in the manifest: meshd writes it")
+	}
+	if len(w.Rules) != 1 || !slices.Equal(w.Rules[0].Resources, []string{"pods"}) || !slices.Equal(w.Rules[0].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) {
+		t.Errorf("rules %+v: want pods, CREATE", w.Rules)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(w.NamespaceSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ns, want := range map[string]bool{"demo": true, "kube-system": false, "minimesh-system": false} {
+		if got := sel.Matches(labels.Set{"minimesh.io/inject": "enabled", "kubernetes.io/metadata.name": ns}); got != want {
+			t.Errorf("namespaceSelector on %s labelled enabled: %v, want %v", ns, got, want)
+		}
+	}
+	if sel.Matches(labels.Set{"kubernetes.io/metadata.name": "demo"}) || sel.Matches(labels.Set{"minimesh.io/inject": "disabled", "kubernetes.io/metadata.name": "demo"}) {
+		t.Error("namespaceSelector matches a namespace not labelled minimesh.io/inject=enabled")
+	}
+	ref := w.ClientConfig.Service
+	if ref == nil || ref.Name != svc.Name || ref.Namespace != "minimesh-system" || ref.Path == nil || *ref.Path != webhook.Path || ref.Port == nil {
+		t.Fatalf("clientConfig.service %+v: want meshd's Service, path %s", ref, webhook.Path)
+	}
+	var target string
+	for _, p := range svc.Spec.Ports {
+		if p.Port == *ref.Port {
+			target = p.TargetPort.StrVal
+		}
+	}
+	var cport int32
+	for _, p := range meshd.Ports {
+		if p.Name == target {
+			cport = p.ContainerPort
+		}
+	}
+	if cport == 0 || !slices.Contains(meshd.Args, fmt.Sprintf("--webhook-listen=0.0.0.0:%d", cport)) {
+		t.Errorf("Service port %d -> %q -> container port %d; meshd args %v: the webhook is not reached", *ref.Port, target, cport, meshd.Args)
+	}
+	// The uninstall order is written beside it.
+	if b, err := os.ReadFile("injector/kustomization.yaml"); err != nil || !strings.Contains(string(b), "delete the\n# webhook configuration FIRST") {
+		t.Errorf("injector/kustomization.yaml does not document the uninstall order (%v)", err)
+	}
+
+	role := find[*rbacv1.ClusterRole](t, objs, "ClusterRole", "minimesh-meshd")
+	want := []rbacv1.PolicyRule{
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"}, ResourceNames: []string{mwc.Name}, Verbs: []string{"get", "patch"}},
+	}
+	if !reflect.DeepEqual(role.Rules, want) {
+		t.Errorf("meshd's ClusterRole rules:\n%+v\nwant exactly:\n%+v", role.Rules, want)
+	}
+	binding := find[*rbacv1.ClusterRoleBinding](t, objs, "ClusterRoleBinding", "minimesh-meshd")
+	if binding.RoleRef.Name != role.Name || binding.RoleRef.Kind != "ClusterRole" || len(binding.Subjects) != 1 ||
+		binding.Subjects[0].Kind != "ServiceAccount" || binding.Subjects[0].Name != "meshd" || binding.Subjects[0].Namespace != "minimesh-system" {
+		t.Errorf("binding %+v", binding)
+	}
+	for _, o := range objs {
+		if strings.HasPrefix(o.kind, "Role") || (o.kind == "ClusterRole" && o.name != role.Name) {
+			t.Errorf("another role: %s %s", o.kind, o.name)
 		}
 	}
 }
