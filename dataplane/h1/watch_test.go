@@ -153,6 +153,17 @@ func waitCancel(r *http.Request) error {
 	}
 }
 
+// wait is a handler's wait for ch, false if its request's context ends
+// first (so that a failing test's handlers end at Close).
+func wait(r *http.Request, ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
 // Through edge.ServeSplit, as the proxy runs it (WatchAfter's default):
 // a client that closes while its handler waits has the handler's context
 // cancelled; a request pipelined while a slow handler runs (the watch
@@ -181,7 +192,7 @@ func TestWatchThroughServeSplit(t *testing.T) {
 		release := make(chan struct{})
 		addr, cfg := serveSplit(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/slow" {
-				<-release
+				wait(r, release)
 			}
 			_, _ = io.WriteString(w, r.Method+" "+r.URL.Path+" "+r.Header.Get("X-N"))
 		}))
@@ -230,7 +241,7 @@ func TestWatchAfterBody(t *testing.T) {
 				_, _ = io.ReadFull(r.Body, b[:])
 				time.Sleep(5 * after) // the threshold passes with the body half read
 				close(entered)
-				<-more
+				wait(r, more)
 			}
 			if _, err := io.ReadAll(r.Body); err != nil {
 				gone <- err
@@ -270,7 +281,7 @@ func TestWatchStopped(t *testing.T) {
 		release := make(chan struct{})
 		addr, cfg := serveH1(t, &h1.Server{WatchAfter: after, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/slow" {
-				<-release
+				wait(r, release)
 			}
 			_, _ = io.WriteString(w, r.URL.Path)
 		})})
@@ -302,7 +313,9 @@ func TestWatchStopped(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			proceed := make(chan struct{})
 			addr, cfg := serveH1(t, &h1.Server{WatchAfter: after, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				<-proceed
+				if !wait(r, proceed) {
+					return
+				}
 				conn, brw, err := http.NewResponseController(w).Hijack()
 				if err != nil {
 					t.Errorf("hijack: %v", err)
