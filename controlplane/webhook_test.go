@@ -230,7 +230,7 @@ func TestWebhookInjectsOverTLS(t *testing.T) {
 	// Refused by inject: denied with its reason.
 	asProxy := bytes.Replace(pod, []byte("spec:\n"), []byte("spec:\n  securityContext:\n    runAsUser: 1337\n"), 1)
 	if resp := review(client, asProxy); resp.Allowed || resp.Result == nil || resp.Result.Code != http.StatusForbidden ||
-		!strings.Contains(resp.Result.Message, "Pod api: the pod runs as UID 1337, mesh-proxy's: its traffic would pass the redirect") {
+		!strings.Contains(resp.Result.Message, "pod api: the pod runs as UID 1337, mesh-proxy's: its traffic would pass the redirect") {
 		t.Errorf("refused pod: allowed %v, %+v", resp.Allowed, resp.Result)
 	}
 	// Plain HTTP never reaches the handler.

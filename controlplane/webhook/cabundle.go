@@ -91,7 +91,7 @@ func (b *caBundle) apply(ctx context.Context, want []byte) (int, error) {
 	api := b.kube.AdmissionregistrationV1().MutatingWebhookConfigurations()
 	cfg, err := api.Get(ctx, b.name, metav1.GetOptions{})
 	if err != nil {
-		return 0, fmt.Errorf("Kubernetes API: get MutatingWebhookConfiguration %s: %w", b.name, err)
+		return 0, fmt.Errorf("get MutatingWebhookConfiguration %s from the Kubernetes API: %w", b.name, err)
 	}
 	var ops []patchOp
 	for i, wh := range cfg.Webhooks {
@@ -109,7 +109,7 @@ func (b *caBundle) apply(ctx context.Context, want []byte) (int, error) {
 		return 0, err
 	}
 	if _, err := api.Patch(ctx, b.name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "meshd"}); err != nil {
-		return 0, fmt.Errorf("Kubernetes API: patch MutatingWebhookConfiguration %s: %w", b.name, err)
+		return 0, fmt.Errorf("patch MutatingWebhookConfiguration %s through the Kubernetes API: %w", b.name, err)
 	}
 	return len(ops) / 2, nil
 }

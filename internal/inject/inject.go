@@ -318,7 +318,7 @@ func PodJSON(raw []byte, opts Options) (before, after []byte, err error) {
 		if name == "" {
 			name = pod.GenerateName
 		}
-		return nil, nil, fmt.Errorf("Pod %s: %w", name, err)
+		return nil, nil, fmt.Errorf("pod %s: %w", name, err)
 	}
 	if after, err = encodeJSON(&pod); err != nil {
 		return nil, nil, err

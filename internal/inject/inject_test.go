@@ -455,7 +455,7 @@ func TestPodJSONIsInject(t *testing.T) {
 	}
 	// Refusals are inject's, without the document prefix.
 	_, _, err = PodJSON([]byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x"}]}}`), opts)
-	if err == nil || err.Error() != "Pod p: pod has no serviceAccountName: its mesh identity (spiffe://TD/ns/NS/sa/SA) would be the namespace's default account; give the workload a service account of its own" {
+	if err == nil || err.Error() != "pod p: pod has no serviceAccountName: its mesh identity (spiffe://TD/ns/NS/sa/SA) would be the namespace's default account; give the workload a service account of its own" {
 		t.Errorf("refusal: %v", err)
 	}
 }
