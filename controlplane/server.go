@@ -23,6 +23,7 @@ import (
 	"minimesh/controlplane/admin"
 	"minimesh/controlplane/authn"
 	"minimesh/controlplane/identity"
+	"minimesh/controlplane/kube"
 	"minimesh/controlplane/push"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -95,10 +96,14 @@ type Config struct {
 	BootstrapRate  rate.Limit
 	BootstrapBurst int
 	// Webhook is the mutating admission webhook (webhook.go); off by default.
-	Webhook  WebhookConfig
-	Clock    certs.Clock
-	Logger   *slog.Logger
-	Registry *prometheus.Registry
+	Webhook WebhookConfig
+	// TokenReviewer reviews Kubernetes service-account tokens presented to
+	// Bootstrap and Renew (controlplane/kube); nil: meshd has no API
+	// access and only join tokens bootstrap proxies.
+	TokenReviewer kube.TokenReviewer
+	Clock         certs.Clock
+	Logger        *slog.Logger
+	Registry      *prometheus.Registry
 }
 
 func (c *Config) setDefaults() error {
@@ -216,7 +221,7 @@ func (s *Server) init() error {
 	}
 	s.ca.set(ca)
 	s.bundle = certs.NewBundleSource(ca.Bundle())
-	s.authority, err = identity.New(identity.Config{Store: s.store, CA: &s.ca, SVIDTTL: cfg.SVIDTTL, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
+	s.authority, err = identity.New(identity.Config{Store: s.store, CA: &s.ca, SVIDTTL: cfg.SVIDTTL, Reviewer: cfg.TokenReviewer, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "identity")})
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,7 @@ type serveOptions struct {
 	showVersion          bool
 	checkBootstrapLimits func() error
 	webhook              webhookOptions // webhookflags.go
+	kube                 kubeOptions    // kubeflags.go
 }
 
 // newRoot is meshd's command tree: meshd serves; `meshd operator ...` and
@@ -121,6 +122,7 @@ func (o *serveOptions) register(fs *pflag.FlagSet) {
 	fs.StringVar(&cfg.CAKeyFile, "ca-key-file", "", "file of exactly 32 random bytes (mode 0600, not a symlink) that encrypts the CA keys in the data file and so in every backup; once used, needed at every start and by --restore (make one: head -c 32 /dev/urandom > FILE && chmod 600 FILE)")
 	o.checkBootstrapLimits = bootstrapLimitFlags(fs, cfg) // --bootstrap-rate, --bootstrap-burst
 	o.webhook.register(fs)                                // --webhook-*
+	o.kube.register(fs)                                   // --kube-api, --kubeconfig
 	fs.StringVar(&o.restore, "restore", "", "install this backup (from meshctl backup, or an older meshd's raw data-file copy) into an empty --data-dir or empty --etcd-prefix, then start")
 	o.log.Register(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -147,7 +149,11 @@ func (o *serveOptions) serve(ctx context.Context, stderr io.Writer) error {
 		return fail(fmt.Errorf("--ca-key-file is required with --store %s: the CA keys are kept in etcd, sealed under it", o.etcd.Store))
 	}
 	cfg.Logger = log
-	if err := o.webhook.apply(&cfg, nil); err != nil {
+	kc, err := o.kube.apply(&cfg, log)
+	if err != nil {
+		return fail(err)
+	}
+	if err := o.webhook.apply(&cfg, kc); err != nil {
 		return fail(err)
 	}
 	storeKind := "bbolt"

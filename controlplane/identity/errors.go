@@ -31,3 +31,19 @@ var (
 	// ErrNotFound: no such token.
 	ErrNotFound = errors.New("identity: not found")
 )
+
+// Errors of service-account token attestation (see BootstrapSAToken); the
+// reviewer's errors (kube.ErrUnauthenticated, kube.ErrNotPod,
+// kube.ErrUnavailable) are wrapped as they come.
+var (
+	// ErrNoKubeAPI: meshd has no Kubernetes API access (--kube-api off, or
+	// neither in a pod nor given --kubeconfig), so it cannot review
+	// service-account tokens.
+	ErrNoKubeAPI = errors.New("identity: meshd has no Kubernetes API access to review service-account tokens")
+	// ErrPodMismatch: a Renew's token is of another pod or service account
+	// than the certificate was issued to.
+	ErrPodMismatch = errors.New("identity: service-account token of another pod")
+	// ErrSATokenRequired: the certificate was issued on a service-account
+	// token review and its Renew carried no token.
+	ErrSATokenRequired = errors.New("identity: renewal needs a fresh service-account token")
+)

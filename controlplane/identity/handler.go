@@ -19,6 +19,7 @@ import (
 
 	"minimesh/certs"
 	"minimesh/controlplane/authn"
+	"minimesh/controlplane/kube"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -93,7 +94,18 @@ func (h *Handler) Bootstrap(ctx context.Context, req *meshv1.BootstrapRequest) (
 	if wait := h.allow(caller.Addr); wait > 0 {
 		return nil, h.refuse("bootstrap", caller, "rate_limited", retryStatus(fmt.Sprintf("too many bootstrap attempts from this address; retry in %s", wait.Round(time.Millisecond)), wait))
 	}
-	issued, err := h.cfg.Authority.Bootstrap(req.GetToken(), req.GetCsr(), req.GetInstanceId())
+	var (
+		issued *Issued
+		err    error
+	)
+	switch {
+	case req.GetToken() != "" && req.GetK8SServiceAccountToken() != "":
+		err = fmt.Errorf("%w: token and k8s_service_account_token: give one credential, not both", ErrBadRequest)
+	case req.GetK8SServiceAccountToken() != "":
+		issued, err = h.cfg.Authority.BootstrapSAToken(ctx, req.GetK8SServiceAccountToken(), req.GetCsr(), req.GetInstanceId())
+	default:
+		issued, err = h.cfg.Authority.Bootstrap(req.GetToken(), req.GetCsr(), req.GetInstanceId())
+	}
 	if err != nil {
 		reason, st := toStatus(err)
 		return nil, h.refuse("bootstrap", caller, reason, st)
@@ -108,7 +120,7 @@ func (h *Handler) Renew(ctx context.Context, req *meshv1.RenewRequest) (*meshv1.
 	if !ok || caller.ID.IsZero() {
 		return nil, h.refuse("renew", caller, "no_identity", status.Error(codes.Unauthenticated, "renew needs a valid SVID as client certificate"))
 	}
-	issued, err := h.cfg.Authority.Renew(caller.ID, caller.Leaf, req.GetCsr(), req.GetInstanceId())
+	issued, err := h.cfg.Authority.RenewWithToken(ctx, caller.ID, caller.Leaf, req.GetCsr(), req.GetInstanceId(), req.GetK8SServiceAccountToken())
 	if err != nil {
 		reason, st := toStatus(err)
 		return nil, h.refuse("renew", caller, reason, st)
@@ -194,6 +206,18 @@ func toStatus(err error) (string, error) {
 		return "token_revoked", status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrTokenUsedUp):
 		return "token_used_up", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, kube.ErrUnavailable):
+		return "kube_unavailable", status.Error(codes.Unavailable, err.Error()+"; meshd fails closed: try again when the Kubernetes API answers")
+	case errors.Is(err, ErrNoKubeAPI):
+		return "kube_api_off", status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, kube.ErrUnauthenticated):
+		return "sa_token_unauthenticated", status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, kube.ErrNotPod):
+		return "sa_token_not_pod", status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrPodMismatch):
+		return "sa_token_other_pod", status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrSATokenRequired):
+		return "sa_token_missing", status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrRevoked):
 		return "revoked", status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ErrReservedIdentity):

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -19,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"minimesh/certs"
+	"minimesh/controlplane/kube"
 	"minimesh/controlplane/store"
 )
 
@@ -61,8 +63,12 @@ type Config struct {
 	FlushEvery time.Duration
 	// Registerer, when set, gets the renewal queue's metrics.
 	Registerer prometheus.Registerer
-	Clock      certs.Clock
-	Logger     *slog.Logger
+	// Reviewer reviews Kubernetes service-account tokens
+	// (BootstrapSAToken, and Renew of the SVIDs it issues); nil when meshd
+	// has no Kubernetes API access: such tokens are refused.
+	Reviewer kube.TokenReviewer
+	Clock    certs.Clock
+	Logger   *slog.Logger
 }
 
 // Authority issues tokens and SVIDs.
@@ -213,6 +219,9 @@ type Issued struct {
 	Bundle *x509bundle.Bundle
 	// Instance is the proxy instance the SVID is bound to.
 	Instance string
+	// PodUID is the Kubernetes pod the SVID is bound to (service-account
+	// token attestation), or "".
+	PodUID string
 }
 
 // Bootstrap exchanges a join token and a CSR for an SVID bound to
@@ -444,6 +453,16 @@ func migrateIssued(tx *store.Txn, tok *store.Token) error {
 // renewed for the instance meshd recorded when it issued that serial, and
 // refused when meshd has no such record.
 func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []byte, claimed string) (*Issued, error) {
+	return a.RenewWithToken(context.Background(), caller, leaf, csrDER, claimed, "")
+}
+
+// RenewWithToken is Renew with the request's service-account token. A
+// certificate issued on a token review (it carries a pod UID,
+// certs.PodUID) is renewed only with a fresh token that the Kubernetes API
+// authenticates now, of the same service account and pod UID: a deleted
+// pod's key stops renewing. The renewed SVID carries the same pod UID.
+// The token is ignored for other certificates.
+func (a *Authority) RenewWithToken(ctx context.Context, caller spiffeid.ID, leaf *x509.Certificate, csrDER []byte, claimed, saToken string) (*Issued, error) {
 	if certs.IsReserved(caller) {
 		return nil, fmt.Errorf("%w: %s is not renewed over the API", ErrReservedIdentity, caller)
 	}
@@ -474,11 +493,19 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 		return nil, err
 	}
 	now := a.cfg.Clock.Now()
+	// The signing limit is taken before a token review, so that it also
+	// bounds the reviews one certificate can cause.
 	if err := a.limits.take(now, caller.String(), bound); err != nil {
 		return nil, err
 	}
+	podUID := certs.PodUID(leaf)
+	if podUID != "" {
+		if err := a.checkRenewToken(ctx, caller, podUID, saToken); err != nil {
+			return nil, err
+		}
+	}
 	ca := a.cfg.CA.Current()
-	chain, err := ca.SignChecked(csr, a.cfg.SVIDTTL, certs.WithInstance(bound))
+	chain, err := ca.SignChecked(csr, a.cfg.SVIDTTL, certs.WithInstance(bound), certs.WithPodUID(podUID))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCSR, err)
 	}
@@ -488,6 +515,7 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 	// for RunRecorder. Renewals queue behind the ones waiting, so none
 	// stalls on etcd's timeout.
 	rec := certificateRecord(chain[0], caller, "renew", "", bound, ca.RootPin())
+	rec.PodUID = podUID
 	if a.queue.pending() {
 		err = store.ErrUnavailable
 	} else {
@@ -514,7 +542,7 @@ func (a *Authority) Renew(caller spiffeid.ID, leaf *x509.Certificate, csrDER []b
 		return nil, err
 	}
 	a.cfg.Logger.Info("renew: SVID issued", "spiffe_id", caller.String(), "serial", serialHex(chain[0]), "instance_id", bound, "previous_serial", serial)
-	return &Issued{ID: caller, Chain: chain, Bundle: ca.Bundle(), Instance: bound}, nil
+	return &Issued{ID: caller, Chain: chain, Bundle: ca.Bundle(), Instance: bound, PodUID: podUID}, nil
 }
 
 // recordedInstance is the instance meshd recorded when it issued serial to

@@ -132,6 +132,10 @@ type Certificate struct {
 	InstanceID string    `json:"instance_id,omitempty"`
 	// RootPin is the pin of the root the certificate chains to.
 	RootPin string `json:"root_pin,omitempty"`
+	// PodUID is the Kubernetes pod the certificate was issued to, when it
+	// was issued on a review of the pod's service-account token (the
+	// certificate carries it too: certs.PodUID).
+	PodUID string `json:"pod_uid,omitempty"`
 }
 
 // Key implements Record.
