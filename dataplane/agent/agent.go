@@ -38,9 +38,16 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Token is the join token "<id>.<secret>"; needed only to bootstrap.
 	Token string
-	// CAPin ("sha256:<hex>") authenticates meshd before the agent holds a
-	// trust bundle. Required with Token.
+	// CAPin ("sha256:<hex>", or a comma-separated list of them: any one
+	// matching suffices) authenticates meshd before the agent holds a
+	// trust bundle. Required with Token and SATokenFile.
 	CAPin string
+	// SATokenFile is a Kubernetes projected service-account token (audience
+	// minimesh) to bootstrap with instead of a join token. It is read at
+	// every use, never kept or logged: presented in Bootstrap and, for an
+	// SVID meshd issued on it, with every Renew. meshd names the instance
+	// (the pod's name and UID).
+	SATokenFile string
 	// Namespace and ServiceAccount name the identity to bootstrap
 	// (spiffe://<td>/ns/<ns>/sa/<sa>); they must match the token's binding.
 	// Defaults: "default" and Service.
@@ -71,7 +78,8 @@ type Config struct {
 // Agent keeps the proxy's identity and its registration with meshd.
 type Agent struct {
 	cfg        Config
-	instanceID string
+	instanceID string   // guarded by mu once Run starts (see instance)
+	pins       []string // of cfg.CAPin
 	svid       *certs.SVIDSource
 	bundle     *certs.BundleSource
 
@@ -118,11 +126,19 @@ func New(cfg Config) (*Agent, error) {
 	if _, err := certs.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount); err != nil {
 		return nil, fmt.Errorf("agent: identity: %w", err)
 	}
+	if cfg.Token != "" && cfg.SATokenFile != "" {
+		return nil, errors.New("agent: a join token (--token) and a service-account token file (--sa-token-file): give one")
+	}
 	if cfg.Token != "" && cfg.CAPin == "" {
 		return nil, errors.New("agent: a join token needs the CA pin (--ca-pin) to authenticate meshd")
 	}
+	if cfg.SATokenFile != "" && cfg.CAPin == "" {
+		return nil, errors.New("agent: a service-account token needs the CA pin (--ca-pin) to authenticate meshd before it is sent")
+	}
+	var pins []string
 	if cfg.CAPin != "" {
-		if _, err := certs.ParsePin(cfg.CAPin); err != nil {
+		var err error
+		if pins, err = certs.ParsePins(cfg.CAPin); err != nil {
 			return nil, fmt.Errorf("agent: ca pin: %w", err)
 		}
 	}
@@ -149,6 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg:        cfg,
 		instanceID: id,
+		pins:       pins,
 		svid:       certs.NewSVIDSource(cfg.Clock),
 		bundle:     certs.NewBundleSource(x509bundle.New(cfg.TrustDomain)),
 		rotated:    make(chan struct{}, 1),
@@ -175,6 +192,9 @@ func New(cfg Config) (*Agent, error) {
 	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
 		a.svid.Set(svid)
 		a.bundle.Set(bundle)
+		if inst := certs.InstanceID(svid.Certificates[0]); inst != "" {
+			a.instanceID = inst // a pod's instance, named by meshd
+		}
 		cfg.Logger.Info("loaded identity from state dir", "spiffe_id", svid.ID.String(), "serial", svid.Certificates[0].SerialNumber.Text(16), "expires", svid.Certificates[0].NotAfter)
 	} else if errors.Is(err, fsguard.ErrUntrusted) {
 		// A key or SVID this proxy did not write is never used; nor is it
@@ -187,7 +207,15 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // InstanceID is this proxy's generated, persistent instance ID.
-func (a *Agent) InstanceID() string { return a.instanceID }
+func (a *Agent) InstanceID() string { return a.instance() }
+
+// instance is the instance this proxy is: the one its SVID is bound to
+// once it has one (meshd names a pod's), else the generated one.
+func (a *Agent) instance() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.instanceID
+}
 
 // SVIDSource is the proxy's current SVID, swapped in place on rotation.
 func (a *Agent) SVIDSource() *certs.SVIDSource { return a.svid }
@@ -321,10 +349,19 @@ func (a *Agent) renew(ctx context.Context) error {
 	// A fresh connection per renewal: a long-lived one would still present
 	// the certificate it was opened with, which may have expired.
 	tc := certs.MTLSClientConfig(a.svid, a.bundle, certs.AuthorizeID(certs.MeshdID(a.cfg.TrustDomain)), certs.TLSOptions{Clock: a.cfg.Clock})
+	req := &meshv1.RenewRequest{Csr: csr, InstanceId: a.instance()}
+	// An SVID issued on a service-account token is renewed with a fresh
+	// one, read now.
+	if certs.PodUID(a.svid.Current().Certificates[0]) != "" {
+		if req.K8SServiceAccountToken, err = a.readSAToken(); err != nil {
+			a.renewals.WithLabelValues("renew", "error").Inc()
+			return err
+		}
+	}
 	var resp *meshv1.RenewResponse
 	err = a.call(ctx, tc, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
-		resp, err = meshv1.NewIdentityServiceClient(conn).Renew(ctx, &meshv1.RenewRequest{Csr: csr, InstanceId: a.instanceID})
+		resp, err = meshv1.NewIdentityServiceClient(conn).Renew(ctx, req)
 		return err
 	})
 	if err != nil {
@@ -340,8 +377,8 @@ func (a *Agent) renew(ctx context.Context) error {
 }
 
 func (a *Agent) bootstrap(ctx context.Context) error {
-	if a.cfg.Token == "" {
-		err := fmt.Errorf("%w: the SVID is missing or expired and no --token was given", ErrNoToken)
+	if a.cfg.Token == "" && a.cfg.SATokenFile == "" {
+		err := fmt.Errorf("%w: the SVID is missing or expired and neither --token nor --sa-token-file was given", ErrNoToken)
 		a.setNotReady(err)
 		return err
 	}
@@ -357,20 +394,31 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tc, err := certs.PinnedClientConfig(a.cfg.CAPin, certs.MeshdID(a.cfg.TrustDomain), certs.TLSOptions{Clock: a.cfg.Clock})
+	// The credential goes only to a server that passed the pin check: the
+	// handshake fails before any request otherwise.
+	tc, err := certs.PinnedClientConfigAny(a.pins, certs.MeshdID(a.cfg.TrustDomain), certs.TLSOptions{Clock: a.cfg.Clock})
 	if err != nil {
 		return err
+	}
+	req := &meshv1.BootstrapRequest{Token: a.cfg.Token, Csr: csr, InstanceId: a.instance()}
+	if a.cfg.SATokenFile != "" {
+		// meshd names a pod's instance: none is claimed.
+		req.InstanceId = ""
+		if req.K8SServiceAccountToken, err = a.readSAToken(); err != nil {
+			a.renewals.WithLabelValues("bootstrap", "error").Inc()
+			return err
+		}
 	}
 	var resp *meshv1.BootstrapResponse
 	gen := a.bundleGeneration()
 	err = a.call(ctx, tc, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
-		resp, err = meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: a.cfg.Token, Csr: csr, InstanceId: a.instanceID})
+		resp, err = meshv1.NewIdentityServiceClient(conn).Bootstrap(ctx, req)
 		return err
 	})
 	if err != nil {
 		a.renewals.WithLabelValues("bootstrap", "error").Inc()
-		if c := status.Code(err); c == codes.Unauthenticated || c == codes.InvalidArgument || c == codes.PermissionDenied {
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.InvalidArgument || c == codes.PermissionDenied || c == codes.FailedPrecondition {
 			a.setNotReady(fmt.Errorf("%w: bootstrap refused by meshd: %s", ErrNoIdentity, status.Convert(err).Message()))
 		}
 		return fmt.Errorf("agent: bootstrap: %w", err)
@@ -424,6 +472,14 @@ func (a *Agent) install(p *meshv1.X509SVID, key crypto.Signer, gen uint64) error
 	svid.ID = id
 	if cur := a.svid.Current(); cur != nil && cur.ID != id {
 		return fmt.Errorf("agent: meshd issued %s but this proxy is %s", id, cur.ID)
+	}
+	// A pod's proxy learns its instance from its first SVID. Set before
+	// the SVID is: the registration stream starts only once there is one.
+	if inst := certs.InstanceID(chain[0]); inst != "" && inst != a.instance() {
+		a.mu.Lock()
+		a.instanceID = inst
+		a.mu.Unlock()
+		a.cfg.Logger.Info("instance named by meshd", "instance_id", inst)
 	}
 	bundle, err := a.takeReplyBundle(reply, gen, svid)
 	if err != nil {

@@ -87,7 +87,7 @@ func (a *Agent) stream(ctx context.Context) error {
 		return err
 	}
 	hello := &meshv1.Hello{
-		InstanceId:       a.instanceID,
+		InstanceId:       a.instance(),
 		Service:          a.cfg.Service,
 		AdvertiseAddress: a.cfg.Advertise,
 		ProxyVersion:     a.cfg.Version,
@@ -124,7 +124,7 @@ func (a *Agent) stream(ctx context.Context) error {
 	}
 	a.setConnected(true)
 	// The service is the logger's (mesh-proxy's every line names it).
-	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instanceID, "advertise", a.cfg.Advertise)
+	a.cfg.Logger.Info("registered with meshd", "instance_id", a.instance(), "advertise", a.cfg.Advertise)
 
 	// One goroutine receives; this one sends (gRPC streams allow one of
 	// each). Query answers come back through replies.
