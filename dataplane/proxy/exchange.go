@@ -61,29 +61,39 @@ type requestSeries struct {
 	duration prometheus.Observer
 }
 
-// newSourceSet is the inbound's series, by caller and its own service.
-func newSourceSet(m *Metrics, dest string) *seriesSet {
+// newSourceSet is the inbound's series, by caller, for its own service
+// dest in namespace ns.
+func newSourceSet(m *Metrics, dest, ns string) *seriesSet {
 	if dest == "" {
 		dest = "unknown"
 	}
 	return &seriesSet{m: map[string]*requestSeries{}, series: func(sa string) *requestSeries {
-		sm := &requestSeries{duration: m.inDuration.WithLabelValues(sa, dest)}
+		sm := &requestSeries{duration: m.inDuration.WithLabelValues(sa, dest, ns)}
 		for i, c := range responseClasses {
-			sm.classes[i] = m.inRequests.WithLabelValues(sa, dest, c)
+			sm.classes[i] = m.inRequests.WithLabelValues(sa, dest, ns, c)
 		}
 		return sm
 	}}
 }
 
-// newDestinationSet is the outbound's series, by destination service.
+// newDestinationSet is the outbound's series, by destination service
+// ("name.namespace", the key; labelled as name and namespace apart).
 func newDestinationSet(m *Metrics) *seriesSet {
 	return &seriesSet{m: map[string]*requestSeries{}, series: func(dst string) *requestSeries {
-		sm := &requestSeries{duration: m.outDuration.WithLabelValues(dst)}
+		name, ns := splitServiceLabel(dst)
+		sm := &requestSeries{duration: m.outDuration.WithLabelValues(name, ns)}
 		for i, c := range responseClasses {
-			sm.classes[i] = m.outRequests.WithLabelValues(dst, c)
+			sm.classes[i] = m.outRequests.WithLabelValues(name, ns, c)
 		}
 		return sm
 	}}
+}
+
+// splitServiceLabel splits a service's "name.namespace" (two DNS labels)
+// into its name and namespace; "other" has no namespace.
+func splitServiceLabel(v string) (name, ns string) {
+	name, ns, _ = strings.Cut(v, ".")
+	return name, ns
 }
 
 // get returns the series of the label value v.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -52,6 +53,9 @@ type InboundConfig struct {
 	// Service is this proxy's service: the destination_service label of
 	// the inbound's metrics ("unknown" if empty).
 	Service string
+	// Namespace is this proxy's namespace: the destination_namespace
+	// label of the inbound's metrics (default "default").
+	Namespace string
 	// AccessLog writes the access log that SetPolicy switches on and off;
 	// nil: a log to stdout, off until a policy enables it.
 	AccessLog *accesslog.Logger
@@ -160,7 +164,7 @@ func NewInbound(cfg InboundConfig) (*Inbound, error) {
 	if in.cfg.RecheckEvery <= 0 {
 		in.cfg.RecheckEvery = time.Second
 	}
-	in.sources = newSourceSet(cfg.Metrics, cfg.Service)
+	in.sources = newSourceSet(cfg.Metrics, cfg.Service, cmp.Or(cfg.Namespace, "default"))
 	in.decisions = newDecisionCounters(cfg.Metrics)
 	in.enf = enforcer{decisions: in.decisions, log: in.log, san: newSanitizer(cfg.Metrics, ListenerInbound)}
 	in.fwd = newForwarder(forwarderConfig{name: ListenerInbound, log: in.log, now: cfg.Clock.Now, metrics: in.metrics,

@@ -100,20 +100,26 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 //	minimesh_proxy_handshake_failures_total{listener,reason}
 //	minimesh_proxy_retries_total{listener}
 //	minimesh_proxy_overflows_total{listener}
-//	minimesh_proxy_inbound_requests_total{source_service,destination_service,class}
-//	minimesh_proxy_inbound_request_duration_seconds{source_service,destination_service}
+//	minimesh_proxy_inbound_requests_total{source_service,destination_service,destination_namespace,class}
+//	minimesh_proxy_inbound_request_duration_seconds{source_service,destination_service,destination_namespace}
 //	minimesh_proxy_authz_decisions_total{decision}
 //	minimesh_proxy_ratelimit_decisions_total{decision}
 //	minimesh_proxy_connections_closed_total{listener,reason}
-//	minimesh_proxy_outbound_requests_total{destination_service,class}
-//	minimesh_proxy_outbound_request_duration_seconds{destination_service}
+//	minimesh_proxy_outbound_requests_total{destination_service,destination_namespace,class}
+//	minimesh_proxy_outbound_request_duration_seconds{destination_service,destination_namespace}
 //
-// At the inbound, source_service is the service account of the caller's
-// SPIFFE ID and destination_service the inbound's own service; at the
-// outbound, destination_service is the service a request went to
-// ("name.namespace", the route's backend when a route chose one). Each
-// takes at most MaxSourceServices distinct values per proxy (later ones
-// count as "other").
+// destination_service is a service's name alone on both sides ("api"),
+// and destination_namespace its namespace ("default"), so that the
+// caller's outbound series and the callee's inbound series of one edge
+// join on the same labels. At the inbound, source_service is the service
+// account of the caller's SPIFFE ID and the destination the inbound's own
+// service and namespace; at the outbound, the destination is the service
+// a request went to (the route's backend when a route chose one). The
+// namespace label is not called "namespace": Prometheus gives every
+// series of a Kubernetes target the pod's namespace under that name, and
+// would rename ours to exported_namespace. Each takes at most
+// MaxSourceServices distinct values per proxy (later ones count as
+// "other", with an empty namespace).
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	r := &registrar{reg: reg}
 	m := &Metrics{
@@ -141,21 +147,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		inRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_requests_total",
 			Help: "Requests into the inbound, by source service (service account of the caller), destination service and response class.",
-		}, []string{"source_service", "destination_service", "class"}),
+		}, []string{"source_service", "destination_service", "destination_namespace", "class"}),
 		inDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
 			Buckets: durationBuckets,
-		}, []string{"source_service", "destination_service"}),
+		}, []string{"source_service", "destination_service", "destination_namespace"}),
 		outRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
 			Help: "Requests the outbound forwarded to services of the mesh, by destination service and response class.",
-		}, []string{"destination_service", "class"}),
+		}, []string{"destination_service", "destination_namespace", "class"}),
 		outDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the outbound, by destination service.",
 			Buckets: durationBuckets,
-		}, []string{"destination_service"}),
+		}, []string{"destination_service", "destination_namespace"}),
 		authz: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",
 			Help: "Authorization decisions at the inbound: allow, deny, dry_run_deny, audit, bad_path.",

@@ -140,7 +140,7 @@ func TestRevokedSerialRefusedAndClosed(t *testing.T) {
 // TestSourceServicesBounded: a flood of distinct service accounts cannot
 // grow the label space past MaxSourceServices (+ "other").
 func TestSourceServicesBounded(t *testing.T) {
-	s := newSourceSet(newMetrics(t), "api")
+	s := newSourceSet(newMetrics(t), "api", "default")
 	for i := 0; i < 3*MaxSourceServices; i++ {
 		s.get(fmt.Sprintf("sa-%d", i)).observe(200, 0.001)
 	}

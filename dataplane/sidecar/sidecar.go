@@ -221,7 +221,7 @@ func New(cfg Config) (*Sidecar, error) {
 	in, err := proxy.NewInbound(proxy.InboundConfig{
 		Listener: cfg.InboundListener, Addr: cfg.Inbound, App: cfg.App,
 		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), TrustDomain: td,
-		Service: cfg.Service, AccessLog: al, RecheckEvery: cfg.RecheckEvery, Limits: limits,
+		Service: cfg.Service, Namespace: cfg.Namespace, AccessLog: al, RecheckEvery: cfg.RecheckEvery, Limits: limits,
 		Logger: log.With("component", "inbound"), Clock: cfg.Clock, Metrics: metrics,
 	})
 	if err != nil {

@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// One edge, web → api, seen at web's outbound and at api's inbound: both
+// series name the destination with the same labels and values (the
+// service's name and its namespace apart), so a query joins them.
+func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
+	checkLeaks(t)
+	m, a := newMesh(t), newApp(t)
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inLn := listenLocal(t)
+	log, _ := newLogger()
+	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), SVID: m.api, Bundle: m.bundle, Service: "api", Namespace: "default",
+		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+	outLn, _ := startOutbound(t, m, inLn.Addr().String(), apiID, metrics)
+	c := plainClient(t)
+	for range 3 {
+		resp, _ := get(t, c, "http://"+outLn.Addr().String()+"/hello", nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type dest struct{ service, namespace string }
+	seen := map[string]map[dest]float64{}
+	for _, f := range families {
+		switch f.GetName() {
+		case "minimesh_proxy_inbound_requests_total", "minimesh_proxy_outbound_requests_total":
+		default:
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			var d dest
+			class := ""
+			for _, l := range s.GetLabel() {
+				switch l.GetName() {
+				case "destination_service":
+					d.service = l.GetValue()
+				case "destination_namespace":
+					d.namespace = l.GetValue()
+				case "class":
+					class = l.GetValue()
+				}
+			}
+			if class != "2xx" {
+				continue
+			}
+			if seen[f.GetName()] == nil {
+				seen[f.GetName()] = map[dest]float64{}
+			}
+			seen[f.GetName()][d] += s.GetCounter().GetValue()
+		}
+	}
+	want := dest{"api", "default"}
+	for _, name := range []string{"minimesh_proxy_inbound_requests_total", "minimesh_proxy_outbound_requests_total"} {
+		if got := seen[name][want]; got != 3 || len(seen[name]) != 1 {
+			t.Errorf("%s 2xx by destination = %v, want exactly {destination_service=api, destination_namespace=default}: 3", name, seen[name])
+		}
+	}
+}
