@@ -161,7 +161,36 @@ func (pc *poolConn) alive() bool {
 // answer, whose Body must be read to its end (the connection then goes
 // back to the pool) or closed.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
-	hasBody := req.Body != nil && req.Body != http.NoBody
+	return p.send(req, nil)
+}
+
+// Head writes a request's head in place of Request.Write (Pool.Do): a
+// proxy writes the head it forwards straight from the request it received,
+// without building the outgoing request and its header map.
+type Head interface {
+	// WriteHead writes the request line and the header fields of req,
+	// through the empty line, to bw; bw's error, sticky, shows at Flush.
+	WriteHead(bw *bufio.Writer, req *http.Request)
+	// Got1xx takes each informational answer (at most 5 per request).
+	Got1xx(code int, header http.Header)
+	// Request returns the request the head describes, for the overflow
+	// transport (HTTP/2): when every connection stays busy for PoolWait,
+	// or the remote does not agree to http/1.1. Its 1xx answers are
+	// Request's to pass on (a trace in its context).
+	Request(req *http.Request) *http.Request
+}
+
+// Do sends req, which carries no body, as RoundTrip does, with its head
+// written by head. What goes out is head's alone: req.Close (the caller's
+// own connection) does not close the pooled one. Sent again on a stale
+// connection under RoundTrip's rule (isIdempotent on req).
+func (p *Pool) Do(req *http.Request, head Head) (*http.Response, error) {
+	return p.send(req, head)
+}
+
+// send is RoundTrip (head nil) and Do.
+func (p *Pool) send(req *http.Request, head Head) (*http.Response, error) {
+	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
 	replayable := (!hasBody || req.GetBody != nil) && isIdempotent(req)
 	for tries := 0; ; tries++ {
 		out := req
@@ -174,17 +203,19 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.Body = body
 		}
 		if p.noHTTP1.Load() && p.overflow != nil {
-			return p.overflow.RoundTrip(out)
+			return p.overflow.RoundTrip(overflowRequest(out, head))
 		}
 		pc, reused, err := p.get(req.Context())
 		if (errors.Is(err, errPoolBusy) || errors.Is(err, errNoHTTP1)) && p.overflow != nil {
-			return p.overflow.RoundTrip(out)
+			return p.overflow.RoundTrip(overflowRequest(out, head))
 		}
 		if err != nil {
-			closeBody(out)
+			if head == nil {
+				closeBody(out)
+			}
 			return nil, err
 		}
-		resp, written, err := p.exchange(pc, out, hasBody)
+		resp, written, err := p.exchange(pc, out, head, hasBody)
 		if err == nil {
 			return resp, nil
 		}
@@ -197,6 +228,14 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
+}
+
+// overflowRequest is req as the overflow transport takes it.
+func overflowRequest(req *http.Request, head Head) *http.Request {
+	if head == nil {
+		return req
+	}
+	return head.Request(req)
 }
 
 // isIdempotent is net/http's rule for sending a request again.
@@ -419,7 +458,7 @@ func staleErr(err error) error {
 // whether any of the request may have been sent (a failed write of a
 // request without body sent nothing usable). On error the connection is
 // closed and its place given up.
-func (p *Pool) exchange(pc *poolConn, req *http.Request, hasBody bool) (resp *http.Response, written bool, err error) {
+func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool) (resp *http.Response, written bool, err error) {
 	ctx := req.Context()
 	// The response header's deadline is set before the cancel hook is
 	// registered: set after, it would replace the past deadline of a
@@ -458,7 +497,12 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, hasBody bool) (resp *ht
 			wrote <- err
 		}()
 	} else {
-		err := req.Write(pc.bw)
+		var err error
+		if head != nil {
+			head.WriteHead(pc.bw, req)
+		} else {
+			err = req.Write(pc.bw)
+		}
 		if err == nil {
 			err = pc.bw.Flush()
 		}
@@ -468,11 +512,13 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, hasBody bool) (resp *ht
 			return nil, false, fmt.Errorf("proxy: write to %s: %w", p.addr, staleErr(err))
 		}
 	}
-	resp, err = p.readResponse(pc, req)
+	resp, err = p.readResponse(pc, req, head)
 	if err != nil {
 		return fail(err)
 	}
-	keep := !resp.Close && !req.Close
+	// A head of Do's never asks to close (req.Close is the caller's own
+	// connection).
+	keep := !resp.Close && (head != nil || !req.Close)
 	b := &poolBody{p: p, pc: pc, stop: stop, wrote: wrote, keep: keep}
 	if resp.Body == http.NoBody {
 		b.done(true)
@@ -484,10 +530,13 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, hasBody bool) (resp *ht
 }
 
 // readResponse reads the answer's head within the response header timeout
-// and size limit, passing 1xx answers to the caller's trace (ReverseProxy
-// sends them on), at most max1xx of them.
-func (p *Pool) readResponse(pc *poolConn, req *http.Request) (*http.Response, error) {
-	trace := httptrace.ContextClientTrace(req.Context())
+// and size limit, passing 1xx answers to head, else to the caller's trace
+// (ReverseProxy sends them on), at most max1xx of them.
+func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.Response, error) {
+	var trace *httptrace.ClientTrace
+	if head == nil {
+		trace = httptrace.ContextClientTrace(req.Context())
+	}
 	for informational := 0; ; informational++ {
 		pc.lr.n = maxResponseHeader
 		if _, err := pc.br.Peek(1); err != nil {
@@ -518,7 +567,9 @@ func (p *Pool) readResponse(pc *poolConn, req *http.Request) (*http.Response, er
 		if informational >= max1xx {
 			return nil, fmt.Errorf("proxy: %s sent too many 1xx responses", p.addr)
 		}
-		if trace != nil && trace.Got1xxResponse != nil {
+		if head != nil {
+			head.Got1xx(code, resp.Header)
+		} else if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, err
 			}

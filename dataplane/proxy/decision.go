@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -39,6 +40,10 @@ type decision struct {
 	route *route.Route
 	// series is the destination's outbound metric series (svcRun).
 	series *atomic.Pointer[requestSeries]
+	// The outbound's direct path (outdirect.go): w takes the remote's
+	// 1xx answers; early guards them when a try goes over HTTP/2.
+	w     http.ResponseWriter
+	early *early1xx
 }
 
 type decisionKey struct{}

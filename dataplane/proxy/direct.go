@@ -28,6 +28,15 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 		f.errorHandler(w, r, err)
 		return
 	}
+	f.answer(w, resp)
+}
+
+// answer hands resp to w as ReverseProxy would: hop-by-hop fields
+// dropped, the header map handed over without copying, the body copied
+// through a pooled buffer, trailers passed on. A body cut midway aborts the
+// handler (http.ErrAbortHandler). Both direct paths (the inbound's to the
+// app, the outbound's to the remote proxy) answer with it.
+func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response) {
 	applink.DropHopByHop(resp.Header)
 	dst := w.Header()
 	for k, vv := range resp.Header {

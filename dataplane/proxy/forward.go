@@ -139,12 +139,22 @@ func rewriteToApp(pr *httputil.ProxyRequest) {
 // forwarder has one; the others through ReverseProxy, which finds d under
 // the request's one context key (decisionKey).
 func (f *forwarder) serve(w http.ResponseWriter, r *http.Request, d *decision) {
+	f.forward(w, r, d, nil)
+}
+
+// forward is serve, the request forwarded by by when it is set (the
+// outbound's direct path), with the same bookkeeping.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, d *decision, by func(http.ResponseWriter, *http.Request, *decision)) {
 	f.inflight.Add(1)
 	defer f.inflight.Done()
 	start := f.now()
 	rec := recorderPool.Get().(*recorder)
 	rec.ResponseWriter, rec.code = w, 0
 	defer f.finish(d, rec, start)
+	if by != nil {
+		by(rec, r, d)
+		return
+	}
 	if f.direct != nil && applink.Directable(r) {
 		f.forwardDirect(rec, r, &d.app)
 		return

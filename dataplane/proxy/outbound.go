@@ -295,6 +295,11 @@ type Outbound struct {
 	static    map[balancer.Target]*remote // never pruned
 	retired   []*remote
 
+	// direct is forwardDirect (outdirect.go), made once; noDirect (tests)
+	// sends every request through ReverseProxy.
+	direct   func(http.ResponseWriter, *http.Request, *decision)
+	noDirect bool
+
 	tunnels tunnelSet
 	guard   remoteGuard // revocations and connections to remotes
 	// inflight counts each service's requests in flight
@@ -412,6 +417,7 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 		series:    map[svcKey]*atomic.Pointer[requestSeries]{},
 		static:    map[balancer.Target]*remote{},
 	}
+	o.direct = o.forwardDirect
 	empty := map[balancer.Target]*remote{}
 	o.remotes.Store(&empty)
 	dests := newDestinationSet(cfg.Metrics)
@@ -764,6 +770,13 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	c.ctx = ctx
+	if o.directable(r, c) {
+		if ctx != r.Context() {
+			r = r.WithContext(ctx)
+		}
+		o.fwd.forward(w, r, c, o.direct)
+		return
+	}
 	o.fwd.serve(w, r.WithContext(context.WithValue(ctx, decisionKey{}, c)), c)
 }
 
@@ -790,22 +803,31 @@ func (o *Outbound) egressAllowed(host string) bool {
 // rewrite prepares the request for the remote inbound. The URL's host is
 // the service's name: each endpoint's transport dials its own address.
 func (o *Outbound) rewrite(pr *httputil.ProxyRequest) {
-	c := decisionFrom(pr.In.Context())
-	pr.Out.URL.Scheme = "https"
-	pr.Out.URL.Host = c.dst.label
-	keepRawPath(pr.In, pr.Out.URL)
+	rewriteOut(decisionFrom(pr.In.Context()), pr.In, pr.Out)
+}
+
+// rewriteOut is rewrite for the request c decided (also the direct
+// path's, for a try that overflows to HTTP/2). The direct path's head
+// (outHead.WriteHead) is written to match it.
+func rewriteOut(c *decision, in, out *http.Request) {
+	out.URL.Scheme = "https"
+	out.URL.Host = c.dst.label
+	keepRawPath(in, out.URL)
+	// Bytes a request line cannot carry (an h2c :path may hold a space)
+	// are percent-encoded, as towards the app.
+	out.URL.RawQuery = applink.CleanQuery(out.URL.RawQuery)
 	// The remote inbound sets the mesh headers; nothing the app sends may
 	// pose as them.
-	applink.StripMeshHeaders(pr.Out.Header)
+	applink.StripMeshHeaders(out.Header)
 	if c.port != nil {
-		pr.Out.Header[HeaderTarget] = c.port.header
+		out.Header[HeaderTarget] = c.port.header
 	}
-	ensureRequestID(pr.Out.Header)
+	ensureRequestID(out.Header)
 	// ReverseProxy drops the forwarding headers before Rewrite; the app's
 	// own (it may be a gateway) go on as it sent them.
 	for _, k := range applink.ForwardingHeaders {
-		if v, ok := pr.In.Header[k]; ok {
-			pr.Out.Header[k] = v
+		if v, ok := in.Header[k]; ok {
+			out.Header[k] = v
 		}
 	}
 }

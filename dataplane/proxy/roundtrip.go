@@ -39,8 +39,18 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 	if c == nil || c.bal == nil {
 		return nil, fmt.Errorf("%w: request without a destination", ErrUnknownService)
 	}
-	upgrade := req.Header.Get("Upgrade") != ""
-	pooled := !upgrade && o.overPool(c, req)
+	return o.send(req, c, nil)
+}
+
+// send is roundTrip for the request c decided. With head (the direct
+// path, outdirect.go), req is the request the app sent, without a body:
+// each try goes over the remote's HTTP/1.1 pool with its head written by
+// head; everything else (endpoint picks, retries, try timeouts, outlier
+// accounting) is as for ReverseProxy's request.
+func (o *Outbound) send(req *http.Request, c *decision, head meshlink.Head) (*http.Response, error) {
+	upgrade := head == nil && req.Header.Get("Upgrade") != ""
+	pooled := head != nil || (!upgrade && o.overPool(c, req))
+	noBody := head != nil || req.Body == nil || req.Body == http.NoBody
 	var policy *route.RetryPolicy
 	if c.route != nil && !upgrade {
 		policy = c.route.Retry
@@ -54,7 +64,7 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte
 	if policy != nil && policy.Attempts > 0 && (policy.NonIdempotent || route.IsIdempotent(req.Method)) {
 		switch {
-		case req.Body == nil || req.Body == http.NoBody:
+		case noBody:
 			bodyBytes = 0
 		case req.ContentLength > 0 && req.ContentLength <= policy.MaxBodyBytes:
 			body = make([]byte, req.ContentLength)
@@ -98,6 +108,8 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 		switch {
 		case upgrade:
 			resp, err = rm.H1.RoundTrip(try)
+		case head != nil:
+			resp, err = rm.Pool.Do(try, head)
 		case pooled:
 			resp, err = rm.Pool.RoundTrip(try)
 		default:
@@ -126,7 +138,7 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 			continue
 		}
 		if err != nil && retries == 0 && !upgrade && a.Failure == route.FailureReset && c.ctx.Err() == nil &&
-			route.IsIdempotent(req.Method) && (req.Body == nil || req.Body == http.NoBody) {
+			route.IsIdempotent(req.Method) && noBody {
 			// Whatever the route says, an idempotent request without a body
 			// that failed on its connection (the peer closed it: a retired
 			// connection, a restart) is tried once more, as net/http's own

@@ -1,0 +1,314 @@
+package proxy
+
+import (
+	"bufio"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http/httpguts"
+
+	"minimesh/dataplane/applink"
+	"minimesh/dataplane/meshlink"
+)
+
+// The outbound's direct path: a request without a body for an http port,
+// going over the remote's HTTP/1.1 pool, has its head written to the
+// remote inbound straight from the request the app sent (outHead), on the
+// handler's goroutine, and the answer handed back as on the inbound's
+// direct path (forwarder.answer). It is what ReverseProxy with the
+// outbound's Rewrite (rewriteOut) and the pool's Request.Write send,
+// without cloning the request and its header map, ReverseProxy's context,
+// trace and sorting. The route, the timeouts, the retries and the
+// balancer's accounting are the same code (Outbound.send).
+// TestOutboundDirectHeadMatchesReverseProxy holds the two to the same head
+// as the remote reads it.
+
+// directable reports whether the outbound sends r by its direct path: a
+// request the inbound's direct path would take (no body, no upgrade, no
+// Expect, no trailers) that goes over the HTTP/1.1 pool (overPool). Two
+// rare shapes keep ReverseProxy, so that both paths send the same: a Host
+// that Request.Write rewrites (non-ASCII: punycode; "%": an IPv6 zone),
+// and a Connection field naming an idempotency key (the pool's replay rule
+// reads the key from the request, ReverseProxy's copy would not have it).
+func (o *Outbound) directable(r *http.Request, c *decision) bool {
+	if o.noDirect || !applink.Directable(r) || !o.overPool(c, r) {
+		return false
+	}
+	for i := 0; i < len(r.Host); i++ {
+		if b := r.Host[i]; b >= 0x80 || b == '%' {
+			return false
+		}
+	}
+	if conn := r.Header["Connection"]; len(conn) > 0 &&
+		(connListed(conn, "Idempotency-Key") || connListed(conn, "X-Idempotency-Key")) {
+		return false
+	}
+	return true
+}
+
+// forwardDirect forwards r by the direct path and answers w.
+func (o *Outbound) forwardDirect(w http.ResponseWriter, r *http.Request, d *decision) {
+	d.w = w
+	resp, err := o.send(r, d, (*outHead)(d))
+	if d.early != nil {
+		d.early.end()
+	}
+	if err != nil {
+		o.fwd.errorHandler(w, r, err)
+		return
+	}
+	o.fwd.answer(w, resp)
+}
+
+// outHead is a request's decision as the head the outbound writes for it
+// (meshlink.Head): a pointer conversion, nothing allocated.
+type outHead decision
+
+var _ meshlink.Head = (*outHead)(nil)
+
+// WriteHead writes r's head as ReverseProxy, rewriteOut and Request.Write
+// would: the path as the app spelled it (keepRawPath) with its query
+// cleaned (CleanQuery); Host as sent (the service's name without one,
+// empty when invalid); User-Agent only when the app sent one; Content-
+// Length: 0 for POST, PUT and PATCH; then the app's fields less hop-by-hop
+// ones, those its Connection field names (with RFC 7230's trimming and
+// ASCII case folding, as http.Header.Del matches them), the mesh headers
+// (X-Mesh-*, X-Forwarded-Client-Cert) and invalid names, each value with
+// line breaks turned to spaces and trimmed; the forwarding headers as the
+// app sent them, whatever Connection says (ReverseProxy's Rewrite puts
+// them back from the incoming request); Te: trailers when the app's Te
+// names trailers; X-Mesh-Target; and X-Request-Id, the app's when it sent
+// one valid value, else a new one. Only the order of fields of different
+// names differs (ReverseProxy sorts them).
+func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
+	d := (*decision)(h)
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	u := *r.URL
+	keepRawPath(r, &u)
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	bw.WriteString(path)
+	// ReverseProxy cleans the query before Rewrite (the same rule as
+	// CleanQuery's first step), then rewriteOut cleans it.
+	if q := applink.CleanQuery(r.URL.RawQuery); q != "" || r.URL.ForceQuery {
+		bw.WriteByte('?')
+		bw.WriteString(q)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	host := r.Host
+	if host == "" {
+		host = d.dst.label
+	}
+	if httpguts.ValidHostHeader(host) { // Request.Write sends an invalid one empty
+		bw.WriteString(host)
+	}
+	bw.WriteString("\r\n")
+
+	hdr := r.Header
+	conn := hdr["Connection"]
+	listed := func(k string) bool { return len(conn) > 0 && connListed(conn, k) }
+	if ua := hdr["User-Agent"]; len(ua) > 0 && ua[0] != "" && !listed("User-Agent") {
+		writeOutField(bw, "User-Agent", ua[0])
+	}
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	ids := hdr[HeaderRequestID]
+	if listed(HeaderRequestID) {
+		ids = nil
+	}
+	keepID := len(ids) == 1 && validRequestID(ids[0])
+	for k, vv := range hdr {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer", HeaderRequestID:
+			continue // written above or below, or never
+		case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+			// Put back from the incoming request after the hop-by-hop
+			// fields went: Connection cannot remove them.
+		default:
+			if applink.IsHopByHop(k) || listed(k) ||
+				applink.HasPrefixFold(k, "X-Mesh-") || strings.EqualFold(k, "X-Forwarded-Client-Cert") ||
+				!httpguts.ValidHeaderFieldName(k) {
+				continue
+			}
+			if !keepID && len(k) == len(HeaderRequestID) && applink.HasPrefixFold(k, HeaderRequestID) {
+				continue // ensureRequestID drops other spellings when it makes an ID
+			}
+		}
+		for _, v := range vv {
+			writeOutField(bw, k, v)
+		}
+	}
+	if headerHasToken(hdr["Te"], "trailers") {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	if d.port != nil {
+		for _, v := range d.port.header {
+			writeOutField(bw, HeaderTarget, v)
+		}
+	}
+	if keepID {
+		writeOutField(bw, HeaderRequestID, ids[0])
+	} else {
+		writeOutField(bw, HeaderRequestID, newRequestID())
+	}
+	bw.WriteString("\r\n")
+}
+
+// Got1xx passes a 1xx answer of the remote on to the app, as ReverseProxy
+// does.
+func (h *outHead) Got1xx(code int, hdr http.Header) {
+	write1xx((*decision)(h).w, code, hdr)
+}
+
+// Request returns what ReverseProxy would send for r (its request clone,
+// hop-by-hop fields dropped, Te: trailers, forwarding fields dropped,
+// rewriteOut, no default User-Agent), for a try that goes over HTTP/2.
+// Its 1xx answers reach the app until the direct path's round trip
+// returns, as ReverseProxy's trace does.
+func (h *outHead) Request(r *http.Request) *http.Request {
+	d := (*decision)(h)
+	if d.early == nil {
+		d.early = &early1xx{w: d.w}
+	}
+	early := d.early
+	ctx := httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+			early.pass(code, http.Header(hdr))
+			return nil
+		},
+	})
+	out := r.Clone(ctx)
+	out.Body = nil
+	out.Close = false
+	for _, f := range out.Header["Connection"] {
+		for _, sf := range strings.Split(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				out.Header.Del(sf)
+			}
+		}
+	}
+	for k := range out.Header {
+		if applink.IsHopByHop(k) {
+			delete(out.Header, k)
+		}
+	}
+	if headerHasToken(r.Header["Te"], "trailers") {
+		out.Header.Set("Te", "trailers")
+	}
+	for _, k := range applink.ForwardingHeaders {
+		delete(out.Header, k)
+	}
+	rewriteOut(d, r, out)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header.Set("User-Agent", "")
+	}
+	return out
+}
+
+// early1xx passes the 1xx answers of tries over HTTP/2 (whose transport
+// calls from its own goroutine) until the round trip has returned.
+type early1xx struct {
+	mu   sync.Mutex
+	w    http.ResponseWriter
+	done bool
+}
+
+func (e *early1xx) pass(code int, hdr http.Header) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.done {
+		write1xx(e.w, code, hdr)
+	}
+}
+
+func (e *early1xx) end() {
+	e.mu.Lock()
+	e.done = true
+	e.mu.Unlock()
+}
+
+// write1xx sends an informational answer to w (ReverseProxy's way: the
+// fields set for it, then cleared).
+func write1xx(w http.ResponseWriter, code int, hdr http.Header) {
+	dst := w.Header()
+	for k, vv := range hdr {
+		dst[k] = append(dst[k], vv...)
+	}
+	w.WriteHeader(code)
+	clear(dst)
+}
+
+// writeOutField writes one field as http.Header.Write does: line breaks
+// in the value become spaces, and it is trimmed.
+func writeOutField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\n", " ", "\r", " ").Replace(v)
+	}
+	if v != "" && (isOWS(v[0]) || isOWS(v[len(v)-1])) {
+		v = textproto.TrimString(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+func isOWS(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\n' }
+
+// connListed reports whether a Connection field's values name the field k
+// as ReverseProxy's http.Header.Del finds it: comma-separated names,
+// trimmed of spaces and tabs, canonicalized (ASCII case folding of a
+// token; anything else matched as it is).
+func connListed(vv []string, k string) bool {
+	for _, f := range vv {
+		for f != "" {
+			var name string
+			name, f, _ = strings.Cut(f, ",")
+			if name = textproto.TrimString(name); name != "" && sameFieldName(name, k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sameFieldName reports whether http.CanonicalHeaderKey(name) == k for a
+// canonical k, without allocating.
+func sameFieldName(name, k string) bool {
+	if name == k {
+		return true
+	}
+	if len(name) != len(k) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], k[i]
+		if a >= 0x80 || !httpguts.IsTokenRune(rune(a)) {
+			return false // not canonicalized: only the same string matches
+		}
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// headerHasToken is httpguts.HeaderValuesContainsToken (ReverseProxy's Te
+// check).
+func headerHasToken(vv []string, token string) bool {
+	return len(vv) > 0 && httpguts.HeaderValuesContainsToken(vv, token)
+}
