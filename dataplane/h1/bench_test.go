@@ -28,16 +28,9 @@ func BenchmarkServer(b *testing.B) {
 		serve func(net.Listener)
 	}{
 		{"nethttp", func(ln net.Listener) { _ = (&http.Server{Handler: h}).Serve(ln) }},
-		{"h1", func(ln net.Listener) {
-			s := &h1.Server{Handler: h}
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go s.ServeConn(c)
-			}
-		}},
+		{"h1", serveH1Bench(&h1.Server{Handler: h})},
+		// The watch for a client gone off: what its timer costs the others.
+		{"h1-nowatch", serveH1Bench(&h1.Server{Handler: h, WatchAfter: -1})},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -69,6 +62,18 @@ func BenchmarkServer(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+func serveH1Bench(s *h1.Server) func(net.Listener) {
+	return func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.ServeConn(c)
+		}
 	}
 }
 
