@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"minimesh/dataplane/edge"
 	"minimesh/dataplane/h1"
@@ -45,7 +46,10 @@ const (
 	envRounds = "H1PROTO_ROUNDS"
 )
 
-var kinds = []string{"nethttp", "h1", "fasthttp"}
+// kinds: fasthttp-adaptor is fasthttp serving the same http.Handler
+// through fasthttpadaptor, as the proxy's handler would be without a
+// rewrite for fasthttp's RequestCtx.
+var kinds = []string{"nethttp", "h1", "fasthttp", "fasthttp-adaptor"}
 
 func TestMain(m *testing.M) {
 	if kind := os.Getenv(envServe); kind != "" {
@@ -99,12 +103,16 @@ func child(kind string) error {
 				go s.ServeConn(c)
 			}
 		}()
-	case "fasthttp":
+	case "fasthttp", "fasthttp-adaptor":
+		fh := func(ctx *fasthttp.RequestCtx) {
+			ctx.SetContentType("text/plain")
+			ctx.SetBody(answerBody)
+		}
+		if kind == "fasthttp-adaptor" {
+			fh = fasthttpadaptor.NewFastHTTPHandler(h)
+		}
 		s := &fasthttp.Server{
-			Handler: func(ctx *fasthttp.RequestCtx) {
-				ctx.SetContentType("text/plain")
-				ctx.SetBody(answerBody)
-			},
+			Handler:               fh,
 			NoDefaultServerHeader: true, ReadTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 			ReadBufferSize: 4096, WriteBufferSize: 4096,
 		}

@@ -3,7 +3,8 @@
 // well-kept library beside our own HTTP/1.1 loop. BenchmarkServers serves
 // the same fixed 100-byte answer over TLS 1.3 (ECDSA P-256) behind the
 // proxy's edge (edge.NewTLSListener, edge.Strict) with net/http's server,
-// dataplane/h1's, and fasthttp's, each in a child process of its own, to
+// dataplane/h1's, and fasthttp's (also through fasthttpadaptor, serving
+// the same http.Handler), each in a child process of its own, to
 // 64 keep-alive connections, and prints a table of the servers' CPU,
 // allocations and context switches per request. Run it with
 //
