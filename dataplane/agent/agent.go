@@ -103,7 +103,8 @@ type Agent struct {
 	renewals  *prometheus.CounterVec
 	snapshots *prometheus.CounterVec
 	refused   *prometheus.CounterVec // state files not used: not written by this proxy
-	expiry    prometheus.GaugeFunc
+	expiry    prometheus.GaugeFunc // the SVID's NotAfter
+	rootsExp  prometheus.GaugeFunc // the trust bundle's first root to expire
 }
 
 // New loads the state dir. It never talks to meshd: Run does.
@@ -182,12 +183,19 @@ func New(cfg Config) (*Agent, error) {
 		Name: "minimesh_proxy_state_files_refused_total",
 		Help: "Files in the state dir not used because this proxy did not write them (another owner, a symbolic link, group or other permissions), by file.",
 	}, []string{"file"})
+	// Expiry as a Unix time, as Prometheus's own exporters say it: an
+	// alert compares it with time(), and a scrape that stopped does not
+	// look like a certificate that stopped ageing.
 	a.expiry = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "minimesh_proxy_svid_expiry_seconds",
-		Help: "Seconds until the current SVID expires (negative when expired, 0 when none).",
-	}, a.secondsLeft)
+		Name: "minimesh_proxy_svid_expiration_timestamp_seconds",
+		Help: "When the current SVID expires, in seconds since the Unix epoch (0 while the proxy has none).",
+	}, a.svidNotAfter)
+	a.rootsExp = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "minimesh_proxy_trust_bundle_expiration_timestamp_seconds",
+		Help: "When the first root of the trust bundle meshd sent expires, in seconds since the Unix epoch (0 while the proxy has none).",
+	}, a.bundleNotAfter)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.refused, a.expiry)
+		cfg.Registerer.MustRegister(a.renewals, a.snapshots, a.refused, a.expiry, a.rootsExp)
 	}
 	if svid, bundle, err := certs.LoadSVID(cfg.StateDir, cfg.TrustDomain); err == nil {
 		a.svid.Set(svid)
@@ -254,12 +262,29 @@ func (a *Agent) Connected() bool {
 	return a.connected
 }
 
-func (a *Agent) secondsLeft() float64 {
+// svidNotAfter is the current SVID's expiry in Unix seconds, 0 when none.
+func (a *Agent) svidNotAfter() float64 {
 	cur := a.svid.Current()
 	if cur == nil {
 		return 0
 	}
-	return cur.Certificates[0].NotAfter.Sub(a.cfg.Clock.Now()).Seconds()
+	return float64(cur.Certificates[0].NotAfter.Unix())
+}
+
+// bundleNotAfter is the earliest expiry of the trust bundle's roots in
+// Unix seconds, 0 when there are none.
+func (a *Agent) bundleNotAfter() float64 {
+	b := a.bundle.Bundle()
+	if b == nil {
+		return 0
+	}
+	var first int64
+	for _, r := range b.X509Authorities() {
+		if t := r.NotAfter.Unix(); first == 0 || t < first {
+			first = t
+		}
+	}
+	return float64(first)
 }
 
 // Run keeps the identity fresh and the registration stream up until ctx

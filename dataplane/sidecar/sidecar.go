@@ -24,6 +24,7 @@ import (
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/filesync"
 	"minimesh/dataplane/proxy"
+	"minimesh/internal/version"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -155,6 +156,11 @@ func New(cfg Config) (*Sidecar, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	// minimesh_proxy_build_info; a registry shared by two sidecars (tests)
+	// keeps the first, which says the same.
+	if err := cfg.Registry.Register(version.BuildInfo("minimesh_proxy")); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+		return nil, err
 	}
 	if cfg.App == "" {
 		return nil, errors.New("sidecar: --app is required")
