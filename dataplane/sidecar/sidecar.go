@@ -34,6 +34,7 @@ type Config struct {
 	TrustDomain    string // default minimesh.local
 	Token          string
 	CAPin          string
+	SATokenFile    string // a pod's projected service-account token (agent.Config.SATokenFile)
 	Namespace      string // default "default"
 	ServiceAccount string // default Service
 	Service        string
@@ -197,6 +198,7 @@ func New(cfg Config) (*Sidecar, error) {
 		TrustDomain:    td,
 		Token:          cfg.Token,
 		CAPin:          cfg.CAPin,
+		SATokenFile:    cfg.SATokenFile,
 		Namespace:      cfg.Namespace,
 		ServiceAccount: cfg.ServiceAccount,
 		Service:        cfg.Service,
