@@ -35,5 +35,6 @@ func ReadOnlyMethods() map[string]bool {
 		meshv1.AdminService_CAStatus_FullMethodName:         true,
 		meshv1.AdminService_ListOperators_FullMethodName:    true,
 		meshv1.AdminService_Version_FullMethodName:          true,
+		meshv1.AdminService_Stats_FullMethodName:            true,
 	}
 }

@@ -65,6 +65,10 @@ type ReplicaInfo struct {
 	// last announced itself, and when (re-announced every few seconds).
 	CacheLagSeconds float64   `json:"cache_lag_seconds,omitempty"`
 	At              time.Time `json:"at,omitzero"`
+	// Address is where the other replicas reach its gRPC (stats
+	// fan-out); "" when it listens on a wildcard without
+	// --advertise-address.
+	Address string `json:"address,omitempty"`
 }
 
 // Version is meshd's version, announced by every replica: the build's

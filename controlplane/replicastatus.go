@@ -27,8 +27,12 @@ const (
 )
 
 func (s *Server) replicaInfo() ReplicaInfo {
-	return ReplicaInfo{Version: Version, Schema: store.SchemaVersion,
+	info := ReplicaInfo{Version: Version, Schema: store.SchemaVersion,
 		CacheLagSeconds: s.store.CacheLag().Seconds(), At: s.cfg.Clock.Now()}
+	if a := s.advertise.Load(); a != nil {
+		info.Address = *a
+	}
+	return info
 }
 
 // announce re-puts this replica's replicas/NAME value, at most every

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,7 @@ import (
 	"minimesh/controlplane/identity"
 	"minimesh/controlplane/kube"
 	"minimesh/controlplane/push"
+	"minimesh/controlplane/stats"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -44,8 +46,15 @@ type Config struct {
 	DataDir string
 	// ListenAddr is the gRPC address (default 127.0.0.1:15010); Listener,
 	// when set, is used instead.
-	ListenAddr  string
-	Listener    net.Listener
+	ListenAddr string
+	Listener   net.Listener
+	// AdvertiseAddr is where the other replicas reach this one's gRPC
+	// (announced under replicas/NAME, for the stats fan-out); default the
+	// listener's address unless it is a wildcard.
+	AdvertiseAddr string
+	// NoStats: meshd does not take traffic stats (it does not announce
+	// them to proxies), as a meshd before issue 26; for tests.
+	NoStats     bool
 	TrustDomain string
 	// SVIDTTL is the lifetime of workload SVIDs (default 1h).
 	SVIDTTL time.Duration
@@ -163,6 +172,8 @@ type Server struct {
 	push      *push.Server
 	refusals  *clientRefusals // handshakes clients aborted: they do not trust meshd's root
 	health    *healthState    // grpc.health.v1, /livez, /readyz (health.go)
+	stats     *stats.Store    // traffic stats from this replica's proxies (statsrpc.go)
+	advertise atomic.Pointer[string]
 
 	closeOnce sync.Once
 }
@@ -233,7 +244,14 @@ func (s *Server) init() error {
 	if err := s.rotateServing(); err != nil {
 		return err
 	}
-	s.push, err = push.New(push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, EndpointGrace: cfg.EndpointGrace, Tick: cfg.AckFlush, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")})
+	if s.stats, err = s.newStats(); err != nil {
+		return err
+	}
+	pushCfg := push.Config{Store: s.store, MayServe: s.mayServe, Bundle: s.bundleDER, EndpointGrace: cfg.EndpointGrace, Tick: cfg.AckFlush, Registerer: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "push")}
+	if !cfg.NoStats {
+		pushCfg.Stats = s.stats.Record
+	}
+	s.push, err = push.New(pushCfg)
 	if err != nil {
 		return err
 	}
@@ -274,7 +292,8 @@ func (s *Server) init() error {
 		grpc.ForceServerCodecV2(push.Codec()),
 	)
 	meshv1.RegisterIdentityServiceServer(s.grpc, idHandler)
-	meshv1.RegisterAdminServiceServer(s.grpc, backupHeader{adminSrv, s.caKey != nil})
+	meshv1.RegisterAdminServiceServer(s.grpc, statsAdmin{backupHeader{adminSrv, s.caKey != nil}, s.stats})
+	meshv1.RegisterReplicaServiceServer(s.grpc, replicaStats{st: s.stats})
 	meshv1.RegisterConfigServiceServer(s.grpc, s.push)
 	healthpb.RegisterHealthServer(s.grpc, s.health.grpc)
 	if err := MethodRules().Check(Services()...); err != nil {
@@ -325,7 +344,7 @@ func (s *Server) mayServe(id spiffeid.ID, service string) error {
 
 // Services lists every gRPC service meshd serves.
 func Services() []grpc.ServiceDesc {
-	return []grpc.ServiceDesc{meshv1.IdentityService_ServiceDesc, meshv1.AdminService_ServiceDesc, meshv1.ConfigService_ServiceDesc}
+	return []grpc.ServiceDesc{meshv1.IdentityService_ServiceDesc, meshv1.AdminService_ServiceDesc, meshv1.ConfigService_ServiceDesc, meshv1.ReplicaService_ServiceDesc}
 }
 
 // MethodRules is who may call each method. A method missing here is
@@ -355,6 +374,8 @@ func MethodRules() authn.Rules {
 		meshv1.AdminService_ListOperators_FullMethodName:    authn.Operator,
 		meshv1.AdminService_ForgetProxy_FullMethodName:      authn.Operator,
 		meshv1.AdminService_Version_FullMethodName:          authn.Operator,
+		meshv1.AdminService_Stats_FullMethodName:            authn.Operator,
+		meshv1.ReplicaService_LocalStats_FullMethodName:     authn.Meshd,
 		healthpb.Health_Check_FullMethodName:                authn.Public, // health.go; Watch is refused
 		healthpb.Health_List_FullMethodName:                 authn.Public,
 	}
@@ -489,6 +510,9 @@ func (s *Server) Run(ctx context.Context) error {
 		whDone := make(chan struct{})
 		go func() { defer close(whDone); whErr <- wh.Run(whCtx) }()
 		defer func() { stopWh(); <-whDone }()
+	}
+	if a := s.advertiseFor(lis.Addr()); a != "" {
+		s.advertise.Store(&a)
 	}
 	s.cfg.Logger.Info("meshd serving", "addr", lis.Addr().String(), "trust_domain", s.td.String(), "root_pin", s.ca.RootPin())
 	caTick := time.NewTicker(s.cfg.RotationCheck)

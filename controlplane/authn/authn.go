@@ -33,6 +33,9 @@ const (
 	Workload
 	// Operator needs the operator identity's X509-SVID.
 	Operator
+	// Meshd needs meshd's own X509-SVID: replicas asking each other
+	// (ReplicaService).
+	Meshd
 )
 
 func (r Rule) String() string {
@@ -43,6 +46,8 @@ func (r Rule) String() string {
 		return "workload"
 	case Operator:
 		return "operator"
+	case Meshd:
+		return "meshd"
 	default:
 		return "deny"
 	}
@@ -237,6 +242,10 @@ func (a *Authenticator) check(ctx context.Context, method string) (Caller, Rule,
 	case Operator:
 		if id != certs.OperatorID(a.cfg.TrustDomain) {
 			return caller, rule, "not_operator", status.Errorf(codes.PermissionDenied, "%s needs the operator identity; %s is not it", method, id)
+		}
+	case Meshd:
+		if id != certs.MeshdID(a.cfg.TrustDomain) {
+			return caller, rule, "not_meshd", status.Errorf(codes.PermissionDenied, "%s is for meshd replicas only; %s is not meshd", method, id)
 		}
 	case Workload:
 		if certs.IsReserved(id) {

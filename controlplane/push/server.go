@@ -65,11 +65,20 @@ type Config struct {
 	// and, on etcd, other replicas' proxy records are looked for (the
 	// leader also notices ended streams then). Default 1s. Other
 	// replicas' configuration writes are taken at once (Store.Changed).
-	Tick       time.Duration
+	Tick time.Duration
+	// Stats takes the traffic reports of proxies (controlplane/stats),
+	// with the instance, the verified identity and the service its stream
+	// registered; it must not block. Nil: meshd does not announce
+	// "stats" in Registered, and proxies send none.
+	Stats      func(instance string, id spiffeid.ID, service string, r *meshv1.StatsReport)
 	Clock      certs.Clock
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
+
+// AcceptsStats is the name in Registered.accepts of the StatsReport
+// message.
+const AcceptsStats = "stats"
 
 // DefaultEndpointGrace is the agent's longest reconnect backoff (30s) plus
 // a margin for a reconnect's handshake and a loaded meshd.
@@ -112,6 +121,7 @@ type Server struct {
 	refused *prometheus.CounterVec
 	inGrace prometheus.Gauge
 	drains  prometheus.Counter
+	metrics *pushMetrics // sync states, push latency (metrics.go)
 }
 
 var _ meshv1.ConfigServiceServer = (*Server)(nil)
@@ -143,6 +153,8 @@ type session struct {
 	// serial and spiffeID are the caller's certificate's, checked against
 	// revocations and denials at every recompute.
 	serial, spiffeID string
+	// stats hands a traffic report to Config.Stats (nil: not taken).
+	stats func(*meshv1.StatsReport)
 	// drained: the proxy said it is leaving (no endpoint grace); ended:
 	// meshd ended the stream for a revocation or denial (none either).
 	// Guarded by Server.mu.
@@ -207,10 +219,12 @@ func New(cfg Config) (*Server, error) {
 		inGrace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_endpoints_in_grace",
 			Help: "Endpoints of proxies without a stream kept for the endpoint grace."}),
 		drains: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
+		metrics: newPushMetrics(),
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect, s.refused, s.inGrace, s.drains)
 	}
+	s.metrics.register(cfg.Registerer, s)
 	now := cfg.Clock.Now()
 	held := 0
 	// The status table is filled outside the update functions (which may
@@ -280,6 +294,7 @@ func New(cfg Config) (*Server, error) {
 
 // Trigger asks for the snapshots to be recomputed (debounced).
 func (s *Server) Trigger() {
+	s.metrics.changed()
 	select {
 	case s.trigger <- struct{}{}:
 	default:
@@ -398,12 +413,14 @@ func (s *Server) recompute() error {
 		s.clearExpired(c.expired)
 	}
 	current := make(map[group]*groupSnapshot, len(c.snaps))
+	changed := false
 	for g, snap := range c.snaps {
 		// Unchanged groups keep their encoding.
 		if prev := s.snapshotOf(g); prev != nil && prev.snap.Version == snap.Version {
 			current[g] = prev
 			continue
 		}
+		changed = true
 		enc, err := encodeSnapshot(snap)
 		if err != nil {
 			return err
@@ -439,6 +456,7 @@ func (s *Server) recompute() error {
 		}
 		s.pushLocked(id, sess)
 	}
+	s.beginRolloutLocked(changed)
 	return nil
 }
 
@@ -612,7 +630,13 @@ func (s *Server) Stream(stream meshv1.ConfigService_StreamServer) error {
 	defer s.unregister(id, sess)
 	s.Trigger() // its endpoint changes every snapshot
 
-	if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Registered{Registered: &meshv1.Registered{SpiffeId: caller.ID.String()}}}); err != nil {
+	reg := &meshv1.Registered{SpiffeId: caller.ID.String()}
+	if s.cfg.Stats != nil {
+		reg.Accepts = []string{AcceptsStats}
+		service := hello.GetService()
+		sess.stats = func(r *meshv1.StatsReport) { s.cfg.Stats(id, caller.ID, service, r) }
+	}
+	if err := stream.Send(&meshv1.StreamResponse{Message: &meshv1.StreamResponse_Registered{Registered: reg}}); err != nil {
 		return err
 	}
 	recvErr := make(chan error, 1)
@@ -654,6 +678,14 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 		if err != nil {
 			return err
 		}
+		if st := msg.GetStats(); st != nil {
+			// Not under s.mu: the stats have their own lock. A meshd
+			// that did not announce them drops them.
+			if sess.stats != nil {
+				sess.stats(st)
+			}
+			continue
+		}
 		now := s.cfg.Clock.Now()
 		s.mu.Lock()
 		st := s.state(id)
@@ -671,6 +703,7 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 				st.nacked, st.reason = "", ""
 			}
 			s.dirty[id] = true
+			s.rolloutAckedLocked(id, st.acked)
 		case *meshv1.StreamRequest_Nack:
 			s.acks.WithLabelValues("nack").Inc()
 			st.nacked, st.reason = m.Nack.GetVersion(), truncate(m.Nack.GetReason(), 1024)
@@ -884,6 +917,7 @@ func (s *Server) unregister(instanceID string, sess *session) {
 	mine := false
 	if cur, ok := s.active[instanceID]; ok && cur == sess {
 		delete(s.active, instanceID)
+		s.rolloutGoneLocked(instanceID)
 		mine = true
 	}
 	s.connect.Set(float64(len(s.active)))
@@ -940,6 +974,7 @@ type ackUpdate struct {
 }
 
 func (s *Server) flush() {
+	s.expireRollouts()
 	s.mu.Lock()
 	if len(s.dirty) == 0 {
 		s.mu.Unlock()

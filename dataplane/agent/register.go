@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,10 @@ func (a *Agent) registerLoop(ctx context.Context) {
 	}
 }
 
+// AcceptsStats is the name in Registered.accepts of a meshd that takes
+// StatsReport messages.
+const AcceptsStats = "stats"
+
 // drainTimeout bounds saying goodbye to meshd when the proxy leaves.
 const drainTimeout = 2 * time.Second
 
@@ -101,11 +106,13 @@ func (a *Agent) stream(ctx context.Context) error {
 	}
 	// The first answer must come in bounded time.
 	first := make(chan error, 1)
+	var registered *meshv1.Registered
 	go func() {
 		m, err := st.Recv()
 		if err == nil && m.GetRegistered() == nil {
 			err = errors.New("agent: meshd answered the hello with something else")
 		}
+		registered = m.GetRegistered()
 		first <- err
 	}()
 	select {
@@ -144,6 +151,14 @@ func (a *Agent) stream(ctx context.Context) error {
 			}
 		}
 	}()
+	// Traffic stats, only to a meshd that takes them (an older one
+	// would drop them): a nil channel never fires.
+	var statsTick <-chan time.Time
+	if a.cfg.Stats != nil && slices.Contains(registered.GetAccepts(), AcceptsStats) {
+		t := time.NewTicker(a.cfg.StatsInterval)
+		defer t.Stop()
+		statsTick = t.C
+	}
 	replies := make(chan *meshv1.Reply, 8)
 	var queries sync.WaitGroup
 	defer queries.Wait()
@@ -161,6 +176,10 @@ func (a *Agent) stream(ctx context.Context) error {
 			return err
 		case r := <-replies:
 			out = &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Reply{Reply: r}}
+		case <-statsTick:
+			if rep := a.cfg.Stats(); len(rep.GetEdges()) > 0 || len(rep.GetDenies()) > 0 {
+				out = &meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: rep}}
+			}
 		case m := <-msgs:
 			switch msg := m.GetMessage().(type) {
 			case *meshv1.StreamResponse_Snapshot:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,10 @@ type seriesSet struct {
 type requestSeries struct {
 	classes  [len(responseClasses)]prometheus.Counter
 	duration prometheus.Observer
+	// ids are the verified SPIFFE IDs counted here (inbound), at most
+	// maxSeriesIDs; guarded by the seriesSet's mu. Set once per
+	// connection (peer.src), never per request: stats.go reports them.
+	ids []string
 }
 
 // newSourceSet is the inbound's series, by caller, for its own service
@@ -114,6 +119,18 @@ func (s *seriesSet) get(v string) *requestSeries {
 	return sm
 }
 
+// getFor is get for a connection of the verified identity id: the series
+// also keeps id (stats.go), once per connection.
+func (s *seriesSet) getFor(v, id string) *requestSeries {
+	sm := s.get(v)
+	s.mu.Lock()
+	if len(sm.ids) < maxSeriesIDs && !slices.Contains(sm.ids, id) {
+		sm.ids = append(sm.ids, id)
+	}
+	s.mu.Unlock()
+	return sm
+}
+
 func (sm *requestSeries) observe(code int, seconds float64) {
 	sm.classes[classIndex(code)].Inc()
 	sm.duration.Observe(seconds)
@@ -138,6 +155,7 @@ type decisionCounters struct {
 	allow, deny, dryRunDeny, audit, badPath prometheus.Counter
 	rlAllowed, rlLimited                    prometheus.Counter
 	closed                                  map[string]prometheus.Counter
+	denies                                  *denyRing // the proxy's one (Metrics), read by stats.go
 }
 
 func newDecisionCounters(m *Metrics) *decisionCounters {
@@ -147,6 +165,7 @@ func newDecisionCounters(m *Metrics) *decisionCounters {
 		badPath:   m.authz.WithLabelValues("bad_path"),
 		rlAllowed: m.rateLimits.WithLabelValues("allowed"), rlLimited: m.rateLimits.WithLabelValues("limited"),
 		closed: map[string]prometheus.Counter{},
+		denies: m.denies,
 	}
 	for _, r := range []string{closeRevoked, closeUntrusted, closeUnauthorized} {
 		d.closed[r] = m.revokedConns.WithLabelValues(ListenerInbound, r)
@@ -295,6 +314,7 @@ func (e enforcer) authorize(pol *Policy, req authz.Request) authz.Decision {
 	switch {
 	case !d.Allowed:
 		e.decisions.deny.Inc()
+		e.decisions.denies.record(req, d)
 	case d.DryRun:
 		e.decisions.dryRunDeny.Inc()
 		e.log.LogAttrs(context.Background(), slog.LevelInfo, "proxy: dry-run policy would deny",

@@ -403,7 +403,7 @@ func (p *peer) src(s *seriesSet) *requestSeries {
 	if m := p.srcM.Load(); m != nil {
 		return m
 	}
-	m := s.get(p.sa)
+	m := s.getFor(p.sa, p.header[0])
 	p.srcM.Store(m)
 	return m
 }

@@ -78,6 +78,9 @@ type Metrics struct {
 	outDuration *prometheus.HistogramVec
 
 	listeners map[string]*listenerMetrics
+	// denies keeps the last requests an AuthorizationPolicy denied, for
+	// the stats report (stats.go).
+	denies *denyRing
 }
 
 type listenerMetrics struct {
@@ -176,6 +179,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"listener", "reason"}),
 		headersDropped: newHeadersDropped(r),
 		listeners:      make(map[string]*listenerMetrics, len(listenerNames)),
+		denies:         &denyRing{},
 	}
 	for _, l := range listenerNames {
 		lm := &listenerMetrics{

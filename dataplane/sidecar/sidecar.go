@@ -109,6 +109,9 @@ type Config struct {
 	// RecheckEvery is how often open connections are checked against a
 	// changed trust bundle (default 1s).
 	RecheckEvery time.Duration
+	// StatsInterval is how often the traffic stats go to meshd over the
+	// stream (default 10s; only to a meshd that takes them).
+	StatsInterval time.Duration
 }
 
 // Sidecar is a running mesh-proxy's parts.
@@ -191,7 +194,11 @@ func New(cfg Config) (*Sidecar, error) {
 		ap.files = fsync
 	}
 	roles := &Roles{}
+	// Set below, before anything runs: the inbound needs the agent's SVID.
+	var stats *proxy.StatsReporter
 	ag, err := agent.New(agent.Config{
+		Stats:          func() *meshv1.StatsReport { return stats.Report() },
+		StatsInterval:  cfg.StatsInterval,
 		Applier:        ap,
 		Querier:        roles.Query,
 		ControlPlane:   cfg.ControlPlane,
@@ -252,6 +259,8 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		s.addTraffic("public", pub.Run, cfg.PublicListener)
 	}
+
+	stats = proxy.NewStatsReporter(in, pub)
 
 	ns := cfg.Namespace
 	if ns == "" {

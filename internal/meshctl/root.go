@@ -97,6 +97,7 @@ document (what get prints, apply -f reads back); some also -o wide or name.`,
 	root.AddCommand(newTokenCmd(g), newCertsCmd(g), newProxiesCmd(g), newApplyCmd(g), newGetCmd(g), newDiffCmd(g), newDeleteCmd(g), newProxyStatusCmd(g), newProxyConfigCmd(g),
 		newCACmd(g), newProxyCmd(g), newIdentityCmd(g), newOperatorCmd(g), newBackupCmd(g),
 		newTopCmd(g), newProczCmd(g), newAuthzCmd(g), newCheckCmd(g), newVersionCmd(g))
+	root.AddCommand(newStatCmd(g), newEdgesCmd(g), newDeniesCmd(g))
 	root.AddCommand(newInjectCmd(g))
 	registerCompletions(g, root)
 	addExamples(root)

@@ -117,3 +117,11 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// ClearScreen moves the cursor home and clears the terminal behind w: the
+// one control sequence a Writer lets through, and only by this call
+// (meshctl's -w redraws in place).
+func (w *Writer) ClearScreen() error {
+	_, err := io.WriteString(w.w, "\x1b[H\x1b[2J")
+	return err
+}

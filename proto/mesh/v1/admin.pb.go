@@ -97,6 +97,256 @@ func (SyncState) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type LocalStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Query         *StatsRequest          `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalStatsRequest) Reset() {
+	*x = LocalStatsRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalStatsRequest) ProtoMessage() {}
+
+func (x *LocalStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalStatsRequest.ProtoReflect.Descriptor instead.
+func (*LocalStatsRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *LocalStatsRequest) GetQuery() *StatsRequest {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+type LocalStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answer        *StatsResponse         `protobuf:"bytes,1,opt,name=answer,proto3" json:"answer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalStatsResponse) Reset() {
+	*x = LocalStatsResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalStatsResponse) ProtoMessage() {}
+
+func (x *LocalStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalStatsResponse.ProtoReflect.Descriptor instead.
+func (*LocalStatsResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LocalStatsResponse) GetAnswer() *StatsResponse {
+	if x != nil {
+		return x.Answer
+	}
+	return nil
+}
+
+type StatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How far back; 10 s to 15 m, default 1 m.
+	Window *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	// Only edges to this service ("" every service).
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// Only edges to services of this namespace ("" every namespace).
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsRequest) Reset() {
+	*x = StatsRequest{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsRequest) ProtoMessage() {}
+
+func (x *StatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
+func (*StatsRequest) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StatsRequest) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *StatsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *StatsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window the numbers cover.
+	Window *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	// Every edge with traffic in the window, its counts summed over it.
+	Edges []*EdgeStats `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
+	// The most recent denies (newest first, at most 1000).
+	Denies []*DenyEvent `protobuf:"bytes,3,rep,name=denies,proto3" json:"denies,omitempty"`
+	// Upper bounds (seconds) of the latency buckets of every edge.
+	LatencyBounds []float64 `protobuf:"fixed64,4,rep,packed,name=latency_bounds,json=latencyBounds,proto3" json:"latency_bounds,omitempty"`
+	// Replicas asked (this one included) and those that answered; with
+	// bbolt both are 1.
+	ReplicasAsked    uint32 `protobuf:"varint,5,opt,name=replicas_asked,json=replicasAsked,proto3" json:"replicas_asked,omitempty"`
+	ReplicasAnswered uint32 `protobuf:"varint,6,opt,name=replicas_answered,json=replicasAnswered,proto3" json:"replicas_answered,omitempty"`
+	// Why each replica that did not answer did not.
+	ReplicaErrors []string `protobuf:"bytes,7,rep,name=replica_errors,json=replicaErrors,proto3" json:"replica_errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StatsResponse) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetEdges() []*EdgeStats {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetDenies() []*DenyEvent {
+	if x != nil {
+		return x.Denies
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetLatencyBounds() []float64 {
+	if x != nil {
+		return x.LatencyBounds
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetReplicasAsked() uint32 {
+	if x != nil {
+		return x.ReplicasAsked
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetReplicasAnswered() uint32 {
+	if x != nil {
+		return x.ReplicasAnswered
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetReplicaErrors() []string {
+	if x != nil {
+		return x.ReplicaErrors
+	}
+	return nil
+}
+
 type ForgetProxyRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
@@ -109,7 +359,7 @@ type ForgetProxyRequest struct {
 
 func (x *ForgetProxyRequest) Reset() {
 	*x = ForgetProxyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -121,7 +371,7 @@ func (x *ForgetProxyRequest) String() string {
 func (*ForgetProxyRequest) ProtoMessage() {}
 
 func (x *ForgetProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[0]
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -134,7 +384,7 @@ func (x *ForgetProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProxyRequest.ProtoReflect.Descriptor instead.
 func (*ForgetProxyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ForgetProxyRequest) GetInstanceId() string {
@@ -161,7 +411,7 @@ type ForgetProxyResponse struct {
 
 func (x *ForgetProxyResponse) Reset() {
 	*x = ForgetProxyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -173,7 +423,7 @@ func (x *ForgetProxyResponse) String() string {
 func (*ForgetProxyResponse) ProtoMessage() {}
 
 func (x *ForgetProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[1]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -186,7 +436,7 @@ func (x *ForgetProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProxyResponse.ProtoReflect.Descriptor instead.
 func (*ForgetProxyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForgetProxyResponse) GetWasConnected() bool {
@@ -204,7 +454,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -216,7 +466,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[2]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -229,7 +479,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type VersionResponse struct {
@@ -250,7 +500,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +512,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +525,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -328,7 +578,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +590,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +603,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReplicaStatus) GetName() string {
@@ -408,7 +658,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +670,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +683,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JoinToken) GetId() string {
@@ -527,7 +777,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +789,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +802,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -597,7 +847,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +859,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +872,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() *JoinToken {
@@ -654,7 +904,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +916,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +929,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 type ListJoinTokensResponse struct {
@@ -691,7 +941,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +953,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +966,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinToken {
@@ -735,7 +985,7 @@ type RevokeJoinTokenRequest struct {
 
 func (x *RevokeJoinTokenRequest) Reset() {
 	*x = RevokeJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +997,7 @@ func (x *RevokeJoinTokenRequest) String() string {
 func (*RevokeJoinTokenRequest) ProtoMessage() {}
 
 func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +1010,7 @@ func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeJoinTokenRequest) GetId() string {
@@ -778,7 +1028,7 @@ type RevokeJoinTokenResponse struct {
 
 func (x *RevokeJoinTokenResponse) Reset() {
 	*x = RevokeJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +1040,7 @@ func (x *RevokeJoinTokenResponse) String() string {
 func (*RevokeJoinTokenResponse) ProtoMessage() {}
 
 func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +1053,7 @@ func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 type Certificate struct {
@@ -827,7 +1077,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1089,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1102,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Certificate) GetSpiffeId() string {
@@ -914,7 +1164,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1176,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1189,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListCertificatesRequest) GetValidOnly() bool {
@@ -958,7 +1208,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1220,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1233,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -1018,7 +1268,7 @@ type Proxy struct {
 
 func (x *Proxy) Reset() {
 	*x = Proxy{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1280,7 @@ func (x *Proxy) String() string {
 func (*Proxy) ProtoMessage() {}
 
 func (x *Proxy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1293,7 @@ func (x *Proxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proxy.ProtoReflect.Descriptor instead.
 func (*Proxy) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Proxy) GetInstanceId() string {
@@ -1138,7 +1388,7 @@ type ListProxiesRequest struct {
 
 func (x *ListProxiesRequest) Reset() {
 	*x = ListProxiesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1400,7 @@ func (x *ListProxiesRequest) String() string {
 func (*ListProxiesRequest) ProtoMessage() {}
 
 func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1413,7 @@ func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesRequest.ProtoReflect.Descriptor instead.
 func (*ListProxiesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 type ListProxiesResponse struct {
@@ -1175,7 +1425,7 @@ type ListProxiesResponse struct {
 
 func (x *ListProxiesResponse) Reset() {
 	*x = ListProxiesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1437,7 @@ func (x *ListProxiesResponse) String() string {
 func (*ListProxiesResponse) ProtoMessage() {}
 
 func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1450,7 @@ func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesResponse.ProtoReflect.Descriptor instead.
 func (*ListProxiesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListProxiesResponse) GetProxies() []*Proxy {
@@ -1220,7 +1470,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1482,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1495,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApplyRequest) GetResources() []*Resource {
@@ -1275,7 +1525,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1537,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1550,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -1343,7 +1593,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1605,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1618,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResponse) GetRevision() uint64 {
@@ -1396,7 +1646,7 @@ type GetResourcesRequest struct {
 
 func (x *GetResourcesRequest) Reset() {
 	*x = GetResourcesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1658,7 @@ func (x *GetResourcesRequest) String() string {
 func (*GetResourcesRequest) ProtoMessage() {}
 
 func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1671,7 @@ func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesRequest.ProtoReflect.Descriptor instead.
 func (*GetResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetResourcesRequest) GetKind() string {
@@ -1455,7 +1705,7 @@ type GetResourcesResponse struct {
 
 func (x *GetResourcesResponse) Reset() {
 	*x = GetResourcesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1717,7 @@ func (x *GetResourcesResponse) String() string {
 func (*GetResourcesResponse) ProtoMessage() {}
 
 func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1730,7 @@ func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesResponse.ProtoReflect.Descriptor instead.
 func (*GetResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetResourcesResponse) GetResources() []*Resource {
@@ -1508,7 +1758,7 @@ type DeleteResourceRequest struct {
 
 func (x *DeleteResourceRequest) Reset() {
 	*x = DeleteResourceRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1770,7 @@ func (x *DeleteResourceRequest) String() string {
 func (*DeleteResourceRequest) ProtoMessage() {}
 
 func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1783,7 @@ func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteResourceRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteResourceRequest) GetKind() string {
@@ -1566,7 +1816,7 @@ type DeleteResourceResponse struct {
 
 func (x *DeleteResourceResponse) Reset() {
 	*x = DeleteResourceResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1828,7 @@ func (x *DeleteResourceResponse) String() string {
 func (*DeleteResourceResponse) ProtoMessage() {}
 
 func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1841,7 @@ func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResourceResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteResourceResponse) GetRevision() uint64 {
@@ -1629,7 +1879,7 @@ type ProxySync struct {
 
 func (x *ProxySync) Reset() {
 	*x = ProxySync{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1891,7 @@ func (x *ProxySync) String() string {
 func (*ProxySync) ProtoMessage() {}
 
 func (x *ProxySync) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1904,7 @@ func (x *ProxySync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxySync.ProtoReflect.Descriptor instead.
 func (*ProxySync) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ProxySync) GetProxy() *Proxy {
@@ -1749,7 +1999,7 @@ type ProxyStatusRequest struct {
 
 func (x *ProxyStatusRequest) Reset() {
 	*x = ProxyStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +2011,7 @@ func (x *ProxyStatusRequest) String() string {
 func (*ProxyStatusRequest) ProtoMessage() {}
 
 func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +2024,7 @@ func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProxyStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type ProxyStatusResponse struct {
@@ -1786,7 +2036,7 @@ type ProxyStatusResponse struct {
 
 func (x *ProxyStatusResponse) Reset() {
 	*x = ProxyStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2048,7 @@ func (x *ProxyStatusResponse) String() string {
 func (*ProxyStatusResponse) ProtoMessage() {}
 
 func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2061,7 @@ func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusResponse.ProtoReflect.Descriptor instead.
 func (*ProxyStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProxyStatusResponse) GetProxies() []*ProxySync {
@@ -1830,7 +2080,7 @@ type ProxyConfigRequest struct {
 
 func (x *ProxyConfigRequest) Reset() {
 	*x = ProxyConfigRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2092,7 @@ func (x *ProxyConfigRequest) String() string {
 func (*ProxyConfigRequest) ProtoMessage() {}
 
 func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2105,7 @@ func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ProxyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProxyConfigRequest) GetInstanceId() string {
@@ -1876,7 +2126,7 @@ type ProxyConfigResponse struct {
 
 func (x *ProxyConfigResponse) Reset() {
 	*x = ProxyConfigResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2138,7 @@ func (x *ProxyConfigResponse) String() string {
 func (*ProxyConfigResponse) ProtoMessage() {}
 
 func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2151,7 @@ func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ProxyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProxyConfigResponse) GetApplied() *Snapshot {
@@ -1928,7 +2178,7 @@ type ProxyQueryRequest struct {
 
 func (x *ProxyQueryRequest) Reset() {
 	*x = ProxyQueryRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2190,7 @@ func (x *ProxyQueryRequest) String() string {
 func (*ProxyQueryRequest) ProtoMessage() {}
 
 func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2203,7 @@ func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryRequest.ProtoReflect.Descriptor instead.
 func (*ProxyQueryRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProxyQueryRequest) GetInstanceId() string {
@@ -1979,7 +2229,7 @@ type ProxyQueryResponse struct {
 
 func (x *ProxyQueryResponse) Reset() {
 	*x = ProxyQueryResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2241,7 @@ func (x *ProxyQueryResponse) String() string {
 func (*ProxyQueryResponse) ProtoMessage() {}
 
 func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2254,7 @@ func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryResponse.ProtoReflect.Descriptor instead.
 func (*ProxyQueryResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProxyQueryResponse) GetJson() []byte {
@@ -2025,7 +2275,7 @@ type CARoot struct {
 
 func (x *CARoot) Reset() {
 	*x = CARoot{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2287,7 @@ func (x *CARoot) String() string {
 func (*CARoot) ProtoMessage() {}
 
 func (x *CARoot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2300,7 @@ func (x *CARoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
 func (*CARoot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CARoot) GetPin() string {
@@ -2076,7 +2326,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2338,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2351,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RotateCARequest) GetForce() bool {
@@ -2120,7 +2370,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2382,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2395,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RotateCAResponse) GetStatus() *CAStatusResponse {
@@ -2163,7 +2413,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2425,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2438,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ProxyRoots struct {
@@ -2211,7 +2461,7 @@ type ProxyRoots struct {
 
 func (x *ProxyRoots) Reset() {
 	*x = ProxyRoots{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2473,7 @@ func (x *ProxyRoots) String() string {
 func (*ProxyRoots) ProtoMessage() {}
 
 func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2486,7 @@ func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyRoots.ProtoReflect.Descriptor instead.
 func (*ProxyRoots) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ProxyRoots) GetInstanceId() string {
@@ -2341,7 +2591,7 @@ type CAStatusResponse struct {
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2603,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2616,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CAStatusResponse) GetPhase() string {
@@ -2476,7 +2726,7 @@ type RevokeProxyRequest struct {
 
 func (x *RevokeProxyRequest) Reset() {
 	*x = RevokeProxyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2738,7 @@ func (x *RevokeProxyRequest) String() string {
 func (*RevokeProxyRequest) ProtoMessage() {}
 
 func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2751,7 @@ func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeProxyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeProxyRequest) GetInstanceId() string {
@@ -2519,7 +2769,7 @@ type RevokeProxyResponse struct {
 
 func (x *RevokeProxyResponse) Reset() {
 	*x = RevokeProxyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2781,7 @@ func (x *RevokeProxyResponse) String() string {
 func (*RevokeProxyResponse) ProtoMessage() {}
 
 func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2794,7 @@ func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeProxyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 type DenyIdentityRequest struct {
@@ -2556,7 +2806,7 @@ type DenyIdentityRequest struct {
 
 func (x *DenyIdentityRequest) Reset() {
 	*x = DenyIdentityRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2818,7 @@ func (x *DenyIdentityRequest) String() string {
 func (*DenyIdentityRequest) ProtoMessage() {}
 
 func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2831,7 @@ func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityRequest.ProtoReflect.Descriptor instead.
 func (*DenyIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DenyIdentityRequest) GetSpiffeId() string {
@@ -2599,7 +2849,7 @@ type DenyIdentityResponse struct {
 
 func (x *DenyIdentityResponse) Reset() {
 	*x = DenyIdentityResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2861,7 @@ func (x *DenyIdentityResponse) String() string {
 func (*DenyIdentityResponse) ProtoMessage() {}
 
 func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2874,7 @@ func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityResponse.ProtoReflect.Descriptor instead.
 func (*DenyIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 type BackupRequest struct {
@@ -2635,7 +2885,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2647,7 +2897,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2660,7 +2910,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 type BackupResponse struct {
@@ -2672,7 +2922,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2934,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2947,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BackupResponse) GetChunk() []byte {
@@ -2729,7 +2979,7 @@ type OperatorCredential struct {
 
 func (x *OperatorCredential) Reset() {
 	*x = OperatorCredential{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[44]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +2991,7 @@ func (x *OperatorCredential) String() string {
 func (*OperatorCredential) ProtoMessage() {}
 
 func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[44]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +3004,7 @@ func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorCredential.ProtoReflect.Descriptor instead.
 func (*OperatorCredential) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *OperatorCredential) GetSerial() string {
@@ -2823,7 +3073,7 @@ type ListOperatorsRequest struct {
 
 func (x *ListOperatorsRequest) Reset() {
 	*x = ListOperatorsRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[45]
+	mi := &file_mesh_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +3085,7 @@ func (x *ListOperatorsRequest) String() string {
 func (*ListOperatorsRequest) ProtoMessage() {}
 
 func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[45]
+	mi := &file_mesh_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +3098,7 @@ func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListOperatorsRequest) GetIncludeExpired() bool {
@@ -2868,7 +3118,7 @@ type ListOperatorsResponse struct {
 
 func (x *ListOperatorsResponse) Reset() {
 	*x = ListOperatorsResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[46]
+	mi := &file_mesh_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +3130,7 @@ func (x *ListOperatorsResponse) String() string {
 func (*ListOperatorsResponse) ProtoMessage() {}
 
 func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[46]
+	mi := &file_mesh_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +3143,7 @@ func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListOperatorsResponse) GetOperators() []*OperatorCredential {
@@ -2921,7 +3171,7 @@ type RevokeOperatorRequest struct {
 
 func (x *RevokeOperatorRequest) Reset() {
 	*x = RevokeOperatorRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[47]
+	mi := &file_mesh_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3183,7 @@ func (x *RevokeOperatorRequest) String() string {
 func (*RevokeOperatorRequest) ProtoMessage() {}
 
 func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[47]
+	mi := &file_mesh_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3196,7 @@ func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RevokeOperatorRequest) GetSerial() string {
@@ -2983,7 +3233,7 @@ type RevokeOperatorResponse struct {
 
 func (x *RevokeOperatorResponse) Reset() {
 	*x = RevokeOperatorResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[48]
+	mi := &file_mesh_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2995,7 +3245,7 @@ func (x *RevokeOperatorResponse) String() string {
 func (*RevokeOperatorResponse) ProtoMessage() {}
 
 func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[48]
+	mi := &file_mesh_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3008,7 +3258,7 @@ func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeOperatorResponse) GetOperator() *OperatorCredential {
@@ -3036,7 +3286,23 @@ var File_mesh_v1_admin_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"K\n" +
+	"\x13mesh/v1/admin.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x17mesh/v1/resources.proto\"@\n" +
+	"\x11LocalStatsRequest\x12+\n" +
+	"\x05query\x18\x01 \x01(\v2\x15.mesh.v1.StatsRequestR\x05query\"D\n" +
+	"\x12LocalStatsResponse\x12.\n" +
+	"\x06answer\x18\x01 \x01(\v2\x16.mesh.v1.StatsResponseR\x06answer\"y\n" +
+	"\fStatsRequest\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"\xba\x02\n" +
+	"\rStatsResponse\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12(\n" +
+	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
+	"\x06denies\x18\x03 \x03(\v2\x12.mesh.v1.DenyEventR\x06denies\x12%\n" +
+	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
+	"\x0ereplicas_asked\x18\x05 \x01(\rR\rreplicasAsked\x12+\n" +
+	"\x11replicas_answered\x18\x06 \x01(\rR\x10replicasAnswered\x12%\n" +
+	"\x0ereplica_errors\x18\a \x03(\tR\rreplicaErrors\"K\n" +
 	"\x12ForgetProxyRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x14\n" +
@@ -3253,7 +3519,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x17SYNC_STATE_DISCONNECTED\x10\x04\x12\x18\n" +
 	"\x14SYNC_STATE_UNTRUSTED\x10\x05\x12\x1e\n" +
 	"\x1aSYNC_STATE_UNTRUSTED_PEERS\x10\x06\x12\x16\n" +
-	"\x12SYNC_STATE_REVOKED\x10\a2\xe4\v\n" +
+	"\x12SYNC_STATE_REVOKED\x10\a2\x9c\f\n" +
 	"\fAdminService\x12T\n" +
 	"\x0fCreateJoinToken\x12\x1f.mesh.v1.CreateJoinTokenRequest\x1a .mesh.v1.CreateJoinTokenResponse\x12Q\n" +
 	"\x0eListJoinTokens\x12\x1e.mesh.v1.ListJoinTokensRequest\x1a\x1f.mesh.v1.ListJoinTokensResponse\x12T\n" +
@@ -3275,7 +3541,11 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\rListOperators\x12\x1d.mesh.v1.ListOperatorsRequest\x1a\x1e.mesh.v1.ListOperatorsResponse\x12;\n" +
 	"\x06Backup\x12\x16.mesh.v1.BackupRequest\x1a\x17.mesh.v1.BackupResponse0\x01\x12H\n" +
 	"\vForgetProxy\x12\x1b.mesh.v1.ForgetProxyRequest\x1a\x1c.mesh.v1.ForgetProxyResponse\x12<\n" +
-	"\aVersion\x12\x17.mesh.v1.VersionRequest\x1a\x18.mesh.v1.VersionResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"\aVersion\x12\x17.mesh.v1.VersionRequest\x1a\x18.mesh.v1.VersionResponse\x126\n" +
+	"\x05Stats\x12\x15.mesh.v1.StatsRequest\x1a\x16.mesh.v1.StatsResponse2W\n" +
+	"\x0eReplicaService\x12E\n" +
+	"\n" +
+	"LocalStats\x12\x1a.mesh.v1.LocalStatsRequest\x1a\x1b.mesh.v1.LocalStatsResponseB\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_admin_proto_rawDescOnce sync.Once
@@ -3290,150 +3560,166 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                   // 0: mesh.v1.SyncState
-	(*ForgetProxyRequest)(nil),       // 1: mesh.v1.ForgetProxyRequest
-	(*ForgetProxyResponse)(nil),      // 2: mesh.v1.ForgetProxyResponse
-	(*VersionRequest)(nil),           // 3: mesh.v1.VersionRequest
-	(*VersionResponse)(nil),          // 4: mesh.v1.VersionResponse
-	(*ReplicaStatus)(nil),            // 5: mesh.v1.ReplicaStatus
-	(*JoinToken)(nil),                // 6: mesh.v1.JoinToken
-	(*CreateJoinTokenRequest)(nil),   // 7: mesh.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 8: mesh.v1.CreateJoinTokenResponse
-	(*ListJoinTokensRequest)(nil),    // 9: mesh.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 10: mesh.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 11: mesh.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 12: mesh.v1.RevokeJoinTokenResponse
-	(*Certificate)(nil),              // 13: mesh.v1.Certificate
-	(*ListCertificatesRequest)(nil),  // 14: mesh.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil), // 15: mesh.v1.ListCertificatesResponse
-	(*Proxy)(nil),                    // 16: mesh.v1.Proxy
-	(*ListProxiesRequest)(nil),       // 17: mesh.v1.ListProxiesRequest
-	(*ListProxiesResponse)(nil),      // 18: mesh.v1.ListProxiesResponse
-	(*ApplyRequest)(nil),             // 19: mesh.v1.ApplyRequest
-	(*ApplyResult)(nil),              // 20: mesh.v1.ApplyResult
-	(*ApplyResponse)(nil),            // 21: mesh.v1.ApplyResponse
-	(*GetResourcesRequest)(nil),      // 22: mesh.v1.GetResourcesRequest
-	(*GetResourcesResponse)(nil),     // 23: mesh.v1.GetResourcesResponse
-	(*DeleteResourceRequest)(nil),    // 24: mesh.v1.DeleteResourceRequest
-	(*DeleteResourceResponse)(nil),   // 25: mesh.v1.DeleteResourceResponse
-	(*ProxySync)(nil),                // 26: mesh.v1.ProxySync
-	(*ProxyStatusRequest)(nil),       // 27: mesh.v1.ProxyStatusRequest
-	(*ProxyStatusResponse)(nil),      // 28: mesh.v1.ProxyStatusResponse
-	(*ProxyConfigRequest)(nil),       // 29: mesh.v1.ProxyConfigRequest
-	(*ProxyConfigResponse)(nil),      // 30: mesh.v1.ProxyConfigResponse
-	(*ProxyQueryRequest)(nil),        // 31: mesh.v1.ProxyQueryRequest
-	(*ProxyQueryResponse)(nil),       // 32: mesh.v1.ProxyQueryResponse
-	(*CARoot)(nil),                   // 33: mesh.v1.CARoot
-	(*RotateCARequest)(nil),          // 34: mesh.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 35: mesh.v1.RotateCAResponse
-	(*CAStatusRequest)(nil),          // 36: mesh.v1.CAStatusRequest
-	(*ProxyRoots)(nil),               // 37: mesh.v1.ProxyRoots
-	(*CAStatusResponse)(nil),         // 38: mesh.v1.CAStatusResponse
-	(*RevokeProxyRequest)(nil),       // 39: mesh.v1.RevokeProxyRequest
-	(*RevokeProxyResponse)(nil),      // 40: mesh.v1.RevokeProxyResponse
-	(*DenyIdentityRequest)(nil),      // 41: mesh.v1.DenyIdentityRequest
-	(*DenyIdentityResponse)(nil),     // 42: mesh.v1.DenyIdentityResponse
-	(*BackupRequest)(nil),            // 43: mesh.v1.BackupRequest
-	(*BackupResponse)(nil),           // 44: mesh.v1.BackupResponse
-	(*OperatorCredential)(nil),       // 45: mesh.v1.OperatorCredential
-	(*ListOperatorsRequest)(nil),     // 46: mesh.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),    // 47: mesh.v1.ListOperatorsResponse
-	(*RevokeOperatorRequest)(nil),    // 48: mesh.v1.RevokeOperatorRequest
-	(*RevokeOperatorResponse)(nil),   // 49: mesh.v1.RevokeOperatorResponse
-	(*durationpb.Duration)(nil),      // 50: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 51: google.protobuf.Timestamp
-	(*Resource)(nil),                 // 52: mesh.v1.Resource
-	(*FileStatus)(nil),               // 53: mesh.v1.FileStatus
-	(*Snapshot)(nil),                 // 54: mesh.v1.Snapshot
-	(*Request)(nil),                  // 55: mesh.v1.Request
+	(*LocalStatsRequest)(nil),        // 1: mesh.v1.LocalStatsRequest
+	(*LocalStatsResponse)(nil),       // 2: mesh.v1.LocalStatsResponse
+	(*StatsRequest)(nil),             // 3: mesh.v1.StatsRequest
+	(*StatsResponse)(nil),            // 4: mesh.v1.StatsResponse
+	(*ForgetProxyRequest)(nil),       // 5: mesh.v1.ForgetProxyRequest
+	(*ForgetProxyResponse)(nil),      // 6: mesh.v1.ForgetProxyResponse
+	(*VersionRequest)(nil),           // 7: mesh.v1.VersionRequest
+	(*VersionResponse)(nil),          // 8: mesh.v1.VersionResponse
+	(*ReplicaStatus)(nil),            // 9: mesh.v1.ReplicaStatus
+	(*JoinToken)(nil),                // 10: mesh.v1.JoinToken
+	(*CreateJoinTokenRequest)(nil),   // 11: mesh.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 12: mesh.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 13: mesh.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 14: mesh.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 15: mesh.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 16: mesh.v1.RevokeJoinTokenResponse
+	(*Certificate)(nil),              // 17: mesh.v1.Certificate
+	(*ListCertificatesRequest)(nil),  // 18: mesh.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil), // 19: mesh.v1.ListCertificatesResponse
+	(*Proxy)(nil),                    // 20: mesh.v1.Proxy
+	(*ListProxiesRequest)(nil),       // 21: mesh.v1.ListProxiesRequest
+	(*ListProxiesResponse)(nil),      // 22: mesh.v1.ListProxiesResponse
+	(*ApplyRequest)(nil),             // 23: mesh.v1.ApplyRequest
+	(*ApplyResult)(nil),              // 24: mesh.v1.ApplyResult
+	(*ApplyResponse)(nil),            // 25: mesh.v1.ApplyResponse
+	(*GetResourcesRequest)(nil),      // 26: mesh.v1.GetResourcesRequest
+	(*GetResourcesResponse)(nil),     // 27: mesh.v1.GetResourcesResponse
+	(*DeleteResourceRequest)(nil),    // 28: mesh.v1.DeleteResourceRequest
+	(*DeleteResourceResponse)(nil),   // 29: mesh.v1.DeleteResourceResponse
+	(*ProxySync)(nil),                // 30: mesh.v1.ProxySync
+	(*ProxyStatusRequest)(nil),       // 31: mesh.v1.ProxyStatusRequest
+	(*ProxyStatusResponse)(nil),      // 32: mesh.v1.ProxyStatusResponse
+	(*ProxyConfigRequest)(nil),       // 33: mesh.v1.ProxyConfigRequest
+	(*ProxyConfigResponse)(nil),      // 34: mesh.v1.ProxyConfigResponse
+	(*ProxyQueryRequest)(nil),        // 35: mesh.v1.ProxyQueryRequest
+	(*ProxyQueryResponse)(nil),       // 36: mesh.v1.ProxyQueryResponse
+	(*CARoot)(nil),                   // 37: mesh.v1.CARoot
+	(*RotateCARequest)(nil),          // 38: mesh.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 39: mesh.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),          // 40: mesh.v1.CAStatusRequest
+	(*ProxyRoots)(nil),               // 41: mesh.v1.ProxyRoots
+	(*CAStatusResponse)(nil),         // 42: mesh.v1.CAStatusResponse
+	(*RevokeProxyRequest)(nil),       // 43: mesh.v1.RevokeProxyRequest
+	(*RevokeProxyResponse)(nil),      // 44: mesh.v1.RevokeProxyResponse
+	(*DenyIdentityRequest)(nil),      // 45: mesh.v1.DenyIdentityRequest
+	(*DenyIdentityResponse)(nil),     // 46: mesh.v1.DenyIdentityResponse
+	(*BackupRequest)(nil),            // 47: mesh.v1.BackupRequest
+	(*BackupResponse)(nil),           // 48: mesh.v1.BackupResponse
+	(*OperatorCredential)(nil),       // 49: mesh.v1.OperatorCredential
+	(*ListOperatorsRequest)(nil),     // 50: mesh.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),    // 51: mesh.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),    // 52: mesh.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),   // 53: mesh.v1.RevokeOperatorResponse
+	(*durationpb.Duration)(nil),      // 54: google.protobuf.Duration
+	(*EdgeStats)(nil),                // 55: mesh.v1.EdgeStats
+	(*DenyEvent)(nil),                // 56: mesh.v1.DenyEvent
+	(*timestamppb.Timestamp)(nil),    // 57: google.protobuf.Timestamp
+	(*Resource)(nil),                 // 58: mesh.v1.Resource
+	(*FileStatus)(nil),               // 59: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 60: mesh.v1.Snapshot
+	(*Request)(nil),                  // 61: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
-	5,  // 0: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
-	50, // 1: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
-	51, // 2: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	51, // 3: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	50, // 4: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	6,  // 5: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
-	6,  // 6: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	51, // 7: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	51, // 8: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	13, // 9: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	51, // 10: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	51, // 11: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	51, // 12: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
-	16, // 13: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	52, // 14: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
-	20, // 15: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	52, // 16: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
-	16, // 17: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
-	0,  // 18: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	51, // 19: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	53, // 20: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
-	26, // 21: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	54, // 22: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
-	26, // 23: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	55, // 24: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	51, // 25: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
-	38, // 26: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
-	51, // 27: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
-	51, // 28: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
-	33, // 29: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
-	33, // 30: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
-	33, // 31: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
-	37, // 32: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
-	51, // 33: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
-	51, // 34: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
-	51, // 35: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
-	51, // 36: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
-	45, // 37: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
-	45, // 38: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
-	7,  // 39: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	9,  // 40: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	11, // 41: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	14, // 42: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	17, // 43: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	19, // 44: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	22, // 45: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	24, // 46: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	27, // 47: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	29, // 48: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	31, // 49: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	34, // 50: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
-	36, // 51: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
-	39, // 52: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
-	41, // 53: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
-	48, // 54: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
-	46, // 55: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
-	43, // 56: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
-	1,  // 57: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
-	3,  // 58: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
-	8,  // 59: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	10, // 60: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	12, // 61: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	15, // 62: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	18, // 63: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	21, // 64: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	23, // 65: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	25, // 66: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	28, // 67: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	30, // 68: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	32, // 69: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	35, // 70: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
-	38, // 71: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
-	40, // 72: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
-	42, // 73: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
-	49, // 74: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
-	47, // 75: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
-	44, // 76: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
-	2,  // 77: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
-	4,  // 78: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
-	59, // [59:79] is the sub-list for method output_type
-	39, // [39:59] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	3,  // 0: mesh.v1.LocalStatsRequest.query:type_name -> mesh.v1.StatsRequest
+	4,  // 1: mesh.v1.LocalStatsResponse.answer:type_name -> mesh.v1.StatsResponse
+	54, // 2: mesh.v1.StatsRequest.window:type_name -> google.protobuf.Duration
+	54, // 3: mesh.v1.StatsResponse.window:type_name -> google.protobuf.Duration
+	55, // 4: mesh.v1.StatsResponse.edges:type_name -> mesh.v1.EdgeStats
+	56, // 5: mesh.v1.StatsResponse.denies:type_name -> mesh.v1.DenyEvent
+	9,  // 6: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
+	54, // 7: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
+	57, // 8: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	57, // 9: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 10: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	10, // 11: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
+	10, // 12: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
+	57, // 13: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	57, // 14: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	17, // 15: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
+	57, // 16: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	57, // 17: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	57, // 18: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	20, // 19: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
+	58, // 20: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	24, // 21: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	58, // 22: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	20, // 23: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
+	0,  // 24: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
+	57, // 25: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	59, // 26: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	30, // 27: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
+	60, // 28: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	30, // 29: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
+	61, // 30: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	57, // 31: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	42, // 32: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
+	57, // 33: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	57, // 34: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
+	37, // 35: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
+	37, // 36: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
+	37, // 37: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
+	41, // 38: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
+	57, // 39: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	57, // 40: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
+	57, // 41: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
+	57, // 42: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	49, // 43: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
+	49, // 44: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
+	11, // 45: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	13, // 46: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	15, // 47: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	18, // 48: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	21, // 49: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	23, // 50: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	26, // 51: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	28, // 52: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	31, // 53: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	33, // 54: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	35, // 55: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	38, // 56: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	40, // 57: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	43, // 58: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	45, // 59: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	52, // 60: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
+	50, // 61: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
+	47, // 62: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	5,  // 63: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
+	7,  // 64: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
+	3,  // 65: mesh.v1.AdminService.Stats:input_type -> mesh.v1.StatsRequest
+	1,  // 66: mesh.v1.ReplicaService.LocalStats:input_type -> mesh.v1.LocalStatsRequest
+	12, // 67: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	14, // 68: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	16, // 69: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	19, // 70: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	22, // 71: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	25, // 72: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	27, // 73: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	29, // 74: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	32, // 75: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	34, // 76: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	36, // 77: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	39, // 78: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	42, // 79: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	44, // 80: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	46, // 81: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	53, // 82: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
+	51, // 83: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
+	48, // 84: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	6,  // 85: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
+	8,  // 86: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
+	4,  // 87: mesh.v1.AdminService.Stats:output_type -> mesh.v1.StatsResponse
+	2,  // 88: mesh.v1.ReplicaService.LocalStats:output_type -> mesh.v1.LocalStatsResponse
+	67, // [67:89] is the sub-list for method output_type
+	45, // [45:67] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -3449,9 +3735,9 @@ func file_mesh_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_mesh_v1_admin_proto_goTypes,
 		DependencyIndexes: file_mesh_v1_admin_proto_depIdxs,

@@ -39,6 +39,7 @@ const (
 	AdminService_Backup_FullMethodName           = "/mesh.v1.AdminService/Backup"
 	AdminService_ForgetProxy_FullMethodName      = "/mesh.v1.AdminService/ForgetProxy"
 	AdminService_Version_FullMethodName          = "/mesh.v1.AdminService/Version"
+	AdminService_Stats_FullMethodName            = "/mesh.v1.AdminService/Stats"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -104,6 +105,10 @@ type AdminServiceClient interface {
 	// Version says meshd's version, its store and, with a replicated store,
 	// how each replica answers.
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
+	// Stats is the traffic the proxies reported over their streams in the
+	// last window (at most 15 minutes): per edge and the recent denies,
+	// merged across every replica that answered.
+	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -323,6 +328,16 @@ func (c *adminServiceClient) Version(ctx context.Context, in *VersionRequest, op
 	return out, nil
 }
 
+func (c *adminServiceClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatsResponse)
+	err := c.cc.Invoke(ctx, AdminService_Stats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -386,6 +401,10 @@ type AdminServiceServer interface {
 	// Version says meshd's version, its store and, with a replicated store,
 	// how each replica answers.
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
+	// Stats is the traffic the proxies reported over their streams in the
+	// last window (at most 15 minutes): per edge and the recent denies,
+	// merged across every replica that answered.
+	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -455,6 +474,9 @@ func (UnimplementedAdminServiceServer) ForgetProxy(context.Context, *ForgetProxy
 }
 func (UnimplementedAdminServiceServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Version not implemented")
+}
+func (UnimplementedAdminServiceServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -830,6 +852,24 @@ func _AdminService_Version_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Stats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Stats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Stats(ctx, req.(*StatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -913,6 +953,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Version",
 			Handler:    _AdminService_Version_Handler,
 		},
+		{
+			MethodName: "Stats",
+			Handler:    _AdminService_Stats_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -921,5 +965,115 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
+	Metadata: "mesh/v1/admin.proto",
+}
+
+const (
+	ReplicaService_LocalStats_FullMethodName = "/mesh.v1.ReplicaService/LocalStats"
+)
+
+// ReplicaServiceClient is the client API for ReplicaService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// ReplicaService is between meshd replicas only: only meshd's own
+// identity may call it.
+type ReplicaServiceClient interface {
+	// LocalStats is Stats over this replica's own proxies only (no fan-out).
+	LocalStats(ctx context.Context, in *LocalStatsRequest, opts ...grpc.CallOption) (*LocalStatsResponse, error)
+}
+
+type replicaServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewReplicaServiceClient(cc grpc.ClientConnInterface) ReplicaServiceClient {
+	return &replicaServiceClient{cc}
+}
+
+func (c *replicaServiceClient) LocalStats(ctx context.Context, in *LocalStatsRequest, opts ...grpc.CallOption) (*LocalStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalStatsResponse)
+	err := c.cc.Invoke(ctx, ReplicaService_LocalStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ReplicaServiceServer is the server API for ReplicaService service.
+// All implementations must embed UnimplementedReplicaServiceServer
+// for forward compatibility.
+//
+// ReplicaService is between meshd replicas only: only meshd's own
+// identity may call it.
+type ReplicaServiceServer interface {
+	// LocalStats is Stats over this replica's own proxies only (no fan-out).
+	LocalStats(context.Context, *LocalStatsRequest) (*LocalStatsResponse, error)
+	mustEmbedUnimplementedReplicaServiceServer()
+}
+
+// UnimplementedReplicaServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedReplicaServiceServer struct{}
+
+func (UnimplementedReplicaServiceServer) LocalStats(context.Context, *LocalStatsRequest) (*LocalStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LocalStats not implemented")
+}
+func (UnimplementedReplicaServiceServer) mustEmbedUnimplementedReplicaServiceServer() {}
+func (UnimplementedReplicaServiceServer) testEmbeddedByValue()                        {}
+
+// UnsafeReplicaServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ReplicaServiceServer will
+// result in compilation errors.
+type UnsafeReplicaServiceServer interface {
+	mustEmbedUnimplementedReplicaServiceServer()
+}
+
+func RegisterReplicaServiceServer(s grpc.ServiceRegistrar, srv ReplicaServiceServer) {
+	// If the following call panics, it indicates UnimplementedReplicaServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&ReplicaService_ServiceDesc, srv)
+}
+
+func _ReplicaService_LocalStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LocalStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaServiceServer).LocalStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplicaService_LocalStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaServiceServer).LocalStats(ctx, req.(*LocalStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// ReplicaService_ServiceDesc is the grpc.ServiceDesc for ReplicaService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var ReplicaService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "mesh.v1.ReplicaService",
+	HandlerType: (*ReplicaServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "LocalStats",
+			Handler:    _ReplicaService_LocalStats_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "mesh/v1/admin.proto",
 }

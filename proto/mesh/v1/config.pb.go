@@ -9,6 +9,7 @@ package meshv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -31,6 +32,7 @@ type StreamRequest struct {
 	//	*StreamRequest_Nack
 	//	*StreamRequest_Reply
 	//	*StreamRequest_Drain
+	//	*StreamRequest_Stats
 	Message       isStreamRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -118,6 +120,15 @@ func (x *StreamRequest) GetDrain() *Drain {
 	return nil
 }
 
+func (x *StreamRequest) GetStats() *StatsReport {
+	if x != nil {
+		if x, ok := x.Message.(*StreamRequest_Stats); ok {
+			return x.Stats
+		}
+	}
+	return nil
+}
+
 type isStreamRequest_Message interface {
 	isStreamRequest_Message()
 }
@@ -142,6 +153,10 @@ type StreamRequest_Drain struct {
 	Drain *Drain `protobuf:"bytes,5,opt,name=drain,proto3,oneof"`
 }
 
+type StreamRequest_Stats struct {
+	Stats *StatsReport `protobuf:"bytes,6,opt,name=stats,proto3,oneof"`
+}
+
 func (*StreamRequest_Hello) isStreamRequest_Message() {}
 
 func (*StreamRequest_Ack) isStreamRequest_Message() {}
@@ -151,6 +166,336 @@ func (*StreamRequest_Nack) isStreamRequest_Message() {}
 func (*StreamRequest_Reply) isStreamRequest_Message() {}
 
 func (*StreamRequest_Drain) isStreamRequest_Message() {}
+
+func (*StreamRequest_Stats) isStreamRequest_Message() {}
+
+// StatsReport is the traffic a proxy's inbound and public listeners served
+// since its previous report (deltas of the counters it keeps for
+// /metrics). A proxy sends it only to a meshd whose Registered.accepts
+// names "stats"; meshd attributes it to the stream's verified identity and
+// instance, never to anything the message says.
+type StatsReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The time the deltas cover (the report interval, 10 s by default).
+	Interval *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	// At most 256 edges; the rest are folded into one edge whose
+	// source_service is "other".
+	Edges []*EdgeStats `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
+	// The most recent denies since the previous report, oldest first, at
+	// most 20.
+	Denies []*DenyEvent `protobuf:"bytes,3,rep,name=denies,proto3" json:"denies,omitempty"`
+	// Upper bounds (seconds) of the latency buckets, ascending; every
+	// EdgeStats.latency_buckets has one more entry (+Inf).
+	LatencyBounds []float64 `protobuf:"fixed64,4,rep,packed,name=latency_bounds,json=latencyBounds,proto3" json:"latency_bounds,omitempty"`
+	// Denies the proxy recorded but could not keep (more than 20 in one
+	// interval).
+	DeniesDropped uint64 `protobuf:"varint,5,opt,name=denies_dropped,json=deniesDropped,proto3" json:"denies_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsReport) Reset() {
+	*x = StatsReport{}
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsReport) ProtoMessage() {}
+
+func (x *StatsReport) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsReport.ProtoReflect.Descriptor instead.
+func (*StatsReport) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StatsReport) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *StatsReport) GetEdges() []*EdgeStats {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
+func (x *StatsReport) GetDenies() []*DenyEvent {
+	if x != nil {
+		return x.Denies
+	}
+	return nil
+}
+
+func (x *StatsReport) GetLatencyBounds() []float64 {
+	if x != nil {
+		return x.LatencyBounds
+	}
+	return nil
+}
+
+func (x *StatsReport) GetDeniesDropped() uint64 {
+	if x != nil {
+		return x.DeniesDropped
+	}
+	return 0
+}
+
+// EdgeStats is the traffic from one caller to one service.
+type EdgeStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's service account (the source_service label of the proxy's
+	// metrics), "" for a client outside the mesh (the public port), "other"
+	// past the proxy's label cap.
+	SourceService string `protobuf:"bytes,1,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	// The verified SPIFFE IDs (mTLS client certificates) of the callers
+	// counted here, at most 4.
+	SourceIdentities []string `protobuf:"bytes,2,rep,name=source_identities,json=sourceIdentities,proto3" json:"source_identities,omitempty"`
+	// The service called. In a report: the reporting proxy's own service
+	// (meshd takes it from the registration, not from this field).
+	DestinationService string `protobuf:"bytes,3,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	// Filled by meshd: the namespace of the identities serving it.
+	DestinationNamespace string `protobuf:"bytes,4,opt,name=destination_namespace,json=destinationNamespace,proto3" json:"destination_namespace,omitempty"`
+	// Filled by meshd: the verified identities of the proxies that served
+	// the requests (their stream's client certificate).
+	DestinationIdentities []string `protobuf:"bytes,5,rep,name=destination_identities,json=destinationIdentities,proto3" json:"destination_identities,omitempty"`
+	// The requests came over mTLS (the inbound), not the public port.
+	Mtls bool `protobuf:"varint,6,opt,name=mtls,proto3" json:"mtls,omitempty"`
+	// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx, aborted, other.
+	Classes []uint64 `protobuf:"varint,7,rep,packed,name=classes,proto3" json:"classes,omitempty"`
+	// Request durations: counts per bucket (not cumulative), one per
+	// latency bound plus the last, +Inf.
+	LatencyBuckets    []uint64 `protobuf:"varint,8,rep,packed,name=latency_buckets,json=latencyBuckets,proto3" json:"latency_buckets,omitempty"`
+	LatencySumSeconds float64  `protobuf:"fixed64,9,opt,name=latency_sum_seconds,json=latencySumSeconds,proto3" json:"latency_sum_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *EdgeStats) Reset() {
+	*x = EdgeStats{}
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeStats) ProtoMessage() {}
+
+func (x *EdgeStats) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeStats.ProtoReflect.Descriptor instead.
+func (*EdgeStats) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EdgeStats) GetSourceService() string {
+	if x != nil {
+		return x.SourceService
+	}
+	return ""
+}
+
+func (x *EdgeStats) GetSourceIdentities() []string {
+	if x != nil {
+		return x.SourceIdentities
+	}
+	return nil
+}
+
+func (x *EdgeStats) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *EdgeStats) GetDestinationNamespace() string {
+	if x != nil {
+		return x.DestinationNamespace
+	}
+	return ""
+}
+
+func (x *EdgeStats) GetDestinationIdentities() []string {
+	if x != nil {
+		return x.DestinationIdentities
+	}
+	return nil
+}
+
+func (x *EdgeStats) GetMtls() bool {
+	if x != nil {
+		return x.Mtls
+	}
+	return false
+}
+
+func (x *EdgeStats) GetClasses() []uint64 {
+	if x != nil {
+		return x.Classes
+	}
+	return nil
+}
+
+func (x *EdgeStats) GetLatencyBuckets() []uint64 {
+	if x != nil {
+		return x.LatencyBuckets
+	}
+	return nil
+}
+
+func (x *EdgeStats) GetLatencySumSeconds() float64 {
+	if x != nil {
+		return x.LatencySumSeconds
+	}
+	return 0
+}
+
+// DenyEvent is one request an AuthorizationPolicy denied at the inbound.
+type DenyEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The caller's verified SPIFFE ID ("" outside the mesh).
+	SourceIdentity string `protobuf:"bytes,2,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
+	// At most 32 bytes.
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// The normalized path without its query, at most 256 bytes.
+	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// "namespace/name" of the policy whose rule denied, "" for a default
+	// deny; rule is the rule's index in its spec.rules, -1 for a default.
+	Policy string `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	Rule   int32  `protobuf:"varint,6,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Filled by meshd: the denying proxy's service, namespace and instance.
+	DestinationService   string `protobuf:"bytes,7,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	DestinationNamespace string `protobuf:"bytes,8,opt,name=destination_namespace,json=destinationNamespace,proto3" json:"destination_namespace,omitempty"`
+	InstanceId           string `protobuf:"bytes,9,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *DenyEvent) Reset() {
+	*x = DenyEvent{}
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyEvent) ProtoMessage() {}
+
+func (x *DenyEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyEvent.ProtoReflect.Descriptor instead.
+func (*DenyEvent) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DenyEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *DenyEvent) GetSourceIdentity() string {
+	if x != nil {
+		return x.SourceIdentity
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetRule() int32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *DenyEvent) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetDestinationNamespace() string {
+	if x != nil {
+		return x.DestinationNamespace
+	}
+	return ""
+}
+
+func (x *DenyEvent) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
 
 // Drain says the proxy is shutting down (SIGTERM, /quitquitquit): meshd
 // removes its endpoint at once and ends the stream. A stream that ends
@@ -165,7 +510,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +522,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[1]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +535,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
 }
 
 // Ack says the proxy applied the snapshot of this version.
@@ -205,7 +550,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +562,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[2]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +575,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Ack) GetVersion() string {
@@ -259,7 +604,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +616,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +629,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Nack) GetVersion() string {
@@ -313,7 +658,7 @@ type FileStatus struct {
 
 func (x *FileStatus) Reset() {
 	*x = FileStatus{}
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +670,7 @@ func (x *FileStatus) String() string {
 func (*FileStatus) ProtoMessage() {}
 
 func (x *FileStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +683,7 @@ func (x *FileStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStatus.ProtoReflect.Descriptor instead.
 func (*FileStatus) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FileStatus) GetPath() string {
@@ -377,7 +722,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +734,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +747,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Request) GetId() uint64 {
@@ -461,7 +806,7 @@ type TopzQuery struct {
 
 func (x *TopzQuery) Reset() {
 	*x = TopzQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +818,7 @@ func (x *TopzQuery) String() string {
 func (*TopzQuery) ProtoMessage() {}
 
 func (x *TopzQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +831,7 @@ func (x *TopzQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopzQuery.ProtoReflect.Descriptor instead.
 func (*TopzQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 type ProczQuery struct {
@@ -498,7 +843,7 @@ type ProczQuery struct {
 
 func (x *ProczQuery) Reset() {
 	*x = ProczQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +855,7 @@ func (x *ProczQuery) String() string {
 func (*ProczQuery) ProtoMessage() {}
 
 func (x *ProczQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +868,7 @@ func (x *ProczQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProczQuery.ProtoReflect.Descriptor instead.
 func (*ProczQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProczQuery) GetPid() int32 {
@@ -546,7 +891,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +903,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +916,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -623,7 +968,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +980,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +993,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Hello) GetInstanceId() string {
@@ -703,7 +1048,7 @@ type EndpointScope struct {
 
 func (x *EndpointScope) Reset() {
 	*x = EndpointScope{}
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +1060,7 @@ func (x *EndpointScope) String() string {
 func (*EndpointScope) ProtoMessage() {}
 
 func (x *EndpointScope) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +1073,7 @@ func (x *EndpointScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointScope.ProtoReflect.Descriptor instead.
 func (*EndpointScope) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EndpointScope) GetServices() []string {
@@ -752,7 +1097,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1109,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1122,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StreamResponse) GetMessage() isStreamResponse_Message {
@@ -862,7 +1207,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1219,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1232,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -955,7 +1300,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1312,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1325,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Endpoint) GetNamespace() string {
@@ -1020,15 +1365,19 @@ func (x *Endpoint) GetSpiffeId() string {
 
 // Registered acknowledges a Hello.
 type Registered struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The optional StreamRequest messages this meshd takes ("stats"). A
+	// proxy sends none of them to a meshd that does not name them, so a
+	// new proxy does not talk to an old meshd in messages it drops.
+	Accepts       []string `protobuf:"bytes,2,rep,name=accepts,proto3" json:"accepts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_mesh_v1_config_proto_msgTypes[14]
+	mi := &file_mesh_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1389,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[14]
+	mi := &file_mesh_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1402,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Registered) GetSpiffeId() string {
@@ -1063,18 +1412,53 @@ func (x *Registered) GetSpiffeId() string {
 	return ""
 }
 
+func (x *Registered) GetAccepts() []string {
+	if x != nil {
+		return x.Accepts
+	}
+	return nil
+}
+
 var File_mesh_v1_config_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x14mesh/v1/config.proto\x12\amesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\xd9\x01\n" +
+	"\x14mesh/v1/config.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mesh/v1/resources.proto\"\x87\x02\n" +
 	"\rStreamRequest\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0e.mesh.v1.HelloH\x00R\x05hello\x12 \n" +
 	"\x03ack\x18\x02 \x01(\v2\f.mesh.v1.AckH\x00R\x03ack\x12#\n" +
 	"\x04nack\x18\x03 \x01(\v2\r.mesh.v1.NackH\x00R\x04nack\x12&\n" +
 	"\x05reply\x18\x04 \x01(\v2\x0e.mesh.v1.ReplyH\x00R\x05reply\x12&\n" +
-	"\x05drain\x18\x05 \x01(\v2\x0e.mesh.v1.DrainH\x00R\x05drainB\t\n" +
-	"\amessage\"\a\n" +
+	"\x05drain\x18\x05 \x01(\v2\x0e.mesh.v1.DrainH\x00R\x05drain\x12,\n" +
+	"\x05stats\x18\x06 \x01(\v2\x14.mesh.v1.StatsReportH\x00R\x05statsB\t\n" +
+	"\amessage\"\xe8\x01\n" +
+	"\vStatsReport\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12(\n" +
+	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
+	"\x06denies\x18\x03 \x03(\v2\x12.mesh.v1.DenyEventR\x06denies\x12%\n" +
+	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
+	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\x83\x03\n" +
+	"\tEdgeStats\x12%\n" +
+	"\x0esource_service\x18\x01 \x01(\tR\rsourceService\x12+\n" +
+	"\x11source_identities\x18\x02 \x03(\tR\x10sourceIdentities\x12/\n" +
+	"\x13destination_service\x18\x03 \x01(\tR\x12destinationService\x123\n" +
+	"\x15destination_namespace\x18\x04 \x01(\tR\x14destinationNamespace\x125\n" +
+	"\x16destination_identities\x18\x05 \x03(\tR\x15destinationIdentities\x12\x12\n" +
+	"\x04mtls\x18\x06 \x01(\bR\x04mtls\x12\x18\n" +
+	"\aclasses\x18\a \x03(\x04R\aclasses\x12'\n" +
+	"\x0flatency_buckets\x18\b \x03(\x04R\x0elatencyBuckets\x12.\n" +
+	"\x13latency_sum_seconds\x18\t \x01(\x01R\x11latencySumSeconds\"\xc3\x02\n" +
+	"\tDenyEvent\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
+	"\x0fsource_identity\x18\x02 \x01(\tR\x0esourceIdentity\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12\x16\n" +
+	"\x06policy\x18\x05 \x01(\tR\x06policy\x12\x12\n" +
+	"\x04rule\x18\x06 \x01(\x05R\x04rule\x12/\n" +
+	"\x13destination_service\x18\a \x01(\tR\x12destinationService\x123\n" +
+	"\x15destination_namespace\x18\b \x01(\tR\x14destinationNamespace\x12\x1f\n" +
+	"\vinstance_id\x18\t \x01(\tR\n" +
+	"instanceId\"\a\n" +
 	"\x05Drain\"J\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12)\n" +
@@ -1132,10 +1516,11 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\vinstance_id\x18\x03 \x01(\tR\n" +
 	"instanceId\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1b\n" +
-	"\tspiffe_id\x18\x05 \x01(\tR\bspiffeId\")\n" +
+	"\tspiffe_id\x18\x05 \x01(\tR\bspiffeId\"C\n" +
 	"\n" +
 	"Registered\x12\x1b\n" +
-	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId2N\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x18\n" +
+	"\aaccepts\x18\x02 \x03(\tR\aaccepts2N\n" +
 	"\rConfigService\x12=\n" +
 	"\x06Stream\x12\x16.mesh.v1.StreamRequest\x1a\x17.mesh.v1.StreamResponse(\x010\x01B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
@@ -1151,49 +1536,58 @@ func file_mesh_v1_config_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_config_proto_rawDescData
 }
 
-var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_mesh_v1_config_proto_goTypes = []any{
 	(*StreamRequest)(nil),         // 0: mesh.v1.StreamRequest
-	(*Drain)(nil),                 // 1: mesh.v1.Drain
-	(*Ack)(nil),                   // 2: mesh.v1.Ack
-	(*Nack)(nil),                  // 3: mesh.v1.Nack
-	(*FileStatus)(nil),            // 4: mesh.v1.FileStatus
-	(*Request)(nil),               // 5: mesh.v1.Request
-	(*TopzQuery)(nil),             // 6: mesh.v1.TopzQuery
-	(*ProczQuery)(nil),            // 7: mesh.v1.ProczQuery
-	(*Reply)(nil),                 // 8: mesh.v1.Reply
-	(*Hello)(nil),                 // 9: mesh.v1.Hello
-	(*EndpointScope)(nil),         // 10: mesh.v1.EndpointScope
-	(*StreamResponse)(nil),        // 11: mesh.v1.StreamResponse
-	(*Snapshot)(nil),              // 12: mesh.v1.Snapshot
-	(*Endpoint)(nil),              // 13: mesh.v1.Endpoint
-	(*Registered)(nil),            // 14: mesh.v1.Registered
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*Resource)(nil),              // 16: mesh.v1.Resource
+	(*StatsReport)(nil),           // 1: mesh.v1.StatsReport
+	(*EdgeStats)(nil),             // 2: mesh.v1.EdgeStats
+	(*DenyEvent)(nil),             // 3: mesh.v1.DenyEvent
+	(*Drain)(nil),                 // 4: mesh.v1.Drain
+	(*Ack)(nil),                   // 5: mesh.v1.Ack
+	(*Nack)(nil),                  // 6: mesh.v1.Nack
+	(*FileStatus)(nil),            // 7: mesh.v1.FileStatus
+	(*Request)(nil),               // 8: mesh.v1.Request
+	(*TopzQuery)(nil),             // 9: mesh.v1.TopzQuery
+	(*ProczQuery)(nil),            // 10: mesh.v1.ProczQuery
+	(*Reply)(nil),                 // 11: mesh.v1.Reply
+	(*Hello)(nil),                 // 12: mesh.v1.Hello
+	(*EndpointScope)(nil),         // 13: mesh.v1.EndpointScope
+	(*StreamResponse)(nil),        // 14: mesh.v1.StreamResponse
+	(*Snapshot)(nil),              // 15: mesh.v1.Snapshot
+	(*Endpoint)(nil),              // 16: mesh.v1.Endpoint
+	(*Registered)(nil),            // 17: mesh.v1.Registered
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*Resource)(nil),              // 20: mesh.v1.Resource
 }
 var file_mesh_v1_config_proto_depIdxs = []int32{
-	9,  // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
-	2,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
-	3,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
-	8,  // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
-	1,  // 4: mesh.v1.StreamRequest.drain:type_name -> mesh.v1.Drain
-	4,  // 5: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
-	15, // 6: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
-	6,  // 7: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
-	7,  // 8: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
-	10, // 9: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
-	14, // 10: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
-	12, // 11: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
-	5,  // 12: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
-	16, // 13: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
-	13, // 14: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
-	0,  // 15: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
-	11, // 16: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	12, // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
+	5,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
+	6,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
+	11, // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
+	4,  // 4: mesh.v1.StreamRequest.drain:type_name -> mesh.v1.Drain
+	1,  // 5: mesh.v1.StreamRequest.stats:type_name -> mesh.v1.StatsReport
+	18, // 6: mesh.v1.StatsReport.interval:type_name -> google.protobuf.Duration
+	2,  // 7: mesh.v1.StatsReport.edges:type_name -> mesh.v1.EdgeStats
+	3,  // 8: mesh.v1.StatsReport.denies:type_name -> mesh.v1.DenyEvent
+	19, // 9: mesh.v1.DenyEvent.time:type_name -> google.protobuf.Timestamp
+	7,  // 10: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
+	19, // 11: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
+	9,  // 12: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
+	10, // 13: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
+	13, // 14: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
+	17, // 15: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
+	15, // 16: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
+	8,  // 17: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
+	20, // 18: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
+	16, // 19: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
+	0,  // 20: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
+	14, // 21: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_config_proto_init() }
@@ -1208,12 +1602,13 @@ func file_mesh_v1_config_proto_init() {
 		(*StreamRequest_Nack)(nil),
 		(*StreamRequest_Reply)(nil),
 		(*StreamRequest_Drain)(nil),
+		(*StreamRequest_Stats)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[5].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[8].OneofWrappers = []any{
 		(*Request_Topz)(nil),
 		(*Request_Procz)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[11].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[14].OneofWrappers = []any{
 		(*StreamResponse_Registered)(nil),
 		(*StreamResponse_Snapshot)(nil),
 		(*StreamResponse_Request)(nil),
@@ -1224,7 +1619,7 @@ func file_mesh_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_config_proto_rawDesc), len(file_mesh_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

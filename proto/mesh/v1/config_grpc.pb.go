@@ -38,6 +38,9 @@ const (
 //	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
 //	Reply(id, ...) ──────────────►
 //	Drain ───────────────────────►   the proxy is leaving: no endpoint now
+//	StatsReport ─────────────────►   traffic since the last report, every
+//	                                 10 s, only when Registered.accepts
+//	                                 names "stats"
 type ConfigServiceClient interface {
 	// Stream registers the proxy (its first message must be a Hello), then
 	// carries snapshots down and ACK/NACKs up.
@@ -81,6 +84,9 @@ type ConfigService_StreamClient = grpc.BidiStreamingClient[StreamRequest, Stream
 //	◄───────────── Request(id, ...)   operator asks the proxy (topz, procz)
 //	Reply(id, ...) ──────────────►
 //	Drain ───────────────────────►   the proxy is leaving: no endpoint now
+//	StatsReport ─────────────────►   traffic since the last report, every
+//	                                 10 s, only when Registered.accepts
+//	                                 names "stats"
 type ConfigServiceServer interface {
 	// Stream registers the proxy (its first message must be a Hello), then
 	// carries snapshots down and ACK/NACKs up.

@@ -1,0 +1,448 @@
+// Package stats keeps the traffic the proxies report over their
+// registration streams (issue 26) and answers the operator's Stats query,
+// across every meshd replica.
+//
+// Each replica keeps only what its own proxies reported: the last 15
+// minutes per edge (caller → service) in 10 s samples, at most MaxEdges
+// edges of MaxSamples samples (an edge past the cap is counted in the one
+// edge "other"), and the last MaxDenies denies. It has its own lock: the
+// push server hands a report over without taking its own.
+//
+// A Stats query is answered by the replica asked from its own data plus
+// every other live replica's (ReplicaService.LocalStats over mTLS with
+// meshd's own identity, bounded), and says how many replicas answered.
+package stats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"minimesh/certs"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// Bounds of what a replica keeps.
+const (
+	Bucket     = 10 * time.Second
+	MaxSamples = 90 // 15 minutes of Bucket
+	Retention  = MaxSamples * Bucket
+	MaxEdges   = 5000
+	MaxDenies  = 1000
+	// MaxIdentities caps the identities kept per edge side.
+	MaxIdentities = 4
+	// DefaultWindow is a query's window when it names none.
+	DefaultWindow = time.Minute
+)
+
+// Other is the source and destination of the edge that counts every edge
+// past MaxEdges.
+const Other = "other"
+
+// LatencyBounds are the latency buckets' upper bounds (seconds), the
+// proxy's request duration buckets (proxy.LatencyBounds; e2e checks they
+// agree). A report with other bounds is refused.
+var LatencyBounds = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+const (
+	nClasses = 7  // 1xx, 2xx, 3xx, 4xx, 5xx, aborted, other
+	nBuckets = 15 // len(LatencyBounds)+1
+	// MaxReportEdges is the most edges of one report meshd takes (the
+	// proxy sends at most 256).
+	MaxReportEdges = 256
+)
+
+// Config configures a Store.
+type Config struct {
+	Clock      certs.Clock
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Peers lists the other live replicas to ask (nil: none, bbolt).
+	Peers func(ctx context.Context) ([]Peer, error)
+	// Ask asks one replica for its own stats (ReplicaService.LocalStats);
+	// required with Peers.
+	Ask func(ctx context.Context, p Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error)
+	// PeerTimeout bounds one fan-out (default 3s).
+	PeerTimeout time.Duration
+}
+
+// Peer is another replica.
+type Peer struct {
+	Name string
+	// Addr is where it serves gRPC; "" when it announces none.
+	Addr string
+}
+
+type edgeKey struct {
+	src, dstNS, dst string
+	mtls            bool
+}
+
+type sample struct {
+	bucket  int64 // unix time / Bucket
+	classes [nClasses]uint64
+	lat     [nBuckets]uint64
+	sum     float64
+}
+
+type edge struct {
+	srcIDs, dstIDs []string
+	samples        []sample // ring of at most MaxSamples, by bucket % MaxSamples
+	newest         int64
+}
+
+// Store is one replica's stats.
+type Store struct {
+	cfg Config
+
+	mu     sync.Mutex
+	edges  map[edgeKey]*edge
+	denies [MaxDenies]*meshv1.DenyEvent
+	next   int
+	nDeny  int
+
+	reports *prometheus.CounterVec
+}
+
+// New makes an empty Store.
+func New(cfg Config) (*Store, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.PeerTimeout <= 0 {
+		cfg.PeerTimeout = 3 * time.Second
+	}
+	if cfg.Peers != nil && cfg.Ask == nil {
+		return nil, errors.New("stats: Config.Ask is required with Peers")
+	}
+	s := &Store{cfg: cfg, edges: map[edgeKey]*edge{},
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "meshd", Name: "stats_reports_total",
+			Help: "Traffic stats reports from proxies: accepted, or refused (bad_bounds).",
+		}, []string{"result"}),
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(s.reports); err != nil {
+			return nil, fmt.Errorf("stats: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Record keeps a report from the proxy instance whose stream presented
+// the verified identity id and registered service. Nothing in r names
+// who sent it: the destination of every edge and deny is the reporter.
+func (s *Store) Record(instance string, id spiffeid.ID, service string, r *meshv1.StatsReport) {
+	if !slices.Equal(r.GetLatencyBounds(), LatencyBounds) {
+		s.reports.WithLabelValues("bad_bounds").Inc()
+		s.cfg.Logger.Warn("stats report refused: latency buckets differ from meshd's", "instance_id", instance)
+		return
+	}
+	ns, _, _ := certs.ParseWorkloadID(id)
+	now := s.cfg.Clock.Now()
+	b := now.UnixNano() / int64(Bucket)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	edges := r.GetEdges()
+	if len(edges) > MaxReportEdges {
+		edges = edges[:MaxReportEdges]
+	}
+	for _, e := range edges {
+		k := edgeKey{src: cut(e.GetSourceService(), 253), dstNS: ns, dst: service, mtls: e.GetMtls()}
+		ed, named := s.edgeLocked(k, b)
+		if named { // past the cap, an edge is counted in "other", not named
+			addIDs(&ed.srcIDs, e.GetSourceIdentities())
+			addIDs(&ed.dstIDs, []string{id.String()})
+		}
+		sm := ed.sampleLocked(b)
+		for i, v := range e.GetClasses() {
+			if i < nClasses {
+				sm.classes[i] += v
+			}
+		}
+		for i, v := range e.GetLatencyBuckets() {
+			if i < len(sm.lat) {
+				sm.lat[i] += v
+			}
+		}
+		sm.sum += e.GetLatencySumSeconds()
+	}
+	ds := r.GetDenies()
+	if len(ds) > 20 {
+		ds = ds[len(ds)-20:]
+	}
+	for _, d := range ds {
+		d = proto.CloneOf(d)
+		d.DestinationService, d.DestinationNamespace, d.InstanceId = service, ns, instance
+		d.Path, d.Method = cut(d.GetPath(), 256), cut(d.GetMethod(), 32)
+		d.SourceIdentity, d.Policy = cut(d.GetSourceIdentity(), 2048), cut(d.GetPolicy(), 512)
+		s.denies[s.next] = d
+		s.next = (s.next + 1) % MaxDenies
+		s.nDeny = min(s.nDeny+1, MaxDenies)
+	}
+	s.reports.WithLabelValues("accepted").Inc()
+}
+
+func cut(v string, n int) string {
+	if len(v) > n {
+		return strings.ToValidUTF8(v[:n], "")
+	}
+	return v
+}
+
+func addIDs(into *[]string, ids []string) {
+	for _, id := range ids {
+		if len(*into) >= MaxIdentities {
+			return
+		}
+		id = cut(id, 2048)
+		if !slices.Contains(*into, id) {
+			*into = append(*into, id)
+		}
+	}
+}
+
+// otherKey is the edge past MaxEdges.
+var otherKey = edgeKey{Other, Other, Other, false}
+
+// edgeLocked returns k's edge, made if there is room, else "other"
+// (named false).
+func (s *Store) edgeLocked(k edgeKey, b int64) (ed *edge, named bool) {
+	if ed, ok := s.edges[k]; ok {
+		return ed, k != otherKey
+	}
+	if len(s.edges) >= MaxEdges {
+		s.sweepLocked(b)
+	}
+	if len(s.edges) >= MaxEdges {
+		k = otherKey
+		if ed, ok := s.edges[k]; ok {
+			return ed, false
+		}
+		// "other" may take one place past the cap.
+	}
+	ed = &edge{}
+	s.edges[k] = ed
+	return ed, k != otherKey
+}
+
+// sweepLocked drops the edges with no sample in the retention.
+func (s *Store) sweepLocked(b int64) {
+	for k, ed := range s.edges {
+		if ed.newest <= b-MaxSamples {
+			delete(s.edges, k)
+		}
+	}
+}
+
+func (ed *edge) sampleLocked(b int64) *sample {
+	ed.newest = max(ed.newest, b)
+	i := int(b % MaxSamples)
+	if len(ed.samples) < MaxSamples && i >= len(ed.samples) {
+		ed.samples = append(ed.samples, make([]sample, i+1-len(ed.samples))...)
+	}
+	sm := &ed.samples[i]
+	if sm.bucket != b {
+		*sm = sample{bucket: b}
+	}
+	return sm
+}
+
+// Edges and Denies are how many this replica keeps now (tests, metrics).
+func (s *Store) Edges() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.edges)
+}
+
+// window checks a query's window.
+func window(req *meshv1.StatsRequest) (time.Duration, error) {
+	w := DefaultWindow
+	if req.GetWindow() != nil {
+		if err := req.GetWindow().CheckValid(); err != nil {
+			return 0, status.Errorf(codes.InvalidArgument, "window: %v", err)
+		}
+		w = req.GetWindow().AsDuration()
+	}
+	if w < Bucket || w > Retention {
+		return 0, status.Errorf(codes.InvalidArgument, "window: %s is outside %s to %s (meshd keeps 15 minutes in 10 s samples)", w, Bucket, Retention)
+	}
+	return w, nil
+}
+
+// Local answers req from this replica's data only.
+func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+	w, err := window(req)
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Clock.Now()
+	from := now.Add(-w).UnixNano() / int64(Bucket)
+	since := now.Add(-w)
+	out := &meshv1.StatsResponse{Window: durationpb.New(w), LatencyBounds: LatencyBounds, ReplicasAsked: 1, ReplicasAnswered: 1}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, ed := range s.edges {
+		if (req.GetService() != "" && k.dst != req.GetService()) || (req.GetNamespace() != "" && k.dstNS != req.GetNamespace()) {
+			continue
+		}
+		e := &meshv1.EdgeStats{SourceService: k.src, DestinationService: k.dst, DestinationNamespace: k.dstNS, Mtls: k.mtls,
+			SourceIdentities: slices.Clone(ed.srcIDs), DestinationIdentities: slices.Clone(ed.dstIDs),
+			Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, len(LatencyBounds)+1)}
+		var n uint64
+		for _, sm := range ed.samples {
+			if sm.bucket < from || sm.bucket == 0 {
+				continue
+			}
+			for i, v := range sm.classes {
+				e.Classes[i] += v
+				n += v
+			}
+			for i := range e.LatencyBuckets {
+				e.LatencyBuckets[i] += sm.lat[i]
+			}
+			e.LatencySumSeconds += sm.sum
+		}
+		if n > 0 {
+			out.Edges = append(out.Edges, e)
+		}
+	}
+	for i := range s.nDeny {
+		d := s.denies[(s.next-1-i+MaxDenies)%MaxDenies]
+		if d.GetTime().AsTime().Before(since) {
+			continue
+		}
+		if (req.GetService() != "" && d.GetDestinationService() != req.GetService()) || (req.GetNamespace() != "" && d.GetDestinationNamespace() != req.GetNamespace()) {
+			continue
+		}
+		out.Denies = append(out.Denies, proto.CloneOf(d))
+	}
+	sortEdges(out.Edges)
+	return out, nil
+}
+
+func sortEdges(es []*meshv1.EdgeStats) {
+	sort.Slice(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if a.GetDestinationNamespace() != b.GetDestinationNamespace() {
+			return a.GetDestinationNamespace() < b.GetDestinationNamespace()
+		}
+		if a.GetDestinationService() != b.GetDestinationService() {
+			return a.GetDestinationService() < b.GetDestinationService()
+		}
+		if a.GetSourceService() != b.GetSourceService() {
+			return a.GetSourceService() < b.GetSourceService()
+		}
+		return a.GetMtls() && !b.GetMtls()
+	})
+}
+
+// Stats answers req from this replica and every other live one.
+func (s *Store) Stats(ctx context.Context, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+	out, err := s.Local(req)
+	if err != nil {
+		return nil, err
+	}
+	if s.cfg.Peers == nil {
+		return out, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PeerTimeout)
+	defer cancel()
+	peers, err := s.cfg.Peers(ctx)
+	if err != nil {
+		out.ReplicaErrors = append(out.ReplicaErrors, fmt.Sprintf("listing the replicas: %v", err))
+		return out, nil
+	}
+	type answer struct {
+		p   Peer
+		r   *meshv1.StatsResponse
+		err error
+	}
+	ch := make(chan answer, len(peers))
+	for _, p := range peers {
+		go func() {
+			if p.Addr == "" {
+				ch <- answer{p, nil, errors.New("it announces no address (an older meshd)")}
+				return
+			}
+			r, err := s.cfg.Ask(ctx, p, req)
+			ch <- answer{p, r, err}
+		}()
+	}
+	var all []*meshv1.StatsResponse
+	for range peers {
+		a := <-ch
+		out.ReplicasAsked++
+		if a.err != nil {
+			out.ReplicaErrors = append(out.ReplicaErrors, fmt.Sprintf("%s (%s): %v", a.p.Name, a.p.Addr, a.err))
+			continue
+		}
+		out.ReplicasAnswered++
+		all = append(all, a.r)
+	}
+	sort.Strings(out.ReplicaErrors)
+	merge(out, all)
+	return out, nil
+}
+
+// merge adds the answers of other replicas into out: edges by key, denies
+// newest first.
+func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
+	if len(others) == 0 {
+		return
+	}
+	idx := map[edgeKey]*meshv1.EdgeStats{}
+	for _, e := range out.Edges {
+		idx[edgeKey{e.GetSourceService(), e.GetDestinationNamespace(), e.GetDestinationService(), e.GetMtls()}] = e
+	}
+	for _, o := range others {
+		if !slices.Equal(o.GetLatencyBounds(), LatencyBounds) {
+			continue
+		}
+		for _, e := range o.GetEdges() {
+			k := edgeKey{e.GetSourceService(), e.GetDestinationNamespace(), e.GetDestinationService(), e.GetMtls()}
+			into, ok := idx[k]
+			if !ok {
+				into = &meshv1.EdgeStats{SourceService: k.src, DestinationNamespace: k.dstNS, DestinationService: k.dst, Mtls: k.mtls,
+					Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, len(LatencyBounds)+1)}
+				idx[k] = into
+				out.Edges = append(out.Edges, into)
+			}
+			addIDs(&into.SourceIdentities, e.GetSourceIdentities())
+			addIDs(&into.DestinationIdentities, e.GetDestinationIdentities())
+			for i, v := range e.GetClasses() {
+				if i < len(into.Classes) {
+					into.Classes[i] += v
+				}
+			}
+			for i, v := range e.GetLatencyBuckets() {
+				if i < len(into.LatencyBuckets) {
+					into.LatencyBuckets[i] += v
+				}
+			}
+			into.LatencySumSeconds += e.GetLatencySumSeconds()
+		}
+		out.Denies = append(out.Denies, o.GetDenies()...)
+	}
+	sortEdges(out.Edges)
+	sort.SliceStable(out.Denies, func(i, j int) bool { return out.Denies[i].GetTime().AsTime().After(out.Denies[j].GetTime().AsTime()) })
+	if len(out.Denies) > MaxDenies {
+		out.Denies = out.Denies[:MaxDenies]
+	}
+}

@@ -1,0 +1,199 @@
+package stats_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"minimesh/controlplane/stats"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var apiID = spiffeid.RequireFromString("spiffe://minimesh.local/ns/default/sa/api")
+
+func edge(src string, ok2xx, err5xx uint64) *meshv1.EdgeStats {
+	lat := make([]uint64, len(stats.LatencyBounds)+1)
+	lat[3] = ok2xx + err5xx
+	return &meshv1.EdgeStats{SourceService: src, SourceIdentities: []string{"spiffe://minimesh.local/ns/default/sa/" + src}, Mtls: true,
+		Classes: []uint64{0, ok2xx, 0, 0, err5xx, 0, 0}, LatencyBuckets: lat, LatencySumSeconds: 0.004 * float64(ok2xx+err5xx)}
+}
+
+func report(edges ...*meshv1.EdgeStats) *meshv1.StatsReport {
+	return &meshv1.StatsReport{Interval: durationpb.New(10 * time.Second), Edges: edges, LatencyBounds: stats.LatencyBounds}
+}
+
+func newStore(t *testing.T, c *clock) *stats.Store {
+	t.Helper()
+	s, err := stats.New(stats.Config{Clock: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func total(e *meshv1.EdgeStats) (n uint64) {
+	for _, v := range e.GetClasses() {
+		n += v
+	}
+	return n
+}
+
+// TestWindowSumsSamples: a query's window takes the samples in it and
+// not older ones; the destination is the reporter's, whatever the edge says.
+func TestWindowSumsSamples(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	s := newStore(t, c)
+	e := edge("web", 90, 10)
+	e.DestinationService = "forged"
+	s.Record("api-1", apiID, "api", report(e))
+	c.add(5 * time.Minute)
+	s.Record("api-1", apiID, "api", report(edge("web", 30, 0)))
+	r, err := s.Local(&meshv1.StatsRequest{Window: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Edges) != 1 || total(r.Edges[0]) != 30 {
+		t.Fatalf("1m window: %v, want one edge of 30", r.Edges)
+	}
+	r, _ = s.Local(&meshv1.StatsRequest{Window: durationpb.New(10 * time.Minute)})
+	got := r.Edges[0]
+	if total(got) != 130 || got.Classes[4] != 10 || got.DestinationService != "api" || got.DestinationNamespace != "default" ||
+		got.DestinationIdentities[0] != apiID.String() || got.SourceIdentities[0] != "spiffe://minimesh.local/ns/default/sa/web" {
+		t.Fatalf("10m window: %v", got)
+	}
+	if r, _ := s.Local(&meshv1.StatsRequest{Service: "other-svc", Window: durationpb.New(10 * time.Minute)}); len(r.Edges) != 0 {
+		t.Fatalf("filter by service: %v", r.Edges)
+	}
+	// Past the retention, nothing.
+	c.add(16 * time.Minute)
+	if r, _ := s.Local(&meshv1.StatsRequest{Window: durationpb.New(15 * time.Minute)}); len(r.Edges) != 0 {
+		t.Fatalf("after 16 min: %v", r.Edges)
+	}
+	for _, w := range []time.Duration{time.Second, 16 * time.Minute} {
+		if _, err := s.Local(&meshv1.StatsRequest{Window: durationpb.New(w)}); err == nil || !strings.Contains(err.Error(), "window") {
+			t.Errorf("window %s: %v, want refused naming window", w, err)
+		}
+	}
+}
+
+// TestEdgeCapFoldsIntoOther: past MaxEdges, new edges count in "other"
+// and nothing is lost.
+func TestEdgeCapFoldsIntoOther(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	s := newStore(t, c)
+	const extra = 30
+	var sent uint64
+	for i := 0; i < stats.MaxEdges+extra; i += stats.MaxReportEdges {
+		var es []*meshv1.EdgeStats
+		for j := i; j < min(i+stats.MaxReportEdges, stats.MaxEdges+extra); j++ {
+			es = append(es, edge(fmt.Sprintf("src%d", j), 1, 0))
+			sent++
+		}
+		s.Record("api-1", apiID, "api", report(es...))
+	}
+	if n := s.Edges(); n != stats.MaxEdges+1 {
+		t.Fatalf("%d edges kept, want %d (the cap and other)", n, stats.MaxEdges+1)
+	}
+	r, _ := s.Local(&meshv1.StatsRequest{})
+	var got, other uint64
+	for _, e := range r.Edges {
+		got += total(e)
+		if e.SourceService == stats.Other {
+			other = total(e)
+			if len(e.SourceIdentities) != 0 {
+				t.Errorf("other names identities: %v", e.SourceIdentities)
+			}
+		}
+	}
+	if got != sent || other != extra {
+		t.Fatalf("counted %d (other %d), want %d (other %d)", got, other, sent, extra)
+	}
+}
+
+// TestDenyRing keeps the last MaxDenies, newest first, each cut, with the
+// reporter's service and instance.
+func TestDenyRing(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	s := newStore(t, c)
+	for i := range stats.MaxDenies/20 + 5 {
+		r := report()
+		for j := range 20 {
+			r.Denies = append(r.Denies, &meshv1.DenyEvent{Time: timestamppb.New(c.Now()), Method: "GET", Path: fmt.Sprintf("/d/%d/%s", i*20+j, strings.Repeat("x", 300)),
+				SourceIdentity: "spiffe://minimesh.local/ns/default/sa/web", Policy: "default/p", InstanceId: "forged"})
+		}
+		r.Denies = append(r.Denies, r.Denies...) // 40: only the last 20 taken
+		s.Record("api-1", apiID, "api", r)
+	}
+	r, _ := s.Local(&meshv1.StatsRequest{})
+	if len(r.Denies) != stats.MaxDenies {
+		t.Fatalf("%d denies, want %d", len(r.Denies), stats.MaxDenies)
+	}
+	last := fmt.Sprintf("/d/%d/", (stats.MaxDenies/20+5)*20-1)
+	if d := r.Denies[0]; !strings.HasPrefix(d.Path, last) || len(d.Path) != 256 || d.InstanceId != "api-1" || d.DestinationService != "api" {
+		t.Fatalf("newest deny: %v, want path %s… cut to 256, instance api-1", d, last)
+	}
+}
+
+// TestBadBoundsRefused: a report with other buckets is not mixed in.
+func TestBadBoundsRefused(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	s := newStore(t, c)
+	r := report(edge("web", 1, 0))
+	r.LatencyBounds = []float64{1, 2}
+	s.Record("api-1", apiID, "api", r)
+	if s.Edges() != 0 {
+		t.Fatal("a report with other latency bounds was kept")
+	}
+}
+
+// TestFanOutMerges: peers' answers are merged by edge and counted;
+// one that fails is named.
+func TestFanOutMerges(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	peer := newStore(t, c)
+	peer.Record("api-2", apiID, "api", report(edge("web", 7, 0)))
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) {
+			return []stats.Peer{{Name: "b", Addr: "b:1"}, {Name: "c", Addr: "c:1"}, {Name: "d"}}, nil
+		},
+		Ask: func(_ context.Context, p stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			if p.Name == "c" {
+				return nil, errors.New("unreachable")
+			}
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Record("api-1", apiID, "api", report(edge("web", 3, 0)))
+	r, err := s.Stats(context.Background(), &meshv1.StatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ReplicasAsked != 4 || r.ReplicasAnswered != 2 || len(r.ReplicaErrors) != 2 {
+		t.Fatalf("asked %d answered %d errors %v", r.ReplicasAsked, r.ReplicasAnswered, r.ReplicaErrors)
+	}
+	if len(r.Edges) != 1 || total(r.Edges[0]) != 10 {
+		t.Fatalf("merged edges: %v, want one of 10", r.Edges)
+	}
+}
