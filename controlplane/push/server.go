@@ -218,7 +218,7 @@ func New(cfg Config) (*Server, error) {
 			Help: "Registration streams refused or ended by meshd, by reason."}, []string{"reason"}),
 		inGrace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_endpoints_in_grace",
 			Help: "Endpoints of proxies without a stream kept for the endpoint grace."}),
-		drains: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
+		drains:  prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
 		metrics: newPushMetrics(),
 	}
 	if cfg.Registerer != nil {
