@@ -61,12 +61,6 @@ func podAgent(t *testing.T, m *controlplanetest.Meshd, stateDir, tokenFile, pins
 	return a
 }
 
-func ctxFor(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // A pod's proxy bootstraps with its projected token, registers as the
 // instance meshd names after the pod, and renews with a fresh token each
 // time; once the pod is deleted, neither it nor a copy of its key renews.
