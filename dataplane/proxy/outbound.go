@@ -295,10 +295,12 @@ type Outbound struct {
 	static    map[balancer.Target]*remote // never pruned
 	retired   []*remote
 
-	// direct is forwardDirect (outdirect.go), made once; noDirect (tests)
-	// sends every request through ReverseProxy.
+	// direct is forwardDirect (outdirect.go), made once. Tests only:
+	// noDirect sends every request through ReverseProxy; directs, when
+	// set, counts the requests sent by the direct path.
 	direct   func(http.ResponseWriter, *http.Request, *decision)
 	noDirect bool
+	directs  *atomic.Int64
 
 	tunnels tunnelSet
 	guard   remoteGuard // revocations and connections to remotes

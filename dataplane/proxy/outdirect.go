@@ -51,6 +51,9 @@ func (o *Outbound) directable(r *http.Request, c *decision) bool {
 
 // forwardDirect forwards r by the direct path and answers w.
 func (o *Outbound) forwardDirect(w http.ResponseWriter, r *http.Request, d *decision) {
+	if o.directs != nil {
+		o.directs.Add(1)
+	}
 	d.w = w
 	resp, err := o.send(r, d, (*outHead)(d))
 	if d.early != nil {
