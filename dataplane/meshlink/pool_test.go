@@ -210,3 +210,84 @@ func TestContractPoolRetryRule(t *testing.T) {
 		t.Errorf("the remote read the keyed POST %d times, want twice", n)
 	}
 }
+
+// testHead writes its own head for Pool.Do, whatever the request holds,
+// and takes the 1xx answers.
+type testHead struct {
+	early []int
+}
+
+func (h *testHead) WriteHead(bw *bufio.Writer, req *http.Request) {
+	_, _ = bw.WriteString(req.Method + " " + req.URL.Path + " HTTP/1.1\r\nHost: api.default\r\nX-Head: written\r\n\r\n")
+}
+
+func (h *testHead) Got1xx(code int, _ http.Header) { h.early = append(h.early, code) }
+
+func (h *testHead) Request(req *http.Request) *http.Request {
+	out := req.Clone(req.Context())
+	out.Header = http.Header{"X-Head": {"overflow"}}
+	return out
+}
+
+// Pool.Do sends the head its Head writes (not the request's own fields),
+// passes 1xx answers to it, and keeps the connection though the request
+// says Close (the caller's own connection); a remote that does not agree
+// to http/1.1 gets Head.Request over HTTP/2.
+func TestContractPoolDo(t *testing.T) {
+	cert, pool := selfSigned(t)
+	var conns atomic.Int64
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		_, _ = io.WriteString(w, r.Proto+" "+r.Header.Get("X-Head")+" "+r.Header.Get("X-Own"))
+	})
+	start := func(protos ...string) *httptest.Server {
+		srv := httptest.NewUnstartedServer(handler)
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: protos}
+		srv.EnableHTTP2 = true
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	h1 := start("h2", "http/1.1")
+	link := newPoolLink(t, h1.Listener.Addr().String(), pool)
+	for _, path := range []string{"/a", "/early", "/b"} {
+		req, _ := http.NewRequest(http.MethodGet, "https://api.default"+path, nil)
+		req.Header.Set("X-Own", "own")
+		req.Close = true
+		head := &testHead{}
+		resp, err := link.Pool.Do(req, head)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "HTTP/1.1 written " {
+			t.Fatalf("%s: %q %v", path, b, err)
+		}
+		if path == "/early" && (len(head.early) != 1 || head.early[0] != http.StatusEarlyHints) {
+			t.Errorf("%s: 1xx %v, want [103]", path, head.early)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("3 requests with Close set: %d connections, want 1 (the head never asked to close)", n)
+	}
+	h2only := start("h2")
+	link2 := newPoolLink(t, h2only.Listener.Addr().String(), pool)
+	req, _ := http.NewRequest(http.MethodGet, "https://api.default/c", nil)
+	resp, err := link2.Pool.Do(req, &testHead{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "HTTP/2.0 overflow " {
+		t.Errorf("to an HTTP/2-only remote: %q, want Head.Request over HTTP/2", b)
+	}
+}
