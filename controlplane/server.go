@@ -239,6 +239,9 @@ func (s *Server) init() error {
 	if err := s.ensureOperatorCredential(); err != nil {
 		return err
 	}
+	if err := s.registerMetrics(); err != nil {
+		return err
+	}
 	s.refusals = newClientRefusals(cfg.Registry, cfg.Logger.With("component", "tls"), cfg.Clock.Now)
 	s.serving = certs.NewSVIDSource(cfg.Clock)
 	if err := s.rotateServing(); err != nil {

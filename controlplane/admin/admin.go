@@ -61,6 +61,7 @@ type Server struct {
 	meshv1.UnimplementedAdminServiceServer
 	cfg     Config
 	refused *prometheus.CounterVec
+	applies *prometheus.CounterVec // applies.go
 }
 
 var _ meshv1.AdminServiceServer = (*Server)(nil)
@@ -79,9 +80,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "minimesh_meshd_admin_refused_total",
 		Help: "Admin requests refused by a handler, by method and gRPC code.",
-	}, []string{"method", "code"})}
+	}, []string{"method", "code"}), applies: newApplies()}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.refused)
+		cfg.Registerer.MustRegister(s.refused, s.applies)
 	}
 	return s, nil
 }

@@ -20,7 +20,8 @@ const MaxApplyObjects = 1000
 var errDryRun = errors.New("admin: dry run")
 
 // Apply implements meshv1.AdminServiceServer: all or nothing, one revision.
-func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (*meshv1.ApplyResponse, error) {
+func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (resp *meshv1.ApplyResponse, err error) {
+	defer func() { s.countApply(req, resp, err) }()
 	objs, err := decodeAll(req.GetResources())
 	if err != nil {
 		return nil, s.refuse("Apply", status.Error(codes.InvalidArgument, err.Error()))
@@ -30,7 +31,7 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (*meshv1.App
 			"resources: %d objects of %d bytes; an Apply takes at most %d objects and %d bytes (etcd's transaction limits, kept on every store): split it into several applies",
 			len(objs), applySize(req), store.MaxApplyObjects, store.MaxApplyBytes))
 	}
-	resp := &meshv1.ApplyResponse{}
+	resp = &meshv1.ApplyResponse{}
 	err = s.cfg.Store.Update(func(tx *store.Txn) error {
 		resp.Results, resp.Revision = nil, 0 // fn may run again (an etcd conflict)
 		if err := api.ValidateReferences(objs, tx.Lookup()); err != nil {

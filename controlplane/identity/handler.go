@@ -82,6 +82,10 @@ func NewHandler(cfg HandlerConfig) *Handler {
 			Help: "Bootstrap and Renew requests refused, by method and reason.",
 		}, []string{"method", "reason"}),
 	}
+	// Both methods' series exist from the start: a rate over them (and a
+	// dashboard's issued vs refused) has data before the first issuance.
+	h.issued.WithLabelValues("bootstrap")
+	h.issued.WithLabelValues("renew")
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(h.issued, h.refused)
 	}
