@@ -6,6 +6,7 @@ import (
 	"net"
 	"sort"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -101,3 +102,8 @@ func (s *Server) advertiseFor(a net.Addr) string {
 	}
 	return ta.String()
 }
+
+// ServingSVID is meshd's own current SVID (its serving certificate and
+// client credential towards the other replicas), for tests that call
+// ReplicaService as meshd.
+func (s *Server) ServingSVID() *x509svid.SVID { return s.serving.Current() }

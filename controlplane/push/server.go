@@ -121,7 +121,9 @@ type Server struct {
 	refused *prometheus.CounterVec
 	inGrace prometheus.Gauge
 	drains  prometheus.Counter
-	metrics *pushMetrics // sync states, push latency (metrics.go)
+	// statsDropped: StatsReports on streams not told "stats".
+	statsDropped prometheus.Counter
+	metrics      *pushMetrics // sync states, push latency (metrics.go)
 }
 
 var _ meshv1.ConfigServiceServer = (*Server)(nil)
@@ -218,11 +220,13 @@ func New(cfg Config) (*Server, error) {
 			Help: "Registration streams refused or ended by meshd, by reason."}, []string{"reason"}),
 		inGrace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_meshd_endpoints_in_grace",
 			Help: "Endpoints of proxies without a stream kept for the endpoint grace."}),
-		drains:  prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
+		drains: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_proxy_drains_total", Help: "Proxies that said they were leaving."}),
+		statsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_meshd_stats_reports_dropped_total",
+			Help: "Traffic stats reports received on a stream this meshd did not announce them to (a proxy that sends them unasked)."}),
 		metrics: newPushMetrics(),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect, s.refused, s.inGrace, s.drains)
+		cfg.Registerer.MustRegister(s.pushes, s.acks, s.connect, s.refused, s.inGrace, s.drains, s.statsDropped)
 	}
 	s.metrics.register(cfg.Registerer, s)
 	now := cfg.Clock.Now()
@@ -683,6 +687,8 @@ func (s *Server) receive(stream meshv1.ConfigService_StreamServer, id string, se
 			// that did not announce them drops them.
 			if sess.stats != nil {
 				sess.stats(st)
+			} else {
+				s.statsDropped.Inc()
 			}
 			continue
 		}
