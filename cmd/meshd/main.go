@@ -106,6 +106,7 @@ func (o *serveOptions) register(fs *pflag.FlagSet) {
 	fs.SortFlags = false
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the data file and the operator credential (required; with --store etcd://..., this replica's operator credential only)")
 	fs.StringVar(&cfg.ListenAddr, "listen", "127.0.0.1:15010", "gRPC listen address (TLS; grpc.health.v1 answers there without a client certificate)")
+	fs.StringVar(&cfg.AdvertiseAddr, "advertise-address", "", "host:port where the other replicas reach this one (stats queries); default --listen unless it is a wildcard address (in Kubernetes: the pod IP)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics and the health checks /livez and /readyz over plain HTTP on this address (e.g. 127.0.0.1:15011); off when empty")
 	fs.StringVar(&o.etcd.Store, "store", "bbolt", "where meshd keeps its state: bbolt (a file in --data-dir) or etcd://HOST:PORT[,HOST:PORT...] (needs --ca-key-file)")
 	fs.StringVar(&o.etcd.Cert, "etcd-cert", "", "client certificate (PEM) meshd presents to etcd")
