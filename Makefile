@@ -127,6 +127,11 @@ manifests-golden: ## Rewrite the injected example and inject's golden files afte
 	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'Example' ./deploy/k8s
 	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'InjectGolden' ./internal/inject
 
+.PHONY: observability-check
+observability-check: ## The alerts' promtool tests, PodMonitors decoded strictly, a real prometheus scraping a mesh (~30 s; installs Debian's prometheus for promtool).
+	@{ [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; } || { if [ "$$(id -u)" = 0 ]; then apt-get install -y prometheus; else sudo apt-get install -y prometheus; fi; }
+	CI=true $(GO) test $(RACE) -count=1 -v ./deploy/observability
+
 .PHONY: test-netns
 test-netns: ## The iptables redirect in two network namespaces (needs root; CI=true fails instead of skipping).
 	$(GO) test $(RACE) -count=1 -v -run 'TestRedirectInNetworkNamespaces' ./dataplane/redirect
