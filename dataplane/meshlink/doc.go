@@ -29,8 +29,9 @@
 //     after Config.Idle; CloseIdleConnections closes the idle ones, and
 //     those in use when their request ends. A request finding all
 //     MaxConns busy for Config.PoolWait (1s) goes over Link.H2.
-//   - Pool.Do sends a request without a body whose head a Head writes
-//     (a proxy's head written straight from the request it received):
+//   - Pool.Do sends a request (without a body, or with one of known
+//     length) whose head a Head writes (a proxy's head written straight
+//     from the request it received; a body of unknown length is refused):
 //     1xx answers go to Head.Got1xx, the request's Close does not close
 //     the pooled connection, and a request that would overflow to
 //     Link.H2 goes as Head.Request. Reuse, replay and bounds are

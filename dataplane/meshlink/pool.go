@@ -180,17 +180,22 @@ type Head interface {
 	Request(req *http.Request) *http.Request
 }
 
-// Do sends req, which carries no body, as RoundTrip does, with its head
-// written by head. What goes out is head's alone: req.Close (the caller's
-// own connection) does not close the pooled one. Sent again on a stale
-// connection under RoundTrip's rule (isIdempotent on req).
+// Do sends req as RoundTrip does, with its head written by head; a body
+// (req.ContentLength > 0: head states that length; a body of length 0 is
+// not read) follows it, written as RoundTrip writes one. What goes out is head's alone: req.Close (the
+// caller's own connection) does not close the pooled one. Sent again on a
+// stale connection under RoundTrip's rule (isIdempotent on req, a body
+// from GetBody).
 func (p *Pool) Do(req *http.Request, head Head) (*http.Response, error) {
+	if req.ContentLength < 0 {
+		return nil, errors.New("proxy: Pool.Do needs a request body of known length")
+	}
 	return p.send(req, head)
 }
 
 // send is RoundTrip (head nil) and Do.
 func (p *Pool) send(req *http.Request, head Head) (*http.Response, error) {
-	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
+	hasBody := req.Body != nil && req.Body != http.NoBody && (head == nil || req.ContentLength > 0)
 	replayable := (!hasBody || req.GetBody != nil) && isIdempotent(req)
 	for tries := 0; ; tries++ {
 		out := req
@@ -482,10 +487,26 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 		// 413, a 403) must not deadlock the exchange.
 		wrote = make(chan error, 1)
 		body := &bodyReader{rc: req.Body}
-		out := *req
-		out.Body = body
+		write := func() error {
+			out := *req
+			out.Body = body
+			return out.Write(pc.bw)
+		}
+		if head != nil {
+			// Do's head is written here, on the caller's goroutine; its
+			// body of ContentLength bytes by the writer.
+			head.WriteHead(pc.bw, req)
+			write = func() error {
+				n, err := io.Copy(pc.bw, io.LimitReader(body, req.ContentLength))
+				if err == nil && n < req.ContentLength {
+					body.failed = true // the caller's body ended short
+					err = fmt.Errorf("proxy: request body ended after %d of %d bytes: %w", n, req.ContentLength, io.ErrUnexpectedEOF)
+				}
+				return err
+			}
+		}
 		go func() {
-			err := out.Write(pc.bw)
+			err := write()
 			if err == nil {
 				err = pc.bw.Flush()
 			}

@@ -218,7 +218,11 @@ type testHead struct {
 }
 
 func (h *testHead) WriteHead(bw *bufio.Writer, req *http.Request) {
-	_, _ = bw.WriteString(req.Method + " " + req.URL.Path + " HTTP/1.1\r\nHost: api.default\r\nX-Head: written\r\n\r\n")
+	_, _ = bw.WriteString(req.Method + " " + req.URL.Path + " HTTP/1.1\r\nHost: api.default\r\nX-Head: written\r\n")
+	if req.ContentLength > 0 {
+		_, _ = fmt.Fprintf(bw, "Content-Length: %d\r\n", req.ContentLength)
+	}
+	_, _ = bw.WriteString("\r\n")
 }
 
 func (h *testHead) Got1xx(code int, _ http.Header) { h.early = append(h.early, code) }
@@ -240,7 +244,8 @@ func TestContractPoolDo(t *testing.T) {
 		if r.URL.Path == "/early" {
 			w.WriteHeader(http.StatusEarlyHints)
 		}
-		_, _ = io.WriteString(w, r.Proto+" "+r.Header.Get("X-Head")+" "+r.Header.Get("X-Own"))
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Proto+" "+r.Header.Get("X-Head")+" "+r.Header.Get("X-Own")+string(b))
 	})
 	start := func(protos ...string) *httptest.Server {
 		srv := httptest.NewUnstartedServer(handler)
@@ -278,9 +283,20 @@ func TestContractPoolDo(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("3 requests with Close set: %d connections, want 1 (the head never asked to close)", n)
 	}
+	// A body of known length follows the head; one of unknown length is
+	// refused.
+	req, _ := http.NewRequest(http.MethodPut, "https://api.default/body", strings.NewReader("hello"))
+	if b, err := do(t, doer{link.Pool}, req, true); err != nil || b != "HTTP/1.1 written hello" {
+		t.Errorf("PUT with a body: %q %v", b, err)
+	}
+	req, _ = http.NewRequest(http.MethodPut, "https://api.default/body", io.NopCloser(strings.NewReader("hello")))
+	req.ContentLength = -1
+	if _, err := link.Pool.Do(req, &testHead{}); err == nil {
+		t.Error("a body of unknown length was sent")
+	}
 	h2only := start("h2")
 	link2 := newPoolLink(t, h2only.Listener.Addr().String(), pool)
-	req, _ := http.NewRequest(http.MethodGet, "https://api.default/c", nil)
+	req, _ = http.NewRequest(http.MethodGet, "https://api.default/c", nil)
 	resp, err := link2.Pool.Do(req, &testHead{})
 	if err != nil {
 		t.Fatal(err)
@@ -291,3 +307,8 @@ func TestContractPoolDo(t *testing.T) {
 		t.Errorf("to an HTTP/2-only remote: %q, want Head.Request over HTTP/2", b)
 	}
 }
+
+// doer is a Pool as a RoundTripper whose requests go by Do.
+type doer struct{ p *meshlink.Pool }
+
+func (d doer) RoundTrip(req *http.Request) (*http.Response, error) { return d.p.Do(req, &testHead{}) }

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bufio"
+	"io"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -14,8 +16,9 @@ import (
 	"minimesh/dataplane/meshlink"
 )
 
-// The outbound's direct path: a request without a body for an http port,
-// going over the remote's HTTP/1.1 pool, has its head written to the
+// The outbound's direct path: a request for an http port without a body
+// or with one of known length, going over the remote's HTTP/1.1 pool
+// (meshlink.Pool.Do), has its head written to the
 // remote inbound straight from the request the app sent (outHead), on the
 // handler's goroutine, and the answer handed back as on the inbound's
 // direct path (forwarder.answer). It is what ReverseProxy with the
@@ -27,14 +30,16 @@ import (
 // as the remote reads it.
 
 // directable reports whether the outbound sends r by its direct path: a
-// request the inbound's direct path would take (no body, no upgrade, no
-// Expect, no trailers) that goes over the HTTP/1.1 pool (overPool). Two
+// request without a body or with one of known length (Content-Length; not
+// chunked), no upgrade, no Expect, no trailers, that goes over the
+// HTTP/1.1 pool (overPool). Two
 // rare shapes keep ReverseProxy, so that both paths send the same: a Host
 // that Request.Write rewrites (non-ASCII: punycode; "%": an IPv6 zone),
 // and a Connection field naming an idempotency key (the pool's replay rule
 // reads the key from the request, ReverseProxy's copy would not have it).
 func (o *Outbound) directable(r *http.Request, c *decision) bool {
-	if o.noDirect || !applink.Directable(r) || !o.overPool(c, r) {
+	if o.noDirect || r.ContentLength < 0 || len(r.Trailer) != 0 || r.URL.Opaque != "" || r.Method == http.MethodConnect ||
+		r.Header["Upgrade"] != nil || r.Header["Expect"] != nil || !o.overPool(c, r) {
 		return false
 	}
 	for i := 0; i < len(r.Host); i++ {
@@ -75,8 +80,8 @@ var _ meshlink.Head = (*outHead)(nil)
 // WriteHead writes r's head as ReverseProxy, rewriteOut and Request.Write
 // would: the path as the app spelled it (keepRawPath) with its query
 // cleaned (CleanQuery); Host as sent (the service's name without one,
-// empty when invalid); User-Agent only when the app sent one; Content-
-// Length: 0 for POST, PUT and PATCH; then the app's fields less hop-by-hop
+// empty when invalid); User-Agent only when the app sent one; the body's
+// Content-Length (0 for POST, PUT and PATCH without one); then the app's fields less hop-by-hop
 // ones, those its Connection field names (with RFC 7230's trimming and
 // ASCII case folding, as http.Header.Del matches them), the mesh headers
 // (X-Mesh-*, X-Forwarded-Client-Cert) and invalid names, each value with
@@ -119,9 +124,16 @@ func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
 	if ua := hdr["User-Agent"]; len(ua) > 0 && ua[0] != "" && !listed("User-Agent") {
 		writeOutField(bw, "User-Agent", ua[0])
 	}
-	switch r.Method {
-	case http.MethodPost, http.MethodPut, http.MethodPatch:
-		bw.WriteString("Content-Length: 0\r\n")
+	if r.ContentLength > 0 {
+		var n [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(n[:0], r.ContentLength, 10))
+		bw.WriteString("\r\n")
+	} else {
+		switch r.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			bw.WriteString("Content-Length: 0\r\n")
+		}
 	}
 	ids := hdr[HeaderRequestID]
 	if listed(HeaderRequestID) {
@@ -189,7 +201,11 @@ func (h *outHead) Request(r *http.Request) *http.Request {
 		},
 	})
 	out := r.Clone(ctx)
-	out.Body = nil
+	if r.ContentLength == 0 {
+		out.Body = nil
+	} else {
+		out.Body = io.NopCloser(r.Body) // the transport closes it; the server owns it (ReverseProxy's noopCloseReader)
+	}
 	out.Close = false
 	for _, f := range out.Header["Connection"] {
 		for _, sf := range strings.Split(f, ",") {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,16 @@ func (r *headRemote) serve(c net.Conn) {
 				break
 			}
 		}
+		// The body, by its Content-Length, goes after the head.
+		var n int64
+		for _, l := range strings.Split(head.String(), "\r\n") {
+			if v, ok := strings.CutPrefix(l, "Content-Length: "); ok {
+				n, _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+		if _, err := io.CopyN(&head, br, n); err != nil {
+			return
+		}
 		r.hits.Add(1)
 		r.heads <- head.String()
 		if r.hang {
@@ -107,17 +118,20 @@ func (r *headRemote) serve(c net.Conn) {
 }
 
 // wireHead is a request head as read off the wire: its request line, its
-// fields by name with their values in order, and the names in order.
+// fields by name with their values in order, and the names in order; and
+// the body after it.
 type wireHead struct {
 	line   string
 	fields map[string][]string
 	names  []string
+	body   string
 }
 
 func parseWireHead(t *testing.T, s string) wireHead {
 	t.Helper()
-	lines := strings.Split(strings.TrimSuffix(s, "\r\n\r\n"), "\r\n")
-	h := wireHead{line: lines[0], fields: map[string][]string{}}
+	s, body, _ := strings.Cut(s, "\r\n\r\n")
+	lines := strings.Split(s, "\r\n")
+	h := wireHead{line: lines[0], fields: map[string][]string{}, body: body}
 	for _, l := range lines[1:] {
 		k, v, ok := strings.Cut(l, ": ")
 		if !ok {
@@ -205,7 +219,8 @@ func rawOutExchange(t *testing.T, addr, raw string) (early []http.Header, resp *
 // back), repeated fields in order, the app's mesh headers stripped,
 // X-Request-Id kept only when it is one valid value, the Host as sent (the
 // service's name without one), the query cleaned alike. Only the order of
-// different names may differ (ReverseProxy sorts them). The answer's 1xx
+// different names may differ (ReverseProxy sorts them). A body of known
+// length follows as sent. The answer's 1xx
 // reach the app and its hop-by-hop fields do not, on both paths.
 func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 	checkLeaks(t)
@@ -271,6 +286,13 @@ func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 						f["X-Multi"], f["Cookie"], f["User-Agent"], f[HeaderRequestID], f["Content-Length"], f["X-Empty"])
 				}
 			}},
+		{"a body of known length",
+			"PUT /put HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Mesh-Target: 127.0.0.1:22\r\n\r\nhello",
+			func(t *testing.T, f fields, line string) {
+				if !slices.Equal(f["Content-Length"], []string{"5"}) || f["X-Hop"] != nil || slices.Contains(f[HeaderTarget], "127.0.0.1:22") {
+					t.Errorf("Content-Length %q, X-Hop %q, %s %q", f["Content-Length"], f["X-Hop"], HeaderTarget, f[HeaderTarget])
+				}
+			}},
 		{"HTTP/1.0 without Host",
 			"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
 			func(t *testing.T, f fields, line string) {
@@ -319,8 +341,11 @@ func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 				delete(d.fields, HeaderRequestID)
 				delete(p.fields, HeaderRequestID)
 			}
-			if d.line != p.line || !maps.EqualFunc(d.fields, p.fields, slices.Equal) {
-				t.Errorf("the remote read\ndirect:  %q %q\nproxied: %q %q", d.line, d.fields, p.line, p.fields)
+			if d.line != p.line || !maps.EqualFunc(d.fields, p.fields, slices.Equal) || d.body != p.body {
+				t.Errorf("the remote read\ndirect:  %q %q %q\nproxied: %q %q %q", d.line, d.fields, d.body, p.line, p.fields, p.body)
+			}
+			if _, want, _ := strings.Cut(tc.raw, "\r\n\r\n"); d.body != want {
+				t.Errorf("body %q, want %q", d.body, want)
 			}
 		})
 	}
@@ -359,15 +384,16 @@ func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 	if d.line != p.line || !maps.EqualFunc(d.fields, p.fields, slices.Equal) {
 		t.Errorf("h2c: the remote read\ndirect:  %q %q\nproxied: %q %q", d.line, d.fields, p.line, p.fields)
 	}
-	if n, want := direct.directs.Load(), int64(6); n != want || proxied.directs.Load() != 0 {
+	if n, want := direct.directs.Load(), int64(7); n != want || proxied.directs.Load() != 0 {
 		t.Errorf("direct path taken %d times (want %d) and %d times by the ReverseProxy-only outbound", n, want, proxied.directs.Load())
 	}
 }
 
 // On the direct path a route's retries, per-try timeouts and outlier
 // ejection work as on ReverseProxy's: with one of two endpoints never
-// answering, every GET ends 200 on the other (tried again after its try
-// timed out), and the silent one is ejected.
+// answering, every GET, HEAD and PUT (its body kept for the retry) ends 200
+// on the other (tried again after its try timed out), and the silent one
+// is ejected.
 func TestOutboundDirectRetriesAndTimeouts(t *testing.T) {
 	checkLeaks(t)
 	m := newMesh(t)
@@ -385,12 +411,15 @@ spec:
 	c := plainClient(t)
 	// Each request picks either endpoint with even odds until the silent
 	// one is ejected: that none of 20 tried it first has odds 2^-20.
-	for i := range 20 {
-		method := http.MethodGet
-		if i%2 == 1 {
+	for i := range 21 {
+		method, body := http.MethodGet, io.Reader(nil)
+		switch i % 3 {
+		case 1:
 			method = http.MethodHead
+		case 2:
+			method, body = http.MethodPut, strings.NewReader(fmt.Sprint("body ", i))
 		}
-		req, _ := http.NewRequestWithContext(context.Background(), method, "http://"+url+fmt.Sprint("/r", i), nil)
+		req, _ := http.NewRequestWithContext(context.Background(), method, "http://"+url+fmt.Sprint("/r", i), body)
 		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -401,13 +430,64 @@ spec:
 			t.Fatalf("%s %d: %d", method, i, resp.StatusCode)
 		}
 	}
-	if silent.hits.Load() == 0 || requests(t, direct.cfg.Metrics, ListenerOutbound, "2xx") != 20 {
+	if silent.hits.Load() == 0 || requests(t, direct.cfg.Metrics, ListenerOutbound, "2xx") != 21 {
 		t.Fatalf("the silent endpoint was tried %d times; outbound 2xx %v", silent.hits.Load(), requests(t, direct.cfg.Metrics, ListenerOutbound, "2xx"))
 	}
-	if n := direct.directs.Load(); n != 20 {
-		t.Errorf("%d requests by the direct path, want 20", n)
+	if n := direct.directs.Load(); n != 21 {
+		t.Errorf("%d requests by the direct path, want 21", n)
+	}
+	// Every PUT reached the answering remote whole, a retried one too.
+	var puts int
+	for len(ok.heads) > 0 {
+		h := parseWireHead(t, <-ok.heads)
+		if strings.HasPrefix(h.line, "PUT ") {
+			puts++
+			if _, path, _ := strings.Cut(h.line, " /r"); h.body != "body "+strings.TrimSuffix(path, " HTTP/1.1") {
+				t.Errorf("%s: body %q", h.line, h.body)
+			}
+		}
+	}
+	if puts != 7 {
+		t.Errorf("%d PUTs reached the answering remote, want 7", puts)
 	}
 	if silent.hits.Load() > 2 {
 		t.Errorf("the silent endpoint was tried %d times: not ejected after 2 timeouts", silent.hits.Load())
+	}
+}
+
+// An app whose body ends short of its Content-Length (it went away) ends
+// the direct path's exchange at once, as ReverseProxy's: the remote, which
+// waits for the rest, is not held until the response-header timeout, and
+// never sees a whole request.
+func TestOutboundDirectBodyCutShort(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	remote := startHeadRemote(t, m, false)
+	direct, proxied, directAddr, proxiedAddr := outboundPair(t, m, []string{"default/api " + remote.addr() + " " + apiID}, "")
+	for i, addr := range []string{directAddr, proxiedAddr} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second)) // a hang fails, it does not time
+		_, _ = io.WriteString(c, "PUT /cut HTTP/1.1\r\nHost: api\r\nContent-Length: 100\r\n\r\nshort")
+		_ = c.(*net.TCPConn).CloseWrite()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway {
+				t.Errorf("path %d: %d, want 502", i, resp.StatusCode)
+			}
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("path %d: the exchange was held: %v", i, err)
+		}
+		c.Close()
+	}
+	if n := remote.hits.Load(); n != 0 {
+		t.Errorf("the remote read %d whole requests, want none", n)
+	}
+	if direct.directs.Load() != 1 || proxied.directs.Load() != 0 {
+		t.Errorf("direct path taken %d and %d times, want 1 and 0", direct.directs.Load(), proxied.directs.Load())
 	}
 }

@@ -43,14 +43,14 @@ func (o *Outbound) roundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // send is roundTrip for the request c decided. With head (the direct
-// path, outdirect.go), req is the request the app sent, without a body:
-// each try goes over the remote's HTTP/1.1 pool with its head written by
-// head; everything else (endpoint picks, retries, try timeouts, outlier
+// path, outdirect.go), req is the request the app sent (without a body,
+// or with one of known length): each try goes over the remote's HTTP/1.1
+// pool with its head written by head; everything else (endpoint picks, retries, try timeouts, outlier
 // accounting) is as for ReverseProxy's request.
 func (o *Outbound) send(req *http.Request, c *decision, head meshlink.Head) (*http.Response, error) {
 	upgrade := head == nil && req.Header.Get("Upgrade") != ""
 	pooled := head != nil || (!upgrade && o.overPool(c, req))
-	noBody := head != nil || req.Body == nil || req.Body == http.NoBody
+	noBody := req.Body == nil || req.Body == http.NoBody || (head != nil && req.ContentLength == 0)
 	var policy *route.RetryPolicy
 	if c.route != nil && !upgrade {
 		policy = c.route.Retry
