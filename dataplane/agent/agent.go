@@ -69,10 +69,15 @@ type Config struct {
 	// Applier applies snapshots from meshd; nil accepts them as they come.
 	Applier Applier
 	// Querier answers operator requests; nil refuses them.
-	Querier    Querier
-	Clock      certs.Clock
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Querier Querier
+	// Stats makes the traffic report sent over the stream every
+	// StatsInterval (default 10s), only to a meshd whose Registered
+	// names "stats"; nil sends none.
+	Stats         func() *meshv1.StatsReport
+	StatsInterval time.Duration
+	Clock         certs.Clock
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 }
 
 // Agent keeps the proxy's identity and its registration with meshd.
@@ -145,6 +150,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Second
+	}
+	if cfg.StatsInterval <= 0 {
+		cfg.StatsInterval = 10 * time.Second
 	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = 500 * time.Millisecond
