@@ -82,7 +82,7 @@ func TestHealth(t *testing.T) {
 
 	anon := m.DialAnonymous(t)
 	hc := healthpb.NewHealthClient(anon)
-	for _, svc := range []string{"", "mesh.v1.IdentityService", "mesh.v1.AdminService", "mesh.v1.ConfigService"} {
+	for _, svc := range []string{"", "mesh.v1.IdentityService", "mesh.v1.AdminService", "mesh.v1.ConfigService", "mesh.v1.ReplicaService"} {
 		resp, err := hc.Check(ctx(t), &healthpb.HealthCheckRequest{Service: svc})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("Check(%q) without a client certificate: %v %v, want SERVING", svc, resp.GetStatus(), err)
@@ -92,8 +92,8 @@ func TestHealth(t *testing.T) {
 		t.Errorf("Check of an unknown service: %v, want NotFound", err)
 	}
 	list, err := hc.List(ctx(t), &healthpb.HealthListRequest{})
-	if err != nil || len(list.GetStatuses()) != 4 {
-		t.Errorf("List: %v %v, want meshd and its 3 services", list.GetStatuses(), err)
+	if err != nil || len(list.GetStatuses()) != 5 {
+		t.Errorf("List: %v %v, want meshd and its 4 services", list.GetStatuses(), err)
 	}
 	// Watch would hold a stream open for any anonymous caller: refused.
 	w, err := hc.Watch(ctx(t), &healthpb.HealthCheckRequest{})
