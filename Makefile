@@ -127,6 +127,10 @@ manifests-golden: ## Rewrite the injected example and inject's golden files afte
 	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'Example' ./deploy/k8s
 	UPDATE_GOLDEN=1 $(GO) test -count=1 -run 'InjectGolden' ./internal/inject
 
+.PHONY: test-kube
+test-kube: ## Tests against a real kube-apiserver in this process (own module test/kube; no -race; slow to build cold).
+	cd test/kube && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m $(TESTFLAGS) ./...
+
 .PHONY: observability-check
 observability-check: ## The alerts' promtool tests, PodMonitors decoded strictly, a real prometheus scraping a mesh (~30 s; installs Debian's prometheus for promtool).
 	@{ [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; } || { if [ "$$(id -u)" = 0 ]; then apt-get install -y prometheus; else sudo apt-get install -y prometheus; fi; }
