@@ -293,6 +293,13 @@ func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 					t.Errorf("Content-Length %q, X-Hop %q, %s %q", f["Content-Length"], f["X-Hop"], HeaderTarget, f[HeaderTarget])
 				}
 			}},
+		{"absolute-form target",
+			"GET http://api.default/abs/%2e%2e/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+			func(t *testing.T, f fields, line string) {
+				if line != "GET /abs/%2e%2e/x?y=1 HTTP/1.1" || !slices.Equal(f["Host"], []string{"api.default"}) {
+					t.Errorf("%q, Host %q", line, f["Host"])
+				}
+			}},
 		{"HTTP/1.0 without Host",
 			"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
 			func(t *testing.T, f fields, line string) {
@@ -384,7 +391,7 @@ func TestOutboundDirectHeadMatchesReverseProxy(t *testing.T) {
 	if d.line != p.line || !maps.EqualFunc(d.fields, p.fields, slices.Equal) {
 		t.Errorf("h2c: the remote read\ndirect:  %q %q\nproxied: %q %q", d.line, d.fields, p.line, p.fields)
 	}
-	if n, want := direct.directs.Load(), int64(7); n != want || proxied.directs.Load() != 0 {
+	if n, want := direct.directs.Load(), int64(8); n != want || proxied.directs.Load() != 0 {
 		t.Errorf("direct path taken %d times (want %d) and %d times by the ReverseProxy-only outbound", n, want, proxied.directs.Load())
 	}
 }
