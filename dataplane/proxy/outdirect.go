@@ -18,10 +18,10 @@ import (
 
 // The outbound's direct path: a request for an http port without a body
 // or with one of known length, going over the remote's HTTP/1.1 pool
-// (meshlink.Pool.Do), has its head written to the
-// remote inbound straight from the request the app sent (outHead), on the
-// handler's goroutine, and the answer handed back as on the inbound's
-// direct path (forwarder.answer). It is what ReverseProxy with the
+// (meshlink.Pool.Do), has its head written to the remote inbound straight
+// from the request the app sent (outHead), on the handler's goroutine, and
+// the answer handed back as on the inbound's direct path
+// (forwarder.answer). It is what ReverseProxy with the
 // outbound's Rewrite (rewriteOut) and the pool's Request.Write send,
 // without cloning the request and its header map, ReverseProxy's context,
 // trace and sorting. The route, the timeouts, the retries and the
@@ -32,11 +32,11 @@ import (
 // directable reports whether the outbound sends r by its direct path: a
 // request without a body or with one of known length (Content-Length; not
 // chunked), no upgrade, no Expect, no trailers, that goes over the
-// HTTP/1.1 pool (overPool). Two
-// rare shapes keep ReverseProxy, so that both paths send the same: a Host
-// that Request.Write rewrites (non-ASCII: punycode; "%": an IPv6 zone),
-// and a Connection field naming an idempotency key (the pool's replay rule
-// reads the key from the request, ReverseProxy's copy would not have it).
+// HTTP/1.1 pool (overPool). Two rare shapes keep ReverseProxy, so that
+// both paths send the same: a Host that Request.Write rewrites
+// (non-ASCII: punycode; "%": an IPv6 zone), and a Connection field naming
+// an idempotency key (the pool's replay rule reads the key from the
+// request; ReverseProxy's copy would not have it).
 func (o *Outbound) directable(r *http.Request, c *decision) bool {
 	if o.noDirect || r.ContentLength < 0 || len(r.Trailer) != 0 || r.URL.Opaque != "" || r.Method == http.MethodConnect ||
 		r.Header["Upgrade"] != nil || r.Header["Expect"] != nil || !o.overPool(c, r) {
