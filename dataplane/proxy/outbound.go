@@ -910,7 +910,8 @@ func (o *Outbound) Run(ctx context.Context) error {
 			o.accept(actx, p.ln, p.up, conns)
 		}()
 	}
-	err := edge.Serve(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
+	// HTTP/1.1 on dataplane/h1's loop, the h2c preface on srv.
+	err := edge.ServeSplitPlain(ctx, srv, conns, o.cfg.Limits.Drain, o.log)
 	stopAccept()
 	accepting.Wait()
 	o.tunnels.drain(o.cfg.Limits.Drain)
