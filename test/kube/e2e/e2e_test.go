@@ -123,6 +123,9 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 		return true
 	})
 	pc := proxyContainer(pod)
+	if n := countProxies(pod); n != 1 {
+		t.Fatalf("the pod as admitted has %d %s containers, want 1", n, inject.ProxyContainer)
+	}
 	pin := flagValue(pc, "--ca-pin")
 	if pin != m.RootPin() {
 		t.Fatalf("injected --ca-pin %q, want meshd's root pin %q", pin, m.RootPin())
@@ -145,7 +148,7 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 	// The kubelet's part: a bound token for the pod in the file.
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
-	writeToken := func() {
+	writeToken := func(pod *corev1.Pod) {
 		t.Helper()
 		exp := int64(600)
 		tr, err := cs.CoreV1().ServiceAccounts("shop").CreateToken(ctx, "web", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
@@ -159,7 +162,7 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeToken()
+	writeToken(pod)
 	// mesh-proxy as injected: the pin, the service, and the downward API's
 	// values for --namespace=$(POD_NAMESPACE) and
 	// --service-account=$(SERVICE_ACCOUNT).
@@ -180,8 +183,28 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 		t.Fatalf("instance %q pod UID %q, want %q and %s", a.InstanceID(), certs.PodUID(leaf), wantInstance, pod.UID)
 	}
 
-	// Renewal (at half the SVID's minute) with a fresh token.
-	writeToken()
+	// The proxy reads the file at every Renew and meshd reviews what it
+	// reads: a valid token of the same service account bound to another
+	// pod is refused (the SVID is bound to this pod's UID), and the agent
+	// keeps its SVID until the file holds a fresh token of its own pod.
+	other, err := cs.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "other", Annotations: map[string]string{inject.OptOutAnnotation: "false"}},
+		Spec:       corev1.PodSpec{ServiceAccountName: "web", Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPod := m.Counter(t, "minimesh_meshd_identity_refused_total", "reason", "sa_token_other_pod")
+	writeToken(other)
+	poll(t, "meshd refuses a renewal with another pod's token", time.Minute, func() bool {
+		return m.Counter(t, "minimesh_meshd_identity_refused_total", "reason", "sa_token_other_pod") > otherPod
+	})
+	if cur := a.SVIDSource().Current().Certificates[0]; cur.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Fatalf("renewed on another pod's token")
+	}
+
+	// Renewal (at half the SVID's minute) with a fresh token of its own pod.
+	writeToken(pod)
 	poll(t, "the agent renews", time.Minute, func() bool {
 		cur := a.SVIDSource().Current().Certificates[0]
 		return cur.SerialNumber.Cmp(leaf.SerialNumber) != 0
@@ -190,7 +213,7 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 
 	// A token meshd has not reviewed yet, then the pod is deleted: the
 	// next renewal is refused and the agent keeps its old SVID.
-	writeToken()
+	writeToken(pod)
 	refused := m.Counter(t, "minimesh_meshd_identity_refused_total", "reason", "sa_token_unauthenticated")
 	if err := cs.CoreV1().Pods("shop").Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -212,6 +235,17 @@ func proxyContainer(p *corev1.Pod) *corev1.Container {
 		}
 	}
 	return nil
+}
+
+// countProxies is how many mesh-proxy containers p has (init or not).
+func countProxies(p *corev1.Pod) int {
+	n := 0
+	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+		if c.Name == inject.ProxyContainer {
+			n++
+		}
+	}
+	return n
 }
 
 // flagValue is the value of --name=v or --name v in c's command line.
