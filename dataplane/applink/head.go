@@ -5,9 +5,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/textproto"
 	"net/url"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // HeaderPeerID carries the caller's SPIFFE ID from the inbound to the app.
@@ -162,9 +165,16 @@ func Directable(r *http.Request) bool {
 }
 
 // Write writes r's head for the app to bw; bw's error, sticky, shows at
-// Flush. Hop-by-hop headers (and those Connection names), mesh headers and,
-// on the public listener, the caller's forwarding headers are dropped, as
-// ReverseProxy with the listeners' Rewrite would.
+// Flush. It is what ReverseProxy with the listeners' Rewrite sends
+// (TestDirectPathWireHeadMatchesReverseProxy in dataplane/proxy compares
+// the two off the wire), fields of different names aside, which
+// ReverseProxy sorts: the query cleaned (CleanQuery), and no "?" when
+// nothing is left of it (unless the caller sent a bare "?"); the fields
+// less those DropField names (hop-by-hop ones, those Connection names as
+// http.Header.Del finds them, mesh headers, and on the public listener the
+// caller's forwarding headers); Te: trailers when the caller's Te has that
+// token (httpguts.HeaderValuesContainsToken, as ReverseProxy checks); then
+// the fields the proxy sets.
 func (h *Head) Write(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
@@ -176,9 +186,11 @@ func (h *Head) Write(bw *bufio.Writer, r *http.Request) {
 		path = "/"
 	}
 	bw.WriteString(path)
-	if r.URL.ForceQuery || r.URL.RawQuery != "" {
+	// ReverseProxy sends the cleaned query as URL.RequestURI does: a
+	// query that cleans to nothing ("a;b") leaves no "?".
+	if q := CleanQuery(r.URL.RawQuery); q != "" || r.URL.ForceQuery {
 		bw.WriteByte('?')
-		bw.WriteString(CleanQuery(r.URL.RawQuery))
+		bw.WriteString(q)
 	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	host := r.Host
@@ -189,7 +201,7 @@ func (h *Head) Write(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString("\r\n")
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
-		if DropFromRequest(k, h.Public) || (len(conn) > 0 && ListedIn(conn, k)) {
+		if DropField(k, conn, h.Public) {
 			continue
 		}
 		if k == "Cookie" && len(vv) > 1 {
@@ -206,7 +218,7 @@ func (h *Head) Write(bw *bufio.Writer, r *http.Request) {
 	case http.MethodPost, http.MethodPut, http.MethodPatch:
 		bw.WriteString("Content-Length: 0\r\n")
 	}
-	if ListedIn(r.Header["Te"], "trailers") {
+	if te := r.Header["Te"]; len(te) > 0 && httpguts.HeaderValuesContainsToken(te, "trailers") {
 		bw.WriteString("Te: trailers\r\n")
 	}
 	if h.Peer != nil {
@@ -304,7 +316,27 @@ func writeValue(bw *bufio.Writer, v string) {
 	bw.WriteString(v)
 }
 
-// DropFromRequest reports whether the header k is not passed to the app.
+// DropField reports whether the field k of a request whose Connection
+// field is conn is not passed to the app, as ReverseProxy with the
+// listeners' Rewrite decides: DropFromRequest's fields, and those conn
+// names (ListedIn), except the forwarding headers when they pass (not
+// public): Rewrite puts them back from the incoming request, so a caller's
+// Connection cannot remove them. (Removing them would be the unsafe side:
+// a client behind a gateway in the mesh that passes Connection on could
+// strip the gateway's X-Forwarded-For and look like the gateway itself.)
+func DropField(k string, conn []string, public bool) bool {
+	if DropFromRequest(k, public) {
+		return true
+	}
+	switch k {
+	case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return false
+	}
+	return len(conn) > 0 && ListedIn(conn, k)
+}
+
+// DropFromRequest reports whether the header k is not passed to the app,
+// whatever the request's Connection field names (DropField).
 func DropFromRequest(k string, public bool) bool {
 	switch k {
 	case "Host", "Content-Length":
@@ -336,19 +368,52 @@ func DropHopByHop(h http.Header) {
 	}
 }
 
-// ListedIn reports whether the comma-separated values vv (Connection's,
-// Te's) name k.
+// ListedIn reports whether the comma-separated values vv (Connection's)
+// name the field k as ReverseProxy's http.Header.Del finds it: each name
+// trimmed of spaces, tabs and line breaks only (textproto.TrimString; not
+// a no-break space), then canonicalized (http.CanonicalHeaderKey: ASCII
+// case folding of a token, a non-token as it is). Unicode case folding
+// would let "X-\u212Aey" (a KELVIN SIGN) name X-Key, and the two paths
+// differ.
 func ListedIn(vv []string, k string) bool {
 	for _, f := range vv {
 		for f != "" {
-			var tok string
-			tok, f, _ = strings.Cut(f, ",")
-			if strings.EqualFold(strings.TrimSpace(tok), k) {
+			var name string
+			name, f, _ = strings.Cut(f, ",")
+			if name = textproto.TrimString(name); name != "" && canonicalIs(name, k) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// canonicalIs reports whether http.CanonicalHeaderKey(name) == k, without
+// allocating.
+func canonicalIs(name, k string) bool {
+	if name == k {
+		return true
+	}
+	if len(name) != len(k) {
+		return false
+	}
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !httpguts.IsTokenRune(rune(c)) {
+			return false // not canonicalized: only the same string is k
+		}
+		if upper && 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		} else if !upper && 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != k[i] {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
 }
 
 // informational passes a 1xx answer of the app on to the client, as

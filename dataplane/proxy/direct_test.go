@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -135,6 +137,176 @@ func TestDirectPathHeadMatchesReverseProxy(t *testing.T) {
 				t.Errorf("%s %q, want %q", HeaderPeerID, got, wantPeer)
 			}
 		})
+	}
+}
+
+// startHeadApp is an app on plain loopback that keeps each request's head
+// as it came off the wire (headRemote's serve, without TLS) and answers 200
+// "ok".
+func startHeadApp(t *testing.T) *headRemote {
+	t.Helper()
+	r := &headRemote{ln: listenLocal(t), heads: make(chan string, 16), conns: map[net.Conn]bool{}}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := r.ln.Accept()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.conns[c] = true
+			r.mu.Unlock()
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = r.ln.Close()
+		r.mu.Lock()
+		for c := range r.conns {
+			_ = c.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+// The app reads the same request line and fields off the wire from the
+// inbound's and the public port's direct path (a GET without a body) as
+// from their ReverseProxy path (the same GET with a body); only the order
+// of different names may differ (ReverseProxy sorts them). The cases are
+// where the two once differed: forwarding headers a caller's Connection
+// names (ReverseProxy's Rewrite puts them back, so a meshed caller's pass
+// and the public port's own are never removed), a query that cleans to
+// nothing (no "?"), and Connection and Te matched with ASCII case folding
+// and RFC 9110's trimming only, as http.Header.Del and
+// httpguts.HeaderValuesContainsToken do (a KELVIN SIGN is not a "k", a
+// LONG S not an "s", a no-break space is not trimmed).
+func TestDirectPathWireHeadMatchesReverseProxy(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	a := startHeadApp(t)
+	inLn := listenLocal(t)
+	log, _ := newLogger()
+	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), SVID: m.api, Bundle: m.bundle,
+		Metrics: newMetrics(t), Logger: log, Limits: Limits{Drain: 5 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, in)
+	pubLn, pubTLS := startPublic(t, a.addr())
+	type listener struct {
+		name   string
+		url    string
+		public bool
+		client [2]*http.Client // HTTP/1.1, HTTP/2
+	}
+	listeners := []listener{
+		{"inbound", "https://" + inLn.Addr().String(), false,
+			[2]*http.Client{mtlsClient(t, m.web, m.bundle, apiID, false), mtlsClient(t, m.web, m.bundle, apiID, true)}},
+		{"public", "https://" + pubLn.Addr().String(), true,
+			[2]*http.Client{tlsClient(t, pubTLS.Clone(), false), tlsClient(t, pubTLS.Clone(), true)}},
+	}
+
+	type fields = map[string][]string
+	for _, tc := range []struct {
+		name   string
+		target string
+		header map[string]string
+		h2     bool // also over HTTP/2 (which carries no Connection)
+		check  func(t *testing.T, l listener, f fields, line string)
+	}{
+		{"forwarding headers named by Connection", "/fwd",
+			map[string]string{"Connection": "X-Forwarded-For, x-forwarded-host,X-Forwarded-Proto , forwarded, X-Hop",
+				"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "shop", "X-Forwarded-Proto": "http", "Forwarded": "for=6.6.6.6", "X-Hop": "1"},
+			false,
+			func(t *testing.T, l listener, f fields, line string) {
+				want := fields{"X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Host": {"shop"}, "X-Forwarded-Proto": {"http"}, "Forwarded": {"for=6.6.6.6"}}
+				if l.public {
+					want = fields{"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Host": {strings.TrimPrefix(l.url, "https://")}, "X-Forwarded-Proto": {"https"}, "Forwarded": nil}
+				}
+				for k, v := range want {
+					if !slices.Equal(f[k], v) {
+						t.Errorf("%s %q, want %q", k, f[k], v)
+					}
+				}
+				if f["X-Hop"] != nil || f["Connection"] != nil {
+					t.Errorf("X-Hop %q, Connection %q: want neither", f["X-Hop"], f["Connection"])
+				}
+			}},
+		{"a query that cleans to nothing", "/q?a;b", nil, true,
+			func(t *testing.T, l listener, f fields, line string) {
+				if line != "GET /q HTTP/1.1" {
+					t.Errorf("request line %q, want no query", line)
+				}
+			}},
+		{"an empty query", "/q?", nil, true,
+			func(t *testing.T, l listener, f fields, line string) {
+				if line != "GET /q? HTTP/1.1" {
+					t.Errorf("request line %q, want the \"?\" kept", line)
+				}
+			}},
+		{"Connection and Te with Unicode folding and trimming", "/fold",
+			map[string]string{"Connection": "X-\u212aey, X-Nbsp\u00a0, x-HOP", "X-Key": "1", "X-Nbsp": "1", "X-Hop": "1", "Te": "trailer\u017f"},
+			false,
+			func(t *testing.T, l listener, f fields, line string) {
+				if !slices.Equal(f["X-Key"], []string{"1"}) || !slices.Equal(f["X-Nbsp"], []string{"1"}) || f["X-Hop"] != nil || f["Te"] != nil {
+					t.Errorf("X-Key %q, X-Nbsp %q (want both), X-Hop %q, Te %q (want neither)", f["X-Key"], f["X-Nbsp"], f["X-Hop"], f["Te"])
+				}
+			}},
+	} {
+		for _, l := range listeners {
+			for proto, c := range l.client {
+				if proto == 1 && !tc.h2 {
+					continue
+				}
+				t.Run(fmt.Sprintf("%s/%s/http%d", tc.name, l.name, proto+1), func(t *testing.T) {
+					var heads [2]wireHead
+					for i, body := range []string{"", "body"} { // the direct path, then ReverseProxy's
+						req, err := http.NewRequest(http.MethodGet, l.url+tc.target, strings.NewReader(body))
+						if err != nil {
+							t.Fatal(err)
+						}
+						if body == "" {
+							req.Body = nil
+						}
+						req.Header.Set(HeaderRequestID, "req-1") // else each path makes its own
+						for k, v := range tc.header {
+							req.Header[k] = []string{v}
+						}
+						resp, err := c.Do(req)
+						if err != nil {
+							t.Fatal(err)
+						}
+						got, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != http.StatusOK || string(got) != "ok" {
+							t.Fatalf("%d %q", resp.StatusCode, got)
+						}
+						select {
+						case s := <-a.heads:
+							heads[i] = parseWireHead(t, s)
+						default:
+							t.Fatal("the app read no request")
+						}
+					}
+					d, p := heads[0], heads[1]
+					if p.body != "body" || !slices.Equal(p.fields["Content-Length"], []string{"4"}) || d.body != "" || d.fields["Content-Length"] != nil {
+						t.Fatalf("not one direct and one proxied request: bodies %q and %q", d.body, p.body)
+					}
+					delete(p.fields, "Content-Length")
+					tc.check(t, l, d.fields, d.line)
+					if d.line != p.line || !maps.EqualFunc(d.fields, p.fields, slices.Equal) {
+						t.Errorf("the app read\ndirect:  %q %q\nproxied: %q %q", d.line, d.fields, p.line, p.fields)
+					}
+				})
+			}
+		}
 	}
 }
 
