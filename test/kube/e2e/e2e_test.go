@@ -33,6 +33,11 @@ import (
 	"minimesh/test/kube/kubetest"
 )
 
+// svidTTL is short so that the agent renews by itself (at half of it)
+// twice in the test, and long enough that its SVID is still valid when
+// the test looks at it after a refused renewal.
+const svidTTL = 20 * time.Second
+
 func poll(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -84,7 +89,7 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 	}
 
 	m := controlplanetest.Start(t, controlplane.Config{
-		SVIDTTL:       time.Minute,
+		SVIDTTL:       svidTTL,
 		TokenReviewer: kube.NewTokenReviewer(cs, kube.ReviewerOptions{Timeout: 10 * time.Second, CacheTTL: -1}),
 		Webhook: controlplane.WebhookConfig{Listener: ln, Kube: cs, ConfigurationName: mwc.Name,
 			DNSNames: []string{"localhost"}, Check: 50 * time.Millisecond, Resync: time.Hour},
@@ -203,7 +208,7 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 		t.Fatalf("renewed on another pod's token")
 	}
 
-	// Renewal (at half the SVID's minute) with a fresh token of its own pod.
+	// Renewal (at half the SVID's life) with a fresh token of its own pod.
 	writeToken(pod)
 	poll(t, "the agent renews", time.Minute, func() bool {
 		cur := a.SVIDSource().Current().Certificates[0]
