@@ -494,6 +494,7 @@ func TestDirectRequestLine(t *testing.T) {
 		{"x=\x7f\x01é", "GET /p?x=%7F%01%C3%A9 HTTP/1.1"},
 		{"b=2;c=3&a=1", "GET /p?a=1 HTTP/1.1"}, // re-encoded as ReverseProxy does
 		{"a=%zz&b=1", "GET /p?b=1 HTTP/1.1"},
+		{"a;b", "GET /p HTTP/1.1"}, // cleaned to nothing: no "?", as ReverseProxy
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/p", nil)
 		r.URL.RawQuery = tc.query
