@@ -70,7 +70,8 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The shipped configuration, with a url: clientConfig (the API server
-	// in this process has no Service to route to) and no caBundle yet.
+	// in this process has no Service to route to) on the Service's path,
+	// and no caBundle yet.
 	raw, err := os.ReadFile("../../../deploy/k8s/injector/webhook.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +81,12 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	url := "https://localhost:" + itoa(port) + webhook.Path
 	for i := range mwc.Webhooks {
+		svc := mwc.Webhooks[i].ClientConfig.Service
+		if svc == nil || svc.Path == nil || *svc.Path != webhook.Path {
+			t.Fatalf("webhook.yaml: webhooks[%d].clientConfig.service.path: want meshd's %s", i, webhook.Path)
+		}
+		url := "https://localhost:" + itoa(port) + *svc.Path
 		mwc.Webhooks[i].ClientConfig = admissionregv1.WebhookClientConfig{URL: &url}
 	}
 	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &mwc, metav1.CreateOptions{}); err != nil {
