@@ -200,6 +200,7 @@ func TestMeshLinkHTTP1Reused(t *testing.T) {
 	// 64 requests held at the app together need 64 connections (one
 	// request each), the first one reused; never more.
 	release := a.hold()
+	defer release() // a failed wait must not leave the app holding requests (Close would wait for them)
 	var errs []error
 	done := make(chan struct{})
 	go func() { errs = concurrently(c, 64, url+"/par"); close(done) }()
@@ -243,6 +244,7 @@ func TestMeshLinkHTTP1Bounded(t *testing.T) {
 	// all the same, over HTTP/2.
 	before, h2Before := a.arrived.Load(), inLn.h2.Load()
 	release := a.hold()
+	defer release() // a failed wait must not leave the app holding requests (Close would wait for them)
 	defer release()
 	var errs []error
 	done := make(chan struct{})
@@ -393,6 +395,7 @@ func TestMeshLinkHTTP1RootRotation(t *testing.T) {
 	c := plainClient(t)
 	// Four connections, one per client of the load below.
 	release := a.hold()
+	defer release() // a failed wait must not leave the app holding requests (Close would wait for them)
 	warm := make(chan []error)
 	go func() { warm <- concurrently(c, 4, url) }()
 	eventually(t, "four requests at the app", func() bool { return a.arrived.Load() == 4 })
