@@ -217,6 +217,26 @@ func TestWebhookInjectsOverTLS(t *testing.T) {
 	if resp := review(client, want); !resp.Allowed || len(resp.Patch) != 0 {
 		t.Errorf("injected pod: %+v", resp)
 	}
+	// Injected, then changed by a later admission step (the
+	// ServiceAccount plugin mounts its token in every container): the
+	// reinvocation leaves the change alone instead of rebuilding the
+	// sidecar without it.
+	var injected corev1.Pod
+	if err := yaml.UnmarshalStrict(want, &injected); err != nil {
+		t.Fatal(err)
+	}
+	for i := range injected.Spec.InitContainers {
+		c := &injected.Spec.InitContainers[i]
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "kube-api-access-x", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true})
+	}
+	injected.Spec.Volumes = append(injected.Spec.Volumes, corev1.Volume{Name: "kube-api-access-x", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	changed, err := yaml.Marshal(&injected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := review(client, changed); !resp.Allowed || len(resp.Patch) != 0 {
+		t.Errorf("an injected pod another admission step changed: patched again (%s), which drops the change", resp.Patch)
+	}
 	// Opted out.
 	optOut := bytes.Replace(pod, []byte("metadata:\n"), []byte("metadata:\n  annotations:\n    minimesh.io/inject: \"false\"\n"), 1)
 	if resp := review(client, optOut); !resp.Allowed || len(resp.Patch) != 0 {

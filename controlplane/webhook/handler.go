@@ -30,6 +30,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 
 	"minimesh/internal/inject"
+	"minimesh/internal/version"
 )
 
 // MaxRequestBytes bounds an AdmissionReview's body: a pod is at most what
@@ -139,6 +140,13 @@ func (h *handler) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissi
 		log.Info("admitted a hostNetwork pod without the sidecar")
 		return &admissionv1.AdmissionResponse{Allowed: true, Warnings: []string{HostNetworkWarning}}, ResultHostNetwork
 	}
+	if pod.Annotations[inject.InjectedAnnotation] == version.Version && hasInitContainer(&pod, inject.ProxyContainer) {
+		// A reinvocation (reinvocationPolicy: IfNeeded) of a pod this
+		// meshd injected: left as it is. Injecting again would rebuild
+		// the sidecar and drop what later admission steps added to it
+		// (the ServiceAccount plugin's token mount, another webhook's env).
+		return &admissionv1.AdmissionResponse{Allowed: true}, ResultUnchanged
+	}
 	before, after, err := inject.PodJSON(req.Object.Raw, h.options())
 	if err != nil {
 		log.Info("refused a pod inject cannot inject", "reason", err)
@@ -177,4 +185,13 @@ func (h *handler) badRequest(w http.ResponseWriter, code int, format string, arg
 	h.results.WithLabelValues(ResultBadRequest).Inc()
 	h.log.Warn("webhook request refused", "status", code, "reason", msg)
 	http.Error(w, "minimesh webhook: "+msg, code)
+}
+
+func hasInitContainer(pod *corev1.Pod, name string) bool {
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }
