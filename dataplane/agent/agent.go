@@ -108,8 +108,8 @@ type Agent struct {
 	renewals  *prometheus.CounterVec
 	snapshots *prometheus.CounterVec
 	refused   *prometheus.CounterVec // state files not used: not written by this proxy
-	expiry    prometheus.GaugeFunc // the SVID's NotAfter
-	rootsExp  prometheus.GaugeFunc // the trust bundle's first root to expire
+	expiry    prometheus.GaugeFunc   // the SVID's NotAfter
+	rootsExp  prometheus.GaugeFunc   // the trust bundle's first root to expire
 }
 
 // New loads the state dir. It never talks to meshd: Run does.
