@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http/httpguts"
+
+	"minimesh/dataplane/h1"
 )
 
 // ErrFraming is what a strictConn's Read returns once a request's framing
@@ -24,7 +26,7 @@ var ErrFraming = errors.New("proxy: ambiguous HTTP/1.1 request framing")
 // (obs-fold), more than one Content-Length field (even equal), more than
 // one Transfer-Encoding field or one that is not exactly "chunked",
 // Content-Length together with Transfer-Encoding, a malformed chunk size,
-// a chunk extension outside RFC 9112's grammar (validChunkExt), a trailer
+// a chunk extension outside RFC 9112's grammar (h1.ValidChunkExt), a trailer
 // line that is not a field (a token, then ":"). Bodies are
 // skipped by their framing (Content-Length or chunks) so that every
 // request of a keep-alive connection is checked. After a 101 response to a
@@ -253,7 +255,7 @@ func (c *strictConn) endLine() bool {
 		for digits < len(line) && isHex(line[digits]) {
 			digits++
 		}
-		if digits == 0 || digits > 15 || !validChunkExt(line[digits:]) {
+		if digits == 0 || digits > 15 || !h1.ValidChunkExt(line[digits:]) {
 			return false
 		}
 		n, err := strconv.ParseInt(string(line[:digits]), 16, 64)
@@ -305,82 +307,6 @@ func (c *strictConn) endMessage() {
 	if !up {
 		c.wantUp.Store(false)
 	}
-}
-
-// validChunkExt reports whether b, what follows a chunk's size on its
-// line, is of RFC 9112's grammar (section 7.1.1):
-//
-//	*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) [ BWS ]
-//
-// but for whitespace between the size and the first ";", which net/http
-// refuses. net/http ignores everything after ";"; a server that reads a
-// quote, a control byte or a bare name differently would find the chunk's
-// data elsewhere, so anything else is refused.
-func validChunkExt(b []byte) bool {
-	i := 0
-	ws := func() {
-		for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
-			i++
-		}
-	}
-	token := func() bool {
-		j := i
-		for i < len(b) && b[i] < 0x80 && httpguts.IsTokenRune(rune(b[i])) {
-			i++
-		}
-		return i > j
-	}
-	if len(b) > 0 && b[0] != ';' {
-		// Only trailing whitespace, which net/http trims.
-		ws()
-		return i == len(b)
-	}
-	for {
-		ws()
-		if i == len(b) {
-			return true
-		}
-		if b[i] != ';' {
-			return false
-		}
-		i++
-		ws()
-		if !token() {
-			return false
-		}
-		ws()
-		if i == len(b) || b[i] != '=' {
-			continue
-		}
-		i++
-		ws()
-		if i < len(b) && b[i] == '"' {
-			if !quotedString(b, &i) {
-				return false
-			}
-		} else if !token() {
-			return false
-		}
-	}
-}
-
-// quotedString advances *i over the quoted-string starting at b[*i].
-func quotedString(b []byte, i *int) bool {
-	for j := *i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			*i = j + 1
-			return true
-		case c == '\\':
-			j++
-			if j == len(b) || b[j] != '\t' && (b[j] < 0x20 || b[j] == 0x7f) {
-				return false
-			}
-		case c != '\t' && (c < 0x20 || c == 0x7f):
-			return false
-		}
-	}
-	return false
 }
 
 // hasToken reports whether the comma-separated list v holds tok (ASCII

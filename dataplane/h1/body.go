@@ -124,7 +124,7 @@ func (b *body) read(p []byte) (int, error) {
 		for digits < len(line) && isHex(line[digits]) {
 			digits++
 		}
-		if digits == 0 || digits > 15 || !validChunkExt(line[digits:]) {
+		if digits == 0 || digits > 15 || !ValidChunkExt(line[digits:]) {
 			return 0, errChunk
 		}
 		var n int64
@@ -289,9 +289,11 @@ func unhex(c byte) byte {
 	return c - 'A' + 10
 }
 
-// validChunkExt is the framing checker's rule for what follows a chunk's
-// size (RFC 9112 7.1.1's grammar; only trailing whitespace without a ";").
-func validChunkExt(b []byte) bool {
+// ValidChunkExt reports whether b, what follows a chunk's size on its
+// line, is of RFC 9112's grammar (section 7.1.1), only trailing
+// whitespace without a ";". It is the one rule h1 and the framing checker
+// (edge.Strict) both apply.
+func ValidChunkExt(b []byte) bool {
 	i := 0
 	ws := func() {
 		for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
