@@ -50,19 +50,32 @@ func ServeSplit(ctx context.Context, srv *http.Server, ln net.Listener, drain ti
 	if !own {
 		return Serve(ctx, srv, ln, drain, log)
 	}
+	h, h2 := splitServers(srv, ln, log)
+	return serveBoth(ctx, srv, h, h2, ln, func() error { return acceptLoop(ln, h2, h) }, nil, drain, log)
+}
+
+// splitServers builds the h1 loop from srv's settings and the listener
+// that hands connections to srv (net/http).
+func splitServers(srv *http.Server, ln net.Listener, log *slog.Logger) (*h1.Server, *chanListener) {
 	h := &h1.Server{
 		Handler: srv.Handler, ReadHeaderTimeout: srv.ReadHeaderTimeout, IdleTimeout: srv.IdleTimeout,
 		MaxHeaderBytes: srv.MaxHeaderBytes, HTTPServer: srv, ConnContext: srv.ConnContext,
 		ConnState: srv.ConnState, Logger: log,
 	}
-	h2 := newChanListener(ln.Addr())
+	return h, newChanListener(ln.Addr())
+}
+
+// serveBoth serves srv on the connections accept hands to h2 and runs accept until ln fails or ctx ends; then it calls
+// stopped (if any), drains srv and h for at most drain and cuts what is
+// left. It is ServeSplit's and ServeSplitPlain's end.
+func serveBoth(ctx context.Context, srv *http.Server, h *h1.Server, h2 *chanListener, ln net.Listener, accept func() error, stopped func(), drain time.Duration, log *slog.Logger) error {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = srv.Serve(h2) // ends at Shutdown or Close
 	}()
 	accepted := make(chan error, 1)
-	go func() { accepted <- acceptLoop(ln, h2, h) }()
+	go func() { accepted <- accept() }()
 
 	var failed error
 	select {
@@ -72,6 +85,9 @@ func ServeSplit(ctx context.Context, srv *http.Server, ln net.Listener, drain ti
 	case <-ctx.Done():
 		_ = ln.Close()
 		<-accepted
+	}
+	if stopped != nil {
+		stopped()
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()

@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,55 +52,14 @@ func ServeSplitPlain(ctx context.Context, srv *http.Server, ln net.Listener, dra
 	if cs := srv.ConnState; cs != nil {
 		srv.ConnState = func(c net.Conn, st http.ConnState) { cs(unreplay(c), st) }
 	}
-	h := &h1.Server{
-		Handler: srv.Handler, ReadHeaderTimeout: srv.ReadHeaderTimeout, IdleTimeout: srv.IdleTimeout,
-		MaxHeaderBytes: srv.MaxHeaderBytes, HTTPServer: srv, ConnContext: srv.ConnContext,
-		ConnState: srv.ConnState, Logger: log,
-	}
-	h2 := newChanListener(ln.Addr())
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(h2) // ends at Shutdown or Close
-	}()
+	h, h2 := splitServers(srv, ln, log)
 	lk := &looker{h1: h, h2: h2, wait: srv.ReadHeaderTimeout, conns: map[net.Conn]struct{}{}}
 	if lk.wait <= 0 {
 		lk.wait = 10 * time.Second
 	}
-	accepted := make(chan error, 1)
-	go func() { accepted <- plainAcceptLoop(ln, lk) }()
-
-	var failed error
-	select {
-	case err := <-accepted:
-		_ = ln.Close()
-		failed = fmt.Errorf("proxy: serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-		_ = ln.Close()
-		<-accepted
-	}
-	lk.stop() // no request read yet on these: closed, as idle ones
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	if failed != nil {
-		cancel() // nothing to drain for: cut
-	}
-	var wg sync.WaitGroup
-	var e2 error
-	wg.Add(1)
-	go func() { defer wg.Done(); e2 = srv.Shutdown(sctx) }()
-	e1 := h.Shutdown(sctx)
-	wg.Wait()
-	if e1 != nil || e2 != nil {
-		_ = srv.Close()
-		_ = h.Close()
-		if failed == nil {
-			log.Warn("proxy: drain timed out, remaining connections closed",
-				slog.String("addr", ln.Addr().String()), slog.Duration("drain", drain))
-		}
-	}
-	<-served
-	return failed
+	// Connections still being looked at have had no request read: closed,
+	// as idle ones, once accepting stops.
+	return serveBoth(ctx, srv, h, h2, ln, func() error { return plainAcceptLoop(ln, lk) }, lk.stop, drain, log)
 }
 
 // plainAcceptLoop starts a look at each connection ln accepts, until ln
