@@ -121,12 +121,10 @@ func portOfAddr(t testing.TB, addr string) uint32 {
 // Two endpoints of api, one that never answers: with a per-try timeout
 // every request ends on the other, body and all.
 func TestOutboundPerTryTimeoutRetriesWithBody(t *testing.T) {
-	// HTTP/2: a try given up resets its stream, which cancels the slow
-	// app's request at once. Over the HTTP/1.1 pool the connection is
-	// closed, but the inbound's own HTTP/1.1 loop (dataplane/h1) has no
-	// reader to notice it while the handler waits, so the slow app is held
-	// until Limits.ResponseHeader (60 s) and the test takes a minute.
-	t.Setenv(EnvMeshLink, MeshLinkH2)
+	// Over the HTTP/1.1 pool (the default) a try given up closes its
+	// connection; the inbound's HTTP/1.1 loop notices that within its
+	// WatchAfter (1 s) and cancels the slow app's request (over HTTP/2 a
+	// stream reset cancels it at once).
 	checkLeaks(t)
 	m := newMesh(t)
 	var slowHits atomic.Int64
