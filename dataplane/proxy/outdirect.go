@@ -48,7 +48,7 @@ func (o *Outbound) directable(r *http.Request, c *decision) bool {
 		}
 	}
 	if conn := r.Header["Connection"]; len(conn) > 0 &&
-		(connListed(conn, "Idempotency-Key") || connListed(conn, "X-Idempotency-Key")) {
+		(applink.ListedIn(conn, "Idempotency-Key") || applink.ListedIn(conn, "X-Idempotency-Key")) {
 		return false
 	}
 	return true
@@ -120,7 +120,7 @@ func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
 
 	hdr := r.Header
 	conn := hdr["Connection"]
-	listed := func(k string) bool { return len(conn) > 0 && connListed(conn, k) }
+	listed := func(k string) bool { return len(conn) > 0 && applink.ListedIn(conn, k) }
 	if ua := hdr["User-Agent"]; len(ua) > 0 && ua[0] != "" && !listed("User-Agent") {
 		writeOutField(bw, "User-Agent", ua[0])
 	}
@@ -281,50 +281,6 @@ func writeOutField(bw *bufio.Writer, k, v string) {
 }
 
 func isOWS(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\n' }
-
-// connListed reports whether a Connection field's values name the field k
-// as ReverseProxy's http.Header.Del finds it: comma-separated names,
-// trimmed of spaces and tabs, canonicalized (ASCII case folding of a
-// token; anything else matched as it is).
-func connListed(vv []string, k string) bool {
-	for _, f := range vv {
-		for f != "" {
-			var name string
-			name, f, _ = strings.Cut(f, ",")
-			if name = textproto.TrimString(name); name != "" && sameFieldName(name, k) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// sameFieldName reports whether http.CanonicalHeaderKey(name) == k for a
-// canonical k, without allocating.
-func sameFieldName(name, k string) bool {
-	if name == k {
-		return true
-	}
-	if len(name) != len(k) {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		a, b := name[i], k[i]
-		if a >= 0x80 || !httpguts.IsTokenRune(rune(a)) {
-			return false // not canonicalized: only the same string matches
-		}
-		if 'A' <= a && a <= 'Z' {
-			a += 'a' - 'A'
-		}
-		if 'A' <= b && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		if a != b {
-			return false
-		}
-	}
-	return true
-}
 
 // headerHasToken is httpguts.HeaderValuesContainsToken (ReverseProxy's Te
 // check).
