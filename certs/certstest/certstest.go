@@ -7,6 +7,12 @@
 package certstest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"sync"
 	"testing"
 	"time"
@@ -85,4 +91,28 @@ func (c *Clock) Add(d time.Duration) time.Time {
 	c.init()
 	c.now = c.now.Add(d)
 	return c.now
+}
+
+// SelfSigned makes a self-signed ECDSA P-256 server certificate for
+// dnsName, valid for an hour either side of now, and a pool trusting it:
+// for tests of TLS listeners that need no SPIFFE identity.
+func SelfSigned(t testing.TB, dnsName string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{dnsName},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
