@@ -80,6 +80,14 @@ docs: ## Regenerate docs/reference.md from resources.proto's comments and exampl
 docs-check: ## Fail when docs/reference.md is stale.
 	$(GO) run ./internal/docgen -check
 
+.PHONY: crds
+crds: ## Regenerate deploy/k8s/crds (one CRD per kind) from resources.proto and api.Kinds().
+	$(GO) run ./internal/crdgen
+
+.PHONY: crds-check
+crds-check: ## Fail when deploy/k8s/crds is stale.
+	$(GO) run ./internal/crdgen -check
+
 $(BIN)/buf:
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 $(BIN)/protoc-gen-go:
