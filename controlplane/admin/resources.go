@@ -20,7 +20,17 @@ const MaxApplyObjects = 1000
 var errDryRun = errors.New("admin: dry run")
 
 // Apply implements meshv1.AdminServiceServer: all or nothing, one revision.
-func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (resp *meshv1.ApplyResponse, err error) {
+// It refuses to change an object applied from Kubernetes (store.Source).
+func (s *Server) Apply(ctx context.Context, req *meshv1.ApplyRequest) (resp *meshv1.ApplyResponse, err error) {
+	return s.ApplyFrom(ctx, req, store.SourceMeshctl)
+}
+
+// ApplyFrom is Apply on behalf of source (store.SourceMeshctl or
+// store.SourceKubernetes, meshd's CRD reconciler and validating webhook):
+// the same validation and reference checks; an object stored from another
+// source is refused (FailedPrecondition) and the objects are stored with
+// source.
+func (s *Server) ApplyFrom(_ context.Context, req *meshv1.ApplyRequest, source string) (resp *meshv1.ApplyResponse, err error) {
 	defer func() { s.countApply(req, resp, err) }()
 	objs, err := decodeAll(req.GetResources())
 	if err != nil {
@@ -46,6 +56,9 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (resp *meshv
 				return err
 			}
 			if ok {
+				if err := sameSource(tx, k, source); err != nil {
+					return err
+				}
 				action = "configured"
 				if proto.Equal(prev.SpecMessage(), o.SpecMessage()) {
 					action = "unchanged"
@@ -68,7 +81,7 @@ func (s *Server) Apply(_ context.Context, req *meshv1.ApplyRequest) (resp *meshv
 		}
 		now := s.cfg.Clock.Now()
 		for _, o := range changed {
-			if err := tx.PutObject(o, rev, now); err != nil {
+			if err := tx.PutObjectFrom(o, rev, now, source); err != nil {
 				return err
 			}
 		}
@@ -181,8 +194,32 @@ func (s *Server) GetResources(ctx context.Context, req *meshv1.GetResourcesReque
 	return resp, nil
 }
 
-// DeleteResource implements meshv1.AdminServiceServer.
-func (s *Server) DeleteResource(_ context.Context, req *meshv1.DeleteResourceRequest) (*meshv1.DeleteResourceResponse, error) {
+// sameSource refuses a change of k, stored by another source than source.
+func sameSource(tx *store.Txn, k api.Key, source string) error {
+	have, ok, err := tx.ObjectSource(k)
+	if err != nil || !ok || have == source {
+		return err
+	}
+	if have == store.SourceKubernetes {
+		return status.Errorf(codes.FailedPrecondition, "%s is applied from Kubernetes (a minimesh.io %s object): change or delete it with kubectl, not meshctl", k, k.Kind)
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s was applied by meshctl apply (%s): delete it with meshctl delete before Kubernetes may own it", k, OwnedByMeshctl)
+}
+
+// OwnedByMeshctl is the reason a Kubernetes object is refused that would
+// change a resource applied by meshctl.
+const OwnedByMeshctl = "OwnedByMeshctl"
+
+// DeleteResource implements meshv1.AdminServiceServer. It refuses to delete
+// an object applied from Kubernetes.
+func (s *Server) DeleteResource(ctx context.Context, req *meshv1.DeleteResourceRequest) (*meshv1.DeleteResourceResponse, error) {
+	return s.DeleteResourceFrom(ctx, req, store.SourceMeshctl)
+}
+
+// DeleteResourceFrom is DeleteResource on behalf of source: an object
+// stored from another source is refused (FailedPrecondition), and so is
+// an object still referred to.
+func (s *Server) DeleteResourceFrom(_ context.Context, req *meshv1.DeleteResourceRequest, source string) (*meshv1.DeleteResourceResponse, error) {
 	kind, err := api.ParseKind(req.GetKind())
 	if err != nil {
 		return nil, s.refuse("DeleteResource", status.Error(codes.InvalidArgument, err.Error()))
@@ -198,6 +235,9 @@ func (s *Server) DeleteResource(_ context.Context, req *meshv1.DeleteResourceReq
 			return err
 		} else if !ok {
 			return status.Errorf(codes.NotFound, "%s not found", k)
+		}
+		if err := sameSource(tx, k, source); err != nil {
+			return err
 		}
 		if err := tx.DeleteObject(k); err != nil {
 			return err

@@ -24,7 +24,18 @@ type Resource struct {
 	Service   string `json:"service"`
 	Revision  uint64 `json:"revision"`
 	Proto     []byte `json:"proto"`
+	// Source is who applied the object: SourceMeshctl ("", meshctl apply
+	// and every record written before sources were kept) or
+	// SourceKubernetes (meshd's reconciler of the minimesh.io CRDs). Each
+	// refuses to overwrite or delete the other's objects.
+	Source string `json:"source,omitempty"`
 }
+
+// The sources of a stored object (Resource.Source).
+const (
+	SourceMeshctl    = ""
+	SourceKubernetes = "kubernetes"
+)
 
 // Key implements Record.
 func (r *Resource) Key() string { return r.ID }
@@ -62,15 +73,34 @@ func newResource(o api.Object) (*Resource, error) {
 	}, nil
 }
 
-// PutObject stores o with the given revision and update time.
+// PutObject stores o with the given revision and update time, applied by
+// meshctl (SourceMeshctl).
 func (t *Txn) PutObject(o api.Object, rev uint64, now time.Time) error {
+	return t.PutObjectFrom(o, rev, now, SourceMeshctl)
+}
+
+// PutObjectFrom stores o with the given revision, update time and source.
+func (t *Txn) PutObjectFrom(o api.Object, rev uint64, now time.Time, source string) error {
 	m := o.Meta()
 	m.Revision, m.UpdateTime = rev, now
 	rec, err := newResource(o)
 	if err != nil {
 		return err
 	}
+	rec.Source = source
 	return t.Put(TableResources, rec)
+}
+
+// ObjectSource returns the source of the stored object with key k.
+func (r *Reader) ObjectSource(k api.Key) (source string, ok bool, err error) {
+	rec, err := r.Get(TableResources, ResourceID(k))
+	if err != nil {
+		if isNotFound(err) {
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	return rec.(*Resource).Source, true, nil
 }
 
 // DeleteObject removes the object with key k.

@@ -23,10 +23,13 @@ const APITimeout = 10 * time.Second
 // caBundle differs, patches it (patch), by name: the RBAC rule allows
 // those two verbs on that one resourceName and nothing else.
 type caBundle struct {
-	kube    kubernetes.Interface
-	name    string
-	log     *slog.Logger
-	results *prometheus.CounterVec
+	kube kubernetes.Interface
+	name string
+	// validating, when set, is a ValidatingWebhookConfiguration (the
+	// minimesh.io objects' /validate) kept the same way.
+	validating string
+	log        *slog.Logger
+	results    *prometheus.CounterVec
 
 	last    []byte    // the roots the configuration was last seen to hold
 	checked time.Time // when
@@ -34,8 +37,8 @@ type caBundle struct {
 	backoff time.Duration
 }
 
-func newCABundle(kube kubernetes.Interface, name string, log *slog.Logger, reg prometheus.Registerer) (*caBundle, error) {
-	b := &caBundle{kube: kube, name: name, log: log.With("configuration", name), results: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newCABundle(kube kubernetes.Interface, name, validating string, log *slog.Logger, reg prometheus.Registerer) (*caBundle, error) {
+	b := &caBundle{kube: kube, name: name, validating: validating, log: log.With("configuration", name), results: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "minimesh_meshd_webhook_ca_bundle_syncs_total",
 		Help: "Reads of the webhook configuration's caBundle by result: current, patched, or error (the Kubernetes API unreachable, the configuration missing, RBAC).",
 	}, []string{"result"})}
@@ -95,21 +98,49 @@ func (b *caBundle) apply(ctx context.Context, want []byte) (int, error) {
 	}
 	var ops []patchOp
 	for i, wh := range cfg.Webhooks {
-		if bytes.Equal(wh.ClientConfig.CABundle, want) {
-			continue
+		ops = bundleOps(ops, i, wh.Name, wh.ClientConfig.CABundle, want)
+	}
+	n := len(ops) / 2
+	if len(ops) > 0 {
+		patch, err := json.Marshal(ops)
+		if err != nil {
+			return 0, err
 		}
-		at := "/webhooks/" + strconv.Itoa(i)
-		ops = append(ops, patchOp{"test", at + "/name", wh.Name}, patchOp{"add", at + "/clientConfig/caBundle", want})
+		if _, err := api.Patch(ctx, b.name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "meshd"}); err != nil {
+			return 0, fmt.Errorf("patch MutatingWebhookConfiguration %s through the Kubernetes API: %w", b.name, err)
+		}
+	}
+	if b.validating == "" {
+		return n, nil
+	}
+	vapi := b.kube.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	vcfg, err := vapi.Get(ctx, b.validating, metav1.GetOptions{})
+	if err != nil {
+		return n, fmt.Errorf("get ValidatingWebhookConfiguration %s from the Kubernetes API: %w", b.validating, err)
+	}
+	ops = nil
+	for i, wh := range vcfg.Webhooks {
+		ops = bundleOps(ops, i, wh.Name, wh.ClientConfig.CABundle, want)
 	}
 	if len(ops) == 0 {
-		return 0, nil
+		return n, nil
 	}
 	patch, err := json.Marshal(ops)
 	if err != nil {
-		return 0, err
+		return n, err
 	}
-	if _, err := api.Patch(ctx, b.name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "meshd"}); err != nil {
-		return 0, fmt.Errorf("patch MutatingWebhookConfiguration %s through the Kubernetes API: %w", b.name, err)
+	if _, err := vapi.Patch(ctx, b.validating, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "meshd"}); err != nil {
+		return n, fmt.Errorf("patch ValidatingWebhookConfiguration %s through the Kubernetes API: %w", b.validating, err)
 	}
-	return len(ops) / 2, nil
+	return n + len(ops)/2, nil
+}
+
+// bundleOps adds the test-and-set of webhook i's caBundle when it is not
+// want.
+func bundleOps(ops []patchOp, i int, name string, have, want []byte) []patchOp {
+	if bytes.Equal(have, want) {
+		return ops
+	}
+	at := "/webhooks/" + strconv.Itoa(i)
+	return append(ops, patchOp{"test", at + "/name", name}, patchOp{"add", at + "/clientConfig/caBundle", want})
 }

@@ -48,6 +48,11 @@ type Config struct {
 	Kube              kubernetes.Interface
 	ConfigurationName string
 	IsLeader          func() bool
+	// Validate, when set, answers ValidatePath (validate.go) for the
+	// minimesh.io objects, and ValidatingConfigurationName's caBundle is
+	// kept like ConfigurationName's.
+	Validate                    ValidateFunc
+	ValidatingConfigurationName string
 	// Check is how often the certificate and caBundle are looked at
 	// (default 1s); Resync is how often the configuration is read back
 	// even when the roots did not change, to repair a caBundle someone
@@ -106,12 +111,21 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.Kube != nil {
-		if s.bundle, err = newCABundle(cfg.Kube, cfg.ConfigurationName, cfg.Logger, cfg.Registerer); err != nil {
+		validating := ""
+		if cfg.Validate != nil {
+			if validating = cfg.ValidatingConfigurationName; validating == "" {
+				validating = DefaultValidatingConfigurationName
+			}
+		}
+		if s.bundle, err = newCABundle(cfg.Kube, cfg.ConfigurationName, validating, cfg.Logger, cfg.Registerer); err != nil {
 			return nil, err
 		}
 	}
 	mux := http.NewServeMux()
 	mux.Handle(Path, h)
+	if cfg.Validate != nil {
+		mux.Handle(ValidatePath, &validator{validate: cfg.Validate, log: cfg.Logger})
+	}
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
