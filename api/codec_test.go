@@ -26,6 +26,9 @@ var kindFiles = map[api.Kind]string{
 	api.KindAccessLog:           "accesslog.yaml",
 	api.KindAuthorizationPolicy: "authz.yaml",
 	api.KindConfigFile:          "configfile.yaml",
+	api.KindExternalService:     "externalservice.yaml",
+	api.KindLogAdapter:          "logadapter.yaml",
+	api.KindLogShipping:         "logshipping.yaml",
 }
 
 func decodeFile(t testing.TB, name string) []api.Document {

@@ -28,9 +28,13 @@ const (
 	KindAccessLog           Kind = "AccessLog"
 	KindAuthorizationPolicy Kind = "AuthorizationPolicy"
 	KindConfigFile          Kind = "ConfigFile"
+	KindExternalService     Kind = "ExternalService"
+	KindLogAdapter          Kind = "LogAdapter"
+	KindLogShipping         Kind = "LogShipping"
 )
 
-var kinds = []Kind{KindService, KindRoute, KindRateLimit, KindAccessLog, KindAuthorizationPolicy, KindConfigFile}
+var kinds = []Kind{KindService, KindRoute, KindRateLimit, KindAccessLog, KindAuthorizationPolicy, KindConfigFile,
+	KindExternalService, KindLogAdapter, KindLogShipping}
 
 // Kinds returns every kind, Service first (the order in which an apply
 // should write them so that references resolve).
@@ -150,6 +154,25 @@ type ConfigFile struct {
 	Spec *meshv1.ConfigFileSpec
 }
 
+// ExternalService is a service outside the mesh that proxies reach for
+// their app (the ambassador pattern).
+type ExternalService struct {
+	Metadata
+	Spec *meshv1.ExternalServiceSpec
+}
+
+// LogAdapter turns an app's own log files into JSON records.
+type LogAdapter struct {
+	Metadata
+	Spec *meshv1.LogAdapterSpec
+}
+
+// LogShipping sends a service's logs to an S3-compatible object store.
+type LogShipping struct {
+	Metadata
+	Spec *meshv1.LogShippingSpec
+}
+
 var (
 	_ Object = (*Service)(nil)
 	_ Object = (*Route)(nil)
@@ -157,6 +180,9 @@ var (
 	_ Object = (*AccessLog)(nil)
 	_ Object = (*AuthorizationPolicy)(nil)
 	_ Object = (*ConfigFile)(nil)
+	_ Object = (*ExternalService)(nil)
+	_ Object = (*LogAdapter)(nil)
+	_ Object = (*LogShipping)(nil)
 )
 
 // Kind implements Object.
@@ -177,6 +203,15 @@ func (*AuthorizationPolicy) Kind() Kind { return KindAuthorizationPolicy }
 // Kind implements Object.
 func (*ConfigFile) Kind() Kind { return KindConfigFile }
 
+// Kind implements Object.
+func (*ExternalService) Kind() Kind { return KindExternalService }
+
+// Kind implements Object.
+func (*LogAdapter) Kind() Kind { return KindLogAdapter }
+
+// Kind implements Object.
+func (*LogShipping) Kind() Kind { return KindLogShipping }
+
 // Meta implements Object.
 func (o *Service) Meta() *Metadata { return &o.Metadata }
 
@@ -194,6 +229,15 @@ func (o *AuthorizationPolicy) Meta() *Metadata { return &o.Metadata }
 
 // Meta implements Object.
 func (o *ConfigFile) Meta() *Metadata { return &o.Metadata }
+
+// Meta implements Object.
+func (o *ExternalService) Meta() *Metadata { return &o.Metadata }
+
+// Meta implements Object.
+func (o *LogAdapter) Meta() *Metadata { return &o.Metadata }
+
+// Meta implements Object.
+func (o *LogShipping) Meta() *Metadata { return &o.Metadata }
 
 // SpecMessage implements Object; it sets a nil Spec to an empty one.
 func (o *Service) SpecMessage() proto.Message {
@@ -243,6 +287,30 @@ func (o *ConfigFile) SpecMessage() proto.Message {
 	return o.Spec
 }
 
+// SpecMessage implements Object; it sets a nil Spec to an empty one.
+func (o *ExternalService) SpecMessage() proto.Message {
+	if o.Spec == nil {
+		o.Spec = &meshv1.ExternalServiceSpec{}
+	}
+	return o.Spec
+}
+
+// SpecMessage implements Object; it sets a nil Spec to an empty one.
+func (o *LogAdapter) SpecMessage() proto.Message {
+	if o.Spec == nil {
+		o.Spec = &meshv1.LogAdapterSpec{}
+	}
+	return o.Spec
+}
+
+// SpecMessage implements Object; it sets a nil Spec to an empty one.
+func (o *LogShipping) SpecMessage() proto.Message {
+	if o.Spec == nil {
+		o.Spec = &meshv1.LogShippingSpec{}
+	}
+	return o.Spec
+}
+
 // ServiceName implements Object.
 func (o *Service) ServiceName() string { return o.Name }
 
@@ -261,12 +329,26 @@ func (o *AuthorizationPolicy) ServiceName() string { return o.Spec.GetService() 
 // ServiceName implements Object.
 func (o *ConfigFile) ServiceName() string { return o.Spec.GetService() }
 
+// ServiceName implements Object: "", since an ExternalService belongs to
+// its namespace, not to one service (spec.allowedServices chooses which
+// services' proxies get it).
+func (o *ExternalService) ServiceName() string { return "" }
+
+// ServiceName implements Object.
+func (o *LogAdapter) ServiceName() string { return o.Spec.GetService() }
+
+// ServiceName implements Object.
+func (o *LogShipping) ServiceName() string { return o.Spec.GetService() }
+
 func (*Service) isObject()             {}
 func (*Route) isObject()               {}
 func (*RateLimit) isObject()           {}
 func (*AccessLog) isObject()           {}
 func (*AuthorizationPolicy) isObject() {}
 func (*ConfigFile) isObject()          {}
+func (*ExternalService) isObject()     {}
+func (*LogAdapter) isObject()          {}
+func (*LogShipping) isObject()         {}
 
 // New returns an empty object of kind in DefaultNamespace, with a non-nil
 // Spec.
@@ -286,6 +368,12 @@ func New(kind Kind) (Object, error) {
 		o = &AuthorizationPolicy{Metadata: meta}
 	case KindConfigFile:
 		o = &ConfigFile{Metadata: meta}
+	case KindExternalService:
+		o = &ExternalService{Metadata: meta}
+	case KindLogAdapter:
+		o = &LogAdapter{Metadata: meta}
+	case KindLogShipping:
+		o = &LogShipping{Metadata: meta}
 	default:
 		return nil, fmt.Errorf("%w %q; one of %s", ErrUnknownKind, kind, kindList())
 	}
@@ -330,6 +418,12 @@ func ToProto(o Object) *meshv1.Resource {
 		r.Spec = &meshv1.Resource_AuthorizationPolicy{AuthorizationPolicy: o.Spec}
 	case *ConfigFile:
 		r.Spec = &meshv1.Resource_ConfigFile{ConfigFile: o.Spec}
+	case *ExternalService:
+		r.Spec = &meshv1.Resource_ExternalService{ExternalService: o.Spec}
+	case *LogAdapter:
+		r.Spec = &meshv1.Resource_LogAdapter{LogAdapter: o.Spec}
+	case *LogShipping:
+		r.Spec = &meshv1.Resource_LogShipping{LogShipping: o.Spec}
 	}
 	return r
 }
@@ -370,6 +464,12 @@ func FromProto(r *meshv1.Resource) (Object, error) {
 		o = &AuthorizationPolicy{Metadata: meta, Spec: s.AuthorizationPolicy}
 	case *meshv1.Resource_ConfigFile:
 		o = &ConfigFile{Metadata: meta, Spec: s.ConfigFile}
+	case *meshv1.Resource_ExternalService:
+		o = &ExternalService{Metadata: meta, Spec: s.ExternalService}
+	case *meshv1.Resource_LogAdapter:
+		o = &LogAdapter{Metadata: meta, Spec: s.LogAdapter}
+	case *meshv1.Resource_LogShipping:
+		o = &LogShipping{Metadata: meta, Spec: s.LogShipping}
 	default:
 		return nil, fe("spec", "required")
 	}

@@ -120,6 +120,13 @@ func TestFromProtoErrors(t *testing.T) {
 
 func TestServiceName(t *testing.T) {
 	for _, k := range api.Kinds() {
+		if k == api.KindExternalService {
+			// It belongs to its namespace: spec.allowedServices picks services.
+			if got := base(t, k).ServiceName(); got != "" {
+				t.Errorf("%s.ServiceName() = %q, want \"\"", k, got)
+			}
+			continue
+		}
 		if got := base(t, k).ServiceName(); got != "web" {
 			t.Errorf("%s.ServiceName() = %q, want web", k, got)
 		}

@@ -41,8 +41,14 @@ func References(o Object) []Reference {
 			refs = append(refs, Reference{Field: "spec.route", To: Key{Kind: KindRoute, Namespace: ns, Name: r}})
 		}
 		return refs
-	case *AccessLog, *AuthorizationPolicy, *ConfigFile:
+	case *AccessLog, *AuthorizationPolicy, *ConfigFile, *LogAdapter, *LogShipping:
 		return []Reference{svc("spec.service", o.ServiceName())}
+	case *ExternalService:
+		var refs []Reference
+		for i, n := range o.Spec.GetAllowedServices() {
+			refs = append(refs, svc(idx("spec.allowedServices", i), n))
+		}
+		return refs
 	}
 	return nil
 }
@@ -66,8 +72,8 @@ type Lookup interface {
 //     subset or port the referenced Service does not declare, a Route for a
 //     Service whose ports are all tcp, and a RateLimit whose route belongs to
 //     another service (ErrMissingReference);
-//   - two ConfigFiles of a service with one path, two AccessLogs for one
-//     service (ErrConflict).
+//   - two ConfigFiles of a service with one path, two AccessLogs or two
+//     LogShippings for one service (ErrConflict).
 //
 // It does not call Validate.
 func ValidateReferences(objs []Object, stored Lookup) error {
@@ -137,7 +143,7 @@ func ValidateReferences(objs []Object, stored Lookup) error {
 	}
 	checked := map[group]bool{}
 	for _, o := range objs {
-		if o.Kind() != KindConfigFile && o.Kind() != KindAccessLog {
+		if o.Kind() != KindConfigFile && o.Kind() != KindAccessLog && o.Kind() != KindLogShipping {
 			continue
 		}
 		g := group{o.Kind(), o.Meta().Namespace, o.ServiceName()}
@@ -159,7 +165,7 @@ func ValidateReferences(objs []Object, stored Lookup) error {
 			}
 		}
 		switch g.kind {
-		case KindAccessLog:
+		case KindAccessLog, KindLogShipping:
 			// members lists the batch's objects first; only they are blamed.
 			for i, m := range members {
 				if _, inBatch := batch[KeyOf(m)]; !inBatch || len(members) < 2 {
@@ -169,7 +175,7 @@ func ValidateReferences(objs []Object, stored Lookup) error {
 				if i == 0 {
 					other = members[1]
 				}
-				add(m, "spec.service", ErrConflict, "service %q also has %s; at most one AccessLog per service", g.owner, KeyOf(other))
+				add(m, "spec.service", ErrConflict, "service %q also has %s; at most one %s per service", g.owner, KeyOf(other), g.kind)
 			}
 		case KindConfigFile:
 			paths := map[string]Object{}

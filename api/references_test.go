@@ -66,6 +66,9 @@ func TestValidateReferences(t *testing.T) {
 				`AccessLog "prod/web-debug": spec.service: Service "prod/web" not found`,
 				`AuthorizationPolicy "prod/web-authz": spec.service: Service "prod/web" not found`,
 				`ConfigFile "prod/web-features": spec.service: Service "prod/web" not found`,
+				`ExternalService "prod/payments": spec.allowedServices[0]: Service "prod/web" not found`,
+				`LogAdapter "prod/web-app-log": spec.service: Service "prod/web" not found`,
+				`LogShipping "prod/web-logs": spec.service: Service "prod/web" not found`,
 			}, cause: api.ErrMissingReference},
 		{name: "service in another namespace does not count",
 			batch: func(ex map[api.Kind]api.Object) []api.Object {
@@ -179,6 +182,21 @@ func TestValidateReferences(t *testing.T) {
 				`AccessLog "prod/web-debug": spec.service: service "web" also has AccessLog "prod/web-debug-2"`,
 				`AccessLog "prod/web-debug-2": spec.service: service "web" also has AccessLog "prod/web-debug"`,
 			}, cause: api.ErrConflict},
+		{name: "a second log shipping for a service",
+			batch: func(ex map[api.Kind]api.Object) []api.Object {
+				second := api.Clone(ex[api.KindLogShipping])
+				second.Meta().Name = "web-logs-2"
+				return []api.Object{second}
+			},
+			stored: func(ex map[api.Kind]api.Object) []api.Object {
+				return []api.Object{ex[api.KindService], ex[api.KindLogShipping]}
+			},
+			want: []string{`LogShipping "prod/web-logs-2": spec.service: service "web" also has LogShipping "prod/web-logs"; at most one LogShipping per service`}, cause: api.ErrConflict},
+		{name: "an external service for every service needs no Service",
+			batch: func(ex map[api.Kind]api.Object) []api.Object {
+				ex[api.KindExternalService].(*api.ExternalService).Spec.AllowedServices = nil
+				return []api.Object{ex[api.KindExternalService]}
+			}},
 		{name: "an access log replacing itself",
 			batch: func(ex map[api.Kind]api.Object) []api.Object {
 				return []api.Object{api.Clone(ex[api.KindAccessLog])}

@@ -354,6 +354,7 @@ func (o *Service) Validate() error {
 		subsets[sub.GetName()] = i
 		c.patterns(f+".identities", sub.GetIdentities(), 1, MaxPatterns)
 	}
+	c.metrics(s.GetMetrics())
 	return c.err()
 }
 
@@ -601,6 +602,8 @@ func (o *ConfigFile) Validate() error {
 	c.label("spec.service", s.GetService(), true)
 	if err := checkRelativePath(s.GetPath()); err != nil {
 		c.addf("spec.path", "%v", err)
+	} else if first, _, _ := strings.Cut(s.GetPath(), "/"); first == LogsDir {
+		c.addf("spec.path", "%q is under %s/, which is the app's log directory (LogAdapter)", s.GetPath(), LogsDir)
 	}
 	if m := s.GetMode(); m > 0o777 {
 		c.addf("spec.mode", "%#o has bits beyond 0777", m)

@@ -45,6 +45,9 @@ func rl(o api.Object) *meshv1.RateLimitSpec              { return o.(*api.RateLi
 func alog(o api.Object) *meshv1.AccessLogSpec            { return o.(*api.AccessLog).Spec }
 func authz(o api.Object) *meshv1.AuthorizationPolicySpec { return o.(*api.AuthorizationPolicy).Spec }
 func cfile(o api.Object) *meshv1.ConfigFileSpec          { return o.(*api.ConfigFile).Spec }
+func ext(o api.Object) *meshv1.ExternalServiceSpec       { return o.(*api.ExternalService).Spec }
+func ladapt(o api.Object) *meshv1.LogAdapterSpec         { return o.(*api.LogAdapter).Spec }
+func lship(o api.Object) *meshv1.LogShippingSpec         { return o.(*api.LogShipping).Spec }
 
 // TestValidateErrors: every rule, broken alone on an otherwise valid
 // object, gives exactly one error naming its field and the reason.
@@ -270,6 +273,67 @@ func TestValidateErrors(t *testing.T) {
 		{"world-writable mode", api.KindConfigFile, func(o api.Object) { cfile(o).Mode = 0o666 }, "spec.mode", "0666 is writable by others"},
 		{"content too large", api.KindConfigFile, func(o api.Object) { cfile(o).Content = strings.Repeat("x", 256<<10+1) }, "spec.content", "262145 bytes, at most 262144"},
 		{"content not UTF-8", api.KindConfigFile, func(o api.Object) { cfile(o).Content = "\xc3\x28" }, "spec.content", "must be UTF-8 text"},
+		{"config file in the logs directory", api.KindConfigFile, func(o api.Object) { cfile(o).Path = "logs/app.log" }, "spec.path", "the app's log directory"},
+
+		// Service metrics
+		{"metrics port 0", api.KindService, func(o api.Object) { svc(o).Metrics.Port = 0 }, "spec.metrics.port", "must be between 1 and 65535"},
+		{"metrics path relative", api.KindService, func(o api.Object) { svc(o).Metrics.Path = "stats" }, "spec.metrics.path", "must be an absolute path"},
+		{"metrics path with a fragment", api.KindService, func(o api.Object) { svc(o).Metrics.Path = "/m#x" }, "spec.metrics.path", "must be an absolute path"},
+		{"json mappings for prometheus", api.KindService, func(o api.Object) { svc(o).Metrics.Format = meshv1.MetricsFormat_METRICS_FORMAT_PROMETHEUS }, "spec.metrics.json", "only for format json"},
+		{"json format without mappings", api.KindService, func(o api.Object) { svc(o).Metrics.Json = nil }, "spec.metrics.json", "at least one is required"},
+		{"json field with an empty key", api.KindService, func(o api.Object) { svc(o).Metrics.Json[0].Field = "a..b" }, "spec.metrics.json[0].field", "each key must be"},
+		{"json metric name invalid", api.KindService, func(o api.Object) { svc(o).Metrics.Json[0].Name = "a-b" }, "spec.metrics.json[0].name", "is not a Prometheus metric name"},
+		{"json metric name duplicate", api.KindService, func(o api.Object) { svc(o).Metrics.Json[1].Name = "requests_total" }, "spec.metrics.json[1].name", "duplicates spec.metrics.json[0]"},
+		{"json metric type required", api.KindService, func(o api.Object) { svc(o).Metrics.Json[1].Type = 0 }, "spec.metrics.json[1].type", "required; one of gauge, counter"},
+		{"json metric help with a newline", api.KindService, func(o api.Object) { svc(o).Metrics.Json[0].Help = "a\nb" }, "spec.metrics.json[0].help", "printable UTF-8"},
+
+		// ExternalService
+		{"no hosts", api.KindExternalService, func(o api.Object) { ext(o).Hosts = nil }, "spec.hosts", "at least one is required"},
+		{"host with a path", api.KindExternalService, func(o api.Object) { ext(o).Hosts[0] = "example.com/x" }, "spec.hosts[0]", "neither an IP address nor a DNS name"},
+		{"host upper case", api.KindExternalService, func(o api.Object) { ext(o).Hosts[0] = "Example.com" }, "spec.hosts[0]", "neither an IP address nor a DNS name"},
+		{"host with a zone", api.KindExternalService, func(o api.Object) { ext(o).Hosts[1] = "fe80::1%eth0" }, "spec.hosts[1]", "zone is not allowed"},
+		{"duplicate host", api.KindExternalService, func(o api.Object) { ext(o).Hosts[1] = "payments.example.com" }, "spec.hosts[1]", "duplicates spec.hosts[0]"},
+		{"external port 0", api.KindExternalService, func(o api.Object) { ext(o).Port = 0 }, "spec.port", "must be between 1 and 65535"},
+		{"external protocol required", api.KindExternalService, func(o api.Object) { ext(o).Protocol = 0 }, "spec.protocol", "required; one of tls, http, https, tcp"},
+		{"server name for plain http", api.KindExternalService, func(o api.Object) {
+			ext(o).Protocol = meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_HTTP
+			ext(o).CaBundle, ext(o).ClientCertificate = "", nil
+		}, "spec.serverName", "only for protocol tls or https, not http"},
+		{"ca bundle not PEM", api.KindExternalService, func(o api.Object) { ext(o).CaBundle = "hello" }, "spec.caBundle", "holds no PEM certificate"},
+		{"ca bundle with a key", api.KindExternalService, func(o api.Object) {
+			ext(o).CaBundle = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+		}, "spec.caBundle", `is a "PRIVATE KEY", not a CERTIFICATE`},
+		{"ca bundle that does not parse", api.KindExternalService, func(o api.Object) {
+			ext(o).CaBundle = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+		}, "spec.caBundle", "certificate 1 does not parse"},
+		{"client cert relative", api.KindExternalService, func(o api.Object) { ext(o).ClientCertificate.CertFile = "tls.crt" }, "spec.clientCertificate.certFile", "must be an absolute path"},
+		{"client key not clean", api.KindExternalService, func(o api.Object) { ext(o).ClientCertificate.KeyFile = "/etc/../etc/tls.key" }, "spec.clientCertificate.keyFile", "is not clean"},
+		{"connect timeout too long", api.KindExternalService, func(o api.Object) { ext(o).ConnectTimeout = dur(2 * time.Minute) }, "spec.connectTimeout", "must be at most 1m0s"},
+		{"allowed service not a label", api.KindExternalService, func(o api.Object) { ext(o).AllowedServices[0] = "Web" }, "spec.allowedServices[0]", "is not a DNS label"},
+
+		// LogAdapter
+		{"adapter without files", api.KindLogAdapter, func(o api.Object) { ladapt(o).Files = nil }, "spec.files", "at least one is required"},
+		{"adapter file escapes", api.KindLogAdapter, func(o api.Object) { ladapt(o).Files[0] = "../state/svid_key.pem" }, "spec.files[0]", `has a ".." segment`},
+		{"adapter file absolute", api.KindLogAdapter, func(o api.Object) { ladapt(o).Files[0] = "/var/log/app.log" }, "spec.files[0]", "must be relative"},
+		{"adapter glob invalid", api.KindLogAdapter, func(o api.Object) { ladapt(o).Files[1] = "logs/[a.log" }, "spec.files[1]", "is not a valid glob"},
+		{"adapter record start invalid", api.KindLogAdapter, func(o api.Object) { ladapt(o).RecordStart = "(" }, "spec.recordStart", "invalid regex"},
+		{"adapter record too large", api.KindLogAdapter, func(o api.Object) { ladapt(o).MaxRecordBytes = 2 << 20 }, "spec.maxRecordBytes", "must be at most 1048576"},
+		{"adapter pattern without groups", api.KindLogAdapter, func(o api.Object) { ladapt(o).Pattern = ".*" }, "spec.pattern", "has no named group"},
+		{"adapter regex without pattern", api.KindLogAdapter, func(o api.Object) { ladapt(o).Pattern = "" }, "spec.pattern", "required for format regex"},
+		{"adapter pattern for json", api.KindLogAdapter, func(o api.Object) { ladapt(o).Format = meshv1.LogFormat_LOG_FORMAT_JSON }, "spec.pattern", "only for format regex"},
+		{"adapter unknown field", api.KindLogAdapter, func(o api.Object) { ladapt(o).Fields[0] = "secret" }, "spec.fields[0]", `unknown field "secret"`},
+
+		// LogShipping
+		{"shipping endpoint plain http", api.KindLogShipping, func(o api.Object) { lship(o).Endpoint = "http://s3.example.com" }, "spec.endpoint", "plain http only to a loopback address"},
+		{"shipping endpoint with a path", api.KindLogShipping, func(o api.Object) { lship(o).Endpoint = "https://s3.example.com/bucket" }, "spec.endpoint", "must have no path"},
+		{"shipping endpoint with user info", api.KindLogShipping, func(o api.Object) { lship(o).Endpoint = "https://k:s@s3.example.com" }, "spec.endpoint", "must not carry user info"},
+		{"shipping bucket upper case", api.KindLogShipping, func(o api.Object) { lship(o).Bucket = "Logs" }, "spec.bucket", "only lower-case letters"},
+		{"shipping bucket an address", api.KindLogShipping, func(o api.Object) { lship(o).Bucket = "10.0.0.1" }, "spec.bucket", "must not be an IP address"},
+		{"shipping region", api.KindLogShipping, func(o api.Object) { lship(o).Region = "eu west" }, "spec.region", "at most 64 letters"},
+		{"shipping credentials relative", api.KindLogShipping, func(o api.Object) { lship(o).CredentialsFile = "creds" }, "spec.credentialsFile", "must be an absolute path"},
+		{"shipping batch too small", api.KindLogShipping, func(o api.Object) { lship(o).BatchBytes = 1024 }, "spec.batchBytes", "must be between 65536 and 67108864"},
+		{"shipping batch age too short", api.KindLogShipping, func(o api.Object) { lship(o).BatchAge = dur(time.Millisecond) }, "spec.batchAge", "must be at least 1s"},
+		{"shipping spool below 4 batches", api.KindLogShipping, func(o api.Object) { lship(o).SpoolBytes = 1 << 20 }, "spec.spoolBytes", "must be between 4 times the batch size"},
 	}
 	covered := map[api.Kind]bool{}
 	for _, tc := range tests {
@@ -318,6 +382,9 @@ func TestValidateNilSpec(t *testing.T) {
 		&api.AccessLog{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
 		&api.AuthorizationPolicy{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
 		&api.ConfigFile{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
+		&api.ExternalService{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
+		&api.LogAdapter{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
+		&api.LogShipping{Metadata: api.Metadata{Name: "a", Namespace: "b"}},
 	}
 	for _, o := range objs {
 		if err := o.Validate(); err == nil {
@@ -358,6 +425,21 @@ apiVersion: minimesh.io/v1alpha1
 kind: ConfigFile
 metadata: {name: web}
 spec: {service: web, path: x}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ExternalService
+metadata: {name: web}
+spec: {hosts: [db.example.com], port: 5432, protocol: tls}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: LogAdapter
+metadata: {name: web}
+spec: {service: web, files: [logs/app.log]}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: LogShipping
+metadata: {name: web}
+spec: {service: web, endpoint: "https://s3.example.com", bucket: logs, credentialsFile: /etc/s3/credentials}
 `
 	docs := decodeString(t, in)
 	if len(docs) != len(api.Kinds()) {

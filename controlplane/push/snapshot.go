@@ -184,6 +184,16 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time, live liveness) (
 		return nil, err
 	}
 	c.revokedInstances, c.revokedSerials = setOf(revokedInstances), setOf(revokedSerials)
+	externals := map[string][]api.Object{}
+	{
+		objs, err := r.Objects(api.KindExternalService, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range objs {
+			externals[o.Meta().Namespace] = append(externals[o.Meta().Namespace], o)
+		}
+	}
 	c.snaps = make(map[group]*meshv1.Snapshot, len(groups))
 	lookup := r.Lookup()
 	for g, in := range groups {
@@ -199,10 +209,18 @@ func snapshots(r *store.Reader, bundle [][]byte, now time.Time, live liveness) (
 		snap := &meshv1.Snapshot{Endpoints: eps, TrustBundle: bundle, DeniedIdentities: deniedIDs,
 			RevokedSerials: revokedSerials, RevokedInstances: revokedInstances}
 		snap.Resources = append(snap.Resources, shared...)
-		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile} {
+		for _, kind := range []api.Kind{api.KindRateLimit, api.KindAccessLog, api.KindAuthorizationPolicy, api.KindConfigFile,
+			api.KindLogAdapter, api.KindLogShipping} {
 			objs := lookup.ByService(kind, g.namespace, g.service)
 			sort.Slice(objs, func(i, j int) bool { return objs[i].Meta().Name < objs[j].Meta().Name })
 			for _, o := range objs {
+				snap.Resources = append(snap.Resources, api.ToProto(o))
+			}
+		}
+		// The namespace's ExternalServices that allow this service (sorted
+		// by name).
+		for _, o := range externals[g.namespace] {
+			if api.ExternalAllows(o.(*api.ExternalService).Spec, g.service) {
 				snap.Resources = append(snap.Resources, api.ToProto(o))
 			}
 		}

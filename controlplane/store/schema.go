@@ -59,7 +59,9 @@ var tables = map[string]table{
 				"namespace": {Name: "namespace", Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
 					&memdb.StringFieldIndex{Field: "Kind"}, &memdb.StringFieldIndex{Field: "Namespace"},
 				}}},
-				"service": {Name: "service", Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
+				// An ExternalService belongs to no one service (its Service is
+				// empty), so it is not in this index.
+				"service": {Name: "service", AllowMissing: true, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
 					&memdb.StringFieldIndex{Field: "Kind"}, &memdb.StringFieldIndex{Field: "Namespace"}, &memdb.StringFieldIndex{Field: "Service"},
 				}}},
 			},

@@ -63,6 +63,7 @@ func readInputs(root string) (Inputs, error) {
 	}{
 		{"proto/mesh/v1/resources.proto", &in.Proto},
 		{"examples/mesh.yaml", &in.Example},
+		{"examples/roles.yaml", &in.Roles},
 		{"examples/every-field.yaml", &in.EveryField},
 	} {
 		b, err := os.ReadFile(filepath.Join(root, f.path))

@@ -104,8 +104,9 @@ func TestReferenceListsEveryKindAndField(t *testing.T) {
 			t.Errorf("spec %s: %v", f.Name(), err)
 		}
 		check("## "+kind, f.Message())
-		if !strings.Contains(section(t, doc, "## "+kind), "From [examples/mesh.yaml]") || !strings.Contains(section(t, doc, "## "+kind), "apiVersion: minimesh.io/v1alpha1\nkind: "+kind+"\n") {
-			t.Errorf("%s: no example from examples/mesh.yaml", kind)
+		sec := section(t, doc, "## "+kind)
+		if !strings.Contains(sec, "From [examples/mesh.yaml]") && !strings.Contains(sec, "From [examples/roles.yaml]") || !strings.Contains(sec, "apiVersion: minimesh.io/v1alpha1\nkind: "+kind+"\n") {
+			t.Errorf("%s: no example from examples/mesh.yaml or examples/roles.yaml", kind)
 		}
 	}
 	for _, e := range []string{"Protocol", "RetryOn", "AuthorizationAction"} {
@@ -135,7 +136,7 @@ func TestReferenceListsEveryKindAndField(t *testing.T) {
 // one of every kind.
 func TestExamplesValidate(t *testing.T) {
 	in := inputs(t)
-	objs, err := decodeAll("examples/mesh.yaml", in.Example)
+	objs, err := decodeAll("examples", joinYAML(in.Example, in.Roles))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestExamplesValidate(t *testing.T) {
 	}
 	for _, k := range api.Kinds() {
 		if !kinds[k] {
-			t.Errorf("examples/mesh.yaml has no %s", k)
+			t.Errorf("neither examples/mesh.yaml nor examples/roles.yaml has a %s", k)
 		}
 	}
 	if _, err := decodeAll("examples/every-field.yaml", in.EveryField); err != nil {
@@ -200,7 +201,7 @@ func TestCommentsAndExamplesAreChecked(t *testing.T) {
 // make docs-check: -check fails on a stale file and passes on a fresh one.
 func TestCheckFindsAStaleReference(t *testing.T) {
 	dir := t.TempDir()
-	for _, p := range []string{"proto/mesh/v1/resources.proto", "examples/mesh.yaml", "examples/every-field.yaml", "api/identity.go"} {
+	for _, p := range []string{"proto/mesh/v1/resources.proto", "examples/mesh.yaml", "examples/roles.yaml", "examples/every-field.yaml", "api/identity.go"} {
 		b, err := os.ReadFile(filepath.Join(root, p))
 		if err != nil {
 			t.Fatal(err)

@@ -21,6 +21,9 @@ var shortNames = map[string]api.Kind{
 	"al":  api.KindAccessLog,
 	"ap":  api.KindAuthorizationPolicy,
 	"cf":  api.KindConfigFile,
+	"ext": api.KindExternalService,
+	"la":  api.KindLogAdapter,
+	"ls":  api.KindLogShipping,
 }
 
 // shortName is k's abbreviation.
@@ -178,6 +181,75 @@ var columns = map[api.Kind]kindColumns{
 			mode = 0o644
 		}
 		return []string{s.GetService(), s.GetPath(), fmt.Sprintf("%04o", mode), strconv.Itoa(len(s.GetContent()))}
+	}},
+	api.KindExternalService: {"HOSTS\tPORT\tPROTOCOL\tSERVER NAME", "\tCLIENT CERT\tALLOWED SERVICES", func(o api.Object, _ time.Time, wide bool) []string {
+		s := o.(*api.ExternalService).Spec
+		proto := enumName(s.GetProtocol().String(), "EXTERNAL_PROTOCOL_")
+		name := "-"
+		if proto == "tls" || proto == "https" {
+			name = api.ExternalServerName(s)
+		}
+		c := []string{list(s.GetHosts()), strconv.Itoa(int(s.GetPort())), proto, name}
+		if wide {
+			cert := "-"
+			if cc := s.GetClientCertificate(); cc != nil {
+				cert = cc.GetCertFile()
+			}
+			allowed := "*"
+			if len(s.GetAllowedServices()) > 0 {
+				allowed = list(s.GetAllowedServices())
+			}
+			c = append(c, cert, allowed)
+		}
+		return c
+	}},
+	api.KindLogAdapter: {"SERVICE\tFILES\tFORMAT\tMULTI-LINE", "\tMAX RECORD\tFLUSH AFTER", func(o api.Object, _ time.Time, wide bool) []string {
+		s := o.(*api.LogAdapter).Spec
+		format := "text"
+		if s.GetFormat() != 0 {
+			format = enumName(s.GetFormat().String(), "LOG_FORMAT_")
+		}
+		multi := "no"
+		if s.GetRecordStart() != "" {
+			multi = "yes"
+		}
+		c := []string{s.GetService(), list(s.GetFiles()), format, multi}
+		if wide {
+			maxRec := int(s.GetMaxRecordBytes())
+			if maxRec == 0 {
+				maxRec = api.DefaultMaxRecordBytes
+			}
+			flush := api.DefaultFlushAfter
+			if s.GetFlushAfter() != nil {
+				flush = s.GetFlushAfter().AsDuration()
+			}
+			c = append(c, strconv.Itoa(maxRec), flush.String())
+		}
+		return c
+	}},
+	api.KindLogShipping: {"SERVICE\tENDPOINT\tBUCKET\tBATCH", "\tREGION\tSPOOL", func(o api.Object, _ time.Time, wide bool) []string {
+		s := o.(*api.LogShipping).Spec
+		batch := uint64(s.GetBatchBytes())
+		if batch == 0 {
+			batch = api.DefaultBatchBytes
+		}
+		age := api.DefaultBatchAge
+		if s.GetBatchAge() != nil {
+			age = s.GetBatchAge().AsDuration()
+		}
+		c := []string{s.GetService(), s.GetEndpoint(), s.GetBucket(), fmt.Sprintf("%d B or %s", batch, age)}
+		if wide {
+			region := s.GetRegion()
+			if region == "" {
+				region = api.DefaultLogShippingRegion
+			}
+			spool := s.GetSpoolBytes()
+			if spool == 0 {
+				spool = api.DefaultSpoolBytes
+			}
+			c = append(c, region, strconv.FormatUint(spool, 10))
+		}
+		return c
 	}},
 }
 

@@ -288,5 +288,6 @@ func sameDocument(t *testing.T, yamlOrJSON, jsonDoc string) bool {
 }
 
 func shortNameOf(k api.Kind) string {
-	return map[api.Kind]string{api.KindService: "svc", api.KindRoute: "rt", api.KindRateLimit: "rl", api.KindAccessLog: "al", api.KindAuthorizationPolicy: "ap", api.KindConfigFile: "cf"}[k]
+	return map[api.Kind]string{api.KindService: "svc", api.KindRoute: "rt", api.KindRateLimit: "rl", api.KindAccessLog: "al", api.KindAuthorizationPolicy: "ap", api.KindConfigFile: "cf",
+		api.KindExternalService: "ext", api.KindLogAdapter: "la", api.KindLogShipping: "ls"}[k]
 }

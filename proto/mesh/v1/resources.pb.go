@@ -83,6 +83,110 @@ func (Protocol) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{0}
 }
 
+// MetricsFormat is what an app's metrics endpoint serves.
+type MetricsFormat int32
+
+const (
+	MetricsFormat_METRICS_FORMAT_UNSPECIFIED MetricsFormat = 0
+	// The Prometheus text or OpenMetrics exposition format ("prometheus").
+	MetricsFormat_METRICS_FORMAT_PROMETHEUS MetricsFormat = 1
+	// One JSON object, from which json mappings pick numbers ("json").
+	MetricsFormat_METRICS_FORMAT_JSON MetricsFormat = 2
+)
+
+// Enum value maps for MetricsFormat.
+var (
+	MetricsFormat_name = map[int32]string{
+		0: "METRICS_FORMAT_UNSPECIFIED",
+		1: "METRICS_FORMAT_PROMETHEUS",
+		2: "METRICS_FORMAT_JSON",
+	}
+	MetricsFormat_value = map[string]int32{
+		"METRICS_FORMAT_UNSPECIFIED": 0,
+		"METRICS_FORMAT_PROMETHEUS":  1,
+		"METRICS_FORMAT_JSON":        2,
+	}
+)
+
+func (x MetricsFormat) Enum() *MetricsFormat {
+	p := new(MetricsFormat)
+	*p = x
+	return p
+}
+
+func (x MetricsFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MetricsFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_v1_resources_proto_enumTypes[1].Descriptor()
+}
+
+func (MetricsFormat) Type() protoreflect.EnumType {
+	return &file_mesh_v1_resources_proto_enumTypes[1]
+}
+
+func (x MetricsFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MetricsFormat.Descriptor instead.
+func (MetricsFormat) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+// MetricType is the Prometheus type a JSON field is exported as.
+type MetricType int32
+
+const (
+	MetricType_METRIC_TYPE_UNSPECIFIED MetricType = 0
+	// A value that goes up and down ("gauge").
+	MetricType_METRIC_TYPE_GAUGE MetricType = 1
+	// A value that only goes up ("counter").
+	MetricType_METRIC_TYPE_COUNTER MetricType = 2
+)
+
+// Enum value maps for MetricType.
+var (
+	MetricType_name = map[int32]string{
+		0: "METRIC_TYPE_UNSPECIFIED",
+		1: "METRIC_TYPE_GAUGE",
+		2: "METRIC_TYPE_COUNTER",
+	}
+	MetricType_value = map[string]int32{
+		"METRIC_TYPE_UNSPECIFIED": 0,
+		"METRIC_TYPE_GAUGE":       1,
+		"METRIC_TYPE_COUNTER":     2,
+	}
+)
+
+func (x MetricType) Enum() *MetricType {
+	p := new(MetricType)
+	*p = x
+	return p
+}
+
+func (x MetricType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MetricType) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_v1_resources_proto_enumTypes[2].Descriptor()
+}
+
+func (MetricType) Type() protoreflect.EnumType {
+	return &file_mesh_v1_resources_proto_enumTypes[2]
+}
+
+func (x MetricType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MetricType.Descriptor instead.
+func (MetricType) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{2}
+}
+
 // RetryOn is a condition under which a request is retried.
 type RetryOn int32
 
@@ -135,11 +239,11 @@ func (x RetryOn) String() string {
 }
 
 func (RetryOn) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_v1_resources_proto_enumTypes[1].Descriptor()
+	return file_mesh_v1_resources_proto_enumTypes[3].Descriptor()
 }
 
 func (RetryOn) Type() protoreflect.EnumType {
-	return &file_mesh_v1_resources_proto_enumTypes[1]
+	return &file_mesh_v1_resources_proto_enumTypes[3]
 }
 
 func (x RetryOn) Number() protoreflect.EnumNumber {
@@ -148,7 +252,7 @@ func (x RetryOn) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RetryOn.Descriptor instead.
 func (RetryOn) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{1}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 // AuthorizationAction is what a rule does to the requests it matches.
@@ -191,11 +295,11 @@ func (x AuthorizationAction) String() string {
 }
 
 func (AuthorizationAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_mesh_v1_resources_proto_enumTypes[2].Descriptor()
+	return file_mesh_v1_resources_proto_enumTypes[4].Descriptor()
 }
 
 func (AuthorizationAction) Type() protoreflect.EnumType {
-	return &file_mesh_v1_resources_proto_enumTypes[2]
+	return &file_mesh_v1_resources_proto_enumTypes[4]
 }
 
 func (x AuthorizationAction) Number() protoreflect.EnumNumber {
@@ -204,7 +308,130 @@ func (x AuthorizationAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AuthorizationAction.Descriptor instead.
 func (AuthorizationAction) EnumDescriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+// ExternalProtocol is how an app reaches an ExternalService through its
+// proxy, and what the proxy speaks to the outside host.
+type ExternalProtocol int32
+
+const (
+	ExternalProtocol_EXTERNAL_PROTOCOL_UNSPECIFIED ExternalProtocol = 0
+	// The app speaks plain TCP to localhost; the proxy originates TLS to the
+	// host ("tls").
+	ExternalProtocol_EXTERNAL_PROTOCOL_TLS ExternalProtocol = 1
+	// Plain HTTP on both sides ("http").
+	ExternalProtocol_EXTERNAL_PROTOCOL_HTTP ExternalProtocol = 2
+	// The app speaks plain HTTP to localhost; the proxy originates HTTPS to
+	// the host ("https").
+	ExternalProtocol_EXTERNAL_PROTOCOL_HTTPS ExternalProtocol = 3
+	// Plain TCP on both sides ("tcp").
+	ExternalProtocol_EXTERNAL_PROTOCOL_TCP ExternalProtocol = 4
+)
+
+// Enum value maps for ExternalProtocol.
+var (
+	ExternalProtocol_name = map[int32]string{
+		0: "EXTERNAL_PROTOCOL_UNSPECIFIED",
+		1: "EXTERNAL_PROTOCOL_TLS",
+		2: "EXTERNAL_PROTOCOL_HTTP",
+		3: "EXTERNAL_PROTOCOL_HTTPS",
+		4: "EXTERNAL_PROTOCOL_TCP",
+	}
+	ExternalProtocol_value = map[string]int32{
+		"EXTERNAL_PROTOCOL_UNSPECIFIED": 0,
+		"EXTERNAL_PROTOCOL_TLS":         1,
+		"EXTERNAL_PROTOCOL_HTTP":        2,
+		"EXTERNAL_PROTOCOL_HTTPS":       3,
+		"EXTERNAL_PROTOCOL_TCP":         4,
+	}
+)
+
+func (x ExternalProtocol) Enum() *ExternalProtocol {
+	p := new(ExternalProtocol)
+	*p = x
+	return p
+}
+
+func (x ExternalProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExternalProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_v1_resources_proto_enumTypes[5].Descriptor()
+}
+
+func (ExternalProtocol) Type() protoreflect.EnumType {
+	return &file_mesh_v1_resources_proto_enumTypes[5]
+}
+
+func (x ExternalProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExternalProtocol.Descriptor instead.
+func (ExternalProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{5}
+}
+
+// LogFormat is how a LogAdapter parses each record of an app's log.
+type LogFormat int32
+
+const (
+	LogFormat_LOG_FORMAT_UNSPECIFIED LogFormat = 0
+	// One JSON object per record; its fields are kept ("json").
+	LogFormat_LOG_FORMAT_JSON LogFormat = 1
+	// key=value pairs, values optionally double-quoted ("logfmt").
+	LogFormat_LOG_FORMAT_LOGFMT LogFormat = 2
+	// pattern's named groups become fields ("regex").
+	LogFormat_LOG_FORMAT_REGEX LogFormat = 3
+	// The record is kept whole as "message" ("text").
+	LogFormat_LOG_FORMAT_TEXT LogFormat = 4
+)
+
+// Enum value maps for LogFormat.
+var (
+	LogFormat_name = map[int32]string{
+		0: "LOG_FORMAT_UNSPECIFIED",
+		1: "LOG_FORMAT_JSON",
+		2: "LOG_FORMAT_LOGFMT",
+		3: "LOG_FORMAT_REGEX",
+		4: "LOG_FORMAT_TEXT",
+	}
+	LogFormat_value = map[string]int32{
+		"LOG_FORMAT_UNSPECIFIED": 0,
+		"LOG_FORMAT_JSON":        1,
+		"LOG_FORMAT_LOGFMT":      2,
+		"LOG_FORMAT_REGEX":       3,
+		"LOG_FORMAT_TEXT":        4,
+	}
+)
+
+func (x LogFormat) Enum() *LogFormat {
+	p := new(LogFormat)
+	*p = x
+	return p
+}
+
+func (x LogFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_v1_resources_proto_enumTypes[6].Descriptor()
+}
+
+func (LogFormat) Type() protoreflect.EnumType {
+	return &file_mesh_v1_resources_proto_enumTypes[6]
+}
+
+func (x LogFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogFormat.Descriptor instead.
+func (LogFormat) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 // Resource is the envelope meshd and meshctl pass over gRPC.
@@ -212,8 +439,9 @@ type Resource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "minimesh.io/v1alpha1".
 	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	// Service, Route, RateLimit, AccessLog, AuthorizationPolicy or ConfigFile;
-	// must agree with the spec that is set.
+	// Service, Route, RateLimit, AccessLog, AuthorizationPolicy, ConfigFile,
+	// ExternalService, LogAdapter or LogShipping; must agree with the spec
+	// that is set.
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// A DNS label: lower-case letters, digits and '-', at most 63 characters.
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
@@ -233,6 +461,9 @@ type Resource struct {
 	//	*Resource_AccessLog
 	//	*Resource_AuthorizationPolicy
 	//	*Resource_ConfigFile
+	//	*Resource_ExternalService
+	//	*Resource_LogAdapter
+	//	*Resource_LogShipping
 	Spec          isResource_Spec `protobuf_oneof:"spec"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -371,6 +602,33 @@ func (x *Resource) GetConfigFile() *ConfigFileSpec {
 	return nil
 }
 
+func (x *Resource) GetExternalService() *ExternalServiceSpec {
+	if x != nil {
+		if x, ok := x.Spec.(*Resource_ExternalService); ok {
+			return x.ExternalService
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetLogAdapter() *LogAdapterSpec {
+	if x != nil {
+		if x, ok := x.Spec.(*Resource_LogAdapter); ok {
+			return x.LogAdapter
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetLogShipping() *LogShippingSpec {
+	if x != nil {
+		if x, ok := x.Spec.(*Resource_LogShipping); ok {
+			return x.LogShipping
+		}
+	}
+	return nil
+}
+
 type isResource_Spec interface {
 	isResource_Spec()
 }
@@ -399,6 +657,18 @@ type Resource_ConfigFile struct {
 	ConfigFile *ConfigFileSpec `protobuf:"bytes,15,opt,name=config_file,json=configFile,proto3,oneof"`
 }
 
+type Resource_ExternalService struct {
+	ExternalService *ExternalServiceSpec `protobuf:"bytes,16,opt,name=external_service,json=externalService,proto3,oneof"`
+}
+
+type Resource_LogAdapter struct {
+	LogAdapter *LogAdapterSpec `protobuf:"bytes,17,opt,name=log_adapter,json=logAdapter,proto3,oneof"`
+}
+
+type Resource_LogShipping struct {
+	LogShipping *LogShippingSpec `protobuf:"bytes,18,opt,name=log_shipping,json=logShipping,proto3,oneof"`
+}
+
 func (*Resource_Service) isResource_Spec() {}
 
 func (*Resource_Route) isResource_Spec() {}
@@ -410,6 +680,12 @@ func (*Resource_AccessLog) isResource_Spec() {}
 func (*Resource_AuthorizationPolicy) isResource_Spec() {}
 
 func (*Resource_ConfigFile) isResource_Spec() {}
+
+func (*Resource_ExternalService) isResource_Spec() {}
+
+func (*Resource_LogAdapter) isResource_Spec() {}
+
+func (*Resource_LogShipping) isResource_Spec() {}
 
 // ServiceSpec declares a service. Its endpoints are the registered proxies
 // that declared this service and whose identity matches serving_identities.
@@ -423,7 +699,10 @@ type ServiceSpec struct {
 	ServingIdentities []string `protobuf:"bytes,2,rep,name=serving_identities,json=servingIdentities,proto3" json:"serving_identities,omitempty"`
 	// Up to 32 named subsets of the endpoints, which Route backends can
 	// select.
-	Subsets       []*ServiceSubset `protobuf:"bytes,3,rep,name=subsets,proto3" json:"subsets,omitempty"`
+	Subsets []*ServiceSubset `protobuf:"bytes,3,rep,name=subsets,proto3" json:"subsets,omitempty"`
+	// Optional: the app's own metrics endpoint, which the service's proxies
+	// scrape and merge into their admin /metrics.
+	Metrics       *ServiceMetrics `protobuf:"bytes,4,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -479,6 +758,167 @@ func (x *ServiceSpec) GetSubsets() []*ServiceSubset {
 	return nil
 }
 
+func (x *ServiceSpec) GetMetrics() *ServiceMetrics {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// ServiceMetrics is where the app serves its own metrics, on localhost in
+// its pod. The proxy fetches them when its own /metrics is scraped (at most
+// 5 s, 10 MiB and 10,000 series), labels each series with
+// source="app", and renames any series that would collide with its own.
+type ServiceMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The app's port on localhost, 1 to 65535. Required.
+	Port uint32 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	// An absolute URL path with an optional query, at most 1024 bytes.
+	// Empty: "/metrics".
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// What the endpoint serves. Unset: "prometheus".
+	Format MetricsFormat `protobuf:"varint,3,opt,name=format,proto3,enum=mesh.v1.MetricsFormat" json:"format,omitempty"`
+	// For format json: 1 to 256 mappings of the document's fields to metrics.
+	// Must be empty for prometheus.
+	Json          []*JSONMetric `protobuf:"bytes,4,rep,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceMetrics) Reset() {
+	*x = ServiceMetrics{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceMetrics) ProtoMessage() {}
+
+func (x *ServiceMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceMetrics.ProtoReflect.Descriptor instead.
+func (*ServiceMetrics) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ServiceMetrics) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ServiceMetrics) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ServiceMetrics) GetFormat() MetricsFormat {
+	if x != nil {
+		return x.Format
+	}
+	return MetricsFormat_METRICS_FORMAT_UNSPECIFIED
+}
+
+func (x *ServiceMetrics) GetJson() []*JSONMetric {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+// JSONMetric turns one number in an app's JSON stats into a metric.
+type JSONMetric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Dot-separated object keys from the document's root to a number, each
+	// key 1 to 128 bytes of letters, digits, '_' and '-'; at most 8 keys.
+	// Required.
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// A Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*, at most 128 bytes),
+	// distinct within the spec; exported with the prefix "app_". Required.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Required.
+	Type MetricType `protobuf:"varint,3,opt,name=type,proto3,enum=mesh.v1.MetricType" json:"type,omitempty"`
+	// Optional HELP text, at most 256 bytes of printable UTF-8.
+	Help          string `protobuf:"bytes,4,opt,name=help,proto3" json:"help,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JSONMetric) Reset() {
+	*x = JSONMetric{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JSONMetric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JSONMetric) ProtoMessage() {}
+
+func (x *JSONMetric) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JSONMetric.ProtoReflect.Descriptor instead.
+func (*JSONMetric) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JSONMetric) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *JSONMetric) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JSONMetric) GetType() MetricType {
+	if x != nil {
+		return x.Type
+	}
+	return MetricType_METRIC_TYPE_UNSPECIFIED
+}
+
+func (x *JSONMetric) GetHelp() string {
+	if x != nil {
+		return x.Help
+	}
+	return ""
+}
+
 // ServicePort is one port of a service: the port its app listens on.
 type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -494,7 +934,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[2]
+	mi := &file_mesh_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +946,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[2]
+	mi := &file_mesh_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +959,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServicePort) GetName() string {
@@ -557,7 +997,7 @@ type ServiceSubset struct {
 
 func (x *ServiceSubset) Reset() {
 	*x = ServiceSubset{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[3]
+	mi := &file_mesh_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +1009,7 @@ func (x *ServiceSubset) String() string {
 func (*ServiceSubset) ProtoMessage() {}
 
 func (x *ServiceSubset) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[3]
+	mi := &file_mesh_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +1022,7 @@ func (x *ServiceSubset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSubset.ProtoReflect.Descriptor instead.
 func (*ServiceSubset) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceSubset) GetName() string {
@@ -624,7 +1064,7 @@ type RouteSpec struct {
 
 func (x *RouteSpec) Reset() {
 	*x = RouteSpec{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[4]
+	mi := &file_mesh_v1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +1076,7 @@ func (x *RouteSpec) String() string {
 func (*RouteSpec) ProtoMessage() {}
 
 func (x *RouteSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[4]
+	mi := &file_mesh_v1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +1089,7 @@ func (x *RouteSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteSpec.ProtoReflect.Descriptor instead.
 func (*RouteSpec) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RouteSpec) GetService() string {
@@ -702,7 +1142,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[5]
+	mi := &file_mesh_v1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +1154,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[5]
+	mi := &file_mesh_v1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +1167,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -767,7 +1207,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[6]
+	mi := &file_mesh_v1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +1219,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[6]
+	mi := &file_mesh_v1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +1232,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PathMatch) GetKind() isPathMatch_Kind {
@@ -875,7 +1315,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[7]
+	mi := &file_mesh_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1327,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[7]
+	mi := &file_mesh_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1340,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1005,7 +1445,7 @@ type RouteBackend struct {
 
 func (x *RouteBackend) Reset() {
 	*x = RouteBackend{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[8]
+	mi := &file_mesh_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1457,7 @@ func (x *RouteBackend) String() string {
 func (*RouteBackend) ProtoMessage() {}
 
 func (x *RouteBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[8]
+	mi := &file_mesh_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1470,7 @@ func (x *RouteBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteBackend.ProtoReflect.Descriptor instead.
 func (*RouteBackend) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RouteBackend) GetService() string {
@@ -1087,7 +1527,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[9]
+	mi := &file_mesh_v1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1539,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[9]
+	mi := &file_mesh_v1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1552,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RetryPolicy) GetAttempts() uint32 {
@@ -1172,7 +1612,7 @@ type RetryBudget struct {
 
 func (x *RetryBudget) Reset() {
 	*x = RetryBudget{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[10]
+	mi := &file_mesh_v1_resources_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1624,7 @@ func (x *RetryBudget) String() string {
 func (*RetryBudget) ProtoMessage() {}
 
 func (x *RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[10]
+	mi := &file_mesh_v1_resources_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1637,7 @@ func (x *RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
 func (*RetryBudget) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RetryBudget) GetPercent() float64 {
@@ -1241,7 +1681,7 @@ type RateLimitSpec struct {
 
 func (x *RateLimitSpec) Reset() {
 	*x = RateLimitSpec{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[11]
+	mi := &file_mesh_v1_resources_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1693,7 @@ func (x *RateLimitSpec) String() string {
 func (*RateLimitSpec) ProtoMessage() {}
 
 func (x *RateLimitSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[11]
+	mi := &file_mesh_v1_resources_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1706,7 @@ func (x *RateLimitSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimitSpec.ProtoReflect.Descriptor instead.
 func (*RateLimitSpec) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RateLimitSpec) GetService() string {
@@ -1327,7 +1767,7 @@ type RateLimitOverride struct {
 
 func (x *RateLimitOverride) Reset() {
 	*x = RateLimitOverride{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[12]
+	mi := &file_mesh_v1_resources_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1779,7 @@ func (x *RateLimitOverride) String() string {
 func (*RateLimitOverride) ProtoMessage() {}
 
 func (x *RateLimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[12]
+	mi := &file_mesh_v1_resources_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1792,7 @@ func (x *RateLimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimitOverride.ProtoReflect.Descriptor instead.
 func (*RateLimitOverride) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RateLimitOverride) GetIdentity() string {
@@ -1398,7 +1838,7 @@ type AccessLogSpec struct {
 
 func (x *AccessLogSpec) Reset() {
 	*x = AccessLogSpec{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[13]
+	mi := &file_mesh_v1_resources_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1850,7 @@ func (x *AccessLogSpec) String() string {
 func (*AccessLogSpec) ProtoMessage() {}
 
 func (x *AccessLogSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[13]
+	mi := &file_mesh_v1_resources_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1863,7 @@ func (x *AccessLogSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessLogSpec.ProtoReflect.Descriptor instead.
 func (*AccessLogSpec) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AccessLogSpec) GetService() string {
@@ -1479,7 +1919,7 @@ type AuthorizationPolicySpec struct {
 
 func (x *AuthorizationPolicySpec) Reset() {
 	*x = AuthorizationPolicySpec{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[14]
+	mi := &file_mesh_v1_resources_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1931,7 @@ func (x *AuthorizationPolicySpec) String() string {
 func (*AuthorizationPolicySpec) ProtoMessage() {}
 
 func (x *AuthorizationPolicySpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[14]
+	mi := &file_mesh_v1_resources_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1944,7 @@ func (x *AuthorizationPolicySpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPolicySpec.ProtoReflect.Descriptor instead.
 func (*AuthorizationPolicySpec) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AuthorizationPolicySpec) GetService() string {
@@ -1546,7 +1986,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[15]
+	mi := &file_mesh_v1_resources_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1998,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[15]
+	mi := &file_mesh_v1_resources_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +2011,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{15}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AuthorizationRule) GetAction() AuthorizationAction {
@@ -1620,7 +2060,7 @@ type AuthorizationPath struct {
 
 func (x *AuthorizationPath) Reset() {
 	*x = AuthorizationPath{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[16]
+	mi := &file_mesh_v1_resources_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +2072,7 @@ func (x *AuthorizationPath) String() string {
 func (*AuthorizationPath) ProtoMessage() {}
 
 func (x *AuthorizationPath) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[16]
+	mi := &file_mesh_v1_resources_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +2085,7 @@ func (x *AuthorizationPath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPath.ProtoReflect.Descriptor instead.
 func (*AuthorizationPath) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{16}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AuthorizationPath) GetKind() isAuthorizationPath_Kind {
@@ -1720,7 +2160,7 @@ type ConfigFileSpec struct {
 
 func (x *ConfigFileSpec) Reset() {
 	*x = ConfigFileSpec{}
-	mi := &file_mesh_v1_resources_proto_msgTypes[17]
+	mi := &file_mesh_v1_resources_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +2172,7 @@ func (x *ConfigFileSpec) String() string {
 func (*ConfigFileSpec) ProtoMessage() {}
 
 func (x *ConfigFileSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_resources_proto_msgTypes[17]
+	mi := &file_mesh_v1_resources_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +2185,7 @@ func (x *ConfigFileSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigFileSpec.ProtoReflect.Descriptor instead.
 func (*ConfigFileSpec) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{17}
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConfigFileSpec) GetService() string {
@@ -1776,11 +2216,455 @@ func (x *ConfigFileSpec) GetContent() string {
 	return ""
 }
 
+// ExternalServiceSpec declares a service outside the mesh that the proxies
+// of its namespace may reach (the ambassador pattern): the app talks plain
+// TCP or HTTP to a port on localhost (mesh-proxy --external NAME=ADDR) and
+// the proxy originates TLS, verifies the server and presents a client
+// certificate.
+type ExternalServiceSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 16 distinct DNS names or IP addresses, tried as endpoints with
+	// health checking and ejection. A DNS name: lower-case labels of letters,
+	// digits and '-', at most 253 bytes.
+	Hosts []string `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// 1 to 65535. Required.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// Required.
+	Protocol ExternalProtocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=mesh.v1.ExternalProtocol" json:"protocol,omitempty"`
+	// The name sent as SNI and verified in the server's certificate: a DNS
+	// name or an IP address. Empty: the first host. Only for tls and https.
+	ServerName string `protobuf:"bytes,4,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// PEM certificates trusted for the server, at most 64 KiB; every block
+	// must be a CERTIFICATE that parses. Empty: the system roots. Only for
+	// tls and https.
+	CaBundle string `protobuf:"bytes,5,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	// Optional: a client certificate the proxy presents. Only for tls and
+	// https.
+	ClientCertificate *ClientCertificate `protobuf:"bytes,6,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	// Time to connect (TCP and TLS handshake) to one address, at most 1m.
+	// Unset: 5s.
+	ConnectTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
+	// Pooled connections idle for this long are closed, at most 1h. Unset:
+	// 90s.
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// Up to 64 distinct Services of this namespace whose proxies get this
+	// external service. Empty: every service of the namespace.
+	AllowedServices []string `protobuf:"bytes,9,rep,name=allowed_services,json=allowedServices,proto3" json:"allowed_services,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ExternalServiceSpec) Reset() {
+	*x = ExternalServiceSpec{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalServiceSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalServiceSpec) ProtoMessage() {}
+
+func (x *ExternalServiceSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalServiceSpec.ProtoReflect.Descriptor instead.
+func (*ExternalServiceSpec) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExternalServiceSpec) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *ExternalServiceSpec) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ExternalServiceSpec) GetProtocol() ExternalProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return ExternalProtocol_EXTERNAL_PROTOCOL_UNSPECIFIED
+}
+
+func (x *ExternalServiceSpec) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *ExternalServiceSpec) GetCaBundle() string {
+	if x != nil {
+		return x.CaBundle
+	}
+	return ""
+}
+
+func (x *ExternalServiceSpec) GetClientCertificate() *ClientCertificate {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return nil
+}
+
+func (x *ExternalServiceSpec) GetConnectTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ConnectTimeout
+	}
+	return nil
+}
+
+func (x *ExternalServiceSpec) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+func (x *ExternalServiceSpec) GetAllowedServices() []string {
+	if x != nil {
+		return x.AllowedServices
+	}
+	return nil
+}
+
+// ClientCertificate names files in the proxy's container (for example a
+// mounted Secret). The proxy reloads them when they change; a file it
+// cannot read or a pair that does not match is a NACK, and the last good
+// pair stays in use.
+type ClientCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An absolute clean path, at most 1024 bytes. Required.
+	CertFile string `protobuf:"bytes,1,opt,name=cert_file,json=certFile,proto3" json:"cert_file,omitempty"`
+	// An absolute clean path, at most 1024 bytes. Required.
+	KeyFile       string `protobuf:"bytes,2,opt,name=key_file,json=keyFile,proto3" json:"key_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientCertificate) Reset() {
+	*x = ClientCertificate{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCertificate) ProtoMessage() {}
+
+func (x *ClientCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCertificate.ProtoReflect.Descriptor instead.
+func (*ClientCertificate) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ClientCertificate) GetCertFile() string {
+	if x != nil {
+		return x.CertFile
+	}
+	return ""
+}
+
+func (x *ClientCertificate) GetKeyFile() string {
+	if x != nil {
+		return x.KeyFile
+	}
+	return ""
+}
+
+// LogAdapterSpec turns an app's own log files, in the pod's shared
+// directory, into JSON records the proxy writes to its output (with
+// "source":"app") and ships with LogShipping.
+type LogAdapterSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// 1 to 16 distinct globs (path.Match syntax) relative to the proxy's
+	// shared directory, each a clean relative path as ConfigFileSpec.path.
+	// Only regular files are read, never through a symbolic link.
+	Files []string `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	// An RE2 expression matched against the start of each line: a line that
+	// matches starts a record, and the lines that do not are appended to it
+	// (stack traces). At most 1024 bytes. Empty: every line is a record.
+	RecordStart string `protobuf:"bytes,3,opt,name=record_start,json=recordStart,proto3" json:"record_start,omitempty"`
+	// Longer records are cut to this size and marked truncated; at most
+	// 1 MiB. 0: 64 KiB.
+	MaxRecordBytes uint32 `protobuf:"varint,4,opt,name=max_record_bytes,json=maxRecordBytes,proto3" json:"max_record_bytes,omitempty"`
+	// A record with no following line is emitted after this time, at most 1m.
+	// Unset: 1s.
+	FlushAfter *durationpb.Duration `protobuf:"bytes,5,opt,name=flush_after,json=flushAfter,proto3" json:"flush_after,omitempty"`
+	// Unset: "text".
+	Format LogFormat `protobuf:"varint,6,opt,name=format,proto3,enum=mesh.v1.LogFormat" json:"format,omitempty"`
+	// For format regex only, and then required: an RE2 expression with at
+	// least one named group, at most 1024 bytes.
+	Pattern string `protobuf:"bytes,7,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	// Fields added to each record, without duplicates, from "service",
+	// "identity", "pod" and "file". Empty: all four.
+	Fields        []string `protobuf:"bytes,8,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogAdapterSpec) Reset() {
+	*x = LogAdapterSpec{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogAdapterSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogAdapterSpec) ProtoMessage() {}
+
+func (x *LogAdapterSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogAdapterSpec.ProtoReflect.Descriptor instead.
+func (*LogAdapterSpec) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *LogAdapterSpec) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *LogAdapterSpec) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *LogAdapterSpec) GetRecordStart() string {
+	if x != nil {
+		return x.RecordStart
+	}
+	return ""
+}
+
+func (x *LogAdapterSpec) GetMaxRecordBytes() uint32 {
+	if x != nil {
+		return x.MaxRecordBytes
+	}
+	return 0
+}
+
+func (x *LogAdapterSpec) GetFlushAfter() *durationpb.Duration {
+	if x != nil {
+		return x.FlushAfter
+	}
+	return nil
+}
+
+func (x *LogAdapterSpec) GetFormat() LogFormat {
+	if x != nil {
+		return x.Format
+	}
+	return LogFormat_LOG_FORMAT_UNSPECIFIED
+}
+
+func (x *LogAdapterSpec) GetPattern() string {
+	if x != nil {
+		return x.Pattern
+	}
+	return ""
+}
+
+func (x *LogAdapterSpec) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+// LogShippingSpec sends a service's access log and adapted app logs to an
+// S3-compatible object store in gzip batches, spooled on disk in the
+// proxy's --spool-dir until the store has them.
+type LogShippingSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// The store's URL, https:// (or http:// only to a loopback address),
+	// with no path, query or user info. Required.
+	Endpoint string `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// An S3 bucket name: 3 to 63 lower-case letters, digits, '.' and '-'.
+	// Required.
+	Bucket string `protobuf:"bytes,3,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// At most 64 bytes of letters, digits and '-'. Empty: "us-east-1".
+	Region string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	// Path-style addressing (endpoint/bucket/key) rather than
+	// virtual-hosted style (bucket.endpoint/key).
+	PathStyle bool `protobuf:"varint,5,opt,name=path_style,json=pathStyle,proto3" json:"path_style,omitempty"`
+	// An absolute clean path to a file in the proxy's container holding
+	// access_key_id and secret_access_key lines (KEY=VALUE). Required.
+	CredentialsFile string `protobuf:"bytes,6,opt,name=credentials_file,json=credentialsFile,proto3" json:"credentials_file,omitempty"`
+	// A batch is sent when it holds this many bytes before compression,
+	// 64 KiB to 64 MiB. 0: 5 MiB.
+	BatchBytes uint32 `protobuf:"varint,7,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	// ... or when its first record is this old, 1s to 1h. Unset: 60s.
+	BatchAge *durationpb.Duration `protobuf:"bytes,8,opt,name=batch_age,json=batchAge,proto3" json:"batch_age,omitempty"`
+	// The spool's size limit, at least 4 times batch_bytes and at most
+	// 64 GiB; past it the oldest batches are dropped and counted. 0: 256 MiB.
+	SpoolBytes uint64 `protobuf:"varint,9,opt,name=spool_bytes,json=spoolBytes,proto3" json:"spool_bytes,omitempty"`
+	// PEM certificates trusted for an https endpoint, at most 64 KiB. Empty:
+	// the system roots.
+	CaBundle      string `protobuf:"bytes,10,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogShippingSpec) Reset() {
+	*x = LogShippingSpec{}
+	mi := &file_mesh_v1_resources_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogShippingSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogShippingSpec) ProtoMessage() {}
+
+func (x *LogShippingSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_resources_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogShippingSpec.ProtoReflect.Descriptor instead.
+func (*LogShippingSpec) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_resources_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LogShippingSpec) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *LogShippingSpec) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *LogShippingSpec) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *LogShippingSpec) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *LogShippingSpec) GetPathStyle() bool {
+	if x != nil {
+		return x.PathStyle
+	}
+	return false
+}
+
+func (x *LogShippingSpec) GetCredentialsFile() string {
+	if x != nil {
+		return x.CredentialsFile
+	}
+	return ""
+}
+
+func (x *LogShippingSpec) GetBatchBytes() uint32 {
+	if x != nil {
+		return x.BatchBytes
+	}
+	return 0
+}
+
+func (x *LogShippingSpec) GetBatchAge() *durationpb.Duration {
+	if x != nil {
+		return x.BatchAge
+	}
+	return nil
+}
+
+func (x *LogShippingSpec) GetSpoolBytes() uint64 {
+	if x != nil {
+		return x.SpoolBytes
+	}
+	return 0
+}
+
+func (x *LogShippingSpec) GetCaBundle() string {
+	if x != nil {
+		return x.CaBundle
+	}
+	return ""
+}
+
 var File_mesh_v1_resources_proto protoreflect.FileDescriptor
 
 const file_mesh_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x17mesh/v1/resources.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x04\n" +
+	"\x17mesh/v1/resources.proto\x12\amesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x05\n" +
 	"\bResource\x12\x1f\n" +
 	"\vapi_version\x18\x01 \x01(\tR\n" +
 	"apiVersion\x12\x12\n" +
@@ -1799,12 +2683,28 @@ const file_mesh_v1_resources_proto_rawDesc = "" +
 	"access_log\x18\r \x01(\v2\x16.mesh.v1.AccessLogSpecH\x00R\taccessLog\x12U\n" +
 	"\x14authorization_policy\x18\x0e \x01(\v2 .mesh.v1.AuthorizationPolicySpecH\x00R\x13authorizationPolicy\x12:\n" +
 	"\vconfig_file\x18\x0f \x01(\v2\x17.mesh.v1.ConfigFileSpecH\x00R\n" +
-	"configFileB\x06\n" +
-	"\x04spec\"\x9a\x01\n" +
+	"configFile\x12I\n" +
+	"\x10external_service\x18\x10 \x01(\v2\x1c.mesh.v1.ExternalServiceSpecH\x00R\x0fexternalService\x12:\n" +
+	"\vlog_adapter\x18\x11 \x01(\v2\x17.mesh.v1.LogAdapterSpecH\x00R\n" +
+	"logAdapter\x12=\n" +
+	"\flog_shipping\x18\x12 \x01(\v2\x18.mesh.v1.LogShippingSpecH\x00R\vlogShippingB\x06\n" +
+	"\x04spec\"\xcd\x01\n" +
 	"\vServiceSpec\x12*\n" +
 	"\x05ports\x18\x01 \x03(\v2\x14.mesh.v1.ServicePortR\x05ports\x12-\n" +
 	"\x12serving_identities\x18\x02 \x03(\tR\x11servingIdentities\x120\n" +
-	"\asubsets\x18\x03 \x03(\v2\x16.mesh.v1.ServiceSubsetR\asubsets\"d\n" +
+	"\asubsets\x18\x03 \x03(\v2\x16.mesh.v1.ServiceSubsetR\asubsets\x121\n" +
+	"\ametrics\x18\x04 \x01(\v2\x17.mesh.v1.ServiceMetricsR\ametrics\"\x91\x01\n" +
+	"\x0eServiceMetrics\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12.\n" +
+	"\x06format\x18\x03 \x01(\x0e2\x16.mesh.v1.MetricsFormatR\x06format\x12'\n" +
+	"\x04json\x18\x04 \x03(\v2\x13.mesh.v1.JSONMetricR\x04json\"s\n" +
+	"\n" +
+	"JSONMetric\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x13.mesh.v1.MetricTypeR\x04type\x12\x12\n" +
+	"\x04help\x18\x04 \x01(\tR\x04help\"d\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12-\n" +
@@ -1889,13 +2789,61 @@ const file_mesh_v1_resources_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x18\n" +
-	"\acontent\x18\x04 \x01(\tR\acontent*p\n" +
+	"\acontent\x18\x04 \x01(\tR\acontent\"\xac\x03\n" +
+	"\x13ExternalServiceSpec\x12\x14\n" +
+	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x125\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x19.mesh.v1.ExternalProtocolR\bprotocol\x12\x1f\n" +
+	"\vserver_name\x18\x04 \x01(\tR\n" +
+	"serverName\x12\x1b\n" +
+	"\tca_bundle\x18\x05 \x01(\tR\bcaBundle\x12I\n" +
+	"\x12client_certificate\x18\x06 \x01(\v2\x1a.mesh.v1.ClientCertificateR\x11clientCertificate\x12B\n" +
+	"\x0fconnect_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\x12<\n" +
+	"\fidle_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
+	"\x10allowed_services\x18\t \x03(\tR\x0fallowedServices\"K\n" +
+	"\x11ClientCertificate\x12\x1b\n" +
+	"\tcert_file\x18\x01 \x01(\tR\bcertFile\x12\x19\n" +
+	"\bkey_file\x18\x02 \x01(\tR\akeyFile\"\xa7\x02\n" +
+	"\x0eLogAdapterSpec\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x14\n" +
+	"\x05files\x18\x02 \x03(\tR\x05files\x12!\n" +
+	"\frecord_start\x18\x03 \x01(\tR\vrecordStart\x12(\n" +
+	"\x10max_record_bytes\x18\x04 \x01(\rR\x0emaxRecordBytes\x12:\n" +
+	"\vflush_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"flushAfter\x12*\n" +
+	"\x06format\x18\x06 \x01(\x0e2\x12.mesh.v1.LogFormatR\x06format\x12\x18\n" +
+	"\apattern\x18\a \x01(\tR\apattern\x12\x16\n" +
+	"\x06fields\x18\b \x03(\tR\x06fields\"\xd8\x02\n" +
+	"\x0fLogShippingSpec\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
+	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06bucket\x18\x03 \x01(\tR\x06bucket\x12\x16\n" +
+	"\x06region\x18\x04 \x01(\tR\x06region\x12\x1d\n" +
+	"\n" +
+	"path_style\x18\x05 \x01(\bR\tpathStyle\x12)\n" +
+	"\x10credentials_file\x18\x06 \x01(\tR\x0fcredentialsFile\x12\x1f\n" +
+	"\vbatch_bytes\x18\a \x01(\rR\n" +
+	"batchBytes\x126\n" +
+	"\tbatch_age\x18\b \x01(\v2\x19.google.protobuf.DurationR\bbatchAge\x12\x1f\n" +
+	"\vspool_bytes\x18\t \x01(\x04R\n" +
+	"spoolBytes\x12\x1b\n" +
+	"\tca_bundle\x18\n" +
+	" \x01(\tR\bcaBundle*p\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x12\n" +
 	"\x0ePROTOCOL_HTTP2\x10\x02\x12\x11\n" +
 	"\rPROTOCOL_GRPC\x10\x03\x12\x10\n" +
-	"\fPROTOCOL_TCP\x10\x04*\x9f\x01\n" +
+	"\fPROTOCOL_TCP\x10\x04*g\n" +
+	"\rMetricsFormat\x12\x1e\n" +
+	"\x1aMETRICS_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19METRICS_FORMAT_PROMETHEUS\x10\x01\x12\x17\n" +
+	"\x13METRICS_FORMAT_JSON\x10\x02*Y\n" +
+	"\n" +
+	"MetricType\x12\x1b\n" +
+	"\x17METRIC_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11METRIC_TYPE_GAUGE\x10\x01\x12\x17\n" +
+	"\x13METRIC_TYPE_COUNTER\x10\x02*\x9f\x01\n" +
 	"\aRetryOn\x12\x18\n" +
 	"\x14RETRY_ON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fRETRY_ON_5XX\x10\x01\x12\x1a\n" +
@@ -1907,7 +2855,19 @@ const file_mesh_v1_resources_proto_rawDesc = "" +
 	" AUTHORIZATION_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aAUTHORIZATION_ACTION_ALLOW\x10\x01\x12\x1d\n" +
 	"\x19AUTHORIZATION_ACTION_DENY\x10\x02\x12\x1e\n" +
-	"\x1aAUTHORIZATION_ACTION_AUDIT\x10\x03B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
+	"\x1aAUTHORIZATION_ACTION_AUDIT\x10\x03*\xa4\x01\n" +
+	"\x10ExternalProtocol\x12!\n" +
+	"\x1dEXTERNAL_PROTOCOL_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15EXTERNAL_PROTOCOL_TLS\x10\x01\x12\x1a\n" +
+	"\x16EXTERNAL_PROTOCOL_HTTP\x10\x02\x12\x1b\n" +
+	"\x17EXTERNAL_PROTOCOL_HTTPS\x10\x03\x12\x19\n" +
+	"\x15EXTERNAL_PROTOCOL_TCP\x10\x04*~\n" +
+	"\tLogFormat\x12\x1a\n" +
+	"\x16LOG_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fLOG_FORMAT_JSON\x10\x01\x12\x15\n" +
+	"\x11LOG_FORMAT_LOGFMT\x10\x02\x12\x14\n" +
+	"\x10LOG_FORMAT_REGEX\x10\x03\x12\x13\n" +
+	"\x0fLOG_FORMAT_TEXT\x10\x04B\x1fZ\x1dminimesh/proto/mesh/v1;meshv1b\x06proto3"
 
 var (
 	file_mesh_v1_resources_proto_rawDescOnce sync.Once
@@ -1921,63 +2881,87 @@ func file_mesh_v1_resources_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_resources_proto_rawDescData
 }
 
-var file_mesh_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mesh_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mesh_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_mesh_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_mesh_v1_resources_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: mesh.v1.Protocol
-	(RetryOn)(0),                    // 1: mesh.v1.RetryOn
-	(AuthorizationAction)(0),        // 2: mesh.v1.AuthorizationAction
-	(*Resource)(nil),                // 3: mesh.v1.Resource
-	(*ServiceSpec)(nil),             // 4: mesh.v1.ServiceSpec
-	(*ServicePort)(nil),             // 5: mesh.v1.ServicePort
-	(*ServiceSubset)(nil),           // 6: mesh.v1.ServiceSubset
-	(*RouteSpec)(nil),               // 7: mesh.v1.RouteSpec
-	(*RouteMatch)(nil),              // 8: mesh.v1.RouteMatch
-	(*PathMatch)(nil),               // 9: mesh.v1.PathMatch
-	(*HeaderMatch)(nil),             // 10: mesh.v1.HeaderMatch
-	(*RouteBackend)(nil),            // 11: mesh.v1.RouteBackend
-	(*RetryPolicy)(nil),             // 12: mesh.v1.RetryPolicy
-	(*RetryBudget)(nil),             // 13: mesh.v1.RetryBudget
-	(*RateLimitSpec)(nil),           // 14: mesh.v1.RateLimitSpec
-	(*RateLimitOverride)(nil),       // 15: mesh.v1.RateLimitOverride
-	(*AccessLogSpec)(nil),           // 16: mesh.v1.AccessLogSpec
-	(*AuthorizationPolicySpec)(nil), // 17: mesh.v1.AuthorizationPolicySpec
-	(*AuthorizationRule)(nil),       // 18: mesh.v1.AuthorizationRule
-	(*AuthorizationPath)(nil),       // 19: mesh.v1.AuthorizationPath
-	(*ConfigFileSpec)(nil),          // 20: mesh.v1.ConfigFileSpec
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 22: google.protobuf.Duration
+	(MetricsFormat)(0),              // 1: mesh.v1.MetricsFormat
+	(MetricType)(0),                 // 2: mesh.v1.MetricType
+	(RetryOn)(0),                    // 3: mesh.v1.RetryOn
+	(AuthorizationAction)(0),        // 4: mesh.v1.AuthorizationAction
+	(ExternalProtocol)(0),           // 5: mesh.v1.ExternalProtocol
+	(LogFormat)(0),                  // 6: mesh.v1.LogFormat
+	(*Resource)(nil),                // 7: mesh.v1.Resource
+	(*ServiceSpec)(nil),             // 8: mesh.v1.ServiceSpec
+	(*ServiceMetrics)(nil),          // 9: mesh.v1.ServiceMetrics
+	(*JSONMetric)(nil),              // 10: mesh.v1.JSONMetric
+	(*ServicePort)(nil),             // 11: mesh.v1.ServicePort
+	(*ServiceSubset)(nil),           // 12: mesh.v1.ServiceSubset
+	(*RouteSpec)(nil),               // 13: mesh.v1.RouteSpec
+	(*RouteMatch)(nil),              // 14: mesh.v1.RouteMatch
+	(*PathMatch)(nil),               // 15: mesh.v1.PathMatch
+	(*HeaderMatch)(nil),             // 16: mesh.v1.HeaderMatch
+	(*RouteBackend)(nil),            // 17: mesh.v1.RouteBackend
+	(*RetryPolicy)(nil),             // 18: mesh.v1.RetryPolicy
+	(*RetryBudget)(nil),             // 19: mesh.v1.RetryBudget
+	(*RateLimitSpec)(nil),           // 20: mesh.v1.RateLimitSpec
+	(*RateLimitOverride)(nil),       // 21: mesh.v1.RateLimitOverride
+	(*AccessLogSpec)(nil),           // 22: mesh.v1.AccessLogSpec
+	(*AuthorizationPolicySpec)(nil), // 23: mesh.v1.AuthorizationPolicySpec
+	(*AuthorizationRule)(nil),       // 24: mesh.v1.AuthorizationRule
+	(*AuthorizationPath)(nil),       // 25: mesh.v1.AuthorizationPath
+	(*ConfigFileSpec)(nil),          // 26: mesh.v1.ConfigFileSpec
+	(*ExternalServiceSpec)(nil),     // 27: mesh.v1.ExternalServiceSpec
+	(*ClientCertificate)(nil),       // 28: mesh.v1.ClientCertificate
+	(*LogAdapterSpec)(nil),          // 29: mesh.v1.LogAdapterSpec
+	(*LogShippingSpec)(nil),         // 30: mesh.v1.LogShippingSpec
+	(*timestamppb.Timestamp)(nil),   // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
 }
 var file_mesh_v1_resources_proto_depIdxs = []int32{
-	21, // 0: mesh.v1.Resource.update_time:type_name -> google.protobuf.Timestamp
-	4,  // 1: mesh.v1.Resource.service:type_name -> mesh.v1.ServiceSpec
-	7,  // 2: mesh.v1.Resource.route:type_name -> mesh.v1.RouteSpec
-	14, // 3: mesh.v1.Resource.rate_limit:type_name -> mesh.v1.RateLimitSpec
-	16, // 4: mesh.v1.Resource.access_log:type_name -> mesh.v1.AccessLogSpec
-	17, // 5: mesh.v1.Resource.authorization_policy:type_name -> mesh.v1.AuthorizationPolicySpec
-	20, // 6: mesh.v1.Resource.config_file:type_name -> mesh.v1.ConfigFileSpec
-	5,  // 7: mesh.v1.ServiceSpec.ports:type_name -> mesh.v1.ServicePort
-	6,  // 8: mesh.v1.ServiceSpec.subsets:type_name -> mesh.v1.ServiceSubset
-	0,  // 9: mesh.v1.ServicePort.protocol:type_name -> mesh.v1.Protocol
-	8,  // 10: mesh.v1.RouteSpec.matches:type_name -> mesh.v1.RouteMatch
-	11, // 11: mesh.v1.RouteSpec.backends:type_name -> mesh.v1.RouteBackend
-	22, // 12: mesh.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
-	12, // 13: mesh.v1.RouteSpec.retries:type_name -> mesh.v1.RetryPolicy
-	9,  // 14: mesh.v1.RouteMatch.path:type_name -> mesh.v1.PathMatch
-	10, // 15: mesh.v1.RouteMatch.headers:type_name -> mesh.v1.HeaderMatch
-	22, // 16: mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
-	1,  // 17: mesh.v1.RetryPolicy.retry_on:type_name -> mesh.v1.RetryOn
-	13, // 18: mesh.v1.RetryPolicy.budget:type_name -> mesh.v1.RetryBudget
-	15, // 19: mesh.v1.RateLimitSpec.overrides:type_name -> mesh.v1.RateLimitOverride
-	22, // 20: mesh.v1.AccessLogSpec.ttl:type_name -> google.protobuf.Duration
-	18, // 21: mesh.v1.AuthorizationPolicySpec.rules:type_name -> mesh.v1.AuthorizationRule
-	2,  // 22: mesh.v1.AuthorizationRule.action:type_name -> mesh.v1.AuthorizationAction
-	19, // 23: mesh.v1.AuthorizationRule.paths:type_name -> mesh.v1.AuthorizationPath
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	31, // 0: mesh.v1.Resource.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 1: mesh.v1.Resource.service:type_name -> mesh.v1.ServiceSpec
+	13, // 2: mesh.v1.Resource.route:type_name -> mesh.v1.RouteSpec
+	20, // 3: mesh.v1.Resource.rate_limit:type_name -> mesh.v1.RateLimitSpec
+	22, // 4: mesh.v1.Resource.access_log:type_name -> mesh.v1.AccessLogSpec
+	23, // 5: mesh.v1.Resource.authorization_policy:type_name -> mesh.v1.AuthorizationPolicySpec
+	26, // 6: mesh.v1.Resource.config_file:type_name -> mesh.v1.ConfigFileSpec
+	27, // 7: mesh.v1.Resource.external_service:type_name -> mesh.v1.ExternalServiceSpec
+	29, // 8: mesh.v1.Resource.log_adapter:type_name -> mesh.v1.LogAdapterSpec
+	30, // 9: mesh.v1.Resource.log_shipping:type_name -> mesh.v1.LogShippingSpec
+	11, // 10: mesh.v1.ServiceSpec.ports:type_name -> mesh.v1.ServicePort
+	12, // 11: mesh.v1.ServiceSpec.subsets:type_name -> mesh.v1.ServiceSubset
+	9,  // 12: mesh.v1.ServiceSpec.metrics:type_name -> mesh.v1.ServiceMetrics
+	1,  // 13: mesh.v1.ServiceMetrics.format:type_name -> mesh.v1.MetricsFormat
+	10, // 14: mesh.v1.ServiceMetrics.json:type_name -> mesh.v1.JSONMetric
+	2,  // 15: mesh.v1.JSONMetric.type:type_name -> mesh.v1.MetricType
+	0,  // 16: mesh.v1.ServicePort.protocol:type_name -> mesh.v1.Protocol
+	14, // 17: mesh.v1.RouteSpec.matches:type_name -> mesh.v1.RouteMatch
+	17, // 18: mesh.v1.RouteSpec.backends:type_name -> mesh.v1.RouteBackend
+	32, // 19: mesh.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
+	18, // 20: mesh.v1.RouteSpec.retries:type_name -> mesh.v1.RetryPolicy
+	15, // 21: mesh.v1.RouteMatch.path:type_name -> mesh.v1.PathMatch
+	16, // 22: mesh.v1.RouteMatch.headers:type_name -> mesh.v1.HeaderMatch
+	32, // 23: mesh.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	3,  // 24: mesh.v1.RetryPolicy.retry_on:type_name -> mesh.v1.RetryOn
+	19, // 25: mesh.v1.RetryPolicy.budget:type_name -> mesh.v1.RetryBudget
+	21, // 26: mesh.v1.RateLimitSpec.overrides:type_name -> mesh.v1.RateLimitOverride
+	32, // 27: mesh.v1.AccessLogSpec.ttl:type_name -> google.protobuf.Duration
+	24, // 28: mesh.v1.AuthorizationPolicySpec.rules:type_name -> mesh.v1.AuthorizationRule
+	4,  // 29: mesh.v1.AuthorizationRule.action:type_name -> mesh.v1.AuthorizationAction
+	25, // 30: mesh.v1.AuthorizationRule.paths:type_name -> mesh.v1.AuthorizationPath
+	5,  // 31: mesh.v1.ExternalServiceSpec.protocol:type_name -> mesh.v1.ExternalProtocol
+	28, // 32: mesh.v1.ExternalServiceSpec.client_certificate:type_name -> mesh.v1.ClientCertificate
+	32, // 33: mesh.v1.ExternalServiceSpec.connect_timeout:type_name -> google.protobuf.Duration
+	32, // 34: mesh.v1.ExternalServiceSpec.idle_timeout:type_name -> google.protobuf.Duration
+	32, // 35: mesh.v1.LogAdapterSpec.flush_after:type_name -> google.protobuf.Duration
+	6,  // 36: mesh.v1.LogAdapterSpec.format:type_name -> mesh.v1.LogFormat
+	32, // 37: mesh.v1.LogShippingSpec.batch_age:type_name -> google.protobuf.Duration
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_resources_proto_init() }
@@ -1992,21 +2976,24 @@ func file_mesh_v1_resources_proto_init() {
 		(*Resource_AccessLog)(nil),
 		(*Resource_AuthorizationPolicy)(nil),
 		(*Resource_ConfigFile)(nil),
+		(*Resource_ExternalService)(nil),
+		(*Resource_LogAdapter)(nil),
+		(*Resource_LogShipping)(nil),
 	}
-	file_mesh_v1_resources_proto_msgTypes[6].OneofWrappers = []any{
+	file_mesh_v1_resources_proto_msgTypes[8].OneofWrappers = []any{
 		(*PathMatch_Exact)(nil),
 		(*PathMatch_Prefix)(nil),
 		(*PathMatch_Regex)(nil),
 	}
-	file_mesh_v1_resources_proto_msgTypes[7].OneofWrappers = []any{
+	file_mesh_v1_resources_proto_msgTypes[9].OneofWrappers = []any{
 		(*HeaderMatch_Exact)(nil),
 		(*HeaderMatch_Prefix)(nil),
 		(*HeaderMatch_Regex)(nil),
 		(*HeaderMatch_Present)(nil),
 	}
-	file_mesh_v1_resources_proto_msgTypes[8].OneofWrappers = []any{}
-	file_mesh_v1_resources_proto_msgTypes[13].OneofWrappers = []any{}
-	file_mesh_v1_resources_proto_msgTypes[16].OneofWrappers = []any{
+	file_mesh_v1_resources_proto_msgTypes[10].OneofWrappers = []any{}
+	file_mesh_v1_resources_proto_msgTypes[15].OneofWrappers = []any{}
+	file_mesh_v1_resources_proto_msgTypes[18].OneofWrappers = []any{
 		(*AuthorizationPath_Exact)(nil),
 		(*AuthorizationPath_Prefix)(nil),
 	}
@@ -2015,8 +3002,8 @@ func file_mesh_v1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_resources_proto_rawDesc), len(file_mesh_v1_resources_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   18,
+			NumEnums:      7,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
