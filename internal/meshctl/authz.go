@@ -30,29 +30,12 @@ scripts can test it; other errors exit 1 too, with a message on stderr.`,
 				return fmt.Errorf("--from: %w", err)
 			}
 			return g.admin(func(ctx context.Context, c meshv1.AdminServiceClient) error {
-				resp, err := c.GetResources(ctx, &meshv1.GetResourcesRequest{Kind: string(api.KindAuthorizationPolicy), Namespace: namespace})
+				x, policies, err := explainRequest(ctx, c, namespace, to, authz.Request{Peer: from, Method: method, Path: path})
 				if err != nil {
 					return err
 				}
-				var policies []*api.AuthorizationPolicy
-				for _, r := range resp.GetResources() {
-					o, err := api.FromProto(r)
-					if err != nil {
-						return err
-					}
-					if p := o.(*api.AuthorizationPolicy); p.Spec.GetService() == to {
-						policies = append(policies, p)
-					}
-				}
-				// The same compile and check the destination's proxy runs on
-				// the policies meshd pushes to it.
-				engine, err := authz.Compile(policies)
-				if err != nil {
-					return err
-				}
-				x := engine.Explain(authz.Request{Peer: from, Method: method, Path: path})
-				err = g.show(view{doc: explanationDoc(namespace, to, len(policies), x), table: func(bool) error {
-					printf(g.io.Out, "service %s/%s, %d policies\n", namespace, to, len(policies))
+				err = g.show(view{doc: explanationDoc(namespace, to, policies, x), table: func(bool) error {
+					printf(g.io.Out, "service %s/%s, %d policies\n", namespace, to, policies)
 					_, err := io.WriteString(g.io.Out, x.String())
 					return err
 				}})
@@ -74,6 +57,32 @@ scripts can test it; other errors exit 1 too, with a message on stderr.`,
 	_ = explain.MarkFlagRequired("to")
 	cmd.AddCommand(explain)
 	return cmd
+}
+
+// explainRequest decides req with the proxies' own code (the same compile
+// and check the destination's proxy runs on the policies meshd pushes to
+// it) on the AuthorizationPolicies of service to in namespace as meshd
+// holds them; it returns the explanation and how many policies there are.
+func explainRequest(ctx context.Context, c meshv1.AdminServiceClient, namespace, to string, req authz.Request) (authz.Explanation, int, error) {
+	resp, err := c.GetResources(ctx, &meshv1.GetResourcesRequest{Kind: string(api.KindAuthorizationPolicy), Namespace: namespace})
+	if err != nil {
+		return authz.Explanation{}, 0, err
+	}
+	var policies []*api.AuthorizationPolicy
+	for _, r := range resp.GetResources() {
+		o, err := api.FromProto(r)
+		if err != nil {
+			return authz.Explanation{}, 0, err
+		}
+		if p := o.(*api.AuthorizationPolicy); p.Spec.GetService() == to {
+			policies = append(policies, p)
+		}
+	}
+	engine, err := authz.Compile(policies)
+	if err != nil {
+		return authz.Explanation{}, 0, err
+	}
+	return engine.Explain(req), len(policies), nil
 }
 
 // explanationDoc is authz explain's document, in camelCase.

@@ -193,6 +193,10 @@ func TestEveryCommandHonoursOutput(t *testing.T) {
 		"meshctl authz explain": {args: func(*testing.T) []string {
 			return []string{"authz", "explain", "--from", "spiffe://minimesh.local/ns/default/sa/web", "--to", "api", "--path", "/v1/x"}
 		}, stable: true},
+		// It serves until interrupted (e2e/dashboard_test.go runs it): here a
+		// bad --port ends it before it serves.
+		"meshctl dashboard": {args: func(*testing.T) []string { return []string{"dashboard", "--port", "70000", "--no-open"} }, emptyTable: true,
+			okErr: func(err error) bool { return strings.Contains(err.Error(), "--port 70000: must be 0 to 65535") }},
 		"meshctl check": {args: func(*testing.T) []string { return []string{"check"} },
 			okErr: func(err error) bool { return strings.Contains(err.Error(), "some checks failed") }},
 		"meshctl stat":                  {args: func(*testing.T) []string { return []string{"stat", "--window", "15m"} }},

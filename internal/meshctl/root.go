@@ -99,6 +99,7 @@ document (what get prints, apply -f reads back); some also -o wide or name.`,
 		newTopCmd(g), newProczCmd(g), newAuthzCmd(g), newCheckCmd(g), newVersionCmd(g))
 	root.AddCommand(newStatCmd(g), newEdgesCmd(g), newDeniesCmd(g))
 	root.AddCommand(newInjectCmd(g))
+	root.AddCommand(newDashboardCmd(g))
 	registerCompletions(g, root)
 	addExamples(root)
 	return root

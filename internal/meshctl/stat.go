@@ -297,21 +297,7 @@ proxy's stream), requests per second, success rate and latency.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return f.run(g, args, func(resp *meshv1.StatsResponse) error {
-				w := resp.GetWindow().AsDuration()
-				doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Edges: []statRow{}}
-				for _, e := range resp.GetEdges() {
-					t := &traffic{}
-					t.add(e)
-					mtls := e.GetMtls()
-					src := e.GetSourceService()
-					if !mtls {
-						src = "(outside the mesh)"
-					}
-					r := statRow{Namespace: e.GetDestinationNamespace(), Source: src, SourceIdentities: e.GetSourceIdentities(),
-						Destination: e.GetDestinationService() + "." + e.GetDestinationNamespace(), DestinationIdentites: e.GetDestinationIdentities(), MTLS: &mtls}
-					fill(&r, t, w, resp.GetLatencyBounds())
-					doc.Edges = append(doc.Edges, r)
-				}
+				doc := edgesDoc(resp)
 				return g.show(view{doc: doc, table: func(wide bool) error {
 					h := "SRC\tDST\tSRC_IDENTITY\tDST_IDENTITY\tSECURED\tSUCCESS\tRPS\tLATENCY_P99"
 					if wide {
@@ -341,6 +327,26 @@ proxy's stream), requests per second, success rate and latency.`,
 	}
 	f.add(cmd)
 	return outputs(cmd, formatTable, formatWide, formatJSON, formatYAML, formatJSONPath)
+}
+
+// edgesDoc is edges' document: one row per edge in resp.
+func edgesDoc(resp *meshv1.StatsResponse) statDoc {
+	w := resp.GetWindow().AsDuration()
+	doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Edges: []statRow{}}
+	for _, e := range resp.GetEdges() {
+		t := &traffic{}
+		t.add(e)
+		mtls := e.GetMtls()
+		src := e.GetSourceService()
+		if !mtls {
+			src = "(outside the mesh)"
+		}
+		r := statRow{Namespace: e.GetDestinationNamespace(), Source: src, SourceIdentities: e.GetSourceIdentities(),
+			Destination: e.GetDestinationService() + "." + e.GetDestinationNamespace(), DestinationIdentites: e.GetDestinationIdentities(), MTLS: &mtls}
+		fill(&r, t, w, resp.GetLatencyBounds())
+		doc.Edges = append(doc.Edges, r)
+	}
+	return doc
 }
 
 // denyRow is one deny as -o json prints it.

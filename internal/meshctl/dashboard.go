@@ -1,0 +1,314 @@
+package meshctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"minimesh/api"
+	"minimesh/api/authz"
+	"minimesh/internal/dashboard"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+func init() {
+	examples["meshctl dashboard"] = `  # Serve the dashboard on 127.0.0.1 and open it in the browser:
+  meshctl dashboard
+  # A fixed port, without opening a browser (open the URL it prints):
+  meshctl dashboard --port 8001 --no-open`
+}
+
+func newDashboardCmd(g *globals) *cobra.Command {
+	var (
+		port   int
+		noOpen bool
+	)
+	cmd := &cobra.Command{
+		Use:   "dashboard [--port 0] [--no-open]",
+		Short: "Serve a web UI of the mesh on 127.0.0.1: topology, proxies, certificates, policy, resources",
+		Long: `Serves a web UI on 127.0.0.1 and forwards its calls to meshd with the
+operator credential, as kubectl proxy does: meshd gets no new way in and
+the browser needs no client certificate. Only read-only calls pass (list,
+get, status, stats, explain). The URL it prints and opens carries a token
+for this run that becomes the session cookie; requests without it, or
+with a Host other than 127.0.0.1:PORT or localhost:PORT, get 403. Runs
+until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			s, err := dashboard.New(dashboard.Config{Conn: conn, Port: port, Views: dashboardViews(), Timeout: g.timeout})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			printf(g.io.Out, "meshctl dashboard: serving on http://%s (Ctrl-C stops it)\nopen: %s\n", s.Addr(), s.URL())
+			if !noOpen {
+				if err := openBrowser(s.URL()); err != nil {
+					printf(g.io.Err, "could not open a browser (%v): open the URL above\n", err)
+				}
+			}
+			return s.Serve(ctx)
+		},
+	}
+	cmd.Flags().IntVar(&port, "port", 0, "port on 127.0.0.1 (0 picks a free one)")
+	cmd.Flags().BoolVar(&noOpen, "no-open", false, "print the URL without opening a browser")
+	return cmd
+}
+
+// openBrowser opens url with the desktop's opener, without waiting for it.
+func openBrowser(url string) error {
+	name := "xdg-open"
+	switch runtime.GOOS {
+	case "darwin":
+		name = "open"
+	case "windows":
+		return fmt.Errorf("not on %s", runtime.GOOS)
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return err
+	}
+	c := exec.Command(path, url)
+	if err := c.Start(); err != nil {
+		return err
+	}
+	go func() { _ = c.Wait() }()
+	return nil
+}
+
+// dashboardViews are the documents the dashboard computes from allowlisted
+// calls with meshctl's own code: edges as meshctl edges prints them, an
+// edge over time, authz explain, and resources as YAML.
+func dashboardViews() map[string]dashboard.View {
+	return map[string]dashboard.View{
+		"Edges":      edgesView,
+		"EdgeSeries": edgeSeriesView,
+		"Explain":    explainView,
+		"Resources":  resourcesView,
+	}
+}
+
+// decodeView reads a view's JSON request strictly into v.
+func decodeView(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	return d.Decode(v)
+}
+
+// viewWindow checks a window in seconds as stat's --window does.
+func viewWindow(sec float64) (time.Duration, error) {
+	if sec == 0 {
+		return time.Minute, nil
+	}
+	w := time.Duration(sec * float64(time.Second))
+	if w < 10*time.Second || w > 15*time.Minute {
+		return 0, fmt.Errorf("windowSeconds %v: must be 10 to 900", sec)
+	}
+	return w, nil
+}
+
+// dashEdge is an edge as meshctl edges prints it, with the destination's
+// service name on its own.
+type dashEdge struct {
+	statRow
+	DestinationService string `json:"destinationService"`
+}
+
+func edgesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
+	var req struct {
+		WindowSeconds float64 `json:"windowSeconds"`
+	}
+	if err := decodeView(body, &req); err != nil {
+		return nil, fmt.Errorf("Edges request: %w", err)
+	}
+	w, err := viewWindow(req.WindowSeconds)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(w)})
+	if err != nil {
+		return nil, err
+	}
+	doc := edgesDoc(resp)
+	out := struct {
+		Window           string     `json:"window"`
+		WindowSeconds    float64    `json:"windowSeconds"`
+		ReplicasAsked    uint32     `json:"replicasAsked"`
+		ReplicasAnswered uint32     `json:"replicasAnswered"`
+		ReplicaErrors    []string   `json:"replicaErrors"`
+		Edges            []dashEdge `json:"edges"`
+	}{Window: doc.Window, WindowSeconds: w.Seconds(), ReplicasAsked: doc.ReplicasAsked, ReplicasAnswered: doc.ReplicasAnswered,
+		ReplicaErrors: append([]string{}, doc.ReplicaErrors...), Edges: []dashEdge{}}
+	for i, r := range doc.Edges {
+		out.Edges = append(out.Edges, dashEdge{statRow: r, DestinationService: resp.GetEdges()[i].GetDestinationService()})
+	}
+	return out, nil
+}
+
+// seriesPoint is one 10 s step of an edge.
+type seriesPoint struct {
+	End         time.Time `json:"end"`
+	RPS         float64   `json:"rps"`
+	SuccessRate *float64  `json:"successRate"`
+	P99         *float64  `json:"p99Seconds"`
+}
+
+// edgeSeriesView is one edge over the last windowSeconds in 10 s steps:
+// the difference of Stats over growing windows (meshd keeps 10 s
+// samples), so each step counts what its 10 s saw.
+func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
+	var req struct {
+		Source        string  `json:"source"`
+		Destination   string  `json:"destinationService"`
+		Namespace     string  `json:"namespace"`
+		WindowSeconds float64 `json:"windowSeconds"`
+	}
+	if err := decodeView(body, &req); err != nil {
+		return nil, fmt.Errorf("EdgeSeries request: %w", err)
+	}
+	if req.Destination == "" {
+		return nil, fmt.Errorf("EdgeSeries request: destinationService: required")
+	}
+	w, err := viewWindow(req.WindowSeconds)
+	if err != nil {
+		return nil, err
+	}
+	steps := int(w / (10 * time.Second))
+	now := time.Now()
+	var bounds []float64
+	cum := make([]traffic, steps+1) // cum[i]: the last i*10 s
+	for i := 1; i <= steps; i++ {
+		resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(time.Duration(i) * 10 * time.Second), Service: req.Destination, Namespace: req.Namespace})
+		if err != nil {
+			return nil, err
+		}
+		bounds = resp.GetLatencyBounds()
+		for _, e := range resp.GetEdges() {
+			src := e.GetSourceService()
+			if !e.GetMtls() {
+				src = "(outside the mesh)"
+			}
+			if src == req.Source && e.GetDestinationService() == req.Destination {
+				cum[i].add(e)
+			}
+		}
+	}
+	points := []seriesPoint{}
+	for i := steps; i >= 1; i-- {
+		var d traffic
+		for k := range d.classes {
+			d.classes[k] = sub(cum[i].classes[k], cum[i-1].classes[k])
+		}
+		d.buckets = make([]uint64, len(cum[i].buckets))
+		for k := range cum[i].buckets {
+			var prev uint64
+			if k < len(cum[i-1].buckets) {
+				prev = cum[i-1].buckets[k]
+			}
+			d.buckets[k] = sub(cum[i].buckets[k], prev)
+		}
+		p := seriesPoint{End: now.Add(-time.Duration(i-1) * 10 * time.Second).UTC(), RPS: float64(d.total()) / 10}
+		if d.total() > 0 {
+			s := d.success()
+			p.SuccessRate = &s
+		}
+		if q := d.quantile(.99, bounds); !math.IsNaN(q) {
+			p.P99 = &q
+		}
+		points = append(points, p)
+	}
+	return map[string]any{"source": req.Source, "destinationService": req.Destination, "namespace": req.Namespace, "stepSeconds": 10, "points": points}, nil
+}
+
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0 // a sample aged out between the calls
+	}
+	return a - b
+}
+
+func explainView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
+	var req struct {
+		From      string `json:"from"`
+		To        string `json:"to"`
+		Namespace string `json:"namespace"`
+		Method    string `json:"method"`
+		Path      string `json:"path"`
+	}
+	if err := decodeView(body, &req); err != nil {
+		return nil, fmt.Errorf("Explain request: %w", err)
+	}
+	if _, err := spiffeid.FromString(req.From); err != nil {
+		return nil, fmt.Errorf("from: %w", err)
+	}
+	if req.To == "" {
+		return nil, fmt.Errorf("to: required (the destination service)")
+	}
+	if req.Namespace == "" {
+		req.Namespace = api.DefaultNamespace
+	}
+	if req.Method == "" {
+		req.Method = "GET"
+	}
+	if req.Path == "" {
+		req.Path = "/"
+	}
+	x, policies, err := explainRequest(ctx, c, req.Namespace, req.To, authz.Request{Peer: req.From, Method: req.Method, Path: req.Path})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"explanation": explanationDoc(req.Namespace, req.To, policies, x), "text": x.String()}, nil
+}
+
+// resourcesView is every applied resource as YAML, as get -o yaml prints
+// it, by kind.
+func resourcesView(ctx context.Context, c meshv1.AdminServiceClient, _ []byte) (any, error) {
+	resp, err := c.GetResources(ctx, &meshv1.GetResourcesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	byKind := map[string][]api.Object{}
+	for _, r := range resp.GetResources() {
+		o, err := api.FromProto(r)
+		if err != nil {
+			return nil, err
+		}
+		byKind[r.GetKind()] = append(byKind[r.GetKind()], o)
+	}
+	type kindDoc struct {
+		Kind  string `json:"kind"`
+		Count int    `json:"count"`
+		YAML  string `json:"yaml"`
+	}
+	out := []kindDoc{}
+	for kind, objs := range byKind {
+		var b bytes.Buffer
+		if err := api.Encode(&b, objs...); err != nil {
+			return nil, err
+		}
+		out = append(out, kindDoc{Kind: kind, Count: len(objs), YAML: b.String()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Kind < out[j].Kind })
+	return map[string]any{"revision": resp.GetRevision(), "kinds": out}, nil
+}
