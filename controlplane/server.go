@@ -106,6 +106,9 @@ type Config struct {
 	BootstrapBurst int
 	// Webhook is the mutating admission webhook (webhook.go); off by default.
 	Webhook WebhookConfig
+	// OperatorSecret keeps an operator credential in a Kubernetes Secret
+	// (opsecret.go); off unless its Kube is set.
+	OperatorSecret OperatorSecretConfig
 	// TokenReviewer reviews Kubernetes service-account tokens presented to
 	// Bootstrap and Renew (controlplane/kube); nil: meshd has no API
 	// access and only join tokens bootstrap proxies.
@@ -174,6 +177,7 @@ type Server struct {
 	health    *healthState    // grpc.health.v1, /livez, /readyz (health.go)
 	stats     *stats.Store    // traffic stats from this replica's proxies (statsrpc.go)
 	advertise atomic.Pointer[string]
+	opSecret  *opSecret // the operator credential's Secret (opsecret.go); nil: off
 
 	closeOnce sync.Once
 }
@@ -240,6 +244,9 @@ func (s *Server) init() error {
 		return err
 	}
 	if err := s.registerMetrics(); err != nil {
+		return err
+	}
+	if err := s.initOperatorSecret(); err != nil {
 		return err
 	}
 	s.refusals = newClientRefusals(cfg.Registry, cfg.Logger.With("component", "tls"), cfg.Clock.Now)
@@ -533,6 +540,11 @@ func (s *Server) Run(ctx context.Context) error {
 	recDone := make(chan struct{})
 	go func() { defer close(recDone); s.authority.RunRecorder(recCtx) }()
 	defer func() { stopRec(); <-recDone }()
+	// The operator credential in its Kubernetes Secret (leader only).
+	opCtx, stopOp := context.WithCancel(context.Background())
+	opDone := make(chan struct{})
+	go func() { defer close(opDone); s.runOperatorSecret(opCtx) }()
+	defer func() { stopOp(); <-opDone }()
 
 	// The singletons below run on the leader only (on bbolt the one
 	// process always is); their writes are fenced on the election key.

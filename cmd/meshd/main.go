@@ -39,8 +39,9 @@ type serveOptions struct {
 	restore, metrics     string
 	showVersion          bool
 	checkBootstrapLimits func() error
-	webhook              webhookOptions // webhookflags.go
-	kube                 kubeOptions    // kubeflags.go
+	webhook              webhookOptions  // webhookflags.go
+	kube                 kubeOptions     // kubeflags.go
+	opSecret             opSecretOptions // opsecretflags.go
 }
 
 // newRoot is meshd's command tree: meshd serves; `meshd operator ...` and
@@ -124,6 +125,7 @@ func (o *serveOptions) register(fs *pflag.FlagSet) {
 	o.checkBootstrapLimits = bootstrapLimitFlags(fs, cfg) // --bootstrap-rate, --bootstrap-burst
 	o.webhook.register(fs)                                // --webhook-*
 	o.kube.register(fs)                                   // --kube-api, --kubeconfig
+	o.opSecret.register(fs)                               // --operator-secret
 	fs.StringVar(&o.restore, "restore", "", "install this backup (from meshctl backup, or an older meshd's raw data-file copy) into an empty --data-dir or empty --etcd-prefix, then start")
 	o.log.Register(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -155,6 +157,9 @@ func (o *serveOptions) serve(ctx context.Context, stderr io.Writer) error {
 		return fail(err)
 	}
 	if err := o.webhook.apply(&cfg, kc); err != nil {
+		return fail(err)
+	}
+	if err := o.opSecret.apply(&cfg, kc, log); err != nil {
 		return fail(err)
 	}
 	storeKind := "bbolt"
