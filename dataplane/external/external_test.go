@@ -1,0 +1,558 @@
+package external_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"minimesh/api"
+	"minimesh/certs"
+	"minimesh/certs/certstest"
+	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/external"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// server is an HTTPS (or TLS echo) server of the test's own.
+type server struct {
+	addr   string
+	port   uint32
+	caPEM  string // the PEM that verifies it
+	seenCN atomic.Pointer[string]
+	conns  atomic.Int64 // open now
+	peak   atomic.Int64
+}
+
+// startHTTPS serves HTTPS for dnsName on 127.0.0.1; clientCAs, when set,
+// requires a client certificate that it verifies. The handler answers
+// "hello <client CN or URI>".
+func startHTTPS(t *testing.T, dnsName string, clientCAs *x509.CertPool, handler http.HandlerFunc) *server {
+	t.Helper()
+	cert, _ := certstest.SelfSigned(t, dnsName)
+	s := &server{caPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAs != nil {
+		tc.ClientCAs, tc.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = ln.Addr().String()
+	_, p, _ := net.SplitHostPort(s.addr)
+	port, _ := strconv.Atoi(p)
+	s.port = uint32(port)
+	if handler == nil {
+		handler = func(w http.ResponseWriter, r *http.Request) {
+			who := "anonymous"
+			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+				who = r.TLS.PeerCertificates[0].URIs[0].String()
+			}
+			fmt.Fprintf(w, "hello %s %s host=%s", who, r.URL.Path, r.Host)
+		}
+	}
+	srv := &http.Server{Handler: handler, ConnState: func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			n := s.conns.Add(1)
+			for {
+				p := s.peak.Load()
+				if n <= p || s.peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+		case http.StateClosed, http.StateHijacked:
+			s.conns.Add(-1)
+		}
+	}, ErrorLog: nil}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return s
+}
+
+// spec is an https ExternalService for s, verified as dnsName.
+func (s *server) spec(dnsName string) *meshv1.ExternalServiceSpec {
+	return &meshv1.ExternalServiceSpec{Hosts: []string{"127.0.0.1"}, Port: s.port,
+		Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_HTTPS, ServerName: dnsName, CaBundle: s.caPEM}
+}
+
+func snapshot(t *testing.T, specs map[string]*meshv1.ExternalServiceSpec) *meshv1.Snapshot {
+	t.Helper()
+	snap := &meshv1.Snapshot{Version: "v"}
+	for name, sp := range specs {
+		o := &api.ExternalService{Metadata: api.Metadata{Name: name, Namespace: "default"}, Spec: sp}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("spec %s: %v", name, err)
+		}
+		snap.Resources = append(snap.Resources, api.ToProto(o))
+	}
+	return snap
+}
+
+func newSet(t *testing.T, cfg external.Config) *external.Set {
+	t.Helper()
+	s, err := external.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func apply(t *testing.T, s *external.Set, specs map[string]*meshv1.ExternalServiceSpec) error {
+	t.Helper()
+	commit, err := s.Prepare(snapshot(t, specs))
+	if err != nil {
+		return err
+	}
+	commit()
+	return nil
+}
+
+func mustApply(t *testing.T, s *external.Set, specs map[string]*meshv1.ExternalServiceSpec) {
+	t.Helper()
+	if err := apply(t, s, specs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// call sends GET path through the set's service name, as the app does.
+func call(t *testing.T, s *external.Set, name, path string) (int, string) {
+	t.Helper()
+	sv := s.Get(name)
+	if sv == nil {
+		t.Fatalf("no service %s", name)
+	}
+	srv := &http.Server{Handler: sv}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + ln.Addr().String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestHTTPSOriginationVerifies(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	var observed []string
+	var mu sync.Mutex
+	s := newSet(t, external.Config{Observe: func(name, ns string, code int, _ float64) {
+		mu.Lock()
+		observed = append(observed, fmt.Sprintf("%s.%s %d", name, ns, code))
+		mu.Unlock()
+	}})
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("api.partner.test")})
+	code, body := call(t, s, "partner", "/v1/x")
+	if code != 200 || !strings.HasPrefix(body, "hello anonymous /v1/x host=api.partner.test:") {
+		t.Fatalf("got %d %q", code, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(observed) != 1 || observed[0] != "partner.default 200" {
+		t.Errorf("observed %v", observed)
+	}
+}
+
+func TestWrongCARefused(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	other := startHTTPS(t, "api.partner.test", nil, nil) // another self-signed key: its PEM does not verify srv
+	s := newSet(t, external.Config{})
+	sp := srv.spec("api.partner.test")
+	sp.CaBundle = other.caPEM
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": sp})
+	code, body := call(t, s, "partner", "/")
+	if code != http.StatusBadGateway || !strings.Contains(body, "not verified") || !strings.Contains(body, "authority") {
+		t.Fatalf("got %d %q, want 502 saying the certificate is not verified", code, body)
+	}
+}
+
+func TestSystemRootsDoNotTrustAPrivateServer(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	s := newSet(t, external.Config{RootCAs: x509.NewCertPool()}) // "system roots" that hold nothing of the test's
+	sp := srv.spec("api.partner.test")
+	sp.CaBundle = ""
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": sp})
+	if code, body := call(t, s, "partner", "/"); code != http.StatusBadGateway || !strings.Contains(body, "not verified") {
+		t.Fatalf("got %d %q", code, body)
+	}
+}
+
+func TestWrongServerNameRefused(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	s := newSet(t, external.Config{})
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("other.partner.test")})
+	code, body := call(t, s, "partner", "/")
+	if code != http.StatusBadGateway || !strings.Contains(body, "not valid for the server name") {
+		t.Fatalf("got %d %q, want 502 for the server name", code, body)
+	}
+}
+
+// clientPair writes an SVID of ca as PEM files and returns their paths.
+func clientPair(t *testing.T, dir string, ca *certs.CA, id string) (string, string) {
+	t.Helper()
+	svid := certstest.SVID(t, ca, id)
+	cert, key, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, kf := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeAtomic(t, cf, cert)
+	writeAtomic(t, kf, key)
+	return cf, kf
+}
+
+// writeAtomic replaces path as a Secret's volume update does (rename).
+func writeAtomic(t *testing.T, path string, b []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestClientCertificate(t *testing.T) {
+	ca := certstest.NewCA(t, "partner.test")
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Root())
+	srv := startHTTPS(t, "api.partner.test", pool, nil)
+	dir := t.TempDir()
+	cf, kf := clientPair(t, dir, ca, "spiffe://partner.test/client-a")
+
+	s := newSet(t, external.Config{})
+	// Without a client certificate the server refuses the handshake.
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("api.partner.test")})
+	if code, body := call(t, s, "partner", "/"); code != http.StatusBadGateway {
+		t.Fatalf("without a client certificate: %d %q, want 502", code, body)
+	}
+	// With one it works.
+	sp := srv.spec("api.partner.test")
+	sp.ClientCertificate = &meshv1.ClientCertificate{CertFile: cf, KeyFile: kf}
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": sp})
+	if code, body := call(t, s, "partner", "/"); code != 200 || !strings.Contains(body, "hello spiffe://partner.test/client-a") {
+		t.Fatalf("with a client certificate: %d %q", code, body)
+	}
+
+	// Rotated files: the next connection presents the new pair.
+	clientPair(t, dir, ca, "spiffe://partner.test/client-b")
+	s.Reload()
+	if code, body := call(t, s, "partner", "/"); code != 200 || !strings.Contains(body, "client-b") {
+		t.Fatalf("after rotation: %d %q, want client-b", code, body)
+	}
+
+	// A key that does not match the certificate: the last good pair stays.
+	other := certstest.SVID(t, ca, "spiffe://partner.test/client-c")
+	_, otherKey, _ := other.Marshal()
+	writeAtomic(t, kf, otherKey)
+	s.Reload()
+	if code, body := call(t, s, "partner", "/"); code != 200 || !strings.Contains(body, "client-b") {
+		t.Fatalf("after a mismatched rotation: %d %q, want the last good pair (client-b)", code, body)
+	}
+}
+
+func TestClientCertificateProblemsAreNACKs(t *testing.T) {
+	ca := certstest.NewCA(t, "partner.test")
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	dir := t.TempDir()
+	cf, kf := clientPair(t, dir, ca, "spiffe://partner.test/a")
+	s := newSet(t, external.Config{})
+	good := srv.spec("api.partner.test")
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": good})
+
+	missing := srv.spec("api.partner.test")
+	missing.ClientCertificate = &meshv1.ClientCertificate{CertFile: filepath.Join(dir, "nope.crt"), KeyFile: kf}
+	err := apply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": missing})
+	if err == nil || !strings.Contains(err.Error(), "ExternalService default/partner") || !strings.Contains(err.Error(), "certFile") ||
+		!strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("missing cert file: %v", err)
+	}
+	other := certstest.SVID(t, ca, "spiffe://partner.test/b")
+	_, otherKey, _ := other.Marshal()
+	kf2 := filepath.Join(dir, "other.key")
+	writeAtomic(t, kf2, otherKey)
+	mismatched := srv.spec("api.partner.test")
+	mismatched.ClientCertificate = &meshv1.ClientCertificate{CertFile: cf, KeyFile: kf2}
+	err = apply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": mismatched})
+	if err == nil || !strings.Contains(err.Error(), "do not make a pair") || bytes.Contains([]byte(err.Error()), otherKey[:40]) {
+		t.Fatalf("mismatched pair: %v", err)
+	}
+	// The last good config stays in force.
+	if code, _ := call(t, s, "partner", "/"); code != 200 {
+		t.Fatalf("the last good config was lost: %d", code)
+	}
+}
+
+func TestDeadHostEjected(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	// 127.0.0.2 on the same port: nothing listens there (refused).
+	s := newSet(t, external.Config{Outlier: balancer.Config{ConsecutiveFailures: 2, BaseEjection: time.Hour}})
+	sp := srv.spec("api.partner.test")
+	sp.Hosts = []string{"127.0.0.2", "127.0.0.1"}
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": sp})
+	sv := s.Get("partner")
+	for i := range 20 {
+		c, err := sv.Dial(t.Context()) // retries connects: every call reaches the live host
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		_ = c.Close()
+	}
+	var ejected []string
+	for _, st := range sv.Status() {
+		if st.Ejected {
+			ejected = append(ejected, st.Addr)
+		}
+	}
+	want := net.JoinHostPort("127.0.0.2", strconv.Itoa(int(srv.port)))
+	if len(ejected) != 1 || ejected[0] != want {
+		t.Fatalf("ejected %v, want [%s]", ejected, want)
+	}
+}
+
+func TestConnectRetriesAreBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = ln.Close() // nothing listens: every connect is refused
+	s := newSet(t, external.Config{ConnectAttempts: 2})
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": {Hosts: []string{"127.0.0.1"}, Port: uint32(port),
+		Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TCP, ConnectTimeout: durationpb.New(time.Second)}})
+	_, err = s.Get("db").Dial(t.Context())
+	var de *external.DialError
+	if !asDialError(err, &de) || len(de.Errs) != 2 {
+		t.Fatalf("got %v, want a DialError of 2 attempts", err)
+	}
+}
+
+func asDialError(err error, de **external.DialError) bool {
+	d, ok := err.(*external.DialError)
+	*de = d
+	return ok
+}
+
+func TestHTTPPoolBounded(t *testing.T) {
+	release := make(chan struct{})
+	var inHandler atomic.Int64
+	srv := startHTTPS(t, "api.partner.test", nil, func(w http.ResponseWriter, _ *http.Request) {
+		inHandler.Add(1)
+		<-release
+		_, _ = io.WriteString(w, "ok")
+	})
+	s := newSet(t, external.Config{MaxConns: 2, MaxIdleConns: 1})
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("api.partner.test")})
+	var wg sync.WaitGroup
+	codes := make(chan int, 5)
+	for range 5 {
+		wg.Go(func() {
+			code, _ := call(t, s, "partner", "/")
+			codes <- code
+		})
+	}
+	// Two requests reach the server; the others wait for a connection.
+	for inHandler.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a third would have arrived by now
+	if n := srv.peak.Load(); n != 2 {
+		t.Errorf("%d connections to the server at once, want 2 (MaxConns)", n)
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Errorf("code %d", c)
+		}
+	}
+	if n := srv.peak.Load(); n != 2 {
+		t.Errorf("peak %d connections, want 2", n)
+	}
+}
+
+// startTLSEcho is a TLS server that echoes lines.
+func startTLSEcho(t *testing.T, dnsName string) *server {
+	t.Helper()
+	cert, _ := certstest.SelfSigned(t, dnsName)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return &server{addr: ln.Addr().String(), port: uint32(ln.Addr().(*net.TCPAddr).Port),
+		caPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))}
+}
+
+func serve(t *testing.T, s *external.Set, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln, name, external.ListenerLimits{Drain: time.Second}) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestTLSListener(t *testing.T) {
+	echo := startTLSEcho(t, "db.partner.test")
+	reg := prometheus.NewRegistry()
+	s := newSet(t, external.Config{Registerer: reg, MaxConns: 1})
+	addr := serve(t, s, "db")
+
+	// Not in the config yet: a TCP client's connection is closed.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("unknown name: read %v, want EOF", err)
+	}
+	_ = c.Close()
+
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": {Hosts: []string{"127.0.0.1"}, Port: echo.port,
+		Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TLS, ServerName: "db.partner.test", CaBundle: echo.caPEM}})
+	c, err = net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+	// MaxConns 1: a second connection while the first is open is closed.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c2.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("over the limit: read %v, want EOF", err)
+	}
+	_ = c2.Close()
+	for res, want := range map[string]float64{external.ResultUnknown: 1, external.ResultRelayed: 1, external.ResultOverLimit: 1} {
+		eventuallyCount(t, reg, res, want)
+	}
+
+	// A wrong server name: the connection is closed, counted.
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": {Hosts: []string{"127.0.0.1"}, Port: echo.port,
+		Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TLS, ServerName: "evil.partner.test", CaBundle: echo.caPEM}})
+	_ = c.Close()
+	time.Sleep(50 * time.Millisecond) // the slot is given back
+	c3, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	_ = c3.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c3.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("wrong server name: read %v, want EOF", err)
+	}
+	eventuallyCount(t, reg, external.ResultDialFailed, 1)
+}
+
+func eventuallyCount(t *testing.T, reg *prometheus.Registry, result string, want float64) {
+	t.Helper()
+	var got float64
+	for range 200 {
+		fams, _ := reg.Gather()
+		got = 0
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" && l.GetValue() == result {
+						got += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		if got == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("result %s counted %v, want %v", result, got, want)
+}
+
+func TestHTTPListenerUnknownName502(t *testing.T) {
+	s := newSet(t, external.Config{})
+	addr := serve(t, s, "partner")
+	resp, err := http.Get("http://" + addr + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), `"partner" is not in this proxy's config`) {
+		t.Fatalf("got %d %q", resp.StatusCode, b)
+	}
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("api.partner.test")})
+	resp, err = http.Get("http://" + addr + "/y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "hello anonymous /y") {
+		t.Fatalf("got %d %q", resp.StatusCode, b)
+	}
+	if got := s.Route("api.partner.test"); got == nil {
+		t.Error("Route does not find the https service by its server name")
+	}
+	if got := s.Route("api.partner.test:1"); got != nil {
+		t.Error("Route found the service on another port")
+	}
+}
