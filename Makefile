@@ -51,7 +51,7 @@ demo-ha-check: build ## Run demo-ha once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo-ha.sh
 
 .PHONY: test
-test: ## Run every test (with -race unless RACE= is given).
+test: chromium ## Run every test (with -race unless RACE= is given; installs chromium for the dashboard's browser test).
 	$(GO) vet $(PKGS)
 	$(GO) test $(RACE) -count=1 -timeout 15m $(TESTFLAGS) $(PKGS)
 
@@ -71,6 +71,22 @@ generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## Regenerat
 generate-check: generate ## Fail when the committed generated code is stale.
 	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
 		echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- proto; exit 1; fi
+
+# The dashboard (meshctl dashboard): its front-end in ui/ is bundled by
+# esbuild into internal/dashboard/assets, committed and embedded, so that
+# go build needs no Node.
+.PHONY: ui
+ui: ## Rebuild the dashboard's bundle (ui/: npm ci, esbuild) into internal/dashboard/assets.
+	cd ui && npm ci --no-audit --no-fund && npm run build
+
+.PHONY: ui-check
+ui-check: ui ## Fail when the committed dashboard bundle is stale.
+	@if [ -n "$$(git status --porcelain -- internal/dashboard/assets)" ]; then \
+		echo "the dashboard bundle is stale: run 'make ui' and commit"; git status --porcelain -- internal/dashboard/assets; exit 1; fi
+
+.PHONY: chromium
+chromium: ## Install Debian's chromium where it is missing (the dashboard's browser test, e2e TestDashboardInChromium).
+	@command -v chromium >/dev/null 2>&1 || { s=; [ "$$(id -u)" = 0 ] || s=sudo; $$s apt-get install -y chromium || { $$s apt-get update && $$s apt-get install -y chromium; }; }
 
 .PHONY: docs
 docs: ## Regenerate docs/reference.md from resources.proto's comments and examples/.

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
@@ -407,6 +408,22 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 			t.Fatal(err)
 		}
 	}
+
+	// Dark mode follows prefers-color-scheme.
+	colorScheme := func(v string) {
+		t.Helper()
+		if _, err := chromedp.Call(bctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: v}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bg := `getComputedStyle(document.body).backgroundColor`
+	light := evalJS[string](t, bctx, bg)
+	colorScheme("dark")
+	if dark := evalJS[string](t, bctx, bg); dark == light {
+		t.Errorf("the background is %s in dark mode as in light", dark)
+	}
+	shot("topology-dark")
+	colorScheme("light")
 
 	// 3 and 6. Proxies: db NACKED with its reason; web's version as text.
 	do("proxies", chromedp.Click(chromedp.CSS(`nav a[href="#/proxies"]`)))

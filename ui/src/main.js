@@ -168,7 +168,7 @@ function Topology() {
     <div class="topo">
       <svg viewBox=${`0 0 ${width} ${height}`} role="img" aria-label="service topology">
         <defs>
-          <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
+          <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto-start-reverse">
             <path d="M0 0 L10 5 L0 10 z" class="arrowhead" />
           </marker>
         </defs>
@@ -214,13 +214,23 @@ function Topology() {
 function EdgeChart({ sel, onClose }) {
   const ref = useRef(null);
   const series = usePoll(() => call('EdgeSeries', { source: sel.source, destinationService: sel.destinationService, namespace: sel.namespace, windowSeconds: 300 }), [sel.key], 10000);
+  // Redraw when the colour scheme changes: the canvas takes its colours
+  // from the CSS variables when it draws.
+  const [scheme, setScheme] = useState(0);
+  useEffect(() => {
+    const mq = window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)');
+    if (!mq) return undefined;
+    const on = () => setScheme((n) => n + 1);
+    mq.addEventListener('change', on);
+    return () => mq.removeEventListener('change', on);
+  }, []);
   useEffect(() => {
     if (!series.data || !ref.current) return;
     const pts = series.data.points;
     const xs = pts.map((p) => new Date(p.end).getTime() / 1000);
     const data = [xs, pts.map((p) => p.rps), pts.map((p) => (p.successRate == null ? null : 100 * p.successRate)), pts.map((p) => (p.p99Seconds == null ? null : 1000 * p.p99Seconds))];
-    const dark = window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches;
-    const axis = { stroke: dark ? '#c9d1d9' : '#333', grid: { stroke: dark ? '#30363d' : '#e5e5e5' } };
+    const css = getComputedStyle(document.documentElement);
+    const axis = { stroke: css.getPropertyValue('--fg').trim(), grid: { stroke: css.getPropertyValue('--line').trim() }, ticks: { stroke: css.getPropertyValue('--line').trim() } };
     const plot = new uPlot(
       {
         width: Math.min(1180, ref.current.clientWidth || 1100),
@@ -233,7 +243,7 @@ function EdgeChart({ sel, onClose }) {
       ref.current,
     );
     return () => plot.destroy();
-  }, [series.data]);
+  }, [series.data, scheme]);
   return html`<div class="panel" data-edge-chart=${sel.key}>
     <div class="panel-head"><strong>${sel.source} → ${sel.destinationService}.${sel.namespace}</strong> <span>last 5 minutes, 10 s steps</span>
       <button type="button" onClick=${onClose}>close</button></div>
