@@ -173,8 +173,13 @@ type OutboundConfig struct {
 	// port may reach, in plain HTTP (the mesh cannot encrypt to them):
 	// "host" (any port) or "host:port", compared case-insensitively with
 	// the request's Host. Empty: none; every other Host that is not a
-	// service of the mesh gets 502.
+	// service of the mesh gets 502. Deprecated: declare an
+	// ExternalService (External), which also originates TLS.
 	Egress []string
+	// External, when set, finds the http and https ExternalServices by the
+	// Host of a request to the Host-routed port that names no service of
+	// the mesh; it supersedes Egress for the same host.
+	External ExternalRouter
 	// Namespace of this proxy, where bare service names are looked up.
 	// Default "default".
 	Namespace string
@@ -694,6 +699,12 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		svc, port = up.service(t), up.Port
 	} else {
 		svc, port = t.lookupHost(r.Host)
+	}
+	if svc == nil && up == nil && o.cfg.External != nil {
+		if h := o.cfg.External.Route(r.Host); h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
 	}
 	if svc == nil && up == nil && o.egressAllowed(r.Host) {
 		o.egressFwd.serve(w, r, nil) // no decision: the Host is the destination

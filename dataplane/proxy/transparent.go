@@ -5,7 +5,9 @@ package proxy
 // to the outbound's Host-routed HTTP server (HTTP: to a mesh service over
 // mTLS, or out through the egress list) or relayed, as plain TCP, to where
 // they were going (anything else: the app's DNS-over-TCP, TLS to outside
-// hosts, databases outside the mesh), as Istio's passthrough does.
+// hosts, databases outside the mesh), as Istio's passthrough does; under
+// RegistryOnly (Istio's REGISTRY_ONLY) those are refused unless an
+// ExternalService declares their address.
 
 import (
 	"bufio"
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"minimesh/dataplane/meshlink"
 	"minimesh/dataplane/redirect"
@@ -41,6 +44,7 @@ const (
 	TransparentNotRedirected = "not_redirected" // reached the listener directly; refused
 	TransparentDialFailed    = "dial_failed"    // the original destination did not answer
 	TransparentOverLimit     = "over_limit"     // MaxConns connections were already open
+	TransparentRefused       = "refused"        // not HTTP, to an undeclared destination, under RegistryOnly
 )
 
 // TransparentConfig configures a Transparent listener.
@@ -71,6 +75,15 @@ type TransparentConfig struct {
 	// SniffTimeout bounds the wait for a connection's first bytes to an
 	// undeclared port; default 200ms.
 	SniffTimeout time.Duration
+	// RegistryOnly (mesh-proxy --outbound-policy registry-only, Istio's
+	// REGISTRY_ONLY) refuses, counts ("refused") and logs the connections
+	// that would be relayed as they are, unless Declared says their
+	// original destination is declared. HTTP still goes to the HTTP
+	// router, whose Host-routed port answers 502 for undeclared hosts.
+	RegistryOnly bool
+	// Declared reports whether a destination is declared outside the mesh
+	// (an ExternalService with that IP address and port). Nil: none is.
+	Declared func(dst netip.AddrPort) bool
 	// Registerer, if set, gets minimesh_proxy_transparent_connections_total{result}.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger // discards if nil
@@ -107,6 +120,9 @@ type Transparent struct {
 	lim     Limits
 	results *prometheus.CounterVec
 	slots   chan struct{}
+	// refusals bounds the log lines of refused connections (RegistryOnly);
+	// every one is counted.
+	refusals *rate.Limiter
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -139,13 +155,15 @@ func NewTransparent(cfg TransparentConfig) (*Transparent, error) {
 		lim:   cfg.Limits.withDefaults(),
 		slots: make(chan struct{}, cfg.MaxConns),
 		conns: map[net.Conn]struct{}{},
+		// A burst of 10 lines, then one a second.
+		refusals: rate.NewLimiter(1, 10),
 	}
 	r := &registrar{reg: cfg.Registerer}
 	t.results = r.counterVec(prometheus.CounterOpts{
 		Name: "minimesh_proxy_transparent_connections_total",
 		Help: "Connections accepted by the transparent listener, by result.",
 	}, []string{"result"})
-	for _, r := range []string{TransparentHTTP, TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit} {
+	for _, r := range []string{TransparentHTTP, TransparentRelayed, TransparentNotRedirected, TransparentDialFailed, TransparentOverLimit, TransparentRefused} {
 		t.results.WithLabelValues(r)
 	}
 	if r.err != nil {
@@ -254,6 +272,14 @@ func (t *Transparent) relay(ctx context.Context, c net.Conn) {
 		}
 	}
 	defer c.Close()
+	if t.cfg.RegistryOnly && (t.cfg.Declared == nil || !t.cfg.Declared(dst)) {
+		t.results.WithLabelValues(TransparentRefused).Inc()
+		if t.refusals.Allow() {
+			log.Warn("transparent: refused a connection to a destination outside the mesh that no ExternalService declares (outbound policy registry-only)",
+				slog.String("src", c.RemoteAddr().String()), slog.String("original_dst", dst.String()))
+		}
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, t.lim.Dial)
 	up, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(dctx, "tcp", dst.String())
 	cancel()
