@@ -1,0 +1,464 @@
+package logadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"minimesh/certs"
+	"minimesh/dataplane/logrecord"
+)
+
+// Defaults and bounds.
+const (
+	DefaultPoll         = 250 * time.Millisecond
+	DefaultMaxOpenFiles = 32
+	// maxDirEntries bounds the entries read from one directory per poll
+	// when a glob has a wildcard.
+	maxDirEntries = 10000
+	// readBudget bounds the bytes read from one file per poll, so one
+	// busy file does not starve the others.
+	readBudget = 4 << 20
+	readBuf    = 64 << 10
+)
+
+// Config configures an Adapter.
+type Config struct {
+	// SharedDir is the pod's shared directory: the globs are relative to
+	// it. Required.
+	SharedDir string
+	// StateDir keeps the read offsets (StateFile); empty keeps none (a
+	// restart reads every file from its start).
+	StateDir string
+	// Sink receives the records (never blocks). Required.
+	Sink logrecord.Sink
+	// Service, Pod and Identity (called per record) fill the fields.
+	Service  string
+	Pod      string
+	Identity func() string
+	// Poll is how often the files are looked at (default 250ms);
+	// PersistEvery how often changed offsets are written (default 1s).
+	Poll         time.Duration
+	PersistEvery time.Duration
+	// MaxOpenFiles caps the files followed at once (default 32); more
+	// matches wait, counted as skipped{reason="too_many_files"}.
+	MaxOpenFiles int
+	Clock        certs.Clock
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// Adapter follows the files of the LogAdapters set on it and offers their
+// records to the Sink. Set may be called at any time; Run does the work.
+type Adapter struct {
+	cfg   Config
+	specs atomic.Pointer[[]*Spec]
+	kick  chan struct{}
+
+	// Run's goroutine only.
+	root     *root
+	files    map[fileKey]*tailed
+	saved    map[fileKey]fileState // offsets loaded at start, not yet resumed
+	dirty    bool
+	lastSave time.Time
+	enc      encoder
+	idBuf    []byte
+	buf      []byte
+	warned   map[string]bool
+
+	records, truncatedRecs, dropped prometheus.Counter
+	skipped                         *prometheus.CounterVec
+	open                            prometheus.Gauge
+}
+
+// New checks cfg and builds an Adapter.
+func New(cfg Config) (*Adapter, error) {
+	if cfg.SharedDir == "" {
+		return nil, errors.New("logadapter: SharedDir is required (--shared-dir)")
+	}
+	if cfg.Sink == nil {
+		return nil, errors.New("logadapter: Sink is required")
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = DefaultPoll
+	}
+	if cfg.PersistEvery <= 0 {
+		cfg.PersistEvery = time.Second
+	}
+	if cfg.MaxOpenFiles <= 0 {
+		cfg.MaxOpenFiles = DefaultMaxOpenFiles
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = certs.SystemClock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Identity == nil {
+		cfg.Identity = func() string { return "" }
+	}
+	a := &Adapter{cfg: cfg, kick: make(chan struct{}, 1), files: map[fileKey]*tailed{}, warned: map[string]bool{},
+		records: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_proxy_logadapter_records_total",
+			Help: "Records the log adapter made from the app's log files."}),
+		truncatedRecs: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_proxy_logadapter_truncated_total",
+			Help: "Records cut at the LogAdapter's maxRecordBytes."}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_proxy_logadapter_dropped_total",
+			Help: "Records a sink (the output, the shipper) did not take because it was full."}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_proxy_logadapter_skipped_total",
+			Help: "Matched paths not read, by reason: not_regular (a symbolic link, FIFO, device, socket), too_many_files, error."}, []string{"reason"}),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_proxy_logadapter_files",
+			Help: "Files the log adapter follows now."}),
+	}
+	for _, r := range []string{"not_regular", "too_many_files", "error"} {
+		a.skipped.WithLabelValues(r)
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{a.records, a.truncatedRecs, a.dropped, a.skipped, a.open} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	empty := []*Spec{}
+	a.specs.Store(&empty)
+	return a, nil
+}
+
+// Set replaces the LogAdapters followed (nil or empty: none; files being
+// read are read to their end, then closed).
+func (a *Adapter) Set(specs []*Spec) {
+	s := slices.Clone(specs)
+	a.specs.Store(&s)
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run follows the files until ctx ends, then reads what is there, emits
+// every record pending, persists the offsets and closes the files: a
+// restart neither loses nor repeats a record.
+func (a *Adapter) Run(ctx context.Context) error {
+	r, err := openRoot(a.cfg.SharedDir)
+	if err != nil {
+		return fmt.Errorf("logadapter: %w", err)
+	}
+	a.root = r
+	defer r.Close()
+	if a.saved, err = loadState(a.cfg.StateDir); err != nil {
+		a.cfg.Logger.Warn("log adapter: offsets unreadable, reading the files from their start", "err", err)
+	}
+	t := time.NewTicker(a.cfg.Poll)
+	defer t.Stop()
+	for {
+		a.poll(false)
+		select {
+		case <-ctx.Done():
+			a.poll(true)
+			for k, f := range a.files {
+				f.flush(a.emit)
+				_ = f.f.Close()
+				a.keep(k, f)
+			}
+			a.dirty = true
+			a.persist(true)
+			return nil
+		case <-t.C:
+		case <-a.kick:
+		}
+	}
+}
+
+// keep moves a closed file's position into saved, so the final persist
+// still has it.
+func (a *Adapter) keep(k fileKey, f *tailed) {
+	if a.saved == nil {
+		a.saved = map[fileKey]fileState{}
+	}
+	a.saved[k] = f.state()
+}
+
+func (t *tailed) state() fileState {
+	return fileState{Dev: t.key.Dev, Ino: t.key.Ino, Gen: t.gen, Offset: t.committed(),
+		SkipLine: t.skipLine && !t.haveRec && len(t.line) == 0,
+		SkipCont: t.skipCont && !t.haveRec, Path: t.path}
+}
+
+// poll matches the globs, follows new files, reads every file, emits
+// idle records and closes files no glob matches any more once they are
+// read to their end. final reads to the end and closes nothing.
+func (a *Adapter) poll(final bool) {
+	now := a.cfg.Clock.Now()
+	specs := *a.specs.Load()
+	for _, f := range a.files {
+		f.matched = false
+	}
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		for _, g := range sp.globs {
+			for _, p := range a.expand(g) {
+				if seen[p] {
+					continue
+				}
+				seen[p] = true
+				a.track(sp, p, now)
+			}
+		}
+	}
+	// Files no longer matched (renamed away by a rotation, or their
+	// LogAdapter removed) first: their end comes before the new file's
+	// start.
+	order := make([]*tailed, 0, len(a.files))
+	for _, f := range a.files {
+		order = append(order, f)
+	}
+	slices.SortFunc(order, func(x, y *tailed) int {
+		if x.matched != y.matched {
+			if !x.matched {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(x.path, y.path)
+	})
+	for _, f := range order {
+		got := a.read(f, now)
+		if !got && now.Sub(f.lastData) >= f.spec.flushAfter {
+			before := f.committed()
+			f.flush(a.emit)
+			if f.committed() != before {
+				a.dirty = true
+			}
+		}
+		if final {
+			continue
+		}
+		idle := now.Sub(f.lastData) >= max(f.spec.flushAfter, 2*a.cfg.Poll)
+		if f.failed || (!f.matched && !got && idle) {
+			f.flush(a.emit)
+			_ = f.f.Close()
+			delete(a.files, f.key)
+			a.dirty = true
+		}
+	}
+	a.open.Set(float64(len(a.files)))
+	if !final {
+		a.persist(false)
+	}
+}
+
+// track follows path p (relative) if it is a regular file not followed
+// yet.
+func (a *Adapter) track(sp *Spec, p string, now time.Time) {
+	st, err := a.root.lstatBeneath(p)
+	if err != nil {
+		a.skip(p, err)
+		return
+	}
+	k := fileKey{uint64(st.Dev), st.Ino}
+	if f, ok := a.files[k]; ok {
+		f.matched, f.path, f.spec = true, p, sp
+		return
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		a.skip(p, fmt.Errorf("%s: %w (%s)", p, errNotRegular, typeName(st.Mode)))
+		return
+	}
+	if len(a.files) >= a.cfg.MaxOpenFiles {
+		a.skipped.WithLabelValues("too_many_files").Inc()
+		a.warnOnce(p, "log adapter: too many files open, this one waits", "file", p, "max", a.cfg.MaxOpenFiles)
+		return
+	}
+	fh, st, err := a.root.openRegular(p)
+	if err != nil {
+		a.skip(p, err)
+		return
+	}
+	k = fileKey{uint64(st.Dev), st.Ino}
+	if f, ok := a.files[k]; ok { // replaced between lstat and open
+		_ = fh.Close()
+		f.matched, f.path = true, p
+		return
+	}
+	t := &tailed{key: k, f: fh, path: p, spec: sp, matched: true, lastData: now}
+	if s, ok := a.saved[k]; ok {
+		t.gen, t.off, t.skipLine, t.skipCont = s.Gen, s.Offset, s.SkipLine, s.SkipCont
+		if st.Size < s.Offset { // truncated while we were away
+			t.gen, t.off, t.skipLine, t.skipCont = s.Gen+1, 0, false, false
+		}
+		delete(a.saved, k)
+	}
+	t.lineStart = t.off
+	a.files[k] = t
+	a.dirty = true
+	delete(a.warned, p)
+}
+
+func (a *Adapter) skip(p string, err error) {
+	if errors.Is(err, errNotRegular) {
+		a.skipped.WithLabelValues("not_regular").Inc()
+		a.warnOnce(p, "log adapter: not following a path that is not a regular file", "file", p, "err", err)
+		return
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return // gone between the glob and the open
+	}
+	a.skipped.WithLabelValues("error").Inc()
+	a.warnOnce(p, "log adapter: cannot open", "file", p, "err", err)
+}
+
+func (a *Adapter) warnOnce(p, msg string, args ...any) {
+	if a.warned[p] {
+		return
+	}
+	if len(a.warned) > 1000 {
+		clear(a.warned)
+	}
+	a.warned[p] = true
+	a.cfg.Logger.Warn(msg, args...)
+}
+
+// read reads what f has beyond its offset (at most readBudget); it
+// reports whether any bytes came.
+func (a *Adapter) read(f *tailed, now time.Time) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.f.Fd()), &st); err != nil {
+		f.failed = true
+		return false
+	}
+	if st.Size < f.off {
+		f.truncated(a.emit)
+		a.dirty = true
+	}
+	if a.buf == nil {
+		a.buf = make([]byte, readBuf)
+	}
+	got := false
+	for budget := readBudget; budget > 0 && f.off < st.Size; {
+		n, err := f.f.ReadAt(a.buf[:min(len(a.buf), budget)], f.off)
+		if n > 0 {
+			got = true
+			budget -= n
+			f.feed(a.buf[:n], a.emit)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			a.cfg.Logger.Warn("log adapter: read failed", "file", f.path, "err", err)
+			f.failed = true
+			break
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if got {
+		f.lastData = now
+		a.dirty = true
+	}
+	return got
+}
+
+// emit builds one record and offers it to the sink.
+func (a *Adapter) emit(f *tailed, text []byte, start int64, truncated bool) {
+	a.idBuf = appendRecordID(a.idBuf[:0], f.key.Ino, f.gen, start)
+	m := recordMeta{id: a.idBuf, service: a.cfg.Service, pod: a.cfg.Pod, file: f.path, truncated: truncated, time: a.cfg.Clock.Now()}
+	if f.spec.fields[1] {
+		m.identity = a.cfg.Identity()
+	}
+	rec := a.enc.encode(f.spec, text, &m)
+	a.records.Inc()
+	if truncated {
+		a.truncatedRecs.Inc()
+	}
+	if !a.cfg.Sink.Offer(rec) {
+		a.dropped.Inc()
+	}
+}
+
+// persist writes the offsets if they changed, at most every
+// PersistEvery (force: now).
+func (a *Adapter) persist(force bool) {
+	if a.cfg.StateDir == "" || !a.dirty {
+		return
+	}
+	now := a.cfg.Clock.Now()
+	if !force && now.Sub(a.lastSave) < a.cfg.PersistEvery {
+		return
+	}
+	var out []fileState
+	for _, f := range a.files {
+		out = append(out, f.state())
+	}
+	// Offsets loaded but not resumed yet (a file not matched this run)
+	// are kept, within the bound.
+	for k, s := range a.saved {
+		if _, ok := a.files[k]; !ok && len(out) < maxStateFiles {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(x, y fileState) int { return strings.Compare(x.Path, y.Path) })
+	if err := saveState(a.cfg.StateDir, out); err != nil {
+		a.cfg.Logger.Warn("log adapter: cannot save offsets", "err", err)
+		return
+	}
+	a.dirty, a.lastSave = false, now
+}
+
+// expand lists the paths matching glob g (relative, '/'-separated),
+// reading each directory on the way without following symbolic links.
+func (a *Adapter) expand(g string) []string {
+	parts := strings.Split(g, "/")
+	paths := []string{""}
+	for i, part := range parts {
+		last := i == len(parts)-1
+		var next []string
+		for _, dir := range paths {
+			if !hasMeta(part) {
+				next = append(next, join(dir, part))
+				continue
+			}
+			for _, name := range a.list(dir) {
+				if ok, _ := path.Match(part, name); ok && (last || name[0] != '.' || part[0] == '.') {
+					next = append(next, join(dir, name))
+				}
+			}
+		}
+		if len(next) > maxDirEntries {
+			next = next[:maxDirEntries]
+		}
+		paths = next
+	}
+	slices.Sort(paths)
+	return paths
+}
+
+func (a *Adapter) list(dir string) []string {
+	if dir == "" {
+		dir = "."
+	}
+	d, err := a.root.open(dir, true)
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(maxDirEntries)
+	return names
+}
+
+func hasMeta(s string) bool { return strings.ContainsAny(s, `*?[\`) }
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}

@@ -1,0 +1,315 @@
+package logadapter
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string: '"', '\', every control
+// character (C0, DEL, C1), U+2028 and U+2029 escaped, invalid UTF-8 as
+// U+FFFD. An app's bytes can never forge a line of the output.
+func appendString(b []byte, s []byte) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r >= 0x80 && r <= 0x9f, r == '\u2028', r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// ours are the keys the adapter writes; an app's key of the same name is
+// kept as "app_<key>".
+var ours = map[string]bool{"source": true, "record_id": true, "service": true, "identity": true,
+	"pod": true, "file": true, "truncated": true}
+
+// kv is one field parsed from a record: a JSON value (raw) or a string.
+type kv struct {
+	key  []byte
+	val  []byte
+	json bool // val is a JSON value, written as it is
+}
+
+// recordMeta is what the adapter adds to each record.
+type recordMeta struct {
+	id        []byte
+	service   string
+	identity  string
+	pod       string
+	file      string
+	truncated bool
+	time      time.Time
+}
+
+// encoder builds records; one per Adapter (single goroutine), its buffers
+// reused.
+type encoder struct {
+	buf  []byte
+	kvs  []kv
+	keys map[string]bool
+}
+
+// encode returns the JSON record for text (the record's lines joined by
+// '\n'); the result is valid until the next call.
+func (e *encoder) encode(sp *Spec, text []byte, m *recordMeta) []byte {
+	e.kvs = e.kvs[:0]
+	first, rest := text, []byte(nil)
+	if i := bytes.IndexByte(text, '\n'); i >= 0 {
+		first, rest = text[:i], text[i+1:]
+	}
+	parsed := false
+	switch sp.format {
+	case meshv1.LogFormat_LOG_FORMAT_JSON:
+		if parsed = e.parseJSON(text); parsed {
+			rest = nil
+		} else {
+			parsed = e.parseJSON(first)
+		}
+	case meshv1.LogFormat_LOG_FORMAT_LOGFMT:
+		parsed = e.parseLogfmt(first)
+	case meshv1.LogFormat_LOG_FORMAT_REGEX:
+		parsed = e.parseRegex(sp, first)
+	}
+	b := append(e.buf[:0], `{"source":"app","record_id":"`...)
+	b = append(b, m.id...)
+	b = append(b, '"')
+	str := func(k, v string) {
+		b = append(b, `,"`...)
+		b = append(b, k...)
+		b = append(b, `":`...)
+		b = appendString(b, []byte(v))
+	}
+	if sp.fields[0] {
+		str("service", m.service)
+	}
+	if sp.fields[1] {
+		str("identity", m.identity)
+	}
+	if sp.fields[2] {
+		str("pod", m.pod)
+	}
+	if sp.fields[3] {
+		str("file", m.file)
+	}
+	if !parsed {
+		b = append(b, `,"time":"`...)
+		b = m.time.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, `","message":`...)
+		b = appendString(b, text)
+	} else {
+		clear(e.keys)
+		if e.keys == nil {
+			e.keys = map[string]bool{}
+		}
+		for _, f := range e.kvs {
+			e.keys[string(f.key)] = true
+		}
+		if !e.keys["time"] {
+			b = append(b, `,"time":"`...)
+			b = m.time.UTC().AppendFormat(b, time.RFC3339Nano)
+			b = append(b, '"')
+		}
+		for _, f := range e.kvs {
+			b = append(b, ',')
+			k := f.key
+			if ours[string(k)] {
+				k = append([]byte("app_"), k...)
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			if f.json {
+				b = append(b, f.val...)
+			} else {
+				b = appendString(b, f.val)
+			}
+		}
+		if len(rest) > 0 {
+			b = append(b, `,"continuation":`...)
+			b = appendString(b, rest)
+		}
+	}
+	if m.truncated {
+		b = append(b, `,"truncated":true`...)
+	}
+	b = append(b, '}')
+	e.buf = b
+	return b
+}
+
+// add keeps the first of duplicate keys.
+func (e *encoder) add(k, v []byte, raw bool) {
+	for _, f := range e.kvs {
+		if bytes.Equal(f.key, k) {
+			return
+		}
+	}
+	e.kvs = append(e.kvs, kv{key: k, val: v, json: raw})
+}
+
+// parseJSON reads one JSON object (keys sorted); anything else is not
+// parsed (the record becomes message).
+func (e *encoder) parseJSON(s []byte) bool {
+	s = bytes.TrimSpace(s)
+	if len(s) < 2 || s[0] != '{' || !utf8.Valid(s) {
+		return false
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(s, &obj); err != nil {
+		return false
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		var c bytes.Buffer
+		if err := json.Compact(&c, obj[k]); err != nil {
+			return false
+		}
+		e.add([]byte(k), c.Bytes(), true)
+	}
+	return true
+}
+
+// parseLogfmt reads key=value pairs, values bare or double-quoted (with
+// \" \\ \n \t escapes); a bare key is true. Anything else is not parsed.
+func (e *encoder) parseLogfmt(s []byte) bool {
+	i := 0
+	for {
+		for i < len(s) && (s[i] == ' ' || s[i] == '\t') {
+			i++
+		}
+		if i >= len(s) {
+			break
+		}
+		k0 := i
+		for i < len(s) && s[i] > ' ' && s[i] != '=' && s[i] != '"' {
+			i++
+		}
+		if i == k0 {
+			return false
+		}
+		key := s[k0:i]
+		if i >= len(s) || s[i] != '=' {
+			if i < len(s) && s[i] != ' ' && s[i] != '\t' {
+				return false
+			}
+			e.add(key, []byte("true"), true)
+			continue
+		}
+		i++
+		if i < len(s) && s[i] == '"' {
+			i++
+			var v []byte
+			closed := false
+			for i < len(s) {
+				c := s[i]
+				if c == '\\' && i+1 < len(s) {
+					switch s[i+1] {
+					case 'n':
+						v = append(v, '\n')
+					case 't':
+						v = append(v, '\t')
+					default:
+						v = append(v, s[i+1])
+					}
+					i += 2
+					continue
+				}
+				if c == '"' {
+					closed = true
+					i++
+					break
+				}
+				v = append(v, c)
+				i++
+			}
+			if !closed {
+				return false
+			}
+			if v == nil {
+				v = []byte{}
+			}
+			e.add(key, v, false)
+			continue
+		}
+		v0 := i
+		for i < len(s) && s[i] != ' ' && s[i] != '\t' {
+			i++
+		}
+		e.add(key, s[v0:i], false)
+	}
+	return len(e.kvs) > 0
+}
+
+// parseRegex takes the pattern's named groups that matched.
+func (e *encoder) parseRegex(sp *Spec, s []byte) bool {
+	m := sp.pattern.FindSubmatchIndex(s)
+	if m == nil {
+		return false
+	}
+	for i, name := range sp.groups {
+		if name == "" || m[2*i] < 0 {
+			continue
+		}
+		e.add([]byte(name), s[m[2*i]:m[2*i+1]], false)
+	}
+	return len(e.kvs) > 0
+}
+
+// recordID is the record's stable ID: "<inode>-<generation>-<offset>",
+// the file's inode, how many times that file was truncated (copytruncate
+// rotation; 0 first), and the byte offset of the record's first byte. The
+// same bytes of the same file always get the same ID, across restarts.
+func appendRecordID(b []byte, ino, gen uint64, off int64) []byte {
+	b = strconv.AppendUint(b, ino, 10)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, gen, 10)
+	b = append(b, '-')
+	return strconv.AppendInt(b, off, 10)
+}
