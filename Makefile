@@ -10,6 +10,8 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
+# The S3-compatible store the log shipping tests run (dataplane/logship/s3test).
+VERSITYGW_VERSION := v1.8.0
 
 # -race where it fits; RACE= turns it off.
 RACE ?= -race
@@ -51,7 +53,7 @@ demo-ha-check: build ## Run demo-ha once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo-ha.sh
 
 .PHONY: test
-test: chromium ## Run every test (with -race unless RACE= is given; installs chromium for the dashboard's browser test).
+test: chromium $(BIN)/versitygw ## Run every test (with -race unless RACE= is given; installs chromium for the dashboard's browser test, versitygw for log shipping's).
 	$(GO) vet $(PKGS)
 	$(GO) test $(RACE) -count=1 -timeout 15m $(TESTFLAGS) $(PKGS)
 
@@ -112,6 +114,8 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/versitygw:
+	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 .PHONY: bench
 bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
