@@ -151,7 +151,11 @@ func New(cfg Config) (*Set, error) {
 	}, []string{"external_service", "result"})
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(s.conns); err != nil {
-			return nil, fmt.Errorf("external: metrics: %w", err)
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("external: metrics: %w", err)
+			}
+			s.conns = are.ExistingCollector.(*prometheus.CounterVec) // two sets, one registry (tests)
 		}
 	}
 	s.cur.Store(&table{})

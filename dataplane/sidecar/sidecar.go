@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -70,6 +71,13 @@ type Config struct {
 	// else to its original destination as it is. Off when empty.
 	Transparent         string
 	TransparentListener net.Listener
+	// TransparentOriginalDst replaces SO_ORIGINAL_DST (tests).
+	TransparentOriginalDst func(net.Conn) (netip.AddrPort, error)
+	// Externals are local ports for ExternalServices (--external), and
+	// OutboundPolicy what captured traffic to undeclared destinations
+	// gets (--outbound-policy): external.go.
+	Externals      []ExternalListener
+	OutboundPolicy string
 
 	// Public, PublicCert and PublicKey enable plain TLS for clients outside
 	// the mesh.
@@ -266,11 +274,15 @@ func New(cfg Config) (*Sidecar, error) {
 	if ns == "" {
 		ns = "default"
 	}
+	ext, err := s.newExternal(ns, al, metrics)
+	if err != nil {
+		return nil, err
+	}
 	routing := &traffic{cfg: proxy.TableConfig{Namespace: ns, Service: cfg.Service, TrustDomain: td, Clock: cfg.Clock}, in: in}
 	if len(cfg.Upstreams) > 0 || cfg.OutboundHTTP != "" || cfg.OutboundHTTPListener != nil {
 		out, err := proxy.NewOutbound(proxy.OutboundConfig{
 			Upstreams: cfg.Upstreams, HTTPAddr: cfg.OutboundHTTP, HTTPListener: cfg.OutboundHTTPListener,
-			Namespace: ns, Outlier: cfg.Outlier, Egress: cfg.Egress, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Limits: limits,
+			Namespace: ns, Outlier: cfg.Outlier, Egress: cfg.Egress, External: ext, SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Limits: limits,
 			Logger: log.With("component", "outbound"), Clock: cfg.Clock, Metrics: metrics,
 		})
 		if err != nil {
@@ -290,6 +302,7 @@ func New(cfg Config) (*Sidecar, error) {
 		tr, err := proxy.NewTransparent(proxy.TransparentConfig{
 			Listener: cfg.TransparentListener, Addr: cfg.Transparent, HTTP: routing.out, Limits: limits,
 			Registerer: cfg.Registry, Logger: log.With("component", "transparent"),
+			OriginalDst: cfg.TransparentOriginalDst, RegistryOnly: cfg.OutboundPolicy == OutboundRegistryOnly, Declared: ext.Declares,
 		})
 		if err != nil {
 			return nil, err
@@ -299,7 +312,7 @@ func New(cfg Config) (*Sidecar, error) {
 	enforce := &policy{cfg: proxy.PolicyConfig{Namespace: ns, Service: cfg.Service, Clock: cfg.Clock}, in: in, pub: pub, out: routing.out}
 	// Revocations first: connections of revoked peers close before the
 	// new table retires their endpoints.
-	ap.parts = append(ap.parts, enforce, routing)
+	ap.parts = append(ap.parts, enforce, routing, ext)
 
 	adm, err := admin.New(admin.Config{
 		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready), Detail: s.detail,
