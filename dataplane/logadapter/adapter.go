@@ -66,15 +66,16 @@ type Adapter struct {
 	kick  chan struct{}
 
 	// Run's goroutine only.
-	root     *root
-	files    map[fileKey]*tailed
-	saved    map[fileKey]fileState // offsets loaded at start, not yet resumed
-	dirty    bool
-	lastSave time.Time
-	enc      encoder
-	idBuf    []byte
-	buf      []byte
-	warned   map[string]bool
+	root      *root
+	files     map[fileKey]*tailed
+	saved     map[fileKey]fileState // offsets loaded at start, not yet resumed
+	dirty     bool
+	lastSave  time.Time
+	enc       encoder
+	idBuf     []byte
+	buf       []byte
+	warned    map[string]bool
+	recovered bool
 
 	records, truncatedRecs, dropped prometheus.Counter
 	skipped                         *prometheus.CounterVec
@@ -215,6 +216,10 @@ func (a *Adapter) poll(final bool) {
 			}
 		}
 	}
+	if !a.recovered && len(specs) > 0 {
+		a.recover(specs, now)
+		a.recovered = true
+	}
 	// Files no longer matched (renamed away by a rotation, or their
 	// LogAdapter removed) first: their end comes before the new file's
 	// start.
@@ -255,6 +260,58 @@ func (a *Adapter) poll(final bool) {
 	if !final {
 		a.persist(false)
 	}
+}
+
+// recover finds the files whose offsets were saved but that no glob
+// matches now: rotated away while the proxy was down (app.log renamed to
+// app.log.1). Each is looked for by inode in the directory it was in, and
+// read to its end; offsets of files gone are forgotten.
+func (a *Adapter) recover(specs []*Spec, now time.Time) {
+	for k, s := range a.saved {
+		delete(a.saved, k)
+		if _, ok := a.files[k]; ok || len(a.files) >= a.cfg.MaxOpenFiles {
+			continue
+		}
+		sp := specFor(specs, s.Path)
+		if sp == nil {
+			continue
+		}
+		dir := path.Dir(s.Path)
+		for _, name := range a.list(dir) {
+			p := join(strings.TrimPrefix(dir, "."), name)
+			st, err := a.root.lstatBeneath(p)
+			if err != nil || st.Ino != k.Ino || uint64(st.Dev) != k.Dev || st.Mode&unix.S_IFMT != unix.S_IFREG {
+				continue
+			}
+			fh, st, err := a.root.openRegular(p)
+			if err != nil || st.Ino != k.Ino {
+				if fh != nil {
+					_ = fh.Close()
+				}
+				break
+			}
+			t := &tailed{key: k, f: fh, path: p, spec: sp, lastData: now, gen: s.Gen, off: s.Offset, skipLine: s.SkipLine, skipCont: s.SkipCont}
+			if st.Size < s.Offset {
+				t.gen, t.off, t.skipLine, t.skipCont = s.Gen+1, 0, false, false
+			}
+			t.lineStart = t.off
+			a.files[k] = t
+			a.dirty = true
+			break
+		}
+	}
+}
+
+// specFor is the first LogAdapter with a glob in p's directory.
+func specFor(specs []*Spec, p string) *Spec {
+	for _, sp := range specs {
+		for _, g := range sp.globs {
+			if ok, _ := path.Match(path.Dir(g), path.Dir(p)); ok {
+				return sp
+			}
+		}
+	}
+	return nil
 }
 
 // track follows path p (relative) if it is a regular file not followed

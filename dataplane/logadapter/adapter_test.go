@@ -507,3 +507,27 @@ func value(m prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+// TestRotationWhileDown: the file is renamed away while the proxy is down;
+// the restart reads the old file's rest (found by inode) before the new one.
+func TestRotationWhileDown(t *testing.T) {
+	shared, state := sharedDir(t), t.TempDir()
+	sp := spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}, RecordStart: `\d{4}-`})
+	p := filepath.Join(shared, "logs/app.log")
+	all := &sink{}
+	r := start(t, shared, state, sp, all)
+	appendFile(t, p, "2030-a\n")
+	waitFor(t, "the first record", func() bool { return len(all.all()) == 1 })
+	r.stop(t)
+	appendFile(t, p, trace)
+	if err := os.Rename(p, p+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, p, "2030-b\n")
+	r2 := start(t, shared, state, sp, all)
+	waitFor(t, "3 records", func() bool { return len(all.all()) >= 3 })
+	r2.stop(t)
+	if got := strings.Join(all.messages(), "|"); got != "2030-a|"+strings.TrimSuffix(trace, "\n")+"|2030-b" {
+		t.Errorf("records = %q", got)
+	}
+}

@@ -1,0 +1,75 @@
+package logadapter
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// blockingWriter blocks every Write until released.
+type blockingWriter struct {
+	release chan struct{}
+	mu      sync.Mutex
+	buf     bytes.Buffer
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	<-w.release
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func TestOutputDropsWhenBlocked(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	o, err := NewOutput(OutputConfig{Writer: w, MaxQueue: 4, MaxQueueBytes: 1 << 20, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	// The writer is blocked: Offer must neither wait nor grow the queue.
+	took, refused := 0, 0
+	for range 100 {
+		if o.Offer([]byte(`{"a":1}`)) {
+			took++
+		} else {
+			refused++
+		}
+	}
+	if took > 5 || refused < 95 {
+		t.Fatalf("took %d, refused %d: want at most the queue (4) plus one being written", took, refused)
+	}
+	if n := value(o.dropped); n != float64(refused) {
+		t.Errorf("dropped_total = %v, want %d", n, refused)
+	}
+	close(w.release)
+	cancel()
+	<-done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if got := bytes.Count(w.buf.Bytes(), []byte("\n")); got != took {
+		t.Errorf("wrote %d lines, want the %d taken (drained at shutdown)", got, took)
+	}
+}
+
+func TestOutputBoundsBytes(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	defer close(w.release)
+	o, err := NewOutput(OutputConfig{Writer: w, MaxQueueBytes: 1000, Drain: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 600)
+	if !o.Offer(big) {
+		t.Fatal("first record refused")
+	}
+	if o.Offer(big) {
+		t.Fatal("took 1202 bytes with MaxQueueBytes 1000")
+	}
+}
