@@ -109,6 +109,9 @@ type Config struct {
 	// OperatorSecret keeps an operator credential in a Kubernetes Secret
 	// (opsecret.go); off unless its Kube is set.
 	OperatorSecret OperatorSecretConfig
+	// CRD reconciles the minimesh.io objects (crds.go); off unless its
+	// Dynamic is set.
+	CRD CRDConfig
 	// TokenReviewer reviews Kubernetes service-account tokens presented to
 	// Bootstrap and Renew (controlplane/kube); nil: meshd has no API
 	// access and only join tokens bootstrap proxies.
@@ -178,6 +181,8 @@ type Server struct {
 	stats     *stats.Store    // traffic stats from this replica's proxies (statsrpc.go)
 	advertise atomic.Pointer[string]
 	opSecret  *opSecret // the operator credential's Secret (opsecret.go); nil: off
+
+	admin *admin.Server // Apply, for the minimesh.io reconciler (crds.go)
 
 	closeOnce sync.Once
 }
@@ -269,6 +274,7 @@ func (s *Server) init() error {
 	if err != nil {
 		return err
 	}
+	s.admin = adminSrv
 	auth := authn.New(authn.Config{
 		TrustDomain: s.td,
 		Bundle:      s.bundle,
@@ -545,6 +551,12 @@ func (s *Server) Run(ctx context.Context) error {
 	opDone := make(chan struct{})
 	go func() { defer close(opDone); s.runOperatorSecret(opCtx) }()
 	defer func() { stopOp(); <-opDone }()
+
+	// The minimesh.io objects: every replica watches, the leader applies.
+	crdCtx, stopCRD := context.WithCancel(context.Background())
+	crdDone := make(chan struct{})
+	go func() { defer close(crdDone); s.runCRDs(crdCtx) }()
+	defer func() { stopCRD(); <-crdDone }()
 
 	// The singletons below run on the leader only (on bbolt the one
 	// process always is); their writes are fenced on the election key.

@@ -67,6 +67,7 @@ func (s *Server) newWebhook() (*webhook.Server, error) {
 		Kube:              w.Kube,
 		ConfigurationName: w.ConfigurationName,
 		IsLeader:          s.store.IsLeader,
+		Validate:          s.validateFunc(),
 		Check:             w.Check,
 		Resync:            w.Resync,
 		Clock:             s.cfg.Clock,
