@@ -13,6 +13,7 @@ import (
 
 	"minimesh/api"
 	"minimesh/certs"
+	"minimesh/dataplane/logrecord"
 	"minimesh/internal/fsguard"
 )
 
@@ -101,6 +102,10 @@ type Config struct {
 	// Logger reports write failures (at most once a minute) and TTL ends.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// Tee, when set, is offered each line too, without its newline (the
+	// log shipper, which takes lines only while a LogShipping applies).
+	// Its Offer must not block; what it does not take is its own to count.
+	Tee logrecord.Sink
 }
 
 // Logger writes the access log of one service. It starts off; Apply
@@ -222,6 +227,9 @@ func (l *Logger) Log(e *Entry) {
 	l.mu.Lock()
 	_, err := l.cfg.Output.Write(b)
 	l.mu.Unlock()
+	if l.cfg.Tee != nil {
+		l.cfg.Tee.Offer(b[:len(b)-1])
+	}
 	if cap(b) <= 64<<10 {
 		*bp = b
 		bufPool.Put(bp)
