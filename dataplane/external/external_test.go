@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -81,7 +82,7 @@ func startHTTPS(t *testing.T, dnsName string, clientCAs *x509.CertPool, handler 
 		case http.StateClosed, http.StateHijacked:
 			s.conns.Add(-1)
 		}
-	}, ErrorLog: nil}
+	}, ErrorLog: log.New(io.Discard, "", 0)}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return s
