@@ -49,5 +49,5 @@ func (s *Sidecar) accessLog() (*accesslog.Logger, error) {
 	if out == nil {
 		out = os.Stdout
 	}
-	return accesslog.New(accesslog.Config{Output: out, Clock: s.cfg.Clock, Logger: s.cfg.Logger.With("component", "accesslog")}), nil
+	return accesslog.New(accesslog.Config{Output: out, Clock: s.cfg.Clock, Logger: s.cfg.Logger.With("component", "accesslog"), Tee: s.LogSink()}), nil
 }

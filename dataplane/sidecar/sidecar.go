@@ -24,6 +24,7 @@ import (
 	"minimesh/dataplane/agent"
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/filesync"
+	"minimesh/dataplane/logship"
 	"minimesh/dataplane/proxy"
 	"minimesh/internal/version"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -93,6 +94,12 @@ type Config struct {
 	// Roles: git sync into SharedDir, /topz and /procz (roles.go).
 	Roles RolesConfig
 
+	// SpoolDir holds the log shipper's spool (shipping.go): the batches
+	// waiting for the object store of a LogShipping. Off when empty.
+	// Pod names the object keys (default: the hostname, a pod's name).
+	SpoolDir string
+	Pod      string
+
 	// Pre-opened listeners, for tests; each overrides its address.
 	InboundListener, AdminListener, PublicListener net.Listener
 
@@ -138,6 +145,8 @@ type Sidecar struct {
 	configured chan struct{}
 	ap         *applier
 	closers    []func() error // run when Run returns
+	// shipper is the log shipper (shipping.go): nil without SpoolDir.
+	shipper *logship.Shipper
 }
 
 type task struct {
@@ -235,6 +244,9 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, Agent: ag, Roles: roles, quit: make(chan struct{}), configured: configured, ap: ap}
 	s.add("agent", ag.Run)
+	if err := s.addShipping(ag); err != nil {
+		return nil, err
+	}
 
 	al, err := s.accessLog()
 	if err != nil {

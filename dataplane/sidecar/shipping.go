@@ -1,0 +1,92 @@
+package sidecar
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"minimesh/api"
+	"minimesh/dataplane/agent"
+	"minimesh/dataplane/logrecord"
+	"minimesh/dataplane/logship"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// addShipping opens the log shipper's spool when Config.SpoolDir is set
+// (resuming what it holds) and adds its task and its Part: the
+// LogShipping of this proxy's service switches shipping on, off or changes
+// it. Without --spool-dir a LogShipping for this service is NACKed.
+func (s *Sidecar) addShipping(ag *agent.Agent) error {
+	ns := s.cfg.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	part := &shippingPart{namespace: ns, service: s.cfg.Service}
+	s.ap.parts = append(s.ap.parts, part)
+	if s.cfg.SpoolDir == "" {
+		return nil
+	}
+	pod := s.cfg.Pod
+	if pod == "" {
+		pod, _ = os.Hostname() // a pod's hostname is its name
+	}
+	sh, err := logship.New(logship.Config{
+		SpoolDir: s.cfg.SpoolDir, Service: s.cfg.Service, Pod: pod, Instance: ag.InstanceID,
+		Logger: s.cfg.Logger.With("component", "logship"), Registerer: s.cfg.Registry,
+	})
+	if err != nil {
+		return fmt.Errorf("sidecar: %w", err)
+	}
+	part.shipper = sh
+	s.shipper = sh
+	s.add("logship", sh.Run)
+	return nil
+}
+
+// LogSink is where the proxy's log records go to be shipped (the access
+// log's tee, the log adapter's records): nil without --spool-dir. It
+// takes records only while a LogShipping applies.
+func (s *Sidecar) LogSink() logrecord.Sink {
+	if s.shipper == nil {
+		return nil
+	}
+	return s.shipper
+}
+
+// shippingPart applies the LogShipping of this proxy's service.
+type shippingPart struct {
+	namespace, service string
+	shipper            *logship.Shipper // nil without --spool-dir
+}
+
+// Prepare implements Part.
+func (p *shippingPart) Prepare(snap *meshv1.Snapshot) (func(), error) {
+	var mine []*api.LogShipping
+	for _, r := range snap.GetResources() {
+		if r.GetLogShipping() == nil {
+			continue
+		}
+		o, err := api.FromProto(r)
+		if err != nil {
+			return nil, err
+		}
+		if ls := o.(*api.LogShipping); ls.Namespace == p.namespace && ls.ServiceName() == p.service {
+			mine = append(mine, ls)
+		}
+	}
+	// meshd lets one through per service; should there be several, the
+	// first in name order applies.
+	slices.SortFunc(mine, func(a, b *api.LogShipping) int { return strings.Compare(a.Name, b.Name) })
+	var o *api.LogShipping
+	if len(mine) > 0 {
+		o = mine[0]
+	}
+	if p.shipper == nil {
+		if o != nil {
+			return nil, fmt.Errorf("LogShipping %s/%s: this proxy has no --spool-dir, so its logs cannot be shipped (meshctl inject adds the mesh-spool volume and --spool-dir)", o.Namespace, o.Name)
+		}
+		return func() {}, nil
+	}
+	return p.shipper.Prepare(o)
+}
