@@ -45,6 +45,9 @@ type Config struct {
 	Bundle x509bundle.Source
 	// Registry is served on /metrics; nil serves an empty registry.
 	Registry *prometheus.Registry
+	// Gatherer, when set, is served on /metrics instead of Registry (the
+	// sidecar's merge of the app's metrics, appmetrics.Merger).
+	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger // slog.Default() if nil
 	Clock    certs.Clock  // the system clock if nil; used for expires_in
 
@@ -123,7 +126,11 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.mux.HandleFunc("GET /readyz", s.ready)
 	s.mux.HandleFunc("GET /certs", s.certs)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{
+	var metrics prometheus.Gatherer = cfg.Registry
+	if cfg.Gatherer != nil {
+		metrics = cfg.Gatherer
+	}
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
