@@ -150,7 +150,9 @@ func TestBrokenAppNeverBreaksMetrics(t *testing.T) {
 			case <-r.Context().Done():
 			}
 		}, Config{Timeout: 200 * time.Millisecond}},
-		{ReasonStatus, func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "http://example.com/", http.StatusFound) }, Config{}},
+		{ReasonStatus, func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://example.com/", http.StatusFound)
+		}, Config{}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.reason, func(t *testing.T) {
