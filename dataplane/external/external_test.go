@@ -26,6 +26,7 @@ import (
 	"minimesh/api"
 	"minimesh/certs"
 	"minimesh/certs/certstest"
+	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/external"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -161,7 +162,13 @@ func TestHTTPSOriginationVerifies(t *testing.T) {
 	srv := startHTTPS(t, "api.partner.test", nil, nil)
 	var observed []string
 	var mu sync.Mutex
-	s := newSet(t, external.Config{Observe: func(name, ns string, code int, _ float64) {
+	var lines syncBuffer
+	al := accesslog.New(accesslog.Config{Output: &lines})
+	if err := al.Apply(&api.AccessLog{Metadata: api.Metadata{Name: "web", Namespace: "default"}, Spec: &meshv1.AccessLogSpec{Service: "web", Enabled: true,
+		Fields: []string{"method", "path", "status", "upstream"}}}); err != nil {
+		t.Fatal(err)
+	}
+	s := newSet(t, external.Config{AccessLog: al, Observe: func(name, ns string, code int, _ float64) {
 		mu.Lock()
 		observed = append(observed, fmt.Sprintf("%s.%s %d", name, ns, code))
 		mu.Unlock()
@@ -176,6 +183,26 @@ func TestHTTPSOriginationVerifies(t *testing.T) {
 	if len(observed) != 1 || observed[0] != "partner.default 200" {
 		t.Errorf("observed %v", observed)
 	}
+	if l := lines.String(); !strings.Contains(l, `"/v1/x"`) || !strings.Contains(l, `"partner `+srv.addr+`"`) || !strings.Contains(l, "200") {
+		t.Errorf("access log %q, want the path, status and upstream (name and address)", l)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestWrongCARefused(t *testing.T) {
@@ -555,5 +582,22 @@ func TestHTTPListenerUnknownName502(t *testing.T) {
 	}
 	if got := s.Route("api.partner.test:1"); got != nil {
 		t.Error("Route found the service on another port")
+	}
+}
+
+func TestIdleConnectionsClosedAfterIdleTimeout(t *testing.T) {
+	srv := startHTTPS(t, "api.partner.test", nil, nil)
+	s := newSet(t, external.Config{})
+	sp := srv.spec("api.partner.test")
+	sp.IdleTimeout = durationpb.New(50 * time.Millisecond)
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": sp})
+	if code, _ := call(t, s, "partner", "/"); code != 200 {
+		t.Fatal(code)
+	}
+	for i := 0; srv.conns.Load() != 0; i++ {
+		if i == 1000 {
+			t.Fatalf("%d pooled connections still open long after idleTimeout", srv.conns.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
