@@ -177,12 +177,14 @@ func (s *Server) syncOperatorSecret(ctx context.Context, k *opSecret) {
 }
 
 // operatorDue says why the operator credential with this chain is to be
-// replaced ("" when it is not): past half its life, not verified by the
+// replaced ("" when it is not): past half its life (OperatorTTL), not verified by the
 // bundle in force, not chaining to the active root, revoked, or not the
 // operator's.
 func (s *Server) operatorDue(chain []*x509.Certificate, now time.Time) string {
 	leaf := chain[0]
-	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	// Half of the life it was issued with: NotBefore is backdated (clock
+	// skew), so NotAfter less half of OperatorTTL, not the midpoint.
+	half := leaf.NotAfter.Add(-s.cfg.OperatorTTL / 2)
 	ca := s.ca.get()
 	id, verified, err := certs.VerifyPeerCertificates(chain, ca.Bundle(), now)
 	switch {
