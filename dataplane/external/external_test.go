@@ -34,12 +34,11 @@ import (
 
 // server is an HTTPS (or TLS echo) server of the test's own.
 type server struct {
-	addr   string
-	port   uint32
-	caPEM  string // the PEM that verifies it
-	seenCN atomic.Pointer[string]
-	conns  atomic.Int64 // open now
-	peak   atomic.Int64
+	addr  string
+	port  uint32
+	caPEM string       // the PEM that verifies it
+	conns atomic.Int64 // open now
+	peak  atomic.Int64
 }
 
 // startHTTPS serves HTTPS for dnsName on 127.0.0.1; clientCAs, when set,

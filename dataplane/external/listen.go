@@ -216,7 +216,6 @@ type chanListener struct {
 	addr net.Addr
 	c    chan net.Conn
 	done chan struct{}
-	once sync.Once
 }
 
 func (l *chanListener) put(c net.Conn) {
