@@ -335,6 +335,15 @@ func Object(u *unstructured.Unstructured) (api.Object, error) {
 	}
 	docs, err := api.Decode(u.GetKind()+" "+u.GetNamespace()+"/"+u.GetName(), strings.NewReader(string(b)))
 	if err != nil {
+		// The object is the whole input: its field errors say it all,
+		// without the document and line of a file nobody wrote.
+		if fes := api.FieldErrors(err); len(fes) > 0 {
+			msgs := make([]string, len(fes))
+			for i, fe := range fes {
+				msgs[i] = fe.Error()
+			}
+			return nil, errors.New(strings.Join(msgs, "; "))
+		}
 		return nil, err
 	}
 	if len(docs) != 1 {
