@@ -121,11 +121,10 @@ func viewWindow(sec float64) (time.Duration, error) {
 	if sec == 0 {
 		return time.Minute, nil
 	}
-	w := time.Duration(sec * float64(time.Second))
-	if w < 10*time.Second || w > 15*time.Minute {
+	if !(sec >= 10 && sec <= 900) {
 		return 0, fmt.Errorf("windowSeconds %v: must be 10 to 900", sec)
 	}
-	return w, nil
+	return time.Duration(sec * float64(time.Second)), nil
 }
 
 // dashEdge is an edge as meshctl edges prints it, with the destination's
@@ -140,7 +139,7 @@ func edgesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (a
 		WindowSeconds float64 `json:"windowSeconds"`
 	}
 	if err := decodeView(body, &req); err != nil {
-		return nil, fmt.Errorf("Edges request: %w", err)
+		return nil, fmt.Errorf("view Edges: %w", err)
 	}
 	w, err := viewWindow(req.WindowSeconds)
 	if err != nil {
@@ -185,10 +184,10 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 		WindowSeconds float64 `json:"windowSeconds"`
 	}
 	if err := decodeView(body, &req); err != nil {
-		return nil, fmt.Errorf("EdgeSeries request: %w", err)
+		return nil, fmt.Errorf("view EdgeSeries: %w", err)
 	}
 	if req.Destination == "" {
-		return nil, fmt.Errorf("EdgeSeries request: destinationService: required")
+		return nil, fmt.Errorf("view EdgeSeries: destinationService: required")
 	}
 	w, err := viewWindow(req.WindowSeconds)
 	if err != nil {
@@ -257,7 +256,7 @@ func explainView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) 
 		Path      string `json:"path"`
 	}
 	if err := decodeView(body, &req); err != nil {
-		return nil, fmt.Errorf("Explain request: %w", err)
+		return nil, fmt.Errorf("view Explain: %w", err)
 	}
 	if _, err := spiffeid.FromString(req.From); err != nil {
 		return nil, fmt.Errorf("from: %w", err)
