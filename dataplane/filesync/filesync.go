@@ -56,7 +56,7 @@ type Config struct {
 	// Reload, if set, tells the app after a Sync that changed something.
 	Reload Reload
 	// Reserved names directories under Dir that something else owns (git
-	// sync's checkout): a file at or beneath one is refused, so the two
+	// sync's checkout, the app's logs/): a file at or beneath one is refused, so the two
 	// never write over each other.
 	Reserved []string
 
@@ -399,7 +399,7 @@ func (s *Syncer) check(files []File) (map[string]File, error) {
 		}
 		for _, r := range s.cfg.Reserved {
 			if p == r || strings.HasPrefix(p, r+"/") {
-				return nil, &PathError{Path: f.Path, Reason: fmt.Sprintf("inside %q, which another part of the sidecar owns (git sync)", r), Kind: ErrInvalidFile}
+				return nil, &PathError{Path: f.Path, Reason: fmt.Sprintf("inside %q, which another part of the sidecar owns (git sync, or the app's logs)", r), Kind: ErrInvalidFile}
 			}
 		}
 		if f.Mode&^fs.ModePerm != 0 {

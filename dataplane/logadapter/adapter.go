@@ -123,11 +123,18 @@ func New(cfg Config) (*Adapter, error) {
 	for _, r := range []string{"not_regular", "too_many_files", "error"} {
 		a.skipped.WithLabelValues(r)
 	}
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.records, a.truncatedRecs, a.dropped, a.skipped, a.open} {
-			if err := cfg.Registerer.Register(c); err != nil {
+	if reg := cfg.Registerer; reg != nil {
+		var err error
+		for _, c := range []*prometheus.Counter{&a.records, &a.truncatedRecs, &a.dropped} {
+			if *c, err = register(reg, *c); err != nil {
 				return nil, err
 			}
+		}
+		if a.skipped, err = register(reg, a.skipped); err != nil {
+			return nil, err
+		}
+		if a.open, err = register(reg, a.open); err != nil {
+			return nil, err
 		}
 	}
 	empty := []*Spec{}
@@ -518,4 +525,19 @@ func join(dir, name string) string {
 		return name
 	}
 	return dir + "/" + name
+}
+
+// register registers c, or returns the collector already registered
+// under its name (two sidecars in one test share a registry).
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if e, ok := are.ExistingCollector.(T); ok {
+				return e, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
 }

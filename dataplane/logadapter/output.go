@@ -58,7 +58,8 @@ func NewOutput(cfg OutputConfig) (*Output, error) {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_proxy_log_output_dropped_total",
 			Help: "Log records (the app's, adapted) dropped because the output (stdout or the access-log file) did not keep up."})}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(o.dropped); err != nil {
+		var err error
+		if o.dropped, err = register(cfg.Registerer, o.dropped); err != nil {
 			return nil, err
 		}
 	}

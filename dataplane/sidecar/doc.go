@@ -16,6 +16,18 @@
 // Config.Drain (drain.go). /config and /gitsync are served to loopback
 // clients only, their secrets redacted.
 //
+// The adapter role (adapter.go): the LogAdapters of the proxy's service
+// run in logadapter.Adapter over --shared-dir (logs/ there is the app's,
+// reserved from ConfigFiles); each record is offered to
+// logrecord.Sinks{the output, LogSink()}: the output writes to the access
+// log's destination (Config.AccessLog, AccessLogFile, else stdout) from a
+// bounded queue that drops and counts rather than wait, and LogSink is the
+// log shipper when --spool-dir is set (shipping.go). A consumer of the
+// adapter's records is added there: a Sink appended to those Sinks.
+// The admin /metrics serves an appmetrics.Merger: the proxy's registry
+// plus the app's endpoint (the Service's spec.metrics, else
+// Config.AppMetrics from --app-metrics).
+//
 //	sc, err := sidecar.New(sidecar.Config{ControlPlane: "127.0.0.1:15010", Token: tok, CAPin: pin,
 //		Service: "api", App: "127.0.0.1:8080", Inbound: "127.0.0.1:15006",
 //		Advertise: "127.0.0.1:15006", Admin: "127.0.0.1:15000", StateDir: dir})

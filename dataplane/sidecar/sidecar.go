@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
+	"minimesh/api"
 	"minimesh/certs"
 	"minimesh/dataplane/admin"
 	"minimesh/dataplane/agent"
@@ -99,6 +100,11 @@ type Config struct {
 	// Pod names the object keys (default: the hostname, a pod's name).
 	SpoolDir string
 	Pod      string
+	// AppMetrics is where the app serves Prometheus metrics, "PORT" or
+	// "PORT/path" on loopback (mesh-proxy --app-metrics, from the pod's
+	// prometheus.io annotations): merged into /metrics unless the
+	// Service's spec.metrics says otherwise (adapter.go).
+	AppMetrics string
 
 	// Pre-opened listeners, for tests; each overrides its address.
 	InboundListener, AdminListener, PublicListener net.Listener
@@ -326,9 +332,13 @@ func New(cfg Config) (*Sidecar, error) {
 	// new table retires their endpoints.
 	ap.parts = append(ap.parts, enforce, routing, ext)
 
+	merged, err := s.addAdapter(ag)
+	if err != nil {
+		return nil, err
+	}
 	adm, err := admin.New(admin.Config{
 		Listener: cfg.AdminListener, Addr: cfg.Admin, Ready: s.ready(ag.Ready), Detail: s.detail,
-		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Registry: cfg.Registry,
+		SVID: ag.SVIDSource(), Bundle: ag.BundleSource(), Registry: cfg.Registry, Gatherer: merged,
 		Logger: log.With("component", "admin"), Clock: cfg.Clock,
 	})
 	if err != nil {
@@ -415,9 +425,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 // sharedFiles is the Syncer of the ConfigFile resources in SharedDir; they
 // may not land in git sync's directory.
 func sharedFiles(cfg Config) (*filesync.Syncer, error) {
-	var reserved []string
+	reserved := []string{api.LogsDir} // the app's logs (the adapter reads them)
 	if dir := cfg.Roles.gitDir(); cfg.Roles.GitRepo != "" && filepath.IsLocal(dir) {
-		reserved = []string{filepath.ToSlash(dir)}
+		reserved = append(reserved, filepath.ToSlash(dir))
 	}
 	return filesync.New(filesync.Config{Dir: cfg.SharedDir, Reload: cfg.Reload, Reserved: reserved,
 		Clock: cfg.Clock, Logger: cfg.Logger.With("component", "filesync"), Registerer: cfg.Registry})
