@@ -208,27 +208,41 @@ func (r *Reconciler) event(kind api.Kind, o any) {
 	}
 }
 
-// Run watches and reconciles until ctx ends.
+// Run watches and reconciles until ctx ends. A kind whose CRD is not
+// installed (or that RBAC does not let meshd list) is logged and looked
+// for again every Resync; the others are reconciled meanwhile.
 func (r *Reconciler) Run(ctx context.Context) error {
-	defer r.queue.ShutDown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, inf := range r.informers {
-		wg.Add(1)
-		go func() { defer wg.Done(); inf.RunWithContext(ctx) }()
-	}
-	for _, inf := range r.informers {
-		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			return nil
-		}
-	}
-	r.cfg.Logger.Info("watching the minimesh.io resources", "kinds", len(r.informers))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for r.next(ctx) {
 		}
 	}()
+	started := map[api.Kind]bool{}
+	failed := map[api.Kind]string{} // the last probe error logged
+	startKinds := func() {
+		for _, k := range api.Kinds() {
+			if started[k] {
+				continue
+			}
+			if err := r.probe(ctx, k); err != nil {
+				if failed[k] != err.Error() {
+					failed[k] = err.Error()
+					r.cfg.Logger.Warn("cannot watch a minimesh.io kind (is its CRD installed: kubectl apply -k deploy/k8s/crds? does meshd's ClusterRole list it?); looking again every resync", "resource", Resource(k).String(), "error", err, "resync", r.cfg.Resync)
+				}
+				continue
+			}
+			delete(failed, k)
+			started[k] = true
+			inf := r.informers[k]
+			wg.Add(1)
+			go func() { defer wg.Done(); inf.RunWithContext(ctx) }()
+			r.cfg.Logger.Info("watching a minimesh.io kind", "resource", Resource(k).String())
+		}
+	}
+	startKinds()
 	tick := time.NewTicker(r.cfg.Resync)
 	defer tick.Stop()
 	for {
@@ -237,9 +251,18 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.queue.ShutDown()
 			return nil
 		case <-tick.C:
+			startKinds()
 			r.requeueAll()
 		}
 	}
+}
+
+// probe lists one object of kind: whether meshd can watch it.
+func (r *Reconciler) probe(ctx context.Context, k api.Kind) error {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	_, err := r.cfg.Dynamic.Resource(Resource(k)).List(ctx, metav1.ListOptions{Limit: 1})
+	return err
 }
 
 // requeueAll queues every object (the resync: ACK counts, a Service that

@@ -2,25 +2,30 @@ package crd_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	clienttesting "k8s.io/client-go/testing"
 
 	"minimesh/api"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/controlplane/crd"
+	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -302,4 +307,70 @@ func TestPluralMatchesTheCRDFiles(t *testing.T) {
 	if crd.Plural(api.KindAuthorizationPolicy) != "authorizationpolicies" || crd.Plural(api.KindService) != "services" {
 		t.Fatal(crd.Plural(api.KindAuthorizationPolicy))
 	}
+}
+
+// A kind whose CRD is not installed (the API answers 404) does not stop
+// the others; once it is, it is watched at the next resync.
+func TestMissingCRDDoesNotStopTheOthers(t *testing.T) {
+	dyn := fakeAPI()
+	var installed atomic.Bool
+	dyn.PrependReactor("list", crd.Plural(api.KindRoute), func(clienttesting.Action) (bool, runtime.Object, error) {
+		if installed.Load() {
+			return false, nil, nil
+		}
+		return true, nil, apierrors.NewNotFound(crd.Resource(api.KindRoute).GroupResource(), "")
+	})
+	m := controlplanetest.Start(t, controlplane.Config{CRD: controlplane.CRDConfig{Dynamic: dyn, Resync: 100 * time.Millisecond, StatusEvery: 100 * time.Millisecond}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := &env{t: t, m: m, dyn: dyn, ctx: ctx}
+	e.create(service("api"))
+	e.waitCondition("Service", "api", crd.ConditionAccepted, "True", crd.ReasonAccepted)
+	e.create(route("api", "api"))
+	time.Sleep(300 * time.Millisecond) // three resyncs: Routes are not watched
+	if s, _, _ := condition(e.get("Route", "api"), crd.ConditionAccepted); s != "" {
+		t.Fatalf("a Route of an unwatched kind has a condition %q", s)
+	}
+	installed.Store(true)
+	e.waitCondition("Route", "api", crd.ConditionAccepted, "True", crd.ReasonAccepted)
+}
+
+// Only the leader reconciles: a follower neither applies, nor adds the
+// finalizer, nor writes status.
+func TestFollowerDoesNothing(t *testing.T) {
+	st, err := store.Open(store.Config{Path: filepath.Join(t.TempDir(), "data.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dyn := fakeAPI()
+	r, err := crd.New(crd.Config{Dynamic: dyn, Admin: refuseAll{t}, Store: st, IsLeader: func() bool { return false },
+		Sync: func() ([]*meshv1.ProxySync, error) { return nil, nil }, Resync: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e := &env{t: t, dyn: dyn, ctx: ctx}
+	e.create(service("api"))
+	time.Sleep(300 * time.Millisecond) // six resyncs
+	u := e.get("Service", "api")
+	if len(u.GetFinalizers()) != 0 || u.Object["status"] != nil {
+		t.Fatalf("a follower changed the object: %v", u.Object)
+	}
+}
+
+// refuseAll fails the test if the reconciler applies or deletes anything.
+type refuseAll struct{ t *testing.T }
+
+func (a refuseAll) ApplyFrom(context.Context, *meshv1.ApplyRequest, string) (*meshv1.ApplyResponse, error) {
+	a.t.Error("a follower applied")
+	return nil, errors.New("refused")
+}
+
+func (a refuseAll) DeleteResourceFrom(context.Context, *meshv1.DeleteResourceRequest, string) (*meshv1.DeleteResourceResponse, error) {
+	a.t.Error("a follower deleted")
+	return nil, errors.New("refused")
 }
