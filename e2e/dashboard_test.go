@@ -452,6 +452,16 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	if pwned := evalJS[string](t, bctx, `typeof window.__pwned + ' ' + document.querySelectorAll('main img').length`); pwned != "undefined 0" {
 		t.Errorf("window.__pwned, img elements: %s (the version ran as HTML)", pwned)
 	}
+	// The rows are sorted by service; a click on its header reverses them,
+	// another sorts them back.
+	services := `[...document.querySelectorAll('tr[data-proxy]')].map(r => r.children[1].textContent).join(',')`
+	for _, want := range []string{"api,db,web", "web,db,api", "api,db,web"} {
+		if got := evalJS[string](t, bctx, services); got != want {
+			t.Errorf("proxies by service: %s, want %s", got, want)
+		}
+		do("sort by service", chromedp.Click(chromedp.CSS(`thead th:nth-child(2) button.sort`)))
+	}
+	do("sort by service", chromedp.Click(chromedp.CSS(`thead th:nth-child(2) button.sort`)))
 	// Filter narrows the table.
 	do("filter", chromedp.SendKeys(chromedp.CSS(`input[type=search]`), "nack"))
 	waitJS("filtered", `(() => { const r = [...document.querySelectorAll('tr[data-proxy]')]; return r.length === 1 && r[0].children[1].textContent === 'db' ? '' : r.length + ' rows'; })()`)
@@ -482,6 +492,14 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	do("resources", chromedp.Click(chromedp.CSS(`nav a[href="#/resources"]`)))
 	waitJS("resources YAML", `(() => { const p = document.querySelector('details[data-kind="AuthorizationPolicy"] pre'); return p && p.textContent.includes('name: no-admin') ? '' : 'no policy YAML'; })()`)
 	shot("resources")
+
+	// No CDN: everything the page loaded came from the dashboard.
+	if other := evalJS[[]string](t, bctx, `performance.getEntriesByType('resource').map(e => e.name).filter(u => !u.startsWith(location.origin + '/'))`); len(other) > 0 {
+		t.Errorf("the page loaded from elsewhere: %v", other)
+	}
+	if n := evalJS[int](t, bctx, `performance.getEntriesByType('resource').length`); n < 3 {
+		t.Errorf("%d resources loaded: the check above saw nothing", n)
+	}
 
 	// 5. No console error, no exception, no CSP violation on any page.
 	if csp := evalJS[[]string](t, bctx, `window.__csp`); len(csp) > 0 {

@@ -64,7 +64,8 @@ credential (--credentials, MESHCTL_CREDENTIALS) over mTLS:
   identities    token create|list|revoke, certs, identity deny, operator list|revoke
   the CA        ca status, ca rotate
   checks        check, authz explain, version
-  operations    backup, inject (adds mesh-proxy to Kubernetes manifests)
+  operations    backup, inject (adds mesh-proxy to Kubernetes manifests),
+                dashboard (a web UI on 127.0.0.1: topology, proxies, CA, policy)
 
 Every command prints a table, or with -o json|yaml|jsonpath=TEMPLATE one
 document (what get prints, apply -f reads back); some also -o wide or name.`,
