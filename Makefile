@@ -52,6 +52,14 @@ demo-ha: build ## Three meshd on one etcd, two apps; the leader is SIGKILLed und
 demo-ha-check: build ## Run demo-ha once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo-ha.sh
 
+.PHONY: demo-roles
+demo-roles: build ## The sidecar's other roles: web's app calls an HTTPS service outside the mesh as plain HTTP on localhost (ambassador).
+	deploy/local/demo-roles.sh
+
+.PHONY: demo-roles-check
+demo-roles-check: build ## Run demo-roles once, non-interactively, and exit.
+	DEMO_ONCE=1 deploy/local/demo-roles.sh
+
 .PHONY: test
 test: chromium $(BIN)/versitygw ## Run every test (with -race unless RACE= is given; installs chromium for the dashboard's browser test, versitygw for log shipping's).
 	$(GO) vet $(PKGS)

@@ -191,6 +191,10 @@ func (sv *Service) initHTTP() {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Header().Set("X-Content-Type-Options", "nosniff")
 			w.WriteHeader(http.StatusBadGateway)
+			if de := (*DialError)(nil); errors.As(err, &de) {
+				fmt.Fprintf(w, "minimesh: %v\n", de) // it names the service
+				return
+			}
 			fmt.Fprintf(w, "minimesh: external service %q: %v\n", sv.Name, err)
 		},
 	}

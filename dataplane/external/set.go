@@ -102,9 +102,9 @@ type Set struct {
 // table is one snapshot's ExternalServices.
 type table struct {
 	byName map[string]*Service
-	// byHost: the http and https services by lower-case host name (each
-	// host and the server name), in name order.
-	byHost map[string][]*Service
+	// byHost: the http and https services by host name, in name order;
+	// byServerName: by server name, where it is not one of their hosts.
+	byHost, byServerName map[string][]*Service
 	// byAddr: every service by the address of a host that is an IP.
 	byAddr map[netip.AddrPort]*Service
 }
@@ -178,18 +178,22 @@ func (s *Set) Names() []string {
 }
 
 // Route returns the http or https service that host ("name" or
-// "name:port", as in a request's Host) names, or nil: a host of the
-// service or its server name, and, when a port is given, the service's
-// port.
+// "name:port", as in a request's Host) names, or nil: one of its hosts,
+// else its server name, and, when a port is given, the service's port.
+// Should two services claim the same host and port, the first by name
+// wins (Prepare logs the conflict).
 func (s *Set) Route(host string) http.Handler {
 	name, port := host, ""
 	if h, p, err := net.SplitHostPort(host); err == nil {
 		name, port = h, p
 	}
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	for _, sv := range s.cur.Load().byHost[name] {
-		if port == "" || port == strconv.Itoa(int(sv.port)) {
-			return sv
+	t := s.cur.Load()
+	for _, m := range []map[string][]*Service{t.byHost, t.byServerName} {
+		for _, sv := range m[name] {
+			if port == "" || port == strconv.Itoa(int(sv.port)) {
+				return sv
+			}
 		}
 	}
 	return nil
@@ -211,7 +215,8 @@ func (s *Set) Prepare(snap *meshv1.Snapshot) (func(), error) {
 	s.mu.Lock()
 	prev := s.cur.Load()
 	s.mu.Unlock()
-	next := &table{byName: map[string]*Service{}, byHost: map[string][]*Service{}, byAddr: map[netip.AddrPort]*Service{}}
+	next := &table{byName: map[string]*Service{}, byHost: map[string][]*Service{}, byServerName: map[string][]*Service{},
+		byAddr: map[netip.AddrPort]*Service{}}
 	var errs []error
 	for _, r := range snap.GetResources() {
 		if r.GetKind() != string(api.KindExternalService) || r.GetNamespace() != s.cfg.Namespace {
@@ -242,19 +247,29 @@ func (s *Set) Prepare(snap *meshv1.Snapshot) (func(), error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	claimed := map[string]string{} // "host:port" -> the service that has it
 	for _, n := range names {
 		sv := next.byName[n]
-		hosts := slices.Clone(sv.spec.GetHosts())
-		if sn := sv.spec.GetServerName(); sn != "" && !slices.Contains(hosts, sn) {
-			hosts = append(hosts, sn)
-		}
-		for _, h := range hosts {
+		for _, h := range sv.spec.GetHosts() {
 			if a, err := netip.ParseAddr(h); err == nil {
-				next.byAddr[netip.AddrPortFrom(a.Unmap(), uint16(sv.port))] = sv
+				if _, dup := next.byAddr[netip.AddrPortFrom(a.Unmap(), uint16(sv.port))]; !dup {
+					next.byAddr[netip.AddrPortFrom(a.Unmap(), uint16(sv.port))] = sv
+				}
 			}
-			if sv.isHTTP() {
-				next.byHost[h] = append(next.byHost[h], sv)
+			if !sv.isHTTP() {
+				continue
 			}
+			next.byHost[h] = append(next.byHost[h], sv)
+			hp := net.JoinHostPort(h, strconv.Itoa(int(sv.port)))
+			if first, dup := claimed[hp]; dup {
+				s.log.Warn("external: two ExternalServices claim one host and port; requests routed by Host go to the first by name",
+					slog.String("host", hp), slog.String("first", first), slog.String("also", n))
+			} else {
+				claimed[hp] = n
+			}
+		}
+		if sn := sv.spec.GetServerName(); sv.isHTTP() && sn != "" && !slices.Contains(sv.spec.GetHosts(), sn) {
+			next.byServerName[sn] = append(next.byServerName[sn], sv)
 		}
 	}
 	return func() {

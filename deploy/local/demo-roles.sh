@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The sidecar's other roles on this machine. Ambassador: web's app reaches
+# an HTTPS service outside the mesh as plain HTTP on localhost; web's
+# mesh-proxy originates TLS, verifies the server against the
+# ExternalService's caBundle and server name, and answers 502 with the
+# reason when it does not verify. (The "outside" HTTPS service is a
+# demo-app behind a mesh-proxy's public TLS port, with a certificate of its
+# own: no mesh identity is involved.) DEMO_ONCE=1 runs it once and exits
+# (make demo-roles-check); DEMO_PORT_BASE moves every port (default 19000).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN="$ROOT/bin"
+BASE=${DEMO_PORT_BASE:-19000}
+ONCE=${DEMO_ONCE:-0}
+WORK=$(mktemp -d -t minimesh-demo-roles.XXXXXX)
+chmod 700 "$WORK"
+
+MESHD=127.0.0.1:$((BASE + 10))
+PARTNER_APP=127.0.0.1:$((BASE + 81))
+PARTNER_IN=127.0.0.1:$((BASE + 106))
+PARTNER_ADMIN=127.0.0.1:$((BASE + 100))
+PARTNER_HTTPS=127.0.0.1:$((BASE + 443))
+WEB_APP=127.0.0.1:$((BASE + 80))
+WEB_IN=127.0.0.1:$((BASE + 206))
+WEB_ADMIN=127.0.0.1:$((BASE + 200))
+WEB_TO_PARTNER=127.0.0.1:$((BASE + 301))
+WEB_TO_IMPOSTOR=127.0.0.1:$((BASE + 302))
+WEB_HOST_ROUTED=127.0.0.1:$((BASE + 300))
+
+pids=()
+DEMO_NAME=demo-roles WAIT_TRIES=100
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "$0")/lib.sh"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export MESHCTL_SERVER=$MESHD MESHCTL_CREDENTIALS=$WORK/meshd/operator
+meshctl() { "$BIN/meshctl" "$@"; }
+
+echo "== meshd on $MESHD (data in $WORK/meshd)"
+start meshd "$BIN/meshd" --data-dir "$WORK/meshd" --listen "$MESHD"
+wait_ok meshd meshctl proxies
+
+partner_out=$(meshctl token create --ns default --sa partner)
+web_out=$(meshctl token create --ns default --sa web)
+PIN=$(awk '/^ca-pin:/{print $2}' <<<"$web_out")
+(umask 077 && awk '/^token:/{print $2}' <<<"$partner_out" >"$WORK/partner.token" &&
+	awk '/^token:/{print $2}' <<<"$web_out" >"$WORK/web.token")
+
+echo "== the outside HTTPS service on $PARTNER_HTTPS (its own certificate for localhost and 127.0.0.1)"
+start partner-app "$BIN/demo-app" serve --name partner --listen "$PARTNER_APP"
+"$BIN/demo-app" gencert --cert "$WORK/partner.crt" --key "$WORK/partner.key"
+start partner-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/partner.token" --ca-pin "$PIN" \
+	--service partner --app "$PARTNER_APP" --inbound "$PARTNER_IN" --admin "$PARTNER_ADMIN" --state-dir "$WORK/partner-proxy" \
+	--public "$PARTNER_HTTPS" --public-cert "$WORK/partner.crt" --public-key "$WORK/partner.key"
+# Another certificate for the same names, which the caBundle does not hold.
+"$BIN/demo-app" gencert --cert "$WORK/impostor.crt" --key "$WORK/impostor.key"
+
+echo "== web's app (no TLS code) and its mesh-proxy: --external partner=$WEB_TO_PARTNER, --external impostor=$WEB_TO_IMPOSTOR"
+start web-app "$BIN/demo-app" serve --name web --listen "$WEB_APP" --call "http://$WEB_TO_PARTNER/public"
+start web-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/web.token" --ca-pin "$PIN" \
+	--service web --app "$WEB_APP" --inbound "$WEB_IN" --admin "$WEB_ADMIN" --state-dir "$WORK/web-proxy" \
+	--external "partner=$WEB_TO_PARTNER" --external "impostor=$WEB_TO_IMPOSTOR" --outbound-http "$WEB_HOST_ROUTED"
+wait_ok partner-proxy "$BIN/demo-app" get "http://$PARTNER_ADMIN/ready"
+wait_ok web-proxy "$BIN/demo-app" get "http://$WEB_ADMIN/ready"
+
+echo "== the Service web, and the ExternalServices (allowed for web only)"
+{
+	cat <<YAML
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: ${WEB_APP##*:}, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/web"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ExternalService
+metadata: {name: partner}
+spec:
+  hosts: ["127.0.0.1"]
+  port: ${PARTNER_HTTPS##*:}
+  protocol: https
+  serverName: localhost
+  connectTimeout: 2s
+  allowedServices: [web]
+  caBundle: |
+YAML
+	sed 's/^/    /' "$WORK/partner.crt"
+	cat <<YAML
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ExternalService
+metadata: {name: impostor}
+spec:
+  hosts: ["localhost"]
+  port: ${PARTNER_HTTPS##*:}
+  protocol: https
+  serverName: localhost
+  allowedServices: [web]
+  caBundle: |
+YAML
+	sed 's/^/    /' "$WORK/impostor.crt"
+} >"$WORK/external.yaml"
+sed -n '8,20s/^/  /p' "$WORK/external.yaml"
+echo "  ..."
+echo "\$ meshctl apply -f external.yaml"
+meshctl apply -f "$WORK/external.yaml"
+echo "\$ meshctl get ext"
+meshctl get ext
+wait_ok "the partner through localhost" "$BIN/demo-app" get "http://$WEB_TO_PARTNER/public"
+
+echo
+echo "== web's app -> plain HTTP on localhost -> web's mesh-proxy -> HTTPS, verified -> the partner"
+echo "\$ demo-app get http://$WEB_TO_PARTNER/public"
+"$BIN/demo-app" get "http://$WEB_TO_PARTNER/public"
+echo
+echo "== the same by Host on web's --outbound-http port"
+echo "\$ curl -H 'Host: 127.0.0.1:${PARTNER_HTTPS##*:}' http://$WEB_HOST_ROUTED/public"
+if command -v curl >/dev/null; then curl -sS -H "Host: 127.0.0.1:${PARTNER_HTTPS##*:}" "http://$WEB_HOST_ROUTED/public"; fi
+echo
+echo "== a server whose certificate the caBundle does not hold: 502, and why"
+echo "\$ demo-app get http://$WEB_TO_IMPOSTOR/public"
+if "$BIN/demo-app" get "http://$WEB_TO_IMPOSTOR/public"; then
+	echo "demo-roles: the impostor was not refused" >&2
+	exit 1
+fi
+echo
+echo "== the calls in web's metrics (destination_service is the ExternalService)"
+"$BIN/demo-app" get "http://$WEB_ADMIN/metrics" | grep '^minimesh_proxy_outbound_requests_total' | grep -v ' 0$' || true
+
+if [ "$ONCE" = 1 ]; then
+	exit 0
+fi
+echo
+echo "Running. Try: bin/demo-app get http://$WEB_TO_PARTNER/public"
+echo "Press Ctrl-C to stop everything."
+wait
