@@ -7,8 +7,10 @@
 // Snapshots are applied all or nothing by Parts (apply.go): policy (the
 // inbound's authorization, rate limits and access log, and the revoked
 // identities and serials for inbound and outbound; policy.go), then
-// traffic (the routing table; traffic.go). The listeners of app traffic
-// (inbound, public, outbound, transparent) start only once the first
+// traffic (the routing table; traffic.go), then the ExternalServices
+// (package external; external.go: their client certificates are loaded at
+// Prepare, so a missing file is a NACK). The listeners of app traffic
+// (inbound, public, outbound, transparent, --external) start only once the first
 // snapshot is applied, from meshd or the state dir, and /ready is 503 until
 // then: before it no AuthorizationPolicy is in force (fail closed).
 // POST /quitquitquit on the admin port (loopback callers, with the header
