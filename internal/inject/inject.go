@@ -30,6 +30,7 @@ import (
 
 	"minimesh/api"
 	"minimesh/certs"
+	"minimesh/dataplane/appmetrics"
 	"minimesh/internal/version"
 )
 
@@ -42,6 +43,13 @@ const (
 	StateVolume       = "mesh-state"
 	SharedVolume      = "mesh-shared"
 	TokenVolume       = "mesh-token"
+	// LogsVolume is the app's log directory, SharedDir/logs: read-write in
+	// the app's containers, read-only in the proxy (its log adapter).
+	LogsVolume = "mesh-logs"
+	// SpoolVolume is the log shipper's spool (mesh-proxy --spool-dir), on
+	// the node's disk and bounded by SpoolSize; never the memory-backed
+	// state volume.
+	SpoolVolume = "mesh-spool"
 
 	// InjectedAnnotation marks an injected pod template with the version
 	// of meshctl (or meshd's webhook) that injected it.
@@ -72,6 +80,9 @@ const (
 	// mesh-proxy refuses a state dir with a symbolic link on its path.
 	StateDir  = "/run/minimesh/state"
 	SharedDir = "/var/run/minimesh/shared"
+	LogsDir   = SharedDir + "/" + api.LogsDir
+	SpoolDir  = "/var/spool/minimesh"
+	SpoolSize = "512Mi"
 	TokenDir  = "/var/run/minimesh/token"
 
 	// MaxInput bounds what the command reads.
@@ -425,7 +436,7 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 		}
 	}
 	for _, v := range spec.Volumes {
-		if v.Name == StateVolume || v.Name == SharedVolume || v.Name == TokenVolume {
+		if isOurVolume(v.Name) {
 			return fmt.Errorf("volume name %q is mesh-proxy's own", v.Name)
 		}
 	}
@@ -462,10 +473,16 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 				return err
 			}
 		}
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: SharedVolume, MountPath: SharedDir, ReadOnly: true})
+		// The shared dir is read-only for the app but for its logs/.
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: SharedVolume, MountPath: SharedDir, ReadOnly: true},
+			corev1.VolumeMount{Name: LogsVolume, MountPath: LogsDir})
 	}
 
-	sidecar, err := proxyContainer(opts, service, port, probes)
+	appMetrics, err := appMetricsOf(meta.Annotations, prev.appMetrics)
+	if err != nil {
+		return err
+	}
+	sidecar, err := proxyContainer(opts, service, port, probes, appMetrics)
 	if err != nil {
 		return err
 	}
@@ -477,6 +494,10 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("4Mi")),
 		}}},
 		corev1.Volume{Name: SharedVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		corev1.Volume{Name: LogsVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		corev1.Volume{Name: SpoolVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			SizeLimit: ptr(resource.MustParse(SpoolSize)),
+		}}},
 		tokenVolume(opts),
 	)
 	spec.ShareProcessNamespace = ptr(true)
@@ -484,28 +505,63 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 		meta.Annotations = map[string]string{}
 	}
 	meta.Annotations[InjectedAnnotation] = version.Version
-	// Prometheus scrapes the proxy, unless the pod already tells it
-	// what to scrape: one set of annotations must not be half ours.
+	// Prometheus scrapes the proxy, which merges the app's own metrics
+	// (--app-metrics, from the pod's prometheus.io annotations); a pod
+	// with prometheus.io/scrape "false" keeps its annotations as they are.
 	scrape := map[string]string{
 		"prometheus.io/scrape": "true",
 		"prometheus.io/port":   strconv.Itoa(ProxyAdminPort),
 		"prometheus.io/path":   "/metrics",
 	}
-	theirs := false
-	for k := range scrape {
-		if v, ok := meta.Annotations[k]; ok && v != scrape[k] {
-			theirs = true
-		}
-	}
-	if !theirs {
+	if meta.Annotations["prometheus.io/scrape"] != "false" {
 		maps.Copy(meta.Annotations, scrape)
 	}
 	return nil
 }
 
+// appMetricsOf is mesh-proxy's --app-metrics ("PORT" or "PORT/path") from
+// the pod's prometheus.io/port and prometheus.io/path annotations, when
+// they name the app's endpoint (not the proxy's admin port, set by an
+// earlier injection: then the earlier flag is kept); "" for none or when
+// prometheus.io/scrape is "false".
+func appMetricsOf(ann map[string]string, prev string) (string, error) {
+	port, ok := ann["prometheus.io/port"]
+	if !ok || ann["prometheus.io/scrape"] == "false" {
+		return "", nil
+	}
+	if port == strconv.Itoa(ProxyAdminPort) {
+		return prev, nil
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return "", fmt.Errorf("annotation prometheus.io/port %q: not a port (1 to 65535)", port)
+	}
+	v := port
+	if p := ann["prometheus.io/path"]; p != "" && p != api.DefaultMetricsPath {
+		if !strings.HasPrefix(p, "/") {
+			return "", fmt.Errorf("annotation prometheus.io/path %q: must start with /", p)
+		}
+		v += p
+	}
+	if _, err := appmetrics.ParseFlag(v); err != nil {
+		return "", fmt.Errorf("annotations prometheus.io/port and path: %w", err)
+	}
+	return v, nil
+}
+
+// isOurVolume reports whether a volume name is one inject adds.
+func isOurVolume(name string) bool {
+	switch name {
+	case StateVolume, SharedVolume, TokenVolume, LogsVolume, SpoolVolume:
+		return true
+	}
+	return false
+}
+
 // previous is what an earlier injection chose that a new one keeps.
 type previous struct {
-	appPort int
+	appPort    int
+	appMetrics string // --app-metrics
 }
 
 // uninject removes an earlier injection: our containers, volumes and
@@ -524,6 +580,9 @@ func uninject(spec *corev1.PodSpec) (previous, error) {
 	for _, a := range sidecar.Args {
 		if v, ok := strings.CutPrefix(a, "--app=127.0.0.1:"); ok {
 			prev.appPort, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(a, "--app-metrics="); ok {
+			prev.appMetrics = v
 		}
 	}
 	var probes api.AppProbes
@@ -556,14 +615,12 @@ func uninject(spec *corev1.PodSpec) (previous, error) {
 				p.TCPSocket = &corev1.TCPSocketAction{Port: intstr.FromInt32(int32(orig.TCPSocket.Port))}
 			}
 		}
-		c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SharedVolume })
+		c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SharedVolume || m.Name == LogsVolume })
 	}
 	spec.InitContainers = slices.DeleteFunc(spec.InitContainers, func(c corev1.Container) bool {
 		return c.Name == ProxyContainer || c.Name == RedirectContainer
 	})
-	spec.Volumes = slices.DeleteFunc(spec.Volumes, func(v corev1.Volume) bool {
-		return v.Name == StateVolume || v.Name == SharedVolume || v.Name == TokenVolume
-	})
+	spec.Volumes = slices.DeleteFunc(spec.Volumes, func(v corev1.Volume) bool { return isOurVolume(v.Name) })
 	return prev, nil
 }
 
@@ -758,7 +815,7 @@ func redirectContainer(opts Options, appPort int) corev1.Container {
 }
 
 // proxyContainer is mesh-proxy as a native sidecar.
-func proxyContainer(opts Options, service string, appPort int, probes api.AppProbes) (corev1.Container, error) {
+func proxyContainer(opts Options, service string, appPort int, probes api.AppProbes, appMetrics string) (corev1.Container, error) {
 	// A service-account token, sent only to a meshd that holds one of the
 	// pinned roots; or a join token, with the pin from its Secret.
 	credential := []string{"--sa-token-file=" + TokenDir + "/token", "--ca-pin=" + strings.Join(opts.CAPins, ",")}
@@ -779,7 +836,11 @@ func proxyContainer(opts Options, service string, appPort int, probes api.AppPro
 		"--admin=0.0.0.0:"+strconv.Itoa(ProxyAdminPort),
 		"--state-dir="+StateDir+"/proxy",
 		"--shared-dir="+SharedDir,
+		"--spool-dir="+SpoolDir,
 	)
+	if appMetrics != "" {
+		args = append(args, "--app-metrics="+appMetrics)
+	}
 	for _, u := range opts.Upstreams {
 		args = append(args, "--upstream="+u)
 	}
@@ -839,6 +900,8 @@ func proxyContainer(opts Options, service string, appPort int, probes api.AppPro
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: StateVolume, MountPath: StateDir},
 			{Name: SharedVolume, MountPath: SharedDir},
+			{Name: LogsVolume, MountPath: LogsDir, ReadOnly: true},
+			{Name: SpoolVolume, MountPath: SpoolDir},
 			{Name: TokenVolume, MountPath: TokenDir, ReadOnly: true},
 		},
 		SecurityContext: &corev1.SecurityContext{

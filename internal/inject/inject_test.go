@@ -519,8 +519,8 @@ func TestInjectAgainWithOtherFlags(t *testing.T) {
 	if p.spec.InitContainers[1].Image != "minimesh/minimesh:v2" || !slices.Contains(p.spec.InitContainers[1].Args, "--app=127.0.0.1:5432") {
 		t.Errorf("proxy %v %v", p.spec.InitContainers[1].Image, p.spec.InitContainers[1].Args)
 	}
-	if n := len(p.spec.Volumes); n != 3 {
-		t.Errorf("volumes %d, want 3", n)
+	if n := len(p.spec.Volumes); n != 5 { // state, shared, logs, spool, token
+		t.Errorf("volumes %d, want 5", n)
 	}
 	want, err := Inject(src, Options{CAPins: testPins, Image: "minimesh/minimesh:v2", AppPort: 5432})
 	if err != nil {
