@@ -25,7 +25,7 @@ func newMetrics(reg prometheus.Registerer, spoolBytes func() int64) (*metrics, e
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_logship_records_dropped_total",
 			Help: "Log records dropped before the store had them, by reason: queue_full (the writer fell behind), spool_full (the oldest batches made room), invalid (empty, over-long or holding a newline), spool_error (the spool could not be written)."}, []string{"reason"}),
 		sealed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_logship_batches_closed_total",
-			Help: "Batches closed, by what closed them: size or age."}, []string{"reason"}),
+			Help: "Batches closed, by what closed them: size, age, or stop (the proxy stopping)."}, []string{"reason"}),
 		batchesUploaded: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_logship_batches_uploaded_total",
 			Help: "Batches the object store has confirmed (2xx and a matching checksum)."}),
 		batchesFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_logship_batches_failed_total",

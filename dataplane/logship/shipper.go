@@ -28,6 +28,7 @@ const (
 	DefaultCallTimeout  = time.Minute
 	DefaultBackoffMin   = 500 * time.Millisecond
 	DefaultBackoffMax   = 30 * time.Second
+	DefaultFlushTimeout = 5 * time.Second
 	// MaxRecordBytes is the longest record taken: the adapter's longest
 	// (api.MaxRecordBytes) and room for its added fields.
 	MaxRecordBytes = api.MaxRecordBytes + 16<<10
@@ -50,7 +51,10 @@ type Config struct {
 	QueueBytes   int64
 	// CallTimeout bounds one upload (default DefaultCallTimeout); the
 	// retries back off from BackoffMin to BackoffMax with jitter.
-	CallTimeout            time.Duration
+	CallTimeout time.Duration
+	// FlushTimeout bounds the uploads after Run's ctx ends (default
+	// DefaultFlushTimeout; negative: none).
+	FlushTimeout           time.Duration
 	BackoffMin, BackoffMax time.Duration
 	Logger                 *slog.Logger
 	Registerer             prometheus.Registerer
@@ -99,6 +103,9 @@ func New(cfg Config) (*Shipper, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.FlushTimeout == 0 {
+		cfg.FlushTimeout = DefaultFlushTimeout
 	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = DefaultBackoffMin
@@ -228,19 +235,39 @@ func signal(c chan struct{}) {
 }
 
 // Run writes the queue to the spool and uploads the closed batches until
-// ctx ends; then what is queued goes to the spool, which keeps it for the
-// next start. Run may be called once.
+// ctx ends. Then what is queued goes to the spool, the open batch is
+// closed, and the uploads go on for at most Config.FlushTimeout (a pod
+// being deleted takes its spool with it); whatever is left stays in the
+// spool for the next start. Run may be called once.
 func (s *Shipper) Run(ctx context.Context) error {
 	err := errors.New("logship: Run called twice")
 	s.runOnce.Do(func() {
-		upCtx, cancel := context.WithCancel(ctx)
+		upCtx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		wg.Go(func() { s.upload(upCtx) })
 		err = s.write(ctx)
+		if s.cur.Load() != nil {
+			s.flushOut()
+		}
 		cancel()
 		wg.Wait()
 	})
 	return err
+}
+
+// flushOut waits, at most FlushTimeout, until the uploader has emptied the
+// spool of closed batches.
+func (s *Shipper) flushOut() {
+	deadline := time.Now().Add(s.cfg.FlushTimeout)
+	for time.Now().Before(deadline) {
+		if s.Stats().ClosedBatches == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := s.Stats()
+	s.log.Warn("log shipping: stopped with batches not uploaded; they are sent at the next start from the spool",
+		"closed_batches", st.ClosedBatches, "spool_bytes", st.SpoolBytes, "flush_timeout", s.cfg.FlushTimeout)
 }
 
 // write is the writer: records to the open batch; the batch is closed by
@@ -261,7 +288,9 @@ func (s *Shipper) write(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// Whatever was queued goes to the spool, for the next start.
+			// Whatever was queued goes to the spool, and the open batch
+			// is closed for the last uploads.
+		drain:
 			for {
 				select {
 				case rec := <-s.queue:
@@ -270,9 +299,13 @@ func (s *Shipper) write(ctx context.Context) error {
 						s.m.dropped.WithLabelValues("spool_error").Inc()
 					}
 				default:
-					return s.spool.close()
+					break drain
 				}
 			}
+			if t := s.cur.Load(); t != nil {
+				s.seal(t, "stop")
+			}
+			return s.spool.close()
 		case rec := <-s.queue:
 			s.queued.Add(-int64(len(rec)))
 			_, wasOpen := s.spool.openState()

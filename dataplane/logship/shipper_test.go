@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,15 +82,20 @@ type harness struct {
 
 // newShipper starts a Shipper on dir with o applied; it stops when the
 // test ends (or by h.close).
-func newShipper(t *testing.T, dir string, o *api.LogShipping) *harness {
+func newShipper(t *testing.T, dir string, o *api.LogShipping, edit ...func(*Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, dir: dir, done: make(chan error, 1)}
-	sh, err := New(Config{
+	cfg := Config{
 		SpoolDir: dir, Service: "api", Pod: "api-7d9f", Instance: func() string { return "i-1" },
 		BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond, CallTimeout: 5 * time.Second,
-		Logger:     slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registerer: h.reg,
-	})
+		FlushTimeout: 10 * time.Second,
+		Logger:       slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registerer:   h.reg,
+	}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	sh, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,6 +228,17 @@ func TestBatchBySize(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.sh.m.shipped); got != 192 {
 		t.Errorf("records shipped: %v", got)
+	}
+	// Stopping closes the open batch and uploads it before Run returns.
+	h.close()
+	if got := testutil.ToFloat64(h.sh.m.sealed.WithLabelValues("stop")); got != 1 {
+		t.Errorf("batches closed at stop: %v", got)
+	}
+	if seen, _, err := ids(t, srv); err != nil || len(seen) != 200 {
+		t.Errorf("after stop the store holds %d records (%v), want 200", len(seen), err)
+	}
+	if st := h.sh.Stats(); st.SpoolBytes != 0 {
+		t.Errorf("spool after stop: %+v", st)
 	}
 }
 
@@ -365,7 +382,7 @@ func TestSpoolBoundDropsOldest(t *testing.T) {
 	const limit = 4 * api.MinBatchBytes
 	h := newShipper(t, filepath.Join(dir, "spool"), shipping(dead, creds, func(s *meshv1.LogShippingSpec) {
 		s.SpoolBytes = limit
-	}))
+	}), func(c *Config) { c.FlushTimeout = -1 })
 	// Incompressible records (random hex): a closed batch keeps about
 	// half its size; 40 batches are far over the bound.
 	for i := range 40 * 66 {
@@ -499,37 +516,53 @@ func TestRestartResumesSpool(t *testing.T) {
 	srv.Stop()
 	dir := t.TempDir()
 	spool := filepath.Join(dir, "spool")
-	o := shipping(srv.Endpoint(), srv.CredentialsFile(dir), func(s *meshv1.LogShippingSpec) {
-		s.BatchBytes = api.MinBatchBytes
-	})
-	// First run: the store is down; 150 records make 2 closed batches
-	// and an open one.
-	h := newShipper(t, spool, o)
+	o := shipping(srv.Endpoint(), srv.CredentialsFile(dir), nil)
+	// First run: the store is down; 150 records make 2 batches by size,
+	// and the stop closes a third (22 records): none can be uploaded.
+	h := newShipper(t, spool, o, func(c *Config) { c.FlushTimeout = 300 * time.Millisecond })
 	h.offer(150, 1024)
 	waitQueueEmpty(t, h.sh)
 	h.close()
-	if st := h.sh.Stats(); st.ClosedBatches != 2 {
+	if st := h.sh.Stats(); st.ClosedBatches != 3 || st.NextOffset != 151 {
 		t.Fatalf("spool after the first run: %+v", st)
 	}
-	// A torn last line, as a kill mid-write leaves, is cut off.
-	f, err := os.OpenFile(openName(t, spool), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
+	if !strings.Contains(h.logs.String(), "stopped with batches not uploaded") {
+		t.Errorf("the stop does not say what it left:\n%s", h.logs.String())
+	}
+	// An open batch as a SIGKILL leaves it: two records and a torn line,
+	// which is cut off.
+	torn := append(append(record(151, 1024), '\n'), append(record(152, 1024), '\n')...)
+	torn = append(torn, `{"id":99999,"msg":"torn`...)
+	if err := os.WriteFile(filepath.Join(spool, openPrefix+fmtOffset(151)+openSuffix), torn, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, _ = f.WriteString(`{"id":99999,"msg":"torn`)
-	_ = f.Close()
 
 	srv.StartAgain()
 	h2 := newShipper(t, spool, o)
-	h2.nextID.Store(150)
-	if st := h2.sh.Stats(); st.ClosedBatches != 2 || st.OpenRecords != 150-128 || st.NextOffset != 151 {
-		t.Fatalf("resumed spool %+v, want 2 closed batches, 22 open records, next offset 151", st)
+	h2.nextID.Store(152)
+	if st := h2.sh.Stats(); st.ClosedBatches > 3 || st.OpenRecords != 2 || st.NextOffset != 153 {
+		t.Fatalf("resumed spool %+v, want the 3 closed batches, 2 open records, next offset 153", st)
 	}
-	h2.offer(60, 1024) // closes the open batch by size: 64 records
-	objs := exactlyOnceUpTo(t, srv, 192)
-	if len(objs) != 3 || !strings.HasSuffix(objs[2].Key, fmtOffset(129)+"-"+fmtOffset(192)+".jsonl.gz") {
-		t.Fatalf("objects %v", keysOf(objs))
+	h2.offer(62, 1024) // closes the open batch by size: 64 records
+	objs := exactlyOnceUpTo(t, srv, 214)
+	want := []string{"1-64", "65-128", "129-150", "151-214"}
+	if len(objs) != len(want) {
+		t.Fatalf("objects %v, want batches %v", keysOf(objs), want)
 	}
+	for i, w := range want {
+		a, b, _ := strings.Cut(w, "-")
+		if !strings.HasSuffix(objs[i].Key, "/"+fmtOffset(mustU(a))+"-"+fmtOffset(mustU(b))+".jsonl.gz") {
+			t.Errorf("object %d: %s, want offsets %s", i, objs[i].Key, w)
+		}
+	}
+}
+
+func mustU(s string) uint64 {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		panic(err)
+	}
+	return n
 }
 
 func openName(t *testing.T, dir string) string {

@@ -1,10 +1,12 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"minimesh/api"
 	"minimesh/dataplane/agent"
@@ -40,7 +42,25 @@ func (s *Sidecar) addShipping(ag *agent.Agent) error {
 	}
 	part.shipper = sh
 	s.shipper = sh
-	s.add("logship", sh.Run)
+	// The shipper outlives the other tasks: it stops only when Run
+	// returns (a closer), after the listeners drained, so the access-log
+	// lines of the last requests are shipped too.
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var started atomic.Bool
+	s.add("logship", func(runCtx context.Context) error {
+		started.Store(true)
+		go func() { done <- sh.Run(ctx) }()
+		<-runCtx.Done()
+		return nil
+	})
+	s.closers = append(s.closers, func() error {
+		stop()
+		if !started.Load() {
+			return nil
+		}
+		return <-done
+	})
 	return nil
 }
 
