@@ -565,14 +565,6 @@ func mustU(s string) uint64 {
 	return n
 }
 
-func openName(t *testing.T, dir string) string {
-	m, _ := filepath.Glob(filepath.Join(dir, openPrefix+"*"))
-	if len(m) != 1 {
-		t.Fatalf("open batches %v", m)
-	}
-	return m[0]
-}
-
 func TestSpoolDirRules(t *testing.T) {
 	dir := t.TempDir()
 	real := filepath.Join(dir, "real")
@@ -645,8 +637,10 @@ func TestOfferRefusals(t *testing.T) {
 	}
 	// Nobody writes: the third record finds the queue full.
 	rec := []byte(`{"a":1}`)
-	if !s.Offer(rec) || !s.Offer(rec) || s.Offer(rec) {
-		t.Fatal("a queue of 2 records")
+	for i, want := range []bool{true, true, false} {
+		if got := s.Offer(rec); got != want {
+			t.Fatalf("offer %d: %v, want %v (a queue of 2 records)", i+1, got, want)
+		}
 	}
 	if got := testutil.ToFloat64(s.m.dropped.WithLabelValues("queue_full")); got != 1 {
 		t.Errorf("queue_full drops %v", got)
