@@ -50,6 +50,9 @@ type Config struct {
 	// PersistEvery how often changed offsets are written (default 1s).
 	Poll         time.Duration
 	PersistEvery time.Duration
+	// ShutdownWait is how long Run, once its context ends, still waits for
+	// pending records to complete (default 1s; see Run).
+	ShutdownWait time.Duration
 	// MaxOpenFiles caps the files followed at once (default 32); more
 	// matches wait, counted as skipped{reason="too_many_files"}.
 	MaxOpenFiles int
@@ -95,6 +98,9 @@ func New(cfg Config) (*Adapter, error) {
 	}
 	if cfg.PersistEvery <= 0 {
 		cfg.PersistEvery = time.Second
+	}
+	if cfg.ShutdownWait <= 0 {
+		cfg.ShutdownWait = time.Second
 	}
 	if cfg.MaxOpenFiles <= 0 {
 		cfg.MaxOpenFiles = DefaultMaxOpenFiles
@@ -153,9 +159,9 @@ func (a *Adapter) Set(specs []*Spec) {
 	}
 }
 
-// Run follows the files until ctx ends, then reads what is there, emits
-// every record pending, persists the offsets and closes the files: a
-// restart neither loses nor repeats a record.
+// Run follows the files until ctx ends, then shuts down (shutdown): the
+// records complete by then are emitted, the offsets persisted, and a
+// restart neither loses nor repeats a record, nor splits one.
 func (a *Adapter) Run(ctx context.Context) error {
 	r, err := openRoot(a.cfg.SharedDir)
 	if err != nil {
@@ -172,19 +178,45 @@ func (a *Adapter) Run(ctx context.Context) error {
 		a.poll(false)
 		select {
 		case <-ctx.Done():
-			a.poll(true)
-			for k, f := range a.files {
-				f.flush(a.emit)
-				_ = f.f.Close()
-				a.keep(k, f)
-			}
-			a.dirty = true
-			a.persist(true)
+			a.shutdown()
 			return nil
 		case <-t.C:
 		case <-a.kick:
 		}
 	}
+}
+
+// shutdown ends Run: for at most ShutdownWait it goes on as usual while
+// records are pending (the app, stopping too, writes its last lines; an
+// idle record is emitted after its flushAfter as always), then reads every
+// file to its end and persists the offsets. A record still pending then
+// (its file got bytes within flushAfter: it may go on) is not emitted: its
+// start is the persisted offset, so the next run reads it whole. Nothing
+// is lost, repeated, or split by a restart.
+func (a *Adapter) shutdown() {
+	deadline := time.Now().Add(a.cfg.ShutdownWait)
+	a.poll(false)
+	for a.pending() && time.Now().Before(deadline) {
+		time.Sleep(min(a.cfg.Poll, time.Until(deadline)))
+		a.poll(false)
+	}
+	a.poll(true)
+	for k, f := range a.files {
+		_ = f.f.Close()
+		a.keep(k, f)
+	}
+	a.dirty = true
+	a.persist(true)
+}
+
+// pending reports whether a file holds bytes read but not emitted.
+func (a *Adapter) pending() bool {
+	for _, f := range a.files {
+		if f.committed() != f.off {
+			return true
+		}
+	}
+	return false
 }
 
 // keep moves a closed file's position into saved, so the final persist

@@ -307,19 +307,40 @@ func TestShutdownNeitherLosesNorRepeats(t *testing.T) {
 	p := filepath.Join(shared, "logs/app.log")
 	all := &sink{}
 	r := start(t, shared, state, sp, all)
-	appendFile(t, p, "2030-a\n"+trace)
+	lines := strings.SplitAfter(trace, "\n")
+	appendFile(t, p, "2030-a\n"+lines[0]+lines[1])
 	waitFor(t, "the first record", func() bool { return len(all.all()) == 1 })
-	// The stack trace is pending (flushAfter 1m): SIGTERM emits it.
+	// Half a stack trace is pending (flushAfter 1m) when SIGTERM comes:
+	// it is not emitted, and the restart reads it whole.
 	r.stop(t)
-	if n := len(all.all()); n != 2 {
-		t.Fatalf("after shutdown %d records, want 2 (the pending one emitted)", n)
+	if n := len(all.all()); n != 1 {
+		t.Fatalf("after shutdown %d records, want 1 (the growing stack trace left for the next run)", n)
 	}
-	appendFile(t, p, "2030-c\n")
+	appendFile(t, p, lines[2]+lines[3]+"2030-c\n")
 	r2 := start(t, shared, state, sp, all)
-	waitFor(t, "the third record", func() bool { return len(all.all()) >= 2 })
+	waitFor(t, "the stack trace", func() bool { return len(all.all()) >= 2 })
 	r2.stop(t)
+	// 2030-c is pending at the second stop too; a third run gets it.
+	r3 := start(t, shared, state, spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}, RecordStart: `\d{4}-`}), all)
+	waitFor(t, "the last record", func() bool { return len(all.all()) >= 3 })
+	r3.stop(t)
 	if got := strings.Join(all.messages(), "|"); got != "2030-a|"+strings.TrimSuffix(trace, "\n")+"|2030-c" {
 		t.Errorf("records = %q", got)
+	}
+}
+
+// TestShutdownEmitsIdleRecords: the app stopped before the proxy (a pod
+// going away): its last record, idle for flushAfter, is emitted at
+// shutdown, not left behind.
+func TestShutdownEmitsIdleRecords(t *testing.T) {
+	shared := sharedDir(t)
+	sp := spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}, RecordStart: `\d{4}-`, FlushAfter: durationpb.New(300 * time.Millisecond)})
+	all := &sink{}
+	r := start(t, shared, t.TempDir(), sp, all)
+	appendFile(t, filepath.Join(shared, "logs/app.log"), "2030-last words\n  at the end\n")
+	r.stop(t)
+	if got := strings.Join(all.messages(), "|"); got != "2030-last words\n  at the end" {
+		t.Errorf("records = %q, want the last one emitted at shutdown", got)
 	}
 }
 

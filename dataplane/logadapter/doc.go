@@ -22,9 +22,13 @@
 // Offsets. Where each file's next unemitted byte is (a record being
 // assembled is not emitted yet) goes to StateFile in the state dir,
 // written atomically (temporary file, fsync, rename) at most every
-// Config.PersistEvery. When Run's context ends (SIGTERM) the files are
-// read to their end, every pending record is emitted and the offsets are
-// written: a restart neither loses nor repeats a record. After a SIGKILL,
+// Config.PersistEvery. When Run's context ends (SIGTERM) the adapter goes
+// on for at most Config.ShutdownWait (1s) while records are pending, so
+// the app's last lines (it stops too) are emitted after flushAfter as
+// usual; then the files are read to their end and the offsets written. A
+// record still growing then is not emitted: the offset persisted is its
+// start, and the next run reads it whole. A restart neither loses nor
+// repeats a record, nor splits a stack trace in two. After a SIGKILL,
 // the records emitted since the last write (at most PersistEvery) are
 // emitted again, with the same record_id, and none is lost.
 //
