@@ -5,7 +5,9 @@
 # ExternalService's caBundle and server name, and answers 502 with the
 # reason when it does not verify. (The "outside" HTTPS service is a
 # demo-app behind a mesh-proxy's public TLS port, with a certificate of its
-# own: no mesh identity is involved.) DEMO_ONCE=1 runs it once and exits
+# own: no mesh identity is involved.) Log shipping: the partner proxy's
+# access log goes to an S3-compatible store (versitygw, make
+# .bin/versitygw) in gzip batches. DEMO_ONCE=1 runs it once and exits
 # (make demo-roles-check); DEMO_PORT_BASE moves every port (default 19000).
 set -euo pipefail
 
@@ -27,6 +29,7 @@ WEB_ADMIN=127.0.0.1:$((BASE + 200))
 WEB_TO_PARTNER=127.0.0.1:$((BASE + 301))
 WEB_TO_IMPOSTOR=127.0.0.1:$((BASE + 302))
 WEB_HOST_ROUTED=127.0.0.1:$((BASE + 300))
+S3=127.0.0.1:$((BASE + 70))
 
 pids=()
 DEMO_NAME=demo-roles WAIT_TRIES=100
@@ -53,7 +56,8 @@ start partner-app "$BIN/demo-app" serve --name partner --listen "$PARTNER_APP"
 "$BIN/demo-app" gencert --cert "$WORK/partner.crt" --key "$WORK/partner.key"
 start partner-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/partner.token" --ca-pin "$PIN" \
 	--service partner --app "$PARTNER_APP" --inbound "$PARTNER_IN" --admin "$PARTNER_ADMIN" --state-dir "$WORK/partner-proxy" \
-	--public "$PARTNER_HTTPS" --public-cert "$WORK/partner.crt" --public-key "$WORK/partner.key"
+	--public "$PARTNER_HTTPS" --public-cert "$WORK/partner.crt" --public-key "$WORK/partner.key" \
+	--access-log "$WORK/partner-access.log" --spool-dir "$WORK/partner-spool"
 # Another certificate for the same names, which the caBundle does not hold.
 "$BIN/demo-app" gencert --cert "$WORK/impostor.crt" --key "$WORK/impostor.key"
 
@@ -129,6 +133,51 @@ fi
 echo
 echo "== the calls in web's metrics (destination_service is the ExternalService)"
 "$BIN/demo-app" get "http://$WEB_ADMIN/metrics" | grep '^minimesh_proxy_outbound_requests_total' | grep -v ' 0$' || true
+
+echo
+echo "== log shipping: partner's access log to an S3-compatible store (versitygw, posix backend in $WORK/s3) on $S3"
+[ -x "$ROOT/.bin/versitygw" ] || make -C "$ROOT" .bin/versitygw
+mkdir -p "$WORK/s3/mesh-logs"
+S3_ACCESS=demo$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n') S3_SECRET=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+(umask 077 && printf 'access_key_id=%s\nsecret_access_key=%s\n' "$S3_ACCESS" "$S3_SECRET" >"$WORK/s3-credentials")
+ROOT_ACCESS_KEY_ID=$S3_ACCESS ROOT_SECRET_ACCESS_KEY=$S3_SECRET start s3 "$ROOT/.bin/versitygw" --port "$S3" --quiet posix "$WORK/s3"
+cat >"$WORK/logs.yaml" <<YAML
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: partner}
+spec:
+  ports: [{name: http, port: ${PARTNER_APP##*:}, protocol: http}]
+  servingIdentities: ["spiffe://minimesh.local/ns/default/sa/partner"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: AccessLog
+metadata: {name: partner-log}
+spec:
+  service: partner
+  enabled: true
+  fields: [time, source_address, method, path, status, duration_ms, request_id]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: LogShipping
+metadata: {name: partner-logs}
+spec:
+  service: partner
+  endpoint: http://$S3
+  bucket: mesh-logs
+  pathStyle: true
+  credentialsFile: $WORK/s3-credentials
+  batchAge: 2s
+YAML
+sed 's/^/  /' "$WORK/logs.yaml"
+echo "\$ meshctl apply -f logs.yaml"
+meshctl apply -f "$WORK/logs.yaml"
+wait_ok "partner's LogShipping" grep -q 'log shipping on' "$WORK/partner-proxy.log"
+for i in 1 2 3; do "$BIN/demo-app" get "http://$WEB_TO_PARTNER/public" >/dev/null; done
+echo "== three calls later, the batch in the bucket (object key <service>/<pod>/<instance>/<first>-<last>.jsonl.gz):"
+WAIT_TRIES=150 wait_ok "the shipped batch" sh -c "find '$WORK/s3/mesh-logs' -name '*.jsonl.gz' | grep -q ."
+find "$WORK/s3/mesh-logs" -name '*.jsonl.gz' -printf '  mesh-logs/%P\n'
+find "$WORK/s3/mesh-logs" -name '*.jsonl.gz' -exec gzip -dc {} + | sed 's/^/  /'
+"$BIN/demo-app" get "http://$PARTNER_ADMIN/metrics" | grep -E '^minimesh_logship_(records_shipped|batches_uploaded)_total' | sed 's/^/  /' || true
 
 if [ "$ONCE" = 1 ]; then
 	exit 0
