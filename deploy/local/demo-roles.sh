@@ -172,7 +172,7 @@ sed 's/^/  /' "$WORK/logs.yaml"
 echo "\$ meshctl apply -f logs.yaml"
 meshctl apply -f "$WORK/logs.yaml"
 wait_ok "partner's LogShipping" grep -q 'log shipping on' "$WORK/partner-proxy.log"
-for i in 1 2 3; do "$BIN/demo-app" get "http://$WEB_TO_PARTNER/public" >/dev/null; done
+for _ in 1 2 3; do "$BIN/demo-app" get "http://$WEB_TO_PARTNER/public" >/dev/null; done
 echo "== three calls later, the batch in the bucket (object key <service>/<pod>/<instance>/<first>-<last>.jsonl.gz):"
 WAIT_TRIES=150 wait_ok "the shipped batch" sh -c "find '$WORK/s3/mesh-logs' -name '*.jsonl.gz' | grep -q ."
 find "$WORK/s3/mesh-logs" -name '*.jsonl.gz' -printf '  mesh-logs/%P\n'
