@@ -473,7 +473,13 @@ func serve(t *testing.T, s *external.Set, name string) string {
 func TestTLSListener(t *testing.T) {
 	echo := startTLSEcho(t, "db.partner.test")
 	reg := prometheus.NewRegistry()
-	s := newSet(t, external.Config{Registerer: reg, MaxConns: 1})
+	var lines syncBuffer
+	al := accesslog.New(accesslog.Config{Output: &lines})
+	if err := al.Apply(&api.AccessLog{Metadata: api.Metadata{Name: "web", Namespace: "default"}, Spec: &meshv1.AccessLogSpec{Service: "web", Enabled: true,
+		Fields: []string{"method", "authority", "status", "bytes_received", "bytes_sent", "upstream"}}}); err != nil {
+		t.Fatal(err)
+	}
+	s := newSet(t, external.Config{Registerer: reg, MaxConns: 1, AccessLog: al})
 	addr := serve(t, s, "db")
 
 	// Not in the config yet: a TCP client's connection is closed.
@@ -540,6 +546,12 @@ func TestTLSListener(t *testing.T) {
 	}
 	if n := count(reg, external.ResultRelayed); n != 1 {
 		t.Errorf("relayed %v, want 1 (the wrong server name relayed nothing)", n)
+	}
+	// One line per relay: the first (5 bytes each way), then the refused.
+	l := lines.String()
+	if !strings.Contains(l, `"CONNECT"`) || !strings.Contains(l, `"db `+echo.addr+`"`) || !strings.Contains(l, "502") ||
+		!strings.Contains(l, `"bytes_received":5,"bytes_sent":5`) {
+		t.Errorf("access log %q, want a CONNECT line to db's host and a 502", l)
 	}
 }
 

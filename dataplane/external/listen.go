@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"minimesh/dataplane/accesslog"
 )
 
 // ListenerLimits bound a --external listener.
@@ -133,15 +135,16 @@ func (s *Set) handle(ctx context.Context, c net.Conn, name string, q *chanListen
 		log.Warn("external: connection closed: too many open", slog.Int("max_conns", cap(sv.slots)))
 		return
 	}
+	start := s.cfg.Clock.Now()
 	up, err := sv.Dial(ctx)
 	if err != nil {
 		s.conns.WithLabelValues(name, ResultDialFailed).Inc()
 		log.Warn("external: connection closed: no host reached", slog.String("src", c.RemoteAddr().String()), slog.String("error", err.Error()))
+		sv.record(c, "", http.StatusBadGateway, 0, 0, start)
 		return
 	}
 	defer up.Close()
 	s.conns.WithLabelValues(name, ResultRelayed).Inc()
-	start := time.Now()
 	var last atomic.Int64
 	last.Store(start.UnixNano())
 	var in, out int64
@@ -154,7 +157,27 @@ func (s *Set) handle(ctx context.Context, c net.Conn, name string, q *chanListen
 	<-done
 	log.Debug("external: connection ended", slog.String("src", c.RemoteAddr().String()),
 		slog.String("upstream", up.RemoteAddr().String()), slog.Int64("bytes_sent", out), slog.Int64("bytes_received", in),
-		slog.Duration("duration", time.Since(start)))
+		slog.Duration("duration", s.cfg.Clock.Now().Sub(start)))
+	sv.record(c, up.RemoteAddr().String(), http.StatusOK, out, in, start)
+}
+
+// record puts a relayed connection in the metrics and, when on, the
+// access log, as the mesh's TCP streams are: one CONNECT, 200 when a host
+// was reached (502 when none was), with the bytes each way.
+func (sv *Service) record(c net.Conn, upstream string, code int, fromApp, toApp int64, start time.Time) {
+	cfg := &sv.set.cfg
+	d := cfg.Clock.Now().Sub(start)
+	if cfg.Observe != nil {
+		cfg.Observe(sv.Name, sv.Namespace, code, d.Seconds())
+	}
+	if al := cfg.AccessLog; al != nil && al.Enabled() {
+		up := sv.Name
+		if upstream != "" {
+			up += " " + upstream
+		}
+		al.Log(&accesslog.Entry{Time: start, SourceAddress: c.RemoteAddr().String(), Method: http.MethodConnect, Authority: sv.Name,
+			Protocol: protoName(sv.proto), Status: code, BytesReceived: fromApp, BytesSent: toApp, Duration: d, Upstream: up})
+	}
 }
 
 // pipe copies src to dst until src ends, then half-closes dst; after idle
