@@ -221,6 +221,12 @@ func TestOwnership(t *testing.T) {
 	// A Route of Kubernetes may refer to meshctl's Service.
 	e.create(route("to-web", "web"))
 	e.waitCondition("Route", "to-web", crd.ConditionAccepted, "True", crd.ReasonAccepted)
+	// Deleting the refused object lets it go and leaves meshctl's alone.
+	e.markDeleted("Service", "web")
+	e.waitFinalized("Service", "web")
+	if _, ok := e.stored("Service", "web"); !ok {
+		t.Fatal("deleting the refused object deleted meshctl's Service")
+	}
 }
 
 // markDeleted does what the API server does on delete of an object with
