@@ -44,8 +44,10 @@ type Server struct {
 	Kubeconfig string
 }
 
-// Start starts etcd and kube-apiserver; both stop when t ends.
-func Start(t *testing.T) *Server {
+// Start starts etcd and kube-apiserver, with these kube-apiserver flags
+// added (e.g. --authorization-mode=RBAC; the default authorizes every
+// request); both stop when t ends.
+func Start(t *testing.T, flags ...string) *Server {
 	t.Helper()
 	etcdURL, err := startEtcd(t)
 	if err != nil {
@@ -57,7 +59,7 @@ func Start(t *testing.T) *Server {
 
 	ts, err := apiservertesting.StartTestServer(t,
 		&apiservertesting.TestServerInstanceOptions{DisableInvariantChecks: true},
-		nil,
+		flags,
 		storage)
 	if err != nil {
 		t.Fatalf("kube-apiserver: %v", err)
