@@ -15,18 +15,24 @@ import (
 )
 
 // TestLogShippingExactlyOnceAcrossOutage: a LogShipping sends api's
-// access log to a real S3-compatible store (versitygw); the store is
-// stopped for a while under traffic and started again, and then the
-// bucket holds every request's line exactly once (counted by request
-// ID), under keys api/<pod>/<instance>/<first>-<last>.jsonl.gz, and the
-// access log's own output has every line too.
+// access log and its app's log (through a LogAdapter) to a real
+// S3-compatible store (versitygw); the store is stopped for a while under
+// traffic and started again, and then the bucket holds every request's
+// line and every app line exactly once (counted by request ID and by the
+// app's line number), under keys api/<pod>/<instance>/<first>-<last>.jsonl.gz,
+// and the access log's own output has every line too.
 func TestLogShippingExactlyOnceAcrossOutage(t *testing.T) {
 	store := s3test.Start(t, "mesh-logs")
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "access.log")
+	shared := filepath.Join(dir, "shared")
+	if err := os.MkdirAll(filepath.Join(shared, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	pm := startPolicyMeshWith(t, "", func(c *sidecar.Config) {
 		c.AccessLogFile = logFile
 		c.SpoolDir = filepath.Join(dir, "spool")
+		c.SharedDir = shared
 		c.Pod = "api-0"
 	})
 	rev := applyDocs(t, pm.meshd, fmt.Sprintf(`
@@ -37,6 +43,14 @@ spec:
   service: api
   enabled: true
   fields: [time, method, path, status, request_id]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: LogAdapter
+metadata: {name: api-app}
+spec:
+  service: api
+  files: ["logs/*.log"]
+  format: text
 ---
 apiVersion: minimesh.io/v1alpha1
 kind: LogShipping
@@ -51,9 +65,19 @@ spec:
 `, store.Endpoint(), store.CredentialsFile(dir)))
 	pm.api.waitSnapshot(t, "the log shipping", hasResource("LogShipping", "api-logs", rev))
 
+	pm.api.waitSnapshot(t, "the log adapter", hasResource("LogAdapter", "api-app", rev))
+	appLog, err := os.OpenFile(filepath.Join(shared, "logs", "app.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer appLog.Close()
+
 	rc := &rawConn{pm: pm}
 	const n = 45
 	for i := 1; i <= n; i++ {
+		if _, err := fmt.Fprintf(appLog, "app line %d\n", i); err != nil {
+			t.Fatal(err)
+		}
 		switch i {
 		case 16:
 			store.Stop()
@@ -79,12 +103,17 @@ spec:
 			for _, l := range o.Lines {
 				var rec struct {
 					RequestID string `json:"request_id"`
-					Path      string `json:"path"`
+					Source    string `json:"source"`
+					Message   string `json:"message"`
 				}
 				if err := json.Unmarshal(l, &rec); err != nil {
 					return fmt.Errorf("%s: %q: %v", o.Key, l, err)
 				}
-				seen[rec.RequestID]++
+				if rec.Source == "app" {
+					seen[rec.Message]++
+				} else {
+					seen[rec.RequestID]++
+				}
 			}
 		}
 		for id, c := range seen {
@@ -93,12 +122,14 @@ spec:
 			}
 		}
 		for i := 1; i <= n; i++ {
-			if seen[fmt.Sprintf("req-%d", i)] != 1 {
-				return fmt.Errorf("req-%d not stored yet (%d of %d)", i, len(seen), n)
+			for _, id := range []string{fmt.Sprintf("req-%d", i), fmt.Sprintf("app line %d", i)} {
+				if seen[id] != 1 {
+					return fmt.Errorf("%q not stored yet (%d of %d)", id, len(seen), 2*n)
+				}
 			}
 		}
-		if len(seen) != n {
-			return fmt.Errorf("%d request IDs stored, want %d", len(seen), n)
+		if len(seen) != 2*n {
+			return fmt.Errorf("%d IDs stored, want %d", len(seen), 2*n)
 		}
 		return nil
 	})
@@ -112,8 +143,8 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(body, "minimesh_logship_records_shipped_total "+fmt.Sprint(n)+"\n") {
-		t.Errorf("/metrics does not count %d records shipped", n)
+	if !strings.Contains(body, "minimesh_logship_records_shipped_total "+fmt.Sprint(2*n)+"\n") {
+		t.Errorf("/metrics does not count %d records shipped", 2*n)
 	}
 	if strings.Contains(body, "minimesh_logship_batches_failed_total 0\n") {
 		t.Error("no upload failed: the outage was not seen")
@@ -122,7 +153,9 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lines, err := jsonLines(b); err != nil || len(lines) != n {
-		t.Errorf("the access log file holds %d lines (%v), want %d: the tee took them from it", len(lines), err, n)
+	// The output (the access-log file, which the adapter's records share)
+	// has every line too: the shipper only tees.
+	if lines, err := jsonLines(b); err != nil || len(lines) != 2*n {
+		t.Errorf("the access log file holds %d lines (%v), want %d", len(lines), err, 2*n)
 	}
 }
