@@ -275,9 +275,18 @@ func (a *Adapter) poll(final bool) {
 		}
 		return strings.Compare(x.path, y.path)
 	})
+	// The app has moved on to the new file when it has new bytes: a file
+	// renamed away and read to its end then has its last record complete.
+	movedOn := map[*Spec]bool{}
+	for _, f := range order {
+		var st unix.Stat_t
+		if f.matched && unix.Fstat(int(f.f.Fd()), &st) == nil && st.Size > f.off {
+			movedOn[f.spec] = true
+		}
+	}
 	for _, f := range order {
 		got := a.read(f, now)
-		if !got && now.Sub(f.lastData) >= f.spec.flushAfter {
+		if (!got && now.Sub(f.lastData) >= f.spec.flushAfter) || (!f.matched && f.atEOF && movedOn[f.spec]) {
 			before := f.committed()
 			f.flush(a.emit)
 			if f.committed() != before {
@@ -440,6 +449,7 @@ func (a *Adapter) read(f *tailed, now time.Time) bool {
 		a.buf = make([]byte, readBuf)
 	}
 	got := false
+	defer func() { f.atEOF = f.off >= st.Size }()
 	for budget := readBudget; budget > 0 && f.off < st.Size; {
 		n, err := f.f.ReadAt(a.buf[:min(len(a.buf), budget)], f.off)
 		if n > 0 {

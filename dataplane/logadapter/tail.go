@@ -30,6 +30,7 @@ type tailed struct {
 	lastData time.Time // when bytes last arrived (or the file was opened)
 	matched  bool      // a glob matched it in the last poll
 	failed   bool      // a read failed: closed at the next poll
+	atEOF    bool      // the last read reached the size fstat gave
 }
 
 // committed is the offset of the first byte not yet emitted: a restart
