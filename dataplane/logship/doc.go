@@ -13,10 +13,12 @@
 // <first>-<last>.jsonl.gz (temp file, fsync, rename), its object key
 // <service>/<pod>/<instance>/<first>-<last>.jsonl.gz fixed then (in the
 // gzip header), so a retried PUT overwrites itself. One uploader PUTs the
-// oldest closed batch with Content-MD5 (minio-go signs; the store checks
-// the body) and removes it from the spool only after a 2xx whose ETag is
-// that MD5; a failure is retried with capped exponential backoff and
-// jitter, each call bounded. Past spoolBytes the oldest closed batches
+// oldest closed batch with Content-MD5 and x-amz-checksum-sha256
+// (minio-go signs; the store checks the body against both) and removes it
+// from the spool only after a 2xx whose x-amz-checksum-sha256 is the
+// batch's (or, from a store that sends none, whose ETag is its MD5); a
+// failure is retried with capped exponential backoff and jitter, each
+// call bounded. Past spoolBytes the oldest closed batches
 // are dropped, counted and logged. A restart resumes the spool: closed
 // batches are uploaded, the open batch (a torn last line cut off) goes on.
 // Credentials come from credentialsFile and are read again when it

@@ -3,6 +3,7 @@ package logship
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -275,6 +276,7 @@ func (s *Shipper) flushOut() {
 func (s *Shipper) write(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var lastWarn time.Time
 	arm := func() {
 		timer.Stop()
 		t := s.cur.Load()
@@ -311,7 +313,10 @@ func (s *Shipper) write(ctx context.Context) error {
 			_, wasOpen := s.spool.openState()
 			if err := s.spool.append(rec, time.Now()); err != nil {
 				s.m.dropped.WithLabelValues("spool_error").Inc()
-				s.log.Warn("log shipping: spool write failed; record dropped", "err", err)
+				if now := time.Now(); now.Sub(lastWarn) >= time.Minute {
+					lastWarn = now
+					s.log.Warn("log shipping: spool write failed; records dropped (logged once a minute)", "err", err)
+				}
 				continue
 			}
 			t := s.cur.Load()
@@ -418,24 +423,29 @@ func (s *Shipper) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// errChecksum is an upload whose answer did not carry the batch's MD5.
-var errChecksum = errors.New("the store's ETag does not match the batch's MD5")
+// errChecksum is an upload whose answer does not show that the store has
+// the batch's bytes.
+var errChecksum = errors.New("the store's answer does not match the batch's checksum")
 
-// put uploads b in one PUT with its Content-MD5 (the store checks the
-// body against it) and checks that the store's ETag is that MD5.
+// put uploads b in one PUT with its Content-MD5 and x-amz-checksum-sha256
+// (the store checks the body against them and refuses a mismatch), and
+// checks the answer: the store's x-amz-checksum-sha256 must be the
+// batch's when it sends one (an ETag is not an MD5 under SSE-KMS), else
+// its ETag must be the batch's MD5.
 func (s *Shipper) put(ctx context.Context, t *target, b batch) error {
 	f, err := s.spool.openBatch(b)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	key, sum, size, err := batchInfo(f)
+	key, sums, size, err := batchInfo(f)
 	if err != nil {
 		return fmt.Errorf("batch %s: %w", b.name(), err)
 	}
 	if key == "" {
 		key = s.key(b.first, b.last)
 	}
+	sha := base64.StdEncoding.EncodeToString(sums.sha256[:])
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 	defer cancel()
 	start := time.Now()
@@ -443,13 +453,18 @@ func (s *Shipper) put(ctx context.Context, t *target, b batch) error {
 		ContentType:      "application/x-ndjson",
 		SendContentMd5:   true,
 		DisableMultipart: true,
+		UserMetadata:     map[string]string{"x-amz-checksum-sha256": sha},
 	})
 	s.m.latency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return err
 	}
-	if got, want := strings.ToLower(strings.Trim(info.ETag, `"`)), hex.EncodeToString(sum[:]); got != want {
-		return fmt.Errorf("%w: ETag %q, MD5 %s (object %s)", errChecksum, truncate(got, 80), want, key)
+	etag, md5hex := strings.ToLower(strings.Trim(info.ETag, `"`)), hex.EncodeToString(sums.md5[:])
+	switch {
+	case info.ChecksumSHA256 != "" && info.ChecksumSHA256 != sha:
+		return fmt.Errorf("%w: x-amz-checksum-sha256 %q, the batch's %s (object %s)", errChecksum, truncate(info.ChecksumSHA256, 80), sha, key)
+	case info.ChecksumSHA256 == "" && etag != md5hex:
+		return fmt.Errorf("%w: ETag %q, MD5 %s (object %s)", errChecksum, truncate(etag, 80), md5hex, key)
 	}
 	return nil
 }

@@ -281,12 +281,17 @@ func keysOf(objs []s3test.Object) []string {
 }
 
 // etagProxy is a reverse proxy before the store that, while wrong is set,
-// answers PUTs with a wrong ETag (the store itself keeps the object).
+// answers PUTs with a wrong ETag and a wrong x-amz-checksum-sha256, or
+// none while noSum is set too (the store itself keeps the object).
 type etagProxy struct {
 	addr  string
 	wrong atomic.Bool
-	puts  atomic.Int64
-	keys  sync.Map // object path -> PUT count
+	noSum atomic.Bool
+	// etagOnly: only the ETag is wrong (as under SSE-KMS, where it is
+	// not an MD5); the store's checksum goes through.
+	etagOnly atomic.Bool
+	puts     atomic.Int64
+	keys     sync.Map // object path -> PUT count
 }
 
 func startETagProxy(t *testing.T, target string) *etagProxy {
@@ -300,6 +305,13 @@ func startETagProxy(t *testing.T, target string) *etagProxy {
 			n.(*atomic.Int64).Add(1)
 			if p.wrong.Load() {
 				r.Header.Set("ETag", `"00000000000000000000000000000000"`)
+				switch {
+				case p.etagOnly.Load():
+				case p.noSum.Load():
+					r.Header.Del("X-Amz-Checksum-Sha256")
+				default:
+					r.Header.Set("X-Amz-Checksum-Sha256", "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+				}
 			}
 		}
 		return nil
@@ -341,10 +353,26 @@ func TestChecksumMismatchKeepsBatchAndRetryOverwrites(t *testing.T) {
 	if got := testutil.ToFloat64(h.sh.m.batchesFailed); got < 3 {
 		t.Errorf("failed uploads: %v", got)
 	}
-	if !strings.Contains(h.logs.String(), "ETag") {
+	if !strings.Contains(h.logs.String(), "x-amz-checksum-sha256") {
 		t.Errorf("the failure's reason is not logged:\n%s", h.logs.String())
 	}
-	px.wrong.Store(false)
+	// A store that sends no checksum: its ETag must be the MD5.
+	px.noSum.Store(true)
+	before := px.puts.Load()
+	s3test.Eventually(t, 10*time.Second, func() error {
+		if px.puts.Load() < before+2 {
+			return fmt.Errorf("%d PUTs: %w", px.puts.Load(), s3test.ErrNotYet)
+		}
+		return nil
+	})
+	if st := h.sh.Stats(); st.ClosedBatches != 1 || testutil.ToFloat64(h.sh.m.batchesUploaded) != 0 {
+		t.Fatalf("spool %+v: the batch left the spool on an ETag that is not its MD5", st)
+	}
+	if !strings.Contains(h.logs.String(), "ETag") {
+		t.Errorf("the ETag failure is not logged:\n%s", h.logs.String())
+	}
+	// The store's SHA-256 is the batch's: the ETag need not be an MD5.
+	px.etagOnly.Store(true)
 	objs := exactlyOnceUpTo(t, srv, 5)
 	s3test.Eventually(t, 5*time.Second, func() error {
 		if h.sh.Stats().ClosedBatches != 0 {
@@ -364,7 +392,7 @@ func TestChecksumMismatchKeepsBatchAndRetryOverwrites(t *testing.T) {
 		}
 		return true
 	})
-	if n != 1 || px.puts.Load() < 4 {
+	if n != 1 || px.puts.Load() < 6 {
 		t.Errorf("%d keys PUT, %d PUTs; want 1 key PUT several times", n, px.puts.Load())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/md5"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -479,26 +480,33 @@ func (s *spool) close() error {
 	return err
 }
 
-// batchKey reads the object key that seal put in b's gzip header, and
-// returns b's MD5.
-func batchInfo(f *os.File) (key string, sum [md5.Size]byte, size int64, err error) {
+// batchInfo reads the object key that seal put in a batch file's gzip
+// header, and the file's MD5 and SHA-256; f is left at its start.
+func batchInfo(f *os.File) (key string, sums checksums, size int64, err error) {
 	zr, err := gzip.NewReader(f)
 	if err != nil {
-		return "", sum, 0, err
+		return "", sums, 0, err
 	}
 	key = zr.Name
 	_ = zr.Close()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", sum, 0, err
+		return "", sums, 0, err
 	}
-	h := md5.New()
-	n, err := io.Copy(h, f)
+	m, h := md5.New(), sha256.New()
+	n, err := io.Copy(io.MultiWriter(m, h), f)
 	if err != nil {
-		return "", sum, 0, err
+		return "", sums, 0, err
 	}
-	copy(sum[:], h.Sum(nil))
+	copy(sums.md5[:], m.Sum(nil))
+	copy(sums.sha256[:], h.Sum(nil))
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", sum, 0, err
+		return "", sums, 0, err
 	}
-	return key, sum, n, nil
+	return key, sums, n, nil
+}
+
+// checksums are a batch file's digests.
+type checksums struct {
+	md5    [md5.Size]byte
+	sha256 [sha256.Size]byte
 }

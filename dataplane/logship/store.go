@@ -190,6 +190,9 @@ func newClient(s *api.LogShipping, to storeTimeouts) (*minio.Client, error) {
 		Region:       region,
 		BucketLookup: lookup,
 		MaxRetries:   1,
+		// Needed by minio-go for an x-amz-checksum-* header; with
+		// Content-MD5 set it sends no trailer.
+		TrailingHeaders: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spec.endpoint: %w", err)
