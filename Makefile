@@ -126,7 +126,7 @@ $(BIN)/versitygw:
 	GOBIN=$(BIN) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
 .PHONY: bench
-bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store ## Every benchmark; prints tables (see bench/RESULTS.md).
+bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store bench-adapter ## Every benchmark; prints tables (see bench/RESULTS.md).
 
 .PHONY: bench-sidebyside
 bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the starting commit under wrk and vegeta (~40 min; installs wrk, nginx, haproxy, caddy, vegeta).
@@ -135,6 +135,10 @@ bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the sta
 .PHONY: bench-go
 bench-go: ## Hot-path Go benchmarks with allocations (route, authz, ratelimit, accesslog, pathnorm, balancer, proxy forwarding).
 	$(GO) run ./bench/gobench
+
+.PHONY: bench-adapter
+bench-adapter: ## The log adapter: records/s and CPU per 100k records, single- and multi-line, per format.
+	$(GO) run ./bench/adapter
 
 .PHONY: bench-store
 bench-store: ## meshd's stores: Apply latency p50/p99 and Bootstrap rate, bbolt vs etcd (embedded, and Debian's etcd when installed).

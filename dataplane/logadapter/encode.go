@@ -3,7 +3,6 @@ package logadapter
 import (
 	"bytes"
 	"encoding/json"
-	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -88,9 +87,9 @@ type recordMeta struct {
 // encoder builds records; one per Adapter (single goroutine), its buffers
 // reused.
 type encoder struct {
-	buf  []byte
-	kvs  []kv
-	keys map[string]bool
+	buf     []byte
+	kvs     []kv
+	compact bytes.Buffer
 }
 
 // encode returns the JSON record for text (the record's lines joined by
@@ -141,14 +140,11 @@ func (e *encoder) encode(sp *Spec, text []byte, m *recordMeta) []byte {
 		b = append(b, `","message":`...)
 		b = appendString(b, text)
 	} else {
-		clear(e.keys)
-		if e.keys == nil {
-			e.keys = map[string]bool{}
-		}
+		hasTime := false
 		for _, f := range e.kvs {
-			e.keys[string(f.key)] = true
+			hasTime = hasTime || string(f.key) == "time"
 		}
-		if !e.keys["time"] {
+		if !hasTime {
 			b = append(b, `,"time":"`...)
 			b = m.time.UTC().AppendFormat(b, time.RFC3339Nano)
 			b = append(b, '"')
@@ -190,30 +186,85 @@ func (e *encoder) add(k, v []byte, raw bool) {
 	e.kvs = append(e.kvs, kv{key: k, val: v, json: raw})
 }
 
-// parseJSON reads one JSON object (keys sorted); anything else is not
-// parsed (the record becomes message).
+// parseJSON reads one JSON object: compacted (which also validates it),
+// then its top-level members are kept in their order, values as they are.
+// Anything else is not parsed (the record becomes message).
 func (e *encoder) parseJSON(s []byte) bool {
 	s = bytes.TrimSpace(s)
-	if len(s) < 2 || s[0] != '{' || !utf8.Valid(s) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' || !utf8.Valid(s) {
 		return false
 	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(s, &obj); err != nil {
+	e.compact.Reset()
+	if err := json.Compact(&e.compact, s); err != nil {
 		return false
 	}
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		var c bytes.Buffer
-		if err := json.Compact(&c, obj[k]); err != nil {
-			return false
+	c := e.compact.Bytes()
+	// c is valid and compact: {"k":v,"k":v}
+	i := 1
+	for i < len(c)-1 {
+		k0 := i
+		i = skipString(c, i)
+		key := c[k0+1 : i-1]
+		i++ // ':'
+		v0 := i
+		i = skipValue(c, i)
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var k string
+			if json.Unmarshal(c[k0:v0-1], &k) != nil {
+				return false
+			}
+			key = []byte(k)
 		}
-		e.add([]byte(k), c.Bytes(), true)
+		e.add(key, c[v0:i], true)
+		if i < len(c) && c[i] == ',' {
+			i++
+		}
 	}
 	return true
+}
+
+// skipString returns the index after the JSON string starting at c[i].
+func skipString(c []byte, i int) int {
+	for i++; i < len(c); i++ {
+		switch c[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// skipValue returns the index after the compact JSON value at c[i].
+func skipValue(c []byte, i int) int {
+	depth := 0
+	for i < len(c) {
+		switch c[i] {
+		case '"':
+			i = skipString(c, i)
+			if depth == 0 {
+				return i
+			}
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		}
+		i++
+	}
+	return i
 }
 
 // parseLogfmt reads key=value pairs, values bare or double-quoted (with
