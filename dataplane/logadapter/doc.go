@@ -41,9 +41,10 @@
 // of it discarded: memory is bounded whatever the app writes (huge lines,
 // no newlines, many files). Formats: json (an object's fields are kept; a
 // line that is not an object becomes "message"), logfmt, regex (the named
-// groups of spec.pattern) and text ("message"). For json, logfmt and
-// regex the first line is parsed and the lines after it are kept as
-// "continuation". Each record is
+// groups of spec.pattern) and text ("message"). A json or regex record
+// is parsed whole (a pattern with (?s) can take a stack trace into a
+// group), else by its first line, the lines after it kept as
+// "continuation"; logfmt parses the first line. Each record is
 //
 //	{"source":"app","record_id":"<inode>-<gen>-<offset>","service":"api","identity":"spiffe://…","pod":"api-7f…","file":"logs/app.log","time":"…",<the app's fields>}
 //

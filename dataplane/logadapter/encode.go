@@ -111,7 +111,13 @@ func (e *encoder) encode(sp *Spec, text []byte, m *recordMeta) []byte {
 	case meshv1.LogFormat_LOG_FORMAT_LOGFMT:
 		parsed = e.parseLogfmt(first)
 	case meshv1.LogFormat_LOG_FORMAT_REGEX:
-		parsed = e.parseRegex(sp, first)
+		// The whole record first (a pattern with (?s) takes a stack trace
+		// into a group), else its first line.
+		if parsed = e.parseRegex(sp, text); parsed {
+			rest = nil
+		} else {
+			parsed = e.parseRegex(sp, first)
+		}
 	}
 	b := append(e.buf[:0], `{"source":"app","record_id":"`...)
 	b = append(b, m.id...)
