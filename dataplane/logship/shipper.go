@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,8 +58,11 @@ type Config struct {
 	// DefaultFlushTimeout; negative: none).
 	FlushTimeout           time.Duration
 	BackoffMin, BackoffMax time.Duration
-	Logger                 *slog.Logger
-	Registerer             prometheus.Registerer
+	// DialContext opens the connections to the store; nil: a net.Dialer
+	// (5 s timeout). Tests point bucket.localhost at a loopback server.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
 }
 
 // target is one applied LogShipping and its client.
@@ -194,7 +198,7 @@ func (s *Shipper) Prepare(o *api.LogShipping) (commit func(), err error) {
 	if cur := s.cur.Load(); cur != nil && proto.Equal(cur.obj.Spec, o.Spec) {
 		return func() {}, nil
 	}
-	c, err := newClient(o, storeTimeouts{dial: 5 * time.Second, tlsHandshake: 10 * time.Second, responseHeader: s.cfg.CallTimeout})
+	c, err := newClient(o, storeTimeouts{dial: 5 * time.Second, tlsHandshake: 10 * time.Second, responseHeader: s.cfg.CallTimeout, dialContext: s.cfg.DialContext})
 	if err != nil {
 		return nil, fmt.Errorf("LogShipping %s/%s: %w", o.Namespace, o.Name, err)
 	}

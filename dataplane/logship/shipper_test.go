@@ -272,6 +272,50 @@ func TestBatchByAge(t *testing.T) {
 	}
 }
 
+// Virtual-hosted style: the bucket is in the host name; path style: in
+// the path.
+func TestAddressingStyles(t *testing.T) {
+	srv := s3test.StartVirtualHost(t, "localhost", bucket)
+	_, port, _ := net.SplitHostPort(srv.Addr)
+	for _, pathStyle := range []bool{false, true} {
+		var mu sync.Mutex
+		dialled := map[string]bool{}
+		dir := t.TempDir()
+		h := newShipper(t, filepath.Join(dir, "spool"), shipping("http://localhost:"+port, srv.CredentialsFile(dir), func(s *meshv1.LogShippingSpec) {
+			s.PathStyle = pathStyle
+		}), func(c *Config) {
+			c.Pod = fmt.Sprintf("path-style-%v", pathStyle) // keys of their own
+			// <bucket>.localhost does not resolve here: every name is
+			// the server.
+			c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				mu.Lock()
+				dialled[addr] = true
+				mu.Unlock()
+				return (&net.Dialer{}).DialContext(ctx, network, srv.Addr)
+			}
+		})
+		if pathStyle {
+			h.nextID.Store(3)
+		}
+		h.offer(3, 100)
+		h.close() // the stop closes the batch and uploads it
+		want := 3
+		if pathStyle {
+			want = 6
+		}
+		exactlyOnce(t, srv, int64(want), 5*time.Second)
+		mu.Lock()
+		wantHost := bucket + ".localhost:" + port
+		if pathStyle {
+			wantHost = "localhost:" + port
+		}
+		if len(dialled) != 1 || !dialled[wantHost] {
+			t.Errorf("path style %v: dialled %v, want %s", pathStyle, dialled, wantHost)
+		}
+		mu.Unlock()
+	}
+}
+
 func keysOf(objs []s3test.Object) []string {
 	var k []string
 	for _, o := range objs {

@@ -3,6 +3,7 @@ package logship
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -143,6 +144,8 @@ func readCredentials(path string) (credentials.Value, error) {
 // storeTimeouts bound every call to the store.
 type storeTimeouts struct {
 	dial, tlsHandshake, responseHeader time.Duration
+	// dialContext, when set, opens the connections (Config.DialContext).
+	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // newClient builds the S3 client of a LogShipping: path-style or
@@ -163,9 +166,13 @@ func newClient(s *api.LogShipping, to storeTimeouts) (*minio.Client, error) {
 		tlsConf.RootCAs = pool
 	}
 	dialer := &net.Dialer{Timeout: to.dial, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	if to.dialContext != nil {
+		dial = to.dialContext
+	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
+		DialContext:           dial,
 		TLSClientConfig:       tlsConf,
 		TLSHandshakeTimeout:   to.tlsHandshake,
 		ResponseHeaderTimeout: to.responseHeader,

@@ -39,6 +39,8 @@ type Server struct {
 	AccessKeyID     string
 	SecretAccessKey string
 
+	domain string
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan error
@@ -85,7 +87,15 @@ func moduleRoot(t testing.TB) string {
 // each name in buckets; it is stopped when the test ends.
 func Start(t testing.TB, buckets ...string) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), AccessKeyID: "AKIAMINIMESHTEST", SecretAccessKey: randomHex(t, 20)}
+	return StartVirtualHost(t, "", buckets...)
+}
+
+// StartVirtualHost is Start with virtual-hosted-style addressing too:
+// <bucket>.<domain> names a bucket (versitygw --virtual-domain); empty
+// domain: path style only.
+func StartVirtualHost(t testing.TB, domain string, buckets ...string) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), AccessKeyID: "AKIAMINIMESHTEST", SecretAccessKey: randomHex(t, 20), domain: domain}
 	for _, b := range buckets {
 		if err := os.Mkdir(filepath.Join(s.Dir, b), 0o755); err != nil {
 			t.Fatal(err)
@@ -136,7 +146,11 @@ func (s *Server) StartAgain() {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		s.out = &bytes.Buffer{}
-		cmd := exec.Command(s.bin, "--port", s.Addr, "--quiet", "posix", s.Dir)
+		args := []string{"--port", s.Addr, "--quiet"}
+		if s.domain != "" {
+			args = append(args, "--virtual-domain", s.domain)
+		}
+		cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 		cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKeyID, "ROOT_SECRET_ACCESS_KEY="+s.SecretAccessKey)
 		cmd.Stdout, cmd.Stderr = s.out, s.out
 		if err := cmd.Start(); err != nil {
