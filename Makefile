@@ -53,7 +53,7 @@ demo-ha-check: build ## Run demo-ha once, non-interactively, and exit.
 	DEMO_ONCE=1 deploy/local/demo-ha.sh
 
 .PHONY: demo-roles
-demo-roles: build ## The sidecar's other roles: web's app calls an HTTPS service outside the mesh as plain HTTP on localhost (ambassador).
+demo-roles: build ## The sidecar's other roles: web's app calls an HTTPS service outside the mesh as plain HTTP on localhost (ambassador); the partner app's log as JSON records and its metrics on its proxy's /metrics (adapter); its logs in an S3-compatible store (log shipping).
 	deploy/local/demo-roles.sh
 
 .PHONY: demo-roles-check

@@ -24,6 +24,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -55,10 +58,42 @@ func serve(args []string) error {
 	name := fs.String("name", "app", "the service name this app reports")
 	listen := fs.String("listen", "127.0.0.1:8080", "listen address")
 	call := fs.String("call", "", "URL of another service (through the sidecar) to call on /call")
+	logFile := fs.String("log", "", "append a log line per request to this file (a Python-style stack trace for paths under /fail), for the proxy's LogAdapter")
 	_ = fs.Parse(args)
 	client := &http.Client{Timeout: 5 * time.Second}
 	mux := http.NewServeMux()
+	var requests, failures atomic.Int64
+	var logMu sync.Mutex
+	logLine := func(r *http.Request) {
+		if *logFile == "" {
+			return
+		}
+		line := fmt.Sprintf("%s INFO %s %s\n", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), r.Method, r.URL.Path)
+		if strings.HasPrefix(r.URL.Path, "/fail") {
+			line = fmt.Sprintf("%s ERROR %s %s failed\nTraceback (most recent call last):\n  File \"app.py\", line 42, in handle\n    order = orders[key]\nKeyError: %q\n",
+				time.Now().UTC().Format("2006-01-02T15:04:05.000Z"), r.Method, r.URL.Path, r.URL.Path)
+		}
+		logMu.Lock()
+		defer logMu.Unlock()
+		if f, err := os.OpenFile(*logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			_, _ = f.WriteString(line)
+			_ = f.Close()
+		}
+	}
+	// The app's own metrics, in the Prometheus text format (merged into
+	// its proxy's /metrics by --app-metrics or a Service's spec.metrics).
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, "# HELP demo_requests_total Requests this app answered.\n# TYPE demo_requests_total counter\ndemo_requests_total{outcome=\"ok\"} %d\ndemo_requests_total{outcome=\"failed\"} %d\n", requests.Load(), failures.Load())
+	})
+	mux.HandleFunc("/fail/", func(w http.ResponseWriter, r *http.Request) {
+		failures.Add(1)
+		logLine(r)
+		http.Error(w, "failed (see the app's log)", http.StatusInternalServerError)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		logLine(r)
 		writeJSON(w, map[string]any{"service": *name, "path": r.URL.Path, "peer": r.Header.Get("X-Mesh-Peer-Id"), "tls_by_sidecar": r.Header.Get("X-Forwarded-Proto") == "https"})
 	})
 	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {

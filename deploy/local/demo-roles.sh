@@ -7,7 +7,10 @@
 # demo-app behind a mesh-proxy's public TLS port, with a certificate of its
 # own: no mesh identity is involved.) Log shipping: the partner proxy's
 # access log goes to an S3-compatible store (versitygw, make
-# .bin/versitygw) in gzip batches. DEMO_ONCE=1 runs it once and exits
+# .bin/versitygw) in gzip batches. Adapter: the partner app's own log
+# file (a stack trace per failed request) becomes one JSON record per
+# entry on its proxy's output, and its own /metrics joins the proxy's.
+# DEMO_ONCE=1 runs it once and exits
 # (make demo-roles-check); DEMO_PORT_BASE moves every port (default 19000).
 set -euo pipefail
 
@@ -52,12 +55,14 @@ PIN=$(awk '/^ca-pin:/{print $2}' <<<"$web_out")
 	awk '/^token:/{print $2}' <<<"$web_out" >"$WORK/web.token")
 
 echo "== the outside HTTPS service on $PARTNER_HTTPS (its own certificate for localhost and 127.0.0.1)"
-start partner-app "$BIN/demo-app" serve --name partner --listen "$PARTNER_APP"
+mkdir -p "$WORK/partner-shared/logs" # in Kubernetes: inject's mesh-shared and mesh-logs volumes
+start partner-app "$BIN/demo-app" serve --name partner --listen "$PARTNER_APP" --log "$WORK/partner-shared/logs/app.log"
 "$BIN/demo-app" gencert --cert "$WORK/partner.crt" --key "$WORK/partner.key"
 start partner-proxy "$BIN/mesh-proxy" --control-plane "$MESHD" --token-file "$WORK/partner.token" --ca-pin "$PIN" \
 	--service partner --app "$PARTNER_APP" --inbound "$PARTNER_IN" --admin "$PARTNER_ADMIN" --state-dir "$WORK/partner-proxy" \
 	--public "$PARTNER_HTTPS" --public-cert "$WORK/partner.crt" --public-key "$WORK/partner.key" \
-	--access-log "$WORK/partner-access.log" --spool-dir "$WORK/partner-spool"
+	--access-log "$WORK/partner-access.log" --spool-dir "$WORK/partner-spool" \
+	--shared-dir "$WORK/partner-shared" --app-metrics "${PARTNER_APP##*:}"
 # Another certificate for the same names, which the caBundle does not hold.
 "$BIN/demo-app" gencert --cert "$WORK/impostor.crt" --key "$WORK/impostor.key"
 
@@ -178,6 +183,34 @@ WAIT_TRIES=150 wait_ok "the shipped batch" sh -c "find '$WORK/s3/mesh-logs' -nam
 find "$WORK/s3/mesh-logs" -name '*.jsonl.gz' -printf '  mesh-logs/%P\n'
 find "$WORK/s3/mesh-logs" -name '*.jsonl.gz' -exec gzip -dc {} + | sed 's/^/  /'
 "$BIN/demo-app" get "http://$PARTNER_ADMIN/metrics" | grep -E '^minimesh_logship_(records_shipped|batches_uploaded)_total' | sed 's/^/  /' || true
+
+echo
+echo "== adapter: the partner app writes its own log (a Python stack trace per failure) in $WORK/partner-shared/logs"
+cat >"$WORK/adapter.yaml" <<'YAML'
+apiVersion: minimesh.io/v1alpha1
+kind: LogAdapter
+metadata: {name: partner-app-log}
+spec:
+  service: partner
+  files: ["logs/*.log"]
+  recordStart: '\d{4}-\d{2}-\d{2}T'
+  format: regex
+  pattern: '^(?P<time>\S+) (?P<level>[A-Z]+) (?P<message>(?s:.*))'
+YAML
+sed 's/^/  /' "$WORK/adapter.yaml"
+echo "\$ meshctl apply -f adapter.yaml"
+meshctl apply -f "$WORK/adapter.yaml"
+echo "\$ meshctl get la"
+meshctl get la
+"$BIN/demo-app" get "http://$WEB_TO_PARTNER/fail/order-7" >/dev/null 2>&1 || true
+"$BIN/demo-app" get "http://$WEB_TO_PARTNER/public" >/dev/null
+echo "== the app's log file:"
+sed 's/^/  /' "$WORK/partner-shared/logs/app.log"
+echo "== its records on the proxy's output (the access-log file here; stdout by default), the stack trace one record:"
+wait_ok "the adapted records" grep -q '"level":"ERROR"' "$WORK/partner-access.log"
+grep '"source":"app"' "$WORK/partner-access.log" | sed 's/^/  /'
+echo "== the app's own metrics on the proxy's /metrics (--app-metrics ${PARTNER_APP##*:}), labelled source=\"app\":"
+"$BIN/demo-app" get "http://$PARTNER_ADMIN/metrics" | grep -E '^demo_requests_total|^minimesh_proxy_(app_metrics_up|logadapter_records_total)' | sed 's/^/  /' || true
 
 if [ "$ONCE" = 1 ]; then
 	exit 0
