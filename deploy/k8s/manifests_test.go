@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -179,9 +180,17 @@ func TestStrictDecodingCatchesMistakes(t *testing.T) {
 	}
 }
 
-// build runs kustomize in-process on dir and decodes its output strictly.
+// builds caches build's output by directory: under -race one kustomize
+// build takes a second or two, and the tests ask for the same few.
+var builds sync.Map // dir -> []object
+
+// build runs kustomize in-process on dir and decodes its output strictly
+// (once per dir; callers must not change what it returns).
 func build(t *testing.T, fsys filesys.FileSystem, dir string) []object {
 	t.Helper()
+	if objs, ok := builds.Load(dir); ok {
+		return objs.([]object)
+	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 	m, err := k.Run(fsys, dir)
 	if err != nil {
@@ -195,6 +204,7 @@ func build(t *testing.T, fsys filesys.FileSystem, dir string) []object {
 	if err != nil {
 		t.Fatal(err)
 	}
+	builds.Store(dir, objs)
 	return objs
 }
 
