@@ -23,6 +23,7 @@ import (
 
 	"minimesh/api"
 	"minimesh/controlplane"
+	"minimesh/controlplane/webhook"
 )
 
 // The labels every object (and every pod template) carries.
@@ -321,8 +322,8 @@ func validatingWebhookName(t *testing.T) string {
 		return "minimesh-resource-validator"
 	}
 	var v struct{ Metadata struct{ Name string } }
-	if err := yaml.Unmarshal(b, &v); err != nil || v.Metadata.Name == "" {
-		t.Fatalf("crds/validating-webhook.yaml: no name (%v)", err)
+	if err := yaml.Unmarshal(b, &v); err != nil || v.Metadata.Name != webhook.DefaultValidatingConfigurationName {
+		t.Fatalf("crds/validating-webhook.yaml: name %q, meshd's default %q (%v)", v.Metadata.Name, webhook.DefaultValidatingConfigurationName, err)
 	}
 	return v.Metadata.Name
 }
