@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/api"
+	"minimesh/certs/certstest"
 	"minimesh/dataplane/logship/s3test"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -275,7 +278,7 @@ func TestBatchByAge(t *testing.T) {
 // Virtual-hosted style: the bucket is in the host name; path style: in
 // the path.
 func TestAddressingStyles(t *testing.T) {
-	srv := s3test.StartVirtualHost(t, "localhost", bucket)
+	srv := s3test.StartWith(t, s3test.Options{VirtualDomain: "localhost"}, bucket)
 	_, port, _ := net.SplitHostPort(srv.Addr)
 	for _, pathStyle := range []bool{false, true} {
 		var mu sync.Mutex
@@ -314,6 +317,49 @@ func TestAddressingStyles(t *testing.T) {
 		}
 		mu.Unlock()
 	}
+}
+
+// An https store is trusted through spec.caBundle; without it (the
+// system roots) the batch stays in the spool.
+func TestHTTPSWithCABundle(t *testing.T) {
+	dir := t.TempDir()
+	cert, pool := certstest.SelfSigned(t, "localhost")
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := s3test.StartWith(t, s3test.Options{CertFile: certFile, KeyFile: keyFile, RootCAs: pool}, bucket)
+	_, port, _ := net.SplitHostPort(srv.Addr)
+	endpoint := "https://localhost:" + port
+
+	untrusted := newShipper(t, filepath.Join(dir, "spool1"), shipping(endpoint, srv.CredentialsFile(dir), nil),
+		func(c *Config) { c.FlushTimeout = -1 })
+	untrusted.offer(64, 1024) // one batch, closed by size
+	s3test.Eventually(t, 10*time.Second, func() error {
+		if testutil.ToFloat64(untrusted.sh.m.batchesFailed) < 1 {
+			return s3test.ErrNotYet
+		}
+		return nil
+	})
+	untrusted.close()
+	if st := untrusted.sh.Stats(); st.ClosedBatches != 1 || !strings.Contains(untrusted.logs.String(), "certificate") {
+		t.Fatalf("without the caBundle: spool %+v, log:\n%s", st, untrusted.logs.String())
+	}
+
+	h := newShipper(t, filepath.Join(dir, "spool2"), shipping(endpoint, srv.CredentialsFile(dir), func(s *meshv1.LogShippingSpec) {
+		s.CaBundle = string(certPEM)
+	}))
+	h.offer(3, 100)
+	h.close()
+	exactlyOnce(t, srv, 3, 5*time.Second)
 }
 
 func keysOf(objs []s3test.Object) []string {

@@ -9,11 +9,14 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +42,7 @@ type Server struct {
 	AccessKeyID     string
 	SecretAccessKey string
 
-	domain string
+	opts Options
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -87,15 +90,24 @@ func moduleRoot(t testing.TB) string {
 // each name in buckets; it is stopped when the test ends.
 func Start(t testing.TB, buckets ...string) *Server {
 	t.Helper()
-	return StartVirtualHost(t, "", buckets...)
+	return StartWith(t, Options{}, buckets...)
 }
 
-// StartVirtualHost is Start with virtual-hosted-style addressing too:
-// <bucket>.<domain> names a bucket (versitygw --virtual-domain); empty
-// domain: path style only.
-func StartVirtualHost(t testing.TB, domain string, buckets ...string) *Server {
+// Options are a Server's extras.
+type Options struct {
+	// VirtualDomain turns on virtual-hosted-style addressing:
+	// <bucket>.<VirtualDomain> names a bucket (versitygw --virtual-domain).
+	VirtualDomain string
+	// TLS, when set, is the server's certificate (PEM files): it serves
+	// https; RootCAs is what the test's own client trusts.
+	CertFile, KeyFile string
+	RootCAs           *x509.CertPool
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options, buckets ...string) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), AccessKeyID: "AKIAMINIMESHTEST", SecretAccessKey: randomHex(t, 20), domain: domain}
+	s := &Server{t: t, bin: Binary(t), Dir: t.TempDir(), AccessKeyID: "AKIAMINIMESHTEST", SecretAccessKey: randomHex(t, 20), opts: o}
 	for _, b := range buckets {
 		if err := os.Mkdir(filepath.Join(s.Dir, b), 0o755); err != nil {
 			t.Fatal(err)
@@ -121,7 +133,12 @@ func randomHex(t testing.TB, n int) string {
 }
 
 // Endpoint is the server's URL.
-func (s *Server) Endpoint() string { return "http://" + s.Addr }
+func (s *Server) Endpoint() string {
+	if s.opts.CertFile != "" {
+		return "https://" + s.Addr
+	}
+	return "http://" + s.Addr
+}
 
 // CredentialsFile writes the server's keys to a 0600 file in dir, in the
 // form LogShipping's credentialsFile takes, and returns its path.
@@ -147,8 +164,11 @@ func (s *Server) StartAgain() {
 	for {
 		s.out = &bytes.Buffer{}
 		args := []string{"--port", s.Addr, "--quiet"}
-		if s.domain != "" {
-			args = append(args, "--virtual-domain", s.domain)
+		if s.opts.VirtualDomain != "" {
+			args = append(args, "--virtual-domain", s.opts.VirtualDomain)
+		}
+		if s.opts.CertFile != "" {
+			args = append(args, "--cert", s.opts.CertFile, "--key", s.opts.KeyFile)
 		}
 		cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 		cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKeyID, "ROOT_SECRET_ACCESS_KEY="+s.SecretAccessKey)
@@ -203,8 +223,13 @@ func (s *Server) Stop() {
 // Client is a minio-go client of the server, for the test's own reads.
 func (s *Server) Client() *minio.Client {
 	s.t.Helper()
-	c, err := minio.New(s.Addr, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKeyID, s.SecretAccessKey, ""),
-		BucketLookup: minio.BucketLookupPath, Region: "us-east-1"})
+	o := &minio.Options{Creds: credentials.NewStaticV4(s.AccessKeyID, s.SecretAccessKey, ""),
+		BucketLookup: minio.BucketLookupPath, Region: "us-east-1"}
+	if s.opts.CertFile != "" {
+		o.Secure = true
+		o.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.opts.RootCAs, ServerName: "localhost", MinVersion: tls.VersionTLS12}}
+	}
+	c, err := minio.New(s.Addr, o)
 	if err != nil {
 		s.t.Fatal(err)
 	}
