@@ -23,7 +23,7 @@ func newMetrics(reg prometheus.Registerer, spoolBytes func() int64) (*metrics, e
 		shipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_logship_records_shipped_total",
 			Help: "Log records in batches the object store has confirmed."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_logship_records_dropped_total",
-			Help: "Log records dropped before the store had them, by reason: queue_full (the writer fell behind), spool_full (the oldest batches made room), invalid (empty, over-long or holding a newline), spool_error (the spool could not be written)."}, []string{"reason"}),
+			Help: "Log records dropped before the store had them, by reason: queue_full (the writer fell behind), spool_full (the oldest batches made room), invalid (empty, over-long or holding a newline), spool_error (the spool could not be written), corrupt (a closed batch could not be read back)."}, []string{"reason"}),
 		sealed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "minimesh_logship_batches_closed_total",
 			Help: "Batches closed, by what closed them: size, age, or stop (the proxy stopping)."}, []string{"reason"}),
 		batchesUploaded: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_logship_batches_uploaded_total",

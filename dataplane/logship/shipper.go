@@ -349,11 +349,13 @@ func (s *Shipper) write(ctx context.Context) error {
 // seal closes the open batch and trims the spool to its bound.
 func (s *Shipper) seal(t *target, why string) {
 	b, ok, err := s.spool.seal(s.key)
-	if err != nil {
+	switch {
+	case err != nil && !ok:
 		s.log.Warn("log shipping: closing a batch failed; it stays open", "err", err)
 		return
-	}
-	if !ok {
+	case err != nil:
+		s.log.Warn("log shipping: a batch was closed, but its open file stays", "err", err)
+	case !ok:
 		return
 	}
 	s.m.sealed.WithLabelValues(why).Inc()
@@ -394,6 +396,13 @@ func (s *Shipper) upload(ctx context.Context) {
 			_ = s.spool.done(b, false)
 			return
 		}
+		if errors.Is(err, errCorrupt) {
+			_ = s.spool.done(b, true)
+			s.m.batchesDropped.Inc()
+			s.m.dropped.WithLabelValues("corrupt").Add(float64(b.records()))
+			s.log.Error("log shipping: a closed batch in the spool cannot be read; dropped", "err", err, "records", b.records())
+			continue
+		}
 		if err != nil {
 			_ = s.spool.done(b, false)
 			failures++
@@ -427,6 +436,10 @@ func (s *Shipper) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// errCorrupt is a closed batch that cannot be read back (not gzip): it
+// would block every later batch, so it is dropped and counted.
+var errCorrupt = errors.New("unreadable batch")
+
 // errChecksum is an upload whose answer does not show that the store has
 // the batch's bytes.
 var errChecksum = errors.New("the store's answer does not match the batch's checksum")
@@ -444,7 +457,7 @@ func (s *Shipper) put(ctx context.Context, t *target, b batch) error {
 	defer f.Close()
 	key, sums, size, err := batchInfo(f)
 	if err != nil {
-		return fmt.Errorf("batch %s: %w", b.name(), err)
+		return fmt.Errorf("%w: batch %s: %w", errCorrupt, b.name(), err)
 	}
 	if key == "" {
 		key = s.key(b.first, b.last)

@@ -675,6 +675,40 @@ func TestRestartResumesSpool(t *testing.T) {
 	}
 }
 
+// A closed batch that is not gzip (a disk error, a hand edit) is dropped
+// and counted rather than blocking the ones after it.
+func TestCorruptBatchDropped(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(spool, batch{first: 1, last: 5}.name()), []byte("not gzip"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newShipper(t, spool, shipping(srv.Endpoint(), srv.CredentialsFile(dir), nil))
+	h.nextID.Store(5)
+	h.offer(64, 1024) // offsets 6..69, closed by size
+	h.nextID.Store(0)
+	s3test.Eventually(t, 10*time.Second, func() error {
+		seen, objs, err := ids(t, srv)
+		if err != nil {
+			return err
+		}
+		if len(seen) != 64 || len(objs) != 1 || !strings.HasSuffix(objs[0].Key, fmtOffset(6)+"-"+fmtOffset(69)+".jsonl.gz") {
+			return fmt.Errorf("objects %v: %w", keysOf(objs), s3test.ErrNotYet)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(h.sh.m.dropped.WithLabelValues("corrupt")); got != 5 {
+		t.Errorf("records dropped as corrupt: %v", got)
+	}
+	if !strings.Contains(h.logs.String(), "cannot be read; dropped") {
+		t.Errorf("no log line:\n%s", h.logs.String())
+	}
+}
+
 func mustU(s string) uint64 {
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {

@@ -139,7 +139,7 @@ func openSpool(dir string, now time.Time, key func(first, last uint64) string) (
 			continue
 		}
 		if s.openF != nil { // never two open batches; should one be left, seal the older
-			if _, _, err := s.sealLocked(key); err != nil {
+			if _, _, err := s.seal(key); err != nil {
 				return nil, err
 			}
 		}
@@ -296,34 +296,39 @@ func (s *spool) openState() (size int64, since time.Time) {
 // the next offset, then remove the open file. It reports the sealed batch
 // (ok false: there was no open batch).
 func (s *spool) seal(key func(first, last uint64) string) (batch, bool, error) {
+	// Only the writer appends, closes and seals: the open batch cannot
+	// change while it is compressed without the lock (the uploader and
+	// the metrics wait for nothing).
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sealLocked(key)
-}
-
-func (s *spool) sealLocked(key func(first, last uint64) string) (batch, bool, error) {
 	if s.openF == nil {
+		s.mu.Unlock()
 		return batch{}, false, nil
 	}
 	if err := s.openW.Flush(); err != nil {
+		s.mu.Unlock()
 		return batch{}, false, fmt.Errorf("logship: spool: %w", err)
 	}
 	b := batch{first: s.openFrom, last: s.openFrom + s.openN - 1}
 	openName := s.openF.Name()
+	s.mu.Unlock()
+
 	size, err := s.compress(openName, b, key(b.first, b.last))
 	if err != nil {
 		return batch{}, false, err
 	}
 	b.size = size
 	if err := fsguardWrite(s.dir, nextFile, []byte(strconv.FormatUint(b.last+1, 10)+"\n")); err != nil {
+		_ = os.Remove(filepath.Join(s.dir, b.name()))
 		return batch{}, false, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	_ = s.openF.Close()
 	s.openF, s.openW, s.openN, s.openSize = nil, nil, 0, 0
-	if err := os.Remove(openName); err != nil {
-		return batch{}, false, fmt.Errorf("logship: spool: %w", err)
-	}
 	s.sealed = append(s.sealed, b)
+	if err := os.Remove(openName); err != nil {
+		return b, true, fmt.Errorf("logship: spool: %w", err)
+	}
 	return b, true, nil
 }
 
