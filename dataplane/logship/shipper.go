@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,7 @@ type Config struct {
 type target struct {
 	obj        *api.LogShipping
 	client     *minio.Client
+	transport  *http.Transport
 	batchBytes int64
 	batchAge   time.Duration
 	spoolBytes int64
@@ -198,11 +200,11 @@ func (s *Shipper) Prepare(o *api.LogShipping) (commit func(), err error) {
 	if cur := s.cur.Load(); cur != nil && proto.Equal(cur.obj.Spec, o.Spec) {
 		return func() {}, nil
 	}
-	c, err := newClient(o, storeTimeouts{dial: 5 * time.Second, tlsHandshake: 10 * time.Second, responseHeader: s.cfg.CallTimeout, dialContext: s.cfg.DialContext})
+	c, tr, err := newClient(o, storeTimeouts{dial: 5 * time.Second, tlsHandshake: 10 * time.Second, responseHeader: s.cfg.CallTimeout, dialContext: s.cfg.DialContext})
 	if err != nil {
 		return nil, fmt.Errorf("LogShipping %s/%s: %w", o.Namespace, o.Name, err)
 	}
-	t := &target{obj: o, client: c, batchBytes: api.DefaultBatchBytes, batchAge: api.DefaultBatchAge, spoolBytes: api.DefaultSpoolBytes}
+	t := &target{obj: o, client: c, transport: tr, batchBytes: api.DefaultBatchBytes, batchAge: api.DefaultBatchAge, spoolBytes: api.DefaultSpoolBytes}
 	sp := o.Spec
 	if b := sp.GetBatchBytes(); b != 0 {
 		t.batchBytes = int64(b)
@@ -220,6 +222,9 @@ func (s *Shipper) setTarget(t *target) {
 	old := s.cur.Swap(t)
 	if old == t {
 		return
+	}
+	if old != nil {
+		old.transport.CloseIdleConnections()
 	}
 	switch {
 	case t == nil:
@@ -256,6 +261,9 @@ func (s *Shipper) Run(ctx context.Context) error {
 		}
 		cancel()
 		wg.Wait()
+		if t := s.cur.Load(); t != nil {
+			t.transport.CloseIdleConnections()
+		}
 	})
 	return err
 }

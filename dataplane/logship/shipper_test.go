@@ -38,9 +38,7 @@ import (
 const bucket = "mesh-logs"
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+	goleak.VerifyTestMain(m)
 }
 
 func shipping(endpoint, creds string, mod func(*meshv1.LogShippingSpec)) *api.LogShipping {

@@ -151,17 +151,17 @@ type storeTimeouts struct {
 // newClient builds the S3 client of a LogShipping: path-style or
 // virtual-hosted, the region, the caBundle for https, the credentials
 // file, no retries of its own (the uploader retries).
-func newClient(s *api.LogShipping, to storeTimeouts) (*minio.Client, error) {
+func newClient(s *api.LogShipping, to storeTimeouts) (*minio.Client, *http.Transport, error) {
 	spec := s.Spec
 	u, err := url.Parse(spec.GetEndpoint())
 	if err != nil {
-		return nil, fmt.Errorf("spec.endpoint: %w", err)
+		return nil, nil, fmt.Errorf("spec.endpoint: %w", err)
 	}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
 	if b := spec.GetCaBundle(); b != "" {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(b)) {
-			return nil, errors.New("spec.caBundle: no PEM certificate in it")
+			return nil, nil, errors.New("spec.caBundle: no PEM certificate in it")
 		}
 		tlsConf.RootCAs = pool
 	}
@@ -202,7 +202,7 @@ func newClient(s *api.LogShipping, to storeTimeouts) (*minio.Client, error) {
 		TrailingHeaders: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("spec.endpoint: %w", err)
+		return nil, nil, fmt.Errorf("spec.endpoint: %w", err)
 	}
-	return c, nil
+	return c, tr, nil
 }

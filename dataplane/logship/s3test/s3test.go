@@ -223,11 +223,12 @@ func (s *Server) Stop() {
 // Client is a minio-go client of the server, for the test's own reads.
 func (s *Server) Client() *minio.Client {
 	s.t.Helper()
+	tr := &http.Transport{DisableKeepAlives: true} // no connection outlives a read
 	o := &minio.Options{Creds: credentials.NewStaticV4(s.AccessKeyID, s.SecretAccessKey, ""),
-		BucketLookup: minio.BucketLookupPath, Region: "us-east-1"}
+		BucketLookup: minio.BucketLookupPath, Region: "us-east-1", Transport: tr}
 	if s.opts.CertFile != "" {
 		o.Secure = true
-		o.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.opts.RootCAs, ServerName: "localhost", MinVersion: tls.VersionTLS12}}
+		tr.TLSClientConfig = &tls.Config{RootCAs: s.opts.RootCAs, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 	}
 	c, err := minio.New(s.Addr, o)
 	if err != nil {
