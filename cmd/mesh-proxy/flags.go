@@ -110,7 +110,7 @@ func registerFlags(fs *pflag.FlagSet, o *options, ups *upstreams) {
 	fs.StringVar(&o.cfg.Roles.Topz, "topz", sidecar.TopzLoopback, "/topz and /procz/PID on the admin port: loopback (local clients only), any, or off")
 	fs.StringVar(&o.cfg.AccessLogFile, "access-log", "", "where AccessLog resources write the access log: a file (appended, 0600) or - / empty for stdout")
 	fs.StringVar(&o.cfg.AppMetrics, "app-metrics", "", "the app's Prometheus endpoint on loopback, PORT or PORT/path, merged into the admin /metrics with source=\"app\" (meshctl inject sets it from the pod's prometheus.io annotations; a Service's spec.metrics wins)")
-	fs.StringVar(&o.cfg.SpoolDir, "spool-dir", "", "directory (made 0700; on disk, never the memory-backed state dir) where a LogShipping's batches wait for the object store; needed by a LogShipping (off when empty)")
+	fs.StringVar(&o.cfg.SpoolDir, "spool-dir", "", "directory on disk (never the memory-backed state dir; in Kubernetes the mesh-spool emptyDir) in which a LogShipping's batches wait for the object store, in logship/ (made 0700); needed by a LogShipping (off when empty)")
 	fs.DurationVar(&o.cfg.Drain, "drain", 10*time.Second, "grace period on SIGTERM or POST /quitquitquit: stop accepting, let requests in flight finish this long, then exit")
 	fs.StringVar(&o.appProbes, "app-probes", "", "JSON of the app's probes served on the admin port under /app-health/ (default $MESH_APP_PROBES, set by meshctl inject)")
 	o.log.Register(fs)

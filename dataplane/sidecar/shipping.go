@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,6 +15,9 @@ import (
 	"minimesh/dataplane/logship"
 	meshv1 "minimesh/proto/mesh/v1"
 )
+
+// SpoolSubdir is the log shipper's spool inside --spool-dir, made 0700.
+const SpoolSubdir = "logship"
 
 // addShipping opens the log shipper's spool when Config.SpoolDir is set
 // (resuming what it holds) and adds its task and its Part: the
@@ -34,7 +38,9 @@ func (s *Sidecar) addShipping(ag *agent.Agent) error {
 		pod, _ = os.Hostname() // a pod's hostname is its name
 	}
 	sh, err := logship.New(logship.Config{
-		SpoolDir: s.cfg.SpoolDir, Service: s.cfg.Service, Pod: pod, Instance: ag.InstanceID,
+		// Inside --spool-dir, which may be a volume's root: in Kubernetes
+		// an emptyDir is root's and 0777, and the spool must be ours.
+		SpoolDir: filepath.Join(s.cfg.SpoolDir, SpoolSubdir), Service: s.cfg.Service, Pod: pod, Instance: ag.InstanceID,
 		Logger: s.cfg.Logger.With("component", "logship"), Registerer: s.cfg.Registry,
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -68,5 +69,37 @@ func TestLogShippingSwitchesTheSink(t *testing.T) {
 	commit()
 	if sink.Offer([]byte(`{"a":1}`)) {
 		t.Fatal("the sink takes records after the LogShipping was removed")
+	}
+}
+
+// --spool-dir may be a volume's root that others can write (an emptyDir
+// is root's and 0777): the spool is a 0700 directory of our own inside it.
+func TestSpoolInsideSharedVolume(t *testing.T) {
+	vol := filepath.Join(t.TempDir(), "vol")
+	if err := os.Mkdir(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	s := &Sidecar{cfg: Config{Service: "api", SpoolDir: vol, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry()}, ap: &applier{}}
+	if err := s.addShipping(nil); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(filepath.Join(vol, SpoolSubdir))
+	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("spool %v %v", fi, err)
+	}
+	// Someone else's link in its place is refused.
+	vol2 := filepath.Join(t.TempDir(), "vol2")
+	if err := os.Mkdir(vol2, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(t.TempDir(), filepath.Join(vol2, SpoolSubdir)); err != nil {
+		t.Fatal(err)
+	}
+	s = &Sidecar{cfg: Config{Service: "api", SpoolDir: vol2, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry()}, ap: &applier{}}
+	if err := s.addShipping(nil); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("a symlinked spool: %v", err)
 	}
 }

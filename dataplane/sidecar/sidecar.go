@@ -95,8 +95,9 @@ type Config struct {
 	// Roles: git sync into SharedDir, /topz and /procz (roles.go).
 	Roles RolesConfig
 
-	// SpoolDir holds the log shipper's spool (shipping.go): the batches
-	// waiting for the object store of a LogShipping. Off when empty.
+	// SpoolDir holds the log shipper's spool (shipping.go), in its
+	// subdirectory SpoolSubdir (made 0700, ours): the batches waiting for
+	// the object store of a LogShipping. Off when empty.
 	// Pod names the object keys (default: the hostname, a pod's name).
 	SpoolDir string
 	Pod      string
