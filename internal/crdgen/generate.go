@@ -1,16 +1,15 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/bufbuild/protocompile"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"sigs.k8s.io/yaml"
 
 	"minimesh/api"
+	"minimesh/internal/protodoc"
 )
 
 // Group and Version of every CRD: api.APIVersion.
@@ -366,57 +365,11 @@ func EnumValues(ed protoreflect.EnumDescriptor) []string {
 const ProtoPath = "mesh/v1/resources.proto"
 
 // comments maps a full name (message, field) to its leading comment.
-type comments map[string]string
+type comments = protodoc.Comments
 
 // parseComments compiles the .proto text for its comments: protoc-gen-go
 // drops SourceCodeInfo from the descriptor it embeds.
 func parseComments(src []byte) (comments, error) {
-	c := protocompile.Compiler{
-		Resolver: protocompile.WithStandardImports(&protocompile.SourceResolver{
-			Accessor: protocompile.SourceAccessorFromMap(map[string]string{ProtoPath: string(src)}),
-		}),
-		SourceInfoMode: protocompile.SourceInfoStandard,
-	}
-	files, err := c.Compile(context.Background(), ProtoPath)
-	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", ProtoPath, err)
-	}
-	parsed := files[0]
-	cm := comments{}
-	locs := parsed.SourceLocations()
-	var walk func(ms protoreflect.MessageDescriptors)
-	walk = func(ms protoreflect.MessageDescriptors) {
-		for i := range ms.Len() {
-			m := ms.Get(i)
-			cm[string(m.FullName())] = cleanComment(locs.ByDescriptor(m).LeadingComments)
-			for j := range m.Fields().Len() {
-				f := m.Fields().Get(j)
-				cm[string(f.FullName())] = cleanComment(locs.ByDescriptor(f).LeadingComments)
-			}
-			walk(m.Messages())
-		}
-	}
-	walk(parsed.Messages())
-	return cm, nil
-}
-
-// cleanComment joins a comment's lines; paragraphs are kept apart by a
-// blank line.
-func cleanComment(s string) string {
-	var paras, cur []string
-	for _, line := range strings.Split(s, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			if len(cur) > 0 {
-				paras = append(paras, strings.Join(cur, " "))
-				cur = nil
-			}
-			continue
-		}
-		cur = append(cur, line)
-	}
-	if len(cur) > 0 {
-		paras = append(paras, strings.Join(cur, " "))
-	}
-	return strings.Join(paras, "\n\n")
+	cm, _, err := protodoc.Parse(ProtoPath, src)
+	return cm, err
 }

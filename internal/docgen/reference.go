@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -16,11 +15,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bufbuild/protocompile"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"minimesh/api"
+	"minimesh/internal/protodoc"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -84,55 +83,18 @@ func TypeDoc(src []byte, name string) (string, error) {
 }
 
 // comments maps a full name (message, field, enum, enum value) to its
-// leading comment in the .proto source; "" for the file's own comment
-// (the detached comment above the first message).
-type comments map[string]string
+// leading comment in the .proto source; "" for the file's own comment.
+type comments = protodoc.Comments
 
 // parseComments compiles the .proto text and returns its comments, after
 // checking that it declares exactly what the generated descriptor does.
 func parseComments(src []byte) (comments, error) {
-	c := protocompile.Compiler{
-		Resolver: protocompile.WithStandardImports(&protocompile.SourceResolver{
-			Accessor: protocompile.SourceAccessorFromMap(map[string]string{ProtoPath: string(src)}),
-		}),
-		SourceInfoMode: protocompile.SourceInfoStandard,
-	}
-	files, err := c.Compile(context.Background(), ProtoPath)
+	cm, parsed, err := protodoc.Parse(ProtoPath, src)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", ProtoPath, err)
+		return nil, err
 	}
-	parsed := files[0]
 	if err := sameDeclarations(meshv1.File_mesh_v1_resources_proto, parsed); err != nil {
 		return nil, fmt.Errorf("%s and the generated code differ (run make generate): %w", ProtoPath, err)
-	}
-	cm := comments{}
-	locs := parsed.SourceLocations()
-	add := func(d protoreflect.Descriptor) {
-		cm[string(d.FullName())] = cleanComment(locs.ByDescriptor(d).LeadingComments)
-	}
-	var walk func(ms protoreflect.MessageDescriptors)
-	walk = func(ms protoreflect.MessageDescriptors) {
-		for i := range ms.Len() {
-			m := ms.Get(i)
-			add(m)
-			for j := range m.Fields().Len() {
-				add(m.Fields().Get(j))
-			}
-			walk(m.Messages())
-		}
-	}
-	walk(parsed.Messages())
-	for i := range parsed.Enums().Len() {
-		e := parsed.Enums().Get(i)
-		add(e)
-		for j := range e.Values().Len() {
-			add(e.Values().Get(j))
-		}
-	}
-	if first := parsed.Messages(); first.Len() > 0 {
-		if d := locs.ByDescriptor(first.Get(0)).LeadingDetachedComments; len(d) > 0 {
-			cm[""] = cleanComment(strings.Join(d, "\n"))
-		}
 	}
 	return cm, nil
 }
@@ -187,28 +149,6 @@ func sameDeclarations(gen, parsed protoreflect.FileDescriptor) error {
 		}
 	}
 	return nil
-}
-
-// cleanComment joins a comment's lines into one paragraph per blank-line
-// separated block.
-func cleanComment(s string) string {
-	var paras []string
-	var cur []string
-	for _, line := range strings.Split(s, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			if len(cur) > 0 {
-				paras = append(paras, strings.Join(cur, " "))
-				cur = nil
-			}
-			continue
-		}
-		cur = append(cur, line)
-	}
-	if len(cur) > 0 {
-		paras = append(paras, strings.Join(cur, " "))
-	}
-	return strings.Join(paras, "\n\n")
 }
 
 // Generate writes the reference in Markdown.
