@@ -8,7 +8,8 @@
 // goroutine appends the queue to the open batch in the spool directory
 // (--spool-dir; 0700, ours, no symbolic link; files 0600), one JSON record
 // a line, each record taking the next offset of a per-proxy sequence that
-// the spool persists. A batch is closed when it holds batchBytes (before
+// the spool persists (a new spool starts it at the time in microseconds,
+// so a wiped spool never reuses an earlier one's keys). A batch is closed when it holds batchBytes (before
 // compression) or its first record is batchAge old: gzipped into
 // <first>-<last>.jsonl.gz (temp file, fsync, rename), its object key
 // <service>/<pod>/<instance>/<first>-<last>.jsonl.gz fixed then (in the

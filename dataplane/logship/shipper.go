@@ -64,6 +64,10 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	Logger      *slog.Logger
 	Registerer  prometheus.Registerer
+
+	// firstOffset is a new spool's first offset (tests); 0: the time in
+	// microseconds.
+	firstOffset uint64
 }
 
 // target is one applied LogShipping and its client.
@@ -132,7 +136,11 @@ func New(cfg Config) (*Shipper, error) {
 		wake:   make(chan struct{}, 1),
 		reconf: make(chan struct{}, 1),
 	}
-	sp, err := openSpool(cfg.SpoolDir, time.Now(), s.key)
+	first := cfg.firstOffset
+	if first == 0 {
+		first = uint64(time.Now().UnixMicro())
+	}
+	sp, err := openSpool(cfg.SpoolDir, time.Now(), first, s.key)
 	if err != nil {
 		return nil, err
 	}

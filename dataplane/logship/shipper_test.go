@@ -89,9 +89,9 @@ func newShipper(t *testing.T, dir string, o *api.LogShipping, edit ...func(*Conf
 	cfg := Config{
 		SpoolDir: dir, Service: "api", Pod: "api-7d9f", Instance: func() string { return "i-1" },
 		BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond, CallTimeout: 5 * time.Second,
-		FlushTimeout: 10 * time.Second,
-		Logger:       slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registerer:   h.reg,
+		FlushTimeout: 10 * time.Second, firstOffset: 1,
+		Logger:     slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registerer: h.reg,
 	}
 	for _, e := range edit {
 		e(&cfg)
@@ -736,11 +736,16 @@ func TestSpoolDirRules(t *testing.T) {
 	if _, err := New(Config{SpoolDir: open}); err == nil || !strings.Contains(err.Error(), "other users can write") {
 		t.Fatalf("a world-writable spool dir: %v", err)
 	}
-	// Made 0700, files 0600.
+	// Made 0700, files 0600; a new spool's offsets start at the time in
+	// microseconds, past those of any spool this pod had before.
 	sp := filepath.Join(dir, "new", "spool")
+	before := uint64(time.Now().UnixMicro())
 	s, err := New(Config{SpoolDir: sp})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if st := s.Stats(); st.NextOffset < before || st.NextOffset > uint64(time.Now().UnixMicro()) {
+		t.Errorf("a new spool's first offset %d, want the time in microseconds (%d)", st.NextOffset, before)
 	}
 	if err := s.spool.append([]byte(`{"id":1}`), time.Now()); err != nil {
 		t.Fatal(err)

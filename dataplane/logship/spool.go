@@ -81,7 +81,7 @@ var errSpoolClosed = errors.New("logship: spool closed")
 // this process's user that others cannot write, reached through no
 // symbolic link, and recovers what it holds: closed batches, the open
 // batch (a torn last line, from a crash, is cut off), and the next offset.
-func openSpool(dir string, now time.Time, key func(first, last uint64) string) (*spool, error) {
+func openSpool(dir string, now time.Time, first uint64, key func(first, last uint64) string) (*spool, error) {
 	d, err := fsguard.OpenDir(dir, true)
 	if err != nil {
 		return nil, fmt.Errorf("logship: --spool-dir: %w", err)
@@ -92,13 +92,16 @@ func openSpool(dir string, now time.Time, key func(first, last uint64) string) (
 		return nil, fmt.Errorf("logship: --spool-dir: %w", err)
 	}
 	s := &spool{dir: abs, next: 1}
+	fresh := false
 	if b, err := os.ReadFile(filepath.Join(abs, nextFile)); err == nil {
 		n, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 		if perr != nil || n == 0 {
 			return nil, fmt.Errorf("logship: spool %s: file %s holds %q, not an offset", abs, nextFile, bytes.TrimSpace(b))
 		}
 		s.next = n
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	} else if errors.Is(err, fs.ErrNotExist) {
+		fresh = true
+	} else {
 		return nil, fmt.Errorf("logship: spool: %w", err)
 	}
 	entries, err := os.ReadDir(abs)
@@ -144,6 +147,16 @@ func openSpool(dir string, now time.Time, key func(first, last uint64) string) (
 			}
 		}
 		if err := s.recoverOpen(name, o, now); err != nil {
+			return nil, err
+		}
+	}
+	if fresh && len(s.sealed) == 0 && s.openF == nil {
+		// A new spool (a new pod, or this one's spool wiped) starts its
+		// offsets at first, by default the time in microseconds: past
+		// any offset an earlier spool of this pod and instance reached,
+		// so its objects are never overwritten.
+		s.next = max(first, 1)
+		if err := fsguardWrite(abs, nextFile, []byte(strconv.FormatUint(s.next, 10)+"\n")); err != nil {
 			return nil, err
 		}
 	}
