@@ -46,6 +46,10 @@ type Config struct {
 	Service  string
 	Pod      string
 	Identity func() string
+	// Progress, when set, reports the records the output took (accepted)
+	// and has written: offsets are persisted only once every record
+	// emitted before them is written (Output.Progress).
+	Progress func() (accepted, written uint64)
 	// Poll is how often the files are looked at (default 250ms);
 	// PersistEvery how often changed offsets are written (default 1s).
 	Poll         time.Duration
@@ -79,6 +83,7 @@ type Adapter struct {
 	buf       []byte
 	warned    map[string]bool
 	recovered bool
+	waiting   *snapshot // offsets waiting for the output (Progress)
 
 	records, truncatedRecs, dropped prometheus.Counter
 	skipped                         *prometheus.CounterVec
@@ -491,15 +496,63 @@ func (a *Adapter) emit(f *tailed, text []byte, start int64, truncated bool) {
 }
 
 // persist writes the offsets if they changed, at most every
-// PersistEvery (force: now).
+// PersistEvery (force: now, at shutdown). With Config.Progress, offsets
+// are written only once the output has written every record emitted
+// before them (a snapshot waits for it), so a SIGKILL cannot lose a
+// record still queued for stdout.
 func (a *Adapter) persist(force bool) {
-	if a.cfg.StateDir == "" || !a.dirty {
+	if a.cfg.StateDir == "" {
 		return
 	}
 	now := a.cfg.Clock.Now()
-	if !force && now.Sub(a.lastSave) < a.cfg.PersistEvery {
+	if p := a.waiting; p != nil && a.written() >= p.accepted {
+		a.save(p.files)
+		a.waiting = nil
+	}
+	if !a.dirty || (!force && (now.Sub(a.lastSave) < a.cfg.PersistEvery || a.waiting != nil)) {
 		return
 	}
+	snap := &snapshot{files: a.states(), accepted: a.accepted()}
+	a.dirty, a.lastSave = false, now
+	if force {
+		// Shutdown: the output is still running; give it a moment.
+		for deadline := time.Now().Add(2 * time.Second); a.written() < snap.accepted && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if a.written() >= snap.accepted {
+		a.save(snap.files)
+		a.waiting = nil
+		return
+	}
+	if !force {
+		a.waiting = snap
+	}
+}
+
+// snapshot is offsets waiting for the output to write what came before.
+type snapshot struct {
+	files    []fileState
+	accepted uint64
+}
+
+func (a *Adapter) accepted() uint64 {
+	if a.cfg.Progress == nil {
+		return 0
+	}
+	acc, _ := a.cfg.Progress()
+	return acc
+}
+
+func (a *Adapter) written() uint64 {
+	if a.cfg.Progress == nil {
+		return 0
+	}
+	_, w := a.cfg.Progress()
+	return w
+}
+
+func (a *Adapter) states() []fileState {
 	var out []fileState
 	for _, f := range a.files {
 		out = append(out, f.state())
@@ -512,11 +565,14 @@ func (a *Adapter) persist(force bool) {
 		}
 	}
 	slices.SortFunc(out, func(x, y fileState) int { return strings.Compare(x.Path, y.Path) })
-	if err := saveState(a.cfg.StateDir, out); err != nil {
+	return out
+}
+
+func (a *Adapter) save(files []fileState) {
+	if err := saveState(a.cfg.StateDir, files); err != nil {
 		a.cfg.Logger.Warn("log adapter: cannot save offsets", "err", err)
-		return
+		a.dirty = true
 	}
-	a.dirty, a.lastSave = false, now
 }
 
 // expand lists the paths matching glob g (relative, '/'-separated),

@@ -24,6 +24,7 @@ type Output struct {
 	queued   atomic.Int64
 	dropped  prometheus.Counter
 	written  atomic.Uint64
+	accepted atomic.Uint64
 	pool     sync.Pool
 	shutdown time.Duration
 }
@@ -83,6 +84,7 @@ func (o *Output) Offer(rec []byte) bool {
 	b = append(b, '\n')
 	select {
 	case o.ch <- b:
+		o.accepted.Add(1)
 		return true
 	default:
 		o.queued.Add(-n)
@@ -91,8 +93,13 @@ func (o *Output) Offer(rec []byte) bool {
 	}
 }
 
-// Written is how many records were written.
-func (o *Output) Written() uint64 { return o.written.Load() }
+// Progress is how many records Offer took and how many were written
+// (logadapter.Config.Progress).
+func (o *Output) Progress() (accepted, written uint64) {
+	// written first: it never passes accepted read after it.
+	w := o.written.Load()
+	return o.accepted.Load(), w
+}
 
 // Run writes records until ctx ends, then what is queued, for at most
 // Drain.

@@ -3,11 +3,14 @@ package logadapter
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // blockingWriter blocks every Write until released.
@@ -72,4 +75,47 @@ func TestOutputBoundsBytes(t *testing.T) {
 	if o.Offer(big) {
 		t.Fatal("took 1202 bytes with MaxQueueBytes 1000")
 	}
+}
+
+// TestOffsetsWaitForTheOutput: records accepted by the output but not
+// written yet (stdout blocked) are not covered by the persisted offsets,
+// so a SIGKILL then cannot lose them; once written, the offsets follow.
+func TestOffsetsWaitForTheOutput(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	o, err := NewOutput(OutputConfig{Writer: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outCtx, outStop := context.WithCancel(context.Background())
+	outDone := make(chan error, 1)
+	go func() { outDone <- o.Run(outCtx) }()
+	defer func() { outStop(); <-outDone }()
+	shared, state := sharedDir(t), t.TempDir()
+	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: o, Progress: o.Progress,
+		Poll: 5 * time.Millisecond, PersistEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Set([]*Spec{spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}})})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	p := filepath.Join(shared, "logs/app.log")
+	appendFile(t, p, "one\ntwo\nthree\n")
+	waitFor(t, "the records accepted", func() bool { acc, _ := o.Progress(); return acc >= 2 })
+	time.Sleep(50 * time.Millisecond) // ten persist intervals
+	saved := func() int64 {
+		st, _ := loadState(state)
+		for _, f := range st {
+			return f.Offset
+		}
+		return 0
+	}
+	if off := saved(); off != 0 {
+		t.Errorf("offset %d persisted while the output has written nothing", off)
+	}
+	close(w.release)
+	waitFor(t, "the offsets after the write", func() bool { return saved() == fileSize(t, p) })
+	cancel()
+	<-done
 }

@@ -62,7 +62,7 @@ func (s *Sidecar) addAdapter(ag *agent.Agent) (*appmetrics.Merger, error) {
 	}
 	svid := ag.SVIDSource()
 	a, err := logadapter.New(logadapter.Config{
-		SharedDir: cfg.SharedDir, StateDir: cfg.StateDir, Sink: sinks, Service: cfg.Service, Pod: pod,
+		SharedDir: cfg.SharedDir, StateDir: cfg.StateDir, Sink: sinks, Progress: out.Progress, Service: cfg.Service, Pod: pod,
 		Identity: func() string {
 			if sv, err := svid.GetX509SVID(); err == nil {
 				return sv.ID.String()
