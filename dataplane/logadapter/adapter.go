@@ -593,6 +593,9 @@ func (a *Adapter) expand(g string) []string {
 					next = append(next, join(dir, name))
 				}
 			}
+			if len(next) > maxDirEntries {
+				break
+			}
 		}
 		if len(next) > maxDirEntries {
 			next = next[:maxDirEntries]

@@ -29,8 +29,11 @@
 // record still growing then is not emitted: the offset persisted is its
 // start, and the next run reads it whole. A restart neither loses nor
 // repeats a record, nor splits a stack trace in two. After a SIGKILL,
-// the records emitted since the last write (at most PersistEvery) are
-// emitted again, with the same record_id, and none is lost.
+// the records emitted since the last write (at most PersistEvery, plus
+// what the output had not written yet) are emitted again, with the same
+// record_id, and none is lost: with Config.Progress (Output.Progress)
+// offsets are written only once the output has written every record
+// before them, so a record still queued for stdout is never covered.
 //
 // Records. spec.recordStart (an RE2 pattern matched at the start of a
 // line) makes the lines that do not match part of the record before them
