@@ -230,11 +230,18 @@ func (a *Adapter) keep(k fileKey, f *tailed) {
 	if a.saved == nil {
 		a.saved = map[fileKey]fileState{}
 	}
+	for old := range a.saved {
+		if len(a.saved) < maxStateFiles {
+			break
+		}
+		delete(a.saved, old)
+	}
 	a.saved[k] = f.state()
 }
 
 func (t *tailed) state() fileState {
-	return fileState{Dev: t.key.Dev, Ino: t.key.Ino, Gen: t.gen, Offset: t.committed(),
+	t.fingerprint()
+	return fileState{Dev: t.key.Dev, Ino: t.key.Ino, Gen: t.gen, Offset: t.committed(), Head: t.head, HeadLen: t.headLen,
 		SkipLine: t.skipLine && !t.haveRec && len(t.line) == 0,
 		SkipCont: t.skipCont && !t.haveRec, Path: t.path}
 }
@@ -304,6 +311,12 @@ func (a *Adapter) poll(final bool) {
 		idle := now.Sub(f.lastData) >= max(f.spec.flushAfter, 2*a.cfg.Poll)
 		if f.failed || (!f.matched && !got && idle) {
 			f.flush(a.emit)
+			// A file still linked keeps its position: matched again (its
+			// LogAdapter back), it is not read twice.
+			var st unix.Stat_t
+			if !f.failed && unix.Fstat(int(f.f.Fd()), &st) == nil && st.Nlink > 0 {
+				a.keep(f.key, f)
+			}
 			_ = f.f.Close()
 			delete(a.files, f.key)
 			a.dirty = true
@@ -343,11 +356,8 @@ func (a *Adapter) recover(specs []*Spec, now time.Time) {
 				}
 				break
 			}
-			t := &tailed{key: k, f: fh, path: p, spec: sp, lastData: now, gen: s.Gen, off: s.Offset, skipLine: s.SkipLine, skipCont: s.SkipCont}
-			if st.Size < s.Offset {
-				t.gen, t.off, t.skipLine, t.skipCont = s.Gen+1, 0, false, false
-			}
-			t.lineStart = t.off
+			t := &tailed{key: k, f: fh, path: p, spec: sp, lastData: now}
+			t.resume(s, st.Size)
 			a.files[k] = t
 			a.dirty = true
 			break
@@ -402,13 +412,9 @@ func (a *Adapter) track(sp *Spec, p string, now time.Time) {
 	}
 	t := &tailed{key: k, f: fh, path: p, spec: sp, matched: true, lastData: now}
 	if s, ok := a.saved[k]; ok {
-		t.gen, t.off, t.skipLine, t.skipCont = s.Gen, s.Offset, s.SkipLine, s.SkipCont
-		if st.Size < s.Offset { // truncated while we were away
-			t.gen, t.off, t.skipLine, t.skipCont = s.Gen+1, 0, false, false
-		}
+		t.resume(s, st.Size)
 		delete(a.saved, k)
 	}
-	t.lineStart = t.off
 	a.files[k] = t
 	a.dirty = true
 	delete(a.warned, p)

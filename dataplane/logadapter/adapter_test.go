@@ -561,3 +561,55 @@ func TestRotationWhileDown(t *testing.T) {
 		t.Errorf("records = %q", got)
 	}
 }
+
+// TestInodeReuseStartsFromZero: the offsets name an inode whose file is
+// now another (the old one deleted, its inode reused): its first bytes
+// differ, so it is read from its start, with a new generation in its IDs.
+func TestInodeReuseStartsFromZero(t *testing.T) {
+	shared, state := sharedDir(t), t.TempDir()
+	p := filepath.Join(shared, "logs/app.log")
+	appendFile(t, p, "new file line one\nnew file line two\n")
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	// As the old file left them: offset 18, its first 18 bytes' CRC.
+	if err := saveState(state, []fileState{{Dev: uint64(st.Dev), Ino: st.Ino, Offset: 18, Head: 0xdeadbeef, HeadLen: 18, Path: "logs/app.log"}}); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, shared, state, spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}}), nil)
+	waitFor(t, "2 records", func() bool { return len(r.sink.all()) == 2 })
+	if got := r.sink.all()[0]; got["message"] != "new file line one" || got["record_id"] != fmt.Sprintf("%d-1-0", st.Ino) {
+		t.Errorf("first record %v, want the new file's first line with generation 1", got)
+	}
+	r.stop(t)
+	// The same file again: its fingerprint matches, nothing is repeated.
+	again := &sink{}
+	appendFile(t, p, "three\n")
+	r2 := start(t, shared, state, spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}}), again)
+	waitFor(t, "the new line", func() bool { return len(again.all()) >= 1 })
+	r2.stop(t)
+	if got := strings.Join(again.messages(), ","); got != "three" {
+		t.Errorf("after a restart: %q, want only three", got)
+	}
+}
+
+// TestAdapterRemovedAndBack: a LogAdapter removed closes its files; added
+// again, it goes on where it stopped.
+func TestAdapterRemovedAndBack(t *testing.T) {
+	shared := sharedDir(t)
+	sp := spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}})
+	r := start(t, shared, t.TempDir(), sp, nil)
+	p := filepath.Join(shared, "logs/app.log")
+	appendFile(t, p, "a\n")
+	waitFor(t, "a", func() bool { return len(r.sink.all()) == 1 })
+	r.a.Set(nil)
+	waitFor(t, "the file closed", func() bool { return value(r.a.open) == 0 })
+	appendFile(t, p, "b\n")
+	r.a.Set([]*Spec{sp})
+	waitFor(t, "b", func() bool { return len(r.sink.all()) >= 2 })
+	r.stop(t)
+	if got := strings.Join(r.sink.messages(), ","); got != "a,b" {
+		t.Errorf("records = %q, want a,b", got)
+	}
+}

@@ -17,7 +17,10 @@
 // Rotation. Files are known by device and inode. A file renamed away
 // (app.log to app.log.1) is read to its end, before the new file, and
 // closed once it is idle; a file whose size falls below the offset
-// (copytruncate) is read again from 0.
+// (copytruncate) is read again from 0, as is a file whose first 64 bytes
+// no longer match the CRC kept with its offset (another file on a reused
+// inode). A file no longer matched keeps its offset, so a LogAdapter
+// removed and applied again does not read it twice.
 //
 // Offsets. Where each file's next unemitted byte is (a record being
 // assembled is not emitted yet) goes to StateFile in the state dir,

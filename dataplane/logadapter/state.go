@@ -26,6 +26,9 @@ type fileState struct {
 	SkipLine bool   `json:"skip_line,omitempty"`
 	SkipCont bool   `json:"skip_cont,omitempty"`
 	Path     string `json:"path"`
+	// Head is the CRC-32 (IEEE) of the file's first HeadLen bytes.
+	Head    uint32 `json:"head,omitempty"`
+	HeadLen int    `json:"head_len,omitempty"`
 }
 
 type stateDoc struct {
@@ -52,7 +55,7 @@ func loadState(dir string) (map[fileKey]fileState, error) {
 		return out, fmt.Errorf("%s: %w", StateFile, err)
 	}
 	for i, f := range doc.Files {
-		if i >= maxStateFiles || f.Offset < 0 {
+		if i >= maxStateFiles || f.Offset < 0 || f.HeadLen < 0 || f.HeadLen > headBytes {
 			continue
 		}
 		out[fileKey{f.Dev, f.Ino}] = f

@@ -2,6 +2,7 @@ package logadapter
 
 import (
 	"bytes"
+	"hash/crc32"
 	"os"
 	"time"
 )
@@ -31,6 +32,12 @@ type tailed struct {
 	matched  bool      // a glob matched it in the last poll
 	failed   bool      // a read failed: closed at the next poll
 	atEOF    bool      // the last read reached the size fstat gave
+
+	// head is the CRC-32 of the file's first headLen bytes (at most
+	// headBytes), persisted with the offset: a restart that finds another
+	// file on the same inode (the old one deleted) starts it from 0.
+	head    uint32
+	headLen int
 }
 
 // committed is the offset of the first byte not yet emitted: a restart
@@ -163,4 +170,45 @@ func (t *tailed) truncated(emit emitFunc) {
 	t.flush(emit)
 	t.gen++
 	t.off, t.skipLine, t.skipCont = 0, false, false
+	t.head, t.headLen = 0, 0
+}
+
+// headBytes is how much of a file's start identifies it.
+const headBytes = 64
+
+// fingerprint records the CRC of the file's first bytes, once read.
+func (t *tailed) fingerprint() {
+	if t.headLen >= headBytes || t.off <= int64(t.headLen) {
+		return
+	}
+	n := int(min(t.off, headBytes))
+	if sum, ok := t.headSum(n); ok {
+		t.head, t.headLen = sum, n
+	}
+}
+
+func (t *tailed) headSum(n int) (uint32, bool) {
+	var buf [headBytes]byte
+	if got, _ := t.f.ReadAt(buf[:n], 0); got != n {
+		return 0, false
+	}
+	return crc32.ChecksumIEEE(buf[:n]), true
+}
+
+// resume continues from a persisted position, or from 0 (a new
+// generation) when the file is shorter than the offset (truncated) or its
+// first bytes differ (another file on a reused inode).
+func (t *tailed) resume(s fileState, size int64) {
+	t.gen, t.off, t.skipLine, t.skipCont = s.Gen, s.Offset, s.SkipLine, s.SkipCont
+	t.head, t.headLen = s.Head, s.HeadLen
+	same := size >= s.Offset
+	if same && s.HeadLen > 0 {
+		sum, ok := t.headSum(min(s.HeadLen, headBytes))
+		same = ok && sum == s.Head
+	}
+	if !same {
+		t.gen, t.off, t.skipLine, t.skipCont = s.Gen+1, 0, false, false
+		t.head, t.headLen = 0, 0
+	}
+	t.lineStart = t.off
 }
