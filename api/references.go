@@ -59,8 +59,7 @@ type Lookup interface {
 	// Get returns the stored object with key k.
 	Get(k Key) (Object, bool)
 	// ByService returns the stored objects of kind in namespace whose
-	// ServiceName is service ("" for the kinds that belong to a namespace,
-	// ExternalService).
+	// ServiceName is service.
 	ByService(kind Kind, namespace, service string) []Object
 }
 
@@ -74,8 +73,7 @@ type Lookup interface {
 //     Service whose ports are all tcp, and a RateLimit whose route belongs to
 //     another service (ErrMissingReference);
 //   - two ConfigFiles of a service with one path, two AccessLogs or two
-//     LogShippings for one service, two ExternalServices of a namespace
-//     with a host and port in common (ErrConflict).
+//     LogShippings for one service (ErrConflict).
 //
 // It does not call Validate.
 func ValidateReferences(objs []Object, stored Lookup) error {
@@ -136,8 +134,6 @@ func ValidateReferences(objs []Object, stored Lookup) error {
 			}
 		}
 	}
-
-	externalConflicts(objs, batch, stored, add)
 
 	// Conflicts among the objects of one service: the batch's objects plus
 	// the stored ones it does not replace.
@@ -242,56 +238,4 @@ func (ix *Index) Get(k Key) (Object, bool) {
 // ByService implements Lookup.
 func (ix *Index) ByService(kind Kind, namespace, service string) []Object {
 	return slices.Clone(ix.byService[Key{Kind: kind, Namespace: namespace, Name: service}])
-}
-
-// externalConflicts reports two ExternalServices of one namespace that
-// declare the same host and port: a proxy routing by Host, or matching a
-// captured address, could not tell them apart. Only the batch's objects are
-// blamed.
-func externalConflicts(objs []Object, batch map[Key]Object, stored Lookup, add func(Object, string, error, string, ...any)) {
-	done := map[string]bool{}
-	for _, o := range objs {
-		ns := o.Meta().Namespace
-		if o.Kind() != KindExternalService || done[ns] {
-			continue
-		}
-		done[ns] = true
-		var members []Object
-		for _, b := range objs {
-			if b.Kind() == KindExternalService && b.Meta().Namespace == ns {
-				members = append(members, b)
-			}
-		}
-		if stored != nil {
-			for _, s := range stored.ByService(KindExternalService, ns, "") {
-				if _, replaced := batch[KeyOf(s)]; !replaced {
-					members = append(members, s)
-				}
-			}
-		}
-		type decl struct {
-			o    Object
-			host int
-		}
-		owner := map[string]decl{}
-		for _, m := range members {
-			spec := m.(*ExternalService).Spec
-			for i, h := range spec.GetHosts() {
-				hp := fmt.Sprintf("%s:%d", h, spec.GetPort())
-				first, dup := owner[hp]
-				if !dup {
-					owner[hp] = decl{m, i}
-					continue
-				}
-				if first.o == m {
-					continue // Validate reports a host listed twice.
-				}
-				if _, inBatch := batch[KeyOf(m)]; inBatch {
-					add(m, idx("spec.hosts", i), ErrConflict, "%s is also declared by %s", hp, KeyOf(first.o))
-				} else if _, inBatch := batch[KeyOf(first.o)]; inBatch {
-					add(first.o, idx("spec.hosts", first.host), ErrConflict, "%s is also declared by %s", hp, KeyOf(m))
-				}
-			}
-		}
-	}
 }

@@ -192,24 +192,6 @@ func TestValidateReferences(t *testing.T) {
 				return []api.Object{ex[api.KindService], ex[api.KindLogShipping]}
 			},
 			want: []string{`LogShipping "prod/web-logs-2": spec.service: service "web" also has LogShipping "prod/web-logs"; at most one LogShipping per service`}, cause: api.ErrConflict},
-		{name: "two external services with a host and port in common",
-			batch: func(ex map[api.Kind]api.Object) []api.Object {
-				second := api.Clone(ex[api.KindExternalService])
-				second.Meta().Name = "payments-2"
-				ext(second).Hosts = []string{"other.example.com", "203.0.113.10"}
-				return []api.Object{ex[api.KindService], second}
-			},
-			stored: func(ex map[api.Kind]api.Object) []api.Object {
-				return []api.Object{ex[api.KindService], ex[api.KindExternalService]}
-			},
-			want: []string{`ExternalService "prod/payments-2": spec.hosts[1]: 203.0.113.10:443 is also declared by ExternalService "prod/payments"`}, cause: api.ErrConflict},
-		{name: "the same host on another port is no conflict",
-			batch: func(ex map[api.Kind]api.Object) []api.Object {
-				second := api.Clone(ex[api.KindExternalService])
-				second.Meta().Name = "payments-2"
-				ext(second).Port = 8443
-				return []api.Object{ex[api.KindService], ex[api.KindExternalService], second}
-			}},
 		{name: "an external service for every service needs no Service",
 			batch: func(ex map[api.Kind]api.Object) []api.Object {
 				ex[api.KindExternalService].(*api.ExternalService).Spec.AllowedServices = nil

@@ -2,7 +2,6 @@ package store
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"time"
 
@@ -172,15 +171,6 @@ func (l readerLookup) Get(k api.Key) (api.Object, bool) {
 }
 
 func (l readerLookup) ByService(kind api.Kind, namespace, service string) []api.Object {
-	if service == "" {
-		// Objects of a namespace, not of a service (ExternalService), are
-		// not in the service index.
-		objs, err := l.r.Objects(kind, namespace)
-		if err != nil {
-			return nil
-		}
-		return slices.DeleteFunc(objs, func(o api.Object) bool { return o.ServiceName() != "" })
-	}
 	recs, err := l.r.List(TableResources, "service", string(kind), namespace, service)
 	if err != nil {
 		return nil

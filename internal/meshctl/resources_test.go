@@ -2,7 +2,6 @@ package meshctl_test
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -142,32 +141,5 @@ func TestAuthzExplain(t *testing.T) {
 		if !strings.Contains(out, c.want+" ") {
 			t.Errorf("%s %s from %s: want %s, got:\n%s", c.method, c.path, c.from, c.want, out)
 		}
-	}
-}
-
-// Two ExternalServices of a namespace may not declare one host and port,
-// also when the first is already stored (meshd's reference check reads the
-// stored ExternalServices of the namespace, which no service index holds).
-func TestExternalServiceHostConflictWithTheStore(t *testing.T) {
-	m := controlplanetest.Start(t, controlplane.Config{})
-	dir := t.TempDir()
-	write := func(name, host string) string {
-		p := filepath.Join(dir, name+".yaml")
-		doc := "apiVersion: minimesh.io/v1alpha1\nkind: ExternalService\nmetadata: {name: " + name + "}\n" +
-			"spec: {hosts: [" + host + "], port: 443, protocol: https}\n"
-		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	if _, err := run(t, m, "apply", "-f", write("first", "db.example.com")); err != nil {
-		t.Fatal(err)
-	}
-	_, err := run(t, m, "apply", "-f", write("second", "db.example.com"))
-	if err == nil || !strings.Contains(err.Error(), `db.example.com:443 is also declared by ExternalService "default/first"`) {
-		t.Fatalf("a second ExternalService for db.example.com:443: %v", err)
-	}
-	if _, err := run(t, m, "apply", "-f", write("third", "other.example.com")); err != nil {
-		t.Fatalf("another host: %v", err)
 	}
 }
