@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -388,12 +389,8 @@ func (c *checker) metrics(m *meshv1.ServiceMetrics) {
 		c.addf("spec.metrics.port", "must be between 1 and 65535, got %d", p)
 	}
 	if p := m.GetPath(); p != "" {
-		u, err := url.ParseRequestURI(p)
-		switch {
-		case len(p) > MaxPathLength:
-			c.addf("spec.metrics.path", "longer than %d bytes", MaxPathLength)
-		case err != nil || !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || u.Fragment != "" || hasControl(p) || strings.ContainsAny(p, " #"):
-			c.addf("spec.metrics.path", "%q must be an absolute path with an optional query", p)
+		if err := checkMetricsPath(p); err != nil {
+			c.addf("spec.metrics.path", "%v", err)
 		}
 	}
 	format := m.GetFormat()
@@ -427,6 +424,41 @@ func (c *checker) metrics(m *meshv1.ServiceMetrics) {
 			c.addf(f+".help", "must be at most 256 bytes of printable UTF-8")
 		}
 	}
+}
+
+// checkMetricsPath accepts an absolute URL path with an optional query.
+func checkMetricsPath(p string) error {
+	u, err := url.ParseRequestURI(p)
+	switch {
+	case len(p) > MaxPathLength:
+		return fmt.Errorf("longer than %d bytes", MaxPathLength)
+	case err != nil || !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || u.Fragment != "" || hasControl(p) || strings.ContainsAny(p, " #"):
+		return fmt.Errorf("%q must be an absolute path with an optional query", p)
+	}
+	return nil
+}
+
+// ParseAppMetricsFlag parses mesh-proxy's --app-metrics, "PORT" or
+// "PORT/path" (the Prometheus format), as meshctl inject builds it from a
+// pod's prometheus.io/port and prometheus.io/path annotations: the
+// contract the two read alike. "" is nil: no app metrics.
+func ParseAppMetricsFlag(s string) (*meshv1.ServiceMetrics, error) {
+	if s == "" {
+		return nil, nil
+	}
+	port, p, _ := strings.Cut(s, "/")
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return nil, fmt.Errorf("--app-metrics %q: want PORT or PORT/path, PORT 1 to 65535", s)
+	}
+	m := &meshv1.ServiceMetrics{Port: uint32(n)}
+	if p != "" {
+		m.Path = "/" + p
+		if err := checkMetricsPath(m.Path); err != nil {
+			return nil, fmt.Errorf("--app-metrics %q: the path %v", s, err)
+		}
+	}
+	return m, nil
 }
 
 // checkJSONField accepts dot-separated keys of letters, digits, '_' and '-'.

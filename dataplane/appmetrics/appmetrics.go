@@ -80,28 +80,14 @@ func FromService(m *meshv1.ServiceMetrics) *Target {
 
 // ParseFlag parses mesh-proxy's --app-metrics: "PORT" or "PORT/path"
 // (Prometheus format), as inject builds it from the pod's prometheus.io/port
-// and prometheus.io/path annotations.
+// and prometheus.io/path annotations (api.ParseAppMetricsFlag, the contract
+// inject and the proxy share).
 func ParseFlag(s string) (*Target, error) {
-	if s == "" {
-		return nil, nil
+	m, err := api.ParseAppMetricsFlag(s)
+	if err != nil || m == nil {
+		return nil, err
 	}
-	port, p, _ := strings.Cut(s, "/")
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || n == 0 {
-		return nil, fmt.Errorf("--app-metrics %q: want PORT or PORT/path, PORT 1 to 65535", s)
-	}
-	t := &Target{Port: uint32(n)}
-	if p != "" {
-		t.Path = "/" + p
-	}
-	if p := t.Path; p != "" {
-		u, err := url.ParseRequestURI(p)
-		if err != nil || len(p) > 1024 || strings.HasPrefix(p, "//") || u.Fragment != "" ||
-			strings.ContainsAny(p, " #") || strings.IndexFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
-			return nil, fmt.Errorf("--app-metrics %q: the path must be an absolute URL path with an optional query, at most 1024 bytes", s)
-		}
-	}
-	return t, nil
+	return FromService(m), nil
 }
 
 func (t *Target) url(host string) string {

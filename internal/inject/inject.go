@@ -30,7 +30,6 @@ import (
 
 	"minimesh/api"
 	"minimesh/certs"
-	"minimesh/dataplane/appmetrics"
 	"minimesh/internal/version"
 )
 
@@ -543,7 +542,7 @@ func appMetricsOf(ann map[string]string, prev string) (string, error) {
 		}
 		v += p
 	}
-	if _, err := appmetrics.ParseFlag(v); err != nil {
+	if _, err := api.ParseAppMetricsFlag(v); err != nil {
 		return "", fmt.Errorf("annotations prometheus.io/port and path: %w", err)
 	}
 	return v, nil
