@@ -4,73 +4,26 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"minimesh/dataplane/logrecord"
 )
 
 // MaxFieldBytes caps each string field of a line; a longer value is cut
 // (at a character boundary) and ends with "...".
 const MaxFieldBytes = 4096
 
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string: quoted, with '"', '\' and every
-// control character escaped (C0, DEL and C1, so a value can never start a
-// new line or carry a terminal escape sequence), U+2028 and U+2029
-// escaped, and invalid UTF-8 replaced by U+FFFD.
+// appendString appends s as a JSON string (logrecord.AppendString), cut
+// to MaxFieldBytes at a character boundary and then ending with "...".
 func appendString(b []byte, s string) []byte {
-	truncated := false
-	if len(s) > MaxFieldBytes {
-		cut := MaxFieldBytes
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s, truncated = s[:cut], true
+	if len(s) <= MaxFieldBytes {
+		return logrecord.AppendString(b, s)
 	}
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r >= 0x80 && r <= 0x9f, r == '\u2028', r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
+	cut := MaxFieldBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
 	}
-	b = append(b, s[start:]...)
-	if truncated {
-		b = append(b, "..."...)
-	}
-	return append(b, '"')
+	b = logrecord.AppendEscaped(append(b, '"'), s[:cut])
+	return append(b, `..."`...)
 }
 
 // appendLine appends e as one JSON object with the fields fs, and '\n'.

@@ -6,59 +6,16 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
+	"minimesh/dataplane/logrecord"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string: '"', '\', every control
-// character (C0, DEL, C1), U+2028 and U+2029 escaped, invalid UTF-8 as
-// U+FFFD. An app's bytes can never forge a line of the output.
+// appendString appends s as a JSON string (logrecord.AppendString): an
+// app's bytes can never forge a record of the output. s is only read.
 func appendString(b []byte, s []byte) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < 0x7f {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRune(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r >= 0x80 && r <= 0x9f, r == '\u2028', r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return logrecord.AppendString(b, unsafe.String(unsafe.SliceData(s), len(s)))
 }
 
 // ours are the keys the adapter writes; an app's key of the same name is
@@ -126,7 +83,7 @@ func (e *encoder) encode(sp *Spec, text []byte, m *recordMeta) []byte {
 		b = append(b, `,"`...)
 		b = append(b, k...)
 		b = append(b, `":`...)
-		b = appendString(b, []byte(v))
+		b = logrecord.AppendString(b, v)
 	}
 	if sp.fields[0] {
 		str("service", m.service)
