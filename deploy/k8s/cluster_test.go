@@ -148,7 +148,14 @@ func admits(np *networkingv1.NetworkPolicy, home string, p peer, port int) bool 
 	for _, r := range np.Spec.Ingress {
 		portOK := len(r.Ports) == 0
 		for _, rp := range r.Ports {
-			if rp.Port != nil && rp.Port.IntValue() == port && (rp.Protocol == nil || *rp.Protocol == corev1.ProtocolTCP) {
+			if rp.Port == nil || rp.Protocol != nil && *rp.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			lo, hi := rp.Port.IntValue(), rp.Port.IntValue()
+			if rp.EndPort != nil {
+				hi = int(*rp.EndPort)
+			}
+			if lo <= port && port <= hi {
 				portOK = true
 			}
 		}
@@ -251,6 +258,54 @@ func TestMeshdNetworkPolicy(t *testing.T) {
 	np := find[*networkingv1.NetworkPolicy](t, build(t, filesys.MakeFsOnDisk(), "base"), "NetworkPolicy", "meshd")
 	if !admits(np, "minimesh-system", peer{ns: map[string]string{"name": "demo"}, nsLabels: ns.Labels}, 15010) {
 		t.Errorf("the example's namespace (labels %v) does not reach meshd", ns.Labels)
+	}
+}
+
+// The meshed namespace's NetworkPolicy: the sidecars' admin port (15020)
+// only to Prometheus in monitoring; every other port, the captured app
+// port and the mTLS inbound among them, to anyone (the sidecar decides).
+func TestMeshedNamespaceNetworkPolicy(t *testing.T) {
+	objs := build(t, filesys.MakeFsOnDisk(), "example")
+	np := find[*networkingv1.NetworkPolicy](t, objs, "NetworkPolicy", "mesh-admin")
+	if np.Namespace != "demo" || len(np.Spec.PodSelector.MatchLabels)+len(np.Spec.PodSelector.MatchExpressions) != 0 ||
+		!slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+		t.Fatalf("the policy must select every pod of demo for ingress: %+v", np)
+	}
+	dep := find[*appsv1.Deployment](t, objs, "Deployment", "api")
+	admin, inbound := 0, 0
+	for _, c := range append(dep.Spec.Template.Spec.InitContainers, dep.Spec.Template.Spec.Containers...) {
+		for _, p := range c.Ports {
+			switch p.Name {
+			case "mesh-admin":
+				admin = int(p.ContainerPort)
+			case "mesh-inbound":
+				inbound = int(p.ContainerPort)
+			}
+		}
+	}
+	if admin != 15020 || inbound != 15006 {
+		t.Fatalf("the injected pod's ports: admin %d, inbound %d", admin, inbound)
+	}
+	prom := nsPeer("monitoring", nil, map[string]string{"app.kubernetes.io/name": "prometheus"})
+	caller := nsPeer("shop", map[string]string{"minimesh.io/inject": "enabled"}, map[string]string{"app.kubernetes.io/name": "web"})
+	for _, c := range []struct {
+		what string
+		p    peer
+		port int
+		want bool
+	}{
+		{"Prometheus on the admin port", prom, admin, true},
+		{"a caller on the admin port", caller, admin, false},
+		{"a pod of the same namespace on the admin port", nsPeer("demo", nil, map[string]string{"app.kubernetes.io/name": "web"}), admin, false},
+		{"another pod in monitoring on the admin port", nsPeer("monitoring", nil, map[string]string{"app.kubernetes.io/name": "grafana"}), admin, false},
+		{"a caller on the mTLS inbound", caller, inbound, true},
+		{"a caller on the app's port (captured)", caller, 8080, true},
+		{"a caller on the port below the admin port", caller, admin - 1, true},
+		{"a caller on the port above the admin port", caller, admin + 1, true},
+	} {
+		if got := admits(np, "demo", c.p, c.port); got != c.want {
+			t.Errorf("%s (port %d): admitted %v, want %v", c.what, c.port, got, c.want)
+		}
 	}
 }
 
