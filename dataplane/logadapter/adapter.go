@@ -46,10 +46,12 @@ type Config struct {
 	Service  string
 	Pod      string
 	Identity func() string
-	// Progress, when set, reports the records the output took (accepted)
-	// and has written: offsets are persisted only once every record
-	// emitted before them is written (Output.Progress).
-	Progress func() (accepted, written uint64)
+	// Progress, when set, reports for each sink that keeps what it takes
+	// (the output, the log shipper's spool) the records it took (accepted)
+	// and has written: offsets are persisted only once every sink has
+	// written every record emitted before them (Output.Progress,
+	// logship.Shipper.Progress).
+	Progress []func() (accepted, written uint64)
 	// Poll is how often the files are looked at (default 250ms);
 	// PersistEvery how often changed offsets are written (default 1s).
 	Poll         time.Duration
@@ -511,7 +513,7 @@ func (a *Adapter) persist(force bool) {
 		return
 	}
 	now := a.cfg.Clock.Now()
-	if p := a.waiting; p != nil && a.written() >= p.accepted {
+	if p := a.waiting; p != nil && a.caughtUp(p.accepted) {
 		a.save(p.files)
 		a.waiting = nil
 	}
@@ -522,11 +524,11 @@ func (a *Adapter) persist(force bool) {
 	a.dirty, a.lastSave = false, now
 	if force {
 		// Shutdown: the output is still running; give it a moment.
-		for deadline := time.Now().Add(2 * time.Second); a.written() < snap.accepted && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(2 * time.Second); !a.caughtUp(snap.accepted) && time.Now().Before(deadline); {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if a.written() >= snap.accepted {
+	if a.caughtUp(snap.accepted) {
 		a.save(snap.files)
 		a.waiting = nil
 		return
@@ -536,26 +538,30 @@ func (a *Adapter) persist(force bool) {
 	}
 }
 
-// snapshot is offsets waiting for the output to write what came before.
+// snapshot is offsets waiting for the sinks to write what came before.
 type snapshot struct {
 	files    []fileState
-	accepted uint64
+	accepted []uint64 // per Config.Progress
 }
 
-func (a *Adapter) accepted() uint64 {
-	if a.cfg.Progress == nil {
-		return 0
+// accepted is what each sink of Config.Progress has taken so far.
+func (a *Adapter) accepted() []uint64 {
+	out := make([]uint64, len(a.cfg.Progress))
+	for i, p := range a.cfg.Progress {
+		out[i], _ = p()
 	}
-	acc, _ := a.cfg.Progress()
-	return acc
+	return out
 }
 
-func (a *Adapter) written() uint64 {
-	if a.cfg.Progress == nil {
-		return 0
+// caughtUp reports whether every sink has written what it had taken when
+// accepted was read.
+func (a *Adapter) caughtUp(accepted []uint64) bool {
+	for i, p := range a.cfg.Progress {
+		if _, w := p(); w < accepted[i] {
+			return false
+		}
 	}
-	_, w := a.cfg.Progress()
-	return w
+	return true
 }
 
 func (a *Adapter) states() []fileState {

@@ -39,7 +39,7 @@ func TestHelperAdapterProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := New(Config{SharedDir: os.Getenv("LOGADAPTER_SHARED"), StateDir: os.Getenv("LOGADAPTER_STATE"), Sink: out,
-		Progress: out.Progress, Poll: 5 * time.Millisecond, PersistEvery: 50 * time.Millisecond})
+		Progress: []func() (uint64, uint64){out.Progress}, Poll: 5 * time.Millisecond, PersistEvery: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

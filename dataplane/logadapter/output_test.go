@@ -3,6 +3,7 @@ package logadapter
 import (
 	"bytes"
 	"context"
+	"io"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"minimesh/dataplane/logrecord"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -91,7 +93,7 @@ func TestOffsetsWaitForTheOutput(t *testing.T) {
 	go func() { outDone <- o.Run(outCtx) }()
 	defer func() { outStop(); <-outDone }()
 	shared, state := sharedDir(t), t.TempDir()
-	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: o, Progress: o.Progress,
+	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: o, Progress: []func() (uint64, uint64){o.Progress},
 		Poll: 5 * time.Millisecond, PersistEvery: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +118,54 @@ func TestOffsetsWaitForTheOutput(t *testing.T) {
 	}
 	close(w.release)
 	waitFor(t, "the offsets after the write", func() bool { return saved() == fileSize(t, p) })
+	cancel()
+	<-done
+}
+
+// With two sinks that keep records (the output and the log shipper's
+// spool), offsets wait for the slower one.
+func TestOffsetsWaitForEverySink(t *testing.T) {
+	fast, err := NewOutput(OutputConfig{Writer: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &blockingWriter{release: make(chan struct{})}
+	slow, err := NewOutput(OutputConfig{Writer: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outCtx, outStop := context.WithCancel(context.Background())
+	outDone := make(chan error, 2)
+	go func() { outDone <- fast.Run(outCtx) }()
+	go func() { outDone <- slow.Run(outCtx) }()
+	defer func() { outStop(); <-outDone; <-outDone }()
+	shared, state := sharedDir(t), t.TempDir()
+	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: logrecord.Sinks{fast, slow},
+		Progress: []func() (uint64, uint64){fast.Progress, slow.Progress},
+		Poll:     5 * time.Millisecond, PersistEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Set([]*Spec{spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}})})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	p := filepath.Join(shared, "logs/app.log")
+	appendFile(t, p, "one\ntwo\nthree\n")
+	waitFor(t, "the fast sink wrote", func() bool { _, w := fast.Progress(); return w >= 3 })
+	time.Sleep(50 * time.Millisecond) // ten persist intervals
+	saved := func() int64 {
+		st, _ := loadState(state)
+		for _, f := range st {
+			return f.Offset
+		}
+		return 0
+	}
+	if off := saved(); off != 0 {
+		t.Errorf("offset %d persisted while one sink has written nothing", off)
+	}
+	close(w.release)
+	waitFor(t, "the offsets after the slow sink's write", func() bool { return saved() == fileSize(t, p) })
 	cancel()
 	<-done
 }

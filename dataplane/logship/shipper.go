@@ -92,9 +92,12 @@ type Shipper struct {
 
 	cur    atomic.Pointer[target]
 	queue  chan []byte
-	queued atomic.Int64  // bytes in queue
-	wake   chan struct{} // a batch was sealed or the target changed
-	reconf chan struct{} // the target changed: the writer re-reads its limits
+	queued atomic.Int64 // bytes in queue
+	// taken counts the records Offer queued; spooled those of them the
+	// spool has flushed to its file (or dropped), in order (Progress).
+	taken, spooled atomic.Uint64
+	wake           chan struct{} // a batch was sealed or the target changed
+	reconf         chan struct{} // the target changed: the writer re-reads its limits
 
 	runOnce sync.Once
 }
@@ -187,12 +190,23 @@ func (s *Shipper) Offer(rec []byte) bool {
 	}
 	select {
 	case s.queue <- bytes.Clone(rec):
+		s.taken.Add(1)
 		return true
 	default:
 		s.queued.Add(-n)
 		s.m.dropped.WithLabelValues("queue_full").Inc()
 		return false
 	}
+}
+
+// Progress is how many records Offer took and how many of them are in the
+// spool's file, in order (a record the spool could not take counts as done:
+// it is dropped and counted). A killed proxy loses none of the latter; the
+// log adapter persists its read offsets only past them
+// (logadapter.Config.Progress).
+func (s *Shipper) Progress() (accepted, written uint64) {
+	w := s.spooled.Load() // first: it never passes taken read after it
+	return s.taken.Load(), w
 }
 
 // Prepare implements the sidecar's Part contract for the LogShipping o of
@@ -297,6 +311,7 @@ func (s *Shipper) write(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var lastWarn time.Time
+	var handled uint64 // records taken off the queue (Progress)
 	arm := func() {
 		timer.Stop()
 		t := s.cur.Load()
@@ -317,6 +332,7 @@ func (s *Shipper) write(ctx context.Context) error {
 				select {
 				case rec := <-s.queue:
 					s.queued.Add(-int64(len(rec)))
+					handled++
 					if err := s.spool.append(rec, time.Now()); err != nil {
 						s.m.dropped.WithLabelValues("spool_error").Inc()
 					}
@@ -327,9 +343,12 @@ func (s *Shipper) write(ctx context.Context) error {
 			if t := s.cur.Load(); t != nil {
 				s.seal(t, "stop")
 			}
-			return s.spool.close()
+			err := s.spool.close()
+			s.spooled.Store(handled)
+			return err
 		case rec := <-s.queue:
 			s.queued.Add(-int64(len(rec)))
+			handled++
 			_, wasOpen := s.spool.openState()
 			if err := s.spool.append(rec, time.Now()); err != nil {
 				s.m.dropped.WithLabelValues("spool_error").Inc()
@@ -337,13 +356,19 @@ func (s *Shipper) write(ctx context.Context) error {
 					lastWarn = now
 					s.log.Warn("log shipping: spool write failed; records dropped (logged once a minute)", "err", err)
 				}
+				if len(s.queue) == 0 && s.spool.flush() == nil {
+					s.spooled.Store(handled)
+				}
 				continue
 			}
 			t := s.cur.Load()
 			if size, _ := s.spool.openState(); t != nil && size >= t.batchBytes || len(s.queue) == 0 {
 				// Flush when the queue is empty: a killed proxy loses
-				// nothing it had taken in calm times.
-				_ = s.spool.flush()
+				// nothing it had taken in calm times, and the log adapter
+				// may persist its offsets past what is flushed.
+				if s.spool.flush() == nil {
+					s.spooled.Store(handled)
+				}
 			}
 			if size, _ := s.spool.openState(); t != nil && size >= t.batchBytes {
 				s.seal(t, "size")

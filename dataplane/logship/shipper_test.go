@@ -814,3 +814,55 @@ func randomHex(t *testing.T, n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// Progress says how many records the spool's file holds, never more: the
+// log adapter persists its read offsets past them, so a record Progress
+// counts as written must be on disk (a killed proxy keeps it).
+func TestProgressCountsOnlyWhatTheSpoolHolds(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	srv.Stop() // nothing leaves the spool
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	h := newShipper(t, spool, shipping(srv.Endpoint(), srv.CredentialsFile(dir), nil),
+		func(c *Config) { c.FlushTimeout = 100 * time.Millisecond })
+	onDisk := func() uint64 {
+		ents, err := os.ReadDir(spool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), openPrefix) && strings.HasSuffix(e.Name(), openSuffix) {
+				b, err := os.ReadFile(filepath.Join(spool, e.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += uint64(bytes.Count(b, []byte("\n")))
+			}
+		}
+		return n
+	}
+	const n = 300 // about 30 KiB: one open batch
+	for i := range n {
+		h.offer(1, 100)
+		if i%10 == 0 {
+			if _, w := h.sh.Progress(); w > onDisk() {
+				t.Fatalf("after %d records Progress says %d written, the spool holds %d", i+1, w, onDisk())
+			}
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		acc, w := h.sh.Progress()
+		if acc == n && w == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Progress = %d, %d; want %d, %d", acc, w, n, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := onDisk(); got != n {
+		t.Fatalf("the spool holds %d records, want %d", got, n)
+	}
+}

@@ -53,8 +53,12 @@ func (s *Sidecar) addAdapter(ag *agent.Agent) (*appmetrics.Merger, error) {
 		return nil, err
 	}
 	sinks := logrecord.Sinks{out}
-	if sh := s.LogSink(); sh != nil {
-		sinks = append(sinks, sh)
+	progress := []func() (uint64, uint64){out.Progress}
+	if s.shipper != nil {
+		// Offsets are persisted only past what the output wrote and the
+		// shipper spooled: a killed proxy loses no record of either.
+		sinks = append(sinks, s.shipper)
+		progress = append(progress, s.shipper.Progress)
 	}
 	pod := cfg.Pod
 	if pod == "" {
@@ -62,7 +66,7 @@ func (s *Sidecar) addAdapter(ag *agent.Agent) (*appmetrics.Merger, error) {
 	}
 	svid := ag.SVIDSource()
 	a, err := logadapter.New(logadapter.Config{
-		SharedDir: cfg.SharedDir, StateDir: cfg.StateDir, Sink: sinks, Progress: out.Progress, Service: cfg.Service, Pod: pod,
+		SharedDir: cfg.SharedDir, StateDir: cfg.StateDir, Sink: sinks, Progress: progress, Service: cfg.Service, Pod: pod,
 		Identity: func() string {
 			if sv, err := svid.GetX509SVID(); err == nil {
 				return sv.ID.String()
