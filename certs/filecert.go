@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"minimesh/internal/fsguard"
 )
 
 // DefaultReloadInterval is how often FileCertificate.Run looks at its files.
@@ -90,7 +92,7 @@ func (f *FileCertificate) reloadLocked() error {
 	// Stat before reading: if a file changes in between, the next check sees
 	// a newer stamp and reads again.
 	f.seen = f.stat()
-	cert, err := tls.LoadX509KeyPair(f.cfg.CertFile, f.cfg.KeyFile)
+	cert, err := loadMountedPair(f.cfg.CertFile, f.cfg.KeyFile)
 	if err != nil {
 		err = fmt.Errorf("certs: load %s: %w", f.cfg.CertFile, err)
 		if f.cert.Load() != nil {
@@ -161,4 +163,22 @@ func (f *FileCertificate) Run(ctx context.Context) error {
 			_ = f.CheckNow()
 		}
 	}
+}
+
+// maxPairFile bounds each file of a certificate pair read from disk.
+const maxPairFile = 1 << 20
+
+// loadMountedPair is tls.LoadX509KeyPair over files checked as a mounted
+// Secret is (fsguard.ReadMounted): the key must not be readable by others,
+// neither file writable by them.
+func loadMountedPair(certFile, keyFile string) (tls.Certificate, error) {
+	cb, err := fsguard.ReadMounted(certFile, false, maxPairFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	kb, err := fsguard.ReadMounted(keyFile, true, maxPairFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(cb, kb)
 }

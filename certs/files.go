@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -92,22 +91,7 @@ func LoadSVID(dir string, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.
 // group passes).
 func LoadMountedSVID(dir string, td spiffeid.TrustDomain) (*x509svid.SVID, *x509bundle.Bundle, error) {
 	read := func(name string, secret bool, max int64) ([]byte, error) {
-		f, err := os.Open(filepath.Join(dir, name))
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		if err := fsguard.CheckMounted(f, secret); err != nil {
-			return nil, err
-		}
-		b, err := io.ReadAll(io.LimitReader(f, max+1))
-		if err != nil {
-			return nil, err
-		}
-		if int64(len(b)) > max {
-			return nil, fmt.Errorf("%s is larger than %d bytes", f.Name(), max)
-		}
-		return b, nil
+		return fsguard.ReadMounted(filepath.Join(dir, name), secret, max)
 	}
 	return loadSVID(dir, td, read)
 }

@@ -133,3 +133,27 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 		}
 	}
 }
+
+// A join token in a file every user can read, or others can write, is not
+// used: the proxy stops at start naming the file (the token is never in
+// the error).
+func TestTokenFileOthersCanReadIsRefused(t *testing.T) {
+	for _, mode := range []os.FileMode{0o644, 0o622} {
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte("0123abcd.f00dfeed\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(tokenFile, mode); err != nil {
+			t.Fatal(err)
+		}
+		o, err := parseFlags([]string{"--control-plane", "127.0.0.1:1", "--token-file", tokenFile, "--ca-pin", "sha256:00",
+			"--service", "web", "--app", "127.0.0.1:1", "--state-dir", t.TempDir()}, &bytes.Buffer{}, &bytes.Buffer{}, env(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = config(o, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--token-file") || !strings.Contains(err.Error(), tokenFile) || strings.Contains(err.Error(), "f00dfeed") {
+			t.Fatalf("mode %v: config = %v, want a refusal naming --token-file and the file, without the token", mode, err)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"minimesh/dataplane/admin"
 	"minimesh/dataplane/sidecar"
 	"minimesh/internal/daemon"
+	"minimesh/internal/fsguard"
 	"minimesh/internal/version"
 )
 
@@ -47,7 +48,10 @@ func run(ctx context.Context, o *options, logs io.Writer) error {
 func config(o *options, logs io.Writer) (sidecar.Config, error) {
 	cfg := o.cfg
 	if o.tokenFile != "" {
-		b, err := os.ReadFile(o.tokenFile)
+		// A mounted Secret (through links); not writable by others, not
+		// readable by every user: a token others could read or plant is
+		// not used.
+		b, err := fsguard.ReadMounted(o.tokenFile, true, 4<<10)
 		if err != nil {
 			return cfg, fmt.Errorf("--token-file: %w", err)
 		}

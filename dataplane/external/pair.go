@@ -5,10 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
-	"os"
 	"sync/atomic"
 	"time"
+
+	"minimesh/internal/fsguard"
 )
 
 // pair is a client certificate read from its files, reloaded when they
@@ -26,11 +26,11 @@ type pair struct {
 // new pair in use; err why the files do not make one (the last good pair
 // stays).
 func (p *pair) reload() (changed bool, err error) {
-	cb, err := readBounded(p.certFile)
+	cb, err := readBounded(p.certFile, false)
 	if err != nil {
 		return false, fmt.Errorf("certFile: %w", err)
 	}
-	kb, err := readBounded(p.keyFile)
+	kb, err := readBounded(p.keyFile, true)
 	if err != nil {
 		return false, fmt.Errorf("keyFile: %w", err)
 	}
@@ -70,19 +70,9 @@ func (p *pair) notAfter() time.Time {
 	return time.Time{}
 }
 
-// readBounded reads a file of at most MaxCertFileBytes.
-func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxCertFileBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(b) > MaxCertFileBytes {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, MaxCertFileBytes)
-	}
-	return b, nil
+// readBounded reads a file of at most MaxCertFileBytes, as a mounted
+// Secret is checked (fsguard.ReadMounted): the key (secret) must not be
+// readable by others, neither file writable by them.
+func readBounded(path string, secret bool) ([]byte, error) {
+	return fsguard.ReadMounted(path, secret, MaxCertFileBytes)
 }

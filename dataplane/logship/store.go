@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -21,6 +20,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"minimesh/api"
+	"minimesh/internal/fsguard"
 )
 
 // maxCredentialsBytes bounds the credentials file.
@@ -86,17 +86,11 @@ func (p *fileCredentials) IsExpired() bool {
 
 // readCredentials parses a credentials file.
 func readCredentials(path string) (credentials.Value, error) {
-	f, err := os.Open(path)
+	// A mounted Secret (through links); not writable by others, not
+	// readable by every user.
+	b, err := fsguard.ReadMounted(path, true, maxCredentialsBytes)
 	if err != nil {
 		return credentials.Value{}, fmt.Errorf("credentialsFile: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxCredentialsBytes+1))
-	if err != nil {
-		return credentials.Value{}, fmt.Errorf("credentialsFile %s: %w", path, err)
-	}
-	if len(b) > maxCredentialsBytes {
-		return credentials.Value{}, fmt.Errorf("credentialsFile %s: larger than %d bytes", path, maxCredentialsBytes)
 	}
 	v := credentials.Value{SignerType: credentials.SignatureV4}
 	sc := bufio.NewScanner(bytes.NewReader(b))

@@ -257,6 +257,33 @@ func CheckMounted(f *os.File, secret bool) error {
 	return nil
 }
 
+// ReadMounted reads the file at path that may come from a mounted volume
+// (a Kubernetes Secret, reached through symbolic links): opened
+// O_NONBLOCK so a FIFO cannot hang the reader, checked by CheckMounted
+// (a regular file owned by this process's user or root, not writable by
+// group or others; secret: nothing for others), and at most max bytes.
+// Every refusal wraps ErrUntrusted and names the file; the content never
+// appears in an error.
+func ReadMounted(path string, secret bool, max int64) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fsguard: open %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if err := CheckMounted(f, secret); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("fsguard: read %s: %w", path, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("fsguard: %s is larger than %d bytes", path, max)
+	}
+	return b, nil
+}
+
 // WriteFile replaces name in d with data, atomically: an O_EXCL|O_NOFOLLOW
 // temporary file with mode perm, written, synced and renamed over name,
 // then the directory synced. The file is never readable beyond perm.

@@ -33,3 +33,4 @@ func (d *Dir) Remove(name string) error                                   { retu
 func CheckFile(f *os.File, secret bool) error                             { return unsupported(f.Name()) }
 func OpenAppend(path string, perm fs.FileMode) (*os.File, error)          { return nil, unsupported(path) }
 func CheckMounted(f *os.File, secret bool) error                          { return unsupported(f.Name()) }
+func ReadMounted(path string, secret bool, max int64) ([]byte, error)     { return nil, unsupported(path) }

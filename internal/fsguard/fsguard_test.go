@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"minimesh/internal/fsguard"
@@ -292,5 +293,67 @@ func TestOwnershipRefusesAnotherUsersDirAndFiles(t *testing.T) {
 	_, err = d.ReadFile("planted.pem", true, 100)
 	mustUntrusted(t, err, "is owned by uid "+strconv.Itoa(uid))
 	_, err = fsguard.OpenAppend(filepath.Join(dir, "planted.log"), 0o600)
+	mustUntrusted(t, err, "is owned by uid "+strconv.Itoa(uid))
+}
+
+// ReadMounted reads a mounted Secret's file through its links (as the
+// kubelet lays them out), and refuses what others could write or plant,
+// a secret every user can read, a FIFO (without hanging) and a file over
+// the bound.
+func TestReadMountedRules(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("secret-bytes"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// A Secret volume: ..data -> ..2026_12_05, token -> ..data/token, 0440.
+	data := filepath.Join(dir, "..2026_12_05")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "token"), []byte("id.secret\n"), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..2026_12_05", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/token", filepath.Join(dir, "token")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := fsguard.ReadMounted(filepath.Join(dir, "token"), true, 64); err != nil || string(b) != "id.secret\n" {
+		t.Fatalf("a Secret's file through its links: %q, %v", b, err)
+	}
+	if _, err := fsguard.ReadMounted(write("cert.pem", 0o644), false, 64); err != nil {
+		t.Fatalf("a certificate others may read: %v", err)
+	}
+	_, err := fsguard.ReadMounted(write("key-world.pem", 0o604), true, 64)
+	mustUntrusted(t, err, "a secret every user can read is not used")
+	_, err = fsguard.ReadMounted(write("cert-writable.pem", 0o646), false, 64)
+	mustUntrusted(t, err, "other users can write it")
+	if _, err := fsguard.ReadMounted(write("big", 0o600), false, 4); err == nil || !strings.Contains(err.Error(), "larger than 4 bytes") {
+		t.Fatalf("a file over the bound: %v", err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = fsguard.ReadMounted(fifo, true, 64) // returns at once: O_NONBLOCK
+	mustUntrusted(t, err, "is not a regular file")
+	if err == nil || strings.Contains(err.Error(), "secret-bytes") {
+		t.Fatalf("an error must not carry a file's content: %v", err)
+	}
+
+	uid, gid := requireRoot(t)
+	planted := write("planted", 0o600)
+	if err := os.Chown(planted, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	_, err = fsguard.ReadMounted(planted, true, 64)
 	mustUntrusted(t, err, "is owned by uid "+strconv.Itoa(uid))
 }
