@@ -169,14 +169,14 @@ func (f *FileCertificate) Run(ctx context.Context) error {
 const maxPairFile = 1 << 20
 
 // loadMountedPair is tls.LoadX509KeyPair over files checked as a mounted
-// Secret is (fsguard.ReadMounted): the key must not be readable by others,
-// neither file writable by them.
+// Secret is (fsguard.ReadMounted): regular files, ours or root's, not
+// writable by others (a Secret volume's default 0644 is accepted).
 func loadMountedPair(certFile, keyFile string) (tls.Certificate, error) {
 	cb, err := fsguard.ReadMounted(certFile, false, maxPairFile)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	kb, err := fsguard.ReadMounted(keyFile, true, maxPairFile)
+	kb, err := fsguard.ReadMounted(keyFile, false, maxPairFile)
 	if err != nil {
 		return tls.Certificate{}, err
 	}

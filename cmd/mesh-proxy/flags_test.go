@@ -134,16 +134,19 @@ func TestNoSecretInUsageOrLogs(t *testing.T) {
 	}
 }
 
-// A join token in a file every user can read, or others can write, is not
-// used: the proxy stops at start naming the file (the token is never in
-// the error).
-func TestTokenFileOthersCanReadIsRefused(t *testing.T) {
-	for _, mode := range []os.FileMode{0o644, 0o622} {
+// A join token in a file others can write is not used: the proxy stops at
+// start naming the file (the token is never in the error). A Secret
+// volume's default mode, 0644, is read.
+func TestTokenFileOthersCanWriteIsRefused(t *testing.T) {
+	for _, c := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o622, false}, {0o646, false}, {0o644, true}, {0o600, true}} {
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		if err := os.WriteFile(tokenFile, []byte("0123abcd.f00dfeed\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chmod(tokenFile, mode); err != nil {
+		if err := os.Chmod(tokenFile, c.mode); err != nil {
 			t.Fatal(err)
 		}
 		o, err := parseFlags([]string{"--control-plane", "127.0.0.1:1", "--token-file", tokenFile, "--ca-pin", "sha256:00",
@@ -151,9 +154,15 @@ func TestTokenFileOthersCanReadIsRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = config(o, &bytes.Buffer{})
+		cfg, err := config(o, &bytes.Buffer{})
+		if c.ok {
+			if err != nil || cfg.Token != "0123abcd.f00dfeed" {
+				t.Fatalf("mode %v: config = %q, %v", c.mode, cfg.Token, err)
+			}
+			continue
+		}
 		if err == nil || !strings.Contains(err.Error(), "--token-file") || !strings.Contains(err.Error(), tokenFile) || strings.Contains(err.Error(), "f00dfeed") {
-			t.Fatalf("mode %v: config = %v, want a refusal naming --token-file and the file, without the token", mode, err)
+			t.Fatalf("mode %v: config = %v, want a refusal naming --token-file and the file, without the token", c.mode, err)
 		}
 	}
 }

@@ -48,10 +48,11 @@ func run(ctx context.Context, o *options, logs io.Writer) error {
 func config(o *options, logs io.Writer) (sidecar.Config, error) {
 	cfg := o.cfg
 	if o.tokenFile != "" {
-		// A mounted Secret (through links); not writable by others, not
-		// readable by every user: a token others could read or plant is
-		// not used.
-		b, err := fsguard.ReadMounted(o.tokenFile, true, 4<<10)
+		// A mounted Secret (through links): a token others could write
+		// or plant is not used. Every user may read it: a Secret volume's
+		// default mode is 0644 and it is mounted in the proxy's container
+		// only.
+		b, err := fsguard.ReadMounted(o.tokenFile, false, 4<<10)
 		if err != nil {
 			return cfg, fmt.Errorf("--token-file: %w", err)
 		}

@@ -30,7 +30,7 @@ func (p *pair) reload() (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("certFile: %w", err)
 	}
-	kb, err := readBounded(p.keyFile, true)
+	kb, err := readBounded(p.keyFile, false)
 	if err != nil {
 		return false, fmt.Errorf("keyFile: %w", err)
 	}
@@ -71,8 +71,9 @@ func (p *pair) notAfter() time.Time {
 }
 
 // readBounded reads a file of at most MaxCertFileBytes, as a mounted
-// Secret is checked (fsguard.ReadMounted): the key (secret) must not be
-// readable by others, neither file writable by them.
+// Secret is checked (fsguard.ReadMounted): a regular file, ours or root's,
+// not writable by others. A key every user may read is accepted, as a
+// Secret volume's default mode (0644) makes it.
 func readBounded(path string, secret bool) ([]byte, error) {
 	return fsguard.ReadMounted(path, secret, MaxCertFileBytes)
 }

@@ -86,9 +86,9 @@ func (p *fileCredentials) IsExpired() bool {
 
 // readCredentials parses a credentials file.
 func readCredentials(path string) (credentials.Value, error) {
-	// A mounted Secret (through links); not writable by others, not
-	// readable by every user.
-	b, err := fsguard.ReadMounted(path, true, maxCredentialsBytes)
+	// A mounted Secret (through links), not writable by others (a
+	// Secret volume's default mode, 0644, is accepted).
+	b, err := fsguard.ReadMounted(path, false, maxCredentialsBytes)
 	if err != nil {
 		return credentials.Value{}, fmt.Errorf("credentialsFile: %w", err)
 	}
