@@ -84,16 +84,47 @@ func TestOutputBoundsBytes(t *testing.T) {
 // so a SIGKILL then cannot lose them; once written, the offsets follow.
 func TestOffsetsWaitForTheOutput(t *testing.T) {
 	w := &blockingWriter{release: make(chan struct{})}
+	o := runOutput(t, w)
+	offsetsWaitFor(t, []*Output{o}, w, "the records accepted", func() bool { acc, _ := o.Progress(); return acc >= 2 })
+}
+
+// With two sinks that keep records (the output and the log shipper's
+// spool), offsets wait for the slower one.
+func TestOffsetsWaitForEverySink(t *testing.T) {
+	fast := runOutput(t, io.Discard)
+	w := &blockingWriter{release: make(chan struct{})}
+	slow := runOutput(t, w)
+	offsetsWaitFor(t, []*Output{fast, slow}, w, "the fast sink wrote", func() bool { _, n := fast.Progress(); return n >= 3 })
+}
+
+// runOutput runs an Output writing to w until the test ends.
+func runOutput(t *testing.T, w io.Writer) *Output {
+	t.Helper()
 	o, err := NewOutput(OutputConfig{Writer: w})
 	if err != nil {
 		t.Fatal(err)
 	}
-	outCtx, outStop := context.WithCancel(context.Background())
-	outDone := make(chan error, 1)
-	go func() { outDone <- o.Run(outCtx) }()
-	defer func() { outStop(); <-outDone }()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return o
+}
+
+// offsetsWaitFor runs an adapter whose records go to outs (each a sink of
+// Config.Progress), writes three records and, once ready, checks that no
+// offset is persisted while the output behind slow has written nothing,
+// and that the offsets follow once it writes.
+func offsetsWaitFor(t *testing.T, outs []*Output, slow *blockingWriter, what string, ready func() bool) {
+	t.Helper()
+	var sinks logrecord.Sinks
+	var progress []func() (uint64, uint64)
+	for _, o := range outs {
+		sinks = append(sinks, o)
+		progress = append(progress, o.Progress)
+	}
 	shared, state := sharedDir(t), t.TempDir()
-	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: o, Progress: []func() (uint64, uint64){o.Progress},
+	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: sinks, Progress: progress,
 		Poll: 5 * time.Millisecond, PersistEvery: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -102,9 +133,10 @@ func TestOffsetsWaitForTheOutput(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
 	p := filepath.Join(shared, "logs/app.log")
 	appendFile(t, p, "one\ntwo\nthree\n")
-	waitFor(t, "the records accepted", func() bool { acc, _ := o.Progress(); return acc >= 2 })
+	waitFor(t, what, ready)
 	time.Sleep(50 * time.Millisecond) // ten persist intervals
 	saved := func() int64 {
 		st, _ := loadState(state)
@@ -114,58 +146,8 @@ func TestOffsetsWaitForTheOutput(t *testing.T) {
 		return 0
 	}
 	if off := saved(); off != 0 {
-		t.Errorf("offset %d persisted while the output has written nothing", off)
+		t.Errorf("offset %d persisted while an output has written nothing", off)
 	}
-	close(w.release)
+	close(slow.release)
 	waitFor(t, "the offsets after the write", func() bool { return saved() == fileSize(t, p) })
-	cancel()
-	<-done
-}
-
-// With two sinks that keep records (the output and the log shipper's
-// spool), offsets wait for the slower one.
-func TestOffsetsWaitForEverySink(t *testing.T) {
-	fast, err := NewOutput(OutputConfig{Writer: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &blockingWriter{release: make(chan struct{})}
-	slow, err := NewOutput(OutputConfig{Writer: w})
-	if err != nil {
-		t.Fatal(err)
-	}
-	outCtx, outStop := context.WithCancel(context.Background())
-	outDone := make(chan error, 2)
-	go func() { outDone <- fast.Run(outCtx) }()
-	go func() { outDone <- slow.Run(outCtx) }()
-	defer func() { outStop(); <-outDone; <-outDone }()
-	shared, state := sharedDir(t), t.TempDir()
-	a, err := New(Config{SharedDir: shared, StateDir: state, Sink: logrecord.Sinks{fast, slow},
-		Progress: []func() (uint64, uint64){fast.Progress, slow.Progress},
-		Poll:     5 * time.Millisecond, PersistEvery: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Set([]*Spec{spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/app.log"}})})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	p := filepath.Join(shared, "logs/app.log")
-	appendFile(t, p, "one\ntwo\nthree\n")
-	waitFor(t, "the fast sink wrote", func() bool { _, w := fast.Progress(); return w >= 3 })
-	time.Sleep(50 * time.Millisecond) // ten persist intervals
-	saved := func() int64 {
-		st, _ := loadState(state)
-		for _, f := range st {
-			return f.Offset
-		}
-		return 0
-	}
-	if off := saved(); off != 0 {
-		t.Errorf("offset %d persisted while one sink has written nothing", off)
-	}
-	close(w.release)
-	waitFor(t, "the offsets after the slow sink's write", func() bool { return saved() == fileSize(t, p) })
-	cancel()
-	<-done
 }
