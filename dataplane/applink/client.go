@@ -35,6 +35,7 @@ type Client struct {
 	idleTimeout    time.Duration // an idle connection older than this is closed
 	responseHeader time.Duration // wait for the response's headers; 0: none
 	maxHeaderBytes int64         // response header size
+	checkIdleAfter time.Duration // CheckIdleAfter (tests change it)
 
 	mu     sync.Mutex
 	idle   map[string][]*appConn // per address, most recently used last
@@ -106,6 +107,7 @@ func New(cfg Config) *Client {
 		idleTimeout:    cfg.Idle,
 		responseHeader: cfg.ResponseHeader,
 		maxHeaderBytes: t.MaxResponseHeaderBytes,
+		checkIdleAfter: CheckIdleAfter,
 		idle:           map[string][]*appConn{},
 	}
 }
@@ -128,16 +130,17 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // do sends req to addr: its head written by head (nil: req.Write, which
-// also writes the body). Every pooled connection is checked before use
-// (appConn.alive: one non-blocking MSG_PEEK, outside the pool's lock);
-// the app may still close one between that check and the request. An
+// also writes the body). A pooled connection is checked before use
+// (appConn.alive: one non-blocking MSG_PEEK, outside the pool's lock;
+// skipped for a replayable request within CheckIdleAfter); the app may
+// still close one between that check and the request. An
 // idempotent request without a body is then simply sent again on another
 // connection, as the Transport does.
 func (c *Client) do(addr string, req *http.Request, head *Head) (*http.Response, error) {
 	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
 	replayable := !hasBody && route.IsIdempotent(req.Method)
 	for range c.maxIdle + 1 {
-		ac, reused := c.get(addr)
+		ac, reused := c.get(addr, replayable)
 		if ac == nil {
 			var err error
 			if ac, err = c.connect(req.Context(), addr); err != nil {
@@ -478,11 +481,17 @@ func (b *appBody) writeDone() bool {
 // carry a request, closing those idle for too long and those that are not
 // alive (appConn.alive). The check is a system call: it runs outside the
 // pool's lock, on a connection already taken out of the pool.
-func (c *Client) get(addr string) (*appConn, bool) {
+func (c *Client) get(addr string, replayable bool) (*appConn, bool) {
 	for {
-		ac := c.pop(addr)
+		ac, idleFor := c.pop(addr)
 		if ac == nil {
 			return nil, false
+		}
+		if replayable && idleFor < c.checkIdleAfter && ac.br.Buffered() == 0 {
+			return ac, true
+		}
+		if testHookChecked != nil {
+			testHookChecked()
 		}
 		if ac.alive() {
 			return ac, true
@@ -491,9 +500,26 @@ func (c *Client) get(addr string) (*appConn, bool) {
 	}
 }
 
+// CheckIdleAfter: a request that can be sent again (replayable: an
+// idempotent method, no body) skips the liveness check's system call
+// (appConn.alive) on a connection idle for less than this. Under load a
+// connection is back in use within microseconds of its answer, and an
+// app rarely closes a connection it has just answered on without saying
+// so (Connection: close); when it does, the request fails before any
+// byte of the answer and is sent again on another connection, as after
+// the check's own race (the app closes it as the request goes out).
+// Every other request is checked whatever the idle time: a stale
+// connection would cost it a 502. Bytes the app sent late are found when
+// they came with the answer (buffered: the connection is not pooled) and
+// by the check after CheckIdleAfter; within it a GET may read them as its
+// answer. That is the app's answer all the same (it answers every
+// request on its own connections), so this is robustness against a
+// broken app, not isolation from a hostile one.
+const CheckIdleAfter = time.Millisecond
+
 // pop takes the most recently used idle connection to addr out of the
-// pool, closing those idle for too long.
-func (c *Client) pop(addr string) *appConn {
+// pool, closing those idle for too long, and says how long it was idle.
+func (c *Client) pop(addr string) (*appConn, time.Duration) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -501,13 +527,14 @@ func (c *Client) pop(addr string) *appConn {
 		ac := conns[len(conns)-1]
 		conns[len(conns)-1] = nil
 		c.idle[addr] = conns[:len(conns)-1]
-		if now.Sub(ac.idleAt) > c.idleTimeout {
+		idleFor := now.Sub(ac.idleAt)
+		if idleFor > c.idleTimeout {
 			_ = ac.Close()
 			continue
 		}
-		return ac
+		return ac, idleFor
 	}
-	return nil
+	return nil, 0
 }
 
 func (c *Client) put(ac *appConn) {
@@ -577,6 +604,10 @@ func (c *Client) CloseIdleConnections() {
 	}
 	c.fallback.CloseIdleConnections()
 }
+
+// testHookChecked, set by tests, runs before each liveness check of a
+// pooled connection.
+var testHookChecked func()
 
 // testHookWritten, set by tests, runs once a request's head is written and
 // before its response is read.

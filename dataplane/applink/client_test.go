@@ -136,7 +136,7 @@ func TestAppClientAppClosedIdleConnection(t *testing.T) {
 		// timeout would) while one sits in the pool.
 		a.CloseClientConnections()
 		eventually(t, "the pooled connection to be closed by the app", func() bool {
-			ac := c.pop(a.Listener.Addr().String())
+			ac, _ := c.pop(a.Listener.Addr().String())
 			if ac == nil {
 				return false
 			}
@@ -377,5 +377,63 @@ func TestAppClientBodyReadFailureEndsExchange(t *testing.T) {
 	}
 	if code, body, err := roundTrip(t, c, http.MethodPost, a.URL+"/ok", strings.NewReader("small")); err != nil || code != http.StatusOK || body != "ok" {
 		t.Fatalf("next request: %d %q %v", code, body, err)
+	}
+}
+
+// A replayable request (idempotent, no body) takes a connection idle for
+// less than CheckIdleAfter without the liveness check's system call; a
+// request that could not be sent again is checked whatever the idle time,
+// and so is any request after CheckIdleAfter. A skipped check is safe: a
+// GET on a connection the app closed is sent again on a new one.
+func TestAppClientCheckSkippedOnlyWhenReplayable(t *testing.T) {
+	checkLeaks(t)
+	var checks atomic.Int64
+	testHookChecked = func() { checks.Add(1) }
+	t.Cleanup(func() { testHookChecked = nil })
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Method+" "+string(b))
+	})
+	c := newTestAppClient(t, Config{})
+	if c.checkIdleAfter != CheckIdleAfter {
+		t.Fatalf("checkIdleAfter %v, want CheckIdleAfter", c.checkIdleAfter)
+	}
+	c.checkIdleAfter = time.Hour // every pooled connection counts as just used
+	send := func(method, body string, wantChecks int64) {
+		t.Helper()
+		var r io.Reader
+		if body != "" {
+			r = strings.NewReader(body)
+		}
+		code, got, err := roundTrip(t, c, method, a.URL, r)
+		want := method + " " + body
+		if method == http.MethodHead {
+			want = ""
+		}
+		if err != nil || code != http.StatusOK || got != want {
+			t.Fatalf("%s %q: %d %q %v, want %q", method, body, code, got, err, want)
+		}
+		if n := checks.Load(); n != wantChecks {
+			t.Fatalf("after %s %q: %d liveness checks, want %d", method, body, n, wantChecks)
+		}
+	}
+	send(http.MethodGet, "", 0) // a new connection: nothing to check
+	send(http.MethodGet, "", 0) // reused at once: skipped
+	send(http.MethodHead, "", 0)
+	send(http.MethodPost, "", 1)          // not idempotent: checked
+	send(http.MethodPut, "payload", 2)    // a body: checked
+	send(http.MethodDelete, "payload", 3) // idempotent but a body: checked
+	c.checkIdleAfter = 0
+	send(http.MethodGet, "", 4) // idle for longer: checked
+	if n := a.conns.Load(); n != 1 {
+		t.Fatalf("the app saw %d connections, want 1", n)
+	}
+
+	c.checkIdleAfter = time.Hour
+	a.CloseClientConnections()
+	eventually(t, "the app to close its side", func() bool { return a.open.Load() == 0 })
+	send(http.MethodGet, "", 4) // unchecked, found closed, sent again on a new connection
+	if n := a.conns.Load(); n != 2 {
+		t.Errorf("the app saw %d connections, want 2 (the GET sent again on a new one)", n)
 	}
 }

@@ -10,9 +10,11 @@
 //     goes back to the pool only when its response was read to the end
 //     with nothing after it and its framing was unambiguous (not both
 //     Transfer-Encoding and Content-Length, no Transfer-Encoding in
-//     HTTP/1.0); every pooled connection is checked before reuse (one
+//     HTTP/1.0); a pooled connection is checked before reuse (one
 //     non-blocking MSG_PEEK, no allocation), so an app's extra bytes are
-//     never read as the next request's answer. Response headers are
+//     not read as the next request's answer, except by a replayable
+//     request (idempotent, no body) on a connection idle for less than
+//     CheckIdleAfter, which skips the check. Response headers are
 //     bounded (1 MiB) and timed (Config.ResponseHeader); at most five 1xx
 //     answers are taken. A cancelled request's connection is never reused.
 //     Upgrades and Expect: 100-continue go through net/http's Transport.

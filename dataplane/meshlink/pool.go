@@ -70,6 +70,7 @@ type Pool struct {
 	wait           time.Duration // < 0: no overflow
 	idleTimeout    time.Duration
 	responseHeader time.Duration
+	checkIdleAfter time.Duration // CheckIdleAfter (tests change it)
 
 	mu      sync.Mutex
 	idle    []*poolConn // most recently used last
@@ -85,7 +86,7 @@ type Pool struct {
 
 func newPool(cfg Config, dial func(ctx context.Context) (net.Conn, error), overflow http.RoundTripper) *Pool {
 	p := &Pool{dial: dial, overflow: overflow, addr: cfg.Addr, max: cfg.MaxConns, wait: cfg.PoolWait,
-		idleTimeout: cfg.Idle, responseHeader: cfg.ResponseHeader}
+		idleTimeout: cfg.Idle, responseHeader: cfg.ResponseHeader, checkIdleAfter: CheckIdleAfter}
 	if p.max <= 0 {
 		p.max = DefaultMaxConns
 	}
@@ -144,6 +145,21 @@ var (
 
 // aLongTimeAgo is a past deadline: blocked reads and writes return at once.
 var aLongTimeAgo = time.Unix(1, 0)
+
+// testHookChecked, set by tests, runs before each liveness check of a
+// pooled connection.
+var testHookChecked func()
+
+// CheckIdleAfter: a replayable request (sent again on a stale
+// connection: send's rule) skips the liveness check's system call on a
+// connection idle for less than this. Under load a connection is back in
+// use within microseconds of its answer; a remote proxy closes an idle
+// connection at its idle timeout (minutes), or a retiring one after
+// Connection: close, so a check so soon after an answer finds it quiet.
+// When it does not, the request fails before any byte of the answer and
+// goes again on another connection, as after the check's own race.
+// Every other request is checked whatever the idle time.
+const CheckIdleAfter = time.Millisecond
 
 // alive reports whether an idle connection can carry a request: one
 // non-blocking MSG_PEEK on the TCP connection finds nothing to read. Bytes
@@ -210,7 +226,7 @@ func (p *Pool) send(req *http.Request, head Head) (*http.Response, error) {
 		if p.noHTTP1.Load() && p.overflow != nil {
 			return p.overflow.RoundTrip(overflowRequest(out, head))
 		}
-		pc, reused, err := p.get(req.Context())
+		pc, reused, err := p.get(req.Context(), replayable)
 		if (errors.Is(err, errPoolBusy) || errors.Is(err, errNoHTTP1)) && p.overflow != nil {
 			return p.overflow.RoundTrip(overflowRequest(out, head))
 		}
@@ -261,15 +277,18 @@ func closeBody(req *http.Request) {
 }
 
 // get returns an idle connection that is alive (reused), or a new one
-// while fewer than max are open, or waits for either.
-func (p *Pool) get(ctx context.Context) (pc *poolConn, reused bool, err error) {
+// while fewer than max are open, or waits for either. A replayable
+// request takes a connection idle for less than CheckIdleAfter without
+// the liveness check (see CheckIdleAfter).
+func (p *Pool) get(ctx context.Context, replayable bool) (pc *poolConn, reused bool, err error) {
 	var expired <-chan time.Time
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, false, err
 		}
 		p.mu.Lock()
-		pc, stale := p.popLocked(time.Now())
+		now := time.Now()
+		pc, stale := p.popLocked(now)
 		if pc == nil && stale == nil && p.open < p.max {
 			p.open++
 			p.mu.Unlock()
@@ -291,6 +310,12 @@ func (p *Pool) get(ctx context.Context) (pc *poolConn, reused bool, err error) {
 			continue
 		}
 		if pc != nil {
+			if replayable && now.Sub(pc.idleAt) < p.checkIdleAfter && pc.br.Buffered() == 0 {
+				return pc, true, nil
+			}
+			if testHookChecked != nil {
+				testHookChecked()
+			}
 			if pc.alive() {
 				return pc, true, nil
 			}

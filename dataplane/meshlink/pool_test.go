@@ -312,3 +312,74 @@ func TestContractPoolDo(t *testing.T) {
 type doer struct{ p *meshlink.Pool }
 
 func (d doer) RoundTrip(req *http.Request) (*http.Response, error) { return d.p.Do(req, &testHead{}) }
+
+// A replayable request takes a connection idle for less than
+// CheckIdleAfter without the liveness check's system call; a request that
+// could not be sent again is checked whatever the idle time, and so is any
+// request after CheckIdleAfter. The skip is safe: a GET on a connection
+// the remote closed goes again on a new one.
+func TestContractPoolCheckSkippedOnlyWhenReplayable(t *testing.T) {
+	cert, pool := selfSigned(t)
+	var conns, open atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Method+" "+string(b))
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			conns.Add(1)
+			open.Add(1)
+		case http.StateClosed:
+			open.Add(-1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	var checks atomic.Int64
+	defer meshlink.SetCheckHook(func() { checks.Add(1) })()
+	link := newPoolLink(t, srv.Listener.Addr().String(), pool)
+	link.Pool.SetCheckIdleAfter(time.Hour) // every pooled connection counts as just used
+	send := func(method, body string, wantChecks int64) {
+		t.Helper()
+		var r io.Reader
+		if body != "" {
+			r = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest(method, "https://api.default/", r)
+		got, err := do(t, link.Pool, req, true)
+		want := method + " " + body
+		if method == http.MethodHead {
+			want = ""
+		}
+		if err != nil || got != want {
+			t.Fatalf("%s %q: %q %v, want %q", method, body, got, err, want)
+		}
+		if n := checks.Load(); n != wantChecks {
+			t.Fatalf("after %s %q: %d liveness checks, want %d", method, body, n, wantChecks)
+		}
+	}
+	send(http.MethodGet, "", 0) // a new connection: nothing to check
+	send(http.MethodGet, "", 0) // reused at once: skipped
+	send(http.MethodHead, "", 0)
+	send(http.MethodPost, "", 1)          // not sent again (isIdempotent): checked
+	send(http.MethodPut, "payload", 2)    // the same
+	send(http.MethodDelete, "payload", 3) // the same
+	link.Pool.SetCheckIdleAfter(0)
+	send(http.MethodGet, "", 4) // idle for longer: checked
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("the remote saw %d connections, want 1", n)
+	}
+
+	link.Pool.SetCheckIdleAfter(time.Hour)
+	srv.CloseClientConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for open.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	send(http.MethodGet, "", 4) // unchecked, found closed, sent again on a new connection
+	if n := conns.Load(); n != 2 {
+		t.Errorf("the remote saw %d connections, want 2 (the GET sent again on a new one)", n)
+	}
+}

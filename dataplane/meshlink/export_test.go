@@ -1,0 +1,13 @@
+package meshlink
+
+import "time"
+
+// SetCheckHook sets the hook run before each liveness check of a pooled
+// connection, until the returned function restores it.
+func SetCheckHook(f func()) (restore func()) {
+	testHookChecked = f
+	return func() { testHookChecked = nil }
+}
+
+// SetCheckIdleAfter changes p's CheckIdleAfter.
+func (p *Pool) SetCheckIdleAfter(d time.Duration) { p.checkIdleAfter = d }
