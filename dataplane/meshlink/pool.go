@@ -153,13 +153,13 @@ var testHookChecked func()
 // CheckIdleAfter: a replayable request (sent again on a stale
 // connection: send's rule) skips the liveness check's system call on a
 // connection idle for less than this. Under load a connection is back in
-// use within microseconds of its answer; a remote proxy closes an idle
-// connection at its idle timeout (minutes), or a retiring one after
+// use within a few milliseconds of its answer; a remote proxy closes an
+// idle connection at its idle timeout (minutes), or a retiring one after
 // Connection: close, so a check so soon after an answer finds it quiet.
 // When it does not, the request fails before any byte of the answer and
 // goes again on another connection, as after the check's own race.
 // Every other request is checked whatever the idle time.
-const CheckIdleAfter = time.Millisecond
+const CheckIdleAfter = 250 * time.Millisecond
 
 // alive reports whether an idle connection can carry a request: one
 // non-blocking MSG_PEEK on the TCP connection finds nothing to read. Bytes
