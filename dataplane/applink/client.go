@@ -54,6 +54,7 @@ type appConn struct {
 	addr   string
 	idleAt time.Time
 	peek   peeker // the liveness check of a pooled connection (alive_unix.go)
+	abort  func() // ends the exchange in flight (a past deadline); made once
 	// ambiguous: the last response's framing was doubtful (both
 	// Transfer-Encoding and Content-Length, or Transfer-Encoding in
 	// HTTP/1.0): the connection carries no other request.
@@ -205,7 +206,10 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
 	}
 	// The client going away, or a route's timeout, ends the exchange.
-	stop := context.AfterFunc(ctx, func() { _ = ac.SetDeadline(aLongTimeAgo) })
+	if ac.abort == nil {
+		ac.abort = func() { _ = ac.SetDeadline(aLongTimeAgo) }
+	}
+	stop := watchCancel(ctx, ac.abort)
 	var wrote chan error
 	if hasBody {
 		wrote = make(chan error, 1)
@@ -230,7 +234,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 			wrote <- err
 		}()
 	} else if err := c.write(ac, req, head); err != nil {
-		stop()
+		stop.Stop()
 		_ = ac.Close()
 		return nil, fmt.Errorf("proxy: write to app %s: %w", ac.addr, staleErr(err))
 	}
@@ -239,7 +243,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	}
 	resp, err := c.readResponse(ac, req, head)
 	if err != nil {
-		stop()
+		stop.Stop()
 		_ = ac.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -408,7 +412,7 @@ type appBody struct {
 	c     *Client
 	ac    *appConn
 	rc    io.ReadCloser
-	stop  func() bool
+	stop  cancelWatch
 	wrote chan error // nil when the request had no body
 	keep  bool
 	ended bool
@@ -440,7 +444,10 @@ func (b *appBody) Close() error {
 // cut the exchange.
 func (b *appBody) done(complete bool) {
 	b.ended = true
-	keep := complete && b.keep && b.ac.br.Buffered() == 0 && b.stop()
+	keep := complete && b.keep && b.ac.br.Buffered() == 0 && b.stop.Stop()
+	if !keep {
+		b.stop.Stop()
+	}
 	if b.wrote != nil {
 		keep = keep && b.writeDone()
 	}

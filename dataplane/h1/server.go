@@ -66,7 +66,10 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel func() // ends ctx and the request in flight
+
+	curMu  sync.Mutex
+	cur    *reqCtx // the request in flight (reqctx.go)
 	state  atomic.Int32
 	tls    *tls.ConnectionState
 	remote string
@@ -140,8 +143,15 @@ func (s *Server) ServeConn(rwc net.Conn) {
 	if s.ConnContext != nil {
 		ctx = s.ConnContext(ctx, rwc)
 	}
-	c.ctx, c.cancel = context.WithCancel(ctx)
+	connCtx, cancelConn := context.WithCancel(ctx)
+	c.ctx = connCtx
+	c.cancel = func() {
+		cancelConn()
+		c.cancelCurrent()
+	}
 	defer c.cancel()
+	// The end of BaseContext reaches the request in flight too.
+	defer context.AfterFunc(connCtx, c.cancelCurrent)()
 	c.state.Store(stateIdle)
 	if !s.track(c) {
 		_ = rwc.Close()
@@ -284,8 +294,9 @@ const rstAvoidanceDelay = 500 * time.Millisecond
 // serveRequest runs the handler for p and finishes its answer; false: the
 // connection ends (closed, or hijacked).
 func (c *conn) serveRequest(p *parsed) (keep bool) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
+	rc := &reqCtx{Context: c.ctx}
+	c.setRequest(rc)
+	defer c.endRequest(rc)
 	c.tmpl = http.Request{
 		Method: p.method, URL: p.url, Proto: p.proto, ProtoMajor: p.major, ProtoMinor: p.minor,
 		Header: p.header, Body: http.NoBody, ContentLength: p.contentLength, Close: p.close,
@@ -294,7 +305,7 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	if p.chunked {
 		c.tmpl.TransferEncoding = []string{"chunked"}
 	}
-	req := c.tmpl.WithContext(ctx)
+	req := c.tmpl.WithContext(rc)
 	c.tmpl = http.Request{}
 	var b *body
 	if p.contentLength != 0 {
@@ -459,8 +470,9 @@ func (s *Server) Close() error {
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.state.Store(stateClosing)
-		c.cancel()
+		// Cut first: a handler whose context ends answers nobody.
 		_ = c.rwc.Close()
+		c.cancel()
 	}
 	return nil
 }

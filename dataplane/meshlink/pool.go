@@ -109,6 +109,7 @@ type poolConn struct {
 	gen    uint64
 	idleAt time.Time
 	peek   peeker
+	abort  func() // ends the exchange in flight (a past deadline); made once
 }
 
 // headerLimit bounds what the bufio.Reader reads while a response's head
@@ -496,9 +497,12 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 	if p.responseHeader > 0 {
 		_ = pc.SetReadDeadline(time.Now().Add(p.responseHeader))
 	}
-	stop := context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
+	if pc.abort == nil {
+		pc.abort = func() { _ = pc.SetDeadline(aLongTimeAgo) }
+	}
+	stop := watchCancel(ctx, pc.abort)
 	fail := func(err error) (*http.Response, bool, error) {
-		stop()
+		stop.Stop()
 		p.discard(pc)
 		if ctx.Err() != nil {
 			return nil, true, ctx.Err()
@@ -553,7 +557,7 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 			err = pc.bw.Flush()
 		}
 		if err != nil {
-			stop()
+			stop.Stop()
 			p.discard(pc)
 			return nil, false, fmt.Errorf("proxy: write to %s: %w", p.addr, staleErr(err))
 		}
@@ -646,7 +650,7 @@ type poolBody struct {
 	p     *Pool
 	pc    *poolConn
 	rc    io.ReadCloser
-	stop  func() bool
+	stop  cancelWatch
 	wrote chan error // nil when the request had no body
 	keep  bool
 	ended bool
@@ -678,9 +682,9 @@ func (b *poolBody) Close() error {
 // the exchange.
 func (b *poolBody) done(complete bool) {
 	b.ended = true
-	keep := complete && b.keep && b.pc.br.Buffered() == 0 && b.stop()
+	keep := complete && b.keep && b.pc.br.Buffered() == 0 && b.stop.Stop()
 	if !keep {
-		b.stop()
+		b.stop.Stop()
 	}
 	if b.wrote != nil {
 		keep = keep && b.writeDone()
