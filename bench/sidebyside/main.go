@@ -6,8 +6,9 @@
 // mesh-proxy of an older commit (issue 22's start) one and two hops. Every
 // target runs at the same time as its own processes and is loaded in turn,
 // interleaved over rounds, so drift on the shared cores hits every row
-// alike. After each round's wrk runs, vegeta loads every target open-loop
-// at 50 % and 80 % of the rate nginx reached in that round (the tail).
+// alike. After each round's wrk runs, an open-loop generator (bench/openloop,
+// or vegeta) loads every target at 50 % and 80 % of the rate nginx reached
+// in that round (the tail).
 // It prints Markdown tables (requests/s, p50/p99, peak RSS, CPU per 100k
 // requests, ratios; the open-loop tail; per-round ratios) and writes them,
 // with a perf profile of mesh-proxy, into bench/RESULTS.md.
@@ -57,6 +58,8 @@ type options struct {
 	cache    string
 	caddy    string
 	vegeta   string
+	gen      string // the open-loop generator: genOpenLoop or genVegeta
+	openloop string // bench/openloop's binary, built at start
 	tail     bool
 	rounds   int
 	duration time.Duration
@@ -87,7 +90,8 @@ func run() error {
 	flag.StringVar(&o.cache, "cache", filepath.Join(".bin", "bench"), "directory of the installed tools (run.sh) and of old mesh-proxy builds")
 	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary (default: "+caddyVersion+" as run.sh installs it under -cache)")
 	flag.StringVar(&o.vegeta, "vegeta", "", "vegeta binary (default: "+vegetaVersion+" as run.sh installs it under -cache)")
-	flag.BoolVar(&o.tail, "tail", true, "after each round's wrk runs, load every target open-loop (vegeta) at 50 % and 80 % of nginx's rate in that round")
+	flag.StringVar(&o.gen, "generator", genOpenLoop, "open-loop generator of the tail: "+genOpenLoop+" (bench/openloop, half vegeta's CPU per request) or "+genVegeta+" ("+vegetaVersion+")")
+	flag.BoolVar(&o.tail, "tail", true, "after each round's wrk runs, load every target open-loop (-generator) at 50 % and 80 % of nginx's rate in that round")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each wrk run (whole seconds)")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load on each target before the first round")
@@ -138,8 +142,19 @@ func run() error {
 	if o.vegeta, err = filepath.Abs(o.vegeta); err != nil {
 		return err
 	}
-	if _, err := os.Stat(o.vegeta); o.tail && err != nil {
-		return fmt.Errorf("vegeta %s not found at %s: run bench/sidebyside/run.sh, which installs it (or -tail=false)", vegetaVersion, o.vegeta)
+	switch o.gen {
+	case genVegeta:
+		if _, err := os.Stat(o.vegeta); o.tail && err != nil {
+			return fmt.Errorf("vegeta %s not found at %s: run bench/sidebyside/run.sh, which installs it (or -tail=false)", vegetaVersion, o.vegeta)
+		}
+	case genOpenLoop:
+		if o.tail {
+			if o.openloop, err = buildOpenLoop(context.Background(), o.cache); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("-generator %q: want %s or %s", o.gen, genOpenLoop, genVegeta)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -455,8 +470,8 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 				"rate is the rate asked for (median of the rounds), percentiles are exact over every request of a run (errors included) and the median of the rounds, "+
 				"× nginx p99 is the median (range) of the per-round ratios to the nginx row of the same hops, errors are transport errors and answers other than 200 over all rounds. "+
 				"wrk's p99 above is closed-loop at saturation (its own queue) and informational. Other load during these runs: median %.0f %%, at most %.0f %% (not repeated). "+
-				"The generators' own CPU per request: vegeta %.1f µs, wrk %.1f µs at %[4]d connections; \"sent\" marks a rate vegeta fell more than 5 %% short of.\n\n",
-				moduleVersion(o.vegeta), o.duration, strings.Join(pcts, " and "), o.hi, 100*median(tailForeign), 100*slices.Max(tailForeign), vegUS, wrkUS)
+				"The generators' own CPU per request: %[9]s %.1[7]f µs, wrk %.1[8]f µs at %[4]d connections; \"sent\" marks a rate %[9]s fell more than 5 %% short of.\n\n",
+				o.generatorName(), o.duration, strings.Join(pcts, " and "), o.hi, 100*median(tailForeign), 100*slices.Max(tailForeign), vegUS, wrkUS, o.gen)
 			b.WriteString(tailTable(rows))
 		}
 	}
@@ -546,7 +561,7 @@ func versions(bin string, o options) string {
 		get(3, "haproxy", "-v"),
 		get(2, "wrk", "-v"),
 		moduleVersion(o.caddy),
-		moduleVersion(o.vegeta),
+		o.generatorName(),
 	}, "; ")
 }
 

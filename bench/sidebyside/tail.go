@@ -74,13 +74,20 @@ func tailRound(ctx context.Context, o options, e *env, rows []*row, app *child, 
 	return nil
 }
 
-// measureTail runs vegeta once against t and charges the machine's other
-// load as measure does (vegeta's own CPU counted as the bench's).
+// measureTail runs the open-loop generator once against t and charges the
+// machine's other load as measure does (the generator's own CPU counted as
+// the bench's).
 func measureTail(ctx context.Context, o options, e *env, t *target, app *child, rate int) (tailSample, error) {
 	time.Sleep(500 * time.Millisecond)
 	before, appBefore, busyBefore := cpuTicks(t.pids()), cpuTicks([]int{app.pid()}), machineBusy()
 	start := time.Now()
-	res, err := runVegeta(ctx, o.vegeta, e.dir, t.url, e.certs.CA, rate, o.hi, o.duration)
+	var res tailResult
+	var err error
+	if o.gen == genVegeta {
+		res, err = runVegeta(ctx, o.vegeta, e.dir, t.url, e.certs.CA, rate, o.hi, o.duration)
+	} else {
+		res, err = runOpenLoop(ctx, o.openloop, t.url, e.certs.CA, rate, o.hi, o.duration)
+	}
 	if err != nil {
 		return tailSample{}, err
 	}
@@ -134,8 +141,8 @@ func tailP99Ratios(r, ref *row, pct int) []float64 {
 }
 
 // generatorCost is the CPU each load generator spent per request, in µs:
-// wrk over every run at conns connections, vegeta over every open-loop
-// run. On two shared cores the generator's own cost decides whether a
+// wrk over every run at conns connections, the open-loop generator over
+// every open-loop run. On two shared cores the generator's own cost decides whether a
 // fixed rate is still below what the machine can do at all.
 func generatorCost(rows []*row, conns int) (wrkUS, vegetaUS float64) {
 	var wt, wn, vt, vn int64
