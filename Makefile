@@ -129,7 +129,7 @@ $(BIN)/versitygw:
 bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store bench-adapter ## Every benchmark; prints tables (see bench/RESULTS.md).
 
 .PHONY: bench-sidebyside
-bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the starting commit under wrk and vegeta (~40 min; installs wrk, nginx, haproxy, caddy, vegeta).
+bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the starting commit under wrk and an open-loop generator (~35 min; installs wrk, nginx, haproxy, caddy, vegeta; builds bench/openloop).
 	bench/sidebyside/run.sh $(BENCHFLAGS)
 
 .PHONY: bench-go
