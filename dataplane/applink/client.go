@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"minimesh/dataplane/internal/cancelhook"
 	"minimesh/dataplane/route"
 )
 
@@ -209,7 +210,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	if ac.abort == nil {
 		ac.abort = func() { _ = ac.SetDeadline(aLongTimeAgo) }
 	}
-	stop := watchCancel(ctx, ac.abort)
+	stop := cancelhook.On(ctx, ac.abort)
 	var wrote chan error
 	if hasBody {
 		wrote = make(chan error, 1)
@@ -412,7 +413,7 @@ type appBody struct {
 	c     *Client
 	ac    *appConn
 	rc    io.ReadCloser
-	stop  cancelWatch
+	stop  cancelhook.Watch
 	wrote chan error // nil when the request had no body
 	keep  bool
 	ended bool

@@ -29,5 +29,7 @@
 //
 // applink imports no other package of the data path's rooms
 // (dataplane/edge, dataplane/meshlink, dataplane/proxy); it imports
-// dataplane/route for the idempotent-method rule only.
+// dataplane/route for the idempotent-method rule and
+// dataplane/internal/cancelhook (ending an exchange when its request is
+// cancelled) only.
 package applink

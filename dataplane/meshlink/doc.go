@@ -42,5 +42,6 @@
 //     bounded free list of 32 KiB buffers (also ReverseProxy's).
 //
 // meshlink imports dataplane/edge (Classify) and none of the other rooms
-// (dataplane/applink, dataplane/proxy).
+// (dataplane/applink, dataplane/proxy); and dataplane/internal/cancelhook,
+// shared with applink, to end an exchange when its request is cancelled.
 package meshlink

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"minimesh/dataplane/internal/cancelhook"
 )
 
 // Defaults of Config's pool fields.
@@ -500,7 +502,7 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 	if pc.abort == nil {
 		pc.abort = func() { _ = pc.SetDeadline(aLongTimeAgo) }
 	}
-	stop := watchCancel(ctx, pc.abort)
+	stop := cancelhook.On(ctx, pc.abort)
 	fail := func(err error) (*http.Response, bool, error) {
 		stop.Stop()
 		p.discard(pc)
@@ -650,7 +652,7 @@ type poolBody struct {
 	p     *Pool
 	pc    *poolConn
 	rc    io.ReadCloser
-	stop  cancelWatch
+	stop  cancelhook.Watch
 	wrote chan error // nil when the request had no body
 	keep  bool
 	ended bool
