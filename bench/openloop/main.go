@@ -42,6 +42,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"minimesh/bench/internal/quantile"
 )
 
 func main() {
@@ -132,7 +134,7 @@ func run(o options) (Result, error) {
 			return Result{}, fmt.Errorf("dial %s: %w", addr, err)
 		}
 		workers[i] = &worker{conn: c, br: bufio.NewReaderSize(c, 16<<10), dial: dial, req: req,
-			timeout: o.timeout, lat: make([]int64, 0, total/o.conns+16)}
+			timeout: o.timeout, lat: make([]time.Duration, 0, total/o.conns+16)}
 	}
 	// Due times in ns from start; the queue holds every request, so the
 	// scheduler never blocks.
@@ -156,7 +158,7 @@ func run(o options) (Result, error) {
 	wg.Wait()
 
 	var res Result
-	var lat []int64
+	var lat []time.Duration
 	first, last := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, w := range workers {
 		lat = append(lat, w.lat...)
@@ -173,7 +175,7 @@ func run(o options) (Result, error) {
 		res.SentRate = float64(len(lat)-1) / time.Duration(last-first).Seconds()
 	}
 	slices.Sort(lat)
-	res.P50, res.P99, res.P999 = quantile(lat, 0.50), quantile(lat, 0.99), quantile(lat, 0.999)
+	res.P50, res.P99, res.P999 = int64(quantile.NearestRank(lat, 0.50)), int64(quantile.NearestRank(lat, 0.99)), int64(quantile.NearestRank(lat, 0.999))
 	return res, nil
 }
 
@@ -184,7 +186,7 @@ type worker struct {
 	dial                  func() (net.Conn, error)
 	req                   []byte
 	timeout               time.Duration
-	lat                   []int64 // ns, due to the answer's last byte
+	lat                   []time.Duration // due to the answer's last byte
 	errors                int64
 	firstWrite, lastWrite int64 // ns from start
 }
@@ -197,7 +199,7 @@ func (w *worker) loop(queue <-chan int64, start time.Time) {
 		}
 		w.lastWrite = sent
 		ok := w.exchange()
-		w.lat = append(w.lat, int64(time.Since(start))-due)
+		w.lat = append(w.lat, time.Duration(int64(time.Since(start))-due))
 		if !ok {
 			w.errors++
 		}
@@ -315,16 +317,4 @@ func readChunked(br *bufio.Reader) error {
 			return err
 		}
 	}
-}
-
-// quantile is the nearest-rank q-quantile of sorted (as the side-by-side
-// bench computes vegeta's).
-func quantile(sorted []int64, q float64) int64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	const parts = 1_000_000
-	k, n := int64(math.Round(q*parts)), int64(len(sorted))
-	i := (k*n+parts-1)/parts - 1
-	return sorted[min(max(i, 0), n-1)]
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -41,7 +42,7 @@ func runOpenLoop(ctx context.Context, bin, url, ca string, rate, conns int, d ti
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-url", url, "-rate", strconv.Itoa(rate), "-duration", d.String(),
 		"-conns", strconv.Itoa(conns), "-ca", ca, "-timeout", "10s")
-	var stderr stringsBuilder
+	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -68,18 +69,6 @@ func runOpenLoop(ctx context.Context, bin, url, ca string, rate, conns int, d ti
 	}
 	return r, nil
 }
-
-// stringsBuilder collects a child's stderr (bounded: the first 64 KiB).
-type stringsBuilder struct{ b []byte }
-
-func (s *stringsBuilder) Write(p []byte) (int, error) {
-	if room := 64<<10 - len(s.b); room > 0 {
-		s.b = append(s.b, p[:min(len(p), room)]...)
-	}
-	return len(p), nil
-}
-
-func (s *stringsBuilder) String() string { return string(s.b) }
 
 // generatorName names the open-loop generator as the report does.
 func (o options) generatorName() string {

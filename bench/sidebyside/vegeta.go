@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"minimesh/bench/internal/quantile"
 )
 
 // The open-loop tail: vegeta sends at a fixed rate whether or not answers
@@ -127,20 +129,6 @@ func parseVegetaCSV(r io.Reader) (tailResult, error) {
 		res.SentRate = float64(len(lat)-1) / time.Duration(last-first).Seconds()
 	}
 	slices.Sort(lat)
-	res.P50, res.P99, res.P999 = quantile(lat, 0.50), quantile(lat, 0.99), quantile(lat, 0.999)
+	res.P50, res.P99, res.P999 = quantile.NearestRank(lat, 0.50), quantile.NearestRank(lat, 0.99), quantile.NearestRank(lat, 0.999)
 	return res, nil
-}
-
-// quantile is the nearest-rank q-quantile of sorted: the smallest value
-// with at least q of the values at or below it.
-func quantile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	// The rank ceil(q·n) in integers: in floating point 0.07·100 is
-	// 7.000000000000001, whose ceiling would pick the 8th value.
-	const parts = 1_000_000
-	k, n := int64(math.Round(q*parts)), int64(len(sorted))
-	i := (k*n+parts-1)/parts - 1
-	return sorted[min(max(i, 0), n-1)]
 }
