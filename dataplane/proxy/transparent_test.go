@@ -388,6 +388,11 @@ spec:
 			t.Errorf("%s: got %.200q, want it to hold %q", tc.name, got, tc.want)
 		}
 	}
+	// Counted once the outbound took the connection, which may be after
+	// it answered the client.
+	eventually(t, "two connections counted as handed to the outbound", func() bool {
+		return transparentCount(tr, TransparentHTTP) == 2
+	})
 	if n := transparentCount(tr, TransparentHTTP); n != 2 {
 		t.Errorf("handed to the outbound: %v, want 2", n)
 	}
