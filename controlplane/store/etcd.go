@@ -396,10 +396,13 @@ func (b *etcdBackend) watchLoop(rev int64) {
 		for resp := range wch {
 			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 				b.log.Warn("the store's watch fell behind an etcd compaction; reloading the cache", "revision", rev, "compact_revision", resp.CompactRevision)
-				r, err := b.reload()
+				// Counted before the reload lands: whoever sees the
+				// reloaded cache (Sync returns once it is applied) sees
+				// the count too.
 				b.mu.Lock()
 				b.reloads++
 				b.mu.Unlock()
+				r, err := b.reload()
 				if err != nil {
 					b.log.Error("could not reload the cache from etcd", "error", err)
 				} else {
