@@ -336,8 +336,9 @@ func run() error {
 				}
 				res := best.r
 				r.runs[conns] = append(r.runs[conns], best)
-				fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%\n",
-					round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign)
+				fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%\n",
+					round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign,
+					perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle)
 			}
 		}
 		if o.tail {
@@ -396,6 +397,14 @@ func run() error {
 	return nil
 }
 
+// perReqUS is ticks of CPU per request, in microseconds.
+func perReqUS(ticks int64, requests int64) float64 {
+	if requests == 0 {
+		return 0
+	}
+	return float64(ticks) / clockTicks * 1e6 / float64(requests)
+}
+
 // waitQuiet returns after a second in which the machine was busy less than
 // threshold (nothing of this benchmark is loaded between runs), or after
 // wait.
@@ -422,10 +431,13 @@ func measure(ctx context.Context, t *target, app *child, conns int, d time.Durat
 	}
 	elapsed := time.Since(start)
 	used := cpuTicks(t.pids()) - before
-	own := used + cpuTicks([]int{app.pid()}) - appBefore + res.CPUTicks
+	appUsed := cpuTicks([]int{app.pid()}) - appBefore
+	own := used + appUsed + res.CPUTicks
 	capacity := float64(runtime.NumCPU()) * elapsed.Seconds() * clockTicks
-	foreign := max(float64(machineBusy()-busyBefore-own), 0) / capacity
-	return sample{r: res, cpuTicks: used, foreign: foreign}, nil
+	busy := machineBusy() - busyBefore
+	foreign := max(float64(busy-own), 0) / capacity
+	idle := max(capacity-float64(busy), 0) / capacity
+	return sample{r: res, cpuTicks: used, foreign: foreign, appTicks: appUsed, idle: idle}, nil
 }
 
 func report(o options, rows []*row, skipped []string, profiles []profileResult) string {
@@ -448,6 +460,10 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	if o.rounds > 0 && len(ratioPairs(rows)) > 0 {
 		fmt.Fprintf(&b, "\nPer-round ratios (each round's value over the other row's in the same round; median of the %d rounds and, in parentheses, their range):\n\n", o.rounds)
 		b.WriteString(ratioTable(rows, o.hi, o.lo))
+	}
+	if o.rounds > 0 {
+		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used):\n\n", o.hi, runtime.NumCPU())
+		b.WriteString(cpuSplitTable(rows, o.hi))
 	}
 	if o.tail {
 		var tailForeign []float64

@@ -136,3 +136,30 @@ func TestParseBusy(t *testing.T) {
 		t.Errorf("got %d for a malformed stat", got)
 	}
 }
+
+func TestSyscallsByName(t *testing.T) {
+	counts := parsePerfStat("400,,syscalls:sys_enter_read,1,100.00,,\n200,,syscalls:sys_enter_write,1,100.00,,\n0,,syscalls:sys_enter_writev,1,100.00,,\n1,,syscalls:sys_enter_futex,1,100.00,,\n")
+	got := syscallsByName(counts, 100)
+	// futex is 0.01 per request: kept; writev (0) is not.
+	want := []share{{"read", 4}, {"write", 2}, {"futex", 0.01}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
+
+func TestCPUSplitTable(t *testing.T) {
+	// 10,000 requests; the target used 0.5 s, the app 0.3 s, wrk 0.2 s:
+	// 50, 30 and 20 µs per request.
+	r := &row{t: &target{name: "mesh-proxy", shape: "one hop"}, runs: map[int][]sample{
+		64: {{r: wrkResult{Requests: 10000, CPUTicks: 0.2 * clockTicks}, cpuTicks: 0.5 * clockTicks, appTicks: 0.3 * clockTicks, idle: 0.04}},
+	}}
+	got := cpuSplitTable([]*row{r}, 64)
+	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % |") {
+		t.Fatalf("got\n%s", got)
+	}
+}

@@ -21,7 +21,16 @@ type profileResult struct {
 	// From perf stat over the same window: per request, system calls and
 	// context switches of the target's processes.
 	syscallsPerReq, switchesPerReq float64
+	// byName is system calls per request by name, for the calls a proxy
+	// makes per request (reads, writes, waits, wakes), largest first.
+	byName []share
 }
+
+// namedSyscalls are the system calls counted by name in a profile: what a
+// proxy does per request (read, write), how it waits (epoll), and what the
+// Go runtime adds (futex wakes, sysmon's nanosleep, yields, signals).
+var namedSyscalls = []string{"read", "recvfrom", "readv", "write", "writev", "sendto", "getsockopt",
+	"epoll_wait", "epoll_pwait", "futex", "nanosleep", "sched_yield", "tgkill", "madvise"}
 
 type share struct {
 	name string
@@ -59,7 +68,11 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 	secs := strconv.Itoa(int(d.Seconds()))
 	statOut := make(chan []byte, 1)
 	go func() {
-		out, _ := exec.CommandContext(ctx, "perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches",
+		events := "raw_syscalls:sys_enter,context-switches"
+		for _, n := range namedSyscalls {
+			events += ",syscalls:sys_enter_" + n
+		}
+		out, _ := exec.CommandContext(ctx, "perf", "stat", "-x", ",", "-e", events,
 			"-p", strings.Join(pids, ","), "--", "sleep", secs).CombinedOutput()
 		statOut <- out
 	}()
@@ -77,6 +90,7 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 		counts := parsePerfStat(string(stat))
 		res.syscallsPerReq = float64(counts["raw_syscalls:sys_enter"]) / reqs
 		res.switchesPerReq = float64(counts["context-switches"]) / reqs
+		res.byName = syscallsByName(counts, reqs)
 	}
 	out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
 		"-g", "none", "--sort", "dso,sym", "--percent-limit", "0.05").Output()
@@ -102,6 +116,19 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 	}
 	res.top = syms
 	return res, nil
+}
+
+// syscallsByName is perf stat's per-name counts per request, those of at
+// least 0.01 per request, largest first.
+func syscallsByName(counts map[string]int64, reqs float64) []share {
+	var out []share
+	for _, n := range namedSyscalls {
+		if v := float64(counts["syscalls:sys_enter_"+n]) / reqs; v >= 0.01 {
+			out = append(out, share{n, v})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].pct > out[j].pct })
+	return out
 }
 
 // parsePerfStat reads `perf stat -x ,` lines: value,unit,event,...

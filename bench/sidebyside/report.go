@@ -16,6 +16,10 @@ type sample struct {
 	// processes other than the target, the app and wrk used: other work on
 	// a shared machine, which this run could not control.
 	foreign float64
+	// appTicks is the app's CPU over the run and idle the share of the
+	// machine nobody used: where the rest of a request's cost went.
+	appTicks int64
+	idle     float64
 }
 
 // row collects every run of one target.
@@ -71,6 +75,31 @@ func (r *row) summarize(conns int) (summary, bool) {
 	s.p50, s.p99 = median(p50), median(p99)
 	s.cpuSec = float64(ticks) / clockTicks
 	return s, true
+}
+
+// cpuSplitTable shows where the machine's CPU went per request at conns
+// connections: the target, the app, wrk and what nobody used. On a machine
+// whose cores are all in use, requests/s is about cores × 10⁶ × (1 − idle)
+// over the sum, so a proxy's requests/s against nginx's follows from its
+// CPU per request and what its answers cost the app and wrk.
+func cpuSplitTable(rows []*row, conns int) string {
+	var b strings.Builder
+	b.WriteString("| target | hops | target µs | app µs | wrk µs | sum µs | idle |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, r := range rows {
+		var tgt, app, gen, idle []float64
+		for _, x := range r.runs[conns] {
+			tgt = append(tgt, perReqUS(x.cpuTicks, x.r.Requests))
+			app = append(app, perReqUS(x.appTicks, x.r.Requests))
+			gen = append(gen, perReqUS(x.r.CPUTicks, x.r.Requests))
+			idle = append(idle, 100*x.idle)
+		}
+		if len(tgt) == 0 {
+			continue
+		}
+		t, a, g := median(tgt), median(app), median(gen)
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle))
+	}
+	return b.String()
 }
 
 func median[T float64 | time.Duration](v []T) T {
@@ -170,6 +199,13 @@ func profileMarkdown(p profileResult) string {
 	fmt.Fprintf(&b, "**%s** (%s", p.target, p.samples)
 	if p.syscallsPerReq > 0 {
 		fmt.Fprintf(&b, "; %.1f system calls and %.2f context switches per request", p.syscallsPerReq, p.switchesPerReq)
+		if len(p.byName) > 0 {
+			var names []string
+			for _, n := range p.byName {
+				names = append(names, fmt.Sprintf("%s %.2f", n.name, n.pct))
+			}
+			fmt.Fprintf(&b, " (%s)", strings.Join(names, ", "))
+		}
 	}
 	b.WriteString("): ")
 	var cats []string
