@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"minimesh/dataplane/internal/rawio"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -184,6 +185,7 @@ func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	conn = rawio.Wrap(conn)
 	ac := &appConn{Conn: conn, addr: addr}
 	ac.lr = headerLimit{c: conn, n: -1}
 	ac.br = bufio.NewReaderSize(&ac.lr, 4<<10)

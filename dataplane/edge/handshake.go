@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"minimesh/dataplane/internal/rawio"
 	"net"
 	"strings"
 	"sync"
@@ -106,7 +107,7 @@ func (l *TLSListener) acceptLoop() {
 func (l *TLSListener) handshake(c net.Conn) {
 	defer l.wg.Done()
 	defer func() { <-l.sem }()
-	tc := tls.Server(c, l.config)
+	tc := tls.Server(rawio.Wrap(c), l.config)
 	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
 	err := tc.HandshakeContext(ctx)
 	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)

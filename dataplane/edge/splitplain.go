@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"minimesh/dataplane/internal/rawio"
 	"net"
 	"net/http"
 	"sync"
@@ -77,6 +78,7 @@ func plainAcceptLoop(ln net.Listener, lk *looker) error {
 			return err
 		}
 		delay = 0
+		c = rawio.Wrap(c)
 		if !lk.track(c) {
 			_ = c.Close()
 			continue
@@ -217,13 +219,14 @@ func (r *replayConnCW) CloseWrite() error {
 	return r.Conn.(interface{ CloseWrite() error }).CloseWrite()
 }
 
-// unreplay returns the connection under ServeSplitPlain's wrapper.
+// unreplay returns the connection as accepted, under ServeSplitPlain's
+// wrapper and rawio's.
 func unreplay(c net.Conn) net.Conn {
 	switch r := c.(type) {
 	case *replayConn:
-		return r.Conn
+		return rawio.Unwrap(r.Conn)
 	case *replayConnCW:
-		return r.Conn
+		return rawio.Unwrap(r.Conn)
 	}
 	return c
 }
