@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"minimesh/dataplane/internal/rawio"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -185,7 +184,6 @@ func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn = rawio.Wrap(conn)
 	ac := &appConn{Conn: conn, addr: addr}
 	ac.lr = headerLimit{c: conn, n: -1}
 	ac.br = bufio.NewReaderSize(&ac.lr, 4<<10)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"minimesh/dataplane/internal/rawio"
 	"net"
 	"strings"
 	"sync"
@@ -107,7 +106,7 @@ func (l *TLSListener) acceptLoop() {
 func (l *TLSListener) handshake(c net.Conn) {
 	defer l.wg.Done()
 	defer func() { <-l.sem }()
-	tc := tls.Server(rawio.Wrap(c), l.config)
+	tc := tls.Server(c, l.config)
 	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
 	err := tc.HandshakeContext(ctx)
 	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"minimesh/dataplane/internal/rawio"
 	"net"
 	"net/http"
 	"sync"
@@ -78,7 +77,6 @@ func plainAcceptLoop(ln net.Listener, lk *looker) error {
 			return err
 		}
 		delay = 0
-		c = rawio.Wrap(c)
 		if !lk.track(c) {
 			_ = c.Close()
 			continue
@@ -219,14 +217,13 @@ func (r *replayConnCW) CloseWrite() error {
 	return r.Conn.(interface{ CloseWrite() error }).CloseWrite()
 }
 
-// unreplay returns the connection as accepted, under ServeSplitPlain's
-// wrapper and rawio's.
+// unreplay returns the connection under ServeSplitPlain's wrapper.
 func unreplay(c net.Conn) net.Conn {
 	switch r := c.(type) {
 	case *replayConn:
-		return rawio.Unwrap(r.Conn)
+		return r.Conn
 	case *replayConnCW:
-		return rawio.Unwrap(r.Conn)
+		return r.Conn
 	}
 	return c
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"minimesh/dataplane/internal/rawio"
 	"net"
 	"net/http"
 	"time"
@@ -135,7 +134,7 @@ func dialFunc(cfg Config) func(tc *tls.Config) func(context.Context, string, str
 			if err != nil {
 				return nil, fmt.Errorf("%w: dial %s: %w", ErrConnect, cfg.Addr, err)
 			}
-			conn := tls.Client(rawio.Wrap(c), tc)
+			conn := tls.Client(c, tc)
 			hctx, cancel := context.WithTimeout(ctx, cfg.Handshake)
 			err = conn.HandshakeContext(hctx)
 			cancel()
