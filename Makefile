@@ -72,6 +72,10 @@ lint: $(BIN)/staticcheck $(BIN)/buf ## go vet, gofmt, staticcheck and buf lint.
 	$(BIN)/staticcheck $(PKGS)
 	$(BIN)/buf lint
 
+.PHONY: cross-check
+cross-check: ## The binaries build for macOS and FreeBSD too (Linux-only code keeps a fallback there).
+	for os in darwin freebsd; do for c in meshd mesh-proxy meshctl; do GOOS=$$os $(GO) build -o /dev/null ./cmd/$$c || exit 1; done; done
+
 .PHONY: generate
 generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## Regenerate the protobuf code.
 	$(BIN)/buf lint

@@ -393,7 +393,7 @@ func (a *Adapter) track(sp *Spec, p string, now time.Time) {
 		return
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		a.skip(p, fmt.Errorf("%s: %w (%s)", p, errNotRegular, typeName(st.Mode)))
+		a.skip(p, fmt.Errorf("%s: %w (%s)", p, errNotRegular, typeName(uint32(st.Mode))))
 		return
 	}
 	if len(a.files) >= a.cfg.MaxOpenFiles {

@@ -239,7 +239,7 @@ func TestSymlinkAndFIFOAreNotRead(t *testing.T) {
 		t.Run(fmt.Sprintf("noOpenat2=%v", noOpenat2), func(t *testing.T) {
 			if noOpenat2 {
 				old := openat2Func
-				openat2Func = func(int, string, *unix.OpenHow) (int, error) { return -1, unix.ENOSYS }
+				openat2Func = func(int, string, int) (int, error) { return -1, unix.ENOSYS }
 				t.Cleanup(func() { openat2Func = old })
 			}
 			r := start(t, shared, t.TempDir(), spec(t, &meshv1.LogAdapterSpec{Files: []string{"logs/*.log", "logs/sub/svid.key", "logs/*/svid.key"}}), nil)

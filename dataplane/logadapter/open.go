@@ -50,7 +50,7 @@ func (r *root) open(rel string, dir bool) (*os.File, error) {
 		return os.NewFile(uintptr(fd), rel), nil
 	}
 	if !r.noAt2 {
-		fd, err := openat2(r.fd, rel, flags)
+		fd, err := openat2Func(r.fd, rel, flags)
 		if err == nil {
 			return os.NewFile(uintptr(fd), rel), nil
 		}
@@ -66,22 +66,9 @@ func (r *root) open(rel string, dir bool) (*os.File, error) {
 	return os.NewFile(uintptr(fd), rel), nil
 }
 
-// openat2Func is openat2, replaced in a test by one returning ENOSYS.
-var openat2Func = func(dirfd int, rel string, how *unix.OpenHow) (int, error) {
-	for {
-		fd, err := unix.Openat2(dirfd, rel, how)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
-
-func openat2(dirfd int, rel string, flags int) (int, error) {
-	return openat2Func(dirfd, rel, &unix.OpenHow{
-		Flags:   uint64(flags),
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
-}
+// openat2Func is openat2 (ENOSYS where the system has none), replaced in
+// a test by one returning ENOSYS.
+var openat2Func = openat2
 
 // openNoFollow walks rel one component at a time with O_NOFOLLOW, each
 // directory opened relative to the previous one; ".." and absolute paths
@@ -148,7 +135,7 @@ func (r *root) openRegular(rel string) (*os.File, unix.Stat_t, error) {
 		return nil, st, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, st, fmt.Errorf("%s: %w (%s)", rel, errNotRegular, typeName(st.Mode))
+		return nil, st, fmt.Errorf("%s: %w (%s)", rel, errNotRegular, typeName(uint32(st.Mode)))
 	}
 	f, err := r.open(rel, false)
 	if err != nil {
@@ -160,7 +147,7 @@ func (r *root) openRegular(rel string) (*os.File, unix.Stat_t, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		f.Close()
-		return nil, st, fmt.Errorf("%s: %w (%s)", rel, errNotRegular, typeName(st.Mode))
+		return nil, st, fmt.Errorf("%s: %w (%s)", rel, errNotRegular, typeName(uint32(st.Mode)))
 	}
 	return f, st, nil
 }
