@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"math"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"syscall"
@@ -42,10 +44,12 @@ func newDashboardCmd(g *globals) *cobra.Command {
 		Long: `Serves a web UI on 127.0.0.1 and forwards its calls to meshd with the
 operator credential, as kubectl proxy does: meshd gets no new way in and
 the browser needs no client certificate. Only read-only calls pass (list,
-get, status, stats, explain). The URL it prints and opens carries a token
-for this run that becomes the session cookie; requests without it, or
-with a Host other than 127.0.0.1:PORT or localhost:PORT, get 403. Runs
-until interrupted.`,
+get, status, stats, explain). The URL it prints carries a token for this
+run that becomes the session cookie; requests without it, or with a Host
+other than 127.0.0.1:PORT or localhost:PORT, get 403. The browser is
+opened on a private redirect page (0600, removed at exit), so the token
+never appears in a command line other local users can read. Runs until
+interrupted.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conn, err := g.dial()
@@ -61,9 +65,11 @@ until interrupted.`,
 			defer stop()
 			printf(g.io.Out, "meshctl dashboard: serving on http://%s (Ctrl-C stops it)\nopen: %s\n", s.Addr(), s.URL())
 			if !noOpen {
-				if err := openBrowser(s.URL()); err != nil {
+				cleanup, err := openBrowser(s.URL())
+				if err != nil {
 					printf(g.io.Err, "could not open a browser (%v): open the URL above\n", err)
 				}
+				defer cleanup()
 			}
 			return s.Serve(ctx)
 		},
@@ -74,24 +80,61 @@ until interrupted.`,
 }
 
 // openBrowser opens url with the desktop's opener, without waiting for it.
-func openBrowser(url string) error {
+// The opener (and a browser it starts) gets the path of a redirect page,
+// not url: a command line is readable by every local user (ps), and url
+// carries the session token. The page is 0600 in a 0700 directory, as
+// Jupyter does it; cleanup removes it (when the dashboard stops: a browser
+// may take a while to start).
+func openBrowser(url string) (cleanup func(), err error) {
+	cleanup = func() {}
 	name := "xdg-open"
 	switch runtime.GOOS {
 	case "darwin":
 		name = "open"
 	case "windows":
-		return fmt.Errorf("not on %s", runtime.GOOS)
+		return cleanup, fmt.Errorf("not on %s", runtime.GOOS)
 	}
 	path, err := exec.LookPath(name)
 	if err != nil {
-		return err
+		return cleanup, err
 	}
-	c := exec.Command(path, url)
+	page, cleanup, err := redirectPage(url)
+	if err != nil {
+		return cleanup, err
+	}
+	if err := startOpener(path, page); err != nil {
+		return cleanup, err
+	}
+	return cleanup, nil
+}
+
+// startOpener runs the opener on arg without waiting (tests replace it).
+var startOpener = func(opener, arg string) error {
+	c := exec.Command(opener, arg)
 	if err := c.Start(); err != nil {
 		return err
 	}
 	go func() { _ = c.Wait() }()
 	return nil
+}
+
+// redirectPage writes an HTML page that sends the browser on to url, in a
+// new private directory, and returns its path and the removal of both.
+func redirectPage(url string) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "meshctl-dashboard-") // 0700
+	if err != nil {
+		return "", func() {}, err
+	}
+	cleanup := func() { _ = os.RemoveAll(dir) }
+	u := html.EscapeString(url)
+	page := "<!doctype html>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"0;url=" + u + "\">\n" +
+		"<title>minimesh dashboard</title>\n<p>Opening the dashboard: <a href=\"" + u + "\">continue</a>.</p>\n"
+	path := filepath.Join(dir, "open.html")
+	if err := os.WriteFile(path, []byte(page), 0o600); err != nil {
+		cleanup()
+		return "", func() {}, err
+	}
+	return path, cleanup, nil
 }
 
 // dashboardViews are the documents the dashboard computes from allowlisted
