@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -141,7 +142,7 @@ func TestSyscallsByName(t *testing.T) {
 	counts := parsePerfStat("400,,syscalls:sys_enter_read,1,100.00,,\n200,,syscalls:sys_enter_write,1,100.00,,\n0,,syscalls:sys_enter_writev,1,100.00,,\n1,,syscalls:sys_enter_futex,1,100.00,,\n")
 	got := syscallsByName(counts, 100)
 	// futex is 0.01 per request: kept; writev (0) is not.
-	want := []share{{"read", 4}, {"write", 2}, {"futex", 0.01}}
+	want := []perRequest{{"read", 4}, {"write", 2}, {"futex", 0.01}}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
@@ -161,5 +162,14 @@ func TestCPUSplitTable(t *testing.T) {
 	got := cpuSplitTable([]*row{r}, 64)
 	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % |") {
 		t.Fatalf("got\n%s", got)
+	}
+}
+
+func TestTracepoint(t *testing.T) {
+	if tracepoint("syscalls/sys_enter_no_such_call") {
+		t.Fatal("a tracepoint no kernel has was found")
+	}
+	if _, err := os.Stat("/sys/kernel/tracing/events/syscalls/sys_enter_read"); err == nil && !tracepoint("syscalls/sys_enter_read") {
+		t.Fatal("sys_enter_read is in tracefs but was not found")
 	}
 }

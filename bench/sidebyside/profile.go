@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -23,7 +24,13 @@ type profileResult struct {
 	syscallsPerReq, switchesPerReq float64
 	// byName is system calls per request by name, for the calls a proxy
 	// makes per request (reads, writes, waits, wakes), largest first.
-	byName []share
+	byName []perRequest
+}
+
+// perRequest is how many calls of one name a request cost.
+type perRequest struct {
+	name string
+	n    float64
 }
 
 // namedSyscalls are the system calls counted by name in a profile: what a
@@ -70,7 +77,11 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 	go func() {
 		events := "raw_syscalls:sys_enter,context-switches"
 		for _, n := range namedSyscalls {
-			events += ",syscalls:sys_enter_" + n
+			// perf stat fails whole on an event this kernel lacks
+			// (arm64 has no epoll_wait, for one).
+			if tracepoint("syscalls/sys_enter_" + n) {
+				events += ",syscalls:sys_enter_" + n
+			}
 		}
 		out, _ := exec.CommandContext(ctx, "perf", "stat", "-x", ",", "-e", events,
 			"-p", strings.Join(pids, ","), "--", "sleep", secs).CombinedOutput()
@@ -120,15 +131,26 @@ func profileTarget(ctx context.Context, dir string, t *target, conns int, d time
 
 // syscallsByName is perf stat's per-name counts per request, those of at
 // least 0.01 per request, largest first.
-func syscallsByName(counts map[string]int64, reqs float64) []share {
-	var out []share
+func syscallsByName(counts map[string]int64, reqs float64) []perRequest {
+	var out []perRequest
 	for _, n := range namedSyscalls {
 		if v := float64(counts["syscalls:sys_enter_"+n]) / reqs; v >= 0.01 {
-			out = append(out, share{n, v})
+			out = append(out, perRequest{n, v})
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].pct > out[j].pct })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].n > out[j].n })
 	return out
+}
+
+// tracepoint reports whether the kernel has the tracepoint (tracefs, where
+// perf finds it).
+func tracepoint(name string) bool {
+	for _, dir := range []string{"/sys/kernel/tracing/events/", "/sys/kernel/debug/tracing/events/"} {
+		if _, err := os.Stat(dir + name); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // parsePerfStat reads `perf stat -x ,` lines: value,unit,event,...

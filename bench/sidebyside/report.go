@@ -202,7 +202,7 @@ func profileMarkdown(p profileResult) string {
 		if len(p.byName) > 0 {
 			var names []string
 			for _, n := range p.byName {
-				names = append(names, fmt.Sprintf("%s %.2f", n.name, n.pct))
+				names = append(names, fmt.Sprintf("%s %.2f", n.name, n.n))
 			}
 			fmt.Fprintf(&b, " (%s)", strings.Join(names, ", "))
 		}
