@@ -559,6 +559,25 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	if got := apiCall("evil.example", session); got != http.StatusForbidden {
 		t.Errorf("with Host evil.example: %d, want 403", got)
 	}
+	// A failed call is answered with its error and logged on meshctl's
+	// stderr (a view refuses a field it does not know).
+	bad, _ := http.NewRequest(http.MethodPost, base+"/api/Explain", strings.NewReader(`{"noSuchField":1}`))
+	bad.Header.Set("Content-Type", "application/json")
+	bad.AddCookie(session)
+	if resp, err := client.Do(bad); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("a malformed Explain: %d, want an error", resp.StatusCode)
+		}
+	}
+	eventually(t, 5*time.Second, "meshctl dashboard logs the failed call", func() error {
+		if o := out.String(); !strings.Contains(o, `msg="dashboard call failed" call=Explain`) {
+			return fmt.Errorf("output %q", o)
+		}
+		return nil
+	})
 	if csph := evalJS[string](t, bctx, `fetch('/', {credentials: 'same-origin'}).then(r => r.headers.get('content-security-policy'))`, chromedp.EvalAwaitPromise); !strings.HasPrefix(csph, "default-src 'self'") {
 		t.Errorf("Content-Security-Policy %q", csph)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
@@ -57,7 +58,10 @@ interrupted.`,
 				return err
 			}
 			defer conn.Close()
-			s, err := dashboard.New(dashboard.Config{Conn: conn, Port: port, Views: dashboardViews(), Timeout: g.timeout})
+			// A failed call is shown in the page and logged here, where the
+			// operator can keep it (slog quotes what meshd's errors carry).
+			logger := slog.New(slog.NewTextHandler(g.io.Err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			s, err := dashboard.New(dashboard.Config{Conn: conn, Port: port, Views: dashboardViews(), Timeout: g.timeout, Logger: logger})
 			if err != nil {
 				return err
 			}
