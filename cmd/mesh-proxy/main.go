@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
+	"syscall"
 
 	"minimesh/dataplane/admin"
 	"minimesh/dataplane/sidecar"
@@ -40,7 +42,35 @@ func run(ctx context.Context, o *options, logs io.Writer) error {
 	if err != nil {
 		return daemon.Failed(cfg.Logger, "mesh-proxy", err)
 	}
+	if o.cpuProfile != "" {
+		stop, err := startCPUProfile(o.cpuProfile)
+		if err != nil {
+			return daemon.Failed(cfg.Logger, "mesh-proxy", fmt.Errorf("--cpu-profile: %w", err))
+		}
+		defer func() {
+			if err := stop(); err != nil {
+				cfg.Logger.Error("--cpu-profile not written", "error", err)
+			}
+		}()
+	}
 	return daemon.Run(ctx, cfg.Logger, "mesh-proxy", sc.Run)
+}
+
+// startCPUProfile profiles the process into path (made 0600, never through
+// a symlink) until stop, which writes the profile out.
+func startCPUProfile(path string) (stop func() error, err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // config completes the sidecar's config from the options: the token file,
