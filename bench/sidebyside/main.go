@@ -38,6 +38,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) >= 4 && strings.HasPrefix(os.Args[1], "plain-") {
+		if err := runPlain(os.Args[1], os.Args[2], os.Args[3], os.Args[4:]...); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) == 3 && os.Args[1] == "app" {
 		if err := runApp(os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -75,6 +82,11 @@ type options struct {
 	extra    time.Duration
 	versions string
 	sizes    string // binary sizes, for the header
+	// cpuProfiles: directory this build's mesh-proxies write their Go CPU
+	// profiles to (--cpu-profile), one per proxy (go tool pprof -proto merges them).
+	cpuProfiles string
+	// plain: also the plain-HTTP rows (plain.go).
+	plain bool
 }
 
 func run() error {
@@ -105,6 +117,8 @@ func run() error {
 	flag.IntVar(&o.retries, "retries", 1, "how many times a disturbed run is repeated at most")
 	flag.DurationVar(&o.extra, "extra", 90*time.Second, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
+	flag.BoolVar(&o.plain, "plain", false, "also measure, one hop without TLS, nginx and two minimal Go proxies doing the same byte work, one with a goroutine per connection and one with an epoll loop per core (plain.go): how much of the gap is Go's goroutine-per-connection model")
+	flag.StringVar(&o.cpuProfiles, "cpuprofile", "", "directory in which this build's mesh-proxies (not the old binary's, not the -tune rows) write a Go CPU profile each, SERVICE.pprof, when the run ends (go tool pprof -proto merges them)")
 	flag.Parse()
 	for _, t := range strings.Split(tunes, ";") {
 		if t = strings.TrimSpace(t); t != "" {
@@ -117,6 +131,16 @@ func run() error {
 			return err
 		}
 		o.only = re
+	}
+	if o.cpuProfiles != "" {
+		dir, err := filepath.Abs(o.cpuProfiles)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		o.cpuProfiles = dir
 	}
 	if o.duration < time.Second {
 		return fmt.Errorf("-duration must be at least 1s")
@@ -207,7 +231,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	e := &env{ctx: ctx, p: p, dir: dir, bin: bin, app: appAddr, certs: certs, check: check, caddyBin: o.caddy}
+	e := &env{ctx: ctx, p: p, dir: dir, bin: bin, app: appAddr, certs: certs, check: check, caddyBin: o.caddy, cpuProfiles: o.cpuProfiles}
 	if err := waitFor(ctx, app, "app", 10*time.Second, func() error {
 		c, err := net.Dial("tcp", appAddr)
 		if err == nil {
@@ -261,6 +285,12 @@ func run() error {
 	for i, t := range o.tunes {
 		name := "mesh-proxy " + t
 		add(name, func() (*target, error) { return m.oneHop("pub"+strconv.Itoa(i+1), name, strings.Fields(t)) })
+	}
+	if o.plain {
+		add(plainNginx, e.nginxPlain)
+		add(plainGoroutines, func() (*target, error) { return e.plainTarget("plain-goroutines", plainGoroutines) })
+		add(plainLoop, func() (*target, error) { return e.plainTarget("plain-loop", plainLoop) })
+		add(tlsGoroutines, func() (*target, error) { return e.plainTarget("plain-goroutines-tls", tlsGoroutines) })
 	}
 	add("nginx → nginx", e.nginxChain)
 	add("caddy → caddy", e.caddyChain)
@@ -371,7 +401,8 @@ func run() error {
 	if o.profile >= time.Second {
 		for _, r := range rows {
 			switch r.t.name {
-			case "nginx", "mesh-proxy", "nginx → nginx", "mesh-proxy → mesh-proxy":
+			case "nginx", "mesh-proxy", "nginx → nginx", "mesh-proxy → mesh-proxy",
+				plainNginx, plainGoroutines, plainLoop, tlsGoroutines:
 			default:
 				continue
 			}

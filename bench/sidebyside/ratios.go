@@ -84,6 +84,11 @@ func ratioPairs(rows []*row) []ratioPair {
 		}
 	}
 	for _, p := range [][2]string{
+		{plainGoroutines, plainNginx},
+		{plainLoop, plainNginx},
+		{plainGoroutines, plainLoop},
+		{tlsGoroutines, "nginx"},
+		{"mesh-proxy", tlsGoroutines},
 		{"mesh-proxy", "caddy"},
 		{"mesh-proxy → mesh-proxy", "caddy → caddy"},
 		{"mesh-proxy", "mesh-proxy (old binary)"},

@@ -46,6 +46,8 @@ type env struct {
 	check *http.Client // trusts the bench CA
 	// caddyBin is the Caddy binary (caddy.go).
 	caddyBin string
+	// cpuProfiles: see options.cpuProfiles.
+	cpuProfiles string
 }
 
 // verify GETs url until it answers 200 with the app's body: the target
@@ -390,6 +392,9 @@ func (m *mesh) proxyAt(bin, service string, goenv []string, extra ...string) (*c
 		"--service", service, "--app", m.e.app, "--inbound", inbound, "--admin", adminAddr,
 		"--state-dir", filepath.Join(m.e.dir, "proxy-"+service), "--log-level", "warn",
 	}, extra...)
+	if m.e.cpuProfiles != "" && bin == filepath.Join(m.e.bin, "mesh-proxy") && len(goenv) == 0 {
+		args = append(args, "--cpu-profile", filepath.Join(m.e.cpuProfiles, service+".pprof"))
+	}
 	c, err := m.e.p.start("mesh-proxy-"+service, goenv, bin, args...)
 	if err != nil {
 		return nil, "", err
