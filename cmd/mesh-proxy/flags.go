@@ -115,7 +115,7 @@ func registerFlags(fs *pflag.FlagSet, o *options, ups *upstreams) {
 	fs.StringVar(&o.cfg.SpoolDir, "spool-dir", "", "directory on disk (never the memory-backed state dir; in Kubernetes the mesh-spool emptyDir) in which a LogShipping's batches wait for the object store, in logship/ (made 0700); needed by a LogShipping (off when empty)")
 	fs.DurationVar(&o.cfg.Drain, "drain", 10*time.Second, "grace period on SIGTERM or POST /quitquitquit: stop accepting, let requests in flight finish this long, then exit")
 	fs.StringVar(&o.appProbes, "app-probes", "", "JSON of the app's probes served on the admin port under /app-health/ (default $MESH_APP_PROBES, set by meshctl inject)")
-	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a Go CPU profile (pprof) of the whole run to this file (0600) when mesh-proxy stops: for `go tool pprof`, or a profile-guided build (saved as cmd/mesh-proxy/default.pgo); off when empty")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a Go CPU profile (pprof) of the whole run to `FILE` (0600) when mesh-proxy stops, for go tool pprof or a profile-guided build (saved as cmd/mesh-proxy/default.pgo); off when empty")
 	o.log.Register(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 }
