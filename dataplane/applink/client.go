@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/internal/cancelhook"
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/route"
 )
 
@@ -307,7 +308,13 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 		// parsing it does not refill the buffer, so it stays readable.
 		buffered, _ := ac.br.Peek(ac.br.Buffered())
 		buffered = buffered[:headEnd(buffered)]
-		resp, err := http.ReadResponse(ac.br, req)
+		// The common head without net/http's reader; any other form,
+		// and a head not buffered whole, with it.
+		resp, ok := resphead.Parse(ac.br, req)
+		var err error
+		if !ok {
+			resp, err = http.ReadResponse(ac.br, req)
+		}
 		ac.lr.n = -1
 		if err != nil {
 			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, err)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/internal/cancelhook"
+	"minimesh/dataplane/internal/resphead"
 )
 
 // Defaults of Config's pool fields.
@@ -598,7 +599,11 @@ func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.R
 			}
 			return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, staleErr(err))
 		}
-		resp, err := http.ReadResponse(pc.br, req)
+		resp, ok := resphead.Parse(pc.br, req) // the common head; any other with net/http
+		var err error
+		if !ok {
+			resp, err = http.ReadResponse(pc.br, req)
+		}
 		pc.lr.n = -1
 		if err != nil {
 			return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, err)

@@ -1,0 +1,187 @@
+package resphead
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+var seeds = []string{
+	"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+	"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\nX-A: 2\r\n\r\nhelloNEXT",
+	"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+	"HTTP/1.1 200\r\nContent-Length: 3\r\n\r\nabc",
+	"HTTP/1.1 200 \r\nContent-Length: 3\r\n\r\nabc",
+	"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length:  007 \r\n\r\n1234567",
+	"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+	"HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\tv\t\r\nContent-Length: 1\r\n\r\nx",
+	// Declined: each is one of the forms Parse leaves to net/http.
+	"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 204 No Content\r\nContent-Length: 1\r\n\r\n",
+	"HTTP/1.1 304 Not Modified\r\nContent-Length: 1\r\n\r\n",
+	"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+	"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nTrailer: X\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n folded\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nX: caf\xc3\xa9\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nX: 1\r\n\r\nno length",
+	"HTTP/1.1 2000 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 20 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 600 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1  200 OK\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\n: empty\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nX : space\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n",
+}
+
+var getReq, _ = http.NewRequest(http.MethodGet, "http://app/", nil)
+
+// reader buffers all of data, as a response whose head arrived whole.
+func reader(data []byte) *bufio.Reader {
+	br := bufio.NewReaderSize(bytes.NewReader(data), max(16, len(data)))
+	_, _ = br.Peek(len(data))
+	return br
+}
+
+// readAll reads a body to its end and classes the error as ReadAll's
+// callers see it (nil or unexpected EOF, which both readers return).
+func readAll(r io.Reader) ([]byte, string) {
+	b, err := io.ReadAll(r)
+	switch {
+	case err == nil:
+		return b, "ok"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return b, "unexpected EOF"
+	}
+	return b, err.Error()
+}
+
+// FuzzParseVsNetHTTP: whatever Parse accepts, net/http's ReadResponse
+// accepts as the same response (status, protocol, header fields and
+// values in order, length, Close, no transfer coding or trailers) with the
+// same body bytes and the same bytes left after it; whatever Parse
+// declines, it leaves unread.
+func FuzzParseVsNetHTTP(f *testing.F) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ours := reader(data)
+		resp, ok := Parse(ours, getReq)
+		if !ok {
+			if rest, _ := io.ReadAll(ours); !bytes.Equal(rest, data) {
+				t.Fatalf("declined but consumed bytes: %q left of %q", rest, data)
+			}
+			return
+		}
+		theirs := reader(data)
+		want, err := http.ReadResponse(theirs, getReq)
+		if err != nil {
+			t.Fatalf("Parse accepted what net/http refuses (%v): %q", err, data)
+		}
+		if resp.Status != want.Status || resp.StatusCode != want.StatusCode || resp.Proto != want.Proto ||
+			resp.ProtoMajor != want.ProtoMajor || resp.ProtoMinor != want.ProtoMinor ||
+			resp.ContentLength != want.ContentLength || resp.Close != want.Close ||
+			len(want.TransferEncoding) != 0 || len(want.Trailer) != 0 || resp.Request != want.Request {
+			t.Fatalf("response differs for %q:\nours %+v\nnet/http %+v", data, resp, want)
+		}
+		if !reflect.DeepEqual(resp.Header, want.Header) {
+			t.Fatalf("header differs for %q:\nours %q\nnet/http %q", data, resp.Header, want.Header)
+		}
+		if (resp.Body == http.NoBody) != (want.Body == http.NoBody) {
+			t.Fatalf("NoBody differs for %q", data)
+		}
+		gotBody, gotErr := readAll(resp.Body)
+		wantBody, wantErr := readAll(want.Body)
+		if !bytes.Equal(gotBody, wantBody) || gotErr != wantErr {
+			t.Fatalf("body differs for %q: ours %q (%s), net/http %q (%s)", data, gotBody, gotErr, wantBody, wantErr)
+		}
+		gotRest, _ := io.ReadAll(ours)
+		wantRest, _ := io.ReadAll(theirs)
+		if !bytes.Equal(gotRest, wantRest) {
+			t.Fatalf("bytes after the body differ for %q: ours %q, net/http %q", data, gotRest, wantRest)
+		}
+	})
+}
+
+// TestParse: the common forms are taken (so the fast path is used at all),
+// each declined form is declined, and a HEAD request or a head not yet
+// whole in the buffer is left to net/http.
+func TestParse(t *testing.T) {
+	for _, s := range seeds[:8] {
+		if _, ok := Parse(reader([]byte(s)), getReq); !ok {
+			t.Errorf("declined %q", s)
+		}
+	}
+	for _, s := range seeds[8:] {
+		if _, ok := Parse(reader([]byte(s)), getReq); ok {
+			t.Errorf("accepted %q", s)
+		}
+	}
+	head, _ := http.NewRequest(http.MethodHead, "http://app/", nil)
+	if _, ok := Parse(reader([]byte(seeds[0])), head); ok {
+		t.Error("accepted the answer to a HEAD request")
+	}
+	part := bufio.NewReader(io.MultiReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-"), strings.NewReader("Length: 1\r\n\r\nx")))
+	_, _ = part.Peek(1)
+	if _, ok := Parse(part, getReq); ok {
+		t.Error("accepted a head not whole in the buffer")
+	}
+	if b, _ := io.ReadAll(part); string(b) != "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx" {
+		t.Errorf("a declined head was consumed: %q left", b)
+	}
+}
+
+// TestBodyAllocations: the fast path allocates a handful of objects per
+// response where net/http's ReadResponse allocates more (its reader,
+// transfer state and body): the reason it exists.
+func TestBodyAllocations(t *testing.T) {
+	data := []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Sat, 05 Dec 2026 12:00:00 GMT\r\n\r\n" + strings.Repeat("x", 100))
+	src := bytes.NewReader(data)
+	br := bufio.NewReader(src)
+	buf := make([]byte, 512)
+	run := func(read func() (*http.Response, error)) float64 {
+		return testing.AllocsPerRun(200, func() {
+			src.Reset(data)
+			br.Reset(src)
+			_, _ = br.Peek(1)
+			resp, err := read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				if _, err := resp.Body.Read(buf); err != nil {
+					break
+				}
+			}
+		})
+	}
+	ours := run(func() (*http.Response, error) {
+		resp, ok := Parse(br, getReq)
+		if !ok {
+			return nil, errors.New("declined")
+		}
+		return resp, nil
+	})
+	theirs := run(func() (*http.Response, error) { return http.ReadResponse(br, getReq) })
+	t.Logf("allocations per response: Parse %.0f, http.ReadResponse %.0f", ours, theirs)
+	if ours >= theirs {
+		t.Errorf("Parse allocates %.0f per response, net/http %.0f", ours, theirs)
+	}
+}
