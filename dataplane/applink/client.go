@@ -381,37 +381,11 @@ func headEnd(b []byte) int {
 func ambiguousFraming(resp *http.Response, head []byte) bool {
 	switch {
 	case !resp.ProtoAtLeast(1, 1):
-		return !resp.Close && (len(head) == 0 || hasField(head, "transfer-encoding:"))
+		return !resp.Close && (len(head) == 0 || resphead.HasField(head, "transfer-encoding:"))
 	case len(resp.TransferEncoding) > 0:
-		return len(head) == 0 || hasField(head, "content-length:")
+		return len(head) == 0 || resphead.HasField(head, "content-length:")
 	}
 	return false
-}
-
-// hasField reports whether a line of head starts with name (lower case,
-// with its colon), compared case-insensitively.
-func hasField(head []byte, name string) bool {
-	for i := 0; i+1+len(name) <= len(head); i++ {
-		if head[i] != '\n' {
-			continue
-		}
-		line := head[i+1:]
-		j := 0
-		for j < len(name) && lower(line[j]) == name[j] {
-			j++
-		}
-		if j == len(name) {
-			return true
-		}
-	}
-	return false
-}
-
-func lower(b byte) byte {
-	if 'A' <= b && b <= 'Z' {
-		return b + 'a' - 'A'
-	}
-	return b
 }
 
 // appBody is a response body: at its end the connection returns to the

@@ -20,6 +20,7 @@ package resphead
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net/http"
 	"strings"
@@ -75,30 +76,31 @@ func headEnd(b []byte) int {
 	return -1
 }
 
+// declinedFields are the fields net/http reads into framing, Close or
+// Cache-Control: a head with any of them is left to it.
+var declinedFields = []string{"transfer-encoding:", "connection:", "trailer:", "pragma:"}
+
 // parse reads head (through its empty line, every line ending in CRLF).
+// The status line and the fields that send a response to net/http are
+// looked at in head's bytes first, so a declined head (a chunked answer,
+// the commonest) costs no allocation.
 func parse(head []byte) (*http.Response, bool) {
-	s := string(head[:len(head)-2])
-	line, rest, _ := strings.Cut(s, "\r\n")
-	// "HTTP/1.1 200 OK": net/http's Status is what follows the first
-	// space, the code its first three characters.
-	if len(line) < 12 || line[:9] != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+	code, ok := statusLine(head)
+	if !ok {
 		return nil, false
 	}
-	status := line[9:]
-	code := 0
-	for i, c := range []byte(status[:3]) {
-		if c < '0' || c > '9' || (i == 0 && (c < '2' || c > '5')) {
+	for _, name := range declinedFields {
+		if HasField(head, name) {
 			return nil, false
 		}
-		code = code*10 + int(c-'0')
 	}
-	if code == http.StatusNoContent || code == http.StatusNotModified || !visible(status, false) {
-		return nil, false
-	}
-	fields := strings.Count(rest, "\r\n") + 1
+	s := string(head[:len(head)-2])
+	line, rest, _ := strings.Cut(s, "\r\n")
+	status := line[9:]
 	if rest == "" {
 		return nil, false // no Content-Length
 	}
+	fields := strings.Count(rest, "\r\n") + 1
 	h := make(http.Header, fields)
 	values := make([]string, fields)
 	cl := int64(-1)
@@ -114,10 +116,7 @@ func parse(head []byte) (*http.Response, bool) {
 			return nil, false
 		}
 		k = http.CanonicalHeaderKey(k)
-		switch k {
-		case "Transfer-Encoding", "Connection", "Trailer", "Pragma":
-			return nil, false
-		case "Content-Length":
+		if k == "Content-Length" {
 			if cl >= 0 || len(v) == 0 || len(v) > maxCLDigits {
 				return nil, false
 			}
@@ -151,6 +150,54 @@ func parse(head []byte) (*http.Response, bool) {
 	}, true
 }
 
+// statusLine is the code of head's status line, "HTTP/1.1 DDD" and an
+// optional reason of visible ASCII and spaces (net/http's Status is what
+// follows the first space, the code its first three characters), when it
+// is a final status Parse takes: 200–599 but 204 and 304.
+func statusLine(head []byte) (int, bool) {
+	eol := bytes.Index(head, []byte("\r\n"))
+	if eol < 12 || string(head[:9]) != "HTTP/1.1 " || (eol > 12 && head[12] != ' ') {
+		return 0, false
+	}
+	code := 0
+	for i, c := range head[9:12] {
+		if c < '0' || c > '9' || (i == 0 && (c < '2' || c > '5')) {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code == http.StatusNoContent || code == http.StatusNotModified || !visible(head[9:eol], false) {
+		return 0, false
+	}
+	return code, true
+}
+
+// HasField reports whether a line of head starts with name (lower case,
+// with its colon), compared case-insensitively.
+func HasField(head []byte, name string) bool {
+	for i := 0; i+1+len(name) <= len(head); i++ {
+		if head[i] != '\n' {
+			continue
+		}
+		line := head[i+1:]
+		j := 0
+		for j < len(name) && lower(line[j]) == name[j] {
+			j++
+		}
+		if j == len(name) {
+			return true
+		}
+	}
+	return false
+}
+
+func lower(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
+}
+
 // token reports whether s is a non-empty field name of RFC 9110's token
 // characters.
 func token(s string) bool {
@@ -171,7 +218,7 @@ func token(s string) bool {
 
 // visible reports whether s holds only visible ASCII and spaces (and tabs
 // when tab is set).
-func visible(s string, tab bool) bool {
+func visible[T string | []byte](s T, tab bool) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < ' ' && !(tab && c == '\t')) || c > '~' {

@@ -185,3 +185,17 @@ func TestBodyAllocations(t *testing.T) {
 		t.Errorf("Parse allocates %.0f per response, net/http %.0f", ours, theirs)
 	}
 }
+
+// TestDeclineAllocatesNothing: a head Parse leaves to net/http (a chunked
+// answer, the commonest) costs it no allocation, since net/http then reads
+// the head again.
+func TestDeclineAllocatesNothing(t *testing.T) {
+	br := reader([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"))
+	if n := testing.AllocsPerRun(100, func() {
+		if _, ok := Parse(br, getReq); ok {
+			t.Fatal("a chunked answer was taken")
+		}
+	}); n != 0 {
+		t.Errorf("a declined head costs %.0f allocations", n)
+	}
+}
