@@ -63,7 +63,7 @@ func requestHasBody(head []byte) bool {
 }
 
 // responseLength is the whole response's length (head and body) given its
-// head of length he, or -1 when it has no usable Content-Length or does
+// head, or -1 when it has no usable Content-Length or does
 // not fit plainBuf.
 func responseLength(head []byte) int {
 	v, ok := headerValue(head, "Content-Length")
