@@ -62,72 +62,96 @@ func Parse(br *bufio.Reader, req *http.Request) (resp *http.Response, ok bool) {
 // bare LF comes first (net/http takes a bare LF as a line end; Parse
 // declines).
 func headEnd(b []byte) int {
-	for i := 0; i < len(b); i++ {
-		if b[i] != '\n' {
-			continue
+	i := bytes.Index(b, crlfcrlf)
+	if i < 0 {
+		return -1
+	}
+	end := i + len(crlfcrlf)
+	for j := 0; ; {
+		k := bytes.IndexByte(b[j:end], '\n')
+		if k < 0 {
+			return end
 		}
-		if i == 0 || b[i-1] != '\r' {
+		if j+k == 0 || b[j+k-1] != '\r' {
 			return -1
 		}
-		if i >= 3 && b[i-2] == '\n' && b[i-3] == '\r' {
-			return i + 1
-		}
+		j += k + 1
 	}
-	return -1
 }
 
-// declinedFields are the fields net/http reads into framing, Close or
-// Cache-Control: a head with any of them is left to it.
-var declinedFields = []string{"transfer-encoding:", "connection:", "trailer:", "pragma:"}
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+)
 
-// parse reads head (through its empty line, every line ending in CRLF).
-// The status line and the fields that send a response to net/http are
-// looked at in head's bytes first, so a declined head (a chunked answer,
-// the commonest) costs no allocation.
+// maxFields bounds the fields of a head Parse takes (their places are
+// noted on the stack before anything is allocated); a head with more is
+// left to net/http.
+const maxFields = 32
+
+// field is where a field's name and value are in the head.
+type field struct{ k0, k1, v0, v1 int }
+
+// parse reads head (through its empty line, every line ending in CRLF)
+// in one pass over its bytes: the status line, then each field's name
+// (a token, and not one of the fields that send a response to net/http:
+// Transfer-Encoding, Connection, Trailer, Pragma), its value (visible
+// ASCII, space and tab, ends trimmed) and the one Content-Length. Only a
+// head it takes is copied into a string and a map, so a declined head (a
+// chunked answer, the commonest) costs no allocation.
 func parse(head []byte) (*http.Response, bool) {
-	code, ok := statusLine(head)
+	code, eol, ok := statusLine(head)
 	if !ok {
 		return nil, false
 	}
-	for _, name := range declinedFields {
-		if HasField(head, name) {
-			return nil, false
-		}
-	}
-	s := string(head[:len(head)-2])
-	line, rest, _ := strings.Cut(s, "\r\n")
-	status := line[9:]
-	if rest == "" {
-		return nil, false // no Content-Length
-	}
-	fields := strings.Count(rest, "\r\n") + 1
-	h := make(http.Header, fields)
-	values := make([]string, fields)
+	var fields [maxFields]field
+	n := 0
 	cl := int64(-1)
-	for rest != "" {
-		var kv string
-		kv, rest, _ = strings.Cut(rest, "\r\n")
-		k, v, found := strings.Cut(kv, ":")
-		if !found || !token(k) {
+	last := len(head) - 2 // the empty line
+	for pos := eol + 2; pos < last; {
+		e := pos + bytes.Index(head[pos:], crlf) // found: head ends in CRLFCRLF
+		colon := pos + bytes.IndexByte(head[pos:e], ':')
+		if colon < pos || n == maxFields {
 			return nil, false
 		}
-		v = strings.Trim(v, " \t")
-		if !visible(v, true) {
+		name := head[pos:colon]
+		if !token(name) || declined(name) {
 			return nil, false
 		}
-		k = http.CanonicalHeaderKey(k)
-		if k == "Content-Length" {
-			if cl >= 0 || len(v) == 0 || len(v) > maxCLDigits {
+		v0, v1 := colon+1, e
+		for v0 < v1 && (head[v0] == ' ' || head[v0] == '\t') {
+			v0++
+		}
+		for v1 > v0 && (head[v1-1] == ' ' || head[v1-1] == '\t') {
+			v1--
+		}
+		if !visible(head[v0:v1], true) {
+			return nil, false
+		}
+		if equalFold(name, "content-length") {
+			if cl >= 0 || v1 == v0 || v1-v0 > maxCLDigits {
 				return nil, false
 			}
 			cl = 0
-			for _, c := range []byte(v) {
+			for _, c := range head[v0:v1] {
 				if c < '0' || c > '9' {
 					return nil, false
 				}
 				cl = cl*10 + int64(c-'0')
 			}
 		}
+		fields[n] = field{pos, colon, v0, v1}
+		n++
+		pos = e + 2
+	}
+	if cl < 0 {
+		return nil, false
+	}
+	s := string(head[:last])
+	h := make(http.Header, n)
+	values := make([]string, n)
+	for _, f := range fields[:n] {
+		k, v := http.CanonicalHeaderKey(s[f.k0:f.k1]), s[f.v0:f.v1]
 		if vv := h[k]; vv != nil {
 			h[k] = append(vv, v)
 		} else { // a first value shares the one backing array
@@ -136,11 +160,8 @@ func parse(head []byte) (*http.Response, bool) {
 			values = values[1:]
 		}
 	}
-	if cl < 0 {
-		return nil, false
-	}
 	return &http.Response{
-		Status:        status,
+		Status:        s[9:eol],
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
@@ -150,71 +171,99 @@ func parse(head []byte) (*http.Response, bool) {
 	}, true
 }
 
-// statusLine is the code of head's status line, "HTTP/1.1 DDD" and an
-// optional reason of visible ASCII and spaces (net/http's Status is what
-// follows the first space, the code its first three characters), when it
-// is a final status Parse takes: 200–599 but 204 and 304.
-func statusLine(head []byte) (int, bool) {
-	eol := bytes.Index(head, []byte("\r\n"))
-	if eol < 12 || string(head[:9]) != "HTTP/1.1 " || (eol > 12 && head[12] != ' ') {
-		return 0, false
-	}
-	code := 0
-	for i, c := range head[9:12] {
-		if c < '0' || c > '9' || (i == 0 && (c < '2' || c > '5')) {
-			return 0, false
-		}
-		code = code*10 + int(c-'0')
-	}
-	if code == http.StatusNoContent || code == http.StatusNotModified || !visible(head[9:eol], false) {
-		return 0, false
-	}
-	return code, true
-}
-
-// HasField reports whether a line of head starts with name (lower case,
-// with its colon), compared case-insensitively.
-func HasField(head []byte, name string) bool {
-	for i := 0; i+1+len(name) <= len(head); i++ {
-		if head[i] != '\n' {
-			continue
-		}
-		line := head[i+1:]
-		j := 0
-		for j < len(name) && lower(line[j]) == name[j] {
-			j++
-		}
-		if j == len(name) {
-			return true
-		}
+// declined reports whether name is one of the fields net/http reads into
+// framing, Close or Cache-Control: a head with any of them is left to it.
+func declined(name []byte) bool {
+	switch len(name) {
+	case len("transfer-encoding"):
+		return equalFold(name, "transfer-encoding")
+	case len("connection"):
+		return equalFold(name, "connection")
+	case len("trailer"):
+		return equalFold(name, "trailer")
+	case len("pragma"):
+		return equalFold(name, "pragma")
 	}
 	return false
 }
 
-func lower(b byte) byte {
-	if 'A' <= b && b <= 'Z' {
-		return b + 'a' - 'A'
-	}
-	return b
-}
-
-// token reports whether s is a non-empty field name of RFC 9110's token
-// characters.
-func token(s string) bool {
-	if s == "" {
+// equalFold reports whether b is lower, ASCII case ignored.
+func equalFold(b []byte, lower string) bool {
+	if len(b) != len(lower) {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
 			return false
 		}
 	}
 	return true
 }
+
+// statusLine is the code of head's status line, "HTTP/1.1 DDD" and an
+// optional reason of visible ASCII and spaces (net/http's Status is what
+// follows the first space, the code its first three characters), when it
+// is a final status Parse takes: 200–599 but 204 and 304; and where the
+// line ends.
+func statusLine(head []byte) (code, eol int, ok bool) {
+	eol = bytes.Index(head, crlf)
+	if eol < 12 || string(head[:9]) != "HTTP/1.1 " || (eol > 12 && head[12] != ' ') {
+		return 0, 0, false
+	}
+	for i, c := range head[9:12] {
+		if c < '0' || c > '9' || (i == 0 && (c < '2' || c > '5')) {
+			return 0, 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code == http.StatusNoContent || code == http.StatusNotModified || !visible(head[9:eol], false) {
+		return 0, 0, false
+	}
+	return code, eol, true
+}
+
+// HasField reports whether a line of head starts with name (lower case,
+// with its colon), compared case-insensitively.
+func HasField(head []byte, name string) bool {
+	for i := 0; ; {
+		k := bytes.IndexByte(head[i:], '\n')
+		if k < 0 {
+			return false
+		}
+		i += k + 1
+		if len(head)-i < len(name) {
+			return false
+		}
+		if equalFold(head[i:i+len(name)], name) {
+			return true
+		}
+	}
+}
+
+// token reports whether s is a non-empty field name of RFC 9110's token
+// characters.
+func token(s []byte) bool {
+	if len(s) == 0 {
+		return false
+	}
+	for _, c := range s {
+		if !tokenChar[c] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChar = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0
+	}
+	return t
+}()
 
 // visible reports whether s holds only visible ASCII and spaces (and tabs
 // when tab is set).

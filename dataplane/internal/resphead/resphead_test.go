@@ -20,6 +20,7 @@ var seeds = []string{
 	"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length:  007 \r\n\r\n1234567",
 	"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
 	"HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\tv\t\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 1\r\nx-connection: 1\r\nPragmas: 1\r\n\r\nx",
 	// Declined: each is one of the forms Parse leaves to net/http.
 	"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
 	"HTTP/1.1 204 No Content\r\nContent-Length: 1\r\n\r\n",
@@ -27,6 +28,9 @@ var seeds = []string{
 	"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
 	"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
 	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTRANSFER-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+	"HTTP/1.1 200 OK\r\nCONNECTION: close\r\nContent-Length: 1\r\n\r\nx",
+	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: 1\n\r\nx",
 	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
 	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
 	"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
@@ -49,6 +53,9 @@ var seeds = []string{
 	"HTTP/1.1 200 OK\r\nX : space\r\nContent-Length: 1\r\n\r\nx",
 	"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n",
 }
+
+// accepted is how many of seeds, from the first, Parse takes.
+const accepted = 9
 
 var getReq, _ = http.NewRequest(http.MethodGet, "http://app/", nil)
 
@@ -124,15 +131,25 @@ func FuzzParseVsNetHTTP(f *testing.F) {
 // each declined form is declined, and a HEAD request or a head not yet
 // whole in the buffer is left to net/http.
 func TestParse(t *testing.T) {
-	for _, s := range seeds[:8] {
+	for _, s := range seeds[:accepted] {
 		if _, ok := Parse(reader([]byte(s)), getReq); !ok {
 			t.Errorf("declined %q", s)
 		}
 	}
-	for _, s := range seeds[8:] {
+	for _, s := range seeds[accepted:] {
 		if _, ok := Parse(reader([]byte(s)), getReq); ok {
 			t.Errorf("accepted %q", s)
 		}
+	}
+	// maxFields fields are taken, one more is left to net/http.
+	many := func(n int) string {
+		return "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-F: v\r\n", n-1) + "Content-Length: 1\r\n\r\nx"
+	}
+	if resp, ok := Parse(reader([]byte(many(maxFields))), getReq); !ok || len(resp.Header["X-F"]) != maxFields-1 {
+		t.Errorf("a head of %d fields: taken %v", maxFields, ok)
+	}
+	if _, ok := Parse(reader([]byte(many(maxFields+1))), getReq); ok {
+		t.Errorf("a head of %d fields was taken", maxFields+1)
 	}
 	head, _ := http.NewRequest(http.MethodHead, "http://app/", nil)
 	if _, ok := Parse(reader([]byte(seeds[0])), head); ok {
