@@ -297,29 +297,33 @@ func (c *Client) write(ac *appConn, req *http.Request, head *Head) error {
 // to head's client or else to the caller's trace (ReverseProxy sends them
 // to its client), at most max1xx of them.
 func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http.Response, error) {
-	trace := httptrace.ContextClientTrace(req.Context())
 	for informational := 0; ; informational++ {
 		ac.lr.n = c.maxHeaderBytes
 		if _, err := ac.br.Peek(1); err != nil {
 			ac.lr.n = -1
 			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, staleErr(err))
 		}
-		// The head as buffered, when it is there whole (its usual case):
-		// parsing it does not refill the buffer, so it stays readable.
-		buffered, _ := ac.br.Peek(ac.br.Buffered())
-		buffered = buffered[:headEnd(buffered)]
-		// The common head without net/http's reader; any other form,
-		// and a head not buffered whole, with it.
+		// The common head without net/http's reader (its framing is never
+		// ambiguous); any other form, and a head not buffered whole, with
+		// it, the raw head kept for ambiguousFraming.
 		resp, ok := resphead.Parse(ac.br, req)
-		var err error
 		if !ok {
+			// The head as buffered, when it is there whole (its usual
+			// case): parsing it does not refill the buffer, so it stays
+			// readable.
+			buffered, _ := ac.br.Peek(ac.br.Buffered())
+			buffered = buffered[:headEnd(buffered)]
+			var err error
 			resp, err = http.ReadResponse(ac.br, req)
+			ac.lr.n = -1
+			if err != nil {
+				return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, err)
+			}
+			ac.ambiguous = ambiguousFraming(resp, buffered)
+		} else {
+			ac.lr.n = -1
+			ac.ambiguous = false
 		}
-		ac.lr.n = -1
-		if err != nil {
-			return nil, fmt.Errorf("proxy: read from app %s: %w", ac.addr, err)
-		}
-		ac.ambiguous = ambiguousFraming(resp, buffered)
 		code := resp.StatusCode
 		if code >= 200 || code == http.StatusSwitchingProtocols {
 			if code == http.StatusSwitchingProtocols {
@@ -340,7 +344,7 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 		}
 		if head != nil {
 			head.informational(code, resp.Header)
-		} else if trace != nil && trace.Got1xxResponse != nil {
+		} else if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, err
 			}
