@@ -228,7 +228,7 @@ func (b *body) Close() error {
 func (b *body) finish() bool {
 	if !b.mu.TryLock() {
 		// A goroutine the handler left behind reads on: stop it.
-		_ = b.c.rwc.SetReadDeadline(aLongTimeAgo)
+		b.c.setReadDeadline(aLongTimeAgo)
 		b.mu.Lock()
 		b.closed = true
 		b.mu.Unlock()

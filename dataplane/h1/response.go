@@ -390,14 +390,23 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c.hijacked = true
 	c.srv.untrack(c)
+	c.rdl.forget()
+	c.wdl.forget()
 	_ = c.rwc.SetDeadline(time.Time{})
 	c.setState(http.StateHijacked)
 	return c.rwc, bufio.NewReadWriter(c.br, bufio.NewWriter(c.rwc)), nil
 }
 
 // SetReadDeadline and SetWriteDeadline are http.ResponseController's.
-func (w *response) SetReadDeadline(t time.Time) error  { return w.c.rwc.SetReadDeadline(t) }
-func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rwc.SetWriteDeadline(t) }
+func (w *response) SetReadDeadline(t time.Time) error {
+	w.c.rdl.forget()
+	return w.c.rwc.SetReadDeadline(t)
+}
+
+func (w *response) SetWriteDeadline(t time.Time) error {
+	w.c.wdl.forget()
+	return w.c.rwc.SetWriteDeadline(t)
+}
 
 // EnableFullDuplex: the body may always be read while answering here.
 func (w *response) EnableFullDuplex() error { return nil }

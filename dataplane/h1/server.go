@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -75,6 +76,7 @@ type conn struct {
 	remote string
 
 	readIdle atomic.Bool // reads of a body: each bounded by IdleTimeout
+	rdl, wdl deadline    // the read and write deadlines set last (deadline.go)
 	head     []byte      // the request head being read
 	hbuf     []byte      // the answer's header fields, as written
 	pre      []byte      // the start of an answer of unknown length
@@ -99,6 +101,8 @@ type conn struct {
 	watchDone                               chan struct{}
 	watchMu                                 sync.Mutex
 	armed, due, bodyDone, running, stopping bool
+	timing                                  bool      // the timer runs
+	armedAt                                 time.Time // when the armed request began
 	held                                    bool
 	heldByte                                [1]byte
 	watchErr                                error
@@ -174,6 +178,7 @@ func (s *Server) ServeConn(rwc net.Conn) {
 		bwPool.Put(c.bw)
 		c.setState(http.StateClosed)
 	}()
+	defer c.endWatch()
 	c.serve()
 }
 
@@ -214,7 +219,7 @@ func (c *conn) serve() {
 			return
 		}
 		if c.br.Buffered() == 0 {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(wait))
+			c.rdl.within(time.Now(), wait, c.rwc.SetReadDeadline)
 			if _, err := c.br.Peek(1); err != nil {
 				return
 			}
@@ -222,8 +227,11 @@ func (c *conn) serve() {
 		if !c.state.CompareAndSwap(stateIdle, stateActive) {
 			return // Shutdown closed it
 		}
-		if !first {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(c.readHeader))
+		if !first && !headBuffered(c.br) {
+			// The rest of the head is yet to come: ReadHeaderTimeout for
+			// it. A head already whole in the buffer is read without a
+			// read on the connection, so the idle wait's deadline stays.
+			c.rdl.within(time.Now(), c.readHeader, c.rwc.SetReadDeadline)
 		}
 		if lastPOST {
 			// RFC 9112 section 2.2's tolerance, as net/http: CRLFs after a POST's body.
@@ -257,6 +265,19 @@ func (c *conn) serve() {
 	}
 }
 
+// setReadDeadline sets the read deadline and forgets the remembered one.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.rdl.forget()
+	_ = c.rwc.SetReadDeadline(t)
+}
+
+// headBuffered reports whether br holds a whole request head (through an
+// empty line), so that reading it reads nothing from the connection.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
+}
+
 // refuse answers a request that could not be read, unless the peer went
 // away or was too slow, and lets the peer read the answer before closing.
 func (c *conn) refuse(err error) {
@@ -272,6 +293,7 @@ func (c *conn) refuse(err error) {
 	}
 	text := http.StatusText(se.code)
 	msg := strconv.Itoa(se.code) + " " + text + ": " + se.why
+	c.wdl.forget()
 	_ = c.rwc.SetWriteDeadline(time.Now().Add(c.readHeader))
 	_, _ = io.WriteString(c.rwc, "HTTP/1.1 "+strconv.Itoa(se.code)+" "+text+
 		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: "+
@@ -314,7 +336,7 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 			b.remaining = 0
 		}
 		req.Body = b
-		_ = c.rwc.SetReadDeadline(time.Time{}) // each body read sets its own
+		c.setReadDeadline(time.Time{}) // each body read sets its own
 	}
 	c.canContinue, c.sentContinue = p.expectContinue, false
 	if c.resHdr == nil {
@@ -404,7 +426,7 @@ func (r connReader) Read(p []byte) (int, error) {
 		return r.c.readHeld(p)
 	}
 	if r.c.readIdle.Load() {
-		_ = r.c.rwc.SetReadDeadline(time.Now().Add(r.c.idle))
+		r.c.rdl.within(time.Now(), r.c.idle, r.c.rwc.SetReadDeadline)
 	}
 	return r.c.rwc.Read(p)
 }
@@ -413,7 +435,7 @@ func (r connReader) Read(p []byte) (int, error) {
 type connWriter struct{ c *conn }
 
 func (w connWriter) Write(p []byte) (int, error) {
-	_ = w.c.rwc.SetWriteDeadline(time.Now().Add(w.c.idle))
+	w.c.wdl.within(time.Now(), w.c.idle, w.c.rwc.SetWriteDeadline)
 	return w.c.rwc.Write(p)
 }
 

@@ -23,10 +23,12 @@ import (
 // When the handler returns (or hijacks), the watch is stopped: a read
 // deadline in the past, and a wait for the read to return; only then does
 // anything else read the connection. Requests shorter than WatchAfter cost
-// a reset and a stop of a timer the connection keeps, and two uncontended
-// locks; nothing is allocated.
+// a clock read and two uncontended locks; nothing is allocated, and the
+// connection's timer is not moved: it runs on from request to request and
+// fires about once per WatchAfter on a busy connection.
 //
-// Locking: watchMu guards armed, due, bodyDone, running and stopping.
+// Locking: watchMu guards armed, armedAt, timing, due, bodyDone, running
+// and stopping.
 // held, heldByte and watchErr are written by the watch goroutine before
 // it signals watchDone, and read by the connection's goroutine only after
 // stopWatch received that signal.
@@ -43,29 +45,43 @@ func (c *conn) tellWatch(event string) {
 	}
 }
 
-// armWatch starts the request's timer; bodyDone: it has no body to read.
+// armWatch starts the request's wait; bodyDone: it has no body to read.
+// The connection's timer is left running across requests (moving a timer
+// costs a lock and a heap operation): armWatch notes when the request
+// began, and starts the timer only when it is not running.
 func (c *conn) armWatch(bodyDone bool) {
 	if c.watchAfter < 0 {
 		return
 	}
+	now := time.Now()
 	c.watchMu.Lock()
 	c.armed, c.due, c.bodyDone = true, false, bodyDone
-	c.watchMu.Unlock()
-	if c.watchTimer == nil {
-		c.watchDone = make(chan struct{}, 1)
-		c.watchTimer = time.AfterFunc(c.watchAfter, c.watchDue)
-		return
+	c.armedAt = now
+	if !c.timing {
+		c.timing = true
+		if c.watchTimer == nil {
+			c.watchDone = make(chan struct{}, 1)
+			c.watchTimer = time.AfterFunc(c.watchAfter, c.watchDue)
+		} else {
+			c.watchTimer.Reset(c.watchAfter)
+		}
 	}
-	c.watchTimer.Reset(c.watchAfter)
+	c.watchMu.Unlock()
 }
 
-// watchDue runs when a handler has run for WatchAfter. (A timer that
-// fired as the previous request ended may find the next one armed: it then
-// only starts that request's watch early, which is harmless.)
+// watchDue runs when the timer fires: a request armed for WatchAfter is
+// due; one armed later than that (the timer was left running from an
+// earlier request) waits out the rest; with none armed the timer stops.
 func (c *conn) watchDue() {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
+	c.timing = false
 	if !c.armed {
+		return
+	}
+	if left := c.watchAfter - time.Since(c.armedAt); left > 0 {
+		c.timing = true
+		c.watchTimer.Reset(left)
 		return
 	}
 	c.due = true
@@ -94,7 +110,7 @@ func (c *conn) startWatchLocked() {
 	c.running = true
 	// No deadline: the read lasts until the handler returns (stopWatch),
 	// not until the ReadHeaderTimeout set for the head.
-	_ = c.rwc.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{})
 	c.tellWatch("start")
 	go c.watch()
 }
@@ -120,6 +136,8 @@ func (c *conn) watch() {
 }
 
 // stopWatch ends the request's watch and waits for its read to return.
+// The timer goes on (armWatch); it stops at its next firing, or with the
+// connection (endWatch).
 func (c *conn) stopWatch() {
 	if c.watchTimer == nil {
 		return
@@ -129,10 +147,9 @@ func (c *conn) stopWatch() {
 	running := c.running
 	if running {
 		c.stopping = true
-		_ = c.rwc.SetReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(aLongTimeAgo)
 	}
 	c.watchMu.Unlock()
-	c.watchTimer.Stop()
 	if !running {
 		return
 	}
@@ -140,6 +157,13 @@ func (c *conn) stopWatch() {
 	c.watchMu.Lock()
 	c.running, c.stopping = false, false
 	c.watchMu.Unlock()
+}
+
+// endWatch stops the timer when the connection ends.
+func (c *conn) endWatch() {
+	if c.watchTimer != nil {
+		c.watchTimer.Stop()
+	}
 }
 
 // readHeld gives back what the watch read: its byte, then its error.
