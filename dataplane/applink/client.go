@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/internal/cancelhook"
+	"minimesh/dataplane/internal/deadline"
 	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/route"
 )
@@ -57,6 +58,7 @@ type appConn struct {
 	idleAt time.Time
 	peek   peeker // the liveness check of a pooled connection (alive_unix.go)
 	abort  func() // ends the exchange in flight (a past deadline); made once
+	rdl    deadline.Lazy
 	// ambiguous: the last response's framing was doubtful (both
 	// Transfer-Encoding and Content-Length, or Transfer-Encoding in
 	// HTTP/1.0): the connection carries no other request.
@@ -71,6 +73,12 @@ type appConn struct {
 func (ac *appConn) alive() bool {
 	if ac.br.Buffered() > 0 {
 		return false
+	}
+	if now := time.Now(); ac.rdl.Passed(now) {
+		// The last answer's header deadline, left in force (readResponse),
+		// would fail the check's read.
+		ac.rdl.Forget()
+		_ = ac.SetReadDeadline(time.Time{})
 	}
 	return ac.peek.alive(ac.Conn)
 }
@@ -205,11 +213,14 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	// cancellation that came in between, and the request would wait for
 	// the whole timeout.
 	if c.responseHeader > 0 {
-		_ = ac.SetReadDeadline(time.Now().Add(c.responseHeader))
+		ac.rdl.Within(time.Now(), c.responseHeader, ac.SetReadDeadline)
 	}
 	// The client going away, or a route's timeout, ends the exchange.
 	if ac.abort == nil {
-		ac.abort = func() { _ = ac.SetDeadline(aLongTimeAgo) }
+		ac.abort = func() {
+			ac.rdl.Forget()
+			_ = ac.SetDeadline(aLongTimeAgo)
+		}
 	}
 	stop := cancelhook.On(ctx, ac.abort)
 	var wrote chan error
@@ -231,6 +242,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 				// net/http's Transport closes such a connection; an app
 				// that cannot be written to any more may still have
 				// answered, so only a failure of our own side ends it.
+				ac.rdl.Forget()
 				_ = ac.SetDeadline(aLongTimeAgo)
 			}
 			wrote <- err
@@ -329,7 +341,12 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 			if code == http.StatusSwitchingProtocols {
 				return nil, fmt.Errorf("proxy: app %s switched protocols on a request without Upgrade", ac.addr)
 			}
-			if c.responseHeader > 0 {
+			if c.responseHeader > 0 && !bodyBuffered(resp, ac.br) {
+				// The body's reads are not bounded by the header's wait.
+				// (A body already whole in the buffer reads nothing more:
+				// the deadline stays, for the next exchange to keep or
+				// move: dataplane/internal/deadline.)
+				ac.rdl.Forget()
 				_ = ac.SetReadDeadline(time.Time{})
 				if req.Context().Err() != nil {
 					// Cancelled before the reset: the cancel hook's
@@ -350,6 +367,12 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 			}
 		}
 	}
+}
+
+// bodyBuffered reports whether resp's body (of known length) is whole in
+// br, so that reading it reads nothing from the connection.
+func bodyBuffered(resp *http.Response, br *bufio.Reader) bool {
+	return resp.ContentLength >= 0 && int64(br.Buffered()) >= resp.ContentLength
 }
 
 // max1xx bounds the informational answers to one request: a storm of 1xx

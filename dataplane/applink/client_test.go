@@ -437,3 +437,41 @@ func TestAppClientCheckSkippedOnlyWhenReplayable(t *testing.T) {
 		t.Errorf("the app saw %d connections, want 2 (the GET sent again on a new one)", n)
 	}
 }
+
+// The response header's deadline stays in force after an answer whose
+// body came whole with its head (dataplane/internal/deadline): a
+// connection idle past it is still checked alive and reused, and the
+// next exchange on it is bounded by the header timeout again.
+func TestAppClientHeaderDeadlineLeftInForce(t *testing.T) {
+	checkLeaks(t)
+	const rh = 150 * time.Millisecond
+	stall := make(chan struct{})
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			select {
+			case <-stall:
+			case <-r.Context().Done():
+			}
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
+	defer close(stall)
+	c := newTestAppClient(t, Config{ResponseHeader: rh})
+	if code, _, err := roundTrip(t, c, http.MethodGet, a.URL+"/a", nil); err != nil || code != 200 {
+		t.Fatalf("first: %d %v", code, err)
+	}
+	time.Sleep(2 * rh) // past the deadline left in force
+	// A POST is checked alive before it goes (not replayable): the past
+	// deadline must not fail the check.
+	if code, got, err := roundTrip(t, c, http.MethodPost, a.URL+"/b", strings.NewReader("x")); err != nil || code != 200 || got != "ok" {
+		t.Fatalf("after the deadline passed: %d %q %v", code, got, err)
+	}
+	if n := a.conns.Load(); n != 1 {
+		t.Errorf("the app saw %d connections, want 1 (the idle one reused)", n)
+	}
+	_, _, err := roundTrip(t, c, http.MethodGet, a.URL+"/stall", nil)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a stalled answer on the reused connection: %v, want the header timeout", err)
+	}
+}

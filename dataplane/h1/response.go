@@ -390,8 +390,8 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c.hijacked = true
 	c.srv.untrack(c)
-	c.rdl.forget()
-	c.wdl.forget()
+	c.rdl.Forget()
+	c.wdl.Forget()
 	_ = c.rwc.SetDeadline(time.Time{})
 	c.setState(http.StateHijacked)
 	return c.rwc, bufio.NewReadWriter(c.br, bufio.NewWriter(c.rwc)), nil
@@ -399,12 +399,12 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // SetReadDeadline and SetWriteDeadline are http.ResponseController's.
 func (w *response) SetReadDeadline(t time.Time) error {
-	w.c.rdl.forget()
+	w.c.rdl.Forget()
 	return w.c.rwc.SetReadDeadline(t)
 }
 
 func (w *response) SetWriteDeadline(t time.Time) error {
-	w.c.wdl.forget()
+	w.c.wdl.Forget()
 	return w.c.rwc.SetWriteDeadline(t)
 }
 

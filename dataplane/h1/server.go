@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"minimesh/dataplane/internal/deadline"
 )
 
 // Server serves HTTP/1.1 connections (ServeConn) with Handler. Set its
@@ -75,12 +77,12 @@ type conn struct {
 	tls    *tls.ConnectionState
 	remote string
 
-	readIdle atomic.Bool // reads of a body: each bounded by IdleTimeout
-	rdl, wdl deadline    // the read and write deadlines set last (deadline.go)
-	head     []byte      // the request head being read
-	hbuf     []byte      // the answer's header fields, as written
-	pre      []byte      // the start of an answer of unknown length
-	resHdr   http.Header // the answer's header map, cleared per request
+	readIdle atomic.Bool   // reads of a body: each bounded by IdleTimeout
+	rdl, wdl deadline.Lazy // the read and write deadlines set last
+	head     []byte        // the request head being read
+	hbuf     []byte        // the answer's header fields, as written
+	pre      []byte        // the start of an answer of unknown length
+	resHdr   http.Header   // the answer's header map, cleared per request
 	tmpl     http.Request
 	trailers []string
 	hijacked bool
@@ -219,7 +221,7 @@ func (c *conn) serve() {
 			return
 		}
 		if c.br.Buffered() == 0 {
-			c.rdl.within(time.Now(), wait, c.rwc.SetReadDeadline)
+			c.rdl.Within(time.Now(), wait, c.rwc.SetReadDeadline)
 			if _, err := c.br.Peek(1); err != nil {
 				return
 			}
@@ -230,8 +232,9 @@ func (c *conn) serve() {
 		if !first && !headBuffered(c.br) {
 			// The rest of the head is yet to come: ReadHeaderTimeout for
 			// it. A head already whole in the buffer is read without a
-			// read on the connection, so the idle wait's deadline stays.
-			c.rdl.within(time.Now(), c.readHeader, c.rwc.SetReadDeadline)
+			// read on the connection, so the idle wait's deadline stays
+			// (see dataplane/internal/deadline).
+			c.rdl.Within(time.Now(), c.readHeader, c.rwc.SetReadDeadline)
 		}
 		if lastPOST {
 			// RFC 9112 section 2.2's tolerance, as net/http: CRLFs after a POST's body.
@@ -267,7 +270,7 @@ func (c *conn) serve() {
 
 // setReadDeadline sets the read deadline and forgets the remembered one.
 func (c *conn) setReadDeadline(t time.Time) {
-	c.rdl.forget()
+	c.rdl.Forget()
 	_ = c.rwc.SetReadDeadline(t)
 }
 
@@ -293,7 +296,7 @@ func (c *conn) refuse(err error) {
 	}
 	text := http.StatusText(se.code)
 	msg := strconv.Itoa(se.code) + " " + text + ": " + se.why
-	c.wdl.forget()
+	c.wdl.Forget()
 	_ = c.rwc.SetWriteDeadline(time.Now().Add(c.readHeader))
 	_, _ = io.WriteString(c.rwc, "HTTP/1.1 "+strconv.Itoa(se.code)+" "+text+
 		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: "+
@@ -426,7 +429,7 @@ func (r connReader) Read(p []byte) (int, error) {
 		return r.c.readHeld(p)
 	}
 	if r.c.readIdle.Load() {
-		r.c.rdl.within(time.Now(), r.c.idle, r.c.rwc.SetReadDeadline)
+		r.c.rdl.Within(time.Now(), r.c.idle, r.c.rwc.SetReadDeadline)
 	}
 	return r.c.rwc.Read(p)
 }
@@ -435,7 +438,7 @@ func (r connReader) Read(p []byte) (int, error) {
 type connWriter struct{ c *conn }
 
 func (w connWriter) Write(p []byte) (int, error) {
-	w.c.wdl.within(time.Now(), w.c.idle, w.c.rwc.SetWriteDeadline)
+	w.c.wdl.Within(time.Now(), w.c.idle, w.c.rwc.SetWriteDeadline)
 	return w.c.rwc.Write(p)
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/internal/cancelhook"
+	"minimesh/dataplane/internal/deadline"
 	"minimesh/dataplane/internal/resphead"
 )
 
@@ -113,6 +114,7 @@ type poolConn struct {
 	idleAt time.Time
 	peek   peeker
 	abort  func() // ends the exchange in flight (a past deadline); made once
+	rdl    deadline.Lazy
 }
 
 // headerLimit bounds what the bufio.Reader reads while a response's head
@@ -173,7 +175,16 @@ const CheckIdleAfter = 250 * time.Millisecond
 // answer and are read with it; a read through TLS cannot look without
 // blocking: a past deadline fails it before it reads.)
 func (pc *poolConn) alive() bool {
-	return pc.br.Buffered() == 0 && pc.peek.state(pc.raw) == peekEmpty
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	if now := time.Now(); pc.rdl.Passed(now) {
+		// The last answer's header deadline, left in force (readResponse),
+		// would fail the check's read.
+		pc.rdl.Forget()
+		_ = pc.SetReadDeadline(time.Time{})
+	}
+	return pc.peek.state(pc.raw) == peekEmpty
 }
 
 // RoundTrip sends req over a connection of the pool (or, when every one
@@ -498,10 +509,13 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 	// registered: set after, it would replace the past deadline of a
 	// cancellation that came in between.
 	if p.responseHeader > 0 {
-		_ = pc.SetReadDeadline(time.Now().Add(p.responseHeader))
+		pc.rdl.Within(time.Now(), p.responseHeader, pc.SetReadDeadline)
 	}
 	if pc.abort == nil {
-		pc.abort = func() { _ = pc.SetDeadline(aLongTimeAgo) }
+		pc.abort = func() {
+			pc.rdl.Forget()
+			_ = pc.SetDeadline(aLongTimeAgo)
+		}
 	}
 	stop := cancelhook.On(ctx, pc.abort)
 	fail := func(err error) (*http.Response, bool, error) {
@@ -545,6 +559,7 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 			if body.failed {
 				// The caller's body broke: the remote waits for the rest
 				// and will not answer.
+				pc.rdl.Forget()
 				_ = pc.SetDeadline(aLongTimeAgo)
 			}
 			wrote <- err
@@ -610,7 +625,11 @@ func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.R
 		}
 		code := resp.StatusCode
 		if code >= 200 {
-			if p.responseHeader > 0 {
+			if p.responseHeader > 0 && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
+				// The body's reads are not bounded by the header's wait; a
+				// body whole in the buffer reads nothing more, and the
+				// deadline stays (see applink's readResponse).
+				pc.rdl.Forget()
 				_ = pc.SetReadDeadline(time.Time{})
 				if req.Context().Err() != nil {
 					_ = pc.SetDeadline(aLongTimeAgo) // the cancel hook's, just replaced

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -381,5 +382,60 @@ func TestContractPoolCheckSkippedOnlyWhenReplayable(t *testing.T) {
 	send(http.MethodGet, "", 4) // unchecked, found closed, sent again on a new connection
 	if n := conns.Load(); n != 2 {
 		t.Errorf("the remote saw %d connections, want 2 (the GET sent again on a new one)", n)
+	}
+}
+
+// The response header's deadline stays in force after an answer whose
+// body came whole with its head (dataplane/internal/deadline): a pooled
+// connection idle past it is still checked alive and reused, and a
+// stalled answer on it is cut at the header timeout again.
+func TestContractPoolHeaderDeadlineLeftInForce(t *testing.T) {
+	cert, pool := selfSigned(t)
+	const rh = 150 * time.Millisecond
+	var conns atomic.Int64
+	stall := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			select {
+			case <-stall:
+			case <-r.Context().Done():
+			}
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	defer close(stall)
+	link, err := meshlink.New(meshlink.Config{Addr: srv.Listener.Addr().String(), TLS: &tls.Config{RootCAs: pool, ServerName: "peer.test"},
+		Dial: 5 * time.Second, Handshake: 5 * time.Second, Idle: time.Minute, KeepAlive: time.Minute,
+		ResponseHeader: rh, PoolWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.CloseIdle()
+	req, _ := http.NewRequest(http.MethodGet, "https://api.default/a", nil)
+	if body, err := do(t, link.Pool, req, true); err != nil || body != "ok" {
+		t.Fatalf("first: %q %v", body, err)
+	}
+	time.Sleep(2 * rh)
+	// A POST is checked alive before it goes (not replayable).
+	req, _ = http.NewRequest(http.MethodPost, "https://api.default/b", strings.NewReader("x"))
+	if body, err := do(t, link.Pool, req, true); err != nil || body != "ok" {
+		t.Fatalf("after the deadline passed: %q %v", body, err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1 (the idle one reused)", n)
+	}
+	req, _ = http.NewRequest(http.MethodGet, "https://api.default/stall", nil)
+	_, err = do(t, link.Pool, req, true)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a stalled answer on the reused connection: %v, want the header timeout", err)
 	}
 }
