@@ -318,7 +318,11 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 		// The common head without net/http's reader (its framing is never
 		// ambiguous); any other form, and a head not buffered whole, with
 		// it, the raw head kept for ambiguousFraming.
-		resp, ok := resphead.Parse(ac.br, req)
+		var raw *resphead.Fields
+		if head != nil {
+			raw = head.Raw
+		}
+		resp, ok := resphead.Parse(ac.br, req, raw)
 		if !ok {
 			// The head as buffered, when it is there whole (its usual
 			// case): parsing it does not refill the buffer, so it stays

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"minimesh/dataplane/internal/resphead"
 )
 
 // HeaderPeerID carries the caller's SPIFFE ID from the inbound to the app.
@@ -156,6 +158,11 @@ type Head struct {
 	Public bool
 	// W receives the app's 1xx answers on the direct path (Client.Do).
 	W http.ResponseWriter
+	// Raw, when set, takes the final answer's head when it is of the
+	// common form (dataplane/internal/resphead): the response then has no
+	// header map (Header nil), its fields are in Raw, as W passes them on
+	// (h1.LinesWriter).
+	Raw *resphead.Fields
 }
 
 // Directable reports whether r can take the direct path.

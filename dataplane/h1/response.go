@@ -69,6 +69,36 @@ func (w *response) WriteHeader(code int) {
 	w.snapshot()
 }
 
+// LinesWriter is implemented by this package's http.ResponseWriter: a
+// proxy passes an answer's head on without a header map
+// (dataplane/internal/resphead's Fields).
+type LinesWriter interface {
+	// WriteHeaderLines is WriteHeader for a final status of 200–599 but
+	// 204 and 304, with the header fields given as lines ("Name: value"
+	// and CRLF each: valid names, values without CR, LF or NUL, trimmed)
+	// instead of the header map's, which must be empty, and the body's
+	// length (≥ 0) instead of a Content-Length field; hasType and hasDate
+	// say whether the lines hold a Content-Type and a Date (the server
+	// adds neither then, as for a map that has them). lines is copied.
+	WriteHeaderLines(code int, lines []byte, contentLength int64, hasType, hasDate bool)
+}
+
+var _ LinesWriter = (*response)(nil)
+
+func (w *response) WriteHeaderLines(code int, lines []byte, contentLength int64, hasType, hasDate bool) {
+	if w.c.hijacked || w.wrote {
+		return
+	}
+	if code < 200 || code > 599 || !bodyAllowed(code) || contentLength < 0 || len(w.header) != 0 {
+		panic(fmt.Sprintf("h1: WriteHeaderLines(%d, length %d) with %d header fields", code, contentLength, len(w.header)))
+	}
+	w.c.noContinue()
+	w.wrote, w.status = true, code
+	w.c.trailers = w.c.trailers[:0]
+	w.c.hbuf = append(w.c.hbuf[:0], lines...)
+	w.cl, w.hasCT, w.hasDate = contentLength, hasType, hasDate
+}
+
 // informational writes a 1xx answer at once (never Content-Length or
 // Transfer-Encoding).
 func (w *response) informational(code int) {

@@ -204,6 +204,10 @@ type Head interface {
 	WriteHead(bw *bufio.Writer, req *http.Request)
 	// Got1xx takes each informational answer (at most 5 per request).
 	Got1xx(code int, header http.Header)
+	// Fields, when not nil, takes the final answer's head when it is of
+	// the common form (dataplane/internal/resphead): the response then has
+	// no header map (Header nil), its fields are in Fields.
+	Fields() *resphead.Fields
 	// Request returns the request the head describes, for the overflow
 	// transport (HTTP/2): when every connection stays busy for PoolWait,
 	// or the remote does not agree to http/1.1. Its 1xx answers are
@@ -614,7 +618,11 @@ func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.R
 			}
 			return nil, fmt.Errorf("proxy: read from %s: %w", p.addr, staleErr(err))
 		}
-		resp, ok := resphead.Parse(pc.br, req) // the common head; any other with net/http
+		var raw *resphead.Fields
+		if head != nil {
+			raw = head.Fields()
+		}
+		resp, ok := resphead.Parse(pc.br, req, raw) // the common head; any other with net/http
 		var err error
 		if !ok {
 			resp, err = http.ReadResponse(pc.br, req)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/meshlink"
 )
 
@@ -216,7 +217,10 @@ func TestContractPoolRetryRule(t *testing.T) {
 // and takes the 1xx answers.
 type testHead struct {
 	early []int
+	raw   *resphead.Fields
 }
+
+func (h *testHead) Fields() *resphead.Fields { return h.raw }
 
 func (h *testHead) WriteHead(bw *bufio.Writer, req *http.Request) {
 	_, _ = bw.WriteString(req.Method + " " + req.URL.Path + " HTTP/1.1\r\nHost: api.default\r\nX-Head: written\r\n")
@@ -267,10 +271,16 @@ func TestContractPoolDo(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, "https://api.default"+path, nil)
 		req.Header.Set("X-Own", "own")
 		req.Close = true
-		head := &testHead{}
+		head := &testHead{raw: &resphead.Fields{}}
 		resp, err := link.Pool.Do(req, head)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The answer's head in the head's Fields, not a map.
+		if resp.Header != nil || !head.raw.Taken || string(head.raw.ContentType) != "text/plain; charset=utf-8" ||
+			!strings.Contains(string(head.raw.Lines), "Content-Type: text/plain; charset=utf-8\r\n") ||
+			!strings.Contains(string(head.raw.Lines), "Date: ") || !head.raw.HasDate {
+			t.Fatalf("%s: header %v, fields %q", path, resp.Header, head.raw.Lines)
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -298,9 +308,13 @@ func TestContractPoolDo(t *testing.T) {
 	h2only := start("h2")
 	link2 := newPoolLink(t, h2only.Listener.Addr().String(), pool)
 	req, _ = http.NewRequest(http.MethodGet, "https://api.default/c", nil)
-	resp, err := link2.Pool.Do(req, &testHead{})
+	overflow := &testHead{raw: &resphead.Fields{}}
+	resp, err := link2.Pool.Do(req, overflow)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if resp.Header == nil || overflow.raw.Taken {
+		t.Error("an answer over HTTP/2 has no header map")
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()

@@ -8,6 +8,7 @@ import (
 
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -44,6 +45,7 @@ type decision struct {
 	// 1xx answers; early guards them when a try goes over HTTP/2.
 	w     http.ResponseWriter
 	early *early1xx
+	raw   *resphead.Fields // the answer's head as lines (outHead.Fields)
 }
 
 type decisionKey struct{}

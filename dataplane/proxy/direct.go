@@ -4,8 +4,11 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/h1"
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/meshlink"
 )
 
@@ -23,12 +26,54 @@ import (
 // handler (http.ErrAbortHandler), so the client sees the response fail.
 func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *applink.Head) {
 	head.W = w
+	raw := getFields(w)
+	defer putFields(raw)
+	head.Raw = raw
 	resp, err := f.direct.Do(r, head)
+	head.Raw = nil
 	if err != nil {
 		f.errorHandler(w, r, err)
 		return
 	}
-	f.answer(w, resp)
+	f.answer(w, resp, raw)
+}
+
+// The answer's head as lines. When the client's writer is dataplane/h1's
+// and nothing else has set a field of the answer (nor wraps the writer:
+// the access log's exchange does), the links read a common answer head
+// (dataplane/internal/resphead) into Fields instead of a header map, and
+// answer hands its lines to the writer (h1.LinesWriter): no map, no
+// strings, no copy of the fields from one map to another, nothing to
+// iterate when the head goes out; the fields go in the order the app (or
+// the remote proxy) sent them.
+var fieldsPool = sync.Pool{New: func() any { return new(resphead.Fields) }}
+
+// getFields is a pooled Fields when w takes a head as lines, else nil.
+func getFields(w http.ResponseWriter) *resphead.Fields {
+	if linesWriter(w) == nil {
+		return nil
+	}
+	return fieldsPool.Get().(*resphead.Fields)
+}
+
+func putFields(f *resphead.Fields) {
+	if f != nil && cap(f.Lines) <= 16<<10 {
+		f.ContentType = nil
+		fieldsPool.Put(f)
+	}
+}
+
+// linesWriter is w as an h1.LinesWriter (under the forwarder's recorder
+// only) with no header field set yet; nil otherwise.
+func linesWriter(w http.ResponseWriter) h1.LinesWriter {
+	if rec, ok := w.(*recorder); ok {
+		w = rec.ResponseWriter
+	}
+	lw, ok := w.(h1.LinesWriter)
+	if !ok || len(w.Header()) != 0 {
+		return nil
+	}
+	return lw
 }
 
 // answer hands resp to w as ReverseProxy would: hop-by-hop fields
@@ -36,7 +81,28 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 // through a pooled buffer, trailers passed on. A body cut midway aborts the
 // handler (http.ErrAbortHandler). Both direct paths (the inbound's to the
 // app, the outbound's to the remote proxy) answer with it.
-func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response) {
+//
+// A response without a header map came as lines in raw (getFields): they
+// go to the writer as they are when it still takes them, else into a map.
+func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response, raw *resphead.Fields) {
+	if resp.Header == nil && raw != nil {
+		if lw := linesWriter(w); lw != nil {
+			if rec, ok := w.(*recorder); ok && rec.code == 0 {
+				rec.code = resp.StatusCode
+			}
+			lw.WriteHeaderLines(resp.StatusCode, raw.Lines, resp.ContentLength, raw.ContentType != nil, raw.HasDate)
+			// Server-sent events go to the client as they come.
+			stream := len(raw.ContentType) >= len(eventStream) &&
+				strings.EqualFold(string(raw.ContentType[:len(eventStream)]), eventStream)
+			err := copyBody(w, resp.Body, stream)
+			_ = resp.Body.Close()
+			if err != nil {
+				panic(http.ErrAbortHandler)
+			}
+			return // no trailers: a head with a Trailer field is never taken
+		}
+		resp.Header = raw.Header(resp.ContentLength)
+	}
 	applink.DropHopByHop(resp.Header)
 	dst := w.Header()
 	for k, vv := range resp.Header {
@@ -57,7 +123,7 @@ func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response) {
 	w.WriteHeader(resp.StatusCode)
 	// A body of unknown length (a stream) or server-sent events go to
 	// the client as they come.
-	stream := resp.ContentLength < 0 || applink.HasPrefixFold(resp.Header.Get("Content-Type"), "text/event-stream")
+	stream := resp.ContentLength < 0 || applink.HasPrefixFold(resp.Header.Get("Content-Type"), eventStream)
 	if err := copyBody(w, resp.Body, stream); err != nil {
 		_ = resp.Body.Close()
 		panic(http.ErrAbortHandler)
@@ -77,6 +143,8 @@ func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response) {
 		dst[k] = vv
 	}
 }
+
+const eventStream = "text/event-stream"
 
 // copyBody copies the app's body to the client through a pooled buffer,
 // flushing after every read when stream is set.

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/meshlink"
 )
 
@@ -60,6 +61,11 @@ func (o *Outbound) forwardDirect(w http.ResponseWriter, r *http.Request, d *deci
 		o.directs.Add(1)
 	}
 	d.w = w
+	d.raw = getFields(w)
+	defer func() {
+		putFields(d.raw)
+		d.raw = nil
+	}()
 	resp, err := o.send(r, d, (*outHead)(d))
 	if d.early != nil {
 		d.early.end()
@@ -68,8 +74,12 @@ func (o *Outbound) forwardDirect(w http.ResponseWriter, r *http.Request, d *deci
 		o.fwd.errorHandler(w, r, err)
 		return
 	}
-	o.fwd.answer(w, resp)
+	o.fwd.answer(w, resp, d.raw)
 }
+
+// Fields is where the remote's answer head goes as lines (direct.go's
+// getFields); nil: a header map.
+func (h *outHead) Fields() *resphead.Fields { return h.raw }
 
 // outHead is a request's decision as the head the outbound writes for it
 // (meshlink.Head): a pointer conversion, nothing allocated.

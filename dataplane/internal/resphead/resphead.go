@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -34,7 +35,15 @@ const maxCLDigits = 18
 // form, and returns the response with a body reading its Content-Length
 // bytes from br. ok false: nothing was consumed; read the response with
 // http.ReadResponse.
-func Parse(br *bufio.Reader, req *http.Request) (resp *http.Response, ok bool) {
+//
+// With raw set (a proxy's direct path, whose writer takes a head as
+// lines: dataplane/h1), a head Parse takes is not built into a map: its
+// fields go into raw as a proxy passes them on, and resp.Header is nil.
+// raw.Taken says which happened.
+func Parse(br *bufio.Reader, req *http.Request, raw *Fields) (resp *http.Response, ok bool) {
+	if raw != nil {
+		raw.Taken = false
+	}
 	if req != nil && req.Method == http.MethodHead {
 		return nil, false
 	}
@@ -43,7 +52,7 @@ func Parse(br *bufio.Reader, req *http.Request) (resp *http.Response, ok bool) {
 	if end < 0 {
 		return nil, false
 	}
-	resp, ok = parse(buf[:end])
+	resp, ok = parse(buf[:end], raw)
 	if !ok {
 		return nil, false
 	}
@@ -99,7 +108,7 @@ type field struct{ k0, k1, v0, v1 int }
 // ASCII, space and tab, ends trimmed) and the one Content-Length. Only a
 // head it takes is copied into a string and a map, so a declined head (a
 // chunked answer, the commonest) costs no allocation.
-func parse(head []byte) (*http.Response, bool) {
+func parse(head []byte, raw *Fields) (*http.Response, bool) {
 	code, eol, ok := statusLine(head)
 	if !ok {
 		return nil, false
@@ -147,6 +156,17 @@ func parse(head []byte) (*http.Response, bool) {
 	if cl < 0 {
 		return nil, false
 	}
+	if raw != nil {
+		raw.fill(head, fields[:n])
+		return &http.Response{
+			Status:        status(head[9:eol]),
+			StatusCode:    code,
+			Proto:         "HTTP/1.1",
+			ProtoMajor:    1,
+			ProtoMinor:    1,
+			ContentLength: cl,
+		}, true
+	}
 	s := string(head[:last])
 	h := make(http.Header, n)
 	values := make([]string, n)
@@ -169,6 +189,89 @@ func parse(head []byte) (*http.Response, bool) {
 		Header:        h,
 		ContentLength: cl,
 	}, true
+}
+
+// Fields is a response head's fields as a proxy passes them on, for a
+// writer that takes them as they are (dataplane/h1's WriteHeaderLines):
+// each a line "Name: value\r\n", the name as http.CanonicalHeaderKey
+// spells it and the value trimmed (net/http's header map, written back),
+// in the order they came; without Content-Length (the response's
+// ContentLength) and the hop-by-hop fields a proxy drops (RFC 9110
+// section 7.6.1, as ReverseProxy: Keep-Alive, Proxy-Connection,
+// Proxy-Authenticate, Proxy-Authorization, Te, Upgrade; Connection,
+// Trailer and Transfer-Encoding send a head to net/http). Its buffer is
+// reused from one response to the next: read it before the next Parse.
+type Fields struct {
+	Lines []byte
+	// ContentType is the Content-Type value (in Lines), nil without one.
+	ContentType []byte
+	HasDate     bool
+	// Taken: Parse read the head into these fields (false: the response
+	// has a header map).
+	Taken bool
+}
+
+func (f *Fields) fill(head []byte, fields []field) {
+	f.Taken, f.HasDate, f.ContentType = true, false, nil
+	b := f.Lines[:0]
+	ct0, ct1 := -1, -1 // the first Content-Type value, in b
+	for _, fl := range fields {
+		name := head[fl.k0:fl.k1]
+		if equalFold(name, "content-length") || hopByHop(name) {
+			continue
+		}
+		upper := true
+		for _, c := range name {
+			switch {
+			case upper && 'a' <= c && c <= 'z':
+				c -= 'a' - 'A'
+			case !upper && 'A' <= c && c <= 'Z':
+				c += 'a' - 'A'
+			}
+			b = append(b, c)
+			upper = c == '-'
+		}
+		b = append(b, ": "...)
+		if ct0 < 0 && equalFold(name, "content-type") {
+			ct0, ct1 = len(b), len(b)+fl.v1-fl.v0
+		}
+		f.HasDate = f.HasDate || equalFold(name, "date")
+		b = append(b, head[fl.v0:fl.v1]...)
+		b = append(b, "\r\n"...)
+	}
+	if ct0 >= 0 {
+		f.ContentType = b[ct0:ct1:ct1]
+	}
+	f.Lines = b
+}
+
+// hopByHop reports whether name is a hop-by-hop field Parse takes (the
+// others are declined).
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case len("te"):
+		return equalFold(name, "te")
+	case len("upgrade"):
+		return equalFold(name, "upgrade")
+	case len("keep-alive"):
+		return equalFold(name, "keep-alive")
+	case len("proxy-connection"):
+		return equalFold(name, "proxy-connection")
+	case len("proxy-authenticate"):
+		return equalFold(name, "proxy-authenticate")
+	case len("proxy-authorization"):
+		return equalFold(name, "proxy-authorization")
+	}
+	return false
+}
+
+// status is line's Status string, without an allocation for the
+// commonest.
+func status(b []byte) string {
+	if string(b) == "200 OK" {
+		return "200 OK"
+	}
+	return string(b)
 }
 
 // declined reports whether name is one of the fields net/http reads into
@@ -305,3 +408,16 @@ func (b *body) Read(p []byte) (int, error) {
 
 // Close does nothing: the links decide what becomes of the connection.
 func (b *body) Close() error { return nil }
+
+// Header is the header map of the fields, with Content-Length n: what
+// Parse builds without Fields, hop-by-hop fields aside.
+func (f *Fields) Header(n int64) http.Header {
+	h := http.Header{"Content-Length": {strconv.FormatInt(n, 10)}}
+	for rest := string(f.Lines); rest != ""; {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		k, v, _ := strings.Cut(line, ": ")
+		h[k] = append(h[k], v)
+	}
+	return h
+}

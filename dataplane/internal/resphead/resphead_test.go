@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -90,7 +91,7 @@ func FuzzParseVsNetHTTP(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ours := reader(data)
-		resp, ok := Parse(ours, getReq)
+		resp, ok := Parse(ours, getReq, nil)
 		if !ok {
 			if rest, _ := io.ReadAll(ours); !bytes.Equal(rest, data) {
 				t.Fatalf("declined but consumed bytes: %q left of %q", rest, data)
@@ -132,12 +133,12 @@ func FuzzParseVsNetHTTP(f *testing.F) {
 // whole in the buffer is left to net/http.
 func TestParse(t *testing.T) {
 	for _, s := range seeds[:accepted] {
-		if _, ok := Parse(reader([]byte(s)), getReq); !ok {
+		if _, ok := Parse(reader([]byte(s)), getReq, nil); !ok {
 			t.Errorf("declined %q", s)
 		}
 	}
 	for _, s := range seeds[accepted:] {
-		if _, ok := Parse(reader([]byte(s)), getReq); ok {
+		if _, ok := Parse(reader([]byte(s)), getReq, nil); ok {
 			t.Errorf("accepted %q", s)
 		}
 	}
@@ -145,19 +146,19 @@ func TestParse(t *testing.T) {
 	many := func(n int) string {
 		return "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-F: v\r\n", n-1) + "Content-Length: 1\r\n\r\nx"
 	}
-	if resp, ok := Parse(reader([]byte(many(maxFields))), getReq); !ok || len(resp.Header["X-F"]) != maxFields-1 {
+	if resp, ok := Parse(reader([]byte(many(maxFields))), getReq, nil); !ok || len(resp.Header["X-F"]) != maxFields-1 {
 		t.Errorf("a head of %d fields: taken %v", maxFields, ok)
 	}
-	if _, ok := Parse(reader([]byte(many(maxFields+1))), getReq); ok {
+	if _, ok := Parse(reader([]byte(many(maxFields+1))), getReq, nil); ok {
 		t.Errorf("a head of %d fields was taken", maxFields+1)
 	}
 	head, _ := http.NewRequest(http.MethodHead, "http://app/", nil)
-	if _, ok := Parse(reader([]byte(seeds[0])), head); ok {
+	if _, ok := Parse(reader([]byte(seeds[0])), head, nil); ok {
 		t.Error("accepted the answer to a HEAD request")
 	}
 	part := bufio.NewReader(io.MultiReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-"), strings.NewReader("Length: 1\r\n\r\nx")))
 	_, _ = part.Peek(1)
-	if _, ok := Parse(part, getReq); ok {
+	if _, ok := Parse(part, getReq, nil); ok {
 		t.Error("accepted a head not whole in the buffer")
 	}
 	if b, _ := io.ReadAll(part); string(b) != "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx" {
@@ -190,7 +191,7 @@ func TestBodyAllocations(t *testing.T) {
 		})
 	}
 	ours := run(func() (*http.Response, error) {
-		resp, ok := Parse(br, getReq)
+		resp, ok := Parse(br, getReq, nil)
 		if !ok {
 			return nil, errors.New("declined")
 		}
@@ -209,10 +210,110 @@ func TestBodyAllocations(t *testing.T) {
 func TestDeclineAllocatesNothing(t *testing.T) {
 	br := reader([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"))
 	if n := testing.AllocsPerRun(100, func() {
-		if _, ok := Parse(br, getReq); ok {
+		if _, ok := Parse(br, getReq, nil); ok {
 			t.Fatal("a chunked answer was taken")
 		}
 	}); n != 0 {
 		t.Errorf("a declined head costs %.0f allocations", n)
+	}
+}
+
+// hopByHop are the fields a proxy drops from an answer (ReverseProxy's
+// list).
+var hopByHopNames = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// FuzzRawVsNetHTTP: Parse with Fields takes exactly the heads it takes
+// without, and its lines are net/http's header map as a proxy passes it
+// on: every field but Content-Length and the hop-by-hop ones, names
+// canonical, values as net/http has them and in their order per name;
+// ContentType is the map's first Content-Type value, HasDate whether it
+// has a Date; the length, status and body are net/http's.
+func FuzzRawVsNetHTTP(f *testing.F) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte("HTTP/1.1 200 OK\r\ncontent-TYPE: text/html\r\nkeep-alive: timeout=5\r\nUpgrade: h2c\r\nDATE: x\r\nX-a-B: 1\r\nx-A-b: 2\r\nContent-Length: 1\r\n\r\nx"))
+	f.Add([]byte("HTTP/1.1 201 Created\r\nContent-Type:\r\nContent-Type: b\r\nTe: x\r\nProxy-Authenticate: y\r\nContent-Length: 0\r\n\r\n"))
+	var raw Fields
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, mapOK := Parse(reader(data), getReq, nil)
+		ours := reader(data)
+		resp, ok := Parse(ours, getReq, &raw)
+		if ok != mapOK || ok != raw.Taken {
+			t.Fatalf("taken with Fields %v (Taken %v), without %v: %q", ok, raw.Taken, mapOK, data)
+		}
+		if !ok {
+			return
+		}
+		want, err := http.ReadResponse(reader(data), getReq)
+		if err != nil {
+			t.Fatalf("Parse accepted what net/http refuses (%v): %q", err, data)
+		}
+		if resp.Header != nil || resp.Status != want.Status || resp.StatusCode != want.StatusCode ||
+			resp.ContentLength != want.ContentLength || resp.Close != want.Close {
+			t.Fatalf("response differs for %q:\nours %+v\nnet/http %+v", data, resp, want)
+		}
+		got := http.Header{}
+		for line := range strings.SplitSeq(strings.TrimSuffix(string(raw.Lines), "\r\n"), "\r\n") {
+			if line == "" && len(raw.Lines) == 0 {
+				break
+			}
+			k, v, ok := strings.Cut(line, ": ")
+			if !ok || k != http.CanonicalHeaderKey(k) {
+				t.Fatalf("line %q of %q", line, raw.Lines)
+			}
+			got[k] = append(got[k], v)
+		}
+		exp := want.Header.Clone()
+		exp.Del("Content-Length")
+		for _, k := range hopByHopNames {
+			exp.Del(k)
+		}
+		if len(exp) == 0 {
+			exp = http.Header{}
+		}
+		if !reflect.DeepEqual(got, exp) {
+			t.Fatalf("fields differ for %q:\nours %q\nnet/http %q", data, got, exp)
+		}
+		// Header, the map again: net/http's less the hop-by-hop fields.
+		exp.Set("Content-Length", strconv.FormatInt(want.ContentLength, 10))
+		if h := raw.Header(resp.ContentLength); !reflect.DeepEqual(h, exp) {
+			t.Fatalf("Header for %q:\nours %q\nnet/http %q", data, h, exp)
+		}
+		if vv, has := want.Header["Content-Type"]; has != (raw.ContentType != nil) || has && string(raw.ContentType) != vv[0] {
+			t.Fatalf("Content-Type %q, net/http %q", raw.ContentType, vv)
+		}
+		if _, has := want.Header["Date"]; has != raw.HasDate {
+			t.Fatalf("HasDate %v for %q", raw.HasDate, data)
+		}
+		gotBody, gotErr := readAll(resp.Body)
+		wantBody, wantErr := readAll(want.Body)
+		if !bytes.Equal(gotBody, wantBody) || gotErr != wantErr {
+			t.Fatalf("body differs for %q", data)
+		}
+	})
+}
+
+// TestRawAllocations: with Fields (its buffer grown once) a response
+// costs the Response and its body, no header map or strings.
+func TestRawAllocations(t *testing.T) {
+	data := []byte("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Sat, 05 Dec 2026 12:00:00 GMT\r\n\r\nx")
+	src := bytes.NewReader(data)
+	br := bufio.NewReader(src)
+	var raw Fields
+	n := testing.AllocsPerRun(200, func() {
+		src.Reset(data)
+		br.Reset(src)
+		_, _ = br.Peek(1)
+		if _, ok := Parse(br, getReq, &raw); !ok {
+			t.Fatal("declined")
+		}
+	})
+	if n > 2 {
+		t.Errorf("%.0f allocations per response with Fields, want at most 2", n)
+	}
+	if string(raw.Lines) != "Content-Type: text/plain; charset=utf-8\r\nDate: Sat, 05 Dec 2026 12:00:00 GMT\r\n" {
+		t.Errorf("lines %q", raw.Lines)
 	}
 }
