@@ -64,10 +64,17 @@ func putFields(f *resphead.Fields) {
 }
 
 // linesWriter is w as an h1.LinesWriter (under the forwarder's recorder
-// only) with no header field set yet; nil otherwise.
+// and an exchange of the inbound or the access log only) with no header
+// field set yet; nil otherwise.
 func linesWriter(w http.ResponseWriter) h1.LinesWriter {
 	if rec, ok := w.(*recorder); ok {
 		w = rec.ResponseWriter
+	}
+	if ex, ok := w.(*inExchange); ok {
+		if _, ok := ex.ResponseWriter.(h1.LinesWriter); !ok || len(ex.Header()) != 0 {
+			return nil
+		}
+		return ex
 	}
 	lw, ok := w.(h1.LinesWriter)
 	if !ok || len(w.Header()) != 0 {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,8 @@ import (
 	"minimesh/api/authz"
 	"minimesh/api/pathnorm"
 	"minimesh/dataplane/accesslog"
+	"minimesh/dataplane/h1"
+	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/ratelimit"
 	"minimesh/dataplane/route"
 )
@@ -228,6 +231,23 @@ func (e *inExchange) WriteHeader(code int) {
 		}
 	}
 	e.ResponseWriter.WriteHeader(code)
+}
+
+// WriteHeaderLines is WriteHeader for an answer whose fields come as
+// lines (direct.go's linesWriter: e's writer takes them). A retiring
+// connection's answer goes through the header map, to ask to close.
+func (e *inExchange) WriteHeaderLines(code int, lines []byte, n int64, hasType, hasDate bool) {
+	if e.pe != nil && e.pe.retiring.Load() {
+		h := e.Header()
+		resphead.AddLines(h, lines)
+		h.Set("Content-Length", strconv.FormatInt(n, 10))
+		e.WriteHeader(code) // with Connection: close
+		return
+	}
+	if e.code == 0 {
+		e.code = code
+	}
+	e.ResponseWriter.(h1.LinesWriter).WriteHeaderLines(code, lines, n, hasType, hasDate)
 }
 
 func (e *inExchange) Write(b []byte) (int, error) {

@@ -9,7 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"minimesh/certs"
 )
 
 // linesApp answers with a Content-Length body and the fields a proxy must
@@ -113,5 +119,56 @@ func TestDirectPathAnswerAsLines(t *testing.T) {
 		if resp.StatusCode != 200 || !slices.Equal(got, want) || string(b) != "hello" {
 			t.Fatalf("two hops: %d %q %q\nwant %q", resp.StatusCode, got, b, want)
 		}
+	}
+}
+
+// An HTTP/1.1 connection whose peer the new bundle no longer verifies,
+// busy with a request answered by the direct path as lines: the answer
+// still asks to close (through the header map: inExchange's
+// WriteHeaderLines), so the client does not send another request on it.
+func TestRetiringConnectionAnswerAsLinesAsksToClose(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	ca2, both := m.secondRoot(t)
+	bundle := certs.NewBundleSource(both)
+	release := make(chan struct{})
+	var hits atomic.Int64
+	a := &app{Server: httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.Header().Set("X-App", "1")
+		_, _ = io.WriteString(w, "done")
+	}))}
+	t.Cleanup(a.Close)
+	metrics := newMetrics(t)
+	_, addr := startPolicyInbound(t, m, bundle, metrics, a)
+	cfg := certs.MTLSClientConfig(m.web, certs.NewBundleSource(both), certs.AuthorizeID(spiffeid.RequireFromString(apiID)), certs.TLSOptions{})
+	cfg.NextProtos = []string{"http/1.1"}
+	tr := &http.Transport{TLSClientConfig: cfg}
+	t.Cleanup(tr.CloseIdleConnections)
+	done := make(chan *http.Response, 1)
+	go func() {
+		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/slow")
+		if err != nil {
+			t.Error(err)
+			done <- nil
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- resp
+	}()
+	eventually(t, "the request reaches the app", func() bool { return hits.Load() == 1 })
+	bundle.Set(ca2.Bundle())
+	eventually(t, "the connection is retired", func() bool {
+		return counterValue(t, metrics.revokedConns.WithLabelValues(ListenerInbound, closeUntrusted)) == 1
+	})
+	close(release)
+	resp := <-done
+	if resp == nil || resp.StatusCode != 200 || !resp.Close || resp.Header.Get("X-App") != "1" || resp.ContentLength != 4 {
+		t.Fatalf("the answer on a retiring connection: %+v", resp)
 	}
 }

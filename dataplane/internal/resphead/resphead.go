@@ -413,11 +413,16 @@ func (b *body) Close() error { return nil }
 // Parse builds without Fields, hop-by-hop fields aside.
 func (f *Fields) Header(n int64) http.Header {
 	h := http.Header{"Content-Length": {strconv.FormatInt(n, 10)}}
-	for rest := string(f.Lines); rest != ""; {
+	AddLines(h, f.Lines)
+	return h
+}
+
+// AddLines adds the fields of lines (as in Fields.Lines) to h.
+func AddLines(h http.Header, lines []byte) {
+	for rest := string(lines); rest != ""; {
 		var line string
 		line, rest, _ = strings.Cut(rest, "\r\n")
 		k, v, _ := strings.Cut(line, ": ")
 		h[k] = append(h[k], v)
 	}
-	return h
 }
