@@ -231,21 +231,21 @@ func (w *response) commit(first []byte, done bool) {
 	w.committed = true
 	is11 := w.req.ProtoMinor == 1
 	bw := c.bw
-	var line [64]byte
-	_, _ = bw.Write(appendStatusLine(line[:0], is11, w.status))
+	// Appended in the writer's free space (AvailableBuffer), so the
+	// status line and the length cost no allocation.
+	_, _ = bw.Write(appendStatusLine(bw.AvailableBuffer(), is11, w.status))
 	_, _ = bw.Write(c.hbuf)
-	var tmp [32]byte
 	allowed := bodyAllowed(w.status)
 	switch {
 	case !allowed:
 	case w.cl >= 0:
 		_, _ = bw.WriteString("Content-Length: ")
-		_, _ = bw.Write(strconv.AppendInt(tmp[:0], w.cl, 10))
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.cl, 10))
 		_, _ = bw.WriteString("\r\n")
 	case done && !w.trailerKeys && !w.teIdentity && (!w.isHEAD || w.written > 0):
 		w.cl = w.written
 		_, _ = bw.WriteString("Content-Length: ")
-		_, _ = bw.Write(strconv.AppendInt(tmp[:0], w.cl, 10))
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.cl, 10))
 		_, _ = bw.WriteString("\r\n")
 	case w.isHEAD:
 	case w.teIdentity || !is11:

@@ -319,7 +319,12 @@ const rstAvoidanceDelay = 500 * time.Millisecond
 // serveRequest runs the handler for p and finishes its answer; false: the
 // connection ends (closed, or hijacked).
 func (c *conn) serveRequest(p *parsed) (keep bool) {
-	rc := &reqCtx{Context: c.ctx}
+	// The request's context and its answer, one allocation.
+	pr := &struct {
+		rc reqCtx
+		w  response
+	}{rc: reqCtx{Context: c.ctx}}
+	rc := &pr.rc
 	c.setRequest(rc)
 	defer c.endRequest(rc)
 	c.tmpl = http.Request{
@@ -345,7 +350,8 @@ func (c *conn) serveRequest(p *parsed) (keep bool) {
 	if c.resHdr == nil {
 		c.resHdr = make(http.Header)
 	}
-	w := &response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
+	w := &pr.w
+	*w = response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
 		closeAfter: p.close}
 	defer func() {
 		clear(c.resHdr)
