@@ -275,9 +275,14 @@ func (c *conn) setReadDeadline(t time.Time) {
 }
 
 // headBuffered reports whether br holds a whole request head (through an
-// empty line), so that reading it reads nothing from the connection.
+// empty line), so that reading it reads nothing from the connection. The
+// CRLFs a client may send after a POST's body come before the head and
+// do not end it.
 func headBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
+	for len(b) >= 2 && b[0] == '\r' && b[1] == '\n' {
+		b = b[2:]
+	}
 	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 

@@ -38,10 +38,11 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 	f.answer(w, resp, raw)
 }
 
-// The answer's head as lines. When the client's writer is dataplane/h1's
-// and nothing else has set a field of the answer (nor wraps the writer:
-// the access log's exchange does), the links read a common answer head
-// (dataplane/internal/resphead) into Fields instead of a header map, and
+// The answer's head as lines. When the client's writer is dataplane/h1's,
+// wrapped by nothing but the forwarder's recorder and an inExchange, and
+// nothing has set a field of the answer yet, the links read a common
+// answer head (dataplane/internal/resphead) into Fields instead of a
+// header map, and
 // answer hands its lines to the writer (h1.LinesWriter): no map, no
 // strings, no copy of the fields from one map to another, nothing to
 // iterate when the head goes out; the fields go in the order the app (or
