@@ -22,6 +22,14 @@
 // across a switch, as with any symlink swap. An old checkout is removed
 // right after the switch; files already open stay readable.
 //
+// Root sits on a volume the app shares, and git runs what a repository
+// names (hooks, filters, fsmonitor) as this process's user. So git runs in
+// the bare repository only while Root and it are directories of this
+// process's user that no one else can write, reached through no symbolic
+// link, with a config file and hooks directory of ours that no one else
+// can write (ErrUntrusted otherwise, a failed sync); and every git command
+// runs with hooks and fsmonitor off.
+//
 // A failed fetch or checkout keeps the last good checkout live; Status
 // reports the error, the live commit and the last success, Ready fails only
 // until the first checkout, and the metrics count syncs by result and show

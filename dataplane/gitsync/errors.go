@@ -12,6 +12,12 @@ var (
 	// carries the end of its stderr.
 	ErrGit = errors.New("gitsync: git failed")
 
+	// ErrUntrusted marks Root or the bare repository refused before git
+	// ran in it: not this process's user's, writable by others, or reached
+	// through a symbolic link (Syncer.checkRepo). The error names the path
+	// and the reason.
+	ErrUntrusted = errors.New("gitsync: untrusted directory")
+
 	// ErrNoCheckout is what Ready returns before the first checkout is live.
 	ErrNoCheckout = errors.New("gitsync: no checkout yet")
 )

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"minimesh/certs"
+	"minimesh/internal/fsguard"
 	"minimesh/internal/redact"
 )
 
@@ -42,7 +43,10 @@ type Config struct {
 	// Interval between fetches (default 30s).
 	Interval time.Duration
 	// Root is the directory the syncer owns, normally beneath the shared
-	// directory; it is created (0755) if missing.
+	// directory; it is created (0755) if missing. It
+	// and the bare repository in it must be this process's user's and
+	// writable by no one else, reached through no symbolic link: git
+	// runs nothing from a directory that fails this (checkRepo).
 	Root string
 	// Link is the name of the symlink in Root that points to the current
 	// checkout (default "current"); the app reads Root/Link.
@@ -292,9 +296,15 @@ func (s *Syncer) sync(ctx context.Context) (changed bool, sha string, ct time.Ti
 
 // init creates Root and the bare repository once.
 func (s *Syncer) init(ctx context.Context) error {
+	// 0755 less the umask: never writable by group or others.
 	if err := os.MkdirAll(filepath.Join(s.cfg.Root, worktreesDir), 0o755); err != nil {
 		return fmt.Errorf("gitsync: %w", err)
 	}
+	root, err := fsguard.OpenDir(s.cfg.Root, false)
+	if err != nil {
+		return fmt.Errorf("%w: Root: %w", ErrUntrusted, err)
+	}
+	_ = root.Close()
 	repo := filepath.Join(s.cfg.Root, repoDir)
 	if _, err := os.Stat(filepath.Join(repo, "HEAD")); err == nil {
 		return nil
@@ -302,8 +312,48 @@ func (s *Syncer) init(ctx context.Context) error {
 	if err := os.RemoveAll(repo); err != nil {
 		return fmt.Errorf("gitsync: %w", err)
 	}
-	_, err := s.run(ctx, "", "init", "--quiet", "--bare", repo)
+	// --shared=0644: the repository's files are 0644 and its directories
+	// 0755 whatever the umask (git would make them 0664 and 0775 under
+	// umask 002), so checkRepo does not refuse what git made.
+	_, err = s.run(ctx, "", "init", "--quiet", "--bare", "--shared=0644", repo)
 	return err
+}
+
+// checkRepo runs before every git command in the bare repository. Whoever
+// else can write there (the app beside us, on the shared volume, or
+// anyone if Root was made group-writable) could plant a hook or a config
+// (a filter, an fsmonitor, an ssh command) that git would run as this
+// process's user, which holds the workload's key. So Root and the
+// repository must be directories of this process's user that no one else
+// can write, reached through no symbolic link (fsguard's rule), the
+// repository's config a file of ours no one else can write, and its hooks
+// directory, if any, the same as Root. Git itself refuses a repository
+// another user owns; this also refuses one others can write. Every git
+// command runs with hooks and fsmonitor off besides (run).
+func (s *Syncer) checkRepo() error {
+	root, err := fsguard.OpenDir(s.cfg.Root, false)
+	if err != nil {
+		return fmt.Errorf("%w: Root: %w", ErrUntrusted, err)
+	}
+	defer root.Close()
+	repo, err := root.OpenDir(repoDir, false)
+	if err != nil {
+		return fmt.Errorf("%w: bare repository: %w", ErrUntrusted, err)
+	}
+	defer repo.Close()
+	if ok, err := repo.Check("config", false); err != nil || !ok {
+		if err == nil {
+			err = fmt.Errorf("%s: %w", filepath.Join(repo.Path(), "config"), fs.ErrNotExist)
+		}
+		return fmt.Errorf("%w: bare repository: %w", ErrUntrusted, err)
+	}
+	hooks, err := repo.OpenDir("hooks", false)
+	if err == nil {
+		_ = hooks.Close()
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: bare repository: %w", ErrUntrusted, err)
+	}
+	return nil
 }
 
 // fetch brings Ref into the bare repository and returns its commit.
@@ -391,20 +441,29 @@ func (s *Syncer) removeWorktree(ctx context.Context, dir string) {
 	}
 }
 
-// git runs git in the bare repository.
+// git runs git in the bare repository, once checkRepo has found it ours.
 func (s *Syncer) git(ctx context.Context, args ...string) (string, error) {
+	if err := s.checkRepo(); err != nil {
+		return "", err
+	}
 	return s.run(ctx, filepath.Join(s.cfg.Root, repoDir), args...)
 }
+
+// noHooks is given to every git command: no hook runs (a post-checkout
+// hook would at each `worktree add`) and no fsmonitor, whatever a
+// repository's config says (command-line settings override it).
+var noHooks = []string{"-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"}
 
 // run runs the git binary (no shell) with a timeout, in its own process
 // group so a timeout also ends the helpers it started.
 func (s *Syncer) run(ctx context.Context, dir string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	full := args
+	full := append([]string(nil), noHooks...)
 	if dir != "" {
-		full = append([]string{"-C", dir}, args...)
+		full = append(full, "-C", dir)
 	}
+	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, s.cfg.Git, full...)
 	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=", "SSH_ASKPASS=", "LC_ALL=C")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

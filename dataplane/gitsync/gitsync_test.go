@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -480,5 +481,149 @@ func TestCredentialsInRepoURLNeverShown(t *testing.T) {
 	}
 	if !strings.Contains(st.Repo, addr) || st.LastError == "" {
 		t.Errorf("status lost what it should show: %+v", st)
+	}
+}
+
+// A hook planted in the bare repository (by anyone who can write there)
+// never runs: git worktree add would run post-checkout at each switch.
+func TestPlantedHookNeverRuns(t *testing.T) {
+	o := newOrigin(t)
+	o.commit()
+	s := newSyncer(t, Config{Repo: o.bare, Ref: "main"})
+	ctx := context.Background()
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(t.TempDir(), "hook-ran")
+	hook := filepath.Join(s.cfg.Root, repoDir, "hooks", "post-checkout")
+	if err := os.MkdirAll(filepath.Dir(hook), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\ntouch "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sha2 := o.commit()
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.Commit != sha2 {
+		t.Fatalf("did not switch to the new commit: %+v", st)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a hook planted in the bare repository ran")
+	}
+}
+
+// Root or the bare repository that someone else could write (or reached
+// through a symbolic link) is refused before git runs in it, with the path
+// and the reason; the last good checkout stays live, and putting it right
+// recovers.
+func TestUntrustedRootOrRepositoryRefused(t *testing.T) {
+	ctx := context.Background()
+	t.Run("root writable by others", func(t *testing.T) {
+		o := newOrigin(t)
+		o.commit()
+		root := filepath.Join(t.TempDir(), "site")
+		if err := os.Mkdir(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(root, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		s := newSyncer(t, Config{Repo: o.bare, Ref: "main", Root: root})
+		err := s.Sync(ctx)
+		if !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), root) || !strings.Contains(err.Error(), "other users can write") {
+			t.Fatalf("Sync into a 0777 Root: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, repoDir)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("git ran in an untrusted Root: %v", err)
+		}
+		if st := s.Status(); st.Commit != "" || st.LastError == "" || st.Failures != 1 {
+			t.Errorf("status: %+v", st)
+		}
+	})
+	t.Run("root through a symbolic link", func(t *testing.T) {
+		o := newOrigin(t)
+		o.commit()
+		dir := t.TempDir()
+		real := filepath.Join(dir, "real")
+		if err := os.Mkdir(real, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		root := filepath.Join(dir, "site")
+		if err := os.Symlink(real, root); err != nil {
+			t.Fatal(err)
+		}
+		s := newSyncer(t, Config{Repo: o.bare, Ref: "main", Root: root})
+		if err := s.Sync(ctx); !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), "symbolic link") {
+			t.Fatalf("Sync into a symlinked Root: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(real, repoDir)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("git ran through the link: %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name, path string // path in the bare repository made writable by others
+	}{
+		{"repository writable by others", "."},
+		{"config writable by others", "config"},
+		{"hooks writable by others", "hooks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOrigin(t)
+			sha1 := o.commit()
+			s := newSyncer(t, Config{Repo: o.bare, Ref: "main"})
+			if err := s.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(s.cfg.Root, repoDir, tc.path)
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(p, fi.Mode().Perm()|0o022); err != nil {
+				t.Fatal(err)
+			}
+			o.commit()
+			err = s.Sync(ctx)
+			if !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), filepath.Clean(p)) {
+				t.Fatalf("Sync with %s writable by others: %v", tc.path, err)
+			}
+			st := s.Status()
+			if st.Commit != sha1 || st.Failures != 1 || s.Ready() != nil {
+				t.Errorf("status after the refusal: %+v", st)
+			}
+			if b, err := os.ReadFile(filepath.Join(st.Path, "dir0", "f00.txt")); err != nil || string(b) != "commit 1\n" {
+				t.Errorf("last good checkout: %q, %v", b, err)
+			}
+			if err := os.Chmod(p, fi.Mode().Perm()); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Sync(ctx); err != nil {
+				t.Fatalf("after putting it right: %v", err)
+			}
+		})
+	}
+}
+
+// What the syncer and git init make is not refused under a umask that
+// lets the group write (git init --shared=0644). The umask is the
+// process's: no test of this package runs in parallel.
+func TestRepositoryModes(t *testing.T) {
+	defer syscall.Umask(syscall.Umask(0o002))
+	o := newOrigin(t)
+	o.commit()
+	s := newSyncer(t, Config{Repo: o.bare, Ref: "main"})
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{s.cfg.Root, filepath.Join(s.cfg.Root, worktreesDir), filepath.Join(s.cfg.Root, repoDir), filepath.Join(s.cfg.Root, repoDir, "config")} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o022 != 0 || fi.Mode().Perm()&0o444 != 0o444 {
+			t.Errorf("%s has mode %v: want readable by all, writable by its owner only", p, fi.Mode())
+		}
 	}
 }
