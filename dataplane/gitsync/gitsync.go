@@ -43,10 +43,10 @@ type Config struct {
 	// Interval between fetches (default 30s).
 	Interval time.Duration
 	// Root is the directory the syncer owns, normally beneath the shared
-	// directory; it is created (0755) if missing. It
-	// and the bare repository in it must be this process's user's and
-	// writable by no one else, reached through no symbolic link: git
-	// runs nothing from a directory that fails this (checkRepo).
+	// directory; it is created (0755) if missing. It and the bare
+	// repository in it must be this process's user's, writable by no one
+	// else and reached through no symbolic link: git runs nothing in a
+	// directory that fails this (checkRepo).
 	Root string
 	// Link is the name of the symlink in Root that points to the current
 	// checkout (default "current"); the app reads Root/Link.
