@@ -42,11 +42,10 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 // wrapped by nothing but the forwarder's recorder and an inExchange, and
 // nothing has set a field of the answer yet, the links read a common
 // answer head (dataplane/internal/resphead) into Fields instead of a
-// header map, and
-// answer hands its lines to the writer (h1.LinesWriter): no map, no
-// strings, no copy of the fields from one map to another, nothing to
-// iterate when the head goes out; the fields go in the order the app (or
-// the remote proxy) sent them.
+// header map, and answer hands its lines to the writer (h1.LinesWriter):
+// no map, no strings, no copy of the fields from one map to another,
+// nothing to iterate when the head goes out; the fields go in the order
+// the app (or the remote proxy) sent them.
 var fieldsPool = sync.Pool{New: func() any { return new(resphead.Fields) }}
 
 // getFields is a pooled Fields when w takes a head as lines, else nil.
