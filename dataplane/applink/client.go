@@ -255,7 +255,10 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	if testHookWritten != nil {
 		testHookWritten(ac.Conn)
 	}
-	resp, err := c.readResponse(ac, req, head)
+	// The answer's body, made first: the common answer is read into its
+	// slot, one allocation for both.
+	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote}
+	resp, err := c.readResponse(ac, req, head, &b.slot)
 	if err != nil {
 		stop.Stop()
 		_ = ac.Close()
@@ -266,8 +269,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	}
 	// The direct path never asks the app to close (a client's
 	// "Connection: close" is about the client's own connection).
-	keep := !resp.Close && !ac.ambiguous && (head != nil || !req.Close)
-	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, keep: keep}
+	b.keep = !resp.Close && !ac.ambiguous && (head != nil || !req.Close)
 	if resp.Body == http.NoBody {
 		b.done(true)
 		return resp, nil
@@ -308,7 +310,7 @@ func (c *Client) write(ac *appConn, req *http.Request, head *Head) error {
 // header timeout (set by exchange) and size limit, passing 1xx answers on
 // to head's client or else to the caller's trace (ReverseProxy sends them
 // to its client), at most max1xx of them.
-func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http.Response, error) {
+func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head, slot *resphead.Slot) (*http.Response, error) {
 	for informational := 0; ; informational++ {
 		ac.lr.n = c.maxHeaderBytes
 		if _, err := ac.br.Peek(1); err != nil {
@@ -322,7 +324,7 @@ func (c *Client) readResponse(ac *appConn, req *http.Request, head *Head) (*http
 		if head != nil {
 			raw = head.Raw
 		}
-		resp, ok := resphead.Parse(ac.br, req, raw)
+		resp, ok := resphead.Parse(ac.br, req, raw, slot)
 		if !ok {
 			// The head as buffered, when it is there whole (its usual
 			// case): parsing it does not refill the buffer, so it stays
@@ -422,6 +424,7 @@ func ambiguousFraming(resp *http.Response, head []byte) bool {
 // appBody is a response body: at its end the connection returns to the
 // pool when it can carry another request.
 type appBody struct {
+	slot  resphead.Slot // the answer, when resphead read it
 	c     *Client
 	ac    *appConn
 	rc    io.ReadCloser

@@ -584,14 +584,16 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 			return nil, false, fmt.Errorf("proxy: write to %s: %w", p.addr, staleErr(err))
 		}
 	}
-	resp, err = p.readResponse(pc, req, head)
+	// The answer's body, made first: the common answer is read into its
+	// slot, one allocation for both.
+	b := &poolBody{p: p, pc: pc, stop: stop, wrote: wrote}
+	resp, err = p.readResponse(pc, req, head, &b.slot)
 	if err != nil {
 		return fail(err)
 	}
 	// A head of Do's never asks to close (req.Close is the caller's own
 	// connection).
-	keep := !resp.Close && (head != nil || !req.Close)
-	b := &poolBody{p: p, pc: pc, stop: stop, wrote: wrote, keep: keep}
+	b.keep = !resp.Close && (head != nil || !req.Close)
 	if resp.Body == http.NoBody {
 		b.done(true)
 		return resp, true, nil
@@ -604,7 +606,7 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 // readResponse reads the answer's head within the response header timeout
 // and size limit, passing 1xx answers to head, else to the caller's trace
 // (ReverseProxy sends them on), at most max1xx of them.
-func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.Response, error) {
+func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head, slot *resphead.Slot) (*http.Response, error) {
 	var trace *httptrace.ClientTrace
 	if head == nil {
 		trace = httptrace.ContextClientTrace(req.Context())
@@ -622,7 +624,7 @@ func (p *Pool) readResponse(pc *poolConn, req *http.Request, head Head) (*http.R
 		if head != nil {
 			raw = head.Fields()
 		}
-		resp, ok := resphead.Parse(pc.br, req, raw) // the common head; any other with net/http
+		resp, ok := resphead.Parse(pc.br, req, raw, slot) // the common head; any other with net/http
 		var err error
 		if !ok {
 			resp, err = http.ReadResponse(pc.br, req)
@@ -681,6 +683,7 @@ func (b *bodyReader) Close() error { return b.rc.Close() }
 // poolBody is an answer's body: at its end the connection goes back to the
 // pool when it can carry another request.
 type poolBody struct {
+	slot  resphead.Slot // the answer, when resphead read it
 	p     *Pool
 	pc    *poolConn
 	rc    io.ReadCloser

@@ -40,7 +40,10 @@ const maxCLDigits = 18
 // lines: dataplane/h1), a head Parse takes is not built into a map: its
 // fields go into raw as a proxy passes them on, and resp.Header is nil.
 // raw.Taken says which happened.
-func Parse(br *bufio.Reader, req *http.Request, raw *Fields) (resp *http.Response, ok bool) {
+//
+// With slot set, the response and its body are built in it: a caller
+// that lends a Slot inside its own per-exchange allocation saves two.
+func Parse(br *bufio.Reader, req *http.Request, raw *Fields, slot *Slot) (resp *http.Response, ok bool) {
 	if raw != nil {
 		raw.Taken = false
 	}
@@ -52,18 +55,33 @@ func Parse(br *bufio.Reader, req *http.Request, raw *Fields) (resp *http.Respons
 	if end < 0 {
 		return nil, false
 	}
-	resp, ok = parse(buf[:end], raw)
+	h, ok := parse(buf[:end], raw)
 	if !ok {
 		return nil, false
 	}
 	_, _ = br.Discard(end)
-	resp.Request = req
+	if slot == nil {
+		slot = new(Slot)
+	}
+	resp = &slot.resp
+	*resp = http.Response{Status: h.status, StatusCode: h.code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h.header, ContentLength: h.length, Request: req}
 	if resp.ContentLength == 0 {
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = &body{br: br, n: resp.ContentLength}
+		slot.body = body{br: br, n: resp.ContentLength}
+		resp.Body = &slot.body
 	}
 	return resp, true
+}
+
+// Slot is room for the response Parse reads and its body. A caller puts
+// one in its own per-exchange struct and passes it, so the response
+// lives in that allocation; a slot holds one response, for as long as
+// the caller keeps it.
+type Slot struct {
+	resp http.Response
+	body body
 }
 
 // headEnd is the length of the head through its empty line, when the
@@ -108,10 +126,10 @@ type field struct{ k0, k1, v0, v1 int }
 // ASCII, space and tab, ends trimmed) and the one Content-Length. Only a
 // head it takes is copied into a string and a map, so a declined head (a
 // chunked answer, the commonest) costs no allocation.
-func parse(head []byte, raw *Fields) (*http.Response, bool) {
+func parse(head []byte, raw *Fields) (h parsedHead, ok bool) {
 	code, eol, ok := statusLine(head)
 	if !ok {
-		return nil, false
+		return h, false
 	}
 	var fields [maxFields]field
 	n := 0
@@ -121,11 +139,11 @@ func parse(head []byte, raw *Fields) (*http.Response, bool) {
 		e := pos + bytes.Index(head[pos:], crlf) // found: head ends in CRLFCRLF
 		colon := pos + bytes.IndexByte(head[pos:e], ':')
 		if colon < pos || n == maxFields {
-			return nil, false
+			return h, false
 		}
 		name := head[pos:colon]
 		if !token(name) || declined(name) {
-			return nil, false
+			return h, false
 		}
 		v0, v1 := colon+1, e
 		for v0 < v1 && (head[v0] == ' ' || head[v0] == '\t') {
@@ -135,16 +153,16 @@ func parse(head []byte, raw *Fields) (*http.Response, bool) {
 			v1--
 		}
 		if !visible(head[v0:v1], true) {
-			return nil, false
+			return h, false
 		}
 		if equalFold(name, "content-length") {
 			if cl >= 0 || v1 == v0 || v1-v0 > maxCLDigits {
-				return nil, false
+				return h, false
 			}
 			cl = 0
 			for _, c := range head[v0:v1] {
 				if c < '0' || c > '9' {
-					return nil, false
+					return h, false
 				}
 				cl = cl*10 + int64(c-'0')
 			}
@@ -154,41 +172,38 @@ func parse(head []byte, raw *Fields) (*http.Response, bool) {
 		pos = e + 2
 	}
 	if cl < 0 {
-		return nil, false
+		return h, false
 	}
+	h.code, h.length = code, cl
 	if raw != nil {
 		raw.fill(head, fields[:n])
-		return &http.Response{
-			Status:        status(head[9:eol]),
-			StatusCode:    code,
-			Proto:         "HTTP/1.1",
-			ProtoMajor:    1,
-			ProtoMinor:    1,
-			ContentLength: cl,
-		}, true
+		h.status = status(head[9:eol])
+		return h, true
 	}
 	s := string(head[:last])
-	h := make(http.Header, n)
+	h.status = s[9:eol]
+	h.header = make(http.Header, n)
 	values := make([]string, n)
 	for _, f := range fields[:n] {
 		k, v := http.CanonicalHeaderKey(s[f.k0:f.k1]), s[f.v0:f.v1]
-		if vv := h[k]; vv != nil {
-			h[k] = append(vv, v)
+		if vv := h.header[k]; vv != nil {
+			h.header[k] = append(vv, v)
 		} else { // a first value shares the one backing array
 			values[0] = v
-			h[k] = values[:1:1]
+			h.header[k] = values[:1:1]
 			values = values[1:]
 		}
 	}
-	return &http.Response{
-		Status:        s[9:eol],
-		StatusCode:    code,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        h,
-		ContentLength: cl,
-	}, true
+	return h, true
+}
+
+// parsedHead is what parse read: the status, the header map (nil when the
+// fields went into raw) and the Content-Length.
+type parsedHead struct {
+	code   int
+	status string
+	header http.Header
+	length int64
 }
 
 // Fields is a response head's fields as a proxy passes them on, for a

@@ -89,9 +89,15 @@ func FuzzParseVsNetHTTP(f *testing.F) {
 	for _, s := range seeds {
 		f.Add([]byte(s))
 	}
+	var slot Slot // lent to every other input: a lent slot reads the same
+	n := 0
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ours := reader(data)
-		resp, ok := Parse(ours, getReq, nil)
+		var lent *Slot
+		if n++; n%2 == 0 {
+			lent = &slot
+		}
+		resp, ok := Parse(ours, getReq, nil, lent)
 		if !ok {
 			if rest, _ := io.ReadAll(ours); !bytes.Equal(rest, data) {
 				t.Fatalf("declined but consumed bytes: %q left of %q", rest, data)
@@ -133,12 +139,12 @@ func FuzzParseVsNetHTTP(f *testing.F) {
 // whole in the buffer is left to net/http.
 func TestParse(t *testing.T) {
 	for _, s := range seeds[:accepted] {
-		if _, ok := Parse(reader([]byte(s)), getReq, nil); !ok {
+		if _, ok := Parse(reader([]byte(s)), getReq, nil, nil); !ok {
 			t.Errorf("declined %q", s)
 		}
 	}
 	for _, s := range seeds[accepted:] {
-		if _, ok := Parse(reader([]byte(s)), getReq, nil); ok {
+		if _, ok := Parse(reader([]byte(s)), getReq, nil, nil); ok {
 			t.Errorf("accepted %q", s)
 		}
 	}
@@ -146,19 +152,19 @@ func TestParse(t *testing.T) {
 	many := func(n int) string {
 		return "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-F: v\r\n", n-1) + "Content-Length: 1\r\n\r\nx"
 	}
-	if resp, ok := Parse(reader([]byte(many(maxFields))), getReq, nil); !ok || len(resp.Header["X-F"]) != maxFields-1 {
+	if resp, ok := Parse(reader([]byte(many(maxFields))), getReq, nil, nil); !ok || len(resp.Header["X-F"]) != maxFields-1 {
 		t.Errorf("a head of %d fields: taken %v", maxFields, ok)
 	}
-	if _, ok := Parse(reader([]byte(many(maxFields+1))), getReq, nil); ok {
+	if _, ok := Parse(reader([]byte(many(maxFields+1))), getReq, nil, nil); ok {
 		t.Errorf("a head of %d fields was taken", maxFields+1)
 	}
 	head, _ := http.NewRequest(http.MethodHead, "http://app/", nil)
-	if _, ok := Parse(reader([]byte(seeds[0])), head, nil); ok {
+	if _, ok := Parse(reader([]byte(seeds[0])), head, nil, nil); ok {
 		t.Error("accepted the answer to a HEAD request")
 	}
 	part := bufio.NewReader(io.MultiReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-"), strings.NewReader("Length: 1\r\n\r\nx")))
 	_, _ = part.Peek(1)
-	if _, ok := Parse(part, getReq, nil); ok {
+	if _, ok := Parse(part, getReq, nil, nil); ok {
 		t.Error("accepted a head not whole in the buffer")
 	}
 	if b, _ := io.ReadAll(part); string(b) != "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx" {
@@ -191,16 +197,29 @@ func TestBodyAllocations(t *testing.T) {
 		})
 	}
 	ours := run(func() (*http.Response, error) {
-		resp, ok := Parse(br, getReq, nil)
+		resp, ok := Parse(br, getReq, nil, nil)
+		if !ok {
+			return nil, errors.New("declined")
+		}
+		return resp, nil
+	})
+	var slot Slot
+	lent := run(func() (*http.Response, error) {
+		resp, ok := Parse(br, getReq, nil, &slot)
 		if !ok {
 			return nil, errors.New("declined")
 		}
 		return resp, nil
 	})
 	theirs := run(func() (*http.Response, error) { return http.ReadResponse(br, getReq) })
-	t.Logf("allocations per response: Parse %.0f, http.ReadResponse %.0f", ours, theirs)
+	t.Logf("allocations per response: Parse %.0f, with a lent Slot %.0f, http.ReadResponse %.0f", ours, lent, theirs)
 	if ours >= theirs {
 		t.Errorf("Parse allocates %.0f per response, net/http %.0f", ours, theirs)
+	}
+	// The response and its body live in the slot (without one, in one
+	// allocation of Parse's).
+	if lent != ours-1 {
+		t.Errorf("with a lent Slot Parse allocates %.0f per response, without %.0f: want one fewer", lent, ours)
 	}
 }
 
@@ -210,7 +229,7 @@ func TestBodyAllocations(t *testing.T) {
 func TestDeclineAllocatesNothing(t *testing.T) {
 	br := reader([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"))
 	if n := testing.AllocsPerRun(100, func() {
-		if _, ok := Parse(br, getReq, nil); ok {
+		if _, ok := Parse(br, getReq, nil, nil); ok {
 			t.Fatal("a chunked answer was taken")
 		}
 	}); n != 0 {
@@ -237,9 +256,9 @@ func FuzzRawVsNetHTTP(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 201 Created\r\nContent-Type:\r\nContent-Type: b\r\nTe: x\r\nProxy-Authenticate: y\r\nContent-Length: 0\r\n\r\n"))
 	var raw Fields
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, mapOK := Parse(reader(data), getReq, nil)
+		_, mapOK := Parse(reader(data), getReq, nil, nil)
 		ours := reader(data)
-		resp, ok := Parse(ours, getReq, &raw)
+		resp, ok := Parse(ours, getReq, &raw, nil)
 		if ok != mapOK || ok != raw.Taken {
 			t.Fatalf("taken with Fields %v (Taken %v), without %v: %q", ok, raw.Taken, mapOK, data)
 		}
@@ -306,7 +325,7 @@ func TestRawAllocations(t *testing.T) {
 		src.Reset(data)
 		br.Reset(src)
 		_, _ = br.Peek(1)
-		if _, ok := Parse(br, getReq, &raw); !ok {
+		if _, ok := Parse(br, getReq, &raw, nil); !ok {
 			t.Fatal("declined")
 		}
 	})
