@@ -251,8 +251,11 @@ func (c *conn) serve() {
 			c.refuse(err)
 			return
 		}
+		// The request's state, one allocation: its context, its answer,
+		// its URL and its header values (room).
+		st := new(requestState)
 		var p parsed
-		if err := parseHead(head, &p); err != nil {
+		if err := parseHead(head, &p, &st.room); err != nil {
 			c.refuse(err)
 			return
 		}
@@ -261,7 +264,7 @@ func (c *conn) serve() {
 		}
 		c.setState(http.StateActive)
 		lastPOST = p.method == http.MethodPost
-		if !c.serveRequest(&p) {
+		if !c.serveRequest(&p, st) {
 			return
 		}
 		c.state.Store(stateIdle)
@@ -321,14 +324,19 @@ func (c *conn) closeWriteAndWait() {
 
 const rstAvoidanceDelay = 500 * time.Millisecond
 
+// requestState is what a request needs for as long as anyone holds it, in
+// one allocation: its context, its answer, and room for its parsed URL
+// and header values.
+type requestState struct {
+	rc   reqCtx
+	w    response
+	room room
+}
+
 // serveRequest runs the handler for p and finishes its answer; false: the
 // connection ends (closed, or hijacked).
-func (c *conn) serveRequest(p *parsed) (keep bool) {
-	// The request's context and its answer, one allocation.
-	pr := &struct {
-		rc reqCtx
-		w  response
-	}{rc: reqCtx{Context: c.ctx}}
+func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
+	pr.rc = reqCtx{Context: c.ctx}
 	rc := &pr.rc
 	c.setRequest(rc)
 	defer c.endRequest(rc)
