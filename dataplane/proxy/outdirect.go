@@ -182,7 +182,11 @@ func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
 	if keepID {
 		writeOutField(bw, HeaderRequestID, ids[0])
 	} else {
-		writeOutField(bw, HeaderRequestID, newRequestID())
+		var id [36]byte
+		newRequestID(&id)
+		bw.WriteString(HeaderRequestID + ": ")
+		bw.Write(id[:])
+		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
+	"unsafe"
 
 	"minimesh/dataplane/applink"
 )
@@ -26,7 +27,22 @@ func ensureRequestID(h http.Header) {
 			delete(h, k)
 		}
 	}
-	h[HeaderRequestID] = []string{newRequestID()}
+	id := new(requestID)
+	id.fill()
+	h[HeaderRequestID] = id.v[:]
+}
+
+// requestID is a new X-Request-Id's field value and its bytes, in one
+// allocation (two as []string{string(b)}): v[0] is a string over b, which
+// nothing writes after fill.
+type requestID struct {
+	v [1]string
+	b [36]byte
+}
+
+func (id *requestID) fill() {
+	newRequestID(&id.b)
+	id.v[0] = unsafe.String(&id.b[0], len(id.b))
 }
 
 func validRequestID(s string) bool {
@@ -43,8 +59,8 @@ func validRequestID(s string) bool {
 	return true
 }
 
-// newRequestID returns a random version 4 UUID.
-func newRequestID() string {
+// newRequestID writes a random version 4 UUID into out.
+func newRequestID(out *[36]byte) {
 	var b [16]byte
 	a, c := rand.Uint64(), rand.Uint64()
 	for i := 0; i < 8; i++ {
@@ -52,7 +68,6 @@ func newRequestID() string {
 	}
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	var out [36]byte
 	hex.Encode(out[0:8], b[0:4])
 	out[8] = '-'
 	hex.Encode(out[9:13], b[4:6])
@@ -62,5 +77,4 @@ func newRequestID() string {
 	hex.Encode(out[19:23], b[8:10])
 	out[23] = '-'
 	hex.Encode(out[24:36], b[10:16])
-	return string(out[:])
 }

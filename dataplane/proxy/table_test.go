@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -352,5 +353,24 @@ func TestRequestID(t *testing.T) {
 	ensureRequestID(h)
 	if len(h) != 1 || len(h[HeaderRequestID]) != 1 {
 		t.Errorf("header after replacement: %v", h)
+	}
+	// Each new ID is its own (its bytes are not shared with the next one)
+	// and costs one allocation.
+	a, b := http.Header{}, http.Header{}
+	ensureRequestID(a)
+	ensureRequestID(b)
+	first := a.Get(HeaderRequestID)
+	if first == b.Get(HeaderRequestID) || !validRequestID(first) {
+		t.Errorf("two new IDs: %q and %q", first, b.Get(HeaderRequestID))
+	}
+	h = make(http.Header, 4)
+	if n := testing.AllocsPerRun(100, func() {
+		delete(h, HeaderRequestID)
+		ensureRequestID(h)
+	}); n != 1 {
+		t.Errorf("a new X-Request-Id costs %.0f allocations, want 1", n)
+	}
+	if a.Get(HeaderRequestID) != first {
+		t.Errorf("an ID changed after more were made: %q, then %q", first, a.Get(HeaderRequestID))
 	}
 }
