@@ -8,7 +8,6 @@ import (
 
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
-	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -45,7 +44,7 @@ type decision struct {
 	// 1xx answers; early guards them when a try goes over HTTP/2.
 	w     http.ResponseWriter
 	early *early1xx
-	raw   *resphead.Fields // the answer's head as lines (outHead.Fields)
+	raw   *lineFields // the answer's head as lines (outHead.Fields)
 }
 
 type decisionKey struct{}

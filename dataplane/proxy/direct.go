@@ -28,7 +28,7 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 	head.W = w
 	raw := getFields(w)
 	defer putFields(raw)
-	head.Raw = raw
+	head.Raw = raw.fields()
 	resp, err := f.direct.Do(r, head)
 	head.Raw = nil
 	if err != nil {
@@ -46,19 +46,53 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 // no map, no strings, no copy of the fields from one map to another,
 // nothing to iterate when the head goes out; the fields go in the order
 // the app (or the remote proxy) sent them.
-var fieldsPool = sync.Pool{New: func() any { return new(resphead.Fields) }}
+var fieldsPool = sync.Pool{New: func() any { return new(lineFields) }}
 
-// getFields is a pooled Fields when w takes a head as lines, else nil.
-func getFields(w http.ResponseWriter) *resphead.Fields {
-	if linesWriter(w) == nil {
-		return nil
-	}
-	return fieldsPool.Get().(*resphead.Fields)
+// lineFields is an answer's head as lines and the writer that takes them
+// (linesWriter's, found once per request).
+type lineFields struct {
+	resphead.Fields
+	lw linesResponseWriter
 }
 
-func putFields(f *resphead.Fields) {
+// linesResponseWriter is a writer that takes an answer's head as lines.
+type linesResponseWriter interface {
+	http.ResponseWriter
+	h1.LinesWriter
+}
+
+// fields is f's Fields, nil for a nil f.
+func (f *lineFields) fields() *resphead.Fields {
+	if f == nil || len(f.lw.Header()) != 0 {
+		return nil
+	}
+	return &f.Fields
+}
+
+// writer is the writer found by getFields when it still takes a head as
+// lines (no field of the answer set since), else nil.
+func (f *lineFields) writer() linesResponseWriter {
+	if f == nil || len(f.lw.Header()) != 0 {
+		return nil
+	}
+	return f.lw
+}
+
+// getFields is a pooled lineFields when w takes a head as lines, else nil.
+func getFields(w http.ResponseWriter) *lineFields {
+	lw := linesWriter(w)
+	if lw == nil {
+		return nil
+	}
+	f := fieldsPool.Get().(*lineFields)
+	f.lw = lw
+	return f
+}
+
+func putFields(f *lineFields) {
 	if f != nil && cap(f.Lines) <= 16<<10 {
 		f.ContentType = nil
+		f.lw = nil
 		fieldsPool.Put(f)
 	}
 }
@@ -66,7 +100,7 @@ func putFields(f *resphead.Fields) {
 // linesWriter is w as an h1.LinesWriter (under the forwarder's recorder
 // and an exchange of the inbound or the access log only) with no header
 // field set yet; nil otherwise.
-func linesWriter(w http.ResponseWriter) h1.LinesWriter {
+func linesWriter(w http.ResponseWriter) linesResponseWriter {
 	if rec, ok := w.(*recorder); ok {
 		w = rec.ResponseWriter
 	}
@@ -76,7 +110,7 @@ func linesWriter(w http.ResponseWriter) h1.LinesWriter {
 		}
 		return ex
 	}
-	lw, ok := w.(h1.LinesWriter)
+	lw, ok := w.(linesResponseWriter)
 	if !ok || len(w.Header()) != 0 {
 		return nil
 	}
@@ -91,9 +125,9 @@ func linesWriter(w http.ResponseWriter) h1.LinesWriter {
 //
 // A response without a header map came as lines in raw (getFields): they
 // go to the writer as they are when it still takes them, else into a map.
-func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response, raw *resphead.Fields) {
+func (f *forwarder) answer(w http.ResponseWriter, resp *http.Response, raw *lineFields) {
 	if resp.Header == nil && raw != nil {
-		if lw := linesWriter(w); lw != nil {
+		if lw := raw.writer(); lw != nil {
 			if rec, ok := w.(*recorder); ok && rec.code == 0 {
 				rec.code = resp.StatusCode
 			}

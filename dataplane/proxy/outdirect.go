@@ -79,7 +79,7 @@ func (o *Outbound) forwardDirect(w http.ResponseWriter, r *http.Request, d *deci
 
 // Fields is where the remote's answer head goes as lines (direct.go's
 // getFields); nil: a header map.
-func (h *outHead) Fields() *resphead.Fields { return h.raw }
+func (h *outHead) Fields() *resphead.Fields { return h.raw.fields() }
 
 // outHead is a request's decision as the head the outbound writes for it
 // (meshlink.Head): a pointer conversion, nothing allocated.
