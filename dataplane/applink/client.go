@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +45,13 @@ type Client struct {
 	idle   map[string][]*appConn // per address, most recently used last
 	sweep  *time.Timer           // closes expired idle connections; nil when none are idle
 	closed bool                  // CloseIdleConnections: nothing more is pooled
+	// shut is closed, readable without mu: an Affinity does not keep its
+	// connection past CloseIdleConnections.
+	shut atomic.Bool
+	// held counts the connections Affinities hold, at most maxIdle: idle
+	// client connections do not keep more app connections open than the
+	// pool would.
+	held atomic.Int64
 }
 
 var _ http.RoundTripper = (*Client)(nil)
@@ -150,8 +158,15 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 func (c *Client) do(addr string, req *http.Request, head *Head) (*http.Response, error) {
 	hasBody := head == nil && req.Body != nil && req.Body != http.NoBody
 	replayable := !hasBody && route.IsIdempotent(req.Method)
+	var aff *Affinity
+	if head != nil {
+		aff = head.Affinity
+	}
 	for range c.maxIdle + 1 {
-		ac, reused := c.get(addr, replayable)
+		ac, reused := aff.take(c, addr, replayable)
+		if ac == nil {
+			ac, reused = c.get(addr, replayable)
+		}
 		if ac == nil {
 			var err error
 			if ac, err = c.connect(req.Context(), addr); err != nil {
@@ -161,7 +176,7 @@ func (c *Client) do(addr string, req *http.Request, head *Head) (*http.Response,
 				return nil, err
 			}
 		}
-		resp, err := c.exchange(ac, req, head, hasBody)
+		resp, err := c.exchange(ac, req, head, hasBody, aff)
 		if err == nil || !reused || !replayable || !errors.Is(err, errStale) || req.Context().Err() != nil {
 			return resp, err
 		}
@@ -201,7 +216,7 @@ func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 }
 
 // exchange writes req on ac and reads the response's headers.
-func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bool) (*http.Response, error) {
+func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bool, aff *Affinity) (*http.Response, error) {
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		_ = ac.Close()
@@ -257,7 +272,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 	}
 	// The answer's body, made first: the common answer is read into its
 	// slot, one allocation for both.
-	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote}
+	b := &appBody{c: c, ac: ac, stop: stop, wrote: wrote, aff: aff}
 	resp, err := c.readResponse(ac, req, head, &b.slot)
 	if err != nil {
 		stop.Stop()
@@ -430,6 +445,7 @@ type appBody struct {
 	rc    io.ReadCloser
 	stop  cancelhook.Watch
 	wrote chan error // nil when the request had no body
+	aff   *Affinity  // keeps the connection after the answer, if set
 	keep  bool
 	ended bool
 }
@@ -469,6 +485,9 @@ func (b *appBody) done(complete bool) {
 	}
 	if !keep {
 		_ = b.ac.Close()
+		return
+	}
+	if b.aff.hold(b.c, b.ac) {
 		return
 	}
 	b.c.put(b.ac)
@@ -614,6 +633,7 @@ func (c *Client) expire() {
 func (c *Client) CloseIdleConnections() {
 	c.mu.Lock()
 	c.closed = true
+	c.shut.Store(true)
 	if c.sweep != nil {
 		c.sweep.Stop()
 		c.sweep = nil
@@ -627,6 +647,79 @@ func (c *Client) CloseIdleConnections() {
 		}
 	}
 	c.fallback.CloseIdleConnections()
+}
+
+// Affinity keeps one app connection for a client connection between its
+// requests (Head.Affinity), as a proxy with an app connection per client
+// connection does: a keep-alive client's next request goes out on the
+// connection its last answer came in on, without the pool's lock. The
+// connection gets the pool's checks when it is taken again (idle timeout,
+// liveness after CheckIdleAfter), and goes back to the pool when the
+// affinity holds another, is asked for another address, or is released.
+// An Affinity is used by one goroutine at a time (the client connection's,
+// which serves its requests one after the other). A nil *Affinity holds
+// nothing.
+type Affinity struct {
+	c  *Client
+	ac *appConn
+}
+
+// take returns the held connection when it is to addr on c and can carry
+// the request (Client.get's checks); otherwise it hands it back to its
+// pool, or closes it, and returns nil.
+func (a *Affinity) take(c *Client, addr string, replayable bool) (*appConn, bool) {
+	if a == nil || a.ac == nil {
+		return nil, false
+	}
+	ac, from := a.ac, a.c
+	a.ac, a.c = nil, nil
+	from.held.Add(-1)
+	if from != c || ac.addr != addr {
+		from.put(ac)
+		return nil, false
+	}
+	idleFor := time.Since(ac.idleAt)
+	switch {
+	case c.shut.Load() || idleFor > c.idleTimeout:
+		_ = ac.Close()
+		return nil, false
+	case replayable && idleFor < c.checkIdleAfter && ac.br.Buffered() == 0:
+		return ac, true
+	}
+	if testHookChecked != nil {
+		testHookChecked()
+	}
+	if ac.alive() {
+		return ac, true
+	}
+	_ = ac.Close()
+	return nil, false
+}
+
+// hold keeps ac, when a holds nothing, c is open and holds fewer than
+// its idle limit; false: the caller pools it.
+func (a *Affinity) hold(c *Client, ac *appConn) bool {
+	if a == nil || a.ac != nil || c.shut.Load() {
+		return false
+	}
+	if c.held.Add(1) > int64(c.maxIdle) {
+		c.held.Add(-1)
+		return false
+	}
+	ac.idleAt = time.Now()
+	a.c, a.ac = c, ac
+	return true
+}
+
+// Release hands the held connection back to its pool: call it when the
+// client connection ends (dataplane/h1 does, for a value in its Keeper
+// slot).
+func (a *Affinity) Release() {
+	if a.ac != nil {
+		a.c.held.Add(-1)
+		a.c.put(a.ac)
+		a.c, a.ac = nil, nil
+	}
 }
 
 // testHookChecked, set by tests, runs before each liveness check of a

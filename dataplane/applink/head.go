@@ -158,6 +158,10 @@ type Head struct {
 	Public bool
 	// W receives the app's 1xx answers on the direct path (Client.Do).
 	W http.ResponseWriter
+	// Affinity, when set, is the client connection's: the request goes
+	// on the app connection it holds, and the answer's connection stays
+	// with it (see Affinity).
+	Affinity *Affinity
 	// Raw, when set, takes the final answer's head when it is of the
 	// common form (dataplane/internal/resphead): the response then has no
 	// header map (Header nil), its fields are in Raw, as W passes them on

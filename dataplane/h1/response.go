@@ -49,6 +49,22 @@ var (
 
 func (w *response) Header() http.Header { return w.header }
 
+// Keeper is what this package's ResponseWriter offers a handler that keeps
+// something on the client connection between its requests (a proxy its
+// connection to the app): Kept is the connection's one slot for it. Every
+// request of a connection is served on the connection's goroutine, one
+// after the other, so the slot needs no lock. When the connection ends
+// (closed or hijacked), the Server calls the value's Release method, if it
+// has one, once the last handler returned.
+type Keeper interface {
+	Kept() *any
+}
+
+var _ Keeper = (*response)(nil)
+
+// Kept returns the connection's slot for a handler's own value.
+func (w *response) Kept() *any { return &w.c.kept }
+
 func bodyAllowed(code int) bool {
 	return !(code >= 100 && code <= 199 || code == 204 || code == 304)
 }

@@ -86,6 +86,7 @@ type conn struct {
 	tmpl     http.Request
 	trailers []string
 	hijacked bool
+	kept     any // a handler's value for the connection (Keeper)
 
 	// 100-continue: wmu orders the 100 written by a body read against the
 	// answer's head written by the handler.
@@ -170,6 +171,10 @@ func (s *Server) ServeConn(rwc net.Conn) {
 	c.bw.Reset(connWriter{c})
 	defer func() {
 		s.untrack(c)
+		if r, ok := c.kept.(interface{ Release() }); ok {
+			c.kept = nil
+			r.Release()
+		}
 		if c.hijacked {
 			return
 		}

@@ -29,13 +29,42 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 	raw := getFields(w)
 	defer putFields(raw)
 	head.Raw = raw.fields()
+	head.Affinity = affinity(w)
 	resp, err := f.direct.Do(r, head)
-	head.Raw = nil
+	head.Raw, head.Affinity = nil, nil
 	if err != nil {
 		f.errorHandler(w, r, err)
 		return
 	}
 	f.answer(w, resp, raw)
+}
+
+// affinity is the client connection's applink.Affinity, kept in its
+// dataplane/h1 Keeper slot (made on its first request); nil when w is not
+// h1's. A keep-alive client's requests then reach the app on one
+// connection, as through a proxy with an app connection per client
+// connection, without the pool's lock on each.
+func affinity(w http.ResponseWriter) *applink.Affinity {
+	if rec, ok := w.(*recorder); ok {
+		w = rec.ResponseWriter
+	}
+	if ex, ok := w.(*inExchange); ok {
+		w = ex.ResponseWriter
+	}
+	k, ok := w.(h1.Keeper)
+	if !ok {
+		return nil
+	}
+	slot := k.Kept()
+	a, ok := (*slot).(*applink.Affinity)
+	if !ok {
+		if *slot != nil {
+			return nil // someone else's
+		}
+		a = new(applink.Affinity)
+		*slot = a
+	}
+	return a
 }
 
 // The answer's head as lines. When the client's writer is dataplane/h1's,
