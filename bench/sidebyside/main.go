@@ -61,6 +61,9 @@ func main() {
 type options struct {
 	bin      string
 	oldProxy string // an older mesh-proxy binary: extra one- and two-hop rows
+	// profileOld: the old binary's rows are profiled too (an A/B of
+	// where the CPU goes).
+	profileOld bool
 	oldDesc  string // where it came from, for the header
 	cache    string
 	caddy    string
@@ -116,6 +119,7 @@ func run() error {
 	flag.Float64Var(&o.maxOther, "max-other", 0.2, "repeat a run when other processes used more than this share of the machine during it")
 	flag.IntVar(&o.retries, "retries", 1, "how many times a disturbed run is repeated at most")
 	flag.DurationVar(&o.extra, "extra", 90*time.Second, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
+	flag.BoolVar(&o.profileOld, "profile-old", false, "profile the -old-proxy rows too (with -profile)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
 	flag.BoolVar(&o.plain, "plain", false, "also measure, one hop without TLS, nginx and two minimal Go proxies doing the same byte work, one with a goroutine per connection and one with an epoll loop per core (plain.go): how much of the gap is Go's goroutine-per-connection model")
 	flag.StringVar(&o.cpuProfiles, "cpuprofile", "", "directory in which this build's mesh-proxies (not the old binary's, not the -tune rows) write a Go CPU profile each, SERVICE.pprof, when the run ends (go tool pprof -proto merges them)")
@@ -403,6 +407,10 @@ func run() error {
 			switch r.t.name {
 			case "nginx", "mesh-proxy", "nginx → nginx", "mesh-proxy → mesh-proxy",
 				plainNginx, plainGoroutines, plainLoop, tlsGoroutines:
+			case "mesh-proxy (old binary)", "mesh-proxy → mesh-proxy (old binary)":
+				if !o.profileOld {
+					continue
+				}
 			default:
 				continue
 			}
