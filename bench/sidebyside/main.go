@@ -64,27 +64,27 @@ type options struct {
 	// profileOld: the old binary's rows are profiled too (an A/B of
 	// where the CPU goes).
 	profileOld bool
-	oldDesc  string // where it came from, for the header
-	cache    string
-	caddy    string
-	vegeta   string
-	gen      string // the open-loop generator: genOpenLoop or genVegeta
-	openloop string // bench/openloop's binary, built at start
-	tail     bool
-	rounds   int
-	duration time.Duration
-	warmup   time.Duration
-	hi, lo   int
-	tunes    []string
-	profile  time.Duration
-	results  string
-	only     *regexp.Regexp
-	keep     bool
-	maxOther float64
-	retries  int
-	extra    time.Duration
-	versions string
-	sizes    string // binary sizes, for the header
+	oldDesc    string // where it came from, for the header
+	cache      string
+	caddy      string
+	vegeta     string
+	gen        string // the open-loop generator: genOpenLoop or genVegeta
+	openloop   string // bench/openloop's binary, built at start
+	tail       bool
+	rounds     int
+	duration   time.Duration
+	warmup     time.Duration
+	hi, lo     int
+	tunes      []string
+	profile    time.Duration
+	results    string
+	only       *regexp.Regexp
+	keep       bool
+	maxOther   float64
+	retries    int
+	extra      time.Duration
+	versions   string
+	sizes      string // binary sizes, for the header
 	// cpuProfiles: directory this build's mesh-proxies write their Go CPU
 	// profiles to (--cpu-profile), one per proxy (go tool pprof -proto merges them).
 	cpuProfiles string
