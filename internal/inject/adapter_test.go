@@ -73,8 +73,8 @@ func TestInjectLogsAndSpool(t *testing.T) {
 				t.Errorf("spool volume %+v, want a disk emptyDir with sizeLimit %s", v.EmptyDir, SpoolSize)
 			}
 		case LogsVolume:
-			if v.EmptyDir == nil {
-				t.Errorf("logs volume %+v, want an emptyDir", v)
+			if v.EmptyDir == nil || v.EmptyDir.Medium == corev1.StorageMediumMemory || v.EmptyDir.SizeLimit == nil || v.EmptyDir.SizeLimit.String() != LogsSize {
+				t.Errorf("logs volume %+v, want a disk emptyDir with sizeLimit %s", v.EmptyDir, LogsSize)
 			}
 		}
 	}

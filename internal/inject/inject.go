@@ -82,7 +82,11 @@ const (
 	LogsDir   = SharedDir + "/" + api.LogsDir
 	SpoolDir  = "/var/spool/minimesh"
 	SpoolSize = "512Mi"
-	TokenDir  = "/var/run/minimesh/token"
+	// LogsSize bounds the app's log directory (LogsVolume) on the node's
+	// disk: an app that writes logs without rotating them gets its pod
+	// evicted by the kubelet instead of filling the node.
+	LogsSize = "1Gi"
+	TokenDir = "/var/run/minimesh/token"
 
 	// MaxInput bounds what the command reads.
 	MaxInput = 32 << 20
@@ -493,7 +497,9 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 			Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("4Mi")),
 		}}},
 		corev1.Volume{Name: SharedVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		corev1.Volume{Name: LogsVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		corev1.Volume{Name: LogsVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			SizeLimit: ptr(resource.MustParse(LogsSize)),
+		}}},
 		corev1.Volume{Name: SpoolVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 			SizeLimit: ptr(resource.MustParse(SpoolSize)),
 		}}},
