@@ -193,8 +193,8 @@ func TestAlertRulesPromtool(t *testing.T) {
 			}
 		}
 	}
-	if n < 9 {
-		t.Errorf("%d alerts, want the 9 of issue 26", n)
+	if n < 10 {
+		t.Errorf("%d alerts, want the 9 of issue 26 and log shipping's", n)
 	}
 }
 
