@@ -219,7 +219,7 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	}
 	eventually(t, 15*time.Second, "meshctl edges shows the burst", func() error {
 		e := edgesNow()
-		if e["web->api.default"].Requests < burst+denied || e["api->db.default"].Requests < burst/3 {
+		if e["web.default->api.default"].Requests < burst+denied || e["api.default->db.default"].Requests < burst/3 {
 			return fmt.Errorf("edges %+v", e)
 		}
 		return nil
@@ -345,7 +345,7 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	// 1. Every service is a node whose label is text in the page, inside
 	// 1280×800, overlapping no other node.
 	waitJS("three nodes", `(() => { const n = [...document.querySelectorAll('g[data-node]')].map(g => g.dataset.node).sort().join(',');
-		return n === 'api,db,web' ? '' : 'nodes: ' + n; })()`)
+		return n === 'api.default,db.default,web.default' ? '' : 'nodes: ' + n; })()`)
 	type box struct {
 		Name, Label             string
 		X, Y, W, H              float64
@@ -359,8 +359,10 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 		t.Fatalf("nodes %+v", nodes)
 	}
 	for i, a := range nodes {
-		if a.Label != a.Name {
-			t.Errorf("node %s: label %q is not its name as one text node", a.Name, a.Label)
+		// Nodes are "name.namespace"; the label is the name, the line
+		// under it the namespace.
+		if want, _, _ := strings.Cut(a.Name, "."); a.Label != want {
+			t.Errorf("node %s: label %q is not its name (%q) as one text node", a.Name, a.Label, want)
 		}
 		if a.InnerWidth != 1280 || a.InnerHeight != 800 {
 			t.Errorf("viewport %vx%v, want 1280x800", a.InnerWidth, a.InnerHeight)
@@ -378,12 +380,12 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	// 2. web → api shows RPS > 0, within 20 % of meshctl edges for the
 	// same window (1 m), read just before and after.
 	rpsRE := regexp.MustCompile(`^([0-9.]+) rps · ([0-9.]+)% · p99 [0-9.]+ms$`)
-	waitJS("web → api's label", `(() => { const e = document.querySelector('g[data-edge="web->api"] text.edge-label');
+	waitJS("web → api's label", `(() => { const e = document.querySelector('g[data-edge="web.default->api.default"] text.edge-label');
 		return e && / rps/.test(e.textContent) && !e.textContent.startsWith('0.00') ? '' : 'label: ' + (e && e.textContent); })()`)
-	before := edgesNow()["web->api.default"].RPS
+	before := edgesNow()["web.default->api.default"].RPS
 	time.Sleep(5500 * time.Millisecond) // one refresh of the page
-	label := evalJS[string](t, bctx, `document.querySelector('g[data-edge="web->api"] text.edge-label').textContent`)
-	after := edgesNow()["web->api.default"].RPS
+	label := evalJS[string](t, bctx, `document.querySelector('g[data-edge="web.default->api.default"] text.edge-label').textContent`)
+	after := edgesNow()["web.default->api.default"].RPS
 	mm := rpsRE.FindStringSubmatch(label)
 	if mm == nil {
 		t.Fatalf("web → api's label %q: not RPS · success · p99", label)
@@ -393,14 +395,14 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 		t.Errorf("the page shows %v rps for web → api; meshctl edges %v before, %v after", pageRPS, before, after)
 	}
 	t.Logf("web → api: page %q, meshctl edges %.3f / %.3f rps", label, before, after)
-	edge := evalJS[[]string](t, bctx, `(() => { const g = document.querySelector('g[data-edge="web->api"]'); const l = g.querySelector('.lock title');
+	edge := evalJS[[]string](t, bctx, `(() => { const g = document.querySelector('g[data-edge="web.default->api.default"]'); const l = g.querySelector('.lock title');
 		return [l ? l.textContent : '', g.getAttribute('class')]; })()`)
 	if edge[0] != "mTLS" || !strings.Contains(edge[1], "ok") {
 		t.Errorf("web → api: lock %q, class %q; want the mTLS lock and ok (green)", edge[0], edge[1])
 	}
 	// Click for the edge over time.
-	do("click web → api", chromedp.Click(chromedp.CSS(`g[data-edge="web->api"] text.edge-label`)))
-	waitJS("the edge's chart", `document.querySelector('[data-edge-chart="web->api"] canvas') ? '' : 'no chart'`)
+	do("click web → api", chromedp.Click(chromedp.CSS(`g[data-edge="web.default->api.default"] text.edge-label`)))
+	waitJS("the edge's chart", `document.querySelector('[data-edge-chart="web.default->api.default"] canvas') ? '' : 'no chart'`)
 	evalJS[any](t, bctx, `window.scrollTo(0, 0)`)
 	png := shot("topology")
 	if os.Getenv("UPDATE_SCREENSHOT") != "" {

@@ -744,7 +744,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(body, `minimesh_proxy_inbound_requests_total{class="2xx",destination_namespace="default",destination_service="api",source_service="web"} 3`) {
+	if !strings.Contains(body, `minimesh_proxy_inbound_requests_total{class="2xx",destination_namespace="default",destination_service="api",source_namespace="default",source_service="web"} 3`) {
 		t.Errorf("no inbound request series for web -> api:\n%s", grepLines(body, "inbound_requests"))
 	}
 	for _, line := range strings.Split(body, "\n") {

@@ -107,7 +107,7 @@ func TestStatEdgesDeniesShowTraffic(t *testing.T) {
 		t.Fatalf("edges: %+v", ed.Edges)
 	}
 	e := ed.Edges[0]
-	if e.Source != "web" || e.Destination != "api.default" || !e.Mtls || !slices.Equal(e.SourceIdentities, []string{idOf("web").String()}) ||
+	if e.Source != "web.default" || e.Destination != "api.default" || !e.Mtls || !slices.Equal(e.SourceIdentities, []string{idOf("web").String()}) ||
 		!slices.Equal(e.DestinationIdentities, []string{idOf("api").String()}) {
 		t.Errorf("edge: %+v", e)
 	}

@@ -87,8 +87,8 @@ type Peer struct {
 }
 
 type edgeKey struct {
-	src, dstNS, dst string
-	mtls            bool
+	src, srcNS, dstNS, dst string
+	mtls                   bool
 }
 
 type sample struct {
@@ -164,7 +164,7 @@ func (s *Store) Record(instance string, id spiffeid.ID, service string, r *meshv
 		edges = edges[:MaxReportEdges]
 	}
 	for _, e := range edges {
-		k := edgeKey{src: cut(e.GetSourceService(), 253), dstNS: ns, dst: service, mtls: e.GetMtls()}
+		k := edgeKey{src: cut(e.GetSourceService(), 253), srcNS: cut(e.GetSourceNamespace(), 63), dstNS: ns, dst: service, mtls: e.GetMtls()}
 		ed, named := s.edgeLocked(k, b)
 		if named { // past the cap, an edge is counted in "other", not named
 			addIDs(&ed.srcIDs, e.GetSourceIdentities())
@@ -219,7 +219,7 @@ func addIDs(into *[]string, ids []string) {
 }
 
 // otherKey is the edge past MaxEdges.
-var otherKey = edgeKey{Other, Other, Other, false}
+var otherKey = edgeKey{src: Other, dstNS: Other, dst: Other}
 
 // edgeLocked returns k's edge, made if there is room, else "other"
 // (named false).
@@ -302,7 +302,7 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 		if (req.GetService() != "" && k.dst != req.GetService()) || (req.GetNamespace() != "" && k.dstNS != req.GetNamespace()) {
 			continue
 		}
-		e := &meshv1.EdgeStats{SourceService: k.src, DestinationService: k.dst, DestinationNamespace: k.dstNS, Mtls: k.mtls,
+		e := &meshv1.EdgeStats{SourceService: k.src, SourceNamespace: k.srcNS, DestinationService: k.dst, DestinationNamespace: k.dstNS, Mtls: k.mtls,
 			SourceIdentities: slices.Clone(ed.srcIDs), DestinationIdentities: slices.Clone(ed.dstIDs),
 			Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, len(LatencyBounds)+1)}
 		var n uint64
@@ -337,6 +337,11 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 	return out, nil
 }
 
+// keyOf is e's key among the edges of a Stats answer.
+func keyOf(e *meshv1.EdgeStats) edgeKey {
+	return edgeKey{e.GetSourceService(), e.GetSourceNamespace(), e.GetDestinationNamespace(), e.GetDestinationService(), e.GetMtls()}
+}
+
 func sortEdges(es []*meshv1.EdgeStats) {
 	sort.Slice(es, func(i, j int) bool {
 		a, b := es[i], es[j]
@@ -348,6 +353,9 @@ func sortEdges(es []*meshv1.EdgeStats) {
 		}
 		if a.GetSourceService() != b.GetSourceService() {
 			return a.GetSourceService() < b.GetSourceService()
+		}
+		if a.GetSourceNamespace() != b.GetSourceNamespace() {
+			return a.GetSourceNamespace() < b.GetSourceNamespace()
 		}
 		return a.GetMtls() && !b.GetMtls()
 	})
@@ -409,17 +417,17 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 	}
 	idx := map[edgeKey]*meshv1.EdgeStats{}
 	for _, e := range out.Edges {
-		idx[edgeKey{e.GetSourceService(), e.GetDestinationNamespace(), e.GetDestinationService(), e.GetMtls()}] = e
+		idx[keyOf(e)] = e
 	}
 	for _, o := range others {
 		if !slices.Equal(o.GetLatencyBounds(), LatencyBounds) {
 			continue
 		}
 		for _, e := range o.GetEdges() {
-			k := edgeKey{e.GetSourceService(), e.GetDestinationNamespace(), e.GetDestinationService(), e.GetMtls()}
+			k := keyOf(e)
 			into, ok := idx[k]
 			if !ok {
-				into = &meshv1.EdgeStats{SourceService: k.src, DestinationNamespace: k.dstNS, DestinationService: k.dst, Mtls: k.mtls,
+				into = &meshv1.EdgeStats{SourceService: k.src, SourceNamespace: k.srcNS, DestinationNamespace: k.dstNS, DestinationService: k.dst, Mtls: k.mtls,
 					Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, len(LatencyBounds)+1)}
 				idx[k] = into
 				out.Edges = append(out.Edges, into)

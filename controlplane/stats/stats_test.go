@@ -197,3 +197,41 @@ func TestFanOutMerges(t *testing.T) {
 		t.Fatalf("merged edges: %v, want one of 10", r.Edges)
 	}
 }
+
+// TestSourcesKeptApartByNamespace: callers of one service-account name in
+// two namespaces stay two edges, in one replica's store and when replicas'
+// answers merge.
+func TestSourcesKeptApartByNamespace(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	from := func(ns string, n uint64) *meshv1.EdgeStats {
+		e := edge("web", n, 0)
+		e.SourceNamespace = ns
+		e.SourceIdentities = []string{"spiffe://minimesh.local/ns/" + ns + "/sa/web"}
+		return e
+	}
+	peer := newStore(t, c)
+	peer.Record("api-2", apiID, "api", report(from("prod", 5)))
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
+		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Record("api-1", apiID, "api", report(from("default", 2), from("prod", 3)))
+	r, err := s.Stats(context.Background(), &meshv1.StatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, e := range r.Edges {
+		got[e.GetSourceNamespace()+"/"+e.GetSourceService()] += total(e)
+		if e.GetSourceNamespace() != "" && e.GetSourceIdentities()[0] != "spiffe://minimesh.local/ns/"+e.GetSourceNamespace()+"/sa/web" {
+			t.Errorf("edge from %s carries %v", e.GetSourceNamespace(), e.GetSourceIdentities())
+		}
+	}
+	if len(r.Edges) != 2 || got["default/web"] != 2 || got["prod/web"] != 8 {
+		t.Fatalf("edges by source: %v (%d edges), want default/web 2 and prod/web 8", got, len(r.Edges))
+	}
+}

@@ -105,7 +105,7 @@ spec: {service: api, enabled: true, fields: [method, path, status, upstream, res
 func inboundRequests(t testing.TB, m *Metrics, src, dst, class string) float64 {
 	t.Helper()
 	var d dto.Metric
-	if err := m.inRequests.WithLabelValues(src, dst, "default", class).Write(&d); err != nil {
+	if err := m.inRequests.WithLabelValues(src, "default", dst, "default", class).Write(&d); err != nil {
 		t.Fatal(err)
 	}
 	return d.GetCounter().GetValue()

@@ -49,9 +49,9 @@ func (in *Inbound) SetPolicy(p *Policy) {
 	in.enforceOnOpen(p)
 }
 
-// seriesSet maps a label value (a caller's service account at the inbound,
-// a destination service at the outbound) to its request series, at most
-// MaxSourceServices of them.
+// seriesSet maps a key (a caller's "namespace/service-account" at the
+// inbound, sourceKey; a destination service at the outbound) to its
+// request series, at most MaxSourceServices of them.
 type seriesSet struct {
 	mu     sync.Mutex
 	m      map[string]*requestSeries
@@ -75,10 +75,11 @@ func newSourceSet(m *Metrics, dest, ns string) *seriesSet {
 	if dest == "" {
 		dest = "unknown"
 	}
-	return &seriesSet{m: map[string]*requestSeries{}, series: func(sa string) *requestSeries {
-		sm := &requestSeries{duration: m.inDuration.WithLabelValues(sa, dest, ns)}
+	return &seriesSet{m: map[string]*requestSeries{}, series: func(key string) *requestSeries {
+		sa, srcNS := splitSourceKey(key)
+		sm := &requestSeries{duration: m.inDuration.WithLabelValues(sa, srcNS, dest, ns)}
 		for i, c := range responseClasses {
-			sm.classes[i] = m.inRequests.WithLabelValues(sa, dest, ns, c)
+			sm.classes[i] = m.inRequests.WithLabelValues(sa, srcNS, dest, ns, c)
 		}
 		return sm
 	}}
@@ -139,18 +140,28 @@ func (sm *requestSeries) observe(code int, seconds float64) {
 	sm.duration.Observe(seconds)
 }
 
-// serviceAccount returns the service account of a SPIFFE ID path of the
-// form /ns/<ns>/sa/<sa>, else "other" (the label space stays closed).
-func serviceAccount(path string) string {
+// sourceKey returns "<ns>/<sa>" for a SPIFFE ID path of the form
+// /ns/<ns>/sa/<sa>, else "other" (the label space stays closed).
+func sourceKey(path string) string {
 	rest, ok := strings.CutPrefix(path, "/ns/")
 	if !ok {
 		return "other"
 	}
-	_, sa, ok := strings.Cut(rest, "/sa/")
-	if !ok || sa == "" || strings.Contains(sa, "/") {
+	ns, sa, ok := strings.Cut(rest, "/sa/")
+	if !ok || ns == "" || sa == "" || strings.Contains(ns, "/") || strings.Contains(sa, "/") {
 		return "other"
 	}
-	return sa
+	return ns + "/" + sa
+}
+
+// splitSourceKey is sourceKey's service account and namespace apart:
+// ("other", "") for "other", and ("", "") for "" (the public port).
+func splitSourceKey(key string) (sa, ns string) {
+	ns, sa, ok := strings.Cut(key, "/")
+	if !ok {
+		return key, ""
+	}
+	return sa, ns
 }
 
 // decisionCounters are the authz and rate-limit decision series.

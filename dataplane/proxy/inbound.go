@@ -393,7 +393,7 @@ type peer struct {
 	id     spiffeid.ID
 	header []string
 	chain  []*x509.Certificate // as presented, leaf first
-	sa     string              // service account, for metric labels
+	source string              // "namespace/service-account" (sourceKey), for metric labels
 	srcM   atomic.Pointer[requestSeries]
 	peerState
 }
@@ -403,7 +403,7 @@ func (p *peer) src(s *seriesSet) *requestSeries {
 	if m := p.srcM.Load(); m != nil {
 		return m
 	}
-	m := s.getFor(p.sa, p.header[0])
+	m := s.getFor(p.source, p.header[0])
 	p.srcM.Store(m)
 	return m
 }
@@ -425,7 +425,7 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 	if err != nil {
 		return ctx
 	}
-	return context.WithValue(ctx, peerKey{}, &peer{id: id, header: []string{id.String()}, chain: st.PeerCertificates, sa: serviceAccount(id.Path())})
+	return context.WithValue(ctx, peerKey{}, &peer{id: id, header: []string{id.String()}, chain: st.PeerCertificates, source: sourceKey(id.Path())})
 }
 
 func peerFrom(ctx context.Context) (*peer, bool) {

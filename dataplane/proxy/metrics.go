@@ -103,8 +103,8 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 //	minimesh_proxy_handshake_failures_total{listener,reason}
 //	minimesh_proxy_retries_total{listener}
 //	minimesh_proxy_overflows_total{listener}
-//	minimesh_proxy_inbound_requests_total{source_service,destination_service,destination_namespace,class}
-//	minimesh_proxy_inbound_request_duration_seconds{source_service,destination_service,destination_namespace}
+//	minimesh_proxy_inbound_requests_total{source_service,source_namespace,destination_service,destination_namespace,class}
+//	minimesh_proxy_inbound_request_duration_seconds{source_service,source_namespace,destination_service,destination_namespace}
 //	minimesh_proxy_authz_decisions_total{decision}
 //	minimesh_proxy_ratelimit_decisions_total{decision}
 //	minimesh_proxy_connections_closed_total{listener,reason}
@@ -114,8 +114,10 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // destination_service is a service's name alone on both sides ("api"),
 // and destination_namespace its namespace ("default"), so that the
 // caller's outbound series and the callee's inbound series of one edge
-// join on the same labels. At the inbound, source_service is the service
-// account of the caller's SPIFFE ID and the destination the inbound's own
+// join on the same labels. At the inbound, source_service and
+// source_namespace are the service account and namespace of the caller's
+// SPIFFE ID (two callers of one name in two namespaces are two sources),
+// and the destination the inbound's own
 // service and namespace; at the outbound, the destination is the service
 // a request went to (the route's backend when a route chose one). The
 // namespace label is not called "namespace": Prometheus gives every
@@ -149,13 +151,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"listener"}),
 		inRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_requests_total",
-			Help: "Requests into the inbound, by source service (service account of the caller), destination service and response class.",
-		}, []string{"source_service", "destination_service", "destination_namespace", "class"}),
+			Help: "Requests into the inbound, by source service and namespace (the caller's service account and namespace), destination service and response class.",
+		}, []string{"source_service", "source_namespace", "destination_service", "destination_namespace", "class"}),
 		inDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_request_duration_seconds",
 			Help:    "Time from request received to response handler done at the inbound, by source and destination service.",
 			Buckets: durationBuckets,
-		}, []string{"source_service", "destination_service", "destination_namespace"}),
+		}, []string{"source_service", "source_namespace", "destination_service", "destination_namespace"}),
 		outRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
 			Help: "Requests the outbound forwarded to services of the mesh, by destination service and response class.",

@@ -142,16 +142,18 @@ func TestRevokedSerialRefusedAndClosed(t *testing.T) {
 func TestSourceServicesBounded(t *testing.T) {
 	s := newSourceSet(newMetrics(t), "api", "default")
 	for i := 0; i < 3*MaxSourceServices; i++ {
-		s.get(fmt.Sprintf("sa-%d", i)).observe(200, 0.001)
+		s.get(fmt.Sprintf("default/sa-%d", i)).observe(200, 0.001)
 	}
 	if n := len(s.m); n > MaxSourceServices+1 {
 		t.Fatalf("%d source series", n)
 	}
-	for _, tc := range []struct{ path, want string }{
-		{"/ns/default/sa/web", "web"}, {"/ns/a/sa/", "other"}, {"/x/y", "other"}, {"/ns/a/sa/b/c", "other"},
+	for _, tc := range []struct{ path, want, sa, ns string }{
+		{"/ns/default/sa/web", "default/web", "web", "default"}, {"/ns/a/sa/", "other", "other", ""}, {"/x/y", "other", "other", ""},
+		{"/ns/a/sa/b/c", "other", "other", ""}, {"/ns//sa/web", "other", "other", ""}, {"/ns/a/b/sa/web", "other", "other", ""},
 	} {
-		if got := serviceAccount(tc.path); got != tc.want {
-			t.Errorf("serviceAccount(%q) = %q, want %q", tc.path, got, tc.want)
+		got := sourceKey(tc.path)
+		if sa, ns := splitSourceKey(got); got != tc.want || sa != tc.sa || ns != tc.ns {
+			t.Errorf("sourceKey(%q) = %q (%q, %q), want %q (%q, %q)", tc.path, got, sa, ns, tc.want, tc.sa, tc.ns)
 		}
 	}
 }

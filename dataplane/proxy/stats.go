@@ -227,7 +227,8 @@ func (r *StatsReporter) Report() *meshv1.StatsReport {
 
 // delta is cur minus prev as an EdgeStats; nil when nothing happened.
 func delta(cur, prev edgeTotals) *meshv1.EdgeStats {
-	e := &meshv1.EdgeStats{SourceService: validUTF8(cur.source), Mtls: cur.mtls, Classes: make([]uint64, len(cur.classes))}
+	sa, ns := splitSourceKey(cur.source)
+	e := &meshv1.EdgeStats{SourceService: validUTF8(sa), SourceNamespace: validUTF8(ns), Mtls: cur.mtls, Classes: make([]uint64, len(cur.classes))}
 	var n uint64
 	for i := range cur.classes {
 		e.Classes[i] = sub(cur.classes[i], prev.classes[i])

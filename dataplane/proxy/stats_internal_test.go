@@ -42,7 +42,7 @@ func TestReportIsDeltasOfTheCounters(t *testing.T) {
 	}
 	in := &Inbound{metrics: m, sources: newSourceSet(m, "api", "default")}
 	r := NewStatsReporter(in, nil)
-	sm := in.sources.getFor("web", "spiffe://td/ns/default/sa/web")
+	sm := in.sources.getFor("default/web", "spiffe://td/ns/default/sa/web")
 	for range 3 {
 		sm.observe(200, 0.003)
 	}
@@ -52,7 +52,7 @@ func TestReportIsDeltasOfTheCounters(t *testing.T) {
 		t.Fatalf("edges %v", rep.Edges)
 	}
 	e := rep.Edges[0]
-	if e.Classes[1] != 3 || e.Classes[4] != 1 || e.SourceService != "web" || e.SourceIdentities[0] != "spiffe://td/ns/default/sa/web" || !e.Mtls {
+	if e.Classes[1] != 3 || e.Classes[4] != 1 || e.SourceService != "web" || e.SourceNamespace != "default" || e.SourceIdentities[0] != "spiffe://td/ns/default/sa/web" || !e.Mtls {
 		t.Fatalf("edge %v", e)
 	}
 	// 3 in (0.0025, 0.005], 1 in (1, 2.5].

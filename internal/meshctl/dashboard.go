@@ -251,11 +251,7 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 		}
 		bounds = resp.GetLatencyBounds()
 		for _, e := range resp.GetEdges() {
-			src := e.GetSourceService()
-			if !e.GetMtls() {
-				src = "(outside the mesh)"
-			}
-			if src == req.Source && e.GetDestinationService() == req.Destination {
+			if edgeSource(e) == req.Source && e.GetDestinationService() == req.Destination {
 				cum[i].add(e)
 			}
 		}

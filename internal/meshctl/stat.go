@@ -290,10 +290,11 @@ func newEdgesCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "edges [SERVICE[.NAMESPACE]]",
 		Short: "Per caller and callee: the same numbers as stat, with the verified identities of both",
-		Long: `Per caller → callee in the window: the caller's identities as the callee's
-proxy verified them (its mTLS client certificate; "(outside the mesh)"
-for the public port), the callee's as meshd verified them (the reporting
-proxy's stream), requests per second, success rate and latency.`,
+		Long: `Per caller → callee in the window: the caller as SERVICE-ACCOUNT.NAMESPACE
+and its identities as the callee's proxy verified them (its mTLS client
+certificate; "(outside the mesh)" for the public port), the callee's as
+meshd verified them (the reporting proxy's stream), requests per second,
+success rate and latency.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			return f.run(g, args, func(resp *meshv1.StatsResponse) error {
@@ -329,6 +330,20 @@ proxy's stream), requests per second, success rate and latency.`,
 	return outputs(cmd, formatTable, formatWide, formatJSON, formatYAML, formatJSONPath)
 }
 
+// edgeSource is how edges names an edge's caller: its service account and
+// namespace as "name.namespace" (as the destination is named), the name
+// alone from a proxy that reports no namespace (older, or "other"), or
+// "(outside the mesh)" for the public port's clients.
+func edgeSource(e *meshv1.EdgeStats) string {
+	switch {
+	case !e.GetMtls():
+		return "(outside the mesh)"
+	case e.GetSourceNamespace() != "":
+		return e.GetSourceService() + "." + e.GetSourceNamespace()
+	}
+	return e.GetSourceService()
+}
+
 // edgesDoc is edges' document: one row per edge in resp.
 func edgesDoc(resp *meshv1.StatsResponse) statDoc {
 	w := resp.GetWindow().AsDuration()
@@ -337,11 +352,7 @@ func edgesDoc(resp *meshv1.StatsResponse) statDoc {
 		t := &traffic{}
 		t.add(e)
 		mtls := e.GetMtls()
-		src := e.GetSourceService()
-		if !mtls {
-			src = "(outside the mesh)"
-		}
-		r := statRow{Namespace: e.GetDestinationNamespace(), Source: src, SourceIdentities: e.GetSourceIdentities(),
+		r := statRow{Namespace: e.GetDestinationNamespace(), Source: edgeSource(e), SourceIdentities: e.GetSourceIdentities(),
 			Destination: e.GetDestinationService() + "." + e.GetDestinationNamespace(), DestinationIdentites: e.GetDestinationIdentities(), MTLS: &mtls}
 		fill(&r, t, w, resp.GetLatencyBounds())
 		doc.Edges = append(doc.Edges, r)

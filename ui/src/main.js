@@ -143,18 +143,27 @@ function nodeHealth(proxies) {
   return 'ok';
 }
 
+// namespaceOf is the namespace of a SPIFFE ID of the form
+// spiffe://td/ns/<ns>/sa/<sa>, '' otherwise.
+function namespaceOf(id) {
+  const m = /^spiffe:\/\/[^/]+\/ns\/([^/]+)\/sa\//.exec(id || '');
+  return m ? m[1] : '';
+}
+
 function Topology() {
   const edges = usePoll(() => call('Edges', { windowSeconds: 60 }), [], 5000);
   const proxies = usePoll(() => call('ProxyStatus'), [], 5000);
   const [sel, setSel] = useState(null);
   const model = useMemo(() => {
+    // Nodes are "name.namespace": one name in two namespaces is two
+    // services (and a caller's service account is named the same way).
     const byService = new Map();
     for (const p of (proxies.data && proxies.data.proxies) || []) {
-      const s = p.proxy.service;
+      const s = `${p.proxy.service}.${namespaceOf(p.proxy.spiffeId)}`;
       if (!byService.has(s)) byService.set(s, []);
       byService.get(s).push(p);
     }
-    const es = ((edges.data && edges.data.edges) || []).map((e) => ({ ...e, from: e.source, to: e.destinationService }));
+    const es = ((edges.data && edges.data.edges) || []).map((e) => ({ ...e, from: e.source, to: e.destination }));
     for (const e of es) {
       for (const n of [e.from, e.to]) if (!byService.has(n)) byService.set(n, []);
     }
@@ -198,10 +207,12 @@ function Topology() {
         ${model.names.map((n) => {
           const p = pos.get(n);
           const ps = model.byService.get(n);
-          const ns = ps.length ? ps[0].proxy.spiffeId.split('/ns/')[1]?.split('/')[0] : '';
+          const dot = n.lastIndexOf('.');
+          const name = dot > 0 ? n.slice(0, dot) : n;
+          const ns = dot > 0 ? n.slice(dot + 1) : '';
           return html`<g class=${`node ${nodeHealth(ps)}`} data-node=${n} transform=${`translate(${p.x},${p.y})`}>
             <rect width=${NODE_W} height=${NODE_H} rx="8" />
-            <text class="node-name" x=${NODE_W / 2} y="20" text-anchor="middle">${n}</text>
+            <text class="node-name" x=${NODE_W / 2} y="20" text-anchor="middle">${name}</text>
             <text class="node-sub" x=${NODE_W / 2} y="37" text-anchor="middle">${ps.length ? `${ns || '-'} · ${ps.length} prox${ps.length === 1 ? 'y' : 'ies'}` : 'no proxy'}</text>
           </g>`;
         })}

@@ -285,8 +285,12 @@ type EdgeStats struct {
 	// latency bound plus the last, +Inf.
 	LatencyBuckets    []uint64 `protobuf:"varint,8,rep,packed,name=latency_buckets,json=latencyBuckets,proto3" json:"latency_buckets,omitempty"`
 	LatencySumSeconds float64  `protobuf:"fixed64,9,opt,name=latency_sum_seconds,json=latencySumSeconds,proto3" json:"latency_sum_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The caller's namespace, from the same verified SPIFFE ID as
+	// source_service (the source_namespace label); "" when source_service
+	// is "" or "other".
+	SourceNamespace string `protobuf:"bytes,10,opt,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *EdgeStats) Reset() {
@@ -380,6 +384,13 @@ func (x *EdgeStats) GetLatencySumSeconds() float64 {
 		return x.LatencySumSeconds
 	}
 	return 0
+}
+
+func (x *EdgeStats) GetSourceNamespace() string {
+	if x != nil {
+		return x.SourceNamespace
+	}
+	return ""
 }
 
 // DenyEvent is one request an AuthorizationPolicy denied at the inbound.
@@ -1437,7 +1448,7 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
 	"\x06denies\x18\x03 \x03(\v2\x12.mesh.v1.DenyEventR\x06denies\x12%\n" +
 	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
-	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\x83\x03\n" +
+	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\xae\x03\n" +
 	"\tEdgeStats\x12%\n" +
 	"\x0esource_service\x18\x01 \x01(\tR\rsourceService\x12+\n" +
 	"\x11source_identities\x18\x02 \x03(\tR\x10sourceIdentities\x12/\n" +
@@ -1447,7 +1458,9 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x04mtls\x18\x06 \x01(\bR\x04mtls\x12\x18\n" +
 	"\aclasses\x18\a \x03(\x04R\aclasses\x12'\n" +
 	"\x0flatency_buckets\x18\b \x03(\x04R\x0elatencyBuckets\x12.\n" +
-	"\x13latency_sum_seconds\x18\t \x01(\x01R\x11latencySumSeconds\"\xc3\x02\n" +
+	"\x13latency_sum_seconds\x18\t \x01(\x01R\x11latencySumSeconds\x12)\n" +
+	"\x10source_namespace\x18\n" +
+	" \x01(\tR\x0fsourceNamespace\"\xc3\x02\n" +
 	"\tDenyEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
 	"\x0fsource_identity\x18\x02 \x01(\tR\x0esourceIdentity\x12\x16\n" +
