@@ -529,17 +529,27 @@ func (c *Client) get(addr string, replayable bool) (*appConn, bool) {
 		if ac == nil {
 			return nil, false
 		}
-		if replayable && idleFor < c.checkIdleAfter && ac.br.Buffered() == 0 {
+		if c.usable(ac, idleFor, replayable) {
 			return ac, true
 		}
-		if testHookChecked != nil {
-			testHookChecked()
-		}
-		if ac.alive() {
-			return ac, true
-		}
-		_ = ac.Close()
 	}
+}
+
+// usable reports whether ac, idle for idleFor, can carry a request: a
+// replayable one skips the liveness check within CheckIdleAfter, any
+// other gets it. An ac that fails it is closed.
+func (c *Client) usable(ac *appConn, idleFor time.Duration, replayable bool) bool {
+	if replayable && idleFor < c.checkIdleAfter && ac.br.Buffered() == 0 {
+		return true
+	}
+	if testHookChecked != nil {
+		testHookChecked()
+	}
+	if ac.alive() {
+		return true
+	}
+	_ = ac.Close()
+	return false
 }
 
 // CheckIdleAfter: a request that can be sent again (replayable: an
@@ -679,20 +689,13 @@ func (a *Affinity) take(c *Client, addr string, replayable bool) (*appConn, bool
 		return nil, false
 	}
 	idleFor := time.Since(ac.idleAt)
-	switch {
-	case c.shut.Load() || idleFor > c.idleTimeout:
+	if c.shut.Load() || idleFor > c.idleTimeout {
 		_ = ac.Close()
 		return nil, false
-	case replayable && idleFor < c.checkIdleAfter && ac.br.Buffered() == 0:
+	}
+	if c.usable(ac, idleFor, replayable) {
 		return ac, true
 	}
-	if testHookChecked != nil {
-		testHookChecked()
-	}
-	if ac.alive() {
-		return ac, true
-	}
-	_ = ac.Close()
 	return nil, false
 }
 

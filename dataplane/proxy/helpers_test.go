@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -161,6 +162,18 @@ func (m *mesh) expiredSVID(t testing.TB, id string) *certs.SVIDSource {
 	src := certs.NewSVIDSource(certstest.NewClock(now.Add(-time.Hour - 45*time.Minute)))
 	src.Set(svid)
 	return src
+}
+
+// registeredMetrics is a Metrics registered on a registry of its own, for
+// tests that read the series back.
+func registeredMetrics(t testing.TB) (*prometheus.Registry, *Metrics) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, m
 }
 
 func newMetrics(t testing.TB) *Metrics {

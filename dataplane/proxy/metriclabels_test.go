@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // One edge, web → api, seen at web's outbound and at api's inbound: both
@@ -14,11 +12,7 @@ import (
 func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
 	checkLeaks(t)
 	m, a := newMesh(t), newApp(t)
-	reg := prometheus.NewRegistry()
-	metrics, err := NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, metrics := registeredMetrics(t)
 	inLn := listenLocal(t)
 	log, _ := newLogger()
 	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), SVID: m.api, Bundle: m.bundle, Service: "api", Namespace: "default",

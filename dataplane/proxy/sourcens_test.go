@@ -3,9 +3,6 @@ package proxy
 import (
 	"net/http"
 	"testing"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"minimesh/certs"
 	"minimesh/certs/certstest"
@@ -18,20 +15,9 @@ import (
 func TestSourcesKeyedByNamespace(t *testing.T) {
 	checkLeaks(t)
 	m, a := newMesh(t), newApp(t)
-	reg := prometheus.NewRegistry()
-	metrics, err := NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, metrics := registeredMetrics(t)
 	inLn := listenLocal(t)
-	log, _ := newLogger()
-	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), SVID: m.api, Bundle: m.bundle, Service: "api", Namespace: "default",
-		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := NewStatsReporter(in, nil)
-	run(t, in)
+	rep := NewStatsReporter(startInbound(t, m, a, metrics, inLn), nil)
 	prodWeb := certs.NewSVIDSource(nil)
 	prodWeb.Set(certstest.SVID(t, m.ca, "spiffe://minimesh.local/ns/prod/sa/web"))
 	url := "https://" + inLn.Addr().String() + "/hello"
