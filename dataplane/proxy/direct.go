@@ -92,7 +92,7 @@ type linesResponseWriter interface {
 
 // fields is f's Fields, nil for a nil f.
 func (f *lineFields) fields() *resphead.Fields {
-	if f == nil || len(f.lw.Header()) != 0 {
+	if f == nil {
 		return nil
 	}
 	return &f.Fields
