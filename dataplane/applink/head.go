@@ -162,6 +162,12 @@ type Head struct {
 	// on the app connection it holds, and the answer's connection stays
 	// with it (see Affinity).
 	Affinity *Affinity
+	// Fields, when set, are the request's header fields as lines
+	// ("Name: value\r\n"), already as the app is to get them: Write
+	// writes them before r.Header's (a request served from its head,
+	// dataplane/h1's HeadServer, has no header map: they are all its
+	// fields).
+	Fields []byte
 	// Raw, when set, takes the final answer's head when it is of the
 	// common form (dataplane/internal/resphead): the response then has no
 	// header map (Header nil), its fields are in Raw, as W passes them on
@@ -210,6 +216,9 @@ func (h *Head) Write(bw *bufio.Writer, r *http.Request) {
 	}
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
+	if h.Fields != nil {
+		bw.Write(h.Fields)
+	}
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
 		if DropField(k, conn, h.Public) {

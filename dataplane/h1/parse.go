@@ -303,10 +303,20 @@ func parseHead(head []byte, p *parsed, rm *room) error {
 // ParseRequestURI would (FuzzOriginForm); false for anything else, which
 // ParseRequestURI then reads.
 func originForm(target string, u *url.URL) bool {
-	if target == "" || target[0] != '/' {
-		return false
+	path, query, ok := splitOriginForm(target)
+	if ok {
+		*u = url.URL{Path: path, RawQuery: query}
 	}
-	path, query := target, ""
+	return ok
+}
+
+// splitOriginForm is originForm's check: the target's path and query
+// when it is of that form.
+func splitOriginForm(target string) (path, query string, ok bool) {
+	if target == "" || target[0] != '/' {
+		return "", "", false
+	}
+	path = target
 	hasQuery := false
 	for i := 0; i < len(target); i++ {
 		c := target[i]
@@ -315,21 +325,20 @@ func originForm(target string, u *url.URL) bool {
 			break
 		}
 		if !pathByte[c] {
-			return false
+			return "", "", false
 		}
 	}
 	if hasQuery {
 		if query == "" {
-			return false // "?" alone: ForceQuery, left to net/url
+			return "", "", false // "?" alone: ForceQuery, left to net/url
 		}
 		for i := 0; i < len(query); i++ {
 			if c := query[i]; c < 0x20 || c == 0x7f {
-				return false
+				return "", "", false
 			}
 		}
 	}
-	*u = url.URL{Path: path, RawQuery: query}
-	return true
+	return path, query, true
 }
 
 // pathByte: the bytes a path keeps as they are in net/url (its

@@ -86,6 +86,19 @@ func (r *reqCtx) cancel(err error) {
 	}
 }
 
+// reset makes r, cancelled when its request ended, the context of the
+// connection's next request served from its head (head.go), under r's
+// lock: a cancel still running on another goroutine (Close's, which read
+// r as the request in flight) finishes first; one that comes later finds
+// the connection's context ended, which cancels the new request anyway
+// (setRequest). gen goes on counting, so a stale ClearCancelHook matches
+// nothing.
+func (r *reqCtx) reset() {
+	r.mu.Lock()
+	r.err, r.done, r.hook, r.after = nil, nil, nil, nil
+	r.mu.Unlock()
+}
+
 // SetCancelHook arranges for f to run once when r is cancelled, unless
 // ClearCancelHook(the returned number) comes first; f runs on the
 // goroutine that cancels, so it must not block (a deadline in the past).

@@ -23,8 +23,9 @@ const bufferBeforeChunking = 2048
 // Flush, or when the handler returns.
 type response struct {
 	c      *conn
-	req    *http.Request
+	req    *http.Request // nil for a request served from its head (Head)
 	header http.Header
+	is11   bool // the request's version is HTTP/1.1 (else 1.0)
 
 	status      int
 	wrote       bool // WriteHeader(>=200) called
@@ -127,7 +128,7 @@ func (w *response) informational(code int) {
 		}
 		c.canContinue, c.sentContinue = false, true
 	}
-	buf := appendStatusLine(c.hbuf[:0], w.req.ProtoMinor == 1, code)
+	buf := appendStatusLine(c.hbuf[:0], w.is11, code)
 	for k, vv := range w.header {
 		if k == "Content-Length" || k == "Transfer-Encoding" || !httpguts.ValidHeaderFieldName(k) {
 			continue
@@ -245,7 +246,7 @@ func appendStatusLine(buf []byte, is11 bool, code int) []byte {
 func (w *response) commit(first []byte, done bool) {
 	c := w.c
 	w.committed = true
-	is11 := w.req.ProtoMinor == 1
+	is11 := w.is11
 	bw := c.bw
 	// Appended in the writer's free space (AvailableBuffer), so the
 	// status line and the length cost no allocation.

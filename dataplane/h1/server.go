@@ -88,6 +88,13 @@ type conn struct {
 	hijacked bool
 	kept     any // a handler's value for the connection (Keeper)
 
+	// Requests served from their heads (head.go).
+	heads         HeadServer // the Handler, when it is one
+	offered       Head
+	offeredFields [MaxHeadFields]Field
+	headW         response
+	headCtx       reqCtx
+
 	// 100-continue: wmu orders the 100 written by a body read against the
 	// answer's head written by the handler.
 	wmu          sync.Mutex
@@ -120,6 +127,7 @@ var (
 // error, or a shutdown; it closes rwc unless a handler hijacked it.
 func (s *Server) ServeConn(rwc net.Conn) {
 	c := &conn{srv: s, rwc: rwc, remote: rwc.RemoteAddr().String()}
+	c.heads, _ = s.Handler.(HeadServer)
 	c.idle = orDefault(s.IdleTimeout, 120*time.Second)
 	c.readHeader = orDefault(s.ReadHeaderTimeout, 10*time.Second)
 	c.watchAfter = s.WatchAfter
@@ -256,6 +264,18 @@ func (c *conn) serve() {
 			c.refuse(err)
 			return
 		}
+		if c.heads != nil {
+			c.setState(http.StateActive)
+			served, keep := c.serveHead(head)
+			if served {
+				lastPOST = false
+				if !keep {
+					return
+				}
+				c.state.Store(stateIdle)
+				continue
+			}
+		}
 		// The request's state, one allocation: its context, its answer,
 		// its URL and its header values (room).
 		st := new(requestState)
@@ -267,7 +287,9 @@ func (c *conn) serve() {
 		if cap(c.head) > 16<<10 {
 			c.head = nil // a large head once does not stay with the connection
 		}
-		c.setState(http.StateActive)
+		if c.heads == nil {
+			c.setState(http.StateActive)
+		}
 		lastPOST = p.method == http.MethodPost
 		if !c.serveRequest(&p, st) {
 			return
@@ -370,7 +392,7 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 	}
 	w := &pr.w
 	*w = response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
-		closeAfter: p.close}
+		closeAfter: p.close, is11: p.minor == 1}
 	defer func() {
 		clear(c.resHdr)
 		if len(c.resHdr) > 0 || cap(c.pre) > 64<<10 {
@@ -379,7 +401,7 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 		c.pre = c.pre[:0]
 	}()
 	c.armWatch(b == nil)
-	ok := c.runHandler(w, req)
+	_, ok := c.runHandler(w, req, nil)
 	c.stopWatch()
 	if !ok {
 		if b != nil {
@@ -405,9 +427,10 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 	return !w.closeAfter && err == nil
 }
 
-// runHandler calls the handler; false when it panicked (logged unless
-// http.ErrAbortHandler).
-func (c *conn) runHandler(w *response, r *http.Request) (ok bool) {
+// runHandler calls the handler with r, or its ServeHead with h when h is
+// set (served: what ServeHead returned); ok is false when it panicked
+// (logged unless http.ErrAbortHandler).
+func (c *conn) runHandler(w *response, r *http.Request, h *Head) (served, ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			ok = false
@@ -419,8 +442,11 @@ func (c *conn) runHandler(w *response, r *http.Request) (ok bool) {
 			}
 		}
 	}()
+	if h != nil {
+		return c.heads.ServeHead(w, h), true
+	}
 	c.srv.Handler.ServeHTTP(w, r)
-	return true
+	return true, true
 }
 
 // sendContinue writes the 100 Continue a body read owes, unless the answer

@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -39,32 +40,55 @@ func (f *forwarder) forwardDirect(w http.ResponseWriter, r *http.Request, head *
 	f.answer(w, resp, raw)
 }
 
-// affinity is the client connection's applink.Affinity, kept in its
-// dataplane/h1 Keeper slot (made on its first request); nil when w is not
-// h1's. A keep-alive client's requests then reach the app on one
-// connection, as through a proxy with an app connection per client
+// affinity is the client connection's applink.Affinity (keptOf); nil
+// when w is not h1's. A keep-alive client's requests then reach the app on
+// one connection, as through a proxy with an app connection per client
 // connection, without the pool's lock on each.
 func affinity(w http.ResponseWriter) *applink.Affinity {
+	if k := keptOf(w); k != nil {
+		return &k.aff
+	}
+	return nil
+}
+
+// kept is what a client connection keeps between its requests, in its
+// dataplane/h1 Keeper slot (made on its first request): its app
+// connection, and what its requests served from their heads are built in
+// (servehead.go).
+type kept struct {
+	aff    applink.Affinity
+	req    *http.Request // made once per connection
+	url    url.URL
+	fields []byte
+}
+
+// Release hands the app connection back to its pool (h1 calls it when the
+// client connection ends).
+func (k *kept) Release() { k.aff.Release() }
+
+// keptOf is w's connection's kept; nil when w is not h1's (under the
+// forwarder's recorder and an exchange of the inbound or the access log).
+func keptOf(w http.ResponseWriter) *kept {
 	if rec, ok := w.(*recorder); ok {
 		w = rec.ResponseWriter
 	}
 	if ex, ok := w.(*inExchange); ok {
 		w = ex.ResponseWriter
 	}
-	k, ok := w.(h1.Keeper)
+	kr, ok := w.(h1.Keeper)
 	if !ok {
 		return nil
 	}
-	slot := k.Kept()
-	a, ok := (*slot).(*applink.Affinity)
+	slot := kr.Kept()
+	k, ok := (*slot).(*kept)
 	if !ok {
 		if *slot != nil {
 			return nil // someone else's
 		}
-		a = new(applink.Affinity)
-		*slot = a
+		k = new(kept)
+		*slot = k
 	}
-	return a
+	return k
 }
 
 // The answer's head as lines. When the client's writer is dataplane/h1's,

@@ -63,6 +63,7 @@ type Metrics struct {
 	handshakeFailures *prometheus.CounterVec
 	retries           *prometheus.CounterVec
 	overflows         *prometheus.CounterVec
+	fromHead          *prometheus.CounterVec
 
 	// At the inbound, by source and destination service (policy.go).
 	inRequests   *prometheus.CounterVec
@@ -89,6 +90,7 @@ type listenerMetrics struct {
 	failures  map[string]prometheus.Counter
 	retries   prometheus.Counter
 	overflows prometheus.Counter
+	fromHead  prometheus.Counter // servehead.go
 }
 
 // durationBuckets are the request duration histograms' buckets, in seconds.
@@ -103,6 +105,7 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 //	minimesh_proxy_handshake_failures_total{listener,reason}
 //	minimesh_proxy_retries_total{listener}
 //	minimesh_proxy_overflows_total{listener}
+//	minimesh_proxy_served_from_head_total{listener}
 //	minimesh_proxy_inbound_requests_total{source_service,source_namespace,destination_service,destination_namespace,class}
 //	minimesh_proxy_inbound_request_duration_seconds{source_service,source_namespace,destination_service,destination_namespace}
 //	minimesh_proxy_authz_decisions_total{decision}
@@ -149,6 +152,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "minimesh", Subsystem: "proxy", Name: "overflows_total",
 			Help: "Requests answered 503 at once because their service had its maximum in flight, by listener.",
 		}, []string{"listener"}),
+		fromHead: r.counterVec(prometheus.CounterOpts{
+			Namespace: "minimesh", Subsystem: "proxy", Name: "served_from_head_total",
+			Help: "Requests served from their heads, without a header map (the common GET), by listener; also counted in requests_total.",
+		}, []string{"listener"}),
 		inRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "inbound_requests_total",
 			Help: "Requests into the inbound, by source service and namespace (the caller's service account and namespace), destination service and response class.",
@@ -189,6 +196,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			failures:  make(map[string]prometheus.Counter, len(handshakeReason)),
 			retries:   m.retries.WithLabelValues(l),
 			overflows: m.overflows.WithLabelValues(l),
+			fromHead:  m.fromHead.WithLabelValues(l),
 		}
 		for i, c := range responseClasses {
 			lm.classes[i] = m.requests.WithLabelValues(l, c)

@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"minimesh/api/authz"
+	"minimesh/api/pathnorm"
+	"minimesh/dataplane/applink"
+	"minimesh/dataplane/h1"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// Requests served from their heads. dataplane/h1 offers each common
+// request's head (h1.HeadServer) before it builds an *http.Request. The
+// public port serves it from the head when the usual way would do nothing
+// to it but what is done here:
+//
+//   - a GET whose fields are all of passFields, once each: fields the
+//     sanitizer (sanitize.go) keeps as they are and the policy does not
+//     read. Anything else (X-Request-Id, forwarding headers, underscores,
+//     routing overrides, a field twice) goes the usual way, which drops,
+//     checks or joins it.
+//   - a policy whose decision needs the method and the path only, and
+//     allows this request with nothing to log: no rate limits, no access
+//     log, no dry-run denial or audit; a denied request goes the usual way
+//     too, which answers, counts and logs it.
+//
+// The app then gets what the usual way sends (applink.Head.Write): the
+// request line with the normalized path and the cleaned query, Host, the
+// fields with canonical names, a new X-Request-Id, and this hop's
+// X-Forwarded-For, -Host and -Proto; the answer goes back by the same
+// forwarder (forwarder.forward), with the same metrics, errors and app
+// connection. TestHeadServedMatchesUsualWay holds the two equal off the
+// wire.
+
+// passFields are the fields a request served from its head may carry,
+// with their canonical names.
+var passFields = [...]string{
+	"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
+	"Cache-Control", "Cookie", "If-Match", "If-Modified-Since", "If-None-Match",
+	"If-Unmodified-Since", "Origin", "Range", "Referer", "User-Agent",
+}
+
+// passField is k's index in passFields, -1 when it is not there.
+func passField(k string) int {
+	for i, n := range passFields {
+		if len(n) == len(k) && strings.EqualFold(n, k) {
+			return i
+		}
+	}
+	return -1
+}
+
+// appendPassFields appends fs to b as the app gets them, with canonical
+// names; false when one is not of passFields or comes twice.
+func appendPassFields(b []byte, fs []h1.Field) ([]byte, bool) {
+	var seen uint32
+	for _, f := range fs {
+		i := passField(f.Name)
+		if i < 0 || seen&(1<<i) != 0 {
+			return b, false
+		}
+		seen |= 1 << i
+		b = append(b, passFields[i]...)
+		b = append(b, ": "...)
+		b = append(b, f.Value...)
+		b = append(b, "\r\n"...)
+	}
+	return b, true
+}
+
+// appendRequestID appends a new X-Request-Id field to b.
+func appendRequestID(b []byte) []byte {
+	var id [36]byte
+	newRequestID(&id)
+	b = append(b, HeaderRequestID+": "...)
+	b = append(b, id[:]...)
+	return append(b, "\r\n"...)
+}
+
+// allows reports whether pol allows req with nothing but the allow to
+// count: no dry-run denial, no audit. A request served from its head takes
+// only that decision; any other goes the usual way, which counts it
+// (authorize).
+func (e enforcer) allows(pol *Policy, req authz.Request) bool {
+	d := pol.Authz().Check(req)
+	if !d.Allowed || d.DryRun || d.Audit {
+		return false
+	}
+	e.decisions.allow.Inc()
+	return true
+}
+
+// limited reports whether p has rate limits.
+func (p *Policy) limited() bool { return p != nil && len(p.limits) > 0 }
+
+// request is the connection's request, made once and filled from h: no
+// header map (the fields go to the app as k.fields), no body.
+func (k *kept) request(h *h1.Head) *http.Request {
+	if k.req == nil || k.req.Context() != h.Context() {
+		k.req = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody}).WithContext(h.Context())
+	}
+	r := k.req
+	k.url = url.URL{Path: h.Path, RawQuery: h.Query}
+	r.Method, r.URL, r.Host, r.RequestURI, r.RemoteAddr, r.TLS = h.Method, &k.url, h.Host, h.Target, h.RemoteAddr, h.TLS
+	return r
+}
+
+// ServeHead serves h from its head when it can (see above): h1's
+// HeadServer.
+func (p *Public) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
+	if h.Method != http.MethodGet {
+		return false
+	}
+	pol := p.policy.Load()
+	if al := p.cfg.AccessLog; pol.limited() || al != nil && al.Enabled() {
+		return false
+	}
+	k := keptOf(w)
+	if k == nil {
+		return false
+	}
+	fields, ok := appendPassFields(k.fields[:0], h.Fields)
+	if !ok {
+		return false
+	}
+	path, err := pathnorm.Normalize(h.Path)
+	if err != nil || !p.enf.allows(pol, authz.Request{Method: h.Method, Path: path}) {
+		return false
+	}
+	fields = appendRequestID(fields)
+	if cap(fields) <= 16<<10 {
+		k.fields = fields
+	}
+	r := k.request(h)
+	d := decisionPool.Get().(*decision)
+	d.app = applink.Head{Addr: p.cfg.App, Public: true, Fields: fields}
+	if path != h.Path {
+		d.app.Path = path
+	}
+	d.proto, d.upstream, d.path = meshv1.Protocol_PROTOCOL_HTTP, p.cfg.App, path
+	p.fwd.metrics.fromHead.Inc()
+	p.fwd.serve(w, r, d)
+	*d = decision{}
+	decisionPool.Put(d)
+	return true
+}
