@@ -196,9 +196,19 @@ func (in *Inbound) SetTable(t *Table) {
 func (in *Inbound) target(h http.Header) (inboundPort, bool, error) {
 	v := h[HeaderTarget]
 	if len(v) == 0 {
-		return inboundPort{proto: meshv1.Protocol_PROTOCOL_HTTP, addr: in.cfg.App}, true, nil
+		return in.appDefault(), true, nil
 	}
-	tg, err := ParseTarget(v[0])
+	return in.targetOf(v[0])
+}
+
+// appDefault is where a request without HeaderTarget goes.
+func (in *Inbound) appDefault() inboundPort {
+	return inboundPort{proto: meshv1.Protocol_PROTOCOL_HTTP, addr: in.cfg.App}
+}
+
+// targetOf is target for the HeaderTarget value v.
+func (in *Inbound) targetOf(v string) (inboundPort, bool, error) {
+	tg, err := ParseTarget(v)
 	if err != nil {
 		return inboundPort{}, false, err
 	}

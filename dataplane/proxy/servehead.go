@@ -34,6 +34,15 @@ import (
 // forwarder (forwarder.forward), with the same metrics, errors and app
 // connection. TestHeadServedMatchesUsualWay holds the two equal off the
 // wire.
+//
+// The inbound serves the same requests from their heads, from a peer whose
+// connection is not retiring and not revoked by the policy in force,
+// decided with the peer's identity; they may also carry the fields a
+// peer's outbound adds: one valid X-Request-Id (kept, as the usual way
+// keeps it) and one X-Mesh-Target naming an HTTP/1.1 port of the app
+// (which picks the port, and does not reach the app). The per-source
+// metrics count them as the usual way does (Inbound.logExchange).
+// TestInboundHeadServedMatchesUsualWay holds the two ways equal.
 
 // passFields are the fields a request served from its head may carry,
 // with their canonical names.
@@ -63,12 +72,44 @@ func appendPassFields(b []byte, fs []h1.Field) ([]byte, bool) {
 			return b, false
 		}
 		seen |= 1 << i
-		b = append(b, passFields[i]...)
-		b = append(b, ": "...)
-		b = append(b, f.Value...)
-		b = append(b, "\r\n"...)
+		b = appendField(b, passFields[i], f.Value)
 	}
 	return b, true
+}
+
+// appendMeshFields is appendPassFields at the inbound: fs may also carry
+// one valid X-Request-Id, appended as it is, and one X-Mesh-Target
+// (returned, not appended); a new X-Request-Id is appended when there is
+// none.
+func appendMeshFields(b []byte, fs []h1.Field) (_ []byte, target string, ok bool) {
+	var seen uint32
+	id := ""
+	for _, f := range fs {
+		i := passField(f.Name)
+		switch {
+		case i >= 0 && seen&(1<<i) == 0:
+			seen |= 1 << i
+			b = appendField(b, passFields[i], f.Value)
+		case i < 0 && id == "" && strings.EqualFold(f.Name, HeaderRequestID) && validRequestID(f.Value):
+			id = f.Value
+		case i < 0 && target == "" && strings.EqualFold(f.Name, HeaderTarget) && f.Value != "":
+			target = f.Value
+		default:
+			return b, "", false
+		}
+	}
+	if id == "" {
+		return appendRequestID(b), target, true
+	}
+	return appendField(b, HeaderRequestID, id), target, true
+}
+
+// appendField appends the field k: v.
+func appendField(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	b = append(b, ": "...)
+	b = append(b, v...)
+	return append(b, "\r\n"...)
 }
 
 // appendRequestID appends a new X-Request-Id field to b.
@@ -95,6 +136,14 @@ func (e enforcer) allows(pol *Policy, req authz.Request) bool {
 
 // limited reports whether p has rate limits.
 func (p *Policy) limited() bool { return p != nil && len(p.limits) > 0 }
+
+// keep keeps fields, grown by the request just built, for the next one
+// unless they grew large.
+func (k *kept) keep(fields []byte) {
+	if cap(fields) <= 16<<10 {
+		k.fields = fields
+	}
+}
 
 // request is the connection's request, made once and filled from h: no
 // header map (the fields go to the app as k.fields), no body.
@@ -131,9 +180,7 @@ func (p *Public) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 		return false
 	}
 	fields = appendRequestID(fields)
-	if cap(fields) <= 16<<10 {
-		k.fields = fields
-	}
+	k.keep(fields)
 	r := k.request(h)
 	d := decisionPool.Get().(*decision)
 	d.app = applink.Head{Addr: p.cfg.App, Public: true, Fields: fields}
@@ -145,5 +192,62 @@ func (p *Public) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 	p.fwd.serve(w, r, d)
 	*d = decision{}
 	decisionPool.Put(d)
+	return true
+}
+
+// ServeHead serves h from its head when it can (see above): h1's
+// HeadServer.
+func (in *Inbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
+	if h.Method != http.MethodGet {
+		return false
+	}
+	pe, ok := peerFrom(h.Context())
+	if !ok || pe.retiring.Load() {
+		return false
+	}
+	pol := in.policy.Load()
+	if pol.limited() || in.accessLog.Enabled() || pol.Revocations().Refused(pe.header[0], pe.chain) != nil {
+		return false
+	}
+	k := keptOf(w)
+	if k == nil {
+		return false
+	}
+	fields, target, ok := appendMeshFields(k.fields[:0], h.Fields)
+	if !ok {
+		return false
+	}
+	port := in.appDefault()
+	if target != "" {
+		p, ok, err := in.targetOf(target)
+		if err != nil || !ok {
+			return false
+		}
+		port = p
+	}
+	if port.proto != meshv1.Protocol_PROTOCOL_HTTP {
+		return false
+	}
+	path, err := pathnorm.Normalize(h.Path)
+	if err != nil || !in.enf.allows(pol, authz.Request{Peer: pe.header[0], Method: h.Method, Path: path}) {
+		return false
+	}
+	k.keep(fields)
+	r := k.request(h)
+	start := in.cfg.Clock.Now()
+	ex := newExchange(w, r, pe)
+	pe.begin()
+	defer pe.end()
+	defer loggedAbort(r, ex, func(ex *inExchange) { in.logExchange(r, pe, ex, start) })
+	d := &ex.d
+	d.app = applink.Head{Addr: port.addr, Peer: pe.header, Fields: fields}
+	if path != h.Path {
+		d.app.Path = path
+	}
+	d.proto, d.peer, d.upstream, d.path = port.proto, pe, port.addr, path
+	in.fwd.metrics.fromHead.Inc()
+	in.fwd.serve(ex, r, d)
+	in.logExchange(r, pe, ex, start)
+	ex.release()
 	return true
 }
