@@ -161,8 +161,10 @@ func (c *conn) serveHead(head []byte) (done, keep bool) {
 	*w = response{c: c, header: c.resHdr, cl: -1, isHEAD: h.Method == http.MethodHead, is11: true}
 	defer func() {
 		*h = Head{}
-		clear(c.resHdr)
-		if len(c.resHdr) > 0 || cap(c.pre) > 64<<10 {
+		if len(c.resHdr) > 0 {
+			clear(c.resHdr) // not free on an empty map
+		}
+		if cap(c.pre) > 64<<10 {
 			c.pre = nil
 		}
 		c.pre = c.pre[:0]

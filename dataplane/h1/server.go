@@ -394,8 +394,10 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 	*w = response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
 		closeAfter: p.close, is11: p.minor == 1}
 	defer func() {
-		clear(c.resHdr)
-		if len(c.resHdr) > 0 || cap(c.pre) > 64<<10 {
+		if len(c.resHdr) > 0 {
+			clear(c.resHdr) // not free on an empty map
+		}
+		if cap(c.pre) > 64<<10 {
 			c.pre = nil
 		}
 		c.pre = c.pre[:0]

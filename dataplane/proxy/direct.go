@@ -60,6 +60,9 @@ type kept struct {
 	req    *http.Request // made once per connection
 	url    url.URL
 	fields []byte
+	// clientIP is the client's address (applink.ClientIP), found on the
+	// first request served from its head.
+	clientIP string
 }
 
 // Release hands the app connection back to its pool (h1 calls it when the

@@ -148,7 +148,7 @@ func (k *kept) keep(fields []byte) {
 // request is the connection's request, made once and filled from h: no
 // header map (the fields go to the app as k.fields), no body.
 func (k *kept) request(h *h1.Head) *http.Request {
-	if k.req == nil || k.req.Context() != h.Context() {
+	if k.req == nil { // h's context is the connection's one for heads
 		k.req = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody}).WithContext(h.Context())
 	}
 	r := k.req
@@ -180,10 +180,20 @@ func (p *Public) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 		return false
 	}
 	fields = appendRequestID(fields)
+	// This hop's forwarding headers, as applink.Head.Write writes them
+	// for a Public head, the client's address found once per connection.
+	if k.clientIP == "" {
+		k.clientIP = applink.ClientIP(h.RemoteAddr)
+	}
+	if k.clientIP != "" {
+		fields = appendField(fields, "X-Forwarded-For", k.clientIP)
+	}
+	fields = appendField(fields, "X-Forwarded-Host", h.Host)
+	fields = appendField(fields, "X-Forwarded-Proto", "https")
 	k.keep(fields)
 	r := k.request(h)
 	d := decisionPool.Get().(*decision)
-	d.app = applink.Head{Addr: p.cfg.App, Public: true, Fields: fields}
+	d.app = applink.Head{Addr: p.cfg.App, Fields: fields}
 	if path != h.Path {
 		d.app.Path = path
 	}
