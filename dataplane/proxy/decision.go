@@ -8,6 +8,7 @@ import (
 
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
+	"minimesh/dataplane/h1"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -45,6 +46,10 @@ type decision struct {
 	w     http.ResponseWriter
 	early *early1xx
 	raw   *lineFields // the answer's head as lines (outHead.Fields)
+	// fields are the app's header fields of a request served from its
+	// head (Outbound.ServeHead), as long as its Request has no header map
+	// (headerOf makes one when a step needs it).
+	fields []h1.Field
 }
 
 type decisionKey struct{}

@@ -57,7 +57,8 @@ func affinity(w http.ResponseWriter) *applink.Affinity {
 // (servehead.go).
 type kept struct {
 	aff    applink.Affinity
-	req    *http.Request // made once per connection
+	tmpl   *http.Request // made once per connection (kept.request)
+	req    *http.Request
 	url    url.URL
 	fields []byte
 	// clientIP is the client's address (applink.ClientIP), found on the

@@ -25,6 +25,7 @@ import (
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/balancer"
 	"minimesh/dataplane/edge"
+	"minimesh/dataplane/h1"
 	"minimesh/dataplane/route"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -687,6 +688,17 @@ type upstreamKey struct{}
 
 // ServeHTTP routes one request from the app.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.serveHTTP(w, r, nil)
+}
+
+// serveHTTP is ServeHTTP for r, or for a request served from its head
+// (ServeHead) when fields is not nil: r then has no header map, and the
+// head's fields are written by the direct path (outHead.WriteHead) until a
+// step needs the map (headerOf: routes that read a header, a try over
+// HTTP/2, ReverseProxy). Such a request is declined (false, nothing
+// written) when it is not for a service of the mesh: External and Egress
+// take the usual way.
+func (o *Outbound) serveHTTP(w http.ResponseWriter, r *http.Request, fields []h1.Field) bool {
 	v := o.view.Load()
 	var t *Table
 	if v != nil {
@@ -700,20 +712,23 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		svc, port = t.lookupHost(r.Host)
 	}
+	if svc == nil && fields != nil {
+		return false
+	}
 	if svc == nil && up == nil && o.cfg.External != nil {
 		if h := o.cfg.External.Route(r.Host); h != nil {
 			h.ServeHTTP(w, r)
-			return
+			return true
 		}
 	}
 	if svc == nil && up == nil && o.egressAllowed(r.Host) {
 		o.egressFwd.serve(w, r, nil) // no decision: the Host is the destination
-		return
+		return true
 	}
 	if svc == nil && t == nil {
 		o.fwd.refuse(w, r, http.StatusServiceUnavailable, "minimesh: no configuration from meshd yet\n",
 			fmt.Errorf("%w: no table yet", ErrNoEndpoint))
-		return
+		return true
 	}
 	if svc == nil {
 		dest := r.Host
@@ -722,11 +737,14 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		o.fwd.refuse(w, r, http.StatusBadGateway, fmt.Sprintf("minimesh: %q is not a service of the mesh; nothing was sent (traffic leaves the mesh only where configured)\n", dest),
 			fmt.Errorf("%w: %q", ErrUnknownService, dest))
-		return
+		return true
 	}
-	c := &decision{dst: svc}
+	c := &decision{dst: svc, fields: fields}
 	subset := ""
 	if svc.routes != nil {
+		if r.Header == nil && svc.routes.ReadsHeader() {
+			r.Header = headerOf(fields)
+		}
 		path, err := pathnorm.Normalize(r.URL.EscapedPath())
 		if err != nil {
 			path = r.URL.Path // no route names a path that does not normalize
@@ -736,7 +754,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if c.dst = t.lookup(svc.key.ns, b.Service); c.dst == nil {
 				o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: route %s: service %s.%s has no endpoints\n", c.route.Name, b.Service, svc.key.ns),
 					fmt.Errorf("%w: %s.%s", ErrNoEndpoint, b.Service, svc.key.ns))
-				return
+				return true
 			}
 			subset = b.Subset
 			if b.Port != 0 {
@@ -747,7 +765,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c.port = c.dst.port(port, true); c.port != nil && c.port.proto == meshv1.Protocol_PROTOCOL_TCP {
 		o.fwd.refuse(w, r, http.StatusBadGateway, fmt.Sprintf("minimesh: port %d of %s is TCP; call it through an upstream port of its own\n", c.port.port, c.dst.label),
 			fmt.Errorf("%w: HTTP request for TCP port %d of %s", ErrInvalidConfig, c.port.port, c.dst.label))
-		return
+		return true
 	}
 	run := o.run(v, up, c.dst)
 	if c.bal = run.balancerFor(subset); c.bal == nil || c.dst.endpoints(subset) == 0 {
@@ -757,7 +775,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has no endpoints\n", what),
 			fmt.Errorf("%w: %s", ErrNoEndpoint, c.dst.label))
-		return
+		return true
 	}
 	inflight := o.inflight.counter(c.dst.key)
 	if n := inflight.Add(1); n > int64(o.cfg.MaxRequestsPerService) {
@@ -765,7 +783,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.fwd.metrics.overflow()
 		o.fwd.refuse(w, r, http.StatusServiceUnavailable, fmt.Sprintf("minimesh: %s has %d requests in flight already\n", c.dst.label, o.cfg.MaxRequestsPerService),
 			fmt.Errorf("%w: %s", ErrOverloaded, c.dst.label))
-		return
+		return true
 	}
 	defer inflight.Add(-1)
 	c.series = run.series
@@ -774,7 +792,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		proto = c.port.proto
 	}
 	if !o.fwd.admitBody(w, r, proto) {
-		return
+		return true
 	}
 	ctx := r.Context()
 	if c.route != nil && c.route.Timeout > 0 {
@@ -788,9 +806,13 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(ctx)
 		}
 		o.fwd.forward(w, r, c, o.direct)
-		return
+		return true
+	}
+	if r.Header == nil {
+		r.Header = headerOf(fields)
 	}
 	o.fwd.serve(w, r.WithContext(context.WithValue(ctx, decisionKey{}, c)), c)
+	return true
 }
 
 // egressAllowed reports whether Egress lets a request for host leave the

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"minimesh/dataplane/applink"
+	"minimesh/dataplane/h1"
 	"minimesh/dataplane/internal/resphead"
 	"minimesh/dataplane/meshlink"
 )
@@ -129,6 +130,51 @@ func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString("\r\n")
 
 	hdr := r.Header
+	var id string // the X-Request-Id kept; "": a new one
+	if hdr == nil && d.fields != nil {
+		id = writeHeadFields(bw, d.fields)
+	} else {
+		id = writeHeaderFields(bw, r)
+	}
+	if d.port != nil {
+		for _, v := range d.port.header {
+			writeOutField(bw, HeaderTarget, v)
+		}
+	}
+	if id != "" {
+		writeOutField(bw, HeaderRequestID, id)
+	} else {
+		var nid [36]byte
+		newRequestID(&nid)
+		bw.WriteString(HeaderRequestID + ": ")
+		bw.Write(nid[:])
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeHeadFields writes the fields of a request served from its head
+// (Outbound.ServeHead: passFields, and an X-Request-Id, returned) as
+// writeHeaderFields writes the same fields from h1's header map: canonical
+// names, an empty User-Agent left out.
+func writeHeadFields(bw *bufio.Writer, fs []h1.Field) (id string) {
+	for _, f := range fs {
+		i := passField(f.Name)
+		switch {
+		case i < 0:
+			id = f.Value // X-Request-Id, valid (outboundFields)
+		case f.Value == "" && passFields[i] == "User-Agent":
+		default:
+			writeOutField(bw, passFields[i], f.Value)
+		}
+	}
+	return id
+}
+
+// writeHeaderFields writes r's header fields for the remote (WriteHead)
+// and returns the X-Request-Id kept ("": a new one).
+func writeHeaderFields(bw *bufio.Writer, r *http.Request) string {
+	hdr := r.Header
 	conn := hdr["Connection"]
 	listed := func(k string) bool { return len(conn) > 0 && applink.ListedIn(conn, k) }
 	if ua := hdr["User-Agent"]; len(ua) > 0 && ua[0] != "" && !listed("User-Agent") {
@@ -174,21 +220,10 @@ func (h *outHead) WriteHead(bw *bufio.Writer, r *http.Request) {
 	if headerHasToken(hdr["Te"], "trailers") {
 		bw.WriteString("Te: trailers\r\n")
 	}
-	if d.port != nil {
-		for _, v := range d.port.header {
-			writeOutField(bw, HeaderTarget, v)
-		}
-	}
 	if keepID {
-		writeOutField(bw, HeaderRequestID, ids[0])
-	} else {
-		var id [36]byte
-		newRequestID(&id)
-		bw.WriteString(HeaderRequestID + ": ")
-		bw.Write(id[:])
-		bw.WriteString("\r\n")
+		return ids[0]
 	}
-	bw.WriteString("\r\n")
+	return ""
 }
 
 // Got1xx passes a 1xx answer of the remote on to the app, as ReverseProxy
@@ -204,6 +239,9 @@ func (h *outHead) Got1xx(code int, hdr http.Header) {
 // returns, as ReverseProxy's trace does.
 func (h *outHead) Request(r *http.Request) *http.Request {
 	d := (*decision)(h)
+	if r.Header == nil && d.fields != nil {
+		r.Header = headerOf(d.fields) // served from its head: the map h1 would have made
+	}
 	if d.early == nil {
 		d.early = &early1xx{w: d.w}
 	}

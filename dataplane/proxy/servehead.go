@@ -44,6 +44,15 @@ import (
 // metrics count them as the usual way does (Inbound.logExchange).
 // TestInboundHeadServedMatchesUsualWay holds the two ways equal.
 
+// At the outbound, the app's common GET for a service of the mesh is
+// served from its head with passFields and one valid X-Request-Id (kept,
+// as the usual way keeps it): the route, balancer, retries, timeouts and
+// metrics are the usual way's (Outbound.serveHTTP), and the direct path
+// writes the fields (outHead.WriteHead). A step that reads a header map
+// (routes matching a header other than Host, a try over HTTP/2,
+// ReverseProxy) gets one made from the fields (headerOf), as h1 would have
+// made it. TestOutboundHeadServedMatchesUsualWay holds the two ways equal.
+
 // passFields are the fields a request served from its head may carry,
 // with their canonical names.
 var passFields = [...]string{
@@ -145,13 +154,18 @@ func (k *kept) keep(fields []byte) {
 	}
 }
 
-// request is the connection's request, made once and filled from h: no
-// header map (the fields go to the app as k.fields), no body.
+// request is the connection's request, filled anew from h: no header map
+// (the fields go to the app as lines), no body. Its template, made once
+// per connection, carries h's context (the connection's one for heads),
+// so that nothing is allocated per request; a step that changed the last
+// one (headerOf) leaves nothing behind.
 func (k *kept) request(h *h1.Head) *http.Request {
-	if k.req == nil { // h's context is the connection's one for heads
-		k.req = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody}).WithContext(h.Context())
+	if k.tmpl == nil {
+		k.tmpl = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody}).WithContext(h.Context())
+		k.req = new(http.Request)
 	}
 	r := k.req
+	*r = *k.tmpl
 	k.url = url.URL{Path: h.Path, RawQuery: h.Query}
 	r.Method, r.URL, r.Host, r.RequestURI, r.RemoteAddr, r.TLS = h.Method, &k.url, h.Host, h.Target, h.RemoteAddr, h.TLS
 	return r
@@ -259,5 +273,58 @@ func (in *Inbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 	in.fwd.serve(ex, r, d)
 	in.logExchange(r, pe, ex, start)
 	ex.release()
+	return true
+}
+
+// headerOf is the header map h1 makes of fs (canonical keys, values in
+// order); nil for no fields.
+func headerOf(fs []h1.Field) http.Header {
+	if fs == nil {
+		return nil
+	}
+	h := make(http.Header, len(fs))
+	for _, f := range fs {
+		h.Add(f.Name, f.Value)
+	}
+	return h
+}
+
+// outboundFields reports whether fs are all of passFields, once each, and
+// at most one valid X-Request-Id.
+func outboundFields(fs []h1.Field) bool {
+	var seen uint32
+	id := false
+	for _, f := range fs {
+		i := passField(f.Name)
+		switch {
+		case i >= 0 && seen&(1<<i) == 0:
+			seen |= 1 << i
+		case i < 0 && !id && strings.EqualFold(f.Name, HeaderRequestID) && validRequestID(f.Value):
+			id = true
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ServeHead serves h from its head when it can (see above): h1's
+// HeadServer.
+func (o *Outbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
+	if h.Method != http.MethodGet || !outboundFields(h.Fields) {
+		return false
+	}
+	k := keptOf(w)
+	if k == nil {
+		return false
+	}
+	fields := h.Fields
+	if fields == nil {
+		fields = []h1.Field{} // not nil: served from its head
+	}
+	if !o.serveHTTP(w, k.request(h), fields) {
+		return false
+	}
+	o.fwd.metrics.fromHead.Inc()
 	return true
 }

@@ -61,11 +61,18 @@ func servedFromHead(t *testing.T, m *Metrics, listener string) float64 {
 	return d.GetCounter().GetValue()
 }
 
-// answerOf sends head on a new TLS connection to addr and returns the
-// answer's bytes as they came, its Date field's line taken out.
+// answerOf sends head on a new TLS connection to addr (plain TCP when cfg
+// is nil) and returns the answer's bytes as they came, its Date field's
+// line taken out.
 func answerOf(t *testing.T, addr string, cfg *tls.Config, head string) string {
 	t.Helper()
-	c, err := tls.Dial("tcp", addr, cfg.Clone())
+	var c net.Conn
+	var err error
+	if cfg != nil {
+		c, err = tls.Dial("tcp", addr, cfg.Clone())
+	} else {
+		c, err = net.Dial("tcp", addr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +160,73 @@ func TestInboundHeadServedMatchesUsualWay(t *testing.T) {
 		headCase{"a path denied to this caller", "/not-web", "", false, ""},
 		headCase{"a caller's forwarding header", "/fwd", "X-Forwarded-For: 6.6.6.6\r\n", false, ""},
 	))
+}
+
+// The outbound serves the app's common GET from its head as the usual way
+// would: the remote inbound reads the same head, and the app the same
+// answer. A route that matches a header other than Host sends a request
+// to another port (X-Mesh-Target says which): the head's fields are made
+// into the map the route reads.
+func TestOutboundHeadServedMatchesUsualWay(t *testing.T) {
+	checkLeaks(t)
+	m := newMesh(t)
+	remote := startHeadRemote(t, m, false)
+	tab, err := CompileTable(TableConfig{}, snapshot(t, `
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  servingIdentities: ["`+apiID+`"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Service
+metadata: {name: cap}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}, {name: canary, port: 8081, protocol: http}]
+  servingIdentities: ["`+apiID+`"]
+---
+apiVersion: minimesh.io/v1alpha1
+kind: Route
+metadata: {name: canary}
+spec:
+  service: cap
+  matches: [{headers: [{name: accept, exact: canary}]}]
+  backends: [{service: cap, port: 8081}]
+`, "default/api "+remote.addr()+" "+apiID, "default/cap "+remote.addr()+" "+apiID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiLn, capLn := listenLocal(t), listenLocal(t)
+	log, _ := newLogger()
+	_, metrics := registeredMetrics(t)
+	o, err := NewOutbound(OutboundConfig{Upstreams: []Upstream{{Name: "api", Listener: apiLn}, {Name: "cap:8080", Listener: capLn}},
+		SVID: m.web, Bundle: m.bundle, Logger: log, Metrics: metrics, Limits: Limits{Drain: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Install(tab)
+	run(t, o)
+	compareWays(t, remote, metrics, ListenerOutbound, apiLn.Addr().String(), nil, []headCase{
+		{"plain", "/hello?x=1", "User-Agent: t\r\nAccept: */*\r\n", true, ""},
+		{"names in any case, values trimmed", "/a", "user-agent:\tcurl/8.5 \r\nACCEPT-ENCODING:gzip, br\r\ncookie: a=1; b=2\r\n", true, ""},
+		{"an empty User-Agent", "/ua", "User-Agent:\r\nAccept: */*\r\n", true, ""},
+		{"the app's X-Request-Id", "/id", "x-request-id: app-1\r\n", true, "app-1"},
+		{"a path kept as spelled", "/a//b/./c?q=a;b", "", true, ""},
+		{"no fields but Host", "/", "", true, ""},
+		{"an X-Request-Id refused", "/id", "X-Request-Id: a b\r\n", false, ""},
+		{"a forwarding header", "/fwd", "X-Forwarded-For: 6.6.6.6\r\n", false, ""},
+		{"a mesh header", "/m", "X-Mesh-Target: http/22\r\n", false, ""},
+		{"a field the proxy does not know", "/x", "X-Custom: 1\r\n", false, ""},
+	})
+	compareWays(t, remote, metrics, ListenerOutbound, capLn.Addr().String(), nil, []headCase{
+		{"a route reading a header", "/canary", "Accept: canary\r\n", true, ""},
+		{"a route reading a header, not matched", "/canary", "Accept: */*\r\nUser-Agent: t\r\n", true, ""},
+	})
+	var d dto.Metric
+	if err := metrics.outRequests.WithLabelValues("api", "default", "2xx").Write(&d); err != nil || d.GetCounter().GetValue() != 20 {
+		t.Errorf("outbound requests to api: %v (%v), want 20: both ways count", d.GetCounter().GetValue(), err)
+	}
 }
 
 const headPolicy = `

@@ -51,6 +51,8 @@ type Request struct {
 type Table struct {
 	service string
 	routes  []*Route
+	// readsHeader: a match reads a header field other than Host.
+	readsHeader bool
 }
 
 // Route is one compiled Route resource: what a matching request gets.
@@ -158,9 +160,18 @@ func Compile(cfg Config, routes []*api.Route) (*Table, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidRoute, api.KeyOf(r), err)
 		}
 		t.routes = append(t.routes, cr)
+		for _, m := range cr.matches {
+			for _, h := range m.headers {
+				t.readsHeader = t.readsHeader || !h.host
+			}
+		}
 	}
 	return t, nil
 }
+
+// ReadsHeader reports whether a match of t reads a header field other
+// than Host (Request.Host): without one, Match needs no Request.Header.
+func (t *Table) ReadsHeader() bool { return t != nil && t.readsHeader }
 
 func compileRoute(cfg Config, r *api.Route) (*Route, error) {
 	s := r.Spec

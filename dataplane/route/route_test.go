@@ -279,3 +279,29 @@ func benchRequests() []Request {
 		{Method: "DELETE", Path: "/zzz"},
 	}
 }
+
+// ReadsHeader says whether Match needs a request's header map: a match on
+// a field other than Host.
+func TestReadsHeader(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		match *meshv1.RouteMatch
+		want  bool
+	}{
+		{"path only", m(prefix("/api/")), false},
+		{"Host only", m(hExact("host", "api")), false},
+		{"a field", m(prefix("/"), hExact("x-canary", "yes")), true},
+	} {
+		tbl, err := Compile(Config{}, []*api.Route{mkRoute("r", []*meshv1.RouteMatch{m(exact("/x")), tc.match})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tbl.ReadsHeader(); got != tc.want {
+			t.Errorf("%s: ReadsHeader %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	var nilTable *Table
+	if nilTable.ReadsHeader() {
+		t.Error("a nil table reads headers")
+	}
+}
