@@ -34,6 +34,11 @@
 //     context, a byte (a pipelined request) is kept for the next request.
 //     The watch ends before the handler's return is followed by any other
 //     read. Shorter requests pay a timer reset, nothing allocated.
+//   - A Handler that is also a HeadServer is offered each common request's
+//     Head (head.go) before an *http.Request is built, and serves it or
+//     declines having written nothing; what is offered is what parseHead
+//     reads as a request without a body that keeps its connection
+//     (FuzzHeadVsParse).
 //   - Answers go in order: the next request is read only after the answer
 //     to the one before is written, so pipelined requests are safe.
 //   - Unread request body after the handler: up to 256 KiB is discarded
