@@ -35,7 +35,8 @@ const MaxHeadFields = 16
 // HeadServer serves requests from their heads (see above). ServeHead
 // answers h on w and returns true, or returns false having written
 // nothing. w is this package's ResponseWriter (it implements LinesWriter
-// and Keeper); ServeHead runs on the connection's goroutine, as ServeHTTP
+// and Keeper), which the connection reuses for its next head: keep it no
+// more than h. ServeHead runs on the connection's goroutine, as ServeHTTP
 // does, and may panic with http.ErrAbortHandler to cut the answer.
 type HeadServer interface {
 	ServeHead(w http.ResponseWriter, h *Head) bool

@@ -264,6 +264,9 @@ func (c *conn) serve() {
 			c.refuse(err)
 			return
 		}
+		if cap(c.head) > 16<<10 {
+			c.head = nil // a large head once does not stay with the connection
+		}
 		if c.heads != nil {
 			c.setState(http.StateActive)
 			served, keep := c.serveHead(head)
@@ -283,9 +286,6 @@ func (c *conn) serve() {
 		if err := parseHead(head, &p, &st.room); err != nil {
 			c.refuse(err)
 			return
-		}
-		if cap(c.head) > 16<<10 {
-			c.head = nil // a large head once does not stay with the connection
 		}
 		if c.heads == nil {
 			c.setState(http.StateActive)
