@@ -189,20 +189,12 @@ func (b *body) readTrailer() error {
 	for rest != "" {
 		var fl string
 		fl, rest, _ = strings.Cut(rest, "\r\n")
-		if fl == "" || fl[0] == ' ' || fl[0] == '\t' {
+		k, v, err := splitField(fl)
+		if err != nil {
 			return errTrailer
-		}
-		k, v, ok := strings.Cut(fl, ":")
-		if !ok || !validToken(k) {
-			return errTrailer
-		}
-		for i := 0; i < len(v); i++ {
-			if !validValueByte(v[i]) {
-				return errTrailer
-			}
 		}
 		k = http.CanonicalHeaderKey(k)
-		t[k] = append(t[k], strings.Trim(v, " \t"))
+		t[k] = append(t[k], v)
 	}
 	if b.req.Trailer == nil {
 		b.req.Trailer = t

@@ -88,19 +88,10 @@ func scanHead(head []byte, h *Head, fields *[MaxHeadFields]Field) bool {
 	for rest != "" {
 		var fl string
 		fl, rest, _ = strings.Cut(rest, "\r\n")
-		if fl[0] == ' ' || fl[0] == '\t' {
-			return false
+		k, v, err := splitField(fl)
+		if err != nil {
+			return false // the usual way refuses it
 		}
-		k, v, ok := strings.Cut(fl, ":")
-		if !ok || !validToken(k) {
-			return false
-		}
-		for i := 0; i < len(v); i++ {
-			if !validValueByte(v[i]) {
-				return false
-			}
-		}
-		v = strings.Trim(v, " \t")
 		if strings.EqualFold(k, "Host") {
 			hosts++
 			host = v
@@ -162,13 +153,7 @@ func (c *conn) serveHead(head []byte) (done, keep bool) {
 	*w = response{c: c, header: c.resHdr, cl: -1, isHEAD: h.Method == http.MethodHead, is11: true}
 	defer func() {
 		*h = Head{}
-		if len(c.resHdr) > 0 {
-			clear(c.resHdr) // not free on an empty map
-		}
-		if cap(c.pre) > 64<<10 {
-			c.pre = nil
-		}
-		c.pre = c.pre[:0]
+		c.answered()
 	}()
 	c.canContinue, c.sentContinue = false, false
 	c.armWatch(true)

@@ -180,19 +180,10 @@ func parseHead(head []byte, p *parsed, rm *room) error {
 	for rest != "" {
 		var fl string
 		fl, rest, _ = strings.Cut(rest, "\r\n")
-		if fl[0] == ' ' || fl[0] == '\t' {
-			return errObsFold
+		k, v, err := splitField(fl)
+		if err != nil {
+			return err
 		}
-		k, v, ok := strings.Cut(fl, ":")
-		if !ok || !validToken(k) {
-			return errBadHeader
-		}
-		for i := 0; i < len(v); i++ {
-			if !validValueByte(v[i]) {
-				return errBadHeader
-			}
-		}
-		v = strings.Trim(v, " \t")
 		k = http.CanonicalHeaderKey(k)
 		if vv, ok := h[k]; ok {
 			h[k] = append(vv, v)
@@ -294,6 +285,30 @@ func parseHead(head []byte, p *parsed, rm *room) error {
 		}
 	}
 	return nil
+}
+
+// splitField checks one field line as net/http's reader does (no
+// obs-fold, a token name, a colon, value bytes of textproto's rule) and
+// returns its name as sent and its value trimmed of spaces and tabs. The
+// heads' fields, those offered as heads (scanHead) and trailers go through
+// it alike.
+func splitField(fl string) (k, v string, err error) {
+	if fl == "" {
+		return "", "", errBadHeader
+	}
+	if fl[0] == ' ' || fl[0] == '\t' {
+		return "", "", errObsFold
+	}
+	k, v, ok := strings.Cut(fl, ":")
+	if !ok || !validToken(k) {
+		return "", "", errBadHeader
+	}
+	for i := 0; i < len(v); i++ {
+		if !validValueByte(v[i]) {
+			return "", "", errBadHeader
+		}
+	}
+	return k, strings.Trim(v, " \t"), nil
 }
 
 // originForm parses the common request target: a path of characters that

@@ -393,15 +393,7 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 	w := &pr.w
 	*w = response{c: c, req: req, header: c.resHdr, cl: -1, isHEAD: p.method == http.MethodHead,
 		closeAfter: p.close, is11: p.minor == 1}
-	defer func() {
-		if len(c.resHdr) > 0 {
-			clear(c.resHdr) // not free on an empty map
-		}
-		if cap(c.pre) > 64<<10 {
-			c.pre = nil
-		}
-		c.pre = c.pre[:0]
-	}()
+	defer c.answered()
 	c.armWatch(b == nil)
 	_, ok := c.runHandler(w, req, nil)
 	c.stopWatch()
@@ -427,6 +419,19 @@ func (c *conn) serveRequest(p *parsed, pr *requestState) (keep bool) {
 	}
 	err := w.finish()
 	return !w.closeAfter && err == nil
+}
+
+// answered readies the connection's answer state for the next request:
+// the header map emptied, the start of an answer of unknown length
+// dropped when it grew large.
+func (c *conn) answered() {
+	if len(c.resHdr) > 0 {
+		clear(c.resHdr) // not free on an empty map
+	}
+	if cap(c.pre) > 64<<10 {
+		c.pre = nil
+	}
+	c.pre = c.pre[:0]
 }
 
 // runHandler calls the handler with r, or its ServeHead with h when h is

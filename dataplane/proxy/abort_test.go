@@ -116,6 +116,16 @@ func inboundRequests(t testing.TB, m *Metrics, src, dst, class string) float64 {
 // returns it with a TLS config that trusts it.
 func startPublicWith(t testing.TB, cfg PublicConfig) (net.Listener, *tls.Config) {
 	t.Helper()
+	pub, tlsCfg := newPublicSelfSigned(t, cfg)
+	run(t, pub)
+	return pub.cfg.Listener, tlsCfg
+}
+
+// newPublicSelfSigned builds a Public as cfg says (Listener, Certificate
+// and Logger filled in) with a self-signed certificate, and a TLS config
+// that trusts it; the caller runs it.
+func newPublicSelfSigned(t testing.TB, cfg PublicConfig) (*Public, *tls.Config) {
+	t.Helper()
 	cert, certPEM, keyPEM := selfSigned(t)
 	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
 	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: certFile, KeyFile: keyFile})
@@ -128,8 +138,7 @@ func startPublicWith(t testing.TB, cfg PublicConfig) (net.Listener, *tls.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, pub)
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
-	return cfg.Listener, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
+	return pub, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
 }

@@ -395,22 +395,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 // self-signed certificate and returns it with a TLS config that trusts it.
 func startPublic(t testing.TB, appAddr string) (net.Listener, *tls.Config) {
 	t.Helper()
-	cert, certPEM, keyPEM := selfSigned(t)
-	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
-	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, _ := newLogger()
-	ln := listenLocal(t)
-	pub, err := NewPublic(PublicConfig{Listener: ln, App: appAddr, Certificate: fc, Metrics: newMetrics(t), Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, pub)
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	return ln, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}
+	return startPublicWith(t, PublicConfig{App: appAddr, Metrics: newMetrics(t)})
 }
 
 // roundTrip sends one request through c and returns the status and body.

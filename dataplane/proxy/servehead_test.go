@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"maps"
 	"net"
@@ -22,23 +21,12 @@ import (
 )
 
 // startPublicPolicy runs a Public in front of appAddr with metrics of its
-// own and pol in force, and returns it with a client TLS config.
+// own and pol in force, and returns it with a client TLS config (HTTP/1.1)
+// and its address.
 func startPublicPolicy(t *testing.T, appAddr, pol string) (*Public, *Metrics, *tls.Config, string) {
 	t.Helper()
-	cert, certPEM, keyPEM := selfSigned(t)
-	certFile, keyFile := writeCert(t, t.TempDir(), certPEM, keyPEM)
-	fc, err := certs.NewFileCertificate(certs.FileCertificateConfig{CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, metrics := registeredMetrics(t)
-	log, _ := newLogger()
-	ln := listenLocal(t)
-	pub, err := NewPublic(PublicConfig{Listener: ln, App: appAddr, Certificate: fc, Metrics: metrics, Logger: log,
-		Limits: Limits{Drain: 5 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub, cfg := newPublicSelfSigned(t, PublicConfig{App: appAddr, Metrics: metrics, Limits: Limits{Drain: 5 * time.Second}})
 	if pol != "" {
 		p, err := CompilePolicy(PolicyConfig{Service: "api"}, snapshot(t, pol), nil)
 		if err != nil {
@@ -47,9 +35,8 @@ func startPublicPolicy(t *testing.T, appAddr, pol string) (*Public, *Metrics, *t
 		pub.SetPolicy(p)
 	}
 	run(t, pub)
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	return pub, metrics, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}}, ln.Addr().String()
+	cfg.NextProtos = []string{"http/1.1"}
+	return pub, metrics, cfg, pub.cfg.Listener.Addr().String()
 }
 
 func servedFromHead(t *testing.T, m *Metrics, listener string) float64 {
