@@ -162,7 +162,7 @@ func writeHeadFields(bw *bufio.Writer, fs []h1.Field) (id string) {
 		i := passField(f.Name)
 		switch {
 		case i < 0:
-			id = f.Value // X-Request-Id, valid (outboundFields)
+			id = f.Value // X-Request-Id, valid (headFields)
 		case f.Value == "" && passFields[i] == "User-Agent":
 		default:
 			writeOutField(bw, passFields[i], f.Value)

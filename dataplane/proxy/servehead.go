@@ -71,46 +71,36 @@ func passField(k string) int {
 	return -1
 }
 
-// appendPassFields appends fs to b as the app gets them, with canonical
-// names; false when one is not of passFields or comes twice.
-func appendPassFields(b []byte, fs []h1.Field) ([]byte, bool) {
+// headFields reports whether fs are all of passFields, once each, but for
+// one valid X-Request-Id when id is set and one X-Mesh-Target when target
+// is set; it returns those two ("" when absent).
+func headFields(fs []h1.Field, id, target bool) (reqID, tgt string, ok bool) {
 	var seen uint32
-	for _, f := range fs {
-		i := passField(f.Name)
-		if i < 0 || seen&(1<<i) != 0 {
-			return b, false
-		}
-		seen |= 1 << i
-		b = appendField(b, passFields[i], f.Value)
-	}
-	return b, true
-}
-
-// appendMeshFields is appendPassFields at the inbound: fs may also carry
-// one valid X-Request-Id, appended as it is, and one X-Mesh-Target
-// (returned, not appended); a new X-Request-Id is appended when there is
-// none.
-func appendMeshFields(b []byte, fs []h1.Field) (_ []byte, target string, ok bool) {
-	var seen uint32
-	id := ""
 	for _, f := range fs {
 		i := passField(f.Name)
 		switch {
 		case i >= 0 && seen&(1<<i) == 0:
 			seen |= 1 << i
-			b = appendField(b, passFields[i], f.Value)
-		case i < 0 && id == "" && strings.EqualFold(f.Name, HeaderRequestID) && validRequestID(f.Value):
-			id = f.Value
-		case i < 0 && target == "" && strings.EqualFold(f.Name, HeaderTarget) && f.Value != "":
-			target = f.Value
+		case i < 0 && id && reqID == "" && strings.EqualFold(f.Name, HeaderRequestID) && validRequestID(f.Value):
+			reqID = f.Value
+		case i < 0 && target && tgt == "" && strings.EqualFold(f.Name, HeaderTarget) && f.Value != "":
+			tgt = f.Value
 		default:
-			return b, "", false
+			return "", "", false
 		}
 	}
-	if id == "" {
-		return appendRequestID(b), target, true
+	return reqID, tgt, true
+}
+
+// appendPassFields appends the passFields of fs (checked by headFields)
+// to b as the app gets them, with canonical names.
+func appendPassFields(b []byte, fs []h1.Field) []byte {
+	for _, f := range fs {
+		if i := passField(f.Name); i >= 0 {
+			b = appendField(b, passFields[i], f.Value)
+		}
 	}
-	return appendField(b, HeaderRequestID, id), target, true
+	return b
 }
 
 // appendField appends the field k: v.
@@ -185,15 +175,14 @@ func (p *Public) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 	if k == nil {
 		return false
 	}
-	fields, ok := appendPassFields(k.fields[:0], h.Fields)
-	if !ok {
+	if _, _, ok := headFields(h.Fields, false, false); !ok {
 		return false
 	}
 	path, err := pathnorm.Normalize(h.Path)
 	if err != nil || !p.enf.allows(pol, authz.Request{Method: h.Method, Path: path}) {
 		return false
 	}
-	fields = appendRequestID(fields)
+	fields := appendRequestID(appendPassFields(k.fields[:0], h.Fields))
 	// This hop's forwarding headers, as applink.Head.Write writes them
 	// for a Public head, the client's address found once per connection.
 	if k.clientIP == "" {
@@ -237,7 +226,7 @@ func (in *Inbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 	if k == nil {
 		return false
 	}
-	fields, target, ok := appendMeshFields(k.fields[:0], h.Fields)
+	id, target, ok := headFields(h.Fields, true, true)
 	if !ok {
 		return false
 	}
@@ -255,6 +244,13 @@ func (in *Inbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
 	path, err := pathnorm.Normalize(h.Path)
 	if err != nil || !in.enf.allows(pol, authz.Request{Peer: pe.header[0], Method: h.Method, Path: path}) {
 		return false
+	}
+	// The caller's X-Request-Id as the usual way keeps it, else a new one.
+	fields := appendPassFields(k.fields[:0], h.Fields)
+	if id != "" {
+		fields = appendField(fields, HeaderRequestID, id)
+	} else {
+		fields = appendRequestID(fields)
 	}
 	k.keep(fields)
 	r := k.request(h)
@@ -289,29 +285,13 @@ func headerOf(fs []h1.Field) http.Header {
 	return h
 }
 
-// outboundFields reports whether fs are all of passFields, once each, and
-// at most one valid X-Request-Id.
-func outboundFields(fs []h1.Field) bool {
-	var seen uint32
-	id := false
-	for _, f := range fs {
-		i := passField(f.Name)
-		switch {
-		case i >= 0 && seen&(1<<i) == 0:
-			seen |= 1 << i
-		case i < 0 && !id && strings.EqualFold(f.Name, HeaderRequestID) && validRequestID(f.Value):
-			id = true
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // ServeHead serves h from its head when it can (see above): h1's
 // HeadServer.
 func (o *Outbound) ServeHead(w http.ResponseWriter, h *h1.Head) bool {
-	if h.Method != http.MethodGet || !outboundFields(h.Fields) {
+	if h.Method != http.MethodGet {
+		return false
+	}
+	if _, _, ok := headFields(h.Fields, true, false); !ok {
 		return false
 	}
 	k := keptOf(w)
