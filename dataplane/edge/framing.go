@@ -40,6 +40,7 @@ type strictConn struct {
 	err      error
 	upgraded atomic.Bool
 	wantUp   atomic.Bool // the request just read asked to upgrade
+	bytewise bool        // take lines byte by byte (the tests' reference for runs)
 }
 
 type framePhase uint8
@@ -157,6 +158,23 @@ func (c *strictConn) scan(b []byte) (bool, int) {
 				s.line, s.long, s.cr = s.line[:0], false, false
 			}
 		default: // lines: headers, chunk sizes, trailers
+			if !s.cr && !s.lineStart && !c.bytewise {
+				// Inside a line, only CR and LF decide anything: the run
+				// before the next one is taken at once, as lineByte would
+				// take it byte by byte.
+				run := b[i:]
+				if j := bytes.IndexByte(run, '\r'); j >= 0 {
+					run = run[:j]
+				}
+				if j := bytes.IndexByte(run, '\n'); j >= 0 {
+					run = run[:j]
+				}
+				if len(run) > 0 {
+					s.takeRun(run)
+					i += len(run)
+					continue
+				}
+			}
 			if !c.lineByte(b[i]) {
 				return false, i
 			}
@@ -198,6 +216,17 @@ func (c *strictConn) lineByte(ch byte) bool {
 		s.long = true
 	}
 	return true
+}
+
+// takeRun takes bytes inside a line that are neither CR nor LF: kept up
+// to maxFrameLine, the rest marking the line long.
+func (s *frameState) takeRun(run []byte) {
+	if room := maxFrameLine - len(s.line); len(run) > room {
+		s.line = append(s.line, run[:room]...)
+		s.long = true
+		return
+	}
+	s.line = append(s.line, run...)
 }
 
 // endLine is called at each CRLF.

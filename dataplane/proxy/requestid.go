@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"unsafe"
 
 	"minimesh/dataplane/applink"
@@ -50,14 +51,21 @@ func validRequestID(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			c == '-' || c == '_' || c == '.' || c == ':' || c == '+' || c == '/' || c == '=') {
+		if !requestIDByte[s[i]] {
 			return false
 		}
 	}
 	return true
 }
+
+// requestIDByte holds the bytes a request ID may have: letters, digits and
+// "-_.:+/=".
+var requestIDByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.:+/=", byte(c)) >= 0
+	}
+	return t
+}()
 
 // newRequestID writes a random version 4 UUID into out.
 func newRequestID(out *[36]byte) {

@@ -329,6 +329,13 @@ func TestRequestID(t *testing.T) {
 		{[]string{"has space"}, false},
 		{[]string{"new\nline"}, false},
 		{[]string{"ünïcode"}, false},
+		{[]string{"a;b"}, false},
+		{[]string{"a,b"}, false},
+		{[]string{`a"b`}, false},
+		{[]string{"a\x00b"}, false},
+		{[]string{"a\x7f"}, false},
+		{[]string{"a@b"}, false},
+		{[]string{"[a]"}, false},
 		{[]string{"one", "two"}, false},
 		{nil, false},
 	} {
