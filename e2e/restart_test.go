@@ -280,10 +280,43 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// freeLoopback is a loopback address no one listens on, for a meshd the
+// test restarts on the same address.
 func freeLoopback(t *testing.T) string {
+	t.Helper()
+	if lo := ephemeralLow(); lo > minRestartPort {
+		for range 100 {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", minRestartPort+rand.IntN(lo-minRestartPort)))
+			if err == nil {
+				defer l.Close()
+				return l.Addr().String()
+			}
+		}
+	}
 	l := listen(t)
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// minRestartPort is the lowest port freeLoopback hands out.
+const minRestartPort = 10000
+
+// ephemeralLow is the lowest port the kernel picks for a socket bound to
+// port 0, or 0 when it cannot be read. freeLoopback's ports lie below it:
+// a port of the ephemeral range, once its listener is closed, can become
+// the source port of any outgoing connection, and a meshd restarted on it
+// then fails with "address already in use" (seen once in
+// TestLeaderKilledLosesNothing).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0
+	}
+	return lo
 }
 
 func hasEndpointOf(s *meshv1.Snapshot, instance string) bool {
