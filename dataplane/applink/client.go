@@ -18,6 +18,7 @@ import (
 	"minimesh/dataplane/internal/cancelhook"
 	"minimesh/dataplane/internal/deadline"
 	"minimesh/dataplane/internal/resphead"
+	"minimesh/dataplane/internal/turn"
 	"minimesh/dataplane/route"
 )
 
@@ -71,6 +72,7 @@ type appConn struct {
 	// Transfer-Encoding and Content-Length, or Transfer-Encoding in
 	// HTTP/1.0): the connection carries no other request.
 	ambiguous bool
+	hold      *turn.Conn // the TCP connection, when it can hold a request back
 }
 
 // alive reports whether a pooled connection can carry a request: the app
@@ -176,7 +178,7 @@ func (c *Client) do(addr string, req *http.Request, head *Head) (*http.Response,
 				return nil, err
 			}
 		}
-		resp, err := c.exchange(ac, req, head, hasBody, aff)
+		resp, err := c.exchange(ac, req, head, hasBody, replayable, aff)
 		if err == nil || !reused || !replayable || !errors.Is(err, errStale) || req.Context().Err() != nil {
 			return resp, err
 		}
@@ -208,7 +210,10 @@ func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	ac := &appConn{Conn: conn, addr: addr}
+	// A turn.Conn: a replayable request waits for its answer on the
+	// poller (write).
+	conn = turn.Wrap(conn)
+	ac := &appConn{Conn: conn, addr: addr, hold: turn.Of(conn)}
 	ac.lr = headerLimit{c: conn, n: -1}
 	ac.br = bufio.NewReaderSize(&ac.lr, 4<<10)
 	ac.bw = bufio.NewWriterSize(conn, 4<<10)
@@ -216,7 +221,7 @@ func (c *Client) connect(ctx context.Context, addr string) (*appConn, error) {
 }
 
 // exchange writes req on ac and reads the response's headers.
-func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bool, aff *Affinity) (*http.Response, error) {
+func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody, replayable bool, aff *Affinity) (*http.Response, error) {
 	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		_ = ac.Close()
@@ -262,7 +267,7 @@ func (c *Client) exchange(ac *appConn, req *http.Request, head *Head, hasBody bo
 			}
 			wrote <- err
 		}()
-	} else if err := c.write(ac, req, head); err != nil {
+	} else if err := c.write(ac, req, head, replayable); err != nil {
 		stop.Stop()
 		_ = ac.Close()
 		return nil, fmt.Errorf("proxy: write to app %s: %w", ac.addr, staleErr(err))
@@ -312,11 +317,18 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 
 func (b *bodyReader) Close() error { return b.rc.Close() }
 
-func (c *Client) write(ac *appConn, req *http.Request, head *Head) error {
+// write writes req on ac. A replayable request goes out with the read of
+// its answer (turn.Conn.Hold): that read waits on the poller without a
+// read that finds nothing, and a failed write shows as a failed read,
+// after which the request is sent again as a stale connection's is.
+func (c *Client) write(ac *appConn, req *http.Request, head *Head, replayable bool) error {
 	if head != nil {
 		head.Write(ac.bw, req)
 	} else if err := req.Write(ac.bw); err != nil {
 		return err
+	}
+	if replayable && ac.hold != nil {
+		ac.hold.Hold()
 	}
 	return ac.bw.Flush()
 }

@@ -475,3 +475,48 @@ func TestAppClientHeaderDeadlineLeftInForce(t *testing.T) {
 		t.Fatalf("a stalled answer on the reused connection: %v, want the header timeout", err)
 	}
 }
+
+// A replayable request (idempotent, no body) goes out with the read of its
+// answer (turn.Conn.Hold), which waits for it on the poller; any other is
+// written at once, as before.
+func TestAppClientHoldsOnlyReplayable(t *testing.T) {
+	checkLeaks(t)
+	a := newConnApp(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Method+" "+string(b))
+	})
+	c := newTestAppClient(t, Config{})
+	host := strings.TrimPrefix(a.URL, "http://")
+	send := func(method, body string, wantHeld int64) {
+		t.Helper()
+		var r io.Reader
+		if body != "" {
+			r = strings.NewReader(body)
+		}
+		code, got, err := roundTrip(t, c, method, a.URL, r)
+		want := method + " " + body
+		if method == http.MethodHead {
+			want = ""
+		}
+		if err != nil || code != http.StatusOK || got != want {
+			t.Fatalf("%s %q: %d %q %v, want %q", method, body, code, got, err, want)
+		}
+		ac, _ := c.pop(host)
+		if ac == nil || ac.hold == nil {
+			t.Fatalf("after %s: no pooled turn.Conn", method)
+		}
+		if n := ac.hold.Exchanges(); n != wantHeld {
+			t.Fatalf("after %s %q: %d held exchanges, want %d", method, body, n, wantHeld)
+		}
+		c.put(ac)
+	}
+	send(http.MethodGet, "", 1)
+	send(http.MethodHead, "", 2)
+	send(http.MethodPost, "", 2)          // not idempotent: written at once
+	send(http.MethodPut, "payload", 2)    // a body: the same
+	send(http.MethodDelete, "payload", 2) // idempotent but a body
+	send(http.MethodGet, "", 3)
+	if n := a.conns.Load(); n != 1 {
+		t.Fatalf("the app saw %d connections, want 1", n)
+	}
+}

@@ -414,6 +414,12 @@ func (w *response) finish() error {
 		w.closeAfter = true // too short: the peer waits for the rest
 	}
 	if w.err == nil {
+		if c.hold != nil && !w.closeAfter && c.br.Buffered() == 0 {
+			// The connection's next act is reading the next request
+			// (serve), and nothing of it is here yet: the answer goes
+			// out with that read (turn.Conn.Hold).
+			c.hold.Hold()
+		}
 		w.err = c.bw.Flush()
 	}
 	return w.err

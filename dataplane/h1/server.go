@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"minimesh/dataplane/internal/deadline"
+	"minimesh/dataplane/internal/turn"
 )
 
 // Server serves HTTP/1.1 connections (ServeConn) with Handler. Set its
@@ -116,6 +117,12 @@ type conn struct {
 	held                                    bool
 	heldByte                                [1]byte
 	watchErr                                error
+
+	// hold, when the connection is a *turn.Conn (the inbound's: its peer
+	// is a proxy's pool, one request at a time), sends each kept answer
+	// with the read of the next request, which then waits for it on the
+	// poller without a read that finds nothing (response.finish).
+	hold *turn.Conn
 }
 
 var (
@@ -147,6 +154,7 @@ func (s *Server) ServeConn(rwc net.Conn) {
 		st := tc.ConnectionState()
 		c.tls = &st
 	}
+	c.hold = turn.Of(rwc)
 	ctx := s.BaseContext
 	if ctx == nil {
 		ctx = context.Background()

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"minimesh/dataplane/edge"
+	"minimesh/dataplane/internal/turn"
 )
 
 // ErrConnect marks a failure to reach a remote proxy (TCP connect or TLS
@@ -134,7 +135,9 @@ func dialFunc(cfg Config) func(tc *tls.Config) func(context.Context, string, str
 			if err != nil {
 				return nil, fmt.Errorf("%w: dial %s: %w", ErrConnect, cfg.Addr, err)
 			}
-			conn := tls.Client(c, tc)
+			// A turn.Conn: the pool's requests wait for their answers on
+			// the poller (Pool.exchange).
+			conn := tls.Client(turn.Wrap(c), tc)
 			hctx, cancel := context.WithTimeout(ctx, cfg.Handshake)
 			err = conn.HandshakeContext(hctx)
 			cancel()

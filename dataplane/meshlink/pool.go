@@ -20,6 +20,7 @@ import (
 	"minimesh/dataplane/internal/cancelhook"
 	"minimesh/dataplane/internal/deadline"
 	"minimesh/dataplane/internal/resphead"
+	"minimesh/dataplane/internal/turn"
 )
 
 // Defaults of Config's pool fields.
@@ -115,6 +116,7 @@ type poolConn struct {
 	peek   peeker
 	abort  func() // ends the exchange in flight (a past deadline); made once
 	rdl    deadline.Lazy
+	hold   *turn.Conn // the TCP connection, when it can hold a request back
 }
 
 // headerLimit bounds what the bufio.Reader reads while a response's head
@@ -255,7 +257,7 @@ func (p *Pool) send(req *http.Request, head Head) (*http.Response, error) {
 			}
 			return nil, err
 		}
-		resp, written, err := p.exchange(pc, out, head, hasBody)
+		resp, written, err := p.exchange(pc, out, head, hasBody, replayable)
 		if err == nil {
 			return resp, nil
 		}
@@ -485,6 +487,7 @@ func (p *Pool) connect(ctx context.Context) (*poolConn, error) {
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		pc.raw = nc.NetConn()
 	}
+	pc.hold = turn.Of(c)
 	pc.lr = headerLimit{c: c, n: -1}
 	pc.br = bufio.NewReaderSize(&pc.lr, 4<<10)
 	pc.bw = bufio.NewWriterSize(c, 4<<10)
@@ -506,8 +509,11 @@ func staleErr(err error) error {
 // exchange writes req on pc and reads the answer's head. written reports
 // whether any of the request may have been sent (a failed write of a
 // request without body sent nothing usable). On error the connection is
-// closed and its place given up.
-func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool) (resp *http.Response, written bool, err error) {
+// closed and its place given up. A replayable request without a body is
+// sent with the read of its answer (turn.Conn.Hold): a failed write then
+// shows as a failed read, after which it is sent again as a stale
+// connection's request is.
+func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody, replayable bool) (resp *http.Response, written bool, err error) {
 	ctx := req.Context()
 	// The response header's deadline is set before the cancel hook is
 	// registered: set after, it would replace the past deadline of a
@@ -576,6 +582,9 @@ func (p *Pool) exchange(pc *poolConn, req *http.Request, head Head, hasBody bool
 			err = req.Write(pc.bw)
 		}
 		if err == nil {
+			if replayable && pc.hold != nil {
+				pc.hold.Hold()
+			}
 			err = pc.bw.Flush()
 		}
 		if err != nil {

@@ -386,6 +386,11 @@ func TestContractPoolCheckSkippedOnlyWhenReplayable(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Fatalf("the remote saw %d connections, want 1", n)
 	}
+	// The same rule holds a request back for the read of its answer
+	// (turn.Conn.Hold): the four GETs and the HEAD, not the others.
+	if n := link.Pool.HeldExchanges(); n != 4 {
+		t.Fatalf("%d held exchanges, want 4 (the replayable requests)", n)
+	}
 
 	link.Pool.SetCheckIdleAfter(time.Hour)
 	srv.CloseClientConnections()

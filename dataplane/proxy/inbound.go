@@ -23,6 +23,7 @@ import (
 	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/applink"
 	"minimesh/dataplane/edge"
+	"minimesh/dataplane/internal/turn"
 	"minimesh/dataplane/meshlink"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -379,7 +380,10 @@ func (in *Inbound) Run(ctx context.Context) error {
 		return err
 	}
 	lim := in.cfg.Limits
-	tl := edge.NewTLSListener(ln, in.tlsConfig, edge.TLSOptions{Timeout: lim.Handshake, MaxPending: lim.MaxPendingHandshakes,
+	// Its connections are turn.Conns: a remote proxy's pool sends one
+	// request at a time, so each answer can go out with the read of the
+	// next request (h1's hold).
+	tl := edge.NewTLSListener(turn.WrapListener(ln), in.tlsConfig, edge.TLSOptions{Timeout: lim.Handshake, MaxPending: lim.MaxPendingHandshakes,
 		OnFail: handshakeFailed(in.log, in.metrics.listener(ListenerInbound), slog.LevelInfo), Admit: in.admit})
 	srv := newServer(in, lim, in.log)
 	srv.ConnContext = in.withPeer
