@@ -14,7 +14,11 @@
 //     non-blocking MSG_PEEK, no allocation), so an app's extra bytes are
 //     not read as the next request's answer, except by a replayable
 //     request (idempotent, no body) on a connection idle for less than
-//     CheckIdleAfter, which skips the check. Response headers are
+//     CheckIdleAfter, which skips the check. A replayable request is also
+//     written with the read of its answer (dataplane/internal/turn), which
+//     waits on the poller without a read that finds nothing; an app that
+//     shut its writing side but still reads and never answers is then
+//     noticed at the response header timeout, not at once. Response headers are
 //     bounded (1 MiB) and timed (Config.ResponseHeader); at most five 1xx
 //     answers are taken. A cancelled request's connection is never reused.
 //     Upgrades and Expect: 100-continue go through net/http's Transport.
@@ -29,7 +33,7 @@
 //
 // applink imports no other package of the data path's rooms
 // (dataplane/edge, dataplane/meshlink, dataplane/proxy); it imports
-// dataplane/route for the idempotent-method rule and
+// dataplane/route for the idempotent-method rule,
 // dataplane/internal/cancelhook (ending an exchange when its request is
-// cancelled) only.
+// cancelled) and the other dataplane/internal helpers only.
 package applink

@@ -41,6 +41,14 @@
 //     (FuzzHeadVsParse).
 //   - Answers go in order: the next request is read only after the answer
 //     to the one before is written, so pipelined requests are safe.
+//   - On a dataplane/internal/turn connection (the inbound's, whose peer
+//     is a proxy's pool: one request at a time), a kept answer with nothing
+//     of the next request buffered is written by the read of the next
+//     request, which waits on the poller before reading. A peer that
+//     pipelines there can find a request that arrived just before that
+//     read unanswered until the idle timeout closes the connection (its
+//     own connection only); the public and app-facing ports are plain
+//     connections and never hold.
 //   - Unread request body after the handler: up to 256 KiB is discarded
 //     to keep the connection; more, or a body that a 100-continue was never
 //     sent for, closes it after the answer.

@@ -25,7 +25,10 @@
 //     dropped). A reused connection that fails before any byte of the
 //     answer is replaced, and the request sent again if no byte of it
 //     was written, or if it is idempotent (or has an Idempotency-Key) and
-//     its body can be had again: net/http's rule. Idle connections close
+//     its body can be had again: net/http's rule. A replayable request
+//     without a body is written with the read of its answer
+//     (dataplane/internal/turn: the read waits on the poller first, with
+//     no read that finds nothing). Idle connections close
 //     after Config.Idle; CloseIdleConnections closes the idle ones, and
 //     those in use when their request ends. A request finding all
 //     MaxConns busy for Config.PoolWait (1s) goes over Link.H2.
