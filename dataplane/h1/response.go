@@ -414,10 +414,11 @@ func (w *response) finish() error {
 		w.closeAfter = true // too short: the peer waits for the rest
 	}
 	if w.err == nil {
-		if c.hold != nil && !w.closeAfter && c.br.Buffered() == 0 {
+		if c.hold != nil && !w.closeAfter && c.br.Buffered() == 0 && !c.held && c.watchErr == nil {
 			// The connection's next act is reading the next request
-			// (serve), and nothing of it is here yet: the answer goes
-			// out with that read (turn.Conn.Hold).
+			// (serve), and nothing of it is here yet (not in the buffer,
+			// not a byte the watch kept): the answer goes out with that
+			// read (turn.Conn.Hold).
 			c.hold.Hold()
 		}
 		w.err = c.bw.Flush()

@@ -247,41 +247,19 @@ func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// flushHeld sends what is held without waiting for room: a close or a
-// copy does not wait for a peer that reads nothing.
-func (c *Conn) flushHeld() {
-	if !c.holding.Load() {
-		return
-	}
-	c.mu.Lock()
-	out := c.take(false)
-	c.mu.Unlock()
-	if len(out) == 0 {
-		return
-	}
-	_ = c.rc.Write(func(fd uintptr) bool {
-		for len(out) > 0 {
-			n, err := syscall.Write(int(fd), out)
-			if n > 0 {
-				out = out[n:]
-			}
-			if err != nil && err != syscall.EINTR {
-				break
-			}
-		}
-		return true
-	})
-}
-
-// Close sends what is held, then closes.
+// Close sends what is held, as a Write would (bounded by the write
+// deadline in force: a past one, set to cut an exchange, sends nothing),
+// then closes. A held answer is whole before the end of the stream.
 func (c *Conn) Close() error {
-	c.flushHeld()
+	_ = c.sendHeld()
 	return c.TCPConn.Close()
 }
 
 // CloseWrite sends what is held, then shuts the writing side.
 func (c *Conn) CloseWrite() error {
-	c.flushHeld()
+	if err := c.sendHeld(); err != nil {
+		return err
+	}
 	return c.TCPConn.CloseWrite()
 }
 
@@ -302,7 +280,8 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	return c.TCPConn.WriteTo(w)
 }
 
-// sendHeld writes what is held, waiting for room as Write does.
+// sendHeld writes what is held, waiting for room as Write does (within
+// the write deadline).
 func (c *Conn) sendHeld() error {
 	if !c.holding.Load() {
 		return nil

@@ -180,6 +180,37 @@ func TestHeldBytesKeepTheirPlace(t *testing.T) {
 			t.Fatalf("peer read %q, %v; want the held bytes then EOF", got, err)
 		}
 	})
+	t.Run("close, more than the socket takes at once", func(t *testing.T) {
+		c, peer := pair(t)
+		_ = c.SetWriteBuffer(4096)
+		_ = peer.SetReadBuffer(4096)
+		c.Hold()
+		want := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB
+		_, _ = c.Write(want)
+		closed := make(chan error, 1)
+		go func() { closed <- c.Close() }()
+		time.Sleep(50 * time.Millisecond) // the peer reads late
+		_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(peer)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("peer read %d bytes, %v; want the whole held %d, then EOF", len(got), err, len(want))
+		}
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("close after a past write deadline", func(t *testing.T) {
+		c, peer := pair(t)
+		c.Hold()
+		_, _ = c.Write([]byte("cancelled request"))
+		_ = c.SetWriteDeadline(time.Now().Add(-time.Second))
+		_ = c.Close()
+		_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(peer)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("peer read %q, %v; want nothing: the exchange was cut", got, err)
+		}
+	})
 	t.Run("close write", func(t *testing.T) {
 		c, peer := pair(t)
 		c.Hold()
