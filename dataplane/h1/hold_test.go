@@ -65,20 +65,7 @@ func TestAnswersHeldOnATurnConn(t *testing.T) {
 	ln := edge.Strict(tl)
 	hh := headHandler{ctxs: make(chan context.Context, 64), ended: make(chan error, 1)}
 	s := &h1.Server{Handler: hh}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); s.ServeConn(c) }()
-		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); _ = s.Close(); wg.Wait() })
+	serveH1On(t, ln, s)
 	go func() {
 		for range hh.ctxs {
 		}

@@ -61,6 +61,12 @@ func serveSplit(t *testing.T, h http.Handler) (string, *tls.Config) {
 func serveH1(t *testing.T, s *h1.Server) (string, *tls.Config) {
 	t.Helper()
 	ln, cfg := edgeListener(t)
+	return serveH1On(t, ln, s), cfg
+}
+
+// serveH1On serves ln's connections with s until cleanup; ln's address.
+func serveH1On(t *testing.T, ln net.Listener, s *h1.Server) string {
+	t.Helper()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -79,7 +85,7 @@ func serveH1(t *testing.T, s *h1.Server) (string, *tls.Config) {
 		_ = s.Close()
 		wg.Wait()
 	})
-	return ln.Addr().String(), cfg
+	return ln.Addr().String()
 }
 
 // dial connects, and returns the connection's watch events too.
