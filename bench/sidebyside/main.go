@@ -6,9 +6,10 @@
 // mesh-proxy of an older commit (issue 22's start) one and two hops. Every
 // target runs at the same time as its own processes and is loaded in turn,
 // interleaved over rounds, so drift on the shared cores hits every row
-// alike. After each round's wrk runs, an open-loop generator (bench/openloop,
-// or vegeta) loads every target at 50 % and 80 % of the rate nginx reached
-// in that round (the tail).
+// alike; the rows compared with nginx run back to back with it (order.go).
+// After each round's wrk runs, an open-loop generator (bench/openloop, or
+// vegeta) loads every target at 50 % and 80 % of the rate nginx reached in
+// that round (the tail).
 // It prints Markdown tables (requests/s, p50/p99, peak RSS, CPU per 100k
 // requests, ratios; the open-loop tail; per-round ratios) and writes them,
 // with a perf profile of mesh-proxy, into bench/RESULTS.md.
@@ -71,6 +72,7 @@ type options struct {
 	gen        string // the open-loop generator: genOpenLoop or genVegeta
 	openloop   string // bench/openloop's binary, built at start
 	tail       bool
+	order      string // orderPaired or orderRotated (order.go)
 	rounds     int
 	duration   time.Duration
 	warmup     time.Duration
@@ -106,6 +108,7 @@ func run() error {
 	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary (default: "+caddyVersion+" as run.sh installs it under -cache)")
 	flag.StringVar(&o.vegeta, "vegeta", "", "vegeta binary (default: "+vegetaVersion+" as run.sh installs it under -cache)")
 	flag.StringVar(&o.gen, "generator", genOpenLoop, "open-loop generator of the tail: "+genOpenLoop+" (bench/openloop, half vegeta's CPU per request) or "+genVegeta+" ("+vegetaVersion+")")
+	flag.StringVar(&o.order, "order", orderPaired, "order of a round's runs: "+orderPaired+" (the nginx row and the mesh-proxy rows of the same hops back to back, order.go) or "+orderRotated+" (every row in turn, as before)")
 	flag.BoolVar(&o.tail, "tail", true, "after each round's wrk runs, load every target open-loop (-generator) at 50 % and 80 % of nginx's rate in that round")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each loads every target once per connection count")
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each wrk run (whole seconds)")
@@ -124,6 +127,9 @@ func run() error {
 	flag.BoolVar(&o.plain, "plain", false, "also measure, one hop without TLS, nginx and two minimal Go proxies doing the same byte work, one with a goroutine per connection and one with an epoll loop per core (plain.go): how much of the gap is Go's goroutine-per-connection model")
 	flag.StringVar(&o.cpuProfiles, "cpuprofile", "", "directory in which this build's mesh-proxies (not the old binary's, not the -tune rows) write a Go CPU profile each, SERVICE.pprof, when the run ends (go tool pprof -proto merges them)")
 	flag.Parse()
+	if err := checkOrder(o.order); err != nil {
+		return err
+	}
 	for _, t := range strings.Split(tunes, ";") {
 		if t = strings.TrimSpace(t); t != "" {
 			o.tunes = append(o.tunes, t)
@@ -335,45 +341,45 @@ func run() error {
 	}
 	extra := o.extra
 	for round := range o.rounds {
-		// Rotate the order each round so no target always follows the same one.
-		for k := range rows {
-			r := rows[(k+round)%len(rows)]
-			for _, conns := range []int{o.hi, o.lo} {
-				// A run during which other work took more than -max-other of
-				// the machine is repeated (up to -retries times); the least
-				// disturbed attempt is kept.
-				// Before each attempt, wait (briefly) for a quiet second. Both
-				// draw on -extra, so a busy machine costs at most that much
-				// more time.
-				var best sample
-				for attempt := 0; ; attempt++ {
-					t0 := time.Now()
-					if extra > 0 {
-						waitQuiet(ctx, o.maxOther/2, min(5*time.Second, extra))
-					}
-					x, err := measure(ctx, r.t, app, conns, o.duration)
-					if err != nil {
-						return err
-					}
-					if attempt > 0 {
-						extra -= time.Since(t0)
-					} else {
-						extra -= time.Since(t0) - o.duration - 500*time.Millisecond
-					}
-					if attempt == 0 || x.foreign < best.foreign {
-						best = x
-					}
-					if x.foreign <= o.maxOther || attempt >= o.retries || extra <= 0 {
-						break
-					}
-					fmt.Printf("round %d  %-45s @%-3d other load %.0f %%: repeating\n", round+1, r.t.name, conns, 100*x.foreign)
+		// The order changes each round so no target always follows the
+		// same one (order.go).
+		levels := []int{o.hi, o.lo}
+		for _, s := range roundSteps(rows, o.order, round, len(levels)) {
+			r, conns := s.r, levels[s.level]
+			// A run during which other work took more than -max-other of
+			// the machine is repeated (up to -retries times); the least
+			// disturbed attempt is kept.
+			// Before each attempt, wait (briefly) for a quiet second. Both
+			// draw on -extra, so a busy machine costs at most that much
+			// more time.
+			var best sample
+			for attempt := 0; ; attempt++ {
+				t0 := time.Now()
+				if extra > 0 {
+					waitQuiet(ctx, o.maxOther/2, min(5*time.Second, extra))
 				}
-				res := best.r
-				r.runs[conns] = append(r.runs[conns], best)
-				fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%\n",
-					round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign,
-					perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle)
+				x, err := measure(ctx, r.t, app, conns, o.duration)
+				if err != nil {
+					return err
+				}
+				if attempt > 0 {
+					extra -= time.Since(t0)
+				} else {
+					extra -= time.Since(t0) - o.duration - 500*time.Millisecond
+				}
+				if attempt == 0 || x.foreign < best.foreign {
+					best = x
+				}
+				if x.foreign <= o.maxOther || attempt >= o.retries || extra <= 0 {
+					break
+				}
+				fmt.Printf("round %d  %-45s @%-3d other load %.0f %%: repeating\n", round+1, r.t.name, conns, 100*x.foreign)
 			}
+			res := best.r
+			r.runs[conns] = append(r.runs[conns], best)
+			fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%\n",
+				round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign,
+				perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle)
 		}
 		if o.tail {
 			// Peak RSS is the wrk runs' (as without the tail): noted before
@@ -489,12 +495,12 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	fmt.Fprintf(&b, "Command: `make bench-sidebyside` (`go run ./bench/sidebyside %s`).\n\n", args)
 	fmt.Fprintf(&b, "Versions: %s.\n\n", o.versions)
 	fmt.Fprintf(&b, "Binary size (as built, not stripped): %s.\n\n", o.sizes)
-	fmt.Fprintf(&b, "%d rounds; in each, every target in turn (order rotated per round) gets %s of wrk at %d connections (2 threads) then %s at %d; "+
+	fmt.Fprintf(&b, "%d rounds; in each, %s %s of wrk at %d connections (2 threads) then %s at %d; "+
 		"requests/s, p50 and p99 are the median of the rounds, CPU is the target's processes' utime+stime over the %d-connection runs divided by their requests, "+
 		"peak RSS is VmHWM summed over each proxy's processes (nginx: master and workers) and shown per hop. "+
 		"The app is a Go net/http server answering a fixed 100-byte body; TLS is 1.3 with ECDSA P-256 everywhere; no proxy logs requests; the public port and the inbound apply an AuthorizationPolicy. "+
 		"× nginx compares with the nginx row of the same number of hops.\n\n",
-		o.rounds, o.duration, o.hi, o.duration, o.lo, o.hi)
+		o.rounds, orderText(o.order), o.duration, o.hi, o.duration, o.lo, o.hi)
 	b.WriteString(table(rows, o.hi, o.lo))
 	if o.rounds > 0 && len(ratioPairs(rows)) > 0 {
 		fmt.Fprintf(&b, "\nPer-round ratios (each round's value over the other row's in the same round; median of the %d rounds and, in parentheses, their range):\n\n", o.rounds)

@@ -36,40 +36,38 @@ func tailRef(rows []*row, r *row) *row {
 }
 
 // tailRound loads every target open-loop, after round's wrk runs, at each
-// of tailPercents of its nginx row's requests/s in that round; the order is
-// rotated like the wrk runs'. Each run first waits (within -extra) for a
+// of tailPercents of its nginx row's requests/s in that round, in the wrk
+// runs' order (order.go). Each run first waits (within -extra) for a
 // quiet second; a disturbed run is not repeated, its other load is
 // reported.
 func tailRound(ctx context.Context, o options, e *env, rows []*row, app *child, round int, extra *time.Duration) error {
-	for k := range rows {
-		r := rows[(k+round)%len(rows)]
+	for _, s := range roundSteps(rows, o.order, round, len(tailPercents)) {
+		r, pct := s.r, tailPercents[s.level]
 		ref := tailRef(rows, r)
 		if ref == nil || len(ref.runs[o.hi]) <= round {
 			continue
 		}
 		top := ref.runs[o.hi][round].r.RPS
-		for _, pct := range tailPercents {
-			rate := int(top * float64(pct) / 100)
-			if rate < 1 {
-				continue
-			}
-			t0 := time.Now()
-			if *extra > 0 {
-				waitQuiet(ctx, o.maxOther/2, min(5*time.Second, *extra))
-			}
-			*extra -= time.Since(t0)
-			x, err := measureTail(ctx, o, e, r.t, app, rate)
-			if err != nil {
-				return err
-			}
-			x.round = round
-			if r.tail == nil {
-				r.tail = map[int][]tailSample{}
-			}
-			r.tail[pct] = append(r.tail[pct], x)
-			fmt.Printf("round %d  %-45s @%2d %% %7d req/s  p50 %8.3f ms  p99 %8.3f ms  p99.9 %8.3f ms  errors %d  other load %3.0f %%\n",
-				round+1, r.t.name, pct, rate, ms(x.r.P50), ms(x.r.P99), ms(x.r.P999), x.r.Errors, 100*x.foreign)
+		rate := int(top * float64(pct) / 100)
+		if rate < 1 {
+			continue
 		}
+		t0 := time.Now()
+		if *extra > 0 {
+			waitQuiet(ctx, o.maxOther/2, min(5*time.Second, *extra))
+		}
+		*extra -= time.Since(t0)
+		x, err := measureTail(ctx, o, e, r.t, app, rate)
+		if err != nil {
+			return err
+		}
+		x.round = round
+		if r.tail == nil {
+			r.tail = map[int][]tailSample{}
+		}
+		r.tail[pct] = append(r.tail[pct], x)
+		fmt.Printf("round %d  %-45s @%2d %% %7d req/s  p50 %8.3f ms  p99 %8.3f ms  p99.9 %8.3f ms  errors %d  other load %3.0f %%\n",
+			round+1, r.t.name, pct, rate, ms(x.r.P50), ms(x.r.P99), ms(x.r.P999), x.r.Errors, 100*x.foreign)
 	}
 	return nil
 }
