@@ -13,10 +13,11 @@ import (
 // With -order paired (the default) the rows compared in the per-round
 // ratios run back to back: each unit is an nginx row with the mesh-proxy
 // rows of its hops, every other row is a unit alone. The units are rotated
-// per round as the rows were; inside a unit the members are rotated per
-// round too, and the second load level (fewer connections, or the second
-// open-loop rate) takes them in the reverse order, so a unit of two runs
-// A B B A in one round and B A A B in the next: neither always goes first.
+// per round as the rows were; inside a unit nginx runs next to each row
+// compared with it (unitOrder), and the second load level (fewer
+// connections, or the second open-loop rate) takes the unit in the reverse
+// order, so a unit of two runs A B B A in one round and B A A B in the
+// next: neither always goes first.
 
 const (
 	orderPaired  = "paired"
@@ -83,15 +84,49 @@ func roundSteps(rows []*row, order string, round, levels int) []step {
 	var out []step
 	for k := range us {
 		u := us[(k+round)%len(us)]
+		first := unitOrder(u, round)
 		for level := range levels {
-			for j := range u {
-				i := (j + round) % len(u)
+			for j := range first {
+				i := j
 				if level%2 == 1 {
-					i = (len(u) - 1 - j + round) % len(u)
+					i = len(first) - 1 - j
 				}
-				out = append(out, step{r: u[i], level: level})
+				out = append(out, step{r: first[i], level: level})
 			}
 		}
+	}
+	return out
+}
+
+// unitOrder is the order of u's members at round's first load level (the
+// second takes them in reverse). The other members are rotated per round
+// and the nginx row, u's first, stands in the middle of them, so it runs
+// next to every row compared with it: N A, then A N, for two; A N B, then
+// B N A, for three. A unit without its nginx row is rotated.
+func unitOrder(u []*row, round int) []*row {
+	n := len(u)
+	if n < 2 {
+		return u
+	}
+	if _, ok := pairKey(u[0]); !ok || strings.HasPrefix(u[0].t.name, "mesh-proxy") {
+		out := make([]*row, n)
+		for j := range u {
+			out[j] = u[(j+round)%n]
+		}
+		return out
+	}
+	others := u[1:]
+	k := len(others)
+	at := (k + round%2) / 2 // nginx's place: alternates for one other row
+	out := make([]*row, 0, n)
+	for j := range k {
+		if j == at {
+			out = append(out, u[0])
+		}
+		out = append(out, others[(j+round)%k])
+	}
+	if at == k {
+		out = append(out, u[0])
 	}
 	return out
 }
@@ -102,7 +137,7 @@ func orderText(order string) string {
 		return "every target in turn (order rotated per round) gets"
 	}
 	return "every target in turn (order rotated per round; the nginx row of one or two hops and the mesh-proxy rows of the same hops back to back, " +
-		"their order rotated per round and reversed at the second load level: A B B A, then B A A B) gets"
+		"nginx next to each (A N B with the old binary), the order alternating per round and reversed at the second load level: A B B A, then B A A B) gets"
 }
 
 func checkOrder(order string) error {

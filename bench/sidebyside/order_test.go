@@ -46,10 +46,11 @@ func TestRoundStepsPaired(t *testing.T) {
 
 func TestRoundStepsUnitOfThree(t *testing.T) {
 	rows := orderRows("nginx", "mesh-proxy", "mesh-proxy (old binary)")
+	// nginx in the middle, next to both rows divided by it.
 	for round, want := range []string{
-		"nginx@0, mesh-proxy@0, mesh-proxy (old binary)@0, mesh-proxy (old binary)@1, mesh-proxy@1, nginx@1",
-		"mesh-proxy@0, mesh-proxy (old binary)@0, nginx@0, nginx@1, mesh-proxy (old binary)@1, mesh-proxy@1",
+		"mesh-proxy@0, nginx@0, mesh-proxy (old binary)@0, mesh-proxy (old binary)@1, nginx@1, mesh-proxy@1",
 		"mesh-proxy (old binary)@0, nginx@0, mesh-proxy@0, mesh-proxy@1, nginx@1, mesh-proxy (old binary)@1",
+		"mesh-proxy@0, nginx@0, mesh-proxy (old binary)@0, mesh-proxy (old binary)@1, nginx@1, mesh-proxy@1",
 	} {
 		if got := stepText(roundSteps(rows, orderPaired, round, 2)); got != want {
 			t.Errorf("round %d:\n got %s\nwant %s", round, got, want)
@@ -84,5 +85,15 @@ func TestRoundStepsRotated(t *testing.T) {
 	}
 	if checkOrder("shuffled") == nil {
 		t.Error("checkOrder accepted an unknown order")
+	}
+}
+
+// A unit whose nginx row was left out at set-up keeps its mesh-proxy rows
+// together, rotated.
+func TestRoundStepsUnitWithoutNginx(t *testing.T) {
+	rows := orderRows("mesh-proxy", "mesh-proxy (old binary)")
+	want := "mesh-proxy (old binary)@0, mesh-proxy@0, mesh-proxy@1, mesh-proxy (old binary)@1"
+	if got := stepText(roundSteps(rows, orderPaired, 1, 2)); got != want {
+		t.Errorf("got %s\nwant %s", got, want)
 	}
 }
