@@ -339,6 +339,8 @@ func run() error {
 			}
 		}
 	}
+	_, port, _ := net.SplitHostPort(appAddr)
+	appPort, _ := strconv.Atoi(port)
 	extra := o.extra
 	for round := range o.rounds {
 		// The order changes each round so no target always follows the
@@ -358,7 +360,7 @@ func run() error {
 				if extra > 0 {
 					waitQuiet(ctx, o.maxOther/2, min(5*time.Second, extra))
 				}
-				x, err := measure(ctx, r.t, app, conns, o.duration)
+				x, err := measure(ctx, r.t, app, appPort, conns, o.duration)
 				if err != nil {
 					return err
 				}
@@ -377,9 +379,10 @@ func run() error {
 			}
 			res := best.r
 			r.runs[conns] = append(r.runs[conns], best)
-			fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%\n",
+			fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%  app: cs/req %.2f conns %d\n",
 				round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign,
-				perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle)
+				perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle,
+				perReq(best.appCS, res.Requests), best.appConns)
 		}
 		if o.tail {
 			// Peak RSS is the wrk runs' (as without the tail): noted before
@@ -450,6 +453,14 @@ func perReqUS(ticks int64, requests int64) float64 {
 	return float64(ticks) / clockTicks * 1e6 / float64(requests)
 }
 
+// perReq is n per request; 0 without requests.
+func perReq(n, requests int64) float64 {
+	if requests == 0 {
+		return 0
+	}
+	return float64(n) / float64(requests)
+}
+
 // waitQuiet returns after a second in which the machine was busy less than
 // threshold (nothing of this benchmark is loaded between runs), or after
 // wait.
@@ -466,9 +477,10 @@ func waitQuiet(ctx context.Context, threshold float64, wait time.Duration) {
 
 // measure runs wrk once against t and charges CPU: the target's processes,
 // and the share of the machine nobody of this run used (see sample.foreign).
-func measure(ctx context.Context, t *target, app *child, conns int, d time.Duration) (sample, error) {
+func measure(ctx context.Context, t *target, app *child, appPort int, conns int, d time.Duration) (sample, error) {
 	time.Sleep(500 * time.Millisecond)
 	before, appBefore, busyBefore := cpuTicks(t.pids()), cpuTicks([]int{app.pid()}), machineBusy()
+	csBefore := ctxSwitches(app.pid())
 	start := time.Now()
 	res, err := runWrk(ctx, t.url, conns, d)
 	if err != nil {
@@ -477,12 +489,14 @@ func measure(ctx context.Context, t *target, app *child, conns int, d time.Durat
 	elapsed := time.Since(start)
 	used := cpuTicks(t.pids()) - before
 	appUsed := cpuTicks([]int{app.pid()}) - appBefore
+	appCS := ctxSwitches(app.pid()) - csBefore
+	appConns := connsTo(t.pids(), appPort)
 	own := used + appUsed + res.CPUTicks
 	capacity := float64(runtime.NumCPU()) * elapsed.Seconds() * clockTicks
 	busy := machineBusy() - busyBefore
 	foreign := max(float64(busy-own), 0) / capacity
 	idle := max(capacity-float64(busy), 0) / capacity
-	return sample{r: res, cpuTicks: used, foreign: foreign, appTicks: appUsed, idle: idle}, nil
+	return sample{r: res, cpuTicks: used, foreign: foreign, appTicks: appUsed, idle: idle, appCS: appCS, appConns: appConns}, nil
 }
 
 func report(o options, rows []*row, skipped []string, profiles []profileResult) string {
@@ -507,7 +521,7 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 		b.WriteString(ratioTable(rows, o.hi, o.lo))
 	}
 	if o.rounds > 0 {
-		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used):\n\n", o.hi, runtime.NumCPU())
+		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used; the app's context switches per request, summed over its threads, and the target's connections open to it at the run's end: how the target's way of talking to the app changes what the app does):\n\n", o.hi, runtime.NumCPU())
 		b.WriteString(cpuSplitTable(rows, o.hi))
 	}
 	if o.tail {

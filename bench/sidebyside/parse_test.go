@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -156,12 +157,72 @@ func TestSyscallsByName(t *testing.T) {
 func TestCPUSplitTable(t *testing.T) {
 	// 10,000 requests; the target used 0.5 s, the app 0.3 s, wrk 0.2 s:
 	// 50, 30 and 20 µs per request.
-	r := &row{t: &target{name: "mesh-proxy", shape: "one hop"}, runs: map[int][]sample{
-		64: {{r: wrkResult{Requests: 10000, CPUTicks: 0.2 * clockTicks}, cpuTicks: 0.5 * clockTicks, appTicks: 0.3 * clockTicks, idle: 0.04}},
+	r := &row{t: &target{name: "mesh-proxy", shape: "one hop", hops: [][]int{{1}}}, runs: map[int][]sample{
+		64: {{r: wrkResult{Requests: 10000, CPUTicks: 0.2 * clockTicks}, cpuTicks: 0.5 * clockTicks, appTicks: 0.3 * clockTicks, idle: 0.04, appCS: 12500, appConns: 64}},
 	}}
 	got := cpuSplitTable([]*row{r}, 64)
-	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % |") {
+	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % | 1.25 | 64 |") {
 		t.Fatalf("got\n%s", got)
+	}
+}
+
+func TestCtxSwitches(t *testing.T) {
+	if got := parseCtxSwitches("Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t 7\n"); got != 127 {
+		t.Fatalf("parseCtxSwitches = %d, want 127", got)
+	}
+	// This process's threads have switched at least once (the test
+	// runner's goroutines sleep), and every thread is counted: the sum
+	// is at least the first thread's own count.
+	self := os.Getpid()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	if all, first := ctxSwitches(self), parseCtxSwitches(string(b)); all < first || all == 0 {
+		t.Fatalf("ctxSwitches = %d, first thread alone %d", all, first)
+	}
+}
+
+func TestConnsTo(t *testing.T) {
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1
+   1: 0100007F:9C41 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1
+   2: 0100007F:9C42 0100007F:1F90 06 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1
+   3: 0100007F:9C43 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 444 1 0 20 4 30 10 -1
+   4: 0100007F:1F90 0100007F:9C44 01 00000000:00000000 00:00000000 00000000     0        0 555 1 0 20 4 30 10 -1
+`
+	// Established to port 8080 (0x1F90) and ours: 111 only (222 is
+	// another process's, 333 in TIME_WAIT, 444 to another port, 555 the
+	// app's end).
+	ours := map[string]bool{"111": true, "333": true, "444": true, "555": true}
+	if got := countConnsTo(table, 8080, ours); got != 1 {
+		t.Fatalf("countConnsTo = %d, want 1", got)
+	}
+	if _, err := os.Stat("/proc/net/tcp"); err != nil {
+		t.Skip("no /proc/net/tcp")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var cs []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cs = append(cs, c)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if got := connsTo([]int{os.Getpid()}, port); got != 3 {
+		t.Fatalf("connsTo = %d, want 3", got)
 	}
 }
 

@@ -266,3 +266,79 @@ func parseBusy(stat string) int64 {
 	}
 	return busy
 }
+
+// ctxSwitches is the context switches, voluntary and not, summed over
+// every thread of pid (/proc/<pid>/task/*/status: a process's own status
+// counts its first thread only).
+func ctxSwitches(pid int) int64 {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+		if err == nil {
+			n += parseCtxSwitches(string(b))
+		}
+	}
+	return n
+}
+
+func parseCtxSwitches(status string) int64 {
+	var n int64
+	for _, line := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+			c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			n += c
+		}
+	}
+	return n
+}
+
+// connsTo counts the established TCP connections that pids hold to port
+// on loopback: a proxy's connections to the app. Their sockets are found
+// by inode in the pids' descriptors and in /proc/net/tcp{,6}.
+func connsTo(pids []int, port int) int {
+	inodes := map[string]bool{}
+	for _, pid := range pids {
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			l, err := os.Readlink(filepath.Join(dir, e.Name()))
+			if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+				inodes[strings.TrimSuffix(ino, "]")] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return 0
+	}
+	n := 0
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			n += countConnsTo(string(b), port, inodes)
+		}
+	}
+	return n
+}
+
+// countConnsTo counts the lines of a /proc/net/tcp table in state 01
+// (established) whose remote port is port and inode one of inodes.
+func countConnsTo(table string, port int, inodes map[string]bool) int {
+	want := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, line := range strings.Split(table, "\n") {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "01" || !strings.HasSuffix(f[2], want) {
+			continue
+		}
+		if inodes[f[9]] {
+			n++
+		}
+	}
+	return n
+}

@@ -20,6 +20,11 @@ type sample struct {
 	// machine nobody used: where the rest of a request's cost went.
 	appTicks int64
 	idle     float64
+	// appCS is the app's context switches over the run (every thread)
+	// and appConns its open connections at the run's end: how hard a
+	// target's way of talking to the app makes the app work.
+	appCS    int64
+	appConns int
 }
 
 // row collects every run of one target.
@@ -84,20 +89,26 @@ func (r *row) summarize(conns int) (summary, bool) {
 // CPU per request and what its answers cost the app and wrk.
 func cpuSplitTable(rows []*row, conns int) string {
 	var b strings.Builder
-	b.WriteString("| target | hops | target µs | app µs | wrk µs | sum µs | idle |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| target | hops | target µs | app µs | wrk µs | sum µs | idle | app context switches / req | app connections |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
-		var tgt, app, gen, idle []float64
+		var tgt, app, gen, idle, cs, open []float64
 		for _, x := range r.runs[conns] {
 			tgt = append(tgt, perReqUS(x.cpuTicks, x.r.Requests))
 			app = append(app, perReqUS(x.appTicks, x.r.Requests))
 			gen = append(gen, perReqUS(x.r.CPUTicks, x.r.Requests))
 			idle = append(idle, 100*x.idle)
+			cs = append(cs, perReq(x.appCS, x.r.Requests))
+			open = append(open, float64(x.appConns))
 		}
 		if len(tgt) == 0 {
 			continue
 		}
 		t, a, g := median(tgt), median(app), median(gen)
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle))
+		conns := "—" // wrk's, not a proxy's
+		if len(r.t.hops) > 0 {
+			conns = fmt.Sprintf("%.0f", median(open))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f | %s |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle), median(cs), conns)
 	}
 	return b.String()
 }
