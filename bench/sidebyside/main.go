@@ -379,10 +379,10 @@ func run() error {
 			}
 			res := best.r
 			r.runs[conns] = append(r.runs[conns], best)
-			fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%  app: cs/req %.2f conns %d\n",
+			fmt.Printf("round %d  %-45s @%-3d %10.0f req/s  p50 %8.3f ms  p99 %8.3f ms  other load %3.0f %%  µs/req: target %.1f app %.1f wrk %.1f  idle %3.0f %%  app: cs/req %.2f+%.2f kernel %.0f %% conns %d\n",
 				round+1, r.t.name, conns, res.RPS, ms(res.P50), ms(res.P99), 100*best.foreign,
 				perReqUS(best.cpuTicks, res.Requests), perReqUS(best.appTicks, res.Requests), perReqUS(res.CPUTicks, res.Requests), 100*best.idle,
-				perReq(best.appCS, res.Requests), best.appConns)
+				perReq(best.appCS.vol, res.Requests), perReq(best.appCS.invol, res.Requests), pct(best.appSys, best.appTicks), best.appConns)
 		}
 		if o.tail {
 			// Peak RSS is the wrk runs' (as without the tail): noted before
@@ -453,6 +453,14 @@ func perReqUS(ticks int64, requests int64) float64 {
 	return float64(ticks) / clockTicks * 1e6 / float64(requests)
 }
 
+// pct is part's share of whole in percent; 0 when whole is.
+func pct(part, whole int64) float64 {
+	if whole == 0 {
+		return 0
+	}
+	return 100 * float64(part) / float64(whole)
+}
+
 // perReq is n per request; 0 without requests.
 func perReq(n, requests int64) float64 {
 	if requests == 0 {
@@ -481,6 +489,7 @@ func measure(ctx context.Context, t *target, app *child, appPort int, conns int,
 	time.Sleep(500 * time.Millisecond)
 	before, appBefore, busyBefore := cpuTicks(t.pids()), cpuTicks([]int{app.pid()}), machineBusy()
 	csBefore := ctxSwitches(app.pid())
+	appStat, _ := readStat(app.pid())
 	start := time.Now()
 	res, err := runWrk(ctx, t.url, conns, d)
 	if err != nil {
@@ -489,14 +498,18 @@ func measure(ctx context.Context, t *target, app *child, appPort int, conns int,
 	elapsed := time.Since(start)
 	used := cpuTicks(t.pids()) - before
 	appUsed := cpuTicks([]int{app.pid()}) - appBefore
-	appCS := ctxSwitches(app.pid()) - csBefore
+	appCS := ctxSwitches(app.pid()).sub(csBefore)
+	var appSys int64
+	if s, err := readStat(app.pid()); err == nil {
+		appSys = s.stime - appStat.stime
+	}
 	appConns := connsTo(t.pids(), appPort)
 	own := used + appUsed + res.CPUTicks
 	capacity := float64(runtime.NumCPU()) * elapsed.Seconds() * clockTicks
 	busy := machineBusy() - busyBefore
 	foreign := max(float64(busy-own), 0) / capacity
 	idle := max(capacity-float64(busy), 0) / capacity
-	return sample{r: res, cpuTicks: used, foreign: foreign, appTicks: appUsed, idle: idle, appCS: appCS, appConns: appConns}, nil
+	return sample{r: res, cpuTicks: used, foreign: foreign, appTicks: appUsed, idle: idle, appCS: appCS, appSys: appSys, appConns: appConns}, nil
 }
 
 func report(o options, rows []*row, skipped []string, profiles []profileResult) string {
@@ -521,7 +534,7 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 		b.WriteString(ratioTable(rows, o.hi, o.lo))
 	}
 	if o.rounds > 0 {
-		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used; the app's context switches per request, summed over its threads, and the target's connections open to it at the run's end: how the target's way of talking to the app changes what the app does):\n\n", o.hi, runtime.NumCPU())
+		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used; the share of the app's CPU spent in the kernel, the app's context switches per request summed over its threads (voluntary: a thread blocked and was woken; not: it was preempted), and the target's connections open to it at the run's end: how the target's way of talking to the app changes what the app does):\n\n", o.hi, runtime.NumCPU())
 		b.WriteString(cpuSplitTable(rows, o.hi))
 	}
 	if o.tail {

@@ -158,17 +158,17 @@ func TestCPUSplitTable(t *testing.T) {
 	// 10,000 requests; the target used 0.5 s, the app 0.3 s, wrk 0.2 s:
 	// 50, 30 and 20 µs per request.
 	r := &row{t: &target{name: "mesh-proxy", shape: "one hop", hops: [][]int{{1}}}, runs: map[int][]sample{
-		64: {{r: wrkResult{Requests: 10000, CPUTicks: 0.2 * clockTicks}, cpuTicks: 0.5 * clockTicks, appTicks: 0.3 * clockTicks, idle: 0.04, appCS: 12500, appConns: 64}},
+		64: {{r: wrkResult{Requests: 10000, CPUTicks: 0.2 * clockTicks}, cpuTicks: 0.5 * clockTicks, appTicks: 0.3 * clockTicks, idle: 0.04, appCS: switches{vol: 10000, invol: 2500}, appSys: 0.12 * clockTicks, appConns: 64}},
 	}}
 	got := cpuSplitTable([]*row{r}, 64)
-	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % | 1.25 | 64 |") {
+	if !strings.Contains(got, "| mesh-proxy | one hop | 50.0 | 30.0 | 20.0 | 100.0 | 4 % | 40 % | 1.00 + 0.25 | 64 |") {
 		t.Fatalf("got\n%s", got)
 	}
 }
 
 func TestCtxSwitches(t *testing.T) {
-	if got := parseCtxSwitches("Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t 7\n"); got != 127 {
-		t.Fatalf("parseCtxSwitches = %d, want 127", got)
+	if got := parseCtxSwitches("Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t 7\n"); got != (switches{120, 7}) {
+		t.Fatalf("parseCtxSwitches = %+v, want {120 7}", got)
 	}
 	// This process's threads have switched at least once (the test
 	// runner's goroutines sleep), and every thread is counted: the sum
@@ -178,8 +178,8 @@ func TestCtxSwitches(t *testing.T) {
 	if err != nil {
 		t.Skip("no /proc")
 	}
-	if all, first := ctxSwitches(self), parseCtxSwitches(string(b)); all < first || all == 0 {
-		t.Fatalf("ctxSwitches = %d, first thread alone %d", all, first)
+	if all, first := ctxSwitches(self), parseCtxSwitches(string(b)); all.vol < first.vol || all.invol < first.invol || all.vol == 0 {
+		t.Fatalf("ctxSwitches = %+v, first thread alone %+v", all, first)
 	}
 }
 

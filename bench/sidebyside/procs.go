@@ -267,31 +267,46 @@ func parseBusy(stat string) int64 {
 	return busy
 }
 
-// ctxSwitches is the context switches, voluntary and not, summed over
-// every thread of pid (/proc/<pid>/task/*/status: a process's own status
-// counts its first thread only).
-func ctxSwitches(pid int) int64 {
+// switches counts context switches: voluntary (the thread blocked:
+// waiting for a socket, a futex, a sleep) and not (the kernel preempted
+// it for another thread).
+type switches struct{ vol, invol int64 }
+
+func (s switches) sub(o switches) switches { return switches{s.vol - o.vol, s.invol - o.invol} }
+
+// ctxSwitches is pid's context switches summed over every thread
+// (/proc/<pid>/task/*/status: a process's own status counts its first
+// thread only).
+func ctxSwitches(pid int) switches {
+	var n switches
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
-		return 0
+		return n
 	}
-	var n int64
 	for _, e := range ents {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
 		if err == nil {
-			n += parseCtxSwitches(string(b))
+			s := parseCtxSwitches(string(b))
+			n.vol += s.vol
+			n.invol += s.invol
 		}
 	}
 	return n
 }
 
-func parseCtxSwitches(status string) int64 {
-	var n int64
+func parseCtxSwitches(status string) switches {
+	var n switches
 	for _, line := range strings.Split(status, "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
-			c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			n += c
+		if !ok {
+			continue
+		}
+		c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "voluntary_ctxt_switches":
+			n.vol = c
+		case "nonvoluntary_ctxt_switches":
+			n.invol = c
 		}
 	}
 	return n

@@ -23,8 +23,10 @@ type sample struct {
 	// appCS is the app's context switches over the run (every thread)
 	// and appConns its open connections at the run's end: how hard a
 	// target's way of talking to the app makes the app work.
-	appCS    int64
+	appCS    switches
 	appConns int
+	// appSys is the part of appTicks spent in the kernel (stime).
+	appSys int64
 }
 
 // row collects every run of one target.
@@ -89,15 +91,17 @@ func (r *row) summarize(conns int) (summary, bool) {
 // CPU per request and what its answers cost the app and wrk.
 func cpuSplitTable(rows []*row, conns int) string {
 	var b strings.Builder
-	b.WriteString("| target | hops | target µs | app µs | wrk µs | sum µs | idle | app context switches / req | app connections |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| target | hops | target µs | app µs | wrk µs | sum µs | idle | app in kernel | app context switches / req (voluntary + not) | app connections |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
-		var tgt, app, gen, idle, cs, open []float64
+		var tgt, app, gen, idle, sys, vol, invol, open []float64
 		for _, x := range r.runs[conns] {
 			tgt = append(tgt, perReqUS(x.cpuTicks, x.r.Requests))
 			app = append(app, perReqUS(x.appTicks, x.r.Requests))
 			gen = append(gen, perReqUS(x.r.CPUTicks, x.r.Requests))
 			idle = append(idle, 100*x.idle)
-			cs = append(cs, perReq(x.appCS, x.r.Requests))
+			sys = append(sys, pct(x.appSys, x.appTicks))
+			vol = append(vol, perReq(x.appCS.vol, x.r.Requests))
+			invol = append(invol, perReq(x.appCS.invol, x.r.Requests))
 			open = append(open, float64(x.appConns))
 		}
 		if len(tgt) == 0 {
@@ -108,7 +112,7 @@ func cpuSplitTable(rows []*row, conns int) string {
 		if len(r.t.hops) > 0 {
 			conns = fmt.Sprintf("%.0f", median(open))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f | %s |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle), median(cs), conns)
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.0f %% | %.2f + %.2f | %s |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle), median(sys), median(vol), median(invol), conns)
 	}
 	return b.String()
 }
