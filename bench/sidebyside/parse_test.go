@@ -206,7 +206,6 @@ func TestConnsTo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	var cs []net.Conn
 	for range 3 {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -218,7 +217,6 @@ func TestConnsTo(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		cs = append(cs, c)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	if got := connsTo([]int{os.Getpid()}, port); got != 3 {
