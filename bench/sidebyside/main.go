@@ -487,9 +487,9 @@ func waitQuiet(ctx context.Context, threshold float64, wait time.Duration) {
 // and the share of the machine nobody of this run used (see sample.foreign).
 func measure(ctx context.Context, t *target, app *child, appPort int, conns int, d time.Duration) (sample, error) {
 	time.Sleep(500 * time.Millisecond)
-	before, appBefore, busyBefore := cpuTicks(t.pids()), cpuTicks([]int{app.pid()}), machineBusy()
+	before, busyBefore := cpuTicks(t.pids()), machineBusy()
+	appBefore, _ := readStat(app.pid())
 	csBefore := ctxSwitches(app.pid())
-	appStat, _ := readStat(app.pid())
 	start := time.Now()
 	res, err := runWrk(ctx, t.url, conns, d)
 	if err != nil {
@@ -497,12 +497,10 @@ func measure(ctx context.Context, t *target, app *child, appPort int, conns int,
 	}
 	elapsed := time.Since(start)
 	used := cpuTicks(t.pids()) - before
-	appUsed := cpuTicks([]int{app.pid()}) - appBefore
 	appCS := ctxSwitches(app.pid()).sub(csBefore)
-	var appSys int64
-	if s, err := readStat(app.pid()); err == nil {
-		appSys = s.stime - appStat.stime
-	}
+	appAfter, _ := readStat(app.pid())
+	appUsed := appAfter.utime + appAfter.stime - appBefore.utime - appBefore.stime
+	appSys := appAfter.stime - appBefore.stime
 	appConns := connsTo(t.pids(), appPort)
 	own := used + appUsed + res.CPUTicks
 	capacity := float64(runtime.NumCPU()) * elapsed.Seconds() * clockTicks

@@ -108,11 +108,11 @@ func cpuSplitTable(rows []*row, conns int) string {
 			continue
 		}
 		t, a, g := median(tgt), median(app), median(gen)
-		conns := "—" // wrk's, not a proxy's
+		toApp := "—" // wrk's, not a proxy's
 		if len(r.t.hops) > 0 {
-			conns = fmt.Sprintf("%.0f", median(open))
+			toApp = fmt.Sprintf("%.0f", median(open))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.0f %% | %.2f + %.2f | %s |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle), median(sys), median(vol), median(invol), conns)
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.0f %% | %.2f + %.2f | %s |\n", r.t.name, r.t.shape, t, a, g, t+a+g, median(idle), median(sys), median(vol), median(invol), toApp)
 	}
 	return b.String()
 }
