@@ -124,7 +124,7 @@ func run() error {
 	flag.DurationVar(&o.extra, "extra", 90*time.Second, "time the whole run may spend waiting for a quiet machine and repeating disturbed runs")
 	flag.BoolVar(&o.profileOld, "profile-old", false, "profile the -old-proxy rows too (with -profile)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work dir (configs, logs, perf data)")
-	flag.BoolVar(&o.plain, "plain", false, "also measure, one hop without TLS, nginx and two minimal Go proxies doing the same byte work, one with a goroutine per connection and one with an epoll loop per core (plain.go): how much of the gap is Go's goroutine-per-connection model")
+	flag.BoolVar(&o.plain, "plain", false, "also measure, one hop without TLS, nginx and two minimal Go proxies doing the same byte work, one with a goroutine per connection and one with an epoll loop per core (plain.go), and the goroutine one behind TLS, in one process and as a process per core (GOMAXPROCS=1, SO_REUSEPORT, nginx's shape): how much of the gap is Go's goroutine-per-connection model")
 	flag.StringVar(&o.cpuProfiles, "cpuprofile", "", "directory in which this build's mesh-proxies (not the old binary's, not the -tune rows) write a Go CPU profile each, SERVICE.pprof, when the run ends (go tool pprof -proto merges them)")
 	flag.Parse()
 	if err := checkOrder(o.order); err != nil {
@@ -301,6 +301,7 @@ func run() error {
 		add(plainGoroutines, func() (*target, error) { return e.plainTarget("plain-goroutines", plainGoroutines) })
 		add(plainLoop, func() (*target, error) { return e.plainTarget("plain-loop", plainLoop) })
 		add(tlsGoroutines, func() (*target, error) { return e.plainTarget("plain-goroutines-tls", tlsGoroutines) })
+		add(tlsProcs, func() (*target, error) { return e.plainTarget("plain-goroutines-tls-procs", tlsProcs) })
 	}
 	add("nginx → nginx", e.nginxChain)
 	add("caddy → caddy", e.caddyChain)
@@ -415,7 +416,7 @@ func run() error {
 		for _, r := range rows {
 			switch r.t.name {
 			case "nginx", "mesh-proxy", "nginx → nginx", "mesh-proxy → mesh-proxy",
-				plainNginx, plainGoroutines, plainLoop, tlsGoroutines:
+				plainNginx, plainGoroutines, plainLoop, tlsGoroutines, tlsProcs:
 			case "mesh-proxy (old binary)", "mesh-proxy → mesh-proxy (old binary)":
 				if !o.profileOld {
 					continue

@@ -4,7 +4,9 @@ package main
 // the same byte work, one on a goroutine per connection through Go's
 // netpoller (the shape of mesh-proxy's data path), one on an epoll event
 // loop per core that owns its sockets (nginx's shape), measured beside
-// nginx doing the same without TLS. They answer one question for issue
+// nginx doing the same without TLS; and the goroutine one behind TLS, in
+// one process and as a worker process per core (nginx's process model).
+// They answer one question for issue
 // 22: how much of the gap to nginx is the goroutine-per-connection model
 // itself. They are not proxies to deploy: a request with a body, a
 // response without Content-Length or larger than the buffer closes the
@@ -16,7 +18,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,8 +31,12 @@ import (
 const (
 	plainGoroutines = "go goroutines (plain)"
 	tlsGoroutines   = "go goroutines (TLS)"
-	plainLoop       = "go event loop (plain)"
-	plainNginx      = "nginx (plain)"
+	// tlsProcs is tlsGoroutines as nginx runs: a worker process per core,
+	// each with one P (GOMAXPROCS=1) and its own listener on the same
+	// port (SO_REUSEPORT), so no hand-off crosses threads of one process.
+	tlsProcs   = "go goroutines (TLS, a process per core)"
+	plainLoop  = "go event loop (plain)"
+	plainNginx = "nginx (plain)"
 	// plainBuf bounds a request head and a whole response.
 	plainBuf = 16 << 10
 )
@@ -139,6 +149,17 @@ func (x *exchange) answered() {
 func runPlain(kind, listen, app string, certKey ...string) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	if path := os.Getenv("SIDEBYSIDE_CPUPROFILE"); path != "" && kind == "plain-goroutines-tls" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
 	stop := make(chan struct{})
 	errc := make(chan error, 1)
 	switch kind {
@@ -157,6 +178,30 @@ func runPlain(kind, listen, app string, certKey ...string) error {
 			return err
 		}
 		go func() { errc <- serveGoroutines(ln, app) }()
+	case "plain-goroutines-tls-worker":
+		if len(certKey) != 2 {
+			return fmt.Errorf("%s needs CERT and KEY", kind)
+		}
+		ln, err := tlsReusePortListener(listen, certKey[0], certKey[1])
+		if err != nil {
+			return err
+		}
+		os.Stdout.Write([]byte{'\n'}) // listening: the parent may go on
+		go func() { errc <- serveGoroutines(ln, app) }()
+	case "plain-goroutines-tls-procs":
+		if len(certKey) != 2 {
+			return fmt.Errorf("%s needs CERT and KEY", kind)
+		}
+		workers, err := startWorkers(listen, app, certKey[0], certKey[1])
+		if err != nil {
+			return err
+		}
+		go func() {
+			for _, w := range workers {
+				w.Wait()
+			}
+			errc <- fmt.Errorf("%s: a worker exited", kind)
+		}()
 	case "plain-loop":
 		go func() { errc <- serveLoops(listen, app, stop) }()
 	default:
@@ -178,6 +223,54 @@ func tlsListener(listen, certFile, keyFile string) (net.Listener, error) {
 		return nil, err
 	}
 	return tls.Listen("tcp", listen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+}
+
+// tlsReusePortListener is tlsListener on a socket with SO_REUSEPORT
+// (plainloop.go's), so each worker has its own accept queue on the port.
+func tlsReusePortListener(listen, certFile, keyFile string) (net.Listener, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := reusePortListener(listen)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}), nil
+}
+
+// startWorkers starts a plain-goroutines-tls-worker per core, each with
+// GOMAXPROCS=1, and returns once every one of them listens.
+func startWorkers(listen, app, certFile, keyFile string) ([]*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var workers []*exec.Cmd
+	for range runtime.NumCPU() {
+		cmd := exec.Command(self, "plain-goroutines-tls-worker", listen, app, certFile, keyFile)
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+		cmd.Stderr = os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		workers = append(workers, cmd)
+		if _, err := out.Read(make([]byte, 1)); err != nil {
+			return nil, fmt.Errorf("worker %d did not listen: %w", len(workers), err)
+		}
+	}
+	return workers, nil
 }
 
 // serveGoroutines is the netpoller prototype: a goroutine per client
@@ -245,7 +338,7 @@ func proxyGoroutine(c, a net.Conn) {
 // the app.
 func (e *env) plainTarget(kind, name string) (*target, error) {
 	scheme, args := "http", []string{}
-	if strings.HasSuffix(kind, "-tls") {
+	if strings.HasSuffix(kind, "-tls") || strings.HasSuffix(kind, "-tls-procs") {
 		scheme, args = "https", []string{e.certs.ServerCert, e.certs.ServerKey}
 	}
 	addr, err := freePort()
@@ -256,7 +349,11 @@ func (e *env) plainTarget(kind, name string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := e.p.start(kind, nil, self, append([]string{kind, addr, e.app}, args...)...)
+	var env []string
+	if e.cpuProfiles != "" {
+		env = append(env, "SIDEBYSIDE_CPUPROFILE="+filepath.Join(e.cpuProfiles, kind+".pprof"))
+	}
+	c, err := e.p.start(kind, env, self, append([]string{kind, addr, e.app}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +361,7 @@ func (e *env) plainTarget(kind, name string) (*target, error) {
 	if err := e.verify(c, name, url); err != nil {
 		return nil, err
 	}
-	return &target{name: name, shape: "one hop", url: url, hops: [][]int{{c.pid()}}, main: c, mains: []*child{c}}, nil
+	return &target{name: name, shape: "one hop", url: url, hops: [][]int{descendants(c.pid())}, main: c, mains: []*child{c}}, nil
 }
 
 // nginxPlain is nginx one hop as the nginx row, without TLS.

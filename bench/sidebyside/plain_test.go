@@ -175,3 +175,33 @@ func TestResponseLength(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainGoroutinesTLSReusePort: two workers' listeners bind the one
+// port (SO_REUSEPORT; without it the second bind fails) and the pair
+// serves as one proxy.
+func TestPlainGoroutinesTLSReusePort(t *testing.T) {
+	app := plainApp(t)
+	certs, err := writeCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		ln, err := tlsReusePortListener(addr, certs.ServerCert, certs.ServerKey)
+		if err != nil {
+			t.Fatalf("worker %d: %v", i, err)
+		}
+		defer ln.Close()
+		go func() { _ = serveGoroutines(ln, app) }()
+	}
+	check, err := newCheckClient(certs.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := check.Transport.(*http.Transport).Clone()
+	tr.DisableKeepAlives, tr.MaxIdleConnsPerHost = false, 1
+	checkProto(t, "https://"+addr, tr)
+}
