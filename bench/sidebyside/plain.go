@@ -6,11 +6,10 @@ package main
 // loop per core that owns its sockets (nginx's shape), measured beside
 // nginx doing the same without TLS; and the goroutine one behind TLS, in
 // one process and as a worker process per core (nginx's process model).
-// They answer one question for issue
-// 22: how much of the gap to nginx is the goroutine-per-connection model
-// itself. They are not proxies to deploy: a request with a body, a
-// response without Content-Length or larger than the buffer closes the
-// connection.
+// They answer one question for issue 22: how much of the gap to nginx is
+// the goroutine-per-connection model itself. They are not proxies to
+// deploy: a request with a body, a response without Content-Length or
+// larger than the buffer closes the connection.
 
 import (
 	"bytes"
