@@ -20,7 +20,8 @@
 // connect or handshake failures, as for mesh endpoints), and a failed
 // connect is retried (Config.ConnectAttempts, each bounded by
 // connectTimeout). HTTP and HTTPS requests share a bounded pool of
-// keep-alive connections per service, closed after idleTimeout; TLS and
+// keep-alive connections per service, closed after idleTimeout, and wait
+// at most Config.ResponseHeader (60s) for a response head; TLS and
 // TCP connections are relayed one for one, at most Config.MaxConns at once
 // per service.
 //

@@ -670,3 +670,44 @@ func TestPlainHTTPByHost(t *testing.T) {
 		}
 	}
 }
+
+// TestSilentServiceTimesOut: a service that accepts a call and never
+// answers costs the app ResponseHeader, then a 502 that says so, rather
+// than a call that hangs; the next call, answered, goes through.
+func TestSilentServiceTimesOut(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	srv := startHTTPS(t, "api.partner.test", nil, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/silent" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		fmt.Fprint(w, "answered")
+	})
+	var codes []int
+	var mu sync.Mutex
+	s := newSet(t, external.Config{ResponseHeader: 200 * time.Millisecond, Observe: func(_, _ string, code int, _ float64) {
+		mu.Lock()
+		codes = append(codes, code)
+		mu.Unlock()
+	}})
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"partner": srv.spec("api.partner.test")})
+	code, body := call(t, s, "partner", "/silent")
+	if code != http.StatusBadGateway || !strings.Contains(body, `external service "partner"`) || !strings.Contains(body, "timeout awaiting response headers") {
+		t.Fatalf("silent service: %d %q, want a 502 naming the service and the timeout", code, body)
+	}
+	if code, body := call(t, s, "partner", "/"); code != 200 || body != "answered" {
+		t.Fatalf("after the timeout: %d %q", code, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(codes) != 2 || codes[0] != http.StatusBadGateway || codes[1] != 200 {
+		t.Errorf("observed %v, want [502 200]", codes)
+	}
+	if _, err := external.New(external.Config{ResponseHeader: -time.Second}); err == nil {
+		t.Error("a negative ResponseHeader was accepted")
+	}
+}

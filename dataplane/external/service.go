@@ -169,6 +169,7 @@ func (sv *Service) initHTTP() {
 		MaxConnsPerHost:        sv.set.cfg.MaxConns,
 		IdleConnTimeout:        sv.idleTimeout,
 		ExpectContinueTimeout:  time.Second,
+		ResponseHeaderTimeout:  sv.set.cfg.ResponseHeader,
 		MaxResponseHeaderBytes: 1 << 20,
 	}
 	log := sv.set.log

@@ -34,6 +34,7 @@ const (
 	DefaultMaxIdleConns    = 32
 	DefaultConnectAttempts = 3
 	DefaultReloadEvery     = 10 * time.Second
+	DefaultResponseHeader  = 60 * time.Second
 	// MaxCertFileBytes bounds a client certificate or key file.
 	MaxCertFileBytes = 1 << 20
 )
@@ -67,6 +68,11 @@ type Config struct {
 	// the handshake) one call tries, each to a host the balancer picks,
 	// before it fails. Default 3.
 	ConnectAttempts int
+	// ResponseHeader bounds the wait for an HTTP call's response head once
+	// its request is written: a service that accepts and never answers
+	// gets the app a 502 rather than a call that hangs. Default 60s, the
+	// proxy's own bound on its upstreams (proxy.Limits.ResponseHeader).
+	ResponseHeader time.Duration
 	// ReloadEvery is how often Run re-reads the client certificate files.
 	// Default 10s.
 	ReloadEvery time.Duration
@@ -111,7 +117,7 @@ type table struct {
 
 // New builds a Set without services.
 func New(cfg Config) (*Set, error) {
-	if cfg.MaxConns < 0 || cfg.MaxIdleConns < 0 || cfg.ConnectAttempts < 0 || cfg.ReloadEvery < 0 {
+	if cfg.MaxConns < 0 || cfg.MaxIdleConns < 0 || cfg.ConnectAttempts < 0 || cfg.ReloadEvery < 0 || cfg.ResponseHeader < 0 {
 		return nil, errors.New("external: negative limit in config")
 	}
 	if err := cfg.Outlier.Validate(); err != nil {
@@ -128,6 +134,9 @@ func New(cfg Config) (*Set, error) {
 	}
 	if cfg.ConnectAttempts == 0 {
 		cfg.ConnectAttempts = DefaultConnectAttempts
+	}
+	if cfg.ResponseHeader == 0 {
+		cfg.ResponseHeader = DefaultResponseHeader
 	}
 	if cfg.ReloadEvery == 0 {
 		cfg.ReloadEvery = DefaultReloadEvery
