@@ -129,7 +129,10 @@ func (c *checker) err() error { return errors.Join(c.errs...) }
 
 func idx(field string, i int) string { return fmt.Sprintf("%s[%d]", field, i) }
 
-func isLabel(s string) bool {
+// IsLabel reports whether s is a DNS label (RFC 1123: lower-case letters,
+// digits and '-', not at either end, at most MaxNameLength), the form of
+// every resource name.
+func IsLabel(s string) bool {
 	if s == "" || len(s) > MaxNameLength || s[0] == '-' || s[len(s)-1] == '-' {
 		return false
 	}
@@ -147,7 +150,7 @@ func (c *checker) label(field, s string, required bool) {
 		if required {
 			c.addf(field, "required")
 		}
-	case !isLabel(s):
+	case !IsLabel(s):
 		c.addf(field, "%q is not a DNS label (at most %d lower-case letters, digits and '-', starting and ending with a letter or digit)", s, MaxNameLength)
 	}
 }

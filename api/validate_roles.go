@@ -158,7 +158,7 @@ func checkHost(h string) error {
 		return fmt.Errorf("%q is longer than 253 bytes", h)
 	}
 	for l := range strings.SplitSeq(h, ".") {
-		if !isLabel(l) {
+		if !IsLabel(l) {
 			return fmt.Errorf("%q is neither an IP address nor a DNS name of lower-case labels (letters, digits and '-', at most %d each)", h, MaxNameLength)
 		}
 	}

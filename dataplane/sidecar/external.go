@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 
+	"minimesh/api"
 	"minimesh/dataplane/accesslog"
 	"minimesh/dataplane/external"
 	"minimesh/dataplane/proxy"
@@ -43,7 +44,7 @@ func ParseExternal(s string) (ExternalListener, error) {
 }
 
 func (e ExternalListener) validate() error {
-	if !isLabel(e.Name) {
+	if !api.IsLabel(e.Name) {
 		return fmt.Errorf("--external %s=%s: NAME %q is not an ExternalService name (a DNS label: lower-case letters, digits and '-', at most 63)", e.Name, e.Addr, e.Name)
 	}
 	if e.Listener != nil {
@@ -57,18 +58,6 @@ func (e ExternalListener) validate() error {
 		return fmt.Errorf("--external %s=%s: %q is not a loopback address: the port would be open beyond the pod", e.Name, e.Addr, host)
 	}
 	return nil
-}
-
-func isLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for _, c := range s {
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
 }
 
 // newExternal builds the ExternalServices part: the Set (a Part of the

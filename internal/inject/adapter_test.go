@@ -125,3 +125,74 @@ func TestInjectAppMetricsAnnotations(t *testing.T) {
 		}
 	}
 }
+
+// The pod's minimesh.io/external annotation gives the app a local port per
+// ExternalService (the ambassador): mesh-proxy --external on 127.0.0.1
+// only; injecting again keeps it; a bad entry is refused naming the
+// annotation, the entry and why, and a port anyone else in the pod uses
+// is refused.
+func TestInjectExternalAnnotation(t *testing.T) {
+	externals := func(p injectedPod) []string {
+		var got []string
+		for _, a := range p.spec.InitContainers[1].Args {
+			if strings.HasPrefix(a, "--external=") {
+				got = append(got, a)
+			}
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		ann  string
+		want []string
+	}{
+		{`{minimesh.io/external: "partner=9000"}`, []string{"--external=partner=127.0.0.1:9000"}},
+		{`{minimesh.io/external: "partner=9000, payments-eu=9001"}`, []string{"--external=partner=127.0.0.1:9000", "--external=payments-eu=127.0.0.1:9001"}},
+		{`{minimesh.io/external: ""}`, nil},
+		{`{}`, nil},
+	} {
+		p, out, err := injectOne(t, tc.ann)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.ann, err)
+		}
+		if got := externals(p); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: flags %q, want %q", tc.ann, got, tc.want)
+		}
+		again, err := Inject(out, Options{CAPins: testPins, Image: testImage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(again) != string(out) {
+			t.Errorf("%s: injecting again changed the pod:\n%s\nvs\n%s", tc.ann, out, again)
+		}
+	}
+	for _, tc := range []struct{ ann, why string }{
+		{`{minimesh.io/external: "partner"}`, "want NAME=PORT"},
+		{`{minimesh.io/external: "Partner=9000"}`, "not an ExternalService name"},
+		{`{minimesh.io/external: "partner=127.0.0.1:9000"}`, "not a port"},
+		{`{minimesh.io/external: "partner=0"}`, "not a port"},
+		{`{minimesh.io/external: "partner=9000,"}`, "want NAME=PORT"},
+		{`{minimesh.io/external: "partner=9000,partner=9001"}`, "named twice"},
+		{`{minimesh.io/external: "partner=9000,other=9000"}`, "ExternalService partner"},
+		{`{minimesh.io/external: "partner=8080"}`, "the app's port"},
+		{`{minimesh.io/external: "partner=15020"}`, "mesh-proxy's own"},
+		{`{minimesh.io/external: "partner=15001"}`, "mesh-proxy's own"},
+		{`{minimesh.io/external: "partner=9000 --admin=0.0.0.0:1"}`, "not a port"},
+	} {
+		_, _, err := injectOne(t, tc.ann)
+		if err == nil || !strings.Contains(err.Error(), ExternalAnnotation) || !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("%s: %v, want an error naming %s and %q", tc.ann, err, ExternalAnnotation, tc.why)
+		}
+	}
+}
+
+// A port another container of the pod declares is not the ambassador's.
+func TestInjectExternalPortDeclaredByAContainer(t *testing.T) {
+	pod := strings.Replace(metricsPod, "{ANN}", `{minimesh.io/external: "partner=9100"}`, 1) + `  - name: exporter
+    image: example/exporter:1.0
+    ports: [{containerPort: 9100}]
+`
+	_, err := Inject([]byte(pod), Options{CAPins: testPins, Image: testImage, AppPort: 8080})
+	if err == nil || !strings.Contains(err.Error(), "declared by container exporter") {
+		t.Fatalf("%v, want the port refused as the exporter's", err)
+	}
+}

@@ -57,6 +57,12 @@ const (
 	// the webhook admits it without the sidecar, and the command writes
 	// its document unchanged.
 	OptOutAnnotation = "minimesh.io/inject"
+	// ExternalAnnotation on a pod (template), "NAME=PORT[,NAME=PORT...]",
+	// gives the app a local port for each named ExternalService of its
+	// namespace (the ambassador): mesh-proxy --external=NAME=127.0.0.1:PORT,
+	// where the app speaks plain TCP or HTTP and the proxy originates TLS,
+	// verifies the server and presents the client certificate.
+	ExternalAnnotation = "minimesh.io/external"
 
 	// TokenAudience and TokenExpirationSeconds are those of the projected
 	// service-account token the proxy presents to meshd (which reviews it
@@ -485,7 +491,11 @@ func injectPod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, opts Options) erro
 	if err != nil {
 		return err
 	}
-	sidecar, err := proxyContainer(opts, service, port, probes, appMetrics)
+	externals, err := externalsOf(meta.Annotations[ExternalAnnotation], spec, port)
+	if err != nil {
+		return err
+	}
+	sidecar, err := proxyContainer(opts, service, port, probes, appMetrics, externals)
 	if err != nil {
 		return err
 	}
@@ -552,6 +562,59 @@ func appMetricsOf(ann map[string]string, prev string) (string, error) {
 		return "", fmt.Errorf("annotations prometheus.io/port and path: %w", err)
 	}
 	return v, nil
+}
+
+// externalsOf is mesh-proxy's --external flags from the pod's
+// ExternalAnnotation ("" for none): each NAME an ExternalService name (a
+// DNS label), each PORT one that nobody else in the pod uses (not the
+// app's, not a declared container port, not mesh-proxy's own), no name
+// or port twice.
+func externalsOf(ann string, spec *corev1.PodSpec, appPort int) ([]string, error) {
+	if strings.TrimSpace(ann) == "" {
+		return nil, nil
+	}
+	taken := map[int]string{appPort: "the app's port"}
+	for _, p := range []int{ProxyInboundPort, ProxyAdminPort, ProxyOutboundPort, ProxyHTTPPort} {
+		taken[p] = "mesh-proxy's own"
+	}
+	for _, cs := range [][]corev1.Container{spec.Containers, spec.InitContainers} {
+		for _, c := range cs {
+			for _, p := range c.Ports {
+				if _, ok := taken[int(p.ContainerPort)]; !ok {
+					taken[int(p.ContainerPort)] = "declared by container " + c.Name
+				}
+			}
+		}
+	}
+	bad := func(entry, why string) error {
+		return fmt.Errorf("annotation %s: %q: %s", ExternalAnnotation, entry, why)
+	}
+	names := map[string]bool{}
+	var flags []string
+	for entry := range strings.SplitSeq(ann, ",") {
+		entry = strings.TrimSpace(entry)
+		name, port, ok := strings.Cut(entry, "=")
+		if !ok {
+			return nil, bad(entry, "want NAME=PORT (an ExternalService of this namespace and a local port for it)")
+		}
+		if !api.IsLabel(name) {
+			return nil, bad(entry, "NAME is not an ExternalService name (a DNS label: lower-case letters, digits and '-', at most 63)")
+		}
+		if names[name] {
+			return nil, bad(entry, "the service is named twice")
+		}
+		names[name] = true
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return nil, bad(entry, "PORT is not a port (1 to 65535)")
+		}
+		if who, ok := taken[int(n)]; ok {
+			return nil, bad(entry, fmt.Sprintf("port %d is taken (%s)", n, who))
+		}
+		taken[int(n)] = "ExternalService " + name
+		flags = append(flags, "--external="+name+"=127.0.0.1:"+port)
+	}
+	return flags, nil
 }
 
 // isOurVolume reports whether a volume name is one inject adds.
@@ -820,7 +883,7 @@ func redirectContainer(opts Options, appPort int) corev1.Container {
 }
 
 // proxyContainer is mesh-proxy as a native sidecar.
-func proxyContainer(opts Options, service string, appPort int, probes api.AppProbes, appMetrics string) (corev1.Container, error) {
+func proxyContainer(opts Options, service string, appPort int, probes api.AppProbes, appMetrics string, externals []string) (corev1.Container, error) {
 	// A service-account token, sent only to a meshd that holds one of the
 	// pinned roots; or a join token, with the pin from its Secret.
 	credential := []string{"--sa-token-file=" + TokenDir + "/token", "--ca-pin=" + strings.Join(opts.CAPins, ",")}
@@ -849,6 +912,7 @@ func proxyContainer(opts Options, service string, appPort int, probes api.AppPro
 	for _, u := range opts.Upstreams {
 		args = append(args, "--upstream="+u)
 	}
+	args = append(args, externals...)
 	if opts.CaptureOutbound {
 		args = append(args, "--transparent=127.0.0.1:"+strconv.Itoa(ProxyOutboundPort),
 			"--outbound-http=127.0.0.1:"+strconv.Itoa(ProxyHTTPPort))
