@@ -161,6 +161,9 @@ type session struct {
 	// meshd ended the stream for a revocation or denial (none either).
 	// Guarded by Server.mu.
 	drained, ended bool
+	// listed: a recompute's view held the session's record. Views only
+	// move forward, so a later one without it saw the record forgotten.
+	listed bool
 }
 
 // New builds the server and marks every stored proxy disconnected: a meshd
@@ -439,6 +442,21 @@ func (s *Server) recompute() error {
 	s.cacheRev = crev
 	s.graceNext = c.graceNext
 	for id, sess := range s.active {
+		_, member := c.members[id]
+		if member {
+			sess.listed = true
+		} else if sess.listed {
+			// Forgotten through another replica (proxy forget --force):
+			// the stream ends as ForgetInstance ends one here, no grace.
+			if !sess.drained {
+				sess.drained = true
+				s.cfg.Logger.Warn("ending a proxy's stream: its record was forgotten through another replica", "instance_id", id, "spiffe_id", sess.spiffeID)
+			}
+			sess.cancel()
+			delete(s.status, id)
+			delete(s.dirty, id)
+			continue
+		}
 		var why string
 		switch {
 		case c.revokedInstances[id]:
