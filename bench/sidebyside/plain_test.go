@@ -105,13 +105,20 @@ func TestPlainGoroutinesTLS(t *testing.T) {
 	}
 	defer ln.Close()
 	go func() { _ = serveGoroutines(ln, app) }()
-	check, err := newCheckClient(certs.CA)
+	checkProto(t, "https://"+ln.Addr().String(), keepAliveTLS(t, certs))
+}
+
+// keepAliveTLS is the bench's check client (trusting certs' CA) keeping
+// one connection alive.
+func keepAliveTLS(t *testing.T, c certFiles) *http.Transport {
+	t.Helper()
+	check, err := newCheckClient(c.CA)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tr := check.Transport.(*http.Transport).Clone()
 	tr.DisableKeepAlives, tr.MaxIdleConnsPerHost = false, 1
-	checkProto(t, "https://"+ln.Addr().String(), tr)
+	return tr
 }
 
 func TestPlainEventLoop(t *testing.T) {
@@ -197,11 +204,5 @@ func TestPlainGoroutinesTLSReusePort(t *testing.T) {
 		defer ln.Close()
 		go func() { _ = serveGoroutines(ln, app) }()
 	}
-	check, err := newCheckClient(certs.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := check.Transport.(*http.Transport).Clone()
-	tr.DisableKeepAlives, tr.MaxIdleConnsPerHost = false, 1
-	checkProto(t, "https://"+addr, tr)
+	checkProto(t, "https://"+addr, keepAliveTLS(t, certs))
 }

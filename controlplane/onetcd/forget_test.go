@@ -2,13 +2,10 @@ package onetcd_test
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"minimesh/certs"
-	"minimesh/controlplane/controlplanetest"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -16,28 +13,12 @@ import (
 // other: its stream ends too (a live proxy registers again, as on one
 // meshd), and nothing brings the forgotten record back.
 func TestForgetForceEndsAStreamOnAnotherReplica(t *testing.T) {
-	ec := testEtcd(t)
-	keyFile, _ := writeCAKey(t)
-	var ms [2]*controlplanetest.Meshd
-	var wg sync.WaitGroup
-	for i := range ms {
-		wg.Go(func() { ms[i] = controlplanetest.Start(t, replicaConfig(ec, keyFile, fmt.Sprintf("r%d", i))) })
-	}
-	wg.Wait()
+	ms := startReplicas(t)
 	svid := bootstrap(t, ms[1], "default", "api")
 	id := certs.InstanceID(svid.Certificates[0])
 	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err := meshv1.NewConfigServiceClient(ms[1].DialAs(t, svid)).Stream(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: "api", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := st.Recv(); err != nil || r.GetRegistered() == nil {
-		t.Fatalf("registration: %v %v", r, err)
-	}
+	st, _ := register(sctx, t, ms[1], svid, "api")
 	ended := make(chan error, 1)
 	go func() {
 		for {

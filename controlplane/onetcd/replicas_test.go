@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,6 +28,39 @@ func replicaConfig(ec *store.EtcdConfig, keyFile string, name string) controlpla
 	c := *ec
 	c.Replica = name
 	return controlplane.Config{Etcd: &c, CAKeyFile: keyFile, SVIDTTL: 3 * time.Second}
+}
+
+// startReplicas starts two replicas, r0 and r1, at once on one new
+// prefix with one CA key.
+func startReplicas(t *testing.T) [2]*controlplanetest.Meshd {
+	t.Helper()
+	ec := testEtcd(t)
+	keyFile, _ := writeCAKey(t)
+	var ms [2]*controlplanetest.Meshd
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Go(func() { ms[i] = controlplanetest.Start(t, replicaConfig(ec, keyFile, fmt.Sprintf("r%d", i))) })
+	}
+	wg.Wait()
+	return ms
+}
+
+// register opens a config stream to m as svid's proxy of service, within
+// ctx, and returns it once meshd answered Registered.
+func register(ctx context.Context, t *testing.T, m *controlplanetest.Meshd, svid *x509svid.SVID, service string) (meshv1.ConfigService_StreamClient, *meshv1.Registered) {
+	t.Helper()
+	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, svid)).Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: service, AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Recv()
+	if err != nil || r.GetRegistered() == nil {
+		t.Fatalf("registration: %v %v", r, err)
+	}
+	return st, r.GetRegistered()
 }
 
 // openStore opens the prefix as the test's own reader.

@@ -1,8 +1,6 @@
 package onetcd_test
 
 import (
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,18 +19,8 @@ import (
 // announces "stats", and sends one report of n 2xx from web.
 func reportAs(t *testing.T, m *controlplanetest.Meshd, svid *x509svid.SVID, service string, n uint64) {
 	t.Helper()
-	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, svid)).Stream(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: service, AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := st.Recv()
-	if err != nil || r.GetRegistered() == nil {
-		t.Fatalf("registration: %v %v", r, err)
-	}
-	if acc := r.GetRegistered().GetAccepts(); len(acc) != 1 || acc[0] != "stats" {
+	st, reg := register(ctx(t), t, m, svid, service)
+	if acc := reg.GetAccepts(); len(acc) != 1 || acc[0] != "stats" {
 		t.Fatalf("Registered.accepts %v, want [stats]", acc)
 	}
 	lat := make([]uint64, len(stats.LatencyBounds)+1)
@@ -50,14 +38,7 @@ func reportAs(t *testing.T, m *controlplanetest.Meshd, svid *x509svid.SVID, serv
 // proxies' reports; a Stats query to either answers with both, and says
 // 2 replicas answered. ReplicaService is meshd's alone.
 func TestStatsFanOutAcrossReplicas(t *testing.T) {
-	ec := testEtcd(t)
-	keyFile, _ := writeCAKey(t)
-	var ms [2]*controlplanetest.Meshd
-	var wg sync.WaitGroup
-	for i := range ms {
-		wg.Go(func() { ms[i] = controlplanetest.Start(t, replicaConfig(ec, keyFile, fmt.Sprintf("r%d", i))) })
-	}
-	wg.Wait()
+	ms := startReplicas(t)
 	reportAs(t, ms[0], bootstrap(t, ms[0], "default", "api"), "api", 70)
 	reportAs(t, ms[1], bootstrap(t, ms[1], "default", "db"), "db", 30)
 
