@@ -63,18 +63,7 @@ func csrFor(t *testing.T, id string) (*ecdsa.PrivateKey, []byte) {
 // bootstrap gets an SVID for ns/sa through a fresh token.
 func bootstrap(t *testing.T, m *controlplanetest.Meshd, ns, sa string) *x509svid.SVID {
 	t.Helper()
-	tok := m.Token(t, ns, sa, 1)
-	id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", td, ns, sa)
-	key, csr := csrFor(t, id)
-	resp, err := meshv1.NewIdentityServiceClient(m.DialAnonymous(t)).Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "i-" + sa})
-	if err != nil {
-		t.Fatalf("Bootstrap: %v", err)
-	}
-	chain, err := certs.ParseCertsDER(resp.Svid.CertChain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: spiffeid.RequireFromString(id), Certificates: chain, PrivateKey: key}
+	return m.Bootstrap(t, ns, sa)
 }
 
 // TestEveryMethodHasItsRule lists every method from the service descriptors

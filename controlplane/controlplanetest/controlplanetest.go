@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -153,6 +154,36 @@ func (m *Meshd) Token(t testing.TB, ns, sa string, uses uint32) *meshv1.CreateJo
 		t.Fatalf("CreateJoinToken: %v", err)
 	}
 	return resp
+}
+
+// Bootstrap gets an SVID for ns/sa (instance "i-<sa>") through a fresh
+// join token, as a proxy's first start does.
+func (m *Meshd) Bootstrap(t testing.TB, ns, sa string) *x509svid.SVID {
+	t.Helper()
+	tok := m.Token(t, ns, sa, 1)
+	id, err := spiffeid.FromSegments(m.TrustDomain(), "ns", ns, "sa", sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := certs.NewCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := meshv1.NewIdentityServiceClient(m.DialAnonymous(t)).Bootstrap(ctx, &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "i-" + sa})
+	if err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+	chain, err := certs.ParseCertsDER(resp.Svid.CertChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
 }
 
 // Counter sums the series of the counter name whose label has value.

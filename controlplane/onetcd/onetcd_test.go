@@ -18,12 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"minimesh/certs"
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
 	"minimesh/controlplane/store"
@@ -81,27 +79,10 @@ func writeCAKey(t *testing.T) (string, []byte) {
 }
 
 // bootstrap gets an SVID for ns/sa through a fresh token, over gRPC.
+// bootstrap gets an SVID for ns/sa through a fresh token.
 func bootstrap(t *testing.T, m *controlplanetest.Meshd, ns, sa string) *x509svid.SVID {
 	t.Helper()
-	tok := m.Token(t, ns, sa, 1)
-	id := spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", td, ns, sa))
-	key, err := certs.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := certs.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := meshv1.NewIdentityServiceClient(m.DialAnonymous(t)).Bootstrap(ctx(t), &meshv1.BootstrapRequest{Token: tok.Secret, Csr: csr, InstanceId: "i-" + sa})
-	if err != nil {
-		t.Fatalf("Bootstrap: %v", err)
-	}
-	chain, err := certs.ParseCertsDER(resp.Svid.CertChain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+	return m.Bootstrap(t, ns, sa)
 }
 
 func serviceResource(name string) *meshv1.Resource {

@@ -14,6 +14,7 @@
 package stats
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"minimesh/certs"
 	meshv1 "minimesh/proto/mesh/v1"
@@ -292,10 +294,13 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.GetSteps() && req.GetService() == "" {
+		return nil, status.Error(codes.InvalidArgument, "steps: only with service (a chart of one service's edges)")
+	}
 	now := s.cfg.Clock.Now()
 	from := now.Add(-w).UnixNano() / int64(Bucket)
 	since := now.Add(-w)
-	out := &meshv1.StatsResponse{Window: durationpb.New(w), LatencyBounds: LatencyBounds, ReplicasAsked: 1, ReplicasAnswered: 1}
+	out := &meshv1.StatsResponse{Window: durationpb.New(w), LatencyBounds: LatencyBounds, ReplicasAsked: 1, ReplicasAnswered: 1, Now: timestamppb.New(now)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, ed := range s.edges {
@@ -310,16 +315,23 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 			if sm.bucket < from || sm.bucket == 0 {
 				continue
 			}
+			var sn uint64
 			for i, v := range sm.classes {
 				e.Classes[i] += v
-				n += v
+				sn += v
 			}
+			n += sn
 			for i := range e.LatencyBuckets {
 				e.LatencyBuckets[i] += sm.lat[i]
 			}
 			e.LatencySumSeconds += sm.sum
+			if req.GetSteps() && sn > 0 {
+				e.Steps = append(e.Steps, &meshv1.EdgeStep{StartUnix: sm.bucket * int64(Bucket/time.Second),
+					Classes: slices.Clone(sm.classes[:]), LatencyBuckets: slices.Clone(sm.lat[:]), LatencySumSeconds: sm.sum})
+			}
 		}
 		if n > 0 {
+			sortSteps(e.Steps)
 			out.Edges = append(out.Edges, e)
 		}
 	}
@@ -335,6 +347,12 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 	}
 	sortEdges(out.Edges)
 	return out, nil
+}
+
+// sortSteps puts steps oldest first (the ring holds them by bucket modulo
+// its size).
+func sortSteps(steps []*meshv1.EdgeStep) {
+	slices.SortFunc(steps, func(a, b *meshv1.EdgeStep) int { return cmp.Compare(a.GetStartUnix(), b.GetStartUnix()) })
 }
 
 // keyOf is e's key among the edges of a Stats answer.
@@ -445,6 +463,7 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 				}
 			}
 			into.LatencySumSeconds += e.GetLatencySumSeconds()
+			into.Steps = mergeSteps(into.Steps, e.GetSteps())
 		}
 		out.Denies = append(out.Denies, o.GetDenies()...)
 	}
@@ -453,4 +472,38 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 	if len(out.Denies) > MaxDenies {
 		out.Denies = out.Denies[:MaxDenies]
 	}
+}
+
+// mergeSteps adds another replica's steps of an edge into into's, sample
+// by sample (both oldest first; every replica's samples start at the same
+// multiples of Bucket).
+func mergeSteps(into, other []*meshv1.EdgeStep) []*meshv1.EdgeStep {
+	if len(other) == 0 {
+		return into
+	}
+	at := make(map[int64]*meshv1.EdgeStep, len(into))
+	for _, st := range into {
+		at[st.GetStartUnix()] = st
+	}
+	for _, o := range other {
+		st, ok := at[o.GetStartUnix()]
+		if !ok {
+			st = &meshv1.EdgeStep{StartUnix: o.GetStartUnix(), Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, nBuckets)}
+			at[st.StartUnix] = st
+			into = append(into, st)
+		}
+		for i, v := range o.GetClasses() {
+			if i < len(st.Classes) {
+				st.Classes[i] += v
+			}
+		}
+		for i, v := range o.GetLatencyBuckets() {
+			if i < len(st.LatencyBuckets) {
+				st.LatencyBuckets[i] += v
+			}
+		}
+		st.LatencySumSeconds += o.GetLatencySumSeconds()
+	}
+	sortSteps(into)
+	return into
 }

@@ -235,3 +235,47 @@ func TestSourcesKeptApartByNamespace(t *testing.T) {
 		t.Fatalf("edges by source: %v (%d edges), want default/web 2 and prod/web 8", got, len(r.Edges))
 	}
 }
+
+// TestStepsPerSample: asked for steps, an edge carries its counts per 10 s
+// sample, oldest first, samples without requests left out, summing to the
+// edge's totals; replicas' steps merge sample by sample; steps need a
+// service.
+func TestStepsPerSample(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)} // a multiple of 10 s
+	peer := newStore(t, c)
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
+		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Record("api-1", apiID, "api", report(edge("web", 5, 1)))    // sample 1_700_000_000
+	peer.Record("api-2", apiID, "api", report(edge("web", 2, 0))) // the same sample, the other replica
+	c.add(25 * time.Second)
+	s.Record("api-1", apiID, "api", report(edge("web", 4, 0))) // sample +20 s; +10 s has none
+	if _, err := s.Stats(context.Background(), &meshv1.StatsRequest{Steps: true}); err == nil || !strings.Contains(err.Error(), "steps: only with service") {
+		t.Fatalf("steps without a service: %v", err)
+	}
+	r, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Edges) != 1 || !r.GetNow().AsTime().Equal(c.Now()) {
+		t.Fatalf("edges %v now %v", r.Edges, r.GetNow())
+	}
+	steps := r.Edges[0].GetSteps()
+	if len(steps) != 2 || steps[0].GetStartUnix() != 1_700_000_000 || steps[1].GetStartUnix() != 1_700_000_020 {
+		t.Fatalf("steps %v, want the samples at +0 s and +20 s", steps)
+	}
+	if steps[0].GetClasses()[1] != 7 || steps[0].GetClasses()[4] != 1 || steps[0].GetLatencyBuckets()[3] != 8 || steps[1].GetClasses()[1] != 4 {
+		t.Errorf("steps %v, want 7 2xx and 1 5xx (both replicas), then 4 2xx", steps)
+	}
+	if n := total(&meshv1.EdgeStats{Classes: steps[0].GetClasses()}) + total(&meshv1.EdgeStats{Classes: steps[1].GetClasses()}); n != total(r.Edges[0]) {
+		t.Errorf("steps sum to %d, the edge to %d", n, total(r.Edges[0]))
+	}
+	if r, _ := s.Local(&meshv1.StatsRequest{Service: "api"}); len(r.Edges[0].GetSteps()) != 0 {
+		t.Error("steps sent unasked")
+	}
+}

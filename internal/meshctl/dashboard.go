@@ -220,9 +220,12 @@ type seriesPoint struct {
 	P99         *float64  `json:"p99Seconds"`
 }
 
+// statsSample is meshd's sample of traffic (controlplane/stats.Bucket).
+const statsSample = 10 * time.Second
+
 // edgeSeriesView is one edge over the last windowSeconds in 10 s steps:
-// the difference of Stats over growing windows (meshd keeps 10 s
-// samples), so each step counts what its 10 s saw.
+// meshd's own 10 s samples (StatsRequest.steps), from one reading, the
+// complete ones only (the sample in progress would show as a drop).
 func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
 	var req struct {
 		Source        string  `json:"source"`
@@ -240,54 +243,44 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 	if err != nil {
 		return nil, err
 	}
-	steps := int(w / (10 * time.Second))
-	now := time.Now()
-	var bounds []float64
-	cum := make([]traffic, steps+1) // cum[i]: the last i*10 s
-	for i := 1; i <= steps; i++ {
-		resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(time.Duration(i) * 10 * time.Second), Service: req.Destination, Namespace: req.Namespace})
-		if err != nil {
-			return nil, err
+	resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(w), Service: req.Destination, Namespace: req.Namespace, Steps: true})
+	if err != nil {
+		return nil, err
+	}
+	per := map[int64]*traffic{}
+	for _, e := range resp.GetEdges() {
+		if edgeSource(e) != req.Source || e.GetDestinationService() != req.Destination {
+			continue
 		}
-		bounds = resp.GetLatencyBounds()
-		for _, e := range resp.GetEdges() {
-			if edgeSource(e) == req.Source && e.GetDestinationService() == req.Destination {
-				cum[i].add(e)
+		for _, st := range e.GetSteps() {
+			t := per[st.GetStartUnix()]
+			if t == nil {
+				t = &traffic{}
+				per[st.GetStartUnix()] = t
 			}
+			t.add(&meshv1.EdgeStats{Classes: st.GetClasses(), LatencyBuckets: st.GetLatencyBuckets()})
 		}
 	}
+	step := int64(statsSample / time.Second)
+	current := resp.GetNow().AsTime().Unix() / step * step // in progress: left out
 	points := []seriesPoint{}
-	for i := steps; i >= 1; i-- {
-		var d traffic
-		for k := range d.classes {
-			d.classes[k] = sub(cum[i].classes[k], cum[i-1].classes[k])
+	for i := int64(w/statsSample) - 1; i >= 0; i-- {
+		start := current - (i+1)*step
+		d := per[start]
+		if d == nil {
+			d = &traffic{}
 		}
-		d.buckets = make([]uint64, len(cum[i].buckets))
-		for k := range cum[i].buckets {
-			var prev uint64
-			if k < len(cum[i-1].buckets) {
-				prev = cum[i-1].buckets[k]
-			}
-			d.buckets[k] = sub(cum[i].buckets[k], prev)
-		}
-		p := seriesPoint{End: now.Add(-time.Duration(i-1) * 10 * time.Second).UTC(), RPS: float64(d.total()) / 10}
+		p := seriesPoint{End: time.Unix(start+step, 0).UTC(), RPS: float64(d.total()) / float64(step)}
 		if d.total() > 0 {
 			s := d.success()
 			p.SuccessRate = &s
 		}
-		if q := d.quantile(.99, bounds); !math.IsNaN(q) {
+		if q := d.quantile(.99, resp.GetLatencyBounds()); !math.IsNaN(q) {
 			p.P99 = &q
 		}
 		points = append(points, p)
 	}
-	return map[string]any{"source": req.Source, "destinationService": req.Destination, "namespace": req.Namespace, "stepSeconds": 10, "points": points}, nil
-}
-
-func sub(a, b uint64) uint64 {
-	if a < b {
-		return 0 // a sample aged out between the calls
-	}
-	return a - b
+	return map[string]any{"source": req.Source, "destinationService": req.Destination, "namespace": req.Namespace, "stepSeconds": step, "points": points}, nil
 }
 
 func explainView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {

@@ -192,7 +192,10 @@ type StatsRequest struct {
 	// Only edges to this service ("" every service).
 	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
 	// Only edges to services of this namespace ("" every namespace).
-	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Also each edge's counts per 10 s sample (EdgeStats.steps), from one
+	// reading: a chart of the window. Only with service set.
+	Steps         bool `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,6 +251,13 @@ func (x *StatsRequest) GetNamespace() string {
 	return ""
 }
 
+func (x *StatsRequest) GetSteps() bool {
+	if x != nil {
+		return x.Steps
+	}
+	return false
+}
+
 type StatsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The window the numbers cover.
@@ -264,6 +274,9 @@ type StatsResponse struct {
 	ReplicasAnswered uint32 `protobuf:"varint,6,opt,name=replicas_answered,json=replicasAnswered,proto3" json:"replicas_answered,omitempty"`
 	// Why each replica that did not answer did not.
 	ReplicaErrors []string `protobuf:"bytes,7,rep,name=replica_errors,json=replicaErrors,proto3" json:"replica_errors,omitempty"`
+	// The answering replica's clock when it read its samples: the sample in
+	// progress is the one that holds it.
+	Now           *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=now,proto3" json:"now,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -343,6 +356,13 @@ func (x *StatsResponse) GetReplicasAnswered() uint32 {
 func (x *StatsResponse) GetReplicaErrors() []string {
 	if x != nil {
 		return x.ReplicaErrors
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
 	}
 	return nil
 }
@@ -3290,11 +3310,12 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x11LocalStatsRequest\x12+\n" +
 	"\x05query\x18\x01 \x01(\v2\x15.mesh.v1.StatsRequestR\x05query\"D\n" +
 	"\x12LocalStatsResponse\x12.\n" +
-	"\x06answer\x18\x01 \x01(\v2\x16.mesh.v1.StatsResponseR\x06answer\"y\n" +
+	"\x06answer\x18\x01 \x01(\v2\x16.mesh.v1.StatsResponseR\x06answer\"\x8f\x01\n" +
 	"\fStatsRequest\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
-	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"\xba\x02\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n" +
+	"\x05steps\x18\x04 \x01(\bR\x05steps\"\xe8\x02\n" +
 	"\rStatsResponse\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12(\n" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
@@ -3302,7 +3323,8 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
 	"\x0ereplicas_asked\x18\x05 \x01(\rR\rreplicasAsked\x12+\n" +
 	"\x11replicas_answered\x18\x06 \x01(\rR\x10replicasAnswered\x12%\n" +
-	"\x0ereplica_errors\x18\a \x03(\tR\rreplicaErrors\"K\n" +
+	"\x0ereplica_errors\x18\a \x03(\tR\rreplicaErrors\x12,\n" +
+	"\x03now\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x03now\"K\n" +
 	"\x12ForgetProxyRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x14\n" +
@@ -3632,94 +3654,95 @@ var file_mesh_v1_admin_proto_depIdxs = []int32{
 	54, // 3: mesh.v1.StatsResponse.window:type_name -> google.protobuf.Duration
 	55, // 4: mesh.v1.StatsResponse.edges:type_name -> mesh.v1.EdgeStats
 	56, // 5: mesh.v1.StatsResponse.denies:type_name -> mesh.v1.DenyEvent
-	9,  // 6: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
-	54, // 7: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
-	57, // 8: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	57, // 9: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	54, // 10: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	10, // 11: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
-	10, // 12: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	57, // 13: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	57, // 14: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	17, // 15: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	57, // 16: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	57, // 17: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	57, // 18: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
-	20, // 19: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	58, // 20: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
-	24, // 21: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	58, // 22: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
-	20, // 23: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
-	0,  // 24: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	57, // 25: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	59, // 26: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
-	30, // 27: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	60, // 28: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
-	30, // 29: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	61, // 30: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	57, // 31: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
-	42, // 32: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
-	57, // 33: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
-	57, // 34: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
-	37, // 35: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
-	37, // 36: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
-	37, // 37: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
-	41, // 38: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
-	57, // 39: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
-	57, // 40: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
-	57, // 41: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
-	57, // 42: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
-	49, // 43: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
-	49, // 44: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
-	11, // 45: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	13, // 46: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	15, // 47: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	18, // 48: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	21, // 49: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	23, // 50: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	26, // 51: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	28, // 52: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	31, // 53: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	33, // 54: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	35, // 55: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	38, // 56: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
-	40, // 57: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
-	43, // 58: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
-	45, // 59: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
-	52, // 60: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
-	50, // 61: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
-	47, // 62: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
-	5,  // 63: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
-	7,  // 64: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
-	3,  // 65: mesh.v1.AdminService.Stats:input_type -> mesh.v1.StatsRequest
-	1,  // 66: mesh.v1.ReplicaService.LocalStats:input_type -> mesh.v1.LocalStatsRequest
-	12, // 67: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	14, // 68: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	16, // 69: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	19, // 70: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	22, // 71: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	25, // 72: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	27, // 73: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	29, // 74: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	32, // 75: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	34, // 76: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	36, // 77: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	39, // 78: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
-	42, // 79: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
-	44, // 80: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
-	46, // 81: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
-	53, // 82: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
-	51, // 83: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
-	48, // 84: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
-	6,  // 85: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
-	8,  // 86: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
-	4,  // 87: mesh.v1.AdminService.Stats:output_type -> mesh.v1.StatsResponse
-	2,  // 88: mesh.v1.ReplicaService.LocalStats:output_type -> mesh.v1.LocalStatsResponse
-	67, // [67:89] is the sub-list for method output_type
-	45, // [45:67] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	57, // 6: mesh.v1.StatsResponse.now:type_name -> google.protobuf.Timestamp
+	9,  // 7: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
+	54, // 8: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
+	57, // 9: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	57, // 10: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 11: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	10, // 12: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
+	10, // 13: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
+	57, // 14: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	57, // 15: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	17, // 16: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
+	57, // 17: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	57, // 18: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	57, // 19: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	20, // 20: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
+	58, // 21: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	24, // 22: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	58, // 23: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	20, // 24: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
+	0,  // 25: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
+	57, // 26: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	59, // 27: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	30, // 28: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
+	60, // 29: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	30, // 30: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
+	61, // 31: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	57, // 32: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	42, // 33: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
+	57, // 34: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	57, // 35: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
+	37, // 36: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
+	37, // 37: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
+	37, // 38: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
+	41, // 39: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
+	57, // 40: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	57, // 41: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
+	57, // 42: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
+	57, // 43: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	49, // 44: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
+	49, // 45: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
+	11, // 46: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	13, // 47: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	15, // 48: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	18, // 49: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	21, // 50: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	23, // 51: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	26, // 52: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	28, // 53: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	31, // 54: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	33, // 55: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	35, // 56: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	38, // 57: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	40, // 58: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	43, // 59: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	45, // 60: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	52, // 61: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
+	50, // 62: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
+	47, // 63: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	5,  // 64: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
+	7,  // 65: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
+	3,  // 66: mesh.v1.AdminService.Stats:input_type -> mesh.v1.StatsRequest
+	1,  // 67: mesh.v1.ReplicaService.LocalStats:input_type -> mesh.v1.LocalStatsRequest
+	12, // 68: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	14, // 69: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	16, // 70: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	19, // 71: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	22, // 72: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	25, // 73: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	27, // 74: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	29, // 75: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	32, // 76: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	34, // 77: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	36, // 78: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	39, // 79: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	42, // 80: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	44, // 81: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	46, // 82: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	53, // 83: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
+	51, // 84: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
+	48, // 85: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	6,  // 86: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
+	8,  // 87: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
+	4,  // 88: mesh.v1.AdminService.Stats:output_type -> mesh.v1.StatsResponse
+	2,  // 89: mesh.v1.ReplicaService.LocalStats:output_type -> mesh.v1.LocalStatsResponse
+	68, // [68:90] is the sub-list for method output_type
+	46, // [46:68] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }

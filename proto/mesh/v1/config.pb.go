@@ -289,8 +289,12 @@ type EdgeStats struct {
 	// source_service (the source_namespace label); "" when source_service
 	// is "" or "other".
 	SourceNamespace string `protobuf:"bytes,10,opt,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Filled by meshd when a Stats query asks (StatsRequest.steps); ignored
+	// in a report: the same counts per 10 s sample of the window, oldest
+	// first, samples without a request left out.
+	Steps         []*EdgeStep `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EdgeStats) Reset() {
@@ -393,6 +397,84 @@ func (x *EdgeStats) GetSourceNamespace() string {
 	return ""
 }
 
+func (x *EdgeStats) GetSteps() []*EdgeStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// EdgeStep is one 10 s sample of an edge.
+type EdgeStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sample's start, unix seconds (a multiple of 10).
+	StartUnix int64 `protobuf:"varint,1,opt,name=start_unix,json=startUnix,proto3" json:"start_unix,omitempty"`
+	// As EdgeStats' fields, for this sample only.
+	Classes           []uint64 `protobuf:"varint,2,rep,packed,name=classes,proto3" json:"classes,omitempty"`
+	LatencyBuckets    []uint64 `protobuf:"varint,3,rep,packed,name=latency_buckets,json=latencyBuckets,proto3" json:"latency_buckets,omitempty"`
+	LatencySumSeconds float64  `protobuf:"fixed64,4,opt,name=latency_sum_seconds,json=latencySumSeconds,proto3" json:"latency_sum_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *EdgeStep) Reset() {
+	*x = EdgeStep{}
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeStep) ProtoMessage() {}
+
+func (x *EdgeStep) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeStep.ProtoReflect.Descriptor instead.
+func (*EdgeStep) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EdgeStep) GetStartUnix() int64 {
+	if x != nil {
+		return x.StartUnix
+	}
+	return 0
+}
+
+func (x *EdgeStep) GetClasses() []uint64 {
+	if x != nil {
+		return x.Classes
+	}
+	return nil
+}
+
+func (x *EdgeStep) GetLatencyBuckets() []uint64 {
+	if x != nil {
+		return x.LatencyBuckets
+	}
+	return nil
+}
+
+func (x *EdgeStep) GetLatencySumSeconds() float64 {
+	if x != nil {
+		return x.LatencySumSeconds
+	}
+	return 0
+}
+
 // DenyEvent is one request an AuthorizationPolicy denied at the inbound.
 type DenyEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -417,7 +499,7 @@ type DenyEvent struct {
 
 func (x *DenyEvent) Reset() {
 	*x = DenyEvent{}
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +511,7 @@ func (x *DenyEvent) String() string {
 func (*DenyEvent) ProtoMessage() {}
 
 func (x *DenyEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[3]
+	mi := &file_mesh_v1_config_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +524,7 @@ func (x *DenyEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyEvent.ProtoReflect.Descriptor instead.
 func (*DenyEvent) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DenyEvent) GetTime() *timestamppb.Timestamp {
@@ -521,7 +603,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +615,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[4]
+	mi := &file_mesh_v1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +628,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
 }
 
 // Ack says the proxy applied the snapshot of this version.
@@ -561,7 +643,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +655,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[5]
+	mi := &file_mesh_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +668,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Ack) GetVersion() string {
@@ -615,7 +697,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +709,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[6]
+	mi := &file_mesh_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +722,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Nack) GetVersion() string {
@@ -669,7 +751,7 @@ type FileStatus struct {
 
 func (x *FileStatus) Reset() {
 	*x = FileStatus{}
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +763,7 @@ func (x *FileStatus) String() string {
 func (*FileStatus) ProtoMessage() {}
 
 func (x *FileStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[7]
+	mi := &file_mesh_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +776,7 @@ func (x *FileStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStatus.ProtoReflect.Descriptor instead.
 func (*FileStatus) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FileStatus) GetPath() string {
@@ -733,7 +815,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +827,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[8]
+	mi := &file_mesh_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +840,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Request) GetId() uint64 {
@@ -817,7 +899,7 @@ type TopzQuery struct {
 
 func (x *TopzQuery) Reset() {
 	*x = TopzQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +911,7 @@ func (x *TopzQuery) String() string {
 func (*TopzQuery) ProtoMessage() {}
 
 func (x *TopzQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[9]
+	mi := &file_mesh_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +924,7 @@ func (x *TopzQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopzQuery.ProtoReflect.Descriptor instead.
 func (*TopzQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 type ProczQuery struct {
@@ -854,7 +936,7 @@ type ProczQuery struct {
 
 func (x *ProczQuery) Reset() {
 	*x = ProczQuery{}
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +948,7 @@ func (x *ProczQuery) String() string {
 func (*ProczQuery) ProtoMessage() {}
 
 func (x *ProczQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[10]
+	mi := &file_mesh_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +961,7 @@ func (x *ProczQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProczQuery.ProtoReflect.Descriptor instead.
 func (*ProczQuery) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProczQuery) GetPid() int32 {
@@ -902,7 +984,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +996,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[11]
+	mi := &file_mesh_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1009,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -979,7 +1061,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1073,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[12]
+	mi := &file_mesh_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1086,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Hello) GetInstanceId() string {
@@ -1059,7 +1141,7 @@ type EndpointScope struct {
 
 func (x *EndpointScope) Reset() {
 	*x = EndpointScope{}
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1153,7 @@ func (x *EndpointScope) String() string {
 func (*EndpointScope) ProtoMessage() {}
 
 func (x *EndpointScope) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[13]
+	mi := &file_mesh_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1166,7 @@ func (x *EndpointScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointScope.ProtoReflect.Descriptor instead.
 func (*EndpointScope) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EndpointScope) GetServices() []string {
@@ -1108,7 +1190,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_mesh_v1_config_proto_msgTypes[14]
+	mi := &file_mesh_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1202,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[14]
+	mi := &file_mesh_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1215,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamResponse) GetMessage() isStreamResponse_Message {
@@ -1218,7 +1300,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_mesh_v1_config_proto_msgTypes[15]
+	mi := &file_mesh_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1312,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[15]
+	mi := &file_mesh_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1325,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Snapshot) GetVersion() string {
@@ -1311,7 +1393,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_mesh_v1_config_proto_msgTypes[16]
+	mi := &file_mesh_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1405,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[16]
+	mi := &file_mesh_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1418,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Endpoint) GetNamespace() string {
@@ -1388,7 +1470,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_mesh_v1_config_proto_msgTypes[17]
+	mi := &file_mesh_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1482,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_config_proto_msgTypes[17]
+	mi := &file_mesh_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1495,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_mesh_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Registered) GetSpiffeId() string {
@@ -1448,7 +1530,7 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
 	"\x06denies\x18\x03 \x03(\v2\x12.mesh.v1.DenyEventR\x06denies\x12%\n" +
 	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
-	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\xae\x03\n" +
+	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\xd7\x03\n" +
 	"\tEdgeStats\x12%\n" +
 	"\x0esource_service\x18\x01 \x01(\tR\rsourceService\x12+\n" +
 	"\x11source_identities\x18\x02 \x03(\tR\x10sourceIdentities\x12/\n" +
@@ -1460,7 +1542,14 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x0flatency_buckets\x18\b \x03(\x04R\x0elatencyBuckets\x12.\n" +
 	"\x13latency_sum_seconds\x18\t \x01(\x01R\x11latencySumSeconds\x12)\n" +
 	"\x10source_namespace\x18\n" +
-	" \x01(\tR\x0fsourceNamespace\"\xc3\x02\n" +
+	" \x01(\tR\x0fsourceNamespace\x12'\n" +
+	"\x05steps\x18\v \x03(\v2\x11.mesh.v1.EdgeStepR\x05steps\"\x9c\x01\n" +
+	"\bEdgeStep\x12\x1d\n" +
+	"\n" +
+	"start_unix\x18\x01 \x01(\x03R\tstartUnix\x12\x18\n" +
+	"\aclasses\x18\x02 \x03(\x04R\aclasses\x12'\n" +
+	"\x0flatency_buckets\x18\x03 \x03(\x04R\x0elatencyBuckets\x12.\n" +
+	"\x13latency_sum_seconds\x18\x04 \x01(\x01R\x11latencySumSeconds\"\xc3\x02\n" +
 	"\tDenyEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12'\n" +
 	"\x0fsource_identity\x18\x02 \x01(\tR\x0esourceIdentity\x12\x16\n" +
@@ -1549,58 +1638,60 @@ func file_mesh_v1_config_proto_rawDescGZIP() []byte {
 	return file_mesh_v1_config_proto_rawDescData
 }
 
-var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mesh_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mesh_v1_config_proto_goTypes = []any{
 	(*StreamRequest)(nil),         // 0: mesh.v1.StreamRequest
 	(*StatsReport)(nil),           // 1: mesh.v1.StatsReport
 	(*EdgeStats)(nil),             // 2: mesh.v1.EdgeStats
-	(*DenyEvent)(nil),             // 3: mesh.v1.DenyEvent
-	(*Drain)(nil),                 // 4: mesh.v1.Drain
-	(*Ack)(nil),                   // 5: mesh.v1.Ack
-	(*Nack)(nil),                  // 6: mesh.v1.Nack
-	(*FileStatus)(nil),            // 7: mesh.v1.FileStatus
-	(*Request)(nil),               // 8: mesh.v1.Request
-	(*TopzQuery)(nil),             // 9: mesh.v1.TopzQuery
-	(*ProczQuery)(nil),            // 10: mesh.v1.ProczQuery
-	(*Reply)(nil),                 // 11: mesh.v1.Reply
-	(*Hello)(nil),                 // 12: mesh.v1.Hello
-	(*EndpointScope)(nil),         // 13: mesh.v1.EndpointScope
-	(*StreamResponse)(nil),        // 14: mesh.v1.StreamResponse
-	(*Snapshot)(nil),              // 15: mesh.v1.Snapshot
-	(*Endpoint)(nil),              // 16: mesh.v1.Endpoint
-	(*Registered)(nil),            // 17: mesh.v1.Registered
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*Resource)(nil),              // 20: mesh.v1.Resource
+	(*EdgeStep)(nil),              // 3: mesh.v1.EdgeStep
+	(*DenyEvent)(nil),             // 4: mesh.v1.DenyEvent
+	(*Drain)(nil),                 // 5: mesh.v1.Drain
+	(*Ack)(nil),                   // 6: mesh.v1.Ack
+	(*Nack)(nil),                  // 7: mesh.v1.Nack
+	(*FileStatus)(nil),            // 8: mesh.v1.FileStatus
+	(*Request)(nil),               // 9: mesh.v1.Request
+	(*TopzQuery)(nil),             // 10: mesh.v1.TopzQuery
+	(*ProczQuery)(nil),            // 11: mesh.v1.ProczQuery
+	(*Reply)(nil),                 // 12: mesh.v1.Reply
+	(*Hello)(nil),                 // 13: mesh.v1.Hello
+	(*EndpointScope)(nil),         // 14: mesh.v1.EndpointScope
+	(*StreamResponse)(nil),        // 15: mesh.v1.StreamResponse
+	(*Snapshot)(nil),              // 16: mesh.v1.Snapshot
+	(*Endpoint)(nil),              // 17: mesh.v1.Endpoint
+	(*Registered)(nil),            // 18: mesh.v1.Registered
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*Resource)(nil),              // 21: mesh.v1.Resource
 }
 var file_mesh_v1_config_proto_depIdxs = []int32{
-	12, // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
-	5,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
-	6,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
-	11, // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
-	4,  // 4: mesh.v1.StreamRequest.drain:type_name -> mesh.v1.Drain
+	13, // 0: mesh.v1.StreamRequest.hello:type_name -> mesh.v1.Hello
+	6,  // 1: mesh.v1.StreamRequest.ack:type_name -> mesh.v1.Ack
+	7,  // 2: mesh.v1.StreamRequest.nack:type_name -> mesh.v1.Nack
+	12, // 3: mesh.v1.StreamRequest.reply:type_name -> mesh.v1.Reply
+	5,  // 4: mesh.v1.StreamRequest.drain:type_name -> mesh.v1.Drain
 	1,  // 5: mesh.v1.StreamRequest.stats:type_name -> mesh.v1.StatsReport
-	18, // 6: mesh.v1.StatsReport.interval:type_name -> google.protobuf.Duration
+	19, // 6: mesh.v1.StatsReport.interval:type_name -> google.protobuf.Duration
 	2,  // 7: mesh.v1.StatsReport.edges:type_name -> mesh.v1.EdgeStats
-	3,  // 8: mesh.v1.StatsReport.denies:type_name -> mesh.v1.DenyEvent
-	19, // 9: mesh.v1.DenyEvent.time:type_name -> google.protobuf.Timestamp
-	7,  // 10: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
-	19, // 11: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
-	9,  // 12: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
-	10, // 13: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
-	13, // 14: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
-	17, // 15: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
-	15, // 16: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
-	8,  // 17: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
-	20, // 18: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
-	16, // 19: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
-	0,  // 20: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
-	14, // 21: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	4,  // 8: mesh.v1.StatsReport.denies:type_name -> mesh.v1.DenyEvent
+	3,  // 9: mesh.v1.EdgeStats.steps:type_name -> mesh.v1.EdgeStep
+	20, // 10: mesh.v1.DenyEvent.time:type_name -> google.protobuf.Timestamp
+	8,  // 11: mesh.v1.Ack.files:type_name -> mesh.v1.FileStatus
+	20, // 12: mesh.v1.FileStatus.written_at:type_name -> google.protobuf.Timestamp
+	10, // 13: mesh.v1.Request.topz:type_name -> mesh.v1.TopzQuery
+	11, // 14: mesh.v1.Request.procz:type_name -> mesh.v1.ProczQuery
+	14, // 15: mesh.v1.Hello.endpoint_scope:type_name -> mesh.v1.EndpointScope
+	18, // 16: mesh.v1.StreamResponse.registered:type_name -> mesh.v1.Registered
+	16, // 17: mesh.v1.StreamResponse.snapshot:type_name -> mesh.v1.Snapshot
+	9,  // 18: mesh.v1.StreamResponse.request:type_name -> mesh.v1.Request
+	21, // 19: mesh.v1.Snapshot.resources:type_name -> mesh.v1.Resource
+	17, // 20: mesh.v1.Snapshot.endpoints:type_name -> mesh.v1.Endpoint
+	0,  // 21: mesh.v1.ConfigService.Stream:input_type -> mesh.v1.StreamRequest
+	15, // 22: mesh.v1.ConfigService.Stream:output_type -> mesh.v1.StreamResponse
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_config_proto_init() }
@@ -1617,11 +1708,11 @@ func file_mesh_v1_config_proto_init() {
 		(*StreamRequest_Drain)(nil),
 		(*StreamRequest_Stats)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[8].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[9].OneofWrappers = []any{
 		(*Request_Topz)(nil),
 		(*Request_Procz)(nil),
 	}
-	file_mesh_v1_config_proto_msgTypes[14].OneofWrappers = []any{
+	file_mesh_v1_config_proto_msgTypes[15].OneofWrappers = []any{
 		(*StreamResponse_Registered)(nil),
 		(*StreamResponse_Snapshot)(nil),
 		(*StreamResponse_Request)(nil),
@@ -1632,7 +1723,7 @@ func file_mesh_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_config_proto_rawDesc), len(file_mesh_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
