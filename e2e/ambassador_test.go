@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -207,6 +208,58 @@ spec:
 		}
 		return nil
 	})
+
+	// The admin port's /external: each service with its hosts' state and
+	// the client certificate in use; each local port and whether the
+	// config declares its name.
+	resp, err := http.Get("http://" + h.admin + "/external")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Services []struct {
+			Name              string `json:"name"`
+			Protocol          string `json:"protocol"`
+			ClientCertificate *struct {
+				CertFile  string    `json:"cert_file"`
+				NotAfter  time.Time `json:"not_after"`
+				LastError string    `json:"last_error"`
+			} `json:"client_certificate"`
+			Hosts []struct {
+				Address             string `json:"address"`
+				ConsecutiveFailures int64  `json:"consecutive_failures"`
+			} `json:"hosts"`
+		} `json:"services"`
+		Listeners []struct {
+			Name     string `json:"name"`
+			Declared bool   `json:"declared"`
+		} `json:"listeners"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || len(st.Services) != 4 || len(st.Listeners) != 5 {
+		t.Fatalf("/external: %d %v %+v", resp.StatusCode, err, st)
+	}
+	for _, sv := range st.Services {
+		switch sv.Name {
+		case "partner-mtls":
+			if c := sv.ClientCertificate; c == nil || c.CertFile != certFile || c.NotAfter.IsZero() || c.LastError != "" {
+				t.Errorf("/external: partner-mtls's client certificate %+v", c)
+			}
+		case "partner-impostor":
+			if len(sv.Hosts) != 1 || sv.Hosts[0].Address != fmt.Sprintf("127.0.0.1:%d", impostor.port) || sv.Hosts[0].ConsecutiveFailures < 1 {
+				t.Errorf("/external: partner-impostor's host %+v, want its failed handshake counted", sv.Hosts)
+			}
+		}
+		if sv.Protocol != "https" {
+			t.Errorf("/external: %s protocol %q", sv.Name, sv.Protocol)
+		}
+	}
+	for _, l := range st.Listeners {
+		if l.Declared != (l.Name != "undeclared") {
+			t.Errorf("/external: listener %s declared=%v", l.Name, l.Declared)
+		}
+	}
 
 	// The external calls are in the outbound's metrics by name.
 	if n := h.counter(t, "minimesh_proxy_outbound_requests_total", "destination_service", "partner"); n < 2 {

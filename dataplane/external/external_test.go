@@ -293,13 +293,33 @@ func TestClientCertificate(t *testing.T) {
 		t.Fatalf("after rotation: %d %q, want client-b", code, body)
 	}
 
-	// A key that does not match the certificate: the last good pair stays.
+	// A key that does not match the certificate: the last good pair stays,
+	// and Status says why the files are not in use.
+	goodKey, err := os.ReadFile(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse := s.Status()[0].ClientCertificate
 	other := certstest.SVID(t, ca, "spiffe://partner.test/client-c")
 	_, otherKey, _ := other.Marshal()
 	writeAtomic(t, kf, otherKey)
 	s.Reload()
 	if code, body := call(t, s, "partner", "/"); code != 200 || !strings.Contains(body, "client-b") {
 		t.Fatalf("after a mismatched rotation: %d %q, want the last good pair (client-b)", code, body)
+	}
+	st := s.Status()
+	if len(st) != 1 || st[0].Name != "partner" || st[0].Protocol != "https" || st[0].ServerName != "api.partner.test" || len(st[0].Hosts) != 1 {
+		t.Fatalf("status %+v", st)
+	}
+	cc := st[0].ClientCertificate
+	if cc == nil || cc.CertFile != cf || cc.KeyFile != kf || !cc.NotAfter.Equal(inUse.NotAfter) || !strings.Contains(cc.LastError, "do not make a pair") {
+		t.Fatalf("client certificate %+v, want the pair in use (not after %s) and why the files are not", cc, inUse.NotAfter)
+	}
+	// The files back as they were: no error shown any more.
+	writeAtomic(t, kf, goodKey)
+	s.Reload()
+	if cc := s.Status()[0].ClientCertificate; cc.LastError != "" {
+		t.Errorf("the files are the pair in use again, but Status shows %q", cc.LastError)
 	}
 }
 

@@ -35,6 +35,7 @@ func (p *pair) reload() (changed bool, err error) {
 		return false, fmt.Errorf("keyFile: %w", err)
 	}
 	if p.cert.Load() != nil && bytes.Equal(cb, p.lastCert) && bytes.Equal(kb, p.lastKey) {
+		p.lastErr = "" // back to the pair in use
 		return false, nil
 	}
 	c, err := tls.X509KeyPair(cb, kb)

@@ -141,7 +141,7 @@ spec: {service: api, path: settings.ini, mode: 0600, content: "password=hunter2\
 	}
 	if ip := nonLoopbackIP(); ip != "" {
 		remote := "http://" + ip + ":" + itoa(port)
-		for _, path := range []string{"/config", "/gitsync", "/topz"} {
+		for _, path := range []string{"/config", "/gitsync", "/topz", "/external"} {
 			if code, body, err := adminDo(http.MethodGet, remote+path, "", nil); err != nil || code != http.StatusForbidden {
 				t.Errorf("GET %s from the pod network: %d %v %q, want 403", path, code, err, body)
 			}

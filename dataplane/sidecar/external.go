@@ -2,9 +2,11 @@ package sidecar
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 
 	"minimesh/api"
@@ -109,4 +111,37 @@ func (s *Sidecar) newExternal(ns string, al *accesslog.Logger, m *proxy.Metrics)
 		}, e.Listener)
 	}
 	return set, nil
+}
+
+// externalStatus is the admin port's GET /external: the ExternalServices
+// in force with their hosts' state, and each --external port with whether
+// the config in force declares its name (a port whose name it lacks
+// answers 502).
+type externalStatus struct {
+	Services  []external.ServiceStatus `json:"services"`
+	Listeners []externalPort           `json:"listeners"`
+}
+
+type externalPort struct {
+	Name     string `json:"name"`
+	Address  string `json:"address"`
+	Declared bool   `json:"declared"`
+}
+
+func externalHandler(set *external.Set, ports []ExternalListener) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		st := externalStatus{Services: set.Status(), Listeners: []externalPort{}}
+		for _, e := range ports {
+			addr := e.Addr
+			if e.Listener != nil {
+				addr = e.Listener.Addr().String()
+			}
+			st.Listeners = append(st.Listeners, externalPort{Name: e.Name, Address: addr, Declared: set.Get(e.Name) != nil})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(st)
+	})
 }

@@ -356,6 +356,7 @@ func New(cfg Config) (*Sidecar, error) {
 	// admin port listens on the pod IP for the kubelet.
 	adm.Handle("/config", adm.LoopbackOnly(configHandler(ag.Applied)))
 	adm.Handle("/quitquitquit", http.HandlerFunc(s.quitquitquit))
+	adm.Handle("GET /external", adm.LoopbackOnly(externalHandler(ext, cfg.Externals)))
 	if err := s.addRoles(adm); err != nil {
 		return nil, err
 	}

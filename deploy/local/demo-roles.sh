@@ -138,6 +138,10 @@ fi
 echo
 echo "== the calls in web's metrics (destination_service is the ExternalService)"
 "$BIN/demo-app" get "http://$WEB_ADMIN/metrics" | grep '^minimesh_proxy_outbound_requests_total' | grep -v ' 0$' || true
+echo
+echo "== web's view of its ExternalServices: hosts, failures in a row, ejection; its local ports (loopback only)"
+echo "\$ curl http://$WEB_ADMIN/external"
+"$BIN/demo-app" get "http://$WEB_ADMIN/external" | grep -E '"(name|address|consecutive_failures|ejected|declared)"' | sed 's/^ *//' | paste -sd' ' | sed 's/ "name"/\n"name"/g'
 
 echo
 echo "== log shipping: partner's access log to an S3-compatible store (versitygw, posix backend in $WORK/s3) on $S3"
