@@ -145,7 +145,8 @@ echo "\$ curl http://$WEB_ADMIN/external"
 
 echo
 echo "== log shipping: partner's access log to an S3-compatible store (versitygw, posix backend in $WORK/s3) on $S3"
-[ -x "$ROOT/.bin/versitygw" ] || make -C "$ROOT" .bin/versitygw
+# The Makefile names the tool by its absolute path ($(CURDIR)/.bin/...).
+[ -x "$ROOT/.bin/versitygw" ] || make -C "$ROOT" "$(cd "$ROOT" && pwd -P)/.bin/versitygw"
 mkdir -p "$WORK/s3/mesh-logs"
 S3_ACCESS=demo$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n') S3_SECRET=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 (umask 077 && printf 'access_key_id=%s\nsecret_access_key=%s\n' "$S3_ACCESS" "$S3_SECRET" >"$WORK/s3-credentials")
