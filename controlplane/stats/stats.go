@@ -452,17 +452,7 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 			}
 			addIDs(&into.SourceIdentities, e.GetSourceIdentities())
 			addIDs(&into.DestinationIdentities, e.GetDestinationIdentities())
-			for i, v := range e.GetClasses() {
-				if i < len(into.Classes) {
-					into.Classes[i] += v
-				}
-			}
-			for i, v := range e.GetLatencyBuckets() {
-				if i < len(into.LatencyBuckets) {
-					into.LatencyBuckets[i] += v
-				}
-			}
-			into.LatencySumSeconds += e.GetLatencySumSeconds()
+			addCounts(into.Classes, into.LatencyBuckets, &into.LatencySumSeconds, e.GetClasses(), e.GetLatencyBuckets(), e.GetLatencySumSeconds())
 			into.Steps = mergeSteps(into.Steps, e.GetSteps())
 		}
 		out.Denies = append(out.Denies, o.GetDenies()...)
@@ -492,18 +482,25 @@ func mergeSteps(into, other []*meshv1.EdgeStep) []*meshv1.EdgeStep {
 			at[st.StartUnix] = st
 			into = append(into, st)
 		}
-		for i, v := range o.GetClasses() {
-			if i < len(st.Classes) {
-				st.Classes[i] += v
-			}
-		}
-		for i, v := range o.GetLatencyBuckets() {
-			if i < len(st.LatencyBuckets) {
-				st.LatencyBuckets[i] += v
-			}
-		}
-		st.LatencySumSeconds += o.GetLatencySumSeconds()
+		addCounts(st.Classes, st.LatencyBuckets, &st.LatencySumSeconds, o.GetClasses(), o.GetLatencyBuckets(), o.GetLatencySumSeconds())
 	}
 	sortSteps(into)
 	return into
+}
+
+// addCounts adds another replica's classes, latency buckets and latency
+// sum into an edge's or a step's (what does not fit theirs is dropped: a
+// replica of another build).
+func addCounts(classes, lat []uint64, sum *float64, oClasses, oLat []uint64, oSum float64) {
+	for i, v := range oClasses {
+		if i < len(classes) {
+			classes[i] += v
+		}
+	}
+	for i, v := range oLat {
+		if i < len(lat) {
+			lat[i] += v
+		}
+	}
+	*sum += oSum
 }
