@@ -95,7 +95,7 @@ func registerFlags(fs *pflag.FlagSet, o *options, ups *upstreams) {
 		o.cfg.Externals = append(o.cfg.Externals, e)
 		return err
 	}}, "external", "a local port for the ExternalService NAME of this namespace: the app speaks plain TCP (tls, tcp) or HTTP (https, http) to it and the proxy originates TLS, verifies the server and presents the client certificate (repeatable)")
-	fs.StringVar(&o.cfg.OutboundPolicy, "outbound-policy", sidecar.OutboundAllowAny, "captured non-HTTP traffic to a destination outside the mesh: allow-any (passes through) or registry-only (refused, counted and logged unless an ExternalService declares its address)")
+	fs.StringVar(&o.cfg.OutboundPolicy, "outbound-policy", sidecar.OutboundAllowAny, "captured non-HTTP traffic to a destination outside the mesh: allow-any (passes through) or registry-only (refused, counted and logged unless an ExternalService declares its address: a host that is that IP, or a DNS host resolved to it, on the service's port)")
 	fs.StringVar(&o.cfg.Public, "public", "", "plain TLS listener for clients outside the mesh")
 	fs.StringVar(&o.cfg.PublicCert, "public-cert", "", "certificate file for --public (reloaded when it changes)")
 	fs.StringVar(&o.cfg.PublicKey, "public-key", "", "key file for --public")

@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -729,5 +731,91 @@ func TestSilentServiceTimesOut(t *testing.T) {
 	}
 	if _, err := external.New(external.Config{ResponseHeader: -time.Second}); err == nil {
 		t.Error("a negative ResponseHeader was accepted")
+	}
+}
+
+// TestRegistryOnlyDNSHosts: a captured connection to an address a
+// service's DNS host resolves to is declared, on the service's port only;
+// a new answer replaces the old one; a failed lookup keeps what the host
+// had; a host no service names any more is dropped. The default resolver
+// is the system's (localhost).
+func TestRegistryOnlyDNSHosts(t *testing.T) {
+	var mu sync.Mutex
+	answer := map[string][]netip.Addr{"db.partner.test": {netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("::ffff:192.0.2.11")}}
+	var failing error
+	s := newSet(t, external.Config{Resolve: func(_ context.Context, host string) ([]netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing != nil {
+			return nil, failing
+		}
+		return answer[host], nil
+	}})
+	tcp := func(host string, port uint32) *meshv1.ExternalServiceSpec {
+		return &meshv1.ExternalServiceSpec{Hosts: []string{host}, Port: port, Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TCP}
+	}
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": tcp("db.partner.test", 5432), "ip": tcp("192.0.2.99", 22)})
+	ap := netip.MustParseAddrPort
+	if s.Declares(ap("192.0.2.10:5432")) {
+		t.Fatal("declared before any lookup")
+	}
+	s.Resolve(context.Background())
+	for dst, want := range map[string]bool{"192.0.2.10:5432": true, "192.0.2.11:5432": true, "[::ffff:192.0.2.10]:5432": true,
+		"192.0.2.10:22": false, "192.0.2.12:5432": false, "192.0.2.99:22": true} {
+		if got := s.Declares(ap(dst)); got != want {
+			t.Errorf("Declares(%s) = %v, want %v", dst, got, want)
+		}
+	}
+	if st := s.Status(); len(st) != 2 || st[0].Name != "db" || strings.Join(st[0].Resolved, " ") != "192.0.2.10:5432 192.0.2.11:5432" || st[1].Resolved != nil {
+		t.Errorf("status %+v, want db's resolved addresses and none for an IP host", st)
+	}
+	mu.Lock()
+	answer["db.partner.test"] = []netip.Addr{netip.MustParseAddr("192.0.2.20")}
+	mu.Unlock()
+	s.Resolve(context.Background())
+	if s.Declares(ap("192.0.2.10:5432")) || !s.Declares(ap("192.0.2.20:5432")) {
+		t.Error("a new answer did not replace the old one")
+	}
+	mu.Lock()
+	failing = errors.New("no such host")
+	mu.Unlock()
+	s.Resolve(context.Background())
+	if !s.Declares(ap("192.0.2.20:5432")) {
+		t.Error("a failed lookup dropped the addresses the host had")
+	}
+	mu.Lock()
+	failing = nil
+	mu.Unlock()
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"ip": tcp("192.0.2.99", 22)})
+	s.Resolve(context.Background())
+	if s.Declares(ap("192.0.2.20:5432")) {
+		t.Error("a host no service names any more is still declared")
+	}
+
+	sys := newSet(t, external.Config{})
+	mustApply(t, sys, map[string]*meshv1.ExternalServiceSpec{"local": tcp("localhost", 6379)})
+	sys.Resolve(context.Background())
+	if !sys.Declares(ap("127.0.0.1:6379")) && !sys.Declares(ap("[::1]:6379")) {
+		t.Error("localhost through the system's resolver is not declared")
+	}
+}
+
+// TestRunResolvesAfterACommit: Run looks a new table's DNS hosts up at
+// once, not at its next tick.
+func TestRunResolvesAfterACommit(t *testing.T) {
+	s := newSet(t, external.Config{ResolveEvery: time.Hour, Resolve: func(context.Context, string) ([]netip.Addr, error) {
+		return []netip.Addr{netip.MustParseAddr("192.0.2.30")}, nil
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": {Hosts: []string{"db.partner.test"}, Port: 5432, Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TCP}})
+	deadline := time.Now().Add(5 * time.Second)
+	for !s.Declares(netip.MustParseAddrPort("192.0.2.30:5432")) {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not resolve the committed table's host")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

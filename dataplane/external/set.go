@@ -35,6 +35,9 @@ const (
 	DefaultConnectAttempts = 3
 	DefaultReloadEvery     = 10 * time.Second
 	DefaultResponseHeader  = 60 * time.Second
+	DefaultResolveEvery    = 30 * time.Second
+	// MaxResolvedAddrs bounds the addresses kept per DNS host.
+	MaxResolvedAddrs = 64
 	// MaxCertFileBytes bounds a client certificate or key file.
 	MaxCertFileBytes = 1 << 20
 )
@@ -73,6 +76,12 @@ type Config struct {
 	// gets the app a 502 rather than a call that hangs. Default 60s, the
 	// proxy's own bound on its upstreams (proxy.Limits.ResponseHeader).
 	ResponseHeader time.Duration
+	// ResolveEvery is how often Run resolves the services' DNS hosts for
+	// Declares (registry-only), and after each commit. Default 30s.
+	ResolveEvery time.Duration
+	// Resolve looks a DNS host up (default net.DefaultResolver, each
+	// lookup bounded by 5s).
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// ReloadEvery is how often Run re-reads the client certificate files.
 	// Default 10s.
 	ReloadEvery time.Duration
@@ -101,6 +110,11 @@ type Set struct {
 
 	cur atomic.Pointer[table]
 	mu  sync.Mutex // Prepare, commit and reload
+	// resolved: the addresses of the DNS hosts of the table in force, by
+	// "host:port" (Resolve), each with the service's port; committed
+	// wakes Run to resolve a new table's hosts at once.
+	resolved  atomic.Pointer[resolvedAddrs]
+	committed chan struct{}
 	// bals outlive the tables: ejection state survives a push.
 	bals map[string]*balancer.Balancer
 }
@@ -117,7 +131,7 @@ type table struct {
 
 // New builds a Set without services.
 func New(cfg Config) (*Set, error) {
-	if cfg.MaxConns < 0 || cfg.MaxIdleConns < 0 || cfg.ConnectAttempts < 0 || cfg.ReloadEvery < 0 || cfg.ResponseHeader < 0 {
+	if cfg.MaxConns < 0 || cfg.MaxIdleConns < 0 || cfg.ConnectAttempts < 0 || cfg.ReloadEvery < 0 || cfg.ResponseHeader < 0 || cfg.ResolveEvery < 0 {
 		return nil, errors.New("external: negative limit in config")
 	}
 	if err := cfg.Outlier.Validate(); err != nil {
@@ -138,6 +152,14 @@ func New(cfg Config) (*Set, error) {
 	if cfg.ResponseHeader == 0 {
 		cfg.ResponseHeader = DefaultResponseHeader
 	}
+	if cfg.ResolveEvery == 0 {
+		cfg.ResolveEvery = DefaultResolveEvery
+	}
+	if cfg.Resolve == nil {
+		cfg.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
 	if cfg.ReloadEvery == 0 {
 		cfg.ReloadEvery = DefaultReloadEvery
 	}
@@ -153,7 +175,7 @@ func New(cfg Config) (*Set, error) {
 	if cfg.Outlier.Logger == nil {
 		cfg.Outlier.Logger = cfg.Logger
 	}
-	s := &Set{cfg: cfg, log: cfg.Logger, bals: map[string]*balancer.Balancer{}}
+	s := &Set{cfg: cfg, log: cfg.Logger, bals: map[string]*balancer.Balancer{}, committed: make(chan struct{}, 1)}
 	s.conns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "minimesh", Subsystem: "proxy", Name: "external_connections_total",
 		Help: "Connections the app opened to --external listeners, by external service and result (relayed, http, dial_failed, unknown, over_limit).",
@@ -209,12 +231,66 @@ func (s *Set) Route(host string) http.Handler {
 }
 
 // Declares reports whether a service of the config in force has a host
-// that is the IP of dst, on its port (the transparent listener's
-// registry-only check; hosts that are DNS names cannot be matched against
-// a captured connection's address).
+// that is the IP of dst, or a DNS host that resolved to it when last
+// looked up (Resolve), on the service's port: the transparent listener's
+// registry-only check. A DNS host's addresses are this proxy's lookups,
+// so an app whose resolver answered another address of the same name is
+// refused until the next lookup sees it too.
 func (s *Set) Declares(dst netip.AddrPort) bool {
-	_, ok := s.cur.Load().byAddr[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]
-	return ok
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if _, ok := s.cur.Load().byAddr[dst]; ok {
+		return true
+	}
+	if r := s.resolved.Load(); r != nil {
+		return r.addrs[dst]
+	}
+	return false
+}
+
+// resolvedAddrs is one round of lookups.
+type resolvedAddrs struct {
+	byHost map[string][]netip.AddrPort // "host:port"
+	addrs  map[netip.AddrPort]bool
+}
+
+// Resolve looks up the DNS hosts of the services in force now (Run does it
+// every ResolveEvery and after each commit) and puts their addresses in
+// force for Declares. A host whose lookup fails keeps the addresses it
+// had; one no service names any more is dropped.
+func (s *Set) Resolve(ctx context.Context) {
+	prev := s.resolved.Load()
+	next := &resolvedAddrs{byHost: map[string][]netip.AddrPort{}, addrs: map[netip.AddrPort]bool{}}
+	for _, sv := range s.cur.Load().byName {
+		for _, h := range sv.spec.GetHosts() {
+			if _, err := netip.ParseAddr(h); err == nil {
+				continue // an IP: byAddr has it
+			}
+			key := net.JoinHostPort(h, strconv.Itoa(int(sv.port)))
+			if _, done := next.byHost[key]; done {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			ips, err := s.cfg.Resolve(lctx, h)
+			cancel()
+			var aps []netip.AddrPort
+			switch {
+			case err != nil:
+				if prev != nil {
+					aps = prev.byHost[key]
+				}
+				s.log.Debug("external: lookup failed; registry-only keeps the addresses it had", slog.String("host", h), slog.String("error", err.Error()))
+			default:
+				for _, ip := range ips[:min(len(ips), MaxResolvedAddrs)] {
+					aps = append(aps, netip.AddrPortFrom(ip.Unmap(), uint16(sv.port)))
+				}
+			}
+			next.byHost[key] = aps
+			for _, ap := range aps {
+				next.addrs[ap] = true
+			}
+		}
+	}
+	s.resolved.Store(next)
 }
 
 // Prepare compiles the snapshot's ExternalServices; the commit installs
@@ -289,6 +365,10 @@ func (s *Set) Prepare(snap *meshv1.Snapshot) (func(), error) {
 			s.bals[name] = sv.bal
 		}
 		old := s.cur.Swap(next)
+		select {
+		case s.committed <- struct{}{}:
+		default:
+		}
 		for name, sv := range old.byName {
 			if next.byName[name] != sv {
 				sv.retire()
@@ -300,11 +380,15 @@ func (s *Set) Prepare(snap *meshv1.Snapshot) (func(), error) {
 	}, nil
 }
 
-// Run re-reads the client certificate files every ReloadEvery until ctx
+// Run re-reads the client certificate files every ReloadEvery and looks
+// the DNS hosts up every ResolveEvery and after each commit, until ctx
 // ends, then closes the idle connections.
 func (s *Set) Run(ctx context.Context) error {
 	tk := time.NewTicker(s.cfg.ReloadEvery)
 	defer tk.Stop()
+	rt := time.NewTicker(s.cfg.ResolveEvery)
+	defer rt.Stop()
+	s.Resolve(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -314,6 +398,10 @@ func (s *Set) Run(ctx context.Context) error {
 			return nil
 		case <-tk.C:
 			s.Reload()
+		case <-rt.C:
+			s.Resolve(ctx)
+		case <-s.committed:
+			s.Resolve(ctx)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package external
 
 import (
 	"maps"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -20,6 +22,9 @@ type ServiceStatus struct {
 	// ClientCertificate is the pair presented, when the spec names one.
 	ClientCertificate *CertStatus  `json:"client_certificate,omitempty"`
 	Hosts             []HostStatus `json:"hosts"`
+	// Resolved is what its DNS hosts resolved to when last looked up: the
+	// addresses registry-only lets captured connections reach.
+	Resolved []string `json:"resolved,omitempty"`
 }
 
 // CertStatus is a client certificate's files and the pair in use.
@@ -46,6 +51,7 @@ type HostStatus struct {
 // Status is every service in force, by name.
 func (s *Set) Status() []ServiceStatus {
 	t := s.cur.Load()
+	res := s.resolved.Load()
 	names := slices.Sorted(maps.Keys(t.byName))
 	out := []ServiceStatus{}
 	for _, name := range names {
@@ -64,6 +70,13 @@ func (s *Set) Status() []ServiceStatus {
 		for _, h := range sv.Status() {
 			st.Hosts = append(st.Hosts, HostStatus{Address: h.Addr, InFlight: h.Outstanding, ConsecutiveFailures: h.ConsecutiveFailures,
 				Ejected: h.Ejected, EjectedUntil: h.EjectedUntil, Ejections: h.Ejections})
+		}
+		if res != nil {
+			for _, h := range sv.spec.GetHosts() {
+				for _, ap := range res.byHost[net.JoinHostPort(h, strconv.Itoa(int(sv.port)))] {
+					st.Resolved = append(st.Resolved, ap.String())
+				}
+			}
 		}
 		out = append(out, st)
 	}
