@@ -220,6 +220,25 @@ type seriesPoint struct {
 	P99         *float64  `json:"p99Seconds"`
 }
 
+// stepsCover checks that e's steps hold every request of its totals. A
+// replica that does not know steps (an older meshd, in a rolling upgrade)
+// counts in the totals only, and a chart of the steps would miss its
+// share.
+func stepsCover(e *meshv1.EdgeStats) error {
+	var inSteps uint64
+	for _, st := range e.GetSteps() {
+		for _, v := range st.GetClasses() {
+			inSteps += v
+		}
+	}
+	var edge traffic
+	edge.add(e)
+	if all := edge.total(); inSteps != all {
+		return fmt.Errorf("%d of the edge's %d requests came from meshd replicas that answered without their 10 s samples (older than this meshctl); the chart would undercount: try again once every replica runs this version", all-inSteps, all)
+	}
+	return nil
+}
+
 // statsSample is meshd's sample of traffic (controlplane/stats.Bucket).
 const statsSample = 10 * time.Second
 
@@ -247,10 +266,16 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 	if err != nil {
 		return nil, err
 	}
+	if resp.GetNow() == nil {
+		return nil, fmt.Errorf("view EdgeSeries: meshd answered without its 10 s samples (a meshd older than this meshctl)")
+	}
 	per := map[int64]*traffic{}
 	for _, e := range resp.GetEdges() {
 		if edgeSource(e) != req.Source || e.GetDestinationService() != req.Destination {
 			continue
+		}
+		if err := stepsCover(e); err != nil {
+			return nil, fmt.Errorf("view EdgeSeries: %w", err)
 		}
 		for _, st := range e.GetSteps() {
 			t := per[st.GetStartUnix()]

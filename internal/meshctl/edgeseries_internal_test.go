@@ -3,6 +3,7 @@ package meshctl
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +109,19 @@ func TestEdgeSeriesFromMeshdsSamples(t *testing.T) {
 	}
 	if got.Points[4].SuccessRate != nil {
 		t.Errorf("a quiet sample has a success rate: %v", *got.Points[4].SuccessRate)
+	}
+}
+
+// An edge whose totals hold more than its steps (a replica of an older
+// meshd answered) is refused rather than charted short.
+func TestStepsCover(t *testing.T) {
+	e := &meshv1.EdgeStats{Classes: []uint64{0, 7, 0, 0, 1, 0, 0}, Steps: []*meshv1.EdgeStep{
+		{StartUnix: 10, Classes: []uint64{0, 5, 0, 0, 1, 0, 0}}, {StartUnix: 20, Classes: []uint64{0, 2, 0, 0, 0, 0, 0}}}}
+	if err := stepsCover(e); err != nil {
+		t.Fatalf("steps that hold every request: %v", err)
+	}
+	e.Classes[1] = 10
+	if err := stepsCover(e); err == nil || !strings.Contains(err.Error(), "3 of the edge's 11 requests") {
+		t.Fatalf("steps short of the totals: %v", err)
 	}
 }
