@@ -14,7 +14,10 @@
 // Each object carries the finalizer minimesh.io/store, added before it is
 // applied and removed once meshd has deleted it from its store; a delete
 // meshd refuses (another object still refers to it) leaves the object
-// Terminating with the condition DeleteBlocked naming the referrer.
+// Terminating with the condition DeleteBlocked naming the referrer. An
+// object meshd stored from Kubernetes that the API no longer has (its
+// finalizer removed by hand, or deleted while no meshd watched) is deleted
+// from the store when its delete is seen and at every resync.
 //
 // Status: the condition Accepted (True; False with reason Invalid,
 // Rejected or OwnedByMeshctl and the message meshctl apply would print),
@@ -266,7 +269,8 @@ func (r *Reconciler) probe(ctx context.Context, k api.Kind) error {
 }
 
 // requeueAll queues every object (the resync: ACK counts, a Service that
-// meshctl applied, a leader that just took over).
+// meshctl applied, a leader that just took over), and every object meshd
+// stored from Kubernetes that the API no longer has (collect).
 func (r *Reconciler) requeueAll() {
 	for k, inf := range r.informers {
 		for _, o := range inf.GetStore().List() {
@@ -274,6 +278,29 @@ func (r *Reconciler) requeueAll() {
 				r.queue.Add(key{k, u.GetNamespace(), u.GetName()})
 			}
 		}
+	}
+	if !r.cfg.IsLeader() {
+		return
+	}
+	err := r.cfg.Store.View(func(rd *store.Reader) error {
+		recs, err := rd.List(store.TableResources, "id")
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			res := rec.(*store.Resource)
+			k := key{api.Kind(res.Kind), res.Namespace, res.Name}
+			if _, watched := r.informers[k.kind]; !watched || res.Source != store.SourceKubernetes {
+				continue
+			}
+			if _, ok := r.get(k); !ok {
+				r.queue.Add(k)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		r.cfg.Logger.Warn("could not list the stored objects to find those Kubernetes no longer has; looking again at the next resync", "error", err)
 	}
 }
 
@@ -329,7 +356,7 @@ func (r *Reconciler) reconcile(ctx context.Context, k key) (requeue time.Duratio
 		r.mu.Lock()
 		delete(r.written, k)
 		r.mu.Unlock()
-		return 0, nil
+		return 0, r.collect(ctx, k)
 	}
 	if u.GetDeletionTimestamp() != nil {
 		return r.finalize(ctx, k, u)
@@ -429,6 +456,35 @@ func (r *Reconciler) stored(k api.Key) (o api.Object, source string, ok bool, er
 		return err
 	})
 	return o, source, ok, err
+}
+
+// collect deletes from the store an object meshd stored from Kubernetes
+// that the API no longer has: deleted after someone removed meshd's
+// finalizer by hand, or while no meshd was watching. Only once the kind's
+// informer has synced (an empty cache is not an empty API); a delete the
+// store refuses (still referred to) is logged and tried at each resync.
+func (r *Reconciler) collect(ctx context.Context, k key) error {
+	inf, watched := r.informers[k.kind]
+	if !watched || !inf.HasSynced() {
+		return nil // the resync brings it back
+	}
+	_, source, stored, err := r.stored(api.Key{Kind: k.kind, Namespace: k.namespace, Name: k.name})
+	if err != nil || !stored || source != store.SourceKubernetes {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	_, err = r.cfg.Admin.DeleteResourceFrom(actx, &meshv1.DeleteResourceRequest{Kind: string(k.kind), Namespace: k.namespace, Name: k.name}, store.SourceKubernetes)
+	cancel()
+	switch status.Code(err) {
+	case codes.OK:
+		r.cfg.Logger.Warn("deleted from the store a minimesh.io object that Kubernetes no longer has (its finalizer removed by hand, or deleted while no meshd watched)", "object", k.String())
+	case codes.NotFound:
+	case codes.FailedPrecondition:
+		r.cfg.Logger.Warn("a minimesh.io object that Kubernetes no longer has stays in the store: another object refers to it; trying again at each resync", "object", k.String(), "error", status.Convert(err).Message())
+	default:
+		return err
+	}
+	return nil
 }
 
 // finalize deletes a Terminating object from the store, then lets it go.

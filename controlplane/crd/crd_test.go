@@ -380,3 +380,56 @@ func (a refuseAll) DeleteResourceFrom(context.Context, *meshv1.DeleteResourceReq
 	a.t.Error("a follower deleted")
 	return nil, errors.New("refused")
 }
+
+// An object whose finalizer was removed by hand and that was then deleted
+// leaves the store when meshd sees the delete; one deleted while meshd was
+// stopped leaves it at the restart's resync. meshctl's objects are never
+// touched.
+func TestObjectsKubernetesNoLongerHasLeaveTheStore(t *testing.T) {
+	e := start(t, 200*time.Millisecond)
+	for _, name := range []string{"by-hand", "while-away"} {
+		e.create(service(name))
+		e.waitCondition("Service", name, crd.ConditionAccepted, "True", crd.ReasonAccepted)
+	}
+	mine := &meshv1.Resource{ApiVersion: "minimesh.io/v1alpha1", Kind: "Service", Name: "meshctls", Namespace: "default",
+		Spec: &meshv1.Resource_Service{Service: &meshv1.ServiceSpec{Ports: []*meshv1.ServicePort{{Name: "http", Port: 8080, Protocol: meshv1.Protocol_PROTOCOL_HTTP}},
+			ServingIdentities: []string{"spiffe://minimesh.local/ns/default/sa/meshctls"}}}}
+	if _, err := e.m.Operator(t).Apply(e.ctx, &meshv1.ApplyRequest{Resources: []*meshv1.Resource{mine}}); err != nil {
+		t.Fatal(err)
+	}
+
+	u := e.get("Service", "by-hand")
+	u.SetFinalizers(nil)
+	if _, err := e.res("Service").Update(e.ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.res("Service").Delete(e.ctx, "by-hand", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("Service", "by-hand")
+
+	e.m.Stop()
+	if err := e.res("Service").Delete(e.ctx, "while-away", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.m = e.m.Restart(t)
+	e.waitGone("Service", "while-away")
+	time.Sleep(500 * time.Millisecond) // two resyncs
+	if _, ok := e.stored("Service", "meshctls"); !ok {
+		t.Fatal("meshctl's object left the store")
+	}
+}
+
+func (e *env) waitGone(kind, name string) {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, ok := e.stored(kind, name); !ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s %s, gone from Kubernetes, is still in the store", kind, name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
