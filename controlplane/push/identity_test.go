@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
+	"minimesh/certs"
 	"minimesh/controlplane/store"
 	meshv1 "minimesh/proto/mesh/v1"
 )
@@ -173,4 +175,36 @@ func TestRevocationsSkipExpired(t *testing.T) {
 	if got := s.GetRevokedSerials(); !slices.Equal(got, []string{"aa"}) {
 		t.Fatalf("revoked serials %v, want [aa]", got)
 	}
+}
+
+// TestPodMayNotAdvertiseLoopback: a proxy Kubernetes attested (its
+// certificate names its pod) that advertises a loopback address is
+// refused and counted, since other pods dialing it would reach
+// themselves; the same proxy advertising its pod IP registers, and a
+// proxy on one machine (no pod) may advertise loopback.
+func TestPodMayNotAdvertiseLoopback(t *testing.T) {
+	m := startMeshd(t, nil, nil, 0)
+	id := spiffeid.RequireFromPath(td, "/ns/default/sa/web")
+	pod, err := m.ca.IssueSVID(id, time.Hour, certs.WithInstance("web-7d9f-0f3c5a9e"), certs.WithPodUID("0f3c5a9e-1111-2222-3333-444455556666"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{"127.0.0.1:15006", "[::1]:15006", "LOCALHOST:15006"} {
+		h := hello("web", "")
+		h.AdvertiseAddress = addr
+		err := m.open(pod, h).refused(t, codes.PermissionDenied)
+		if !strings.Contains(err.Error(), "loopback address from a pod") {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
+	if n := m.counter("minimesh_meshd_stream_refused_total", "reason", "bad_address"); n != 3 {
+		t.Errorf("refusals counted: %v, want 3", n)
+	}
+	if _, err := m.proxy("web-7d9f-0f3c5a9e"); !isNotFound(err) {
+		t.Fatalf("registered after a refused hello: %v", err)
+	}
+	h := hello("web", "")
+	h.AdvertiseAddress = "10.244.1.7:15006"
+	m.open(pod, h).registered(t)
+	m.open(m.svid("web", "web-vm", true), hello("web", "")).registered(t) // 127.0.0.1, no pod
 }

@@ -62,3 +62,31 @@ func TestScopeSetFollowsRouteBackends(t *testing.T) {
 		t.Errorf("empty scope: %v, want an empty set (no endpoint)", got)
 	}
 }
+
+// The advertised address is one other proxies can dial: host:port with a
+// numeric port, the host an IP that is neither unspecified nor multicast,
+// or a DNS name.
+func TestHelloAdvertiseAddress(t *testing.T) {
+	for addr, want := range map[string]string{
+		"10.0.0.1:15006":      "",
+		"[fd00::1]:15006":     "",
+		"127.0.0.1:15006":     "", // one machine (make demo); refused from a pod at registration
+		"api-0.api.svc:15006": "",
+		"10.0.0.1":            "must be host:port",
+		"10.0.0.1:http":       "must be 1 to 65535",
+		"10.0.0.1:0":          "must be 1 to 65535",
+		"10.0.0.1:70000":      "must be 1 to 65535",
+		"0.0.0.0:15006":       "not unspecified",
+		"[::]:15006":          "not unspecified",
+		"224.0.0.1:15006":     "multicast",
+		"[fe80::1%eth0]:1":    "zoned",
+		"bad_host:15006":      "an IP address or a DNS name",
+		"a\x1bb:15006":        "an IP address or a DNS name",
+		":15006":              "an IP address or a DNS name",
+	} {
+		err := validateHello(&meshv1.Hello{Service: "web", AdvertiseAddress: addr})
+		if want == "" && err != nil || want != "" && (!errors.Is(err, ErrBadHello) || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%q: %v, want %q", addr, err, want)
+		}
+	}
+}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -574,8 +576,8 @@ func validateHello(h *meshv1.Hello) error {
 	if !serviceRe.MatchString(h.GetService()) {
 		return fmt.Errorf("%w: service: must be a DNS label", ErrBadHello)
 	}
-	if _, port, err := net.SplitHostPort(h.GetAdvertiseAddress()); err != nil || port == "" {
-		return fmt.Errorf("%w: advertise_address: must be host:port", ErrBadHello)
+	if err := checkAdvertise(h.GetAdvertiseAddress()); err != nil {
+		return fmt.Errorf("%w: advertise_address: %v", ErrBadHello, err)
 	}
 	if len(h.GetProxyVersion()) > 64 {
 		return fmt.Errorf("%w: proxy_version: longer than 64 characters", ErrBadHello)
@@ -590,6 +592,46 @@ func validateHello(h *meshv1.Hello) error {
 				return fmt.Errorf("%w: endpoint_scope.services[%d]: %q: want namespace/name, two DNS labels", ErrBadHello, i, svc)
 			}
 		}
+	}
+	return nil
+}
+
+// checkAdvertise checks a Hello's advertised address, which other proxies
+// will dial: host:port, the host an IP (neither unspecified nor multicast,
+// no zone) or a DNS name, the port 1 to 65535.
+func checkAdvertise(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("must be host:port")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q: must be 1 to 65535", port)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.IsUnspecified() || ip.IsMulticast() || ip.Zone() != "" {
+			return fmt.Errorf("%s: an address other proxies can dial (not unspecified, multicast or zoned)", host)
+		}
+		return nil
+	}
+	if !dnsNameRe.MatchString(host) || len(host) > 253 {
+		return fmt.Errorf("host %q: must be an IP address or a DNS name", host)
+	}
+	return nil
+}
+
+// dnsNameRe is a DNS name of labels of letters, digits and '-'.
+var dnsNameRe = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+
+// loopbackFromPod refuses a loopback advertised address from a proxy that
+// Kubernetes attested (its certificate names its pod): other pods dialing
+// it would reach themselves.
+func loopbackFromPod(caller authn.Caller, addr string) error {
+	if caller.Leaf == nil || certs.PodUID(caller.Leaf) == "" {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return status.Errorf(codes.PermissionDenied, "advertise_address %s: a loopback address from a pod (other pods would dial themselves): advertise the pod's IP ($(POD_IP))", addr)
 	}
 	return nil
 }
@@ -807,6 +849,9 @@ func (s *Server) recvHello(stream meshv1.ConfigService_StreamServer) (*meshv1.He
 func (s *Server) register(caller authn.Caller, h *meshv1.Hello, sess *session) (id, reason string, err error) {
 	if err := s.cfg.MayServe(caller.ID, h.GetService()); err != nil {
 		return "", "not_allowed", status.Error(codes.PermissionDenied, err.Error())
+	}
+	if err := loopbackFromPod(caller, h.GetAdvertiseAddress()); err != nil {
+		return "", "bad_address", err
 	}
 	now := s.cfg.Clock.Now()
 	err = s.cfg.Store.Update(func(tx *store.Txn) error {

@@ -53,7 +53,7 @@ func writeToken(t *testing.T, path, tok string) {
 
 func podAgent(t *testing.T, m *controlplanetest.Meshd, stateDir, tokenFile, pins string) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Config{ControlPlane: m.Addr, SATokenFile: tokenFile, CAPin: pins, Service: "web", StateDir: stateDir, Advertise: "127.0.0.1:15006",
+	a, err := agent.New(agent.Config{ControlPlane: m.Addr, SATokenFile: tokenFile, CAPin: pins, Service: "web", StateDir: stateDir, Advertise: "10.244.0.9:15006", // the pod IP: meshd refuses loopback from a pod
 		CallTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)

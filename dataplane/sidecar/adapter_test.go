@@ -194,3 +194,18 @@ func TestConfigFilesKeepOutOfLogs(t *testing.T) {
 		t.Fatalf("Sync into logs/: %v, want refused naming logs", err)
 	}
 }
+
+// An inbound on every address needs --advertise: other proxies cannot dial
+// a wildcard, and meshd would refuse the registration.
+func TestWildcardInboundNeedsAdvertise(t *testing.T) {
+	for _, in := range []string{"0.0.0.0:15006", "[::]:15006", ":15006"} {
+		_, err := New(Config{ControlPlane: "127.0.0.1:1", Service: "api", App: "127.0.0.1:2", Inbound: in, StateDir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), "--advertise") {
+			t.Errorf("--inbound %s without --advertise: %v", in, err)
+		}
+	}
+	if _, err := New(Config{ControlPlane: "127.0.0.1:1", Service: "api", App: "127.0.0.1:2", Inbound: "0.0.0.0:15006", Advertise: "10.0.0.5:15006",
+		StateDir: t.TempDir()}); err != nil && strings.Contains(err.Error(), "--advertise") {
+		t.Errorf("with --advertise: %v", err)
+	}
+}

@@ -180,6 +180,13 @@ func New(cfg Config) (*Sidecar, error) {
 		if cfg.InboundListener != nil {
 			cfg.Advertise = cfg.InboundListener.Addr().String()
 		}
+		// Other proxies dial it: a wildcard is no address (meshd refuses
+		// it), so say so here rather than fail to register.
+		if host, _, err := net.SplitHostPort(cfg.Advertise); err == nil {
+			if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+				return nil, fmt.Errorf("sidecar: --inbound %s listens on every address: give --advertise HOST:PORT, the address other proxies dial", cfg.Advertise)
+			}
+		}
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()

@@ -178,7 +178,8 @@ func TestWebhookAndPodTokenAgainstARealAPIServer(t *testing.T) {
 	// --service-account=$(SERVICE_ACCOUNT).
 	a, err := agent.New(agent.Config{ControlPlane: m.Addr, SATokenFile: tokenFile, CAPin: pin,
 		Namespace: pod.Namespace, ServiceAccount: pod.Spec.ServiceAccountName, Service: flagValue(pc, "--service"),
-		StateDir: filepath.Join(dir, "state"), Advertise: "127.0.0.1:15006", CallTimeout: 10 * time.Second, Logger: testLogger()})
+		StateDir: filepath.Join(dir, "state"), Advertise: "10.244.0.9:15006", // $(POD_IP): meshd refuses loopback from a pod
+		CallTimeout: 10 * time.Second, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
