@@ -160,10 +160,12 @@ func (s *Server) syncOperatorSecret(ctx context.Context, k *opSecret) {
 	}
 	ca := s.ca.get()
 	bundlePEM := certs.EncodeCertsPEM(ca.Bundle().X509Authorities())
-	if k.seen != nil && now.Sub(k.checked) < k.cfg.Resync && s.operatorDue(k.seen, now) == "" && bytes.Equal(k.bundle, bundlePEM) {
+	if k.seen != nil && now.Sub(k.checked) < k.cfg.Resync && s.operatorDue(ca, k.seen, now) == "" && bytes.Equal(k.bundle, bundlePEM) {
 		return
 	}
-	result, err := s.writeOperatorSecret(ctx, k, bundlePEM, now)
+	// One reading of the CA for the whole sync: a rotation step between
+	// the bundle and the credential would write one without the other.
+	result, err := s.writeOperatorSecret(ctx, k, ca, bundlePEM, now)
 	if err != nil {
 		k.results.WithLabelValues(opSecretError).Inc()
 		k.backoff = min(max(2*k.backoff, time.Second), time.Minute)
@@ -180,12 +182,11 @@ func (s *Server) syncOperatorSecret(ctx context.Context, k *opSecret) {
 // replaced ("" when it is not): past half its life (OperatorTTL), not verified by the
 // bundle in force, not chaining to the active root, revoked, or not the
 // operator's.
-func (s *Server) operatorDue(chain []*x509.Certificate, now time.Time) string {
+func (s *Server) operatorDue(ca *certs.CA, chain []*x509.Certificate, now time.Time) string {
 	leaf := chain[0]
 	// Half of the life it was issued with: NotBefore is backdated (clock
 	// skew), so NotAfter less half of OperatorTTL, not the midpoint.
 	half := leaf.NotAfter.Add(-s.cfg.OperatorTTL / 2)
-	ca := s.ca.get()
 	id, verified, err := certs.VerifyPeerCertificates(chain, ca.Bundle(), now)
 	switch {
 	case err != nil:
@@ -206,7 +207,7 @@ func (s *Server) operatorDue(chain []*x509.Certificate, now time.Time) string {
 // credential (recorded first) or the current bundle into it, with the
 // resourceVersion read: a concurrent change fails the update (Conflict)
 // and it is retried.
-func (s *Server) writeOperatorSecret(ctx context.Context, k *opSecret, bundlePEM []byte, now time.Time) (string, error) {
+func (s *Server) writeOperatorSecret(ctx context.Context, k *opSecret, ca *certs.CA, bundlePEM []byte, now time.Time) (string, error) {
 	api := k.cfg.Kube.CoreV1().Secrets(k.cfg.Namespace)
 	gctx, cancel := context.WithTimeout(ctx, k.cfg.Timeout)
 	sec, err := api.Get(gctx, k.cfg.Name, metav1.GetOptions{})
@@ -225,7 +226,7 @@ func (s *Server) writeOperatorSecret(ctx context.Context, k *opSecret, bundlePEM
 			reason = "unreadable"
 		} else {
 			chain = svid.Certificates
-			reason = s.operatorDue(chain, now)
+			reason = s.operatorDue(ca, chain, now)
 		}
 	}
 	result := opSecretCurrent
@@ -236,7 +237,6 @@ func (s *Server) writeOperatorSecret(ctx context.Context, k *opSecret, bundlePEM
 	var serial string
 	var notAfter time.Time
 	if reason != "" {
-		ca := s.ca.get()
 		svid, err := ca.IssueSVID(certs.OperatorID(s.td), s.cfg.OperatorTTL)
 		if err != nil {
 			return "", err
@@ -275,7 +275,7 @@ func (s *Server) writeOperatorSecret(ctx context.Context, k *opSecret, bundlePEM
 		if result == opSecretIssued {
 			k.log.Info("wrote a new operator credential into the Secret", "reason", reason, "spiffe_id", certs.OperatorID(s.td).String(), "serial", serial, "issued_by", IssuedToSecret, "expires", notAfter)
 		} else {
-			k.log.Info("wrote the CA's roots into the Secret's bundle", "roots", len(s.ca.get().Bundle().X509Authorities()))
+			k.log.Info("wrote the CA's roots into the Secret's bundle", "roots", len(ca.Bundle().X509Authorities()))
 		}
 	}
 	k.seen, k.bundle = chain, bundlePEM

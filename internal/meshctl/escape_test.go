@@ -33,7 +33,7 @@ func TestWorkloadStringsEscaped(t *testing.T) {
 	const version = "\x1b[2K\x1b[1Av9\u202e\tSYNCED"
 	ag, err := agent.New(agent.Config{
 		ControlPlane: m.Addr, TrustDomain: spiffeid.RequireTrustDomainFromString("minimesh.local"),
-		Token: tok.GetSecret(), CAPin: tok.GetCaPin(), Service: "evil", Advertise: "\x1b7\x07evil\x1b8:80",
+		Token: tok.GetSecret(), CAPin: tok.GetCaPin(), Service: "evil", Advertise: "evil.example:80", // meshd refuses an address with control characters (push.TestHelloAdvertiseAddress)
 		Version: version, StateDir: t.TempDir(), Applier: refuse{}, BackoffMax: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -60,9 +60,6 @@ func TestWorkloadStringsEscaped(t *testing.T) {
 		}
 		if strings.ContainsAny(out, "\x1b\x07\r\u202e\u009b") {
 			t.Errorf("%s shows raw control characters:\n%q", args[0], out)
-		}
-		if !strings.Contains(out, `\x1b7\x07evil\x1b8:80`) {
-			t.Errorf("%s does not show the address escaped:\n%s", args[0], out)
 		}
 		if args[0] == "proxies" && !strings.Contains(out, `\x1b[2K\x1b[1Av9\u202e\x09SYNCED`) {
 			t.Errorf("proxies does not show the version escaped:\n%s", out)
