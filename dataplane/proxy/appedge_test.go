@@ -619,6 +619,22 @@ func TestAppEdgeH2PseudoHeaders(t *testing.T) {
 		if raw := e.app.rawSince(before); raw != "" {
 			t.Errorf("%s: CONNECT: the app read %q", l.name, raw)
 		}
+		// TRACE from outside would have the app echo the request as it saw
+		// it (cookies, the proxy's headers): 405 at the public port; an
+		// authenticated caller's goes on.
+		before = e.app.rawLen()
+		got, body = h2Request(t, l.addr, l.cfg, [][2]string{{":method", "TRACE"}, {":scheme", "https"}, {":authority", "api"}, {":path", "/p2"}})
+		raw := e.app.rawSince(before)
+		switch l.name {
+		case "public":
+			if got != "405" || raw != "" {
+				t.Errorf("public: TRACE answered %s %q, the app read %q; want 405 and nothing", got, body, raw)
+			}
+		case "inbound":
+			if got != "200" || !strings.HasPrefix(raw, "TRACE /p2 ") {
+				t.Errorf("inbound: TRACE answered %s %q, the app read %q; want it forwarded", got, body, raw)
+			}
+		}
 	}
 }
 

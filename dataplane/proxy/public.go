@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -151,11 +152,19 @@ func (p *Public) serve(w http.ResponseWriter, r *http.Request, pol *Policy, d *d
 	if !p.enf.admit(w, r, p.fwd) {
 		return
 	}
-	if r.Method == http.MethodConnect {
+	switch r.Method {
+	case http.MethodConnect:
 		// An app port, not a forward proxy: a CONNECT would reach the app
 		// as "CONNECT / HTTP/1.1", authorized as path "/", and a tunnel
 		// the app opened would carry requests no policy saw.
 		p.fwd.refuse(w, r, http.StatusMethodNotAllowed, "method not allowed\n", fmt.Errorf("proxy: CONNECT %q at the public port", r.Host))
+		return
+	case http.MethodTrace:
+		// An app that echoes TRACE would hand an outside client the
+		// request as the app saw it: its cookies and credentials, and the
+		// headers the proxy added (cross-site tracing). nginx refuses it
+		// too; inside the mesh, where callers are authenticated, it goes on.
+		p.fwd.refuse(w, r, http.StatusMethodNotAllowed, "method not allowed\n", errors.New("proxy: TRACE at the public port"))
 		return
 	}
 	p.enf.serveHTTP(w, r, pol, "", p.fwd, d)
