@@ -204,6 +204,10 @@ func TestWildcardInboundNeedsAdvertise(t *testing.T) {
 			t.Errorf("--inbound %s without --advertise: %v", in, err)
 		}
 	}
+	if _, err := New(Config{ControlPlane: "127.0.0.1:1", Service: "api", App: "127.0.0.1:2", Inbound: "127.0.0.1:15006", Advertise: "0.0.0.0:15006",
+		StateDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "--advertise 0.0.0.0:15006: a wildcard") {
+		t.Errorf("a wildcard --advertise: %v", err)
+	}
 	if _, err := New(Config{ControlPlane: "127.0.0.1:1", Service: "api", App: "127.0.0.1:2", Inbound: "0.0.0.0:15006", Advertise: "10.0.0.5:15006",
 		StateDir: t.TempDir()}); err != nil && strings.Contains(err.Error(), "--advertise") {
 		t.Errorf("with --advertise: %v", err)

@@ -175,17 +175,21 @@ func New(cfg Config) (*Sidecar, error) {
 	if cfg.Admin == "" {
 		cfg.Admin = "127.0.0.1:15000"
 	}
-	if cfg.Advertise == "" {
+	explicit := cfg.Advertise != ""
+	if !explicit {
 		cfg.Advertise = cfg.Inbound
 		if cfg.InboundListener != nil {
 			cfg.Advertise = cfg.InboundListener.Addr().String()
 		}
-		// Other proxies dial it: a wildcard is no address (meshd refuses
-		// it), so say so here rather than fail to register.
-		if host, _, err := net.SplitHostPort(cfg.Advertise); err == nil {
-			if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
-				return nil, fmt.Errorf("sidecar: --inbound %s listens on every address: give --advertise HOST:PORT, the address other proxies dial", cfg.Advertise)
+	}
+	// Other proxies dial it: a wildcard is no address (meshd refuses it),
+	// so say so here rather than fail to register.
+	if host, _, err := net.SplitHostPort(cfg.Advertise); err == nil {
+		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+			if explicit {
+				return nil, fmt.Errorf("sidecar: --advertise %s: a wildcard is no address other proxies can dial: give this host's address", cfg.Advertise)
 			}
+			return nil, fmt.Errorf("sidecar: --inbound %s listens on every address: give --advertise HOST:PORT, the address other proxies dial", cfg.Advertise)
 		}
 	}
 	if cfg.Registry == nil {

@@ -177,6 +177,7 @@ func TestInjectExternalAnnotation(t *testing.T) {
 		{`{minimesh.io/external: "partner=15020"}`, "mesh-proxy's own"},
 		{`{minimesh.io/external: "partner=15001"}`, "mesh-proxy's own"},
 		{`{minimesh.io/external: "partner=9000 --admin=0.0.0.0:1"}`, "not a port"},
+		{`{minimesh.io/external: "` + strings.Repeat("a=1,", 64) + `a=1"}`, "65 entries, at most 64"},
 	} {
 		_, _, err := injectOne(t, tc.ann)
 		if err == nil || !strings.Contains(err.Error(), ExternalAnnotation) || !strings.Contains(err.Error(), tc.why) {

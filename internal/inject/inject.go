@@ -564,6 +564,9 @@ func appMetricsOf(ann map[string]string, prev string) (string, error) {
 	return v, nil
 }
 
+// maxExternals bounds the entries of ExternalAnnotation.
+const maxExternals = 64
+
 // externalsOf is mesh-proxy's --external flags from the pod's
 // ExternalAnnotation ("" for none): each NAME an ExternalService name (a
 // DNS label), each PORT one that nobody else in the pod uses (not the
@@ -588,6 +591,9 @@ func externalsOf(ann string, spec *corev1.PodSpec, appPort int) ([]string, error
 	}
 	bad := func(entry, why string) error {
 		return fmt.Errorf("annotation %s: %q: %s", ExternalAnnotation, entry, why)
+	}
+	if n := strings.Count(ann, ",") + 1; n > maxExternals {
+		return nil, fmt.Errorf("annotation %s: %d entries, at most %d", ExternalAnnotation, n, maxExternals)
 	}
 	names := map[string]bool{}
 	var flags []string
