@@ -803,19 +803,29 @@ func TestRegistryOnlyDNSHosts(t *testing.T) {
 // TestRunResolvesAfterACommit: Run looks a new table's DNS hosts up at
 // once, not at its next tick.
 func TestRunResolvesAfterACommit(t *testing.T) {
-	s := newSet(t, external.Config{ResolveEvery: time.Hour, Resolve: func(context.Context, string) ([]netip.Addr, error) {
-		return []netip.Addr{netip.MustParseAddr("192.0.2.30")}, nil
+	addrs := map[string]netip.Addr{"a.partner.test": netip.MustParseAddr("192.0.2.30"), "b.partner.test": netip.MustParseAddr("192.0.2.31")}
+	s := newSet(t, external.Config{ResolveEvery: time.Hour, Resolve: func(_ context.Context, host string) ([]netip.Addr, error) {
+		return []netip.Addr{addrs[host]}, nil
 	}})
+	tcp := func(host string) *meshv1.ExternalServiceSpec {
+		return &meshv1.ExternalServiceSpec{Hosts: []string{host}, Port: 5432, Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TCP}
+	}
+	declared := func(addr string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !s.Declares(netip.MustParseAddrPort(addr)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("Run did not resolve the committed table's host (%s)", addr)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"a": tcp("a.partner.test")})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"db": {Hosts: []string{"db.partner.test"}, Port: 5432, Protocol: meshv1.ExternalProtocol_EXTERNAL_PROTOCOL_TCP}})
-	deadline := time.Now().Add(5 * time.Second)
-	for !s.Declares(netip.MustParseAddrPort("192.0.2.30:5432")) {
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not resolve the committed table's host")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	declared("192.0.2.30:5432") // Run's first lookup: it is past its start
+	mustApply(t, s, map[string]*meshv1.ExternalServiceSpec{"a": tcp("a.partner.test"), "b": tcp("b.partner.test")})
+	declared("192.0.2.31:5432") // only the commit can have woken it
 }
