@@ -48,6 +48,10 @@ const (
 	MaxIdentities = 4
 	// DefaultWindow is a query's window when it names none.
 	DefaultWindow = time.Minute
+	// MaxStepEdges caps the edges one answer carries steps for: an edge's
+	// 90 samples of 22 counts are about 6 KB, and a gRPC message stops at
+	// 4 MB. A chart of one edge names its source and needs one or two.
+	MaxStepEdges = 64
 )
 
 // Other is the source and destination of the edge that counts every edge
@@ -304,7 +308,7 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, ed := range s.edges {
-		if (req.GetService() != "" && k.dst != req.GetService()) || (req.GetNamespace() != "" && k.dstNS != req.GetNamespace()) {
+		if !wanted(req, k) {
 			continue
 		}
 		e := &meshv1.EdgeStats{SourceService: k.src, SourceNamespace: k.srcNS, DestinationService: k.dst, DestinationNamespace: k.dstNS, Mtls: k.mtls,
@@ -340,13 +344,55 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 		if d.GetTime().AsTime().Before(since) {
 			continue
 		}
-		if (req.GetService() != "" && d.GetDestinationService() != req.GetService()) || (req.GetNamespace() != "" && d.GetDestinationNamespace() != req.GetNamespace()) {
+		if (req.GetService() != "" && d.GetDestinationService() != req.GetService()) || (req.GetNamespace() != "" && d.GetDestinationNamespace() != req.GetNamespace()) ||
+			!deniedFrom(req.GetSource(), d) {
 			continue
 		}
 		out.Denies = append(out.Denies, proto.CloneOf(d))
 	}
 	sortEdges(out.Edges)
+	if err := stepsFit(req, out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// wanted reports whether the edge k is one req asks for.
+func wanted(req *meshv1.StatsRequest, k edgeKey) bool {
+	if (req.GetService() != "" && k.dst != req.GetService()) || (req.GetNamespace() != "" && k.dstNS != req.GetNamespace()) {
+		return false
+	}
+	src := req.GetSource()
+	return src == nil || k.src == src.GetService() && k.srcNS == src.GetNamespace() && k.mtls == src.GetMtls()
+}
+
+// deniedFrom reports whether d's caller is src (nil: any): the service
+// account and namespace of its verified identity over mTLS, none from
+// outside the mesh.
+func deniedFrom(src *meshv1.EdgeSource, d *meshv1.DenyEvent) bool {
+	if src == nil {
+		return true
+	}
+	if !src.GetMtls() {
+		return d.GetSourceIdentity() == "" && src.GetService() == "" && src.GetNamespace() == ""
+	}
+	id, err := spiffeid.FromString(d.GetSourceIdentity())
+	if err != nil {
+		return false
+	}
+	ns, sa, err := certs.ParseWorkloadID(id)
+	return err == nil && sa == src.GetService() && ns == src.GetNamespace()
+}
+
+// stepsFit refuses an answer that would carry steps for more than
+// MaxStepEdges edges: it could outgrow a gRPC message, and no chart
+// draws that many. The operator names the source instead.
+func stepsFit(req *meshv1.StatsRequest, out *meshv1.StatsResponse) error {
+	if !req.GetSteps() || len(out.GetEdges()) <= MaxStepEdges {
+		return nil
+	}
+	return status.Errorf(codes.InvalidArgument, "steps: %d callers of %q had traffic in the window, more than %d edges' samples in one answer: name the caller (source)",
+		len(out.GetEdges()), req.GetService(), MaxStepEdges)
 }
 
 // sortSteps puts steps oldest first (the ring holds them by bucket modulo
@@ -424,6 +470,9 @@ func (s *Store) Stats(ctx context.Context, req *meshv1.StatsRequest) (*meshv1.St
 	}
 	sort.Strings(out.ReplicaErrors)
 	merge(out, all)
+	if err := stepsFit(req, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -279,3 +279,86 @@ func TestStepsPerSample(t *testing.T) {
 		t.Error("steps sent unasked")
 	}
 }
+
+// TestSourceAndStepsCap: a query naming a caller gets that caller's edge
+// and denies only, from every replica; steps for more than MaxStepEdges
+// edges are refused (the answer could outgrow a gRPC message), and the
+// same query naming one caller is answered.
+func TestSourceAndStepsCap(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	peer := newStore(t, c)
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
+		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inDefault := func(e *meshv1.EdgeStats) *meshv1.EdgeStats { e.SourceNamespace = "default"; return e }
+	outside := &meshv1.EdgeStats{Classes: []uint64{0, 9, 0, 0, 0, 0, 0}, LatencyBuckets: make([]uint64, len(stats.LatencyBounds)+1)}
+	r := report(inDefault(edge("web", 5, 1)), inDefault(edge("batch", 2, 0)), outside)
+	r.Denies = []*meshv1.DenyEvent{
+		{Time: timestamppb.New(c.Now()), Method: "GET", Path: "/w", SourceIdentity: "spiffe://minimesh.local/ns/default/sa/web"},
+		{Time: timestamppb.New(c.Now()), Method: "GET", Path: "/b", SourceIdentity: "spiffe://minimesh.local/ns/default/sa/batch"},
+		{Time: timestamppb.New(c.Now()), Method: "GET", Path: "/o"},
+	}
+	s.Record("api-1", apiID, "api", r)
+	peer.Record("api-2", apiID, "api", report(inDefault(edge("web", 3, 0)), inDefault(edge("batch", 1, 0))))
+
+	for _, tc := range []struct {
+		src        *meshv1.EdgeSource
+		wantN      uint64
+		wantDenies string
+	}{
+		{&meshv1.EdgeSource{Service: "web", Namespace: "default", Mtls: true}, 9, "/w"}, // 6 here, 3 on the peer
+		{&meshv1.EdgeSource{Service: "batch", Namespace: "default", Mtls: true}, 3, "/b"},
+		{&meshv1.EdgeSource{}, 9, "/o"},                                            // from outside the mesh
+		{&meshv1.EdgeSource{Service: "web", Namespace: "prod", Mtls: true}, 0, ""}, // another namespace's web
+		{&meshv1.EdgeSource{Service: "web", Namespace: "default"}, 0, ""},          // web, but not over mTLS
+	} {
+		got, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true, Source: tc.src})
+		if err != nil {
+			t.Fatalf("%v: %v", tc.src, err)
+		}
+		var n uint64
+		for _, e := range got.GetEdges() {
+			if e.GetSourceService() != tc.src.GetService() || e.GetMtls() != tc.src.GetMtls() {
+				t.Errorf("%v: answered edge from %q (mtls %v)", tc.src, e.GetSourceService(), e.GetMtls())
+			}
+			n += total(e)
+		}
+		var paths []string
+		for _, d := range got.GetDenies() {
+			paths = append(paths, d.GetPath())
+		}
+		if n != tc.wantN || strings.Join(paths, ",") != tc.wantDenies {
+			t.Errorf("%v: %d requests, denies %v; want %d, [%s]", tc.src, n, paths, tc.wantN, tc.wantDenies)
+		}
+	}
+
+	// MaxStepEdges callers on this replica and one more on the peer: the
+	// merged answer is one edge too many.
+	var many []*meshv1.EdgeStats
+	for i := range stats.MaxStepEdges - 3 {
+		many = append(many, edge(fmt.Sprintf("caller-%d", i), 1, 0))
+	}
+	s.Record("api-1", apiID, "api", report(many...))
+	if _, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true}); err != nil {
+		t.Fatalf("steps for %d edges: %v", stats.MaxStepEdges, err)
+	}
+	peer.Record("api-2", apiID, "api", report(edge("one-more", 1, 0)))
+	_, err = s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d callers of \"api\"", stats.MaxStepEdges+1)) || !strings.Contains(err.Error(), "name the caller (source)") {
+		t.Fatalf("steps for %d edges: %v, want refused", stats.MaxStepEdges+1, err)
+	}
+	if _, err := s.Local(&meshv1.StatsRequest{Service: "api", Steps: true}); err != nil {
+		t.Errorf("this replica's own %d edges: %v", stats.MaxStepEdges, err)
+	}
+	if got, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true, Source: &meshv1.EdgeSource{Service: "one-more", Mtls: true}}); err != nil || len(got.GetEdges()) != 1 || len(got.GetEdges()[0].GetSteps()) != 1 {
+		t.Errorf("one caller named: %v %v", got, err)
+	}
+	if got, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api"}); err != nil || len(got.GetEdges()) != stats.MaxStepEdges+1 {
+		t.Errorf("totals without steps: %d edges, %v", len(got.GetEdges()), err)
+	}
+}

@@ -179,6 +179,10 @@ func viewWindow(sec float64) (time.Duration, error) {
 type dashEdge struct {
 	statRow
 	DestinationService string `json:"destinationService"`
+	// The caller as meshd keys the edge (statRow.Source is its label), for
+	// EdgeSeries.
+	SourceService   string `json:"sourceService"`
+	SourceNamespace string `json:"sourceNamespace"`
 }
 
 func edgesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
@@ -207,7 +211,8 @@ func edgesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (a
 	}{Window: doc.Window, WindowSeconds: w.Seconds(), ReplicasAsked: doc.ReplicasAsked, ReplicasAnswered: doc.ReplicasAnswered,
 		ReplicaErrors: append([]string{}, doc.ReplicaErrors...), Edges: []dashEdge{}}
 	for i, r := range doc.Edges {
-		out.Edges = append(out.Edges, dashEdge{statRow: r, DestinationService: resp.GetEdges()[i].GetDestinationService()})
+		e := resp.GetEdges()[i]
+		out.Edges = append(out.Edges, dashEdge{statRow: r, DestinationService: e.GetDestinationService(), SourceService: e.GetSourceService(), SourceNamespace: e.GetSourceNamespace()})
 	}
 	return out, nil
 }
@@ -247,10 +252,13 @@ const statsSample = 10 * time.Second
 // complete ones only (the sample in progress would show as a drop).
 func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (any, error) {
 	var req struct {
-		Source        string  `json:"source"`
-		Destination   string  `json:"destinationService"`
-		Namespace     string  `json:"namespace"`
-		WindowSeconds float64 `json:"windowSeconds"`
+		Source          string  `json:"source"` // its label, for the answer
+		SourceService   string  `json:"sourceService"`
+		SourceNamespace string  `json:"sourceNamespace"`
+		MTLS            *bool   `json:"mtls"`
+		Destination     string  `json:"destinationService"`
+		Namespace       string  `json:"namespace"`
+		WindowSeconds   float64 `json:"windowSeconds"`
 	}
 	if err := decodeView(body, &req); err != nil {
 		return nil, fmt.Errorf("view EdgeSeries: %w", err)
@@ -258,11 +266,15 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 	if req.Destination == "" {
 		return nil, fmt.Errorf("view EdgeSeries: destinationService: required")
 	}
+	if req.MTLS == nil {
+		return nil, fmt.Errorf("view EdgeSeries: mtls: required (with sourceService and sourceNamespace, the edge's caller)")
+	}
 	w, err := viewWindow(req.WindowSeconds)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(w), Service: req.Destination, Namespace: req.Namespace, Steps: true})
+	src := &meshv1.EdgeSource{Service: req.SourceService, Namespace: req.SourceNamespace, Mtls: *req.MTLS}
+	resp, err := c.Stats(ctx, &meshv1.StatsRequest{Window: durationpb.New(w), Service: req.Destination, Namespace: req.Namespace, Steps: true, Source: src})
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +283,9 @@ func edgeSeriesView(ctx context.Context, c meshv1.AdminServiceClient, body []byt
 	}
 	per := map[int64]*traffic{}
 	for _, e := range resp.GetEdges() {
-		if edgeSource(e) != req.Source || e.GetDestinationService() != req.Destination {
+		// A meshd older than source answers every caller's edges.
+		if e.GetSourceService() != src.GetService() || e.GetSourceNamespace() != src.GetNamespace() || e.GetMtls() != src.GetMtls() ||
+			e.GetDestinationService() != req.Destination {
 			continue
 		}
 		if err := stepsCover(e); err != nil {

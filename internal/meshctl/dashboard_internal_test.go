@@ -94,7 +94,7 @@ spec:
 	if e, err := call("Edges", `{"windowSeconds": 60}`); err != nil || e["windowSeconds"] != 60.0 || len(e["edges"].([]any)) != 0 {
 		t.Errorf("edges: %v %v", e, err)
 	}
-	if s, err := call("EdgeSeries", `{"source":"web","destinationService":"api","namespace":"default","windowSeconds":60}`); err != nil || len(s["points"].([]any)) != 6 {
+	if s, err := call("EdgeSeries", `{"source":"web","sourceService":"web","sourceNamespace":"default","mtls":true,"destinationService":"api","namespace":"default","windowSeconds":60}`); err != nil || len(s["points"].([]any)) != 6 {
 		t.Errorf("edge series: %v %v", s, err)
 	}
 	for _, tc := range []struct{ view, body, want string }{
@@ -104,8 +104,9 @@ spec:
 		{"Edges", `{"windowSeconds": 5}`, "windowSeconds 5: must be 10 to 900"},
 		{"Edges", `{"windowSeconds": 3600}`, "windowSeconds 3600: must be 10 to 900"},
 		{"EdgeSeries", `{"source":"web"}`, "destinationService: required"},
-		{"EdgeSeries", `{"destinationService":"api","windowSeconds":1e300}`, "must be 10 to 900"},
-		{"EdgeSeries", `{"destinationService":"api","windowSeconds":-20}`, "must be 10 to 900"},
+		{"EdgeSeries", `{"destinationService":"api","windowSeconds":60}`, "mtls: required"},
+		{"EdgeSeries", `{"destinationService":"api","mtls":false,"windowSeconds":1e300}`, "must be 10 to 900"},
+		{"EdgeSeries", `{"destinationService":"api","mtls":false,"windowSeconds":-20}`, "must be 10 to 900"},
 	} {
 		if _, err := call(tc.view, tc.body); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s %s: %v, want %q", tc.view, tc.body, err, tc.want)

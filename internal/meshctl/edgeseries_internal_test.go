@@ -81,7 +81,7 @@ func TestEdgeSeriesFromMeshdsSamples(t *testing.T) {
 	}
 	defer conn.Close()
 	doc, err := dashboardViews()["EdgeSeries"](ctx, meshv1.NewAdminServiceClient(dashboard.Guard(conn)),
-		[]byte(`{"source":"web.default","destinationService":"api","namespace":"default","windowSeconds":60}`))
+		[]byte(`{"source":"web.default","sourceService":"web","sourceNamespace":"default","mtls":true,"destinationService":"api","namespace":"default","windowSeconds":60}`))
 	if err != nil {
 		t.Fatal(err)
 	}

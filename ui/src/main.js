@@ -196,7 +196,7 @@ function Topology() {
           const label = `${rps(e.rps)} · ${pct(e.successRate)} · p99 ${ms(e.p99Seconds)}`;
           const selected = sel && sel.key === key;
           return html`<g class=${`edge ${health(e.requests ? e.successRate : null)}${selected ? ' selected' : ''}`} data-edge=${key} data-rps=${String(e.rps)}
-              onClick=${() => setSel({ key, source: e.source, destinationService: e.destinationService, namespace: e.namespace })}>
+              onClick=${() => setSel({ key, source: e.source, sourceService: e.sourceService, sourceNamespace: e.sourceNamespace, mtls: e.mtls, destinationService: e.destinationService, namespace: e.namespace })}>
             <title>${e.source} → ${e.destination}</title>
             <path class="hit" d=${d} />
             <path class="line" d=${d} marker-end="url(#arrow)" />
@@ -224,7 +224,7 @@ function Topology() {
 
 function EdgeChart({ sel, onClose }) {
   const ref = useRef(null);
-  const series = usePoll(() => call('EdgeSeries', { source: sel.source, destinationService: sel.destinationService, namespace: sel.namespace, windowSeconds: 300 }), [sel.key], 10000);
+  const series = usePoll(() => call('EdgeSeries', { source: sel.source, sourceService: sel.sourceService, sourceNamespace: sel.sourceNamespace, mtls: sel.mtls, destinationService: sel.destinationService, namespace: sel.namespace, windowSeconds: 300 }), [sel.key], 10000);
   // Redraw when the colour scheme changes: the canvas takes its colours
   // from the CSS variables when it draws.
   const [scheme, setScheme] = useState(0);

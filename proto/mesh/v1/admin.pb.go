@@ -194,8 +194,13 @@ type StatsRequest struct {
 	// Only edges to services of this namespace ("" every namespace).
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Also each edge's counts per 10 s sample (EdgeStats.steps), from one
-	// reading: a chart of the window. Only with service set.
-	Steps         bool `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
+	// reading: a chart of the window. Only with service set, and for at
+	// most 64 edges in one answer: a service with more callers needs source.
+	Steps bool `protobuf:"varint,4,opt,name=steps,proto3" json:"steps,omitempty"`
+	// Only the edges and denies from this caller (unset: every caller). A
+	// chart of one edge names it, so that its answer stays small however
+	// many services call the service.
+	Source        *EdgeSource `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +263,77 @@ func (x *StatsRequest) GetSteps() bool {
 	return false
 }
 
+func (x *StatsRequest) GetSource() *EdgeSource {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+// EdgeSource names the caller side of an edge, as EdgeStats does.
+type EdgeSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// EdgeStats.source_service: "" for clients outside the mesh.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// EdgeStats.source_namespace.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// EdgeStats.mtls.
+	Mtls          bool `protobuf:"varint,3,opt,name=mtls,proto3" json:"mtls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeSource) Reset() {
+	*x = EdgeSource{}
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeSource) ProtoMessage() {}
+
+func (x *EdgeSource) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeSource.ProtoReflect.Descriptor instead.
+func (*EdgeSource) Descriptor() ([]byte, []int) {
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EdgeSource) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *EdgeSource) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *EdgeSource) GetMtls() bool {
+	if x != nil {
+		return x.Mtls
+	}
+	return false
+}
+
 type StatsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The window the numbers cover.
@@ -283,7 +359,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +371,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[3]
+	mi := &file_mesh_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +384,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StatsResponse) GetWindow() *durationpb.Duration {
@@ -379,7 +455,7 @@ type ForgetProxyRequest struct {
 
 func (x *ForgetProxyRequest) Reset() {
 	*x = ForgetProxyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +467,7 @@ func (x *ForgetProxyRequest) String() string {
 func (*ForgetProxyRequest) ProtoMessage() {}
 
 func (x *ForgetProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[4]
+	mi := &file_mesh_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +480,7 @@ func (x *ForgetProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProxyRequest.ProtoReflect.Descriptor instead.
 func (*ForgetProxyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForgetProxyRequest) GetInstanceId() string {
@@ -431,7 +507,7 @@ type ForgetProxyResponse struct {
 
 func (x *ForgetProxyResponse) Reset() {
 	*x = ForgetProxyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +519,7 @@ func (x *ForgetProxyResponse) String() string {
 func (*ForgetProxyResponse) ProtoMessage() {}
 
 func (x *ForgetProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[5]
+	mi := &file_mesh_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +532,7 @@ func (x *ForgetProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProxyResponse.ProtoReflect.Descriptor instead.
 func (*ForgetProxyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForgetProxyResponse) GetWasConnected() bool {
@@ -474,7 +550,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +562,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[6]
+	mi := &file_mesh_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +575,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 type VersionResponse struct {
@@ -520,7 +596,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +608,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[7]
+	mi := &file_mesh_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +621,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -598,7 +674,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +686,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[8]
+	mi := &file_mesh_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +699,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReplicaStatus) GetName() string {
@@ -678,7 +754,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +766,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[9]
+	mi := &file_mesh_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +779,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JoinToken) GetId() string {
@@ -797,7 +873,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +885,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[10]
+	mi := &file_mesh_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +898,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenRequest) GetNamespace() string {
@@ -867,7 +943,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +955,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[11]
+	mi := &file_mesh_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +968,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() *JoinToken {
@@ -924,7 +1000,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1012,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[12]
+	mi := &file_mesh_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1025,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type ListJoinTokensResponse struct {
@@ -961,7 +1037,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1049,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[13]
+	mi := &file_mesh_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1062,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJoinTokensResponse) GetTokens() []*JoinToken {
@@ -1005,7 +1081,7 @@ type RevokeJoinTokenRequest struct {
 
 func (x *RevokeJoinTokenRequest) Reset() {
 	*x = RevokeJoinTokenRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1093,7 @@ func (x *RevokeJoinTokenRequest) String() string {
 func (*RevokeJoinTokenRequest) ProtoMessage() {}
 
 func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[14]
+	mi := &file_mesh_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1106,7 @@ func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeJoinTokenRequest) GetId() string {
@@ -1048,7 +1124,7 @@ type RevokeJoinTokenResponse struct {
 
 func (x *RevokeJoinTokenResponse) Reset() {
 	*x = RevokeJoinTokenResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1136,7 @@ func (x *RevokeJoinTokenResponse) String() string {
 func (*RevokeJoinTokenResponse) ProtoMessage() {}
 
 func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[15]
+	mi := &file_mesh_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1149,7 @@ func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type Certificate struct {
@@ -1097,7 +1173,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1185,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[16]
+	mi := &file_mesh_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1198,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Certificate) GetSpiffeId() string {
@@ -1184,7 +1260,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1272,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[17]
+	mi := &file_mesh_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1285,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListCertificatesRequest) GetValidOnly() bool {
@@ -1228,7 +1304,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1316,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[18]
+	mi := &file_mesh_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1329,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -1288,7 +1364,7 @@ type Proxy struct {
 
 func (x *Proxy) Reset() {
 	*x = Proxy{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1376,7 @@ func (x *Proxy) String() string {
 func (*Proxy) ProtoMessage() {}
 
 func (x *Proxy) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[19]
+	mi := &file_mesh_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1389,7 @@ func (x *Proxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proxy.ProtoReflect.Descriptor instead.
 func (*Proxy) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Proxy) GetInstanceId() string {
@@ -1408,7 +1484,7 @@ type ListProxiesRequest struct {
 
 func (x *ListProxiesRequest) Reset() {
 	*x = ListProxiesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1496,7 @@ func (x *ListProxiesRequest) String() string {
 func (*ListProxiesRequest) ProtoMessage() {}
 
 func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[20]
+	mi := &file_mesh_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1509,7 @@ func (x *ListProxiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesRequest.ProtoReflect.Descriptor instead.
 func (*ListProxiesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 type ListProxiesResponse struct {
@@ -1445,7 +1521,7 @@ type ListProxiesResponse struct {
 
 func (x *ListProxiesResponse) Reset() {
 	*x = ListProxiesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1533,7 @@ func (x *ListProxiesResponse) String() string {
 func (*ListProxiesResponse) ProtoMessage() {}
 
 func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[21]
+	mi := &file_mesh_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1546,7 @@ func (x *ListProxiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProxiesResponse.ProtoReflect.Descriptor instead.
 func (*ListProxiesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListProxiesResponse) GetProxies() []*Proxy {
@@ -1490,7 +1566,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1578,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[22]
+	mi := &file_mesh_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1591,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyRequest) GetResources() []*Resource {
@@ -1545,7 +1621,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1633,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[23]
+	mi := &file_mesh_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1646,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResult) GetKind() string {
@@ -1613,7 +1689,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1701,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[24]
+	mi := &file_mesh_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1714,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyResponse) GetRevision() uint64 {
@@ -1666,7 +1742,7 @@ type GetResourcesRequest struct {
 
 func (x *GetResourcesRequest) Reset() {
 	*x = GetResourcesRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1754,7 @@ func (x *GetResourcesRequest) String() string {
 func (*GetResourcesRequest) ProtoMessage() {}
 
 func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[25]
+	mi := &file_mesh_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1767,7 @@ func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesRequest.ProtoReflect.Descriptor instead.
 func (*GetResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetResourcesRequest) GetKind() string {
@@ -1725,7 +1801,7 @@ type GetResourcesResponse struct {
 
 func (x *GetResourcesResponse) Reset() {
 	*x = GetResourcesResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1813,7 @@ func (x *GetResourcesResponse) String() string {
 func (*GetResourcesResponse) ProtoMessage() {}
 
 func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[26]
+	mi := &file_mesh_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1826,7 @@ func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResourcesResponse.ProtoReflect.Descriptor instead.
 func (*GetResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetResourcesResponse) GetResources() []*Resource {
@@ -1778,7 +1854,7 @@ type DeleteResourceRequest struct {
 
 func (x *DeleteResourceRequest) Reset() {
 	*x = DeleteResourceRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1866,7 @@ func (x *DeleteResourceRequest) String() string {
 func (*DeleteResourceRequest) ProtoMessage() {}
 
 func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[27]
+	mi := &file_mesh_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1879,7 @@ func (x *DeleteResourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteResourceRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteResourceRequest) GetKind() string {
@@ -1836,7 +1912,7 @@ type DeleteResourceResponse struct {
 
 func (x *DeleteResourceResponse) Reset() {
 	*x = DeleteResourceResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +1924,7 @@ func (x *DeleteResourceResponse) String() string {
 func (*DeleteResourceResponse) ProtoMessage() {}
 
 func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[28]
+	mi := &file_mesh_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +1937,7 @@ func (x *DeleteResourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResourceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResourceResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteResourceResponse) GetRevision() uint64 {
@@ -1899,7 +1975,7 @@ type ProxySync struct {
 
 func (x *ProxySync) Reset() {
 	*x = ProxySync{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +1987,7 @@ func (x *ProxySync) String() string {
 func (*ProxySync) ProtoMessage() {}
 
 func (x *ProxySync) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[29]
+	mi := &file_mesh_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2000,7 @@ func (x *ProxySync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxySync.ProtoReflect.Descriptor instead.
 func (*ProxySync) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProxySync) GetProxy() *Proxy {
@@ -2019,7 +2095,7 @@ type ProxyStatusRequest struct {
 
 func (x *ProxyStatusRequest) Reset() {
 	*x = ProxyStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2107,7 @@ func (x *ProxyStatusRequest) String() string {
 func (*ProxyStatusRequest) ProtoMessage() {}
 
 func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[30]
+	mi := &file_mesh_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2120,7 @@ func (x *ProxyStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProxyStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type ProxyStatusResponse struct {
@@ -2056,7 +2132,7 @@ type ProxyStatusResponse struct {
 
 func (x *ProxyStatusResponse) Reset() {
 	*x = ProxyStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2144,7 @@ func (x *ProxyStatusResponse) String() string {
 func (*ProxyStatusResponse) ProtoMessage() {}
 
 func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[31]
+	mi := &file_mesh_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2157,7 @@ func (x *ProxyStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyStatusResponse.ProtoReflect.Descriptor instead.
 func (*ProxyStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProxyStatusResponse) GetProxies() []*ProxySync {
@@ -2100,7 +2176,7 @@ type ProxyConfigRequest struct {
 
 func (x *ProxyConfigRequest) Reset() {
 	*x = ProxyConfigRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2188,7 @@ func (x *ProxyConfigRequest) String() string {
 func (*ProxyConfigRequest) ProtoMessage() {}
 
 func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[32]
+	mi := &file_mesh_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2201,7 @@ func (x *ProxyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ProxyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProxyConfigRequest) GetInstanceId() string {
@@ -2146,7 +2222,7 @@ type ProxyConfigResponse struct {
 
 func (x *ProxyConfigResponse) Reset() {
 	*x = ProxyConfigResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2234,7 @@ func (x *ProxyConfigResponse) String() string {
 func (*ProxyConfigResponse) ProtoMessage() {}
 
 func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[33]
+	mi := &file_mesh_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2247,7 @@ func (x *ProxyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ProxyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProxyConfigResponse) GetApplied() *Snapshot {
@@ -2198,7 +2274,7 @@ type ProxyQueryRequest struct {
 
 func (x *ProxyQueryRequest) Reset() {
 	*x = ProxyQueryRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2286,7 @@ func (x *ProxyQueryRequest) String() string {
 func (*ProxyQueryRequest) ProtoMessage() {}
 
 func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[34]
+	mi := &file_mesh_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2299,7 @@ func (x *ProxyQueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryRequest.ProtoReflect.Descriptor instead.
 func (*ProxyQueryRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProxyQueryRequest) GetInstanceId() string {
@@ -2249,7 +2325,7 @@ type ProxyQueryResponse struct {
 
 func (x *ProxyQueryResponse) Reset() {
 	*x = ProxyQueryResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2337,7 @@ func (x *ProxyQueryResponse) String() string {
 func (*ProxyQueryResponse) ProtoMessage() {}
 
 func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[35]
+	mi := &file_mesh_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2350,7 @@ func (x *ProxyQueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyQueryResponse.ProtoReflect.Descriptor instead.
 func (*ProxyQueryResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ProxyQueryResponse) GetJson() []byte {
@@ -2295,7 +2371,7 @@ type CARoot struct {
 
 func (x *CARoot) Reset() {
 	*x = CARoot{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2383,7 @@ func (x *CARoot) String() string {
 func (*CARoot) ProtoMessage() {}
 
 func (x *CARoot) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[36]
+	mi := &file_mesh_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2396,7 @@ func (x *CARoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
 func (*CARoot) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CARoot) GetPin() string {
@@ -2346,7 +2422,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2434,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[37]
+	mi := &file_mesh_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2447,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RotateCARequest) GetForce() bool {
@@ -2390,7 +2466,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2478,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[38]
+	mi := &file_mesh_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2491,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RotateCAResponse) GetStatus() *CAStatusResponse {
@@ -2433,7 +2509,7 @@ type CAStatusRequest struct {
 
 func (x *CAStatusRequest) Reset() {
 	*x = CAStatusRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2521,7 @@ func (x *CAStatusRequest) String() string {
 func (*CAStatusRequest) ProtoMessage() {}
 
 func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[39]
+	mi := &file_mesh_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2534,7 @@ func (x *CAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusRequest.ProtoReflect.Descriptor instead.
 func (*CAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 type ProxyRoots struct {
@@ -2481,7 +2557,7 @@ type ProxyRoots struct {
 
 func (x *ProxyRoots) Reset() {
 	*x = ProxyRoots{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2569,7 @@ func (x *ProxyRoots) String() string {
 func (*ProxyRoots) ProtoMessage() {}
 
 func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[40]
+	mi := &file_mesh_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2582,7 @@ func (x *ProxyRoots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyRoots.ProtoReflect.Descriptor instead.
 func (*ProxyRoots) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ProxyRoots) GetInstanceId() string {
@@ -2611,7 +2687,7 @@ type CAStatusResponse struct {
 
 func (x *CAStatusResponse) Reset() {
 	*x = CAStatusResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2699,7 @@ func (x *CAStatusResponse) String() string {
 func (*CAStatusResponse) ProtoMessage() {}
 
 func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[41]
+	mi := &file_mesh_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2712,7 @@ func (x *CAStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatusResponse.ProtoReflect.Descriptor instead.
 func (*CAStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CAStatusResponse) GetPhase() string {
@@ -2746,7 +2822,7 @@ type RevokeProxyRequest struct {
 
 func (x *RevokeProxyRequest) Reset() {
 	*x = RevokeProxyRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +2834,7 @@ func (x *RevokeProxyRequest) String() string {
 func (*RevokeProxyRequest) ProtoMessage() {}
 
 func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[42]
+	mi := &file_mesh_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +2847,7 @@ func (x *RevokeProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeProxyRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RevokeProxyRequest) GetInstanceId() string {
@@ -2789,7 +2865,7 @@ type RevokeProxyResponse struct {
 
 func (x *RevokeProxyResponse) Reset() {
 	*x = RevokeProxyResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2877,7 @@ func (x *RevokeProxyResponse) String() string {
 func (*RevokeProxyResponse) ProtoMessage() {}
 
 func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[43]
+	mi := &file_mesh_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2890,7 @@ func (x *RevokeProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeProxyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeProxyResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 type DenyIdentityRequest struct {
@@ -2826,7 +2902,7 @@ type DenyIdentityRequest struct {
 
 func (x *DenyIdentityRequest) Reset() {
 	*x = DenyIdentityRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[44]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +2914,7 @@ func (x *DenyIdentityRequest) String() string {
 func (*DenyIdentityRequest) ProtoMessage() {}
 
 func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[44]
+	mi := &file_mesh_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +2927,7 @@ func (x *DenyIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityRequest.ProtoReflect.Descriptor instead.
 func (*DenyIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DenyIdentityRequest) GetSpiffeId() string {
@@ -2869,7 +2945,7 @@ type DenyIdentityResponse struct {
 
 func (x *DenyIdentityResponse) Reset() {
 	*x = DenyIdentityResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[45]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2881,7 +2957,7 @@ func (x *DenyIdentityResponse) String() string {
 func (*DenyIdentityResponse) ProtoMessage() {}
 
 func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[45]
+	mi := &file_mesh_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2894,7 +2970,7 @@ func (x *DenyIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyIdentityResponse.ProtoReflect.Descriptor instead.
 func (*DenyIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 type BackupRequest struct {
@@ -2905,7 +2981,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[46]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +2993,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[46]
+	mi := &file_mesh_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3006,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 type BackupResponse struct {
@@ -2942,7 +3018,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[47]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3030,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[47]
+	mi := &file_mesh_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3043,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *BackupResponse) GetChunk() []byte {
@@ -2999,7 +3075,7 @@ type OperatorCredential struct {
 
 func (x *OperatorCredential) Reset() {
 	*x = OperatorCredential{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[48]
+	mi := &file_mesh_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3011,7 +3087,7 @@ func (x *OperatorCredential) String() string {
 func (*OperatorCredential) ProtoMessage() {}
 
 func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[48]
+	mi := &file_mesh_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3024,7 +3100,7 @@ func (x *OperatorCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorCredential.ProtoReflect.Descriptor instead.
 func (*OperatorCredential) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *OperatorCredential) GetSerial() string {
@@ -3093,7 +3169,7 @@ type ListOperatorsRequest struct {
 
 func (x *ListOperatorsRequest) Reset() {
 	*x = ListOperatorsRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[49]
+	mi := &file_mesh_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3105,7 +3181,7 @@ func (x *ListOperatorsRequest) String() string {
 func (*ListOperatorsRequest) ProtoMessage() {}
 
 func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[49]
+	mi := &file_mesh_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3118,7 +3194,7 @@ func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListOperatorsRequest) GetIncludeExpired() bool {
@@ -3138,7 +3214,7 @@ type ListOperatorsResponse struct {
 
 func (x *ListOperatorsResponse) Reset() {
 	*x = ListOperatorsResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[50]
+	mi := &file_mesh_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3226,7 @@ func (x *ListOperatorsResponse) String() string {
 func (*ListOperatorsResponse) ProtoMessage() {}
 
 func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[50]
+	mi := &file_mesh_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3239,7 @@ func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListOperatorsResponse) GetOperators() []*OperatorCredential {
@@ -3191,7 +3267,7 @@ type RevokeOperatorRequest struct {
 
 func (x *RevokeOperatorRequest) Reset() {
 	*x = RevokeOperatorRequest{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[51]
+	mi := &file_mesh_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3279,7 @@ func (x *RevokeOperatorRequest) String() string {
 func (*RevokeOperatorRequest) ProtoMessage() {}
 
 func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[51]
+	mi := &file_mesh_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3292,7 @@ func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeOperatorRequest) GetSerial() string {
@@ -3253,7 +3329,7 @@ type RevokeOperatorResponse struct {
 
 func (x *RevokeOperatorResponse) Reset() {
 	*x = RevokeOperatorResponse{}
-	mi := &file_mesh_v1_admin_proto_msgTypes[52]
+	mi := &file_mesh_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3265,7 +3341,7 @@ func (x *RevokeOperatorResponse) String() string {
 func (*RevokeOperatorResponse) ProtoMessage() {}
 
 func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mesh_v1_admin_proto_msgTypes[52]
+	mi := &file_mesh_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3278,7 +3354,7 @@ func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_mesh_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeOperatorResponse) GetOperator() *OperatorCredential {
@@ -3310,12 +3386,18 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x11LocalStatsRequest\x12+\n" +
 	"\x05query\x18\x01 \x01(\v2\x15.mesh.v1.StatsRequestR\x05query\"D\n" +
 	"\x12LocalStatsResponse\x12.\n" +
-	"\x06answer\x18\x01 \x01(\v2\x16.mesh.v1.StatsResponseR\x06answer\"\x8f\x01\n" +
+	"\x06answer\x18\x01 \x01(\v2\x16.mesh.v1.StatsResponseR\x06answer\"\xbc\x01\n" +
 	"\fStatsRequest\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n" +
-	"\x05steps\x18\x04 \x01(\bR\x05steps\"\xe8\x02\n" +
+	"\x05steps\x18\x04 \x01(\bR\x05steps\x12+\n" +
+	"\x06source\x18\x05 \x01(\v2\x13.mesh.v1.EdgeSourceR\x06source\"X\n" +
+	"\n" +
+	"EdgeSource\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04mtls\x18\x03 \x01(\bR\x04mtls\"\xe8\x02\n" +
 	"\rStatsResponse\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12(\n" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
@@ -3582,167 +3664,169 @@ func file_mesh_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_mesh_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_mesh_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_mesh_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                   // 0: mesh.v1.SyncState
 	(*LocalStatsRequest)(nil),        // 1: mesh.v1.LocalStatsRequest
 	(*LocalStatsResponse)(nil),       // 2: mesh.v1.LocalStatsResponse
 	(*StatsRequest)(nil),             // 3: mesh.v1.StatsRequest
-	(*StatsResponse)(nil),            // 4: mesh.v1.StatsResponse
-	(*ForgetProxyRequest)(nil),       // 5: mesh.v1.ForgetProxyRequest
-	(*ForgetProxyResponse)(nil),      // 6: mesh.v1.ForgetProxyResponse
-	(*VersionRequest)(nil),           // 7: mesh.v1.VersionRequest
-	(*VersionResponse)(nil),          // 8: mesh.v1.VersionResponse
-	(*ReplicaStatus)(nil),            // 9: mesh.v1.ReplicaStatus
-	(*JoinToken)(nil),                // 10: mesh.v1.JoinToken
-	(*CreateJoinTokenRequest)(nil),   // 11: mesh.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 12: mesh.v1.CreateJoinTokenResponse
-	(*ListJoinTokensRequest)(nil),    // 13: mesh.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 14: mesh.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 15: mesh.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 16: mesh.v1.RevokeJoinTokenResponse
-	(*Certificate)(nil),              // 17: mesh.v1.Certificate
-	(*ListCertificatesRequest)(nil),  // 18: mesh.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil), // 19: mesh.v1.ListCertificatesResponse
-	(*Proxy)(nil),                    // 20: mesh.v1.Proxy
-	(*ListProxiesRequest)(nil),       // 21: mesh.v1.ListProxiesRequest
-	(*ListProxiesResponse)(nil),      // 22: mesh.v1.ListProxiesResponse
-	(*ApplyRequest)(nil),             // 23: mesh.v1.ApplyRequest
-	(*ApplyResult)(nil),              // 24: mesh.v1.ApplyResult
-	(*ApplyResponse)(nil),            // 25: mesh.v1.ApplyResponse
-	(*GetResourcesRequest)(nil),      // 26: mesh.v1.GetResourcesRequest
-	(*GetResourcesResponse)(nil),     // 27: mesh.v1.GetResourcesResponse
-	(*DeleteResourceRequest)(nil),    // 28: mesh.v1.DeleteResourceRequest
-	(*DeleteResourceResponse)(nil),   // 29: mesh.v1.DeleteResourceResponse
-	(*ProxySync)(nil),                // 30: mesh.v1.ProxySync
-	(*ProxyStatusRequest)(nil),       // 31: mesh.v1.ProxyStatusRequest
-	(*ProxyStatusResponse)(nil),      // 32: mesh.v1.ProxyStatusResponse
-	(*ProxyConfigRequest)(nil),       // 33: mesh.v1.ProxyConfigRequest
-	(*ProxyConfigResponse)(nil),      // 34: mesh.v1.ProxyConfigResponse
-	(*ProxyQueryRequest)(nil),        // 35: mesh.v1.ProxyQueryRequest
-	(*ProxyQueryResponse)(nil),       // 36: mesh.v1.ProxyQueryResponse
-	(*CARoot)(nil),                   // 37: mesh.v1.CARoot
-	(*RotateCARequest)(nil),          // 38: mesh.v1.RotateCARequest
-	(*RotateCAResponse)(nil),         // 39: mesh.v1.RotateCAResponse
-	(*CAStatusRequest)(nil),          // 40: mesh.v1.CAStatusRequest
-	(*ProxyRoots)(nil),               // 41: mesh.v1.ProxyRoots
-	(*CAStatusResponse)(nil),         // 42: mesh.v1.CAStatusResponse
-	(*RevokeProxyRequest)(nil),       // 43: mesh.v1.RevokeProxyRequest
-	(*RevokeProxyResponse)(nil),      // 44: mesh.v1.RevokeProxyResponse
-	(*DenyIdentityRequest)(nil),      // 45: mesh.v1.DenyIdentityRequest
-	(*DenyIdentityResponse)(nil),     // 46: mesh.v1.DenyIdentityResponse
-	(*BackupRequest)(nil),            // 47: mesh.v1.BackupRequest
-	(*BackupResponse)(nil),           // 48: mesh.v1.BackupResponse
-	(*OperatorCredential)(nil),       // 49: mesh.v1.OperatorCredential
-	(*ListOperatorsRequest)(nil),     // 50: mesh.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),    // 51: mesh.v1.ListOperatorsResponse
-	(*RevokeOperatorRequest)(nil),    // 52: mesh.v1.RevokeOperatorRequest
-	(*RevokeOperatorResponse)(nil),   // 53: mesh.v1.RevokeOperatorResponse
-	(*durationpb.Duration)(nil),      // 54: google.protobuf.Duration
-	(*EdgeStats)(nil),                // 55: mesh.v1.EdgeStats
-	(*DenyEvent)(nil),                // 56: mesh.v1.DenyEvent
-	(*timestamppb.Timestamp)(nil),    // 57: google.protobuf.Timestamp
-	(*Resource)(nil),                 // 58: mesh.v1.Resource
-	(*FileStatus)(nil),               // 59: mesh.v1.FileStatus
-	(*Snapshot)(nil),                 // 60: mesh.v1.Snapshot
-	(*Request)(nil),                  // 61: mesh.v1.Request
+	(*EdgeSource)(nil),               // 4: mesh.v1.EdgeSource
+	(*StatsResponse)(nil),            // 5: mesh.v1.StatsResponse
+	(*ForgetProxyRequest)(nil),       // 6: mesh.v1.ForgetProxyRequest
+	(*ForgetProxyResponse)(nil),      // 7: mesh.v1.ForgetProxyResponse
+	(*VersionRequest)(nil),           // 8: mesh.v1.VersionRequest
+	(*VersionResponse)(nil),          // 9: mesh.v1.VersionResponse
+	(*ReplicaStatus)(nil),            // 10: mesh.v1.ReplicaStatus
+	(*JoinToken)(nil),                // 11: mesh.v1.JoinToken
+	(*CreateJoinTokenRequest)(nil),   // 12: mesh.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 13: mesh.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 14: mesh.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 15: mesh.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 16: mesh.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 17: mesh.v1.RevokeJoinTokenResponse
+	(*Certificate)(nil),              // 18: mesh.v1.Certificate
+	(*ListCertificatesRequest)(nil),  // 19: mesh.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil), // 20: mesh.v1.ListCertificatesResponse
+	(*Proxy)(nil),                    // 21: mesh.v1.Proxy
+	(*ListProxiesRequest)(nil),       // 22: mesh.v1.ListProxiesRequest
+	(*ListProxiesResponse)(nil),      // 23: mesh.v1.ListProxiesResponse
+	(*ApplyRequest)(nil),             // 24: mesh.v1.ApplyRequest
+	(*ApplyResult)(nil),              // 25: mesh.v1.ApplyResult
+	(*ApplyResponse)(nil),            // 26: mesh.v1.ApplyResponse
+	(*GetResourcesRequest)(nil),      // 27: mesh.v1.GetResourcesRequest
+	(*GetResourcesResponse)(nil),     // 28: mesh.v1.GetResourcesResponse
+	(*DeleteResourceRequest)(nil),    // 29: mesh.v1.DeleteResourceRequest
+	(*DeleteResourceResponse)(nil),   // 30: mesh.v1.DeleteResourceResponse
+	(*ProxySync)(nil),                // 31: mesh.v1.ProxySync
+	(*ProxyStatusRequest)(nil),       // 32: mesh.v1.ProxyStatusRequest
+	(*ProxyStatusResponse)(nil),      // 33: mesh.v1.ProxyStatusResponse
+	(*ProxyConfigRequest)(nil),       // 34: mesh.v1.ProxyConfigRequest
+	(*ProxyConfigResponse)(nil),      // 35: mesh.v1.ProxyConfigResponse
+	(*ProxyQueryRequest)(nil),        // 36: mesh.v1.ProxyQueryRequest
+	(*ProxyQueryResponse)(nil),       // 37: mesh.v1.ProxyQueryResponse
+	(*CARoot)(nil),                   // 38: mesh.v1.CARoot
+	(*RotateCARequest)(nil),          // 39: mesh.v1.RotateCARequest
+	(*RotateCAResponse)(nil),         // 40: mesh.v1.RotateCAResponse
+	(*CAStatusRequest)(nil),          // 41: mesh.v1.CAStatusRequest
+	(*ProxyRoots)(nil),               // 42: mesh.v1.ProxyRoots
+	(*CAStatusResponse)(nil),         // 43: mesh.v1.CAStatusResponse
+	(*RevokeProxyRequest)(nil),       // 44: mesh.v1.RevokeProxyRequest
+	(*RevokeProxyResponse)(nil),      // 45: mesh.v1.RevokeProxyResponse
+	(*DenyIdentityRequest)(nil),      // 46: mesh.v1.DenyIdentityRequest
+	(*DenyIdentityResponse)(nil),     // 47: mesh.v1.DenyIdentityResponse
+	(*BackupRequest)(nil),            // 48: mesh.v1.BackupRequest
+	(*BackupResponse)(nil),           // 49: mesh.v1.BackupResponse
+	(*OperatorCredential)(nil),       // 50: mesh.v1.OperatorCredential
+	(*ListOperatorsRequest)(nil),     // 51: mesh.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),    // 52: mesh.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),    // 53: mesh.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),   // 54: mesh.v1.RevokeOperatorResponse
+	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
+	(*EdgeStats)(nil),                // 56: mesh.v1.EdgeStats
+	(*DenyEvent)(nil),                // 57: mesh.v1.DenyEvent
+	(*timestamppb.Timestamp)(nil),    // 58: google.protobuf.Timestamp
+	(*Resource)(nil),                 // 59: mesh.v1.Resource
+	(*FileStatus)(nil),               // 60: mesh.v1.FileStatus
+	(*Snapshot)(nil),                 // 61: mesh.v1.Snapshot
+	(*Request)(nil),                  // 62: mesh.v1.Request
 }
 var file_mesh_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: mesh.v1.LocalStatsRequest.query:type_name -> mesh.v1.StatsRequest
-	4,  // 1: mesh.v1.LocalStatsResponse.answer:type_name -> mesh.v1.StatsResponse
-	54, // 2: mesh.v1.StatsRequest.window:type_name -> google.protobuf.Duration
-	54, // 3: mesh.v1.StatsResponse.window:type_name -> google.protobuf.Duration
-	55, // 4: mesh.v1.StatsResponse.edges:type_name -> mesh.v1.EdgeStats
-	56, // 5: mesh.v1.StatsResponse.denies:type_name -> mesh.v1.DenyEvent
-	57, // 6: mesh.v1.StatsResponse.now:type_name -> google.protobuf.Timestamp
-	9,  // 7: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
-	54, // 8: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
-	57, // 9: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	57, // 10: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	54, // 11: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	10, // 12: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
-	10, // 13: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
-	57, // 14: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	57, // 15: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	17, // 16: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
-	57, // 17: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
-	57, // 18: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
-	57, // 19: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
-	20, // 20: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
-	58, // 21: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
-	24, // 22: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
-	58, // 23: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
-	20, // 24: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
-	0,  // 25: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
-	57, // 26: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
-	59, // 27: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
-	30, // 28: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
-	60, // 29: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
-	30, // 30: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
-	61, // 31: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
-	57, // 32: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
-	42, // 33: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
-	57, // 34: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
-	57, // 35: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
-	37, // 36: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
-	37, // 37: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
-	37, // 38: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
-	41, // 39: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
-	57, // 40: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
-	57, // 41: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
-	57, // 42: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
-	57, // 43: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
-	49, // 44: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
-	49, // 45: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
-	11, // 46: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
-	13, // 47: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
-	15, // 48: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
-	18, // 49: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
-	21, // 50: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
-	23, // 51: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
-	26, // 52: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
-	28, // 53: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
-	31, // 54: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
-	33, // 55: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
-	35, // 56: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
-	38, // 57: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
-	40, // 58: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
-	43, // 59: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
-	45, // 60: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
-	52, // 61: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
-	50, // 62: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
-	47, // 63: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
-	5,  // 64: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
-	7,  // 65: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
-	3,  // 66: mesh.v1.AdminService.Stats:input_type -> mesh.v1.StatsRequest
-	1,  // 67: mesh.v1.ReplicaService.LocalStats:input_type -> mesh.v1.LocalStatsRequest
-	12, // 68: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
-	14, // 69: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
-	16, // 70: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
-	19, // 71: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
-	22, // 72: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
-	25, // 73: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
-	27, // 74: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
-	29, // 75: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
-	32, // 76: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
-	34, // 77: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
-	36, // 78: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
-	39, // 79: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
-	42, // 80: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
-	44, // 81: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
-	46, // 82: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
-	53, // 83: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
-	51, // 84: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
-	48, // 85: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
-	6,  // 86: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
-	8,  // 87: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
-	4,  // 88: mesh.v1.AdminService.Stats:output_type -> mesh.v1.StatsResponse
-	2,  // 89: mesh.v1.ReplicaService.LocalStats:output_type -> mesh.v1.LocalStatsResponse
-	68, // [68:90] is the sub-list for method output_type
-	46, // [46:68] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	5,  // 1: mesh.v1.LocalStatsResponse.answer:type_name -> mesh.v1.StatsResponse
+	55, // 2: mesh.v1.StatsRequest.window:type_name -> google.protobuf.Duration
+	4,  // 3: mesh.v1.StatsRequest.source:type_name -> mesh.v1.EdgeSource
+	55, // 4: mesh.v1.StatsResponse.window:type_name -> google.protobuf.Duration
+	56, // 5: mesh.v1.StatsResponse.edges:type_name -> mesh.v1.EdgeStats
+	57, // 6: mesh.v1.StatsResponse.denies:type_name -> mesh.v1.DenyEvent
+	58, // 7: mesh.v1.StatsResponse.now:type_name -> google.protobuf.Timestamp
+	10, // 8: mesh.v1.VersionResponse.replicas:type_name -> mesh.v1.ReplicaStatus
+	55, // 9: mesh.v1.ReplicaStatus.cache_lag:type_name -> google.protobuf.Duration
+	58, // 10: mesh.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	58, // 11: mesh.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	55, // 12: mesh.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	11, // 13: mesh.v1.CreateJoinTokenResponse.token:type_name -> mesh.v1.JoinToken
+	11, // 14: mesh.v1.ListJoinTokensResponse.tokens:type_name -> mesh.v1.JoinToken
+	58, // 15: mesh.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	58, // 16: mesh.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	18, // 17: mesh.v1.ListCertificatesResponse.certificates:type_name -> mesh.v1.Certificate
+	58, // 18: mesh.v1.Proxy.last_seen:type_name -> google.protobuf.Timestamp
+	58, // 19: mesh.v1.Proxy.svid_expires_at:type_name -> google.protobuf.Timestamp
+	58, // 20: mesh.v1.Proxy.connected_at:type_name -> google.protobuf.Timestamp
+	21, // 21: mesh.v1.ListProxiesResponse.proxies:type_name -> mesh.v1.Proxy
+	59, // 22: mesh.v1.ApplyRequest.resources:type_name -> mesh.v1.Resource
+	25, // 23: mesh.v1.ApplyResponse.results:type_name -> mesh.v1.ApplyResult
+	59, // 24: mesh.v1.GetResourcesResponse.resources:type_name -> mesh.v1.Resource
+	21, // 25: mesh.v1.ProxySync.proxy:type_name -> mesh.v1.Proxy
+	0,  // 26: mesh.v1.ProxySync.state:type_name -> mesh.v1.SyncState
+	58, // 27: mesh.v1.ProxySync.last_message:type_name -> google.protobuf.Timestamp
+	60, // 28: mesh.v1.ProxySync.files:type_name -> mesh.v1.FileStatus
+	31, // 29: mesh.v1.ProxyStatusResponse.proxies:type_name -> mesh.v1.ProxySync
+	61, // 30: mesh.v1.ProxyConfigResponse.applied:type_name -> mesh.v1.Snapshot
+	31, // 31: mesh.v1.ProxyConfigResponse.status:type_name -> mesh.v1.ProxySync
+	62, // 32: mesh.v1.ProxyQueryRequest.request:type_name -> mesh.v1.Request
+	58, // 33: mesh.v1.CARoot.not_after:type_name -> google.protobuf.Timestamp
+	43, // 34: mesh.v1.RotateCAResponse.status:type_name -> mesh.v1.CAStatusResponse
+	58, // 35: mesh.v1.ProxyRoots.svid_expires_at:type_name -> google.protobuf.Timestamp
+	58, // 36: mesh.v1.ProxyRoots.svid_not_before:type_name -> google.protobuf.Timestamp
+	38, // 37: mesh.v1.CAStatusResponse.active:type_name -> mesh.v1.CARoot
+	38, // 38: mesh.v1.CAStatusResponse.next:type_name -> mesh.v1.CARoot
+	38, // 39: mesh.v1.CAStatusResponse.retired:type_name -> mesh.v1.CARoot
+	42, // 40: mesh.v1.CAStatusResponse.proxies:type_name -> mesh.v1.ProxyRoots
+	58, // 41: mesh.v1.CAStatusResponse.intermediate_not_after:type_name -> google.protobuf.Timestamp
+	58, // 42: mesh.v1.OperatorCredential.not_before:type_name -> google.protobuf.Timestamp
+	58, // 43: mesh.v1.OperatorCredential.not_after:type_name -> google.protobuf.Timestamp
+	58, // 44: mesh.v1.OperatorCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	50, // 45: mesh.v1.ListOperatorsResponse.operators:type_name -> mesh.v1.OperatorCredential
+	50, // 46: mesh.v1.RevokeOperatorResponse.operator:type_name -> mesh.v1.OperatorCredential
+	12, // 47: mesh.v1.AdminService.CreateJoinToken:input_type -> mesh.v1.CreateJoinTokenRequest
+	14, // 48: mesh.v1.AdminService.ListJoinTokens:input_type -> mesh.v1.ListJoinTokensRequest
+	16, // 49: mesh.v1.AdminService.RevokeJoinToken:input_type -> mesh.v1.RevokeJoinTokenRequest
+	19, // 50: mesh.v1.AdminService.ListCertificates:input_type -> mesh.v1.ListCertificatesRequest
+	22, // 51: mesh.v1.AdminService.ListProxies:input_type -> mesh.v1.ListProxiesRequest
+	24, // 52: mesh.v1.AdminService.Apply:input_type -> mesh.v1.ApplyRequest
+	27, // 53: mesh.v1.AdminService.GetResources:input_type -> mesh.v1.GetResourcesRequest
+	29, // 54: mesh.v1.AdminService.DeleteResource:input_type -> mesh.v1.DeleteResourceRequest
+	32, // 55: mesh.v1.AdminService.ProxyStatus:input_type -> mesh.v1.ProxyStatusRequest
+	34, // 56: mesh.v1.AdminService.ProxyConfig:input_type -> mesh.v1.ProxyConfigRequest
+	36, // 57: mesh.v1.AdminService.ProxyQuery:input_type -> mesh.v1.ProxyQueryRequest
+	39, // 58: mesh.v1.AdminService.RotateCA:input_type -> mesh.v1.RotateCARequest
+	41, // 59: mesh.v1.AdminService.CAStatus:input_type -> mesh.v1.CAStatusRequest
+	44, // 60: mesh.v1.AdminService.RevokeProxy:input_type -> mesh.v1.RevokeProxyRequest
+	46, // 61: mesh.v1.AdminService.DenyIdentity:input_type -> mesh.v1.DenyIdentityRequest
+	53, // 62: mesh.v1.AdminService.RevokeOperator:input_type -> mesh.v1.RevokeOperatorRequest
+	51, // 63: mesh.v1.AdminService.ListOperators:input_type -> mesh.v1.ListOperatorsRequest
+	48, // 64: mesh.v1.AdminService.Backup:input_type -> mesh.v1.BackupRequest
+	6,  // 65: mesh.v1.AdminService.ForgetProxy:input_type -> mesh.v1.ForgetProxyRequest
+	8,  // 66: mesh.v1.AdminService.Version:input_type -> mesh.v1.VersionRequest
+	3,  // 67: mesh.v1.AdminService.Stats:input_type -> mesh.v1.StatsRequest
+	1,  // 68: mesh.v1.ReplicaService.LocalStats:input_type -> mesh.v1.LocalStatsRequest
+	13, // 69: mesh.v1.AdminService.CreateJoinToken:output_type -> mesh.v1.CreateJoinTokenResponse
+	15, // 70: mesh.v1.AdminService.ListJoinTokens:output_type -> mesh.v1.ListJoinTokensResponse
+	17, // 71: mesh.v1.AdminService.RevokeJoinToken:output_type -> mesh.v1.RevokeJoinTokenResponse
+	20, // 72: mesh.v1.AdminService.ListCertificates:output_type -> mesh.v1.ListCertificatesResponse
+	23, // 73: mesh.v1.AdminService.ListProxies:output_type -> mesh.v1.ListProxiesResponse
+	26, // 74: mesh.v1.AdminService.Apply:output_type -> mesh.v1.ApplyResponse
+	28, // 75: mesh.v1.AdminService.GetResources:output_type -> mesh.v1.GetResourcesResponse
+	30, // 76: mesh.v1.AdminService.DeleteResource:output_type -> mesh.v1.DeleteResourceResponse
+	33, // 77: mesh.v1.AdminService.ProxyStatus:output_type -> mesh.v1.ProxyStatusResponse
+	35, // 78: mesh.v1.AdminService.ProxyConfig:output_type -> mesh.v1.ProxyConfigResponse
+	37, // 79: mesh.v1.AdminService.ProxyQuery:output_type -> mesh.v1.ProxyQueryResponse
+	40, // 80: mesh.v1.AdminService.RotateCA:output_type -> mesh.v1.RotateCAResponse
+	43, // 81: mesh.v1.AdminService.CAStatus:output_type -> mesh.v1.CAStatusResponse
+	45, // 82: mesh.v1.AdminService.RevokeProxy:output_type -> mesh.v1.RevokeProxyResponse
+	47, // 83: mesh.v1.AdminService.DenyIdentity:output_type -> mesh.v1.DenyIdentityResponse
+	54, // 84: mesh.v1.AdminService.RevokeOperator:output_type -> mesh.v1.RevokeOperatorResponse
+	52, // 85: mesh.v1.AdminService.ListOperators:output_type -> mesh.v1.ListOperatorsResponse
+	49, // 86: mesh.v1.AdminService.Backup:output_type -> mesh.v1.BackupResponse
+	7,  // 87: mesh.v1.AdminService.ForgetProxy:output_type -> mesh.v1.ForgetProxyResponse
+	9,  // 88: mesh.v1.AdminService.Version:output_type -> mesh.v1.VersionResponse
+	5,  // 89: mesh.v1.AdminService.Stats:output_type -> mesh.v1.StatsResponse
+	2,  // 90: mesh.v1.ReplicaService.LocalStats:output_type -> mesh.v1.LocalStatsResponse
+	69, // [69:91] is the sub-list for method output_type
+	47, // [47:69] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_mesh_v1_admin_proto_init() }
@@ -3758,7 +3842,7 @@ func file_mesh_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_v1_admin_proto_rawDesc), len(file_mesh_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
