@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -48,6 +49,10 @@ const (
 	MaxIdentities = 4
 	// DefaultWindow is a query's window when it names none.
 	DefaultWindow = time.Minute
+	// MaxAnswerBytes bounds a Stats answer (fit), under the 4 MiB of a
+	// gRPC message: 5000 edges with four 2 KiB identities a side would
+	// not fit, nor would three replicas' distinct edges merged.
+	MaxAnswerBytes = 3 << 20
 	// MaxStepEdges caps the edges one answer carries steps for: an edge's
 	// 90 samples of 22 counts are about 6 KB, and a gRPC message stops at
 	// 4 MB. A chart of one edge names its source and needs one or two.
@@ -354,6 +359,7 @@ func (s *Store) Local(req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
 	if err := stepsFit(req, out); err != nil {
 		return nil, err
 	}
+	fit(out, MaxAnswerBytes)
 	return out, nil
 }
 
@@ -473,7 +479,104 @@ func (s *Store) Stats(ctx context.Context, req *meshv1.StatsRequest) (*meshv1.St
 	if err := stepsFit(req, out); err != nil {
 		return nil, err
 	}
+	fit(out, MaxAnswerBytes)
 	return out, nil
+}
+
+// fit keeps out within budget bytes. The busiest edges stay as they are;
+// the rest are folded into one edge from Other per destination and mTLS
+// (without identities, their counts and steps added) while those fit,
+// and past that into Other → Other; then the newest denies that fit stay.
+// It counts what it folded and left out in out, so that totals stay
+// whole and the answer says what it does not name.
+func fit(out *meshv1.StatsResponse, budget int) {
+	edges, denies := out.Edges, out.Denies
+	out.Edges, out.Denies = nil, nil
+	used := proto.Size(out)
+	// Each element costs its size plus its field's tag and length.
+	cost := func(m proto.Message) int { n := proto.Size(m); return n + 1 + protowire.SizeVarint(uint64(n)) }
+	all := used
+	for _, e := range edges {
+		all += cost(e)
+	}
+	for _, d := range denies {
+		all += cost(d)
+	}
+	if all <= budget {
+		out.Edges, out.Denies = edges, denies
+		return
+	}
+	// Room kept for the folded edges: one per destination at most, small.
+	reserve := min(budget/8, 256<<10)
+	busiest := slices.Clone(edges)
+	slices.SortStableFunc(busiest, func(a, b *meshv1.EdgeStats) int { return cmp.Compare(edgeTotal(b), edgeTotal(a)) })
+	keep := map[*meshv1.EdgeStats]bool{}
+	var rest []*meshv1.EdgeStats
+	for _, e := range busiest {
+		if n := cost(e); used+n <= budget-reserve {
+			keep[e] = true
+			used += n
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	var kept []*meshv1.EdgeStats
+	idx := map[edgeKey]*meshv1.EdgeStats{}
+	for _, e := range edges {
+		if keep[e] {
+			kept = append(kept, e)
+			idx[keyOf(e)] = e
+		}
+	}
+	// Per destination while the reserve lasts, then Other → Other.
+	var folded uint32
+	perDest := true
+	for _, e := range rest {
+		k := edgeKey{src: Other, dstNS: e.GetDestinationNamespace(), dst: e.GetDestinationService(), mtls: e.GetMtls()}
+		if !perDest {
+			k = edgeKey{src: Other, dstNS: Other, dst: Other, mtls: e.GetMtls()}
+		}
+		into, ok := idx[k]
+		if !ok {
+			into = &meshv1.EdgeStats{SourceService: k.src, DestinationNamespace: k.dstNS, DestinationService: k.dst, Mtls: k.mtls,
+				Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, nBuckets)}
+			if n := cost(into) + 256; perDest && used+n > budget-reserve/4 {
+				perDest = false
+				k = edgeKey{src: Other, dstNS: Other, dst: Other, mtls: e.GetMtls()}
+				if into, ok = idx[k]; !ok {
+					into = &meshv1.EdgeStats{SourceService: k.src, DestinationNamespace: k.dstNS, DestinationService: k.dst, Mtls: k.mtls,
+						Classes: make([]uint64, nClasses), LatencyBuckets: make([]uint64, nBuckets)}
+				}
+			}
+			if !ok {
+				idx[k] = into
+				kept = append(kept, into)
+				used += cost(into) + 256
+			}
+		}
+		addCounts(into.Classes, into.LatencyBuckets, &into.LatencySumSeconds, e.GetClasses(), e.GetLatencyBuckets(), e.GetLatencySumSeconds())
+		into.Steps = mergeSteps(into.Steps, e.GetSteps())
+		folded++
+	}
+	sortEdges(kept)
+	out.Edges = kept
+	out.EdgesFolded += folded
+	for i, d := range denies {
+		n := cost(d)
+		if used+n > budget {
+			out.DeniesLeftOut += uint32(len(denies) - i)
+			break
+		}
+		out.Denies = append(out.Denies, d)
+		used += n
+	}
+}
+
+func edgeTotal(e *meshv1.EdgeStats) (n uint64) {
+	for _, v := range e.GetClasses() {
+		n += v
+	}
+	return n
 }
 
 // merge adds the answers of other replicas into out: edges by key, denies
@@ -505,6 +608,8 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 			into.Steps = mergeSteps(into.Steps, e.GetSteps())
 		}
 		out.Denies = append(out.Denies, o.GetDenies()...)
+		out.EdgesFolded += o.GetEdgesFolded()
+		out.DeniesLeftOut += o.GetDeniesLeftOut()
 	}
 	sortEdges(out.Edges)
 	sort.SliceStable(out.Denies, func(i, j int) bool { return out.Denies[i].GetTime().AsTime().After(out.Denies[j].GetTime().AsTime()) })

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -360,5 +361,102 @@ func TestSourceAndStepsCap(t *testing.T) {
 	}
 	if got, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api"}); err != nil || len(got.GetEdges()) != stats.MaxStepEdges+1 {
 		t.Errorf("totals without steps: %d edges, %v", len(got.GetEdges()), err)
+	}
+}
+
+// TestAnswerFitsItsBound: edges with the largest identities a report may
+// carry, from more callers than one answer can name, on two replicas:
+// the answer stays under MaxAnswerBytes (a gRPC message stops at 4 MiB),
+// the busiest edges keep their names and identities, the rest are folded
+// into "other" per destination so every service's totals stay whole, and
+// the answer says how many edges it folded and how many denies it left
+// out.
+func TestAnswerFitsItsBound(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	peer := newStore(t, c)
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
+		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Record("api-1", apiID, "api", report(edge("web", 3, 0)))
+	if r, err := s.Stats(context.Background(), &meshv1.StatsRequest{}); err != nil || r.GetEdgesFolded() != 0 || len(r.GetEdges()) != 1 {
+		t.Fatalf("a small answer: %v %v", r, err)
+	}
+
+	dbID := spiffeid.RequireFromString("spiffe://minimesh.local/ns/default/sa/db")
+	long := strings.Repeat("x", 2100) // cut to 2048
+	big := func(src string, n uint64) *meshv1.EdgeStats {
+		e := edge(src, n, 0)
+		e.SourceIdentities = []string{"1" + long, "2" + long, "3" + long, "4" + long}
+		return e
+	}
+	want := map[string]uint64{"api": 3}
+	var busiest string
+	record := func(st *stats.Store, id spiffeid.ID, svc, prefix string, callers int) {
+		for i := 0; i < callers; i += stats.MaxReportEdges {
+			var es []*meshv1.EdgeStats
+			for j := i; j < min(i+stats.MaxReportEdges, callers); j++ {
+				n := uint64(j + 1)
+				es = append(es, big(fmt.Sprintf("%s-%d", prefix, j), n))
+				want[svc] += n
+			}
+			r := report(es...)
+			for range 20 {
+				r.Denies = append(r.Denies, &meshv1.DenyEvent{Time: timestamppb.New(c.Now()), Method: "GET", Path: "/" + long, SourceIdentity: "spiffe://minimesh.local/ns/default/sa/web", Policy: long})
+			}
+			st.Record(svc+"-1", id, svc, r)
+		}
+	}
+	record(s, apiID, "api", "here", 400)
+	busiest = "here-399"
+	for range stats.MaxDenies / 20 { // a full ring of the largest denies
+		r := report()
+		for range 20 {
+			r.Denies = append(r.Denies, &meshv1.DenyEvent{Time: timestamppb.New(c.Now()), Method: "GET", Path: "/" + long, SourceIdentity: "spiffe://minimesh.local/ns/default/sa/" + long, Policy: long})
+		}
+		s.Record("api-1", apiID, "api", r)
+	}
+	record(peer, apiID, "api", "there", 300)
+	record(peer, dbID, "db", "there", 100)
+
+	for _, tc := range []struct {
+		name string
+		ask  func() (*meshv1.StatsResponse, error)
+		want map[string]uint64
+	}{
+		{"this replica", func() (*meshv1.StatsResponse, error) { return s.Local(&meshv1.StatsRequest{}) }, map[string]uint64{"api": want["api"] - 300*301/2}},
+		{"merged", func() (*meshv1.StatsResponse, error) { return s.Stats(context.Background(), &meshv1.StatsRequest{}) }, want},
+	} {
+		r, err := tc.ask()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if n := proto.Size(r); n > stats.MaxAnswerBytes {
+			t.Errorf("%s: %d bytes, over %d", tc.name, n, stats.MaxAnswerBytes)
+		}
+		got := map[string]uint64{}
+		var named, other bool
+		for _, e := range r.GetEdges() {
+			got[e.GetDestinationService()] += total(e)
+			if e.GetSourceService() == busiest && len(e.GetSourceIdentities()) == 4 {
+				named = true
+			}
+			if e.GetSourceService() == stats.Other && e.GetDestinationService() == "api" && len(e.GetSourceIdentities()) == 0 {
+				other = true
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: requests per service %v, want %v (folding must keep totals)", tc.name, got, tc.want)
+		}
+		if !named || !other || r.GetEdgesFolded() == 0 {
+			t.Errorf("%s: busiest edge named %v, other → api %v, %d folded", tc.name, named, other, r.GetEdgesFolded())
+		}
+		if len(r.GetDenies()) == 0 || r.GetDeniesLeftOut() == 0 {
+			t.Errorf("%s: %d denies kept, %d left out: want some of each", tc.name, len(r.GetDenies()), r.GetDeniesLeftOut())
+		}
 	}
 }

@@ -208,8 +208,9 @@ func edgesView(ctx context.Context, c meshv1.AdminServiceClient, body []byte) (a
 		ReplicasAnswered uint32     `json:"replicasAnswered"`
 		ReplicaErrors    []string   `json:"replicaErrors"`
 		Edges            []dashEdge `json:"edges"`
+		EdgesFolded      uint32     `json:"edgesFolded"`
 	}{Window: doc.Window, WindowSeconds: w.Seconds(), ReplicasAsked: doc.ReplicasAsked, ReplicasAnswered: doc.ReplicasAnswered,
-		ReplicaErrors: append([]string{}, doc.ReplicaErrors...), Edges: []dashEdge{}}
+		ReplicaErrors: append([]string{}, doc.ReplicaErrors...), Edges: []dashEdge{}, EdgesFolded: doc.EdgesFolded}
 	for i, r := range doc.Edges {
 		e := resp.GetEdges()[i]
 		out.Edges = append(out.Edges, dashEdge{statRow: r, DestinationService: e.GetDestinationService(), SourceService: e.GetSourceService(), SourceNamespace: e.GetSourceNamespace()})

@@ -202,6 +202,9 @@ type statDoc struct {
 	ReplicaErrors    []string  `json:"replicaErrors,omitempty"`
 	Services         []statRow `json:"services,omitempty"`
 	Edges            []statRow `json:"edges,omitempty"`
+	// EdgesFolded: edges meshd folded into "other" to keep its answer
+	// under its size bound (StatsResponse.edges_folded).
+	EdgesFolded uint32 `json:"edgesFolded,omitempty"`
 }
 
 func fill(r *statRow, t *traffic, window time.Duration, bounds []float64) {
@@ -250,7 +253,7 @@ how many answered.`,
 				sort.Slice(keys, func(i, j int) bool {
 					return keys[i].ns < keys[j].ns || (keys[i].ns == keys[j].ns && keys[i].svc < keys[j].svc)
 				})
-				doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Services: []statRow{}}
+				doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Services: []statRow{}, EdgesFolded: resp.GetEdgesFolded()}
 				for _, k := range keys {
 					t := by[k]
 					r := statRow{Namespace: k.ns, Service: k.svc}
@@ -276,6 +279,7 @@ how many answered.`,
 						return err
 					}
 					g.replicaLine(resp)
+					g.foldedLine(resp, false)
 					return nil
 				}})
 			})
@@ -321,6 +325,7 @@ success rate and latency.`,
 						return err
 					}
 					g.replicaLine(resp)
+					g.foldedLine(resp, false)
 					return nil
 				}})
 			})
@@ -347,7 +352,7 @@ func edgeSource(e *meshv1.EdgeStats) string {
 // edgesDoc is edges' document: one row per edge in resp.
 func edgesDoc(resp *meshv1.StatsResponse) statDoc {
 	w := resp.GetWindow().AsDuration()
-	doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Edges: []statRow{}}
+	doc := statDoc{Window: w.String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(), ReplicaErrors: resp.GetReplicaErrors(), Edges: []statRow{}, EdgesFolded: resp.GetEdgesFolded()}
 	for _, e := range resp.GetEdges() {
 		t := &traffic{}
 		t.add(e)
@@ -379,6 +384,9 @@ type denyDoc struct {
 	ReplicasAnswered uint32    `json:"replicasAnswered"`
 	ReplicaErrors    []string  `json:"replicaErrors,omitempty"`
 	Denies           []denyRow `json:"denies"`
+	// DeniesLeftOut: older denies meshd left out to keep its answer under
+	// its size bound (StatsResponse.denies_left_out).
+	DeniesLeftOut uint32 `json:"deniesLeftOut,omitempty"`
 }
 
 func newDeniesCmd(g *globals) *cobra.Command {
@@ -395,7 +403,7 @@ per 10 s; meshd keeps the last 1000.`,
 		RunE: func(_ *cobra.Command, args []string) error {
 			return f.run(g, args, func(resp *meshv1.StatsResponse) error {
 				doc := denyDoc{Window: resp.GetWindow().AsDuration().String(), ReplicasAsked: resp.GetReplicasAsked(), ReplicasAnswered: resp.GetReplicasAnswered(),
-					ReplicaErrors: resp.GetReplicaErrors(), Denies: []denyRow{}}
+					ReplicaErrors: resp.GetReplicaErrors(), Denies: []denyRow{}, DeniesLeftOut: resp.GetDeniesLeftOut()}
 				for _, d := range resp.GetDenies() {
 					doc.Denies = append(doc.Denies, denyRow{Time: d.GetTime().AsTime(), Source: d.GetSourceIdentity(), Namespace: d.GetDestinationNamespace(),
 						Destination: d.GetDestinationService(), Instance: d.GetInstanceId(), Method: d.GetMethod(), Path: d.GetPath(), Policy: d.GetPolicy(), Rule: d.GetRule()})
@@ -421,6 +429,7 @@ per 10 s; meshd keeps the last 1000.`,
 						return err
 					}
 					g.replicaLine(resp)
+					g.foldedLine(resp, true)
 					return nil
 				}})
 			})
@@ -439,6 +448,18 @@ func (g *globals) replicaLine(resp *meshv1.StatsResponse) {
 	printf(g.io.Out, "\n%d of %d meshd replicas answered\n", resp.GetReplicasAnswered(), resp.GetReplicasAsked())
 	for _, e := range resp.GetReplicaErrors() {
 		printf(g.io.Out, "  %s\n", e)
+	}
+}
+
+// foldedLine says, under a table, what meshd folded or left out to keep
+// its answer under its size bound, so that a short table is never taken
+// for the whole mesh.
+func (g *globals) foldedLine(resp *meshv1.StatsResponse, denies bool) {
+	if n := resp.GetEdgesFolded(); n > 0 && !denies {
+		printf(g.io.Out, "\n%d edges folded into \"other\" to keep meshd's answer under its size bound: their requests are counted, their callers are not named (name a service to see them)\n", n)
+	}
+	if n := resp.GetDeniesLeftOut(); n > 0 && denies {
+		printf(g.io.Out, "\n%d older denies left out to keep meshd's answer under its size bound (name a service to see them)\n", n)
 	}
 }
 

@@ -174,6 +174,7 @@ function Topology() {
   return html`<section>
     <h2>Topology <small>last ${(edges.data && edges.data.window) || '1m0s'}, refreshed every 5 s</small></h2>
     <${Banner} error=${edges.error || proxies.error} />
+    ${edges.data && edges.data.edgesFolded ? html`<p class="hint" data-folded>${edges.data.edgesFolded} quieter edges are drawn as one edge from "other" to each service, to keep meshd's answer under its size bound.</p>` : null}
     <div class="topo">
       <svg viewBox=${`0 0 ${width} ${height}`} role="img" aria-label="service topology">
         <defs>

@@ -352,7 +352,16 @@ type StatsResponse struct {
 	ReplicaErrors []string `protobuf:"bytes,7,rep,name=replica_errors,json=replicaErrors,proto3" json:"replica_errors,omitempty"`
 	// The answering replica's clock when it read its samples: the sample in
 	// progress is the one that holds it.
-	Now           *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=now,proto3" json:"now,omitempty"`
+	Now *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=now,proto3" json:"now,omitempty"`
+	// Edges folded, to keep the answer under its size bound (3 MiB; a gRPC
+	// message stops at 4), into an edge from "other" to the same service
+	// (or, past that, from "other" to "other"): their counts stay in the
+	// totals, their callers and identities are not named. 0 when every edge
+	// is named; with several replicas, each replica's folding is added.
+	EdgesFolded uint32 `protobuf:"varint,9,opt,name=edges_folded,json=edgesFolded,proto3" json:"edges_folded,omitempty"`
+	// Denies in the window left out under the same bound (the newest are
+	// kept).
+	DeniesLeftOut uint32 `protobuf:"varint,10,opt,name=denies_left_out,json=deniesLeftOut,proto3" json:"denies_left_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,6 +450,20 @@ func (x *StatsResponse) GetNow() *timestamppb.Timestamp {
 		return x.Now
 	}
 	return nil
+}
+
+func (x *StatsResponse) GetEdgesFolded() uint32 {
+	if x != nil {
+		return x.EdgesFolded
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetDeniesLeftOut() uint32 {
+	if x != nil {
+		return x.DeniesLeftOut
+	}
+	return 0
 }
 
 type ForgetProxyRequest struct {
@@ -3397,7 +3420,7 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"EdgeSource\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04mtls\x18\x03 \x01(\bR\x04mtls\"\xe8\x02\n" +
+	"\x04mtls\x18\x03 \x01(\bR\x04mtls\"\xb3\x03\n" +
 	"\rStatsResponse\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12(\n" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
@@ -3406,7 +3429,10 @@ const file_mesh_v1_admin_proto_rawDesc = "" +
 	"\x0ereplicas_asked\x18\x05 \x01(\rR\rreplicasAsked\x12+\n" +
 	"\x11replicas_answered\x18\x06 \x01(\rR\x10replicasAnswered\x12%\n" +
 	"\x0ereplica_errors\x18\a \x03(\tR\rreplicaErrors\x12,\n" +
-	"\x03now\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x03now\"K\n" +
+	"\x03now\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x03now\x12!\n" +
+	"\fedges_folded\x18\t \x01(\rR\vedgesFolded\x12&\n" +
+	"\x0fdenies_left_out\x18\n" +
+	" \x01(\rR\rdeniesLeftOut\"K\n" +
 	"\x12ForgetProxyRequest\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x14\n" +

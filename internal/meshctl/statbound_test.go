@@ -1,0 +1,91 @@
+package meshctl_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"minimesh/controlplane"
+	"minimesh/controlplane/controlplanetest"
+	"minimesh/controlplane/stats"
+	meshv1 "minimesh/proto/mesh/v1"
+)
+
+// TestStatsAnswerOverItsBound: a proxy reports more callers, with larger
+// identities, than one gRPC message can carry. meshd still answers (it
+// failed with ResourceExhausted before its answers were bounded); stat
+// counts every request, and edges names the busiest callers and says how
+// many edges it folded into "other".
+func TestStatsAnswerOverItsBound(t *testing.T) {
+	m := controlplanetest.Start(t, controlplane.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, m.Bootstrap(t, "default", "api"))).Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: "api", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetRegistered() == nil {
+		t.Fatalf("registration: %v %v", r, err)
+	}
+	long := strings.Repeat("x", 2040)
+	var want uint64
+	for r := range 2 { // 512 callers, about 8 KiB each: 4 MiB
+		var es []*meshv1.EdgeStats
+		for i := range stats.MaxReportEdges {
+			n := uint64(r*stats.MaxReportEdges + i + 1)
+			want += n
+			lat := make([]uint64, len(stats.LatencyBounds)+1)
+			lat[3] = n
+			id := fmt.Sprintf("spiffe://minimesh.local/ns/default/sa/caller-%d/", n-1)
+			es = append(es, &meshv1.EdgeStats{SourceService: fmt.Sprintf("caller-%d", n-1), SourceNamespace: "default", Mtls: true,
+				SourceIdentities: []string{id + "1" + long, id + "2" + long, id + "3" + long, id + "4" + long},
+				Classes:          []uint64{0, n, 0, 0, 0, 0, 0}, LatencyBuckets: lat})
+		}
+		if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: &meshv1.StatsReport{
+			Interval: durationpb.New(10 * time.Second), LatencyBounds: stats.LatencyBounds, Edges: es}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var doc struct {
+		Services []struct {
+			Requests uint64 `json:"requests"`
+		} `json:"services"`
+		EdgesFolded uint32 `json:"edgesFolded"`
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := run(t, m, "stat", "-o", "json")
+		if err == nil {
+			if err := json.Unmarshal([]byte(out), &doc); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if len(doc.Services) == 1 && doc.Services[0].Requests == want {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stat: %+v %v; want one service with %d requests", doc, err, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if doc.EdgesFolded == 0 {
+		t.Fatalf("stat -o json: edgesFolded 0; the answer cannot name all 512 callers")
+	}
+	out, err := run(t, m, "edges")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "caller-511.default") || !strings.Contains(out, "other") ||
+		!strings.Contains(out, fmt.Sprintf("%d edges folded into \"other\"", doc.EdgesFolded)) {
+		t.Errorf("edges: want the busiest caller, the folded edge and the note; got\n%.2000s", out)
+	}
+}
