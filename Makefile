@@ -132,6 +132,10 @@ $(BIN)/versitygw:
 .PHONY: bench
 bench: bench-fanout bench-fanout-ha bench-sidebyside bench-go bench-store bench-adapter ## Every benchmark; prints tables (see bench/RESULTS.md).
 
+.PHONY: bench-issue22
+bench-issue22: build ## Issue 22's protocol: the full side-by-side run up to three times, stopping at the first that misses a bar (~35 min each).
+	bench/sidebyside/issue22.sh $(BENCHFLAGS)
+
 .PHONY: bench-sidebyside
 bench-sidebyside: build ## One and two hops vs nginx, haproxy, Caddy and the starting commit under wrk and an open-loop generator (~35 min; installs wrk, nginx, haproxy, caddy, vegeta; builds bench/openloop).
 	bench/sidebyside/run.sh $(BENCHFLAGS)

@@ -443,6 +443,9 @@ func run() error {
 		}
 		fmt.Println("written to", o.results)
 	}
+	if line := barsLine(rows, o.hi); line != "" {
+		fmt.Println(line) // last, for bench/sidebyside/issue22.sh
+	}
 	return nil
 }
 
@@ -531,6 +534,9 @@ func report(o options, rows []*row, skipped []string, profiles []profileResult) 
 	if o.rounds > 0 && len(ratioPairs(rows)) > 0 {
 		fmt.Fprintf(&b, "\nPer-round ratios (each round's value over the other row's in the same round; median of the %d rounds and, in parentheses, their range):\n\n", o.rounds)
 		b.WriteString(ratioTable(rows, o.hi, o.lo))
+		if line := barsLine(rows, o.hi); line != "" {
+			fmt.Fprintf(&b, "\n%s.\n", strings.ToUpper(line[:1])+line[1:])
+		}
 	}
 	if o.rounds > 0 {
 		fmt.Fprintf(&b, "\nWhere the machine's CPU went at %d connections (CPU per request in µs, median of the rounds; idle is the share of the %d cores nobody used; the share of the app's CPU spent in the kernel, the app's context switches per request summed over its threads (voluntary: a thread blocked and was woken; not: it was preempted), and the target's connections open to it at the run's end: how the target's way of talking to the app changes what the app does):\n\n", o.hi, runtime.NumCPU())

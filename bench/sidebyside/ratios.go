@@ -117,3 +117,42 @@ func ratioTable(rows []*row, hi, lo int) string {
 	}
 	return b.String()
 }
+
+// Issue 22's bars: at hi connections, the per-round median of mesh-proxy's
+// requests/s over nginx's must be at least 0.85 for one hop, and the
+// pair's over the nginx chain's at least 0.80 for two hops, in each of
+// three full runs of one build.
+var issue22Bars = []struct {
+	a, b, what string
+	bar        float64
+}{
+	{"mesh-proxy", "nginx", "one hop", 0.85},
+	{"mesh-proxy → mesh-proxy", "nginx → nginx", "two hops", 0.80},
+}
+
+// barsLine says, unrounded, where this run stands against issue 22's
+// bars (the table rounds 0.846 to 0.85, which would read as met), or ""
+// when the run lacks the rows.
+func barsLine(rows []*row, hi int) string {
+	byName := map[string]*row{}
+	for _, r := range rows {
+		byName[r.t.name] = r
+	}
+	var parts []string
+	for _, b := range issue22Bars {
+		ra, rb := byName[b.a], byName[b.b]
+		if ra == nil || rb == nil {
+			return ""
+		}
+		v := perRound(rpsByRound(ra, hi), rpsByRound(rb, hi))
+		if len(v) == 0 {
+			return ""
+		}
+		m, verdict := median(v), "met"
+		if m < b.bar {
+			verdict = "missed"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.3f× %s (bar %.2f×: %s)", b.what, m, b.b, b.bar, verdict))
+	}
+	return fmt.Sprintf("issue 22 bars at %d connections, per-round medians unrounded: %s", hi, strings.Join(parts, "; "))
+}

@@ -278,3 +278,24 @@ func TestOldProxySpec(t *testing.T) {
 		t.Errorf("cached commit: %q %q", p, desc)
 	}
 }
+
+// TestBarsLine: issue 22's bars are judged on the unrounded per-round
+// medians (0.846 misses 0.85, though the ratio table prints 0.85×).
+func TestBarsLine(t *testing.T) {
+	rows := []*row{
+		benchRow("nginx", "one hop", []float64{1000, 1000, 1000}, []int64{10, 10, 10}, []float64{10, 10, 10}),
+		benchRow("mesh-proxy", "one hop", []float64{846, 900, 800}, []int64{10, 10, 10}, []float64{10, 10, 10}),
+		benchRow("nginx → nginx", "two hops", []float64{100, 100, 100}, []int64{10, 10, 10}, []float64{10, 10, 10}),
+		benchRow("mesh-proxy → mesh-proxy", "two hops", []float64{80, 79, 90}, []int64{10, 10, 10}, []float64{10, 10, 10}),
+	}
+	want := "issue 22 bars at 64 connections, per-round medians unrounded: one hop 0.846× nginx (bar 0.85×: missed); two hops 0.800× nginx → nginx (bar 0.80×: met)"
+	if got := barsLine(rows, 64); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	if !strings.Contains(ratioTable(rows, 64, 1), "| mesh-proxy / nginx | 0.85× (0.80–0.90)") {
+		t.Fatalf("the table rounds: %s", ratioTable(rows, 64, 1))
+	}
+	if got := barsLine(rows[:2], 64); got != "" {
+		t.Fatalf("without the two-hop rows: %q", got)
+	}
+}
