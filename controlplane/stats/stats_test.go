@@ -52,6 +52,21 @@ func newStore(t *testing.T, c *clock) *stats.Store {
 	return s
 }
 
+// twoReplicas is a replica s whose one peer, asked in process, is peer.
+func twoReplicas(t *testing.T, c *clock) (s, peer *stats.Store) {
+	t.Helper()
+	peer = newStore(t, c)
+	s, err := stats.New(stats.Config{Clock: c,
+		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
+		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
+			return peer.Local(req)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, peer
+}
+
 func total(e *meshv1.EdgeStats) (n uint64) {
 	for _, v := range e.GetClasses() {
 		n += v
@@ -210,16 +225,8 @@ func TestSourcesKeptApartByNamespace(t *testing.T) {
 		e.SourceIdentities = []string{"spiffe://minimesh.local/ns/" + ns + "/sa/web"}
 		return e
 	}
-	peer := newStore(t, c)
+	s, peer := twoReplicas(t, c)
 	peer.Record("api-2", apiID, "api", report(from("prod", 5)))
-	s, err := stats.New(stats.Config{Clock: c,
-		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
-		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
-			return peer.Local(req)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	s.Record("api-1", apiID, "api", report(from("default", 2), from("prod", 3)))
 	r, err := s.Stats(context.Background(), &meshv1.StatsRequest{})
 	if err != nil {
@@ -243,15 +250,7 @@ func TestSourcesKeptApartByNamespace(t *testing.T) {
 // service.
 func TestStepsPerSample(t *testing.T) {
 	c := &clock{t: time.Unix(1_700_000_000, 0)} // a multiple of 10 s
-	peer := newStore(t, c)
-	s, err := stats.New(stats.Config{Clock: c,
-		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
-		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
-			return peer.Local(req)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, peer := twoReplicas(t, c)
 	s.Record("api-1", apiID, "api", report(edge("web", 5, 1)))    // sample 1_700_000_000
 	peer.Record("api-2", apiID, "api", report(edge("web", 2, 0))) // the same sample, the other replica
 	c.add(25 * time.Second)
@@ -287,15 +286,7 @@ func TestStepsPerSample(t *testing.T) {
 // same query naming one caller is answered.
 func TestSourceAndStepsCap(t *testing.T) {
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	peer := newStore(t, c)
-	s, err := stats.New(stats.Config{Clock: c,
-		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
-		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
-			return peer.Local(req)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, peer := twoReplicas(t, c)
 	inDefault := func(e *meshv1.EdgeStats) *meshv1.EdgeStats { e.SourceNamespace = "default"; return e }
 	outside := &meshv1.EdgeStats{Classes: []uint64{0, 9, 0, 0, 0, 0, 0}, LatencyBuckets: make([]uint64, len(stats.LatencyBounds)+1)}
 	r := report(inDefault(edge("web", 5, 1)), inDefault(edge("batch", 2, 0)), outside)
@@ -349,7 +340,7 @@ func TestSourceAndStepsCap(t *testing.T) {
 		t.Fatalf("steps for %d edges: %v", stats.MaxStepEdges, err)
 	}
 	peer.Record("api-2", apiID, "api", report(edge("one-more", 1, 0)))
-	_, err = s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true})
+	_, err := s.Stats(context.Background(), &meshv1.StatsRequest{Service: "api", Steps: true})
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d callers of \"api\"", stats.MaxStepEdges+1)) || !strings.Contains(err.Error(), "name the caller (source)") {
 		t.Fatalf("steps for %d edges: %v, want refused", stats.MaxStepEdges+1, err)
 	}
@@ -373,15 +364,7 @@ func TestSourceAndStepsCap(t *testing.T) {
 // out.
 func TestAnswerFitsItsBound(t *testing.T) {
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	peer := newStore(t, c)
-	s, err := stats.New(stats.Config{Clock: c,
-		Peers: func(context.Context) ([]stats.Peer, error) { return []stats.Peer{{Name: "b", Addr: "b:1"}}, nil },
-		Ask: func(_ context.Context, _ stats.Peer, req *meshv1.StatsRequest) (*meshv1.StatsResponse, error) {
-			return peer.Local(req)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, peer := twoReplicas(t, c)
 	s.Record("api-1", apiID, "api", report(edge("web", 3, 0)))
 	if r, err := s.Stats(context.Background(), &meshv1.StatsRequest{}); err != nil || r.GetEdgesFolded() != 0 || len(r.GetEdges()) != 1 {
 		t.Fatalf("a small answer: %v %v", r, err)
