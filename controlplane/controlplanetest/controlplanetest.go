@@ -186,6 +186,25 @@ func (m *Meshd) Bootstrap(t testing.TB, ns, sa string) *x509svid.SVID {
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
 }
 
+// Register opens a config stream as a proxy of ns/service just
+// bootstrapped (Bootstrap), says Hello advertising 127.0.0.1:1, and
+// returns the stream once meshd answered Registered. The stream lives
+// as long as ctx.
+func (m *Meshd) Register(t testing.TB, ctx context.Context, ns, service string) meshv1.ConfigService_StreamClient {
+	t.Helper()
+	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, m.Bootstrap(t, ns, service))).Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: service, AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetRegistered() == nil {
+		t.Fatalf("registration of %s/%s: %v %v", ns, service, r, err)
+	}
+	return st
+}
+
 // Counter sums the series of the counter name whose label has value.
 func (m *Meshd) Counter(t testing.TB, name, label, value string) float64 {
 	t.Helper()

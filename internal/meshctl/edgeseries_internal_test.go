@@ -27,16 +27,7 @@ func TestEdgeSeriesFromMeshdsSamples(t *testing.T) {
 	m := controlplanetest.Start(t, controlplane.Config{Clock: clock})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, m.Bootstrap(t, "default", "api"))).Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: "api", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := st.Recv(); err != nil || r.GetRegistered() == nil {
-		t.Fatalf("registration: %v %v", r, err)
-	}
+	st := m.Register(t, ctx, "default", "api")
 	admin := m.Operator(t)
 	var sent uint64 // every request reported so far
 	report := func(ok, failed uint64) {

@@ -25,16 +25,7 @@ func TestStatsAnswerOverItsBound(t *testing.T) {
 	m := controlplanetest.Start(t, controlplane.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := meshv1.NewConfigServiceClient(m.DialAs(t, m.Bootstrap(t, "default", "api"))).Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Hello{Hello: &meshv1.Hello{Service: "api", AdvertiseAddress: "127.0.0.1:1"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := st.Recv(); err != nil || r.GetRegistered() == nil {
-		t.Fatalf("registration: %v %v", r, err)
-	}
+	st := m.Register(t, ctx, "default", "api")
 	long := strings.Repeat("x", 2040)
 	var want uint64
 	for r := range 2 { // 512 callers, about 8 KiB each: 4 MiB
