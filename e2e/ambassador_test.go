@@ -268,4 +268,11 @@ spec:
 	if n := h.counter(t, "minimesh_proxy_outbound_requests_total", "destination_service", "partner-impostor"); n != 1 {
 		t.Errorf("outbound_requests_total{destination_service=partner-impostor} = %v, want 1", n)
 	}
+	// ... as ExternalServices, apart from any service of the mesh with
+	// the same name.
+	if all, ext := h.counter(t, "minimesh_proxy_outbound_requests_total", "destination_service", "partner")+
+		h.counter(t, "minimesh_proxy_outbound_requests_total", "destination_service", "partner-impostor"),
+		h.counter(t, "minimesh_proxy_outbound_requests_total", "destination_kind", "external"); ext < all {
+		t.Errorf("outbound_requests_total{destination_kind=external} = %v, want at least the partner and partner-impostor calls: %v", ext, all)
+	}
 }

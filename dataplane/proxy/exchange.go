@@ -85,14 +85,21 @@ func newSourceSet(m *Metrics, dest, ns string) *seriesSet {
 	}}
 }
 
-// newDestinationSet is the outbound's series, by destination service
-// ("name.namespace", the key; labelled as name and namespace apart).
-func newDestinationSet(m *Metrics) *seriesSet {
+// Values of the outbound series' destination_kind label.
+const (
+	destService  = "service"  // a service of the mesh
+	destExternal = "external" // an ExternalService
+)
+
+// newDestinationSet is the outbound's series, by destination of one kind
+// (destService or destExternal): "name.namespace", the key, labelled as
+// name and namespace apart.
+func newDestinationSet(m *Metrics, kind string) *seriesSet {
 	return &seriesSet{m: map[string]*requestSeries{}, series: func(dst string) *requestSeries {
 		name, ns := splitServiceLabel(dst)
-		sm := &requestSeries{duration: m.outDuration.WithLabelValues(name, ns)}
+		sm := &requestSeries{duration: m.outDuration.WithLabelValues(name, ns, kind)}
 		for i, c := range responseClasses {
-			sm.classes[i] = m.outRequests.WithLabelValues(name, ns, c)
+			sm.classes[i] = m.outRequests.WithLabelValues(name, ns, kind, c)
 		}
 		return sm
 	}}

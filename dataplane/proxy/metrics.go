@@ -111,8 +111,8 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 //	minimesh_proxy_authz_decisions_total{decision}
 //	minimesh_proxy_ratelimit_decisions_total{decision}
 //	minimesh_proxy_connections_closed_total{listener,reason}
-//	minimesh_proxy_outbound_requests_total{destination_service,destination_namespace,class}
-//	minimesh_proxy_outbound_request_duration_seconds{destination_service,destination_namespace}
+//	minimesh_proxy_outbound_requests_total{destination_service,destination_namespace,destination_kind,class}
+//	minimesh_proxy_outbound_request_duration_seconds{destination_service,destination_namespace,destination_kind}
 //
 // destination_service is a service's name alone on both sides ("api"),
 // and destination_namespace its namespace ("default"), so that the
@@ -127,7 +127,11 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // series of a Kubernetes target the pod's namespace under that name, and
 // would rename ours to exported_namespace. Each takes at most
 // MaxSourceServices distinct values per proxy (later ones count as
-// "other", with an empty namespace).
+// "other", with an empty namespace). At the outbound, destination_kind
+// says what the destination is: "service" for a service of the mesh,
+// "external" for an ExternalService (external.go). The two kinds are
+// named apart, so a service and an ExternalService of one name and
+// namespace are two series, never one sum.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	r := &registrar{reg: reg}
 	m := &Metrics{
@@ -167,13 +171,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"source_service", "source_namespace", "destination_service", "destination_namespace"}),
 		outRequests: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_requests_total",
-			Help: "Requests the outbound forwarded to services of the mesh, by destination service and response class.",
-		}, []string{"destination_service", "destination_namespace", "class"}),
+			Help: "Requests the outbound forwarded, by destination (a service of the mesh or an ExternalService: destination_kind) and response class.",
+		}, []string{"destination_service", "destination_namespace", "destination_kind", "class"}),
 		outDuration: r.histogramVec(prometheus.HistogramOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "outbound_request_duration_seconds",
-			Help:    "Time from request received to response handler done at the outbound, by destination service.",
+			Help:    "Time from request received to response handler done at the outbound, by destination (destination_kind: service or external).",
 			Buckets: durationBuckets,
-		}, []string{"destination_service", "destination_namespace"}),
+		}, []string{"destination_service", "destination_namespace", "destination_kind"}),
 		authz: r.counterVec(prometheus.CounterOpts{
 			Namespace: "minimesh", Subsystem: "proxy", Name: "authz_decisions_total",
 			Help: "Authorization decisions at the inbound: allow, deny, dry_run_deny, audit, bad_path.",

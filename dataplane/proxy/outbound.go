@@ -428,7 +428,7 @@ func NewOutbound(cfg OutboundConfig) (*Outbound, error) {
 	o.direct = o.forwardDirect
 	empty := map[balancer.Target]*remote{}
 	o.remotes.Store(&empty)
-	dests := newDestinationSet(cfg.Metrics)
+	dests := newDestinationSet(cfg.Metrics, destService)
 	o.fwd = newForwarder(forwarderConfig{name: ListenerOutbound, log: o.log, now: cfg.Clock.Now, metrics: cfg.Metrics,
 		transport: roundTripper{o}, rewrite: o.rewrite, maxBody: cfg.Limits.MaxRequestBodyBytes,
 		done: func(d *decision, code int, seconds float64) {

@@ -106,11 +106,11 @@ func TestMeshRequestCarriesCallerID(t *testing.T) {
 		t.Errorf("inbound 2xx = %v, want 21", got)
 	}
 	// The outbound's own series, by destination service.
-	if got := counterValue(t, metrics.outRequests.WithLabelValues("api", "default", "2xx")); got != 21 {
+	if got := counterValue(t, metrics.outRequests.WithLabelValues("api", "default", destService, "2xx")); got != 21 {
 		t.Errorf("outbound 2xx to api.default = %v, want 21", got)
 	}
 	var d dto.Metric
-	if err := metrics.outDuration.WithLabelValues("api", "default").(prometheus.Histogram).Write(&d); err != nil || d.GetHistogram().GetSampleCount() != 21 {
+	if err := metrics.outDuration.WithLabelValues("api", "default", destService).(prometheus.Histogram).Write(&d); err != nil || d.GetHistogram().GetSampleCount() != 21 {
 		t.Errorf("outbound durations to api.default: %v samples, %v", d.GetHistogram().GetSampleCount(), err)
 	}
 }

@@ -211,7 +211,7 @@ spec:
 		{"a route reading a header, not matched", "/canary", "Accept: */*\r\nUser-Agent: t\r\n", true, ""},
 	})
 	var d dto.Metric
-	if err := metrics.outRequests.WithLabelValues("api", "default", "2xx").Write(&d); err != nil || d.GetCounter().GetValue() != 20 {
+	if err := metrics.outRequests.WithLabelValues("api", "default", destService, "2xx").Write(&d); err != nil || d.GetCounter().GetValue() != 20 {
 		t.Errorf("outbound requests to api: %v (%v), want 20: both ways count", d.GetCounter().GetValue(), err)
 	}
 }
