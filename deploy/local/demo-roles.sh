@@ -136,7 +136,7 @@ if "$BIN/demo-app" get "http://$WEB_TO_IMPOSTOR/public"; then
 	exit 1
 fi
 echo
-echo "== the calls in web's metrics (destination_service is the ExternalService)"
+echo "== the calls in web's metrics (destination_service is the ExternalService, destination_kind=\"external\")"
 "$BIN/demo-app" get "http://$WEB_ADMIN/metrics" | grep '^minimesh_proxy_outbound_requests_total' | grep -v ' 0$' || true
 echo
 echo "== web's view of its ExternalServices: hosts, failures in a row, ejection; its local ports (loopback only)"
