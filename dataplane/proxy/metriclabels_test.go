@@ -4,12 +4,15 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// One edge, web → api, seen at web's outbound and at api's inbound: both
-// series name the destination with the same labels and values (the
-// service's name and its namespace apart), so a query joins them.
-func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
+// threeCallsWebToAPI starts api's inbound in front of an app and web's
+// outbound, both recording into one registry, and sends three GETs
+// through them.
+func threeCallsWebToAPI(t *testing.T) (*prometheus.Registry, *Metrics) {
+	t.Helper()
 	checkLeaks(t)
 	m, a := newMesh(t), newApp(t)
 	reg, metrics := registeredMetrics(t)
@@ -29,6 +32,14 @@ func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 	}
+	return reg, metrics
+}
+
+// One edge, web → api, seen at web's outbound and at api's inbound: both
+// series name the destination with the same labels and values (the
+// service's name and its namespace apart), so a query joins them.
+func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
+	reg, _ := threeCallsWebToAPI(t)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -75,25 +86,7 @@ func TestEdgeSeriesShareDestinationLabels(t *testing.T) {
 // namespace (they are two kinds). Calls to each are counted in the
 // outbound's series apart, by destination_kind, never summed into one.
 func TestExternalAndMeshServiceOfOneNameCountedApart(t *testing.T) {
-	checkLeaks(t)
-	m, a := newMesh(t), newApp(t)
-	reg, metrics := registeredMetrics(t)
-	inLn := listenLocal(t)
-	log, _ := newLogger()
-	in, err := NewInbound(InboundConfig{Listener: inLn, App: a.addr(), SVID: m.api, Bundle: m.bundle, Service: "api", Namespace: "default",
-		Metrics: metrics, Logger: log, Limits: Limits{Drain: 5 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, in)
-	outLn, _ := startOutbound(t, m, inLn.Addr().String(), apiID, metrics)
-	c := plainClient(t)
-	for range 3 {
-		resp, _ := get(t, c, "http://"+outLn.Addr().String()+"/hello", nil)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("status %d", resp.StatusCode)
-		}
-	}
+	reg, metrics := threeCallsWebToAPI(t)
 	// What dataplane/external calls for each answered call to the
 	// ExternalService "api" in "default".
 	observe := metrics.ExternalObserver()
