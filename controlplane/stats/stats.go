@@ -556,7 +556,15 @@ func fit(out *meshv1.StatsResponse, budget int) {
 		}
 		addCounts(into.Classes, into.LatencyBuckets, &into.LatencySumSeconds, e.GetClasses(), e.GetLatencyBuckets(), e.GetLatencySumSeconds())
 		into.Steps = mergeSteps(into.Steps, e.GetSteps())
-		folded++
+		// An edge that is itself a fold (another replica's, merged)
+		// brings its count; only an edge folded for the first time is
+		// new in out.EdgesFolded.
+		if n := e.GetFolded(); n > 0 {
+			into.Folded += n
+		} else {
+			into.Folded++
+			folded++
+		}
 	}
 	sortEdges(kept)
 	out.Edges = kept
@@ -606,6 +614,7 @@ func merge(out *meshv1.StatsResponse, others []*meshv1.StatsResponse) {
 			addIDs(&into.DestinationIdentities, e.GetDestinationIdentities())
 			addCounts(into.Classes, into.LatencyBuckets, &into.LatencySumSeconds, e.GetClasses(), e.GetLatencyBuckets(), e.GetLatencySumSeconds())
 			into.Steps = mergeSteps(into.Steps, e.GetSteps())
+			into.Folded += e.GetFolded()
 		}
 		out.Denies = append(out.Denies, o.GetDenies()...)
 		out.EdgesFolded += o.GetEdgesFolded()

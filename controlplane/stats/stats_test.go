@@ -443,3 +443,62 @@ func TestAnswerFitsItsBound(t *testing.T) {
 		}
 	}
 }
+
+// TestFoldedEdgesCountedOnce: two replicas' answers, each folded, merged
+// into one that folds again: every edge of the mesh is either named in
+// the answer or counted in edges_folded, never both and never twice, and
+// the folded edges' own counts add up to it (TestFitCountsAFoldOnce
+// forces a fold to be folded again).
+func TestFoldedEdgesCountedOnce(t *testing.T) {
+	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	s, peer := twoReplicas(t, c)
+	dbID := spiffeid.RequireFromString("spiffe://minimesh.local/ns/default/sa/db")
+	long := strings.Repeat("x", 2048)
+	record := func(st *stats.Store, id spiffeid.ID, svc string, n uint64) {
+		for i := 0; i < 400; i += stats.MaxReportEdges {
+			var es []*meshv1.EdgeStats
+			for j := i; j < min(i+stats.MaxReportEdges, 400); j++ {
+				e := edge(fmt.Sprintf("%s-caller-%d", svc, j), n, 0)
+				e.SourceIdentities = []string{"1" + long, "2" + long, "3" + long, "4" + long}
+				es = append(es, e)
+			}
+			st.Record(svc+"-1", id, svc, report(es...))
+		}
+	}
+	record(s, apiID, "api", 1000) // busy: this replica's answer alone is full
+	record(peer, dbID, "db", 1)   // quiet: the peer folds some, then the merge folds its fold
+
+	peerAlone, err := peer.Local(&meshv1.StatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Stats(context.Background(), &meshv1.StatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, a := range map[string]*meshv1.StatsResponse{"the peer alone": peerAlone, "merged": r} {
+		var named, held uint32
+		for _, e := range a.GetEdges() {
+			if e.GetFolded() == 0 {
+				named++
+			}
+			held += e.GetFolded()
+		}
+		edges := uint32(800)
+		if a == peerAlone {
+			edges = 400
+		}
+		if a.GetEdgesFolded() == 0 || named+a.GetEdgesFolded() != edges || held != a.GetEdgesFolded() {
+			t.Errorf("%s: %d edges named, %d folded (edges say %d): want %d in all, each once", name, named, a.GetEdgesFolded(), held, edges)
+		}
+	}
+	var toDB uint64
+	for _, e := range r.GetEdges() {
+		if e.GetDestinationService() == "db" {
+			toDB += total(e)
+		}
+	}
+	if toDB != 400 {
+		t.Errorf("merged: %d requests to db, want 400 (folding keeps totals)", toDB)
+	}
+}

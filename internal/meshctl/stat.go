@@ -191,7 +191,9 @@ type statRow struct {
 	P95                  *float64 `json:"p95Seconds,omitempty"`
 	P99                  *float64 `json:"p99Seconds,omitempty"`
 	MTLSShare            *float64 `json:"mtlsShare,omitempty"`
-	Responses            []uint64 `json:"responsesByClass"` // 1xx 2xx 3xx 4xx 5xx aborted other
+	// Folded: edges meshd folded into this one (a source "other"; edges only).
+	Folded    uint32   `json:"folded,omitempty"`
+	Responses []uint64 `json:"responsesByClass"` // 1xx 2xx 3xx 4xx 5xx aborted other
 }
 
 // statDoc is what stat and edges print with -o json|yaml.
@@ -314,7 +316,11 @@ success rate and latency.`,
 						if !*r.MTLS {
 							secured = "-"
 						}
-						cells := []string{r.Source, r.Destination, orDash(strings.Join(r.SourceIdentities, ",")), orDash(strings.Join(r.DestinationIdentites, ",")),
+						src := r.Source
+						if r.Folded > 0 {
+							src += fmt.Sprintf(" (%d edges)", r.Folded)
+						}
+						cells := []string{src, r.Destination, orDash(strings.Join(r.SourceIdentities, ",")), orDash(strings.Join(r.DestinationIdentites, ",")),
 							secured, pct(r.SuccessRate), fmt.Sprintf("%.1f", r.RPS), ms(r.P99)}
 						if wide {
 							cells = append(cells, fmt.Sprint(r.Requests), ms(r.P50), ms(r.P95))
@@ -358,7 +364,8 @@ func edgesDoc(resp *meshv1.StatsResponse) statDoc {
 		t.add(e)
 		mtls := e.GetMtls()
 		r := statRow{Namespace: e.GetDestinationNamespace(), Source: edgeSource(e), SourceIdentities: e.GetSourceIdentities(),
-			Destination: e.GetDestinationService() + "." + e.GetDestinationNamespace(), DestinationIdentites: e.GetDestinationIdentities(), MTLS: &mtls}
+			Destination: e.GetDestinationService() + "." + e.GetDestinationNamespace(), DestinationIdentites: e.GetDestinationIdentities(), MTLS: &mtls,
+			Folded: e.GetFolded()}
 		fill(&r, t, w, resp.GetLatencyBounds())
 		doc.Edges = append(doc.Edges, r)
 	}

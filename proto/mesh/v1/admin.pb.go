@@ -357,7 +357,10 @@ type StatsResponse struct {
 	// message stops at 4), into an edge from "other" to the same service
 	// (or, past that, from "other" to "other"): their counts stay in the
 	// totals, their callers and identities are not named. 0 when every edge
-	// is named; with several replicas, each replica's folding is added.
+	// is named; with several replicas, each replica's folding is added (an
+	// edge meshd folded, EdgeStats.folded > 0, is not counted again when
+	// the merged answer folds it once more; one edge seen by two replicas
+	// and folded by both counts twice).
 	EdgesFolded uint32 `protobuf:"varint,9,opt,name=edges_folded,json=edgesFolded,proto3" json:"edges_folded,omitempty"`
 	// Denies in the window left out under the same bound (the newest are
 	// kept).

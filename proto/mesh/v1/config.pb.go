@@ -292,7 +292,13 @@ type EdgeStats struct {
 	// Filled by meshd when a Stats query asks (StatsRequest.steps); ignored
 	// in a report: the same counts per 10 s sample of the window, oldest
 	// first, samples without a request left out.
-	Steps         []*EdgeStep `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	Steps []*EdgeStep `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Filled by meshd in a Stats answer: how many edges were folded into
+	// this one to keep the answer under its size bound (StatsResponse.
+	// edges_folded counts each once, however many times replicas fold the
+	// edge that holds them); 0 for an edge folded into nothing. Ignored in a
+	// report.
+	Folded        uint32 `protobuf:"varint,12,opt,name=folded,proto3" json:"folded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -402,6 +408,13 @@ func (x *EdgeStats) GetSteps() []*EdgeStep {
 		return x.Steps
 	}
 	return nil
+}
+
+func (x *EdgeStats) GetFolded() uint32 {
+	if x != nil {
+		return x.Folded
+	}
+	return 0
 }
 
 // EdgeStep is one 10 s sample of an edge.
@@ -1530,7 +1543,7 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x05edges\x18\x02 \x03(\v2\x12.mesh.v1.EdgeStatsR\x05edges\x12*\n" +
 	"\x06denies\x18\x03 \x03(\v2\x12.mesh.v1.DenyEventR\x06denies\x12%\n" +
 	"\x0elatency_bounds\x18\x04 \x03(\x01R\rlatencyBounds\x12%\n" +
-	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\xd7\x03\n" +
+	"\x0edenies_dropped\x18\x05 \x01(\x04R\rdeniesDropped\"\xef\x03\n" +
 	"\tEdgeStats\x12%\n" +
 	"\x0esource_service\x18\x01 \x01(\tR\rsourceService\x12+\n" +
 	"\x11source_identities\x18\x02 \x03(\tR\x10sourceIdentities\x12/\n" +
@@ -1543,7 +1556,8 @@ const file_mesh_v1_config_proto_rawDesc = "" +
 	"\x13latency_sum_seconds\x18\t \x01(\x01R\x11latencySumSeconds\x12)\n" +
 	"\x10source_namespace\x18\n" +
 	" \x01(\tR\x0fsourceNamespace\x12'\n" +
-	"\x05steps\x18\v \x03(\v2\x11.mesh.v1.EdgeStepR\x05steps\"\x9c\x01\n" +
+	"\x05steps\x18\v \x03(\v2\x11.mesh.v1.EdgeStepR\x05steps\x12\x16\n" +
+	"\x06folded\x18\f \x01(\rR\x06folded\"\x9c\x01\n" +
 	"\bEdgeStep\x12\x1d\n" +
 	"\n" +
 	"start_unix\x18\x01 \x01(\x03R\tstartUnix\x12\x18\n" +
