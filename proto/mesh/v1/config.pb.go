@@ -296,8 +296,9 @@ type EdgeStats struct {
 	// Filled by meshd in a Stats answer: how many edges were folded into
 	// this one to keep the answer under its size bound (StatsResponse.
 	// edges_folded counts each once, however many times replicas fold the
-	// edge that holds them); 0 for an edge folded into nothing. Ignored in a
-	// report.
+	// edge that holds them); 0 for an edge that holds none. An older meshd
+	// replica leaves it 0 on its folds and counts them in edges_folded
+	// only. Ignored in a report.
 	Folded        uint32 `protobuf:"varint,12,opt,name=folded,proto3" json:"folded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
