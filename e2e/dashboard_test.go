@@ -24,9 +24,11 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
+	"minimesh/controlplane/stats"
 	"minimesh/dataplane/proxy"
 	"minimesh/dataplane/sidecar"
 	"minimesh/internal/meshctl"
@@ -583,6 +585,56 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	if csph := evalJS[string](t, bctx, `fetch('/', {credentials: 'same-origin'}).then(r => r.headers.get('content-security-policy'))`, chromedp.EvalAwaitPromise); !strings.HasPrefix(csph, "default-src 'self'") {
 		t.Errorf("Content-Security-Policy %q", csph)
 	}
+
+	// 8. A folded edge says how many edges it holds. A proxy of sink
+	// reports 512 callers with 8 KiB identities, more than meshd's answer
+	// may carry: meshd names the busiest and folds the rest into one edge
+	// from "other", whose label and title give its count, the same number
+	// as the page's note.
+	fctx, stopFold := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stopFold()
+	sink := m.Register(t, fctx, "default", "sink")
+	long := strings.Repeat("x", 2040)
+	for r := range 2 {
+		var es []*meshv1.EdgeStats
+		for i := range stats.MaxReportEdges {
+			n := uint64(r*stats.MaxReportEdges + i + 1)
+			lat := make([]uint64, len(stats.LatencyBounds)+1)
+			lat[3] = n
+			id := fmt.Sprintf("spiffe://minimesh.local/ns/default/sa/caller-%d/", n-1)
+			es = append(es, &meshv1.EdgeStats{SourceService: fmt.Sprintf("caller-%d", n-1), SourceNamespace: "default", Mtls: true,
+				SourceIdentities: []string{id + "1" + long, id + "2" + long, id + "3" + long, id + "4" + long},
+				Classes:          []uint64{0, n, 0, 0, 0, 0, 0}, LatencyBuckets: lat})
+		}
+		if err := sink.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: &meshv1.StatsReport{
+			Interval: durationpb.New(10 * time.Second), LatencyBounds: stats.LatencyBounds, Edges: es}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do("topology again", chromedp.Click(chromedp.CSS(`nav a[href="#/topology"]`)))
+	waitJS("the folded edge", `document.querySelector('g[data-edge="other->sink.default"]') && document.querySelector('[data-folded]') ? '' : 'not drawn'`)
+	type foldedView struct{ Label, Title, Note, Node string }
+	fv := evalJS[foldedView](t, bctx, `(() => { const g = document.querySelector('g[data-edge="other->sink.default"]');
+		return {label: g.querySelector('text.edge-label').textContent, title: g.querySelector('title').textContent,
+			note: document.querySelector('[data-folded]').textContent,
+			node: document.querySelector('g[data-node="other"] text.node-sub').textContent}; })()`)
+	nm := regexp.MustCompile(`^(\d+) quieter edges`).FindStringSubmatch(fv.Note)
+	if nm == nil || nm[1] == "0" {
+		t.Fatalf("the note %q does not count the folded edges", fv.Note)
+	}
+	if !strings.HasPrefix(fv.Label, nm[1]+" edges · ") || fv.Title != "other ("+nm[1]+" edges) → sink.default" || fv.Node != "quieter callers" {
+		t.Errorf("folded edge: label %q, title %q, node %q; want %s edges in the label and the title", fv.Label, fv.Title, fv.Node, nm[1])
+	}
+	if busiest := evalJS[bool](t, bctx, `!!document.querySelector('g[data-edge="caller-511.default->sink.default"]')`); !busiest {
+		t.Errorf("the busiest caller is not drawn as its own edge")
+	}
+	// Hundreds of callers scroll at the drawing's own scale rather than
+	// shrink out of sight.
+	if h := evalJS[float64](t, bctx, `(() => { const g = document.querySelector('g[data-node="other"]'); g.scrollIntoView({block: 'center'});
+		const t = document.querySelector('.topo'); return t.scrollHeight > t.clientHeight ? g.getBoundingClientRect().height : -1; })()`); h < 40 {
+		t.Errorf("with %s folded edges the node other is %vpx high (-1: the topology does not scroll); want it drawn at scale", nm[1], h)
+	}
+	shot("topology-folded")
 	t.Logf("screenshots in %s", artifacts)
 }
 

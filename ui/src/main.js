@@ -90,6 +90,12 @@ function Banner({ error }) {
 // ---- Topology ----
 
 const NODE_W = 170, NODE_H = 48, COL_GAP = 150, ROW_GAP = 46, MARGIN = 30;
+// OTHER is the caller meshd names when it folds quieter edges into one
+// (controlplane/stats.Other).
+const OTHER = 'other';
+// TALL is the layout height past which the topology scrolls at its own
+// scale instead of shrinking to fit (hundreds of callers of one service).
+const TALL = 900;
 
 // layout places services in layers (longest path from the callers, at most
 // n rounds, so cycles end), one column per layer, sorted by name within
@@ -175,7 +181,7 @@ function Topology() {
     <h2>Topology <small>last ${(edges.data && edges.data.window) || '1m0s'}, refreshed every 5 s</small></h2>
     <${Banner} error=${edges.error || proxies.error} />
     ${edges.data && edges.data.edgesFolded ? html`<p class="hint" data-folded>${edges.data.edgesFolded} quieter edges are drawn as one edge from "other" to each service, to keep meshd's answer under its size bound.</p>` : null}
-    <div class="topo">
+    <div class=${height > TALL ? 'topo tall' : 'topo'}>
       <svg viewBox=${`0 0 ${width} ${height}`} role="img" aria-label="service topology">
         <defs>
           <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto-start-reverse">
@@ -194,11 +200,12 @@ function Topology() {
           const mx = back ? (a.x + b.x) / 2 + NODE_W / 2 : (x1 + x2) / 2;
           const my = back ? Math.max(a.y, b.y) + NODE_H + bend * 0.75 : (y1 + y2) / 2 - 10 - (i % 2) * 16;
           const key = e.from + '->' + e.to;
-          const label = `${rps(e.rps)} · ${pct(e.successRate)} · p99 ${ms(e.p99Seconds)}`;
+          // A folded edge (from "other") says how many edges it holds.
+          const label = `${e.folded ? `${e.folded} edges · ` : ''}${rps(e.rps)} · ${pct(e.successRate)} · p99 ${ms(e.p99Seconds)}`;
           const selected = sel && sel.key === key;
           return html`<g class=${`edge ${health(e.requests ? e.successRate : null)}${selected ? ' selected' : ''}`} data-edge=${key} data-rps=${String(e.rps)}
               onClick=${() => setSel({ key, source: e.source, sourceService: e.sourceService, sourceNamespace: e.sourceNamespace, mtls: e.mtls, destinationService: e.destinationService, namespace: e.namespace })}>
-            <title>${e.source} → ${e.destination}</title>
+            <title>${e.source}${e.folded ? ` (${e.folded} edges)` : ''} → ${e.destination}</title>
             <path class="hit" d=${d} />
             <path class="line" d=${d} marker-end="url(#arrow)" />
             ${e.mtls ? html`<${Lock} x=${mx - 8 - label.length * 3.6} y=${my - 11} />` : null}
@@ -214,7 +221,7 @@ function Topology() {
           return html`<g class=${`node ${nodeHealth(ps)}`} data-node=${n} transform=${`translate(${p.x},${p.y})`}>
             <rect width=${NODE_W} height=${NODE_H} rx="8" />
             <text class="node-name" x=${NODE_W / 2} y="20" text-anchor="middle">${name}</text>
-            <text class="node-sub" x=${NODE_W / 2} y="37" text-anchor="middle">${ps.length ? `${ns || '-'} · ${ps.length} prox${ps.length === 1 ? 'y' : 'ies'}` : 'no proxy'}</text>
+            <text class="node-sub" x=${NODE_W / 2} y="37" text-anchor="middle">${ps.length ? `${ns || '-'} · ${ps.length} prox${ps.length === 1 ? 'y' : 'ies'}` : n === OTHER ? 'quieter callers' : 'no proxy'}</text>
           </g>`;
         })}
       </svg>
