@@ -628,8 +628,12 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	if busiest := evalJS[bool](t, bctx, `!!document.querySelector('g[data-edge="caller-511.default->sink.default"]')`); !busiest {
 		t.Errorf("the busiest caller is not drawn as its own edge")
 	}
-	// Hundreds of callers scroll at the drawing's own scale rather than
-	// shrink out of sight.
+	// "other" heads its column; hundreds of callers scroll at the
+	// drawing's own scale rather than shrink out of sight.
+	if above := evalJS[[]string](t, bctx, `(() => { const o = document.querySelector('g[data-node="other"]').getBoundingClientRect();
+		return [...document.querySelectorAll('g[data-node]')].filter(g => { const r = g.getBoundingClientRect(); return r.left === o.left && r.top < o.top; }).map(g => g.dataset.node); })()`); len(above) > 0 {
+		t.Errorf("%d nodes above other in its column, first %q", len(above), above[0])
+	}
 	if h := evalJS[float64](t, bctx, `(() => { const g = document.querySelector('g[data-node="other"]'); g.scrollIntoView({block: 'center'});
 		const t = document.querySelector('.topo'); return t.scrollHeight > t.clientHeight ? g.getBoundingClientRect().height : -1; })()`); h < 40 {
 		t.Errorf("with %s folded edges the node other is %vpx high (-1: the topology does not scroll); want it drawn at scale", nm[1], h)

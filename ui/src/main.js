@@ -115,7 +115,10 @@ function layout(names, edges) {
     if (!changed) break;
   }
   const cols = [];
-  for (const n of [...names].sort()) {
+  // By name, but "other" (the folded callers) heads its column, where a
+  // tall graph shows it without scrolling.
+  const order = (a, b) => (b === OTHER) - (a === OTHER) || (a < b ? -1 : a > b ? 1 : 0);
+  for (const n of [...names].sort(order)) {
     const l = layer.get(n);
     (cols[l] = cols[l] || []).push(n);
   }
