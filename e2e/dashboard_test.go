@@ -24,11 +24,9 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
-	"minimesh/controlplane/stats"
 	"minimesh/dataplane/proxy"
 	"minimesh/dataplane/sidecar"
 	"minimesh/internal/meshctl"
@@ -593,24 +591,7 @@ spec: {service: db, path: conf/settings.ini, mode: 0644, content: "a=1\n"}
 	// as the page's note.
 	fctx, stopFold := context.WithTimeout(context.Background(), 30*time.Second)
 	defer stopFold()
-	sink := m.Register(t, fctx, "default", "sink")
-	long := strings.Repeat("x", 2040)
-	for r := range 2 {
-		var es []*meshv1.EdgeStats
-		for i := range stats.MaxReportEdges {
-			n := uint64(r*stats.MaxReportEdges + i + 1)
-			lat := make([]uint64, len(stats.LatencyBounds)+1)
-			lat[3] = n
-			id := fmt.Sprintf("spiffe://minimesh.local/ns/default/sa/caller-%d/", n-1)
-			es = append(es, &meshv1.EdgeStats{SourceService: fmt.Sprintf("caller-%d", n-1), SourceNamespace: "default", Mtls: true,
-				SourceIdentities: []string{id + "1" + long, id + "2" + long, id + "3" + long, id + "4" + long},
-				Classes:          []uint64{0, n, 0, 0, 0, 0, 0}, LatencyBuckets: lat})
-		}
-		if err := sink.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: &meshv1.StatsReport{
-			Interval: durationpb.New(10 * time.Second), LatencyBounds: stats.LatencyBounds, Edges: es}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	controlplanetest.SendOversizeStats(t, m.Register(t, fctx, "default", "sink"))
 	do("topology again", chromedp.Click(chromedp.CSS(`nav a[href="#/topology"]`)))
 	waitJS("the folded edge", `document.querySelector('g[data-edge="other->sink.default"]') && document.querySelector('[data-folded]') ? '' : 'not drawn'`)
 	type foldedView struct{ Label, Title, Note, Node string }

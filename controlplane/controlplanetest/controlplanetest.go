@@ -5,9 +5,11 @@ package controlplanetest
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,9 +18,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"minimesh/certs"
 	"minimesh/controlplane"
+	"minimesh/controlplane/stats"
 	meshv1 "minimesh/proto/mesh/v1"
 )
 
@@ -203,6 +207,34 @@ func (m *Meshd) Register(t testing.TB, ctx context.Context, ns, service string) 
 		t.Fatalf("registration of %s/%s: %v %v", ns, service, r, err)
 	}
 	return st
+}
+
+// SendOversizeStats sends, on a registered proxy's stream st, two reports
+// of stats.MaxReportEdges mTLS callers each (512 in all, caller-0 to
+// caller-511 in namespace default, caller-N having made N+1 requests),
+// each caller with four identities of about 2 KiB: about 4 MiB, more than
+// meshd's Stats answer may carry. It returns how many requests they count.
+func SendOversizeStats(t testing.TB, st meshv1.ConfigService_StreamClient) (requests uint64) {
+	t.Helper()
+	long := strings.Repeat("x", 2040)
+	for r := range 2 {
+		var es []*meshv1.EdgeStats
+		for i := range stats.MaxReportEdges {
+			n := uint64(r*stats.MaxReportEdges + i + 1)
+			requests += n
+			lat := make([]uint64, len(stats.LatencyBounds)+1)
+			lat[3] = n
+			id := fmt.Sprintf("spiffe://minimesh.local/ns/default/sa/caller-%d/", n-1)
+			es = append(es, &meshv1.EdgeStats{SourceService: fmt.Sprintf("caller-%d", n-1), SourceNamespace: "default", Mtls: true,
+				SourceIdentities: []string{id + "1" + long, id + "2" + long, id + "3" + long, id + "4" + long},
+				Classes:          []uint64{0, n, 0, 0, 0, 0, 0}, LatencyBuckets: lat})
+		}
+		if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: &meshv1.StatsReport{
+			Interval: durationpb.New(10 * time.Second), LatencyBounds: stats.LatencyBounds, Edges: es}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return requests
 }
 
 // Counter sums the series of the counter name whose label has value.

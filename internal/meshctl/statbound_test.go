@@ -8,12 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
 	"minimesh/controlplane"
 	"minimesh/controlplane/controlplanetest"
-	"minimesh/controlplane/stats"
-	meshv1 "minimesh/proto/mesh/v1"
 )
 
 // TestStatsAnswerOverItsBound: a proxy reports more callers, with larger
@@ -25,26 +21,7 @@ func TestStatsAnswerOverItsBound(t *testing.T) {
 	m := controlplanetest.Start(t, controlplane.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st := m.Register(t, ctx, "default", "api")
-	long := strings.Repeat("x", 2040)
-	var want uint64
-	for r := range 2 { // 512 callers, about 8 KiB each: 4 MiB
-		var es []*meshv1.EdgeStats
-		for i := range stats.MaxReportEdges {
-			n := uint64(r*stats.MaxReportEdges + i + 1)
-			want += n
-			lat := make([]uint64, len(stats.LatencyBounds)+1)
-			lat[3] = n
-			id := fmt.Sprintf("spiffe://minimesh.local/ns/default/sa/caller-%d/", n-1)
-			es = append(es, &meshv1.EdgeStats{SourceService: fmt.Sprintf("caller-%d", n-1), SourceNamespace: "default", Mtls: true,
-				SourceIdentities: []string{id + "1" + long, id + "2" + long, id + "3" + long, id + "4" + long},
-				Classes:          []uint64{0, n, 0, 0, 0, 0, 0}, LatencyBuckets: lat})
-		}
-		if err := st.Send(&meshv1.StreamRequest{Message: &meshv1.StreamRequest_Stats{Stats: &meshv1.StatsReport{
-			Interval: durationpb.New(10 * time.Second), LatencyBounds: stats.LatencyBounds, Edges: es}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	want := controlplanetest.SendOversizeStats(t, m.Register(t, ctx, "default", "api"))
 
 	var doc struct {
 		Services []struct {
